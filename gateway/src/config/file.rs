@@ -1,0 +1,199 @@
+//! The configuration file as written: raw TOML shapes, no interpretation.
+//!
+//! Every struct denies unknown fields; [`super::schema`] reports all unknown keys at once (with the nearest
+//! valid key) before serde sees the file, so serde's own one-error-at-a-time answer is a backstop only.
+//! Values whose errors must point at a `file:line:col` are wrapped in [`Spanned`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub entrypoints: EntrypointsFile,
+    #[serde(default)]
+    pub tenancy: TenancyFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub forwarding: ForwardingFile,
+    #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// `[server]`: process-level settings (need a restart to change).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub threads: Option<Spanned<i64>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+}
+
+/// `[entrypoints]`: listener addresses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrypointsFile {
+    pub http: Option<Spanned<String>>,
+    pub https: Option<Spanned<String>>,
+    pub admin: Option<Spanned<String>>,
+}
+
+/// `[tenancy]`: which host labels are tenants.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenancyFile {
+    #[serde(default)]
+    pub base_domains: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub reserved: Vec<Spanned<String>>,
+}
+
+/// `[limits]`: request limits enforced at the edge.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+}
+
+/// `[forwarding]`: whose `X-Forwarded-*` headers are believed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingFile {
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub access_log: Option<bool>,
+    pub format: Option<Spanned<String>>,
+    pub level: Option<Spanned<String>>,
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub name: Spanned<String>,
+    pub servers: Spanned<Vec<Spanned<ServerEntry>>>,
+    pub balance: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub health: Option<HealthFile>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    pub max_tries: Option<Spanned<i64>>,
+}
+
+/// A server: `"127.0.0.1:8081"` or `{ addr = "127.0.0.1:8081", weight = 3 }`.
+#[derive(Debug)]
+pub enum ServerEntry {
+    Addr(String),
+    Weighted(WeightedServer),
+}
+
+/// The table form of a server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedServer {
+    pub addr: String,
+    pub weight: Option<i64>,
+}
+
+// Hand-written rather than `#[serde(untagged)]`: untagged enums buffer their input, which loses the
+// spans that errors need.
+impl<'de> Deserialize<'de> for ServerEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ServerEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServerEntry, E> {
+                Ok(ServerEntry::Addr(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ServerEntry, A::Error> {
+                WeightedServer::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ServerEntry::Weighted)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `health = { … }` of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    pub host: Option<Spanned<String>>,
+}
+
+/// `timeouts = { … }` of an upstream or a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub connect: Option<Spanned<String>>,
+    pub read: Option<Spanned<String>>,
+    pub write: Option<Spanned<String>>,
+    pub idle: Option<Spanned<String>>,
+}
+
+/// Header rewrites of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesFile {
+    #[serde(default)]
+    pub add: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub set: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub remove: Vec<Spanned<String>>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub priority: Option<Spanned<i64>>,
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub redirect_https: bool,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    #[serde(default)]
+    pub request_headers: HeaderRulesFile,
+    #[serde(default)]
+    pub response_headers: HeaderRulesFile,
+    pub auth: Option<Spanned<String>>,
+    pub rate_limits: Option<Spanned<Vec<String>>>,
+}

@@ -1,0 +1,100 @@
+//! Every error the edge answers itself, mapped to a status and a JSON body in exactly one place.
+
+use bytes::Bytes;
+
+/// An answer decided at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeError {
+    /// 400: the request head breaks HTTP/1.1 framing rules.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// 400: Host missing or not a valid host.
+    #[error("missing or invalid Host header")]
+    BadHost,
+    /// 400: dot segments or encoded separators in the path.
+    #[error("path contains dot segments or encoded separators")]
+    PathTraversal,
+    /// 431: the header section is larger than `limits.max_header_bytes`.
+    #[error("request header section too large")]
+    HeaderTooLarge,
+    /// 431: more header fields than `limits.max_headers`.
+    #[error("too many request header fields")]
+    TooManyHeaders,
+    /// 413: the body is larger than the route's `max_body_bytes`.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// 404: no route matches.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// 503: the route's upstream has no healthy server.
+    #[error("no healthy server for this route")]
+    NoHealthyServer,
+    /// 504: the upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// 502: the upstream could not be reached or answered badly.
+    #[error("upstream unreachable or sent an invalid response")]
+    BadGateway,
+    /// 408: the client was too slow to send its request.
+    #[error("request timed out")]
+    RequestTimeout,
+    /// 500: a bug on our side.
+    #[error("internal error")]
+    Internal,
+}
+
+impl EdgeError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            EdgeError::Malformed(_) | EdgeError::BadHost | EdgeError::PathTraversal => 400,
+            EdgeError::HeaderTooLarge | EdgeError::TooManyHeaders => 431,
+            EdgeError::BodyTooLarge => 413,
+            EdgeError::NoRoute => 404,
+            EdgeError::RequestTimeout => 408,
+            EdgeError::NoHealthyServer => 503,
+            EdgeError::UpstreamTimeout => 504,
+            EdgeError::BadGateway => 502,
+            EdgeError::Internal => 500,
+        }
+    }
+
+    /// The machine-readable code in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EdgeError::Malformed(_) => "malformed_request",
+            EdgeError::BadHost => "invalid_host",
+            EdgeError::PathTraversal => "invalid_path",
+            EdgeError::HeaderTooLarge => "header_too_large",
+            EdgeError::TooManyHeaders => "too_many_headers",
+            EdgeError::BodyTooLarge => "body_too_large",
+            EdgeError::NoRoute => "no_route",
+            EdgeError::RequestTimeout => "request_timeout",
+            EdgeError::NoHealthyServer => "no_healthy_upstream",
+            EdgeError::UpstreamTimeout => "upstream_timeout",
+            EdgeError::BadGateway => "bad_gateway",
+            EdgeError::Internal => "internal_error",
+        }
+    }
+
+    /// Whether the connection must be closed after answering (framing can no longer be trusted).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            EdgeError::Malformed(_)
+                | EdgeError::BadHost
+                | EdgeError::HeaderTooLarge
+                | EdgeError::TooManyHeaders
+                | EdgeError::BodyTooLarge
+                | EdgeError::RequestTimeout
+        )
+    }
+
+    /// `{"error":{"code":…,"message":…,"request_id":…}}`.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        let v = serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string(), "request_id": request_id }
+        });
+        Bytes::from(v.to_string())
+    }
+}

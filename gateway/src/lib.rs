@@ -1,0 +1,70 @@
+//! Aggios Edge gateway: a Pingora edge proxy for multi-tenant SaaS.
+//!
+//! A request's way, by folder: [`proxy::guard`] (malformed HTTP) → [`proxy::route`] (host + path →
+//! route, tenant) → [`proxy::upstream`] (server choice, health) → [`proxy::headers`] (forwarding
+//! hygiene) → [`error`] (every edge answer) and [`access_log`] / [`metrics`] at the end.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use config::reload::Reloader;
+use config::Config;
+use state::GatewayState;
+
+/// Builds the Pingora server for `config` (read from `path`, which is then watched for changes).
+pub fn build_server(config: Config, path: &Path) -> Server {
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        // Sessions idle in keep-alive are closed right away on shutdown; in-flight ones get the grace.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace.as_secs()),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 1024;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let http = config.entrypoints.http;
+    let admin = config.entrypoints.admin;
+    let state = GatewayState::new(config);
+
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let mut proxy = ProxyServiceBuilder::new(&server.configuration, proxy::Gateway { state: state.clone() })
+        .name("gateway")
+        .server_options(options)
+        .build();
+    if let Some(addr) = http {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = admin {
+        let mut admin_service = Service::new("admin".to_string(), admin::AdminApp { state: state.clone() });
+        admin_service.add_tcp(&addr.to_string());
+        server.add_service(admin_service);
+    }
+
+    server.add_service(background_service(
+        "config-reload",
+        Reloader { path: path.to_path_buf(), state: Arc::clone(&state) },
+    ));
+    server
+}

@@ -1,0 +1,74 @@
+//! `gateway run | validate` — the command line, nothing else.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gateway::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Aggios Edge gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given config (watched and reloaded live).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file: exit 0 with a summary, or 1 with `FILE:LINE:COL: message` lines.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("{}", c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                for line in e.lines() {
+                    eprintln!("{line}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    for line in e.lines() {
+                        eprintln!("{line}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(loaded.log.format, &loaded.log.level);
+            tracing::info!(summary = %loaded.summary(), "starting");
+            let server = gateway::build_server(loaded, &config);
+            server.run_forever()
+        }
+    }
+}

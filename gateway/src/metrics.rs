@@ -1,0 +1,120 @@
+//! The gateway's Prometheus collectors: one struct, registered once. Names are a contract
+//! (shared/DESIGN.md); label values are bounded (route and upstream names, status codes, known methods).
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// All collectors of the gateway.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub server_up: IntGaugeVec,
+    pub connections_active: IntGauge,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub malformed: IntCounter,
+}
+
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("gateway_http_requests_total", "HTTP requests answered, by route, method and status."),
+            &["route", "method", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("gateway_http_request_duration_seconds", "Time from request head to the end of the response, by route.")
+                .buckets(BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new("gateway_upstream_request_duration_seconds", "Time from sending to the upstream to its response head, by upstream.")
+                .buckets(BUCKETS.to_vec()),
+            &["upstream"],
+        )?;
+        let server_up = IntGaugeVec::new(
+            Opts::new("gateway_upstream_server_up", "1 while the server passes its health checks, 0 while it is taken out."),
+            &["upstream", "server"],
+        )?;
+        let connections_active = IntGauge::new(
+            "gateway_http_connections_active",
+            "Downstream HTTP requests in progress (HTTP/1 connections busy with a request plus HTTP/2 streams).",
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("gateway_config_reloads_total", "Config reload attempts by result (success|failure)."),
+            &["result"],
+        )?;
+        let last_reload_success = Gauge::new(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        )?;
+        let malformed = IntCounter::new(
+            "gateway_http_malformed_requests_total",
+            "Requests refused at the edge for malformed HTTP.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(server_up.clone()))?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(last_reload_success.clone()))?;
+        registry.register(Box::new(malformed.clone()))?;
+        for r in ["success", "failure"] {
+            reloads.with_label_values(&[r]);
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            server_up,
+            connections_active,
+            reloads,
+            last_reload_success,
+            malformed,
+        })
+    }
+
+    /// Prometheus text exposition of every collector.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail on I/O; a failure would be a collector bug, reported in-band.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            out.extend_from_slice(format!("# encode error: {e}\n").as_bytes());
+        }
+        out
+    }
+}
+
+/// The process-wide collectors.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics::new().expect("metric definitions are static and valid"))
+}
+
+/// A bounded method label.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}

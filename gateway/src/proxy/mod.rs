@@ -1,0 +1,466 @@
+//! The request's way through the edge: the [`ProxyHttp`] impl only dispatches each phase to the modules
+//! beside it ([`guard`] → [`route`] → [`upstream`] → [`headers`]); errors become answers in
+//! [`crate::error`].
+
+pub mod guard;
+pub mod headers;
+pub mod route;
+pub mod upstream;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::ALPN;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use crate::access_log::{rfc3339_now, Entry};
+use crate::config::UpstreamProtocol;
+use crate::error::EdgeError;
+use crate::metrics::{method_label, metrics};
+use crate::state::{GatewayState, Runtime};
+use guard::{check_head, check_path, HeadLimits};
+use headers::{X_REQUEST_ID};
+use upstream::ActiveGuard;
+
+/// Keep-alive idle time for downstream HTTP/1 connections between requests, in seconds.
+const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
+
+/// The gateway's [`ProxyHttp`] implementation.
+pub struct Gateway {
+    pub state: Arc<GatewayState>,
+}
+
+/// Counts a request in `gateway_http_connections_active` for as long as it lives.
+pub struct InFlight;
+impl InFlight {
+    fn new() -> InFlight {
+        metrics().connections_active.inc();
+        InFlight
+    }
+}
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().connections_active.dec();
+    }
+}
+
+/// Per-request state shared by the phases.
+pub struct RequestCtx {
+    start: Instant,
+    _in_flight: InFlight,
+    runtime: Option<Arc<Runtime>>,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    peer_trusted: bool,
+    host: String,
+    route: Option<usize>,
+    tenant: Option<String>,
+    server: Option<usize>,
+    tried: Vec<usize>,
+    tries: u32,
+    active: Option<ActiveGuard>,
+    response_started: bool,
+    upstream_start: Option<Instant>,
+    body_bytes: u64,
+    error: Option<EdgeError>,
+}
+
+impl RequestCtx {
+    fn route<'a>(&self, rt: &'a Runtime) -> Option<&'a crate::state::RouteRt> {
+        self.route.map(|i| &rt.routes[i])
+    }
+}
+
+/// Writes an edge error as a JSON response, closing the connection when framing can't be trusted.
+async fn answer(session: &mut Session, ctx: &mut RequestCtx, err: EdgeError) -> Result<()> {
+    if err.closes_connection() {
+        session.set_keepalive(None);
+    }
+    if matches!(err, EdgeError::Malformed(_) | EdgeError::HeaderTooLarge | EdgeError::TooManyHeaders | EdgeError::BadHost) {
+        metrics().malformed.inc();
+    }
+    let body = err.body(&ctx.request_id);
+    let mut resp = ResponseHeader::build(err.status(), Some(4))?;
+    resp.insert_header(CONTENT_TYPE, "application/json")?;
+    resp.insert_header(CONTENT_LENGTH, body.len())?;
+    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+    if err.closes_connection() {
+        resp.insert_header(http::header::CONNECTION, "close")?;
+    }
+    ctx.error = Some(err);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// Maps a Pingora error to the edge error answered for it.
+fn classify(e: &Error) -> Option<EdgeError> {
+    if let ErrorType::HTTPStatus(code) = e.etype() {
+        return Some(match code {
+            413 => EdgeError::BodyTooLarge,
+            503 => EdgeError::NoHealthyServer,
+            502 => EdgeError::BadGateway,
+            504 => EdgeError::UpstreamTimeout,
+            404 => EdgeError::NoRoute,
+            408 => EdgeError::RequestTimeout,
+            _ if *code >= 500 => EdgeError::Internal,
+            _ => EdgeError::Malformed("invalid request"),
+        });
+    }
+    match e.esource() {
+        ErrorSource::Upstream => Some(match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => EdgeError::UpstreamTimeout,
+            _ => EdgeError::BadGateway,
+        }),
+        ErrorSource::Downstream => match e.etype() {
+            ErrorType::ReadTimedout => Some(EdgeError::RequestTimeout),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::WriteTimedout => None,
+            _ => Some(EdgeError::Malformed("invalid request body or framing")),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => Some(match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout => EdgeError::UpstreamTimeout,
+            ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => EdgeError::BadGateway,
+            _ => EdgeError::Internal,
+        }),
+    }
+}
+
+impl Gateway {
+    /// The checks and decisions of `request_filter`; `Err` is answered at the edge.
+    fn decide(&self, session: &mut Session, ctx: &mut RequestCtx, rt: &Runtime) -> std::result::Result<(), EdgeError> {
+        let limits = &rt.config.limits;
+        if let Some(h1) = session.as_downstream().as_http1() {
+            check_head(
+                &h1.get_headers_raw_bytes(),
+                HeadLimits { max_header_bytes: limits.max_header_bytes, max_headers: limits.max_headers },
+            )?;
+        }
+        let req = session.req_header();
+        let host = match req.headers.get(HOST) {
+            Some(h) => route::normalize_host(h.as_bytes()),
+            None => req.uri.authority().and_then(|a| route::normalize_host(a.as_str().as_bytes())),
+        }
+        .ok_or(EdgeError::BadHost)?;
+        let path = req.uri.path();
+        check_path(path)?;
+        let view = route::RequestView { host: &host, path, method: &req.method, headers: &req.headers };
+        let m = rt.router.lookup(&view).ok_or(EdgeError::NoRoute)?;
+        let route = &rt.routes[m.route];
+        ctx.route = Some(m.route);
+        ctx.tenant = m.tenant.map(Cow::into_owned);
+        ctx.host = host.into_owned();
+        if let Some(len) = req.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+            if len > route.spec.max_body_bytes {
+                return Err(EdgeError::BodyTooLarge);
+            }
+        }
+        if let Some(up) = &route.upstream {
+            if !up.any_healthy() {
+                return Err(EdgeError::NoHealthyServer);
+            }
+        }
+        Ok(())
+    }
+
+    async fn redirect_https(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let pq = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let location = format!("https://{}{}", ctx.host, pq);
+        let mut resp = ResponseHeader::build(308, Some(3))?;
+        resp.insert_header(LOCATION, location)?;
+        resp.insert_header(CONTENT_LENGTH, 0)?;
+        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            _in_flight: InFlight::new(),
+            runtime: None,
+            request_id: String::new(),
+            client_ip: None,
+            peer_trusted: false,
+            host: String::new(),
+            route: None,
+            tenant: None,
+            server: None,
+            tried: Vec::new(),
+            tries: 0,
+            active: None,
+            response_started: false,
+            upstream_start: None,
+            body_bytes: 0,
+            error: None,
+        }
+    }
+
+    /// Runs first: snapshots the config, fixes the request id and the client address.
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        ctx.start = Instant::now();
+        let rt = self.state.current();
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
+            Some(v) if headers::valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => headers::new_request_id(),
+        };
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = &rt.config.trusted_proxies;
+        ctx.peer_trusted = peer.is_some_and(|p| headers::is_trusted(p, trusted));
+        ctx.client_ip = headers::client_ip(peer, &session.req_header().headers, trusted);
+        session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        session.set_read_timeout(Some(rt.config.limits.body_timeout));
+        ctx.runtime = Some(rt);
+        Ok(())
+    }
+
+    /// Validates the request, matches a route and answers here whatever must not reach a backend.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(rt) = ctx.runtime.clone() else {
+            answer(session, ctx, EdgeError::Internal).await?;
+            return Ok(true);
+        };
+        if let Err(err) = self.decide(session, ctx, &rt) {
+            answer(session, ctx, err).await?;
+            return Ok(true);
+        }
+        let route = ctx.route(&rt).map(|r| r.spec.redirect_https).unwrap_or(false);
+        let is_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if route && !is_tls {
+            self.redirect_https(session, ctx).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Counts body bytes against the route's limit (chunked bodies have no length up front).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(b), Some(rt)) = (body.as_ref(), ctx.runtime.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if let Some(r) = ctx.route(rt) {
+                if ctx.body_bytes > r.spec.max_body_bytes {
+                    return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_body_bytes");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks a server of the route's upstream that this request has not tried yet.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let rt = ctx.runtime.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no runtime"))?;
+        let route = ctx.route(&rt).ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let up = route
+            .upstream
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without upstream"))?;
+        let Some(i) = up.select(ctx.tenant.as_deref(), &ctx.tried) else {
+            let code = if ctx.tried.is_empty() { 503 } else { 502 };
+            return Error::e_explain(ErrorType::HTTPStatus(code), "no server left to try");
+        };
+        ctx.tries += 1;
+        ctx.tried.push(i);
+        ctx.server = Some(i);
+        let server = &up.servers[i];
+        ctx.active = Some(server.begin());
+        let mut peer = HttpPeer::new(server.addr, false, String::new());
+        let t = up.spec.timeouts;
+        let rtmo = route.spec.timeouts;
+        peer.options.connection_timeout = Some(rtmo.connect.unwrap_or(t.connect));
+        peer.options.read_timeout = Some(rtmo.read.unwrap_or(t.read));
+        peer.options.write_timeout = Some(rtmo.write.unwrap_or(t.write));
+        peer.options.idle_timeout = Some(t.idle);
+        if up.protocol == UpstreamProtocol::H2c {
+            peer.options.alpn = ALPN::H2;
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// Connection failures are retried on another server while tries remain.
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        ctx.active = None;
+        let max = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| ctx.route(rt))
+            .and_then(|r| r.upstream.as_ref())
+            .map_or(1, |u| u.spec.max_tries);
+        e.set_retry(ctx.tries < max);
+        e
+    }
+
+    /// A reset before any response byte is retried for idempotent methods whose body can be replayed.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let max = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| ctx.route(rt))
+            .and_then(|r| r.upstream.as_ref())
+            .map_or(1, |u| u.spec.max_tries);
+        let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        let before_response = !ctx.response_started;
+        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        e.set_retry(replayable && before_response && !timed_out && ctx.tries < max);
+        if e.retry() {
+            ctx.active = None;
+        }
+        e
+    }
+
+    /// Strips what clients must not choose, sets forwarding headers and the route's rewrites.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let upgrade = session.is_upgrade_req();
+        headers::strip_hop_by_hop(upstream_request, upgrade);
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) { "https" } else { "http" };
+        headers::set_forwarded(upstream_request, peer, ctx.peer_trusted, proto, &ctx.host);
+        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        if let Some(rt) = ctx.runtime.as_ref() {
+            if let Some(route) = ctx.route(rt) {
+                if route.spec.strip_prefix {
+                    let pq = upstream_request.uri.path_and_query().map_or("/", |p| p.as_str());
+                    if let Some(new) = headers::strip_path_prefix(pq, &route.spec.path_prefix) {
+                        let uri = http::Uri::try_from(new).map_err(|e| Error::because(ErrorType::InternalError, "strip_prefix", e))?;
+                        upstream_request.set_uri(uri);
+                    }
+                }
+                if !route.spec.request_headers.is_empty() {
+                    headers::apply_request_rules(upstream_request, &route.spec.request_headers);
+                }
+            }
+        }
+        ctx.upstream_start = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The upstream answered: no retry from here on; record its latency.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        if let (Some(t0), Some(rt)) = (ctx.upstream_start, ctx.runtime.as_ref()) {
+            if let Some(up) = ctx.route(rt).and_then(|r| r.upstream.as_ref()) {
+                metrics().upstream_duration.with_label_values(&[&up.name]).observe(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the request id and the route's response rewrites.
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        if let Some(rt) = ctx.runtime.as_ref() {
+            if let Some(route) = ctx.route(rt) {
+                if !route.spec.response_headers.is_empty() {
+                    headers::apply_response_rules(resp, &route.spec.response_headers);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Proxying failed: answer with the JSON error that fits.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        if ctx.request_id.is_empty() {
+            ctx.request_id = headers::new_request_id();
+        }
+        let Some(err) = classify(e) else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        let code = err.status();
+        if session.response_written().is_none() {
+            if let Err(write_err) = answer(session, ctx, err).await {
+                tracing::debug!(error = %write_err, "could not write the error response");
+            }
+        } else {
+            ctx.error = Some(err);
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// One access-log line and the request metrics.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.active = None;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        let rt = ctx.runtime.as_ref();
+        let route = rt.and_then(|rt| ctx.route(rt));
+        let route_name = route.map_or("<none>", |r| r.spec.name.as_str());
+        let req = session.req_header();
+        let method = method_label(&req.method);
+        let code_buf = status_digits(status);
+        let status_label = std::str::from_utf8(&code_buf).unwrap_or("0");
+        metrics().requests.with_label_values(&[route_name, method, status_label]).inc();
+        match route {
+            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
+            None => metrics().request_duration.with_label_values(&["<none>"]).observe(elapsed.as_secs_f64()),
+        }
+        if self.state.access_log.enabled() {
+            let up = route.and_then(|r| r.upstream.as_ref());
+            let server = up.and_then(|u| ctx.server.map(|i| u.servers[i].label.as_str()));
+            let error = ctx.error.as_ref().map(EdgeError::code).or_else(|| e.map(|e| e.etype().as_str()));
+            let host = if ctx.host.is_empty() {
+                req.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("")
+            } else {
+                ctx.host.as_str()
+            };
+            self.state.access_log.write(&Entry {
+                time: &rfc3339_now(),
+                request_id: &ctx.request_id,
+                client_ip: ctx.client_ip.map(|i| i.to_string()),
+                host,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                bytes: session.body_bytes_sent(),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                route: route.map(|r| r.spec.name.as_str()),
+                upstream: up.map(|u| u.name.as_str()),
+                server,
+                tenant: ctx.tenant.as_deref(),
+                error,
+            });
+        }
+    }
+}
+
+/// Three ASCII digits of a status, without allocating.
+fn status_digits(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+}

@@ -1,0 +1,413 @@
+//! Upstream groups: servers, their health, and the choice of a server for a request.
+//!
+//! Server state (health, in-flight count) lives in [`ServerState`], shared across config reloads through
+//! the [`ServerRegistry`] so that a reload neither forgets that a server is down nor restarts its checks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{Balance, HealthSpec, UpstreamProtocol, UpstreamSpec};
+use crate::metrics::metrics;
+
+/// One backend server as the gateway sees it.
+#[derive(Debug)]
+pub struct ServerState {
+    pub upstream: String,
+    pub addr: SocketAddr,
+    pub label: String,
+    healthy: AtomicBool,
+    active: AtomicUsize,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    health: ArcSwapOption<HealthSpec>,
+    checker: AtomicBool,
+}
+
+impl ServerState {
+    fn new(upstream: &str, addr: SocketAddr, label: &str) -> ServerState {
+        let s = ServerState {
+            upstream: upstream.to_string(),
+            addr,
+            label: label.to_string(),
+            healthy: AtomicBool::new(true),
+            active: AtomicUsize::new(0),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+            health: ArcSwapOption::empty(),
+            checker: AtomicBool::new(false),
+        };
+        metrics().server_up.with_label_values(&[upstream, label]).set(1);
+        s
+    }
+
+    /// Whether the server is in rotation.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to this server.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Marks one more request in flight; the guard undoes it when dropped.
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    /// Records one health check result and moves the server in or out of rotation per the thresholds.
+    pub fn record_check(&self, ok: bool, spec: &HealthSpec) {
+        if ok {
+            self.fail_streak.store(0, Ordering::Relaxed);
+            let n = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= spec.healthy_threshold && !self.healthy.swap(true, Ordering::Relaxed) {
+                tracing::info!(upstream = %self.upstream, server = %self.label, "server healthy again: back in rotation");
+                metrics().server_up.with_label_values(&[&self.upstream, &self.label]).set(1);
+            }
+        } else {
+            self.ok_streak.store(0, Ordering::Relaxed);
+            let n = self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= spec.unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed) {
+                tracing::warn!(upstream = %self.upstream, server = %self.label, "server failed health checks: taken out of rotation");
+                metrics().server_up.with_label_values(&[&self.upstream, &self.label]).set(0);
+            }
+        }
+    }
+}
+
+impl Drop for ServerState {
+    fn drop(&mut self) {
+        // The server left the config: its series must not linger as a stale 0 or 1.
+        let _ = metrics().server_up.remove_label_values(&[&self.upstream, &self.label]);
+    }
+}
+
+/// Keeps a server's in-flight count for least_conn while a request uses it.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<ServerState>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Server states by (upstream, address), shared by successive configs. Touched only on (re)load.
+#[derive(Default)]
+pub struct ServerRegistry {
+    servers: Mutex<HashMap<(String, SocketAddr), Weak<ServerState>>>,
+}
+
+impl ServerRegistry {
+    fn get_or_create(&self, upstream: &str, addr: SocketAddr, label: &str) -> Arc<ServerState> {
+        let mut map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        let key = (upstream.to_string(), addr);
+        if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
+            return s;
+        }
+        let s = Arc::new(ServerState::new(upstream, addr, label));
+        map.insert(key, Arc::downgrade(&s));
+        s
+    }
+}
+
+/// A named group of servers and how to pick one.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub balance: Balance,
+    pub protocol: UpstreamProtocol,
+    pub spec: UpstreamSpec,
+    pub servers: Vec<Arc<ServerState>>,
+    next: AtomicUsize,
+    /// Smooth weighted round-robin order (weighted balance).
+    schedule: Vec<u16>,
+    /// Consistent-hash ring of (point, server index), sorted (hash_tenant balance).
+    ring: Vec<(u64, u16)>,
+}
+
+/// Virtual nodes per unit of weight on the hash ring.
+const RING_POINTS: u32 = 160;
+
+impl Upstream {
+    /// Builds the group, reusing server state from `registry`.
+    pub fn new(spec: &UpstreamSpec, registry: &ServerRegistry) -> Upstream {
+        let servers: Vec<Arc<ServerState>> = spec
+            .servers
+            .iter()
+            .map(|s| registry.get_or_create(&spec.name, s.addr, &s.label))
+            .collect();
+        for s in &servers {
+            s.health.store(spec.health.clone().map(Arc::new));
+            if spec.health.is_none() && !s.is_healthy() {
+                // Checks were switched off: nothing will ever bring it back, so trust it again.
+                s.healthy.store(true, Ordering::Relaxed);
+                metrics().server_up.with_label_values(&[&spec.name, &s.label]).set(1);
+            }
+        }
+        let weights: Vec<u32> = spec.servers.iter().map(|s| s.weight).collect();
+        Upstream {
+            name: spec.name.clone(),
+            balance: spec.balance,
+            protocol: spec.protocol,
+            schedule: smooth_wrr(&weights),
+            ring: hash_ring(&spec.servers.iter().map(|s| (s.label.as_str(), s.weight)).collect::<Vec<_>>()),
+            spec: spec.clone(),
+            servers,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether any server is in rotation.
+    pub fn any_healthy(&self) -> bool {
+        self.servers.iter().any(|s| s.is_healthy())
+    }
+
+    /// Picks a healthy server not in `tried`. `tenant` keys the hash ring for `hash_tenant`.
+    pub fn select(&self, tenant: Option<&str>, tried: &[usize]) -> Option<usize> {
+        let n = self.servers.len();
+        let eligible = |i: usize| self.servers[i].is_healthy() && !tried.contains(&i);
+        match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|&i| eligible(i))
+            }
+            Balance::Weighted => {
+                let len = self.schedule.len();
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..len).map(|k| self.schedule[(start + k) % len] as usize).find(|&i| eligible(i))
+            }
+            Balance::LeastConn => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| eligible(i))
+                    .min_by_key(|&i| self.servers[i].active())
+            }
+            Balance::HashTenant => match tenant {
+                Some(t) if !self.ring.is_empty() => {
+                    let h = hash64(t.as_bytes());
+                    let start = self.ring.partition_point(|(p, _)| *p < h);
+                    let len = self.ring.len();
+                    (0..len).map(|k| self.ring[(start + k) % len].1 as usize).find(|&i| eligible(i))
+                }
+                _ => {
+                    let start = self.next.fetch_add(1, Ordering::Relaxed);
+                    (0..n).map(|k| (start + k) % n).find(|&i| eligible(i))
+                }
+            },
+        }
+    }
+}
+
+/// FNV-1a then a murmur finaliser: fast, stable across processes and releases (unlike `DefaultHasher`).
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+fn hash_ring(servers: &[(&str, u32)]) -> Vec<(u64, u16)> {
+    let mut ring = Vec::new();
+    for (i, (label, weight)) in servers.iter().enumerate() {
+        for v in 0..RING_POINTS * weight {
+            ring.push((hash64(format!("{label}#{v}").as_bytes()), i as u16));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// nginx's smooth weighted round robin, unrolled into one full cycle (length = sum of weights).
+fn smooth_wrr(weights: &[u32]) -> Vec<u16> {
+    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(weights) {
+            *c += i64::from(*w);
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+            .expect("at least one server");
+        current[best] -= total;
+        out.push(best as u16);
+    }
+    out
+}
+
+/// Starts the health checker of every server of `upstream` that has none yet. Each checker holds only a
+/// weak reference and ends when its server leaves the config.
+pub fn spawn_health_checks(upstream: &Upstream) {
+    for s in &upstream.servers {
+        if s.checker.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        let weak = Arc::downgrade(s);
+        tokio::spawn(async move { health_loop(weak).await });
+    }
+}
+
+async fn health_loop(server: Weak<ServerState>) {
+    loop {
+        let (addr, spec) = match server.upgrade() {
+            Some(s) => (s.addr, s.health.load_full()),
+            None => return,
+        };
+        let Some(spec) = spec else {
+            // Checks are off for now; a reload may switch them on.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let ok = probe(addr, &spec).await;
+        match server.upgrade() {
+            Some(s) => s.record_check(ok, &spec),
+            None => return,
+        }
+        tokio::time::sleep(spec.interval).await;
+    }
+}
+
+/// One active check: `GET path` over a fresh connection; 2xx or 3xx within the timeout is a pass.
+pub async fn probe(addr: SocketAddr, spec: &HealthSpec) -> bool {
+    let host = spec.host.clone().unwrap_or_else(|| addr.to_string());
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: aggios-edge-health/1\r\nConnection: close\r\n\r\n",
+        spec.path
+    );
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < 12 {
+            let n = stream.read(&mut buf[got..]).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let line = &buf[..got];
+        let status = line.strip_prefix(b"HTTP/1.").filter(|r| r.len() >= 5).map(|r| &r[2..5])?;
+        Some(matches!(status.first(), Some(b'2') | Some(b'3')))
+    };
+    matches!(tokio::time::timeout(spec.timeout, check).await, Ok(Some(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ServerSpec, Timeouts};
+
+    fn spec(balance: Balance, weights: &[u32]) -> UpstreamSpec {
+        UpstreamSpec {
+            name: format!("t-{balance}-{}", fastrand::u64(..)),
+            servers: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| ServerSpec {
+                    addr: format!("127.0.0.1:{}", 10000 + i).parse().expect("addr"),
+                    label: format!("127.0.0.1:{}", 10000 + i),
+                    weight: *w,
+                })
+                .collect(),
+            balance,
+            protocol: UpstreamProtocol::Http1,
+            health: None,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(1),
+                read: Duration::from_secs(1),
+                write: Duration::from_secs(1),
+                idle: Duration::from_secs(1),
+            },
+            max_tries: 3,
+        }
+    }
+
+    #[test]
+    fn smooth_wrr_interleaves() {
+        assert_eq!(smooth_wrr(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr(&[1, 1]), vec![0, 1]);
+    }
+
+    #[test]
+    fn round_robin_and_weighted_distribution() {
+        let reg = ServerRegistry::default();
+        let rr = Upstream::new(&spec(Balance::RoundRobin, &[1, 1, 1]), &reg);
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            counts[rr.select(None, &[]).expect("server")] += 1;
+        }
+        assert_eq!(counts, [100, 100, 100]);
+        let w = Upstream::new(&spec(Balance::Weighted, &[3, 1]), &reg);
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[w.select(None, &[]).expect("server")] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+    }
+
+    #[test]
+    fn unhealthy_and_tried_servers_are_skipped() {
+        let reg = ServerRegistry::default();
+        let up = Upstream::new(&spec(Balance::RoundRobin, &[1, 1, 1]), &reg);
+        up.servers[1].healthy.store(false, Ordering::Relaxed);
+        for _ in 0..10 {
+            let i = up.select(None, &[0]).expect("server");
+            assert_eq!(i, 2);
+        }
+        up.servers[2].healthy.store(false, Ordering::Relaxed);
+        assert_eq!(up.select(None, &[0]), None);
+    }
+
+    #[test]
+    fn least_conn_prefers_idle_servers() {
+        let reg = ServerRegistry::default();
+        let up = Upstream::new(&spec(Balance::LeastConn, &[1, 1]), &reg);
+        let _busy = up.servers[0].begin();
+        for _ in 0..10 {
+            assert_eq!(up.select(None, &[]), Some(1));
+        }
+    }
+
+    #[test]
+    fn hash_tenant_is_sticky_and_moves_little() {
+        let reg = ServerRegistry::default();
+        let up = Upstream::new(&spec(Balance::HashTenant, &[1, 1, 1, 1]), &reg);
+        let tenants: Vec<String> = (0..1000).map(|i| format!("tenant{i}")).collect();
+        let before: Vec<usize> = tenants.iter().map(|t| up.select(Some(t), &[]).expect("s")).collect();
+        for (t, b) in tenants.iter().zip(&before) {
+            assert_eq!(up.select(Some(t), &[]), Some(*b));
+        }
+        let mut counts = [0; 4];
+        for b in &before {
+            counts[*b] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 150), "uneven ring: {counts:?}");
+        // Taking one server out moves only its tenants.
+        up.servers[0].healthy.store(false, Ordering::Relaxed);
+        let moved = tenants
+            .iter()
+            .zip(&before)
+            .filter(|(t, b)| **b != 0 && up.select(Some(t), &[]) != Some(**b))
+            .count();
+        assert_eq!(moved, 0);
+    }
+}

@@ -1,0 +1,131 @@
+//! The live state: the validated config compiled into a router and upstream groups, swapped atomically
+//! on reload. A request takes one snapshot at its start and keeps it to its end, so a reload never
+//! changes the rules under a request in flight.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::access_log::AccessLog;
+use crate::config::{Config, RouteSpec};
+use crate::metrics::metrics;
+use crate::proxy::route::Router;
+use crate::proxy::upstream::{spawn_health_checks, ServerRegistry, Upstream};
+
+/// A route ready to serve.
+pub struct RouteRt {
+    pub spec: RouteSpec,
+    pub upstream: Option<Arc<Upstream>>,
+    /// Pre-bound handle of `gateway_http_request_duration_seconds{route}`.
+    pub duration: prometheus::Histogram,
+}
+
+/// One compiled config.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub routes: Vec<RouteRt>,
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Runtime {
+    fn build(config: Config, registry: &ServerRegistry) -> Runtime {
+        let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, registry))).collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| RouteRt {
+                spec: r.clone(),
+                upstream: r
+                    .upstream
+                    .as_ref()
+                    .and_then(|name| upstreams.iter().find(|u| &u.name == name).cloned()),
+                duration: metrics().request_duration.with_label_values(&[&r.name]),
+            })
+            .collect();
+        Runtime {
+            router: Router::new(&config.routes, &config.tenancy),
+            routes,
+            upstreams,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Upstreams that at least one route uses.
+    pub fn upstreams_in_use(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams
+            .iter()
+            .filter(|u| self.routes.iter().any(|r| r.upstream.as_ref().is_some_and(|x| Arc::ptr_eq(x, u))))
+    }
+}
+
+/// Everything the proxy, the admin listener and the reloader share.
+pub struct GatewayState {
+    runtime: ArcSwap<Runtime>,
+    registry: ServerRegistry,
+    pub access_log: AccessLog,
+    /// Set once the listeners are bound (the proxy service has started).
+    pub listeners_up: AtomicBool,
+}
+
+impl GatewayState {
+    /// Compiles the first config.
+    pub fn new(config: Config) -> Arc<GatewayState> {
+        let registry = ServerRegistry::default();
+        let access_log = AccessLog::new(config.log.access_log);
+        let runtime = Runtime::build(config, &registry);
+        metrics().last_reload_success.set(unix_now());
+        Arc::new(GatewayState {
+            runtime: ArcSwap::from_pointee(runtime),
+            registry,
+            access_log,
+            listeners_up: AtomicBool::new(false),
+        })
+    }
+
+    /// The current runtime (one atomic load; no lock).
+    pub fn current(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Compiles `config` and makes it current. Health checks of new servers start when called inside a
+    /// Tokio runtime; see [`GatewayState::start_health_checks`].
+    pub fn apply(&self, config: Config) {
+        self.access_log.set_enabled(config.log.access_log);
+        let rt = Runtime::build(config, &self.registry);
+        self.runtime.store(Arc::new(rt));
+        metrics().last_reload_success.set(unix_now());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.start_health_checks();
+        }
+    }
+
+    /// Starts checkers for servers that have none (must run inside a Tokio runtime).
+    pub fn start_health_checks(&self) {
+        for u in &self.current().upstreams {
+            spawn_health_checks(u);
+        }
+    }
+
+    /// Whether the gateway can serve: config loaded, listeners up, a healthy server in every upstream in use.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.listeners_up.load(Ordering::Acquire) {
+            return Err("listeners not up yet".into());
+        }
+        let rt = self.current();
+        let down: Vec<&str> = rt.upstreams_in_use().filter(|u| !u.any_healthy()).map(|u| u.name.as_str()).collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no healthy server in upstream(s): {}", down.join(", ")))
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, as a float.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
