@@ -38,22 +38,27 @@ impl AccessLog {
     /// Starts the writer thread.
     pub fn new(enabled: bool) -> AccessLog {
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-            while let Ok(line) = rx.recv() {
-                let _ = out.write_all(&line);
-                // Batch what is already queued, then flush so lines are never held back long.
-                while let Ok(more) = rx.try_recv() {
-                    let _ = out.write_all(&more);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+                while let Ok(line) = rx.recv() {
+                    let _ = out.write_all(&line);
+                    // Batch what is already queued, then flush so lines are never held back long.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = out.write_all(&more);
+                    }
+                    let _ = out.flush();
                 }
-                let _ = out.flush();
-            }
-        });
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the access-log thread; access log disabled");
         }
-        AccessLog { enabled: AtomicBool::new(enabled), tx }
+        AccessLog {
+            enabled: AtomicBool::new(enabled),
+            tx,
+        }
     }
 
     /// Switches the log on or off (config reload).
@@ -78,7 +83,9 @@ impl AccessLog {
 
 /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-28T12:00:00.123Z`.
 pub fn rfc3339_now() -> String {
-    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     rfc3339(d.as_secs(), d.subsec_millis())
 }
 

@@ -75,11 +75,18 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
-            "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics().render()),
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics().render(),
+            ),
             "/healthz" => json_response(StatusCode::OK, json!({ "status": "ok" })),
             "/readyz" => match self.state.ready() {
                 Ok(()) => json_response(StatusCode::OK, json!({ "status": "ready" })),
-                Err(why) => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "not_ready", "reason": why })),
+                Err(why) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "status": "not_ready", "reason": why }),
+                ),
             },
             "/api/routes" => json_response(StatusCode::OK, self.routes_json()),
             _ => json_response(

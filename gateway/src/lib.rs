@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -47,24 +47,43 @@ pub fn build_server(config: Config, path: &Path) -> Server {
 
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    let mut proxy = ProxyServiceBuilder::new(&server.configuration, proxy::Gateway { state: state.clone() })
-        .name("gateway")
-        .server_options(options)
-        .build();
+    let mut app = HttpProxy::new(
+        proxy::Gateway {
+            state: state.clone(),
+        },
+        server.configuration.clone(),
+    );
+    app.server_options = Some(options);
+    app.handle_init_modules();
+    let mut proxy = Service::new(
+        "gateway".to_string(),
+        proxy::head_deadline::HeadDeadlineApp {
+            inner: Arc::new(app),
+            state: state.clone(),
+        },
+    );
     if let Some(addr) = http {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
 
     if let Some(addr) = admin {
-        let mut admin_service = Service::new("admin".to_string(), admin::AdminApp { state: state.clone() });
+        let mut admin_service = Service::new(
+            "admin".to_string(),
+            admin::AdminApp {
+                state: state.clone(),
+            },
+        );
         admin_service.add_tcp(&addr.to_string());
         server.add_service(admin_service);
     }
 
     server.add_service(background_service(
         "config-reload",
-        Reloader { path: path.to_path_buf(), state: Arc::clone(&state) },
+        Reloader {
+            path: path.to_path_buf(),
+            state: Arc::clone(&state),
+        },
     ));
     server
 }

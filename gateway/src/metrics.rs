@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// All collectors of the gateway.
@@ -29,21 +29,33 @@ impl Metrics {
     fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("gateway_http_requests_total", "HTTP requests answered, by route, method and status."),
+            Opts::new(
+                "gateway_http_requests_total",
+                "HTTP requests answered, by route, method and status.",
+            ),
             &["route", "method", "status"],
         )?;
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("gateway_http_request_duration_seconds", "Time from request head to the end of the response, by route.")
-                .buckets(BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gateway_http_request_duration_seconds",
+                "Time from request head to the end of the response, by route.",
+            )
+            .buckets(BUCKETS.to_vec()),
             &["route"],
         )?;
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new("gateway_upstream_request_duration_seconds", "Time from sending to the upstream to its response head, by upstream.")
-                .buckets(BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gateway_upstream_request_duration_seconds",
+                "Time from sending to the upstream to its response head, by upstream.",
+            )
+            .buckets(BUCKETS.to_vec()),
             &["upstream"],
         )?;
         let server_up = IntGaugeVec::new(
-            Opts::new("gateway_upstream_server_up", "1 while the server passes its health checks, 0 while it is taken out."),
+            Opts::new(
+                "gateway_upstream_server_up",
+                "1 while the server passes its health checks, 0 while it is taken out.",
+            ),
             &["upstream", "server"],
         )?;
         let connections_active = IntGauge::new(
@@ -51,7 +63,10 @@ impl Metrics {
             "Downstream HTTP requests in progress (HTTP/1 connections busy with a request plus HTTP/2 streams).",
         )?;
         let reloads = IntCounterVec::new(
-            Opts::new("gateway_config_reloads_total", "Config reload attempts by result (success|failure)."),
+            Opts::new(
+                "gateway_config_reloads_total",
+                "Config reload attempts by result (success|failure).",
+            ),
             &["result"],
         )?;
         let last_reload_success = Gauge::new(

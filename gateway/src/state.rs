@@ -31,7 +31,11 @@ pub struct Runtime {
 
 impl Runtime {
     fn build(config: Config, registry: &ServerRegistry) -> Runtime {
-        let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, registry))).collect();
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u, registry)))
+            .collect();
         let routes = config
             .routes
             .iter()
@@ -54,9 +58,11 @@ impl Runtime {
 
     /// Upstreams that at least one route uses.
     pub fn upstreams_in_use(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        self.upstreams
-            .iter()
-            .filter(|u| self.routes.iter().any(|r| r.upstream.as_ref().is_some_and(|x| Arc::ptr_eq(x, u))))
+        self.upstreams.iter().filter(|u| {
+            self.routes
+                .iter()
+                .any(|r| r.upstream.as_ref().is_some_and(|x| Arc::ptr_eq(x, u)))
+        })
     }
 }
 
@@ -114,11 +120,18 @@ impl GatewayState {
             return Err("listeners not up yet".into());
         }
         let rt = self.current();
-        let down: Vec<&str> = rt.upstreams_in_use().filter(|u| !u.any_healthy()).map(|u| u.name.as_str()).collect();
+        let down: Vec<&str> = rt
+            .upstreams_in_use()
+            .filter(|u| !u.any_healthy())
+            .map(|u| u.name.as_str())
+            .collect();
         if down.is_empty() {
             Ok(())
         } else {
-            Err(format!("no healthy server in upstream(s): {}", down.join(", ")))
+            Err(format!(
+                "no healthy server in upstream(s): {}",
+                down.join(", ")
+            ))
         }
     }
 }

@@ -8,6 +8,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err("empty duration; write e.g. \"2s\" or \"500ms\"".into());
     }
+    if s.contains(char::is_whitespace) {
+        return Err(format!("invalid duration `{text}`: no spaces allowed; write e.g. \"2s\", \"500ms\" or \"1m30s\""));
+    }
     let bytes = s.as_bytes();
     let mut i = 0;
     let mut total = Duration::ZERO;
@@ -17,7 +20,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             i += 1;
         }
         if start == i {
-            return Err(format!("invalid duration `{text}`: expected a number at `{}`", &s[start..]));
+            return Err(format!(
+                "invalid duration `{text}`: expected a number at `{}`",
+                &s[start..]
+            ));
         }
         let n: u64 = s[start..i]
             .parse()
@@ -36,7 +42,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                     "invalid duration `{text}`: missing unit (ms, s, m or h) after {n}"
                 ))
             }
-            u => return Err(format!("invalid duration `{text}`: unknown unit `{u}` (ms, s, m or h)")),
+            u => {
+                return Err(format!(
+                    "invalid duration `{text}`: unknown unit `{u}` (ms, s, m or h)"
+                ))
+            }
         };
         total = total.saturating_add(part);
     }

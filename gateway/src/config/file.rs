@@ -128,8 +128,12 @@ impl<'de> Deserialize<'de> for ServerEntry {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServerEntry, E> {
                 Ok(ServerEntry::Addr(v.to_string()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ServerEntry, A::Error> {
-                WeightedServer::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ServerEntry::Weighted)
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ServerEntry, A::Error> {
+                WeightedServer::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ServerEntry::Weighted)
             }
         }
         d.deserialize_any(V)

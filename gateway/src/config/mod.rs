@@ -59,7 +59,10 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     fn new(span: Option<Range<usize>>, message: impl Into<String>) -> Self {
-        Self { span, message: message.into() }
+        Self {
+            span,
+            message: message.into(),
+        }
     }
     fn at<T>(s: &Spanned<T>, message: impl Into<String>) -> Self {
         Self::new(Some(s.span()), message)
@@ -70,7 +73,10 @@ impl Diagnostic {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
 }
@@ -207,7 +213,10 @@ pub struct UpstreamSpec {
 #[derive(Debug, Clone)]
 pub enum HostPattern {
     /// `api.aggios.app`; `tenant` is set when the host is `{label}.{base_domain}` with a non-reserved label.
-    Exact { host: String, tenant: Option<String> },
+    Exact {
+        host: String,
+        tenant: Option<String>,
+    },
     /// `*.aggios.app`: exactly one label, held here without the `*.` (`aggios.app`).
     Wildcard { suffix: String },
     /// `~^(?P<tenant>…)\.x\.app$`: the `tenant` group, when present, is the tenant.
@@ -305,8 +314,12 @@ impl Config {
             self.routes.len(),
             self.upstreams.len(),
             servers,
-            self.entrypoints.http.map_or("off".into(), |a| a.to_string()),
-            self.entrypoints.admin.map_or("off".into(), |a| a.to_string()),
+            self.entrypoints
+                .http
+                .map_or("off".into(), |a| a.to_string()),
+            self.entrypoints
+                .admin
+                .map_or("off".into(), |a| a.to_string()),
         )
     }
 
@@ -354,7 +367,10 @@ fn parse_inner(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<C
     let doc = match toml_edit::Document::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
-            diags.push(Diagnostic::new(e.span(), format!("TOML syntax error: {}", e.message().trim())));
+            diags.push(Diagnostic::new(
+                e.span(),
+                format!("TOML syntax error: {}", e.message().trim()),
+            ));
             return None;
         }
     };
@@ -372,7 +388,11 @@ fn parse_inner(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<C
     Some(validate(path, raw, diags))
 }
 
-fn duration_or(v: &Option<Spanned<String>>, default: Duration, diags: &mut Vec<Diagnostic>) -> Duration {
+fn duration_or(
+    v: &Option<Spanned<String>>,
+    default: Duration,
+    diags: &mut Vec<Diagnostic>,
+) -> Duration {
     match v {
         None => default,
         Some(s) => match parse_duration(s.get_ref()) {
@@ -390,28 +410,44 @@ fn duration_or(v: &Option<Spanned<String>>, default: Duration, diags: &mut Vec<D
 }
 
 fn opt_duration(v: &Option<Spanned<String>>, diags: &mut Vec<Diagnostic>) -> Option<Duration> {
-    v.as_ref().map(|_| duration_or(v, Duration::from_secs(1), diags))
+    v.as_ref()
+        .map(|_| duration_or(v, Duration::from_secs(1), diags))
 }
 
-fn positive(v: &Option<Spanned<i64>>, default: u64, what: &str, diags: &mut Vec<Diagnostic>) -> u64 {
+fn positive(
+    v: &Option<Spanned<i64>>,
+    default: u64,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> u64 {
     match v {
         None => default,
         Some(s) if *s.get_ref() > 0 => *s.get_ref() as u64,
         Some(s) => {
-            diags.push(Diagnostic::at(s, format!("{what} must be a positive integer")));
+            diags.push(Diagnostic::at(
+                s,
+                format!("{what} must be a positive integer"),
+            ));
             default
         }
     }
 }
 
-fn socket_addr(v: &Option<Spanned<String>>, key: &str, diags: &mut Vec<Diagnostic>) -> Option<SocketAddr> {
+fn socket_addr(
+    v: &Option<Spanned<String>>,
+    key: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<SocketAddr> {
     let s = v.as_ref()?;
     match s.get_ref().parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
             diags.push(Diagnostic::at(
                 s,
-                format!("{key}: `{}` is not an IP:port address (e.g. \"127.0.0.1:8080\")", s.get_ref()),
+                format!(
+                    "{key}: `{}` is not an IP:port address (e.g. \"127.0.0.1:8080\")",
+                    s.get_ref()
+                ),
             ));
             None
         }
@@ -434,14 +470,23 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         ));
     }
     if raw.entrypoints.http.is_none() {
-        diags.push(Diagnostic::new(None, "entrypoints.http is required (e.g. http = \"0.0.0.0:80\")"));
+        diags.push(Diagnostic::new(
+            None,
+            "entrypoints.http is required (e.g. http = \"0.0.0.0:80\")",
+        ));
     }
 
     let mut tenancy = Tenancy::default();
     for d in &raw.tenancy.base_domains {
         let v = d.get_ref().trim_end_matches('.').to_ascii_lowercase();
         if !is_hostname(&v) {
-            diags.push(Diagnostic::at(d, format!("tenancy.base_domains: `{}` is not a domain name", d.get_ref())));
+            diags.push(Diagnostic::at(
+                d,
+                format!(
+                    "tenancy.base_domains: `{}` is not a domain name",
+                    d.get_ref()
+                ),
+            ));
         } else {
             tenancy.base_domains.push(v);
         }
@@ -449,18 +494,36 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
     for r in &raw.tenancy.reserved {
         let v = r.get_ref().to_ascii_lowercase();
         if !is_label(&v) {
-            diags.push(Diagnostic::at(r, format!("tenancy.reserved: `{}` is not a DNS label", r.get_ref())));
+            diags.push(Diagnostic::at(
+                r,
+                format!("tenancy.reserved: `{}` is not a DNS label", r.get_ref()),
+            ));
         } else {
             tenancy.reserved.insert(v);
         }
     }
 
     let limits = Limits {
-        max_header_bytes: positive(&raw.limits.max_header_bytes, DEFAULT_MAX_HEADER_BYTES as u64, "limits.max_header_bytes", diags) as usize,
-        max_headers: positive(&raw.limits.max_headers, DEFAULT_MAX_HEADERS as u64, "limits.max_headers", diags) as usize,
+        max_header_bytes: positive(
+            &raw.limits.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES as u64,
+            "limits.max_header_bytes",
+            diags,
+        ) as usize,
+        max_headers: positive(
+            &raw.limits.max_headers,
+            DEFAULT_MAX_HEADERS as u64,
+            "limits.max_headers",
+            diags,
+        ) as usize,
         header_timeout: duration_or(&raw.limits.header_timeout, DEFAULT_HEADER_TIMEOUT, diags),
         body_timeout: duration_or(&raw.limits.body_timeout, DEFAULT_BODY_TIMEOUT, diags),
-        max_body_bytes: positive(&raw.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES, "limits.max_body_bytes", diags),
+        max_body_bytes: positive(
+            &raw.limits.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            "limits.max_body_bytes",
+            diags,
+        ),
     };
 
     let mut trusted_proxies = Vec::new();
@@ -471,7 +534,10 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
             .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
         match net {
             Ok(n) => trusted_proxies.push(n),
-            Err(_) => diags.push(Diagnostic::at(p, format!("forwarding.trusted_proxies: `{s}` is not a CIDR or IP address"))),
+            Err(_) => diags.push(Diagnostic::at(
+                p,
+                format!("forwarding.trusted_proxies: `{s}` is not a CIDR or IP address"),
+            )),
         }
     }
 
@@ -488,14 +554,24 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
                 LogFormat::Json
             }
         },
-        level: raw.log.level.as_ref().map_or_else(|| "info".to_string(), |l| l.get_ref().clone()),
+        level: raw
+            .log
+            .level
+            .as_ref()
+            .map_or_else(|| "info".to_string(), |l| l.get_ref().clone()),
     };
 
     let mut upstreams: Vec<UpstreamSpec> = Vec::new();
     let mut upstream_names: HashMap<String, ()> = HashMap::new();
     for u in &raw.upstreams {
-        if upstream_names.insert(u.name.get_ref().clone(), ()).is_some() {
-            diags.push(Diagnostic::at(&u.name, format!("duplicate upstream name `{}`", u.name.get_ref())));
+        if upstream_names
+            .insert(u.name.get_ref().clone(), ())
+            .is_some()
+        {
+            diags.push(Diagnostic::at(
+                &u.name,
+                format!("duplicate upstream name `{}`", u.name.get_ref()),
+            ));
         }
         upstreams.push(validate_upstream(u, diags));
     }
@@ -504,12 +580,20 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
     let mut route_names: HashSet<String> = HashSet::new();
     for r in &raw.routes {
         if !route_names.insert(r.name.get_ref().clone()) {
-            diags.push(Diagnostic::at(&r.name, format!("duplicate route name `{}`", r.name.get_ref())));
+            diags.push(Diagnostic::at(
+                &r.name,
+                format!("duplicate route name `{}`", r.name.get_ref()),
+            ));
         }
         routes.push(validate_route(r, &tenancy, &limits, &upstream_names, diags));
     }
     // Routes whose hosts did not parse are already reported; ranking them would only add noise.
-    let complete: Vec<bool> = raw.routes.iter().zip(&routes).map(|(r, s)| r.hosts.len() == s.hosts.len()).collect();
+    let complete: Vec<bool> = raw
+        .routes
+        .iter()
+        .zip(&routes)
+        .map(|(r, s)| r.hosts.len() == s.hosts.len())
+        .collect();
     check_ambiguity(&raw.routes, &routes, &complete, diags);
 
     Config {
@@ -549,17 +633,27 @@ fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -> UpstreamS
             None => 1,
             Some(w) if (1..=1000).contains(&w) => w as u32,
             Some(_) => {
-                diags.push(Diagnostic::at(entry, "server weight must be between 1 and 1000"));
+                diags.push(Diagnostic::at(
+                    entry,
+                    "server weight must be between 1 and 1000",
+                ));
                 1
             }
         };
         match resolve(addr) {
-            Ok(sock) => servers.push(ServerSpec { addr: sock, label: addr.clone(), weight }),
+            Ok(sock) => servers.push(ServerSpec {
+                addr: sock,
+                label: addr.clone(),
+                weight,
+            }),
             Err(e) => diags.push(Diagnostic::at(entry, e)),
         }
     }
     if u.servers.get_ref().is_empty() {
-        diags.push(Diagnostic::at(&u.servers, format!("upstream `{name}` has no servers")));
+        diags.push(Diagnostic::at(
+            &u.servers,
+            format!("upstream `{name}` has no servers"),
+        ));
     }
     let balance = match u.balance.as_ref().map(|b| b.get_ref().as_str()) {
         None | Some("round_robin") => Balance::RoundRobin,
@@ -586,7 +680,10 @@ fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -> UpstreamS
         }
     };
     let health = u.health.as_ref().map(|h| {
-        let path = h.path.as_ref().map_or_else(|| "/healthz".to_string(), |p| p.get_ref().clone());
+        let path = h
+            .path
+            .as_ref()
+            .map_or_else(|| "/healthz".to_string(), |p| p.get_ref().clone());
         if !path.starts_with('/') {
             if let Some(p) = &h.path {
                 diags.push(Diagnostic::at(p, "health.path must start with `/`"));
@@ -597,8 +694,18 @@ fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -> UpstreamS
             host: h.host.as_ref().map(|x| x.get_ref().clone()),
             interval: duration_or(&h.interval, DEFAULT_HEALTH_INTERVAL, diags),
             timeout: duration_or(&h.timeout, DEFAULT_HEALTH_TIMEOUT, diags),
-            healthy_threshold: positive(&h.healthy_threshold, DEFAULT_HEALTHY_THRESHOLD as u64, "health.healthy_threshold", diags) as u32,
-            unhealthy_threshold: positive(&h.unhealthy_threshold, DEFAULT_UNHEALTHY_THRESHOLD as u64, "health.unhealthy_threshold", diags) as u32,
+            healthy_threshold: positive(
+                &h.healthy_threshold,
+                DEFAULT_HEALTHY_THRESHOLD as u64,
+                "health.healthy_threshold",
+                diags,
+            ) as u32,
+            unhealthy_threshold: positive(
+                &h.unhealthy_threshold,
+                DEFAULT_UNHEALTHY_THRESHOLD as u64,
+                "health.unhealthy_threshold",
+                diags,
+            ) as u32,
         }
     });
     UpstreamSpec {
@@ -608,7 +715,8 @@ fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -> UpstreamS
         protocol,
         health,
         timeouts: validate_timeouts(&u.timeouts, diags),
-        max_tries: positive(&u.max_tries, DEFAULT_MAX_TRIES as u64, "max_tries", diags).min(16) as u32,
+        max_tries: positive(&u.max_tries, DEFAULT_MAX_TRIES as u64, "max_tries", diags).min(16)
+            as u32,
     }
 }
 
@@ -627,13 +735,23 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 fn header_rules(h: &HeaderRulesFile, diags: &mut Vec<Diagnostic>) -> HeaderRules {
     let mut rules = HeaderRules::default();
-    let pairs = |map: &std::collections::BTreeMap<String, Spanned<String>>, diags: &mut Vec<Diagnostic>| {
+    let pairs = |map: &std::collections::BTreeMap<String, Spanned<String>>,
+                 diags: &mut Vec<Diagnostic>| {
         let mut out = Vec::new();
         for (k, v) in map {
-            match (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v.get_ref())) {
+            match (
+                HeaderName::try_from(k.as_str()),
+                HeaderValue::from_str(v.get_ref()),
+            ) {
                 (Ok(n), Ok(val)) => out.push((n, val)),
-                (Err(_), _) => diags.push(Diagnostic::at(v, format!("`{k}` is not a valid header name"))),
-                (_, Err(_)) => diags.push(Diagnostic::at(v, format!("the value of header `{k}` is not a valid header value"))),
+                (Err(_), _) => diags.push(Diagnostic::at(
+                    v,
+                    format!("`{k}` is not a valid header name"),
+                )),
+                (_, Err(_)) => diags.push(Diagnostic::at(
+                    v,
+                    format!("the value of header `{k}` is not a valid header value"),
+                )),
             }
         }
         out
@@ -643,7 +761,10 @@ fn header_rules(h: &HeaderRulesFile, diags: &mut Vec<Diagnostic>) -> HeaderRules
     for r in &h.remove {
         match HeaderName::try_from(r.get_ref().as_str()) {
             Ok(n) => rules.remove.push(n),
-            Err(_) => diags.push(Diagnostic::at(r, format!("`{}` is not a valid header name", r.get_ref()))),
+            Err(_) => diags.push(Diagnostic::at(
+                r,
+                format!("`{}` is not a valid header name", r.get_ref()),
+            )),
         }
     }
     rules
@@ -657,8 +778,15 @@ fn validate_route(
     diags: &mut Vec<Diagnostic>,
 ) -> RouteSpec {
     let name = r.name.get_ref().clone();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        diags.push(Diagnostic::at(&r.name, "route name must be non-empty and use only letters, digits, `-`, `_` and `.`"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        diags.push(Diagnostic::at(
+            &r.name,
+            "route name must be non-empty and use only letters, digits, `-`, `_` and `.`",
+        ));
     }
     let mut hosts = Vec::new();
     for h in &r.hosts {
@@ -667,7 +795,10 @@ fn validate_route(
             Err(e) => diags.push(Diagnostic::at(h, e)),
         }
     }
-    let path_prefix = r.path_prefix.as_ref().map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
+    let path_prefix = r
+        .path_prefix
+        .as_ref()
+        .map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
     if !path_prefix.starts_with('/') {
         if let Some(p) = &r.path_prefix {
             diags.push(Diagnostic::at(p, "path_prefix must start with `/`"));
@@ -678,16 +809,25 @@ fn validate_route(
         for m in ms {
             match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
                 Ok(method) => out.push(method),
-                Err(_) => diags.push(Diagnostic::at(m, format!("`{}` is not an HTTP method", m.get_ref()))),
+                Err(_) => diags.push(Diagnostic::at(
+                    m,
+                    format!("`{}` is not an HTTP method", m.get_ref()),
+                )),
             }
         }
         out
     });
     let mut headers = Vec::new();
     for (k, v) in &r.headers {
-        match (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v.get_ref())) {
+        match (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::from_str(v.get_ref()),
+        ) {
             (Ok(n), Ok(val)) => headers.push((n, val)),
-            _ => diags.push(Diagnostic::at(v, format!("header matcher `{k}` has an invalid name or value"))),
+            _ => diags.push(Diagnostic::at(
+                v,
+                format!("header matcher `{k}` has an invalid name or value"),
+            )),
         }
     }
     match &r.upstream {
@@ -699,10 +839,19 @@ fn validate_route(
                 .filter(|(d, _)| *d <= 2)
                 .min_by_key(|(d, _)| *d)
                 .map_or_else(String::new, |(_, k)| format!(" (did you mean `{k}`?)"));
-            diags.push(Diagnostic::at(u, format!("route `{name}` refers to unknown upstream `{}`{hint}", u.get_ref())));
+            diags.push(Diagnostic::at(
+                u,
+                format!(
+                    "route `{name}` refers to unknown upstream `{}`{hint}",
+                    u.get_ref()
+                ),
+            ));
         }
         None if !r.redirect_https => {
-            diags.push(Diagnostic::at(&r.name, format!("route `{name}` needs `upstream` (or `redirect_https = true`)")));
+            diags.push(Diagnostic::at(
+                &r.name,
+                format!("route `{name}` needs `upstream` (or `redirect_https = true`)"),
+            ));
         }
         _ => {}
     }
@@ -710,13 +859,19 @@ fn validate_route(
         if a.get_ref() != "none" {
             diags.push(Diagnostic::at(
                 a,
-                format!("auth `{}` is not available in this build yet; only \"none\" is", a.get_ref()),
+                format!(
+                    "auth `{}` is not available in this build yet; only \"none\" is",
+                    a.get_ref()
+                ),
             ));
         }
     }
     if let Some(rl) = &r.rate_limits {
         if !rl.get_ref().is_empty() {
-            diags.push(Diagnostic::at(rl, "rate_limits are not available in this build yet"));
+            diags.push(Diagnostic::at(
+                rl,
+                "rate_limits are not available in this build yet",
+            ));
         }
     }
     RouteSpec {
@@ -729,7 +884,12 @@ fn validate_route(
         upstream: r.upstream.as_ref().map(|u| u.get_ref().clone()),
         strip_prefix: r.strip_prefix,
         redirect_https: r.redirect_https,
-        max_body_bytes: positive(&r.max_body_bytes, limits.max_body_bytes, "max_body_bytes", diags),
+        max_body_bytes: positive(
+            &r.max_body_bytes,
+            limits.max_body_bytes,
+            "max_body_bytes",
+            diags,
+        ),
         timeouts: RouteTimeouts {
             connect: opt_duration(&r.timeouts.connect, diags),
             read: opt_duration(&r.timeouts.read, diags),
@@ -746,18 +906,29 @@ pub fn parse_host_pattern(text: &str, tenancy: &Tenancy) -> Result<HostPattern, 
         let regex = regex::RegexBuilder::new(re)
             .case_insensitive(true)
             .build()
-            .map_err(|e| format!("invalid host regex `{re}`: {}", e.to_string().lines().last().unwrap_or("")))?;
+            .map_err(|e| {
+                format!(
+                    "invalid host regex `{re}`: {}",
+                    e.to_string().lines().last().unwrap_or("")
+                )
+            })?;
         return Ok(HostPattern::Regex { regex });
     }
     let lower = text.trim_end_matches('.').to_ascii_lowercase();
     if let Some(suffix) = lower.strip_prefix("*.") {
         if !is_hostname(suffix) {
-            return Err(format!("invalid wildcard host `{text}`: expected `*.` followed by a domain"));
+            return Err(format!(
+                "invalid wildcard host `{text}`: expected `*.` followed by a domain"
+            ));
         }
-        return Ok(HostPattern::Wildcard { suffix: suffix.to_string() });
+        return Ok(HostPattern::Wildcard {
+            suffix: suffix.to_string(),
+        });
     }
     if lower.contains('*') {
-        return Err(format!("invalid host `{text}`: a wildcard may only be the whole first label (`*.example.com`)"));
+        return Err(format!(
+            "invalid host `{text}`: a wildcard may only be the whole first label (`*.example.com`)"
+        ));
     }
     if !is_hostname(&lower) {
         return Err(format!("invalid host `{text}`: not a host name"));
@@ -766,34 +937,55 @@ pub fn parse_host_pattern(text: &str, tenancy: &Tenancy) -> Result<HostPattern, 
         (tenancy.base_domains.iter().any(|b| b == rest) && !tenancy.reserved.contains(label))
             .then(|| label.to_string())
     });
-    Ok(HostPattern::Exact { host: lower, tenant })
+    Ok(HostPattern::Exact {
+        host: lower,
+        tenant,
+    })
 }
 
 /// A DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
 pub fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
 
 /// A host name of dot-separated labels (also accepts IPv4 literals); lowercase expected.
 pub fn is_hostname(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| is_label(l) || (l.len() <= 63 && l.contains('_') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')))
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            is_label(l)
+                || (l.len() <= 63
+                    && l.contains('_')
+                    && l.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    }))
+        })
 }
 
 /// Two routes are ambiguous when nothing about them ranks one over the other: same priority, same host
 /// pattern, same path prefix, same header matchers and overlapping methods.
-fn check_ambiguity(raw: &[RouteFile], routes: &[RouteSpec], complete: &[bool], diags: &mut Vec<Diagnostic>) {
+fn check_ambiguity(
+    raw: &[RouteFile],
+    routes: &[RouteSpec],
+    complete: &[bool],
+    diags: &mut Vec<Diagnostic>,
+) {
     type Key = (Option<i64>, String, String, Vec<(String, Vec<u8>)>);
     let mut seen: HashMap<Key, Vec<usize>> = HashMap::new();
     for (i, r) in routes.iter().enumerate() {
         if !complete[i] {
             continue;
         }
-        let mut headers: Vec<(String, Vec<u8>)> =
-            r.headers.iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect();
+        let mut headers: Vec<(String, Vec<u8>)> = r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
         headers.sort();
         let host_keys: Vec<String> = if r.hosts.is_empty() {
             vec!["<any>".to_string()]
@@ -802,7 +994,12 @@ fn check_ambiguity(raw: &[RouteFile], routes: &[RouteSpec], complete: &[bool], d
         };
         let mut reported = false;
         for host in host_keys {
-            let key = (r.priority, host.clone(), r.path_prefix.clone(), headers.clone());
+            let key = (
+                r.priority,
+                host.clone(),
+                r.path_prefix.clone(),
+                headers.clone(),
+            );
             let bucket = seen.entry(key).or_default();
             for &j in bucket.iter() {
                 if !reported && methods_overlap(&routes[j].methods, &r.methods) {
@@ -855,8 +1052,16 @@ mod tests {
     fn reports_all_unknown_keys_with_suggestions() {
         let out = lines("[entrypoints]\nhttp = \"127.0.0.1:1\"\n[[routes]]\nname = \"a\"\nhots = []\nupstraem = \"x\"\n");
         assert_eq!(out.len(), 2, "{out:?}");
-        assert!(out[0].starts_with("t.toml:5:1: unknown key `hots` in `routes[0]` (did you mean `hosts`?)"), "{out:?}");
-        assert!(out[1].starts_with("t.toml:6:1: unknown key `upstraem`"), "{out:?}");
+        assert!(
+            out[0].starts_with(
+                "t.toml:5:1: unknown key `hots` in `routes[0]` (did you mean `hosts`?)"
+            ),
+            "{out:?}"
+        );
+        assert!(
+            out[1].starts_with("t.toml:6:1: unknown key `upstraem`"),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -865,7 +1070,10 @@ mod tests {
         let amb = format!("{base}[[routes]]\nname = \"a\"\nhosts = [\"*.x.app\"]\nupstream = \"u\"\n[[routes]]\nname = \"b\"\nhosts = [\"*.X.app\"]\nupstream = \"u\"\n");
         let out = lines(&amb);
         assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out[0].contains("route `b` is ambiguous with route `a`"), "{out:?}");
+        assert!(
+            out[0].contains("route `b` is ambiguous with route `a`"),
+            "{out:?}"
+        );
         let ok = format!("{base}[[routes]]\nname = \"a\"\nhosts = [\"*.x.app\"]\nmethods = [\"GET\"]\nupstream = \"u\"\n[[routes]]\nname = \"b\"\nhosts = [\"*.x.app\"]\nmethods = [\"POST\"]\nupstream = \"u\"\n");
         assert!(lines(&ok).is_empty());
     }

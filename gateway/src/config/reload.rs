@@ -78,7 +78,9 @@ impl Reloader {
 
     async fn wait_for_listeners(&self) {
         let rt = self.state.current();
-        let Some(addr) = rt.config.entrypoints.http else { return };
+        let Some(addr) = rt.config.entrypoints.http else {
+            return;
+        };
         let addr = if addr.ip().is_unspecified() {
             std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
         } else {

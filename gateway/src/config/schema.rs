@@ -114,7 +114,12 @@ pub(super) fn check_keys(doc: &toml_edit::Table, out: &mut Vec<Diagnostic>) {
     check_table(doc, ROOT, "", out);
 }
 
-fn check_table(table: &dyn TableLike, keys: &[(&str, Shape)], path: &str, out: &mut Vec<Diagnostic>) {
+fn check_table(
+    table: &dyn TableLike,
+    keys: &[(&str, Shape)],
+    path: &str,
+    out: &mut Vec<Diagnostic>,
+) {
     for (name, item) in table.iter() {
         let child_path = if path.is_empty() {
             name.to_string()
@@ -200,8 +205,14 @@ mod tests {
 
     #[test]
     fn suggests_the_nearest_key() {
-        assert_eq!(nearest("hots", ["hosts", "name"].into_iter()), Some("hosts"));
-        assert_eq!(nearest("pathprefix", ["path_prefix", "name"].into_iter()), Some("path_prefix"));
+        assert_eq!(
+            nearest("hots", ["hosts", "name"].into_iter()),
+            Some("hosts")
+        );
+        assert_eq!(
+            nearest("pathprefix", ["path_prefix", "name"].into_iter()),
+            Some("path_prefix")
+        );
         assert_eq!(nearest("zzzzzz", ["hosts", "name"].into_iter()), None);
     }
 }

@@ -39,7 +39,10 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError
     let mut host_value: &[u8] = b"";
     let mut version_11 = true;
     while start < raw.len() {
-        let rel = raw[start..].iter().position(|&b| b == b'\n').ok_or(EdgeError::Malformed("incomplete header line"))?;
+        let rel = raw[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(EdgeError::Malformed("incomplete header line"))?;
         let end = start + rel;
         if end == start || raw[end - 1] != b'\r' {
             return Err(EdgeError::Malformed("bare LF where CRLF is required"));
@@ -55,7 +58,11 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError
             let method = parts.next().unwrap_or_default();
             let target = parts.next().unwrap_or_default();
             let version = parts.next().unwrap_or_default();
-            if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) || target.is_empty() || parts.next().is_some() {
+            if method.is_empty()
+                || !method.iter().all(|&b| is_tchar(b))
+                || target.is_empty()
+                || parts.next().is_some()
+            {
                 return Err(EdgeError::Malformed("invalid request line"));
             }
             match version {
@@ -72,13 +79,18 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError
             break;
         }
         if line[0] == b' ' || line[0] == b'\t' {
-            return Err(EdgeError::Malformed("obsolete line folding (obs-fold) in header"));
+            return Err(EdgeError::Malformed(
+                "obsolete line folding (obs-fold) in header",
+            ));
         }
         fields += 1;
         if fields > limits.max_headers {
             return Err(EdgeError::TooManyHeaders);
         }
-        let colon = line.iter().position(|&b| b == b':').ok_or(EdgeError::Malformed("header line without colon"))?;
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(EdgeError::Malformed("header line without colon"))?;
         let name = &line[..colon];
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
             return Err(if name.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
@@ -105,7 +117,9 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError
             facts.content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if te_seen || !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(EdgeError::Malformed("unsupported Transfer-Encoding (only a single `chunked` is accepted)"));
+                return Err(EdgeError::Malformed(
+                    "unsupported Transfer-Encoding (only a single `chunked` is accepted)",
+                ));
             }
             te_seen = true;
             facts.chunked = true;
@@ -115,10 +129,14 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError
         }
     }
     if facts.chunked && facts.content_length.is_some() {
-        return Err(EdgeError::Malformed("both Content-Length and Transfer-Encoding"));
+        return Err(EdgeError::Malformed(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     if facts.chunked && !version_11 {
-        return Err(EdgeError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        return Err(EdgeError::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
     }
     if hosts > 1 {
         return Err(EdgeError::Malformed("duplicate Host header"));
@@ -134,17 +152,28 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError
             .strip_prefix(b"http://")
             .or_else(|| lower.strip_prefix(b"https://"))
             .ok_or(EdgeError::Malformed("invalid request target"))?;
-        let authority = rest.split(|&b| b == b'/' || b == b'?').next().unwrap_or_default();
+        let authority = rest
+            .split(|&b| b == b'/' || b == b'?')
+            .next()
+            .unwrap_or_default();
         if !authority.eq_ignore_ascii_case(host_value) {
-            return Err(EdgeError::Malformed("absolute-form target names another host than Host"));
+            return Err(EdgeError::Malformed(
+                "absolute-form target names another host than Host",
+            ));
         }
     }
     Ok(facts)
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(v.len());
-    let end = v.iter().rposition(|b| *b != b' ' && *b != b'\t').map_or(start, |i| i + 1);
+    let start = v
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |i| i + 1);
     &v[start..end]
 }
 
@@ -155,7 +184,11 @@ pub fn check_path(path: &str) -> Result<(), EdgeError> {
         return Err(EdgeError::Malformed("request path must start with `/`"));
     }
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") || path.contains('\\') {
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%00")
+        || path.contains('\\')
+    {
         return Err(EdgeError::PathTraversal);
     }
     for seg in lower.split('/') {
@@ -171,7 +204,10 @@ pub fn check_path(path: &str) -> Result<(), EdgeError> {
 mod tests {
     use super::*;
 
-    const L: HeadLimits = HeadLimits { max_header_bytes: 32 * 1024, max_headers: 100 };
+    const L: HeadLimits = HeadLimits {
+        max_header_bytes: 32 * 1024,
+        max_headers: 100,
+    };
 
     fn check(s: &str) -> Result<HeadFacts, EdgeError> {
         check_head(s.as_bytes(), L)
@@ -179,10 +215,17 @@ mod tests {
 
     #[test]
     fn accepts_normal_requests() {
-        assert_eq!(check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(HeadFacts::default()));
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(HeadFacts::default())
+        );
         let f = check("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").expect("ok");
         assert_eq!(f.content_length, Some(5));
-        assert!(check("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").expect("ok").chunked);
+        assert!(
+            check("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .expect("ok")
+                .chunked
+        );
         assert!(check("GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
         assert!(check("GET / HTTP/1.0\r\n\r\n").is_ok());
     }
@@ -212,16 +255,30 @@ mod tests {
     #[test]
     fn limits_give_431() {
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(check(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")), Err(EdgeError::TooManyHeaders));
+        assert_eq!(
+            check(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
+            Err(EdgeError::TooManyHeaders)
+        );
         let big = "a".repeat(33 * 1024);
-        assert_eq!(check(&format!("GET / HTTP/1.1\r\nHost: a\r\nX: {big}\r\n\r\n")), Err(EdgeError::HeaderTooLarge));
+        assert_eq!(
+            check(&format!("GET / HTTP/1.1\r\nHost: a\r\nX: {big}\r\n\r\n")),
+            Err(EdgeError::HeaderTooLarge)
+        );
     }
 
     #[test]
     fn path_tricks() {
         assert!(check_path("/api/users").is_ok());
         assert!(check_path("/a.b/..c").is_ok());
-        for bad in ["/api/../admin", "/api/%2e%2e/admin", "/api/%2E./x", "/a/./b", "/a%2fb", "/a\\b", "x"] {
+        for bad in [
+            "/api/../admin",
+            "/api/%2e%2e/admin",
+            "/api/%2E./x",
+            "/a/./b",
+            "/a%2fb",
+            "/a\\b",
+            "x",
+        ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
     }

@@ -17,7 +17,14 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) that must not be forwarded. `Transfer-Encoding` and
 /// `Content-Length` are left to Pingora, which re-frames the body itself.
-const HOP_BY_HOP: [&str; 6] = ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer"];
+const HOP_BY_HOP: [&str; 6] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+];
 
 /// Whether `ip` is one of the trusted proxies.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -33,7 +40,9 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     }
     let mut last = peer;
     for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-        let Ok(s) = value.to_str() else { return Some(last) };
+        let Ok(s) = value.to_str() else {
+            return Some(last);
+        };
         for part in s.rsplit(',') {
             match part.trim().parse::<IpAddr>() {
                 Ok(ip) => {
@@ -51,7 +60,10 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
 
 /// A client-supplied request id is kept when it is 1–128 characters of `[A-Za-z0-9._:-]`.
 pub fn valid_request_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
 }
 
 /// A new random request id: 32 lowercase hex digits (128 bits).
@@ -72,7 +84,10 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
         .collect();
     for name in named {
         // Never let `Connection` make us drop framing or identity headers the proxy manages.
-        if !matches!(name.as_str(), "host" | "content-length" | "transfer-encoding" | "x-request-id") {
+        if !matches!(
+            name.as_str(),
+            "host" | "content-length" | "transfer-encoding" | "x-request-id"
+        ) {
             req.remove_header(name.as_str());
         }
     }
@@ -88,7 +103,13 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced otherwise.
-pub fn set_forwarded(req: &mut RequestHeader, peer: Option<IpAddr>, trusted_peer: bool, proto: &'static str, host: &str) {
+pub fn set_forwarded(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    trusted_peer: bool,
+    proto: &'static str,
+    host: &str,
+) {
     let peer_s = peer.map(|p| p.to_string());
     if trusted_peer {
         let prior: Vec<String> = req
@@ -183,9 +204,15 @@ mod tests {
     fn client_ip_walks_trusted_hops() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
         let mut h = HeaderMap::new();
-        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.2"));
+        h.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.2"),
+        );
         let peer = Some("10.0.0.1".parse().expect("ip"));
-        assert_eq!(client_ip(peer, &h, &trusted), Some("1.2.3.4".parse().expect("ip")));
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            Some("1.2.3.4".parse().expect("ip"))
+        );
         let untrusted = Some("9.9.9.9".parse().expect("ip"));
         assert_eq!(client_ip(untrusted, &h, &trusted), untrusted);
     }
@@ -201,7 +228,10 @@ mod tests {
 
     #[test]
     fn strip_prefix_keeps_query_and_root() {
-        assert_eq!(strip_path_prefix("/api/users?x=1", "/api").as_deref(), Some("/users?x=1"));
+        assert_eq!(
+            strip_path_prefix("/api/users?x=1", "/api").as_deref(),
+            Some("/users?x=1")
+        );
         assert_eq!(strip_path_prefix("/api", "/api").as_deref(), Some("/"));
         assert_eq!(strip_path_prefix("/api?x", "/api").as_deref(), Some("/?x"));
         assert_eq!(strip_path_prefix("/x", "/"), None);

@@ -3,6 +3,7 @@
 //! [`crate::error`].
 
 pub mod guard;
+pub mod head_deadline;
 pub mod headers;
 pub mod route;
 pub mod upstream;
@@ -27,7 +28,7 @@ use crate::error::EdgeError;
 use crate::metrics::{method_label, metrics};
 use crate::state::{GatewayState, Runtime};
 use guard::{check_head, check_path, HeadLimits};
-use headers::{X_REQUEST_ID};
+use headers::X_REQUEST_ID;
 use upstream::ActiveGuard;
 
 /// Keep-alive idle time for downstream HTTP/1 connections between requests, in seconds.
@@ -84,7 +85,13 @@ async fn answer(session: &mut Session, ctx: &mut RequestCtx, err: EdgeError) -> 
     if err.closes_connection() {
         session.set_keepalive(None);
     }
-    if matches!(err, EdgeError::Malformed(_) | EdgeError::HeaderTooLarge | EdgeError::TooManyHeaders | EdgeError::BadHost) {
+    if matches!(
+        err,
+        EdgeError::Malformed(_)
+            | EdgeError::HeaderTooLarge
+            | EdgeError::TooManyHeaders
+            | EdgeError::BadHost
+    ) {
         metrics().malformed.inc();
     }
     let body = err.body(&ctx.request_id);
@@ -117,17 +124,24 @@ fn classify(e: &Error) -> Option<EdgeError> {
     }
     match e.esource() {
         ErrorSource::Upstream => Some(match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => EdgeError::UpstreamTimeout,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                EdgeError::UpstreamTimeout
+            }
             _ => EdgeError::BadGateway,
         }),
         ErrorSource::Downstream => match e.etype() {
             ErrorType::ReadTimedout => Some(EdgeError::RequestTimeout),
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::WriteTimedout => None,
+            ErrorType::WriteError
+            | ErrorType::ReadError
+            | ErrorType::ConnectionClosed
+            | ErrorType::WriteTimedout => None,
             _ => Some(EdgeError::Malformed("invalid request body or framing")),
         },
         ErrorSource::Internal | ErrorSource::Unset => Some(match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout => EdgeError::UpstreamTimeout,
-            ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => EdgeError::BadGateway,
+            ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => {
+                EdgeError::BadGateway
+            }
             _ => EdgeError::Internal,
         }),
     }
@@ -135,29 +149,50 @@ fn classify(e: &Error) -> Option<EdgeError> {
 
 impl Gateway {
     /// The checks and decisions of `request_filter`; `Err` is answered at the edge.
-    fn decide(&self, session: &mut Session, ctx: &mut RequestCtx, rt: &Runtime) -> std::result::Result<(), EdgeError> {
+    fn decide(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+    ) -> std::result::Result<(), EdgeError> {
         let limits = &rt.config.limits;
         if let Some(h1) = session.as_downstream().as_http1() {
             check_head(
                 &h1.get_headers_raw_bytes(),
-                HeadLimits { max_header_bytes: limits.max_header_bytes, max_headers: limits.max_headers },
+                HeadLimits {
+                    max_header_bytes: limits.max_header_bytes,
+                    max_headers: limits.max_headers,
+                },
             )?;
         }
         let req = session.req_header();
         let host = match req.headers.get(HOST) {
             Some(h) => route::normalize_host(h.as_bytes()),
-            None => req.uri.authority().and_then(|a| route::normalize_host(a.as_str().as_bytes())),
+            None => req
+                .uri
+                .authority()
+                .and_then(|a| route::normalize_host(a.as_str().as_bytes())),
         }
         .ok_or(EdgeError::BadHost)?;
         let path = req.uri.path();
         check_path(path)?;
-        let view = route::RequestView { host: &host, path, method: &req.method, headers: &req.headers };
+        let view = route::RequestView {
+            host: &host,
+            path,
+            method: &req.method,
+            headers: &req.headers,
+        };
         let m = rt.router.lookup(&view).ok_or(EdgeError::NoRoute)?;
         let route = &rt.routes[m.route];
         ctx.route = Some(m.route);
         ctx.tenant = m.tenant.map(Cow::into_owned);
         ctx.host = host.into_owned();
-        if let Some(len) = req.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(len) = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             if len > route.spec.max_body_bytes {
                 return Err(EdgeError::BodyTooLarge);
             }
@@ -171,7 +206,12 @@ impl Gateway {
     }
 
     async fn redirect_https(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let pq = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let pq = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
         let location = format!("https://{}{}", ctx.host, pq);
         let mut resp = ResponseHeader::build(308, Some(3))?;
         resp.insert_header(LOCATION, location)?;
@@ -209,15 +249,25 @@ impl ProxyHttp for Gateway {
     }
 
     /// Runs first: snapshots the config, fixes the request id and the client address.
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         ctx.start = Instant::now();
+        head_deadline::head_done(session.as_downstream().stream());
         let rt = self.state.current();
         let req = session.req_header();
         ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
-            Some(v) if headers::valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if headers::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
             _ => headers::new_request_id(),
         };
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let trusted = &rt.config.trusted_proxies;
         ctx.peer_trusted = peer.is_some_and(|p| headers::is_trusted(p, trusted));
         ctx.client_ip = headers::client_ip(peer, &session.req_header().headers, trusted);
@@ -237,7 +287,10 @@ impl ProxyHttp for Gateway {
             answer(session, ctx, err).await?;
             return Ok(true);
         }
-        let route = ctx.route(&rt).map(|r| r.spec.redirect_https).unwrap_or(false);
+        let route = ctx
+            .route(&rt)
+            .map(|r| r.spec.redirect_https)
+            .unwrap_or(false);
         let is_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         if route && !is_tls {
             self.redirect_https(session, ctx).await?;
@@ -258,7 +311,10 @@ impl ProxyHttp for Gateway {
             ctx.body_bytes += b.len() as u64;
             if let Some(r) = ctx.route(rt) {
                 if ctx.body_bytes > r.spec.max_body_bytes {
-                    return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_body_bytes");
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(413),
+                        "request body over max_body_bytes",
+                    );
                 }
             }
         }
@@ -266,9 +322,18 @@ impl ProxyHttp for Gateway {
     }
 
     /// Picks a server of the route's upstream that this request has not tried yet.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let rt = ctx.runtime.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no runtime"))?;
-        let route = ctx.route(&rt).ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let rt = ctx
+            .runtime
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no runtime"))?;
+        let route = ctx
+            .route(&rt)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
         let up = route
             .upstream
             .as_ref()
@@ -296,7 +361,13 @@ impl ProxyHttp for Gateway {
     }
 
     /// Connection failures are retried on another server while tries remain.
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         ctx.active = None;
         let max = ctx
             .runtime
@@ -324,9 +395,13 @@ impl ProxyHttp for Gateway {
             .and_then(|rt| ctx.route(rt))
             .and_then(|r| r.upstream.as_ref())
             .map_or(1, |u| u.spec.max_tries);
-        let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
         let before_response = !ctx.response_started;
-        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
         e.set_retry(replayable && before_response && !timed_out && ctx.tries < max);
         if e.retry() {
             ctx.active = None;
@@ -343,16 +418,28 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let upgrade = session.is_upgrade_req();
         headers::strip_hop_by_hop(upstream_request, upgrade);
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) { "https" } else { "http" };
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            "https"
+        } else {
+            "http"
+        };
         headers::set_forwarded(upstream_request, peer, ctx.peer_trusted, proto, &ctx.host);
         upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
         if let Some(rt) = ctx.runtime.as_ref() {
             if let Some(route) = ctx.route(rt) {
                 if route.spec.strip_prefix {
-                    let pq = upstream_request.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let pq = upstream_request
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str());
                     if let Some(new) = headers::strip_path_prefix(pq, &route.spec.path_prefix) {
-                        let uri = http::Uri::try_from(new).map_err(|e| Error::because(ErrorType::InternalError, "strip_prefix", e))?;
+                        let uri = http::Uri::try_from(new).map_err(|e| {
+                            Error::because(ErrorType::InternalError, "strip_prefix", e)
+                        })?;
                         upstream_request.set_uri(uri);
                     }
                 }
@@ -375,14 +462,22 @@ impl ProxyHttp for Gateway {
         ctx.response_started = true;
         if let (Some(t0), Some(rt)) = (ctx.upstream_start, ctx.runtime.as_ref()) {
             if let Some(up) = ctx.route(rt).and_then(|r| r.upstream.as_ref()) {
-                metrics().upstream_duration.with_label_values(&[&up.name]).observe(t0.elapsed().as_secs_f64());
+                metrics()
+                    .upstream_duration
+                    .with_label_values(&[&up.name])
+                    .observe(t0.elapsed().as_secs_f64());
             }
         }
         Ok(())
     }
 
     /// Adds the request id and the route's response rewrites.
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
         if let Some(rt) = ctx.runtime.as_ref() {
             if let Some(route) = ctx.route(rt) {
@@ -395,12 +490,20 @@ impl ProxyHttp for Gateway {
     }
 
     /// Proxying failed: answer with the JSON error that fits.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         if ctx.request_id.is_empty() {
             ctx.request_id = headers::new_request_id();
         }
         let Some(err) = classify(e) else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         let code = err.status();
         if session.response_written().is_none() {
@@ -410,12 +513,16 @@ impl ProxyHttp for Gateway {
         } else {
             ctx.error = Some(err);
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     /// One access-log line and the request metrics.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.active = None;
+        head_deadline::request_done(session.as_downstream().stream());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
         let rt = ctx.runtime.as_ref();
@@ -425,17 +532,30 @@ impl ProxyHttp for Gateway {
         let method = method_label(&req.method);
         let code_buf = status_digits(status);
         let status_label = std::str::from_utf8(&code_buf).unwrap_or("0");
-        metrics().requests.with_label_values(&[route_name, method, status_label]).inc();
+        metrics()
+            .requests
+            .with_label_values(&[route_name, method, status_label])
+            .inc();
         match route {
             Some(r) => r.duration.observe(elapsed.as_secs_f64()),
-            None => metrics().request_duration.with_label_values(&["<none>"]).observe(elapsed.as_secs_f64()),
+            None => metrics()
+                .request_duration
+                .with_label_values(&["<none>"])
+                .observe(elapsed.as_secs_f64()),
         }
         if self.state.access_log.enabled() {
             let up = route.and_then(|r| r.upstream.as_ref());
             let server = up.and_then(|u| ctx.server.map(|i| u.servers[i].label.as_str()));
-            let error = ctx.error.as_ref().map(EdgeError::code).or_else(|| e.map(|e| e.etype().as_str()));
+            let error = ctx
+                .error
+                .as_ref()
+                .map(EdgeError::code)
+                .or_else(|| e.map(|e| e.etype().as_str()));
             let host = if ctx.host.is_empty() {
-                req.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("")
+                req.headers
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
             } else {
                 ctx.host.as_str()
             };
@@ -462,5 +582,9 @@ impl ProxyHttp for Gateway {
 /// Three ASCII digits of a status, without allocating.
 fn status_digits(status: u16) -> [u8; 3] {
     let s = status.min(999);
-    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
 }

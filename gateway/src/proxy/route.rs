@@ -110,17 +110,27 @@ impl Router {
                 headers: spec.headers.clone(),
             });
             // A route's own rank uses its most specific host kind; per-kind lists rank within the kind.
-            r.ranks.push(rank(spec, spec.hosts.iter().map(kind_score).max().unwrap_or(0), i));
+            r.ranks.push(rank(
+                spec,
+                spec.hosts.iter().map(kind_score).max().unwrap_or(0),
+                i,
+            ));
             if spec.hosts.is_empty() {
                 r.any.push(i);
             }
             for h in &spec.hosts {
                 match h {
-                    HostPattern::Exact { host, tenant } => {
-                        r.exact.entry(host.clone()).or_default().push((i, tenant.clone()))
+                    HostPattern::Exact { host, tenant } => r
+                        .exact
+                        .entry(host.clone())
+                        .or_default()
+                        .push((i, tenant.clone())),
+                    HostPattern::Wildcard { suffix } => {
+                        r.wildcard.entry(suffix.clone()).or_default().push(i)
                     }
-                    HostPattern::Wildcard { suffix } => r.wildcard.entry(suffix.clone()).or_default().push(i),
-                    HostPattern::Regex { regex: re } => regex.push((re.clone(), i, rank(spec, 1, i))),
+                    HostPattern::Regex { regex: re } => {
+                        regex.push((re.clone(), i, rank(spec, 1, i)))
+                    }
                 }
             }
         }
@@ -141,15 +151,19 @@ impl Router {
     pub fn lookup<'a>(&'a self, req: &RequestView<'a>) -> Option<RouteMatch<'a>> {
         let host = req.host;
         let mut best: Option<(Rank, RouteMatch<'a>)> = None;
-        let consider = |rank: Rank, m: RouteMatch<'a>, best: &mut Option<(Rank, RouteMatch<'a>)>| {
-            if best.as_ref().is_none_or(|(r, _)| rank > *r) {
-                *best = Some((rank, m));
-            }
-        };
+        let consider =
+            |rank: Rank, m: RouteMatch<'a>, best: &mut Option<(Rank, RouteMatch<'a>)>| {
+                if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                    *best = Some((rank, m));
+                }
+            };
 
         if let Some(list) = self.exact.get(host) {
             if let Some((i, tenant)) = list.iter().find(|(i, _)| self.matchers[*i].matches(req)) {
-                let m = RouteMatch { route: *i, tenant: tenant.as_deref().map(Cow::Borrowed) };
+                let m = RouteMatch {
+                    route: *i,
+                    tenant: tenant.as_deref().map(Cow::Borrowed),
+                };
                 if !self.has_priorities {
                     return Some(m);
                 }
@@ -160,7 +174,8 @@ impl Router {
             if let Some(list) = self.wildcard.get(suffix) {
                 if is_label(label) {
                     if let Some(i) = list.iter().find(|i| self.matchers[**i].matches(req)) {
-                        let tenant = (!self.reserved.contains(label)).then_some(Cow::Borrowed(label));
+                        let tenant =
+                            (!self.reserved.contains(label)).then_some(Cow::Borrowed(label));
                         let m = RouteMatch { route: *i, tenant };
                         if !self.has_priorities && best.is_none() {
                             return Some(m);
@@ -177,14 +192,25 @@ impl Router {
                 }
                 if let Some(caps) = re.captures(host) {
                     let tenant = caps.name("tenant").map(|t| Cow::Borrowed(t.as_str()));
-                    consider(self.rank_as(*i, 1), RouteMatch { route: *i, tenant }, &mut best);
+                    consider(
+                        self.rank_as(*i, 1),
+                        RouteMatch { route: *i, tenant },
+                        &mut best,
+                    );
                     break;
                 }
             }
         }
         if best.is_none() || self.has_priorities {
             if let Some(i) = self.any.iter().find(|i| self.matchers[**i].matches(req)) {
-                consider(self.rank_as(*i, 0), RouteMatch { route: *i, tenant: None }, &mut best);
+                consider(
+                    self.rank_as(*i, 0),
+                    RouteMatch {
+                        route: *i,
+                        tenant: None,
+                    },
+                    &mut best,
+                );
             }
         }
         best.map(|(_, m)| m)
@@ -222,7 +248,10 @@ pub fn normalize_host(raw: &[u8]) -> Option<Cow<'_, str>> {
         return None;
     }
     let ok = host.split('.').all(|l| {
-        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
     if !ok {
         return None;
@@ -235,7 +264,10 @@ pub fn normalize_host(raw: &[u8]) -> Option<Cow<'_, str>> {
 }
 
 fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && p.parse::<u16>().is_ok()
 }
 
 #[cfg(test)]
@@ -254,7 +286,10 @@ mod tests {
     fn spec(name: &str, hosts: &[&str], prefix: &str) -> RouteSpec {
         RouteSpec {
             name: name.into(),
-            hosts: hosts.iter().map(|h| parse_host_pattern(h, &tenancy()).expect("valid host")).collect(),
+            hosts: hosts
+                .iter()
+                .map(|h| parse_host_pattern(h, &tenancy()).expect("valid host"))
+                .collect(),
             path_prefix: prefix.into(),
             methods: None,
             headers: vec![],
@@ -269,8 +304,19 @@ mod tests {
         }
     }
 
-    fn find<'a>(r: &'a Router, host: &'a str, path: &'a str, method: &'a Method, headers: &'a HeaderMap) -> Option<RouteMatch<'a>> {
-        r.lookup(&RequestView { host, path, method, headers })
+    fn find<'a>(
+        r: &'a Router,
+        host: &'a str,
+        path: &'a str,
+        method: &'a Method,
+        headers: &'a HeaderMap,
+    ) -> Option<RouteMatch<'a>> {
+        r.lookup(&RequestView {
+            host,
+            path,
+            method,
+            headers,
+        })
     }
 
     #[test]
@@ -285,13 +331,28 @@ mod tests {
         let r = Router::new(&routes, &tenancy());
         let h = HeaderMap::new();
         let get = Method::GET;
-        assert_eq!(find(&r, "acme.aggios.app", "/api", &get, &h).map(|m| m.route), Some(2));
+        assert_eq!(
+            find(&r, "acme.aggios.app", "/api", &get, &h).map(|m| m.route),
+            Some(2)
+        );
         let m = find(&r, "globex.aggios.app", "/api/x", &get, &h).expect("match");
         assert_eq!((m.route, m.tenant.as_deref()), (1, Some("globex")));
-        assert_eq!(find(&r, "globex.aggios.app", "/apix", &get, &h).map(|m| m.route), Some(0));
-        assert_eq!(find(&r, "api.aggios.app", "/", &get, &h).map(|m| (m.route, m.tenant)), Some((0, None)));
-        assert_eq!(find(&r, "a.b.aggios.app", "/", &get, &h).map(|m| m.route), Some(4));
-        assert_eq!(find(&r, "other.example", "/", &get, &h).map(|m| m.route), Some(4));
+        assert_eq!(
+            find(&r, "globex.aggios.app", "/apix", &get, &h).map(|m| m.route),
+            Some(0)
+        );
+        assert_eq!(
+            find(&r, "api.aggios.app", "/", &get, &h).map(|m| (m.route, m.tenant)),
+            Some((0, None))
+        );
+        assert_eq!(
+            find(&r, "a.b.aggios.app", "/", &get, &h).map(|m| m.route),
+            Some(4)
+        );
+        assert_eq!(
+            find(&r, "other.example", "/", &get, &h).map(|m| m.route),
+            Some(4)
+        );
     }
 
     #[test]
@@ -302,24 +363,55 @@ mod tests {
         high.priority = Some(10);
         let r = Router::new(&[low, high], &tenancy());
         let h = HeaderMap::new();
-        assert_eq!(find(&r, "acme.aggios.app", "/", &Method::GET, &h).map(|m| m.route), Some(1));
+        assert_eq!(
+            find(&r, "acme.aggios.app", "/", &Method::GET, &h).map(|m| m.route),
+            Some(1)
+        );
     }
 
     #[test]
     fn host_normalisation() {
-        assert_eq!(normalize_host(b"ACME.Aggios.app:8080").as_deref(), Some("acme.aggios.app"));
-        assert_eq!(normalize_host(b"acme.aggios.app.").as_deref(), Some("acme.aggios.app"));
+        assert_eq!(
+            normalize_host(b"ACME.Aggios.app:8080").as_deref(),
+            Some("acme.aggios.app")
+        );
+        assert_eq!(
+            normalize_host(b"acme.aggios.app.").as_deref(),
+            Some("acme.aggios.app")
+        );
         assert_eq!(normalize_host(b"[::1]:80").as_deref(), Some("[::1]"));
-        for bad in [&b""[..], b"a b", b"x:99999", b"x:", b"a..b", b"\xff", b"evil.com/x", b"a@b"] {
-            assert_eq!(normalize_host(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"x:99999",
+            b"x:",
+            b"a..b",
+            b"\xff",
+            b"evil.com/x",
+            b"a@b",
+        ] {
+            assert_eq!(
+                normalize_host(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     /// The slow reference: every route, every host pattern, highest rank wins.
-    fn reference(routes: &[RouteSpec], tenancy: &Tenancy, req: &RequestView<'_>) -> Option<(usize, Option<String>)> {
+    fn reference(
+        routes: &[RouteSpec],
+        tenancy: &Tenancy,
+        req: &RequestView<'_>,
+    ) -> Option<(usize, Option<String>)> {
         let mut best: Option<(Rank, usize, Option<String>)> = None;
         for (i, s) in routes.iter().enumerate() {
-            let m = Matcher { prefix: s.path_prefix.clone(), methods: s.methods.clone(), headers: s.headers.clone() };
+            let m = Matcher {
+                prefix: s.path_prefix.clone(),
+                methods: s.methods.clone(),
+                headers: s.headers.clone(),
+            };
             if !m.matches(req) {
                 continue;
             }
@@ -329,11 +421,16 @@ mod tests {
             }
             for h in &s.hosts {
                 match h {
-                    HostPattern::Exact { host, tenant } if host == req.host => cands.push((3, tenant.clone())),
+                    HostPattern::Exact { host, tenant } if host == req.host => {
+                        cands.push((3, tenant.clone()))
+                    }
                     HostPattern::Wildcard { suffix } => {
                         if let Some((label, rest)) = req.host.split_once('.') {
                             if rest == suffix && is_label(label) {
-                                cands.push((2, (!tenancy.reserved.contains(label)).then(|| label.to_string())));
+                                cands.push((
+                                    2,
+                                    (!tenancy.reserved.contains(label)).then(|| label.to_string()),
+                                ));
                             }
                         }
                     }

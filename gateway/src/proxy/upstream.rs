@@ -42,7 +42,10 @@ impl ServerState {
             health: ArcSwapOption::empty(),
             checker: AtomicBool::new(false),
         };
-        metrics().server_up.with_label_values(&[upstream, label]).set(1);
+        metrics()
+            .server_up
+            .with_label_values(&[upstream, label])
+            .set(1);
         s
     }
 
@@ -69,14 +72,20 @@ impl ServerState {
             let n = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
             if n >= spec.healthy_threshold && !self.healthy.swap(true, Ordering::Relaxed) {
                 tracing::info!(upstream = %self.upstream, server = %self.label, "server healthy again: back in rotation");
-                metrics().server_up.with_label_values(&[&self.upstream, &self.label]).set(1);
+                metrics()
+                    .server_up
+                    .with_label_values(&[&self.upstream, &self.label])
+                    .set(1);
             }
         } else {
             self.ok_streak.store(0, Ordering::Relaxed);
             let n = self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
             if n >= spec.unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed) {
                 tracing::warn!(upstream = %self.upstream, server = %self.label, "server failed health checks: taken out of rotation");
-                metrics().server_up.with_label_values(&[&self.upstream, &self.label]).set(0);
+                metrics()
+                    .server_up
+                    .with_label_values(&[&self.upstream, &self.label])
+                    .set(0);
             }
         }
     }
@@ -85,7 +94,9 @@ impl ServerState {
 impl Drop for ServerState {
     fn drop(&mut self) {
         // The server left the config: its series must not linger as a stale 0 or 1.
-        let _ = metrics().server_up.remove_label_values(&[&self.upstream, &self.label]);
+        let _ = metrics()
+            .server_up
+            .remove_label_values(&[&self.upstream, &self.label]);
     }
 }
 
@@ -150,7 +161,10 @@ impl Upstream {
             if spec.health.is_none() && !s.is_healthy() {
                 // Checks were switched off: nothing will ever bring it back, so trust it again.
                 s.healthy.store(true, Ordering::Relaxed);
-                metrics().server_up.with_label_values(&[&spec.name, &s.label]).set(1);
+                metrics()
+                    .server_up
+                    .with_label_values(&[&spec.name, &s.label])
+                    .set(1);
             }
         }
         let weights: Vec<u32> = spec.servers.iter().map(|s| s.weight).collect();
@@ -159,7 +173,13 @@ impl Upstream {
             balance: spec.balance,
             protocol: spec.protocol,
             schedule: smooth_wrr(&weights),
-            ring: hash_ring(&spec.servers.iter().map(|s| (s.label.as_str(), s.weight)).collect::<Vec<_>>()),
+            ring: hash_ring(
+                &spec
+                    .servers
+                    .iter()
+                    .map(|s| (s.label.as_str(), s.weight))
+                    .collect::<Vec<_>>(),
+            ),
             spec: spec.clone(),
             servers,
             next: AtomicUsize::new(0),
@@ -183,7 +203,9 @@ impl Upstream {
             Balance::Weighted => {
                 let len = self.schedule.len();
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..len).map(|k| self.schedule[(start + k) % len] as usize).find(|&i| eligible(i))
+                (0..len)
+                    .map(|k| self.schedule[(start + k) % len] as usize)
+                    .find(|&i| eligible(i))
             }
             Balance::LeastConn => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +219,9 @@ impl Upstream {
                     let h = hash64(t.as_bytes());
                     let start = self.ring.partition_point(|(p, _)| *p < h);
                     let len = self.ring.len();
-                    (0..len).map(|k| self.ring[(start + k) % len].1 as usize).find(|&i| eligible(i))
+                    (0..len)
+                        .map(|k| self.ring[(start + k) % len].1 as usize)
+                        .find(|&i| eligible(i))
                 }
                 _ => {
                     let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -305,10 +329,16 @@ pub async fn probe(addr: SocketAddr, spec: &HealthSpec) -> bool {
             got += n;
         }
         let line = &buf[..got];
-        let status = line.strip_prefix(b"HTTP/1.").filter(|r| r.len() >= 5).map(|r| &r[2..5])?;
+        let status = line
+            .strip_prefix(b"HTTP/1.")
+            .filter(|r| r.len() >= 5)
+            .map(|r| &r[2..5])?;
         Some(matches!(status.first(), Some(b'2') | Some(b'3')))
     };
-    matches!(tokio::time::timeout(spec.timeout, check).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(spec.timeout, check).await,
+        Ok(Some(true))
+    )
 }
 
 #[cfg(test)]
@@ -392,7 +422,10 @@ mod tests {
         let reg = ServerRegistry::default();
         let up = Upstream::new(&spec(Balance::HashTenant, &[1, 1, 1, 1]), &reg);
         let tenants: Vec<String> = (0..1000).map(|i| format!("tenant{i}")).collect();
-        let before: Vec<usize> = tenants.iter().map(|t| up.select(Some(t), &[]).expect("s")).collect();
+        let before: Vec<usize> = tenants
+            .iter()
+            .map(|t| up.select(Some(t), &[]).expect("s"))
+            .collect();
         for (t, b) in tenants.iter().zip(&before) {
             assert_eq!(up.select(Some(t), &[]), Some(*b));
         }

@@ -1,0 +1,559 @@
+//! Test upstreams (hyper), a gateway process per test, and small HTTP clients.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A generous deadline for conditions on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `f` holds, polling; panics with `what` after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A port that was free a moment ago (for listeners we do not create ourselves).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind :0")
+}
+
+/// What a test upstream does.
+#[derive(Default)]
+pub struct Behaviour {
+    pub delay_ms: AtomicU64,
+    pub health_status: AtomicU64,
+}
+
+/// A real HTTP/1.1 + h2c upstream that echoes the request as JSON and counts hits.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+    pub behaviour: Arc<Behaviour>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestUpstream {
+    /// Starts on a fresh port.
+    pub fn start(name: &str) -> TestUpstream {
+        Self::start_on(
+            name,
+            "127.0.0.1:0".parse().expect("addr"),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(Behaviour::default()),
+        )
+    }
+
+    fn start_on(
+        name: &str,
+        addr: SocketAddr,
+        hits: Arc<AtomicUsize>,
+        behaviour: Arc<Behaviour>,
+    ) -> TestUpstream {
+        let listener = bind_retry(addr);
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (h, b, n) = (hits.clone(), behaviour.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let stopped = async move {
+                    loop {
+                        if stop_rx.try_recv().is_ok() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                tokio::pin!(stopped);
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let (h, b, n) = (h.clone(), b.clone(), n.clone());
+                            tokio::spawn(async move {
+                                let svc = hyper::service::service_fn(move |req| handle(req, n.clone(), h.clone(), b.clone()));
+                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+            // Dropping the runtime here cancels every connection task: the server is truly gone.
+        });
+        TestUpstream {
+            addr,
+            name: name.to_string(),
+            hits,
+            behaviour,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Kills the server: listener and every open connection.
+    pub fn kill(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Starts it again on the same address.
+    pub fn restart(&mut self) {
+        self.kill();
+        let again = Self::start_on(
+            &self.name,
+            self.addr,
+            self.hits.clone(),
+            self.behaviour.clone(),
+        );
+        *self = again;
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn bind_retry(addr: SocketAddr) -> StdListener {
+    let start = Instant::now();
+    loop {
+        match StdListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if start.elapsed() > DEADLINE => panic!("cannot bind {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    name: String,
+    hits: Arc<AtomicUsize>,
+    behaviour: Arc<Behaviour>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        let code = match behaviour.health_status.load(Ordering::SeqCst) {
+            0 => 200,
+            c => c as u16,
+        };
+        return Ok(Response::builder()
+            .status(code)
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .expect("response"));
+    }
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        hits.fetch_add(1, Ordering::SeqCst);
+        return Ok(websocket_echo(req, &name));
+    }
+    let (parts, body) = req.into_parts();
+    // A request counts as having reached this backend only once it arrived whole: a request whose
+    // body the edge aborted never becomes something a backend could act on.
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return Ok(Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::new()))
+            .expect("response"));
+    };
+    hits.fetch_add(1, Ordering::SeqCst);
+    let delay = behaviour.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in &parts.headers {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let echo = serde_json::json!({
+        "server": name,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .header("x-upstream", name.as_str())
+        .body(Full::new(Bytes::from(echo.to_string())))
+        .expect("response"))
+}
+
+fn websocket_echo(mut req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec())
+        .unwrap_or_default();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let upgrade = hyper::upgrade::on(&mut req);
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                let reply = match msg {
+                    tokio_tungstenite::tungstenite::Message::Text(t) => {
+                        tokio_tungstenite::tungstenite::Message::text(format!("{name}:{t}"))
+                    }
+                    other => other,
+                };
+                if ws.send(reply).await.is_err() {
+                    return;
+                }
+            } else if msg.is_close() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()))
+        .expect("response")
+}
+
+/// A running gateway process with its own config file, killed on drop.
+pub struct Gateway {
+    pub http: u16,
+    pub admin: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Child,
+}
+
+impl Gateway {
+    /// Writes `body` (the config without `[entrypoints]`) and starts the gateway on fresh ports.
+    pub async fn start(body: &str) -> Gateway {
+        let http = free_port();
+        let admin = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, Self::render(http, admin, body)).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("access.log")).expect("log file"))
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
+            .spawn()
+            .expect("spawn gateway");
+        let mut gw = Gateway {
+            http,
+            admin,
+            dir,
+            config,
+            child,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!("gateway exited at start ({status}):\n{}", gw.stderr());
+            }
+            if TcpStream::connect(("127.0.0.1", gw.http)).await.is_ok()
+                && raw(
+                    gw.admin,
+                    "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .starts_with("HTTP/1.1 200")
+            {
+                return gw;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "gateway did not start listening:\n{}",
+                gw.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn render(http: u16, admin: u16, body: &str) -> String {
+        format!("[entrypoints]\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\n\n[log]\nformat = \"json\"\n\n{body}")
+    }
+
+    /// Replaces the config body (entrypoints kept) atomically, as ops tools do with rename.
+    pub fn rewrite(&self, body: &str) {
+        let tmp = self.dir.path().join("gateway.toml.tmp");
+        std::fs::write(&tmp, Self::render(self.http, self.admin, body)).expect("write");
+        std::fs::rename(&tmp, &self.config).expect("rename");
+    }
+
+    /// GET on the admin listener; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let resp = raw(
+            self.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        split_response(&resp)
+    }
+
+    /// The value of a metric series (exact name with labels), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// The access-log lines so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Sends a GET through the gateway.
+    pub async fn get(&self, host: &str, path: &str) -> Resp {
+        self.request("GET", host, path, &[], Bytes::new()).await
+    }
+
+    /// Sends one request over a fresh HTTP/1.1 connection.
+    pub async fn request(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Resp {
+        send(self.http, method, host, path, headers, body).await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Which test upstream answered.
+    pub fn upstream(&self) -> Option<&str> {
+        self.header("x-upstream")
+    }
+    /// The error code of an edge error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (hyper client).
+pub async fn send(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Resp {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect gateway");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(body)).expect("request"))
+        .await
+        .expect("send request");
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Writes raw bytes and reads until the peer closes (or 5 s pass); returns what was read.
+pub async fn raw(port: u16, request: &str) -> String {
+    raw_bytes(port, request.as_bytes()).await.0
+}
+
+/// Writes raw bytes; returns what was read and whether the peer closed the connection.
+pub async fn raw_bytes(port: u16, request: &[u8]) -> (String, bool) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return (String::new(), true);
+    };
+    if s.write_all(request).await.is_err() {
+        return (String::new(), true);
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// (status, body) of a raw HTTP/1.1 response.
+pub fn split_response(resp: &str) -> (u16, String) {
+    let status = resp.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// `[[upstreams]]` TOML for a set of test upstreams.
+pub fn upstream_toml(name: &str, servers: &[&TestUpstream], extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.addr)).collect();
+    format!(
+        "[[upstreams]]\nname = \"{name}\"\nservers = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// Path of a fixture file.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// One HTTP/1.1 keep-alive connection reused for many requests.
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn connect(port: u16) -> KeepAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect gateway");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        KeepAlive { sender }
+    }
+
+    /// The status, or `None` when the connection failed.
+    pub async fn get(&mut self, host: &str, path: &str) -> Option<u16> {
+        self.sender.ready().await.ok()?;
+        let req = Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let resp = self.sender.send_request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.ok()?;
+        Some(status)
+    }
+}

@@ -1,0 +1,90 @@
+//! WebSocket upgrades both ways, HTTP/2 (h2c) from clients and to upstreams, keep-alive reuse.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn websocket_echo_through_the_gateway() {
+    let up = TestUpstream::start("ws");
+    let gw = Gateway::start(&format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], "")
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+        .await
+        .expect("connect");
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://chat.test/socket", stream)
+        .await
+        .expect("ws handshake");
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        ws.send(Message::text(format!("hello {i}")))
+            .await
+            .expect("send");
+        let reply = ws.next().await.expect("reply").expect("frame");
+        assert_eq!(
+            reply.into_text().expect("text").as_str(),
+            format!("ws:hello {i}")
+        );
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws.next()
+            .await
+            .expect("reply")
+            .expect("frame")
+            .into_data()
+            .as_ref(),
+        &[1u8, 2, 3]
+    );
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test]
+async fn http2_from_the_client_and_h2c_to_the_upstream() {
+    let up = TestUpstream::start("h2");
+    let cfg = format!(
+        "{}{}[[routes]]\nname = \"h1\"\npath_prefix = \"/h1\"\nupstream = \"h1\"\n[[routes]]\nname = \"h2\"\npath_prefix = \"/h2\"\nupstream = \"h2\"\n",
+        upstream_toml("h1", &[&up], ""),
+        upstream_toml("h2", &[&up], "protocol = \"h2c\"")
+    );
+    let gw = Gateway::start(&cfg).await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    // Several streams on one HTTP/2 connection, to an HTTP/1.1 and to an h2c upstream.
+    for (path, version) in [
+        ("/h1/a", "HTTP/1.1"),
+        ("/h2/b", "HTTP/2.0"),
+        ("/h1/c", "HTTP/1.1"),
+        ("/h2/d", "HTTP/2.0"),
+    ] {
+        let req = hyper::Request::builder()
+            .uri(format!("http://app.test{path}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let echo: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(echo["version"], version, "{path}: {echo}");
+        assert_eq!(
+            echo["headers"]["x-forwarded-host"][0], "app.test",
+            "{path}: {echo}"
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Live reload: rewriting the file under load loses no request; an invalid file keeps the old config.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::helpers::*;
+
+fn routes(a: &TestUpstream, b: &TestUpstream, generation: usize) -> String {
+    // Alternate the route's upstream and add a route per generation, so every reload really changes the
+    // routing table.
+    let target = if generation % 2 == 0 { "a" } else { "b" };
+    let mut s = format!(
+        "{}{}[[routes]]\nname = \"main\"\nupstream = \"{target}\"\n",
+        upstream_toml("a", &[a], ""),
+        upstream_toml("b", &[b], "")
+    );
+    s.push_str(&format!("[[routes]]\nname = \"gen{generation}\"\nhosts = [\"gen{generation}.test\"]\nupstream = \"a\"\n"));
+    s
+}
+
+#[tokio::test]
+async fn thousand_requests_across_twenty_reloads_without_a_failure() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let gw = Gateway::start(&routes(&a, &b, 0)).await;
+    let port = gw.http;
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (done, failures) = (done.clone(), failures.clone());
+        workers.push(tokio::spawn(async move {
+            // One keep-alive connection per worker for the whole run: a reload must not close it.
+            let mut conn = KeepAlive::connect(port).await;
+            while done.load(Ordering::SeqCst) < 1000 {
+                match conn.get("x.test", "/").await {
+                    Some(200) => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for generation in 1..=20 {
+        let target = 1000 * generation / 21;
+        eventually("traffic progress", || {
+            let d = done.load(Ordering::SeqCst);
+            async move { d >= target }
+        })
+        .await;
+        gw.rewrite(&routes(&a, &b, generation));
+        let name = format!("gen{generation}");
+        eventually("reload applied", || {
+            let gw = &gw;
+            let name = name.clone();
+            async move { gw.admin_get("/api/routes").await.1.contains(&name) }
+        })
+        .await;
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(done.load(Ordering::SeqCst) >= 1000);
+    assert!(
+        gw.metric("gateway_config_reloads_total{result=\"success\"}")
+            .await
+            >= 20.0
+    );
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "both generations served traffic"
+    );
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_old_routes() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let gw = Gateway::start(&routes(&a, &b, 0)).await;
+    assert_eq!(gw.get("x.test", "/").await.upstream(), Some("a"));
+    let before_ts = gw
+        .metric("gateway_config_last_reload_success_timestamp_seconds")
+        .await;
+    // Unknown upstream and a bad duration: rejected as a whole.
+    gw.rewrite(&format!(
+        "{}[[routes]]\nname = \"main\"\nupstream = \"missing\"\ntimeouts = {{ read = \"soon\" }}\n",
+        upstream_toml("a", &[&a], "")
+    ));
+    eventually("failure counted", || async {
+        gw.metric("gateway_config_reloads_total{result=\"failure\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(gw.get("x.test", "/").await.upstream(), Some("a"));
+    }
+    assert_eq!(
+        gw.metric("gateway_config_last_reload_success_timestamp_seconds")
+            .await,
+        before_ts
+    );
+    let log = gw.stderr();
+    assert!(log.contains("unknown upstream `missing`"), "{log}");
+    // A later valid file is picked up again.
+    gw.rewrite(&routes(&a, &b, 1));
+    eventually("valid reload after a bad one", || async {
+        gw.get("x.test", "/").await.upstream() == Some("b")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sighup_forces_a_reread_and_listener_changes_need_a_restart() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let gw = Gateway::start(&routes(&a, &b, 0)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    eventually("SIGHUP reload counted", || async {
+        gw.metric("gateway_config_reloads_total{result=\"success\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(
+        gw.get("x.test", "/").await.status,
+        200,
+        "still serving after SIGHUP"
+    );
+    // A changed listener address is reported, and the old listener keeps serving.
+    let other = free_port();
+    let text = std::fs::read_to_string(&gw.config).expect("read").replace(
+        &format!("127.0.0.1:{}\"", gw.http),
+        &format!("127.0.0.1:{other}\""),
+    );
+    std::fs::write(&gw.config, text).expect("write");
+    eventually("restart warning", || async {
+        gw.stderr().contains("listeners change only on restart")
+    })
+    .await;
+    assert_eq!(gw.get("x.test", "/").await.status, 200);
+}

@@ -1,0 +1,60 @@
+//! `gateway validate`: every file in config/ is valid; broken fixtures give exact `FILE:LINE:COL` lines.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::helpers::fixture;
+
+fn validate(path: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "--config"])
+        .arg(path)
+        .output()
+        .expect("run gateway validate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, stdout, stderr) = validate(&path);
+            assert_eq!(code, 0, "{}: {stderr}", path.display());
+            assert!(stdout.contains(": ok: "), "{stdout}");
+            assert_eq!(
+                stdout.lines().count(),
+                1,
+                "one-line summary expected: {stdout}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected config/dev.toml and config/gateway.toml");
+}
+
+/// Each fixture `NAME.toml` has `NAME.expected`: the exact stderr, with `FILE` standing for the path.
+#[test]
+fn broken_fixtures_give_exact_messages() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(fixture("")).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let expected =
+            std::fs::read_to_string(path.with_extension("expected")).expect("expected file");
+        let (code, _, stderr) = validate(&path);
+        assert_eq!(code, 1, "{}", path.display());
+        let got = stderr.replace(&path.display().to_string(), "FILE");
+        assert_eq!(got.trim_end(), expected.trim_end(), "{}", path.display());
+        n += 1;
+    }
+    assert!(n >= 4);
+}
