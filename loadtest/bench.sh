@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: our gateway against nginx, alternating, with the method of shared/BENCHMARKS.md.
+#   wrk -t1 -c64 -d${DURATION}s --latency, HTTP/1.1 keep-alive, a 1 KiB 200 body from an nginx origin,
+#   access log ON in every proxy, proxy pinned to CPU 0 with one worker thread, wrk and the origin on CPU 1.
+#   CPU per request = the proxy's utime+stime during the run / requests served.
+# Usage: loadtest/bench.sh [PASSES] [DURATION_SECONDS]      (defaults: 3 passes, 10 s)
+# Targets (run everything on loopback only): gateway (10 routes), gateway (10 000 tenant routes), nginx.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/lib.sh"
+PASSES=${1:-3}
+DURATION=${2:-10}
+CONNS=${CONNS:-64}
+ensure_build_deps
+ensure_debs nginx-light wrk
+cargo build --release --locked -p gateway >&2
+GW="$CARGO_TARGET_DIR/release/gateway"
+
+W=$(mktemp -d /tmp/aggios-bench.XXXXXX)
+ORIGIN=127.0.0.1:18081; NGINX=127.0.0.1:18082; GWPORT=127.0.0.1:18083; GWADMIN=127.0.0.1:18093
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+mkdir -p "$W/origin" "$W/nginx"
+head -c 1024 /dev/zero | tr '\0' 'a' > "$W/origin/index.html"
+cat > "$W/origin.conf" <<NGX
+worker_processes 1; daemon off; error_log $W/origin-error.log warn; pid $W/origin.pid;
+events { worker_connections 4096; }
+http { access_log off; server { listen $ORIGIN; keepalive_requests 1000000; location / { root $W/origin; index index.html; } } }
+NGX
+cat > "$W/nginx.conf" <<NGX
+worker_processes 1; daemon off; error_log $W/nginx-error.log warn; pid $W/nginx.pid;
+events { worker_connections 4096; }
+http {
+  log_format main '\$remote_addr [\$time_iso8601] "\$request" \$status \$body_bytes_sent \$request_time \$upstream_addr';
+  access_log $W/nginx-access.log main;
+  upstream origin { server $ORIGIN; keepalive 64; keepalive_requests 1000000; }
+  server { listen $NGINX; keepalive_requests 1000000;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGX
+
+gw_config() { # $1 = number of tenant routes
+  cat <<TOML
+[server]
+threads = 1
+[entrypoints]
+http = "$GWPORT"
+admin = "$GWADMIN"
+[tenancy]
+base_domains = ["bench.test"]
+[log]
+access_log = true
+format = "json"
+level = "warn"
+[[upstreams]]
+name = "origin"
+servers = ["$ORIGIN"]
+health = { path = "/", interval = "2s", timeout = "1s" }
+[[routes]]
+name = "tenants"
+hosts = ["*.bench.test"]
+upstream = "origin"
+TOML
+  for i in $(seq 1 "$1"); do printf '[[routes]]\nname = "t%d"\nhosts = ["t%d.bench.test"]\nupstream = "origin"\n' "$i" "$i"; done
+}
+gw_config 10 > "$W/gw10.toml"
+gw_config 10000 > "$W/gw10k.toml"
+"$GW" validate --config "$W/gw10.toml" >&2
+"$GW" validate --config "$W/gw10k.toml" >&2
+
+taskset -c 1 nginx -c "$W/origin.conf" & PIDS+=($!)
+wait_port 127.0.0.1 18081 10 || die "origin did not start"
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+
+# run_one NAME CMD... — start the proxy on CPU 0, load it from CPU 1, print one TSV row.
+run_one() {
+  local name=$1 port=$2 host=$3; shift 3
+  taskset -c 0 "$@" > "$W/$name.stdout" 2> "$W/$name.stderr" &
+  local pid=$!
+  wait_port 127.0.0.1 "$port" 20 || die "$name did not start: $(tail -3 "$W/$name.stderr")"
+  # For nginx the worker does the work; measure the whole process tree.
+  sleep 1
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H "Host: $host" "http://127.0.0.1:$port/" > /dev/null # warm-up
+  local pids; pids=$(pgrep -P "$pid" || true); pids="$pid $pids"
+  local before=0 after=0 p
+  for p in $pids; do before=$((before + $(cpu_ticks "$p"))); done
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" "http://127.0.0.1:$port/" > "$W/$name.wrk"
+  for p in $pids; do after=$((after + $(cpu_ticks "$p"))); done
+  local rss=0; for p in $pids; do rss=$((rss + $(rss_kb "$p"))); done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local reqs rps p99 non2xx
+  reqs=$(awk '/requests in/ {print $1}' "$W/$name.wrk")
+  rps=$(awk '/Requests\/sec/ {print $2}' "$W/$name.wrk")
+  p99=$(awk '$1 == "99%" {print $2}' "$W/$name.wrk")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$W/$name.wrk"); non2xx=${non2xx:-0}
+  local cpu_us; cpu_us=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p99" "$cpu_us" "$((rss / 1024))" "$non2xx"
+}
+
+RESULTS="$W/results.tsv"
+for pass in $(seq 1 "$PASSES"); do
+  echo "pass $pass/$PASSES" >&2
+  run_one nginx 18082 t5.bench.test nginx -c "$W/nginx.conf" >> "$RESULTS"
+  run_one gateway 18083 t5.bench.test "$GW" run --config "$W/gw10.toml" >> "$RESULTS"
+  run_one gateway-10k-routes 18083 t5000.bench.test "$GW" run --config "$W/gw10k.toml" >> "$RESULTS"
+done
+
+python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, rps, p99, cpu, rss, non2xx = line.rstrip("\n").split("\t")
+    def ms(v):
+        return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+    rows[name].append((float(rps), ms(p99), float(cpu), int(rss), int(non2xx)))
+print(f"passes={sys.argv[2]} duration={sys.argv[3]}s connections={sys.argv[4]} (medians)\n")
+print("| target | req/s | p99 | proxy CPU-µs / request | RSS | non-2xx |")
+print("|---|---|---|---|---|---|")
+base = statistics.median(r[0] for r in rows["nginx"])
+for name in ["nginx", "gateway", "gateway-10k-routes"]:
+    r = rows[name]
+    rps = statistics.median(x[0] for x in r)
+    print(f"| {name} | {rps:,.0f} ({rps/base:.2f}× nginx) | {statistics.median(x[1] for x in r):.2f} ms | "
+          f"{statistics.median(x[2] for x in r):.1f} | {statistics.median(x[3] for x in r)} MB | {sum(x[4] for x in r)} |")
+g = statistics.median(x[0] for x in rows["gateway"]); g10k = statistics.median(x[0] for x in rows["gateway-10k-routes"])
+print(f"\n10 000 routes / 10 routes throughput: {g10k/g:.2f}×")
+PY
+echo "raw results: $RESULTS" >&2
