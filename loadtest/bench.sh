@@ -4,7 +4,8 @@
 #   access log ON in every proxy, proxy pinned to CPU 0 with one worker thread, wrk and the origin on CPU 1.
 #   CPU per request = the proxy's utime+stime during the run / requests served.
 # Usage: loadtest/bench.sh [PASSES] [DURATION_SECONDS]      (defaults: 3 passes, 10 s)
-# Targets (run everything on loopback only): gateway (10 routes), gateway (10 000 tenant routes), nginx.
+# Targets (everything on loopback): nginx, the gateway (10 routes; 10 000 tenant routes), and bare-pingora
+# (gateway/examples/bare_pingora.rs: Pingora forwarding with no logic at all, the floor under the gateway).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/lib.sh"
@@ -13,11 +14,13 @@ DURATION=${2:-10}
 CONNS=${CONNS:-64}
 ensure_build_deps
 ensure_debs nginx-light wrk
-cargo build --release --locked -p gateway >&2
+cargo build --release --locked -p gateway --bin gateway --example bare_pingora >&2
 GW="$CARGO_TARGET_DIR/release/gateway"
+BARE="$CARGO_TARGET_DIR/release/examples/bare_pingora"
 
 W=$(mktemp -d /tmp/aggios-bench.XXXXXX)
-ORIGIN=127.0.0.1:18081; NGINX=127.0.0.1:18082; GWPORT=127.0.0.1:18083; GWADMIN=127.0.0.1:18093
+chmod 755 "$W"   # the nginx workers run unprivileged and must read the origin files
+ORIGIN=127.0.0.1:18081; NGINX=127.0.0.1:18082; GWPORT=127.0.0.1:18083; GWADMIN=127.0.0.1:18093; BAREPORT=127.0.0.1:18084
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -108,6 +111,7 @@ for pass in $(seq 1 "$PASSES"); do
   run_one nginx 18082 t5.bench.test nginx -c "$W/nginx.conf" >> "$RESULTS"
   run_one gateway 18083 t5.bench.test "$GW" run --config "$W/gw10.toml" >> "$RESULTS"
   run_one gateway-10k-routes 18083 t5000.bench.test "$GW" run --config "$W/gw10k.toml" >> "$RESULTS"
+  run_one bare-pingora 18084 t5.bench.test "$BARE" "$BAREPORT" "$ORIGIN" >> "$RESULTS"
 done
 
 python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" <<'PY'
@@ -122,7 +126,7 @@ print(f"passes={sys.argv[2]} duration={sys.argv[3]}s connections={sys.argv[4]} (
 print("| target | req/s | p99 | proxy CPU-µs / request | RSS | non-2xx |")
 print("|---|---|---|---|---|---|")
 base = statistics.median(r[0] for r in rows["nginx"])
-for name in ["nginx", "gateway", "gateway-10k-routes"]:
+for name in ["nginx", "gateway", "gateway-10k-routes", "bare-pingora"]:
     r = rows[name]
     rps = statistics.median(x[0] for x in r)
     print(f"| {name} | {rps:,.0f} ({rps/base:.2f}× nginx) | {statistics.median(x[1] for x in r):.2f} ms | "

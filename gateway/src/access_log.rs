@@ -28,26 +28,40 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
 }
 
+/// Lines queued beyond this are dropped (and counted) rather than making a request wait on stdout.
+pub const QUEUE_LINES: usize = 65_536;
+/// How often the writer thread drains the queue. Senders never wake it: a wake-up per request would
+/// cost a context switch per request on a busy core.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The access-log sink.
 pub struct AccessLog {
     enabled: AtomicBool,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::SyncSender<Vec<u8>>,
 }
 
 impl AccessLog {
     /// Starts the writer thread.
     pub fn new(enabled: bool) -> AccessLog {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(&line);
-                    // Batch what is already queued, then flush so lines are never held back long.
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(&more);
+                loop {
+                    std::thread::sleep(DRAIN_INTERVAL);
+                    loop {
+                        match rx.try_recv() {
+                            Ok(line) => {
+                                let _ = out.write_all(&line);
+                            }
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => {
+                                let _ = out.flush();
+                                return;
+                            }
+                        }
                     }
                     let _ = out.flush();
                 }
@@ -71,12 +85,14 @@ impl AccessLog {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Queues one line.
+    /// Queues one line; never blocks.
     pub fn write(&self, entry: &Entry<'_>) {
         let mut buf = Vec::with_capacity(320);
         if serde_json::to_writer(&mut buf, entry).is_ok() {
             buf.push(b'\n');
-            let _ = self.tx.send(buf);
+            if self.tx.try_send(buf).is_err() {
+                crate::metrics::metrics().access_log_dropped.inc();
+            }
         }
     }
 }
@@ -113,6 +129,13 @@ fn rfc3339(secs: u64, millis: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cached_now_has_the_full_shape() {
+        let s = super::rfc3339_now();
+        assert_eq!(s.len(), 24, "{s}");
+        assert!(s.ends_with('Z') && s.as_bytes()[19] == b'.', "{s}");
+    }
+
     #[test]
     fn formats_known_instants() {
         assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000Z");

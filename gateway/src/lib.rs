@@ -32,6 +32,9 @@ use state::GatewayState;
 pub fn build_server(config: Config, path: &Path) -> Server {
     let mut conf = ServerConf {
         threads: config.server.threads,
+        // One single-threaded runtime per worker (like nginx workers): cheaper wake-ups than a
+        // work-stealing pool, and a connection's tasks stay on one core.
+        work_stealing: false,
         // Sessions idle in keep-alive are closed right away on shutdown; in-flight ones get the grace.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace.as_secs()),

@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gateway::config::{Config, LogFormat};
 
+// glibc malloc showed up as ~15 % of a request's CPU under load (Pingora allocates per request);
+// mimalloc's thread-local free lists make those allocations cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "Aggios Edge gateway")]
 struct Cli {

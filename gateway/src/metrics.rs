@@ -19,6 +19,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub malformed: IntCounter,
+    pub access_log_dropped: IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -77,6 +78,11 @@ impl Metrics {
             "gateway_http_malformed_requests_total",
             "Requests refused at the edge for malformed HTTP.",
         )?;
+        let access_log_dropped = IntCounter::new(
+            "gateway_access_log_dropped_total",
+            "Access-log lines dropped because stdout could not keep up.",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -98,6 +104,7 @@ impl Metrics {
             reloads,
             last_reload_success,
             malformed,
+            access_log_dropped,
         })
     }
 

@@ -68,7 +68,13 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 
 /// A new random request id: 32 lowercase hex digits (128 bits).
 pub fn new_request_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u128(..);
+    let mut out = String::with_capacity(32);
+    for i in (0..32).rev() {
+        out.push(HEX[((n >> (i * 4)) & 0xf) as usize] as char);
+    }
+    out
 }
 
 /// Removes hop-by-hop fields, including those `Connection` names, keeping an upgrade handshake intact.

@@ -537,7 +537,7 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[route_name, method, status_label])
             .inc();
         match route {
-            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
+            Some(r) => r.duration().observe(elapsed.as_secs_f64()),
             None => metrics()
                 .request_duration
                 .with_label_values(&["<none>"])

@@ -104,3 +104,30 @@ async fn slowloris_is_cut_off() {
     assert!(start.elapsed() < std::time::Duration::from_secs(25));
     assert_eq!(up.hits(), 0);
 }
+
+#[tokio::test]
+async fn stalled_body_gets_408() {
+    let up = TestUpstream::start("u");
+    let cfg = format!(
+        "[limits]\nbody_timeout = \"1s\"\n\n{}[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], "")
+    );
+    let gw = Gateway::start(&cfg).await;
+    let start = std::time::Instant::now();
+    // Promise 100 bytes, send 10, then stall.
+    let (resp, closed) = raw_bytes(
+        gw.http,
+        b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await;
+    let (status, body) = split_response(&resp);
+    assert_eq!(status, 408, "{resp}");
+    assert!(body.contains("request_timeout"), "{body}");
+    assert!(closed);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        up.hits(),
+        0,
+        "an incomplete body must not become a request at the backend"
+    );
+}
