@@ -1,4 +1,216 @@
-//! Placeholder until issue 3 (backend) lands: the crate exists so the workspace builds.
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("backend: not implemented yet (see issue 3)")
+//! `backend serve | migrate | tenant create | user create`.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use backend::{app, auth, config, db, domain};
+
+#[derive(Parser)]
+#[command(name = "backend", version, about = "Aggios Edge backend API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (BACKEND_LISTEN) and, when BACKEND_INTERNAL_LISTEN is set, the internal API.
+    Serve,
+    /// Apply migrations as the owner and set up the application role.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    Create {
+        #[arg(long)]
+        subdomain: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        domain: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from standard input.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, default_value = "member", value_parser = ["admin", "member", "platform_admin"])]
+        role: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .json()
+        .flatten_event(true)
+        .init();
+    let config = match config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => {
+            db::migrate(&config.database_owner_url, &config.database_url).await?;
+            println!("migrations applied");
+        }
+        Command::Serve => {
+            if config.migrate_on_start {
+                db::migrate(&config.database_owner_url, &config.database_url)
+                    .await
+                    .context("migrations at start (MIGRATE_ON_START=0 to skip)")?;
+            }
+            let state = app::AppState::new(&config).await?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("BACKEND_LISTEN: cannot bind {}", config.listen))?;
+            tracing::info!(listen = %config.listen, "serving");
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let mut servers = Vec::new();
+            if let Some(addr) = config.internal_listen {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("BACKEND_INTERNAL_LISTEN: cannot bind {addr}"))?;
+                let mut rx2 = rx.clone();
+                servers.push(tokio::spawn(app::serve(
+                    l,
+                    state.clone(),
+                    true,
+                    async move {
+                        let _ = rx2.changed().await;
+                    },
+                )));
+            }
+            let mut rx1 = rx.clone();
+            servers.push(tokio::spawn(app::serve(
+                listener,
+                state,
+                false,
+                async move {
+                    let _ = rx1.changed().await;
+                },
+            )));
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down; finishing in-flight requests");
+            let _ = tx.send(true);
+            for s in servers {
+                let _ = s.await;
+            }
+        }
+        Command::Tenant {
+            command:
+                TenantCommand::Create {
+                    subdomain,
+                    name,
+                    domain,
+                },
+        } => {
+            anyhow::ensure!(
+                domain::is_subdomain(&subdomain),
+                "--subdomain: `{subdomain}` is not a DNS label (a-z, 0-9, -)"
+            );
+            if let Some(d) = &domain {
+                anyhow::ensure!(domain::is_domain(d), "--domain: `{d}` is not a domain name");
+            }
+            let pool = db::connect(&config.database_url, 2)?;
+            let t = db::tenants::create(&pool, &name, &subdomain, domain.as_deref())
+                .await
+                .context("creating the tenant")?;
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    tenant,
+                    email,
+                    password_stdin,
+                    role,
+                },
+        } => {
+            anyhow::ensure!(password_stdin, "--password-stdin is required: the password is read from standard input, never from arguments");
+            let mut password = String::new();
+            std::io::stdin().read_to_string(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            domain::check_password(&password).map_err(|m| anyhow::anyhow!("password {m}"))?;
+            let email = email.trim().to_lowercase();
+            anyhow::ensure!(
+                domain::is_email(&email),
+                "--email: `{email}` is not an email address"
+            );
+            let pool = db::connect(&config.database_url, 2)?;
+            let t = db::tenants::by_subdomain(&pool, &tenant)
+                .await?
+                .with_context(|| format!("--tenant: no tenant `{tenant}`"))?;
+            let hash = auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e))?;
+            let mut tx = db::tenant_tx(&pool, t.id).await?;
+            let user = db::users::create(
+                &mut tx,
+                &db::users::NewUser {
+                    tenant_id: t.id,
+                    email: &email,
+                    password_hash: &hash,
+                    first_name: "",
+                    last_name: "",
+                    role: &role,
+                },
+            )
+            .await
+            .context("creating the user")?;
+            tx.commit().await?;
+            println!("{}", serde_json::to_string(&user)?);
+        }
+    }
+    Ok(())
 }

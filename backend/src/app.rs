@@ -1,0 +1,115 @@
+//! Bind, serve (HTTP/1.1 and h2c), graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::auth::TokenKeys;
+use crate::config::Config;
+
+/// What every handler shares.
+pub struct AppState {
+    pub db: PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    pub tokens: TokenKeys,
+    pub refresh_ttl: Duration,
+    pub base_domains: Vec<String>,
+    /// Bounds concurrent Argon2id work (19 MiB and tens of ms of CPU each) to the cores there are.
+    pub hashing: tokio::sync::Semaphore,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("DATABASE_URL: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("REDIS_URL: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("DATABASE_URL connects as a role that bypasses row-level security (superuser or BYPASSRLS); use the application role that `backend migrate` creates")]
+    BypassesRls,
+}
+
+impl AppState {
+    /// Connects to Postgres and Redis (lazily, so a service started while they are down serves 503s and
+    /// recovers by itself) and refuses a database role that would make row-level security moot.
+    pub async fn new(config: &Config) -> Result<Arc<AppState>, StartError> {
+        let db = crate::db::connect(&config.database_url, 16)?;
+        match crate::db::bypasses_rls(&db).await {
+            Ok(true) => return Err(StartError::BypassesRls),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Postgres not reachable at start; serving 503 until it is")
+            }
+        }
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let cm_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let redis = redis::aio::ConnectionManager::new_with_config(client, cm_config).await?;
+        let base_domains = std::env::var("TENANT_BASE_DOMAINS")
+            .unwrap_or_else(|_| "aggios.app,aggios.localhost".into())
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(Arc::new(AppState {
+            db,
+            redis,
+            tokens: TokenKeys::new(&config.jwt_secret, config.access_ttl),
+            refresh_ttl: config.refresh_ttl,
+            base_domains,
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+        }))
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then lets in-flight requests finish (up to 30 s).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    internal: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer): (_, SocketAddr) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let svc = hyper::service::service_fn(move |req| crate::http::handle(state.clone(), peer, internal, req));
+                let conn = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within 30 s");
+    }
+}

@@ -1,0 +1,218 @@
+//! Configuration from the environment (shared/DESIGN.md). Every variable is read and checked before
+//! start-up; a missing or invalid one stops the process with one line naming it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration problem, naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Where files go.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// A local directory (the embedded default).
+    Local { dir: PathBuf },
+    /// An S3-compatible server.
+    S3 {
+        endpoint: String,
+        bucket: String,
+        access_key_id: String,
+        secret_access_key: String,
+        region: String,
+    },
+}
+
+/// The backend's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub database_owner_url: String,
+    pub database_read_url: Option<String>,
+    pub redis_url: String,
+    pub jwt_secret: Vec<u8>,
+    pub listen: SocketAddr,
+    pub internal_listen: Option<SocketAddr>,
+    pub storage: StorageConfig,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub max_file_bytes: u64,
+    pub migrate_on_start: bool,
+}
+
+/// Reads the configuration through `get` (the process environment in production).
+pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let required = |var: &'static str| {
+        get(var)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| err(var, "is required"))
+    };
+    let database_url = required("DATABASE_URL")?;
+    check_pg_url("DATABASE_URL", &database_url)?;
+    let database_owner_url = get("DATABASE_OWNER_URL")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| database_url.clone());
+    check_pg_url("DATABASE_OWNER_URL", &database_owner_url)?;
+    let database_read_url = get("DATABASE_READ_URL").filter(|v| !v.is_empty());
+    if let Some(u) = &database_read_url {
+        check_pg_url("DATABASE_READ_URL", u)?;
+    }
+    let redis_url = required("REDIS_URL")?;
+    if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        return Err(err("REDIS_URL", "must start with redis:// or rediss://"));
+    }
+    let jwt_secret = match (
+        get("JWT_SECRET").filter(|v| !v.is_empty()),
+        get("JWT_SECRET_FILE").filter(|v| !v.is_empty()),
+    ) {
+        (Some(s), _) => s.into_bytes(),
+        (None, Some(path)) => std::fs::read(&path)
+            .map(|b| b.trim_ascii_end().to_vec())
+            .map_err(|e| err("JWT_SECRET_FILE", format!("cannot read {path}: {e}")))?,
+        (None, None) => return Err(err("JWT_SECRET", "is required (or JWT_SECRET_FILE)")),
+    };
+    if jwt_secret.len() < 32 {
+        return Err(err("JWT_SECRET", "must be at least 32 bytes for HS256"));
+    }
+    let listen = parse_addr(
+        "BACKEND_LISTEN",
+        get("BACKEND_LISTEN").unwrap_or_else(|| "127.0.0.1:8081".into()),
+    )?;
+    let internal_listen = get("BACKEND_INTERNAL_LISTEN")
+        .filter(|v| !v.is_empty())
+        .map(|v| parse_addr("BACKEND_INTERNAL_LISTEN", v))
+        .transpose()?;
+    let storage = match get("S3_ENDPOINT").filter(|v| !v.is_empty()) {
+        Some(endpoint) => {
+            url::Url::parse(&endpoint)
+                .map_err(|e| err("S3_ENDPOINT", format!("not a URL: {e}")))?;
+            StorageConfig::S3 {
+                endpoint,
+                bucket: get("S3_BUCKET")
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "aggios".into()),
+                access_key_id: required("S3_ACCESS_KEY_ID")?,
+                secret_access_key: required("S3_SECRET_ACCESS_KEY")?,
+                region: get("S3_REGION")
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "us-east-1".into()),
+            }
+        }
+        None => StorageConfig::Local {
+            dir: PathBuf::from(
+                get("STORAGE_DIR")
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "./data/files".into()),
+            ),
+        },
+    };
+    let secs = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
+        match get(var).filter(|v| !v.is_empty()) {
+            None => Ok(Duration::from_secs(default)),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Duration::from_secs)
+                .ok_or_else(|| err(var, "must be a positive number of seconds")),
+        }
+    };
+    Ok(Config {
+        database_url,
+        database_owner_url,
+        database_read_url,
+        redis_url,
+        jwt_secret,
+        listen,
+        internal_listen,
+        storage,
+        access_ttl: secs("ACCESS_TOKEN_TTL_SECS", 15 * 60)?,
+        refresh_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?,
+        max_file_bytes: match get("MAX_FILE_BYTES").filter(|v| !v.is_empty()) {
+            None => 50 * 1024 * 1024,
+            Some(v) => v
+                .parse()
+                .map_err(|_| err("MAX_FILE_BYTES", "must be a number of bytes"))?,
+        },
+        migrate_on_start: !matches!(
+            get("MIGRATE_ON_START").as_deref(),
+            Some("0" | "false" | "no")
+        ),
+    })
+}
+
+/// Reads the configuration from the process environment.
+pub fn from_env() -> Result<Config, ConfigError> {
+    from_env_with(|k| std::env::var(k).ok())
+}
+
+fn check_pg_url(var: &'static str, v: &str) -> Result<(), ConfigError> {
+    let u = url::Url::parse(v).map_err(|e| err(var, format!("not a URL: {e}")))?;
+    if !matches!(u.scheme(), "postgres" | "postgresql") {
+        return Err(err(var, "must be a postgres:// URL"));
+    }
+    Ok(())
+}
+
+fn parse_addr(var: &'static str, v: String) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| err(var, format!("`{v}` is not an IP:port address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    const OK: &[(&str, &str)] = &[
+        ("DATABASE_URL", "postgres://app:pw@127.0.0.1/aggios"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+    ];
+
+    #[test]
+    fn defaults() {
+        let c = from_env_with(env(OK)).expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8081");
+        assert!(matches!(c.storage, StorageConfig::Local { .. }));
+        assert_eq!(c.access_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn each_error_names_its_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("DATABASE_URL", "", "DATABASE_URL"),
+            ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
+            ("REDIS_URL", "127.0.0.1", "REDIS_URL"),
+            ("JWT_SECRET", "short", "JWT_SECRET"),
+            ("BACKEND_LISTEN", "nope", "BACKEND_LISTEN"),
+            ("S3_ENDPOINT", "http://127.0.0.1:9000", "S3_ACCESS_KEY_ID"),
+        ];
+        for (k, v, var) in cases {
+            let mut pairs: Vec<(&str, &str)> = OK.iter().filter(|(n, _)| n != k).copied().collect();
+            pairs.push((k, v));
+            let e = from_env_with(env(&pairs)).expect_err(k);
+            assert_eq!(e.var, *var, "{e}");
+        }
+    }
+}

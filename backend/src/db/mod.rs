@@ -1,0 +1,98 @@
+//! Typed queries, one file per table. Every query on tenant data runs inside [`tenant_tx`], which sets
+//! `app.tenant_id` for that transaction only, so row-level security scopes it and a pooled connection
+//! never carries one tenant's setting into another request.
+
+pub mod audit;
+pub mod refresh_tokens;
+pub mod tenants;
+pub mod users;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+/// The migrations embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A transaction scoped to `tenant` by row-level security.
+pub async fn tenant_tx(
+    pool: &PgPool,
+    tenant: Uuid,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// A pool that fails fast when Postgres is down (requests get 503) and reconnects by itself.
+pub fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .test_before_acquire(true)
+        .connect_lazy(url)
+}
+
+/// Whether the connected role bypasses row-level security (a superuser or BYPASSRLS role).
+pub async fn bypasses_rls(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
+        .fetch_one(pool)
+        .await
+}
+
+/// Runs the migrations as the owner, then creates the application role of `app_url` when missing and
+/// grants it only data access: no ownership, no BYPASSRLS.
+pub async fn migrate(owner_url: &str, app_url: &str) -> anyhow::Result<()> {
+    let owner = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(owner_url)
+        .await?;
+    MIGRATOR.run(&owner).await?;
+    let app = url::Url::parse(app_url)?;
+    let owner_user = url::Url::parse(owner_url)?.username().to_string();
+    let role = app.username().to_string();
+    if role.is_empty() || role == owner_user {
+        tracing::warn!("DATABASE_URL uses the owner role: row-level security is not enforced against the table owner's superuser powers; use a separate application role");
+        return Ok(());
+    }
+    if !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        anyhow::bail!("DATABASE_URL: role name `{role}` must be letters, digits or _");
+    }
+    let password = percent_encoding::percent_decode_str(app.password().unwrap_or(""))
+        .decode_utf8_lossy()
+        .replace('\'', "''");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(&role)
+            .fetch_one(&owner)
+            .await?;
+    if !exists {
+        let create = format!("CREATE ROLE \"{role}\" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '{password}'");
+        if let Err(e) = sqlx::query(&create).execute(&owner).await {
+            // Another migrator may have created it between the check and here.
+            let dup = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42710" || c == "23505");
+            if !dup {
+                return Err(e.into());
+            }
+        }
+    }
+    for stmt in [
+        format!("GRANT USAGE ON SCHEMA public TO \"{role}\""),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO \"{role}\""
+        ),
+        format!("REVOKE ALL ON _sqlx_migrations FROM \"{role}\""),
+        format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO \"{role}\""),
+        format!("GRANT EXECUTE ON FUNCTION app_tenant_id() TO \"{role}\""),
+    ] {
+        sqlx::query(&stmt).execute(&owner).await?;
+    }
+    owner.close().await;
+    Ok(())
+}

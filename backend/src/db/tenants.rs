@@ -1,0 +1,68 @@
+//! `tenants`: the registry itself (not tenant data, so not under row-level security).
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub subdomain: String,
+    pub domain: Option<String>,
+    pub is_active: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+const COLS: &str = "id, name, subdomain, domain, is_active, created_at";
+
+/// The active tenant a host names: `{subdomain}.{base}` for one of `bases`, or a tenant's own domain.
+pub async fn by_host(
+    pool: &PgPool,
+    host: &str,
+    bases: &[String],
+) -> Result<Option<Tenant>, sqlx::Error> {
+    let sub = host
+        .split_once('.')
+        .filter(|(_, rest)| bases.iter().any(|b| b == rest))
+        .map(|(label, _)| label.to_string());
+    sqlx::query_as::<_, Tenant>(&format!(
+        "SELECT {COLS} FROM tenants WHERE is_active AND (subdomain = $1 OR domain = $2) ORDER BY (subdomain = $1) DESC LIMIT 1"
+    ))
+    .bind(sub.unwrap_or_default())
+    .bind(host)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn by_subdomain(pool: &PgPool, subdomain: &str) -> Result<Option<Tenant>, sqlx::Error> {
+    sqlx::query_as::<_, Tenant>(&format!("SELECT {COLS} FROM tenants WHERE subdomain = $1"))
+        .bind(subdomain)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn create(
+    pool: &PgPool,
+    name: &str,
+    subdomain: &str,
+    domain: Option<&str>,
+) -> Result<Tenant, sqlx::Error> {
+    sqlx::query_as::<_, Tenant>(&format!(
+        "INSERT INTO tenants (name, subdomain, domain) VALUES ($1, $2, $3) RETURNING {COLS}"
+    ))
+    .bind(name)
+    .bind(subdomain)
+    .bind(domain)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<Tenant>, sqlx::Error> {
+    sqlx::query_as::<_, Tenant>(&format!(
+        "SELECT {COLS} FROM tenants ORDER BY created_at, subdomain"
+    ))
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,168 @@
+//! The route table: (method, path) → handler, and what every handler shares.
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::metrics::metrics;
+pub use error::ApiError;
+
+/// A handler's result.
+pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
+
+/// What a handler knows about its request besides the body.
+pub struct Ctx {
+    pub state: Arc<AppState>,
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+    pub request_id: String,
+    pub peer: SocketAddr,
+}
+
+impl Ctx {
+    /// The host the gateway forwarded (`X-Forwarded-Host`, else `Host`), lowercase, without port.
+    pub fn forwarded_host(&self) -> Option<String> {
+        let raw = self
+            .headers
+            .get("x-forwarded-host")
+            .or_else(|| self.headers.get(http::header::HOST))?;
+        let s = raw.to_str().ok()?.split(',').next()?.trim();
+        let host = s
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(s, |(h, _)| h);
+        Some(host.trim_end_matches('.').to_ascii_lowercase())
+    }
+
+    /// The client address: the first `X-Forwarded-For` entry set by the gateway, else the peer.
+    pub fn client_ip(&self) -> String {
+        self.headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next_back())
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| self.peer.ip().to_string())
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Reads a JSON body of at most 64 KiB into `T`.
+pub async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
+    let bytes = Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("invalid_body", "could not read the request body".into())
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest("invalid_json", format!("invalid JSON: {e}")))
+}
+
+/// Bounded route label for metrics (never the raw path).
+fn route_label(method: &Method, path: &str) -> &'static str {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segs.as_slice()) {
+        (_, ["healthz"]) => "healthz",
+        (_, ["readyz"]) => "readyz",
+        (_, ["metrics"]) => "metrics",
+        (_, ["api", "auth", "login"]) => "auth_login",
+        (_, ["api", "auth", "refresh"]) => "auth_refresh",
+        (_, ["api", "auth", "logout"]) => "auth_logout",
+        (_, ["api", "users", "me"]) => "users_me",
+        (_, ["api", "users"]) => "users",
+        (_, ["api", "users", _]) => "user",
+        (_, ["api", "tenant"]) => "tenant",
+        (_, ["api", "tenants"]) => "tenants",
+        (_, ["internal", "tenant-domains", _]) => "internal_tenant_domains",
+        _ => "other",
+    }
+}
+
+/// Serves one request: dispatch, then the error mapping, request id, metrics and access log.
+pub async fn handle(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    internal: bool,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let start = Instant::now();
+    let (parts, body) = req.into_parts();
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string);
+    let ctx = Ctx {
+        state,
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        request_id,
+        peer,
+    };
+    let route = route_label(&ctx.method, &ctx.path);
+    let result = if internal {
+        routes::dispatch_internal(&ctx).await
+    } else {
+        routes::dispatch(&ctx, body).await
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(&ctx.request_id),
+    };
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    metrics()
+        .requests
+        .with_label_values(&[route, ctx.method.as_str(), &status.to_string()])
+        .inc();
+    metrics()
+        .duration
+        .with_label_values(&[route])
+        .observe(start.elapsed().as_secs_f64());
+    tracing::info!(
+        request_id = %ctx.request_id, method = %ctx.method, path = %ctx.path, status,
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0, "request"
+    );
+    Ok(resp)
+}

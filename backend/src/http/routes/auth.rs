@@ -1,0 +1,282 @@
+//! `POST /api/auth/login | refresh | logout`.
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use redis::AsyncCommands;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::auth::{dummy_hash, new_refresh_token, token_hash, verify_password};
+use crate::db::{self, audit, refresh_tokens, tenants, users};
+use crate::http::auth::{denylist_key, principal};
+use crate::http::{json, read_json, ApiError, ApiResult, Ctx};
+use crate::metrics::metrics;
+
+/// Failed logins allowed per account (tenant + email) in [`THROTTLE_WINDOW_SECS`].
+pub const MAX_FAILURES_PER_ACCOUNT: i64 = 5;
+/// Failed logins allowed per client IP in [`THROTTLE_WINDOW_SECS`].
+pub const MAX_FAILURES_PER_IP: i64 = 20;
+pub const THROTTLE_WINDOW_SECS: i64 = 900;
+
+#[derive(Deserialize)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+#[derive(Deserialize, Default)]
+struct LogoutBody {
+    refresh_token: Option<String>,
+}
+
+/// The tenant named by the host the gateway forwarded.
+async fn host_tenant(ctx: &Ctx) -> Result<tenants::Tenant, ApiError> {
+    let host = ctx
+        .forwarded_host()
+        .ok_or_else(|| ApiError::BadRequest("missing_host", "no forwarded host".into()))?;
+    tenants::by_host(&ctx.state.db, &host, &ctx.state.base_domains)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no active tenant for host `{host}`")))
+}
+
+fn mirror_key(hash: &[u8]) -> String {
+    format!("aggios:refresh:{}", hex::encode(hash))
+}
+
+async fn issue_pair(
+    ctx: &Ctx,
+    tx: &mut sqlx::PgConnection,
+    user: &users::User,
+    tenant: &tenants::Tenant,
+    family: Uuid,
+) -> Result<serde_json::Value, ApiError> {
+    let (access, _) = ctx
+        .state
+        .tokens
+        .issue(user.id, &user.email, &tenant.subdomain, &user.role)
+        .map_err(ApiError::Internal)?;
+    let (refresh, hash) = new_refresh_token();
+    let expires = OffsetDateTime::now_utc() + ctx.state.refresh_ttl;
+    refresh_tokens::insert(tx, user.id, tenant.id, &hash, family, expires).await?;
+    // Mirror for fast checks; Postgres stays the source of truth, so a Redis failure is not fatal here.
+    let mut redis = ctx.state.redis.clone();
+    let ttl = ctx.state.refresh_ttl.as_secs();
+    if let Err(e) = redis
+        .set_ex::<_, _, ()>(mirror_key(&hash), format!("{}:{family}", user.id), ttl)
+        .await
+    {
+        tracing::warn!(error = %e, "could not mirror the refresh token in Redis");
+    }
+    Ok(serde_json::json!({
+        "access_token": access,
+        "refresh_token": refresh,
+        "token_type": "Bearer",
+        "expires_in": ctx.state.tokens.ttl.as_secs(),
+    }))
+}
+
+pub async fn login(ctx: &Ctx, body: Incoming) -> ApiResult {
+    let b: LoginBody = read_json(body).await?;
+    let email = b.email.trim().to_lowercase();
+    let mut invalid = Vec::new();
+    if email.is_empty() || !email.contains('@') || email.len() > 254 {
+        invalid.push(("email", "must be an email address".to_string()));
+    }
+    if b.password.is_empty() || b.password.len() > 1024 {
+        invalid.push(("password", "must be 1 to 1024 characters".to_string()));
+    }
+    if !invalid.is_empty() {
+        return Err(ApiError::Validation(invalid));
+    }
+    let tenant = host_tenant(ctx).await?;
+    let ip = ctx.client_ip();
+    let acct_key = format!("aggios:login_fail:acct:{}:{email}", tenant.id);
+    let ip_key = format!("aggios:login_fail:ip:{ip}");
+    let mut redis = ctx.state.redis.clone();
+    let (acct, by_ip): (Option<i64>, Option<i64>) = redis::pipe()
+        .get(&acct_key)
+        .get(&ip_key)
+        .query_async(&mut redis)
+        .await?;
+    if acct.unwrap_or(0) >= MAX_FAILURES_PER_ACCOUNT || by_ip.unwrap_or(0) >= MAX_FAILURES_PER_IP {
+        let ttl: i64 = redis
+            .ttl(if acct.unwrap_or(0) >= MAX_FAILURES_PER_ACCOUNT {
+                &acct_key
+            } else {
+                &ip_key
+            })
+            .await?;
+        return Err(ApiError::TooManyAttempts {
+            retry_after: ttl.max(1) as u64,
+        });
+    }
+
+    // Read the user in a short transaction: no pooled connection is held during the (slow, CPU-bound)
+    // hash verification, so a burst of logins cannot starve every other request of connections.
+    let mut tx = db::tenant_tx(&ctx.state.db, tenant.id).await?;
+    let user = users::by_email(&mut tx, &email).await?;
+    tx.commit().await?;
+    // Unknown email and wrong password cost the same: one Argon2id verification either way.
+    let phc = user
+        .as_ref()
+        .map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
+    let password = b.password;
+    let permit = ctx
+        .state
+        .hashing
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let started = std::time::Instant::now();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?;
+    drop(permit);
+    metrics().argon2.observe(started.elapsed().as_secs_f64());
+    let mut tx = db::tenant_tx(&ctx.state.db, tenant.id).await?;
+    let user = match user {
+        Some(u) if ok && u.is_active => u,
+        _ => {
+            let _: () = redis::pipe()
+                .incr(&acct_key, 1)
+                .expire(&acct_key, THROTTLE_WINDOW_SECS)
+                .incr(&ip_key, 1)
+                .expire(&ip_key, THROTTLE_WINDOW_SECS)
+                .query_async(&mut redis)
+                .await?;
+            audit::record(
+                &mut tx,
+                &audit::Entry {
+                    tenant_id: tenant.id,
+                    user_id: None,
+                    action: "login_failed",
+                    target: Some(&email),
+                    ip: Some(&ip),
+                    request_id: &ctx.request_id,
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(ApiError::Unauthorized(
+                "invalid_credentials",
+                "invalid email or password".into(),
+            ));
+        }
+    };
+    let pair = issue_pair(ctx, &mut tx, &user, &tenant, Uuid::new_v4()).await?;
+    audit::record(
+        &mut tx,
+        &audit::Entry {
+            tenant_id: tenant.id,
+            user_id: Some(user.id),
+            action: "login",
+            target: None,
+            ip: Some(&ip),
+            request_id: &ctx.request_id,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let _: () = redis.del(&acct_key).await?;
+    Ok(json(StatusCode::OK, &pair))
+}
+
+pub async fn refresh(ctx: &Ctx, body: Incoming) -> ApiResult {
+    let b: RefreshBody = read_json(body).await?;
+    let tenant = host_tenant(ctx).await?;
+    let hash = token_hash(b.refresh_token.trim());
+    let mut tx = db::tenant_tx(&ctx.state.db, tenant.id).await?;
+    let Some(rt) = refresh_tokens::by_hash_for_update(&mut tx, &hash).await? else {
+        return Err(ApiError::Unauthorized(
+            "invalid_refresh_token",
+            "unknown refresh token".into(),
+        ));
+    };
+    let mut redis = ctx.state.redis.clone();
+    if rt.revoked_at.is_some() {
+        // A rotated token came back: someone holds a stolen copy. Kill the whole family.
+        let hashes = refresh_tokens::revoke_family(&mut tx, rt.family_id).await?;
+        audit::record(
+            &mut tx,
+            &audit::Entry {
+                tenant_id: tenant.id,
+                user_id: Some(rt.user_id),
+                action: "refresh_reuse_detected",
+                target: Some(&rt.family_id.to_string()),
+                ip: Some(&ctx.client_ip()),
+                request_id: &ctx.request_id,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        for h in hashes {
+            let _: Result<(), _> = redis.del(mirror_key(&h)).await;
+        }
+        return Err(ApiError::Unauthorized(
+            "refresh_token_reused",
+            "refresh token already used; all sessions of this login were revoked".into(),
+        ));
+    }
+    if rt.expires_at < OffsetDateTime::now_utc() {
+        return Err(ApiError::Unauthorized(
+            "refresh_token_expired",
+            "the refresh token has expired".into(),
+        ));
+    }
+    let user = users::get(&mut tx, rt.user_id)
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(|| {
+            ApiError::Unauthorized("invalid_refresh_token", "the user no longer exists".into())
+        })?;
+    refresh_tokens::revoke(&mut tx, rt.id).await?;
+    let pair = issue_pair(ctx, &mut tx, &user, &tenant, rt.family_id).await?;
+    tx.commit().await?;
+    let _: Result<(), _> = redis.del(mirror_key(&hash)).await;
+    Ok(json(StatusCode::OK, &pair))
+}
+
+pub async fn logout(ctx: &Ctx, body: Incoming) -> ApiResult {
+    let p = principal(ctx).await?;
+    let b: LogoutBody = read_json::<LogoutBody>(body).await.unwrap_or_default();
+    let mut redis = ctx.state.redis.clone();
+    let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    let ttl = p.exp.saturating_sub(now).max(1);
+    // The gateway and this service refuse the token's jti until it would have expired anyway.
+    let _: () = redis.set_ex(denylist_key(&p.jti), 1, ttl).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    if let Some(rt) = b.refresh_token {
+        if let Some(found) =
+            refresh_tokens::by_hash_for_update(&mut tx, &token_hash(rt.trim())).await?
+        {
+            if found.user_id == p.user_id {
+                for h in refresh_tokens::revoke_family(&mut tx, found.family_id).await? {
+                    let _: Result<(), _> = redis.del(mirror_key(&h)).await;
+                }
+            }
+        }
+    }
+    audit::record(
+        &mut tx,
+        &audit::Entry {
+            tenant_id: p.tenant.id,
+            user_id: Some(p.user_id),
+            action: "logout",
+            target: None,
+            ip: Some(&ctx.client_ip()),
+            request_id: &ctx.request_id,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "logged_out" }),
+    ))
+}

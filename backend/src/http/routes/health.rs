@@ -1,0 +1,47 @@
+//! `/healthz` (alive), `/readyz` (Postgres and Redis reachable), `/metrics`.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::http::{json, ApiResult, Ctx};
+use crate::metrics::metrics as collectors;
+
+pub async fn healthz(_ctx: &Ctx) -> ApiResult {
+    Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" })))
+}
+
+pub async fn readyz(ctx: &Ctx) -> ApiResult {
+    let db = sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&ctx.state.db)
+        .await
+        .is_ok();
+    let mut redis = ctx.state.redis.clone();
+    let redis_ok = redis::cmd("PING")
+        .query_async::<String>(&mut redis)
+        .await
+        .is_ok();
+    let body = serde_json::json!({ "status": if db && redis_ok { "ready" } else { "not_ready" }, "postgres": db, "redis": redis_ok });
+    let status = if db && redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json(status, &body))
+}
+
+pub async fn metrics(ctx: &Ctx) -> ApiResult {
+    let m = collectors();
+    m.pool
+        .with_label_values(&["idle"])
+        .set(ctx.state.db.num_idle() as i64);
+    m.pool
+        .with_label_values(&["active"])
+        .set(ctx.state.db.size() as i64 - ctx.state.db.num_idle() as i64);
+    let mut r = Response::new(Full::new(Bytes::from(m.render())));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(r)
+}

@@ -1,0 +1,219 @@
+//! `GET /api/users/me`, `GET|POST /api/users`, `GET|PATCH|DELETE /api/users/{id}` (tenant admins).
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::auth::hash_password;
+use crate::db::{self, audit, users};
+use crate::http::auth::{principal, Principal};
+use crate::http::{json, read_json, ApiError, ApiResult, Ctx};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    email: String,
+    password: String,
+    #[serde(default)]
+    first_name: String,
+    #[serde(default)]
+    last_name: String,
+    #[serde(default = "member")]
+    role: String,
+}
+
+fn member() -> String {
+    "member".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    first_name: Option<String>,
+    last_name: Option<String>,
+    role: Option<String>,
+    is_active: Option<bool>,
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound("no such user".into()))
+}
+
+async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
+    let p = principal(ctx).await?;
+    if !p.is_admin() {
+        return Err(ApiError::Forbidden("tenant admins only".into()));
+    }
+    Ok(p)
+}
+
+fn check_role(role: &str, by: &Principal, errors: &mut Vec<(&'static str, String)>) {
+    match role {
+        "admin" | "member" => {}
+        "platform_admin" if by.is_platform_admin() => {}
+        "platform_admin" => errors.push((
+            "role",
+            "only platform admins can grant platform_admin".into(),
+        )),
+        _ => errors.push(("role", "must be admin or member".into())),
+    }
+}
+
+pub async fn me(ctx: &Ctx) -> ApiResult {
+    let p = principal(ctx).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let user = users::get(&mut tx, p.user_id).await?.ok_or_else(|| {
+        ApiError::Unauthorized("invalid_token", "the user no longer exists".into())
+    })?;
+    tx.commit().await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "user": user, "tenant": p.tenant }),
+    ))
+}
+
+pub async fn list(ctx: &Ctx) -> ApiResult {
+    let p = admin(ctx).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let all = users::list(&mut tx).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "users": all })))
+}
+
+pub async fn get(ctx: &Ctx, id: &str) -> ApiResult {
+    let p = admin(ctx).await?;
+    let id = parse_id(id)?;
+    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let user = users::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "user": user })))
+}
+
+pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
+    let p = admin(ctx).await?;
+    let b: CreateBody = read_json(body).await?;
+    let email = b.email.trim().to_lowercase();
+    let mut errors = Vec::new();
+    if !crate::domain::is_email(&email) {
+        errors.push(("email", "must be an email address".to_string()));
+    }
+    if let Err(m) = crate::domain::check_password(&b.password) {
+        errors.push(("password", m.to_string()));
+    }
+    check_role(&b.role, &p, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let password = b.password;
+    let permit = ctx
+        .state
+        .hashing
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Internal)?;
+    drop(permit);
+    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let user = users::create(
+        &mut tx,
+        &users::NewUser {
+            tenant_id: p.tenant.id,
+            email: &email,
+            password_hash: &hash,
+            first_name: &b.first_name,
+            last_name: &b.last_name,
+            role: &b.role,
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        &audit::Entry {
+            tenant_id: p.tenant.id,
+            user_id: Some(p.user_id),
+            action: "user_created",
+            target: Some(&user.id.to_string()),
+            ip: Some(&ctx.client_ip()),
+            request_id: &ctx.request_id,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "user": user }),
+    ))
+}
+
+pub async fn update(ctx: &Ctx, id: &str, body: Incoming) -> ApiResult {
+    let p = admin(ctx).await?;
+    let id = parse_id(id)?;
+    let b: PatchBody = read_json(body).await?;
+    let mut errors = Vec::new();
+    if let Some(r) = &b.role {
+        check_role(r, &p, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let user = users::update(
+        &mut tx,
+        id,
+        b.first_name.as_deref(),
+        b.last_name.as_deref(),
+        b.role.as_deref(),
+        b.is_active,
+    )
+    .await?
+    .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    audit::record(
+        &mut tx,
+        &audit::Entry {
+            tenant_id: p.tenant.id,
+            user_id: Some(p.user_id),
+            action: "user_updated",
+            target: Some(&id.to_string()),
+            ip: Some(&ctx.client_ip()),
+            request_id: &ctx.request_id,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "user": user })))
+}
+
+pub async fn delete(ctx: &Ctx, id: &str) -> ApiResult {
+    let p = admin(ctx).await?;
+    let id = parse_id(id)?;
+    if id == p.user_id {
+        return Err(ApiError::Validation(vec![(
+            "id",
+            "you cannot delete yourself".into(),
+        )]));
+    }
+    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    if !users::delete(&mut tx, id).await? {
+        return Err(ApiError::NotFound("no such user".into()));
+    }
+    audit::record(
+        &mut tx,
+        &audit::Entry {
+            tenant_id: p.tenant.id,
+            user_id: Some(p.user_id),
+            action: "user_deleted",
+            target: Some(&id.to_string()),
+            ip: Some(&ctx.client_ip()),
+            request_id: &ctx.request_id,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "deleted": id })))
+}

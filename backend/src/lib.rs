@@ -1,0 +1,12 @@
+//! Aggios Edge backend: the API behind the gateway. It alone touches Postgres (row-level security per
+//! tenant), Redis and object storage.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod metrics;

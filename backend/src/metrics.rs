@@ -1,0 +1,74 @@
+//! The backend's Prometheus collectors (names from shared/DESIGN.md).
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub pool: IntGaugeVec,
+    pub argon2: Histogram,
+}
+
+impl Metrics {
+    fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "backend_http_requests_total",
+                "Requests by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "backend_http_request_duration_seconds",
+                "Request duration by route.",
+            ),
+            &["route"],
+        )?;
+        let pool = IntGaugeVec::new(
+            Opts::new(
+                "backend_db_pool_connections",
+                "Postgres pool connections by state.",
+            ),
+            &["state"],
+        )?;
+        let argon2 = Histogram::with_opts(
+            HistogramOpts::new(
+                "backend_argon2_verify_seconds",
+                "Time of one Argon2id password verification.",
+            )
+            .buckets(vec![0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(argon2.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            pool,
+            argon2,
+        })
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            out.extend_from_slice(format!("# encode error: {e}\n").as_bytes());
+        }
+        out
+    }
+}
+
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics::new().expect("metric definitions are static and valid"))
+}

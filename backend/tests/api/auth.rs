@@ -1,0 +1,349 @@
+//! Login, refresh rotation with reuse detection, logout denylist, throttling, timing parity.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn login_me_refresh_rotation_and_reuse_detection() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "ann@acme.test", "member").await;
+
+    let (access, refresh) = app.login("acme.aggios.app", "ANN@acme.test").await;
+    let (status, me, _) = app
+        .call(
+            "GET",
+            "/api/users/me",
+            "acme.aggios.app",
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"]["email"], "ann@acme.test");
+    assert_eq!(me["tenant"]["subdomain"], "acme");
+    assert!(me["user"].get("password_hash").is_none());
+
+    // Rotation: the new pair works, the old refresh token is dead.
+    let (status, pair, _) = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            "acme.aggios.app",
+            None,
+            Some(json!({ "refresh_token": refresh })),
+        )
+        .await;
+    assert_eq!(status, 200, "{pair}");
+    let new_refresh = pair["refresh_token"].as_str().expect("refresh").to_string();
+    assert_ne!(new_refresh, refresh);
+    // Reusing the rotated token is theft: 401, and the whole family dies (the new token too).
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            "acme.aggios.app",
+            None,
+            Some(json!({ "refresh_token": refresh })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("refresh_token_reused"))
+    );
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            "acme.aggios.app",
+            None,
+            Some(json!({ "refresh_token": new_refresh })),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    // Stored hashed, never in clear.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_tokens WHERE encode(token_hash, 'escape') LIKE 'rt_%'",
+    )
+    .fetch_one(&app.owner_pool)
+    .await
+    .expect("count");
+    assert_eq!(stored, 0);
+}
+
+#[tokio::test]
+async fn logout_denylists_the_access_token() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "ann@acme.test", "member").await;
+    let (access, refresh) = app.login("acme.aggios.app", "ann@acme.test").await;
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/auth/logout",
+            "acme.aggios.app",
+            Some(&access),
+            Some(json!({ "refresh_token": refresh })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body, headers) = app
+        .call(
+            "GET",
+            "/api/users/me",
+            "acme.aggios.app",
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked"))
+    );
+    assert_eq!(
+        headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            "acme.aggios.app",
+            None,
+            Some(json!({ "refresh_token": refresh })),
+        )
+        .await;
+    assert_eq!(status, 401, "logout revokes the refresh family");
+}
+
+#[tokio::test]
+async fn bad_input_and_wrong_credentials() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.tenant("globex").await;
+    app.user(acme, "ann@acme.test", "member").await;
+    let host = "acme.aggios.app";
+
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            host,
+            None,
+            Some(json!({ "email": "nope", "password": "" })),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["error"]["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    assert_eq!(fields, vec!["email", "password"]);
+    assert!(body["error"]["request_id"].is_string());
+
+    let (status, body, _) = app.call("POST", "/api/auth/login", host, None, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_json"))
+    );
+
+    let wrong = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            host,
+            None,
+            Some(json!({ "email": "ann@acme.test", "password": "wrong password" })),
+        )
+        .await;
+    let unknown = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            host,
+            None,
+            Some(json!({ "email": "who@acme.test", "password": "wrong password" })),
+        )
+        .await;
+    assert_eq!(wrong.0, 401);
+    assert_eq!(wrong.1["error"]["code"], unknown.1["error"]["code"]);
+    assert_eq!(wrong.1["error"]["message"], unknown.1["error"]["message"]);
+
+    // A user of acme cannot log in on globex's host.
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            "globex.aggios.app",
+            None,
+            Some(json!({ "email": "ann@acme.test", "password": PASSWORD })),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            "nobody.aggios.app",
+            None,
+            Some(json!({ "email": "ann@acme.test", "password": PASSWORD })),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Tokens: missing, garbage, signed with another key.
+    for (token, code) in [
+        (None, "missing_token"),
+        (Some("garbage"), "invalid_token"),
+        (Some("a.b.c"), "invalid_token"),
+    ] {
+        let (status, body, _) = app.call("GET", "/api/users/me", host, token, None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some(code)));
+    }
+    let other = backend::auth::TokenKeys::new(
+        b"another-secret-another-secret-another",
+        std::time::Duration::from_secs(60),
+    );
+    let (forged, _) = other
+        .issue(uuid::Uuid::new_v4(), "x@y.z", "acme", "admin")
+        .expect("issue");
+    let (status, _, _) = app
+        .call("GET", "/api/users/me", host, Some(&forged), None)
+        .await;
+    assert_eq!(status, 401);
+
+    let (status, _, _) = app.call("GET", "/api/nothing", host, None, None).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = app
+        .call("DELETE", "/api/auth/login", host, None, None)
+        .await;
+    assert_eq!(status, 405);
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_account() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "ann@acme.test", "member").await;
+    let bad = json!({ "email": "ann@acme.test", "password": "wrong password" });
+    for _ in 0..5 {
+        let (status, _, _) = app
+            .call(
+                "POST",
+                "/api/auth/login",
+                "acme.aggios.app",
+                None,
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    let (status, body, headers) = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            "acme.aggios.app",
+            None,
+            Some(json!({ "email": "ann@acme.test", "password": PASSWORD })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_attempts"))
+    );
+    assert!(headers.get("retry-after").is_some());
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'login_failed'")
+            .fetch_one(&app.owner_pool)
+            .await
+            .expect("audit");
+    assert_eq!(failed, 5);
+}
+
+/// Unknown email and wrong password cost the same (one Argon2id verification each). Compared as a ratio
+/// of medians measured in the same run, alternating, so machine load affects both sides alike.
+#[tokio::test]
+async fn unknown_email_costs_the_same_as_a_wrong_password() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    // Throttling counts per account, so use a fresh account name for each wrong-password try.
+    let mut wrong = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..8 {
+        let email = format!("user{i}@acme.test");
+        app.user(acme, &email, "member").await;
+        let t = std::time::Instant::now();
+        let (s, _, _) = app
+            .call(
+                "POST",
+                "/api/auth/login",
+                "acme.aggios.app",
+                None,
+                Some(json!({ "email": email, "password": "not it at all" })),
+            )
+            .await;
+        wrong.push(t.elapsed().as_secs_f64());
+        assert_eq!(s, 401);
+        let t = std::time::Instant::now();
+        let (s, _, _) = app
+            .call(
+                "POST",
+                "/api/auth/login",
+                "acme.aggios.app",
+                None,
+                Some(
+                    json!({ "email": format!("ghost{i}@acme.test"), "password": "not it at all" }),
+                ),
+            )
+            .await;
+        unknown.push(t.elapsed().as_secs_f64());
+        assert_eq!(s, 401);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let ratio = median(&mut unknown) / median(&mut wrong);
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "unknown/wrong median ratio {ratio:.2}: an attacker could tell them apart"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_logins_in_two_tenants_do_not_cross() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let acme = app.tenant("acme").await;
+    let globex = app.tenant("globex").await;
+    app.user(acme, "same@x.test", "member").await;
+    app.user(globex, "same@x.test", "member").await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+            let (access, _) = app
+                .login(&format!("{tenant}.aggios.app"), "same@x.test")
+                .await;
+            let (status, me, _) = app
+                .call(
+                    "GET",
+                    "/api/users/me",
+                    &format!("{tenant}.aggios.app"),
+                    Some(&access),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200);
+            assert_eq!(me["tenant"]["subdomain"], tenant);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}

@@ -1,0 +1,6 @@
+//! Backend API tests against real Postgres and Redis: one fresh database per test.
+
+mod auth;
+mod helpers;
+mod rls;
+mod users;
