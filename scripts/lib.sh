@@ -49,3 +49,42 @@ wait_port() {
   done
   exec 3>&- 3<&- 2>/dev/null || true
 }
+
+PG_ADMIN_URL="${TEST_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+REDIS_URL_DEFAULT="redis://127.0.0.1:6379"
+
+# ensure_postgres — a PostgreSQL server on 127.0.0.1:5432 that the `postgres` role reaches without a
+# password from loopback (installed and started when missing; loopback trust is added for dev/test only).
+ensure_postgres() {
+  ensure_debs postgresql-client
+  if psql "$PG_ADMIN_URL" -Atqc 'select 1' >/dev/null 2>&1; then return 0; fi
+  ensure_debs postgresql
+  local ver; ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+  [ -n "$ver" ] || die "postgresql installed but no cluster in /etc/postgresql"
+  if ! wait_port 127.0.0.1 5432 1; then
+    log "starting PostgreSQL $ver"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+    wait_port 127.0.0.1 5432 30 || die "PostgreSQL did not start on 127.0.0.1:5432"
+  fi
+  if ! psql "$PG_ADMIN_URL" -Atqc 'select 1' >/dev/null 2>&1; then
+    local hba="/etc/postgresql/$ver/main/pg_hba.conf"
+    log "allowing password-less loopback connections in $hba (dev/test machine)"
+    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+    sleep 1
+    psql "$PG_ADMIN_URL" -Atqc 'select 1' >/dev/null || die "cannot connect to PostgreSQL as $PG_ADMIN_URL"
+  fi
+}
+
+# ensure_redis — a Redis server on 127.0.0.1:6379.
+ensure_redis() {
+  if command -v redis-cli >/dev/null && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; then return 0; fi
+  ensure_debs redis-server
+  log "starting Redis on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile "${TMPDIR:-/tmp}/aggios-redis.log" >/dev/null
+  local i=0
+  until [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; do
+    i=$((i + 1)); [ $i -gt 100 ] && die "Redis did not start"; sleep 0.1
+  done
+}

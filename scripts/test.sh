@@ -5,6 +5,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 ensure_build_deps
+ensure_postgres
+ensure_redis
+
+# Databases left by interrupted test runs (each backend test creates its own aggios_t_* database).
+for db in $(psql "$PG_ADMIN_URL" -Atqc "select datname from pg_database where datname like 'aggios_t_%'"); do
+  psql "$PG_ADMIN_URL" -qc "drop database if exists $db with (force)" >/dev/null || true
+done
+export TEST_PG_ADMIN_URL="$PG_ADMIN_URL" TEST_REDIS_URL="${TEST_REDIS_URL:-$REDIS_URL_DEFAULT}"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

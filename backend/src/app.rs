@@ -22,6 +22,8 @@ pub struct AppState {
     pub base_domains: Vec<String>,
     /// Bounds concurrent Argon2id work (19 MiB and tens of ms of CPU each) to the cores there are.
     pub hashing: tokio::sync::Semaphore,
+    pub storage: crate::storage::Storage,
+    pub max_file_bytes: u64,
 }
 
 /// Why the service could not start.
@@ -31,6 +33,8 @@ pub enum StartError {
     Database(#[from] sqlx::Error),
     #[error("REDIS_URL: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("S3_ENDPOINT/STORAGE_DIR: {0}")]
+    Storage(#[from] crate::storage::StorageError),
     #[error("DATABASE_URL connects as a role that bypasses row-level security (superuser or BYPASSRLS); use the application role that `backend migrate` creates")]
     BypassesRls,
 }
@@ -68,6 +72,8 @@ impl AppState {
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
+            storage: crate::storage::Storage::new(&config.storage)?,
+            max_file_bytes: config.max_file_bytes,
         }))
     }
 }

@@ -10,3 +10,4 @@ pub mod db;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod storage;

@@ -103,6 +103,8 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, ["api", "users"]) => "users",
         (_, ["api", "users", _]) => "user",
         (_, ["api", "tenant"]) => "tenant",
+        (_, ["api", "files"]) => "files",
+        (_, ["api", "files", ..]) => "file",
         (_, ["api", "tenants"]) => "tenants",
         (_, ["internal", "tenant-domains", _]) => "internal_tenant_domains",
         _ => "other",

@@ -36,6 +36,17 @@ pub struct TestApp {
     pub owner_pool: PgPool,
     pub ip: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _files: tempfile::TempDir,
+}
+
+/// The owner's URL of test database `db`.
+pub fn owner_url(db: &str) -> String {
+    db_url("owner", db)
+}
+
+/// The application role's URL of test database `db`.
+pub fn app_url(db: &str) -> String {
+    db_url(APP_ROLE, db)
 }
 
 fn db_url(user: &str, db: &str) -> String {
@@ -51,6 +62,12 @@ fn db_url(user: &str, db: &str) -> String {
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
+        Self::spawn_with_storage(None).await
+    }
+
+    /// `storage`: `None` for a local directory of this test's own, or an S3 configuration.
+    pub async fn spawn_with_storage(storage: Option<StorageConfig>) -> TestApp {
+        let files_dir = tempfile::tempdir().expect("tempdir");
         let db_name = format!("aggios_t_{}", uuid::Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
             .max_connections(1)
@@ -75,9 +92,7 @@ impl TestApp {
             jwt_secret: b"test-secret-test-secret-test-secret!".to_vec(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             internal_listen: None,
-            storage: StorageConfig::Local {
-                dir: std::env::temp_dir(),
-            },
+            storage: storage.unwrap_or_else(|| StorageConfig::Local { dir: files_dir.path().to_path_buf() }),
             access_ttl: Duration::from_secs(900),
             refresh_ttl: Duration::from_secs(3600),
             max_file_bytes: 1024 * 1024,
@@ -111,6 +126,7 @@ impl TestApp {
             owner_pool,
             ip,
             shutdown: Some(tx),
+            _files: files_dir,
         }
     }
 
@@ -159,32 +175,40 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value, http::HeaderMap) {
-        let stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let (status, bytes, headers) = self.call_raw(method, path, host, token, "application/json", body).await;
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), headers)
+    }
+
+    /// Sends raw bytes with `content_type`; returns the raw response body.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        host: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Bytes,
+    ) -> (u16, Bytes, http::HeaderMap) {
+        let stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
         tokio::spawn(conn);
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
             .header("host", "backend.internal")
             .header("x-forwarded-host", host)
-            .header("x-forwarded-for", &self.ip)
-            .header("content-type", "application/json");
+            .header("x-forwarded-for", &self.ip);
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+        }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-        let resp = sender
-            .send_request(req.body(Full::new(body)).expect("request"))
-            .await
-            .expect("send");
+        let resp = sender.send_request(req.body(Full::new(body)).expect("request")).await.expect("send");
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.expect("body").to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (parts.status.as_u16(), json, parts.headers)
+        (parts.status.as_u16(), bytes, parts.headers)
     }
 
     /// Logs in; returns (access, refresh).
@@ -237,4 +261,78 @@ impl Drop for TestApp {
 
 fn fastrand_u8() -> u8 {
     (uuid::Uuid::new_v4().as_u128() % 250) as u8 + 1
+}
+
+/// A real S3-compatible server (s3s-fs) on a free port, with a bucket `aggios`; killed on drop.
+pub struct S3Server {
+    pub port: u16,
+    pub root: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+pub const S3_ACCESS_KEY: &str = "AKIAAGGIOSTEST";
+pub const S3_SECRET_KEY: &str = "aggios-test-secret-key";
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let bin = std::env::var("S3S_FS_BIN").ok().or_else(|| {
+            let home = std::env::var("HOME").ok()?;
+            let p = std::path::Path::new(&home).join(".cargo/bin/s3s-fs");
+            p.exists().then(|| p.display().to_string())
+        });
+        let bin = bin.expect("s3s-fs not found: scripts/test.sh installs it (cargo install s3s-fs@0.14.1 --locked --features binary)");
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("aggios")).expect("bucket dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let child = std::process::Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        let start = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "s3s-fs did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        S3Server { port, root, child }
+    }
+
+    pub fn config(&self) -> StorageConfig {
+        StorageConfig::S3 {
+            endpoint: format!("http://127.0.0.1:{}", self.port),
+            bucket: "aggios".into(),
+            access_key_id: S3_ACCESS_KEY.into(),
+            secret_access_key: S3_SECRET_KEY.into(),
+            region: "us-east-1".into(),
+        }
+    }
+
+    /// A credential-less GET of `url` (a presigned URL).
+    pub async fn plain_get(&self, url: &str) -> Vec<u8> {
+        let u = url::Url::parse(url).expect("url");
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(conn);
+        let target = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_string(),
+        };
+        let req = http::Request::builder()
+            .uri(target)
+            .header("host", format!("127.0.0.1:{}", self.port))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("send");
+        assert_eq!(resp.status(), 200, "presigned GET refused");
+        resp.into_body().collect().await.expect("body").to_bytes().to_vec()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

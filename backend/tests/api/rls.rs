@@ -32,12 +32,7 @@ async fn app_role_cannot_bypass_rls_and_owns_nothing() {
         assert!(enabled && forced, "{table}");
     }
     // Migrating again is harmless.
-    let owner = format!("postgres://postgres@127.0.0.1:5432/{}", app.db_name);
-    let app_url = format!(
-        "postgres://{APP_ROLE}:{APP_PASSWORD}@127.0.0.1:5432/{}",
-        app.db_name
-    );
-    backend::db::migrate(&owner, &app_url)
+    backend::db::migrate(&owner_url(&app.db_name), &app_url(&app.db_name))
         .await
         .expect("second migrate");
 }

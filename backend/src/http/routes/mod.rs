@@ -1,6 +1,7 @@
 //! Dispatch by method and path; one module per resource.
 
 pub mod auth;
+pub mod files;
 pub mod health;
 pub mod tenants;
 pub mod users;
@@ -26,12 +27,17 @@ pub async fn dispatch(ctx: &Ctx, body: Incoming) -> ApiResult {
         (&Method::GET, ["api", "users", id]) => users::get(ctx, id).await,
         (&Method::PATCH, ["api", "users", id]) => users::update(ctx, id, body).await,
         (&Method::DELETE, ["api", "users", id]) => users::delete(ctx, id).await,
+        (&Method::GET, ["api", "files"]) => files::list(ctx).await,
+        (&Method::PUT, ["api", "files", _, ..]) => files::put(ctx, body).await,
+        (&Method::GET, ["api", "files", _, ..]) => files::get(ctx).await,
+        (&Method::DELETE, ["api", "files", _, ..]) => files::delete(ctx).await,
         (&Method::GET, ["api", "tenant"]) => tenants::current(ctx).await,
         (&Method::GET, ["api", "tenants"]) => tenants::list(ctx).await,
         (&Method::POST, ["api", "tenants"]) => tenants::create(ctx, body).await,
         (_, ["healthz" | "readyz" | "metrics"])
         | (_, ["api", "auth", "login" | "refresh" | "logout"])
         | (_, ["api", "users", ..])
+        | (_, ["api", "files", ..])
         | (_, ["api", "tenant" | "tenants"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound("no such endpoint".into())),
     }

@@ -1,0 +1,113 @@
+//! `PUT|GET|DELETE /api/files/{path}`, `GET /api/files?prefix=`: objects under the caller's tenant.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::http::auth::principal;
+use crate::http::{json, ApiError, ApiResult, Ctx};
+use crate::storage::StorageError;
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => ApiError::NotFound("no such file".into()),
+            StorageError::InvalidPath(m) => ApiError::BadRequest("invalid_path", m.into()),
+            StorageError::PresignUnsupported => ApiError::BadRequest("presign_unsupported", "presigned URLs need S3 storage".into()),
+            StorageError::Backend(detail) => {
+                tracing::warn!(error = %detail, "object storage error");
+                ApiError::Unavailable("storage")
+            }
+        }
+    }
+}
+
+/// The object path of `/api/files/{path}`, decoded once. Encoded separators and NUL are refused before
+/// decoding, so `%2e%2e%2f` cannot turn into a traversal afterwards.
+fn object_path(ctx: &Ctx) -> Result<String, ApiError> {
+    let raw = ctx.path.strip_prefix("/api/files/").unwrap_or("");
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+        return Err(ApiError::BadRequest("invalid_path", "encoded separators are not allowed".into()));
+    }
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::BadRequest("invalid_path", "path is not UTF-8".into()))?
+        .into_owned();
+    crate::storage::check_path(&decoded)?;
+    Ok(decoded)
+}
+
+fn query_param(ctx: &Ctx, name: &str) -> Option<String> {
+    ctx.query.as_deref()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
+    let p = principal(ctx).await?;
+    let path = object_path(ctx)?;
+    let max = ctx.state.max_file_bytes;
+    if let Some(len) = ctx.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if len > max {
+            return Err(ApiError::PayloadTooLarge);
+        }
+    }
+    let content_type = ctx
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 255)
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let bytes = Limited::new(body, max as usize).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest("invalid_body", "could not read the request body".into())
+        }
+    })?;
+    let size = ctx.state.storage.put(p.tenant.id, &path, bytes.to_bytes(), &content_type).await?;
+    Ok(json(StatusCode::CREATED, &serde_json::json!({ "path": path, "size": size, "content_type": content_type })))
+}
+
+pub async fn get(ctx: &Ctx) -> ApiResult {
+    let p = principal(ctx).await?;
+    let path = object_path(ctx)?;
+    if query_param(ctx, "presign").as_deref() == Some("1") {
+        let url = ctx.state.storage.presign(p.tenant.id, &path, Duration::from_secs(300)).await?;
+        return Ok(json(StatusCode::OK, &serde_json::json!({ "url": url, "expires_in": 300 })));
+    }
+    let (content_type, size, stream) = ctx.state.storage.get(p.tenant.id, &path).await?;
+    let chunks: Vec<Bytes> = stream.try_collect().await?;
+    let mut body = Vec::with_capacity(size as usize);
+    for c in chunks {
+        body.extend_from_slice(&c);
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    resp.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    Ok(resp)
+}
+
+pub async fn delete(ctx: &Ctx) -> ApiResult {
+    let p = principal(ctx).await?;
+    let path = object_path(ctx)?;
+    ctx.state.storage.delete(p.tenant.id, &path).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "deleted": path })))
+}
+
+pub async fn list(ctx: &Ctx) -> ApiResult {
+    let p = principal(ctx).await?;
+    let prefix = query_param(ctx, "prefix").unwrap_or_default();
+    let files = ctx.state.storage.list(p.tenant.id, &prefix).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "files": files })))
+}

@@ -1,0 +1,206 @@
+//! Object storage behind one small interface. Keys are always `{tenant_uuid}/{path}`: a tenant can
+//! name any path it likes, never one outside its own prefix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::signer::Signer;
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use uuid::Uuid;
+
+use crate::config::StorageConfig;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("not found")]
+    NotFound,
+    #[error("invalid path: {0}")]
+    InvalidPath(&'static str),
+    #[error("presigned URLs need S3 storage")]
+    PresignUnsupported,
+    #[error("storage: {0}")]
+    Backend(String),
+}
+
+impl From<object_store::Error> for StorageError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound,
+            other => StorageError::Backend(other.to_string()),
+        }
+    }
+}
+
+/// A stored object's description.
+#[derive(Debug, serde::Serialize)]
+pub struct ObjectInfo {
+    pub path: String,
+    pub size: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_modified: time::OffsetDateTime,
+}
+
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    s3: Option<Arc<AmazonS3>>,
+    /// Local files cannot carry a content type; it is kept in a sidecar object under this prefix.
+    local: bool,
+}
+
+/// A validated object path inside a tenant (`a/b.png`): no empty, `.` or `..` segments, no backslash,
+/// no control characters, at most 1024 bytes.
+pub fn check_path(path: &str) -> Result<(), StorageError> {
+    if path.is_empty() || path.len() > 1024 {
+        return Err(StorageError::InvalidPath("path must be 1 to 1024 bytes"));
+    }
+    if path.starts_with('/') {
+        return Err(StorageError::InvalidPath("absolute paths are not allowed"));
+    }
+    if path.contains('\\') || path.chars().any(char::is_control) {
+        return Err(StorageError::InvalidPath("backslashes and control characters are not allowed"));
+    }
+    if path.split('/').any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".meta")) {
+        return Err(StorageError::InvalidPath("empty, `.` and `..` segments are not allowed"));
+    }
+    Ok(())
+}
+
+fn key(tenant: Uuid, path: &str) -> Result<Path, StorageError> {
+    check_path(path)?;
+    Path::parse(format!("{tenant}/{path}")).map_err(|_| StorageError::InvalidPath("not a valid object path"))
+}
+
+fn meta_key(tenant: Uuid, path: &str) -> Result<Path, StorageError> {
+    Path::parse(format!(".meta/{tenant}/{path}")).map_err(|_| StorageError::InvalidPath("not a valid object path"))
+}
+
+impl Storage {
+    pub fn new(config: &StorageConfig) -> Result<Storage, StorageError> {
+        match config {
+            StorageConfig::Local { dir } => {
+                std::fs::create_dir_all(dir).map_err(|e| StorageError::Backend(format!("STORAGE_DIR {}: {e}", dir.display())))?;
+                let fs = LocalFileSystem::new_with_prefix(dir).map_err(StorageError::from)?;
+                Ok(Storage { store: Arc::new(fs), s3: None, local: true })
+            }
+            StorageConfig::S3 { endpoint, bucket, access_key_id, secret_access_key, region } => {
+                let s3 = AmazonS3Builder::new()
+                    .with_endpoint(endpoint)
+                    .with_bucket_name(bucket)
+                    .with_access_key_id(access_key_id)
+                    .with_secret_access_key(secret_access_key)
+                    .with_region(region)
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false)
+                    .build()
+                    .map_err(StorageError::from)?;
+                let s3 = Arc::new(s3);
+                Ok(Storage { store: s3.clone(), s3: Some(s3), local: false })
+            }
+        }
+    }
+
+    pub async fn put(&self, tenant: Uuid, path: &str, body: Bytes, content_type: &str) -> Result<u64, StorageError> {
+        let k = key(tenant, path)?;
+        let size = body.len() as u64;
+        if self.local {
+            self.store.put(&k, PutPayload::from(body)).await?;
+            self.store.put(&meta_key(tenant, path)?, PutPayload::from(Bytes::from(content_type.to_string()))).await?;
+        } else {
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::ContentType, content_type.to_string().into());
+            self.store.put_opts(&k, PutPayload::from(body), PutOptions { attributes, ..PutOptions::default() }).await?;
+        }
+        Ok(size)
+    }
+
+    /// The object's content type, size and body stream.
+    pub async fn get(&self, tenant: Uuid, path: &str) -> Result<(String, u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
+        let k = key(tenant, path)?;
+        let res = self.store.get(&k).await?;
+        let size = res.meta.size;
+        let content_type = if self.local {
+            match self.store.get(&meta_key(tenant, path)?).await {
+                Ok(m) => String::from_utf8_lossy(&m.bytes().await?).into_owned(),
+                Err(_) => "application/octet-stream".into(),
+            }
+        } else {
+            res.attributes
+                .get(&Attribute::ContentType)
+                .map_or_else(|| "application/octet-stream".to_string(), |v| v.to_string())
+        };
+        let stream = res.into_stream().map_err(StorageError::from).boxed();
+        Ok((content_type, size, stream))
+    }
+
+    pub async fn delete(&self, tenant: Uuid, path: &str) -> Result<(), StorageError> {
+        let k = key(tenant, path)?;
+        self.store.head(&k).await?;
+        self.store.delete(&k).await?;
+        if self.local {
+            let _ = self.store.delete(&meta_key(tenant, path)?).await;
+        }
+        Ok(())
+    }
+
+    /// Objects of `tenant` whose path starts with `prefix` (a folder prefix, or empty for all).
+    pub async fn list(&self, tenant: Uuid, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let base = if prefix.is_empty() {
+            Path::from(tenant.to_string())
+        } else {
+            check_path(prefix.trim_end_matches('/'))?;
+            key(tenant, prefix.trim_end_matches('/'))?
+        };
+        let strip = format!("{tenant}/");
+        let items: Vec<_> = self.store.list(Some(&base)).try_collect().await?;
+        let mut out: Vec<ObjectInfo> = items
+            .into_iter()
+            .filter_map(|m| {
+                let p = m.location.as_ref().strip_prefix(&strip)?.to_string();
+                Some(ObjectInfo {
+                    path: p,
+                    size: m.size,
+                    last_modified: time::OffsetDateTime::from_unix_timestamp(m.last_modified.timestamp()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// A presigned GET URL valid for `ttl` (S3 only).
+    pub async fn presign(&self, tenant: Uuid, path: &str, ttl: Duration) -> Result<String, StorageError> {
+        let s3 = self.s3.as_ref().ok_or(StorageError::PresignUnsupported)?;
+        let k = key(tenant, path)?;
+        self.store.head(&k).await?;
+        let url = s3.signed_url(http::Method::GET, &k, ttl).await?;
+        Ok(url.to_string())
+    }
+
+    /// Whether the store answers (for /readyz).
+    pub async fn ready(&self) -> bool {
+        let mut s = self.store.list(Some(&Path::from("readyz-probe")));
+        !matches!(s.next().await, Some(Err(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_and_odd_paths_are_refused() {
+        for ok in ["a.png", "docs/2026/report.pdf", "a..b/c", "ünïcode.txt"] {
+            assert!(check_path(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a/./b", "a//b", "a\\b", "a\u{0}b", ".meta/x"] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}
