@@ -88,3 +88,18 @@ ensure_redis() {
     i=$((i + 1)); [ $i -gt 100 ] && die "Redis did not start"; sleep 0.1
   done
 }
+
+# ensure_s3s_fs — the S3-compatible server the tests use (verifies SigV4 and presigned URLs).
+# 0.14.1: later versions need a newer rustc than this machine's.
+ensure_s3s_fs() {
+  if command -v s3s-fs >/dev/null; then export S3S_FS_BIN="$(command -v s3s-fs)"; return 0; fi
+  if [ -x "$HOME/.cargo/bin/s3s-fs" ]; then export S3S_FS_BIN="$HOME/.cargo/bin/s3s-fs"; return 0; fi
+  log "installing s3s-fs 0.14.1 (cargo install, a few minutes once)"
+  cargo install s3s-fs@0.14.1 --locked --features binary >&2
+  export S3S_FS_BIN="$HOME/.cargo/bin/s3s-fs"
+}
+
+# pg_bin_dir — the newest installed PostgreSQL server binaries (initdb, pg_ctl), for private clusters.
+pg_bin_dir() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
+}

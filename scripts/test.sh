@@ -7,6 +7,8 @@ cd "$ROOT"
 ensure_build_deps
 ensure_postgres
 ensure_redis
+ensure_s3s_fs
+export PG_BIN_DIR="$(pg_bin_dir)"
 
 # Databases left by interrupted test runs (each backend test creates its own aggios_t_* database).
 for db in $(psql "$PG_ADMIN_URL" -Atqc "select datname from pg_database where datname like 'aggios_t_%'"); do

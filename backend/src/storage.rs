@@ -64,32 +64,53 @@ pub fn check_path(path: &str) -> Result<(), StorageError> {
         return Err(StorageError::InvalidPath("absolute paths are not allowed"));
     }
     if path.contains('\\') || path.chars().any(char::is_control) {
-        return Err(StorageError::InvalidPath("backslashes and control characters are not allowed"));
+        return Err(StorageError::InvalidPath(
+            "backslashes and control characters are not allowed",
+        ));
     }
-    if path.split('/').any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".meta")) {
-        return Err(StorageError::InvalidPath("empty, `.` and `..` segments are not allowed"));
+    if path
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".meta"))
+    {
+        return Err(StorageError::InvalidPath(
+            "empty, `.` and `..` segments are not allowed",
+        ));
     }
     Ok(())
 }
 
 fn key(tenant: Uuid, path: &str) -> Result<Path, StorageError> {
     check_path(path)?;
-    Path::parse(format!("{tenant}/{path}")).map_err(|_| StorageError::InvalidPath("not a valid object path"))
+    Path::parse(format!("{tenant}/{path}"))
+        .map_err(|_| StorageError::InvalidPath("not a valid object path"))
 }
 
 fn meta_key(tenant: Uuid, path: &str) -> Result<Path, StorageError> {
-    Path::parse(format!(".meta/{tenant}/{path}")).map_err(|_| StorageError::InvalidPath("not a valid object path"))
+    Path::parse(format!(".meta/{tenant}/{path}"))
+        .map_err(|_| StorageError::InvalidPath("not a valid object path"))
 }
 
 impl Storage {
     pub fn new(config: &StorageConfig) -> Result<Storage, StorageError> {
         match config {
             StorageConfig::Local { dir } => {
-                std::fs::create_dir_all(dir).map_err(|e| StorageError::Backend(format!("STORAGE_DIR {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StorageError::Backend(format!("STORAGE_DIR {}: {e}", dir.display()))
+                })?;
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(StorageError::from)?;
-                Ok(Storage { store: Arc::new(fs), s3: None, local: true })
+                Ok(Storage {
+                    store: Arc::new(fs),
+                    s3: None,
+                    local: true,
+                })
             }
-            StorageConfig::S3 { endpoint, bucket, access_key_id, secret_access_key, region } => {
+            StorageConfig::S3 {
+                endpoint,
+                bucket,
+                access_key_id,
+                secret_access_key,
+                region,
+            } => {
                 let s3 = AmazonS3Builder::new()
                     .with_endpoint(endpoint)
                     .with_bucket_name(bucket)
@@ -101,27 +122,55 @@ impl Storage {
                     .build()
                     .map_err(StorageError::from)?;
                 let s3 = Arc::new(s3);
-                Ok(Storage { store: s3.clone(), s3: Some(s3), local: false })
+                Ok(Storage {
+                    store: s3.clone(),
+                    s3: Some(s3),
+                    local: false,
+                })
             }
         }
     }
 
-    pub async fn put(&self, tenant: Uuid, path: &str, body: Bytes, content_type: &str) -> Result<u64, StorageError> {
+    pub async fn put(
+        &self,
+        tenant: Uuid,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<u64, StorageError> {
         let k = key(tenant, path)?;
         let size = body.len() as u64;
         if self.local {
             self.store.put(&k, PutPayload::from(body)).await?;
-            self.store.put(&meta_key(tenant, path)?, PutPayload::from(Bytes::from(content_type.to_string()))).await?;
+            self.store
+                .put(
+                    &meta_key(tenant, path)?,
+                    PutPayload::from(Bytes::from(content_type.to_string())),
+                )
+                .await?;
         } else {
             let mut attributes = Attributes::new();
             attributes.insert(Attribute::ContentType, content_type.to_string().into());
-            self.store.put_opts(&k, PutPayload::from(body), PutOptions { attributes, ..PutOptions::default() }).await?;
+            self.store
+                .put_opts(
+                    &k,
+                    PutPayload::from(body),
+                    PutOptions {
+                        attributes,
+                        ..PutOptions::default()
+                    },
+                )
+                .await?;
         }
         Ok(size)
     }
 
     /// The object's content type, size and body stream.
-    pub async fn get(&self, tenant: Uuid, path: &str) -> Result<(String, u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
+    pub async fn get(
+        &self,
+        tenant: Uuid,
+        path: &str,
+    ) -> Result<(String, u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
         let k = key(tenant, path)?;
         let res = self.store.get(&k).await?;
         let size = res.meta.size;
@@ -166,7 +215,10 @@ impl Storage {
                 Some(ObjectInfo {
                     path: p,
                     size: m.size,
-                    last_modified: time::OffsetDateTime::from_unix_timestamp(m.last_modified.timestamp()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                    last_modified: time::OffsetDateTime::from_unix_timestamp(
+                        m.last_modified.timestamp(),
+                    )
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
                 })
             })
             .collect();
@@ -175,7 +227,12 @@ impl Storage {
     }
 
     /// A presigned GET URL valid for `ttl` (S3 only).
-    pub async fn presign(&self, tenant: Uuid, path: &str, ttl: Duration) -> Result<String, StorageError> {
+    pub async fn presign(
+        &self,
+        tenant: Uuid,
+        path: &str,
+        ttl: Duration,
+    ) -> Result<String, StorageError> {
         let s3 = self.s3.as_ref().ok_or(StorageError::PresignUnsupported)?;
         let k = key(tenant, path)?;
         self.store.head(&k).await?;
@@ -199,7 +256,17 @@ mod tests {
         for ok in ["a.png", "docs/2026/report.pdf", "a..b/c", "ünïcode.txt"] {
             assert!(check_path(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a/./b", "a//b", "a\\b", "a\u{0}b", ".meta/x"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../b",
+            "a/./b",
+            "a//b",
+            "a\\b",
+            "a\u{0}b",
+            ".meta/x",
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
     }

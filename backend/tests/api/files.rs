@@ -15,39 +15,133 @@ async fn suite(app: &TestApp) {
     let host = "acme.aggios.app";
 
     let png = Bytes::from(vec![0x89u8, b'P', b'N', b'G', 1, 2, 3]);
-    let (status, body, _) = app.call_raw("PUT", "/api/files/img/logo%20v1.png", host, Some(&a), "image/png", png.clone()).await;
+    let (status, body, _) = app
+        .call_raw(
+            "PUT",
+            "/api/files/img/logo%20v1.png",
+            host,
+            Some(&a),
+            "image/png",
+            png.clone(),
+        )
+        .await;
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-    app.call_raw("PUT", "/api/files/docs/a.txt", host, Some(&a), "text/plain", Bytes::from_static(b"hello")).await;
-    app.call_raw("PUT", "/api/files/docs/b.txt", host, Some(&a), "text/plain", Bytes::from_static(b"world")).await;
+    app.call_raw(
+        "PUT",
+        "/api/files/docs/a.txt",
+        host,
+        Some(&a),
+        "text/plain",
+        Bytes::from_static(b"hello"),
+    )
+    .await;
+    app.call_raw(
+        "PUT",
+        "/api/files/docs/b.txt",
+        host,
+        Some(&a),
+        "text/plain",
+        Bytes::from_static(b"world"),
+    )
+    .await;
 
-    let (status, got, headers) = app.call_raw("GET", "/api/files/img/logo%20v1.png", host, Some(&a), "", Bytes::new()).await;
+    let (status, got, headers) = app
+        .call_raw(
+            "GET",
+            "/api/files/img/logo%20v1.png",
+            host,
+            Some(&a),
+            "",
+            Bytes::new(),
+        )
+        .await;
     assert_eq!((status, got), (200, png));
-    assert_eq!(headers.get("content-type").and_then(|v| v.to_str().ok()), Some("image/png"));
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("image/png")
+    );
 
-    let (status, list, _) = app.call("GET", "/api/files?prefix=docs/", host, Some(&a), None).await;
+    let (status, list, _) = app
+        .call("GET", "/api/files?prefix=docs/", host, Some(&a), None)
+        .await;
     assert_eq!(status, 200, "{list}");
-    let paths: Vec<&str> = list["files"].as_array().expect("files").iter().filter_map(|f| f["path"].as_str()).collect();
+    let paths: Vec<&str> = list["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
     assert_eq!(paths, vec!["docs/a.txt", "docs/b.txt"]);
 
     // Another tenant sees none of it, even with the same path.
-    let (status, _, _) = app.call_raw("GET", "/api/files/docs/a.txt", "globex.aggios.app", Some(&g), "", Bytes::new()).await;
+    let (status, _, _) = app
+        .call_raw(
+            "GET",
+            "/api/files/docs/a.txt",
+            "globex.aggios.app",
+            Some(&g),
+            "",
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(status, 404);
-    let (_, list, _) = app.call("GET", "/api/files", "globex.aggios.app", Some(&g), None).await;
+    let (_, list, _) = app
+        .call("GET", "/api/files", "globex.aggios.app", Some(&g), None)
+        .await;
     assert_eq!(list["files"].as_array().map(Vec::len), Some(0));
 
-    for bad in ["/api/files/../x", "/api/files/a/%2e%2e/%2e%2e/x", "/api/files/a%2f..%2fb", "/api/files/%2Fetc%2Fpasswd", "/api/files/a//b", "/api/files/a%5cb", "/api/files/a%00b"] {
-        let (status, body, _) = app.call_raw("PUT", bad, host, Some(&a), "text/plain", Bytes::from_static(b"x")).await;
+    for bad in [
+        "/api/files/../x",
+        "/api/files/a/%2e%2e/%2e%2e/x",
+        "/api/files/a%2f..%2fb",
+        "/api/files/%2Fetc%2Fpasswd",
+        "/api/files/a//b",
+        "/api/files/a%5cb",
+        "/api/files/a%00b",
+    ] {
+        let (status, body, _) = app
+            .call_raw(
+                "PUT",
+                bad,
+                host,
+                Some(&a),
+                "text/plain",
+                Bytes::from_static(b"x"),
+            )
+            .await;
         assert_eq!(status, 400, "{bad}: {}", String::from_utf8_lossy(&body));
     }
     let big = Bytes::from(vec![0u8; 1024 * 1024 + 1]);
-    let (status, _, _) = app.call_raw("PUT", "/api/files/big.bin", host, Some(&a), "application/octet-stream", big).await;
+    let (status, _, _) = app
+        .call_raw(
+            "PUT",
+            "/api/files/big.bin",
+            host,
+            Some(&a),
+            "application/octet-stream",
+            big,
+        )
+        .await;
     assert_eq!(status, 413);
-    let (status, _, _) = app.call_raw("PUT", "/api/files/x.txt", host, None, "text/plain", Bytes::from_static(b"x")).await;
+    let (status, _, _) = app
+        .call_raw(
+            "PUT",
+            "/api/files/x.txt",
+            host,
+            None,
+            "text/plain",
+            Bytes::from_static(b"x"),
+        )
+        .await;
     assert_eq!(status, 401);
 
-    let (status, _, _) = app.call("DELETE", "/api/files/docs/a.txt", host, Some(&a), None).await;
+    let (status, _, _) = app
+        .call("DELETE", "/api/files/docs/a.txt", host, Some(&a), None)
+        .await;
     assert_eq!(status, 200);
-    let (status, _, _) = app.call("DELETE", "/api/files/docs/a.txt", host, Some(&a), None).await;
+    let (status, _, _) = app
+        .call("DELETE", "/api/files/docs/a.txt", host, Some(&a), None)
+        .await;
     assert_eq!(status, 404);
 }
 
@@ -55,10 +149,32 @@ async fn suite(app: &TestApp) {
 async fn files_on_a_local_directory() {
     let app = TestApp::spawn().await;
     suite(&app).await;
-    let acme = backend::db::tenants::by_subdomain(&app.owner_pool, "acme").await.expect("q").expect("acme");
-    let (_, token_body, _) = app.call("POST", "/api/auth/login", "acme.aggios.app", None, Some(serde_json::json!({"email":"ann@acme.test","password":PASSWORD}))).await;
-    let (status, body, _) = app.call("GET", "/api/files/docs/b.txt?presign=1", "acme.aggios.app", token_body["access_token"].as_str(), None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("presign_unsupported")));
+    let acme = backend::db::tenants::by_subdomain(&app.owner_pool, "acme")
+        .await
+        .expect("q")
+        .expect("acme");
+    let (_, token_body, _) = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            "acme.aggios.app",
+            None,
+            Some(serde_json::json!({"email":"ann@acme.test","password":PASSWORD})),
+        )
+        .await;
+    let (status, body, _) = app
+        .call(
+            "GET",
+            "/api/files/docs/b.txt?presign=1",
+            "acme.aggios.app",
+            token_body["access_token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("presign_unsupported"))
+    );
     let _ = acme;
 }
 
@@ -67,14 +183,42 @@ async fn files_on_s3() {
     let s3 = S3Server::start().await;
     let app = TestApp::spawn_with_storage(Some(s3.config())).await;
     suite(&app).await;
-    let (_, token_body, _) = app.call("POST", "/api/auth/login", "acme.aggios.app", None, Some(serde_json::json!({"email":"ann@acme.test","password":PASSWORD}))).await;
-    let (status, body, _) = app.call("GET", "/api/files/docs/b.txt?presign=1", "acme.aggios.app", token_body["access_token"].as_str(), None).await;
+    let (_, token_body, _) = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            "acme.aggios.app",
+            None,
+            Some(serde_json::json!({"email":"ann@acme.test","password":PASSWORD})),
+        )
+        .await;
+    let (status, body, _) = app
+        .call(
+            "GET",
+            "/api/files/docs/b.txt?presign=1",
+            "acme.aggios.app",
+            token_body["access_token"].as_str(),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let url = body["url"].as_str().expect("url");
     assert!(url.contains("X-Amz-Signature"), "{url}");
     // The presigned URL works without any credentials, straight against the S3 server.
     let fetched = s3.plain_get(url).await;
     assert_eq!(fetched, b"world");
-    let acme = backend::db::tenants::by_subdomain(&app.owner_pool, "acme").await.expect("q").expect("acme");
-    assert!(s3.root.path().join("aggios").join(acme.id.to_string()).join("docs").join("b.txt").exists(), "keys live under {{tenant_id}}/");
+    let acme = backend::db::tenants::by_subdomain(&app.owner_pool, "acme")
+        .await
+        .expect("q")
+        .expect("acme");
+    assert!(
+        s3.root
+            .path()
+            .join("aggios")
+            .join(acme.id.to_string())
+            .join("docs")
+            .join("b.txt")
+            .exists(),
+        "keys live under {{tenant_id}}/"
+    );
 }

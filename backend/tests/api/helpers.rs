@@ -92,7 +92,9 @@ impl TestApp {
             jwt_secret: b"test-secret-test-secret-test-secret!".to_vec(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             internal_listen: None,
-            storage: storage.unwrap_or_else(|| StorageConfig::Local { dir: files_dir.path().to_path_buf() }),
+            storage: storage.unwrap_or_else(|| StorageConfig::Local {
+                dir: files_dir.path().to_path_buf(),
+            }),
             access_ttl: Duration::from_secs(900),
             refresh_ttl: Duration::from_secs(3600),
             max_file_bytes: 1024 * 1024,
@@ -176,8 +178,14 @@ impl TestApp {
         body: Option<Value>,
     ) -> (u16, Value, http::HeaderMap) {
         let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-        let (status, bytes, headers) = self.call_raw(method, path, host, token, "application/json", body).await;
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), headers)
+        let (status, bytes, headers) = self
+            .call_raw(method, path, host, token, "application/json", body)
+            .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            headers,
+        )
     }
 
     /// Sends raw bytes with `content_type`; returns the raw response body.
@@ -190,8 +198,12 @@ impl TestApp {
         content_type: &str,
         body: Bytes,
     ) -> (u16, Bytes, http::HeaderMap) {
-        let stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
         tokio::spawn(conn);
         let mut req = http::Request::builder()
             .method(method)
@@ -205,7 +217,10 @@ impl TestApp {
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let resp = sender.send_request(req.body(Full::new(body)).expect("request")).await.expect("send");
+        let resp = sender
+            .send_request(req.body(Full::new(body)).expect("request"))
+            .await
+            .expect("send");
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.expect("body").to_bytes();
         (parts.status.as_u16(), bytes, parts.headers)
@@ -283,17 +298,35 @@ impl S3Server {
         let bin = bin.expect("s3s-fs not found: scripts/test.sh installs it (cargo install s3s-fs@0.14.1 --locked --features binary)");
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(root.path().join("aggios")).expect("bucket dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
         let child = std::process::Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                S3_ACCESS_KEY,
+                "--secret-key",
+                S3_SECRET_KEY,
+            ])
             .arg(root.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start s3s-fs");
         let start = std::time::Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(start.elapsed() < Duration::from_secs(30), "s3s-fs did not start");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "s3s-fs did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         S3Server { port, root, child }
@@ -312,8 +345,12 @@ impl S3Server {
     /// A credential-less GET of `url` (a presigned URL).
     pub async fn plain_get(&self, url: &str) -> Vec<u8> {
         let u = url::Url::parse(url).expect("url");
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
         tokio::spawn(conn);
         let target = match u.query() {
             Some(q) => format!("{}?{q}", u.path()),
@@ -326,7 +363,12 @@ impl S3Server {
             .expect("request");
         let resp = sender.send_request(req).await.expect("send");
         assert_eq!(resp.status(), 200, "presigned GET refused");
-        resp.into_body().collect().await.expect("body").to_bytes().to_vec()
+        resp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec()
     }
 }
 

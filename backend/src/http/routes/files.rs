@@ -17,7 +17,10 @@ impl From<StorageError> for ApiError {
         match e {
             StorageError::NotFound => ApiError::NotFound("no such file".into()),
             StorageError::InvalidPath(m) => ApiError::BadRequest("invalid_path", m.into()),
-            StorageError::PresignUnsupported => ApiError::BadRequest("presign_unsupported", "presigned URLs need S3 storage".into()),
+            StorageError::PresignUnsupported => ApiError::BadRequest(
+                "presign_unsupported",
+                "presigned URLs need S3 storage".into(),
+            ),
             StorageError::Backend(detail) => {
                 tracing::warn!(error = %detail, "object storage error");
                 ApiError::Unavailable("storage")
@@ -32,7 +35,10 @@ fn object_path(ctx: &Ctx) -> Result<String, ApiError> {
     let raw = ctx.path.strip_prefix("/api/files/").unwrap_or("");
     let lower = raw.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
-        return Err(ApiError::BadRequest("invalid_path", "encoded separators are not allowed".into()));
+        return Err(ApiError::BadRequest(
+            "invalid_path",
+            "encoded separators are not allowed".into(),
+        ));
     }
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
@@ -45,7 +51,11 @@ fn object_path(ctx: &Ctx) -> Result<String, ApiError> {
 fn query_param(ctx: &Ctx, name: &str) -> Option<String> {
     ctx.query.as_deref()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
     })
 }
 
@@ -53,7 +63,12 @@ pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
     let p = principal(ctx).await?;
     let path = object_path(ctx)?;
     let max = ctx.state.max_file_bytes;
-    if let Some(len) = ctx.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(len) = ctx
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         if len > max {
             return Err(ApiError::PayloadTooLarge);
         }
@@ -65,23 +80,42 @@ pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
         .filter(|v| v.len() <= 255)
         .unwrap_or("application/octet-stream")
         .to_string();
-    let bytes = Limited::new(body, max as usize).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::BadRequest("invalid_body", "could not read the request body".into())
-        }
-    })?;
-    let size = ctx.state.storage.put(p.tenant.id, &path, bytes.to_bytes(), &content_type).await?;
-    Ok(json(StatusCode::CREATED, &serde_json::json!({ "path": path, "size": size, "content_type": content_type })))
+    let bytes = Limited::new(body, max as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("invalid_body", "could not read the request body".into())
+            }
+        })?;
+    let size = ctx
+        .state
+        .storage
+        .put(p.tenant.id, &path, bytes.to_bytes(), &content_type)
+        .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "path": path, "size": size, "content_type": content_type }),
+    ))
 }
 
 pub async fn get(ctx: &Ctx) -> ApiResult {
     let p = principal(ctx).await?;
     let path = object_path(ctx)?;
     if query_param(ctx, "presign").as_deref() == Some("1") {
-        let url = ctx.state.storage.presign(p.tenant.id, &path, Duration::from_secs(300)).await?;
-        return Ok(json(StatusCode::OK, &serde_json::json!({ "url": url, "expires_in": 300 })));
+        let url = ctx
+            .state
+            .storage
+            .presign(p.tenant.id, &path, Duration::from_secs(300))
+            .await?;
+        return Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "url": url, "expires_in": 300 }),
+        ));
     }
     let (content_type, size, stream) = ctx.state.storage.get(p.tenant.id, &path).await?;
     let chunks: Vec<Bytes> = stream.try_collect().await?;
@@ -92,9 +126,13 @@ pub async fn get(ctx: &Ctx) -> ApiResult {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(&content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    resp.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     Ok(resp)
 }
 
@@ -102,7 +140,10 @@ pub async fn delete(ctx: &Ctx) -> ApiResult {
     let p = principal(ctx).await?;
     let path = object_path(ctx)?;
     ctx.state.storage.delete(p.tenant.id, &path).await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "deleted": path })))
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "deleted": path }),
+    ))
 }
 
 pub async fn list(ctx: &Ctx) -> ApiResult {

@@ -1,0 +1,244 @@
+//! Postgres stops mid-test: requests get 503 with Retry-After (never a 500, never a crash), and the
+//! service recovers by itself when it is back. Uses a private PostgreSQL cluster on a free port, so the
+//! machine's shared server is never touched.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use backend::app::{serve, AppState};
+use backend::config::{Config, StorageConfig};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+struct PrivatePg {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn as_postgres(cmd: &Path, args: &[&str]) -> std::process::Output {
+    // initdb and postgres refuse to run as root; run them as the `postgres` system user then.
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let out = if root {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(cmd)
+            .args(args)
+            .output()
+    } else {
+        Command::new(cmd).args(args).output()
+    };
+    out.unwrap_or_else(|e| panic!("{}: {e}", cmd.display()))
+}
+
+impl PrivatePg {
+    fn start() -> PrivatePg {
+        let bin = std::env::var("PG_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                    .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .collect();
+                dirs.sort();
+                dirs.pop().expect("a PostgreSQL version")
+            });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let out = as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().expect("utf8"),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let pg = PrivatePg { bin, dir, port };
+        pg.pg_ctl_start();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn pg_ctl_start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        let out = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &opts,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn stop(&self) {
+        let out = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+) -> (u16, http::HeaderMap, serde_json::Value) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "backend")
+        .header("x-forwarded-host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            r#"{"email":"ann@acme.test","password":"wrong password"}"#,
+        )))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("send");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_gives_503_then_recovers() {
+    let pg = PrivatePg::start();
+    let owner = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let app_url = format!("postgres://aggios_outage:pw@127.0.0.1:{}/postgres", pg.port);
+    backend::db::migrate(&owner, &app_url)
+        .await
+        .expect("migrate");
+    let owner_pool = sqlx::PgPool::connect(&owner).await.expect("owner pool");
+    backend::db::tenants::create(&owner_pool, "Acme", "acme", None)
+        .await
+        .expect("tenant");
+    owner_pool.close().await;
+
+    let files = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        database_url: app_url.clone(),
+        database_owner_url: owner.clone(),
+        database_read_url: None,
+        redis_url: std::env::var("TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        jwt_secret: b"outage-secret-outage-secret-outage-secret".to_vec(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        internal_listen: None,
+        storage: StorageConfig::Local {
+            dir: files.path().to_path_buf(),
+        },
+        access_ttl: Duration::from_secs(60),
+        refresh_ttl: Duration::from_secs(60),
+        max_file_bytes: 1024,
+        migrate_on_start: false,
+    };
+    let state = AppState::new(&config).await.expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve(listener, state, false, std::future::pending()));
+
+    let (status, _, body) = call(addr, "POST", "/api/auth/login", "acme.aggios.app").await;
+    assert_eq!(
+        status, 401,
+        "baseline: a wrong password, database up: {body}"
+    );
+
+    pg.stop();
+    let (status, headers, body) = call(addr, "POST", "/api/auth/login", "acme.aggios.app").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("service_unavailable")),
+        "{body}"
+    );
+    assert!(headers.get("retry-after").is_some());
+    assert!(
+        !body.to_string().to_lowercase().contains("sql"),
+        "no SQL text in errors: {body}"
+    );
+    let (status, _, body) = call(addr, "GET", "/readyz", "acme.aggios.app").await;
+    assert_eq!(
+        (status, body["postgres"].as_bool()),
+        (503, Some(false)),
+        "readyz while down: {body}"
+    );
+
+    pg.pg_ctl_start();
+    let start = Instant::now();
+    loop {
+        let (status, _, body) = call(addr, "POST", "/api/auth/login", "acme.aggios.app").await;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 while reconnecting: {body}");
+        assert!(start.elapsed() < Duration::from_secs(60), "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
