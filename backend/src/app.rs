@@ -16,6 +16,10 @@ use crate::config::Config;
 /// What every handler shares.
 pub struct AppState {
     pub db: PgPool,
+    /// The read replica (`DATABASE_READ_URL`), used for read-only queries with the primary as fallback.
+    pub read_db: Option<PgPool>,
+    /// Unix time (ms) until which the replica is considered down.
+    pub replica_down_until_ms: std::sync::atomic::AtomicU64,
     pub redis: redis::aio::ConnectionManager,
     pub tokens: TokenKeys,
     pub refresh_ttl: Duration,
@@ -63,8 +67,20 @@ impl AppState {
             .map(|s| s.trim().to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .collect();
+        let read_db = match &config.database_read_url {
+            Some(url) => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_millis(500))
+                    .connect_lazy(url)?;
+                Some(pool)
+            }
+            None => None,
+        };
         Ok(Arc::new(AppState {
             db,
+            read_db,
+            replica_down_until_ms: std::sync::atomic::AtomicU64::new(0),
             redis,
             tokens: TokenKeys::new(&config.jwt_secret, config.access_ttl),
             refresh_ttl: config.refresh_ttl,

@@ -2,6 +2,7 @@
 //! `app.tenant_id` for that transaction only, so row-level security scopes it and a pooled connection
 //! never carries one tenant's setting into another request.
 
+pub mod api_keys;
 pub mod audit;
 pub mod refresh_tokens;
 pub mod tenants;
@@ -20,6 +21,51 @@ pub async fn tenant_tx(
     tenant: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// A tenant-scoped, read-only transaction on the read replica (`DATABASE_READ_URL`) when one is set and
+/// answers, else on the primary.
+pub async fn tenant_tx_read(
+    state: &crate::app::AppState,
+    tenant: Uuid,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    use std::sync::atomic::Ordering;
+    if let Some(read) = &state.read_db {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // A replica that just failed is skipped for a while instead of costing every read a timeout.
+        if now >= state.replica_down_until_ms.load(Ordering::Relaxed) {
+            match read_tx(read, tenant).await {
+                Ok(tx) => return Ok(tx),
+                Err(e) => {
+                    state
+                        .replica_down_until_ms
+                        .store(now + REPLICA_RETRY_MS, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "read replica unavailable; reading from the primary");
+                }
+            }
+        }
+    }
+    tenant_tx(&state.db, tenant).await
+}
+
+/// How long a failed read replica is skipped before it is tried again.
+pub const REPLICA_RETRY_MS: u64 = 5_000;
+
+async fn read_tx(
+    pool: &PgPool,
+    tenant: Uuid,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
         .bind(tenant.to_string())
         .execute(&mut *tx)

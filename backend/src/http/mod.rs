@@ -104,6 +104,8 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, ["api", "users", _]) => "user",
         (_, ["api", "tenant"]) => "tenant",
         (_, ["api", "files"]) => "files",
+        (_, ["api", "api-keys"]) => "api_keys",
+        (_, ["api", "api-keys", _]) => "api_key",
         (_, ["api", "files", ..]) => "file",
         (_, ["api", "tenants"]) => "tenants",
         (_, ["internal", "tenant-domains", _]) => "internal_tenant_domains",

@@ -29,6 +29,8 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The internal listener (`BACKEND_INTERNAL_LISTEN`).
+    pub internal_addr: SocketAddr,
     pub db_name: String,
     /// Connected as the application role (row-level security applies).
     pub app_pool: PgPool,
@@ -67,6 +69,11 @@ impl TestApp {
 
     /// `storage`: `None` for a local directory of this test's own, or an S3 configuration.
     pub async fn spawn_with_storage(storage: Option<StorageConfig>) -> TestApp {
+        Self::spawn_with(storage, None).await
+    }
+
+    /// Also with a read replica URL (`DATABASE_READ_URL`).
+    pub async fn spawn_with(storage: Option<StorageConfig>, read_url: Option<String>) -> TestApp {
         let files_dir = tempfile::tempdir().expect("tempdir");
         let db_name = format!("aggios_t_{}", uuid::Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
@@ -87,7 +94,7 @@ impl TestApp {
         let config = Config {
             database_url: app_url.clone(),
             database_owner_url: owner_url.clone(),
-            database_read_url: None,
+            database_read_url: read_url,
             redis_url: redis_url(),
             jwt_secret: b"test-secret-test-secret-test-secret!".to_vec(),
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -106,6 +113,11 @@ impl TestApp {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let internal = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let internal_addr = internal.local_addr().expect("addr");
+        tokio::spawn(serve(internal, state.clone(), true, std::future::pending()));
         tokio::spawn(serve(listener, state, false, async move {
             let _ = rx.await;
         }));
@@ -129,6 +141,7 @@ impl TestApp {
             ip,
             shutdown: Some(tx),
             _files: files_dir,
+            internal_addr,
         }
     }
 

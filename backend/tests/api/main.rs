@@ -3,5 +3,6 @@
 mod auth;
 mod files;
 mod helpers;
+mod keys;
 mod rls;
 mod users;

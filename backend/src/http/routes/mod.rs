@@ -1,5 +1,6 @@
 //! Dispatch by method and path; one module per resource.
 
+pub mod api_keys;
 pub mod auth;
 pub mod files;
 pub mod health;
@@ -27,6 +28,9 @@ pub async fn dispatch(ctx: &Ctx, body: Incoming) -> ApiResult {
         (&Method::GET, ["api", "users", id]) => users::get(ctx, id).await,
         (&Method::PATCH, ["api", "users", id]) => users::update(ctx, id, body).await,
         (&Method::DELETE, ["api", "users", id]) => users::delete(ctx, id).await,
+        (&Method::GET, ["api", "api-keys"]) => api_keys::list(ctx).await,
+        (&Method::POST, ["api", "api-keys"]) => api_keys::create(ctx, body).await,
+        (&Method::DELETE, ["api", "api-keys", id]) => api_keys::revoke(ctx, id).await,
         (&Method::GET, ["api", "files"]) => files::list(ctx).await,
         (&Method::PUT, ["api", "files", _, ..]) => files::put(ctx, body).await,
         (&Method::GET, ["api", "files", _, ..]) => files::get(ctx).await,
@@ -38,6 +42,7 @@ pub async fn dispatch(ctx: &Ctx, body: Incoming) -> ApiResult {
         | (_, ["api", "auth", "login" | "refresh" | "logout"])
         | (_, ["api", "users", ..])
         | (_, ["api", "files", ..])
+        | (_, ["api", "api-keys", ..])
         | (_, ["api", "tenant" | "tenants"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound("no such endpoint".into())),
     }

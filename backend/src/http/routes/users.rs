@@ -75,7 +75,7 @@ pub async fn me(ctx: &Ctx) -> ApiResult {
 
 pub async fn list(ctx: &Ctx) -> ApiResult {
     let p = admin(ctx).await?;
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx_read(&ctx.state, p.tenant.id).await?;
     let all = users::list(&mut tx).await?;
     tx.commit().await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "users": all })))
@@ -84,7 +84,7 @@ pub async fn list(ctx: &Ctx) -> ApiResult {
 pub async fn get(ctx: &Ctx, id: &str) -> ApiResult {
     let p = admin(ctx).await?;
     let id = parse_id(id)?;
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx_read(&ctx.state, p.tenant.id).await?;
     let user = users::get(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;

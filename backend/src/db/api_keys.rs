@@ -1,0 +1,63 @@
+//! `api_keys`: third-party integration keys, stored as SHA-256 hashes; shown in full once at creation.
+
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+const COLS: &str = "id, name, prefix, scopes, expires_at, revoked_at, created_at";
+
+pub async fn create(
+    c: &mut PgConnection,
+    tenant_id: Uuid,
+    name: &str,
+    prefix: &str,
+    hash: &[u8],
+    scopes: &[String],
+    expires_at: Option<OffsetDateTime>,
+) -> Result<ApiKey, sqlx::Error> {
+    sqlx::query_as::<_, ApiKey>(&format!(
+        "INSERT INTO api_keys (tenant_id, name, prefix, key_hash, scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLS}"
+    ))
+    .bind(tenant_id)
+    .bind(name)
+    .bind(prefix)
+    .bind(hash)
+    .bind(scopes)
+    .bind(expires_at)
+    .fetch_one(c)
+    .await
+}
+
+pub async fn list(c: &mut PgConnection) -> Result<Vec<ApiKey>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKey>(&format!(
+        "SELECT {COLS} FROM api_keys ORDER BY created_at, name"
+    ))
+    .fetch_all(c)
+    .await
+}
+
+/// Revokes a key; `false` when there is no such live key (in this tenant).
+pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .execute(c)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}

@@ -1,0 +1,216 @@
+//! API keys, the internal listener, and the read replica's fallback.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn api_keys_are_shown_once_listed_and_revoked() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    let globex = app.tenant("globex").await;
+    app.user(acme, "admin@acme.test", "admin").await;
+    app.user(acme, "member@acme.test", "member").await;
+    app.user(globex, "admin@globex.test", "admin").await;
+    let (admin, _) = app.login("acme.aggios.app", "admin@acme.test").await;
+    let (member, _) = app.login("acme.aggios.app", "member@acme.test").await;
+    let (gadmin, _) = app.login("globex.aggios.app", "admin@globex.test").await;
+    let host = "acme.aggios.app";
+
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/api-keys",
+            host,
+            Some(&admin),
+            Some(json!({ "name": "zapier", "scopes": ["files:read"], "expires_in_days": 30 })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let key = body["key"].as_str().expect("key").to_string();
+    let id = body["api_key"]["id"].as_str().expect("id").to_string();
+    let prefix = body["api_key"]["prefix"]
+        .as_str()
+        .expect("prefix")
+        .to_string();
+    assert!(key.starts_with(&format!("ak_{prefix}_")), "{key}");
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE prefix = $1")
+        .bind(&prefix)
+        .fetch_one(&app.owner_pool)
+        .await
+        .expect("hash");
+    assert_eq!(
+        stored,
+        backend::auth::token_hash(&key),
+        "only the hash is stored"
+    );
+
+    let (status, body, _) = app
+        .call("GET", "/api/api-keys", host, Some(&admin), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["api_keys"].as_array().map(Vec::len), Some(1));
+    assert!(
+        !body.to_string().contains(&key),
+        "the key is never shown again"
+    );
+
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/api-keys",
+            host,
+            Some(&admin),
+            Some(json!({ "name": "x", "scopes": ["root"] })),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/api-keys",
+            host,
+            Some(&member),
+            Some(json!({ "name": "x" })),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = app
+        .call(
+            "DELETE",
+            &format!("/api/api-keys/{id}"),
+            "globex.aggios.app",
+            Some(&gadmin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "another tenant cannot revoke it");
+    let (status, _, _) = app
+        .call(
+            "DELETE",
+            &format!("/api/api-keys/{id}"),
+            host,
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = app
+        .call(
+            "DELETE",
+            &format!("/api/api-keys/{id}"),
+            host,
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "already revoked");
+}
+
+async fn internal_get(app: &TestApp, addr: std::net::SocketAddr, path: &str) -> u16 {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let _ = app;
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "internal")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("req");
+    sender
+        .send_request(req)
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn tenant_domains_are_answered_only_on_the_internal_listener() {
+    let app = TestApp::spawn().await;
+    app.tenant("acme").await;
+    backend::db::tenants::create(&app.owner_pool, "Shop", "shop", Some("portal.shop.example"))
+        .await
+        .expect("tenant");
+    assert_eq!(
+        internal_get(
+            &app,
+            app.internal_addr,
+            "/internal/tenant-domains/acme.aggios.app"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        internal_get(
+            &app,
+            app.internal_addr,
+            "/internal/tenant-domains/portal.shop.example"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        internal_get(
+            &app,
+            app.internal_addr,
+            "/internal/tenant-domains/nobody.aggios.app"
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        internal_get(
+            &app,
+            app.internal_addr,
+            "/internal/tenant-domains/acme.evil.example"
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        internal_get(&app, app.addr, "/internal/tenant-domains/acme.aggios.app").await,
+        404,
+        "not on the public listener"
+    );
+    sqlx::query("UPDATE tenants SET is_active = false WHERE subdomain = 'acme'")
+        .execute(&app.owner_pool)
+        .await
+        .expect("deactivate");
+    assert_eq!(
+        internal_get(
+            &app,
+            app.internal_addr,
+            "/internal/tenant-domains/acme.aggios.app"
+        )
+        .await,
+        404,
+        "inactive tenants are refused"
+    );
+}
+
+#[tokio::test]
+async fn reads_fall_back_to_the_primary_when_the_replica_is_down() {
+    let dead = format!(
+        "postgres://nobody@127.0.0.1:{}/none",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port()
+    );
+    let app = TestApp::spawn_with(None, Some(dead)).await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "admin@acme.test", "admin").await;
+    let (admin, _) = app.login("acme.aggios.app", "admin@acme.test").await;
+    let (status, body, _) = app
+        .call("GET", "/api/users", "acme.aggios.app", Some(&admin), None)
+        .await;
+    assert_eq!(
+        (status, body["users"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{body}"
+    );
+}
