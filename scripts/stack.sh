@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the local stack on loopback: Postgres and Redis (started or installed when missing), the backend
+# Runs the local stack on loopback: Postgres, Redis and an S3 server (s3s-fs) (started or installed when
+# missing), the backend
 # (migrated, with a demo tenant and user) and the gateway in front of it with config/dev.toml.
 #   gateway  http://127.0.0.1:8080   (admin http://127.0.0.1:9000)
 #   backend  http://127.0.0.1:8081   (internal http://127.0.0.1:8082)
@@ -10,7 +11,8 @@ cd "$ROOT"
 ensure_build_deps
 ensure_postgres
 ensure_redis
-mkdir -p "$STATE_DIR/files"
+ensure_s3s_fs
+mkdir -p "$STATE_DIR/s3/aggios"
 
 DB=aggios
 psql "$PG_ADMIN_URL" -Atqc "select 1 from pg_database where datname = '$DB'" | grep -q 1 \
@@ -25,7 +27,10 @@ export DATABASE_OWNER_URL="postgres://$PG_ADMIN_USER@$PG_HOSTPORT/$DB"
 export REDIS_URL="${REDIS_URL:-$REDIS_URL_DEFAULT}"
 export JWT_SECRET_FILE="$STATE_DIR/jwt_secret"
 export BACKEND_LISTEN=127.0.0.1:8081 BACKEND_INTERNAL_LISTEN=127.0.0.1:8082
-export STORAGE_DIR="$STATE_DIR/files"
+[ -s "$STATE_DIR/s3_secret" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$STATE_DIR/s3_secret"
+chmod 600 "$STATE_DIR/s3_secret"
+export S3_ENDPOINT=http://127.0.0.1:8014 S3_BUCKET=aggios S3_REGION=us-east-1
+export S3_ACCESS_KEY_ID=aggios-dev S3_SECRET_ACCESS_KEY="$(cat "$STATE_DIR/s3_secret")"
 export TENANT_BASE_DOMAINS="aggios.localhost,aggios.app"
 # The role keeps the password it was created with; make it match this machine's saved one.
 psql "$PG_ADMIN_URL" -Atqc "select 1 from pg_roles where rolname = 'aggios_app'" | grep -q 1 \
@@ -47,6 +52,13 @@ DEMO_PASSWORD=$(cat "$STATE_DIR/demo_password" 2>/dev/null || echo "(see $STATE_
 
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+if ! wait_port 127.0.0.1 8014 0; then
+  log "starting s3s-fs (S3) on 127.0.0.1:8014, data in $STATE_DIR/s3"
+  "$S3S_FS_BIN" --host 127.0.0.1 --port 8014 --access-key "$S3_ACCESS_KEY_ID" --secret-key "$S3_SECRET_ACCESS_KEY" \
+    "$STATE_DIR/s3" > "$STATE_DIR/s3.log" 2>&1 &
+  PIDS+=($!)
+  wait_port 127.0.0.1 8014 30 || die "s3s-fs did not start: $(tail -3 "$STATE_DIR/s3.log")"
+fi
 MIGRATE_ON_START=0 "$BIN/backend" serve 2> "$STATE_DIR/backend.log" &
 PIDS+=($!)
 wait_port 127.0.0.1 8081 30 || die "backend did not start: $(tail -3 "$STATE_DIR/backend.log")"

@@ -11,7 +11,9 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::signer::Signer;
-use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use object_store::{
+    Attribute, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutPayload, WriteMultipart,
+};
 use uuid::Uuid;
 
 use crate::config::StorageConfig;
@@ -131,38 +133,29 @@ impl Storage {
         }
     }
 
-    pub async fn put(
+    /// Starts a streamed upload; feed it with [`Upload::write`], then [`Upload::finish`] or
+    /// [`Upload::abort`]. Nothing is visible under `path` until `finish`.
+    pub async fn upload(
         &self,
         tenant: Uuid,
         path: &str,
-        body: Bytes,
         content_type: &str,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Upload<'_>, StorageError> {
         let k = key(tenant, path)?;
-        let size = body.len() as u64;
-        if self.local {
-            self.store.put(&k, PutPayload::from(body)).await?;
-            self.store
-                .put(
-                    &meta_key(tenant, path)?,
-                    PutPayload::from(Bytes::from(content_type.to_string())),
-                )
-                .await?;
-        } else {
-            let mut attributes = Attributes::new();
-            attributes.insert(Attribute::ContentType, content_type.to_string().into());
-            self.store
-                .put_opts(
-                    &k,
-                    PutPayload::from(body),
-                    PutOptions {
-                        attributes,
-                        ..PutOptions::default()
-                    },
-                )
-                .await?;
+        let mut opts = PutMultipartOptions::default();
+        if !self.local {
+            opts.attributes
+                .insert(Attribute::ContentType, content_type.to_string().into());
         }
-        Ok(size)
+        let inner = self.store.put_multipart_opts(&k, opts).await?;
+        Ok(Upload {
+            storage: self,
+            writer: WriteMultipart::new(inner),
+            tenant,
+            path: path.to_string(),
+            content_type: content_type.to_string(),
+            size: 0,
+        })
     }
 
     /// The object's content type, size and body stream.
@@ -244,6 +237,51 @@ impl Storage {
     pub async fn ready(&self) -> bool {
         let mut s = self.store.list(Some(&Path::from("readyz-probe")));
         !matches!(s.next().await, Some(Err(_)))
+    }
+}
+
+/// A streamed upload in progress.
+pub struct Upload<'a> {
+    storage: &'a Storage,
+    writer: WriteMultipart,
+    tenant: Uuid,
+    path: String,
+    content_type: String,
+    size: u64,
+}
+
+impl Upload<'_> {
+    /// Appends `data`, waiting while too many parts are in flight (bounded memory).
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.writer.wait_for_capacity(4).await?;
+        self.writer.write(data);
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Completes the upload; returns the object's size.
+    pub async fn finish(self) -> Result<u64, StorageError> {
+        self.writer.finish().await?;
+        if self.storage.local {
+            let meta = meta_key(self.tenant, &self.path)?;
+            self.storage
+                .store
+                .put(&meta, PutPayload::from(Bytes::from(self.content_type)))
+                .await?;
+        }
+        Ok(self.size)
+    }
+
+    /// Drops what was uploaded so far.
+    pub async fn abort(self) {
+        if let Err(e) = self.writer.abort().await {
+            tracing::warn!(error = %e, "could not abort an upload");
+        }
     }
 }
 

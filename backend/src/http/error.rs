@@ -1,8 +1,6 @@
 //! `ApiError`: every failure a handler can have, mapped to a status and the JSON body in one place.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::Full;
 
 /// A handler's failure. Each variant documents its status.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +73,7 @@ impl ApiError {
     }
 
     /// The response, with `request_id` in the body.
-    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+    pub fn into_response(self, request_id: &str) -> Response<super::Body> {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(request_id, error = %detail, "internal error");
         }

@@ -19,7 +19,17 @@ use crate::metrics::metrics;
 pub use error::ApiError;
 
 /// A handler's result.
-pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
+pub type ApiResult = Result<Response<Body>, ApiError>;
+
+/// Every response body: whole (JSON) or streamed (file downloads).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A body of these bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// What a handler knows about its request besides the body.
 pub struct Ctx {
@@ -59,9 +69,9 @@ impl Ctx {
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+pub fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
     let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -119,7 +129,7 @@ pub async fn handle(
     peer: SocketAddr,
     internal: bool,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
     let request_id = parts

@@ -341,9 +341,47 @@ async fn concurrent_logins_in_two_tenants_do_not_cross() {
                 .await;
             assert_eq!(status, 200);
             assert_eq!(me["tenant"]["subdomain"], tenant);
+            // Uploads in both tenants at once, same paths: each tenant reads back only its own bytes.
+            let host = format!("{tenant}.aggios.app");
+            let content = bytes::Bytes::from(format!("{tenant}-{i}"));
+            let path = format!("/api/files/shared/{}.txt", i / 2);
+            let (status, _, _) = app
+                .call_raw(
+                    "PUT",
+                    &path,
+                    &host,
+                    Some(&access),
+                    "text/plain",
+                    content.clone(),
+                )
+                .await;
+            assert_eq!(status, 201);
+            let (status, got, _) = app
+                .call_raw("GET", &path, &host, Some(&access), "", bytes::Bytes::new())
+                .await;
+            assert_eq!((status, got), (200, content));
         }));
     }
     for t in tasks {
         t.await.expect("task");
+    }
+    for tenant in ["acme", "globex"] {
+        let (access, _) = app
+            .login(&format!("{tenant}.aggios.app"), "same@x.test")
+            .await;
+        let (_, list, _) = app
+            .call(
+                "GET",
+                "/api/files?prefix=shared",
+                &format!("{tenant}.aggios.app"),
+                Some(&access),
+                None,
+            )
+            .await;
+        assert_eq!(
+            list["files"].as_array().map(Vec::len),
+            Some(10),
+            "{tenant}: {list}"
+        );
     }
 }

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
 
 use crate::http::auth::principal;
 use crate::http::{json, ApiError, ApiResult, Ctx};
@@ -80,23 +79,36 @@ pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
         .filter(|v| v.len() <= 255)
         .unwrap_or("application/octet-stream")
         .to_string();
-    let bytes = Limited::new(body, max as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest("invalid_body", "could not read the request body".into())
-            }
-        })?;
-    let size = ctx
+    // Streamed to storage as it arrives: memory stays bounded by the multipart buffer, not the file.
+    let mut body = body;
+    let mut upload = ctx
         .state
         .storage
-        .put(p.tenant.id, &path, bytes.to_bytes(), &content_type)
+        .upload(p.tenant.id, &path, &content_type)
         .await?;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(_) => {
+                upload.abort().await;
+                return Err(ApiError::BadRequest(
+                    "invalid_body",
+                    "the request body ended early".into(),
+                ));
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if upload.size() + data.len() as u64 > max {
+                upload.abort().await;
+                return Err(ApiError::PayloadTooLarge);
+            }
+            if let Err(e) = upload.write(&data).await {
+                upload.abort().await;
+                return Err(e.into());
+            }
+        }
+    }
+    let size = upload.finish().await?;
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({ "path": path, "size": size, "content_type": content_type }),
@@ -118,17 +130,17 @@ pub async fn get(ctx: &Ctx) -> ApiResult {
         ));
     }
     let (content_type, size, stream) = ctx.state.storage.get(p.tenant.id, &path).await?;
-    let chunks: Vec<Bytes> = stream.try_collect().await?;
-    let mut body = Vec::with_capacity(size as usize);
-    for c in chunks {
-        body.extend_from_slice(&c);
-    }
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    // Streamed from storage: a large file never sits whole in memory.
+    let body =
+        StreamBody::new(stream.map_ok(Frame::data).map_err(std::io::Error::other)).boxed_unsync();
+    let mut resp = Response::new(body);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_str(&content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(size));
     resp.headers_mut().insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),

@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use http_body_util::Full;
 
 use crate::http::{json, ApiResult, Ctx};
 use crate::metrics::metrics as collectors;
@@ -38,7 +37,7 @@ pub async fn metrics(ctx: &Ctx) -> ApiResult {
     m.pool
         .with_label_values(&["active"])
         .set(ctx.state.db.size() as i64 - ctx.state.db.num_idle() as i64);
-    let mut r = Response::new(Full::new(Bytes::from(m.render())));
+    let mut r = Response::new(crate::http::full(Bytes::from(m.render())));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4"),
