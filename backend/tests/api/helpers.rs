@@ -145,6 +145,13 @@ impl TestApp {
         }
     }
 
+    /// Stops accepting connections; requests in flight still finish.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Creates a tenant and returns its id.
     pub async fn tenant(&self, subdomain: &str) -> uuid::Uuid {
         backend::db::tenants::create(

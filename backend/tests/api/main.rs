@@ -5,4 +5,5 @@ mod files;
 mod helpers;
 mod keys;
 mod rls;
+mod service;
 mod users;

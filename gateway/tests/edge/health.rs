@@ -155,3 +155,63 @@ upstream = "dead"
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("sick"), "{body}");
 }
+
+/// A server that reads the request and closes the connection without answering.
+fn resetting_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            drop(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn reset_before_any_response_byte_is_retried_for_idempotent_methods_only() {
+    let good = TestUpstream::start("good");
+    let (reset, resets) = resetting_server();
+    let cfg = format!(
+        "[[upstreams]]\nname = \"u\"\nservers = [\"{reset}\", \"{}\"]\nmax_tries = 2\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        good.addr
+    );
+    let gw = Gateway::start(&cfg).await;
+    for _ in 0..10 {
+        let r = gw.get("x.test", "/").await;
+        assert_eq!(
+            (r.status, r.upstream()),
+            (200, Some("good")),
+            "{:?}",
+            r.body
+        );
+    }
+    assert!(
+        resets.load(Ordering::SeqCst) >= 3,
+        "the resetting server was never tried"
+    );
+    // A POST may have had effects upstream: it is not replayed, the client gets 502.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            gw.request("POST", "x.test", "/", &[], bytes::Bytes::from_static(b"{}"))
+                .await
+                .status,
+        );
+    }
+    assert!(statuses.contains(&502), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 502),
+        "{statuses:?}"
+    );
+}

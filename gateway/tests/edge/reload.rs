@@ -148,3 +148,23 @@ async fn sighup_forces_a_reread_and_listener_changes_need_a_restart() {
     .await;
     assert_eq!(gw.get("x.test", "/").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    a.behaviour.delay_ms.store(1500, Ordering::SeqCst);
+    let gw = Gateway::start(&routes(&a, &b, 0)).await;
+    let port = gw.http;
+    let slow =
+        tokio::spawn(
+            async move { send(port, "GET", "x.test", "/", &[], bytes::Bytes::new()).await },
+        );
+    eventually("slow request reached a", || async { a.hits() == 1 }).await;
+    gw.rewrite(&routes(&a, &b, 1));
+    eventually("reload applied", || async {
+        gw.get("x.test", "/").await.upstream() == Some("b")
+    })
+    .await;
+    let r = slow.await.expect("join");
+    assert_eq!((r.status, r.upstream()), (200, Some("a")));
+}

@@ -1,0 +1,64 @@
+//! The service itself: h2c, graceful shutdown with a request in flight.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn speaks_h2c() {
+    let app = TestApp::spawn().await;
+    let stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{}/healthz", app.addr))
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("send");
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, http::Version::HTTP_2)
+    );
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], br#"{"status":"ok"}"#);
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_request_in_flight_finish() {
+    let mut app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "ann@acme.test", "member").await;
+    let (token, _) = app.login("acme.aggios.app", "ann@acme.test").await;
+    let mut s = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT /api/files/inflight.txt HTTP/1.1\r\nHost: b\r\nX-Forwarded-Host: acme.aggios.app\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.shutdown();
+    // New connections are refused once the listener is gone…
+    let start = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(app.addr).await.is_ok() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "listener still accepting after shutdown"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // …but the request in flight completes.
+    s.write_all(b"world").await.expect("write rest");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+}
