@@ -56,7 +56,7 @@ REDIS_URL_DEFAULT="redis://127.0.0.1:6379"
 # ensure_postgres — a PostgreSQL server on 127.0.0.1:5432 that the `postgres` role reaches without a
 # password from loopback (installed and started when missing; loopback trust is added for dev/test only).
 ensure_postgres() {
-  ensure_debs postgresql-client
+  command -v psql >/dev/null || ensure_debs postgresql-client
   if psql "$PG_ADMIN_URL" -Atqc 'select 1' >/dev/null 2>&1; then return 0; fi
   ensure_debs postgresql
   local ver; ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
