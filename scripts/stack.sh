@@ -50,6 +50,9 @@ if ! psql "$DATABASE_OWNER_URL" -Atqc "select 1 from tenants where subdomain = '
 fi
 DEMO_PASSWORD=$(cat "$STATE_DIR/demo_password" 2>/dev/null || echo "(see $STATE_DIR/demo_password)")
 
+for port in 8080 8081 8082 9000; do
+  wait_port 127.0.0.1 "$port" 0 && die "127.0.0.1:$port is already in use (another stack running?); stop it first"
+done
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 if ! wait_port 127.0.0.1 8014 0; then

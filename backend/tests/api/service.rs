@@ -62,3 +62,29 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 201"), "{text}");
 }
+
+#[tokio::test]
+async fn readyz_reports_each_dependency() {
+    let app = TestApp::spawn().await;
+    let (status, body, _) = app.call("GET", "/readyz", "x", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({ "status": "ready", "postgres": true, "redis": true, "storage": true })
+    );
+    let (status, text, _) = app
+        .call_raw("GET", "/metrics", "x", None, "", Bytes::new())
+        .await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&text);
+    for series in [
+        "backend_http_requests_total{",
+        "backend_http_request_duration_seconds_bucket{",
+        "backend_db_pool_connections{state=\"idle\"}",
+    ] {
+        assert!(
+            text.contains(series),
+            "{series} missing from /metrics:\n{text}"
+        );
+    }
+}

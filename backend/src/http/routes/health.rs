@@ -20,8 +20,15 @@ pub async fn readyz(ctx: &Ctx) -> ApiResult {
         .query_async::<String>(&mut redis)
         .await
         .is_ok();
-    let body = serde_json::json!({ "status": if db && redis_ok { "ready" } else { "not_ready" }, "postgres": db, "redis": redis_ok });
-    let status = if db && redis_ok {
+    let storage = ctx.state.storage.ready().await;
+    let ok = db && redis_ok && storage;
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "postgres": db,
+        "redis": redis_ok,
+        "storage": storage,
+    });
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
