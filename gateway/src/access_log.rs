@@ -25,6 +25,8 @@ pub struct Entry<'a> {
     pub server: Option<&'a str>,
     pub tenant: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
 }
 

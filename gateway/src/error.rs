@@ -38,6 +38,9 @@ pub enum EdgeError {
     /// 408: the client was too slow to send its request.
     #[error("request timed out")]
     RequestTimeout,
+    /// 401 or 403: authentication failed or the token belongs to another tenant.
+    #[error("{0}")]
+    Auth(crate::proxy::auth::AuthError),
     /// 500: a bug on our side.
     #[error("internal error")]
     Internal,
@@ -55,6 +58,7 @@ impl EdgeError {
             EdgeError::NoHealthyServer => 503,
             EdgeError::UpstreamTimeout => 504,
             EdgeError::BadGateway => 502,
+            EdgeError::Auth(a) => a.status(),
             EdgeError::Internal => 500,
         }
     }
@@ -73,6 +77,7 @@ impl EdgeError {
             EdgeError::NoHealthyServer => "no_healthy_upstream",
             EdgeError::UpstreamTimeout => "upstream_timeout",
             EdgeError::BadGateway => "bad_gateway",
+            EdgeError::Auth(a) => a.reason(),
             EdgeError::Internal => "internal_error",
         }
     }

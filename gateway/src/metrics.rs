@@ -20,6 +20,7 @@ pub struct Metrics {
     pub last_reload_success: Gauge,
     pub malformed: IntCounter,
     pub access_log_dropped: IntCounter,
+    pub auth_rejections: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -83,6 +84,14 @@ impl Metrics {
             "Access-log lines dropped because stdout could not keep up.",
         )?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let auth_rejections = IntCounterVec::new(
+            Opts::new(
+                "gateway_auth_rejections_total",
+                "Requests refused at the edge by authentication, by route and reason.",
+            ),
+            &["route", "reason"],
+        )?;
+        registry.register(Box::new(auth_rejections.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -105,6 +114,7 @@ impl Metrics {
             last_reload_success,
             malformed,
             access_log_dropped,
+            auth_rejections,
         })
     }
 

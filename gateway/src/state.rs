@@ -36,6 +36,8 @@ impl RouteRt {
 /// One compiled config.
 pub struct Runtime {
     pub config: Arc<Config>,
+    /// The token verifier of `[auth.jwt]`.
+    pub jwt: Option<crate::proxy::auth::JwtVerifier>,
     pub router: Router,
     pub routes: Vec<RouteRt>,
     pub upstreams: Vec<Arc<Upstream>>,
@@ -61,6 +63,10 @@ impl Runtime {
             })
             .collect();
         Runtime {
+            jwt: config
+                .jwt
+                .as_ref()
+                .map(crate::proxy::auth::JwtVerifier::new),
             router: Router::new(&config.routes, &config.tenancy),
             routes,
             upstreams,

@@ -26,6 +26,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogFile,
     #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
@@ -200,4 +202,35 @@ pub struct RouteFile {
     pub response_headers: HeaderRulesFile,
     pub auth: Option<Spanned<String>>,
     pub rate_limits: Option<Spanned<Vec<String>>>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub jwt: Option<JwtFile>,
+}
+
+/// `[auth.jwt]`: HS256 keys (one, or several keyed by `kid` for rotation) and claim checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub secret_env: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub keys: Vec<JwtKeyFile>,
+    pub tenant_claim: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+    pub max_token_bytes: Option<Spanned<i64>>,
+}
+
+/// One key of `[auth.jwt] keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyFile {
+    pub kid: Spanned<String>,
+    pub secret_env: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
 }

@@ -20,7 +20,9 @@ use regex::Regex;
 use toml::Spanned;
 
 use duration::parse_duration;
-use file::{FileConfig, HeaderRulesFile, RouteFile, ServerEntry, TimeoutsFile, UpstreamFile};
+use file::{
+    FileConfig, HeaderRulesFile, JwtFile, RouteFile, ServerEntry, TimeoutsFile, UpstreamFile,
+};
 
 /// Header section limit (bytes) unless `limits.max_header_bytes` says otherwise; above it: 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -128,8 +130,53 @@ pub struct Config {
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
     pub log: LogSettings,
+    /// `[auth.jwt]`, when configured.
+    pub jwt: Option<JwtSettings>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+/// Largest token accepted before any parsing (bytes) unless `max_token_bytes` says otherwise.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Clock leeway for `exp`, `nbf` and `iat` unless `leeway` says otherwise.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// One HS256 key. Its secret never appears in `Debug` output or logs.
+#[derive(Clone)]
+pub struct JwtKey {
+    /// `None`: the single key of a set without `kid`s.
+    pub kid: Option<String>,
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtKey")
+            .field("kid", &self.kid)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Validated `[auth.jwt]`.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub keys: Vec<JwtKey>,
+    pub tenant_claim: String,
+    pub leeway: Duration,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub max_token_bytes: usize,
+}
+
+/// What a route requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthPolicy {
+    None,
+    /// A valid token.
+    Jwt,
+    /// A valid token whose tenant is the host's tenant (or, on a host without a tenant, any tenant).
+    JwtTenant,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,6 +327,7 @@ pub struct RouteSpec {
     pub timeouts: RouteTimeouts,
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
+    pub auth: AuthPolicy,
 }
 
 impl Config {
@@ -561,6 +609,8 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
             .map_or_else(|| "info".to_string(), |l| l.get_ref().clone()),
     };
 
+    let jwt = raw.auth.jwt.as_ref().map(|j| validate_jwt(j, diags));
+
     let mut upstreams: Vec<UpstreamSpec> = Vec::new();
     let mut upstream_names: HashMap<String, ()> = HashMap::new();
     for u in &raw.upstreams {
@@ -585,7 +635,14 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
                 format!("duplicate route name `{}`", r.name.get_ref()),
             ));
         }
-        routes.push(validate_route(r, &tenancy, &limits, &upstream_names, diags));
+        routes.push(validate_route(
+            r,
+            &tenancy,
+            &limits,
+            &upstream_names,
+            raw.auth.jwt.is_some(),
+            diags,
+        ));
     }
     // Routes whose hosts did not parse are already reported; ranking them would only add noise.
     let complete: Vec<bool> = raw
@@ -604,8 +661,116 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         limits,
         trusted_proxies,
         log,
+        jwt,
         upstreams,
         routes,
+    }
+}
+
+/// Reads a secret from `*_env` (the environment) or `*_file`; secrets never sit in the config file.
+fn secret(
+    env: &Option<Spanned<String>>,
+    file: &Option<Spanned<String>>,
+    at: Option<Range<usize>>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<u8>> {
+    let value = match (env, file) {
+        (Some(e), None) => match std::env::var(e.get_ref()) {
+            Ok(v) if !v.is_empty() => v.into_bytes(),
+            _ => {
+                diags.push(Diagnostic::at(
+                    e,
+                    format!("environment variable `{}` is not set", e.get_ref()),
+                ));
+                return None;
+            }
+        },
+        (None, Some(f)) => match std::fs::read(f.get_ref()) {
+            Ok(v) => v.trim_ascii_end().to_vec(),
+            Err(err) => {
+                diags.push(Diagnostic::at(
+                    f,
+                    format!("cannot read `{}`: {err}", f.get_ref()),
+                ));
+                return None;
+            }
+        },
+        (Some(e), Some(_)) => {
+            diags.push(Diagnostic::at(
+                e,
+                "set either secret_env or secret_file, not both",
+            ));
+            return None;
+        }
+        (None, None) => {
+            diags.push(Diagnostic::new(at, "a key needs secret_env or secret_file"));
+            return None;
+        }
+    };
+    if value.len() < 32 {
+        let span = env.as_ref().or(file.as_ref()).map(Spanned::span);
+        diags.push(Diagnostic::new(
+            span,
+            "an HS256 secret must be at least 32 bytes",
+        ));
+        return None;
+    }
+    Some(value)
+}
+
+fn validate_jwt(j: &JwtFile, diags: &mut Vec<Diagnostic>) -> JwtSettings {
+    let mut keys = Vec::new();
+    if j.keys.is_empty() {
+        if let Some(s) = secret(&j.secret_env, &j.secret_file, None, diags) {
+            keys.push(JwtKey {
+                kid: None,
+                secret: s,
+            });
+        }
+    } else {
+        if let Some(e) = j.secret_env.as_ref().or(j.secret_file.as_ref()) {
+            diags.push(Diagnostic::at(
+                e,
+                "with `keys`, put every secret in a key (with its kid)",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for k in &j.keys {
+            if !seen.insert(k.kid.get_ref().clone()) {
+                diags.push(Diagnostic::at(
+                    &k.kid,
+                    format!("duplicate kid `{}`", k.kid.get_ref()),
+                ));
+            }
+            if let Some(s) = secret(&k.secret_env, &k.secret_file, Some(k.kid.span()), diags) {
+                keys.push(JwtKey {
+                    kid: Some(k.kid.get_ref().clone()),
+                    secret: s,
+                });
+            }
+        }
+    }
+    JwtSettings {
+        keys,
+        tenant_claim: j
+            .tenant_claim
+            .as_ref()
+            .map_or_else(|| "tenant_id".to_string(), |c| c.get_ref().clone()),
+        leeway: match &j.leeway {
+            None => DEFAULT_JWT_LEEWAY,
+            Some(l) => parse_duration(l.get_ref()).unwrap_or_else(|e| {
+                diags.push(Diagnostic::at(l, e));
+                DEFAULT_JWT_LEEWAY
+            }),
+        },
+        issuer: j.issuer.as_ref().map(|v| v.get_ref().clone()),
+        audience: j.audience.as_ref().map(|v| v.get_ref().clone()),
+        max_token_bytes: positive(
+            &j.max_token_bytes,
+            DEFAULT_MAX_TOKEN_BYTES as u64,
+            "max_token_bytes",
+            diags,
+        ) as usize,
     }
 }
 
@@ -775,6 +940,7 @@ fn validate_route(
     tenancy: &Tenancy,
     limits: &Limits,
     upstreams: &HashMap<String, ()>,
+    jwt_configured: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> RouteSpec {
     let name = r.name.get_ref().clone();
@@ -855,12 +1021,24 @@ fn validate_route(
         }
         _ => {}
     }
-    if let Some(a) = &r.auth {
-        if a.get_ref() != "none" {
+    let auth = match r.auth.as_ref().map(|a| a.get_ref().as_str()) {
+        None | Some("none") => AuthPolicy::None,
+        Some("jwt") => AuthPolicy::Jwt,
+        Some("jwt_tenant") => AuthPolicy::JwtTenant,
+        Some(other) => {
+            diags.push(Diagnostic::at(
+                r.auth.as_ref().expect("matched Some"),
+                format!("auth `{other}` is not one of none, jwt, jwt_tenant (api_key is not available yet)"),
+            ));
+            AuthPolicy::None
+        }
+    };
+    if auth != AuthPolicy::None && !jwt_configured {
+        if let Some(a) = &r.auth {
             diags.push(Diagnostic::at(
                 a,
                 format!(
-                    "auth `{}` is not available in this build yet; only \"none\" is",
+                    "route `{name}` uses auth `{}` but there is no [auth.jwt] section",
                     a.get_ref()
                 ),
             ));
@@ -897,6 +1075,7 @@ fn validate_route(
         },
         request_headers: header_rules(&r.request_headers, diags),
         response_headers: header_rules(&r.response_headers, diags),
+        auth,
     }
 }
 

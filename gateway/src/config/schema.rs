@@ -105,6 +105,29 @@ const ROOT: &[(&str, Shape)] = &[
             ("level", Shape::Value),
         ]),
     ),
+    (
+        "auth",
+        Shape::Table(&[(
+            "jwt",
+            Shape::Table(&[
+                ("secret_env", Shape::Value),
+                ("secret_file", Shape::Value),
+                (
+                    "keys",
+                    Shape::Tables(&[
+                        ("kid", Shape::Value),
+                        ("secret_env", Shape::Value),
+                        ("secret_file", Shape::Value),
+                    ]),
+                ),
+                ("tenant_claim", Shape::Value),
+                ("leeway", Shape::Value),
+                ("issuer", Shape::Value),
+                ("audience", Shape::Value),
+                ("max_token_bytes", Shape::Value),
+            ]),
+        )]),
+    ),
     ("upstreams", Shape::Tables(UPSTREAM)),
     ("routes", Shape::Tables(ROUTE)),
 ];

@@ -108,6 +108,39 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
     }
 }
 
+/// Identity headers a client must never choose; the gateway sets them from a verified token only.
+const IDENTITY: [&str; 4] = ["x-user-id", "x-tenant-id", "x-user-email", "x-user-role"];
+
+/// Strips every client-supplied identity header (`X-User-*`, `X-Tenant-Id`, `X-Auth-*`) and sets them
+/// from `identity` when the request was authenticated.
+pub fn set_identity(req: &mut RequestHeader, identity: Option<&crate::proxy::auth::Identity>) {
+    for h in IDENTITY {
+        req.remove_header(h);
+    }
+    let auth_named: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-auth-"))
+        .cloned()
+        .collect();
+    for h in auth_named {
+        req.remove_header(&h);
+    }
+    if let Some(id) = identity {
+        let pairs = [
+            ("x-user-id", Some(id.user_id.as_str())),
+            ("x-tenant-id", Some(id.tenant.as_str())),
+            ("x-user-email", id.email.as_deref()),
+            ("x-user-role", id.role.as_deref()),
+        ];
+        for (name, value) in pairs {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                let _ = req.insert_header(name, v);
+            }
+        }
+    }
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced otherwise.
 pub fn set_forwarded(
     req: &mut RequestHeader,

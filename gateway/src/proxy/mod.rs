@@ -2,6 +2,7 @@
 //! beside it ([`guard`] → [`route`] → [`upstream`] → [`headers`]); errors become answers in
 //! [`crate::error`].
 
+pub mod auth;
 pub mod guard;
 pub mod head_deadline;
 pub mod headers;
@@ -23,7 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{rfc3339_now, Entry};
-use crate::config::UpstreamProtocol;
+use crate::config::{AuthPolicy, UpstreamProtocol};
 use crate::error::EdgeError;
 use crate::metrics::{method_label, metrics};
 use crate::state::{GatewayState, Runtime};
@@ -72,6 +73,7 @@ pub struct RequestCtx {
     upstream_start: Option<Instant>,
     body_bytes: u64,
     error: Option<EdgeError>,
+    identity: Option<auth::Identity>,
 }
 
 impl RequestCtx {
@@ -99,6 +101,9 @@ async fn answer(session: &mut Session, ctx: &mut RequestCtx, err: EdgeError) -> 
     resp.insert_header(CONTENT_TYPE, "application/json")?;
     resp.insert_header(CONTENT_LENGTH, body.len())?;
     resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+    if let EdgeError::Auth(a) = &err {
+        resp.insert_header(http::header::WWW_AUTHENTICATE, a.www_authenticate())?;
+    }
     if err.closes_connection() {
         resp.insert_header(http::header::CONNECTION, "close")?;
     }
@@ -197,12 +202,47 @@ impl Gateway {
                 return Err(EdgeError::BodyTooLarge);
             }
         }
+        if route.spec.auth != AuthPolicy::None {
+            // Before any upstream is chosen: a refused request never opens an upstream connection.
+            let identity = Self::authenticate(
+                rt,
+                route.spec.auth,
+                req.headers.get(http::header::AUTHORIZATION),
+                ctx.tenant.as_deref(),
+            )
+            .map_err(|a| {
+                metrics()
+                    .auth_rejections
+                    .with_label_values(&[&route.spec.name, a.reason()])
+                    .inc();
+                EdgeError::Auth(a)
+            })?;
+            if ctx.tenant.is_none() {
+                // A host without a tenant (api.…): the tenant comes from the token.
+                ctx.tenant = Some(identity.tenant.clone());
+            }
+            ctx.identity = Some(identity);
+        }
         if let Some(up) = &route.upstream {
             if !up.any_healthy() {
                 return Err(EdgeError::NoHealthyServer);
             }
         }
         Ok(())
+    }
+
+    fn authenticate(
+        rt: &Runtime,
+        policy: AuthPolicy,
+        header: Option<&http::HeaderValue>,
+        host_tenant: Option<&str>,
+    ) -> std::result::Result<auth::Identity, auth::AuthError> {
+        let token = auth::bearer(header.map(|h| h.as_bytes()))?;
+        // Validation guarantees [auth.jwt] exists when a route asks for a token.
+        let verifier = rt.jwt.as_ref().ok_or(auth::AuthError::MissingToken)?;
+        let identity = verifier.verify(token)?;
+        auth::bind_tenant(policy, &identity, host_tenant)?;
+        Ok(identity)
     }
 
     async fn redirect_https(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -245,6 +285,7 @@ impl ProxyHttp for Gateway {
             upstream_start: None,
             body_bytes: 0,
             error: None,
+            identity: None,
         }
     }
 
@@ -418,6 +459,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let upgrade = session.is_upgrade_req();
         headers::strip_hop_by_hop(upstream_request, upgrade);
+        headers::set_identity(upstream_request, ctx.identity.as_ref());
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -573,6 +615,7 @@ impl ProxyHttp for Gateway {
                 upstream: up.map(|u| u.name.as_str()),
                 server,
                 tenant: ctx.tenant.as_deref(),
+                user: ctx.identity.as_ref().map(|i| i.user_id.as_str()),
                 error,
             });
         }

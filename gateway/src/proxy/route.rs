@@ -301,6 +301,7 @@ mod tests {
             timeouts: Default::default(),
             request_headers: Default::default(),
             response_headers: Default::default(),
+            auth: crate::config::AuthPolicy::None,
         }
     }
 

@@ -286,6 +286,11 @@ pub struct Gateway {
 impl Gateway {
     /// Writes `body` (the config without `[entrypoints]`) and starts the gateway on fresh ports.
     pub async fn start(body: &str) -> Gateway {
+        Self::start_with_env(body, &[]).await
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables for the process.
+    pub async fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
         let http = free_port();
         let admin = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -295,6 +300,7 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("access.log")).expect("log file"))
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))

@@ -7,6 +7,8 @@ use crate::helpers::fixture;
 
 fn validate(path: &Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        // config/gateway.toml takes its JWT key from the environment, as production does.
+        .env("JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
         .args(["validate", "--config"])
         .arg(path)
         .output()

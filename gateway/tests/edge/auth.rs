@@ -1,0 +1,241 @@
+//! Edge authentication: every attack refused before any upstream connection; valid tokens forwarded
+//! with identity headers set by the gateway only; key rotation through a live reload.
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+use crate::helpers::*;
+
+const OLD: &str = "old-secret-old-secret-old-secret-0001";
+const NEW: &str = "new-secret-new-secret-new-secret-0002";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn token(kid: &str, secret: &str, tenant: &str) -> String {
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some(kid.to_string());
+    let claims = json!({ "user_id": "8c3c6a8e-0000-4000-8000-000000000001", "email": "ann@acme.test", "tenant_id": tenant, "role": "admin", "iat": now(), "exp": now() + 600, "jti": "j-1" });
+    encode(&h, &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
+}
+
+fn config(up: &TestUpstream, keys: &str) -> String {
+    format!(
+        r#"[tenancy]
+base_domains = ["aggios.app"]
+reserved = ["api"]
+
+[auth.jwt]
+keys = [{keys}]
+
+{}
+[[routes]]
+name = "tenant-api"
+hosts = ["*.aggios.app"]
+path_prefix = "/api"
+auth = "jwt_tenant"
+upstream = "u"
+
+[[routes]]
+name = "public"
+hosts = ["*.aggios.app"]
+upstream = "u"
+"#,
+        upstream_toml("u", &[up], "")
+    )
+}
+
+const BOTH: &str =
+    r#"{ kid = "old", secret_env = "GW_OLD" }, { kid = "new", secret_env = "GW_NEW" }"#;
+const ENV: &[(&str, &str)] = &[("GW_OLD", OLD), ("GW_NEW", NEW)];
+
+#[tokio::test]
+async fn attacks_are_refused_before_any_upstream_byte() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, BOTH), ENV).await;
+    let good = token("new", NEW, "acme");
+    let parts: Vec<&str> = good.split('.').collect();
+    let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
+        ("no token", None, 401, "missing_token"),
+        ("garbage", Some("garbage".into()), 401, "malformed_token"),
+        (
+            "empty signature",
+            Some(format!("{}.{}.", parts[0], parts[1])),
+            401,
+            "bad_signature",
+        ),
+        (
+            "wrong secret",
+            Some(token("new", OLD, "acme")),
+            401,
+            "bad_signature",
+        ),
+        (
+            "unknown kid",
+            Some(token("gone", NEW, "acme")),
+            401,
+            "unknown_kid",
+        ),
+        (
+            "other tenant",
+            Some(token("new", NEW, "globex")),
+            403,
+            "tenant_mismatch",
+        ),
+        (
+            "oversize",
+            Some(format!("{}.{}.{}", parts[0], "a".repeat(9000), parts[2])),
+            401,
+            "token_too_large",
+        ),
+    ];
+    for (what, tok, status, code) in cases {
+        let auth = tok.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let r = gw
+            .request(
+                "GET",
+                "acme.aggios.app",
+                "/api/users/me",
+                &headers,
+                bytes::Bytes::new(),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{what}"
+        );
+        let www = r.header("www-authenticate").unwrap_or_default().to_string();
+        assert!(www.starts_with("Bearer realm=\"aggios\""), "{what}: {www}");
+    }
+    assert_eq!(up.hits(), 0, "a refused request reached the upstream");
+    assert_eq!(
+        gw.metric("gateway_auth_rejections_total{reason=\"tenant_mismatch\",route=\"tenant-api\"}")
+            .await,
+        1.0
+    );
+    // Routes without auth stay open.
+    assert_eq!(gw.get("acme.aggios.app", "/public").await.status, 200);
+}
+
+#[tokio::test]
+async fn valid_tokens_carry_identity_set_by_the_gateway_only() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, BOTH), ENV).await;
+    let tok = token("old", OLD, "acme");
+    let auth = format!("Bearer {tok}");
+    let r = gw
+        .request(
+            "GET",
+            "acme.aggios.app",
+            "/api/users/me",
+            &[
+                ("authorization", &auth),
+                ("x-user-id", "spoofed"),
+                ("x-tenant-id", "globex"),
+                ("x-user-role", "platform_admin"),
+                ("x-auth-debug", "1"),
+            ],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let echo = r.json();
+    let h = |n: &str| {
+        echo["headers"][n]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(h("x-user-id"), vec!["8c3c6a8e-0000-4000-8000-000000000001"]);
+    assert_eq!(h("x-tenant-id"), vec!["acme"]);
+    assert_eq!(h("x-user-role"), vec!["admin"]);
+    assert!(h("x-auth-debug").is_empty());
+    assert_eq!(
+        h("authorization"),
+        vec![auth.as_str()],
+        "the token is passed on for the backend to verify again"
+    );
+    // Spoofed identity headers are stripped on unauthenticated routes too.
+    let r = gw
+        .request(
+            "GET",
+            "acme.aggios.app",
+            "/public",
+            &[("x-user-id", "spoofed"), ("x-tenant-id", "globex")],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert!(
+        r.json()["headers"].get("x-user-id").is_none()
+            && r.json()["headers"].get("x-tenant-id").is_none()
+    );
+    // The access log carries user and tenant, never the token.
+    eventually("access-log line with user and tenant", || {
+        let found = gw
+            .access_log()
+            .iter()
+            .any(|l| l["user"] == "8c3c6a8e-0000-4000-8000-000000000001" && l["tenant"] == "acme");
+        async move { found }
+    })
+    .await;
+    assert!(!std::fs::read_to_string(gw.dir.path().join("access.log"))
+        .unwrap_or_default()
+        .contains(&tok));
+}
+
+#[tokio::test]
+async fn key_rotation_through_a_live_reload() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, BOTH), ENV).await;
+    let old = format!("Bearer {}", token("old", OLD, "acme"));
+    let new = format!("Bearer {}", token("new", NEW, "acme"));
+    for a in [&old, &new] {
+        assert_eq!(
+            gw.request(
+                "GET",
+                "acme.aggios.app",
+                "/api/x",
+                &[("authorization", a)],
+                bytes::Bytes::new()
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    // Retire the old key: its tokens stop working, the new ones keep working, nothing restarts.
+    gw.rewrite(&config(&up, r#"{ kid = "new", secret_env = "GW_NEW" }"#));
+    eventually("old key retired", || async {
+        gw.request(
+            "GET",
+            "acme.aggios.app",
+            "/api/x",
+            &[("authorization", &old)],
+            bytes::Bytes::new(),
+        )
+        .await
+        .status
+            == 401
+    })
+    .await;
+    assert_eq!(
+        gw.request(
+            "GET",
+            "acme.aggios.app",
+            "/api/x",
+            &[("authorization", &new)],
+            bytes::Bytes::new()
+        )
+        .await
+        .status,
+        200
+    );
+}
