@@ -27,6 +27,8 @@ fn route(name: &str, host: &str, tenancy: &Tenancy) -> RouteSpec {
         request_headers: Default::default(),
         response_headers: Default::default(),
         auth: AuthPolicy::JwtTenant,
+        cors: None,
+        security: Default::default(),
     }
 }
 

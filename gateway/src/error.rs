@@ -41,6 +41,9 @@ pub enum EdgeError {
     /// 401 or 403: authentication failed or the token belongs to another tenant.
     #[error("{0}")]
     Auth(crate::proxy::auth::AuthError),
+    /// 403: a CORS preflight from an origin, method or header the route does not allow.
+    #[error("cross-origin request not allowed for this route")]
+    CorsDenied,
     /// 500: a bug on our side.
     #[error("internal error")]
     Internal,
@@ -59,6 +62,7 @@ impl EdgeError {
             EdgeError::UpstreamTimeout => 504,
             EdgeError::BadGateway => 502,
             EdgeError::Auth(a) => a.status(),
+            EdgeError::CorsDenied => 403,
             EdgeError::Internal => 500,
         }
     }
@@ -78,6 +82,7 @@ impl EdgeError {
             EdgeError::UpstreamTimeout => "upstream_timeout",
             EdgeError::BadGateway => "bad_gateway",
             EdgeError::Auth(a) => a.reason(),
+            EdgeError::CorsDenied => "cors_denied",
             EdgeError::Internal => "internal_error",
         }
     }

@@ -202,6 +202,33 @@ pub struct RouteFile {
     pub response_headers: HeaderRulesFile,
     pub auth: Option<Spanned<String>>,
     pub rate_limits: Option<Spanned<Vec<String>>>,
+    pub cors: Option<CorsFile>,
+    pub security_headers: Option<SecurityHeadersFile>,
+}
+
+/// `cors = { … }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    pub origins: Vec<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Vec<Spanned<String>>>,
+    pub expose_headers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub credentials: bool,
+    pub max_age: Option<Spanned<i64>>,
+}
+
+/// `security_headers = { … }` of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityHeadersFile {
+    pub hsts: Option<bool>,
+    pub hsts_max_age: Option<Spanned<i64>>,
+    pub hsts_include_subdomains: Option<bool>,
+    pub content_type_options: Option<bool>,
+    pub referrer_policy: Option<Spanned<String>>,
+    pub frame_options: Option<Spanned<String>>,
 }
 
 /// `[auth]`.

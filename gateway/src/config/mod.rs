@@ -328,6 +328,51 @@ pub struct RouteSpec {
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
     pub auth: AuthPolicy,
+    pub cors: Option<CorsSpec>,
+    pub security: SecurityHeaders,
+}
+
+/// An allowed CORS origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `https://app.example.com`.
+    Exact(String),
+    /// `https://*.aggios.app`: scheme plus exactly one label before the suffix (held as `.aggios.app`).
+    Wildcard { scheme: String, suffix: String },
+    /// `self`: an origin whose host is the request's own host (a tenant calling its own API).
+    SameHost,
+}
+
+/// A route's CORS policy; preflights are answered at the edge.
+#[derive(Debug, Clone)]
+pub struct CorsSpec {
+    pub origins: Vec<OriginPattern>,
+    pub methods: Vec<Method>,
+    pub headers: Vec<HeaderName>,
+    pub expose_headers: Vec<HeaderName>,
+    pub credentials: bool,
+    pub max_age: u64,
+}
+
+/// Security headers added to a route's responses.
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders {
+    /// `Strict-Transport-Security` value, sent on HTTPS responses only.
+    pub hsts: Option<HeaderValue>,
+    pub content_type_options: bool,
+    pub referrer_policy: Option<HeaderValue>,
+    pub frame_options: Option<HeaderValue>,
+}
+
+impl Default for SecurityHeaders {
+    fn default() -> Self {
+        SecurityHeaders {
+            hsts: Some(HeaderValue::from_static("max-age=31536000")),
+            content_type_options: true,
+            referrer_policy: Some(HeaderValue::from_static("strict-origin-when-cross-origin")),
+            frame_options: None,
+        }
+    }
 }
 
 impl Config {
@@ -1076,6 +1121,138 @@ fn validate_route(
         request_headers: header_rules(&r.request_headers, diags),
         response_headers: header_rules(&r.response_headers, diags),
         auth,
+        cors: r.cors.as_ref().map(|c| validate_cors(c, diags)),
+        security: validate_security(r.security_headers.as_ref(), diags),
+    }
+}
+
+fn header_names(
+    list: &Option<Vec<Spanned<String>>>,
+    default: &[&'static str],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<HeaderName> {
+    match list {
+        None => default.iter().map(|h| HeaderName::from_static(h)).collect(),
+        Some(l) => l
+            .iter()
+            .filter_map(|h| match HeaderName::try_from(h.get_ref().as_str()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    diags.push(Diagnostic::at(
+                        h,
+                        format!("`{}` is not a header name", h.get_ref()),
+                    ));
+                    None
+                }
+            })
+            .collect(),
+    }
+}
+
+fn validate_cors(c: &file::CorsFile, diags: &mut Vec<Diagnostic>) -> CorsSpec {
+    let mut origins = Vec::new();
+    for o in &c.origins {
+        let v = o.get_ref().to_ascii_lowercase();
+        if v == "self" {
+            origins.push(OriginPattern::SameHost);
+            continue;
+        }
+        let Some((scheme, host)) = v.split_once("://") else {
+            diags.push(Diagnostic::at(
+                o,
+                format!(
+                    "origin `{}` must be `scheme://host[:port]`, `scheme://*.domain` or `self`",
+                    o.get_ref()
+                ),
+            ));
+            continue;
+        };
+        if !matches!(scheme, "http" | "https") || host.contains('/') || host.is_empty() {
+            diags.push(Diagnostic::at(
+                o,
+                format!(
+                    "origin `{}` must be `scheme://host[:port]` without a path",
+                    o.get_ref()
+                ),
+            ));
+            continue;
+        }
+        if v == "*" || host == "*" {
+            diags.push(Diagnostic::at(
+                o,
+                "`*` is not allowed: list origins, use `https://*.domain`, or `self`",
+            ));
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            origins.push(OriginPattern::Wildcard {
+                scheme: scheme.to_string(),
+                suffix: format!(".{suffix}"),
+            });
+        } else {
+            origins.push(OriginPattern::Exact(v.trim_end_matches('/').to_string()));
+        }
+    }
+    let methods = match &c.methods {
+        None => vec![Method::GET, Method::HEAD, Method::POST],
+        Some(ms) => ms
+            .iter()
+            .filter_map(
+                |m| match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                    Ok(x) => Some(x),
+                    Err(_) => {
+                        diags.push(Diagnostic::at(
+                            m,
+                            format!("`{}` is not an HTTP method", m.get_ref()),
+                        ));
+                        None
+                    }
+                },
+            )
+            .collect(),
+    };
+    CorsSpec {
+        origins,
+        methods,
+        headers: header_names(&c.headers, &["authorization", "content-type"], diags),
+        expose_headers: header_names(&c.expose_headers, &["x-request-id"], diags),
+        credentials: c.credentials,
+        max_age: positive(&c.max_age, 600, "cors.max_age", diags),
+    }
+}
+
+fn validate_security(
+    s: Option<&file::SecurityHeadersFile>,
+    diags: &mut Vec<Diagnostic>,
+) -> SecurityHeaders {
+    let Some(s) = s else {
+        return SecurityHeaders::default();
+    };
+    let text = |v: &Option<Spanned<String>>,
+                default: Option<&'static str>,
+                diags: &mut Vec<Diagnostic>| match v {
+        None => default.map(HeaderValue::from_static),
+        Some(x) if x.get_ref().is_empty() => None,
+        Some(x) => HeaderValue::from_str(x.get_ref())
+            .map_err(|_| diags.push(Diagnostic::at(x, "not a valid header value")))
+            .ok(),
+    };
+    let max_age = positive(&s.hsts_max_age, 31_536_000, "hsts_max_age", diags);
+    let hsts = s.hsts.unwrap_or(true).then(|| {
+        let v = if s.hsts_include_subdomains.unwrap_or(false) {
+            format!("max-age={max_age}; includeSubDomains")
+        } else {
+            format!("max-age={max_age}")
+        };
+        HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("max-age=31536000"))
+    });
+    SecurityHeaders {
+        hsts,
+        content_type_options: s.content_type_options.unwrap_or(true),
+        referrer_policy: text(
+            &s.referrer_policy,
+            Some("strict-origin-when-cross-origin"),
+            diags,
+        ),
+        frame_options: text(&s.frame_options, None, diags),
     }
 }
 

@@ -65,6 +65,28 @@ const ROUTE: &[(&str, Shape)] = &[
     ("response_headers", Shape::Table(HEADER_RULES)),
     ("auth", Shape::Value),
     ("rate_limits", Shape::Value),
+    (
+        "cors",
+        Shape::Table(&[
+            ("origins", Shape::Value),
+            ("methods", Shape::Value),
+            ("headers", Shape::Value),
+            ("expose_headers", Shape::Value),
+            ("credentials", Shape::Value),
+            ("max_age", Shape::Value),
+        ]),
+    ),
+    (
+        "security_headers",
+        Shape::Table(&[
+            ("hsts", Shape::Value),
+            ("hsts_max_age", Shape::Value),
+            ("hsts_include_subdomains", Shape::Value),
+            ("content_type_options", Shape::Value),
+            ("referrer_policy", Shape::Value),
+            ("frame_options", Shape::Value),
+        ]),
+    ),
 ];
 const ROOT: &[(&str, Shape)] = &[
     (

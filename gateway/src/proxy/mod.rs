@@ -3,6 +3,7 @@
 //! [`crate::error`].
 
 pub mod auth;
+pub mod cors;
 pub mod guard;
 pub mod head_deadline;
 pub mod headers;
@@ -74,6 +75,10 @@ pub struct RequestCtx {
     body_bytes: u64,
     error: Option<EdgeError>,
     identity: Option<auth::Identity>,
+    /// The request's `Origin`, when the route's CORS policy allows it.
+    cors_origin: Option<String>,
+    /// A CORS preflight to answer at the edge.
+    preflight: bool,
 }
 
 impl RequestCtx {
@@ -181,10 +186,17 @@ impl Gateway {
         .ok_or(EdgeError::BadHost)?;
         let path = req.uri.path();
         check_path(path)?;
+        // A preflight is routed as the request it announces, so `methods` matchers apply to it.
+        let announced = (req.method == http::Method::OPTIONS
+            && req.headers.contains_key(http::header::ORIGIN))
+        .then(|| req.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD))
+        .flatten()
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+        let method = announced.as_ref().unwrap_or(&req.method);
         let view = route::RequestView {
             host: &host,
             path,
-            method: &req.method,
+            method,
             headers: &req.headers,
         };
         let m = rt.router.lookup(&view).ok_or(EdgeError::NoRoute)?;
@@ -200,6 +212,19 @@ impl Gateway {
         {
             if len > route.spec.max_body_bytes {
                 return Err(EdgeError::BodyTooLarge);
+            }
+        }
+        if let (Some(cors), Some(origin)) =
+            (&route.spec.cors, req.headers.get(http::header::ORIGIN))
+        {
+            if announced.is_some() {
+                ctx.preflight = true;
+                return Ok(());
+            }
+            if let Ok(o) = origin.to_str() {
+                if cors::origin_allowed(cors, o, &ctx.host) {
+                    ctx.cors_origin = Some(o.to_string());
+                }
             }
         }
         if route.spec.auth != AuthPolicy::None {
@@ -245,6 +270,47 @@ impl Gateway {
         Ok(identity)
     }
 
+    /// Answers a CORS preflight without touching the backend: 204 with the policy, or 403.
+    async fn answer_preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+    ) -> Result<()> {
+        let req = session.req_header();
+        let (Some(route), Some(origin)) = (
+            ctx.route(rt),
+            req.headers
+                .get(http::header::ORIGIN)
+                .and_then(|o| o.to_str().ok()),
+        ) else {
+            return answer(session, ctx, EdgeError::Internal).await;
+        };
+        let Some(spec) = &route.spec.cors else {
+            return answer(session, ctx, EdgeError::Internal).await;
+        };
+        let method = req
+            .headers
+            .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            .map_or(&b""[..], |m| m.as_bytes());
+        let asked = req
+            .headers
+            .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .map(|h| h.as_bytes());
+        match cors::preflight(spec, origin, &ctx.host, method, asked) {
+            Ok(headers) => {
+                let mut resp = ResponseHeader::build(204, Some(8))?;
+                for (n, v) in headers {
+                    resp.insert_header(n, v)?;
+                }
+                resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(())
+            }
+            Err(_) => answer(session, ctx, EdgeError::CorsDenied).await,
+        }
+    }
+
     async fn redirect_https(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let pq = session
             .req_header()
@@ -286,6 +352,8 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             error: None,
             identity: None,
+            cors_origin: None,
+            preflight: false,
         }
     }
 
@@ -326,6 +394,10 @@ impl ProxyHttp for Gateway {
         };
         if let Err(err) = self.decide(session, ctx, &rt) {
             answer(session, ctx, err).await?;
+            return Ok(true);
+        }
+        if ctx.preflight {
+            self.answer_preflight(session, ctx, &rt).await?;
             return Ok(true);
         }
         let route = ctx
@@ -516,13 +588,35 @@ impl ProxyHttp for Gateway {
     /// Adds the request id and the route's response rewrites.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
         if let Some(rt) = ctx.runtime.as_ref() {
             if let Some(route) = ctx.route(rt) {
+                let sec = &route.spec.security;
+                if sec.content_type_options {
+                    resp.insert_header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+                }
+                if let Some(v) = &sec.referrer_policy {
+                    resp.insert_header(http::header::REFERRER_POLICY, v.clone())?;
+                }
+                if let Some(v) = &sec.frame_options {
+                    resp.insert_header(http::header::X_FRAME_OPTIONS, v.clone())?;
+                }
+                // HSTS means nothing over plain HTTP (browsers ignore it there): HTTPS responses only.
+                if let Some(v) = &sec.hsts {
+                    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+                        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
+                    }
+                }
+                if let (Some(cors), Some(origin)) = (&route.spec.cors, ctx.cors_origin.as_deref()) {
+                    for (n, v) in cors::actual(cors, origin) {
+                        resp.insert_header(n, v)?;
+                    }
+                    resp.append_header(http::header::VARY, "Origin")?;
+                }
                 if !route.spec.response_headers.is_empty() {
                     headers::apply_response_rules(resp, &route.spec.response_headers);
                 }

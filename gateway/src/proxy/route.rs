@@ -302,6 +302,8 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             auth: crate::config::AuthPolicy::None,
+            cors: None,
+            security: Default::default(),
         }
     }
 

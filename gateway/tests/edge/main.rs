@@ -2,6 +2,7 @@
 
 mod auth;
 mod balancing;
+mod cors;
 mod forwarding;
 mod health;
 mod helpers;
