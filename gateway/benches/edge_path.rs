@@ -28,6 +28,7 @@ fn route(name: &str, host: &str, tenancy: &Tenancy) -> RouteSpec {
         response_headers: Default::default(),
         auth: AuthPolicy::JwtTenant,
         cors: None,
+        on_store_error: gateway::config::OnStoreError::Open,
         security: Default::default(),
     }
 }

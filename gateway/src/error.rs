@@ -44,6 +44,9 @@ pub enum EdgeError {
     /// 403: a CORS preflight from an origin, method or header the route does not allow.
     #[error("cross-origin request not allowed for this route")]
     CorsDenied,
+    /// 503: the shared store (Redis) did not answer and the route fails closed.
+    #[error("authorization store unavailable; retry shortly")]
+    StoreUnavailable,
     /// 500: a bug on our side.
     #[error("internal error")]
     Internal,
@@ -63,6 +66,7 @@ impl EdgeError {
             EdgeError::BadGateway => 502,
             EdgeError::Auth(a) => a.status(),
             EdgeError::CorsDenied => 403,
+            EdgeError::StoreUnavailable => 503,
             EdgeError::Internal => 500,
         }
     }
@@ -83,6 +87,7 @@ impl EdgeError {
             EdgeError::BadGateway => "bad_gateway",
             EdgeError::Auth(a) => a.reason(),
             EdgeError::CorsDenied => "cors_denied",
+            EdgeError::StoreUnavailable => "store_unavailable",
             EdgeError::Internal => "internal_error",
         }
     }

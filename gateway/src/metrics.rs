@@ -21,6 +21,7 @@ pub struct Metrics {
     pub malformed: IntCounter,
     pub access_log_dropped: IntCounter,
     pub auth_rejections: IntCounterVec,
+    pub auth_store_errors: IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -92,6 +93,11 @@ impl Metrics {
             &["route", "reason"],
         )?;
         registry.register(Box::new(auth_rejections.clone()))?;
+        let auth_store_errors = IntCounter::new(
+            "gateway_auth_store_errors_total",
+            "Revocation checks that Redis did not answer (the route's on_store_error decided).",
+        )?;
+        registry.register(Box::new(auth_store_errors.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -115,6 +121,7 @@ impl Metrics {
             malformed,
             access_log_dropped,
             auth_rejections,
+            auth_store_errors,
         })
     }
 

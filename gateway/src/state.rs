@@ -89,6 +89,8 @@ pub struct GatewayState {
     runtime: ArcSwap<Runtime>,
     registry: ServerRegistry,
     pub access_log: AccessLog,
+    /// The revocation checker of `[redis]` (created at start; the URL changes only on restart).
+    pub revocation: Option<crate::proxy::revocation::RevocationStore>,
     /// Set once the listeners are bound (the proxy service has started).
     pub listeners_up: AtomicBool,
 }
@@ -98,12 +100,28 @@ impl GatewayState {
     pub fn new(config: Config) -> Arc<GatewayState> {
         let registry = ServerRegistry::default();
         let access_log = AccessLog::new(config.log.access_log);
+        let revocation = match config
+            .redis
+            .as_ref()
+            .map(crate::proxy::revocation::RevocationStore::new)
+        {
+            Some(Ok(store)) => Some(store),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "invalid Redis URL; revocation checks disabled");
+                None
+            }
+            None => {
+                tracing::warn!("no [redis]: revoked tokens are not refused at the edge (the backend still refuses them)");
+                None
+            }
+        };
         let runtime = Runtime::build(config, &registry);
         metrics().last_reload_success.set(unix_now());
         Arc::new(GatewayState {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             access_log,
+            revocation,
             listeners_up: AtomicBool::new(false),
         })
     }

@@ -27,6 +27,7 @@ pub struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub auth: AuthFile,
+    pub redis: Option<RedisFile>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamFile>,
     #[serde(default)]
@@ -201,6 +202,7 @@ pub struct RouteFile {
     #[serde(default)]
     pub response_headers: HeaderRulesFile,
     pub auth: Option<Spanned<String>>,
+    pub on_store_error: Option<Spanned<String>>,
     pub rate_limits: Option<Spanned<Vec<String>>>,
     pub cors: Option<CorsFile>,
     pub security_headers: Option<SecurityHeadersFile>,
@@ -260,4 +262,13 @@ pub struct JwtKeyFile {
     pub kid: Spanned<String>,
     pub secret_env: Option<Spanned<String>>,
     pub secret_file: Option<Spanned<String>>,
+}
+
+/// `[redis]`: the store shared by all gateway replicas (token revocation now, rate limits later).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub url_env: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    pub revocation_cache: Option<Spanned<String>>,
 }

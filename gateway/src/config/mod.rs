@@ -132,6 +132,8 @@ pub struct Config {
     pub log: LogSettings,
     /// `[auth.jwt]`, when configured.
     pub jwt: Option<JwtSettings>,
+    /// `[redis]`, when configured (restart needed to change).
+    pub redis: Option<RedisSettings>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
 }
@@ -167,6 +169,37 @@ pub struct JwtSettings {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub max_token_bytes: usize,
+}
+
+/// Per-call Redis timeout unless `[redis] timeout` says otherwise.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long "this jti is not revoked" is remembered in-process.
+pub const DEFAULT_REVOCATION_CACHE: Duration = Duration::from_secs(1);
+
+/// Validated `[redis]`. The URL is read from the environment (it may carry a password).
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub revocation_cache: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<from env>")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// What a route does when the shared store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Serve as if the check passed (availability first), counted in a metric.
+    Open,
+    /// Refuse with 503.
+    Closed,
 }
 
 /// What a route requires of its caller.
@@ -328,6 +361,7 @@ pub struct RouteSpec {
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
     pub auth: AuthPolicy,
+    pub on_store_error: OnStoreError,
     pub cors: Option<CorsSpec>,
     pub security: SecurityHeaders,
 }
@@ -424,6 +458,9 @@ impl Config {
                 "entrypoints changed ({:?} -> {:?}); listeners change only on restart",
                 self.entrypoints, new.entrypoints
             ));
+        }
+        if self.redis.as_ref().map(|r| &r.url) != new.redis.as_ref().map(|r| &r.url) {
+            out.push("[redis] url changed; the connection changes only on restart".to_string());
         }
         if self.server != new.server {
             out.push("[server] changed; it takes effect on restart".to_string());
@@ -655,6 +692,33 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
     };
 
     let jwt = raw.auth.jwt.as_ref().map(|j| validate_jwt(j, diags));
+    let redis = raw.redis.as_ref().and_then(|r| {
+        let url = match std::env::var(r.url_env.get_ref()) {
+            Ok(v) if v.starts_with("redis://") || v.starts_with("rediss://") => v,
+            Ok(_) => {
+                diags.push(Diagnostic::at(
+                    &r.url_env,
+                    format!(
+                        "`{}` must hold a redis:// or rediss:// URL",
+                        r.url_env.get_ref()
+                    ),
+                ));
+                return None;
+            }
+            Err(_) => {
+                diags.push(Diagnostic::at(
+                    &r.url_env,
+                    format!("environment variable `{}` is not set", r.url_env.get_ref()),
+                ));
+                return None;
+            }
+        };
+        Some(RedisSettings {
+            url,
+            timeout: duration_or(&r.timeout, DEFAULT_REDIS_TIMEOUT, diags),
+            revocation_cache: duration_or(&r.revocation_cache, DEFAULT_REVOCATION_CACHE, diags),
+        })
+    });
 
     let mut upstreams: Vec<UpstreamSpec> = Vec::new();
     let mut upstream_names: HashMap<String, ()> = HashMap::new();
@@ -707,6 +771,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         trusted_proxies,
         log,
         jwt,
+        redis,
         upstreams,
         routes,
     }
@@ -1121,6 +1186,17 @@ fn validate_route(
         request_headers: header_rules(&r.request_headers, diags),
         response_headers: header_rules(&r.response_headers, diags),
         auth,
+        on_store_error: match r.on_store_error.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("open") => OnStoreError::Open,
+            Some("closed") => OnStoreError::Closed,
+            Some(other) => {
+                diags.push(Diagnostic::at(
+                    r.on_store_error.as_ref().expect("matched Some"),
+                    format!("on_store_error `{other}` is not one of open, closed"),
+                ));
+                OnStoreError::Open
+            }
+        },
         cors: r.cors.as_ref().map(|c| validate_cors(c, diags)),
         security: validate_security(r.security_headers.as_ref(), diags),
     }

@@ -64,6 +64,7 @@ const ROUTE: &[(&str, Shape)] = &[
     ("request_headers", Shape::Table(HEADER_RULES)),
     ("response_headers", Shape::Table(HEADER_RULES)),
     ("auth", Shape::Value),
+    ("on_store_error", Shape::Value),
     ("rate_limits", Shape::Value),
     (
         "cors",
@@ -149,6 +150,14 @@ const ROOT: &[(&str, Shape)] = &[
                 ("max_token_bytes", Shape::Value),
             ]),
         )]),
+    ),
+    (
+        "redis",
+        Shape::Table(&[
+            ("url_env", Shape::Value),
+            ("timeout", Shape::Value),
+            ("revocation_cache", Shape::Value),
+        ]),
     ),
     ("upstreams", Shape::Tables(UPSTREAM)),
     ("routes", Shape::Tables(ROUTE)),

@@ -44,6 +44,8 @@ pub enum AuthError {
     InvalidClaims,
     #[error("the token belongs to another tenant")]
     TenantMismatch,
+    #[error("the token was revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -68,6 +70,7 @@ impl AuthError {
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::InvalidClaims => "invalid_claims",
             AuthError::TenantMismatch => "tenant_mismatch",
+            AuthError::Revoked => "token_revoked",
         }
     }
 

@@ -7,6 +7,7 @@ pub mod cors;
 pub mod guard;
 pub mod head_deadline;
 pub mod headers;
+pub mod revocation;
 pub mod route;
 pub mod upstream;
 
@@ -256,6 +257,38 @@ impl Gateway {
         Ok(())
     }
 
+    /// The one Redis round trip of an authenticated request (cached briefly): is its `jti` revoked?
+    async fn check_revocation(
+        &self,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+    ) -> std::result::Result<(), EdgeError> {
+        let (Some(store), Some(jti), Some(route)) = (
+            self.state.revocation.as_ref(),
+            ctx.identity.as_ref().and_then(|i| i.jti.as_deref()),
+            ctx.route(rt),
+        ) else {
+            return Ok(());
+        };
+        match store.check(jti).await {
+            revocation::Revocation::Valid => Ok(()),
+            revocation::Revocation::Revoked => {
+                metrics()
+                    .auth_rejections
+                    .with_label_values(&[&route.spec.name, auth::AuthError::Revoked.reason()])
+                    .inc();
+                Err(EdgeError::Auth(auth::AuthError::Revoked))
+            }
+            revocation::Revocation::StoreError => {
+                metrics().auth_store_errors.inc();
+                match route.spec.on_store_error {
+                    crate::config::OnStoreError::Open => Ok(()),
+                    crate::config::OnStoreError::Closed => Err(EdgeError::StoreUnavailable),
+                }
+            }
+        }
+    }
+
     fn authenticate(
         rt: &Runtime,
         policy: AuthPolicy,
@@ -393,6 +426,10 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         if let Err(err) = self.decide(session, ctx, &rt) {
+            answer(session, ctx, err).await?;
+            return Ok(true);
+        }
+        if let Err(err) = self.check_revocation(ctx, &rt).await {
             answer(session, ctx, err).await?;
             return Ok(true);
         }

@@ -303,6 +303,7 @@ mod tests {
             response_headers: Default::default(),
             auth: crate::config::AuthPolicy::None,
             cors: None,
+            on_store_error: crate::config::OnStoreError::Open,
             security: Default::default(),
         }
     }

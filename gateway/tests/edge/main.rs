@@ -9,5 +9,6 @@ mod helpers;
 mod malformed;
 mod protocols;
 mod reload;
+mod revocation;
 mod routing;
 mod validate;

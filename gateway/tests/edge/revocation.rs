@@ -1,0 +1,170 @@
+//! Revoked tokens (the backend's Redis denylist) are refused at the edge; a Redis outage follows the
+//! route's `on_store_error`.
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+use crate::helpers::*;
+
+const SECRET: &str = "revocation-test-secret-revocation-01";
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn token(jti: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims =
+        json!({ "user_id": "u-1", "tenant_id": "acme", "iat": now, "exp": now + 600, "jti": jti });
+    format!(
+        "Bearer {}",
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes())
+        )
+        .expect("sign")
+    )
+}
+
+fn config(up: &TestUpstream) -> String {
+    format!(
+        r#"[tenancy]
+base_domains = ["aggios.app"]
+
+[auth.jwt]
+secret_env = "GW_SECRET"
+
+[redis]
+url_env = "GW_REDIS"
+revocation_cache = "200ms"
+
+{}
+[[routes]]
+name = "open"
+hosts = ["*.aggios.app"]
+path_prefix = "/open"
+auth = "jwt_tenant"
+upstream = "u"
+
+[[routes]]
+name = "closed"
+hosts = ["*.aggios.app"]
+path_prefix = "/closed"
+auth = "jwt_tenant"
+on_store_error = "closed"
+upstream = "u"
+"#,
+        upstream_toml("u", &[up], "")
+    )
+}
+
+#[tokio::test]
+async fn a_revoked_jti_is_refused() {
+    let up = TestUpstream::start("u");
+    let url = redis_url();
+    let gw =
+        Gateway::start_with_env(&config(&up), &[("GW_SECRET", SECRET), ("GW_REDIS", &url)]).await;
+    let jti = format!("test-{}", fastrand::u64(..));
+    let auth = token(&jti);
+    assert_eq!(
+        gw.request(
+            "GET",
+            "acme.aggios.app",
+            "/open/x",
+            &[("authorization", &auth)],
+            bytes::Bytes::new()
+        )
+        .await
+        .status,
+        200
+    );
+
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = format!("aggios:denylist:jti:{jti}");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(1)
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    eventually("revoked token refused", || async {
+        let r = gw
+            .request(
+                "GET",
+                "acme.aggios.app",
+                "/open/x",
+                &[("authorization", &auth)],
+                bytes::Bytes::new(),
+            )
+            .await;
+        r.status == 401 && r.error_code() == "token_revoked"
+    })
+    .await;
+    let hits_after_refusal = up.hits();
+    for _ in 0..5 {
+        assert_eq!(
+            gw.request(
+                "GET",
+                "acme.aggios.app",
+                "/closed/x",
+                &[("authorization", &auth)],
+                bytes::Bytes::new()
+            )
+            .await
+            .status,
+            401
+        );
+    }
+    assert_eq!(
+        up.hits(),
+        hits_after_refusal,
+        "refused requests reached the upstream"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+}
+
+#[tokio::test]
+async fn redis_down_follows_on_store_error() {
+    let up = TestUpstream::start("u");
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let gw =
+        Gateway::start_with_env(&config(&up), &[("GW_SECRET", SECRET), ("GW_REDIS", &dead)]).await;
+    let auth = token(&format!("test-{}", fastrand::u64(..)));
+    let r = gw
+        .request(
+            "GET",
+            "acme.aggios.app",
+            "/open/x",
+            &[("authorization", &auth)],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "fail open: {:?}", r.body);
+    let r = gw
+        .request(
+            "GET",
+            "acme.aggios.app",
+            "/closed/x",
+            &[("authorization", &auth)],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "store_unavailable")
+    );
+    assert!(gw.metric("gateway_auth_store_errors_total").await >= 2.0);
+}
