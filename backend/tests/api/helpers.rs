@@ -26,6 +26,8 @@ pub fn redis_url() -> String {
 pub const APP_ROLE: &str = "aggios_app_test";
 pub const APP_PASSWORD: &str = "app-test-password";
 pub const PASSWORD: &str = "correct horse battery";
+/// The backend's HS256 key in tests (the end-to-end test gives the gateway the same one).
+pub const TEST_JWT_SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -96,7 +98,7 @@ impl TestApp {
             database_owner_url: owner_url.clone(),
             database_read_url: read_url,
             redis_url: redis_url(),
-            jwt_secret: b"test-secret-test-secret-test-secret!".to_vec(),
+            jwt_secret: TEST_JWT_SECRET.to_vec(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             internal_listen: None,
             storage: storage.unwrap_or_else(|| StorageConfig::Local {
