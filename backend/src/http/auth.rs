@@ -20,6 +20,29 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Records `action` in the audit log as done by this principal, inside the caller's transaction.
+    pub async fn audit(
+        &self,
+        ctx: &Ctx,
+        tx: &mut sqlx::PgConnection,
+        action: &str,
+        target: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let ip = ctx.client_ip();
+        crate::db::audit::record(
+            tx,
+            &crate::db::audit::Entry {
+                tenant_id: self.tenant.id,
+                user_id: Some(self.user_id),
+                action,
+                target,
+                ip: Some(&ip),
+                request_id: &ctx.request_id,
+            },
+        )
+        .await
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == "admin" || self.role == "platform_admin"
     }
@@ -87,4 +110,13 @@ pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
         jti: claims.jti,
         exp: claims.exp,
     })
+}
+
+/// The caller, who must be an admin of its tenant (or a platform admin).
+pub async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
+    let p = principal(ctx).await?;
+    if !p.is_admin() {
+        return Err(ApiError::Forbidden("tenant admins only".into()));
+    }
+    Ok(p)
 }

@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::auth::token_hash;
-use crate::db::{self, api_keys, audit};
-use crate::http::auth::{principal, Principal};
+use crate::db::{self, api_keys};
+use crate::http::auth::admin;
 use crate::http::{json, read_json, ApiError, ApiResult, Ctx};
 
 /// Scopes a key may carry.
@@ -24,14 +24,6 @@ struct CreateBody {
     scopes: Vec<String>,
     /// Lifetime in days; none = until revoked.
     expires_in_days: Option<u32>,
-}
-
-async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
-    let p = principal(ctx).await?;
-    if !p.is_admin() {
-        return Err(ApiError::Forbidden("tenant admins only".into()));
-    }
-    Ok(p)
 }
 
 pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
@@ -71,16 +63,11 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
         expires,
     )
     .await?;
-    audit::record(
+    p.audit(
+        ctx,
         &mut tx,
-        &audit::Entry {
-            tenant_id: p.tenant.id,
-            user_id: Some(p.user_id),
-            action: "api_key_created",
-            target: Some(&created.id.to_string()),
-            ip: Some(&ctx.client_ip()),
-            request_id: &ctx.request_id,
-        },
+        "api_key_created",
+        Some(&created.id.to_string()),
     )
     .await?;
     tx.commit().await?;
@@ -108,18 +95,8 @@ pub async fn revoke(ctx: &Ctx, id: &str) -> ApiResult {
     if !api_keys::revoke(&mut tx, id).await? {
         return Err(ApiError::NotFound("no such key".into()));
     }
-    audit::record(
-        &mut tx,
-        &audit::Entry {
-            tenant_id: p.tenant.id,
-            user_id: Some(p.user_id),
-            action: "api_key_revoked",
-            target: Some(&id.to_string()),
-            ip: Some(&ctx.client_ip()),
-            request_id: &ctx.request_id,
-        },
-    )
-    .await?;
+    p.audit(ctx, &mut tx, "api_key_revoked", Some(&id.to_string()))
+        .await?;
     tx.commit().await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": id })))
 }

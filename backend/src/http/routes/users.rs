@@ -6,8 +6,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::hash_password;
-use crate::db::{self, audit, users};
-use crate::http::auth::{principal, Principal};
+use crate::db::{self, users};
+use crate::http::auth::{admin, principal, Principal};
 use crate::http::{json, read_json, ApiError, ApiResult, Ctx};
 
 #[derive(Deserialize)]
@@ -38,14 +38,6 @@ struct PatchBody {
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound("no such user".into()))
-}
-
-async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
-    let p = principal(ctx).await?;
-    if !p.is_admin() {
-        return Err(ApiError::Forbidden("tenant admins only".into()));
-    }
-    Ok(p)
 }
 
 fn check_role(role: &str, by: &Principal, errors: &mut Vec<(&'static str, String)>) {
@@ -132,18 +124,8 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
         },
     )
     .await?;
-    audit::record(
-        &mut tx,
-        &audit::Entry {
-            tenant_id: p.tenant.id,
-            user_id: Some(p.user_id),
-            action: "user_created",
-            target: Some(&user.id.to_string()),
-            ip: Some(&ctx.client_ip()),
-            request_id: &ctx.request_id,
-        },
-    )
-    .await?;
+    p.audit(ctx, &mut tx, "user_created", Some(&user.id.to_string()))
+        .await?;
     tx.commit().await?;
     Ok(json(
         StatusCode::CREATED,
@@ -173,18 +155,8 @@ pub async fn update(ctx: &Ctx, id: &str, body: Incoming) -> ApiResult {
     )
     .await?
     .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    audit::record(
-        &mut tx,
-        &audit::Entry {
-            tenant_id: p.tenant.id,
-            user_id: Some(p.user_id),
-            action: "user_updated",
-            target: Some(&id.to_string()),
-            ip: Some(&ctx.client_ip()),
-            request_id: &ctx.request_id,
-        },
-    )
-    .await?;
+    p.audit(ctx, &mut tx, "user_updated", Some(&id.to_string()))
+        .await?;
     tx.commit().await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "user": user })))
 }
@@ -202,18 +174,8 @@ pub async fn delete(ctx: &Ctx, id: &str) -> ApiResult {
     if !users::delete(&mut tx, id).await? {
         return Err(ApiError::NotFound("no such user".into()));
     }
-    audit::record(
-        &mut tx,
-        &audit::Entry {
-            tenant_id: p.tenant.id,
-            user_id: Some(p.user_id),
-            action: "user_deleted",
-            target: Some(&id.to_string()),
-            ip: Some(&ctx.client_ip()),
-            request_id: &ctx.request_id,
-        },
-    )
-    .await?;
+    p.audit(ctx, &mut tx, "user_deleted", Some(&id.to_string()))
+        .await?;
     tx.commit().await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "deleted": id })))
 }
