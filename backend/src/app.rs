@@ -20,7 +20,8 @@ pub struct AppState {
     pub read_db: Option<PgPool>,
     /// Unix time (ms) until which the replica is considered down.
     pub replica_down_until_ms: std::sync::atomic::AtomicU64,
-    pub redis: redis::aio::ConnectionManager,
+    redis_client: redis::Client,
+    redis: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     pub tokens: TokenKeys,
     pub refresh_ttl: Duration,
     pub base_domains: Vec<String>,
@@ -55,12 +56,7 @@ impl AppState {
                 tracing::warn!(error = %e, "Postgres not reachable at start; serving 503 until it is")
             }
         }
-        let client = redis::Client::open(config.redis_url.as_str())?;
-        let cm_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let redis = redis::aio::ConnectionManager::new_with_config(client, cm_config).await?;
+        let redis_client = redis::Client::open(config.redis_url.as_str())?;
         let base_domains = std::env::var("TENANT_BASE_DOMAINS")
             .unwrap_or_else(|_| "aggios.app,aggios.localhost".into())
             .split(',')
@@ -79,9 +75,10 @@ impl AppState {
         };
         Ok(Arc::new(AppState {
             db,
+            redis_client,
+            redis: tokio::sync::OnceCell::new(),
             read_db,
             replica_down_until_ms: std::sync::atomic::AtomicU64::new(0),
-            redis,
             tokens: TokenKeys::new(&config.jwt_secret, config.access_ttl),
             refresh_ttl: config.refresh_ttl,
             base_domains,
@@ -91,6 +88,30 @@ impl AppState {
             storage: crate::storage::Storage::new(&config.storage)?,
             max_file_bytes: config.max_file_bytes,
         }))
+    }
+}
+
+impl AppState {
+    /// A Redis connection. Connected on first use rather than at start, so the service starts (and serves
+    /// what does not need Redis) while Redis is down, and recovers by itself when it returns.
+    pub async fn redis(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+        let init = self.redis.get_or_try_init(|| async {
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(1))
+                .set_response_timeout(Duration::from_secs(2))
+                .set_number_of_retries(1)
+                .set_max_delay(200);
+            redis::aio::ConnectionManager::new_with_config(self.redis_client.clone(), cfg).await
+        });
+        // The manager's own retry schedule can take long against a dead server; a request never waits
+        // more than this for a first connection.
+        match tokio::time::timeout(Duration::from_secs(2), init).await {
+            Ok(conn) => Ok(conn?.clone()),
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "timed out connecting to Redis",
+            ))),
+        }
     }
 }
 

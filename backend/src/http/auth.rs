@@ -85,7 +85,7 @@ pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
             ApiError::Unauthorized("invalid_token", "the access token is invalid".into())
         }
     })?;
-    let mut redis = ctx.state.redis.clone();
+    let mut redis = ctx.state.redis().await?;
     let revoked: bool = redis.exists(denylist_key(&claims.jti)).await?;
     if revoked {
         return Err(ApiError::Unauthorized(

@@ -76,6 +76,19 @@ impl TestApp {
 
     /// Also with a read replica URL (`DATABASE_READ_URL`).
     pub async fn spawn_with(storage: Option<StorageConfig>, read_url: Option<String>) -> TestApp {
+        Self::spawn_full(storage, read_url, redis_url()).await
+    }
+
+    /// With Redis at `redis` (e.g. a closed port, to test an outage).
+    pub async fn spawn_with_redis(redis: String) -> TestApp {
+        Self::spawn_full(None, None, redis).await
+    }
+
+    async fn spawn_full(
+        storage: Option<StorageConfig>,
+        read_url: Option<String>,
+        redis: String,
+    ) -> TestApp {
         let files_dir = tempfile::tempdir().expect("tempdir");
         let db_name = format!("aggios_t_{}", uuid::Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
@@ -97,7 +110,7 @@ impl TestApp {
             database_url: app_url.clone(),
             database_owner_url: owner_url.clone(),
             database_read_url: read_url,
-            redis_url: redis_url(),
+            redis_url: redis,
             jwt_secret: TEST_JWT_SECRET.to_vec(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             internal_listen: None,

@@ -88,3 +88,40 @@ async fn readyz_reports_each_dependency() {
         );
     }
 }
+
+#[tokio::test]
+async fn redis_down_gives_503_not_500_and_the_service_still_starts() {
+    let dead = format!(
+        "redis://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port()
+    );
+    let app = TestApp::spawn_with_redis(dead).await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "ann@acme.test", "member").await;
+    let (status, body, headers) = app
+        .call(
+            "POST",
+            "/api/auth/login",
+            "acme.aggios.app",
+            None,
+            Some(serde_json::json!({ "email": "ann@acme.test", "password": PASSWORD })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("service_unavailable")),
+        "{body}"
+    );
+    assert!(headers.get("retry-after").is_some());
+    let (status, body, _) = app.call("GET", "/readyz", "x", None, None).await;
+    assert_eq!(
+        (status, body["redis"].as_bool(), body["postgres"].as_bool()),
+        (503, Some(false), Some(true)),
+        "{body}"
+    );
+    let (status, _, _) = app.call("GET", "/healthz", "x", None, None).await;
+    assert_eq!(status, 200, "the process is alive and answers");
+}

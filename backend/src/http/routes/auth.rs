@@ -65,7 +65,7 @@ async fn issue_pair(
     let expires = OffsetDateTime::now_utc() + ctx.state.refresh_ttl;
     refresh_tokens::insert(tx, user.id, tenant.id, &hash, family, expires).await?;
     // Mirror for fast checks; Postgres stays the source of truth, so a Redis failure is not fatal here.
-    let mut redis = ctx.state.redis.clone();
+    let mut redis = ctx.state.redis().await?;
     let ttl = ctx.state.refresh_ttl.as_secs();
     if let Err(e) = redis
         .set_ex::<_, _, ()>(mirror_key(&hash), format!("{}:{family}", user.id), ttl)
@@ -98,7 +98,7 @@ pub async fn login(ctx: &Ctx, body: Incoming) -> ApiResult {
     let ip = ctx.client_ip();
     let acct_key = format!("aggios:login_fail:acct:{}:{email}", tenant.id);
     let ip_key = format!("aggios:login_fail:ip:{ip}");
-    let mut redis = ctx.state.redis.clone();
+    let mut redis = ctx.state.redis().await?;
     let (acct, by_ip): (Option<i64>, Option<i64>) = redis::pipe()
         .get(&acct_key)
         .get(&ip_key)
@@ -198,7 +198,7 @@ pub async fn refresh(ctx: &Ctx, body: Incoming) -> ApiResult {
             "unknown refresh token".into(),
         ));
     };
-    let mut redis = ctx.state.redis.clone();
+    let mut redis = ctx.state.redis().await?;
     if rt.revoked_at.is_some() {
         // A rotated token came back: someone holds a stolen copy. Kill the whole family.
         let hashes = refresh_tokens::revoke_family(&mut tx, rt.family_id).await?;
@@ -245,7 +245,7 @@ pub async fn refresh(ctx: &Ctx, body: Incoming) -> ApiResult {
 pub async fn logout(ctx: &Ctx, body: Incoming) -> ApiResult {
     let p = principal(ctx).await?;
     let b: LogoutBody = read_json::<LogoutBody>(body).await.unwrap_or_default();
-    let mut redis = ctx.state.redis.clone();
+    let mut redis = ctx.state.redis().await?;
     let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
     let ttl = p.exp.saturating_sub(now).max(1);
     // The gateway and this service refuse the token's jti until it would have expired anyway.

@@ -15,11 +15,13 @@ pub async fn readyz(ctx: &Ctx) -> ApiResult {
         .fetch_one(&ctx.state.db)
         .await
         .is_ok();
-    let mut redis = ctx.state.redis.clone();
-    let redis_ok = redis::cmd("PING")
-        .query_async::<String>(&mut redis)
-        .await
-        .is_ok();
+    let redis_ok = match ctx.state.redis().await {
+        Ok(mut redis) => redis::cmd("PING")
+            .query_async::<String>(&mut redis)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
     let storage = ctx.state.storage.ready().await;
     let ok = db && redis_ok && storage;
     let body = serde_json::json!({
