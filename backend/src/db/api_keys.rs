@@ -50,14 +50,41 @@ pub async fn list(c: &mut PgConnection) -> Result<Vec<ApiKey>, sqlx::Error> {
     .await
 }
 
-/// Revokes a key; `false` when there is no such live key (in this tenant).
-pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    Ok(
-        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .execute(c)
-            .await?
-            .rows_affected()
-            == 1,
+/// Revokes a key; its prefix, or `None` when there is no such live key (in this tenant).
+pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING prefix",
     )
+    .bind(id)
+    .fetch_optional(c)
+    .await
+}
+
+/// What a presented key is checked against: found by its prefix, across tenants.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub key_hash: Vec<u8>,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// The key with `prefix`, whatever its tenant (row-level security admits exactly this row through the
+/// `api_key_lookup` policy).
+pub async fn lookup(pool: &sqlx::PgPool, prefix: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.api_key_prefix', $1, true)")
+        .bind(prefix)
+        .execute(&mut *tx)
+        .await?;
+    let rec = sqlx::query_as::<_, KeyRecord>(
+        "SELECT id, tenant_id, key_hash, scopes, expires_at, revoked_at FROM api_keys WHERE prefix = $1",
+    )
+    .bind(prefix)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rec)
 }

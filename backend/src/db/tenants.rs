@@ -36,6 +36,13 @@ pub async fn by_host(
     .await
 }
 
+pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
+    sqlx::query_as::<_, Tenant>(&format!("SELECT {COLS} FROM tenants WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
 pub async fn by_subdomain(pool: &PgPool, subdomain: &str) -> Result<Option<Tenant>, sqlx::Error> {
     sqlx::query_as::<_, Tenant>(&format!("SELECT {COLS} FROM tenants WHERE subdomain = $1"))
         .bind(subdomain)

@@ -112,6 +112,76 @@ pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
     })
 }
 
+/// The presented API key (`X-API-Key: ak_…` or `Authorization: Bearer ak_…`), if any.
+fn presented_api_key(ctx: &Ctx) -> Option<&str> {
+    if let Some(k) = ctx.headers.get("x-api-key") {
+        return Some(k.to_str().unwrap_or("").trim());
+    }
+    let h = ctx
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let token = h
+        .strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))?
+        .trim();
+    token.starts_with("ak_").then_some(token)
+}
+
+/// The caller of an endpoint that integrations may call: a user's token, or an API key carrying `scope`.
+/// The key is verified here again (hash in constant time, expiry, revocation, tenant active), whatever the
+/// gateway decided.
+pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
+    let Some(key) = presented_api_key(ctx) else {
+        return principal(ctx).await;
+    };
+    let invalid = || ApiError::Unauthorized("invalid_api_key", "the API key is not valid".into());
+    let (prefix, _) = crate::http::routes::api_keys::split_key(key).ok_or_else(invalid)?;
+    let rec = crate::db::api_keys::lookup(&ctx.state.db, prefix)
+        .await?
+        .ok_or_else(invalid)?;
+    let presented = crate::auth::token_hash(key);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        presented.as_slice(),
+        rec.key_hash.as_slice(),
+    )) {
+        return Err(invalid());
+    }
+    if rec.revoked_at.is_some() {
+        return Err(ApiError::Unauthorized(
+            "api_key_revoked",
+            "the API key was revoked".into(),
+        ));
+    }
+    if rec
+        .expires_at
+        .is_some_and(|e| e <= time::OffsetDateTime::now_utc())
+    {
+        return Err(ApiError::Unauthorized(
+            "api_key_expired",
+            "the API key has expired".into(),
+        ));
+    }
+    if !rec.scopes.iter().any(|s| s == scope) {
+        return Err(ApiError::Forbidden(format!(
+            "the API key lacks the `{scope}` scope"
+        )));
+    }
+    let tenant = tenants::by_id(&ctx.state.db, rec.tenant_id)
+        .await?
+        .filter(|t| t.is_active)
+        .ok_or_else(invalid)?;
+    Ok(Principal {
+        user_id: rec.id,
+        email: String::new(),
+        tenant,
+        role: "api_key".into(),
+        jti: String::new(),
+        exp: 0,
+    })
+}
+
 /// The caller, who must be an admin of its tenant (or a platform admin).
 pub async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
     let p = principal(ctx).await?;

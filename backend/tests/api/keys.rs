@@ -75,6 +75,52 @@ async fn api_keys_are_shown_once_listed_and_revoked() {
         )
         .await;
     assert_eq!(status, 403);
+    // The key works for its scopes only, on the endpoints open to integrations.
+    let (status, body, _) = app.call("GET", "/api/files", host, Some(&key), None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = app
+        .call("DELETE", "/api/files/a.txt", host, Some(&key), None)
+        .await;
+    assert_eq!(status, 403, "no files:write scope: {body}");
+    let (status, _, _) = app
+        .call("GET", "/api/users/me", host, Some(&key), None)
+        .await;
+    assert_eq!(status, 401, "a key is not a user token");
+    let mut forged = key.clone();
+    forged.pop();
+    forged.push(if key.ends_with('0') { '1' } else { '0' });
+    let (status, _, _) = app
+        .call("GET", "/api/files", host, Some(&forged), None)
+        .await;
+    assert_eq!(status, 401, "right prefix, wrong secret");
+
+    // The gateway's lookup, on the internal listener only.
+    let (status, rec) =
+        internal_json(app.internal_addr, &format!("/internal/api-keys/{prefix}")).await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["tenant"], "acme");
+    assert_eq!(rec["scopes"], json!(["files:read"]));
+    assert_eq!(
+        rec["key_sha256"].as_str(),
+        Some(hex_lower(&backend::auth::token_hash(&key)).as_str())
+    );
+    assert!(rec["expires_at"].as_i64().is_some());
+    let (status, _) = internal_json(app.addr, &format!("/internal/api-keys/{prefix}")).await;
+    assert_eq!(status, 404, "not on the public listener");
+    let (status, _) = internal_json(app.internal_addr, "/internal/api-keys/00000000").await;
+    assert_eq!(status, 404);
+
+    // Revocation drops the gateway's shared cache entry.
+    let redis = redis::Client::open(redis_url()).expect("redis");
+    let mut rc = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis conn");
+    let cache_key = format!("aggios:apikey:{prefix}");
+    let _: () = redis::AsyncCommands::set_ex(&mut rc, &cache_key, "{}", 30)
+        .await
+        .expect("set");
+
     let (status, _, _) = app
         .call(
             "DELETE",
@@ -95,6 +141,16 @@ async fn api_keys_are_shown_once_listed_and_revoked() {
         )
         .await;
     assert_eq!(status, 200);
+    let cached: bool = redis::AsyncCommands::exists(&mut rc, &cache_key)
+        .await
+        .expect("exists");
+    assert!(!cached, "the revoked key's cache entry is dropped");
+    let (status, _) =
+        internal_json(app.internal_addr, &format!("/internal/api-keys/{prefix}")).await;
+    assert_eq!(status, 404, "a revoked key is not served to the gateway");
+    let (status, body, _) = app.call("GET", "/api/files", host, Some(&key), None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "api_key_revoked");
     let (status, _, _) = app
         .call(
             "DELETE",
@@ -105,6 +161,32 @@ async fn api_keys_are_shown_once_listed_and_revoked() {
         )
         .await;
     assert_eq!(status, 404, "already revoked");
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn internal_json(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "internal")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("send");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 async fn internal_get(app: &TestApp, addr: std::net::SocketAddr, path: &str) -> u16 {

@@ -77,6 +77,47 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
     ))
 }
 
+/// The gateway's Redis cache entry of a key (contract between backend and gateway).
+pub fn api_key_cache_key(prefix: &str) -> String {
+    format!("aggios:apikey:{prefix}")
+}
+
+/// Splits `ak_{prefix}_{secret}`; `None` when the key is not of that shape.
+pub fn split_key(key: &str) -> Option<(&str, &str)> {
+    let (prefix, secret) = key.strip_prefix("ak_")?.split_once('_')?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(prefix, 8) && hex(secret, 56)).then_some((prefix, secret))
+}
+
+/// `GET /internal/api-keys/{prefix}` (internal listener): the record the gateway checks a presented key
+/// against. 404 for an unknown, revoked or expired key, or one whose tenant is inactive.
+pub async fn lookup(ctx: &Ctx, prefix: &str) -> ApiResult {
+    let gone = || ApiError::NotFound("no such live key".into());
+    if prefix.len() != 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(gone());
+    }
+    let rec = api_keys::lookup(&ctx.state.db, prefix)
+        .await?
+        .filter(|k| k.revoked_at.is_none())
+        .filter(|k| k.expires_at.is_none_or(|e| e > OffsetDateTime::now_utc()))
+        .ok_or_else(gone)?;
+    let tenant = crate::db::tenants::by_id(&ctx.state.db, rec.tenant_id)
+        .await?
+        .filter(|t| t.is_active)
+        .ok_or_else(gone)?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "id": rec.id,
+            "tenant": tenant.subdomain,
+            "tenant_id": tenant.id,
+            "key_sha256": hex::encode(&rec.key_hash),
+            "scopes": rec.scopes,
+            "expires_at": rec.expires_at.map(|e| e.unix_timestamp()),
+        }),
+    ))
+}
+
 pub async fn list(ctx: &Ctx) -> ApiResult {
     let p = admin(ctx).await?;
     let mut tx = db::tenant_tx_read(&ctx.state, p.tenant.id).await?;
@@ -92,11 +133,20 @@ pub async fn revoke(ctx: &Ctx, id: &str) -> ApiResult {
     let p = admin(ctx).await?;
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound("no such key".into()))?;
     let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
-    if !api_keys::revoke(&mut tx, id).await? {
+    let Some(prefix) = api_keys::revoke(&mut tx, id).await? else {
         return Err(ApiError::NotFound("no such key".into()));
-    }
+    };
     p.audit(ctx, &mut tx, "api_key_revoked", Some(&id.to_string()))
         .await?;
     tx.commit().await?;
+    // The gateway's shared cache of this key: dropping it makes the revocation effective at once on every
+    // replica (their short in-process caches aside). Its TTL bounds the delay if Redis is unreachable now.
+    if let Ok(mut redis) = ctx.state.redis().await {
+        let dropped: Result<(), _> =
+            redis::AsyncCommands::del(&mut redis, api_key_cache_key(&prefix)).await;
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, "could not drop the revoked key from the gateway cache");
+        }
+    }
     Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": id })))
 }

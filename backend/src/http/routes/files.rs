@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::http::auth::principal;
+use crate::http::auth::caller;
 use crate::http::{json, ApiError, ApiResult, Ctx};
 use crate::storage::StorageError;
 
@@ -59,7 +59,7 @@ fn query_param(ctx: &Ctx, name: &str) -> Option<String> {
 }
 
 pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
-    let p = principal(ctx).await?;
+    let p = caller(ctx, "files:write").await?;
     let path = object_path(ctx)?;
     let max = ctx.state.max_file_bytes;
     if let Some(len) = ctx
@@ -116,7 +116,7 @@ pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
 }
 
 pub async fn get(ctx: &Ctx) -> ApiResult {
-    let p = principal(ctx).await?;
+    let p = caller(ctx, "files:read").await?;
     let path = object_path(ctx)?;
     if query_param(ctx, "presign").as_deref() == Some("1") {
         let url = ctx
@@ -149,7 +149,7 @@ pub async fn get(ctx: &Ctx) -> ApiResult {
 }
 
 pub async fn delete(ctx: &Ctx) -> ApiResult {
-    let p = principal(ctx).await?;
+    let p = caller(ctx, "files:write").await?;
     let path = object_path(ctx)?;
     ctx.state.storage.delete(p.tenant.id, &path).await?;
     Ok(json(
@@ -159,7 +159,7 @@ pub async fn delete(ctx: &Ctx) -> ApiResult {
 }
 
 pub async fn list(ctx: &Ctx) -> ApiResult {
-    let p = principal(ctx).await?;
+    let p = caller(ctx, "files:read").await?;
     let prefix = query_param(ctx, "prefix").unwrap_or_default();
     let files = ctx.state.storage.list(p.tenant.id, &prefix).await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "files": files })))

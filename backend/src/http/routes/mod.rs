@@ -55,6 +55,7 @@ pub async fn dispatch_internal(ctx: &Ctx) -> ApiResult {
         (&Method::GET, ["internal", "tenant-domains", host]) => {
             tenants::domain_allowed(ctx, host).await
         }
+        (&Method::GET, ["internal", "api-keys", prefix]) => api_keys::lookup(ctx, prefix).await,
         (&Method::GET, ["healthz"]) => health::healthz(ctx).await,
         _ => Err(ApiError::NotFound("no such endpoint".into())),
     }
