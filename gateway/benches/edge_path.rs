@@ -28,6 +28,8 @@ fn route(name: &str, host: &str, tenancy: &Tenancy) -> RouteSpec {
         response_headers: Default::default(),
         auth: AuthPolicy::JwtTenant,
         cors: None,
+        scopes: Vec::new(),
+        rate_limits: Vec::new(),
         on_store_error: gateway::config::OnStoreError::Open,
         security: Default::default(),
     }
@@ -48,17 +50,21 @@ fn bench(c: &mut Criterion) {
     }
     let router = Router::new(&routes, &tenancy);
     let secret = b"bench-secret-bench-secret-bench-secret".to_vec();
-    let verifier = JwtVerifier::new(&JwtSettings {
-        keys: vec![JwtKey {
-            kid: None,
-            secret: secret.clone(),
-        }],
-        tenant_claim: "tenant_id".into(),
-        leeway: Duration::from_secs(30),
-        issuer: None,
-        audience: None,
-        max_token_bytes: 8192,
-    });
+    let verifier = JwtVerifier::new(
+        &JwtSettings {
+            keys: vec![JwtKey {
+                kid: None,
+                secret: secret.clone(),
+            }],
+            tenant_claim: "tenant_id".into(),
+            leeway: Duration::from_secs(30),
+            issuer: None,
+            audience: None,
+            max_token_bytes: 8192,
+            jwks: None,
+        },
+        None,
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -47,9 +47,22 @@ pub enum EdgeError {
     /// 503: the shared store (Redis) did not answer and the route fails closed.
     #[error("authorization store unavailable; retry shortly")]
     StoreUnavailable,
+    /// 429: a rate limit refused the request.
+    #[error("rate limit `{}` exceeded; retry in {} s", .0.policy, .0.retry_after_secs)]
+    RateLimited(Box<RateLimitRefusal>),
     /// 500: a bug on our side.
     #[error("internal error")]
     Internal,
+}
+
+/// What a 429 tells the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitRefusal {
+    pub policy: String,
+    pub retry_after_secs: u64,
+    /// `RateLimit-Policy` and `RateLimit` field values.
+    pub policy_field: String,
+    pub ratelimit_field: String,
 }
 
 impl EdgeError {
@@ -67,6 +80,7 @@ impl EdgeError {
             EdgeError::Auth(a) => a.status(),
             EdgeError::CorsDenied => 403,
             EdgeError::StoreUnavailable => 503,
+            EdgeError::RateLimited(_) => 429,
             EdgeError::Internal => 500,
         }
     }
@@ -88,6 +102,7 @@ impl EdgeError {
             EdgeError::Auth(a) => a.reason(),
             EdgeError::CorsDenied => "cors_denied",
             EdgeError::StoreUnavailable => "store_unavailable",
+            EdgeError::RateLimited(_) => "rate_limited",
             EdgeError::Internal => "internal_error",
         }
     }

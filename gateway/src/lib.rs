@@ -10,8 +10,10 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod http_client;
 pub mod metrics;
 pub mod proxy;
+pub mod shared_redis;
 pub mod state;
 
 use std::path::Path;

@@ -48,6 +48,9 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process (Pingora, the Redis client and the JWKS client must
+    // agree; another crate in the build may enable a second one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => match Config::load(&config) {

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub auth_rejections: IntCounterVec,
     pub auth_store_errors: IntCounter,
+    pub ratelimit_decisions: IntCounterVec,
+    pub ratelimit_store_errors: IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -95,9 +97,22 @@ impl Metrics {
         registry.register(Box::new(auth_rejections.clone()))?;
         let auth_store_errors = IntCounter::new(
             "gateway_auth_store_errors_total",
-            "Revocation checks that Redis did not answer (the route's on_store_error decided).",
+            "Revocation checks and API-key lookups the shared store did not answer.",
         )?;
         registry.register(Box::new(auth_store_errors.clone()))?;
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "gateway_ratelimit_decisions_total",
+                "Rate-limit decisions, by policy and decision (allowed, refused, shed, fallback_allowed, fallback_refused, fail_open, fail_closed).",
+            ),
+            &["policy", "decision"],
+        )?;
+        registry.register(Box::new(ratelimit_decisions.clone()))?;
+        let ratelimit_store_errors = IntCounter::new(
+            "gateway_ratelimit_store_errors_total",
+            "Global rate-limit decisions Redis did not answer (the policy's fail mode decided).",
+        )?;
+        registry.register(Box::new(ratelimit_store_errors.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -122,6 +137,8 @@ impl Metrics {
             access_log_dropped,
             auth_rejections,
             auth_store_errors,
+            ratelimit_decisions,
+            ratelimit_store_errors,
         })
     }
 

@@ -10,8 +10,10 @@ use arc_swap::ArcSwap;
 use crate::access_log::AccessLog;
 use crate::config::{Config, RouteSpec};
 use crate::metrics::metrics;
+use crate::proxy::jwks::JwksRegistry;
 use crate::proxy::route::Router;
 use crate::proxy::upstream::{spawn_health_checks, ServerRegistry, Upstream};
+use crate::shared_redis::SharedRedis;
 
 /// A route ready to serve.
 pub struct RouteRt {
@@ -38,13 +40,22 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// The token verifier of `[auth.jwt]`.
     pub jwt: Option<crate::proxy::auth::JwtVerifier>,
+    /// The API-key store of `[auth.api_keys]`.
+    pub api_keys: Option<crate::proxy::api_key::ApiKeyStore>,
+    /// In-process rate-limit state (local policies, fallbacks, shed-early guards).
+    pub limiters: crate::proxy::ratelimit::Limiters,
     pub router: Router,
     pub routes: Vec<RouteRt>,
     pub upstreams: Vec<Arc<Upstream>>,
 }
 
 impl Runtime {
-    fn build(config: Config, registry: &ServerRegistry) -> Runtime {
+    fn build(
+        config: Config,
+        registry: &ServerRegistry,
+        jwks: &JwksRegistry,
+        redis: Option<&Arc<SharedRedis>>,
+    ) -> Runtime {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -63,10 +74,15 @@ impl Runtime {
             })
             .collect();
         Runtime {
-            jwt: config
-                .jwt
+            jwt: config.jwt.as_ref().map(|j| {
+                let source = j.jwks.as_ref().map(|s| jwks.source(&s.origin, s.refresh));
+                crate::proxy::auth::JwtVerifier::new(j, source)
+            }),
+            api_keys: config
+                .api_keys
                 .as_ref()
-                .map(crate::proxy::auth::JwtVerifier::new),
+                .map(|a| crate::proxy::api_key::ApiKeyStore::new(a.clone(), redis.cloned())),
+            limiters: crate::proxy::ratelimit::Limiters::new(&config.rate_limits),
             router: Router::new(&config.routes, &config.tenancy),
             routes,
             upstreams,
@@ -89,8 +105,14 @@ pub struct GatewayState {
     runtime: ArcSwap<Runtime>,
     registry: ServerRegistry,
     pub access_log: AccessLog,
-    /// The revocation checker of `[redis]` (created at start; the URL changes only on restart).
+    /// The connection to `[redis]` (created at start; the URL changes only on restart).
+    pub redis: Option<Arc<SharedRedis>>,
+    /// The revocation checker (needs `[redis]`).
     pub revocation: Option<crate::proxy::revocation::RevocationStore>,
+    /// The global rate-limit tier (needs `[redis]`).
+    pub global_limits: Option<crate::proxy::ratelimit::global::GlobalStore>,
+    /// JWKS sources, kept across reloads.
+    pub jwks: JwksRegistry,
     /// Set once the listeners are bound (the proxy service has started).
     pub listeners_up: AtomicBool,
 }
@@ -100,28 +122,34 @@ impl GatewayState {
     pub fn new(config: Config) -> Arc<GatewayState> {
         let registry = ServerRegistry::default();
         let access_log = AccessLog::new(config.log.access_log);
-        let revocation = match config
-            .redis
-            .as_ref()
-            .map(crate::proxy::revocation::RevocationStore::new)
-        {
-            Some(Ok(store)) => Some(store),
+        let redis = match config.redis.as_ref().map(SharedRedis::new) {
+            Some(Ok(r)) => Some(Arc::new(r)),
             Some(Err(e)) => {
-                tracing::error!(error = %e, "invalid Redis URL; revocation checks disabled");
+                tracing::error!(error = %e, "invalid Redis URL; revocation checks and global rate limits disabled");
                 None
             }
             None => {
-                tracing::warn!("no [redis]: revoked tokens are not refused at the edge (the backend still refuses them)");
+                tracing::warn!("no [redis]: revoked tokens are not refused at the edge (the backend still refuses them), and every rate limit is local to this process");
                 None
             }
         };
-        let runtime = Runtime::build(config, &registry);
+        let revocation = redis.as_ref().zip(config.redis.as_ref()).map(|(r, s)| {
+            crate::proxy::revocation::RevocationStore::new(Arc::clone(r), s.revocation_cache)
+        });
+        let global_limits = redis
+            .as_ref()
+            .map(|r| crate::proxy::ratelimit::global::GlobalStore::new(Arc::clone(r)));
+        let jwks = JwksRegistry::default();
+        let runtime = Runtime::build(config, &registry, &jwks, redis.as_ref());
         metrics().last_reload_success.set(unix_now());
         Arc::new(GatewayState {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             access_log,
+            redis,
             revocation,
+            global_limits,
+            jwks,
             listeners_up: AtomicBool::new(false),
         })
     }
@@ -135,7 +163,7 @@ impl GatewayState {
     /// Tokio runtime; see [`GatewayState::start_health_checks`].
     pub fn apply(&self, config: Config) {
         self.access_log.set_enabled(config.log.access_log);
-        let rt = Runtime::build(config, &self.registry);
+        let rt = Runtime::build(config, &self.registry, &self.jwks, self.redis.as_ref());
         self.runtime.store(Arc::new(rt));
         metrics().last_reload_success.set(unix_now());
         if tokio::runtime::Handle::try_current().is_ok() {

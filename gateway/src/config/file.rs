@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub auth: AuthFile,
     pub redis: Option<RedisFile>,
     #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitFile>,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
@@ -203,7 +205,8 @@ pub struct RouteFile {
     pub response_headers: HeaderRulesFile,
     pub auth: Option<Spanned<String>>,
     pub on_store_error: Option<Spanned<String>>,
-    pub rate_limits: Option<Spanned<Vec<String>>>,
+    pub rate_limits: Option<Vec<Spanned<String>>>,
+    pub scopes: Option<Vec<Spanned<String>>>,
     pub cors: Option<CorsFile>,
     pub security_headers: Option<SecurityHeadersFile>,
 }
@@ -238,6 +241,48 @@ pub struct SecurityHeadersFile {
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     pub jwt: Option<JwtFile>,
+    pub api_keys: Option<ApiKeysFile>,
+}
+
+/// `[auth.api_keys]`: where the gateway looks keys up, and how long it may cache them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysFile {
+    pub lookup_url: Spanned<String>,
+    pub cache_ttl: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `key = "tenant"` or `key = ["tenant", "route"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum KeyFile {
+    One(Spanned<String>),
+    Many(Vec<Spanned<String>>),
+}
+
+/// One `[rate_limits.NAME]` policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub key: Spanned<KeyFile>,
+    pub limit: Spanned<i64>,
+    pub period: Spanned<String>,
+    pub burst: Option<Spanned<i64>>,
+    pub scope: Option<Spanned<String>>,
+    pub fail: Option<Spanned<String>>,
+    pub expected_replicas: Option<Spanned<i64>>,
+    pub headers: Option<bool>,
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Spanned<OverrideFile>>,
+}
+
+/// A tenant's own limit within a policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideFile {
+    pub limit: Spanned<i64>,
+    pub burst: Option<Spanned<i64>>,
 }
 
 /// `[auth.jwt]`: HS256 keys (one, or several keyed by `kid` for rotation) and claim checks.
@@ -253,6 +298,9 @@ pub struct JwtFile {
     pub issuer: Option<Spanned<String>>,
     pub audience: Option<Spanned<String>>,
     pub max_token_bytes: Option<Spanned<i64>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub jwks_refresh: Option<Spanned<String>>,
 }
 
 /// One key of `[auth.jwt] keys`.

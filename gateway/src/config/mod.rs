@@ -4,8 +4,11 @@
 
 pub mod duration;
 pub mod file;
+pub mod rate_limits;
 pub mod reload;
 mod schema;
+
+pub use rate_limits::{FailMode, KeyPart, Rate, RateLimitSpec, Scope};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -132,8 +135,12 @@ pub struct Config {
     pub log: LogSettings,
     /// `[auth.jwt]`, when configured.
     pub jwt: Option<JwtSettings>,
+    /// `[auth.api_keys]`, when configured.
+    pub api_keys: Option<ApiKeySettings>,
     /// `[redis]`, when configured (restart needed to change).
     pub redis: Option<RedisSettings>,
+    /// `[rate_limits.*]`, by index (routes refer to them by index).
+    pub rate_limits: Vec<RateLimitSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
 }
@@ -160,10 +167,35 @@ impl fmt::Debug for JwtKey {
     }
 }
 
+/// Where asymmetric keys come from, and how often they are re-read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwksSpec {
+    pub origin: crate::proxy::jwks::JwksOrigin,
+    pub refresh: Duration,
+}
+
+/// JWKS refresh interval unless `jwks_refresh` says otherwise.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+
+/// Validated `[auth.api_keys]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeySettings {
+    /// The backend's lookup, with `{prefix}` in it.
+    pub lookup_url: String,
+    /// A revoked or expired key stops working within this time.
+    pub cache_ttl: Duration,
+    pub lookup_timeout: Duration,
+}
+
+pub const DEFAULT_API_KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+pub const DEFAULT_API_KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Validated `[auth.jwt]`.
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
+    /// HS256 keys (may be empty when a JWKS is configured).
     pub keys: Vec<JwtKey>,
+    pub jwks: Option<JwksSpec>,
     pub tenant_claim: String,
     pub leeway: Duration,
     pub issuer: Option<String>,
@@ -210,6 +242,10 @@ pub enum AuthPolicy {
     Jwt,
     /// A valid token whose tenant is the host's tenant (or, on a host without a tenant, any tenant).
     JwtTenant,
+    /// A valid API key of the host's tenant carrying the route's scopes.
+    ApiKey,
+    /// Either: an API key when one is presented, else a token bound to the host's tenant.
+    JwtOrApiKey,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -361,6 +397,10 @@ pub struct RouteSpec {
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
     pub auth: AuthPolicy,
+    /// Scopes an API key needs on this route.
+    pub scopes: Vec<String>,
+    /// Indexes into [`Config::rate_limits`]; all must pass.
+    pub rate_limits: Vec<usize>,
     pub on_store_error: OnStoreError,
     pub cors: Option<CorsSpec>,
     pub security: SecurityHeaders,
@@ -691,7 +731,36 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
             .map_or_else(|| "info".to_string(), |l| l.get_ref().clone()),
     };
 
-    let jwt = raw.auth.jwt.as_ref().map(|j| validate_jwt(j, diags));
+    let jwt = raw.auth.jwt.as_ref().map(|j| validate_jwt(path, j, diags));
+    let api_keys = raw.auth.api_keys.as_ref().map(|a| ApiKeySettings {
+        lookup_url: {
+            let u = a.lookup_url.get_ref();
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && u.contains("{prefix}")
+                && u.replace("{prefix}", "0").parse::<http::Uri>().is_ok();
+            if !ok {
+                diags.push(Diagnostic::at(
+                    &a.lookup_url,
+                    "lookup_url must be an http(s) URL containing `{prefix}`",
+                ));
+            }
+            u.clone()
+        },
+        cache_ttl: {
+            let ttl = duration_or(&a.cache_ttl, DEFAULT_API_KEY_CACHE_TTL, diags);
+            if ttl > Duration::from_secs(300) {
+                if let Some(t) = &a.cache_ttl {
+                    diags.push(Diagnostic::at(
+                        t,
+                        "cache_ttl is how long a revoked key keeps working; at most 5m",
+                    ));
+                }
+            }
+            ttl
+        },
+        lookup_timeout: duration_or(&a.timeout, DEFAULT_API_KEY_LOOKUP_TIMEOUT, diags),
+    });
+    let rate_limits = rate_limits::validate(&raw.rate_limits, diags);
     let redis = raw.redis.as_ref().and_then(|r| {
         let url = match std::env::var(r.url_env.get_ref()) {
             Ok(v) if v.starts_with("redis://") || v.starts_with("rediss://") => v,
@@ -750,6 +819,8 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
             &limits,
             &upstream_names,
             raw.auth.jwt.is_some(),
+            raw.auth.api_keys.is_some(),
+            &rate_limits,
             diags,
         ));
     }
@@ -771,7 +842,9 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         trusted_proxies,
         log,
         jwt,
+        api_keys,
         redis,
+        rate_limits,
         upstreams,
         routes,
     }
@@ -828,9 +901,66 @@ fn secret(
     Some(value)
 }
 
-fn validate_jwt(j: &JwtFile, diags: &mut Vec<Diagnostic>) -> JwtSettings {
+fn validate_jwks(config_path: &Path, j: &JwtFile, diags: &mut Vec<Diagnostic>) -> Option<JwksSpec> {
+    use crate::proxy::jwks::JwksOrigin;
+    let refresh = duration_or(&j.jwks_refresh, DEFAULT_JWKS_REFRESH, diags);
+    let origin = match (&j.jwks_file, &j.jwks_url) {
+        (Some(f), None) => {
+            // Relative to the working directory, like every other path in the file.
+            let p = PathBuf::from(f.get_ref());
+            match std::fs::read(&p) {
+                Ok(bytes) => {
+                    if let Err(e) = crate::proxy::jwks::parse(&bytes) {
+                        diags.push(Diagnostic::at(
+                            f,
+                            format!("jwks_file `{}`: {e}", f.get_ref()),
+                        ));
+                    }
+                }
+                Err(e) => diags.push(Diagnostic::at(
+                    f,
+                    format!("cannot read jwks_file `{}`: {e}", f.get_ref()),
+                )),
+            }
+            JwksOrigin::File(p)
+        }
+        (None, Some(u)) => {
+            let s = u.get_ref();
+            if !(s.starts_with("https://") || s.starts_with("http://"))
+                || s.parse::<http::Uri>().is_err()
+            {
+                diags.push(Diagnostic::at(u, "jwks_url must be an http(s) URL"));
+            }
+            JwksOrigin::Url(s.clone())
+        }
+        (Some(f), Some(_)) => {
+            diags.push(Diagnostic::at(
+                f,
+                "set either jwks_file or jwks_url, not both",
+            ));
+            return None;
+        }
+        (None, None) => {
+            if let Some(r) = &j.jwks_refresh {
+                diags.push(Diagnostic::at(
+                    r,
+                    "jwks_refresh needs jwks_file or jwks_url",
+                ));
+            }
+            return None;
+        }
+    };
+    let _ = config_path;
+    Some(JwksSpec { origin, refresh })
+}
+
+fn validate_jwt(config_path: &Path, j: &JwtFile, diags: &mut Vec<Diagnostic>) -> JwtSettings {
+    let jwks = validate_jwks(config_path, j, diags);
     let mut keys = Vec::new();
-    if j.keys.is_empty() {
+    let hs_configured = j.secret_env.is_some() || j.secret_file.is_some() || !j.keys.is_empty();
+    if !hs_configured && jwks.is_some() {
+        // Asymmetric keys only.
+    } else if j.keys.is_empty() {
         if let Some(s) = secret(&j.secret_env, &j.secret_file, None, diags) {
             keys.push(JwtKey {
                 kid: None,
@@ -862,6 +992,7 @@ fn validate_jwt(j: &JwtFile, diags: &mut Vec<Diagnostic>) -> JwtSettings {
     }
     JwtSettings {
         keys,
+        jwks,
         tenant_claim: j
             .tenant_claim
             .as_ref()
@@ -1051,6 +1182,8 @@ fn validate_route(
     limits: &Limits,
     upstreams: &HashMap<String, ()>,
     jwt_configured: bool,
+    api_keys_configured: bool,
+    policies: &[RateLimitSpec],
     diags: &mut Vec<Diagnostic>,
 ) -> RouteSpec {
     let name = r.name.get_ref().clone();
@@ -1135,16 +1268,25 @@ fn validate_route(
         None | Some("none") => AuthPolicy::None,
         Some("jwt") => AuthPolicy::Jwt,
         Some("jwt_tenant") => AuthPolicy::JwtTenant,
+        Some("api_key") => AuthPolicy::ApiKey,
+        Some("jwt_or_api_key") => AuthPolicy::JwtOrApiKey,
         Some(other) => {
             diags.push(Diagnostic::at(
                 r.auth.as_ref().expect("matched Some"),
-                format!("auth `{other}` is not one of none, jwt, jwt_tenant (api_key is not available yet)"),
+                format!(
+                    "auth `{other}` is not one of none, jwt, jwt_tenant, api_key, jwt_or_api_key"
+                ),
             ));
             AuthPolicy::None
         }
     };
-    if auth != AuthPolicy::None && !jwt_configured {
-        if let Some(a) = &r.auth {
+    let needs_jwt = matches!(
+        auth,
+        AuthPolicy::Jwt | AuthPolicy::JwtTenant | AuthPolicy::JwtOrApiKey
+    );
+    let needs_keys = matches!(auth, AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey);
+    if let Some(a) = &r.auth {
+        if needs_jwt && !jwt_configured {
             diags.push(Diagnostic::at(
                 a,
                 format!(
@@ -1153,13 +1295,39 @@ fn validate_route(
                 ),
             ));
         }
-    }
-    if let Some(rl) = &r.rate_limits {
-        if !rl.get_ref().is_empty() {
+        if needs_keys && !api_keys_configured {
             diags.push(Diagnostic::at(
-                rl,
-                "rate_limits are not available in this build yet",
+                a,
+                format!(
+                    "route `{name}` uses auth `{}` but there is no [auth.api_keys] section",
+                    a.get_ref()
+                ),
             ));
+        }
+    }
+    let mut scopes = Vec::new();
+    for sc in r.scopes.iter().flatten() {
+        if !needs_keys {
+            diags.push(Diagnostic::at(
+                sc,
+                "scopes apply to API keys: set auth = \"api_key\" or \"jwt_or_api_key\"",
+            ));
+        }
+        scopes.push(sc.get_ref().clone());
+    }
+    let mut rate_limits = Vec::new();
+    for rl in r.rate_limits.iter().flatten() {
+        match policies.iter().position(|p| &p.name == rl.get_ref()) {
+            Some(i) if !rate_limits.contains(&i) => rate_limits.push(i),
+            Some(_) => diags.push(Diagnostic::at(rl, "rate limit listed twice")),
+            None => {
+                let mut msg = format!("no [rate_limits.{}] policy", rl.get_ref());
+                if !policies.is_empty() {
+                    let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                    msg.push_str(&format!("; defined: {}", names.join(", ")));
+                }
+                diags.push(Diagnostic::at(rl, msg));
+            }
         }
     }
     RouteSpec {
@@ -1186,6 +1354,8 @@ fn validate_route(
         request_headers: header_rules(&r.request_headers, diags),
         response_headers: header_rules(&r.response_headers, diags),
         auth,
+        scopes,
+        rate_limits,
         on_store_error: match r.on_store_error.as_ref().map(|v| v.get_ref().as_str()) {
             None | Some("open") => OnStoreError::Open,
             Some("closed") => OnStoreError::Closed,

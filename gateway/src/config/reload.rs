@@ -76,6 +76,22 @@ impl Reloader {
         }
     }
 
+    /// Work that rides on the poll: JWKS refreshes that are due (each on its own task, so a slow identity
+    /// provider never delays a reload), and forgetting idle rate-limit keys every 10 s.
+    fn housekeeping(&self, ticks: &mut u64) {
+        *ticks += 1;
+        for src in self.state.jwks.all() {
+            if src.claim_due() {
+                tokio::spawn(async move {
+                    let _ = src.refresh().await;
+                });
+            }
+        }
+        if (*ticks).is_multiple_of(40) {
+            self.state.current().limiters.forget_idle();
+        }
+    }
+
     async fn wait_for_listeners(&self) {
         let rt = self.state.current();
         let Some(addr) = rt.config.entrypoints.http else {
@@ -112,6 +128,7 @@ impl BackgroundService for Reloader {
             _ = self.wait_for_listeners() => {}
             _ = shutdown.changed() => return,
         }
+        let mut ticks: u64 = 0;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -124,6 +141,7 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => return,
             };
             self.reload(&mut last, force);
+            self.housekeeping(&mut ticks);
         }
     }
 }

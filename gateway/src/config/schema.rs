@@ -16,6 +16,8 @@ enum Shape {
     FreeMap,
     /// An array whose items are strings or tables of this shape.
     StringsOrTables(&'static [(&'static str, Shape)]),
+    /// A table of free names, each a table of this shape (`[rate_limits.NAME]`).
+    NamedTables(&'static [(&'static str, Shape)]),
     /// Any plain value; its type is checked by serde.
     Value,
 }
@@ -66,6 +68,7 @@ const ROUTE: &[(&str, Shape)] = &[
     ("auth", Shape::Value),
     ("on_store_error", Shape::Value),
     ("rate_limits", Shape::Value),
+    ("scopes", Shape::Value),
     (
         "cors",
         Shape::Table(&[
@@ -87,6 +90,20 @@ const ROUTE: &[(&str, Shape)] = &[
             ("referrer_policy", Shape::Value),
             ("frame_options", Shape::Value),
         ]),
+    ),
+];
+const RATE_LIMIT: &[(&str, Shape)] = &[
+    ("key", Shape::Value),
+    ("limit", Shape::Value),
+    ("period", Shape::Value),
+    ("burst", Shape::Value),
+    ("scope", Shape::Value),
+    ("fail", Shape::Value),
+    ("expected_replicas", Shape::Value),
+    ("headers", Shape::Value),
+    (
+        "overrides",
+        Shape::NamedTables(&[("limit", Shape::Value), ("burst", Shape::Value)]),
     ),
 ];
 const ROOT: &[(&str, Shape)] = &[
@@ -130,27 +147,41 @@ const ROOT: &[(&str, Shape)] = &[
     ),
     (
         "auth",
-        Shape::Table(&[(
-            "jwt",
-            Shape::Table(&[
-                ("secret_env", Shape::Value),
-                ("secret_file", Shape::Value),
-                (
-                    "keys",
-                    Shape::Tables(&[
-                        ("kid", Shape::Value),
-                        ("secret_env", Shape::Value),
-                        ("secret_file", Shape::Value),
-                    ]),
-                ),
-                ("tenant_claim", Shape::Value),
-                ("leeway", Shape::Value),
-                ("issuer", Shape::Value),
-                ("audience", Shape::Value),
-                ("max_token_bytes", Shape::Value),
-            ]),
-        )]),
+        Shape::Table(&[
+            (
+                "jwt",
+                Shape::Table(&[
+                    ("secret_env", Shape::Value),
+                    ("secret_file", Shape::Value),
+                    (
+                        "keys",
+                        Shape::Tables(&[
+                            ("kid", Shape::Value),
+                            ("secret_env", Shape::Value),
+                            ("secret_file", Shape::Value),
+                        ]),
+                    ),
+                    ("tenant_claim", Shape::Value),
+                    ("leeway", Shape::Value),
+                    ("issuer", Shape::Value),
+                    ("audience", Shape::Value),
+                    ("max_token_bytes", Shape::Value),
+                    ("jwks_file", Shape::Value),
+                    ("jwks_url", Shape::Value),
+                    ("jwks_refresh", Shape::Value),
+                ]),
+            ),
+            (
+                "api_keys",
+                Shape::Table(&[
+                    ("lookup_url", Shape::Value),
+                    ("cache_ttl", Shape::Value),
+                    ("timeout", Shape::Value),
+                ]),
+            ),
+        ]),
     ),
+    ("rate_limits", Shape::NamedTables(RATE_LIMIT)),
     (
         "redis",
         Shape::Table(&[
@@ -237,6 +268,15 @@ fn check_item(item: &Item, shape: Shape, path: &str, out: &mut Vec<Diagnostic>) 
             } else if let Item::ArrayOfTables(arr) = item {
                 for (i, t) in arr.iter().enumerate() {
                     check_table(t, keys, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        Shape::NamedTables(keys) => {
+            if let Some(t) = item.as_table_like() {
+                for (name, inner) in t.iter() {
+                    if let Some(inner) = inner.as_table_like() {
+                        check_table(inner, keys, &format!("{path}.{name}"), out);
+                    }
                 }
             }
         }

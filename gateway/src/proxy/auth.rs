@@ -2,12 +2,14 @@
 //! attack table is unit-testable and the cost is benchmarkable without a server.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{AuthPolicy, JwtSettings};
+use crate::proxy::jwks::JwksSource;
 
 /// The verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +48,19 @@ pub enum AuthError {
     TenantMismatch,
     #[error("the token was revoked")]
     Revoked,
+    #[error("the API key is not valid")]
+    InvalidApiKey,
+    #[error("the API key has expired")]
+    ApiKeyExpired,
+    #[error("the API key lacks a scope this route requires")]
+    InsufficientScope,
 }
 
 impl AuthError {
     /// 401, or 403 when the token is valid but for another tenant.
     pub fn status(self) -> u16 {
         match self {
-            AuthError::TenantMismatch => 403,
+            AuthError::TenantMismatch | AuthError::InsufficientScope => 403,
             _ => 401,
         }
     }
@@ -71,6 +79,9 @@ impl AuthError {
             AuthError::InvalidClaims => "invalid_claims",
             AuthError::TenantMismatch => "tenant_mismatch",
             AuthError::Revoked => "token_revoked",
+            AuthError::InvalidApiKey => "invalid_api_key",
+            AuthError::ApiKeyExpired => "api_key_expired",
+            AuthError::InsufficientScope => "insufficient_scope",
         }
     }
 
@@ -78,37 +89,60 @@ impl AuthError {
     pub fn www_authenticate(self) -> String {
         match self {
             AuthError::MissingToken => "Bearer realm=\"aggios\"".to_string(),
-            AuthError::TenantMismatch => "Bearer realm=\"aggios\", error=\"insufficient_scope\", error_description=\"the token belongs to another tenant\"".to_string(),
+            AuthError::TenantMismatch | AuthError::InsufficientScope => format!("Bearer realm=\"aggios\", error=\"insufficient_scope\", error_description=\"{self}\""),
             other => format!("Bearer realm=\"aggios\", error=\"invalid_token\", error_description=\"{other}\""),
         }
     }
 }
 
-/// HS256 verification with the algorithm pinned and every claim checked.
+/// Algorithms a token may use; each key accepts exactly one of them.
+const ACCEPTED: [Algorithm; 10] = [
+    Algorithm::HS256,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Token verification with the algorithm pinned per key and every claim checked: HS256 keys from the
+/// config, asymmetric keys from a JWKS ([`JwksSource`]).
 pub struct JwtVerifier {
     single: Option<DecodingKey>,
     by_kid: HashMap<String, DecodingKey>,
-    validation: Validation,
+    jwks: Option<Arc<JwksSource>>,
+    /// One validation per accepted algorithm (built once; a request never clones one).
+    validations: Vec<(Algorithm, Validation)>,
     tenant_claim: String,
     leeway: u64,
     max_bytes: usize,
 }
 
 impl JwtVerifier {
-    pub fn new(s: &JwtSettings) -> JwtVerifier {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = s.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp"]);
-        match &s.audience {
-            Some(a) => validation.set_audience(&[a]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(i) = &s.issuer {
-            validation.set_issuer(&[i]);
-        }
+    pub fn new(s: &JwtSettings, jwks: Option<Arc<JwksSource>>) -> JwtVerifier {
+        let validations = ACCEPTED
+            .iter()
+            .map(|alg| {
+                let mut validation = Validation::new(*alg);
+                validation.algorithms = vec![*alg];
+                validation.leeway = s.leeway.as_secs();
+                validation.validate_nbf = true;
+                validation.validate_exp = true;
+                validation.set_required_spec_claims(&["exp"]);
+                match &s.audience {
+                    Some(a) => validation.set_audience(&[a]),
+                    None => validation.validate_aud = false,
+                }
+                if let Some(i) = &s.issuer {
+                    validation.set_issuer(&[i]);
+                }
+                (*alg, validation)
+            })
+            .collect();
         let mut single = None;
         let mut by_kid = HashMap::new();
         for k in &s.keys {
@@ -122,7 +156,8 @@ impl JwtVerifier {
         JwtVerifier {
             single,
             by_kid,
-            validation,
+            jwks,
+            validations,
             tenant_claim: s.tenant_claim.clone(),
             leeway: s.leeway.as_secs(),
             max_bytes: s.max_token_bytes,
@@ -138,18 +173,42 @@ impl JwtVerifier {
             return Err(AuthError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        if header.alg != Algorithm::HS256 {
-            return Err(AuthError::WrongAlgorithm);
-        }
-        let key = match (&self.single, header.kid.as_deref()) {
-            (Some(k), _) => k,
-            (None, Some(kid)) => self.by_kid.get(kid).ok_or(AuthError::UnknownKid)?,
-            (None, None) => return Err(AuthError::MissingKid),
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == header.alg)
+            .map(|(_, v)| v)
+            .ok_or(AuthError::WrongAlgorithm)?;
+        let jwks = self.jwks.as_ref().map(|j| j.keys());
+        let jwks_key = match (&jwks, header.kid.as_deref()) {
+            (Some(set), Some(kid)) => set.by_kid.get(kid),
+            _ => None,
+        };
+        let key = if header.alg == Algorithm::HS256 {
+            if jwks_key.is_some() {
+                // An HMAC token naming a public key: the key-confusion attack.
+                return Err(AuthError::WrongAlgorithm);
+            }
+            match (&self.single, header.kid.as_deref()) {
+                (Some(k), _) => k,
+                (None, Some(kid)) => self.by_kid.get(kid).ok_or(AuthError::UnknownKid)?,
+                (None, None) if self.by_kid.is_empty() => return Err(AuthError::WrongAlgorithm),
+                (None, None) => return Err(AuthError::MissingKid),
+            }
+        } else {
+            let kid = header.kid.as_deref().ok_or(AuthError::MissingKid)?;
+            let pinned = match jwks_key {
+                Some(p) => p,
+                None if self.by_kid.contains_key(kid) => return Err(AuthError::WrongAlgorithm),
+                None => return Err(AuthError::UnknownKid),
+            };
+            if pinned.alg != header.alg {
+                return Err(AuthError::WrongAlgorithm);
+            }
+            &pinned.key
         };
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            key,
-            &self.validation,
+            token, key, validation,
         )
         .map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -201,7 +260,9 @@ pub fn bind_tenant(
     host_tenant: Option<&str>,
 ) -> Result<(), AuthError> {
     match (policy, host_tenant) {
-        (AuthPolicy::JwtTenant, Some(host)) if host != identity.tenant => {
+        (AuthPolicy::JwtTenant | AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey, Some(host))
+            if host != identity.tenant =>
+        {
             Err(AuthError::TenantMismatch)
         }
         _ => Ok(()),
@@ -242,7 +303,12 @@ mod tests {
             issuer: None,
             audience: None,
             max_token_bytes: 8192,
+            jwks: None,
         }
+    }
+
+    fn verifier(keys: Vec<JwtKey>) -> JwtVerifier {
+        JwtVerifier::new(&settings(keys), None)
     }
 
     fn now() -> u64 {
@@ -268,10 +334,10 @@ mod tests {
 
     #[test]
     fn attack_table() {
-        let v = JwtVerifier::new(&settings(vec![JwtKey {
+        let v = verifier(vec![JwtKey {
             kid: None,
             secret: K1.to_vec(),
-        }]));
+        }]);
         let ok = sign(None, K1, good());
         assert_eq!(v.verify(&ok).map(|i| i.tenant), Ok("acme".to_string()));
         let parts: Vec<&str> = ok.split('.').collect();
@@ -373,9 +439,107 @@ mod tests {
         }
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/tests/fixtures/keys/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture")
+    }
+
+    fn sign_with(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_string);
+        encode(&h, &good(), key).expect("sign")
+    }
+
+    #[test]
+    fn jwks_keys_are_pinned_to_their_algorithm() {
+        let path = format!(
+            "{}/tests/fixtures/keys/jwks.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let src = Arc::new(JwksSource::new(
+            crate::proxy::jwks::JwksOrigin::File(path.into()),
+            Duration::from_secs(300),
+        ));
+        let v = JwtVerifier::new(
+            &settings(vec![JwtKey {
+                kid: None,
+                secret: K1.to_vec(),
+            }]),
+            Some(src),
+        );
+        let rsa = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).expect("rsa");
+        let ec = EncodingKey::from_ec_pem(&fixture("ec.pk8.pem")).expect("ec");
+        let ed = EncodingKey::from_ed_pem(&fixture("ed.pem")).expect("ed");
+        let rsa_pub = fixture("rsa.pub.pem");
+        assert!(v
+            .verify(&sign_with(Algorithm::RS256, Some("rsa-1"), &rsa))
+            .is_ok());
+        assert!(v
+            .verify(&sign_with(Algorithm::ES256, Some("ec-1"), &ec))
+            .is_ok());
+        assert!(v
+            .verify(&sign_with(Algorithm::EdDSA, Some("ed-1"), &ed))
+            .is_ok());
+        assert!(
+            v.verify(&sign(None, K1, good())).is_ok(),
+            "HS256 still works"
+        );
+        let cases: Vec<(&str, String, AuthError)> = vec![
+            (
+                "HS256 signed with the RSA public key, naming the RSA kid",
+                sign_with(
+                    Algorithm::HS256,
+                    Some("rsa-1"),
+                    &EncodingKey::from_secret(&rsa_pub),
+                ),
+                AuthError::WrongAlgorithm,
+            ),
+            (
+                "HS256 signed with the RSA public key, no kid",
+                sign_with(Algorithm::HS256, None, &EncodingKey::from_secret(&rsa_pub)),
+                AuthError::BadSignature,
+            ),
+            (
+                "RS256 naming the EC key",
+                sign_with(Algorithm::RS256, Some("ec-1"), &rsa),
+                AuthError::WrongAlgorithm,
+            ),
+            (
+                "RS512 with the RS256 key",
+                sign_with(Algorithm::RS512, Some("rsa-1"), &rsa),
+                AuthError::WrongAlgorithm,
+            ),
+            (
+                "ES256 with a forged signature",
+                {
+                    let t = sign_with(Algorithm::ES256, Some("ec-1"), &ec);
+                    let (signed, _) = t.rsplit_once('.').expect("token");
+                    format!("{signed}.{}", "A".repeat(86))
+                },
+                AuthError::BadSignature,
+            ),
+            (
+                "unknown kid",
+                sign_with(Algorithm::RS256, Some("rsa-9"), &rsa),
+                AuthError::UnknownKid,
+            ),
+            (
+                "asymmetric token without kid",
+                sign_with(Algorithm::RS256, None, &rsa),
+                AuthError::MissingKid,
+            ),
+        ];
+        for (what, token, want) in cases {
+            assert_eq!(v.verify(&token), Err(want), "{what}");
+        }
+    }
+
     #[test]
     fn rotation_by_kid() {
-        let v = JwtVerifier::new(&settings(vec![
+        let v = verifier(vec![
             JwtKey {
                 kid: Some("old".into()),
                 secret: K1.to_vec(),
@@ -384,7 +548,7 @@ mod tests {
                 kid: Some("new".into()),
                 secret: K2.to_vec(),
             },
-        ]));
+        ]);
         assert!(v.verify(&sign(Some("old"), K1, good())).is_ok());
         assert!(v.verify(&sign(Some("new"), K2, good())).is_ok());
         assert_eq!(

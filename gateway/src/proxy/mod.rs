@@ -2,11 +2,14 @@
 //! beside it ([`guard`] → [`route`] → [`upstream`] → [`headers`]); errors become answers in
 //! [`crate::error`].
 
+pub mod api_key;
 pub mod auth;
 pub mod cors;
 pub mod guard;
 pub mod head_deadline;
 pub mod headers;
+pub mod jwks;
+pub mod ratelimit;
 pub mod revocation;
 pub mod route;
 pub mod upstream;
@@ -80,6 +83,12 @@ pub struct RequestCtx {
     cors_origin: Option<String>,
     /// A CORS preflight to answer at the edge.
     preflight: bool,
+    /// An API key presented on a route that accepts one (checked in `request_filter`).
+    api_key: Option<String>,
+    /// The key's record, once verified (its id keys `api_key` rate limits).
+    api_key_record: Option<Arc<api_key::KeyRecord>>,
+    /// `RateLimit-Policy` and `RateLimit` for the response, when the binding policy sends them.
+    rate_headers: Option<(String, String)>,
 }
 
 impl RequestCtx {
@@ -109,6 +118,11 @@ async fn answer(session: &mut Session, ctx: &mut RequestCtx, err: EdgeError) -> 
     resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
     if let EdgeError::Auth(a) = &err {
         resp.insert_header(http::header::WWW_AUTHENTICATE, a.www_authenticate())?;
+    }
+    if let EdgeError::RateLimited(r) = &err {
+        resp.insert_header(http::header::RETRY_AFTER, r.retry_after_secs)?;
+        resp.insert_header("ratelimit-policy", r.policy_field.as_str())?;
+        resp.insert_header("ratelimit", r.ratelimit_field.as_str())?;
     }
     if err.closes_connection() {
         resp.insert_header(http::header::CONNECTION, "close")?;
@@ -228,7 +242,20 @@ impl Gateway {
                 }
             }
         }
-        if route.spec.auth != AuthPolicy::None {
+        let presented_key = match route.spec.auth {
+            AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey => api_key::presented(&req.headers),
+            _ => None,
+        };
+        if let Some(key) = presented_key {
+            // Checked against the key store in `request_filter` (it may need I/O).
+            ctx.api_key = Some(key.to_string());
+        } else if route.spec.auth == AuthPolicy::ApiKey {
+            metrics()
+                .auth_rejections
+                .with_label_values(&[&route.spec.name, auth::AuthError::MissingToken.reason()])
+                .inc();
+            return Err(EdgeError::Auth(auth::AuthError::MissingToken));
+        } else if route.spec.auth != AuthPolicy::None {
             // Before any upstream is chosen: a refused request never opens an upstream connection.
             let identity = Self::authenticate(
                 rt,
@@ -253,6 +280,142 @@ impl Gateway {
             if !up.any_healthy() {
                 return Err(EdgeError::NoHealthyServer);
             }
+        }
+        Ok(())
+    }
+
+    /// Verifies a presented API key (cached in process, then Redis, then the backend's lookup), binds its
+    /// tenant to the host's and checks the route's scopes.
+    async fn check_api_key(
+        &self,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+    ) -> std::result::Result<(), EdgeError> {
+        let (Some(key), Some(route)) = (ctx.api_key.as_deref(), ctx.route(rt)) else {
+            return Ok(());
+        };
+        let reject = |a: auth::AuthError| {
+            metrics()
+                .auth_rejections
+                .with_label_values(&[&route.spec.name, a.reason()])
+                .inc();
+            EdgeError::Auth(a)
+        };
+        let Some(store) = rt.api_keys.as_ref() else {
+            return Err(reject(auth::AuthError::InvalidApiKey));
+        };
+        let (identity, record) = match store.verify(key).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(a)) => return Err(reject(a)),
+            Err(e) => {
+                // A key that cannot be checked is never let through, whatever `on_store_error` says.
+                tracing::warn!(error = %e, "API key lookup failed");
+                metrics().auth_store_errors.inc();
+                return Err(EdgeError::StoreUnavailable);
+            }
+        };
+        auth::bind_tenant(route.spec.auth, &identity, ctx.tenant.as_deref()).map_err(reject)?;
+        if !api_key::has_scopes(&record, &route.spec.scopes) {
+            return Err(reject(auth::AuthError::InsufficientScope));
+        }
+        if ctx.tenant.is_none() {
+            ctx.tenant = Some(identity.tenant.clone());
+        }
+        ctx.identity = Some(identity);
+        ctx.api_key_record = Some(record);
+        Ok(())
+    }
+
+    /// The route's rate limits: the in-process tier, then one Redis round trip for the global policies.
+    async fn check_rate_limits(
+        &self,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+    ) -> std::result::Result<(), EdgeError> {
+        use ratelimit::{Outcome, Verdict};
+        let Some(route) = ctx.route(rt) else {
+            return Ok(());
+        };
+        if route.spec.rate_limits.is_empty() {
+            return Ok(());
+        }
+        let specs = &rt.config.rate_limits;
+        let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        let values = ratelimit::KeyValues {
+            client_ip: &ip,
+            tenant: ctx.tenant.as_deref(),
+            user: ctx
+                .identity
+                .as_ref()
+                .filter(|_| ctx.api_key_record.is_none())
+                .map(|i| i.user_id.as_str()),
+            api_key: ctx.api_key_record.as_ref().map(|r| r.id.as_str()),
+            route: &route.spec.name,
+        };
+        let (mut outcomes, global) =
+            ratelimit::first_tier(specs, &rt.limiters, &route.spec.rate_limits, &values);
+        let refused_early = outcomes.iter().any(|o| !o.verdict.allowed());
+        if !global.is_empty() && !refused_early {
+            let items: Vec<(String, ratelimit::gcra::Gcra)> =
+                global.iter().map(|(_, k, g)| (k.clone(), *g)).collect();
+            let decided = match self.state.global_limits.as_ref() {
+                Some(store) => match store.decide(&items).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        metrics().ratelimit_store_errors.inc();
+                        if !matches!(e, crate::shared_redis::StoreError::Open) {
+                            tracing::warn!(error = %e, "global rate limit store unavailable; falling back");
+                        }
+                        None
+                    }
+                },
+                None => None,
+            };
+            match decided {
+                Some(ds) => {
+                    for ((i, _, _), d) in global.iter().zip(&ds) {
+                        let rate = specs[*i].rate_for(values.tenant);
+                        outcomes.push(ratelimit::global_outcome(*i, &specs[*i], rate, d));
+                    }
+                }
+                None => {
+                    for (i, key, _) in &global {
+                        outcomes.push(ratelimit::fallback_outcome(
+                            *i,
+                            &specs[*i],
+                            &rt.limiters,
+                            values.tenant,
+                            key,
+                        ));
+                    }
+                }
+            }
+        }
+        for o in &outcomes {
+            metrics()
+                .ratelimit_decisions
+                .with_label_values(&[&specs[o.policy].name, o.verdict.label()])
+                .inc();
+        }
+        let refused: Option<&Outcome> = outcomes
+            .iter()
+            .filter(|o| !o.verdict.allowed())
+            .max_by_key(|o| o.retry_after);
+        let fields = ratelimit::header_fields(specs, &outcomes);
+        if let Some(o) = refused {
+            let (policy_field, ratelimit_field) = fields.unwrap_or_default();
+            return Err(EdgeError::RateLimited(Box::new(
+                crate::error::RateLimitRefusal {
+                    policy: specs[o.policy].name.clone(),
+                    retry_after_secs: ratelimit::ceil_secs(o.retry_after).max(1),
+                    policy_field,
+                    ratelimit_field,
+                },
+            )));
+        }
+        let binding = outcomes.iter().min_by_key(|o| o.remaining);
+        if binding.is_some_and(|o| specs[o.policy].headers && o.verdict != Verdict::FailOpen) {
+            ctx.rate_headers = fields;
         }
         Ok(())
     }
@@ -387,6 +550,9 @@ impl ProxyHttp for Gateway {
             identity: None,
             cors_origin: None,
             preflight: false,
+            api_key: None,
+            api_key_record: None,
+            rate_headers: None,
         }
     }
 
@@ -429,12 +595,20 @@ impl ProxyHttp for Gateway {
             answer(session, ctx, err).await?;
             return Ok(true);
         }
+        if ctx.preflight {
+            self.answer_preflight(session, ctx, &rt).await?;
+            return Ok(true);
+        }
+        if let Err(err) = self.check_api_key(ctx, &rt).await {
+            answer(session, ctx, err).await?;
+            return Ok(true);
+        }
         if let Err(err) = self.check_revocation(ctx, &rt).await {
             answer(session, ctx, err).await?;
             return Ok(true);
         }
-        if ctx.preflight {
-            self.answer_preflight(session, ctx, &rt).await?;
+        if let Err(err) = self.check_rate_limits(ctx, &rt).await {
+            answer(session, ctx, err).await?;
             return Ok(true);
         }
         let route = ctx
@@ -630,6 +804,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        if let Some((policy, state)) = ctx.rate_headers.take() {
+            resp.insert_header("ratelimit-policy", policy)?;
+            resp.insert_header("ratelimit", state)?;
+        }
         if let Some(rt) = ctx.runtime.as_ref() {
             if let Some(route) = ctx.route(rt) {
                 let sec = &route.spec.security;

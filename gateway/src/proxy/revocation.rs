@@ -3,15 +3,11 @@
 //! briefly in-process; a failing Redis is skipped for a while instead of being hammered.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-use tokio::sync::OnceCell;
-
-use crate::config::RedisSettings;
 use crate::proxy::upstream::hash64;
+use crate::shared_redis::SharedRedis;
 
 /// The denylist key the backend writes (contract between backend and gateway).
 pub fn denylist_key(jti: &str) -> String {
@@ -30,33 +26,23 @@ pub enum Revocation {
 const SHARDS: usize = 32;
 /// Entries per shard before the shard is cleared (bounds memory under a flood of distinct tokens).
 const SHARD_CAPACITY: usize = 8192;
-/// After a Redis failure, how long checks skip Redis and report a store error straight away.
-const BREAKER: Duration = Duration::from_secs(1);
 /// How long a revoked answer is remembered (revocation is final; the token expires anyway).
 const REVOKED_TTL: Duration = Duration::from_secs(300);
 
 /// Checks `jti`s against Redis with a sharded in-process cache (no global lock on the hot path).
 pub struct RevocationStore {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
-    timeout: Duration,
+    redis: Arc<SharedRedis>,
     ttl: Duration,
     shards: Vec<Mutex<HashMap<String, (bool, Instant)>>>,
-    started: Instant,
-    broken_until_ms: AtomicU64,
 }
 
 impl RevocationStore {
-    pub fn new(s: &RedisSettings) -> Result<RevocationStore, redis::RedisError> {
-        Ok(RevocationStore {
-            client: redis::Client::open(s.url.as_str())?,
-            conn: OnceCell::new(),
-            timeout: s.timeout,
-            ttl: s.revocation_cache,
+    pub fn new(redis: Arc<SharedRedis>, ttl: Duration) -> RevocationStore {
+        RevocationStore {
+            redis,
+            ttl,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            started: Instant::now(),
-            broken_until_ms: AtomicU64::new(0),
-        })
+        }
     }
 
     fn shard(&self, jti: &str) -> &Mutex<HashMap<String, (bool, Instant)>> {
@@ -80,10 +66,6 @@ impl RevocationStore {
         shard.insert(jti.to_string(), (revoked, Instant::now() + ttl));
     }
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
     /// Whether `jti` is revoked: from the cache, else with one `EXISTS` round trip.
     pub async fn check(&self, jti: &str) -> Revocation {
         if let Some(revoked) = self.cached(jti) {
@@ -93,27 +75,18 @@ impl RevocationStore {
                 Revocation::Valid
             };
         }
-        if self.now_ms() < self.broken_until_ms.load(Ordering::Relaxed) {
-            return Revocation::StoreError;
-        }
-        let call = async {
-            let conn = self
-                .conn
-                .get_or_try_init(|| async {
-                    let cfg = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(self.timeout.max(Duration::from_millis(200)))
-                        .set_response_timeout(self.timeout);
-                    ConnectionManager::new_with_config(self.client.clone(), cfg).await
-                })
-                .await?;
-            let mut conn = conn.clone();
-            redis::cmd("EXISTS")
-                .arg(denylist_key(jti))
-                .query_async::<bool>(&mut conn)
-                .await
-        };
-        match tokio::time::timeout(self.timeout.max(Duration::from_millis(1)) * 4, call).await {
-            Ok(Ok(revoked)) => {
+        let key = denylist_key(jti);
+        let answer = self
+            .redis
+            .call(|mut conn| async move {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async::<bool>(&mut conn)
+                    .await
+            })
+            .await;
+        match answer {
+            Ok(revoked) => {
                 self.remember(jti, revoked);
                 if revoked {
                     Revocation::Revoked
@@ -121,19 +94,10 @@ impl RevocationStore {
                     Revocation::Valid
                 }
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "revocation check failed");
-                self.broken_until_ms.store(
-                    self.now_ms() + BREAKER.as_millis() as u64,
-                    Ordering::Relaxed,
-                );
-                Revocation::StoreError
-            }
-            Err(_) => {
-                self.broken_until_ms.store(
-                    self.now_ms() + BREAKER.as_millis() as u64,
-                    Ordering::Relaxed,
-                );
+            Err(e) => {
+                if !matches!(e, crate::shared_redis::StoreError::Open) {
+                    tracing::warn!(error = %e, "revocation check failed");
+                }
                 Revocation::StoreError
             }
         }

@@ -303,6 +303,8 @@ mod tests {
             response_headers: Default::default(),
             auth: crate::config::AuthPolicy::None,
             cors: None,
+            scopes: Vec::new(),
+            rate_limits: Vec::new(),
             on_store_error: crate::config::OnStoreError::Open,
             security: Default::default(),
         }

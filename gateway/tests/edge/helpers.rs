@@ -563,3 +563,88 @@ impl KeepAlive {
         Some(status)
     }
 }
+
+/// A small HTTP server answering fixed documents by path (a JWKS endpoint, the backend's API-key lookup),
+/// changeable while it runs; unknown paths get 404. Counts the requests it answers.
+pub struct DocServer {
+    pub addr: SocketAddr,
+    pub docs: Arc<std::sync::Mutex<HashMap<String, (u16, String)>>>,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DocServer {
+    pub async fn start() -> DocServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let docs: Arc<std::sync::Mutex<HashMap<String, (u16, String)>>> = Arc::default();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (d, h) = (docs.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (d, h) = (d.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (d, h) = (d.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            let (status, body) = d
+                                .lock()
+                                .expect("docs")
+                                .get(req.uri().path())
+                                .cloned()
+                                .unwrap_or((404, "{}".into()));
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        DocServer {
+            addr,
+            docs,
+            hits,
+            task,
+        }
+    }
+
+    pub fn set(&self, path: &str, status: u16, body: &str) {
+        self.docs
+            .lock()
+            .expect("docs")
+            .insert(path.to_string(), (status, body.to_string()));
+    }
+
+    pub fn remove(&self, path: &str) {
+        self.docs.lock().expect("docs").remove(path);
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for DocServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Redis the tests use (started by `scripts/test.sh`).
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}

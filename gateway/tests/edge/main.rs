@@ -1,5 +1,6 @@
 //! Integration tests: the real `gateway` binary on ephemeral ports in front of real HTTP upstreams.
 
+mod api_keys;
 mod auth;
 mod balancing;
 mod cors;

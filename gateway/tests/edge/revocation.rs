@@ -8,10 +8,6 @@ use crate::helpers::*;
 
 const SECRET: &str = "revocation-test-secret-revocation-01";
 
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 fn token(jti: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

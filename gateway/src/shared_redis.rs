@@ -1,0 +1,114 @@
+//! The one Redis connection a gateway process shares between token revocation, API-key lookups and
+//! global rate limits: multiplexed, reconnecting by itself, created on first use, and skipped for a moment
+//! after a failure (a circuit breaker) so a dead Redis costs no request a timeout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+use crate::config::RedisSettings;
+
+/// After a failure, how long calls skip Redis (then one call probes it).
+pub const BREAKER: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis is being skipped after a recent failure")]
+    Open,
+}
+
+pub struct SharedRedis {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    started: Instant,
+    broken_until_ms: AtomicU64,
+}
+
+impl SharedRedis {
+    pub fn new(s: &RedisSettings) -> Result<SharedRedis, redis::RedisError> {
+        Ok(SharedRedis {
+            client: redis::Client::open(s.url.as_str())?,
+            conn: OnceCell::new(),
+            timeout: s.timeout,
+            started: Instant::now(),
+            broken_until_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether calls are being skipped after a failure.
+    pub fn is_open(&self) -> bool {
+        self.now_ms() < self.broken_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn trip(&self) {
+        self.broken_until_ms.store(
+            self.now_ms() + BREAKER.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Runs `f` on the shared connection within the per-call timeout; a failure opens the breaker.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        if self.is_open() {
+            return Err(StoreError::Open);
+        }
+        // The first call also connects, which may take longer than one command.
+        let connect_timeout = self.timeout.max(Duration::from_millis(250));
+        let conn = match tokio::time::timeout(
+            connect_timeout,
+            self.conn.get_or_try_init(|| async {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(connect_timeout)
+                    .set_response_timeout(self.timeout)
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(self.client.clone(), cfg).await
+            }),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c.clone(),
+            Ok(Err(e)) => {
+                self.trip();
+                return Err(e.into());
+            }
+            Err(_) => {
+                self.trip();
+                return Err(StoreError::Timeout(connect_timeout));
+            }
+        };
+        match tokio::time::timeout(self.timeout, f(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if !is_script_missing(&e) {
+                    self.trip();
+                }
+                Err(e.into())
+            }
+            Err(_) => {
+                self.trip();
+                Err(StoreError::Timeout(self.timeout))
+            }
+        }
+    }
+}
+
+/// `NOSCRIPT`: the script cache was flushed (or a fail-over); not a failure of Redis itself.
+pub fn is_script_missing(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::NoScriptError
+}
