@@ -257,8 +257,8 @@ pub struct ApiKeysFile {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum KeyFile {
-    One(Spanned<String>),
-    Many(Vec<Spanned<String>>),
+    One(String),
+    Many(Vec<String>),
 }
 
 /// One `[rate_limits.NAME]` policy.

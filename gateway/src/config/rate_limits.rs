@@ -86,8 +86,8 @@ fn count(v: &toml::Spanned<i64>, what: &str, min: i64, diags: &mut Vec<Diagnosti
     }
 }
 
-fn key_part(s: &toml::Spanned<String>, diags: &mut Vec<Diagnostic>) -> Option<KeyPart> {
-    Some(match s.get_ref().as_str() {
+fn key_part<T>(s: &str, at: &toml::Spanned<T>, diags: &mut Vec<Diagnostic>) -> Option<KeyPart> {
+    Some(match s {
         "client_ip" => KeyPart::ClientIp,
         "tenant" => KeyPart::Tenant,
         "user" => KeyPart::User,
@@ -95,7 +95,7 @@ fn key_part(s: &toml::Spanned<String>, diags: &mut Vec<Diagnostic>) -> Option<Ke
         "route" => KeyPart::Route,
         other => {
             diags.push(Diagnostic::at(
-                s,
+                at,
                 format!("key `{other}` is not one of client_ip, tenant, user, api_key, route"),
             ));
             return None;
@@ -121,12 +121,15 @@ pub(super) fn validate(
         }
         let mut key = Vec::new();
         match p.key.get_ref() {
-            KeyFile::One(s) => key.extend(key_part(s, diags)),
+            KeyFile::One(s) => key.extend(key_part(s, &p.key, diags)),
             KeyFile::Many(list) => {
                 for s in list {
-                    if let Some(k) = key_part(s, diags) {
+                    if let Some(k) = key_part(s, &p.key, diags) {
                         if key.contains(&k) {
-                            diags.push(Diagnostic::at(s, "key part listed twice"));
+                            diags.push(Diagnostic::at(
+                                &p.key,
+                                format!("key part `{s}` listed twice"),
+                            ));
                         }
                         key.push(k);
                     }

@@ -241,7 +241,9 @@ impl JwksSource {
         };
         let wait = match &result {
             Ok(_) => *self.refresh.lock().unwrap_or_else(|p| p.into_inner()),
-            Err(_) => RETRY_AFTER_FAILURE,
+            Err(_) => {
+                RETRY_AFTER_FAILURE.min(*self.refresh.lock().unwrap_or_else(|p| p.into_inner()))
+            }
         };
         *self.next_refresh.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + wait;
         match &result {

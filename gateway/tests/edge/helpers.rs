@@ -648,3 +648,74 @@ impl Drop for DocServer {
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
+
+/// A private `redis-server` on a fresh port (password required), for tests that stop and start Redis.
+pub struct RedisServer {
+    pub port: u16,
+    pub password: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            password: format!("pw{}", fastrand::u64(..)),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        r.restart().await;
+        r
+    }
+
+    /// `redis://:password@127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("redis://:{}@127.0.0.1:{}", self.password, self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (Re)starts on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", &self.password])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/test.sh)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually("private redis answers", || {
+            let url = url.clone();
+            async move {
+                let Ok(c) = redis::Client::open(url) else {
+                    return false;
+                };
+                match c.get_multiplexed_async_connection().await {
+                    Ok(mut conn) => redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
