@@ -44,7 +44,10 @@ fn gateway_bin() -> std::path::PathBuf {
     bin
 }
 
-async fn start_gateway(backend: std::net::SocketAddr) -> GatewayProcess {
+async fn start_gateway(
+    backend: std::net::SocketAddr,
+    internal: std::net::SocketAddr,
+) -> GatewayProcess {
     let port = free_port();
     let admin = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -62,6 +65,10 @@ base_domains = ["aggios.app"]
 [auth.jwt]
 secret_env = "E2E_JWT_SECRET"
 
+[auth.api_keys]
+lookup_url = "http://{internal}/internal/api-keys/{{prefix}}"
+cache_ttl = "5s"
+
 [redis]
 url_env = "E2E_REDIS_URL"
 revocation_cache = "100ms"
@@ -74,6 +81,15 @@ servers = ["{backend}"]
 name = "login"
 hosts = ["*.aggios.app"]
 path_prefix = "/api/auth/login"
+upstream = "backend"
+
+[[routes]]
+name = "files-read"
+hosts = ["*.aggios.app"]
+path_prefix = "/api/files"
+methods = ["GET"]
+auth = "jwt_or_api_key"
+scopes = ["files:read"]
 upstream = "backend"
 
 [[routes]]
@@ -126,6 +142,18 @@ async fn via_gateway(
     token: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    via_gateway_with(gw, method, host, path, token, &[], body).await
+}
+
+async fn via_gateway_with(
+    gw: &GatewayProcess,
+    method: &str,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
         .expect("connect");
@@ -141,6 +169,9 @@ async fn via_gateway(
         .header("content-type", "application/json");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let body = body.map_or_else(bytes::Bytes::new, |b| bytes::Bytes::from(b.to_string()));
     let resp = sender
@@ -164,7 +195,7 @@ async fn login_call_logout_then_refused_at_the_edge() {
     let acme = app.tenant("acme").await;
     app.tenant("globex").await;
     app.user(acme, "ann@acme.test", "member").await;
-    let gw = start_gateway(app.addr).await;
+    let gw = start_gateway(app.addr, app.internal_addr).await;
 
     let (status, pair) = via_gateway(
         &gw,
@@ -238,4 +269,104 @@ async fn login_call_logout_then_refused_at_the_edge() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn an_api_key_works_through_the_gateway_until_revoked() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.tenant("globex").await;
+    app.user(acme, "boss@acme.test", "admin").await;
+    let gw = start_gateway(app.addr, app.internal_addr).await;
+    let (status, pair) = via_gateway(
+        &gw,
+        "POST",
+        "acme.aggios.app",
+        "/api/auth/login",
+        None,
+        Some(json!({ "email": "boss@acme.test", "password": PASSWORD })),
+    )
+    .await;
+    assert_eq!(status, 200, "{pair}");
+    let admin = pair["access_token"].as_str().expect("token").to_string();
+    let (status, created) = via_gateway(
+        &gw,
+        "POST",
+        "acme.aggios.app",
+        "/api/api-keys",
+        Some(&admin),
+        Some(json!({ "name": "zapier", "scopes": ["files:read"] })),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().expect("key").to_string();
+    let id = created["api_key"]["id"].as_str().expect("id").to_string();
+
+    let (status, body) = via_gateway_with(
+        &gw,
+        "GET",
+        "acme.aggios.app",
+        "/api/files",
+        None,
+        &[("x-api-key", &key)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the key is accepted by the edge and the backend: {body}"
+    );
+    let (status, body) = via_gateway_with(
+        &gw,
+        "GET",
+        "globex.aggios.app",
+        "/api/files",
+        None,
+        &[("x-api-key", &key)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tenant_mismatch")),
+        "another tenant's host"
+    );
+
+    let (status, _) = via_gateway(
+        &gw,
+        "DELETE",
+        "acme.aggios.app",
+        &format!("/api/api-keys/{id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let start = Instant::now();
+    loop {
+        let (status, body) = via_gateway_with(
+            &gw,
+            "GET",
+            "acme.aggios.app",
+            "/api/files",
+            None,
+            &[("x-api-key", &key)],
+            None,
+        )
+        .await;
+        // `invalid_api_key` is the gateway's answer (the backend would say `api_key_revoked`).
+        if status == 401 && body["error"]["code"] == "invalid_api_key" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "revoked key still accepted at the edge: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        start.elapsed() <= Duration::from_secs(6),
+        "the revocation took {:?}, more than cache_ttl",
+        start.elapsed()
+    );
 }

@@ -7,6 +7,24 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
 
+const SECRET: &str = "api-key-test-secret-api-key-test-01";
+
+fn jwt(tenant: &str) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims =
+        serde_json::json!({ "user_id": "u-1", "tenant_id": tenant, "iat": now, "exp": now + 600 });
+    let t = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    format!("Bearer {t}")
+}
+
 struct Key {
     full: String,
     prefix: String,
@@ -42,6 +60,9 @@ fn config(up: &TestUpstream, v2: &TestUpstream, lookup: &DocServer) -> String {
         r#"[tenancy]
 base_domains = ["aggios.app"]
 
+[auth.jwt]
+secret_env = "GW_SECRET"
+
 [auth.api_keys]
 lookup_url = "http://{}/internal/api-keys/{{prefix}}"
 cache_ttl = "3s"
@@ -68,6 +89,13 @@ scopes = ["files:write"]
 upstream = "u"
 
 [[routes]]
+name = "either"
+hosts = ["*.aggios.app"]
+path_prefix = "/either"
+auth = "jwt_or_api_key"
+upstream = "u"
+
+[[routes]]
 name = "v2"
 hosts = ["*.aggios.app"]
 path_prefix = "/read"
@@ -90,8 +118,11 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
     let up = TestUpstream::start("u");
     let v2 = TestUpstream::start("v2");
     let lookup = DocServer::start().await;
-    let gw =
-        Gateway::start_with_env(&config(&up, &v2, &lookup), &[("GW_REDIS", &redis_url())]).await;
+    let gw = Gateway::start_with_env(
+        &config(&up, &v2, &lookup),
+        &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)],
+    )
+    .await;
     let good = new_key();
     let expired = new_key();
     let globex = new_key();
@@ -149,6 +180,38 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
         r.json()["headers"]["x-api-version"],
         serde_json::json!(["2"])
     );
+
+    // jwt_or_api_key: either credential, each bound to the host's tenant.
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/either/a",
+        &[("x-api-key", &good.full)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/either/a",
+        &[("authorization", &jwt("acme"))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-user-id"], serde_json::json!(["u-1"]));
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/either/a",
+        &[("authorization", &jwt("globex"))],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "tenant_mismatch")
+    );
+    let r = call(&gw, "acme.aggios.app", "/either/a", &[]).await;
+    assert_eq!((r.status, r.error_code().as_str()), (401, "missing_token"));
 
     let hits = up.hits() + v2.hits();
     let mut forged = good.full.clone();
@@ -316,8 +379,11 @@ async fn a_key_that_cannot_be_checked_is_refused_with_503() {
     let v2 = TestUpstream::start("v2");
     let lookup = DocServer::start().await;
     let dead_redis = format!("redis://127.0.0.1:{}", free_port());
-    let gw =
-        Gateway::start_with_env(&config(&up, &v2, &lookup), &[("GW_REDIS", &dead_redis)]).await;
+    let gw = Gateway::start_with_env(
+        &config(&up, &v2, &lookup),
+        &[("GW_REDIS", &dead_redis), ("GW_SECRET", SECRET)],
+    )
+    .await;
     let k = new_key();
     lookup.set(
         &format!("/internal/api-keys/{}", k.prefix),
