@@ -65,7 +65,7 @@ fi
 MIGRATE_ON_START=0 "$BIN/backend" serve 2> "$STATE_DIR/backend.log" &
 PIDS+=($!)
 wait_port 127.0.0.1 8081 30 || die "backend did not start: $(tail -3 "$STATE_DIR/backend.log")"
-"$BIN/gateway" run --config config/dev.toml > "$STATE_DIR/access.log" 2> "$STATE_DIR/gateway.log" &
+JWT_SECRET="$(cat "$JWT_SECRET_FILE")" "$BIN/gateway" run --config config/dev.toml > "$STATE_DIR/access.log" 2> "$STATE_DIR/gateway.log" &
 PIDS+=($!)
 wait_port 127.0.0.1 8080 30 || die "gateway did not start: $(tail -3 "$STATE_DIR/gateway.log")"
 

@@ -958,8 +958,13 @@ fn validate_jwt(config_path: &Path, j: &JwtFile, diags: &mut Vec<Diagnostic>) ->
     let jwks = validate_jwks(config_path, j, diags);
     let mut keys = Vec::new();
     let hs_configured = j.secret_env.is_some() || j.secret_file.is_some() || !j.keys.is_empty();
-    if !hs_configured && jwks.is_some() {
-        // Asymmetric keys only.
+    if !hs_configured {
+        if j.jwks_file.is_none() && j.jwks_url.is_none() {
+            diags.push(Diagnostic::new(
+                None,
+                "[auth.jwt] needs keys: secret_env, secret_file, keys, jwks_file or jwks_url",
+            ));
+        }
     } else if j.keys.is_empty() {
         if let Some(s) = secret(&j.secret_env, &j.secret_file, None, diags) {
             keys.push(JwtKey {

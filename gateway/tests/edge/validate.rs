@@ -9,6 +9,7 @@ fn validate(path: &Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
         // config/gateway.toml takes its JWT key from the environment, as production does.
         .env("JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
         .args(["validate", "--config"])
         .arg(path)
         .output()
