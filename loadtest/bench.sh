@@ -4,6 +4,9 @@
 #   access log ON in every proxy, proxy pinned to CPU 0 with one worker thread, wrk and the origin on CPU 1.
 #   CPU per request = the proxy's utime+stime during the run / requests served.
 # Usage: loadtest/bench.sh [PASSES] [DURATION_SECONDS]      (defaults: 3 passes, 10 s)
+#        MODE=ratelimit loadtest/bench.sh [PASSES] [DURATION]  the gateway with a global (Redis) rate limit on
+#        every request against the same gateway without one, alternating (the limit is never reached, so
+#        both serve 200s; the difference is the cost of deciding).
 # Targets (everything on loopback): nginx, the gateway (10 routes; 10 000 tenant routes), and bare-pingora
 # (gateway/examples/bare_pingora.rs: Pingora forwarding with no logic at all, the floor under the gateway).
 set -euo pipefail
@@ -12,8 +15,11 @@ source "$ROOT/scripts/lib.sh"
 PASSES=${1:-3}
 DURATION=${2:-10}
 CONNS=${CONNS:-64}
+MODE=${MODE:-peers}
 ensure_build_deps
 ensure_debs nginx-light wrk
+if [ "$MODE" = ratelimit ]; then ensure_redis; fi
+export BENCH_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 cargo build --release --locked -p gateway --bin gateway --example bare_pingora >&2
 GW="$CARGO_TARGET_DIR/release/gateway"
 BARE="$CARGO_TARGET_DIR/release/examples/bare_pingora"
@@ -44,8 +50,9 @@ http {
 }
 NGX
 
-gw_config() { # $1 = number of tenant routes
+gw_config() { # $1 = number of tenant routes, $2 = rate_limits of the tenant route (TOML list), $3 = extra TOML
   cat <<TOML
+${3:-}
 [server]
 threads = 1
 [entrypoints]
@@ -65,13 +72,20 @@ health = { path = "/", interval = "2s", timeout = "1s" }
 name = "tenants"
 hosts = ["*.bench.test"]
 upstream = "origin"
+rate_limits = ${2:-[]}
 TOML
   for i in $(seq 1 "$1"); do printf '[[routes]]\nname = "t%d"\nhosts = ["t%d.bench.test"]\nupstream = "origin"\n' "$i" "$i"; done
 }
 gw_config 10 > "$W/gw10.toml"
 gw_config 10000 > "$W/gw10k.toml"
-"$GW" validate --config "$W/gw10.toml" >&2
-"$GW" validate --config "$W/gw10k.toml" >&2
+# A global per-tenant policy far above what one core can serve: every request costs one Redis decision.
+gw_config 10 '["per_tenant"]' '[redis]
+url_env = "BENCH_REDIS_URL"
+[rate_limits.per_tenant]
+key = "tenant"
+limit = 1000000
+period = "1s"' > "$W/gwrl.toml"
+for c in gw10 gw10k gwrl; do "$GW" validate --config "$W/$c.toml" >&2; done
 
 taskset -c 1 nginx -c "$W/origin.conf" & PIDS+=($!)
 wait_port 127.0.0.1 18081 10 || die "origin did not start"
@@ -106,6 +120,34 @@ run_one() {
 }
 
 RESULTS="$W/results.tsv"
+if [ "$MODE" = ratelimit ]; then
+  for pass in $(seq 1 "$PASSES"); do
+    echo "pass $pass/$PASSES" >&2
+    run_one gateway 18083 t5.bench.test "$GW" run --config "$W/gw10.toml" >> "$RESULTS"
+    run_one gateway-global-limit 18083 t5.bench.test "$GW" run --config "$W/gwrl.toml" >> "$RESULTS"
+  done
+  python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, rps, p99, cpu, rss, non2xx = line.rstrip("\n").split("\t")
+    def ms(v):
+        return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+    rows[name].append((float(rps), ms(p99), float(cpu), int(non2xx)))
+print(f"passes={sys.argv[2]} duration={sys.argv[3]}s connections={sys.argv[4]} (medians; per pass in brackets)\n")
+print("| target | req/s | p99 | proxy CPU-µs / request | non-2xx |")
+print("|---|---|---|---|---|")
+for name in ["gateway", "gateway-global-limit"]:
+    r = rows[name]
+    print(f"| {name} | {statistics.median(x[0] for x in r):,.0f} ({', '.join(f'{x[0]:,.0f}' for x in r)}) | "
+          f"{statistics.median(x[1] for x in r):.2f} ms | {statistics.median(x[2] for x in r):.1f} | {sum(x[3] for x in r)} |")
+ratios = [b[0] / a[0] for a, b in zip(rows["gateway"], rows["gateway-global-limit"])]
+print(f"\nwith a global limit / without: {statistics.median(ratios):.2f}× (per pass: {', '.join(f'{x:.2f}' for x in ratios)})")
+PY
+  echo "raw results: $RESULTS" >&2
+  exit 0
+fi
+
 for pass in $(seq 1 "$PASSES"); do
   echo "pass $pass/$PASSES" >&2
   run_one nginx 18082 t5.bench.test nginx -c "$W/nginx.conf" >> "$RESULTS"

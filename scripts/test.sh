@@ -7,6 +7,10 @@ cd "$ROOT"
 ensure_build_deps
 ensure_postgres
 ensure_redis
+# Rate-limit tests start private redis-server processes (outage, TLS, a 3-node cluster) and make
+# throw-away certificates with openssl.
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || ensure_debs redis-server redis-tools
+ensure_debs openssl
 ensure_s3s_fs
 export PG_BIN_DIR="$(pg_bin_dir)"
 

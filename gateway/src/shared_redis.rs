@@ -1,11 +1,14 @@
 //! The one Redis connection a gateway process shares between token revocation, API-key lookups and
 //! global rate limits: multiplexed, reconnecting by itself, created on first use, and skipped for a moment
-//! after a failure (a circuit breaker) so a dead Redis costs no request a timeout.
+//! after a failure (a circuit breaker) so a dead Redis costs no request a timeout. A single server (with a
+//! password and TLS when the URL says so) or a Redis Cluster.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
 use crate::config::RedisSettings;
@@ -23,9 +26,49 @@ pub enum StoreError {
     Open,
 }
 
+/// A connection to a single server or to a cluster; cheap to clone (both are multiplexed handles).
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 pub struct SharedRedis {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    target: Target,
+    conn: OnceCell<Conn>,
     /// Per-call timeout.
     pub timeout: Duration,
     started: Instant,
@@ -34,8 +77,26 @@ pub struct SharedRedis {
 
 impl SharedRedis {
     pub fn new(s: &RedisSettings) -> Result<SharedRedis, redis::RedisError> {
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: s.ca_pem.clone(),
+        };
+        let target = if s.cluster {
+            let nodes: Vec<&str> = s.url.split(',').map(str::trim).collect();
+            let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(s.timeout.max(Duration::from_millis(250)))
+                .response_timeout(s.timeout);
+            if s.ca_pem.is_some() {
+                b = b.certs(certs());
+            }
+            Target::Cluster(b.build()?)
+        } else if s.ca_pem.is_some() {
+            Target::Single(redis::Client::build_with_tls(s.url.as_str(), certs())?)
+        } else {
+            Target::Single(redis::Client::open(s.url.as_str())?)
+        };
         Ok(SharedRedis {
-            client: redis::Client::open(s.url.as_str())?,
+            target,
             conn: OnceCell::new(),
             timeout: s.timeout,
             started: Instant::now(),
@@ -45,6 +106,11 @@ impl SharedRedis {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether this is a Redis Cluster (keys of different slots cannot share a script call).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
     }
 
     /// Whether calls are being skipped after a failure.
@@ -62,7 +128,7 @@ impl SharedRedis {
     /// Runs `f` on the shared connection within the per-call timeout; a failure opens the breaker.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         if self.is_open() {
@@ -73,11 +139,20 @@ impl SharedRedis {
         let conn = match tokio::time::timeout(
             connect_timeout,
             self.conn.get_or_try_init(|| async {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(connect_timeout)
-                    .set_response_timeout(self.timeout)
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(self.client.clone(), cfg).await
+                match &self.target {
+                    Target::Single(client) => {
+                        let cfg = redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(connect_timeout)
+                            .set_response_timeout(self.timeout)
+                            .set_number_of_retries(1);
+                        ConnectionManager::new_with_config(client.clone(), cfg)
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Target::Cluster(client) => {
+                        client.get_async_connection().await.map(Conn::Cluster)
+                    }
+                }
             }),
         )
         .await

@@ -317,6 +317,8 @@ pub struct JwtKeyFile {
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     pub url_env: Spanned<String>,
+    pub cluster: Option<bool>,
+    pub ca_file: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub revocation_cache: Option<Spanned<String>>,
 }

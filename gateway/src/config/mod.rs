@@ -211,7 +211,11 @@ pub const DEFAULT_REVOCATION_CACHE: Duration = Duration::from_secs(1);
 /// Validated `[redis]`. The URL is read from the environment (it may carry a password).
 #[derive(Clone)]
 pub struct RedisSettings {
+    /// One URL, or with `cluster`, the seed nodes' URLs separated by commas.
     pub url: String,
+    pub cluster: bool,
+    /// A CA (PEM) to trust for `rediss://` instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
     pub timeout: Duration,
     pub revocation_cache: Duration,
 }
@@ -763,12 +767,19 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
     let rate_limits = rate_limits::validate(&raw.rate_limits, diags);
     let redis = raw.redis.as_ref().and_then(|r| {
         let url = match std::env::var(r.url_env.get_ref()) {
-            Ok(v) if v.starts_with("redis://") || v.starts_with("rediss://") => v,
+            Ok(v)
+                if v.split(',')
+                    .map(str::trim)
+                    .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+                    && (r.cluster.unwrap_or(false) || !v.contains(',')) =>
+            {
+                v
+            }
             Ok(_) => {
                 diags.push(Diagnostic::at(
                     &r.url_env,
                     format!(
-                        "`{}` must hold a redis:// or rediss:// URL",
+                        "`{}` must hold a redis:// or rediss:// URL (with cluster = true: the nodes' URLs, comma-separated)",
                         r.url_env.get_ref()
                     ),
                 ));
@@ -782,8 +793,21 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
                 return None;
             }
         };
+        let ca_pem = r.ca_file.as_ref().and_then(|f| match std::fs::read(f.get_ref()) {
+            Ok(pem) if pem.starts_with(b"-----BEGIN") => Some(pem),
+            Ok(_) => {
+                diags.push(Diagnostic::at(f, format!("ca_file `{}` is not a PEM file", f.get_ref())));
+                None
+            }
+            Err(e) => {
+                diags.push(Diagnostic::at(f, format!("cannot read ca_file `{}`: {e}", f.get_ref())));
+                None
+            }
+        });
         Some(RedisSettings {
             url,
+            cluster: r.cluster.unwrap_or(false),
+            ca_pem,
             timeout: duration_or(&r.timeout, DEFAULT_REDIS_TIMEOUT, diags),
             revocation_cache: duration_or(&r.revocation_cache, DEFAULT_REVOCATION_CACHE, diags),
         })

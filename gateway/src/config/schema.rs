@@ -186,6 +186,8 @@ const ROOT: &[(&str, Shape)] = &[
         "redis",
         Shape::Table(&[
             ("url_env", Shape::Value),
+            ("cluster", Shape::Value),
+            ("ca_file", Shape::Value),
             ("timeout", Shape::Value),
             ("revocation_cache", Shape::Value),
         ]),

@@ -649,12 +649,28 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A private `redis-server` on a fresh port (password required), for tests that stop and start Redis.
+/// A private `redis-server` on a fresh port (password required, optionally TLS only), for tests that stop
+/// and start Redis.
 pub struct RedisServer {
     pub port: u16,
     pub password: String,
+    /// With TLS: the CA that signed the server's certificate.
+    pub ca: Option<PathBuf>,
     child: Option<Child>,
     dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (installed by scripts/test.sh)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl RedisServer {
@@ -662,6 +678,7 @@ impl RedisServer {
         let mut r = RedisServer {
             port: free_port(),
             password: format!("pw{}", fastrand::u64(..)),
+            ca: None,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
         };
@@ -669,9 +686,101 @@ impl RedisServer {
         r
     }
 
-    /// `redis://:password@127.0.0.1:port`.
+    /// A server that speaks TLS only, with a certificate from a throw-away CA.
+    pub async fn start_tls() -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=aggios-test-ca",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ],
+        );
+        let mut r = RedisServer {
+            port: free_port(),
+            password: format!("pw{}", fastrand::u64(..)),
+            ca: Some(d.join("ca.pem")),
+            child: None,
+            dir,
+        };
+        r.restart().await;
+        r
+    }
+
+    /// `redis://:password@127.0.0.1:port` (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://:{}@127.0.0.1:{}", self.password, self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://:{}@127.0.0.1:{}", self.password, self.port)
+    }
+
+    fn client(&self) -> redis::Client {
+        match &self.ca {
+            None => redis::Client::open(self.url()).expect("url"),
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca).expect("ca")),
+                },
+            )
+            .expect("tls client"),
+        }
+    }
+
+    /// A connection for the test itself.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
     }
 
     pub fn stop(&mut self) {
@@ -684,23 +793,36 @@ impl RedisServer {
     /// (Re)starts on the same port, empty.
     pub async fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--requirepass", &self.password])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--requirepass", &self.password]);
+        let port = self.port.to_string();
+        match &self.ca {
+            None => {
+                cmd.args(["--port", &port]);
+            }
+            Some(_) => {
+                cmd.args(["--port", "0", "--tls-port", &port])
+                    .args([
+                        "--tls-cert-file",
+                        "server.pem",
+                        "--tls-key-file",
+                        "server.key",
+                    ])
+                    .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"]);
+            }
+        }
+        let child = cmd
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (installed by scripts/test.sh)");
         self.child = Some(child);
-        let url = self.url();
+        let client = self.client();
         eventually("private redis answers", || {
-            let url = url.clone();
+            let c = client.clone();
             async move {
-                let Ok(c) = redis::Client::open(url) else {
-                    return false;
-                };
                 match c.get_multiplexed_async_connection().await {
                     Ok(mut conn) => redis::cmd("PING")
                         .query_async::<String>(&mut conn)
@@ -717,5 +839,123 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A three-node Redis Cluster (no replicas) on fresh ports.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for p in &ports {
+            let node_dir = dir.path().join(p.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            children.push(
+                Command::new("redis-server")
+                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .current_dir(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server"),
+            );
+        }
+        let cluster = RedisCluster {
+            ports,
+            children,
+            _dir: dir,
+        };
+        for p in &cluster.ports {
+            let url = format!("redis://127.0.0.1:{p}");
+            eventually("cluster node answers", || {
+                let url = url.clone();
+                async move {
+                    match redis::Client::open(url) {
+                        Ok(c) => c.get_multiplexed_async_connection().await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            })
+            .await;
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for p in &cluster.ports {
+            let url = format!("redis://127.0.0.1:{p}");
+            eventually("cluster state ok on every node", || {
+                let url = url.clone();
+                async move {
+                    let Ok(c) = redis::Client::open(url) else {
+                        return false;
+                    };
+                    let Ok(mut conn) = c.get_multiplexed_async_connection().await else {
+                        return false;
+                    };
+                    redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok_and(|i| i.contains("cluster_state:ok"))
+                }
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// The seed URLs, comma-separated (`[redis] cluster = true`).
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A plain connection to each node (for `SCRIPT FLUSH` on all of them).
+    pub async fn node_conns(&self) -> Vec<redis::aio::MultiplexedConnection> {
+        let mut v = Vec::new();
+        for p in &self.ports {
+            let c = redis::Client::open(format!("redis://127.0.0.1:{p}")).expect("url");
+            v.push(c.get_multiplexed_async_connection().await.expect("node"));
+        }
+        v
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

@@ -342,3 +342,80 @@ rate_limits = ["per_route"]
         .is_some_and(|h| h.starts_with("\"per_route\";r=")));
     assert!(gw.stderr().contains("every rate limit is local"));
 }
+
+#[tokio::test]
+async fn redis_with_tls_and_a_password() {
+    let up = TestUpstream::start("u");
+    let redis = RedisServer::start_tls().await;
+    let ca = redis.ca.clone().expect("ca");
+    let body = config(
+        &up,
+        "[rate_limits.per_tenant]\nkey = \"tenant\"\nlimit = 3\nperiod = \"60s\"\n",
+        "\"per_tenant\"",
+    )
+    .replace(
+        "url_env = \"GW_REDIS\"",
+        &format!("url_env = \"GW_REDIS\"\nca_file = \"{}\"", ca.display()),
+    );
+    let gw = Gateway::start_with_env(&body, &[("GW_REDIS", &redis.url())]).await;
+    let t = tenant();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(hit(&gw, &t).await.status);
+        }
+        v
+    };
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+    let allowed = r#"gateway_ratelimit_decisions_total{decision="allowed",policy="per_tenant"}"#;
+    assert_eq!(gw.metric(allowed).await, 3.0, "decided by Redis over TLS");
+    assert_eq!(gw.metric("gateway_ratelimit_store_errors_total").await, 0.0);
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("aggios:rl:*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert_eq!(keys.len(), 1);
+}
+
+#[tokio::test]
+async fn redis_cluster_with_hash_tagged_keys() {
+    let up = TestUpstream::start("u");
+    let cluster = RedisCluster::start().await;
+    let body = config(
+        &up,
+        "[rate_limits.per_tenant]\nkey = \"tenant\"\nlimit = 4\nperiod = \"60s\"\n\n[rate_limits.per_route]\nkey = [\"route\", \"tenant\"]\nlimit = 100\nperiod = \"60s\"\n",
+        "\"per_tenant\", \"per_route\"",
+    )
+    .replace("url_env = \"GW_REDIS\"", "url_env = \"GW_REDIS\"\ncluster = true");
+    let gw = Gateway::start_with_env(&body, &[("GW_REDIS", &cluster.urls())]).await;
+    let t = tenant();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(hit(&gw, &t).await.status);
+    }
+    // Scripts flushed on every node mid-run: reloaded where needed.
+    for mut c in cluster.node_conns().await {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut c)
+            .await
+            .expect("flush");
+    }
+    for _ in 0..3 {
+        statuses.push(hit(&gw, &t).await.status);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 429, 429]);
+    let series = |p: &str, d: &str| {
+        format!(r#"gateway_ratelimit_decisions_total{{decision="{d}",policy="{p}"}}"#)
+    };
+    assert_eq!(gw.metric(&series("per_tenant", "allowed")).await, 4.0);
+    assert_eq!(gw.metric(&series("per_tenant", "refused")).await, 2.0);
+    assert_eq!(
+        gw.metric(&series("per_route", "allowed")).await,
+        6.0,
+        "decided on its own slot"
+    );
+    assert_eq!(gw.metric("gateway_ratelimit_store_errors_total").await, 0.0);
+}

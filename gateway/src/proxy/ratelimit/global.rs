@@ -37,8 +37,25 @@ impl GlobalStore {
         self.redis.is_open()
     }
 
-    /// Decides every `(counter key, parameters)` of one request in one round trip.
+    /// Decides every `(counter key, parameters)` of one request in one round trip. On a cluster, counters
+    /// live on different slots, so each is decided by its own call, all in parallel (one round trip of
+    /// latency); there a request refused by one policy may still count against another.
     pub async fn decide(&self, items: &[(String, Gcra)]) -> Result<Vec<Decision>, StoreError> {
+        if self.redis.is_cluster() && items.len() > 1 {
+            let calls = items
+                .iter()
+                .map(|it| self.decide_together(std::slice::from_ref(it)));
+            let mut out = Vec::with_capacity(items.len());
+            for r in futures_util::future::join_all(calls).await {
+                out.extend(r?);
+            }
+            return Ok(out);
+        }
+        self.decide_together(items).await
+    }
+
+    /// One script call for all of `items` (their keys must share a slot on a cluster).
+    async fn decide_together(&self, items: &[(String, Gcra)]) -> Result<Vec<Decision>, StoreError> {
         let script = Arc::clone(&self.script);
         let keys: Vec<String> = items.iter().map(|(k, _)| redis_key(k)).collect();
         let args: Vec<u64> = items
