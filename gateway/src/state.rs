@@ -110,7 +110,7 @@ pub struct GatewayState {
     /// The revocation checker (needs `[redis]`).
     pub revocation: Option<crate::proxy::revocation::RevocationStore>,
     /// The global rate-limit tier (needs `[redis]`).
-    pub global_limits: Option<crate::proxy::ratelimit::global::GlobalStore>,
+    pub global_limits: Option<Arc<crate::proxy::ratelimit::global::GlobalStore>>,
     /// JWKS sources, kept across reloads.
     pub jwks: JwksRegistry,
     /// Set once the listeners are bound (the proxy service has started).
@@ -136,9 +136,11 @@ impl GatewayState {
         let revocation = redis.as_ref().zip(config.redis.as_ref()).map(|(r, s)| {
             crate::proxy::revocation::RevocationStore::new(Arc::clone(r), s.revocation_cache)
         });
-        let global_limits = redis
-            .as_ref()
-            .map(|r| crate::proxy::ratelimit::global::GlobalStore::new(Arc::clone(r)));
+        let global_limits = redis.as_ref().map(|r| {
+            Arc::new(crate::proxy::ratelimit::global::GlobalStore::new(
+                Arc::clone(r),
+            ))
+        });
         let jwks = JwksRegistry::default();
         let runtime = Runtime::build(config, &registry, &jwks, redis.as_ref());
         metrics().last_reload_success.set(unix_now());

@@ -71,6 +71,7 @@ cache_ttl = "5s"
 
 [redis]
 url_env = "E2E_REDIS_URL"
+timeout = "500ms"
 revocation_cache = "100ms"
 
 [[upstreams]]

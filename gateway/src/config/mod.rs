@@ -204,7 +204,7 @@ pub struct JwtSettings {
 }
 
 /// Per-call Redis timeout unless `[redis] timeout` says otherwise.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(5);
 /// How long "this jti is not revoked" is remembered in-process.
 pub const DEFAULT_REVOCATION_CACHE: Duration = Duration::from_secs(1);
 

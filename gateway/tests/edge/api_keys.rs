@@ -69,6 +69,8 @@ cache_ttl = "3s"
 
 [redis]
 url_env = "GW_REDIS"
+# Generous for a loaded test machine (the default is 5ms).
+timeout = "500ms"
 
 {}
 {}

@@ -35,6 +35,8 @@ secret_env = "GW_SECRET"
 
 [redis]
 url_env = "GW_REDIS"
+# Generous for a loaded test machine (the default is 5ms).
+timeout = "500ms"
 revocation_cache = "200ms"
 
 {}

@@ -1,38 +1,41 @@
--- GCRA for several policies of one request, atomically (see gcra.rs for the arithmetic).
--- KEYS[i]: a policy's counter (its TAT in microseconds). ARGV[2i-1]: interval_us, ARGV[2i]: tolerance_us.
--- Reply: {all_allowed, then per key: allowed, remaining, retry_after_us, reset_us}.
--- Nothing is consumed unless every policy allows the request. Keys expire once their bucket is full.
+-- GCRA for the requests of one batch, all with the same policies, atomically (see gcra.rs).
+-- KEYS[i]: a policy's counter (its TAT in microseconds).
+-- ARGV[1]: n, the requests in the batch; ARGV[2i], ARGV[2i+1]: interval_us, tolerance_us of KEYS[i].
+-- The first k = min(n, what every policy still fits) requests are allowed and counted on every key;
+-- nothing is counted for the others. Keys expire once their bucket is full again.
+-- Reply: {k, then per key: fit (requests this policy alone would allow), remaining after the batch,
+--         retry_after_us (until one more request fits), reset_us (until the bucket is full)}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {1}
-local tats = {}
-local all = true
+local n = tonumber(ARGV[1])
+local k = n
+local tats, fits = {}, {}
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local tolerance = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[2 * i])
+  local tolerance = tonumber(ARGV[2 * i + 1])
   local tat = tonumber(redis.call('GET', KEYS[i])) or now
   if tat < now then tat = now end
-  if now + tolerance < tat then
-    all = false
-    tats[i] = false
-    table.insert(out, 0)
-    table.insert(out, 0)
-    table.insert(out, tat - tolerance - now)
-    table.insert(out, tat - now)
-  else
-    local new_tat = tat + interval
-    tats[i] = new_tat
-    table.insert(out, 1)
-    table.insert(out, math.floor((now + tolerance + interval - new_tat) / interval))
-    table.insert(out, 0)
-    table.insert(out, new_tat - now)
-  end
+  local fit = 0
+  if now + tolerance >= tat then fit = math.floor((now + tolerance - tat) / interval) + 1 end
+  tats[i] = tat
+  fits[i] = fit
+  if fit < k then k = fit end
 end
-if all then
-  for i = 1, #KEYS do
-    redis.call('SET', KEYS[i], string.format('%d', tats[i]), 'PX', math.floor((tats[i] - now) / 1000) + 1)
+local out = {k}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i])
+  local tolerance = tonumber(ARGV[2 * i + 1])
+  local new_tat = tats[i] + k * interval
+  if k > 0 then
+    redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
   end
-else
-  out[1] = 0
+  local remaining = 0
+  if now + tolerance >= new_tat then remaining = math.floor((now + tolerance - new_tat) / interval) + 1 end
+  local retry = new_tat - tolerance - now
+  if retry < 0 then retry = 0 end
+  table.insert(out, fits[i])
+  table.insert(out, remaining)
+  table.insert(out, retry)
+  table.insert(out, new_tat - now)
 end
 return out
