@@ -393,10 +393,7 @@ impl Gateway {
             }
         }
         for o in &outcomes {
-            metrics()
-                .ratelimit_decisions
-                .with_label_values(&[&specs[o.policy].name, o.verdict.label()])
-                .inc();
+            rt.limiters.count(o.policy, o.verdict);
         }
         let refused: Option<&Outcome> = outcomes
             .iter()

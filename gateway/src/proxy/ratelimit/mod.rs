@@ -117,11 +117,24 @@ pub struct PolicyLimiters {
 /// The in-process state of every policy of a config.
 pub struct Limiters {
     pub policies: Vec<PolicyLimiters>,
+    /// `gateway_ratelimit_decisions_total{policy,decision}`, bound once per policy and verdict (a label
+    /// lookup per request would cost more than the local decision itself).
+    decisions: Vec<[prometheus::IntCounter; VERDICTS.len()]>,
 }
 
 impl Limiters {
     pub fn new(specs: &[RateLimitSpec]) -> Limiters {
+        let m = crate::metrics::metrics();
         Limiters {
+            decisions: specs
+                .iter()
+                .map(|s| {
+                    VERDICTS.map(|v| {
+                        m.ratelimit_decisions
+                            .with_label_values(&[&s.name, v.label()])
+                    })
+                })
+                .collect(),
             policies: specs
                 .iter()
                 .map(|s| match s.scope {
@@ -138,6 +151,13 @@ impl Limiters {
         }
     }
 
+    /// Counts one decision of policy `i`.
+    pub fn count(&self, i: usize, v: Verdict) {
+        if let Some(c) = self.decisions.get(i) {
+            c[v as usize].inc();
+        }
+    }
+
     /// Drops the state of keys that are back to full capacity (bounds memory under many distinct keys).
     pub fn forget_idle(&self) {
         for p in &self.policies {
@@ -148,6 +168,17 @@ impl Limiters {
         }
     }
 }
+
+/// Every verdict, in declaration order (indexes [`Limiters`]' counters).
+const VERDICTS: [Verdict; 7] = [
+    Verdict::Allowed,
+    Verdict::Refused,
+    Verdict::Shed,
+    Verdict::FallbackAllowed,
+    Verdict::FallbackRefused,
+    Verdict::FailOpen,
+    Verdict::FailClosed,
+];
 
 /// How a policy decided; a bounded metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
