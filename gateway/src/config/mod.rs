@@ -839,12 +839,14 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         }
         routes.push(validate_route(
             r,
-            &tenancy,
-            &limits,
-            &upstream_names,
-            raw.auth.jwt.is_some(),
-            raw.auth.api_keys.is_some(),
-            &rate_limits,
+            &RouteContext {
+                tenancy: &tenancy,
+                limits: &limits,
+                upstreams: &upstream_names,
+                jwt_configured: raw.auth.jwt.is_some(),
+                api_keys_configured: raw.auth.api_keys.is_some(),
+                policies: &rate_limits,
+            },
             diags,
         ));
     }
@@ -1205,16 +1207,25 @@ fn header_rules(h: &HeaderRulesFile, diags: &mut Vec<Diagnostic>) -> HeaderRules
     rules
 }
 
-fn validate_route(
-    r: &RouteFile,
-    tenancy: &Tenancy,
-    limits: &Limits,
-    upstreams: &HashMap<String, ()>,
+/// What a route is validated against: the rest of the file.
+struct RouteContext<'a> {
+    tenancy: &'a Tenancy,
+    limits: &'a Limits,
+    upstreams: &'a HashMap<String, ()>,
     jwt_configured: bool,
     api_keys_configured: bool,
-    policies: &[RateLimitSpec],
-    diags: &mut Vec<Diagnostic>,
-) -> RouteSpec {
+    policies: &'a [RateLimitSpec],
+}
+
+fn validate_route(r: &RouteFile, cx: &RouteContext<'_>, diags: &mut Vec<Diagnostic>) -> RouteSpec {
+    let RouteContext {
+        tenancy,
+        limits,
+        upstreams,
+        jwt_configured,
+        api_keys_configured,
+        policies,
+    } = *cx;
     let name = r.name.get_ref().clone();
     if name.is_empty()
         || !name

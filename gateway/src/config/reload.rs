@@ -87,7 +87,7 @@ impl Reloader {
                 });
             }
         }
-        if (*ticks).is_multiple_of(40) {
+        if *ticks % 40 == 0 {
             self.state.current().limiters.forget_idle();
         }
     }

@@ -207,10 +207,7 @@ impl JwtVerifier {
             }
             &pinned.key
         };
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token, key, validation,
-        )
-        .map_err(|e| match e.kind() {
+        let map_err = |e: jsonwebtoken::errors::Error| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -223,33 +220,80 @@ impl JwtVerifier {
             | ErrorKind::InvalidSubject
             | ErrorKind::Json(_) => AuthError::InvalidClaims,
             _ => AuthError::Malformed,
-        })?;
-        let c = data.claims;
-        let string = |name: &str| {
-            c.get(name)
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
         };
-        let user_id = string("user_id").ok_or(AuthError::InvalidClaims)?;
-        let tenant = string(&self.tenant_claim).ok_or(AuthError::InvalidClaims)?;
-        if let Some(iat) = c.get("iat") {
+        let c: Claims = if self.tenant_claim == "tenant_id" {
+            jsonwebtoken::decode::<Claims>(token, key, validation)
+                .map_err(map_err)?
+                .claims
+        } else {
+            // Another tenant claim name: read it from a map (slower, but only for such configs).
+            let mut m = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                token, key, validation,
+            )
+            .map_err(map_err)?
+            .claims;
+            let mut take = |name: &str| match m.remove(name) {
+                Some(serde_json::Value::String(s)) => Some(s),
+                _ => None,
+            };
+            Claims {
+                tenant_id: take(&self.tenant_claim),
+                user_id: take("user_id"),
+                email: take("email"),
+                role: take("role"),
+                jti: take("jti"),
+                iat: match m.get("iat") {
+                    None => None,
+                    Some(v) => Some(v.as_u64().ok_or(AuthError::InvalidClaims)?),
+                },
+            }
+        };
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let user_id = nonempty(c.user_id).ok_or(AuthError::InvalidClaims)?;
+        let tenant = nonempty(c.tenant_id).ok_or(AuthError::InvalidClaims)?;
+        if let Some(iat) = c.iat {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            match iat.as_u64() {
-                Some(t) if t <= now + self.leeway => {}
-                _ => return Err(AuthError::InvalidClaims),
+            if iat > now + self.leeway {
+                return Err(AuthError::InvalidClaims);
             }
         }
         Ok(Identity {
             user_id,
             tenant,
-            email: string("email"),
-            role: string("role"),
-            jti: string("jti"),
+            email: nonempty(c.email),
+            role: nonempty(c.role),
+            jti: nonempty(c.jti),
         })
     }
+}
+
+/// The claims the gateway reads, typed: parsing them is cheaper than building a map of every claim.
+/// `user_id`, `tenant_id` and `iat` of the wrong type make the token invalid; `email`, `role` and `jti`
+/// that are not strings are ignored (identity providers put other shapes there).
+#[derive(serde::Deserialize)]
+struct Claims {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    email: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    role: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    jti: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// Applies a route's policy to a verified identity: with `jwt_tenant` on a tenant host, the token's tenant
