@@ -762,6 +762,8 @@ impl RedisServer {
     }
 
     fn client(&self) -> redis::Client {
+        // The workspace build may enable two rustls providers; pick the one the gateway uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         match &self.ca {
             None => redis::Client::open(self.url()).expect("url"),
             Some(ca) => redis::Client::build_with_tls(
