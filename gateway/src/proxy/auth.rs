@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::{AuthPolicy, JwtSettings};
 use crate::proxy::jwks::JwksSource;
@@ -44,7 +43,7 @@ pub enum AuthError {
     NotYetValid,
     #[error("the token's claims are missing or of the wrong type")]
     InvalidClaims,
-    #[error("the token belongs to another tenant")]
+    #[error("the token or API key belongs to another tenant")]
     TenantMismatch,
     #[error("the token was revoked")]
     Revoked,
@@ -111,38 +110,81 @@ const ACCEPTED: [Algorithm; 10] = [
 
 /// Token verification with the algorithm pinned per key and every claim checked: HS256 keys from the
 /// config, asymmetric keys from a JWKS ([`JwksSource`]).
+///
+/// The token is taken apart once here: the header and the claims are each decoded and parsed a single
+/// time into typed structs, and `jsonwebtoken::crypto::verify` checks the signature over the first two
+/// parts with the pinned algorithm. `exp` (required), `nbf`, `iat`, `iss` and `aud` are checked below.
 pub struct JwtVerifier {
     single: Option<DecodingKey>,
     by_kid: HashMap<String, DecodingKey>,
     jwks: Option<Arc<JwksSource>>,
-    /// One validation per accepted algorithm (built once; a request never clones one).
-    validations: Vec<(Algorithm, Validation)>,
+    issuer: Option<String>,
+    audience: Option<String>,
     tenant_claim: String,
     leeway: u64,
     max_bytes: usize,
 }
 
+/// The JOSE header fields the gateway reads. An `alg` outside [`Algorithm`] (such as `none`) fails to
+/// parse.
+#[derive(serde::Deserialize)]
+struct JoseHeader {
+    alg: Algorithm,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// The claims the gateway reads, typed: parsing them is cheaper than building a map of every claim.
+/// `user_id`, `tenant_id`, `exp`, `nbf`, `iat` and `iss` of the wrong type make the token invalid;
+/// `email`, `role` and `jti` that are not strings are ignored (identity providers put other shapes there).
+#[derive(serde::Deserialize)]
+struct Claims {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    email: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    role: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    jti: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    nbf: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<Audience>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, AuthError> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)
+}
+
 impl JwtVerifier {
     pub fn new(s: &JwtSettings, jwks: Option<Arc<JwksSource>>) -> JwtVerifier {
-        let validations = ACCEPTED
-            .iter()
-            .map(|alg| {
-                let mut validation = Validation::new(*alg);
-                validation.algorithms = vec![*alg];
-                validation.leeway = s.leeway.as_secs();
-                validation.validate_nbf = true;
-                validation.validate_exp = true;
-                validation.set_required_spec_claims(&["exp"]);
-                match &s.audience {
-                    Some(a) => validation.set_audience(&[a]),
-                    None => validation.validate_aud = false,
-                }
-                if let Some(i) = &s.issuer {
-                    validation.set_issuer(&[i]);
-                }
-                (*alg, validation)
-            })
-            .collect();
         let mut single = None;
         let mut by_kid = HashMap::new();
         for k in &s.keys {
@@ -157,7 +199,8 @@ impl JwtVerifier {
             single,
             by_kid,
             jwks,
-            validations,
+            issuer: s.issuer.clone(),
+            audience: s.audience.clone(),
             tenant_claim: s.tenant_claim.clone(),
             leeway: s.leeway.as_secs(),
             max_bytes: s.max_token_bytes,
@@ -169,16 +212,17 @@ impl JwtVerifier {
         if token.len() > self.max_bytes {
             return Err(AuthError::TooLarge);
         }
-        if token.bytes().filter(|b| *b == b'.').count() != 2 {
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(sig64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(AuthError::Malformed);
+        };
+        let header: JoseHeader =
+            serde_json::from_slice(&b64(h64)?).map_err(|_| AuthError::Malformed)?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err(AuthError::WrongAlgorithm);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let validation = self
-            .validations
-            .iter()
-            .find(|(a, _)| *a == header.alg)
-            .map(|(_, v)| v)
-            .ok_or(AuthError::WrongAlgorithm)?;
         let jwks = self.jwks.as_ref().map(|j| j.keys());
         let jwks_key = match (&jwks, header.kid.as_deref()) {
             (Some(set), Some(kid)) => set.by_kid.get(kid),
@@ -207,93 +251,64 @@ impl JwtVerifier {
             }
             &pinned.key
         };
-        let map_err = |e: jsonwebtoken::errors::Error| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                AuthError::WrongAlgorithm
-            }
-            ErrorKind::MissingRequiredClaim(_)
-            | ErrorKind::InvalidIssuer
-            | ErrorKind::InvalidAudience
-            | ErrorKind::InvalidSubject
-            | ErrorKind::Json(_) => AuthError::InvalidClaims,
-            _ => AuthError::Malformed,
-        };
-        let c: Claims = if self.tenant_claim == "tenant_id" {
-            jsonwebtoken::decode::<Claims>(token, key, validation)
-                .map_err(map_err)?
-                .claims
-        } else {
-            // Another tenant claim name: read it from a map (slower, but only for such configs).
-            let mut m = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-                token, key, validation,
-            )
-            .map_err(map_err)?
-            .claims;
-            let mut take = |name: &str| match m.remove(name) {
-                Some(serde_json::Value::String(s)) => Some(s),
-                _ => None,
-            };
-            Claims {
-                tenant_id: take(&self.tenant_claim),
-                user_id: take("user_id"),
-                email: take("email"),
-                role: take("role"),
-                jti: take("jti"),
-                iat: match m.get("iat") {
-                    None => None,
-                    Some(v) => Some(v.as_u64().ok_or(AuthError::InvalidClaims)?),
-                },
-            }
-        };
-        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
-        let user_id = nonempty(c.user_id).ok_or(AuthError::InvalidClaims)?;
-        let tenant = nonempty(c.tenant_id).ok_or(AuthError::InvalidClaims)?;
-        if let Some(iat) = c.iat {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if iat > now + self.leeway {
+        // The signed message is the first two parts as sent.
+        let message = &token[..h64.len() + 1 + p64.len()];
+        match jsonwebtoken::crypto::verify(sig64, message.as_bytes(), key, header.alg) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Err(AuthError::BadSignature),
+        }
+        let payload = b64(p64)?;
+        let c: Claims = serde_json::from_slice(&payload).map_err(|_| AuthError::InvalidClaims)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match c.exp {
+            None => return Err(AuthError::InvalidClaims),
+            Some(exp) if exp.saturating_add(self.leeway) < now => return Err(AuthError::Expired),
+            Some(_) => {}
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now + self.leeway) {
+            return Err(AuthError::NotYetValid);
+        }
+        if c.iat.is_some_and(|iat| iat > now + self.leeway) {
+            return Err(AuthError::InvalidClaims);
+        }
+        if let Some(want) = &self.issuer {
+            if c.iss.as_ref() != Some(want) {
                 return Err(AuthError::InvalidClaims);
             }
         }
+        if let Some(want) = &self.audience {
+            let ok = match &c.aud {
+                Some(Audience::One(a)) => a == want,
+                Some(Audience::Many(list)) => list.iter().any(|a| a == want),
+                None => false,
+            };
+            if !ok {
+                return Err(AuthError::InvalidClaims);
+            }
+        }
+        let tenant = if self.tenant_claim == "tenant_id" {
+            c.tenant_id
+        } else {
+            // Another tenant claim name: read it from a map (slower, but only for such configs).
+            let mut m: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&payload).map_err(|_| AuthError::InvalidClaims)?;
+            match m.remove(&self.tenant_claim) {
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(_) => return Err(AuthError::InvalidClaims),
+                None => None,
+            }
+        };
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
         Ok(Identity {
-            user_id,
-            tenant,
+            user_id: nonempty(c.user_id).ok_or(AuthError::InvalidClaims)?,
+            tenant: nonempty(tenant).ok_or(AuthError::InvalidClaims)?,
             email: nonempty(c.email),
             role: nonempty(c.role),
             jti: nonempty(c.jti),
         })
     }
-}
-
-/// The claims the gateway reads, typed: parsing them is cheaper than building a map of every claim.
-/// `user_id`, `tenant_id` and `iat` of the wrong type make the token invalid; `email`, `role` and `jti`
-/// that are not strings are ignored (identity providers put other shapes there).
-#[derive(serde::Deserialize)]
-struct Claims {
-    #[serde(default)]
-    user_id: Option<String>,
-    #[serde(default)]
-    tenant_id: Option<String>,
-    #[serde(default, deserialize_with = "string_or_none")]
-    email: Option<String>,
-    #[serde(default, deserialize_with = "string_or_none")]
-    role: Option<String>,
-    #[serde(default, deserialize_with = "string_or_none")]
-    jti: Option<String>,
-    #[serde(default)]
-    iat: Option<u64>,
-}
-
-fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    use serde::Deserialize;
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Some(s),
-        _ => None,
-    })
 }
 
 /// Applies a route's policy to a verified identity: with `jwt_tenant` on a tenant host, the token's tenant
@@ -579,6 +594,59 @@ mod tests {
         for (what, token, want) in cases {
             assert_eq!(v.verify(&token), Err(want), "{what}");
         }
+    }
+
+    #[test]
+    fn issuer_audience_and_tenant_claim() {
+        let mut st = settings(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }]);
+        st.issuer = Some("https://login.test/".into());
+        st.audience = Some("aggios-api".into());
+        let v = JwtVerifier::new(&st, None);
+        let with = |iss: serde_json::Value, aud: serde_json::Value| {
+            let mut c = good();
+            c["iss"] = iss;
+            c["aud"] = aud;
+            sign(None, K1, c)
+        };
+        assert!(v
+            .verify(&with(json!("https://login.test/"), json!("aggios-api")))
+            .is_ok());
+        assert!(v
+            .verify(&with(
+                json!("https://login.test/"),
+                json!(["x", "aggios-api"])
+            ))
+            .is_ok());
+        for (iss, aud) in [
+            (json!("https://evil.test/"), json!("aggios-api")),
+            (json!("https://login.test/"), json!("other")),
+            (json!("https://login.test/"), json!(null)),
+            (json!(null), json!("aggios-api")),
+        ] {
+            assert_eq!(
+                v.verify(&with(iss.clone(), aud.clone())),
+                Err(AuthError::InvalidClaims),
+                "{iss} {aud}"
+            );
+        }
+        let mut st = settings(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }]);
+        st.tenant_claim = "org".into();
+        let v = JwtVerifier::new(&st, None);
+        let mut c = good();
+        c["org"] = json!("initech");
+        assert_eq!(
+            v.verify(&sign(None, K1, c)).map(|i| i.tenant),
+            Ok("initech".into())
+        );
+        let mut c = good();
+        c["org"] = json!(7);
+        assert_eq!(v.verify(&sign(None, K1, c)), Err(AuthError::InvalidClaims));
     }
 
     #[test]
