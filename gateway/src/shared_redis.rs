@@ -84,8 +84,7 @@ impl SharedRedis {
         let target = if s.cluster {
             let nodes: Vec<&str> = s.url.split(',').map(str::trim).collect();
             let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
-                .connection_timeout(s.timeout.max(Duration::from_millis(250)))
-                .response_timeout(s.timeout);
+                .connection_timeout(s.timeout.max(Duration::from_millis(250)));
             if s.ca_pem.is_some() {
                 b = b.certs(certs());
             }
@@ -134,16 +133,38 @@ impl SharedRedis {
         if self.is_open() {
             return Err(StoreError::Open);
         }
-        // The first call also connects, which may take longer than one command.
+        // The first call also connects, which may take longer than one command; once connected, the
+        // handle is taken without a timer.
         let connect_timeout = self.timeout.max(Duration::from_millis(250));
-        let conn = match tokio::time::timeout(
+        let conn = match self.conn.get() {
+            Some(c) => c.clone(),
+            None => self.connect(connect_timeout).await?,
+        };
+        match tokio::time::timeout(self.timeout, f(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if !is_script_missing(&e) {
+                    self.trip();
+                }
+                Err(e.into())
+            }
+            Err(_) => {
+                self.trip();
+                Err(StoreError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// Connects on first use (a failure opens the breaker).
+    async fn connect(&self, connect_timeout: Duration) -> Result<Conn, StoreError> {
+        match tokio::time::timeout(
             connect_timeout,
             self.conn.get_or_try_init(|| async {
                 match &self.target {
                     Target::Single(client) => {
+                        // Responses are timed by `call` (one timer per call, not two).
                         let cfg = redis::aio::ConnectionManagerConfig::new()
                             .set_connection_timeout(connect_timeout)
-                            .set_response_timeout(self.timeout)
                             .set_number_of_retries(1);
                         ConnectionManager::new_with_config(client.clone(), cfg)
                             .await
@@ -157,27 +178,14 @@ impl SharedRedis {
         )
         .await
         {
-            Ok(Ok(c)) => c.clone(),
+            Ok(Ok(c)) => Ok(c.clone()),
             Ok(Err(e)) => {
                 self.trip();
-                return Err(e.into());
-            }
-            Err(_) => {
-                self.trip();
-                return Err(StoreError::Timeout(connect_timeout));
-            }
-        };
-        match tokio::time::timeout(self.timeout, f(conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                if !is_script_missing(&e) {
-                    self.trip();
-                }
                 Err(e.into())
             }
             Err(_) => {
                 self.trip();
-                Err(StoreError::Timeout(self.timeout))
+                Err(StoreError::Timeout(connect_timeout))
             }
         }
     }

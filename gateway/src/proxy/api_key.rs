@@ -78,10 +78,6 @@ impl ApiKeyStore {
         }
     }
 
-    pub fn settings(&self) -> &ApiKeySettings {
-        &self.settings
-    }
-
     fn shard(&self, prefix: &str) -> &Mutex<HashMap<String, Entry>> {
         &self.shards[(hash64(prefix.as_bytes()) as usize) % SHARDS]
     }

@@ -133,6 +133,15 @@ async fn answer(session: &mut Session, ctx: &mut RequestCtx, err: EdgeError) -> 
     Ok(())
 }
 
+/// An authentication refusal on `route`, counted in `gateway_auth_rejections_total{route,reason}`.
+fn refused(route: &crate::state::RouteRt, a: auth::AuthError) -> EdgeError {
+    metrics()
+        .auth_rejections
+        .with_label_values(&[&route.spec.name, a.reason()])
+        .inc();
+    EdgeError::Auth(a)
+}
+
 /// Maps a Pingora error to the edge error answered for it.
 fn classify(e: &Error) -> Option<EdgeError> {
     if let ErrorType::HTTPStatus(code) = e.etype() {
@@ -250,11 +259,7 @@ impl Gateway {
             // Checked against the key store in `request_filter` (it may need I/O).
             ctx.api_key = Some(key.to_string());
         } else if route.spec.auth == AuthPolicy::ApiKey {
-            metrics()
-                .auth_rejections
-                .with_label_values(&[&route.spec.name, auth::AuthError::MissingToken.reason()])
-                .inc();
-            return Err(EdgeError::Auth(auth::AuthError::MissingToken));
+            return Err(refused(route, auth::AuthError::MissingToken));
         } else if route.spec.auth != AuthPolicy::None {
             // Before any upstream is chosen: a refused request never opens an upstream connection.
             let identity = Self::authenticate(
@@ -263,13 +268,7 @@ impl Gateway {
                 req.headers.get(http::header::AUTHORIZATION),
                 ctx.tenant.as_deref(),
             )
-            .map_err(|a| {
-                metrics()
-                    .auth_rejections
-                    .with_label_values(&[&route.spec.name, a.reason()])
-                    .inc();
-                EdgeError::Auth(a)
-            })?;
+            .map_err(|a| refused(route, a))?;
             if ctx.tenant.is_none() {
                 // A host without a tenant (api.…): the tenant comes from the token.
                 ctx.tenant = Some(identity.tenant.clone());
@@ -294,13 +293,7 @@ impl Gateway {
         let (Some(key), Some(route)) = (ctx.api_key.as_deref(), ctx.route(rt)) else {
             return Ok(());
         };
-        let reject = |a: auth::AuthError| {
-            metrics()
-                .auth_rejections
-                .with_label_values(&[&route.spec.name, a.reason()])
-                .inc();
-            EdgeError::Auth(a)
-        };
+        let reject = |a: auth::AuthError| refused(route, a);
         let Some(store) = rt.api_keys.as_ref() else {
             return Err(reject(auth::AuthError::InvalidApiKey));
         };
@@ -353,12 +346,10 @@ impl Gateway {
             api_key: ctx.api_key_record.as_ref().map(|r| r.id.as_str()),
             route: &route.spec.name,
         };
-        let (mut outcomes, global) =
+        let (mut outcomes, global, items) =
             ratelimit::first_tier(specs, &rt.limiters, &route.spec.rate_limits, &values);
         let refused_early = outcomes.iter().any(|o| !o.verdict.allowed());
         if !global.is_empty() && !refused_early {
-            let items: Vec<(String, ratelimit::gcra::Gcra)> =
-                global.iter().map(|(_, k, g)| (k.clone(), *g)).collect();
             let decided = match self.state.global_limits.as_ref() {
                 Some(store) => match store.decide(&items).await {
                     Ok(d) => Some(d),
@@ -374,13 +365,13 @@ impl Gateway {
             };
             match decided {
                 Some(ds) => {
-                    for ((i, _, _), d) in global.iter().zip(&ds) {
+                    for (i, d) in global.iter().zip(&ds) {
                         let rate = specs[*i].rate_for(values.tenant);
                         outcomes.push(ratelimit::global_outcome(*i, &specs[*i], rate, d));
                     }
                 }
                 None => {
-                    for (i, key, _) in &global {
+                    for (i, (key, _)) in global.iter().zip(&items) {
                         outcomes.push(ratelimit::fallback_outcome(
                             *i,
                             &specs[*i],
@@ -433,13 +424,7 @@ impl Gateway {
         };
         match store.check(jti).await {
             revocation::Revocation::Valid => Ok(()),
-            revocation::Revocation::Revoked => {
-                metrics()
-                    .auth_rejections
-                    .with_label_values(&[&route.spec.name, auth::AuthError::Revoked.reason()])
-                    .inc();
-                Err(EdgeError::Auth(auth::AuthError::Revoked))
-            }
+            revocation::Revocation::Revoked => Err(refused(route, auth::AuthError::Revoked)),
             revocation::Revocation::StoreError => {
                 metrics().auth_store_errors.inc();
                 match route.spec.on_store_error {

@@ -73,11 +73,6 @@ impl GlobalStore {
         }
     }
 
-    /// Whether Redis is being skipped after a failure (the fallback decides meanwhile).
-    pub fn is_open(&self) -> bool {
-        self.redis.is_open()
-    }
-
     /// Decides every `(counter key, parameters)` of one request. On a cluster, counters live on different
     /// slots, so each is decided by its own call, all in parallel (one round trip of latency); there a
     /// request refused by one policy may still count against another.

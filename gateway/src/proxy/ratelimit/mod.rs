@@ -264,16 +264,18 @@ pub struct KeyValues<'a> {
 }
 
 /// Decides `local` policies and the shed-early guard of `global` ones; returns the outcomes of local
-/// policies, and the global policies (index, key, rate) still to ask Redis about. `Err` is a refusal.
+/// policies, then the global policies still to ask Redis about: their indexes, and beside them their
+/// (counter key, parameters), ready for [`global::GlobalStore::decide`].
 #[allow(clippy::type_complexity)]
 pub fn first_tier(
     specs: &[RateLimitSpec],
     limiters: &Limiters,
     route_policies: &[usize],
     values: &KeyValues<'_>,
-) -> (Vec<Outcome>, Vec<(usize, String, Gcra)>) {
+) -> (Vec<Outcome>, Vec<usize>, Vec<(String, Gcra)>) {
     let mut outcomes = Vec::new();
     let mut global = Vec::new();
+    let mut items = Vec::new();
     for &i in route_policies {
         let (Some(spec), Some(lim)) = (specs.get(i), limiters.policies.get(i)) else {
             continue;
@@ -307,11 +309,12 @@ pub fn first_tier(
                         continue;
                     }
                 }
-                global.push((i, key, Gcra::new(rate, spec.period)));
+                global.push(i);
+                items.push((key, Gcra::new(rate, spec.period)));
             }
         }
     }
-    (outcomes, global)
+    (outcomes, global, items)
 }
 
 fn local_outcome(
@@ -462,7 +465,7 @@ mod tests {
         let count = |tenant| {
             (0..20)
                 .filter(|_| {
-                    let (o, g) = first_tier(&specs, &l, &[0], &values(Some(tenant)));
+                    let (o, g, _) = first_tier(&specs, &l, &[0], &values(Some(tenant)));
                     assert!(g.is_empty());
                     o[0].verdict.allowed()
                 })
@@ -487,7 +490,7 @@ mod tests {
             .count();
         assert_eq!(allowed, 5, "10 / expected_replicas 2");
         let passed = (0..100)
-            .filter(|_| first_tier(&specs, &l, &[0], &values(Some("acme"))).1.len() == 1)
+            .filter(|_| first_tier(&specs, &l, &[0], &values(Some("acme"))).2.len() == 1)
             .count();
         assert_eq!(
             passed as u64,
