@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/routes`. Never on a public address.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/routes`, `/api/certificates`. Never on a public address.
 
 use std::sync::Arc;
 
@@ -32,6 +32,30 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> 
 }
 
 impl AdminApp {
+    fn certificates_json(&self) -> serde_json::Value {
+        let certs: Vec<_> = self
+            .state
+            .certs
+            .list()
+            .iter()
+            .map(|c| {
+                json!({
+                    "names": c.names,
+                    "issuer": c.issuer,
+                    "serial": c.serial,
+                    "not_before": c.not_before,
+                    "not_after": c.not_after,
+                    "source": c.source.kind(),
+                    "file": match &c.source {
+                        crate::tls::cert::Source::File(p) => Some(p.display().to_string()),
+                        crate::tls::cert::Source::Acme => None,
+                    },
+                })
+            })
+            .collect();
+        json!({ "certificates": certs })
+    }
+
     fn routes_json(&self) -> serde_json::Value {
         let rt = self.state.current();
         let routes: Vec<_> = rt
@@ -89,9 +113,10 @@ impl ServeHttp for AdminApp {
                 ),
             },
             "/api/routes" => json_response(StatusCode::OK, self.routes_json()),
+            "/api/certificates" => json_response(StatusCode::OK, self.certificates_json()),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({ "error": { "code": "not_found", "message": "admin endpoints: /metrics /healthz /readyz /api/routes" } }),
+                json!({ "error": { "code": "not_found", "message": "admin endpoints: /metrics /healthz /readyz /api/routes /api/certificates" } }),
             ),
         }
     }

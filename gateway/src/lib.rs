@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod shared_redis;
 pub mod state;
+pub mod tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,7 +32,14 @@ use config::Config;
 use state::GatewayState;
 
 /// Builds the Pingora server for `config` (read from `path`, which is then watched for changes).
-pub fn build_server(config: Config, path: &Path) -> Server {
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
     let mut conf = ServerConf {
         threads: config.server.threads,
         // One single-threaded runtime per worker (like nginx workers): cheaper wake-ups than a
@@ -47,6 +55,8 @@ pub fn build_server(config: Config, path: &Path) -> Server {
     server.bootstrap();
 
     let http = config.entrypoints.http;
+    let https = config.entrypoints.https;
+    let acme = config.tls.as_ref().is_some_and(|t| t.acme.is_some());
     let admin = config.entrypoints.admin;
     let state = GatewayState::new(config);
 
@@ -60,17 +70,43 @@ pub fn build_server(config: Config, path: &Path) -> Server {
     );
     app.server_options = Some(options);
     app.handle_init_modules();
+    let app = Arc::new(app);
     let mut proxy = Service::new(
         "gateway".to_string(),
         proxy::head_deadline::HeadDeadlineApp {
-            inner: Arc::new(app),
+            inner: Arc::clone(&app),
             state: state.clone(),
+            tls: None,
         },
     );
     if let Some(addr) = http {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+
+    if let Some(addr) = https {
+        // The listener is plain TCP: the handshake runs in the app, with our deadline and counters.
+        let terminator = tls::accept::Terminator::new(Arc::clone(&state.certs))?;
+        let mut secure = Service::new(
+            "gateway-https".to_string(),
+            proxy::head_deadline::HeadDeadlineApp {
+                inner: Arc::clone(&app),
+                state: state.clone(),
+                tls: Some(Arc::new(terminator)),
+            },
+        );
+        secure.add_tcp(&addr.to_string());
+        server.add_service(secure);
+    }
+    if acme {
+        server.add_service(background_service(
+            "acme",
+            tls::acme::AcmeManager {
+                state: state.clone(),
+                store: Arc::clone(&state.certs),
+            },
+        ));
+    }
 
     if let Some(addr) = admin {
         let mut admin_service = Service::new(
@@ -90,5 +126,5 @@ pub fn build_server(config: Config, path: &Path) -> Server {
             state: Arc::clone(&state),
         },
     ));
-    server
+    Ok(server)
 }

@@ -1,4 +1,4 @@
-//! `gateway run | validate` — the command line, nothing else.
+//! `gateway run | validate | certs dev` — the command line, nothing else.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -31,6 +31,24 @@ enum Command {
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Certificates for local development.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a local CA (reused when present) and a leaf for the given names into `--out`.
+    Dev {
+        /// A DNS name (`*.name` for a wildcard) or IP address; repeat for more.
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// Where to write `dev-ca.crt`, `dev-ca.key`, `dev.crt` and `dev.key`.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
     },
 }
 
@@ -77,8 +95,44 @@ fn main() -> ExitCode {
             };
             init_logging(loaded.log.format, &loaded.log.level);
             tracing::info!(summary = %loaded.summary(), "starting");
-            let server = gateway::build_server(loaded, &config);
+            let server = match gateway::build_server(loaded, &config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
+            };
             server.run_forever()
         }
+        Command::Certs {
+            command: CertsCommand::Dev { domains, out },
+        } => match gateway::tls::dev::generate(&out, &domains) {
+            Ok(made) => {
+                if made.ca_created {
+                    println!("created the development CA {}", made.ca_cert.display());
+                } else {
+                    println!("reused the development CA {}", made.ca_cert.display());
+                }
+                println!(
+                    "wrote {} and {} for {}",
+                    made.cert.display(),
+                    made.key.display(),
+                    made.names.join(", ")
+                );
+                println!(
+                    "trust the CA for one command:  curl --cacert {} https://…",
+                    made.ca_cert.display()
+                );
+                println!(
+                    "trust it system-wide (Debian):  sudo cp {} /usr/local/share/ca-certificates/aggios-dev.crt && sudo update-ca-certificates",
+                    made.ca_cert.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway certs dev: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All collectors of the gateway.
@@ -24,6 +24,11 @@ pub struct Metrics {
     pub auth_store_errors: IntCounter,
     pub ratelimit_decisions: IntCounterVec,
     pub ratelimit_store_errors: IntCounter,
+    pub tls_cert_expiry: GaugeVec,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_handshake_refusals: IntCounterVec,
+    pub acme_orders: IntCounterVec,
+    pub acme_failures: IntGaugeVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -113,6 +118,55 @@ impl Metrics {
             "Global rate-limit decisions Redis did not answer (the policy's fail mode decided).",
         )?;
         registry.register(Box::new(ratelimit_store_errors.clone()))?;
+        let tls_cert_expiry = GaugeVec::new(
+            Opts::new(
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "Unix time at which the certificate served for each name expires.",
+            ),
+            &["domain"],
+        )?;
+        registry.register(Box::new(tls_cert_expiry.clone()))?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "gateway_tls_handshakes_total",
+                "TLS handshakes on the https entrypoint, by result (ok, failed, timeout).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
+        let tls_handshake_refusals = IntCounterVec::new(
+            Opts::new(
+                "gateway_tls_handshake_refusals_total",
+                "Handshakes refused for want of a certificate, by reason (unknown_name, no_sni).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(tls_handshake_refusals.clone()))?;
+        let acme_orders = IntCounterVec::new(
+            Opts::new(
+                "gateway_acme_orders_total",
+                "ACME certificate orders, by result (success, failure).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(acme_orders.clone()))?;
+        let acme_failures = IntGaugeVec::new(
+            Opts::new(
+                "gateway_acme_consecutive_failures",
+                "Failed ACME orders in a row for each name (0 after a success); the retry waits double with each.",
+            ),
+            &["domain"],
+        )?;
+        registry.register(Box::new(acme_failures.clone()))?;
+        for r in ["ok", "failed", "timeout"] {
+            tls_handshakes.with_label_values(&[r]);
+        }
+        for r in ["unknown_name", "no_sni"] {
+            tls_handshake_refusals.with_label_values(&[r]);
+        }
+        for r in ["success", "failure"] {
+            acme_orders.with_label_values(&[r]);
+        }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -139,6 +193,11 @@ impl Metrics {
             auth_store_errors,
             ratelimit_decisions,
             ratelimit_store_errors,
+            tls_cert_expiry,
+            tls_handshakes,
+            tls_handshake_refusals,
+            acme_orders,
+            acme_failures,
         })
     }
 

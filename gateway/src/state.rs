@@ -115,6 +115,8 @@ pub struct GatewayState {
     pub jwks: JwksRegistry,
     /// Set once the listeners are bound (the proxy service has started).
     pub listeners_up: AtomicBool,
+    /// The certificates served on the https entrypoint and the pending ACME challenge answers.
+    pub certs: Arc<crate::tls::store::CertStore>,
 }
 
 impl GatewayState {
@@ -142,6 +144,8 @@ impl GatewayState {
             ))
         });
         let jwks = JwksRegistry::default();
+        let certs = Arc::new(crate::tls::store::CertStore::default());
+        set_static_certificates(&certs, &config);
         let runtime = Runtime::build(config, &registry, &jwks, redis.as_ref());
         metrics().last_reload_success.set(unix_now());
         Arc::new(GatewayState {
@@ -153,6 +157,7 @@ impl GatewayState {
             global_limits,
             jwks,
             listeners_up: AtomicBool::new(false),
+            certs,
         })
     }
 
@@ -165,6 +170,7 @@ impl GatewayState {
     /// Tokio runtime; see [`GatewayState::start_health_checks`].
     pub fn apply(&self, config: Config) {
         self.access_log.set_enabled(config.log.access_log);
+        set_static_certificates(&self.certs, &config);
         let rt = Runtime::build(config, &self.registry, &self.jwks, self.redis.as_ref());
         self.runtime.store(Arc::new(rt));
         metrics().last_reload_success.set(unix_now());
@@ -199,6 +205,14 @@ impl GatewayState {
                 down.join(", ")
             ))
         }
+    }
+}
+
+/// Serves the certificate files of `config` (none when it has no `[tls]`), replacing the previous ones.
+fn set_static_certificates(certs: &crate::tls::store::CertStore, config: &Config) {
+    match &config.tls {
+        Some(t) => certs.set_files(t.certificates.clone(), t.default_certificate),
+        None => certs.set_files(Vec::new(), None),
     }
 }
 

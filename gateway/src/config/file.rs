@@ -28,6 +28,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub auth: AuthFile,
     pub redis: Option<RedisFile>,
+    pub tls: Option<TlsFile>,
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimitFile>,
     #[serde(default)]
@@ -321,4 +322,51 @@ pub struct RedisFile {
     pub ca_file: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub revocation_cache: Option<Spanned<String>>,
+}
+
+/// `[tls]`: termination on `entrypoints.https`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub handshake_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub certificates: Vec<Spanned<CertificateFile>>,
+    pub acme: Option<AcmeFile>,
+    pub on_demand: Option<Spanned<toml::Table>>,
+}
+
+/// One static certificate: a PEM chain and its key; the names come from the certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    /// Served to clients that send no SNI, or a name no certificate covers.
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// `[tls.acme]`: certificates ordered and renewed by the gateway itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    pub directory: Spanned<String>,
+    pub email: Option<Spanned<String>>,
+    pub ca_root: Option<Spanned<String>>,
+    pub domains: Vec<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub storage: Option<Spanned<String>>,
+    pub eab: Option<Spanned<EabFile>>,
+    pub retry_initial: Option<Spanned<String>>,
+    pub retry_max: Option<Spanned<String>>,
+    pub order_timeout: Option<Spanned<String>>,
+    pub dns: Option<Spanned<toml::Table>>,
+}
+
+/// External Account Binding: the CA's key id and its HMAC key (base64url, from the environment).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EabFile {
+    pub kid: Spanned<String>,
+    pub hmac_env: Spanned<String>,
 }

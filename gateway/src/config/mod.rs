@@ -7,8 +7,10 @@ pub mod file;
 pub mod rate_limits;
 pub mod reload;
 mod schema;
+pub mod tls;
 
 pub use rate_limits::{FailMode, KeyPart, Rate, RateLimitSpec, Scope};
+pub use tls::{AcmeSettings, ChallengeKind, TlsSettings};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -139,6 +141,8 @@ pub struct Config {
     pub api_keys: Option<ApiKeySettings>,
     /// `[redis]`, when configured (restart needed to change).
     pub redis: Option<RedisSettings>,
+    /// `[tls]`, when configured (then `entrypoints.https` is set too).
+    pub tls: Option<TlsSettings>,
     /// `[rate_limits.*]`, by index (routes refer to them by index).
     pub rate_limits: Vec<RateLimitSpec>,
     pub upstreams: Vec<UpstreamSpec>,
@@ -261,6 +265,7 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entrypoints {
     pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }
 
@@ -480,13 +485,16 @@ impl Config {
     pub fn summary(&self) -> String {
         let servers: usize = self.upstreams.iter().map(|u| u.servers.len()).sum();
         format!(
-            "{}: ok: {} routes, {} upstreams ({} servers), http {}, admin {}",
+            "{}: ok: {} routes, {} upstreams ({} servers), http {}, https {}, admin {}",
             self.source.display(),
             self.routes.len(),
             self.upstreams.len(),
             servers,
             self.entrypoints
                 .http
+                .map_or("off".into(), |a| a.to_string()),
+            self.entrypoints
+                .https
                 .map_or("off".into(), |a| a.to_string()),
             self.entrypoints
                 .admin
@@ -562,7 +570,7 @@ fn parse_inner(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<C
     Some(validate(path, raw, diags))
 }
 
-fn duration_or(
+pub(crate) fn duration_or(
     v: &Option<Spanned<String>>,
     default: Duration,
     diags: &mut Vec<Diagnostic>,
@@ -635,14 +643,20 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
     };
     let entrypoints = Entrypoints {
         http: socket_addr(&raw.entrypoints.http, "entrypoints.http", diags),
+        https: socket_addr(&raw.entrypoints.https, "entrypoints.https", diags),
         admin: socket_addr(&raw.entrypoints.admin, "entrypoints.admin", diags),
     };
-    if let Some(https) = &raw.entrypoints.https {
-        diags.push(Diagnostic::at(
-            https,
-            "entrypoints.https needs [tls], which this build does not support yet; remove it and serve plain HTTP",
-        ));
-    }
+    let tls = match (&raw.tls, &raw.entrypoints.https) {
+        (Some(t), https) => Some(tls::validate(t, https.as_ref(), diags)),
+        (None, Some(https)) => {
+            diags.push(Diagnostic::at(
+                https,
+                "entrypoints.https needs [tls] (certificate files or [tls.acme])",
+            ));
+            None
+        }
+        (None, None) => None,
+    };
     if raw.entrypoints.http.is_none() {
         diags.push(Diagnostic::new(
             None,
@@ -870,6 +884,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         jwt,
         api_keys,
         redis,
+        tls,
         rate_limits,
         upstreams,
         routes,

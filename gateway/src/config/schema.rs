@@ -192,6 +192,40 @@ const ROOT: &[(&str, Shape)] = &[
             ("revocation_cache", Shape::Value),
         ]),
     ),
+    (
+        "tls",
+        Shape::Table(&[
+            ("handshake_timeout", Shape::Value),
+            (
+                "certificates",
+                Shape::Tables(&[
+                    ("cert", Shape::Value),
+                    ("key", Shape::Value),
+                    ("default", Shape::Value),
+                ]),
+            ),
+            (
+                "acme",
+                Shape::Table(&[
+                    ("directory", Shape::Value),
+                    ("email", Shape::Value),
+                    ("ca_root", Shape::Value),
+                    ("domains", Shape::Value),
+                    ("challenge", Shape::Value),
+                    ("storage", Shape::Value),
+                    (
+                        "eab",
+                        Shape::Table(&[("kid", Shape::Value), ("hmac_env", Shape::Value)]),
+                    ),
+                    ("retry_initial", Shape::Value),
+                    ("retry_max", Shape::Value),
+                    ("order_timeout", Shape::Value),
+                    ("dns", Shape::FreeMap),
+                ]),
+            ),
+            ("on_demand", Shape::FreeMap),
+        ]),
+    ),
     ("upstreams", Shape::Tables(UPSTREAM)),
     ("routes", Shape::Tables(ROUTE)),
 ];

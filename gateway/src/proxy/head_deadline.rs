@@ -220,10 +220,13 @@ impl Peek for DeadlineStream {
     }
 }
 
-/// Wraps an HTTP app so that every accepted connection gets a [`DeadlineStream`].
+/// Wraps an HTTP app so that every accepted connection gets a [`DeadlineStream`] (after its TLS
+/// handshake, on the https entrypoint).
 pub struct HeadDeadlineApp<A> {
     pub inner: Arc<A>,
     pub state: Arc<GatewayState>,
+    /// Set on the https entrypoint: each new connection is handshaken first.
+    pub tls: Option<Arc<crate::tls::accept::Terminator>>,
 }
 
 #[async_trait]
@@ -237,8 +240,27 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
         let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
             stream
         } else {
-            let timeout = self.state.current().config.limits.header_timeout;
-            Box::new(DeadlineStream::new(stream, timeout))
+            let rt = self.state.current();
+            let stream = match &self.tls {
+                Some(terminator) => {
+                    let deadline = rt
+                        .config
+                        .tls
+                        .as_ref()
+                        .map_or(crate::config::tls::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+                            t.handshake_timeout
+                        });
+                    match terminator.accept(stream, deadline).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "TLS handshake refused");
+                            return None;
+                        }
+                    }
+                }
+                None => stream,
+            };
+            Box::new(DeadlineStream::new(stream, rt.config.limits.header_timeout))
         };
         self.inner.process_new(stream, shutdown).await
     }

@@ -37,6 +37,9 @@ use guard::{check_head, check_path, HeadLimits};
 use headers::X_REQUEST_ID;
 use upstream::ActiveGuard;
 
+/// Where ACME HTTP-01 challenges are asked for.
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 /// Keep-alive idle time for downstream HTTP/1 connections between requests, in seconds.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 
@@ -490,6 +493,24 @@ impl Gateway {
         }
     }
 
+    /// The key authorization of a pending HTTP-01 challenge (RFC 8555 §8.3).
+    async fn answer_acme(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        key_authorization: String,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(200, Some(3))?;
+        resp.insert_header(CONTENT_TYPE, "application/octet-stream")?;
+        resp.insert_header(CONTENT_LENGTH, key_authorization.len())?;
+        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(key_authorization)), true)
+            .await?;
+        Ok(())
+    }
+
     async fn redirect_https(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let pq = session
             .req_header()
@@ -574,6 +595,18 @@ impl ProxyHttp for Gateway {
             answer(session, ctx, EdgeError::Internal).await?;
             return Ok(true);
         };
+        // ACME HTTP-01 comes before any route: the CA asks on plain HTTP, whatever the routes say.
+        if let Some(token) = session
+            .req_header()
+            .uri
+            .path()
+            .strip_prefix(ACME_CHALLENGE_PATH)
+        {
+            if let Some(key_authorization) = self.state.certs.http_challenge(token) {
+                self.answer_acme(session, ctx, key_authorization).await?;
+                return Ok(true);
+            }
+        }
         if let Err(err) = self.decide(session, ctx, &rt) {
             answer(session, ctx, err).await?;
             return Ok(true);

@@ -277,6 +277,8 @@ fn websocket_echo(mut req: Request<Incoming>, name: &str) -> Response<Full<Bytes
 /// A running gateway process with its own config file, killed on drop.
 pub struct Gateway {
     pub http: u16,
+    /// The https entrypoint, listed in the config when the body has a `[tls]` section.
+    pub https: u16,
     pub admin: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -291,11 +293,19 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with extra environment variables for the process.
     pub async fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
-        let http = free_port();
-        let admin = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = (free_port(), free_port(), free_port());
+        Self::start_on(ports, tempfile::tempdir().expect("tempdir"), body, env).await
+    }
+
+    /// Starts on the given `(http, https, admin)` ports in `dir` (a restart keeps both).
+    pub async fn start_on(
+        (http, https, admin): (u16, u16, u16),
+        dir: tempfile::TempDir,
+        body: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, Self::render(http, admin, body)).expect("write config");
+        std::fs::write(&config, Self::render(http, https, admin, body)).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["run", "--config"])
             .arg(&config)
@@ -308,6 +318,7 @@ impl Gateway {
             .expect("spawn gateway");
         let mut gw = Gateway {
             http,
+            https,
             admin,
             dir,
             config,
@@ -337,14 +348,28 @@ impl Gateway {
         }
     }
 
-    fn render(http: u16, admin: u16, body: &str) -> String {
-        format!("[entrypoints]\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\n\n[log]\nformat = \"json\"\n\n{body}")
+    fn render(http: u16, https: u16, admin: u16, body: &str) -> String {
+        let https = if body.contains("[tls") {
+            format!("https = \"127.0.0.1:{https}\"\n")
+        } else {
+            String::new()
+        };
+        format!("[entrypoints]\nhttp = \"127.0.0.1:{http}\"\n{https}admin = \"127.0.0.1:{admin}\"\n\n[log]\nformat = \"json\"\n\n{body}")
+    }
+
+    /// Stops the process and hands back its directory and ports, for a restart with [`Gateway::start_on`].
+    pub fn stop(mut self) -> ((u16, u16, u16), tempfile::TempDir) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let ports = (self.http, self.https, self.admin);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (ports, dir)
     }
 
     /// Replaces the config body (entrypoints kept) atomically, as ops tools do with rename.
     pub fn rewrite(&self, body: &str) {
         let tmp = self.dir.path().join("gateway.toml.tmp");
-        std::fs::write(&tmp, Self::render(self.http, self.admin, body)).expect("write");
+        std::fs::write(&tmp, Self::render(self.http, self.https, self.admin, body)).expect("write");
         std::fs::rename(&tmp, &self.config).expect("rename");
     }
 

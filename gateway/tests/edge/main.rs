@@ -1,5 +1,6 @@
 //! Integration tests: the real `gateway` binary on ephemeral ports in front of real HTTP upstreams.
 
+mod acme;
 mod api_keys;
 mod auth;
 mod balancing;
@@ -14,4 +15,6 @@ mod ratelimit;
 mod reload;
 mod revocation;
 mod routing;
+mod tls;
+mod tls_helpers;
 mod validate;

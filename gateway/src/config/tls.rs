@@ -1,0 +1,318 @@
+//! `[tls]`, validated: the handshake deadline, static certificate files (parsed here, so a bad file is
+//! reported at its `file:line:col` and never reaches a handshake), and `[tls.acme]`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use toml::Spanned;
+
+use super::file::{AcmeFile, TlsFile};
+use super::{duration_or, is_hostname, Diagnostic};
+use crate::tls::cert::{Certificate, Source};
+
+/// A client must finish its TLS handshake within this time of the accept.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where ACME state lives unless `storage` says otherwise (relative to the working directory).
+pub const DEFAULT_ACME_STORAGE: &str = "certs/acme";
+/// First wait after a failed order; it doubles with every failure in a row…
+pub const DEFAULT_ACME_RETRY_INITIAL: Duration = Duration::from_secs(60);
+/// …up to this.
+pub const DEFAULT_ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+/// One order (challenges, validation, finalisation, download) must finish within this time.
+pub const DEFAULT_ACME_ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub handshake_timeout: Duration,
+    /// `[[tls.certificates]]`, parsed.
+    pub certificates: Vec<Arc<Certificate>>,
+    /// The index in `certificates` of the one marked `default = true`.
+    pub default_certificate: Option<usize>,
+    pub acme: Option<AcmeSettings>,
+}
+
+/// The challenge an ACME order answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// A token served on the HTTP entrypoint (port 80 in production).
+    Http01,
+    /// A certificate served to an `acme-tls/1` handshake on the HTTPS entrypoint (port 443).
+    TlsAlpn01,
+}
+
+impl ChallengeKind {
+    /// As written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+/// `[tls.acme]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeSettings {
+    pub directory: String,
+    /// `mailto:` URLs.
+    pub contact: Vec<String>,
+    /// PEM roots trusted for the directory (a private ACME server); system roots otherwise.
+    pub ca_root: Option<PathBuf>,
+    /// One certificate is ordered per name.
+    pub domains: Vec<String>,
+    pub challenge: ChallengeKind,
+    pub storage: PathBuf,
+    pub eab: Option<Eab>,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub order_timeout: Duration,
+}
+
+/// External Account Binding. The HMAC key never appears in `Debug` output.
+#[derive(Clone, PartialEq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac: Vec<u8>,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Validates `[tls]`; `https` tells whether `entrypoints.https` is set.
+pub(super) fn validate(
+    t: &TlsFile,
+    https: Option<&Spanned<String>>,
+    diags: &mut Vec<Diagnostic>,
+) -> TlsSettings {
+    let handshake_timeout = duration_or(&t.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT, diags);
+    let mut certificates = Vec::new();
+    let mut default_certificate = None;
+    for c in &t.certificates {
+        let spec = c.get_ref();
+        let read =
+            |p: &Spanned<String>, diags: &mut Vec<Diagnostic>| match std::fs::read(p.get_ref()) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    diags.push(Diagnostic::at(
+                        p,
+                        format!("cannot read `{}`: {e}", p.get_ref()),
+                    ));
+                    None
+                }
+            };
+        let (Some(chain), Some(key)) = (read(&spec.cert, diags), read(&spec.key, diags)) else {
+            continue;
+        };
+        match Certificate::from_pem(
+            &chain,
+            &key,
+            Source::File(PathBuf::from(spec.cert.get_ref())),
+        ) {
+            Ok(cert) => {
+                if spec.default {
+                    if default_certificate.is_some() {
+                        diags.push(Diagnostic::at(
+                            c,
+                            "only one certificate can be `default = true`",
+                        ));
+                    }
+                    default_certificate = Some(certificates.len());
+                }
+                certificates.push(Arc::new(cert));
+            }
+            Err(e) => diags.push(Diagnostic::at(
+                &spec.cert,
+                format!(
+                    "certificate `{}` with key `{}`: {e}",
+                    spec.cert.get_ref(),
+                    spec.key.get_ref()
+                ),
+            )),
+        }
+    }
+    if let Some(o) = &t.on_demand {
+        diags.push(Diagnostic::at(
+            o,
+            "[tls.on_demand] is not supported by this build yet; remove it (tenants' own domains need a static certificate or an entry in [tls.acme] domains)",
+        ));
+    }
+    let acme = t.acme.as_ref().map(|a| validate_acme(a, diags));
+    if https.is_none() {
+        diags.push(Diagnostic::new(
+            None,
+            "[tls] is set but entrypoints.https is not (e.g. https = \"0.0.0.0:443\")",
+        ));
+    } else if t.certificates.is_empty() && t.acme.is_none() {
+        diags.push(Diagnostic::new(
+            None,
+            "[tls] needs a certificate source: [[tls.certificates]] files or [tls.acme]",
+        ));
+    }
+    TlsSettings {
+        handshake_timeout,
+        certificates,
+        default_certificate,
+        acme,
+    }
+}
+
+fn validate_acme(a: &AcmeFile, diags: &mut Vec<Diagnostic>) -> AcmeSettings {
+    let directory = a.directory.get_ref();
+    if !directory.starts_with("https://") || directory.parse::<http::Uri>().is_err() {
+        diags.push(Diagnostic::at(
+            &a.directory,
+            "directory must be an https:// URL (ACME runs over HTTPS only)",
+        ));
+    }
+    let challenge = match a.challenge.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("http-01") => ChallengeKind::Http01,
+        Some("tls-alpn-01") => ChallengeKind::TlsAlpn01,
+        Some("dns-01") => {
+            diags.push(Diagnostic::at(
+                a.challenge.as_ref().expect("matched Some"),
+                "challenge = \"dns-01\" is not supported by this build yet; use http-01 or tls-alpn-01",
+            ));
+            ChallengeKind::Http01
+        }
+        Some(other) => {
+            diags.push(Diagnostic::at(
+                a.challenge.as_ref().expect("matched Some"),
+                format!("challenge `{other}` is not one of http-01, tls-alpn-01, dns-01"),
+            ));
+            ChallengeKind::Http01
+        }
+    };
+    if let Some(d) = &a.dns {
+        diags.push(Diagnostic::at(
+            d,
+            "[tls.acme] dns (DNS-01 providers) is not supported by this build yet",
+        ));
+    }
+    let mut domains = Vec::new();
+    if a.domains.is_empty() {
+        diags.push(Diagnostic::new(
+            None,
+            "[tls.acme] domains must list at least one name",
+        ));
+    }
+    for d in &a.domains {
+        let name = d.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        let bare = name.strip_prefix("*.").unwrap_or(&name);
+        if !is_hostname(bare) || bare.parse::<std::net::IpAddr>().is_ok() {
+            diags.push(Diagnostic::at(
+                d,
+                format!("`{}` is not a DNS name", d.get_ref()),
+            ));
+        } else if name.starts_with("*.") {
+            diags.push(Diagnostic::at(
+                d,
+                format!("`{name}`: a wildcard can only be validated with dns-01, which this build does not support yet"),
+            ));
+        } else if domains.contains(&name) {
+            diags.push(Diagnostic::at(d, format!("`{name}` is listed twice")));
+        } else {
+            domains.push(name);
+        }
+    }
+    let storage = match a.storage.as_ref() {
+        Some(s) if s.get_ref() == "redis" => {
+            diags.push(Diagnostic::at(
+                s,
+                "storage = \"redis\" is not supported by this build yet; use a directory",
+            ));
+            PathBuf::from(DEFAULT_ACME_STORAGE)
+        }
+        Some(s) => PathBuf::from(s.get_ref()),
+        None => PathBuf::from(DEFAULT_ACME_STORAGE),
+    };
+    let contact = a
+        .email
+        .iter()
+        .filter_map(|e| {
+            let v = e.get_ref();
+            if v.contains('@') && !v.contains(char::is_whitespace) {
+                Some(format!("mailto:{v}"))
+            } else {
+                diags.push(Diagnostic::at(e, format!("`{v}` is not an e-mail address")));
+                None
+            }
+        })
+        .collect();
+    let ca_root = a
+        .ca_root
+        .as_ref()
+        .and_then(|p| match std::fs::read(p.get_ref()) {
+            Ok(pem) if pem.starts_with(b"-----BEGIN") => Some(PathBuf::from(p.get_ref())),
+            Ok(_) => {
+                diags.push(Diagnostic::at(
+                    p,
+                    format!("ca_root `{}` is not a PEM file", p.get_ref()),
+                ));
+                None
+            }
+            Err(e) => {
+                diags.push(Diagnostic::at(
+                    p,
+                    format!("cannot read ca_root `{}`: {e}", p.get_ref()),
+                ));
+                None
+            }
+        });
+    let eab = a.eab.as_ref().and_then(|e| {
+        let spec = e.get_ref();
+        let var = spec.hmac_env.get_ref();
+        let Ok(value) = std::env::var(var) else {
+            diags.push(Diagnostic::at(
+                &spec.hmac_env,
+                format!("environment variable `{var}` is not set"),
+            ));
+            return None;
+        };
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value.trim().trim_end_matches('='))
+        {
+            Ok(hmac) if !hmac.is_empty() => Some(Eab {
+                kid: spec.kid.get_ref().clone(),
+                hmac,
+            }),
+            _ => {
+                diags.push(Diagnostic::at(
+                    &spec.hmac_env,
+                    format!("`{var}` must hold the CA's HMAC key, base64url-encoded"),
+                ));
+                None
+            }
+        }
+    });
+    let retry_initial = duration_or(&a.retry_initial, DEFAULT_ACME_RETRY_INITIAL, diags);
+    let retry_max = duration_or(&a.retry_max, DEFAULT_ACME_RETRY_MAX, diags);
+    if retry_max < retry_initial {
+        if let Some(m) = &a.retry_max {
+            diags.push(Diagnostic::at(
+                m,
+                "retry_max must not be below retry_initial",
+            ));
+        }
+    }
+    AcmeSettings {
+        directory: directory.clone(),
+        contact,
+        ca_root,
+        domains,
+        challenge,
+        storage,
+        eab,
+        retry_initial,
+        retry_max,
+        order_timeout: duration_or(&a.order_timeout, DEFAULT_ACME_ORDER_TIMEOUT, diags),
+    }
+}

@@ -1,0 +1,429 @@
+//! The ACME client: orders a certificate for each name of `[tls.acme] domains` that has none, renews
+//! each at two thirds of its lifetime (minus a jitter, so that replicas and names spread out), and
+//! backs off exponentially after failures. The old certificate stays served until a new one is in
+//! place. The account is created once and kept in storage.
+//!
+//! Challenges are answered from the [`CertStore`]: HTTP-01 tokens on the HTTP entrypoint, TLS-ALPN-01
+//! certificates to `acme-tls/1` handshakes on the HTTPS entrypoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+
+use super::cert::{CertError, Certificate, Source};
+use super::storage::{DirStorage, StorageError};
+use super::store::CertStore;
+use crate::config::{AcmeSettings, ChallengeKind};
+use crate::metrics::metrics;
+use crate::state::GatewayState;
+
+/// How often the manager looks at what is due (cheap: a few comparisons per name).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Why an order failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("ACME: {0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("the issued certificate is unusable: {0}")]
+    Certificate(#[from] CertError),
+    #[error("the CA offers no {0} challenge for this name")]
+    NoChallenge(&'static str),
+    #[error("authorization is {0:?}")]
+    Authorization(AuthorizationStatus),
+    #[error("order became {status:?}: {problem}")]
+    Order {
+        status: OrderStatus,
+        problem: String,
+    },
+    #[error("challenge certificate: {0}")]
+    ChallengeCert(String),
+    #[error("order not finished within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Per-name schedule.
+struct Schedule {
+    /// Serial of the certificate the renewal time was computed for.
+    serial: String,
+    renew_at: i64,
+    failures: u32,
+    not_before: Instant,
+}
+
+/// The background service that orders and renews certificates.
+pub struct AcmeManager {
+    pub state: Arc<GatewayState>,
+    pub store: Arc<CertStore>,
+}
+
+/// The wait after `failures` failures in a row: doubling from `initial`, capped at `max`, with up to
+/// 10 % jitter so that replicas do not retry in step.
+pub fn backoff(failures: u32, initial: Duration, max: Duration) -> Duration {
+    let exp = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    let base = exp.min(max);
+    base + base.mul_f64(fastrand::f64() * 0.1)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl AcmeManager {
+    /// Loads a stored certificate for `name` into the store, when the store has none yet.
+    fn load_stored(&self, storage: &DirStorage, name: &str) {
+        if self.store.acme(name).is_some() {
+            return;
+        }
+        match storage.cert(name) {
+            Ok(Some(stored)) => {
+                match Certificate::from_pem(&stored.chain_pem, &stored.key_pem, Source::Acme) {
+                    Ok(cert) => {
+                        tracing::info!(
+                            domain = name,
+                            not_after = cert.not_after,
+                            "ACME certificate loaded from storage"
+                        );
+                        self.store.set_acme(name, Arc::new(cert));
+                    }
+                    Err(e) => {
+                        tracing::warn!(domain = name, error = %e, "stored ACME certificate unusable; ordering a new one")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(domain = name, error = %e, "cannot read ACME storage"),
+        }
+    }
+
+    async fn account(
+        &self,
+        acme: &AcmeSettings,
+        storage: &DirStorage,
+        cache: &mut Option<(AcmeSettings, Account)>,
+    ) -> Result<Account, AcmeError> {
+        if let Some((for_settings, account)) = cache.as_ref() {
+            if for_settings.directory == acme.directory && for_settings.ca_root == acme.ca_root {
+                return Ok(account.clone());
+            }
+        }
+        let builder = match &acme.ca_root {
+            Some(root) => Account::builder_with_root(root)?,
+            None => Account::builder()?,
+        };
+        let account = match storage.account(&acme.directory)? {
+            Some(credentials) => builder.from_credentials(credentials).await?,
+            None => {
+                let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
+                let eab = acme
+                    .eab
+                    .as_ref()
+                    .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac));
+                let (account, credentials) = builder
+                    .create(
+                        &NewAccount {
+                            contact: &contact,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        acme.directory.clone(),
+                        eab.as_ref(),
+                    )
+                    .await?;
+                storage.save_account(&acme.directory, &credentials)?;
+                tracing::info!(directory = %acme.directory, account = account.id(), "ACME account created");
+                account
+            }
+        };
+        *cache = Some((acme.clone(), account.clone()));
+        Ok(account)
+    }
+
+    /// One order for `name`, from the first request to the certificate in the store.
+    async fn order(
+        &self,
+        acme: &AcmeSettings,
+        account: &Account,
+        name: &str,
+    ) -> Result<(), AcmeError> {
+        let mut tokens = Vec::new();
+        let result = self.order_inner(acme, account, name, &mut tokens).await;
+        self.store.clear_challenges(&[name.to_string()], &tokens);
+        result
+    }
+
+    async fn order_inner(
+        &self,
+        acme: &AcmeSettings,
+        account: &Account,
+        name: &str,
+        tokens: &mut Vec<String>,
+    ) -> Result<(), AcmeError> {
+        let identifiers = [Identifier::Dns(name.to_string())];
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(AcmeError::Authorization(other)),
+            }
+            let (kind, label) = match acme.challenge {
+                ChallengeKind::Http01 => (ChallengeType::Http01, "http-01"),
+                ChallengeKind::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+            };
+            let mut challenge = authz.challenge(kind).ok_or(AcmeError::NoChallenge(label))?;
+            let key_authorization = challenge.key_authorization();
+            match acme.challenge {
+                ChallengeKind::Http01 => {
+                    self.store
+                        .set_http_challenge(&challenge.token, key_authorization.as_str());
+                    tokens.push(challenge.token.clone());
+                }
+                ChallengeKind::TlsAlpn01 => {
+                    let key = alpn_challenge_cert(name, key_authorization.digest().as_ref())?;
+                    self.store.set_alpn_challenge(name, key);
+                }
+            }
+            challenge.set_ready().await?;
+        }
+        let retries = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .backoff(1.5)
+            .timeout(acme.order_timeout);
+        let status = order.poll_ready(&retries).await?;
+        if status != OrderStatus::Ready {
+            return Err(AcmeError::Order {
+                status,
+                problem: problem_of(&mut order).await,
+            });
+        }
+        let key_pem = order.finalize().await?;
+        let chain_pem = order.poll_certificate(&retries).await?;
+        let cert = Certificate::from_pem(chain_pem.as_bytes(), key_pem.as_bytes(), Source::Acme)?;
+        let storage = DirStorage::new(&acme.storage);
+        storage.save_cert(name, chain_pem.as_bytes(), key_pem.as_bytes())?;
+        tracing::info!(domain = name, issuer = %cert.issuer, not_after = cert.not_after, serial = %cert.serial, "ACME certificate issued");
+        self.store.set_acme(name, Arc::new(cert));
+        Ok(())
+    }
+
+    /// One pass over the configured names: order what is missing or due, unless backing off.
+    async fn pass(
+        &self,
+        acme: &AcmeSettings,
+        schedules: &mut HashMap<String, Schedule>,
+        account: &mut Option<(AcmeSettings, Account)>,
+    ) {
+        let storage = DirStorage::new(&acme.storage);
+        for name in &acme.domains {
+            self.load_stored(&storage, name);
+            let current = self.store.acme(name);
+            let s = schedules.entry(name.clone()).or_insert_with(|| Schedule {
+                serial: String::new(),
+                renew_at: 0,
+                failures: 0,
+                not_before: Instant::now(),
+            });
+            if let Some(c) = &current {
+                if c.serial != s.serial {
+                    let lifetime = (c.not_after - c.not_before).max(0);
+                    // Up to 1/20 of the lifetime earlier than two thirds (a few days for 90 days).
+                    let jitter = (lifetime as f64 / 20.0 * fastrand::f64()) as i64;
+                    s.serial = c.serial.clone();
+                    s.renew_at = c.renew_at() - jitter;
+                }
+            }
+            let due = current.is_none() || unix_now() >= s.renew_at;
+            if !due || Instant::now() < s.not_before {
+                continue;
+            }
+            let result = match self.account(acme, &storage, account).await {
+                Ok(acct) => {
+                    match tokio::time::timeout(acme.order_timeout, self.order(acme, &acct, name))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(AcmeError::Timeout(acme.order_timeout)),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let m = metrics();
+            match result {
+                Ok(()) => {
+                    m.acme_orders.with_label_values(&["success"]).inc();
+                    s.failures = 0;
+                    s.not_before = Instant::now();
+                }
+                Err(e) => {
+                    m.acme_orders.with_label_values(&["failure"]).inc();
+                    s.failures += 1;
+                    let wait = backoff(s.failures, acme.retry_initial, acme.retry_max);
+                    s.not_before = Instant::now() + wait;
+                    if matches!(e, AcmeError::Acme(_) | AcmeError::Storage(_)) {
+                        // The account may be what failed (deleted at the CA, storage lost).
+                        *account = None;
+                    }
+                    if is_unknown_account(&e) {
+                        // The CA forgot the account (a reset staging or private CA): register anew.
+                        if let Err(se) = storage.forget_account(&acme.directory) {
+                            tracing::warn!(error = %se, "cannot forget the ACME account");
+                        }
+                    }
+                    tracing::error!(
+                        domain = %name,
+                        error = %e,
+                        problem = %problem_json(&e),
+                        failures = s.failures,
+                        retry_in_secs = wait.as_secs_f64(),
+                        serving_old_certificate = current.is_some(),
+                        "ACME order failed"
+                    );
+                }
+            }
+            m.acme_failures
+                .with_label_values(&[name])
+                .set(i64::from(s.failures));
+        }
+    }
+}
+
+/// Whether the CA answered that the account does not exist.
+fn is_unknown_account(e: &AcmeError) -> bool {
+    matches!(e, AcmeError::Acme(instant_acme::Error::Api(p))
+        if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"))
+}
+
+/// The CA's problem document of a failed order, as JSON for the log (empty when there is none).
+fn problem_json(e: &AcmeError) -> String {
+    match e {
+        AcmeError::Acme(instant_acme::Error::Api(p)) => problem_doc(p),
+        AcmeError::Order { problem, .. } => problem.clone(),
+        _ => String::new(),
+    }
+}
+
+/// An RFC 7807 problem document as the CA sent it, as JSON.
+fn problem_doc(p: &instant_acme::Problem) -> String {
+    serde_json::json!({
+        "type": p.r#type,
+        "detail": p.detail,
+        "status": p.status,
+        "subproblems": p.subproblems.iter().map(|s| serde_json::json!({
+            "type": s.r#type,
+            "detail": s.detail,
+            "identifier": s.identifier.as_ref().map(|i| format!("{i:?}")),
+        })).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+/// The order's own problem, or the first challenge error of its authorizations.
+async fn problem_of(order: &mut instant_acme::Order) -> String {
+    if let Some(p) = &order.state().error {
+        return problem_doc(p);
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut a)) = authorizations.next().await {
+        if let Ok(state) = a.refresh().await {
+            for c in &state.challenges {
+                if let Some(p) = &c.error {
+                    return problem_doc(p);
+                }
+            }
+        }
+    }
+    String::new()
+}
+
+/// The self-signed certificate that proves control of `name` under TLS-ALPN-01 (RFC 8737): the name
+/// as its only SAN and the critical acmeIdentifier extension holding SHA-256(key authorization).
+pub fn alpn_challenge_cert(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, AcmeError> {
+    let err = |e: rcgen::Error| AcmeError::ChallengeCert(e.to_string());
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(err)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(err)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| AcmeError::ChallengeCert(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}
+
+#[async_trait]
+impl BackgroundService for AcmeManager {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut schedules: HashMap<String, Schedule> = HashMap::new();
+        let mut account: Option<(AcmeSettings, Account)> = None;
+        loop {
+            let rt = self.state.current();
+            if let Some(acme) = rt.config.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+                tokio::select! {
+                    _ = self.pass(acme, &mut schedules, &mut account) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let i = Duration::from_secs(60);
+        let max = Duration::from_secs(3600);
+        let within = |d: Duration, base: u64| {
+            assert!(
+                d >= Duration::from_secs(base) && d <= Duration::from_secs(base) * 11 / 10,
+                "{d:?} vs {base}"
+            );
+        };
+        within(backoff(1, i, max), 60);
+        within(backoff(2, i, max), 120);
+        within(backoff(3, i, max), 240);
+        within(backoff(10, i, max), 3600);
+        within(backoff(u32::MAX, i, max), 3600);
+    }
+
+    #[test]
+    fn challenge_certificate_carries_the_acme_identifier() {
+        let key = alpn_challenge_cert("a.example.test", &[7u8; 32]).expect("cert");
+        let der = key.end_entity_cert().expect("leaf");
+        let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).expect("parse");
+        let ext = x509
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier extension");
+        assert!(ext.critical);
+        // DER OCTET STRING of the 32-byte digest.
+        assert_eq!(&ext.value[..2], &[0x04, 0x20]);
+        assert_eq!(&ext.value[2..], &[7u8; 32]);
+    }
+}

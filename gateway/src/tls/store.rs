@@ -1,0 +1,297 @@
+//! The live certificate store: SNI → certificate on every handshake, from one atomic snapshot.
+//!
+//! Certificates come from two sources: static files of `[[tls.certificates]]` (replaced on each config
+//! reload) and certificates ordered over ACME (added as they are issued or renewed). Writers rebuild
+//! the snapshot under a mutex; handshakes only load it (no lock). Lookup order: the exact name, then
+//! the wildcard one label up, then the default certificate. A name none of them covers is refused at
+//! the handshake and counted.
+//!
+//! The store also holds the answers to pending ACME challenges: HTTP-01 tokens (served on the HTTP
+//! entrypoint) and TLS-ALPN-01 certificates (served to a ClientHello that offers `acme-tls/1`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::cert::Certificate;
+use crate::metrics::metrics;
+
+/// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+#[derive(Default)]
+struct Snapshot {
+    exact: HashMap<String, Arc<Certificate>>,
+    /// Keyed by the suffix after `*.` (`aggios.app` for `*.aggios.app`).
+    wildcard: HashMap<String, Arc<Certificate>>,
+    default: Option<Arc<Certificate>>,
+}
+
+#[derive(Default)]
+struct Sources {
+    files: Vec<Arc<Certificate>>,
+    default_file: Option<usize>,
+    /// ACME certificates by the name they were ordered for.
+    acme: HashMap<String, Arc<Certificate>>,
+}
+
+/// SNI → certificate, live.
+#[derive(Default)]
+pub struct CertStore {
+    snapshot: ArcSwap<Snapshot>,
+    sources: Mutex<Sources>,
+    /// TLS-ALPN-01 answers by name (looked at only for `acme-tls/1` handshakes).
+    alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// HTTP-01 answers: token → key authorization.
+    http_challenges: RwLock<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore").finish_non_exhaustive()
+    }
+}
+
+impl CertStore {
+    /// Replaces the static certificates (on start and on every config reload).
+    pub fn set_files(&self, files: Vec<Arc<Certificate>>, default: Option<usize>) {
+        let mut src = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        src.files = files;
+        src.default_file = default;
+        self.rebuild(&src);
+    }
+
+    /// Adds or replaces the ACME certificate ordered for `name`.
+    pub fn set_acme(&self, name: &str, cert: Arc<Certificate>) {
+        let mut src = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        src.acme.insert(name.to_string(), cert);
+        self.rebuild(&src);
+    }
+
+    /// The ACME certificate held for `name`, if any.
+    pub fn acme(&self, name: &str) -> Option<Arc<Certificate>> {
+        let src = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        src.acme.get(name).cloned()
+    }
+
+    /// Every certificate served now (files first, then ACME), for the admin listing.
+    pub fn list(&self) -> Vec<Arc<Certificate>> {
+        let src = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = src.files.clone();
+        let mut acme: Vec<_> = src.acme.iter().collect();
+        acme.sort_by(|a, b| a.0.cmp(b.0));
+        out.extend(acme.into_iter().map(|(_, c)| Arc::clone(c)));
+        out
+    }
+
+    fn rebuild(&self, src: &Sources) {
+        let mut snap = Snapshot::default();
+        let all = src.files.iter().chain(src.acme.values());
+        for cert in all {
+            for name in &cert.names {
+                let (map, key) = match name.strip_prefix("*.") {
+                    Some(suffix) => (&mut snap.wildcard, suffix),
+                    None => (&mut snap.exact, name.as_str()),
+                };
+                // Two certificates for one name: the one valid longest wins (a renewed ACME
+                // certificate over an older file, or the reverse).
+                let better = map
+                    .get(key)
+                    .is_none_or(|old| old.not_after < cert.not_after);
+                if better {
+                    map.insert(key.to_string(), Arc::clone(cert));
+                }
+            }
+        }
+        snap.default = src.default_file.and_then(|i| src.files.get(i).cloned());
+        // Expiry per served name; names no longer served drop their series.
+        let m = &metrics().tls_cert_expiry;
+        m.reset();
+        for (name, cert) in &snap.exact {
+            m.with_label_values(&[name]).set(cert.not_after as f64);
+        }
+        for (suffix, cert) in &snap.wildcard {
+            m.with_label_values(&[&format!("*.{suffix}")])
+                .set(cert.not_after as f64);
+        }
+        self.snapshot.store(Arc::new(snap));
+    }
+
+    /// The certificate for an SNI name (already lowercase), or the default one.
+    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let snap = self.snapshot.load();
+        if let Some(name) = sni {
+            if let Some(c) = snap.exact.get(name) {
+                return Some(Arc::clone(&c.key));
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(c) = snap.wildcard.get(parent) {
+                    return Some(Arc::clone(&c.key));
+                }
+            }
+        }
+        snap.default.as_ref().map(|c| Arc::clone(&c.key))
+    }
+
+    /// Publishes a TLS-ALPN-01 challenge certificate for `name` (until [`CertStore::clear_challenges`]).
+    pub fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        let mut m = self
+            .alpn_challenges
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        m.insert(name.to_string(), key);
+    }
+
+    /// Publishes an HTTP-01 answer.
+    pub fn set_http_challenge(&self, token: &str, key_authorization: &str) {
+        let mut m = self
+            .http_challenges
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        m.insert(token.to_string(), key_authorization.to_string());
+    }
+
+    /// The key authorization for an HTTP-01 token, while its challenge is pending.
+    pub fn http_challenge(&self, token: &str) -> Option<String> {
+        let m = self
+            .http_challenges
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        m.get(token).cloned()
+    }
+
+    /// Withdraws the challenge answers of an order once it is done.
+    pub fn clear_challenges(&self, names: &[String], tokens: &[String]) {
+        {
+            let mut m = self
+                .alpn_challenges
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for n in names {
+                m.remove(n);
+            }
+        }
+        let mut m = self
+            .http_challenges
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for t in tokens {
+            m.remove(t);
+        }
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name().map(|s| s.trim_end_matches('.'));
+        // Lowercase without allocating in the common case (clients send lowercase names).
+        let lowered;
+        let sni = match sni {
+            Some(s) if s.bytes().any(|b| b.is_ascii_uppercase()) => {
+                lowered = s.to_ascii_lowercase();
+                Some(lowered.as_str())
+            }
+            other => other,
+        };
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // A validation handshake gets the challenge certificate or nothing, never a real one.
+            let m = self
+                .alpn_challenges
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            return sni.and_then(|n| m.get(n).cloned());
+        }
+        let found = self.lookup(sni);
+        if found.is_none() {
+            let reason = if sni.is_some() {
+                "unknown_name"
+            } else {
+                "no_sni"
+            };
+            metrics()
+                .tls_handshake_refusals
+                .with_label_values(&[reason])
+                .inc();
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::cert::Source;
+
+    fn cert(names: &[&str]) -> Arc<Certificate> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        let c = params.self_signed(&key).expect("sign");
+        Arc::new(
+            Certificate::from_pem(
+                c.pem().as_bytes(),
+                key.serialize_pem().as_bytes(),
+                Source::Acme,
+            )
+            .expect("parse"),
+        )
+    }
+
+    #[test]
+    fn exact_then_wildcard_then_default() {
+        let store = CertStore::default();
+        let api = cert(&["api.aggios.test"]);
+        let wild = cert(&["*.aggios.test"]);
+        let fallback = cert(&["fallback.test"]);
+        store.set_files(vec![api.clone(), wild.clone(), fallback.clone()], Some(2));
+        let is = |sni: Option<&str>, c: &Arc<Certificate>| {
+            let got = store.lookup(sni).expect("a certificate");
+            assert!(Arc::ptr_eq(&got, &c.key), "{sni:?}");
+        };
+        is(Some("api.aggios.test"), &api);
+        is(Some("acme.aggios.test"), &wild);
+        // A wildcard covers one label only.
+        is(Some("a.b.aggios.test"), &fallback);
+        is(Some("aggios.test"), &fallback);
+        is(None, &fallback);
+    }
+
+    #[test]
+    fn no_default_means_unknown_names_are_refused() {
+        let store = CertStore::default();
+        store.set_files(vec![cert(&["api.aggios.test"])], None);
+        assert!(store.lookup(Some("other.test")).is_none());
+        assert!(store.lookup(None).is_none());
+    }
+
+    #[test]
+    fn acme_certificates_join_and_the_newest_wins() {
+        let store = CertStore::default();
+        store.set_files(vec![], None);
+        assert!(store.lookup(Some("x.aggios.test")).is_none());
+        let first = cert(&["x.aggios.test"]);
+        store.set_acme("x.aggios.test", first.clone());
+        assert!(Arc::ptr_eq(
+            &store.lookup(Some("x.aggios.test")).expect("served"),
+            &first.key
+        ));
+        let mut renewed = (*cert(&["x.aggios.test"])).clone();
+        renewed.not_after += 3600;
+        let renewed = Arc::new(renewed);
+        store.set_acme("x.aggios.test", renewed.clone());
+        assert!(Arc::ptr_eq(
+            &store.lookup(Some("x.aggios.test")).expect("served"),
+            &renewed.key
+        ));
+        // A config reload replacing the files keeps the ACME certificates.
+        store.set_files(vec![], None);
+        assert!(store.lookup(Some("x.aggios.test")).is_some());
+    }
+}

@@ -1,0 +1,317 @@
+//! ACME end to end against a real CA (Debian's pebble, resolving every name to 127.0.0.1 through
+//! pebble-challtestsrv): HTTP-01 and TLS-ALPN-01 issuance followed by HTTPS requests verified against
+//! pebble's root, an account and certificates kept across restarts, renewal of short-lived
+//! certificates under load, and a CA outage (old certificate kept, retries backing off).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::tls_helpers::*;
+
+fn config(
+    up: &TestUpstream,
+    pebble: &Pebble,
+    storage: &Path,
+    name: &str,
+    challenge: &str,
+) -> String {
+    format!(
+        r#"[tenancy]
+base_domains = ["aggios.test"]
+
+[tls]
+[tls.acme]
+directory = "{dir}"
+ca_root = "{ca}"
+email = "ops@aggios.test"
+domains = ["{name}"]
+challenge = "{challenge}"
+storage = "{storage}"
+retry_initial = "1s"
+retry_max = "4s"
+order_timeout = "20s"
+
+{up}
+[[routes]]
+name = "public"
+hosts = ["*.aggios.test"]
+upstream = "u"
+"#,
+        dir = pebble.directory(),
+        ca = pebble.endpoint_ca.display(),
+        storage = storage.display(),
+        up = upstream_toml("u", &[up], "")
+    )
+}
+
+/// Waits up to `limit` for `f`; on failure, shows what the gateway and pebble said.
+async fn within<F, Fut>(limit: Duration, what: &str, gw: &Gateway, pebble: &Pebble, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "timed out after {limit:?} waiting for: {what}\n--- gateway:\n{}\n--- pebble:\n{}",
+        gw.stderr(),
+        pebble.log()
+    );
+}
+
+async fn served_names(gw: &Gateway) -> Vec<String> {
+    let (_, body) = gw.admin_get("/api/certificates").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["certificates"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| c["source"] == "acme")
+                .flat_map(|c| c["names"].as_array().cloned().unwrap_or_default())
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn issue_and_serve(challenge: &str) {
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    let name = "shop.aggios.test";
+    let body = config(&up, &pebble, storage.path(), name, challenge);
+    let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
+    within(
+        Duration::from_secs(60),
+        "the certificate issued",
+        &gw,
+        &pebble,
+        || async { served_names(&gw).await == [name] },
+    )
+    .await;
+    assert_eq!(
+        gw.metric("gateway_acme_orders_total{result=\"success\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("gateway_acme_orders_total{result=\"failure\"}")
+            .await,
+        0.0
+    );
+
+    // A real HTTPS request, verified against pebble's issuing root only.
+    let root = pebble.issuing_root().await;
+    let r = get(
+        gw.https,
+        name,
+        "/hello",
+        &[],
+        client_config(&root, &[b"h2", b"http/1.1"]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("HTTPS with the issued certificate: {e}\n{}", gw.stderr()));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"][0], "https");
+    let serial = r.serial.clone();
+
+    // Restart: the account and the certificate come from storage; no new order, no new account.
+    let orders = pebble.orders();
+    assert_eq!(orders, 1, "{}", pebble.log());
+    let (ports, dir) = gw.stop();
+    let gw = Gateway::start_on(ports, dir, &body, &[]).await;
+    within(
+        Duration::from_secs(30),
+        "the stored certificate served",
+        &gw,
+        &pebble,
+        || async { served_names(&gw).await == [name] },
+    )
+    .await;
+    let r = get(
+        gw.https,
+        name,
+        "/again",
+        &[],
+        client_config(&root, &[b"http/1.1"]),
+    )
+    .await
+    .expect("HTTPS after restart");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.serial, serial, "a new certificate after restart");
+    assert_eq!(pebble.orders(), 1, "ordered again after restart");
+    assert_eq!(
+        pebble.log().matches("POST /sign-me-up").count(),
+        1,
+        "a second account"
+    );
+}
+
+#[tokio::test]
+async fn http01_issues_and_the_certificate_survives_a_restart() {
+    issue_and_serve("http-01").await;
+}
+
+#[tokio::test]
+async fn tls_alpn01_issues_and_the_certificate_survives_a_restart() {
+    issue_and_serve("tls-alpn-01").await;
+}
+
+#[tokio::test]
+async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
+    let ports = (free_port(), free_port(), free_port());
+    // 36 s certificates: renewal falls due about 24 s after issuance.
+    let mut pebble = Pebble::start(ports.0, ports.1, 36).await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    let name = "live.aggios.test";
+    let body = config(&up, &pebble, storage.path(), name, "http-01");
+    let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
+    within(
+        Duration::from_secs(60),
+        "the first certificate",
+        &gw,
+        &pebble,
+        || async { served_names(&gw).await == [name] },
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let client = client_config(&root, &[b"http/1.1"]);
+
+    // Load: a new TLS connection per request, recording serials and failures.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let serials: Arc<Mutex<Vec<String>>> = Arc::default();
+    let load = {
+        let (stop, failures, served, serials, client) = (
+            stop.clone(),
+            failures.clone(),
+            served.clone(),
+            serials.clone(),
+            client.clone(),
+        );
+        let port = gw.https;
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match get(port, name, "/load", &[], client.clone()).await {
+                    Ok(r) if r.status == 200 => {
+                        served.fetch_add(1, Ordering::SeqCst);
+                        let mut s = serials.lock().expect("lock");
+                        if s.last() != Some(&r.serial) {
+                            s.push(r.serial);
+                        }
+                    }
+                    Ok(r) => {
+                        eprintln!("load: status {}", r.status);
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        eprintln!("load: {e}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    within(
+        Duration::from_secs(60),
+        "a renewal seen by clients",
+        &gw,
+        &pebble,
+        || async { serials.lock().expect("lock").len() >= 2 },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.expect("load task");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during renewal"
+    );
+    assert!(served.load(Ordering::SeqCst) > 20);
+    assert_eq!(
+        gw.metric("gateway_acme_orders_total{result=\"failure\"}")
+            .await,
+        0.0
+    );
+    let renewed = serials
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("serial");
+
+    // The CA goes away: the next renewal fails, retries back off, the renewed certificate stays served.
+    pebble.stop();
+    let failed = "gateway_acme_consecutive_failures{domain=\"live.aggios.test\"}";
+    within(
+        Duration::from_secs(60),
+        "three failed renewals",
+        &gw,
+        &pebble,
+        || async { gw.metric(failed).await >= 3.0 },
+    )
+    .await;
+    let r = get(gw.https, name, "/during-outage", &[], client.clone())
+        .await
+        .expect("served during the CA outage");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.serial, renewed,
+        "the served certificate changed during the outage"
+    );
+    assert!(
+        gw.metric("gateway_acme_orders_total{result=\"failure\"}")
+            .await
+            >= 3.0
+    );
+    // Each retry waits longer than the one before, up to retry_max (4 s, +10 % jitter).
+    let waits: Vec<f64> = gw
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "ACME order failed")
+        .filter_map(|v| v["retry_in_secs"].as_f64())
+        .collect();
+    assert!(waits.len() >= 3, "{waits:?}");
+    assert!(waits[0] >= 1.0 && waits[0] < 1.2, "{waits:?}");
+    assert!(waits[1] >= 2.0 && waits[1] < 2.3, "{waits:?}");
+    assert!(waits[2] >= 4.0 && waits[2] < 4.5, "{waits:?}");
+    assert!(waits.iter().all(|w| *w < 4.5), "{waits:?}");
+
+    // The CA comes back (a new pebble knows no account: the gateway registers again) and the next
+    // retry succeeds; the failure count resets.
+    pebble.restart().await;
+    within(
+        Duration::from_secs(60),
+        "renewal after the outage",
+        &gw,
+        &pebble,
+        || async { gw.metric(failed).await == 0.0 },
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let r = get(
+        gw.https,
+        name,
+        "/after",
+        &[],
+        client_config(&root, &[b"http/1.1"]),
+    )
+    .await
+    .expect("served with the certificate of the restarted CA");
+    assert_ne!(r.serial, renewed);
+}

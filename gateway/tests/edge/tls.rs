@@ -1,0 +1,310 @@
+//! TLS termination on the https entrypoint: certificates by SNI from a live store, HTTP/1.1 and
+//! HTTP/2 with every edge check, refused names, the handshake deadline, live certificate reloads.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+use crate::tls_helpers::*;
+
+const SECRET: &str = "tls-test-secret-tls-test-secret-0001";
+
+fn token(tenant: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = json!({ "user_id": "8c3c6a8e-0000-4000-8000-000000000001", "email": "ann@acme.test",
+        "tenant_id": tenant, "role": "admin", "iat": now, "exp": now + 600, "jti": "t-1" });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+fn config(up: &TestUpstream, certs: &std::path::Path, extra_tls: &str) -> String {
+    format!(
+        r#"[tenancy]
+base_domains = ["aggios.test"]
+reserved = ["api"]
+
+[tls]
+{extra_tls}
+[[tls.certificates]]
+cert = "{dir}/dev.crt"
+key = "{dir}/dev.key"
+
+[auth.jwt]
+secret_env = "GW_SECRET"
+
+{up}
+[[routes]]
+name = "tenant-api"
+hosts = ["*.aggios.test"]
+path_prefix = "/api"
+auth = "jwt_tenant"
+upstream = "u"
+
+[[routes]]
+name = "login"
+hosts = ["login.example.test"]
+redirect_https = true
+
+[[routes]]
+name = "public"
+hosts = ["*.aggios.test"]
+upstream = "u"
+"#,
+        dir = certs.display(),
+        up = upstream_toml("u", &[up], "")
+    )
+}
+
+const ENV: &[(&str, &str)] = &[("GW_SECRET", SECRET)];
+
+#[tokio::test]
+async fn https_serves_http1_and_h2_with_every_edge_check() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = dev_certs(certs.path(), &["*.aggios.test", "login.example.test"]);
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, certs.path(), ""), ENV).await;
+
+    // HTTP/1.1 over TLS: the upstream learns the request came over HTTPS; HSTS goes back.
+    let h1 = client_config(&ca, &[b"http/1.1"]);
+    let r = get(gw.https, "acme.aggios.test", "/hello", &[], h1.clone())
+        .await
+        .expect("https request");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_11);
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-host"][0],
+        "acme.aggios.test"
+    );
+    assert_eq!(
+        r.headers
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=31536000")
+    );
+    // HSTS is an HTTPS-only header.
+    let plain = gw.get("acme.aggios.test", "/hello").await;
+    assert_eq!(plain.status, 200);
+    assert!(plain.header("strict-transport-security").is_none());
+    assert_eq!(plain.json()["headers"]["x-forwarded-proto"][0], "http");
+
+    // HTTP/2 by ALPN, with the same edge: no token → 401 at the edge, the upstream sees nothing.
+    let h2 = client_config(&ca, &[b"h2", b"http/1.1"]);
+    let hits = up.hits.load(Ordering::SeqCst);
+    let r = get(gw.https, "acme.aggios.test", "/api/x", &[], h2.clone())
+        .await
+        .expect("h2 request");
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "missing_token");
+    // Another tenant's token on this tenant's host: refused at the edge as well.
+    let bearer = format!("Bearer {}", token("other"));
+    let r = get(
+        gw.https,
+        "acme.aggios.test",
+        "/api/x",
+        &[("authorization", &bearer)],
+        h2.clone(),
+    )
+    .await
+    .expect("h2 request");
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        hits,
+        "refused requests reached the upstream"
+    );
+    // A valid token over HTTP/2 goes through, with identity headers set by the gateway.
+    let bearer = format!("Bearer {}", token("acme"));
+    let r = get(
+        gw.https,
+        "acme.aggios.test",
+        "/api/x",
+        &[("authorization", &bearer), ("x-tenant-id", "spoofed")],
+        h2.clone(),
+    )
+    .await
+    .expect("h2 request");
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-tenant-id"], json!(["acme"]));
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(up.hits.load(Ordering::SeqCst), hits + 1);
+
+    // redirect_https: 308 on HTTP, served on HTTPS.
+    let r = gw.get("login.example.test", "/sign-in?next=%2F").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://login.example.test/sign-in?next=%2F")
+    );
+
+    // A name no certificate covers (and no default): refused at the handshake, counted.
+    let before = gw
+        .metric("gateway_tls_handshake_refusals_total{reason=\"unknown_name\"}")
+        .await;
+    let err = connect(gw.https, "elsewhere.example.org", h1.clone())
+        .await
+        .err()
+        .expect("the handshake must fail");
+    assert!(err.contains("handshake"), "{err}");
+    // One label only under a wildcard.
+    assert!(connect(gw.https, "a.b.aggios.test", h1.clone())
+        .await
+        .is_err());
+    eventually("refusals counted", || async {
+        gw.metric("gateway_tls_handshake_refusals_total{reason=\"unknown_name\"}")
+            .await
+            >= before + 2.0
+    })
+    .await;
+    // The listing shows what is served.
+    let (status, body) = gw.admin_get("/api/certificates").await;
+    assert_eq!(status, 200);
+    let listing: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        listing["certificates"][0]["names"],
+        json!(["*.aggios.test", "login.example.test"])
+    );
+    assert_eq!(listing["certificates"][0]["source"], "file");
+    assert!(
+        gw.metric("gateway_tls_certificate_expiry_timestamp_seconds{domain=\"*.aggios.test\"}")
+            .await
+            > 0.0
+    );
+}
+
+#[tokio::test]
+async fn certificate_files_are_replaced_live_without_dropping_connections() {
+    let first = tempfile::tempdir().expect("tempdir");
+    let ca1 = dev_certs(first.path(), &["*.aggios.test"]);
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, first.path(), ""), ENV).await;
+    let h1 = client_config(&ca1, &[b"http/1.1"]);
+    let before = connect(gw.https, "acme.aggios.test", h1.clone())
+        .await
+        .expect("handshake");
+    // A keep-alive connection opened before the reload.
+    let conn = connect(gw.https, "acme.aggios.test", h1.clone())
+        .await
+        .expect("handshake");
+    let (mut sender, c) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn.stream))
+            .await
+            .expect("h1");
+    tokio::spawn(c);
+    let req = || {
+        hyper::Request::builder()
+            .uri("/k")
+            .header("host", "acme.aggios.test")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request")
+    };
+    assert_eq!(
+        sender.send_request(req()).await.expect("first").status(),
+        200
+    );
+
+    // A new certificate from another CA: the next handshake serves it.
+    let second = tempfile::tempdir().expect("tempdir");
+    let ca2 = dev_certs(second.path(), &["*.aggios.test"]);
+    gw.rewrite(&config(&up, second.path(), ""));
+    let h1_new = client_config(&ca2, &[b"http/1.1"]);
+    eventually("the new certificate served", || {
+        let cfg = h1_new.clone();
+        let old = before.serial.clone();
+        async move {
+            matches!(connect(gw.https, "acme.aggios.test", cfg).await, Ok(c) if c.serial != old)
+        }
+    })
+    .await;
+    // A client with no session to resume, trusting only the old CA, is refused now.
+    assert!(
+        connect(
+            gw.https,
+            "acme.aggios.test",
+            client_config(&ca1, &[b"http/1.1"])
+        )
+        .await
+        .is_err(),
+        "the old certificate is still served"
+    );
+    // The connection made before the reload keeps working.
+    sender.ready().await.expect("still open");
+    assert_eq!(
+        sender
+            .send_request(req())
+            .await
+            .expect("after reload")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_at_the_deadline() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = dev_certs(certs.path(), &["*.aggios.test"]);
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(
+        &config(&up, certs.path(), "handshake_timeout = \"1s\""),
+        ENV,
+    )
+    .await;
+    let h1 = client_config(&ca, &[b"http/1.1"]);
+    // Silent connections and one that sends half a ClientHello record.
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(("127.0.0.1", gw.https))
+            .await
+            .expect("connect");
+        if i % 2 == 0 {
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+                .await
+                .expect("write");
+        }
+        stalled.push(s);
+    }
+    let start = Instant::now();
+    // A well-behaved client is served meanwhile.
+    let r = get(gw.https, "acme.aggios.test", "/ok", &[], h1.clone())
+        .await
+        .expect("served while others stall");
+    assert_eq!(r.status, 200);
+    for mut s in stalled {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("unexpected {n} bytes to a stalled handshake"),
+            Err(_) => panic!("stalled handshake still open after 15 s (deadline 1 s)"),
+        }
+    }
+    let waited = start.elapsed();
+    // Closed by the deadline, not by chance: not before it, and well before Pingora's own 60 s.
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "closed too late: {waited:?}"
+    );
+    eventually("timeouts counted", || async {
+        gw.metric("gateway_tls_handshakes_total{result=\"timeout\"}")
+            .await
+            >= 20.0
+    })
+    .await;
+}

@@ -1,0 +1,337 @@
+//! TLS clients for the https entrypoint, and a real ACME server (Debian's pebble) with its DNS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+use super::helpers::{free_port, DEADLINE};
+
+/// A client config trusting only the PEM roots given, offering `alpn`. Sessions are never resumed, so
+/// every connection sees the certificate served at that moment.
+pub fn client_config(roots_pem: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(roots_pem) {
+        roots.add(c.expect("root PEM")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// One verified TLS connection: what the handshake negotiated.
+pub struct TlsConn {
+    pub stream: tokio_rustls::client::TlsStream<TcpStream>,
+    pub alpn: Option<Vec<u8>>,
+    /// Serial of the leaf the server presented (hex, as x509-parser prints it).
+    pub serial: String,
+}
+
+/// Connects to `port` with SNI `sni`; `Err` carries the handshake error.
+pub async fn connect(
+    port: u16,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsConn, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    let (_, conn) = stream.get_ref();
+    let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no peer certificate")?;
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let serial = x509.raw_serial_as_string();
+    Ok(TlsConn {
+        stream,
+        alpn,
+        serial,
+    })
+}
+
+/// A response over TLS, with the protocol version it came on.
+#[derive(Debug)]
+pub struct TlsResp {
+    pub status: u16,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub serial: String,
+}
+
+impl TlsResp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One GET over a new TLS connection, HTTP/2 when ALPN chose it, else HTTP/1.1.
+pub async fn get(
+    port: u16,
+    sni: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsResp, String> {
+    let conn = connect(port, sni, config).await?;
+    let serial = conn.serial.clone();
+    let h2 = conn.alpn.as_deref() == Some(b"h2");
+    let io = TokioIo::new(conn.stream);
+    let mut req = Request::builder().uri(format!("https://{sni}{path}"));
+    if !h2 {
+        req = req.header("host", sni);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = if h2 {
+        let (mut sender, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(c);
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut sender, c) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("h1 handshake: {e}"))?;
+        tokio::spawn(c);
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(TlsResp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+        serial,
+    })
+}
+
+/// Runs `gateway certs dev` into `dir` for `names`; returns the CA's PEM.
+pub fn dev_certs(dir: &Path, names: &[&str]) -> Vec<u8> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["certs", "dev", "--out"]).arg(dir);
+    for n in names {
+        cmd.args(["--domain", n]);
+    }
+    let out = cmd.output().expect("run gateway certs dev");
+    assert!(
+        out.status.success(),
+        "certs dev failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dir.join("dev-ca.crt")).expect("dev CA")
+}
+
+/// A pebble ACME server with pebble-challtestsrv as its DNS (every name resolves to 127.0.0.1), whose
+/// validation connects to the given gateway ports. Both processes are killed on drop.
+pub struct Pebble {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    management: u16,
+    /// The CA the tests made for pebble's own HTTPS endpoint (the gateway's `ca_root`).
+    pub endpoint_ca: PathBuf,
+    pebble: Option<Child>,
+    dns: Child,
+    config: PathBuf,
+    dns_port: u16,
+}
+
+impl Pebble {
+    /// Starts pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`; issued
+    /// certificates are valid for `validity` seconds.
+    pub async fn start(http_port: u16, tls_port: u16, validity: u64) -> Pebble {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Pebble's own endpoint needs a certificate; Debian's package ships none.
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pebble endpoint test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+        let endpoint_ca = dir.path().join("endpoint-ca.pem");
+        std::fs::write(&endpoint_ca, ca_cert.pem()).expect("write");
+        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).expect("write");
+        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).expect("write");
+        let port = free_port();
+        let management = free_port();
+        let config = dir.path().join("pebble.json");
+        let json = serde_json::json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{port}"),
+                "managementListenAddress": format!("127.0.0.1:{management}"),
+                "certificate": dir.path().join("cert.pem"),
+                "privateKey": dir.path().join("key.pem"),
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": validity,
+            }
+        });
+        std::fs::write(&config, json.to_string()).expect("write");
+        let dns_port = free_port();
+        let dns_management = free_port();
+        let dns = Command::new("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                &format!("127.0.0.1:{dns_management}"),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("dns.log")).expect("log"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn pebble-challtestsrv (Debian package pebble)");
+        let mut p = Pebble {
+            dir,
+            port,
+            management,
+            endpoint_ca,
+            pebble: None,
+            dns,
+            config,
+            dns_port,
+        };
+        // The DNS server is up once its management port answers.
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", dns_management))
+            .await
+            .is_err()
+        {
+            if let Ok(Some(status)) = p.dns.try_wait() {
+                panic!("pebble-challtestsrv exited: {status}");
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "pebble-challtestsrv did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p.spawn_pebble().await;
+        p
+    }
+
+    async fn spawn_pebble(&mut self) {
+        let child = Command::new("pebble")
+            .args(["-config"])
+            .arg(&self.config)
+            .args(["-dnsserver", &format!("127.0.0.1:{}", self.dns_port)])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.path().join("pebble.log")).expect("log"))
+            .stderr(std::fs::File::create(self.dir.path().join("pebble.err")).expect("log"))
+            .spawn()
+            .expect("spawn pebble (Debian package pebble)");
+        self.pebble = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "pebble did not start:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The directory URL.
+    pub fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// Pebble's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.path().join("pebble.err")).unwrap_or_default()
+    }
+
+    /// Stops pebble (the CA becomes unreachable); [`Pebble::restart`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.pebble.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn_pebble().await;
+    }
+
+    /// The PEM root that signs pebble's certificates (it changes with every pebble start).
+    pub async fn issuing_root(&self) -> Vec<u8> {
+        let config = client_config(
+            &std::fs::read(&self.endpoint_ca).expect("endpoint CA"),
+            &[b"http/1.1"],
+        );
+        let resp = get(self.management, "localhost", "/roots/0", &[], config)
+            .await
+            .expect("pebble management /roots/0");
+        assert_eq!(resp.status, 200);
+        resp.body.to_vec()
+    }
+
+    /// How many orders pebble has received, from its log.
+    pub fn orders(&self) -> usize {
+        self.log().matches("POST /order-plz").count()
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.dns.kill();
+        let _ = self.dns.wait();
+    }
+}
