@@ -2,7 +2,7 @@
 # Runs the local stack on loopback: Postgres, Redis and an S3 server (s3s-fs) (started or installed when
 # missing), the backend
 # (migrated, with a demo tenant and user) and the gateway in front of it with config/dev.toml.
-#   gateway  http://127.0.0.1:8080   (admin http://127.0.0.1:9000)
+#   gateway  http://127.0.0.1:8080, https://127.0.0.1:8443 (dev CA in certs/), admin http://127.0.0.1:9000
 #   backend  http://127.0.0.1:8081   (internal http://127.0.0.1:8082)
 # Idempotent: a second run reuses the database, the role, the secret and the demo user. Ctrl-C stops it.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -50,7 +50,14 @@ if ! psql "$DATABASE_OWNER_URL" -Atqc "select 1 from tenants where subdomain = '
 fi
 DEMO_PASSWORD=$(cat "$STATE_DIR/demo_password" 2>/dev/null || echo "(see $STATE_DIR/demo_password)")
 
-for port in 8080 8081 8082 9000; do
+# HTTPS with a local CA (reused on later runs, so a CA trusted once stays trusted).
+if [ ! -s certs/dev.crt ] || [ ! -s certs/dev.key ]; then
+  log "making the development certificate (certs/dev-ca.crt signs certs/dev.crt)"
+  "$BIN/gateway" certs dev --out certs --domain aggios.localhost --domain '*.aggios.localhost' \
+    --domain localhost --domain 127.0.0.1 >&2
+fi
+
+for port in 8080 8443 8081 8082 9000; do
   wait_port 127.0.0.1 "$port" 0 && die "127.0.0.1:$port is already in use (another stack running?); stop it first"
 done
 PIDS=()
@@ -77,6 +84,7 @@ Aggios Edge is running (logs in $STATE_DIR/). Demo tenant: demo.aggios.localhost
   curl -s -H 'Host: demo.aggios.localhost' -H 'content-type: application/json' \\
        -d '{"email":"admin@demo.test","password":"$DEMO_PASSWORD"}' http://127.0.0.1:8080/api/auth/login
   curl -s -H 'Host: demo.aggios.localhost' -H "Authorization: Bearer \$ACCESS_TOKEN" http://127.0.0.1:8080/api/users/me
+  curl -s --cacert certs/dev-ca.crt https://demo.aggios.localhost:8443/api/users/me -H "Authorization: Bearer \$ACCESS_TOKEN"
   curl -s http://127.0.0.1:9000/api/routes
 
 Ctrl-C stops the gateway and the backend.

@@ -11,6 +11,8 @@ ensure_redis
 # throw-away certificates with openssl.
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || ensure_debs redis-server redis-tools
 ensure_debs openssl
+# ACME tests run a real CA: pebble and its DNS server pebble-challtestsrv (one Debian package).
+ensure_debs pebble
 ensure_s3s_fs
 export PG_BIN_DIR="$(pg_bin_dir)"
 

@@ -60,11 +60,18 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
     let admin = config.entrypoints.admin;
     let state = GatewayState::new(config);
 
+    // ACME orders (configured names and tenants' own domains) share one client and account.
+    let acme_client = acme.then(|| Arc::new(tls::acme::AcmeClient::new(Arc::clone(&state.certs))));
+    let on_demand = acme_client
+        .as_ref()
+        .map(|c| Arc::new(tls::on_demand::OnDemand::new(state.clone(), Arc::clone(c))));
+
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     let mut app = HttpProxy::new(
         proxy::Gateway {
             state: state.clone(),
+            on_demand: on_demand.clone(),
         },
         server.configuration.clone(),
     );
@@ -86,7 +93,7 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
 
     if let Some(addr) = https {
         // The listener is plain TCP: the handshake runs in the app, with our deadline and counters.
-        let terminator = tls::accept::Terminator::new(Arc::clone(&state.certs))?;
+        let terminator = tls::accept::Terminator::new(Arc::clone(&state.certs), on_demand.clone())?;
         let mut secure = Service::new(
             "gateway-https".to_string(),
             proxy::head_deadline::HeadDeadlineApp {
@@ -98,12 +105,13 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         secure.add_tcp(&addr.to_string());
         server.add_service(secure);
     }
-    if acme {
+    if let Some(client) = acme_client {
         server.add_service(background_service(
             "acme",
             tls::acme::AcmeManager {
                 state: state.clone(),
-                store: Arc::clone(&state.certs),
+                client,
+                on_demand,
             },
         ));
     }

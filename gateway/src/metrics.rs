@@ -29,6 +29,7 @@ pub struct Metrics {
     pub tls_handshake_refusals: IntCounterVec,
     pub acme_orders: IntCounterVec,
     pub acme_failures: IntGaugeVec,
+    pub tls_on_demand: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -158,6 +159,14 @@ impl Metrics {
             &["domain"],
         )?;
         registry.register(Box::new(acme_failures.clone()))?;
+        let tls_on_demand = IntCounterVec::new(
+            Opts::new(
+                "gateway_tls_on_demand_total",
+                "On-demand certificate decisions for tenants' own domains (allowed, denied, ask_failed, throttled, issued, order_failed).",
+            ),
+            &["decision"],
+        )?;
+        registry.register(Box::new(tls_on_demand.clone()))?;
         for r in ["ok", "failed", "timeout"] {
             tls_handshakes.with_label_values(&[r]);
         }
@@ -198,6 +207,7 @@ impl Metrics {
             tls_handshake_refusals,
             acme_orders,
             acme_failures,
+            tls_on_demand,
         })
     }
 

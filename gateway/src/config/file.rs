@@ -332,7 +332,19 @@ pub struct TlsFile {
     #[serde(default)]
     pub certificates: Vec<Spanned<CertificateFile>>,
     pub acme: Option<AcmeFile>,
-    pub on_demand: Option<Spanned<toml::Table>>,
+    pub on_demand: Option<Spanned<OnDemandFile>>,
+}
+
+/// `[tls.on_demand]`: certificates for tenants' own domains, ordered at their first handshake.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandFile {
+    pub ask: Spanned<String>,
+    pub ask_timeout: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
+    pub wait: Option<Spanned<String>>,
+    pub max_concurrent_orders: Option<Spanned<i64>>,
+    pub orders_per_minute: Option<Spanned<i64>>,
 }
 
 /// One static certificate: a PEM chain and its key; the names come from the certificate.
@@ -353,6 +365,7 @@ pub struct AcmeFile {
     pub directory: Spanned<String>,
     pub email: Option<Spanned<String>>,
     pub ca_root: Option<Spanned<String>>,
+    #[serde(default)]
     pub domains: Vec<Spanned<String>>,
     pub challenge: Option<Spanned<String>>,
     pub storage: Option<Spanned<String>>,

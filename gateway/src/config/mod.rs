@@ -10,7 +10,7 @@ mod schema;
 pub mod tls;
 
 pub use rate_limits::{FailMode, KeyPart, Rate, RateLimitSpec, Scope};
-pub use tls::{AcmeSettings, ChallengeKind, TlsSettings};
+pub use tls::{AcmeSettings, ChallengeKind, OnDemandSettings, TlsSettings};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -223,7 +223,17 @@ const ROOT: &[(&str, Shape)] = &[
                     ("dns", Shape::FreeMap),
                 ]),
             ),
-            ("on_demand", Shape::FreeMap),
+            (
+                "on_demand",
+                Shape::Table(&[
+                    ("ask", Shape::Value),
+                    ("ask_timeout", Shape::Value),
+                    ("cache_ttl", Shape::Value),
+                    ("wait", Shape::Value),
+                    ("max_concurrent_orders", Shape::Value),
+                    ("orders_per_minute", Shape::Value),
+                ]),
+            ),
         ]),
     ),
     ("upstreams", Shape::Tables(UPSTREAM)),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use toml::Spanned;
 
-use super::file::{AcmeFile, TlsFile};
+use super::file::{AcmeFile, OnDemandFile, TlsFile};
 use super::{duration_or, is_hostname, Diagnostic};
 use crate::tls::cert::{Certificate, Source};
 
@@ -23,6 +23,29 @@ pub const DEFAULT_ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
 /// One order (challenges, validation, finalisation, download) must finish within this time.
 pub const DEFAULT_ACME_ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long the ask endpoint may take to answer.
+pub const DEFAULT_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an answer of the ask endpoint (yes or no) is reused.
+pub const DEFAULT_ASK_CACHE_TTL: Duration = Duration::from_secs(300);
+/// How long the first handshake for a tenant's domain waits for its certificate.
+pub const DEFAULT_ON_DEMAND_WAIT: Duration = Duration::from_secs(10);
+/// Orders for tenants' domains running at once.
+pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 4;
+/// Orders for tenants' domains started per minute (a burst of this many, refilled over a minute).
+pub const DEFAULT_ORDERS_PER_MINUTE: u32 = 10;
+
+/// `[tls.on_demand]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnDemandSettings {
+    /// An http(s) URL with `{host}`: 200 with `{"tenant": "…"}` when an active tenant owns the host.
+    pub ask: String,
+    pub ask_timeout: Duration,
+    pub cache_ttl: Duration,
+    pub wait: Duration,
+    pub max_concurrent_orders: usize,
+    pub orders_per_minute: u32,
+}
+
 /// `[tls]`.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
@@ -32,6 +55,7 @@ pub struct TlsSettings {
     /// The index in `certificates` of the one marked `default = true`.
     pub default_certificate: Option<usize>,
     pub acme: Option<AcmeSettings>,
+    pub on_demand: Option<OnDemandSettings>,
 }
 
 /// The challenge an ACME order answers.
@@ -139,13 +163,27 @@ pub(super) fn validate(
             )),
         }
     }
-    if let Some(o) = &t.on_demand {
-        diags.push(Diagnostic::at(
-            o,
-            "[tls.on_demand] is not supported by this build yet; remove it (tenants' own domains need a static certificate or an entry in [tls.acme] domains)",
-        ));
-    }
-    let acme = t.acme.as_ref().map(|a| validate_acme(a, diags));
+    let acme = t
+        .acme
+        .as_ref()
+        .map(|a| validate_acme(a, t.on_demand.is_some(), diags));
+    let on_demand = t.on_demand.as_ref().map(|o| {
+        if t.acme.is_none() {
+            diags.push(Diagnostic::at(
+                o,
+                "[tls.on_demand] orders certificates over ACME: it needs [tls.acme]",
+            ));
+        }
+        let od = validate_on_demand(o.get_ref(), diags);
+        if od.wait >= handshake_timeout {
+            let at = o.get_ref().wait.as_ref().map(|w| w.span()).or(Some(o.span()));
+            diags.push(Diagnostic::new(
+                at,
+                "[tls.on_demand] wait must be shorter than [tls] handshake_timeout (the first handshake waits within it)",
+            ));
+        }
+        od
+    });
     if https.is_none() {
         diags.push(Diagnostic::new(
             None,
@@ -162,10 +200,57 @@ pub(super) fn validate(
         certificates,
         default_certificate,
         acme,
+        on_demand,
     }
 }
 
-fn validate_acme(a: &AcmeFile, diags: &mut Vec<Diagnostic>) -> AcmeSettings {
+fn validate_on_demand(o: &OnDemandFile, diags: &mut Vec<Diagnostic>) -> OnDemandSettings {
+    let ask = o.ask.get_ref();
+    let ok = (ask.starts_with("http://") || ask.starts_with("https://"))
+        && ask.contains("{host}")
+        && ask
+            .replace("{host}", "example.com")
+            .parse::<http::Uri>()
+            .is_ok();
+    if !ok {
+        diags.push(Diagnostic::at(
+            &o.ask,
+            "ask must be an http(s) URL containing `{host}`",
+        ));
+    }
+    let count =
+        |v: &Option<Spanned<i64>>, default: u64, what: &str, diags: &mut Vec<Diagnostic>| match v {
+            None => default,
+            Some(n) if (1..=10_000).contains(n.get_ref()) => *n.get_ref() as u64,
+            Some(n) => {
+                diags.push(Diagnostic::at(
+                    n,
+                    format!("{what} must be between 1 and 10000"),
+                ));
+                default
+            }
+        };
+    OnDemandSettings {
+        ask: ask.clone(),
+        ask_timeout: duration_or(&o.ask_timeout, DEFAULT_ASK_TIMEOUT, diags),
+        cache_ttl: duration_or(&o.cache_ttl, DEFAULT_ASK_CACHE_TTL, diags),
+        wait: duration_or(&o.wait, DEFAULT_ON_DEMAND_WAIT, diags),
+        max_concurrent_orders: count(
+            &o.max_concurrent_orders,
+            DEFAULT_MAX_CONCURRENT_ORDERS as u64,
+            "max_concurrent_orders",
+            diags,
+        ) as usize,
+        orders_per_minute: count(
+            &o.orders_per_minute,
+            u64::from(DEFAULT_ORDERS_PER_MINUTE),
+            "orders_per_minute",
+            diags,
+        ) as u32,
+    }
+}
+
+fn validate_acme(a: &AcmeFile, on_demand: bool, diags: &mut Vec<Diagnostic>) -> AcmeSettings {
     let directory = a.directory.get_ref();
     if !directory.starts_with("https://") || directory.parse::<http::Uri>().is_err() {
         diags.push(Diagnostic::at(
@@ -198,10 +283,10 @@ fn validate_acme(a: &AcmeFile, diags: &mut Vec<Diagnostic>) -> AcmeSettings {
         ));
     }
     let mut domains = Vec::new();
-    if a.domains.is_empty() {
+    if a.domains.is_empty() && !on_demand {
         diags.push(Diagnostic::new(
             None,
-            "[tls.acme] domains must list at least one name",
+            "[tls.acme] domains must list at least one name (or [tls.on_demand] be set)",
         ));
     }
     for d in &a.domains {

@@ -46,6 +46,8 @@ const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 /// The gateway's [`ProxyHttp`] implementation.
 pub struct Gateway {
     pub state: Arc<GatewayState>,
+    /// Tenants' own domains (known from on-demand TLS), routed as their tenant's.
+    pub on_demand: Option<Arc<crate::tls::on_demand::OnDemand>>,
 }
 
 /// Counts a request in `gateway_http_connections_active` for as long as it lives.
@@ -220,8 +222,16 @@ impl Gateway {
         .flatten()
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
         let method = announced.as_ref().unwrap_or(&req.method);
+        // A tenant's own domain is routed as `{tenant}.{first base domain}`: the tenant's routes,
+        // with tenant binding. The upstream still sees the domain the client asked for.
+        let as_tenant = self
+            .on_demand
+            .as_ref()
+            .and_then(|od| od.tenant_of(&host))
+            .zip(rt.config.tenancy.base_domains.first())
+            .map(|(tenant, base)| format!("{tenant}.{base}"));
         let view = route::RequestView {
-            host: &host,
+            host: as_tenant.as_deref().unwrap_or(&host),
             path,
             method,
             headers: &req.headers,

@@ -63,10 +63,20 @@ struct Schedule {
     not_before: Instant,
 }
 
+/// Orders certificates into the store: the configured names (from [`AcmeManager`]) and tenants' own
+/// domains (from [`super::on_demand::OnDemand`]) share it, and so one account.
+pub struct AcmeClient {
+    store: Arc<CertStore>,
+    /// The account for the directory of the settings it was made with.
+    account: tokio::sync::Mutex<Option<(AcmeSettings, Account)>>,
+}
+
 /// The background service that orders and renews certificates.
 pub struct AcmeManager {
     pub state: Arc<GatewayState>,
-    pub store: Arc<CertStore>,
+    pub client: Arc<AcmeClient>,
+    /// Tenants' own domains with a certificate, renewed like the configured names.
+    pub on_demand: Option<Arc<super::on_demand::OnDemand>>,
 }
 
 /// The wait after `failures` failures in a row: doubling from `initial`, capped at `max`, with up to
@@ -83,9 +93,21 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-impl AcmeManager {
+impl AcmeClient {
+    pub fn new(store: Arc<CertStore>) -> AcmeClient {
+        AcmeClient {
+            store,
+            account: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The store the certificates go into.
+    pub fn store(&self) -> &Arc<CertStore> {
+        &self.store
+    }
+
     /// Loads a stored certificate for `name` into the store, when the store has none yet.
-    fn load_stored(&self, storage: &DirStorage, name: &str) {
+    pub fn load_stored(&self, storage: &DirStorage, name: &str) {
         if self.store.acme(name).is_some() {
             return;
         }
@@ -114,8 +136,8 @@ impl AcmeManager {
         &self,
         acme: &AcmeSettings,
         storage: &DirStorage,
-        cache: &mut Option<(AcmeSettings, Account)>,
     ) -> Result<Account, AcmeError> {
+        let mut cache = self.account.lock().await;
         if let Some((for_settings, account)) = cache.as_ref() {
             if for_settings.directory == acme.directory && for_settings.ca_root == acme.ca_root {
                 return Ok(account.clone());
@@ -151,6 +173,41 @@ impl AcmeManager {
         };
         *cache = Some((acme.clone(), account.clone()));
         Ok(account)
+    }
+
+    /// Orders a certificate for `name` (within `order_timeout`) and puts it in the store and storage.
+    /// Failures that point at the account make the next call load or register it again.
+    pub async fn issue(&self, acme: &AcmeSettings, name: &str) -> Result<(), AcmeError> {
+        let storage = DirStorage::new(&acme.storage);
+        let result = match self.account(acme, &storage).await {
+            Ok(account) => {
+                match tokio::time::timeout(acme.order_timeout, self.order(acme, &account, name))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(AcmeError::Timeout(acme.order_timeout)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let m = metrics();
+        match &result {
+            Ok(()) => m.acme_orders.with_label_values(&["success"]).inc(),
+            Err(e) => {
+                m.acme_orders.with_label_values(&["failure"]).inc();
+                if matches!(e, AcmeError::Acme(_) | AcmeError::Storage(_)) {
+                    // The account may be what failed (deleted at the CA, storage lost).
+                    *self.account.lock().await = None;
+                }
+                if is_unknown_account(e) {
+                    // The CA forgot the account (a reset staging or private CA): register anew.
+                    if let Err(se) = storage.forget_account(&acme.directory) {
+                        tracing::warn!(error = %se, "cannot forget the ACME account");
+                    }
+                }
+            }
+        }
+        result
     }
 
     /// One order for `name`, from the first request to the certificate in the store.
@@ -222,18 +279,24 @@ impl AcmeManager {
         self.store.set_acme(name, Arc::new(cert));
         Ok(())
     }
+}
 
-    /// One pass over the configured names: order what is missing or due, unless backing off.
-    async fn pass(
-        &self,
-        acme: &AcmeSettings,
-        schedules: &mut HashMap<String, Schedule>,
-        account: &mut Option<(AcmeSettings, Account)>,
-    ) {
+impl AcmeManager {
+    /// One pass over the configured names and the tenants' domains issued on demand: order what is
+    /// missing or due, unless backing off.
+    async fn pass(&self, acme: &AcmeSettings, schedules: &mut HashMap<String, Schedule>) {
         let storage = DirStorage::new(&acme.storage);
-        for name in &acme.domains {
-            self.load_stored(&storage, name);
-            let current = self.store.acme(name);
+        let store = self.client.store();
+        let mut names: Vec<(String, bool)> =
+            acme.domains.iter().map(|d| (d.clone(), false)).collect();
+        if let Some(od) = &self.on_demand {
+            names.extend(od.issued_names().into_iter().map(|n| (n, true)));
+        }
+        for (name, on_demand) in &names {
+            if !on_demand {
+                self.client.load_stored(&storage, name);
+            }
+            let current = store.acme(name);
             let s = schedules.entry(name.clone()).or_insert_with(|| Schedule {
                 serial: String::new(),
                 renew_at: 0,
@@ -253,39 +316,26 @@ impl AcmeManager {
             if !due || Instant::now() < s.not_before {
                 continue;
             }
-            let result = match self.account(acme, &storage, account).await {
-                Ok(acct) => {
-                    match tokio::time::timeout(acme.order_timeout, self.order(acme, &acct, name))
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(AcmeError::Timeout(acme.order_timeout)),
+            if *on_demand {
+                // A tenant's domain is renewed only while an active tenant still owns it.
+                if let Some(od) = &self.on_demand {
+                    if !od.still_allowed(name).await {
+                        tracing::info!(domain = %name, "not renewing: no active tenant owns this domain any more");
+                        od.forget(name);
+                        schedules.remove(name);
+                        continue;
                     }
                 }
-                Err(e) => Err(e),
-            };
-            let m = metrics();
-            match result {
+            }
+            match self.client.issue(acme, name).await {
                 Ok(()) => {
-                    m.acme_orders.with_label_values(&["success"]).inc();
                     s.failures = 0;
                     s.not_before = Instant::now();
                 }
                 Err(e) => {
-                    m.acme_orders.with_label_values(&["failure"]).inc();
                     s.failures += 1;
                     let wait = backoff(s.failures, acme.retry_initial, acme.retry_max);
                     s.not_before = Instant::now() + wait;
-                    if matches!(e, AcmeError::Acme(_) | AcmeError::Storage(_)) {
-                        // The account may be what failed (deleted at the CA, storage lost).
-                        *account = None;
-                    }
-                    if is_unknown_account(&e) {
-                        // The CA forgot the account (a reset staging or private CA): register anew.
-                        if let Err(se) = storage.forget_account(&acme.directory) {
-                            tracing::warn!(error = %se, "cannot forget the ACME account");
-                        }
-                    }
                     tracing::error!(
                         domain = %name,
                         error = %e,
@@ -297,7 +347,8 @@ impl AcmeManager {
                     );
                 }
             }
-            m.acme_failures
+            metrics()
+                .acme_failures
                 .with_label_values(&[name])
                 .set(i64::from(s.failures));
         }
@@ -373,12 +424,11 @@ pub fn alpn_challenge_cert(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey
 impl BackgroundService for AcmeManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut schedules: HashMap<String, Schedule> = HashMap::new();
-        let mut account: Option<(AcmeSettings, Account)> = None;
         loop {
             let rt = self.state.current();
             if let Some(acme) = rt.config.tls.as_ref().and_then(|t| t.acme.as_ref()) {
                 tokio::select! {
-                    _ = self.pass(acme, &mut schedules, &mut account) => {}
+                    _ = self.pass(acme, &mut schedules) => {}
                     _ = shutdown.changed() => return,
                 }
             }

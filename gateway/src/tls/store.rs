@@ -120,6 +120,18 @@ impl CertStore {
         self.snapshot.store(Arc::new(snap));
     }
 
+    /// The certificate that covers `name` (exact or wildcard), not counting the default one.
+    pub fn lookup_name(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let snap = self.snapshot.load();
+        snap.exact
+            .get(name)
+            .or_else(|| {
+                name.split_once('.')
+                    .and_then(|(_, parent)| snap.wildcard.get(parent))
+            })
+            .map(|c| Arc::clone(&c.key))
+    }
+
     /// The certificate for an SNI name (already lowercase), or the default one.
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let snap = self.snapshot.load();

@@ -315,3 +315,161 @@ async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
     .expect("served with the certificate of the restarted CA");
     assert_ne!(r.serial, renewed);
 }
+
+fn tenant_token(tenant: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({ "user_id": "8c3c6a8e-0000-4000-8000-000000000001",
+        "email": "ann@acme.test", "tenant_id": tenant, "role": "admin", "iat": now,
+        "exp": now + 600, "jti": "od-1" });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+const SECRET: &str = "on-demand-secret-on-demand-secret-01";
+
+#[tokio::test]
+async fn on_demand_certificates_only_for_domains_an_active_tenant_owns() {
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    // The backend's contract for GET /internal/tenant-domains/{host}.
+    let ask = DocServer::start().await;
+    ask.set(
+        "/internal/tenant-domains/shop.example.org",
+        200,
+        r#"{"allowed":true,"tenant":"acme"}"#,
+    );
+    let body = format!(
+        r#"[tenancy]
+base_domains = ["aggios.test"]
+
+[auth.jwt]
+secret_env = "GW_SECRET"
+
+[tls]
+handshake_timeout = "30s"
+[tls.acme]
+directory = "{dir}"
+ca_root = "{ca}"
+challenge = "http-01"
+storage = "{storage}"
+order_timeout = "20s"
+[tls.on_demand]
+ask = "http://{ask}/internal/tenant-domains/{{host}}"
+wait = "20s"
+max_concurrent_orders = 2
+orders_per_minute = 5
+
+{up}
+[[routes]]
+name = "tenant-api"
+hosts = ["*.aggios.test"]
+path_prefix = "/api"
+auth = "jwt_tenant"
+upstream = "u"
+"#,
+        dir = pebble.directory(),
+        ca = pebble.endpoint_ca.display(),
+        storage = storage.path().display(),
+        ask = ask.addr,
+        up = upstream_toml("u", &[&up], "")
+    );
+    let gw = Gateway::start_on(
+        ports,
+        tempfile::tempdir().expect("tempdir"),
+        &body,
+        &[("GW_SECRET", SECRET)],
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let client = client_config(&root, &[b"h2", b"http/1.1"]);
+
+    // A domain no tenant owns: refused at the handshake, asked once (the no is cached), never ordered.
+    for _ in 0..3 {
+        let err = connect(gw.https, "evil.example.org", client.clone()).await;
+        assert!(
+            err.is_err(),
+            "a certificate was served for a name nobody owns"
+        );
+    }
+    assert_eq!(ask.hits(), 1, "the answer was not cached");
+    assert_eq!(
+        gw.metric("gateway_tls_on_demand_total{decision=\"denied\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(pebble.orders(), 0, "an order for a name nobody owns");
+
+    // An active tenant's domain: the first handshake waits for its certificate.
+    let hits = up.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let bearer = format!("Bearer {}", tenant_token("acme"));
+    let r = get(
+        gw.https,
+        "shop.example.org",
+        "/api/orders",
+        &[("authorization", &bearer)],
+        client.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("first handshake on a tenant's domain: {e}\n{}", gw.stderr()));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["headers"]["x-tenant-id"],
+        serde_json::json!(["acme"])
+    );
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-host"][0],
+        "shop.example.org"
+    );
+    assert_eq!(pebble.orders(), 1);
+    assert_eq!(
+        gw.metric("gateway_tls_on_demand_total{decision=\"issued\"}")
+            .await,
+        1.0
+    );
+    // Routed as that tenant's: tenant binding applies to the domain.
+    let other = format!("Bearer {}", tenant_token("globex"));
+    let r = get(
+        gw.https,
+        "shop.example.org",
+        "/api/orders",
+        &[("authorization", &other)],
+        client.clone(),
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "tenant_mismatch");
+    let r = get(
+        gw.https,
+        "shop.example.org",
+        "/api/orders",
+        &[],
+        client.clone(),
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 401);
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), hits + 1);
+    // Later handshakes are served from the store: no new order, no new ask.
+    let asks = ask.hits();
+    let r = get(
+        gw.https,
+        "shop.example.org",
+        "/api/orders",
+        &[("authorization", &bearer)],
+        client.clone(),
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 200);
+    assert_eq!(pebble.orders(), 1);
+    assert_eq!(ask.hits(), asks);
+}

@@ -1,0 +1,317 @@
+//! On-demand certificates for tenants' own domains (`tenants.domain`).
+//!
+//! A handshake for a name that no certificate covers asks the backend whether an active tenant owns it
+//! (`[tls.on_demand] ask`, cached for `cache_ttl`, yes and no alike; concurrent asks for one name are
+//! one request). Only a yes can lead to an ACME order, and orders are bounded: at most
+//! `max_concurrent_orders` at once and `orders_per_minute`. The first handshake waits up to `wait` for
+//! the certificate, then goes on (and fails cleanly if it is still missing); the order itself goes on
+//! in the background and serves the next handshake.
+//!
+//! The owning tenant is remembered per domain, so that requests on the domain are routed as that
+//! tenant's ([`OnDemand::tenant_of`], one atomic load per request).
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::acme::AcmeClient;
+use super::storage::DirStorage;
+use crate::config::{AcmeSettings, OnDemandSettings};
+use crate::metrics::metrics;
+use crate::state::GatewayState;
+
+/// Asks to the backend in flight at once; more handshakes for unknown names are refused meanwhile
+/// (a flood of made-up names must not become a flood of backend queries).
+const MAX_CONCURRENT_ASKS: usize = 32;
+
+/// What the ask endpoint said about a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// An active tenant owns it.
+    Tenant(String),
+    /// No active tenant owns it.
+    Nobody,
+    /// The endpoint could not answer (not cached).
+    Unknown,
+}
+
+struct Cached {
+    answer: Ownership,
+    at: Instant,
+}
+
+/// Order bounds, rebuilt when the settings change.
+struct Bounds {
+    settings: OnDemandSettings,
+    rate: DefaultDirectRateLimiter,
+    orders: Arc<Semaphore>,
+}
+
+/// On-demand certificates: the ask cache, the order bounds, and the domains issued so far.
+pub struct OnDemand {
+    state: Arc<GatewayState>,
+    client: Arc<AcmeClient>,
+    answers: Mutex<HashMap<String, Cached>>,
+    asking: Mutex<HashMap<String, Arc<OnceCell<Ownership>>>>,
+    ask_slots: Semaphore,
+    /// Domain → tenant for routing; copied on write (writes happen at handshakes, rarely).
+    domains: ArcSwap<HashMap<String, String>>,
+    bounds: Mutex<Option<Arc<Bounds>>>,
+    /// Orders in flight: the handshakes waiting for one watch it.
+    pending: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    issued: Mutex<BTreeSet<String>>,
+}
+
+fn decision(label: &str) {
+    metrics().tls_on_demand.with_label_values(&[label]).inc();
+}
+
+impl OnDemand {
+    pub fn new(state: Arc<GatewayState>, client: Arc<AcmeClient>) -> OnDemand {
+        OnDemand {
+            state,
+            client,
+            answers: Mutex::default(),
+            asking: Mutex::default(),
+            ask_slots: Semaphore::new(MAX_CONCURRENT_ASKS),
+            domains: ArcSwap::default(),
+            bounds: Mutex::default(),
+            pending: Mutex::default(),
+            issued: Mutex::default(),
+        }
+    }
+
+    fn settings(&self) -> Option<(AcmeSettings, OnDemandSettings)> {
+        let rt = self.state.current();
+        let tls = rt.config.tls.as_ref()?;
+        Some((tls.acme.clone()?, tls.on_demand.clone()?))
+    }
+
+    /// Whether `[tls.on_demand]` is on in the current config.
+    pub fn enabled(&self) -> bool {
+        self.settings().is_some()
+    }
+
+    /// The tenant that owns `host`, when a handshake for it was allowed.
+    pub fn tenant_of(&self, host: &str) -> Option<String> {
+        self.domains.load().get(host).cloned()
+    }
+
+    /// Domains with an on-demand certificate (renewed by the ACME manager).
+    pub fn issued_names(&self) -> Vec<String> {
+        let issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        issued.iter().cloned().collect()
+    }
+
+    /// Stops renewing `name` and routing it as a tenant's.
+    pub fn forget(&self, name: &str) {
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let mut map = (**self.domains.load()).clone();
+        if map.remove(name).is_some() {
+            self.domains.store(Arc::new(map));
+        }
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// A fresh answer for `name` (renewals ask again, whatever the cache holds).
+    pub async fn still_allowed(&self, name: &str) -> bool {
+        let Some((_, od)) = self.settings() else {
+            return false;
+        };
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        matches!(self.ownership(name, &od).await, Ownership::Tenant(_))
+    }
+
+    /// Called during a handshake for `name`, which no certificate covers: asks, and orders when a
+    /// tenant owns it. Returns within `wait` (the order may go on in the background).
+    pub async fn ensure(self: &Arc<Self>, name: &str) {
+        let Some((acme, od)) = self.settings() else {
+            return;
+        };
+        let tenant = match self.ownership(name, &od).await {
+            Ownership::Tenant(t) => t,
+            Ownership::Nobody => {
+                decision("denied");
+                return;
+            }
+            Ownership::Unknown => {
+                decision("ask_failed");
+                return;
+            }
+        };
+        decision("allowed");
+        self.remember(name, &tenant);
+        // A certificate from an earlier run (or another order that just finished).
+        self.client
+            .load_stored(&DirStorage::new(&acme.storage), name);
+        if self.client.store().acme(name).is_some() {
+            self.issued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string());
+            return;
+        }
+        let Some(mut done) = self.start_order(name, &acme, &od) else {
+            return;
+        };
+        let _ = tokio::time::timeout(od.wait, done.wait_for(|finished| *finished)).await;
+    }
+
+    fn remember(&self, name: &str, tenant: &str) {
+        if self.domains.load().get(name).map(String::as_str) != Some(tenant) {
+            let mut map = (**self.domains.load()).clone();
+            map.insert(name.to_string(), tenant.to_string());
+            self.domains.store(Arc::new(map));
+        }
+    }
+
+    /// The order for `name`: joins one in flight, or starts one within the bounds.
+    fn start_order(
+        self: &Arc<Self>,
+        name: &str,
+        acme: &AcmeSettings,
+        od: &OnDemandSettings,
+    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = pending.get(name) {
+            return Some(rx.clone());
+        }
+        let bounds = self.bounds(od);
+        let Ok(permit) = Arc::clone(&bounds.orders).try_acquire_owned() else {
+            decision("throttled");
+            return None;
+        };
+        if bounds.rate.check().is_err() {
+            decision("throttled");
+            return None;
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        pending.insert(name.to_string(), rx.clone());
+        // The order outlives the handshake that started it.
+        let this = Arc::clone(self);
+        let acme = acme.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match this.client.issue(&acme, &name).await {
+                Ok(()) => {
+                    this.issued
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.clone());
+                    decision("issued");
+                }
+                Err(e) => {
+                    decision("order_failed");
+                    tracing::error!(domain = %name, error = %e, "on-demand certificate order failed");
+                }
+            }
+            this.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            let _ = tx.send(true);
+        });
+        Some(rx)
+    }
+
+    fn bounds(&self, od: &OnDemandSettings) -> Arc<Bounds> {
+        let mut b = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = b.as_ref().filter(|c| c.settings == *od) {
+            return Arc::clone(current);
+        }
+        let per_minute = NonZeroU32::new(od.orders_per_minute).unwrap_or(NonZeroU32::MIN);
+        let fresh = Arc::new(Bounds {
+            settings: od.clone(),
+            rate: RateLimiter::direct(Quota::per_minute(per_minute)),
+            orders: Arc::new(Semaphore::new(od.max_concurrent_orders)),
+        });
+        *b = Some(Arc::clone(&fresh));
+        fresh
+    }
+}
+
+impl OnDemand {
+    /// The cached answer for `name`, or a fresh one (one ask per name at a time).
+    async fn ownership(&self, name: &str, od: &OnDemandSettings) -> Ownership {
+        {
+            let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = answers.get(name).filter(|c| c.at.elapsed() < od.cache_ttl) {
+                return c.answer.clone();
+            }
+        }
+        let cell = {
+            let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(asking.entry(name.to_string()).or_default())
+        };
+        let answer = cell
+            .get_or_init(|| async {
+                let Ok(_slot) = self.ask_slots.try_acquire() else {
+                    return Ownership::Unknown;
+                };
+                let answer = ask(&od.ask, name, od.ask_timeout).await;
+                if answer != Ownership::Unknown {
+                    self.answers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(
+                            name.to_string(),
+                            Cached {
+                                answer: answer.clone(),
+                                at: Instant::now(),
+                            },
+                        );
+                }
+                answer
+            })
+            .await
+            .clone();
+        let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
+        if asking.get(name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            asking.remove(name);
+        }
+        answer
+    }
+}
+
+/// One question to the ask endpoint: 200 with `{"tenant": "…"}` is a yes, 404 (or another 4xx) a no.
+async fn ask(url: &str, name: &str, timeout: Duration) -> Ownership {
+    let url = url.replace("{host}", name);
+    match crate::http_client::get(&url, timeout).await {
+        Ok((200, body)) => {
+            let tenant = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["tenant"].as_str().map(str::to_string));
+            match tenant {
+                Some(t) if crate::config::is_label(&t) => Ownership::Tenant(t),
+                _ => {
+                    tracing::warn!(%url, "on-demand ask: 200 without a valid `tenant`");
+                    Ownership::Unknown
+                }
+            }
+        }
+        Ok((status, _)) if (400..500).contains(&status) => Ownership::Nobody,
+        Ok((status, _)) => {
+            tracing::warn!(%url, status, "on-demand ask failed");
+            Ownership::Unknown
+        }
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "on-demand ask failed");
+            Ownership::Unknown
+        }
+    }
+}
