@@ -37,6 +37,8 @@ use state::GatewayState;
 pub enum BuildError {
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("ACME storage: {0}")]
+    AcmeStorage(#[from] tls::storage::StorageError),
 }
 
 pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
@@ -56,12 +58,25 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
 
     let http = config.entrypoints.http;
     let https = config.entrypoints.https;
-    let acme = config.tls.as_ref().is_some_and(|t| t.acme.is_some());
+    let acme = config.tls.as_ref().and_then(|t| t.acme.as_ref());
+    // Shared ACME storage: its own Redis connection (ACME calls must never trip the limiter's breaker).
+    let shared_acme = match (acme.map(|a| &a.storage), config.redis.as_ref()) {
+        (Some(config::StorageKind::Redis { key, .. }), Some(redis)) => {
+            Some(Arc::new(tls::shared::RedisStorage::new(redis, key)?))
+        }
+        _ => None,
+    };
+    let acme = acme.is_some();
     let admin = config.entrypoints.admin;
     let state = GatewayState::new(config);
 
     // ACME orders (configured names and tenants' own domains) share one client and account.
-    let acme_client = acme.then(|| Arc::new(tls::acme::AcmeClient::new(Arc::clone(&state.certs))));
+    let acme_client = acme.then(|| {
+        Arc::new(tls::acme::AcmeClient::new(
+            Arc::clone(&state.certs),
+            shared_acme,
+        ))
+    });
     let on_demand = acme_client
         .as_ref()
         .map(|c| Arc::new(tls::on_demand::OnDemand::new(state.clone(), Arc::clone(c))));
@@ -72,6 +87,7 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         proxy::Gateway {
             state: state.clone(),
             on_demand: on_demand.clone(),
+            acme: acme_client.clone(),
         },
         server.configuration.clone(),
     );
@@ -93,7 +109,11 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
 
     if let Some(addr) = https {
         // The listener is plain TCP: the handshake runs in the app, with our deadline and counters.
-        let terminator = tls::accept::Terminator::new(Arc::clone(&state.certs), on_demand.clone())?;
+        let terminator = tls::accept::Terminator::new(
+            Arc::clone(&state.certs),
+            on_demand.clone(),
+            acme_client.clone(),
+        )?;
         let mut secure = Service::new(
             "gateway-https".to_string(),
             proxy::head_deadline::HeadDeadlineApp {

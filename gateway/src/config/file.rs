@@ -369,6 +369,8 @@ pub struct AcmeFile {
     pub domains: Vec<Spanned<String>>,
     pub challenge: Option<Spanned<String>>,
     pub storage: Option<Spanned<String>>,
+    pub storage_key_env: Option<Spanned<String>>,
+    pub lock_lease: Option<Spanned<String>>,
     pub eab: Option<Spanned<EabFile>>,
     pub retry_initial: Option<Spanned<String>>,
     pub retry_max: Option<Spanned<String>>,

@@ -10,7 +10,7 @@ mod schema;
 pub mod tls;
 
 pub use rate_limits::{FailMode, KeyPart, Rate, RateLimitSpec, Scope};
-pub use tls::{AcmeSettings, ChallengeKind, OnDemandSettings, TlsSettings};
+pub use tls::{AcmeSettings, ChallengeKind, OnDemandSettings, StorageKind, TlsSettings};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -647,7 +647,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         admin: socket_addr(&raw.entrypoints.admin, "entrypoints.admin", diags),
     };
     let tls = match (&raw.tls, &raw.entrypoints.https) {
-        (Some(t), https) => Some(tls::validate(t, https.as_ref(), diags)),
+        (Some(t), https) => Some(tls::validate(t, https.as_ref(), raw.redis.is_some(), diags)),
         (None, Some(https)) => {
             diags.push(Diagnostic::at(
                 https,

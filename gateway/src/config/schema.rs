@@ -213,6 +213,8 @@ const ROOT: &[(&str, Shape)] = &[
                     ("domains", Shape::Value),
                     ("challenge", Shape::Value),
                     ("storage", Shape::Value),
+                    ("storage_key_env", Shape::Value),
+                    ("lock_lease", Shape::Value),
                     (
                         "eab",
                         Shape::Table(&[("kid", Shape::Value), ("hmac_env", Shape::Value)]),

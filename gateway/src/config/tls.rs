@@ -20,6 +20,8 @@ pub const DEFAULT_ACME_STORAGE: &str = "certs/acme";
 pub const DEFAULT_ACME_RETRY_INITIAL: Duration = Duration::from_secs(60);
 /// …up to this.
 pub const DEFAULT_ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+/// A replica ordering a name holds its lock this long past its last heartbeat.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
 /// One order (challenges, validation, finalisation, download) must finish within this time.
 pub const DEFAULT_ACME_ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -88,11 +90,43 @@ pub struct AcmeSettings {
     /// One certificate is ordered per name.
     pub domains: Vec<String>,
     pub challenge: ChallengeKind,
-    pub storage: PathBuf,
+    pub storage: StorageKind,
     pub eab: Option<Eab>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub order_timeout: Duration,
+}
+
+/// Where the account, the certificates and the pending challenges live.
+#[derive(Clone, PartialEq)]
+pub enum StorageKind {
+    /// A directory: one gateway instance.
+    Dir(PathBuf),
+    /// `[redis]`, shared by every replica; private keys sealed with AES-256-GCM under `key`.
+    Redis { key: [u8; 32], lease: Duration },
+}
+
+impl StorageKind {
+    /// The directory of a `Dir` storage.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            StorageKind::Dir(p) => Some(p),
+            StorageKind::Redis { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StorageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageKind::Dir(p) => f.debug_tuple("Dir").field(p).finish(),
+            StorageKind::Redis { lease, .. } => f
+                .debug_struct("Redis")
+                .field("key", &"<redacted>")
+                .field("lease", lease)
+                .finish(),
+        }
+    }
 }
 
 /// External Account Binding. The HMAC key never appears in `Debug` output.
@@ -115,6 +149,7 @@ impl std::fmt::Debug for Eab {
 pub(super) fn validate(
     t: &TlsFile,
     https: Option<&Spanned<String>>,
+    redis_configured: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> TlsSettings {
     let handshake_timeout = duration_or(&t.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT, diags);
@@ -166,7 +201,7 @@ pub(super) fn validate(
     let acme = t
         .acme
         .as_ref()
-        .map(|a| validate_acme(a, t.on_demand.is_some(), diags));
+        .map(|a| validate_acme(a, t.on_demand.is_some(), redis_configured, diags));
     let on_demand = t.on_demand.as_ref().map(|o| {
         if t.acme.is_none() {
             diags.push(Diagnostic::at(
@@ -250,7 +285,45 @@ fn validate_on_demand(o: &OnDemandFile, diags: &mut Vec<Diagnostic>) -> OnDemand
     }
 }
 
-fn validate_acme(a: &AcmeFile, on_demand: bool, diags: &mut Vec<Diagnostic>) -> AcmeSettings {
+/// The 32-byte storage key from the environment (base64 or 64 hex digits).
+fn storage_key(var: &Spanned<String>, diags: &mut Vec<Diagnostic>) -> Option<[u8; 32]> {
+    let name = var.get_ref();
+    let Ok(value) = std::env::var(name) else {
+        diags.push(Diagnostic::at(
+            var,
+            format!("environment variable `{name}` is not set"),
+        ));
+        return None;
+    };
+    let value = value.trim();
+    let bytes = hex::decode(value).ok().or_else(|| {
+        base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .or_else(|_| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value.trim_end_matches('='))
+            })
+            .ok()
+    });
+    match bytes.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()) {
+        Some(k) => Some(k),
+        None => {
+            diags.push(Diagnostic::at(
+                var,
+                format!(
+                    "`{name}` must hold 32 bytes, base64 or hex (e.g. `openssl rand -base64 32`)"
+                ),
+            ));
+            None
+        }
+    }
+}
+
+fn validate_acme(
+    a: &AcmeFile,
+    on_demand: bool,
+    redis_configured: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> AcmeSettings {
     let directory = a.directory.get_ref();
     if !directory.starts_with("https://") || directory.parse::<http::Uri>().is_err() {
         diags.push(Diagnostic::at(
@@ -308,17 +381,36 @@ fn validate_acme(a: &AcmeFile, on_demand: bool, diags: &mut Vec<Diagnostic>) -> 
             domains.push(name);
         }
     }
+    let lease = duration_or(&a.lock_lease, DEFAULT_LOCK_LEASE, diags);
     let storage = match a.storage.as_ref() {
         Some(s) if s.get_ref() == "redis" => {
-            diags.push(Diagnostic::at(
-                s,
-                "storage = \"redis\" is not supported by this build yet; use a directory",
-            ));
-            PathBuf::from(DEFAULT_ACME_STORAGE)
+            if !redis_configured {
+                diags.push(Diagnostic::at(s, "storage = \"redis\" needs [redis]"));
+            }
+            let key = match &a.storage_key_env {
+                None => {
+                    diags.push(Diagnostic::at(
+                        s,
+                        "storage = \"redis\" needs storage_key_env: private keys are sealed before they leave the gateway",
+                    ));
+                    None
+                }
+                Some(k) => storage_key(k, diags),
+            };
+            StorageKind::Redis {
+                key: key.unwrap_or([0; 32]),
+                lease,
+            }
         }
-        Some(s) => PathBuf::from(s.get_ref()),
-        None => PathBuf::from(DEFAULT_ACME_STORAGE),
+        Some(s) => StorageKind::Dir(PathBuf::from(s.get_ref())),
+        None => StorageKind::Dir(PathBuf::from(DEFAULT_ACME_STORAGE)),
     };
+    if let (Some(k), StorageKind::Dir(_)) = (&a.storage_key_env, &storage) {
+        diags.push(Diagnostic::at(
+            k,
+            "storage_key_env applies to storage = \"redis\" only",
+        ));
+    }
     let contact = a
         .email
         .iter()

@@ -48,6 +48,8 @@ pub struct Gateway {
     pub state: Arc<GatewayState>,
     /// Tenants' own domains (known from on-demand TLS), routed as their tenant's.
     pub on_demand: Option<Arc<crate::tls::on_demand::OnDemand>>,
+    /// The ACME client: HTTP-01 answers of this replica or, with shared storage, of any replica.
+    pub acme: Option<Arc<crate::tls::acme::AcmeClient>>,
 }
 
 /// Counts a request in `gateway_http_connections_active` for as long as it lives.
@@ -612,7 +614,11 @@ impl ProxyHttp for Gateway {
             .path()
             .strip_prefix(ACME_CHALLENGE_PATH)
         {
-            if let Some(key_authorization) = self.state.certs.http_challenge(token) {
+            let answer = match &self.acme {
+                Some(acme) => acme.http01(token).await,
+                None => None,
+            };
+            if let Some(key_authorization) = answer {
                 self.answer_acme(session, ctx, key_authorization).await?;
                 return Ok(true);
             }

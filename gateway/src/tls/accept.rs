@@ -14,6 +14,7 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use rustls::ServerConfig;
 
+use super::acme::AcmeClient;
 use super::on_demand::OnDemand;
 use super::store::{CertStore, ACME_TLS_ALPN};
 use crate::metrics::metrics;
@@ -44,6 +45,7 @@ pub struct Terminator {
     acceptor: Acceptor,
     store: Arc<CertStore>,
     on_demand: Option<Arc<OnDemand>>,
+    acme: Option<Arc<AcmeClient>>,
 }
 
 /// A ClientHello larger than this is not looked into (rustls refuses it anyway).
@@ -54,6 +56,7 @@ impl Terminator {
     pub fn new(
         store: Arc<CertStore>,
         on_demand: Option<Arc<OnDemand>>,
+        acme: Option<Arc<AcmeClient>>,
     ) -> Result<Terminator, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -68,6 +71,7 @@ impl Terminator {
             acceptor: Acceptor::from_server_config(Arc::new(config)),
             store,
             on_demand,
+            acme,
         })
     }
 
@@ -95,19 +99,46 @@ impl Terminator {
             .into_any()
             .downcast::<L4Stream>()
             .map_err(|_| HandshakeError::NotTcp)?;
+        let on_demand = self.on_demand.as_ref().filter(|od| od.enabled());
+        let shared = self.acme.as_ref().filter(|a| a.shared().is_some());
+        let mut fetched = None;
         let handshake = async {
-            if let Some(od) = self.on_demand.as_ref().filter(|od| od.enabled()) {
-                // The resolver cannot wait; a name no certificate covers is looked into before the
-                // handshake starts, from the ClientHello that is then replayed to rustls.
-                if let Some(name) = peek_server_name(&mut l4).await {
-                    if self.store.lookup_name(&name).is_none() {
-                        od.ensure(&name).await;
+            // The resolver cannot wait: what needs I/O is done before the handshake starts, from the
+            // ClientHello, which is then replayed to rustls.
+            if on_demand.is_some() || shared.is_some() {
+                match peek_hello(&mut l4).await {
+                    Some(Hello {
+                        name: Some(name),
+                        acme: true,
+                    }) => {
+                        // A validation for an order another replica made.
+                        if let Some(a) = shared {
+                            if !self.store.has_alpn_challenge(&name) && a.fetch_alpn(&name).await {
+                                fetched = Some(name);
+                            }
+                        }
                     }
+                    Some(Hello {
+                        name: Some(name),
+                        acme: false,
+                    }) => {
+                        if let Some(od) = on_demand {
+                            if self.store.lookup_name(&name).is_none() {
+                                od.ensure(&name).await;
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
             self.acceptor.tls_handshake(*l4).await
         };
-        match tokio::time::timeout(deadline, handshake).await {
+        let result = tokio::time::timeout(deadline, handshake).await;
+        if let Some(name) = fetched {
+            // Served once for this validation; the ordering replica keeps its own copy.
+            self.store.clear_challenges(&[name], &[]);
+        }
+        match result {
             Ok(Ok(tls)) => Ok(Box::new(tls)),
             Ok(Err(e)) => Err(HandshakeError::Failed(e.to_string())),
             Err(_) => Err(HandshakeError::Timeout(deadline)),
@@ -115,9 +146,16 @@ impl Terminator {
     }
 }
 
-/// Reads the ClientHello, puts its bytes back for the handshake, and returns the SNI name (lowercase)
-/// unless the hello offers `acme-tls/1` (a validation, answered from the challenge store).
-async fn peek_server_name(l4: &mut L4Stream) -> Option<String> {
+/// What the ClientHello asked for.
+struct Hello {
+    /// The SNI name, lowercase.
+    name: Option<String>,
+    /// Whether it offers `acme-tls/1` (a TLS-ALPN-01 validation).
+    acme: bool,
+}
+
+/// Reads the ClientHello and puts its bytes back for the handshake.
+async fn peek_hello(l4: &mut L4Stream) -> Option<Hello> {
     use tokio::io::AsyncReadExt;
     let mut acceptor = rustls::server::Acceptor::default();
     let mut raw = Vec::with_capacity(1024);
@@ -137,10 +175,12 @@ async fn peek_server_name(l4: &mut L4Stream) -> Option<String> {
                 let acme = hello
                     .alpn()
                     .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
-                break hello
-                    .server_name()
-                    .filter(|_| !acme)
-                    .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+                break Some(Hello {
+                    name: hello
+                        .server_name()
+                        .map(|s| s.trim_end_matches('.').to_ascii_lowercase()),
+                    acme,
+                });
             }
             Ok(None) => continue,
             Err(_) => break None,

@@ -4,7 +4,9 @@
 //! place. The account is created once and kept in storage.
 //!
 //! Challenges are answered from the [`CertStore`]: HTTP-01 tokens on the HTTP entrypoint, TLS-ALPN-01
-//! certificates to `acme-tls/1` handshakes on the HTTPS entrypoint.
+//! certificates to `acme-tls/1` handshakes on the HTTPS entrypoint. With `storage = "redis"` the answers
+//! are published there too (any replica answers), one replica orders a name at a time (a lock with a
+//! lease), and every replica loads what another one ordered ([`AcmeManager`] watches the store).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,14 +23,18 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::cert::{CertError, Certificate, Source};
-use super::storage::{DirStorage, StorageError};
+use super::shared::RedisStorage;
+use super::storage::{DirStorage, Lock, Storage, StorageError};
 use super::store::CertStore;
-use crate::config::{AcmeSettings, ChallengeKind};
+use crate::config::{AcmeSettings, ChallengeKind, StorageKind};
 use crate::metrics::metrics;
 use crate::state::GatewayState;
 
-/// How often the manager looks at what is due (cheap: a few comparisons per name).
+/// How often the manager looks at what is due (cheap: a few comparisons per name) and, with shared
+/// storage, at the store's version counter.
 const TICK: Duration = Duration::from_secs(1);
+/// When another replica holds a name's lock, look again after this.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 /// Why an order failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +58,10 @@ pub enum AcmeError {
     ChallengeCert(String),
     #[error("order not finished within {0:?}")]
     Timeout(Duration),
+    #[error("another replica is ordering this name")]
+    Busy,
+    #[error("storage = \"redis\" was configured by a reload; it takes effect on restart")]
+    NoSharedStorage,
 }
 
 /// Per-name schedule.
@@ -67,6 +77,8 @@ struct Schedule {
 /// domains (from [`super::on_demand::OnDemand`]) share it, and so one account.
 pub struct AcmeClient {
     store: Arc<CertStore>,
+    /// Set when `storage = "redis"` at start.
+    shared: Option<Arc<RedisStorage>>,
     /// The account for the directory of the settings it was made with.
     account: tokio::sync::Mutex<Option<(AcmeSettings, Account)>>,
 }
@@ -87,17 +99,65 @@ pub fn backoff(failures: u32, initial: Duration, max: Duration) -> Duration {
     base + base.mul_f64(fastrand::f64() * 0.1)
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl AcmeClient {
-    pub fn new(store: Arc<CertStore>) -> AcmeClient {
+    pub fn new(store: Arc<CertStore>, shared: Option<Arc<RedisStorage>>) -> AcmeClient {
         AcmeClient {
             store,
+            shared,
             account: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The storage that `acme` names.
+    pub fn storage(&self, acme: &AcmeSettings) -> Result<Storage, AcmeError> {
+        match (&acme.storage, &self.shared) {
+            (StorageKind::Dir(p), _) => Ok(Storage::Dir(DirStorage::new(p))),
+            (StorageKind::Redis { .. }, Some(r)) => Ok(Storage::Redis(Arc::clone(r))),
+            (StorageKind::Redis { .. }, None) => Err(AcmeError::NoSharedStorage),
+        }
+    }
+
+    /// The Redis storage, when the replicas share one.
+    pub fn shared(&self) -> Option<&Arc<RedisStorage>> {
+        self.shared.as_ref()
+    }
+
+    /// The HTTP-01 answer for `token`: this replica's, or one another replica published.
+    pub async fn http01(&self, token: &str) -> Option<String> {
+        if let Some(ka) = self.store.http_challenge(token) {
+            return Some(ka);
+        }
+        match &self.shared {
+            Some(r) => r.http01(token).await.ok().flatten(),
+            None => None,
+        }
+    }
+
+    /// Makes a TLS-ALPN-01 certificate that another replica published for `name` servable here.
+    /// Returns whether one was found.
+    pub async fn fetch_alpn(&self, name: &str) -> bool {
+        let Some(r) = &self.shared else {
+            return false;
+        };
+        match r.alpn(name).await {
+            Ok(Some((cert, key))) => {
+                let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
+                match rustls::crypto::ring::sign::any_supported_type(&der) {
+                    Ok(signer) => {
+                        let ck = CertifiedKey::new(vec![cert.into()], signer);
+                        self.store.set_alpn_challenge(name, Arc::new(ck));
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            _ => false,
         }
     }
 
@@ -106,37 +166,34 @@ impl AcmeClient {
         &self.store
     }
 
-    /// Loads a stored certificate for `name` into the store, when the store has none yet.
-    pub fn load_stored(&self, storage: &DirStorage, name: &str) {
-        if self.store.acme(name).is_some() {
-            return;
-        }
-        match storage.cert(name) {
-            Ok(Some(stored)) => {
+    /// Loads the stored certificate for `name` into the store when it is not the one served (none yet,
+    /// or another replica renewed it). Returns the owning tenant of an on-demand name, when stored.
+    pub async fn load_stored(&self, storage: &Storage, name: &str) -> Option<String> {
+        let served = self.store.acme(name);
+        let known = served.as_ref().map(|c| c.serial.as_str());
+        match storage.cert_if_new(name, known).await {
+            Ok(Some((stored, tenant))) => {
                 match Certificate::from_pem(&stored.chain_pem, &stored.key_pem, Source::Acme) {
                     Ok(cert) => {
-                        tracing::info!(
-                            domain = name,
-                            not_after = cert.not_after,
-                            "ACME certificate loaded from storage"
-                        );
+                        tracing::info!(domain = name, not_after = cert.not_after, serial = %cert.serial, "ACME certificate loaded from storage");
                         self.store.set_acme(name, Arc::new(cert));
+                        tenant
                     }
                     Err(e) => {
-                        tracing::warn!(domain = name, error = %e, "stored ACME certificate unusable; ordering a new one")
+                        tracing::warn!(domain = name, error = %e, "stored ACME certificate unusable");
+                        None
                     }
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(domain = name, error = %e, "cannot read ACME storage"),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(domain = name, error = %e, "cannot read ACME storage");
+                None
+            }
         }
     }
 
-    async fn account(
-        &self,
-        acme: &AcmeSettings,
-        storage: &DirStorage,
-    ) -> Result<Account, AcmeError> {
+    async fn account(&self, acme: &AcmeSettings, storage: &Storage) -> Result<Account, AcmeError> {
         let mut cache = self.account.lock().await;
         if let Some((for_settings, account)) = cache.as_ref() {
             if for_settings.directory == acme.directory && for_settings.ca_root == acme.ca_root {
@@ -147,7 +204,7 @@ impl AcmeClient {
             Some(root) => Account::builder_with_root(root)?,
             None => Account::builder()?,
         };
-        let account = match storage.account(&acme.directory)? {
+        let account = match storage.account(&acme.directory).await? {
             Some(credentials) => builder.from_credentials(credentials).await?,
             None => {
                 let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
@@ -166,7 +223,7 @@ impl AcmeClient {
                         eab.as_ref(),
                     )
                     .await?;
-                storage.save_account(&acme.directory, &credentials)?;
+                storage.save_account(&acme.directory, &credentials).await?;
                 tracing::info!(directory = %acme.directory, account = account.id(), "ACME account created");
                 account
             }
@@ -175,15 +232,37 @@ impl AcmeClient {
         Ok(account)
     }
 
-    /// Orders a certificate for `name` (within `order_timeout`) and puts it in the store and storage.
-    /// Failures that point at the account make the next call load or register it again.
-    pub async fn issue(&self, acme: &AcmeSettings, name: &str) -> Result<(), AcmeError> {
-        let storage = DirStorage::new(&acme.storage);
+    /// Orders a certificate for `name` (within `order_timeout`) and puts it in the store and storage;
+    /// `tenant` is the owner of an on-demand name. With shared storage, `Busy` when another replica
+    /// holds the name's lock. Failures that point at the account make the next call load or register
+    /// it again.
+    pub async fn issue(
+        &self,
+        acme: &AcmeSettings,
+        name: &str,
+        tenant: Option<&str>,
+    ) -> Result<(), AcmeError> {
+        let storage = self.storage(acme)?;
+        let lease = match acme.storage {
+            StorageKind::Redis { lease, .. } => lease,
+            StorageKind::Dir(_) => Duration::ZERO,
+        };
+        let _lock = match storage.lock(name, lease).await? {
+            Lock::Busy => return Err(AcmeError::Busy),
+            Lock::Free => None,
+            Lock::Held(g) => Some(g),
+        };
+        // The lock may have been taken right after another replica finished: use its certificate.
+        let before = self.store.acme(name).map(|c| c.serial.clone());
+        self.load_stored(&storage, name).await;
+        let after = self.store.acme(name).map(|c| c.serial.clone());
+        if after.is_some() && after != before {
+            return Ok(());
+        }
         let result = match self.account(acme, &storage).await {
             Ok(account) => {
-                match tokio::time::timeout(acme.order_timeout, self.order(acme, &account, name))
-                    .await
-                {
+                let order = self.order(acme, &storage, &account, name, tenant);
+                match tokio::time::timeout(acme.order_timeout, order).await {
                     Ok(r) => r,
                     Err(_) => Err(AcmeError::Timeout(acme.order_timeout)),
                 }
@@ -201,7 +280,7 @@ impl AcmeClient {
                 }
                 if is_unknown_account(e) {
                     // The CA forgot the account (a reset staging or private CA): register anew.
-                    if let Err(se) = storage.forget_account(&acme.directory) {
+                    if let Err(se) = storage.forget_account(&acme.directory).await {
                         tracing::warn!(error = %se, "cannot forget the ACME account");
                     }
                 }
@@ -214,20 +293,29 @@ impl AcmeClient {
     async fn order(
         &self,
         acme: &AcmeSettings,
+        storage: &Storage,
         account: &Account,
         name: &str,
+        tenant: Option<&str>,
     ) -> Result<(), AcmeError> {
         let mut tokens = Vec::new();
-        let result = self.order_inner(acme, account, name, &mut tokens).await;
+        let result = self
+            .order_inner(acme, storage, account, name, tenant, &mut tokens)
+            .await;
         self.store.clear_challenges(&[name.to_string()], &tokens);
+        if let Storage::Redis(r) = storage {
+            r.clear_challenges(name, &tokens).await;
+        }
         result
     }
 
     async fn order_inner(
         &self,
         acme: &AcmeSettings,
+        storage: &Storage,
         account: &Account,
         name: &str,
+        tenant: Option<&str>,
         tokens: &mut Vec<String>,
     ) -> Result<(), AcmeError> {
         let identifiers = [Identifier::Dns(name.to_string())];
@@ -251,10 +339,17 @@ impl AcmeClient {
                     self.store
                         .set_http_challenge(&challenge.token, key_authorization.as_str());
                     tokens.push(challenge.token.clone());
+                    if let Storage::Redis(r) = storage {
+                        r.set_http01(&challenge.token, key_authorization.as_str())
+                            .await?;
+                    }
                 }
                 ChallengeKind::TlsAlpn01 => {
-                    let key = alpn_challenge_cert(name, key_authorization.digest().as_ref())?;
-                    self.store.set_alpn_challenge(name, key);
+                    let made = alpn_challenge_cert(name, key_authorization.digest().as_ref())?;
+                    self.store.set_alpn_challenge(name, Arc::clone(&made.key));
+                    if let Storage::Redis(r) = storage {
+                        r.set_alpn(name, &made.cert_der, &made.key_der).await?;
+                    }
                 }
             }
             challenge.set_ready().await?;
@@ -273,8 +368,15 @@ impl AcmeClient {
         let key_pem = order.finalize().await?;
         let chain_pem = order.poll_certificate(&retries).await?;
         let cert = Certificate::from_pem(chain_pem.as_bytes(), key_pem.as_bytes(), Source::Acme)?;
-        let storage = DirStorage::new(&acme.storage);
-        storage.save_cert(name, chain_pem.as_bytes(), key_pem.as_bytes())?;
+        storage
+            .save_cert(
+                name,
+                chain_pem.as_bytes(),
+                key_pem.as_bytes(),
+                &cert.serial,
+                tenant,
+            )
+            .await?;
         tracing::info!(domain = name, issuer = %cert.issuer, not_after = cert.not_after, serial = %cert.serial, "ACME certificate issued");
         self.store.set_acme(name, Arc::new(cert));
         Ok(())
@@ -282,10 +384,50 @@ impl AcmeClient {
 }
 
 impl AcmeManager {
+    /// With shared storage: when the version counter moved, loads every certificate whose serial
+    /// differs from the one served (ordered or renewed by another replica).
+    async fn watch(&self, seen: &mut Option<u64>) {
+        let Some(shared) = self.client.shared() else {
+            return;
+        };
+        let version = match shared.version().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the shared ACME storage");
+                return;
+            }
+        };
+        if *seen == Some(version) {
+            return;
+        }
+        let names = match shared.names().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the shared ACME storage");
+                return;
+            }
+        };
+        let storage = Storage::Redis(Arc::clone(shared));
+        for name in names {
+            if let Some(tenant) = self.client.load_stored(&storage, &name).await {
+                if let Some(od) = &self.on_demand {
+                    od.adopt(&name, &tenant);
+                }
+            }
+        }
+        *seen = Some(version);
+    }
+
     /// One pass over the configured names and the tenants' domains issued on demand: order what is
     /// missing or due, unless backing off.
     async fn pass(&self, acme: &AcmeSettings, schedules: &mut HashMap<String, Schedule>) {
-        let storage = DirStorage::new(&acme.storage);
+        let storage = match self.client.storage(acme) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "ACME storage unavailable");
+                return;
+            }
+        };
         let store = self.client.store();
         let mut names: Vec<(String, bool)> =
             acme.domains.iter().map(|d| (d.clone(), false)).collect();
@@ -293,8 +435,8 @@ impl AcmeManager {
             names.extend(od.issued_names().into_iter().map(|n| (n, true)));
         }
         for (name, on_demand) in &names {
-            if !on_demand {
-                self.client.load_stored(&storage, name);
+            if matches!(storage, Storage::Dir(_)) && !on_demand {
+                self.client.load_stored(&storage, name).await;
             }
             let current = store.acme(name);
             let s = schedules.entry(name.clone()).or_insert_with(|| Schedule {
@@ -327,10 +469,20 @@ impl AcmeManager {
                     }
                 }
             }
-            match self.client.issue(acme, name).await {
+            let tenant = if *on_demand {
+                self.on_demand.as_ref().and_then(|od| od.tenant_of(name))
+            } else {
+                None
+            };
+            match self.client.issue(acme, name, tenant.as_deref()).await {
                 Ok(()) => {
                     s.failures = 0;
                     s.not_before = Instant::now();
+                }
+                Err(AcmeError::Busy) => {
+                    // Another replica is ordering it; its certificate arrives through the watch.
+                    s.not_before = Instant::now() + BUSY_RETRY;
+                    continue;
                 }
                 Err(e) => {
                     s.failures += 1;
@@ -403,32 +555,46 @@ async fn problem_of(order: &mut instant_acme::Order) -> String {
     String::new()
 }
 
+/// A TLS-ALPN-01 challenge certificate, servable and in DER for other replicas.
+pub struct ChallengeCert {
+    pub key: Arc<CertifiedKey>,
+    pub cert_der: Vec<u8>,
+    /// PKCS#8.
+    pub key_der: Vec<u8>,
+}
+
 /// The self-signed certificate that proves control of `name` under TLS-ALPN-01 (RFC 8737): the name
 /// as its only SAN and the critical acmeIdentifier extension holding SHA-256(key authorization).
-pub fn alpn_challenge_cert(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, AcmeError> {
+pub fn alpn_challenge_cert(name: &str, digest: &[u8]) -> Result<ChallengeCert, AcmeError> {
     let err = |e: rcgen::Error| AcmeError::ChallengeCert(e.to_string());
     let key = rcgen::KeyPair::generate().map_err(err)?;
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(err)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(err)?;
-    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let key_der = key.serialize_der();
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.clone()));
     let signer = rustls::crypto::ring::sign::any_supported_type(&der)
         .map_err(|e| AcmeError::ChallengeCert(e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
-        signer,
-    )))
+    Ok(ChallengeCert {
+        key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)),
+        cert_der: cert.der().to_vec(),
+        key_der,
+    })
 }
 
 #[async_trait]
 impl BackgroundService for AcmeManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut schedules: HashMap<String, Schedule> = HashMap::new();
+        let mut seen_version = None;
         loop {
             let rt = self.state.current();
             if let Some(acme) = rt.config.tls.as_ref().and_then(|t| t.acme.as_ref()) {
                 tokio::select! {
-                    _ = self.pass(acme, &mut schedules) => {}
+                    _ = async {
+                        self.watch(&mut seen_version).await;
+                        self.pass(acme, &mut schedules).await;
+                    } => {}
                     _ = shutdown.changed() => return,
                 }
             }
@@ -463,8 +629,8 @@ mod tests {
 
     #[test]
     fn challenge_certificate_carries_the_acme_identifier() {
-        let key = alpn_challenge_cert("a.example.test", &[7u8; 32]).expect("cert");
-        let der = key.end_entity_cert().expect("leaf");
+        let made = alpn_challenge_cert("a.example.test", &[7u8; 32]).expect("cert");
+        let der = made.key.end_entity_cert().expect("leaf");
         let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).expect("parse");
         let ext = x509
             .extensions()

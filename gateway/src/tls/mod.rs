@@ -8,5 +8,6 @@ pub mod acme;
 pub mod cert;
 pub mod dev;
 pub mod on_demand;
+pub mod shared;
 pub mod storage;
 pub mod store;

@@ -20,7 +20,6 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::acme::AcmeClient;
-use super::storage::DirStorage;
 use crate::config::{AcmeSettings, OnDemandSettings};
 use crate::metrics::metrics;
 use crate::state::GatewayState;
@@ -155,20 +154,27 @@ impl OnDemand {
         };
         decision("allowed");
         self.remember(name, &tenant);
-        // A certificate from an earlier run (or another order that just finished).
-        self.client
-            .load_stored(&DirStorage::new(&acme.storage), name);
+        // A certificate from an earlier run, or from another replica.
+        if let Ok(storage) = self.client.storage(&acme) {
+            self.client.load_stored(&storage, name).await;
+        }
         if self.client.store().acme(name).is_some() {
-            self.issued
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name.to_string());
+            self.adopt(name, &tenant);
             return;
         }
-        let Some(mut done) = self.start_order(name, &acme, &od) else {
+        let Some(mut done) = self.start_order(name, &tenant, &acme, &od) else {
             return;
         };
         let _ = tokio::time::timeout(od.wait, done.wait_for(|finished| *finished)).await;
+    }
+
+    /// A certificate for a tenant's domain that another replica ordered: route and renew it here too.
+    pub fn adopt(&self, name: &str, tenant: &str) {
+        self.remember(name, tenant);
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
     }
 
     fn remember(&self, name: &str, tenant: &str) {
@@ -183,6 +189,7 @@ impl OnDemand {
     fn start_order(
         self: &Arc<Self>,
         name: &str,
+        tenant: &str,
         acme: &AcmeSettings,
         od: &OnDemandSettings,
     ) -> Option<tokio::sync::watch::Receiver<bool>> {
@@ -205,9 +212,24 @@ impl OnDemand {
         let this = Arc::clone(self);
         let acme = acme.clone();
         let name = name.to_string();
+        let tenant = tenant.to_string();
+        let wait = od.wait;
         tokio::spawn(async move {
             let _permit = permit;
-            match this.client.issue(&acme, &name).await {
+            match this.client.issue(&acme, &name, Some(&tenant)).await {
+                Err(super::acme::AcmeError::Busy) => {
+                    // Another replica orders it: pick its certificate up from the shared storage.
+                    let started = Instant::now();
+                    while started.elapsed() < wait && this.client.store().acme(&name).is_none() {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        if let Ok(storage) = this.client.storage(&acme) {
+                            this.client.load_stored(&storage, &name).await;
+                        }
+                    }
+                    if this.client.store().acme(&name).is_some() {
+                        this.adopt(&name, &tenant);
+                    }
+                }
                 Ok(()) => {
                     this.issued
                         .lock()

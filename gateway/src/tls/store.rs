@@ -157,6 +157,15 @@ impl CertStore {
         m.insert(name.to_string(), key);
     }
 
+    /// Whether a TLS-ALPN-01 certificate for `name` is published here.
+    pub fn has_alpn_challenge(&self, name: &str) -> bool {
+        let m = self
+            .alpn_challenges
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        m.contains_key(name)
+    }
+
     /// Publishes an HTTP-01 answer.
     pub fn set_http_challenge(&self, token: &str, key_authorization: &str) {
         let mut m = self

@@ -473,3 +473,249 @@ upstream = "u"
     assert_eq!(pebble.orders(), 1);
     assert_eq!(ask.hits(), asks);
 }
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_order_once_and_both_serve() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.conn().await;
+    let a_ports = (free_port(), free_port(), free_port());
+    let b_ports = (free_port(), free_port(), free_port());
+    // Pebble validates on replica A's ports; whichever replica orders, A must answer.
+    let pebble = Pebble::start(a_ports.0, a_ports.1, 3600).await;
+    let up = TestUpstream::start("u");
+    let name = "shared.aggios.test";
+    // A replica that died holding the lock: nobody orders until its lease runs out.
+    let lock = format!("aggios:acme:lock:{name}");
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("dead-replica")
+        .arg("PX")
+        .arg(4000)
+        .query_async(&mut conn)
+        .await
+        .expect("set lock");
+    let body = format!(
+        r#"[tenancy]
+base_domains = ["aggios.test"]
+
+[redis]
+url_env = "GW_REDIS"
+
+[tls]
+[tls.acme]
+directory = "{dir}"
+ca_root = "{ca}"
+domains = ["{name}"]
+challenge = "http-01"
+storage = "redis"
+storage_key_env = "GW_ACME_KEY"
+lock_lease = "3s"
+retry_initial = "1s"
+retry_max = "2s"
+
+{up}
+[[routes]]
+name = "public"
+hosts = ["*.aggios.test"]
+upstream = "u"
+"#,
+        dir = pebble.directory(),
+        ca = pebble.endpoint_ca.display(),
+        up = upstream_toml("u", &[&up], "")
+    );
+    let url = redis.url();
+    let env = [
+        ("GW_REDIS", url.as_str()),
+        (
+            "GW_ACME_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        ),
+    ];
+    let a = Gateway::start_on(a_ports, tempfile::tempdir().expect("tempdir"), &body, &env).await;
+    let b = Gateway::start_on(b_ports, tempfile::tempdir().expect("tempdir"), &body, &env).await;
+    // While the dead replica's lease lasts, no order is made.
+    loop {
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(&lock)
+            .query_async(&mut conn)
+            .await
+            .expect("get lock");
+        if owner.as_deref() != Some("dead-replica") {
+            break;
+        }
+        assert_eq!(
+            pebble.orders(),
+            0,
+            "ordered while another replica held the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for gw in [&a, &b] {
+        within(
+            Duration::from_secs(60),
+            "both replicas serve the certificate",
+            gw,
+            &pebble,
+            || async { served_names(gw).await == [name] },
+        )
+        .await;
+    }
+    assert_eq!(pebble.orders(), 1, "one order for one name across replicas");
+    let root = pebble.issuing_root().await;
+    let client = client_config(&root, &[b"http/1.1"]);
+    let ra = get(a.https, name, "/", &[], client.clone())
+        .await
+        .expect("HTTPS on A");
+    let rb = get(b.https, name, "/", &[], client.clone())
+        .await
+        .expect("HTTPS on B");
+    assert_eq!((ra.status, rb.status), (200, 200));
+    assert_eq!(
+        ra.serial, rb.serial,
+        "the replicas serve different certificates"
+    );
+    let orders = a
+        .metric("gateway_acme_orders_total{result=\"success\"}")
+        .await
+        + b.metric("gateway_acme_orders_total{result=\"success\"}")
+            .await;
+    assert_eq!(orders, 1.0);
+
+    // The private key is sealed in Redis; the chain is not secret.
+    let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("aggios:acme:cert:{name}"))
+        .query_async(&mut conn)
+        .await
+        .expect("hgetall");
+    assert!(stored["chain"].contains("BEGIN CERTIFICATE"));
+    assert!(
+        !stored["key"].contains("PRIVATE KEY"),
+        "private key stored in clear"
+    );
+    // Any replica answers a challenge token another one published.
+    let _: () = redis::cmd("SET")
+        .arg("aggios:acme:http01:tok-from-elsewhere")
+        .arg("tok-from-elsewhere.thumbprint")
+        .query_async(&mut conn)
+        .await
+        .expect("set token");
+    for gw in [&a, &b] {
+        let r = gw
+            .get(name, "/.well-known/acme-challenge/tok-from-elsewhere")
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"tok-from-elsewhere.thumbprint");
+    }
+}
+
+/// Replica B orders a name that replica A does not list; the CA validates on A, which answers from the
+/// shared storage, and then serves B's certificate too.
+async fn challenge_answered_by_the_other_replica(challenge: &str) {
+    let redis = RedisServer::start().await;
+    let a_ports = (free_port(), free_port(), free_port());
+    let b_ports = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(a_ports.0, a_ports.1, 3600).await;
+    let up = TestUpstream::start("u");
+    let config = |domains: &str| {
+        format!(
+            r#"[tenancy]
+base_domains = ["aggios.test"]
+
+[redis]
+url_env = "GW_REDIS"
+
+[tls]
+[tls.acme]
+directory = "{dir}"
+ca_root = "{ca}"
+domains = [{domains}]
+challenge = "{challenge}"
+storage = "redis"
+storage_key_env = "GW_ACME_KEY"
+retry_initial = "1s"
+retry_max = "2s"
+
+{up}
+[[routes]]
+name = "public"
+hosts = ["*.aggios.test"]
+upstream = "u"
+"#,
+            dir = pebble.directory(),
+            ca = pebble.endpoint_ca.display(),
+            up = upstream_toml("u", &[&up], "")
+        )
+    };
+    let url = redis.url();
+    let env = [
+        ("GW_REDIS", url.as_str()),
+        (
+            "GW_ACME_KEY",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        ),
+    ];
+    let a = Gateway::start_on(
+        a_ports,
+        tempfile::tempdir().expect("tempdir"),
+        &config("\"a.aggios.test\""),
+        &env,
+    )
+    .await;
+    let b = Gateway::start_on(
+        b_ports,
+        tempfile::tempdir().expect("tempdir"),
+        &config("\"b.aggios.test\""),
+        &env,
+    )
+    .await;
+    within(
+        Duration::from_secs(60),
+        "B's certificate issued",
+        &b,
+        &pebble,
+        || async {
+            served_names(&b)
+                .await
+                .contains(&"b.aggios.test".to_string())
+        },
+    )
+    .await;
+    assert_eq!(
+        b.metric("gateway_acme_orders_total{result=\"success\"}")
+            .await,
+        1.0
+    );
+    within(
+        Duration::from_secs(30),
+        "A serves B's certificate",
+        &a,
+        &pebble,
+        || async {
+            served_names(&a)
+                .await
+                .contains(&"b.aggios.test".to_string())
+        },
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let r = get(
+        a.https,
+        "b.aggios.test",
+        "/",
+        &[],
+        client_config(&root, &[b"http/1.1"]),
+    )
+    .await
+    .expect("A serves the certificate B ordered");
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn http01_answered_by_the_replica_that_did_not_order() {
+    challenge_answered_by_the_other_replica("http-01").await;
+}
+
+#[tokio::test]
+async fn tls_alpn01_answered_by_the_replica_that_did_not_order() {
+    challenge_answered_by_the_other_replica("tls-alpn-01").await;
+}
