@@ -11,8 +11,9 @@ ensure_redis
 # throw-away certificates with openssl.
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || ensure_debs redis-server redis-tools
 ensure_debs openssl
-# ACME tests run a real CA: pebble and its DNS server pebble-challtestsrv (one Debian package).
-ensure_debs pebble
+# ACME tests run a real CA: pebble and its DNS server pebble-challtestsrv (one Debian package), and an
+# authoritative DNS server for DNS-01 over RFC 2136 (Knot, queried with kdig); the exec hook uses curl.
+ensure_debs pebble knot knot-dnsutils curl
 ensure_s3s_fs
 export PG_BIN_DIR="$(pg_bin_dir)"
 

@@ -375,7 +375,21 @@ pub struct AcmeFile {
     pub retry_initial: Option<Spanned<String>>,
     pub retry_max: Option<Spanned<String>>,
     pub order_timeout: Option<Spanned<String>>,
-    pub dns: Option<Spanned<toml::Table>>,
+    pub dns: Option<Spanned<DnsFile>>,
+}
+
+/// `[tls.acme] dns`: where DNS-01 TXT records are published.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    pub provider: Spanned<String>,
+    pub server: Option<Spanned<String>>,
+    pub zone: Option<Spanned<String>>,
+    pub key_name: Option<Spanned<String>>,
+    pub algorithm: Option<Spanned<String>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<String>>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// External Account Binding: the CA's key id and its HMAC key (base64url, from the environment).

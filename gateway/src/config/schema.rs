@@ -222,7 +222,19 @@ const ROOT: &[(&str, Shape)] = &[
                     ("retry_initial", Shape::Value),
                     ("retry_max", Shape::Value),
                     ("order_timeout", Shape::Value),
-                    ("dns", Shape::FreeMap),
+                    (
+                        "dns",
+                        Shape::Table(&[
+                            ("provider", Shape::Value),
+                            ("server", Shape::Value),
+                            ("zone", Shape::Value),
+                            ("key_name", Shape::Value),
+                            ("algorithm", Shape::Value),
+                            ("secret_env", Shape::Value),
+                            ("command", Shape::Value),
+                            ("timeout", Shape::Value),
+                        ]),
+                    ),
                 ]),
             ),
             (

@@ -8,9 +8,12 @@ use std::time::Duration;
 use base64::Engine;
 use toml::Spanned;
 
-use super::file::{AcmeFile, OnDemandFile, TlsFile};
+use std::net::SocketAddr;
+
+use super::file::{AcmeFile, DnsFile, OnDemandFile, TlsFile};
 use super::{duration_or, is_hostname, Diagnostic};
 use crate::tls::cert::{Certificate, Source};
+use crate::tls::dns::{DnsProvider, Rfc2136, TsigAlgorithm};
 
 /// A client must finish its TLS handshake within this time of the accept.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +70,8 @@ pub enum ChallengeKind {
     Http01,
     /// A certificate served to an `acme-tls/1` handshake on the HTTPS entrypoint (port 443).
     TlsAlpn01,
+    /// A TXT record under `_acme-challenge.`, published through `[tls.acme] dns` (wildcards).
+    Dns01,
 }
 
 impl ChallengeKind {
@@ -75,6 +80,7 @@ impl ChallengeKind {
         match self {
             ChallengeKind::Http01 => "http-01",
             ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct AcmeSettings {
     /// One certificate is ordered per name.
     pub domains: Vec<String>,
     pub challenge: ChallengeKind,
+    /// Where DNS-01 records go (set when `challenge = "dns-01"`).
+    pub dns: Option<crate::tls::dns::DnsProvider>,
     pub storage: StorageKind,
     pub eab: Option<Eab>,
     pub retry_initial: Duration,
@@ -334,13 +342,7 @@ fn validate_acme(
     let challenge = match a.challenge.as_ref().map(|c| c.get_ref().as_str()) {
         None | Some("http-01") => ChallengeKind::Http01,
         Some("tls-alpn-01") => ChallengeKind::TlsAlpn01,
-        Some("dns-01") => {
-            diags.push(Diagnostic::at(
-                a.challenge.as_ref().expect("matched Some"),
-                "challenge = \"dns-01\" is not supported by this build yet; use http-01 or tls-alpn-01",
-            ));
-            ChallengeKind::Http01
-        }
+        Some("dns-01") => ChallengeKind::Dns01,
         Some(other) => {
             diags.push(Diagnostic::at(
                 a.challenge.as_ref().expect("matched Some"),
@@ -349,10 +351,30 @@ fn validate_acme(
             ChallengeKind::Http01
         }
     };
-    if let Some(d) = &a.dns {
-        diags.push(Diagnostic::at(
-            d,
-            "[tls.acme] dns (DNS-01 providers) is not supported by this build yet",
+    let dns = match (&a.dns, challenge) {
+        (Some(d), ChallengeKind::Dns01) => validate_dns(d.get_ref(), diags),
+        (Some(d), _) => {
+            diags.push(Diagnostic::at(
+                d,
+                "dns is used by challenge = \"dns-01\" only",
+            ));
+            None
+        }
+        (None, ChallengeKind::Dns01) => {
+            let at = a.challenge.as_ref().map(|c| c.span());
+            diags.push(Diagnostic::new(
+                at,
+                "challenge = \"dns-01\" needs dns = { provider = \"rfc2136\", … } or { provider = \"exec\", command = [...] }",
+            ));
+            None
+        }
+        (None, _) => None,
+    };
+    if on_demand && challenge == ChallengeKind::Dns01 {
+        let at = a.challenge.as_ref().map(|c| c.span());
+        diags.push(Diagnostic::new(
+            at,
+            "[tls.on_demand] needs http-01 or tls-alpn-01: a tenant's own domain is not in our DNS",
         ));
     }
     let mut domains = Vec::new();
@@ -370,10 +392,10 @@ fn validate_acme(
                 d,
                 format!("`{}` is not a DNS name", d.get_ref()),
             ));
-        } else if name.starts_with("*.") {
+        } else if name.starts_with("*.") && challenge != ChallengeKind::Dns01 {
             diags.push(Diagnostic::at(
                 d,
-                format!("`{name}`: a wildcard can only be validated with dns-01, which this build does not support yet"),
+                format!("`{name}`: a wildcard can only be validated with challenge = \"dns-01\""),
             ));
         } else if domains.contains(&name) {
             diags.push(Diagnostic::at(d, format!("`{name}` is listed twice")));
@@ -486,10 +508,143 @@ fn validate_acme(
         ca_root,
         domains,
         challenge,
+        dns,
         storage,
         eab,
         retry_initial,
         retry_max,
         order_timeout: duration_or(&a.order_timeout, DEFAULT_ACME_ORDER_TIMEOUT, diags),
+    }
+}
+
+/// How long a DNS update or hook may take unless `dns.timeout` says otherwise.
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn validate_dns(d: &DnsFile, diags: &mut Vec<Diagnostic>) -> Option<DnsProvider> {
+    let timeout = duration_or(&d.timeout, DEFAULT_DNS_TIMEOUT, diags);
+    let need = |v: &Option<Spanned<String>>, key: &str, diags: &mut Vec<Diagnostic>| {
+        if v.is_none() {
+            diags.push(Diagnostic::at(
+                &d.provider,
+                format!("dns provider `{}` needs `{key}`", d.provider.get_ref()),
+            ));
+        }
+        v.as_ref().map(|s| s.get_ref().clone())
+    };
+    match d.provider.get_ref().as_str() {
+        "rfc2136" => {
+            let server =
+                need(&d.server, "server", diags).and_then(|s| match s.parse::<SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        diags.push(Diagnostic::at(
+                            d.server.as_ref().expect("checked"),
+                            format!(
+                                "server `{s}` is not an IP:port address (e.g. \"10.0.0.53:53\")"
+                            ),
+                        ));
+                        None
+                    }
+                });
+            let zone = need(&d.zone, "zone", diags).and_then(|z| {
+                let v = z.trim_end_matches('.').to_ascii_lowercase();
+                if is_hostname(&v) {
+                    Some(format!("{v}."))
+                } else {
+                    diags.push(Diagnostic::at(
+                        d.zone.as_ref().expect("checked"),
+                        format!("zone `{z}` is not a DNS name"),
+                    ));
+                    None
+                }
+            });
+            let key_name = need(&d.key_name, "key_name", diags);
+            let algorithm = match &d.algorithm {
+                None => Some(TsigAlgorithm::HmacSha256),
+                Some(a) => {
+                    let alg = TsigAlgorithm::parse(a.get_ref());
+                    if alg.is_none() {
+                        diags.push(Diagnostic::at(
+                            a,
+                            "algorithm must be hmac-sha256 or hmac-sha512",
+                        ));
+                    }
+                    alg
+                }
+            };
+            let secret = need(&d.secret_env, "secret_env", diags).and_then(|var| {
+                let at = d.secret_env.as_ref().expect("checked");
+                match std::env::var(&var) {
+                    Ok(v) => match base64::engine::general_purpose::STANDARD.decode(v.trim()) {
+                        Ok(s) if !s.is_empty() => Some(s),
+                        _ => {
+                            diags.push(Diagnostic::at(
+                                at,
+                                format!("`{var}` must hold the TSIG secret, base64 (as in the server's key file)"),
+                            ));
+                            None
+                        }
+                    },
+                    Err(_) => {
+                        diags.push(Diagnostic::at(at, format!("environment variable `{var}` is not set")));
+                        None
+                    }
+                }
+            });
+            for (v, key) in [(&d.command, "command")] {
+                if let Some(v) = v {
+                    diags.push(Diagnostic::at(
+                        v,
+                        format!("`{key}` belongs to provider = \"exec\""),
+                    ));
+                }
+            }
+            Some(DnsProvider::Rfc2136(Rfc2136 {
+                server: server?,
+                zone: zone?,
+                key_name: key_name?,
+                algorithm: algorithm?,
+                secret: secret?,
+                timeout,
+            }))
+        }
+        "exec" => {
+            let Some(command) = &d.command else {
+                diags.push(Diagnostic::at(
+                    &d.provider,
+                    "dns provider `exec` needs `command` (e.g. [\"scripts/dns-hook\"])",
+                ));
+                return None;
+            };
+            if command.get_ref().is_empty() || command.get_ref()[0].is_empty() {
+                diags.push(Diagnostic::at(command, "command must name a program"));
+                return None;
+            }
+            for (v, key) in [
+                (&d.server, "server"),
+                (&d.zone, "zone"),
+                (&d.key_name, "key_name"),
+                (&d.algorithm, "algorithm"),
+                (&d.secret_env, "secret_env"),
+            ] {
+                if let Some(v) = v {
+                    diags.push(Diagnostic::at(
+                        v,
+                        format!("`{key}` belongs to provider = \"rfc2136\""),
+                    ));
+                }
+            }
+            Some(DnsProvider::Exec {
+                command: command.get_ref().clone(),
+                timeout,
+            })
+        }
+        other => {
+            diags.push(Diagnostic::at(
+                &d.provider,
+                format!("dns provider `{other}` is not one of rfc2136, exec"),
+            ));
+            None
+        }
     }
 }

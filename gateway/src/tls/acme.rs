@@ -60,8 +60,21 @@ pub enum AcmeError {
     Timeout(Duration),
     #[error("another replica is ordering this name")]
     Busy,
+    #[error("DNS-01: {0}")]
+    Dns(#[from] super::dns::DnsError),
+    #[error("challenge = \"dns-01\" without a dns provider")]
+    NoDnsProvider,
     #[error("storage = \"redis\" was configured by a reload; it takes effect on restart")]
     NoSharedStorage,
+}
+
+/// What an order published for its challenges, withdrawn when it ends.
+#[derive(Default)]
+struct Published {
+    /// HTTP-01 tokens.
+    tokens: Vec<String>,
+    /// DNS-01 records: (fqdn, value).
+    records: Vec<(String, String)>,
 }
 
 /// Per-name schedule.
@@ -298,13 +311,21 @@ impl AcmeClient {
         name: &str,
         tenant: Option<&str>,
     ) -> Result<(), AcmeError> {
-        let mut tokens = Vec::new();
+        let mut published = Published::default();
         let result = self
-            .order_inner(acme, storage, account, name, tenant, &mut tokens)
+            .order_inner(acme, storage, account, name, tenant, &mut published)
             .await;
+        let tokens = published.tokens;
         self.store.clear_challenges(&[name.to_string()], &tokens);
         if let Storage::Redis(r) = storage {
             r.clear_challenges(name, &tokens).await;
+        }
+        if let Some(dns) = &acme.dns {
+            for (fqdn, value) in &published.records {
+                if let Err(e) = dns.cleanup(fqdn, value).await {
+                    tracing::warn!(record = %fqdn, error = %e, "DNS-01 record not withdrawn");
+                }
+            }
         }
         result
     }
@@ -316,7 +337,7 @@ impl AcmeClient {
         account: &Account,
         name: &str,
         tenant: Option<&str>,
-        tokens: &mut Vec<String>,
+        published: &mut Published,
     ) -> Result<(), AcmeError> {
         let identifiers = [Identifier::Dns(name.to_string())];
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
@@ -331,6 +352,7 @@ impl AcmeClient {
             let (kind, label) = match acme.challenge {
                 ChallengeKind::Http01 => (ChallengeType::Http01, "http-01"),
                 ChallengeKind::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+                ChallengeKind::Dns01 => (ChallengeType::Dns01, "dns-01"),
             };
             let mut challenge = authz.challenge(kind).ok_or(AcmeError::NoChallenge(label))?;
             let key_authorization = challenge.key_authorization();
@@ -338,11 +360,20 @@ impl AcmeClient {
                 ChallengeKind::Http01 => {
                     self.store
                         .set_http_challenge(&challenge.token, key_authorization.as_str());
-                    tokens.push(challenge.token.clone());
+                    published.tokens.push(challenge.token.clone());
                     if let Storage::Redis(r) = storage {
                         r.set_http01(&challenge.token, key_authorization.as_str())
                             .await?;
                     }
+                }
+                ChallengeKind::Dns01 => {
+                    let dns = acme.dns.as_ref().ok_or(AcmeError::NoDnsProvider)?;
+                    // `*.aggios.app` is validated at `_acme-challenge.aggios.app`.
+                    let base = name.strip_prefix("*.").unwrap_or(name);
+                    let fqdn = format!("_acme-challenge.{base}.");
+                    let value = key_authorization.dns_value();
+                    dns.present(&fqdn, &value).await?;
+                    published.records.push((fqdn, value));
                 }
                 ChallengeKind::TlsAlpn01 => {
                     let made = alpn_challenge_cert(name, key_authorization.digest().as_ref())?;

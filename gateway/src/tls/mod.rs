@@ -7,6 +7,7 @@ pub mod accept;
 pub mod acme;
 pub mod cert;
 pub mod dev;
+pub mod dns;
 pub mod on_demand;
 pub mod shared;
 pub mod storage;

@@ -719,3 +719,176 @@ async fn http01_answered_by_the_replica_that_did_not_order() {
 async fn tls_alpn01_answered_by_the_replica_that_did_not_order() {
     challenge_answered_by_the_other_replica("tls-alpn-01").await;
 }
+
+fn wildcard_config(up: &TestUpstream, pebble: &Pebble, storage: &Path, dns: &str) -> String {
+    format!(
+        r#"[tenancy]
+base_domains = ["aggios.test"]
+
+[tls]
+[tls.acme]
+directory = "{dir}"
+ca_root = "{ca}"
+domains = ["*.aggios.test"]
+challenge = "dns-01"
+dns = {dns}
+storage = "{storage}"
+
+{up}
+[[routes]]
+name = "public"
+hosts = ["*.aggios.test"]
+upstream = "u"
+"#,
+        dir = pebble.directory(),
+        ca = pebble.endpoint_ca.display(),
+        storage = storage.display(),
+        up = upstream_toml("u", &[up], "")
+    )
+}
+
+/// A wildcard certificate serves every tenant's host, verified against pebble's root.
+async fn wildcard_serves_tenants(gw: &Gateway, pebble: &Pebble) {
+    within(
+        Duration::from_secs(60),
+        "the wildcard certificate",
+        gw,
+        pebble,
+        || async { served_names(gw).await == ["*.aggios.test"] },
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    for host in ["acme.aggios.test", "globex.aggios.test"] {
+        let r = get(gw.https, host, "/", &[], client_config(&root, &[b"h2"]))
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(r.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn dns01_wildcard_through_rfc2136_with_tsig() {
+    let knot = Knot::start("aggios.test").await;
+    let ports = (free_port(), free_port(), free_port());
+    // Pebble looks the TXT record up on the Knot server the gateway updates.
+    let pebble = Pebble::start_with_dns(ports.0, ports.1, 3600, Some(knot.port)).await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    let dns = format!(
+        r#"{{ provider = "rfc2136", server = "127.0.0.1:{}", zone = "aggios.test", key_name = "{}", algorithm = "hmac-sha256", secret_env = "GW_TSIG" }}"#,
+        knot.port, knot.key_name
+    );
+    let body = wildcard_config(&up, &pebble, storage.path(), &dns);
+    let gw = Gateway::start_on(
+        ports,
+        tempfile::tempdir().expect("tempdir"),
+        &body,
+        &[("GW_TSIG", knot.secret.as_str())],
+    )
+    .await;
+    wildcard_serves_tenants(&gw, &pebble).await;
+    assert!(
+        knot.log().contains("_acme-challenge") || knot.log().contains("DDNS"),
+        "{}",
+        knot.log()
+    );
+    // The record is withdrawn once the order is done.
+    within(
+        Duration::from_secs(10),
+        "the TXT record withdrawn",
+        &gw,
+        &pebble,
+        || async { knot.query("TXT", "_acme-challenge.aggios.test").is_empty() },
+    )
+    .await;
+
+    // A wrong TSIG key is refused by the server, and the order fails with that reason.
+    let bad = Knot::start("aggios.test").await;
+    let ports = (free_port(), free_port(), free_port());
+    let pebble2 = Pebble::start_with_dns(ports.0, ports.1, 3600, Some(bad.port)).await;
+    let storage2 = tempfile::tempdir().expect("tempdir");
+    let dns = format!(
+        r#"{{ provider = "rfc2136", server = "127.0.0.1:{}", zone = "aggios.test", key_name = "{}", secret_env = "GW_TSIG" }}"#,
+        bad.port, bad.key_name
+    );
+    let gw2 = Gateway::start_on(
+        ports,
+        tempfile::tempdir().expect("tempdir"),
+        &wildcard_config(&up, &pebble2, storage2.path(), &dns),
+        &[("GW_TSIG", knot.secret.as_str())],
+    )
+    .await;
+    within(
+        Duration::from_secs(30),
+        "the refused update reported",
+        &gw2,
+        &pebble2,
+        || async { gw2.stderr().contains("NOTAUTH") },
+    )
+    .await;
+    assert!(
+        gw2.metric("gateway_acme_orders_total{result=\"failure\"}")
+            .await
+            >= 1.0
+    );
+    assert!(served_names(&gw2).await.is_empty());
+}
+
+#[tokio::test]
+async fn dns01_wildcard_through_an_exec_hook() {
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    // The hook publishes through pebble-challtestsrv's API (the DNS pebble asks) and logs its calls.
+    let hook_dir = tempfile::tempdir().expect("tempdir");
+    let hook = hook_dir.path().join("dns-hook");
+    let calls = hook_dir.path().join("calls.log");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nset -e\necho \"$1 $2\" >> {calls}\ncase \"$1\" in\n  present) curl -sf -X POST -d \"{{\\\"host\\\":\\\"$2\\\",\\\"value\\\":\\\"$3\\\"}}\" http://127.0.0.1:{m}/set-txt ;;\n  cleanup) curl -sf -X POST -d \"{{\\\"host\\\":\\\"$2\\\"}}\" http://127.0.0.1:{m}/clear-txt ;;\n  *) exit 2 ;;\nesac\n",
+            calls = calls.display(),
+            m = pebble.dns_management
+        ),
+    )
+    .expect("hook");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let dns = format!(
+        r#"{{ provider = "exec", command = ["{}"] }}"#,
+        hook.display()
+    );
+    let gw = Gateway::start_on(
+        ports,
+        tempfile::tempdir().expect("tempdir"),
+        &wildcard_config(&up, &pebble, storage.path(), &dns),
+        &[],
+    )
+    .await;
+    wildcard_serves_tenants(&gw, &pebble).await;
+    within(
+        Duration::from_secs(10),
+        "the hook's cleanup call",
+        &gw,
+        &pebble,
+        || async {
+            std::fs::read_to_string(&calls)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&calls).expect("calls");
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            "present _acme-challenge.aggios.test.",
+            "cleanup _acme-challenge.aggios.test."
+        ]
+    );
+}

@@ -162,15 +162,29 @@ pub struct Pebble {
     /// The CA the tests made for pebble's own HTTPS endpoint (the gateway's `ca_root`).
     pub endpoint_ca: PathBuf,
     pebble: Option<Child>,
-    dns: Child,
+    /// pebble-challtestsrv, unless another DNS server answers for pebble.
+    dns: Option<Child>,
     config: PathBuf,
     dns_port: u16,
+    /// pebble-challtestsrv's management API (`/set-txt`, `/clear-txt`).
+    pub dns_management: u16,
 }
 
 impl Pebble {
     /// Starts pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`; issued
     /// certificates are valid for `validity` seconds.
     pub async fn start(http_port: u16, tls_port: u16, validity: u64) -> Pebble {
+        Self::start_with_dns(http_port, tls_port, validity, None).await
+    }
+
+    /// Like [`Pebble::start`]; with `dns`, pebble resolves through that server (port on 127.0.0.1)
+    /// instead of pebble-challtestsrv.
+    pub async fn start_with_dns(
+        http_port: u16,
+        tls_port: u16,
+        validity: u64,
+        dns: Option<u16>,
+    ) -> Pebble {
         let dir = tempfile::tempdir().expect("tempdir");
         // Pebble's own endpoint needs a certificate; Debian's package ships none.
         let ca_key = rcgen::KeyPair::generate().expect("key");
@@ -207,30 +221,32 @@ impl Pebble {
             }
         });
         std::fs::write(&config, json.to_string()).expect("write");
-        let dns_port = free_port();
+        let dns_port = dns.unwrap_or_else(free_port);
         let dns_management = free_port();
-        let dns = Command::new("pebble-challtestsrv")
-            .args([
-                "-dns01",
-                &format!("127.0.0.1:{dns_port}"),
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-management",
-                &format!("127.0.0.1:{dns_management}"),
-                "-defaultIPv4",
-                "127.0.0.1",
-                "-defaultIPv6",
-                "",
-            ])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("dns.log")).expect("log"))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn pebble-challtestsrv (Debian package pebble)");
+        let dns = dns.is_none().then(|| {
+            Command::new("pebble-challtestsrv")
+                .args([
+                    "-dns01",
+                    &format!("127.0.0.1:{dns_port}"),
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    &format!("127.0.0.1:{dns_management}"),
+                    "-defaultIPv4",
+                    "127.0.0.1",
+                    "-defaultIPv6",
+                    "",
+                ])
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.path().join("dns.log")).expect("log"))
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn pebble-challtestsrv (Debian package pebble)")
+        });
         let mut p = Pebble {
             dir,
             port,
@@ -240,14 +256,18 @@ impl Pebble {
             dns,
             config,
             dns_port,
+            dns_management,
         };
         // The DNS server is up once its management port answers.
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", dns_management))
-            .await
-            .is_err()
-        {
-            if let Ok(Some(status)) = p.dns.try_wait() {
+        while let Some(child) = p.dns.as_mut() {
+            if TcpStream::connect(("127.0.0.1", dns_management))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!("pebble-challtestsrv exited: {status}");
             }
             assert!(
@@ -331,7 +351,103 @@ impl Pebble {
 impl Drop for Pebble {
     fn drop(&mut self) {
         self.stop();
-        let _ = self.dns.kill();
-        let _ = self.dns.wait();
+        if let Some(mut d) = self.dns.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
+
+/// An authoritative Knot DNS server for one zone on a loopback port, accepting RFC 2136 updates
+/// signed with one TSIG key (hmac-sha256). Killed on drop.
+pub struct Knot {
+    pub port: u16,
+    /// The TSIG secret, base64 (as the gateway reads it).
+    pub secret: String,
+    pub key_name: String,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Knot {
+    pub async fn start(zone: &str) -> Knot {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let port = free_port();
+        let secret = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            (0..32).map(|_| fastrand::u8(..)).collect::<Vec<u8>>(),
+        );
+        let key_name = "acme-key".to_string();
+        std::fs::write(
+            d.join(format!("{zone}.zone")),
+            format!(
+                "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ NS ns1.{zone}.\nns1 A 127.0.0.1\n* A 127.0.0.1\n"
+            ),
+        )
+        .expect("zone file");
+        std::fs::write(
+            d.join("knot.conf"),
+            format!(
+                "server:\n    listen: 127.0.0.1@{port}\n    rundir: {dir}\n\ndatabase:\n    storage: {dir}\n\nlog:\n  - target: stderr\n    any: info\n\nkey:\n  - id: {key_name}\n    algorithm: hmac-sha256\n    secret: {secret}\n\nacl:\n  - id: acme-update\n    key: {key_name}\n    action: update\n\nzone:\n  - domain: {zone}\n    storage: {dir}\n    file: {zone}.zone\n    acl: acme-update\n    zonefile-sync: -1\n",
+                dir = d.display()
+            ),
+        )
+        .expect("knot.conf");
+        let child = Command::new("knotd")
+            .arg("-c")
+            .arg(d.join("knot.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("knot.log")).expect("log"))
+            .spawn()
+            .expect("spawn knotd (Debian package knot)");
+        let mut k = Knot {
+            port,
+            secret,
+            key_name,
+            dir,
+            child,
+        };
+        let start = Instant::now();
+        while k.query("SOA", zone).is_empty() {
+            if let Ok(Some(status)) = k.child.try_wait() {
+                panic!("knotd exited ({status}): {}", k.log());
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "knotd did not answer: {}",
+                k.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        k
+    }
+
+    /// `kdig +short` of one record type.
+    pub fn query(&self, rtype: &str, name: &str) -> String {
+        Command::new("kdig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                rtype,
+                name,
+                "+short",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("knot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
