@@ -33,7 +33,7 @@ pub const DEFAULT_ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an answer of the ask endpoint (yes or no) is reused.
 pub const DEFAULT_ASK_CACHE_TTL: Duration = Duration::from_secs(300);
 /// How long the first handshake for a tenant's domain waits for its certificate.
-pub const DEFAULT_ON_DEMAND_WAIT: Duration = Duration::from_secs(10);
+pub const DEFAULT_ON_DEMAND_WAIT: Duration = Duration::from_secs(8);
 /// Orders for tenants' domains running at once.
 pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 4;
 /// Orders for tenants' domains started per minute (a burst of this many, refilled over a minute).

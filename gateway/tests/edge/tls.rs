@@ -308,3 +308,37 @@ async fn a_stalled_handshake_is_cut_at_the_deadline() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn websocket_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = dev_certs(certs.path(), &["*.aggios.test"]);
+    let up = TestUpstream::start("ws");
+    let gw = Gateway::start_with_env(&config(&up, certs.path(), ""), ENV).await;
+    // WebSocket is an HTTP/1.1 upgrade: the client offers http/1.1 only, as browsers do for wss://.
+    let conn = connect(
+        gw.https,
+        "chat.aggios.test",
+        client_config(&ca, &[b"http/1.1"]),
+    )
+    .await
+    .expect("handshake");
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async("wss://chat.aggios.test/socket", conn.stream)
+            .await
+            .expect("wss handshake");
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::text(format!("tls {i}")))
+            .await
+            .expect("send");
+        let reply = ws.next().await.expect("reply").expect("frame");
+        assert_eq!(
+            reply.into_text().expect("text").as_str(),
+            format!("ws:tls {i}")
+        );
+    }
+    ws.close(None).await.expect("close");
+}

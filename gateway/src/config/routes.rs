@@ -1,0 +1,638 @@
+//! `[[routes]]`, validated: host patterns, matchers, auth policy, limits, header rules, CORS, security
+//! headers, and the ambiguity check across routes.
+
+use super::file::{HeaderRulesFile, RouteFile};
+use super::{
+    file, opt_duration, positive, AuthPolicy, Diagnostic, Limits, OnStoreError, RateLimitSpec,
+    Tenancy,
+};
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use std::collections::HashMap;
+use std::time::Duration;
+use toml::Spanned;
+
+/// How a route matches the Host.
+#[derive(Debug, Clone)]
+pub enum HostPattern {
+    /// `api.aggios.app`; `tenant` is set when the host is `{label}.{base_domain}` with a non-reserved label.
+    Exact {
+        host: String,
+        tenant: Option<String>,
+    },
+    /// `*.aggios.app`: exactly one label, held here without the `*.` (`aggios.app`).
+    Wildcard { suffix: String },
+    /// `~^(?P<tenant>…)\.x\.app$`: the `tenant` group, when present, is the tenant.
+    Regex { regex: Regex },
+}
+
+impl HostPattern {
+    /// 0 = exact, 1 = wildcard, 2 = regex: lower is more specific.
+    pub fn kind_rank(&self) -> u8 {
+        match self {
+            HostPattern::Exact { .. } => 0,
+            HostPattern::Wildcard { .. } => 1,
+            HostPattern::Regex { .. } => 2,
+        }
+    }
+    /// The pattern as ops wrote it (normalised).
+    pub fn source(&self) -> String {
+        match self {
+            HostPattern::Exact { host, .. } => host.clone(),
+            HostPattern::Wildcard { suffix } => format!("*.{suffix}"),
+            HostPattern::Regex { regex } => format!("~{}", regex.as_str()),
+        }
+    }
+}
+
+/// Header add/set/remove rules.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteTimeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    /// Empty: any host.
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    /// `None`: any method.
+    pub methods: Option<Vec<Method>>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub priority: Option<i64>,
+    pub upstream: Option<String>,
+    pub strip_prefix: bool,
+    pub redirect_https: bool,
+    pub max_body_bytes: u64,
+    pub timeouts: RouteTimeouts,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+    pub auth: AuthPolicy,
+    /// Scopes an API key needs on this route.
+    pub scopes: Vec<String>,
+    /// Indexes into [`Config::rate_limits`]; all must pass.
+    pub rate_limits: Vec<usize>,
+    pub on_store_error: OnStoreError,
+    pub cors: Option<CorsSpec>,
+    pub security: SecurityHeaders,
+}
+
+/// An allowed CORS origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `https://app.example.com`.
+    Exact(String),
+    /// `https://*.aggios.app`: scheme plus exactly one label before the suffix (held as `.aggios.app`).
+    Wildcard { scheme: String, suffix: String },
+    /// `self`: an origin whose host is the request's own host (a tenant calling its own API).
+    SameHost,
+}
+
+/// A route's CORS policy; preflights are answered at the edge.
+#[derive(Debug, Clone)]
+pub struct CorsSpec {
+    pub origins: Vec<OriginPattern>,
+    pub methods: Vec<Method>,
+    pub headers: Vec<HeaderName>,
+    pub expose_headers: Vec<HeaderName>,
+    pub credentials: bool,
+    pub max_age: u64,
+}
+
+/// Security headers added to a route's responses.
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders {
+    /// `Strict-Transport-Security` value, sent on HTTPS responses only.
+    pub hsts: Option<HeaderValue>,
+    pub content_type_options: bool,
+    pub referrer_policy: Option<HeaderValue>,
+    pub frame_options: Option<HeaderValue>,
+}
+
+impl Default for SecurityHeaders {
+    fn default() -> Self {
+        SecurityHeaders {
+            hsts: Some(HeaderValue::from_static("max-age=31536000")),
+            content_type_options: true,
+            referrer_policy: Some(HeaderValue::from_static("strict-origin-when-cross-origin")),
+            frame_options: None,
+        }
+    }
+}
+
+pub(super) fn header_rules(h: &HeaderRulesFile, diags: &mut Vec<Diagnostic>) -> HeaderRules {
+    let mut rules = HeaderRules::default();
+    let pairs = |map: &std::collections::BTreeMap<String, Spanned<String>>,
+                 diags: &mut Vec<Diagnostic>| {
+        let mut out = Vec::new();
+        for (k, v) in map {
+            match (
+                HeaderName::try_from(k.as_str()),
+                HeaderValue::from_str(v.get_ref()),
+            ) {
+                (Ok(n), Ok(val)) => out.push((n, val)),
+                (Err(_), _) => diags.push(Diagnostic::at(
+                    v,
+                    format!("`{k}` is not a valid header name"),
+                )),
+                (_, Err(_)) => diags.push(Diagnostic::at(
+                    v,
+                    format!("the value of header `{k}` is not a valid header value"),
+                )),
+            }
+        }
+        out
+    };
+    rules.add = pairs(&h.add, diags);
+    rules.set = pairs(&h.set, diags);
+    for r in &h.remove {
+        match HeaderName::try_from(r.get_ref().as_str()) {
+            Ok(n) => rules.remove.push(n),
+            Err(_) => diags.push(Diagnostic::at(
+                r,
+                format!("`{}` is not a valid header name", r.get_ref()),
+            )),
+        }
+    }
+    rules
+}
+
+/// What a route is validated against: the rest of the file.
+pub(super) struct RouteContext<'a> {
+    pub(super) tenancy: &'a Tenancy,
+    pub(super) limits: &'a Limits,
+    pub(super) upstreams: &'a HashMap<String, ()>,
+    pub(super) jwt_configured: bool,
+    pub(super) api_keys_configured: bool,
+    pub(super) policies: &'a [RateLimitSpec],
+}
+
+pub(super) fn validate_route(
+    r: &RouteFile,
+    cx: &RouteContext<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> RouteSpec {
+    let RouteContext {
+        tenancy,
+        limits,
+        upstreams,
+        jwt_configured,
+        api_keys_configured,
+        policies,
+    } = *cx;
+    let name = r.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        diags.push(Diagnostic::at(
+            &r.name,
+            "route name must be non-empty and use only letters, digits, `-`, `_` and `.`",
+        ));
+    }
+    let mut hosts = Vec::new();
+    for h in &r.hosts {
+        match parse_host_pattern(h.get_ref(), tenancy) {
+            Ok(p) => hosts.push(p),
+            Err(e) => diags.push(Diagnostic::at(h, e)),
+        }
+    }
+    let path_prefix = r
+        .path_prefix
+        .as_ref()
+        .map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
+    if !path_prefix.starts_with('/') {
+        if let Some(p) = &r.path_prefix {
+            diags.push(Diagnostic::at(p, "path_prefix must start with `/`"));
+        }
+    }
+    let methods = r.methods.as_ref().map(|ms| {
+        let mut out = Vec::new();
+        for m in ms {
+            match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(method) => out.push(method),
+                Err(_) => diags.push(Diagnostic::at(
+                    m,
+                    format!("`{}` is not an HTTP method", m.get_ref()),
+                )),
+            }
+        }
+        out
+    });
+    let mut headers = Vec::new();
+    for (k, v) in &r.headers {
+        match (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::from_str(v.get_ref()),
+        ) {
+            (Ok(n), Ok(val)) => headers.push((n, val)),
+            _ => diags.push(Diagnostic::at(
+                v,
+                format!("header matcher `{k}` has an invalid name or value"),
+            )),
+        }
+    }
+    match &r.upstream {
+        Some(u) if !upstreams.contains_key(u.get_ref()) => {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            let hint = known
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(u.get_ref(), k), *k))
+                .filter(|(d, _)| *d <= 2)
+                .min_by_key(|(d, _)| *d)
+                .map_or_else(String::new, |(_, k)| format!(" (did you mean `{k}`?)"));
+            diags.push(Diagnostic::at(
+                u,
+                format!(
+                    "route `{name}` refers to unknown upstream `{}`{hint}",
+                    u.get_ref()
+                ),
+            ));
+        }
+        None if !r.redirect_https => {
+            diags.push(Diagnostic::at(
+                &r.name,
+                format!("route `{name}` needs `upstream` (or `redirect_https = true`)"),
+            ));
+        }
+        _ => {}
+    }
+    let auth = match r.auth.as_ref().map(|a| a.get_ref().as_str()) {
+        None | Some("none") => AuthPolicy::None,
+        Some("jwt") => AuthPolicy::Jwt,
+        Some("jwt_tenant") => AuthPolicy::JwtTenant,
+        Some("api_key") => AuthPolicy::ApiKey,
+        Some("jwt_or_api_key") => AuthPolicy::JwtOrApiKey,
+        Some(other) => {
+            diags.push(Diagnostic::at(
+                r.auth.as_ref().expect("matched Some"),
+                format!(
+                    "auth `{other}` is not one of none, jwt, jwt_tenant, api_key, jwt_or_api_key"
+                ),
+            ));
+            AuthPolicy::None
+        }
+    };
+    let needs_jwt = matches!(
+        auth,
+        AuthPolicy::Jwt | AuthPolicy::JwtTenant | AuthPolicy::JwtOrApiKey
+    );
+    let needs_keys = matches!(auth, AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey);
+    if let Some(a) = &r.auth {
+        if needs_jwt && !jwt_configured {
+            diags.push(Diagnostic::at(
+                a,
+                format!(
+                    "route `{name}` uses auth `{}` but there is no [auth.jwt] section",
+                    a.get_ref()
+                ),
+            ));
+        }
+        if needs_keys && !api_keys_configured {
+            diags.push(Diagnostic::at(
+                a,
+                format!(
+                    "route `{name}` uses auth `{}` but there is no [auth.api_keys] section",
+                    a.get_ref()
+                ),
+            ));
+        }
+    }
+    let mut scopes = Vec::new();
+    for sc in r.scopes.iter().flatten() {
+        if !needs_keys {
+            diags.push(Diagnostic::at(
+                sc,
+                "scopes apply to API keys: set auth = \"api_key\" or \"jwt_or_api_key\"",
+            ));
+        }
+        scopes.push(sc.get_ref().clone());
+    }
+    let mut rate_limits = Vec::new();
+    for rl in r.rate_limits.iter().flatten() {
+        match policies.iter().position(|p| &p.name == rl.get_ref()) {
+            Some(i) if !rate_limits.contains(&i) => rate_limits.push(i),
+            Some(_) => diags.push(Diagnostic::at(rl, "rate limit listed twice")),
+            None => {
+                let mut msg = format!("no [rate_limits.{}] policy", rl.get_ref());
+                if !policies.is_empty() {
+                    let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                    msg.push_str(&format!("; defined: {}", names.join(", ")));
+                }
+                diags.push(Diagnostic::at(rl, msg));
+            }
+        }
+    }
+    RouteSpec {
+        name,
+        hosts,
+        path_prefix,
+        methods,
+        headers,
+        priority: r.priority.as_ref().map(|p| *p.get_ref()),
+        upstream: r.upstream.as_ref().map(|u| u.get_ref().clone()),
+        strip_prefix: r.strip_prefix,
+        redirect_https: r.redirect_https,
+        max_body_bytes: positive(
+            &r.max_body_bytes,
+            limits.max_body_bytes,
+            "max_body_bytes",
+            diags,
+        ),
+        timeouts: RouteTimeouts {
+            connect: opt_duration(&r.timeouts.connect, diags),
+            read: opt_duration(&r.timeouts.read, diags),
+            write: opt_duration(&r.timeouts.write, diags),
+        },
+        request_headers: header_rules(&r.request_headers, diags),
+        response_headers: header_rules(&r.response_headers, diags),
+        auth,
+        scopes,
+        rate_limits,
+        on_store_error: match r.on_store_error.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("open") => OnStoreError::Open,
+            Some("closed") => OnStoreError::Closed,
+            Some(other) => {
+                diags.push(Diagnostic::at(
+                    r.on_store_error.as_ref().expect("matched Some"),
+                    format!("on_store_error `{other}` is not one of open, closed"),
+                ));
+                OnStoreError::Open
+            }
+        },
+        cors: r.cors.as_ref().map(|c| validate_cors(c, diags)),
+        security: validate_security(r.security_headers.as_ref(), diags),
+    }
+}
+
+pub(super) fn header_names(
+    list: &Option<Vec<Spanned<String>>>,
+    default: &[&'static str],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<HeaderName> {
+    match list {
+        None => default.iter().map(|h| HeaderName::from_static(h)).collect(),
+        Some(l) => l
+            .iter()
+            .filter_map(|h| match HeaderName::try_from(h.get_ref().as_str()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    diags.push(Diagnostic::at(
+                        h,
+                        format!("`{}` is not a header name", h.get_ref()),
+                    ));
+                    None
+                }
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn validate_cors(c: &file::CorsFile, diags: &mut Vec<Diagnostic>) -> CorsSpec {
+    let mut origins = Vec::new();
+    for o in &c.origins {
+        let v = o.get_ref().to_ascii_lowercase();
+        if v == "self" {
+            origins.push(OriginPattern::SameHost);
+            continue;
+        }
+        let Some((scheme, host)) = v.split_once("://") else {
+            diags.push(Diagnostic::at(
+                o,
+                format!(
+                    "origin `{}` must be `scheme://host[:port]`, `scheme://*.domain` or `self`",
+                    o.get_ref()
+                ),
+            ));
+            continue;
+        };
+        if !matches!(scheme, "http" | "https") || host.contains('/') || host.is_empty() {
+            diags.push(Diagnostic::at(
+                o,
+                format!(
+                    "origin `{}` must be `scheme://host[:port]` without a path",
+                    o.get_ref()
+                ),
+            ));
+            continue;
+        }
+        if v == "*" || host == "*" {
+            diags.push(Diagnostic::at(
+                o,
+                "`*` is not allowed: list origins, use `https://*.domain`, or `self`",
+            ));
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            origins.push(OriginPattern::Wildcard {
+                scheme: scheme.to_string(),
+                suffix: format!(".{suffix}"),
+            });
+        } else {
+            origins.push(OriginPattern::Exact(v.trim_end_matches('/').to_string()));
+        }
+    }
+    let methods = match &c.methods {
+        None => vec![Method::GET, Method::HEAD, Method::POST],
+        Some(ms) => ms
+            .iter()
+            .filter_map(
+                |m| match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                    Ok(x) => Some(x),
+                    Err(_) => {
+                        diags.push(Diagnostic::at(
+                            m,
+                            format!("`{}` is not an HTTP method", m.get_ref()),
+                        ));
+                        None
+                    }
+                },
+            )
+            .collect(),
+    };
+    CorsSpec {
+        origins,
+        methods,
+        headers: header_names(&c.headers, &["authorization", "content-type"], diags),
+        expose_headers: header_names(&c.expose_headers, &["x-request-id"], diags),
+        credentials: c.credentials,
+        max_age: positive(&c.max_age, 600, "cors.max_age", diags),
+    }
+}
+
+pub(super) fn validate_security(
+    s: Option<&file::SecurityHeadersFile>,
+    diags: &mut Vec<Diagnostic>,
+) -> SecurityHeaders {
+    let Some(s) = s else {
+        return SecurityHeaders::default();
+    };
+    let text = |v: &Option<Spanned<String>>,
+                default: Option<&'static str>,
+                diags: &mut Vec<Diagnostic>| match v {
+        None => default.map(HeaderValue::from_static),
+        Some(x) if x.get_ref().is_empty() => None,
+        Some(x) => HeaderValue::from_str(x.get_ref())
+            .map_err(|_| diags.push(Diagnostic::at(x, "not a valid header value")))
+            .ok(),
+    };
+    let max_age = positive(&s.hsts_max_age, 31_536_000, "hsts_max_age", diags);
+    let hsts = s.hsts.unwrap_or(true).then(|| {
+        let v = if s.hsts_include_subdomains.unwrap_or(false) {
+            format!("max-age={max_age}; includeSubDomains")
+        } else {
+            format!("max-age={max_age}")
+        };
+        HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("max-age=31536000"))
+    });
+    SecurityHeaders {
+        hsts,
+        content_type_options: s.content_type_options.unwrap_or(true),
+        referrer_policy: text(
+            &s.referrer_policy,
+            Some("strict-origin-when-cross-origin"),
+            diags,
+        ),
+        frame_options: text(&s.frame_options, None, diags),
+    }
+}
+
+/// Parses one `hosts` entry.
+pub fn parse_host_pattern(text: &str, tenancy: &Tenancy) -> Result<HostPattern, String> {
+    if let Some(re) = text.strip_prefix('~') {
+        let regex = regex::RegexBuilder::new(re)
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "invalid host regex `{re}`: {}",
+                    e.to_string().lines().last().unwrap_or("")
+                )
+            })?;
+        return Ok(HostPattern::Regex { regex });
+    }
+    let lower = text.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        if !is_hostname(suffix) {
+            return Err(format!(
+                "invalid wildcard host `{text}`: expected `*.` followed by a domain"
+            ));
+        }
+        return Ok(HostPattern::Wildcard {
+            suffix: suffix.to_string(),
+        });
+    }
+    if lower.contains('*') {
+        return Err(format!(
+            "invalid host `{text}`: a wildcard may only be the whole first label (`*.example.com`)"
+        ));
+    }
+    if !is_hostname(&lower) {
+        return Err(format!("invalid host `{text}`: not a host name"));
+    }
+    let tenant = lower.split_once('.').and_then(|(label, rest)| {
+        (tenancy.base_domains.iter().any(|b| b == rest) && !tenancy.reserved.contains(label))
+            .then(|| label.to_string())
+    });
+    Ok(HostPattern::Exact {
+        host: lower,
+        tenant,
+    })
+}
+
+/// A DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A host name of dot-separated labels (also accepts IPv4 literals); lowercase expected.
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            is_label(l)
+                || (l.len() <= 63
+                    && l.contains('_')
+                    && l.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    }))
+        })
+}
+
+/// Two routes are ambiguous when nothing about them ranks one over the other: same priority, same host
+/// pattern, same path prefix, same header matchers and overlapping methods.
+pub(super) fn check_ambiguity(
+    raw: &[RouteFile],
+    routes: &[RouteSpec],
+    complete: &[bool],
+    diags: &mut Vec<Diagnostic>,
+) {
+    type Key = (Option<i64>, String, String, Vec<(String, Vec<u8>)>);
+    let mut seen: HashMap<Key, Vec<usize>> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        if !complete[i] {
+            continue;
+        }
+        let mut headers: Vec<(String, Vec<u8>)> = r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        headers.sort();
+        let host_keys: Vec<String> = if r.hosts.is_empty() {
+            vec!["<any>".to_string()]
+        } else {
+            r.hosts.iter().map(HostPattern::source).collect()
+        };
+        let mut reported = false;
+        for host in host_keys {
+            let key = (
+                r.priority,
+                host.clone(),
+                r.path_prefix.clone(),
+                headers.clone(),
+            );
+            let bucket = seen.entry(key).or_default();
+            for &j in bucket.iter() {
+                if !reported && methods_overlap(&routes[j].methods, &r.methods) {
+                    diags.push(Diagnostic::at(
+                        &raw[i].name,
+                        format!(
+                            "route `{}` is ambiguous with route `{}` (both match host `{host}` and path_prefix `{}` at the same priority); set `priority` or make `methods`/`headers` disjoint",
+                            r.name, routes[j].name, r.path_prefix
+                        ),
+                    ));
+                    reported = true;
+                }
+            }
+            bucket.push(i);
+        }
+    }
+}
+
+pub(super) fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+        _ => true,
+    }
+}

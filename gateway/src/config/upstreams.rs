@@ -1,0 +1,216 @@
+//! `[[upstreams]]`, validated: servers (resolved once), balancing, health checks, timeouts, retries.
+
+use super::file::{ServerEntry, TimeoutsFile, UpstreamFile};
+use super::{duration_or, positive, Diagnostic};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// Upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Upstream read timeout (time to wait for each read of the response).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upstream write timeout.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle upstream keep-alive connection is kept in the pool.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Tries per request across servers of an upstream (1 = no retry).
+pub const DEFAULT_MAX_TRIES: u32 = 3;
+/// Health check defaults.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+/// Load-balancing algorithm of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Weighted,
+    LeastConn,
+    HashTenant,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Weighted => "weighted",
+            Balance::LeastConn => "least_conn",
+            Balance::HashTenant => "hash_tenant",
+        }
+    }
+}
+
+/// Protocol spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub addr: SocketAddr,
+    /// As written in the file (`host:port`), used in metrics and `/api/routes`.
+    pub label: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSpec {
+    pub path: String,
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub servers: Vec<ServerSpec>,
+    pub balance: Balance,
+    pub protocol: UpstreamProtocol,
+    pub health: Option<HealthSpec>,
+    pub timeouts: Timeouts,
+    pub max_tries: u32,
+}
+
+pub(super) fn validate_timeouts(t: &TimeoutsFile, diags: &mut Vec<Diagnostic>) -> Timeouts {
+    Timeouts {
+        connect: duration_or(&t.connect, DEFAULT_CONNECT_TIMEOUT, diags),
+        read: duration_or(&t.read, DEFAULT_READ_TIMEOUT, diags),
+        write: duration_or(&t.write, DEFAULT_WRITE_TIMEOUT, diags),
+        idle: duration_or(&t.idle, DEFAULT_IDLE_TIMEOUT, diags),
+    }
+}
+
+pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -> UpstreamSpec {
+    let name = u.name.get_ref().clone();
+    if name.is_empty() {
+        diags.push(Diagnostic::at(&u.name, "upstream name must not be empty"));
+    }
+    let mut servers = Vec::new();
+    for entry in u.servers.get_ref() {
+        let (addr, weight) = match entry.get_ref() {
+            ServerEntry::Addr(a) => (a, None),
+            ServerEntry::Weighted(w) => (&w.addr, w.weight),
+        };
+        let weight = match weight {
+            None => 1,
+            Some(w) if (1..=1000).contains(&w) => w as u32,
+            Some(_) => {
+                diags.push(Diagnostic::at(
+                    entry,
+                    "server weight must be between 1 and 1000",
+                ));
+                1
+            }
+        };
+        match resolve(addr) {
+            Ok(sock) => servers.push(ServerSpec {
+                addr: sock,
+                label: addr.clone(),
+                weight,
+            }),
+            Err(e) => diags.push(Diagnostic::at(entry, e)),
+        }
+    }
+    if u.servers.get_ref().is_empty() {
+        diags.push(Diagnostic::at(
+            &u.servers,
+            format!("upstream `{name}` has no servers"),
+        ));
+    }
+    let balance = match u.balance.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("weighted") => Balance::Weighted,
+        Some("least_conn") => Balance::LeastConn,
+        Some("hash_tenant") => Balance::HashTenant,
+        Some(other) => {
+            diags.push(Diagnostic::at(
+                u.balance.as_ref().expect("matched Some"),
+                format!("balance `{other}` is not one of round_robin, weighted, least_conn, hash_tenant"),
+            ));
+            Balance::RoundRobin
+        }
+    };
+    let protocol = match u.protocol.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("h2c") => UpstreamProtocol::H2c,
+        Some(other) => {
+            diags.push(Diagnostic::at(
+                u.protocol.as_ref().expect("matched Some"),
+                format!("protocol `{other}` is not one of http1, h2c"),
+            ));
+            UpstreamProtocol::Http1
+        }
+    };
+    let health = u.health.as_ref().map(|h| {
+        let path = h
+            .path
+            .as_ref()
+            .map_or_else(|| "/healthz".to_string(), |p| p.get_ref().clone());
+        if !path.starts_with('/') {
+            if let Some(p) = &h.path {
+                diags.push(Diagnostic::at(p, "health.path must start with `/`"));
+            }
+        }
+        HealthSpec {
+            path,
+            host: h.host.as_ref().map(|x| x.get_ref().clone()),
+            interval: duration_or(&h.interval, DEFAULT_HEALTH_INTERVAL, diags),
+            timeout: duration_or(&h.timeout, DEFAULT_HEALTH_TIMEOUT, diags),
+            healthy_threshold: positive(
+                &h.healthy_threshold,
+                DEFAULT_HEALTHY_THRESHOLD as u64,
+                "health.healthy_threshold",
+                diags,
+            ) as u32,
+            unhealthy_threshold: positive(
+                &h.unhealthy_threshold,
+                DEFAULT_UNHEALTHY_THRESHOLD as u64,
+                "health.unhealthy_threshold",
+                diags,
+            ) as u32,
+        }
+    });
+    UpstreamSpec {
+        name,
+        servers,
+        balance,
+        protocol,
+        health,
+        timeouts: validate_timeouts(&u.timeouts, diags),
+        max_tries: positive(&u.max_tries, DEFAULT_MAX_TRIES as u64, "max_tries", diags).min(16)
+            as u32,
+    }
+}
+
+pub(super) fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("server `{addr}` needs a port (host:port)"));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("server `{addr}` does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("server `{addr}` resolves to no address"))
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
