@@ -340,6 +340,7 @@ pub struct TlsFile {
 #[serde(deny_unknown_fields)]
 pub struct OnDemandFile {
     pub ask: Spanned<String>,
+    pub challenge: Option<Spanned<String>>,
     pub ask_timeout: Option<Spanned<String>>,
     pub cache_ttl: Option<Spanned<String>>,
     pub wait: Option<Spanned<String>>,

@@ -241,6 +241,7 @@ const ROOT: &[(&str, Shape)] = &[
                 "on_demand",
                 Shape::Table(&[
                     ("ask", Shape::Value),
+                    ("challenge", Shape::Value),
                     ("ask_timeout", Shape::Value),
                     ("cache_ttl", Shape::Value),
                     ("wait", Shape::Value),

@@ -44,6 +44,8 @@ pub const DEFAULT_ORDERS_PER_MINUTE: u32 = 10;
 pub struct OnDemandSettings {
     /// An http(s) URL with `{host}`: 200 with `{"tenant": "…"}` when an active tenant owns the host.
     pub ask: String,
+    /// How tenants' domains are validated (never DNS-01: their DNS is not ours).
+    pub challenge: ChallengeKind,
     pub ask_timeout: Duration,
     pub cache_ttl: Duration,
     pub wait: Duration,
@@ -273,8 +275,20 @@ fn validate_on_demand(o: &OnDemandFile, diags: &mut Vec<Diagnostic>) -> OnDemand
                 default
             }
         };
+    let challenge = match o.challenge.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("http-01") => ChallengeKind::Http01,
+        Some("tls-alpn-01") => ChallengeKind::TlsAlpn01,
+        Some(other) => {
+            diags.push(Diagnostic::at(
+                o.challenge.as_ref().expect("matched Some"),
+                format!("on-demand challenge `{other}` is not one of http-01, tls-alpn-01 (a tenant's own domain is not in our DNS)"),
+            ));
+            ChallengeKind::Http01
+        }
+    };
     OnDemandSettings {
         ask: ask.clone(),
+        challenge,
         ask_timeout: duration_or(&o.ask_timeout, DEFAULT_ASK_TIMEOUT, diags),
         cache_ttl: duration_or(&o.cache_ttl, DEFAULT_ASK_CACHE_TTL, diags),
         wait: duration_or(&o.wait, DEFAULT_ON_DEMAND_WAIT, diags),
@@ -370,13 +384,6 @@ fn validate_acme(
         }
         (None, _) => None,
     };
-    if on_demand && challenge == ChallengeKind::Dns01 {
-        let at = a.challenge.as_ref().map(|c| c.span());
-        diags.push(Diagnostic::new(
-            at,
-            "[tls.on_demand] needs http-01 or tls-alpn-01: a tenant's own domain is not in our DNS",
-        ));
-    }
     let mut domains = Vec::new();
     if a.domains.is_empty() && !on_demand {
         diags.push(Diagnostic::new(

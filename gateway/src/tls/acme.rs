@@ -451,7 +451,12 @@ impl AcmeManager {
 
     /// One pass over the configured names and the tenants' domains issued on demand: order what is
     /// missing or due, unless backing off.
-    async fn pass(&self, acme: &AcmeSettings, schedules: &mut HashMap<String, Schedule>) {
+    async fn pass(
+        &self,
+        acme: &AcmeSettings,
+        od_challenge: Option<ChallengeKind>,
+        schedules: &mut HashMap<String, Schedule>,
+    ) {
         let storage = match self.client.storage(acme) {
             Ok(s) => s,
             Err(e) => {
@@ -505,7 +510,12 @@ impl AcmeManager {
             } else {
                 None
             };
-            match self.client.issue(acme, name, tenant.as_deref()).await {
+            // Tenants' domains are validated the on-demand way (their DNS is not ours).
+            let mut settings = acme.clone();
+            if let (true, Some(c)) = (*on_demand, od_challenge) {
+                settings.challenge = c;
+            }
+            match self.client.issue(&settings, name, tenant.as_deref()).await {
                 Ok(()) => {
                     s.failures = 0;
                     s.not_before = Instant::now();
@@ -621,10 +631,16 @@ impl BackgroundService for AcmeManager {
         loop {
             let rt = self.state.current();
             if let Some(acme) = rt.config.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+                let od_challenge = rt
+                    .config
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.on_demand.as_ref())
+                    .map(|o| o.challenge);
                 tokio::select! {
                     _ = async {
                         self.watch(&mut seen_version).await;
-                        self.pass(acme, &mut schedules).await;
+                        self.pass(acme, od_challenge, &mut schedules).await;
                     } => {}
                     _ = shutdown.changed() => return,
                 }

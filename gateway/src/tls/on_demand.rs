@@ -210,7 +210,8 @@ impl OnDemand {
         pending.insert(name.to_string(), rx.clone());
         // The order outlives the handshake that started it.
         let this = Arc::clone(self);
-        let acme = acme.clone();
+        let mut acme = acme.clone();
+        acme.challenge = od.challenge;
         let name = name.to_string();
         let tenant = tenant.to_string();
         let wait = od.wait;

@@ -17,6 +17,7 @@ fn validate(path: &Path) -> (i32, String, String) {
         // config/gateway.toml takes its JWT key from the environment, as production does.
         .env("JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
         .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("ACME_STORAGE_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
         .args(["validate", "--config"])
         .arg(path)
         .output()
