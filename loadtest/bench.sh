@@ -7,6 +7,9 @@
 #        MODE=ratelimit loadtest/bench.sh [PASSES] [DURATION]  the gateway with a global (Redis) rate limit on
 #        every request against the same gateway without one, alternating (the limit is never reached, so
 #        both serve 200s; the difference is the cost of deciding).
+#        MODE=tls loadtest/bench.sh [PASSES] [DURATION]  HTTPS: the gateway and nginx with the same ECDSA P-256
+#        certificate (TLS 1.3), keep-alive and a new handshake per request (Connection: close), beside the
+#        gateway's plain HTTP.
 # Targets (everything on loopback): nginx, the gateway (10 routes; 10 000 tenant routes), and bare-pingora
 # (gateway/examples/bare_pingora.rs: Pingora forwarding with no logic at all, the floor under the gateway).
 set -euo pipefail
@@ -97,16 +100,18 @@ HZ=$(getconf CLK_TCK)
 # run_one NAME CMD... — start the proxy on CPU 0, load it from CPU 1, print one TSV row.
 run_one() {
   local name=$1 port=$2 host=$3; shift 3
+  local scheme=${SCHEME:-http}
+  local extra=(); [ -n "${WRK_HEADER:-}" ] && extra=(-H "$WRK_HEADER")
   taskset -c 0 "$@" > "$W/$name.stdout" 2> "$W/$name.stderr" &
   local pid=$!
   wait_port 127.0.0.1 "$port" 20 || die "$name did not start: $(tail -3 "$W/$name.stderr")"
   # For nginx the worker does the work; measure the whole process tree.
   sleep 1
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H "Host: $host" "http://127.0.0.1:$port/" > /dev/null # warm-up
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H "Host: $host" "${extra[@]}" "$scheme://127.0.0.1:$port/" > /dev/null # warm-up
   local pids; pids=$(pgrep -P "$pid" || true); pids="$pid $pids"
   local before=0 after=0 p
   for p in $pids; do before=$((before + $(cpu_ticks "$p"))); done
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" "http://127.0.0.1:$port/" > "$W/$name.wrk"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" "${extra[@]}" "$scheme://127.0.0.1:$port/" > "$W/$name.wrk"
   for p in $pids; do after=$((after + $(cpu_ticks "$p"))); done
   local rss=0; for p in $pids; do rss=$((rss + $(rss_kb "$p"))); done
   # The gateway's own view of its decisions (did Redis answer every one?).
@@ -122,6 +127,57 @@ run_one() {
 }
 
 RESULTS="$W/results.tsv"
+if [ "$MODE" = tls ]; then
+  # One ECDSA P-256 certificate for both proxies (rcgen's default key type).
+  "$GW" certs dev --out "$W/certs" --domain '*.bench.test' --domain bench.test >&2
+  chmod 644 "$W/certs/dev.key"   # nginx reads it after dropping privileges (a throw-away key)
+  cat > "$W/nginx-tls.conf" <<NGX
+worker_processes 1; daemon off; error_log $W/nginx-tls-error.log warn; pid $W/nginx-tls.pid;
+events { worker_connections 4096; }
+http {
+  log_format main '\$remote_addr [\$time_iso8601] "\$request" \$status \$body_bytes_sent \$request_time \$upstream_addr';
+  access_log $W/nginx-tls-access.log main;
+  upstream origin { server $ORIGIN; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:18085 ssl; keepalive_requests 1000000;
+    ssl_certificate $W/certs/dev.crt; ssl_certificate_key $W/certs/dev.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGX
+  { gw_config 10; printf '[tls]\ncertificates = [{ cert = "%s", key = "%s", default = true }]\n' "$W/certs/dev.crt" "$W/certs/dev.key"; } \
+    | sed "s|^admin = .*|&\nhttps = \"127.0.0.1:18086\"|" > "$W/gwtls.toml"
+  "$GW" validate --config "$W/gwtls.toml" >&2
+  for pass in $(seq 1 "$PASSES"); do
+    echo "pass $pass/$PASSES" >&2
+    run_one gateway-http 18083 t5.bench.test "$GW" run --config "$W/gwtls.toml" >> "$RESULTS"
+    SCHEME=https run_one gateway-https 18086 t5.bench.test "$GW" run --config "$W/gwtls.toml" >> "$RESULTS"
+    SCHEME=https run_one nginx-https 18085 t5.bench.test nginx -c "$W/nginx-tls.conf" >> "$RESULTS"
+    SCHEME=https WRK_HEADER="Connection: close" run_one gateway-handshakes 18086 t5.bench.test "$GW" run --config "$W/gwtls.toml" >> "$RESULTS"
+    SCHEME=https WRK_HEADER="Connection: close" run_one nginx-handshakes 18085 t5.bench.test nginx -c "$W/nginx-tls.conf" >> "$RESULTS"
+  done
+  python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, rps, p99, cpu, rss, non2xx = line.rstrip("\n").split("\t")
+    def ms(v):
+        return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+    rows[name].append((float(rps), ms(p99), float(cpu), int(rss), int(non2xx)))
+med = lambda name, i: statistics.median(x[i] for x in rows[name])
+print(f"passes={sys.argv[2]} duration={sys.argv[3]}s connections={sys.argv[4]} (medians)\n")
+print("| target | req/s | p99 | proxy CPU-µs / request | RSS | non-2xx |")
+print("|---|---|---|---|---|---|")
+for name in ["gateway-http", "gateway-https", "nginx-https", "gateway-handshakes", "nginx-handshakes"]:
+    print(f"| {name} | {med(name, 0):,.0f} | {med(name, 1):.2f} ms | {med(name, 2):.1f} | {med(name, 3)} MB | {sum(x[4] for x in rows[name])} |")
+print(f"\nHTTPS keep-alive / our plain HTTP: {med('gateway-https', 0) / med('gateway-http', 0):.2f}× req/s "
+      f"(target ≥ 0.8×); vs nginx HTTPS: {med('gateway-https', 0) / med('nginx-https', 0):.2f}×")
+hs = lambda n: 1e6 / med(n, 2)
+print(f"new handshakes per proxy CPU-second: gateway {hs('gateway-handshakes'):,.0f}, nginx {hs('nginx-handshakes'):,.0f} "
+      f"({hs('gateway-handshakes') / hs('nginx-handshakes'):.2f}× nginx; target ≥ 1×)")
+PY
+  echo "raw results: $RESULTS" >&2
+  exit 0
+fi
 if [ "$MODE" = ratelimit ]; then
   for pass in $(seq 1 "$PASSES"); do
     echo "pass $pass/$PASSES" >&2
