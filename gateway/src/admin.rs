@@ -94,10 +94,100 @@ impl AdminApp {
     }
 }
 
+/// Why the admin listener refused a request before looking at its path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// `Host` names neither the listener nor a configured name (a DNS-rebinding page, say).
+    Host,
+    /// The bearer token is missing or wrong.
+    Token,
+}
+
+/// Checks `Host` and the bearer token of an admin request (pure; unit-tested).
+pub fn admit(
+    host: Option<&[u8]>,
+    authorization: Option<&[u8]>,
+    path: &str,
+    listener: Option<std::net::SocketAddr>,
+    settings: &crate::config::AdminSettings,
+) -> Result<(), AdminRefusal> {
+    let host = host
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok_or(AdminRefusal::Host)?;
+    // Split an optional port off (IPv6 literals come in brackets).
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.is_empty() && (n.ends_with(']') || !n.contains(':')) => {
+            (n.to_string(), Some(p.to_string()))
+        }
+        _ => (host.clone(), None),
+    };
+    let name = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.');
+    let port_ok =
+        |l: std::net::SocketAddr| port.as_deref().is_none_or(|p| p == l.port().to_string());
+    let allowed = listener.is_some_and(|l| {
+        port_ok(l)
+            && (name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip == l.ip())
+                || (l.ip().is_loopback() && name == "localhost"))
+    }) || settings.names.iter().any(|n| n == name);
+    if !allowed {
+        return Err(AdminRefusal::Host);
+    }
+    // Probes stay open; everything else needs the token when one is set.
+    if let Some(token) = &settings.token {
+        if !matches!(path, "/healthz" | "/readyz") {
+            let presented = authorization
+                .and_then(|a| a.strip_prefix(b"Bearer "))
+                .unwrap_or_default();
+            let same = presented.len() == token.0.len()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(presented, token.0.as_slice()));
+            if !same {
+                return Err(AdminRefusal::Token);
+            }
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        let rt = self.state.current();
+        let headers = &session.req_header().headers;
+        match admit(
+            headers.get(http::header::HOST).map(|h| h.as_bytes()),
+            headers
+                .get(http::header::AUTHORIZATION)
+                .map(|h| h.as_bytes()),
+            &path,
+            rt.config.entrypoints.admin,
+            &rt.config.admin,
+        ) {
+            Ok(()) => {}
+            Err(AdminRefusal::Host) => {
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    json!({ "error": { "code": "host_not_allowed", "message": "the admin listener answers its own address or a name in [admin] names" } }),
+                )
+            }
+            Err(AdminRefusal::Token) => {
+                let mut r = json_response(
+                    StatusCode::UNAUTHORIZED,
+                    json!({ "error": { "code": "missing_or_bad_token", "message": "Authorization: Bearer <[admin] token_env> required" } }),
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+        }
         match path.as_str() {
             "/metrics" => respond(
                 StatusCode::OK,
@@ -119,5 +209,78 @@ impl ServeHttp for AdminApp {
                 json!({ "error": { "code": "not_found", "message": "admin endpoints: /metrics /healthz /readyz /api/routes /api/certificates" } }),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AdminSettings, AdminToken};
+
+    fn addr(s: &str) -> Option<std::net::SocketAddr> {
+        Some(s.parse().expect("addr"))
+    }
+
+    #[test]
+    fn host_must_name_the_listener_or_a_configured_name() {
+        let none = AdminSettings::default();
+        let l = addr("127.0.0.1:9000");
+        let ok = |h: &str| admit(Some(h.as_bytes()), None, "/metrics", l, &none);
+        assert_eq!(ok("127.0.0.1:9000"), Ok(()));
+        assert_eq!(ok("127.0.0.1"), Ok(()));
+        assert_eq!(ok("localhost:9000"), Ok(()));
+        assert_eq!(ok("LOCALHOST"), Ok(()));
+        // DNS rebinding: an attacker's name pointing at 127.0.0.1.
+        assert_eq!(ok("evil.example:9000"), Err(AdminRefusal::Host));
+        assert_eq!(ok("127.0.0.1:9001"), Err(AdminRefusal::Host));
+        assert_eq!(ok("10.0.0.1:9000"), Err(AdminRefusal::Host));
+        assert_eq!(
+            admit(None, None, "/metrics", l, &none),
+            Err(AdminRefusal::Host)
+        );
+        let named = AdminSettings {
+            names: vec!["gw-1.internal".into()],
+            token: None,
+        };
+        assert_eq!(
+            admit(Some(b"gw-1.internal:9000"), None, "/", l, &named),
+            Ok(())
+        );
+        // On a non-loopback listener, `localhost` is not its address.
+        let public = addr("10.1.2.3:9000");
+        assert_eq!(
+            admit(Some(b"localhost:9000"), None, "/", public, &none),
+            Err(AdminRefusal::Host)
+        );
+        assert_eq!(
+            admit(Some(b"10.1.2.3:9000"), None, "/", public, &none),
+            Ok(())
+        );
+        assert_eq!(
+            admit(Some(b"[::1]:9000"), None, "/", addr("[::1]:9000"), &none),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn token_guards_everything_but_the_probes() {
+        let s = AdminSettings {
+            names: vec![],
+            token: Some(AdminToken(b"s3cret-s3cret-s3cret".to_vec())),
+        };
+        let l = addr("127.0.0.1:9000");
+        let call =
+            |auth: Option<&[u8]>, path: &str| admit(Some(b"127.0.0.1:9000"), auth, path, l, &s);
+        assert_eq!(call(None, "/metrics"), Err(AdminRefusal::Token));
+        assert_eq!(
+            call(Some(b"Bearer wrong"), "/api/routes"),
+            Err(AdminRefusal::Token)
+        );
+        assert_eq!(
+            call(Some(b"Bearer s3cret-s3cret-s3cret"), "/metrics"),
+            Ok(())
+        );
+        assert_eq!(call(None, "/healthz"), Ok(()));
+        assert_eq!(call(None, "/readyz"), Ok(()));
     }
 }

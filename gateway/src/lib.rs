@@ -68,6 +68,7 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
     };
     let acme = acme.is_some();
     let admin = config.entrypoints.admin;
+    let h2_idle_timeout = config.limits.h2_idle_timeout;
     let state = GatewayState::new(config);
 
     // ACME orders (configured names and tenants' own domains) share one client and account.
@@ -83,6 +84,7 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
 
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    options.h2_idle_timeout = Some(h2_idle_timeout);
     let mut app = HttpProxy::new(
         proxy::Gateway {
             state: state.clone(),

@@ -31,6 +31,9 @@ enum Command {
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+        /// Treat warnings as errors (exit 1).
+        #[arg(long)]
+        strict: bool,
     },
     /// Certificates for local development.
     Certs {
@@ -71,8 +74,19 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => match Config::load(&config) {
+        Command::Validate { config, strict } => match Config::load(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("{w}");
+                }
+                if strict && !c.warnings.is_empty() {
+                    eprintln!(
+                        "{}: {} warning(s), refused with --strict",
+                        config.display(),
+                        c.warnings.len()
+                    );
+                    return ExitCode::FAILURE;
+                }
                 println!("{}", c.summary());
                 ExitCode::SUCCESS
             }
@@ -95,6 +109,9 @@ fn main() -> ExitCode {
             };
             init_logging(loaded.log.format, &loaded.log.level);
             tracing::info!(summary = %loaded.summary(), "starting");
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
             let server = match gateway::build_server(loaded, &config) {
                 Ok(s) => s,
                 Err(e) => {

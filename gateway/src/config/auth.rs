@@ -12,6 +12,8 @@ use toml::Spanned;
 
 /// Largest token accepted before any parsing (bytes) unless `max_token_bytes` says otherwise.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The largest `leeway` accepted (the backend's denylist outlives `exp` by this much).
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(120);
 /// Clock leeway for `exp`, `nbf` and `iat` unless `leeway` says otherwise.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 
@@ -253,10 +255,22 @@ pub(super) fn validate_jwt(
             .map_or_else(|| "tenant_id".to_string(), |c| c.get_ref().clone()),
         leeway: match &j.leeway {
             None => DEFAULT_JWT_LEEWAY,
-            Some(l) => parse_duration(l.get_ref()).unwrap_or_else(|e| {
-                diags.push(Diagnostic::at(l, e));
-                DEFAULT_JWT_LEEWAY
-            }),
+            Some(l) => match parse_duration(l.get_ref()) {
+                // The backend keeps a revoked token's jti denylisted this long past `exp`: a longer
+                // leeway would let a revoked token back in.
+                Ok(d) if d > MAX_JWT_LEEWAY => {
+                    diags.push(Diagnostic::at(
+                        l,
+                        "leeway must be at most 2m (revoked tokens are denylisted until exp + 2m)",
+                    ));
+                    DEFAULT_JWT_LEEWAY
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    diags.push(Diagnostic::at(l, e));
+                    DEFAULT_JWT_LEEWAY
+                }
+            },
         },
         issuer: j.issuer.as_ref().map(|v| v.get_ref().clone()),
         audience: j.audience.as_ref().map(|v| v.get_ref().clone()),

@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub redis: Option<RedisFile>,
     pub tls: Option<TlsFile>,
     #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimitFile>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamFile>,
@@ -72,6 +74,7 @@ pub struct LimitsFile {
     pub max_headers: Option<Spanned<i64>>,
     pub header_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
+    pub h2_idle_timeout: Option<Spanned<String>>,
     pub max_body_bytes: Option<Spanned<i64>>,
 }
 
@@ -399,4 +402,13 @@ pub struct DnsFile {
 pub struct EabFile {
     pub kid: Spanned<String>,
     pub hmac_env: Spanned<String>,
+}
+
+/// `[admin]`: who may use the admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    #[serde(default)]
+    pub names: Vec<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
 }

@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// The whole request header must arrive within this time of its first byte.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/2 connection with no stream open is closed after this time.
+pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Idle time allowed between two reads of a request body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request body limit per route unless the route or `limits.max_body_bytes` says otherwise; above it: 413.
@@ -53,6 +55,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Diagnostic {
     span: Option<Range<usize>>,
     message: String,
+    /// A warning does not refuse the file (`gateway validate --strict` makes it an error).
+    warning: bool,
 }
 
 impl Diagnostic {
@@ -60,10 +64,18 @@ impl Diagnostic {
         Self {
             span,
             message: message.into(),
+            warning: false,
         }
     }
     fn at<T>(s: &Spanned<T>, message: impl Into<String>) -> Self {
         Self::new(Some(s.span()), message)
+    }
+    /// A warning at `span`.
+    fn warn(span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            ..Self::new(span, message)
+        }
     }
 }
 
@@ -93,6 +105,10 @@ impl ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: PathBuf,
+    /// `FILE:LINE:COL: warning: …` lines: accepted, but worth an operator's look.
+    pub warnings: Vec<String>,
+    /// `[admin]`: who may use the admin listener.
+    pub admin: AdminSettings,
     pub server: ServerSettings,
     pub entrypoints: Entrypoints,
     pub tenancy: Tenancy,
@@ -164,6 +180,8 @@ pub struct Limits {
     pub max_headers: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// An HTTP/2 connection with no open stream is closed after this (restart needed).
+    pub h2_idle_timeout: Duration,
     pub max_body_bytes: u64,
 }
 
@@ -194,13 +212,17 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut diags = Vec::new();
         let config = parse_inner(path, text, &mut diags);
-        if diags.is_empty() {
-            if let Some(c) = config {
+        let (warnings, errors): (Vec<Diagnostic>, Vec<Diagnostic>) =
+            diags.into_iter().partition(|d| d.warning);
+        let mut errors = errors;
+        if errors.is_empty() {
+            if let Some(mut c) = config {
+                c.warnings = render(path, text, warnings);
                 return Ok(c);
             }
-            diags.push(Diagnostic::new(None, "invalid configuration"));
+            errors.push(Diagnostic::new(None, "invalid configuration"));
         }
-        Err(ConfigError::Invalid(render(path, text, diags)))
+        Err(ConfigError::Invalid(render(path, text, errors)))
     }
 
     /// A one-line description for `gateway validate`.
@@ -236,6 +258,18 @@ impl Config {
         if self.redis.as_ref().map(|r| &r.url) != new.redis.as_ref().map(|r| &r.url) {
             out.push("[redis] url changed; the connection changes only on restart".to_string());
         }
+        if self.limits.h2_idle_timeout != new.limits.h2_idle_timeout {
+            out.push("limits.h2_idle_timeout changed; it takes effect on restart".to_string());
+        }
+        let redis_storage = |c: &Config| {
+            c.tls
+                .as_ref()
+                .and_then(|t| t.acme.as_ref())
+                .is_some_and(|a| a.storage.dir().is_none())
+        };
+        if redis_storage(self) != redis_storage(new) {
+            out.push("[tls.acme] storage changed between a directory and redis; it takes effect on restart".to_string());
+        }
         if self.server != new.server {
             out.push("[server] changed; it takes effect on restart".to_string());
         }
@@ -252,7 +286,8 @@ fn render(path: &Path, text: &str, mut diags: Vec<Diagnostic>) -> Vec<String> {
         .into_iter()
         .map(|d| {
             let (line, col) = d.span.map_or((1, 1), |s| line_col(text, s.start));
-            format!("{}:{}:{}: {}", path.display(), line, col, d.message)
+            let kind = if d.warning { "warning: " } else { "" };
+            format!("{}:{}:{}: {kind}{}", path.display(), line, col, d.message)
         })
         .collect()
 }
@@ -428,6 +463,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         ) as usize,
         header_timeout: duration_or(&raw.limits.header_timeout, DEFAULT_HEADER_TIMEOUT, diags),
         body_timeout: duration_or(&raw.limits.body_timeout, DEFAULT_BODY_TIMEOUT, diags),
+        h2_idle_timeout: duration_or(&raw.limits.h2_idle_timeout, DEFAULT_H2_IDLE_TIMEOUT, diags),
         max_body_bytes: positive(
             &raw.limits.max_body_bytes,
             DEFAULT_MAX_BODY_BYTES,
@@ -595,8 +631,16 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         .collect();
     check_ambiguity(&raw.routes, &routes, &complete, diags);
 
+    let admin = validate_admin(
+        &raw.admin,
+        entrypoints.admin,
+        raw.entrypoints.admin.as_ref().map(Spanned::span),
+        diags,
+    );
     Config {
         source: path.to_path_buf(),
+        warnings: Vec::new(),
+        admin,
         server,
         entrypoints,
         tenancy,
@@ -659,4 +703,72 @@ mod tests {
         let ok = format!("{base}[[routes]]\nname = \"a\"\nhosts = [\"*.x.app\"]\nmethods = [\"GET\"]\nupstream = \"u\"\n[[routes]]\nname = \"b\"\nhosts = [\"*.x.app\"]\nmethods = [\"POST\"]\nupstream = \"u\"\n");
         assert!(lines(&ok).is_empty());
     }
+}
+
+/// `[admin]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// Host names (besides the listener's own address) that requests may name in `Host`.
+    pub names: Vec<String>,
+    /// A bearer token every endpoint but `/healthz` and `/readyz` requires. Never in `Debug` output.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token.
+#[derive(Clone)]
+pub struct AdminToken(pub Vec<u8>);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+fn validate_admin(
+    a: &file::AdminFile,
+    listener: Option<SocketAddr>,
+    listener_at: Option<Range<usize>>,
+    diags: &mut Vec<Diagnostic>,
+) -> AdminSettings {
+    let mut names = Vec::new();
+    for n in &a.names {
+        let v = n.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        if is_hostname(&v) {
+            names.push(v);
+        } else {
+            diags.push(Diagnostic::at(
+                n,
+                format!("admin.names: `{}` is not a host name", n.get_ref()),
+            ));
+        }
+    }
+    let token = a
+        .token_env
+        .as_ref()
+        .and_then(|t| match std::env::var(t.get_ref()) {
+            Ok(v) if v.trim().len() >= 16 => Some(AdminToken(v.trim().as_bytes().to_vec())),
+            Ok(_) => {
+                diags.push(Diagnostic::at(
+                    t,
+                    format!("`{}` must hold at least 16 characters", t.get_ref()),
+                ));
+                None
+            }
+            Err(_) => {
+                diags.push(Diagnostic::at(
+                    t,
+                    format!("environment variable `{}` is not set", t.get_ref()),
+                ));
+                None
+            }
+        });
+    if let Some(addr) = listener {
+        if !addr.ip().is_loopback() && a.token_env.is_none() {
+            diags.push(Diagnostic::warn(
+                listener_at,
+                format!("entrypoints.admin {addr} is beyond loopback and [admin] has no token_env: anyone who reaches it reads the metrics, routes and certificates"),
+            ));
+        }
+    }
+    AdminSettings { names, token }
 }

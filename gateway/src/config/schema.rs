@@ -130,6 +130,7 @@ const ROOT: &[(&str, Shape)] = &[
             ("max_headers", Shape::Value),
             ("header_timeout", Shape::Value),
             ("body_timeout", Shape::Value),
+            ("h2_idle_timeout", Shape::Value),
             ("max_body_bytes", Shape::Value),
         ]),
     ),
@@ -250,6 +251,10 @@ const ROOT: &[(&str, Shape)] = &[
                 ]),
             ),
         ]),
+    ),
+    (
+        "admin",
+        Shape::Table(&[("names", Shape::Value), ("token_env", Shape::Value)]),
     ),
     ("upstreams", Shape::Tables(UPSTREAM)),
     ("routes", Shape::Tables(ROUTE)),

@@ -1,11 +1,18 @@
-//! Slow-client protection: the whole request head must arrive within `limits.header_timeout` of its
-//! first byte.
+//! Slow-client protection: the first request head of a connection must be complete within
+//! `limits.header_timeout` of the accept (of the TLS handshake's end on `https`), whatever the client
+//! sent; each later head on a keep-alive connection within `header_timeout` of its first byte.
 //!
 //! Pingora's per-read timeout restarts on every read, so a client trickling one header line every few
 //! seconds (slowloris) would hold a connection forever. [`HeadDeadlineApp`] wraps each accepted stream
-//! in a [`DeadlineStream`] whose clock starts with the first byte of a request head; the proxy stops it
-//! once the head is parsed ([`head_done`]) and re-arms it when the request ends ([`request_done`]).
-//! HTTP/2 connections (h2c preface) are left to h2's own flow control and timeouts.
+//! in a [`DeadlineStream`] whose clock runs from the accept; the proxy stops it once the head is parsed
+//! ([`head_done`]) and re-arms it for the first byte of the next head when the request ends
+//! ([`request_done`]).
+//!
+//! With h2c on, Pingora peeks for the 24-byte HTTP/2 preface before any HTTP/1 session exists. That
+//! peek goes through [`Peek::try_peek`], which [`DeadlineStream`] implements itself: under the same
+//! deadline, and done as soon as the bytes differ from the preface (a short HTTP/1 request such as
+//! `GET / HTTP/1.0\r\n\r\n` is answered at once instead of waiting for 24 bytes). HTTP/2 connections are
+//! then left to h2's flow control and `limits.h2_idle_timeout`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -32,6 +39,9 @@ const HEAD: u8 = 1;
 const BUSY: u8 = 2;
 const OFF: u8 = 3;
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A downstream stream with a deadline on request heads.
 pub struct DeadlineStream {
     inner: Stream,
@@ -39,6 +49,9 @@ pub struct DeadlineStream {
     state: AtomicU8,
     sleep: Option<Pin<Box<Sleep>>>,
     first_read: bool,
+    /// Bytes read by [`Peek::try_peek`], handed out again before any new read.
+    replay: Vec<u8>,
+    replay_pos: usize,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -51,13 +64,16 @@ impl std::fmt::Debug for DeadlineStream {
 }
 
 impl DeadlineStream {
+    /// A new connection: the clock for its first head starts now.
     fn new(inner: Stream, timeout: Duration) -> DeadlineStream {
         DeadlineStream {
             inner,
             timeout,
-            state: AtomicU8::new(IDLE),
-            sleep: None,
+            state: AtomicU8::new(HEAD),
+            sleep: Some(Box::pin(tokio::time::sleep(timeout))),
             first_read: true,
+            replay: Vec::new(),
+            replay_pos: 0,
         }
     }
 }
@@ -105,7 +121,18 @@ impl AsyncRead for DeadlineStream {
             }
         }
         let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let res = if this.replay_pos < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.replay_pos);
+            buf.put_slice(&this.replay[this.replay_pos..this.replay_pos + n]);
+            this.replay_pos += n;
+            if this.replay_pos == this.replay.len() {
+                this.replay = Vec::new();
+                this.replay_pos = 0;
+            }
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
         if let Poll::Ready(Ok(())) = res {
             let got = &buf.filled()[before..];
             if this.first_read && !got.is_empty() {
@@ -215,8 +242,41 @@ impl GetSocketDigest for DeadlineStream {
 
 #[async_trait]
 impl Peek for DeadlineStream {
+    /// Pingora's h2c preface peek: reads until `buf` is full or the bytes stop matching the preface,
+    /// within the head deadline; the bytes are then handed out again by `poll_read`. A client that
+    /// stalls gets a `TimedOut` error, which makes Pingora drop the connection.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        use tokio::io::AsyncReadExt;
+        let deadline = self.sleep.as_ref().map_or_else(
+            || tokio::time::Instant::now() + self.timeout,
+            |s| s.deadline(),
+        );
+        let mut got = std::mem::take(&mut self.replay);
+        got.drain(..self.replay_pos);
+        self.replay_pos = 0;
+        let mut chunk = [0u8; 64];
+        while got.len() < buf.len() && H2_PREFACE.starts_with(&got) {
+            let want = (buf.len() - got.len()).min(chunk.len());
+            match tokio::time::timeout_at(deadline, self.inner.read(&mut chunk[..want])).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => {
+                    self.replay = got;
+                    return Err(e);
+                }
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request head within header_timeout of the accept",
+                    ))
+                }
+            }
+        }
+        let n = got.len().min(buf.len());
+        buf[..n].copy_from_slice(&got[..n]);
+        buf[n..].fill(0);
+        self.replay = got;
+        Ok(true)
     }
 }
 

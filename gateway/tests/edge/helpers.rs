@@ -332,7 +332,10 @@ impl Gateway {
             if TcpStream::connect(("127.0.0.1", gw.http)).await.is_ok()
                 && raw(
                     gw.admin,
-                    "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+                    &format!(
+                        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                        gw.admin
+                    ),
                 )
                 .await
                 .starts_with("HTTP/1.1 200")
@@ -377,7 +380,10 @@ impl Gateway {
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         let resp = raw(
             self.admin,
-            &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                self.admin
+            ),
         )
         .await;
         split_response(&resp)

@@ -1,6 +1,7 @@
 //! Integration tests: the real `gateway` binary on ephemeral ports in front of real HTTP upstreams.
 
 mod acme;
+mod admin;
 mod api_keys;
 mod auth;
 mod balancing;
@@ -15,6 +16,7 @@ mod ratelimit;
 mod reload;
 mod revocation;
 mod routing;
+mod slow_clients;
 mod tls;
 mod tls_helpers;
 mod validate;

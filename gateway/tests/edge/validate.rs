@@ -17,7 +17,10 @@ fn validate(path: &Path) -> (i32, String, String) {
         // config/gateway.toml takes its JWT key from the environment, as production does.
         .env("JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
         .env("REDIS_URL", "redis://127.0.0.1:6379")
-        .env("ACME_STORAGE_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+        .env(
+            "ACME_STORAGE_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
         .args(["validate", "--config"])
         .arg(path)
         .output()
@@ -98,4 +101,29 @@ fn broken_fixtures_give_exact_messages() {
         n += 1;
     }
     assert!(n >= 4);
+}
+
+#[test]
+fn warnings_pass_unless_strict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("open-admin.toml");
+    std::fs::write(
+        &path,
+        "[entrypoints]\nhttp = \"127.0.0.1:8080\"\nadmin = \"0.0.0.0:9000\"\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = validate(&path);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": ok: "), "{stdout}");
+    let file = path.display().to_string();
+    assert_eq!(
+        stderr.trim_end(),
+        format!("{file}:3:9: warning: entrypoints.admin 0.0.0.0:9000 is beyond loopback and [admin] has no token_env: anyone who reaches it reads the metrics, routes and certificates")
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "--strict", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
 }
