@@ -177,6 +177,42 @@ fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
+/// Headers a client's `Connection` must not name: hop-by-hop removal would strip the credential the
+/// edge verified (so the backend acts on another, or none) or a header the gateway sets itself.
+const PROTECTED: [&str; 9] = [
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Refuses a `Connection` header that names a credential, an identity header or a forwarding header.
+pub fn check_connection(headers: &http::HeaderMap) -> Result<(), EdgeError> {
+    for value in headers.get_all(http::header::CONNECTION) {
+        let Ok(v) = value.to_str() else {
+            return Err(EdgeError::Malformed("Connection is not ASCII"));
+        };
+        for token in v.split(',').map(str::trim) {
+            let t = token.to_ascii_lowercase();
+            if PROTECTED.contains(&t.as_str())
+                || t.starts_with("x-user-")
+                || t.starts_with("x-auth-")
+                || t == "x-tenant-id"
+            {
+                return Err(EdgeError::Malformed(
+                    "Connection names a credential or identity header",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rejects paths that a backend could resolve differently from the router: dot segments (plain or
 /// percent-encoded), encoded slashes or backslashes, NUL, and anything not starting with `/`.
 pub fn check_path(path: &str) -> Result<(), EdgeError> {
@@ -281,5 +317,36 @@ mod tests {
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod connection_tests {
+    use super::*;
+
+    fn headers(v: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::CONNECTION, v.parse().expect("value"));
+        h
+    }
+
+    #[test]
+    fn connection_may_not_name_credentials_or_identity() {
+        for bad in [
+            "authorization",
+            "keep-alive, Authorization",
+            "x-api-key",
+            "X-Tenant-Id",
+            "x-user-role",
+            "x-auth-foo",
+            "x-forwarded-for",
+            "cookie",
+        ] {
+            assert!(check_connection(&headers(bad)).is_err(), "{bad}");
+        }
+        for ok in ["keep-alive", "close", "upgrade", "te, x-custom"] {
+            assert!(check_connection(&headers(ok)).is_ok(), "{ok}");
+        }
+        assert!(check_connection(&http::HeaderMap::new()).is_ok());
     }
 }

@@ -33,7 +33,7 @@ use crate::config::{AuthPolicy, UpstreamProtocol};
 use crate::error::EdgeError;
 use crate::metrics::{method_label, metrics};
 use crate::state::{GatewayState, Runtime};
-use guard::{check_head, check_path, HeadLimits};
+use guard::{check_connection, check_head, check_path, HeadLimits};
 use headers::X_REQUEST_ID;
 use upstream::ActiveGuard;
 
@@ -92,10 +92,27 @@ pub struct RequestCtx {
     preflight: bool,
     /// An API key presented on a route that accepts one (checked in `request_filter`).
     api_key: Option<String>,
+    /// Whether that key came in `X-API-Key` (else as `Authorization: Bearer ak_…`).
+    api_key_from_header: bool,
     /// The key's record, once verified (its id keys `api_key` rate limits).
     api_key_record: Option<Arc<api_key::KeyRecord>>,
     /// `RateLimit-Policy` and `RateLimit` for the response, when the binding policy sends them.
     rate_headers: Option<(String, String)>,
+    /// The credential the edge verified: the only one forwarded.
+    verified: Verified,
+}
+
+/// Which credential the edge checked for the route (the others are removed before the upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verified {
+    /// Nothing (auth = "none"): the request goes on as the client sent it.
+    Nothing,
+    /// A bearer JWT in `Authorization`.
+    Jwt,
+    /// An API key in `X-API-Key`.
+    KeyHeader,
+    /// An API key as `Authorization: Bearer ak_…`.
+    KeyBearer,
 }
 
 impl RequestCtx {
@@ -217,6 +234,9 @@ impl Gateway {
         .ok_or(EdgeError::BadHost)?;
         let path = req.uri.path();
         check_path(path)?;
+        if req.headers.contains_key(http::header::CONNECTION) {
+            check_connection(&req.headers)?;
+        }
         // A preflight is routed as the request it announces, so `methods` matchers apply to it.
         let announced = (req.method == http::Method::OPTIONS
             && req.headers.contains_key(http::header::ORIGIN))
@@ -273,6 +293,7 @@ impl Gateway {
         if let Some(key) = presented_key {
             // Checked against the key store in `request_filter` (it may need I/O).
             ctx.api_key = Some(key.to_string());
+            ctx.api_key_from_header = req.headers.contains_key("x-api-key");
         } else if route.spec.auth == AuthPolicy::ApiKey {
             return Err(refused(route, auth::AuthError::MissingToken));
         } else if route.spec.auth != AuthPolicy::None {
@@ -289,6 +310,7 @@ impl Gateway {
                 ctx.tenant = Some(identity.tenant.clone());
             }
             ctx.identity = Some(identity);
+            ctx.verified = Verified::Jwt;
         }
         if let Some(up) = &route.upstream {
             if !up.any_healthy() {
@@ -331,6 +353,12 @@ impl Gateway {
         }
         ctx.identity = Some(identity);
         ctx.api_key_record = Some(record);
+        // `api_key::presented` prefers `X-API-Key`; a bearer key is used only without it.
+        ctx.verified = if ctx.api_key_from_header {
+            Verified::KeyHeader
+        } else {
+            Verified::KeyBearer
+        };
         Ok(())
     }
 
@@ -567,8 +595,10 @@ impl ProxyHttp for Gateway {
             cors_origin: None,
             preflight: false,
             api_key: None,
+            api_key_from_header: false,
             api_key_record: None,
             rate_headers: None,
+            verified: Verified::Nothing,
         }
     }
 
@@ -780,6 +810,16 @@ impl ProxyHttp for Gateway {
         let upgrade = session.is_upgrade_req();
         headers::strip_hop_by_hop(upstream_request, upgrade);
         headers::set_identity(upstream_request, ctx.identity.as_ref());
+        // Only the credential the edge verified goes on: the backend must not act on another one.
+        match ctx.verified {
+            Verified::Nothing => {}
+            Verified::Jwt | Verified::KeyBearer => {
+                upstream_request.remove_header("x-api-key");
+            }
+            Verified::KeyHeader => {
+                upstream_request.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())

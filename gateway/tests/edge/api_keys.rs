@@ -98,6 +98,13 @@ auth = "jwt_or_api_key"
 upstream = "u"
 
 [[routes]]
+name = "token"
+hosts = ["*.aggios.app"]
+path_prefix = "/token"
+auth = "jwt_tenant"
+upstream = "u"
+
+[[routes]]
 name = "v2"
 hosts = ["*.aggios.app"]
 path_prefix = "/read"
@@ -410,5 +417,114 @@ async fn a_key_that_cannot_be_checked_is_refused_with_503() {
         (r.status, r.error_code().as_str()),
         (503, "store_unavailable")
     );
+    assert_eq!(up.hits(), hits);
+}
+
+/// Only the credential the edge verified reaches the backend, on every auth policy; a `Connection`
+/// header naming a credential or identity header is refused.
+#[tokio::test]
+async fn only_the_verified_credential_is_forwarded() {
+    let up = TestUpstream::start("u");
+    let v2 = TestUpstream::start("v2");
+    let lookup = DocServer::start().await;
+    let gw = Gateway::start_with_env(
+        &config(&up, &v2, &lookup),
+        &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)],
+    )
+    .await;
+    let key = new_key();
+    lookup.set(
+        &format!("/internal/api-keys/{}", key.prefix),
+        200,
+        &record(&key, "acme", &["files:read"], None),
+    );
+    let token = jwt("acme");
+    let bearer_key = format!("Bearer {}", key.full);
+    let seen = |r: &Resp, h: &str| r.json()["headers"].get(h).is_some();
+    // jwt_tenant: the token goes on, a key beside it does not.
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/token/x",
+        &[("authorization", &token), ("x-api-key", &key.full)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        seen(&r, "authorization") && !seen(&r, "x-api-key"),
+        "{:?}",
+        r.json()
+    );
+    // api_key in X-API-Key: a token beside it does not go on.
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/read/x",
+        &[("x-api-key", &key.full), ("authorization", &token)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        seen(&r, "x-api-key") && !seen(&r, "authorization"),
+        "{:?}",
+        r.json()
+    );
+    // api_key as a bearer: forwarded as such, a stray X-API-Key would have been preferred, so none here.
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/read/x",
+        &[("authorization", &bearer_key)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        seen(&r, "authorization") && !seen(&r, "x-api-key"),
+        "{:?}",
+        r.json()
+    );
+    // jwt_or_api_key with both: the key is what the edge checked (X-API-Key first), so only it goes on.
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/either/x",
+        &[("x-api-key", &key.full), ("authorization", &token)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        seen(&r, "x-api-key") && !seen(&r, "authorization"),
+        "{:?}",
+        r.json()
+    );
+    // ... and with a token alone, the token.
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/either/x",
+        &[("authorization", &token)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(seen(&r, "authorization"), "{:?}", r.json());
+
+    // `Connection` naming what the edge verified or sets: refused before any upstream.
+    let hits = up.hits();
+    for named in [
+        "authorization",
+        "x-api-key",
+        "x-tenant-id",
+        "keep-alive, X-User-Id",
+    ] {
+        let r = call(
+            &gw,
+            "acme.aggios.app",
+            "/token/x",
+            &[("authorization", &token), ("connection", named)],
+        )
+        .await;
+        assert_eq!(r.status, 400, "Connection: {named}");
+        assert_eq!(r.error_code(), "malformed_request");
+    }
     assert_eq!(up.hits(), hits);
 }
