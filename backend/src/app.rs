@@ -29,6 +29,8 @@ pub struct AppState {
     pub hashing: tokio::sync::Semaphore,
     pub storage: crate::storage::Storage,
     pub max_file_bytes: u64,
+    /// Content types `/api/files` serves inline (others as attachments).
+    pub inline_types: Vec<String>,
 }
 
 /// Why the service could not start.
@@ -87,6 +89,7 @@ impl AppState {
             ),
             storage: crate::storage::Storage::new(&config.storage)?,
             max_file_bytes: config.max_file_bytes,
+            inline_types: config.inline_types.clone(),
         }))
     }
 }

@@ -2,6 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The largest clock leeway past `exp` that any verifier accepts: this service's (30 s) and the gateway's
+/// `[auth.jwt] leeway` (validated to at most this). Revoked tokens stay denylisted this long past `exp`.
+pub const MAX_VERIFIER_LEEWAY_SECS: u64 = 120;
+
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
@@ -107,6 +111,7 @@ impl TokenKeys {
     }
 
     /// Verifies signature (HS256 only), expiry (no leeway beyond 30 s) and claim types.
+    /// (A denylisted token stays denylisted for [`MAX_VERIFIER_LEEWAY_SECS`] past its `exp`.)
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.len() > 8192 {
             return Err(TokenError::Invalid);

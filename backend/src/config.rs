@@ -49,8 +49,14 @@ pub struct Config {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub max_file_bytes: u64,
+    /// Content types served inline from `/api/files`; every other type is served as an attachment.
+    pub inline_types: Vec<String>,
     pub migrate_on_start: bool,
 }
+
+/// Inert types a browser may show inline (no script runs in them; SVG and HTML are not among them).
+pub const DEFAULT_INLINE_TYPES: &str =
+    "image/png,image/jpeg,image/gif,image/webp,image/avif,text/plain";
 
 /// Reads the configuration through `get` (the process environment in production).
 pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -146,6 +152,12 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
                 .parse()
                 .map_err(|_| err("MAX_FILE_BYTES", "must be a number of bytes"))?,
         },
+        inline_types: get("FILES_INLINE_TYPES")
+            .unwrap_or_else(|| DEFAULT_INLINE_TYPES.to_string())
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect(),
         migrate_on_start: !matches!(
             get("MIGRATE_ON_START").as_deref(),
             Some("0" | "false" | "no")

@@ -88,6 +88,37 @@ async fn logout_denylists_the_access_token() {
         )
         .await;
     assert_eq!(status, 200);
+    // The jti stays denylisted past `exp` for as long as any verifier's leeway would accept the token.
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let payload = access.split('.').nth(1).expect("payload");
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("base64"),
+        )
+        .expect("claims")
+    };
+    let mut redis = redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!(
+            "aggios:denylist:jti:{}",
+            claims["jti"].as_str().expect("jti")
+        ))
+        .query_async(&mut redis)
+        .await
+        .expect("ttl");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let remaining = claims["exp"].as_i64().expect("exp") - now;
+    assert!(
+        ttl >= remaining + 120 - 5,
+        "denylist entry expires {ttl}s from now, token + leeway {}s",
+        remaining + 120
+    );
     let (status, body, headers) = app
         .call(
             "GET",

@@ -222,3 +222,62 @@ async fn files_on_s3() {
         "keys live under {{tenant_id}}/"
     );
 }
+
+#[tokio::test]
+async fn active_content_is_served_as_an_attachment() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "ann@acme.test", "member").await;
+    let (a, _) = app.login("acme.aggios.app", "ann@acme.test").await;
+    let host = "acme.aggios.app";
+    let cases = [
+        (
+            "/api/files/x/page.html",
+            "text/html; charset=utf-8",
+            Some("attachment; filename=\"page.html\""),
+        ),
+        (
+            "/api/files/x/logo.svg",
+            "image/svg+xml",
+            Some("attachment; filename=\"logo.svg\""),
+        ),
+        (
+            "/api/files/x/evil%22name.js",
+            "application/javascript",
+            Some("attachment; filename=\"evil_name.js\""),
+        ),
+        ("/api/files/x/photo.png", "image/png", None),
+        ("/api/files/x/notes.txt", "text/plain", None),
+    ];
+    for (path, ct, disposition) in cases {
+        let (status, _, _) = app
+            .call_raw(
+                "PUT",
+                path,
+                host,
+                Some(&a),
+                ct,
+                Bytes::from_static(b"<script>alert(1)</script>"),
+            )
+            .await;
+        assert_eq!(status, 201, "{path}");
+        let (status, _, headers) = app
+            .call_raw("GET", path, host, Some(&a), "", Bytes::new())
+            .await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            headers
+                .get("x-content-type-options")
+                .and_then(|v| v.to_str().ok()),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(
+            headers
+                .get("content-disposition")
+                .and_then(|v| v.to_str().ok()),
+            disposition,
+            "{path}"
+        );
+    }
+}

@@ -120,6 +120,10 @@ impl TestApp {
             access_ttl: Duration::from_secs(900),
             refresh_ttl: Duration::from_secs(3600),
             max_file_bytes: 1024 * 1024,
+            inline_types: backend::config::DEFAULT_INLINE_TYPES
+                .split(',')
+                .map(str::to_string)
+                .collect(),
             migrate_on_start: false,
         };
         let state: Arc<AppState> = AppState::new(&config).await.expect("state");

@@ -247,8 +247,9 @@ pub async fn logout(ctx: &Ctx, body: Incoming) -> ApiResult {
     let b: LogoutBody = read_json::<LogoutBody>(body).await.unwrap_or_default();
     let mut redis = ctx.state.redis().await?;
     let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-    let ttl = p.exp.saturating_sub(now).max(1);
-    // The gateway and this service refuse the token's jti until it would have expired anyway.
+    // The gateway and this service refuse the token's jti until no verifier would accept it any more:
+    // its `exp` plus the largest clock leeway either of them allows.
+    let ttl = p.exp.saturating_sub(now) + crate::auth::MAX_VERIFIER_LEEWAY_SECS;
     let _: () = redis.set_ex(denylist_key(&p.jti), 1, ttl).await?;
     let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
     if let Some(rt) = b.refresh_token {

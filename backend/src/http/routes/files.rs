@@ -145,7 +145,42 @@ pub async fn get(ctx: &Ctx) -> ApiResult {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    // An uploaded HTML or SVG file opened from our origin would run its scripts there: only inert
+    // types are shown inline, everything else downloads.
+    if let Some(disposition) = attachment(&content_type, &path, &ctx.state.inline_types) {
+        resp.headers_mut()
+            .insert(http::header::CONTENT_DISPOSITION, disposition);
+    }
     Ok(resp)
+}
+
+/// `Content-Disposition: attachment; filename="…"` unless `content_type` is in the inline list.
+fn attachment(content_type: &str, path: &str, inline: &[String]) -> Option<HeaderValue> {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if inline.contains(&essence) {
+        return None;
+    }
+    let name: String = path
+        .rsplit('/')
+        .next()
+        .unwrap_or("file")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+        .ok()
+        .or(Some(HeaderValue::from_static("attachment")))
 }
 
 pub async fn delete(ctx: &Ctx) -> ApiResult {
