@@ -296,6 +296,43 @@ async fn failed_logins_are_throttled_per_account() {
     assert_eq!(failed, 5);
 }
 
+/// Parallel guesses cannot outrun the counter: each attempt is taken before the password is checked.
+#[tokio::test]
+async fn parallel_wrong_passwords_are_evaluated_at_most_the_limit() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "ann@acme.test", "member").await;
+    let bad = json!({ "email": "ann@acme.test", "password": "wrong password" });
+    let calls = (0..20).map(|_| {
+        app.call(
+            "POST",
+            "/api/auth/login",
+            "acme.aggios.app",
+            None,
+            Some(bad.clone()),
+        )
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let evaluated = results.iter().filter(|(s, _, _)| *s == 401).count();
+    let refused = results.iter().filter(|(s, _, _)| *s == 429).count();
+    assert_eq!(
+        evaluated + refused,
+        20,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(
+        evaluated <= 5,
+        "{evaluated} guesses were checked against a limit of 5"
+    );
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'login_failed'")
+            .fetch_one(&app.owner_pool)
+            .await
+            .expect("audit");
+    assert_eq!(failed, evaluated as i64);
+}
+
 /// Unknown email and wrong password cost the same (one Argon2id verification each). Compared as a ratio
 /// of medians measured in the same run, alternating, so machine load affects both sides alike.
 #[tokio::test]

@@ -99,34 +99,99 @@ pub async fn login(ctx: &Ctx, body: Incoming) -> ApiResult {
     let acct_key = format!("aggios:login_fail:acct:{}:{email}", tenant.id);
     let ip_key = format!("aggios:login_fail:ip:{ip}");
     let mut redis = ctx.state.redis().await?;
-    let (acct, by_ip): (Option<i64>, Option<i64>) = redis::pipe()
-        .get(&acct_key)
-        .get(&ip_key)
-        .query_async(&mut redis)
-        .await?;
-    if acct.unwrap_or(0) >= MAX_FAILURES_PER_ACCOUNT || by_ip.unwrap_or(0) >= MAX_FAILURES_PER_IP {
-        let ttl: i64 = redis
-            .ttl(if acct.unwrap_or(0) >= MAX_FAILURES_PER_ACCOUNT {
-                &acct_key
-            } else {
-                &ip_key
-            })
+    // Admission before the password is looked at, atomically: failures plus attempts in flight may not
+    // exceed the limit, so parallel guesses cannot all be evaluated against a count read earlier.
+    // Attempts beyond it wait for those in flight (a burst of correct logins still gets in) and are
+    // refused once the failures alone reach the limit.
+    let acct_busy = format!("{acct_key}:inflight");
+    let ip_busy = format!("{ip_key}:inflight");
+    let admission = redis::Script::new(ADMIT_LOGIN);
+    let waited = std::time::Instant::now();
+    loop {
+        let verdict: i64 = admission
+            .key(&acct_key)
+            .key(&acct_busy)
+            .key(&ip_key)
+            .key(&ip_busy)
+            .arg(MAX_FAILURES_PER_ACCOUNT)
+            .arg(MAX_FAILURES_PER_IP)
+            .arg(INFLIGHT_TTL_MS)
+            .invoke_async(&mut redis)
             .await?;
-        return Err(ApiError::TooManyAttempts {
-            retry_after: ttl.max(1) as u64,
-        });
+        if verdict == 1 {
+            break;
+        }
+        if verdict < 0 || waited.elapsed() > ADMISSION_WAIT {
+            let ttl: i64 = redis
+                .ttl(if verdict == -2 { &ip_key } else { &acct_key })
+                .await?;
+            return Err(ApiError::TooManyAttempts {
+                retry_after: ttl.max(1) as u64,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let outcome = verify_login(ctx, &tenant, &email, b.password, &ip).await;
+    let mut pipe = redis::pipe();
+    pipe.decr(&acct_busy, 1).ignore().decr(&ip_busy, 1).ignore();
+    match &outcome {
+        Ok(_) => {
+            pipe.del(&acct_key).ignore();
+        }
+        Err(ApiError::Unauthorized(..)) => {
+            pipe.incr(&acct_key, 1)
+                .ignore()
+                .expire(&acct_key, THROTTLE_WINDOW_SECS)
+                .ignore()
+                .incr(&ip_key, 1)
+                .ignore()
+                .expire(&ip_key, THROTTLE_WINDOW_SECS)
+                .ignore();
+        }
+        Err(_) => {}
+    }
+    let _: () = pipe.query_async(&mut redis).await?;
+    outcome
+}
 
+/// Admits one login attempt. KEYS: account failures, account in flight, IP failures, IP in flight;
+/// ARGV: account limit, IP limit, in-flight TTL (ms). 1 = go, 0 = wait, -1/-2 = account/IP refused.
+const ADMIT_LOGIN: &str = r"
+local af = tonumber(redis.call('GET', KEYS[1]) or '0')
+local ai = math.max(0, tonumber(redis.call('GET', KEYS[2]) or '0'))
+local pf = tonumber(redis.call('GET', KEYS[3]) or '0')
+local pi = math.max(0, tonumber(redis.call('GET', KEYS[4]) or '0'))
+if af >= tonumber(ARGV[1]) then return -1 end
+if pf >= tonumber(ARGV[2]) then return -2 end
+if af + ai >= tonumber(ARGV[1]) or pf + pi >= tonumber(ARGV[2]) then return 0 end
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('INCR', KEYS[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+return 1
+";
+/// An attempt in flight holds its slot at most this long (a process that dies mid-attempt).
+const INFLIGHT_TTL_MS: u64 = 30_000;
+/// How long an attempt waits for a slot before 429.
+const ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The password check of an admitted attempt: 200 with a token pair, or 401 (audited).
+async fn verify_login(
+    ctx: &Ctx,
+    tenant: &tenants::Tenant,
+    email: &str,
+    password: String,
+    ip: &str,
+) -> ApiResult {
     // Read the user in a short transaction: no pooled connection is held during the (slow, CPU-bound)
     // hash verification, so a burst of logins cannot starve every other request of connections.
     let mut tx = db::tenant_tx(&ctx.state.db, tenant.id).await?;
-    let user = users::by_email(&mut tx, &email).await?;
+    let user = users::by_email(&mut tx, email).await?;
     tx.commit().await?;
     // Unknown email and wrong password cost the same: one Argon2id verification either way.
     let phc = user
         .as_ref()
         .map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
-    let password = b.password;
     let permit = ctx
         .state
         .hashing
@@ -143,21 +208,15 @@ pub async fn login(ctx: &Ctx, body: Incoming) -> ApiResult {
     let user = match user {
         Some(u) if ok && u.is_active => u,
         _ => {
-            let _: () = redis::pipe()
-                .incr(&acct_key, 1)
-                .expire(&acct_key, THROTTLE_WINDOW_SECS)
-                .incr(&ip_key, 1)
-                .expire(&ip_key, THROTTLE_WINDOW_SECS)
-                .query_async(&mut redis)
-                .await?;
+            // Counted by the caller.
             audit::record(
                 &mut tx,
                 &audit::Entry {
                     tenant_id: tenant.id,
                     user_id: None,
                     action: "login_failed",
-                    target: Some(&email),
-                    ip: Some(&ip),
+                    target: Some(email),
+                    ip: Some(ip),
                     request_id: &ctx.request_id,
                 },
             )
@@ -169,7 +228,7 @@ pub async fn login(ctx: &Ctx, body: Incoming) -> ApiResult {
             ));
         }
     };
-    let pair = issue_pair(ctx, &mut tx, &user, &tenant, Uuid::new_v4()).await?;
+    let pair = issue_pair(ctx, &mut tx, &user, tenant, Uuid::new_v4()).await?;
     audit::record(
         &mut tx,
         &audit::Entry {
@@ -177,13 +236,12 @@ pub async fn login(ctx: &Ctx, body: Incoming) -> ApiResult {
             user_id: Some(user.id),
             action: "login",
             target: None,
-            ip: Some(&ip),
+            ip: Some(ip),
             request_id: &ctx.request_id,
         },
     )
     .await?;
     tx.commit().await?;
-    let _: () = redis.del(&acct_key).await?;
     Ok(json(StatusCode::OK, &pair))
 }
 
