@@ -56,6 +56,14 @@ pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Revokes every live token of a user (deactivated, demoted or deleted); returns their hashes.
+pub async fn revoke_user(c: &mut PgConnection, user_id: Uuid) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING token_hash")
+        .bind(user_id)
+        .fetch_all(c)
+        .await
+}
+
 /// Revokes every live token of a family; returns their hashes (to drop from the Redis mirror).
 pub async fn revoke_family(
     c: &mut PgConnection,

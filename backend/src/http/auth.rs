@@ -52,6 +52,24 @@ impl Principal {
 }
 
 /// Redis key of a revoked access token.
+/// `aggios:user_nbf:{user_id}`: Unix seconds; every token of the user issued at or before it is refused
+/// (written when the user is deactivated, demoted or deleted; read by the gateway too).
+pub fn user_not_before_key(user_id: &str) -> String {
+    format!("aggios:user_nbf:{user_id}")
+}
+
+/// Refuses every live access token of `user_id` (here and at the gateway) from now on, for as long as
+/// one could still be accepted.
+pub async fn revoke_user_tokens(ctx: &Ctx, user_id: Uuid) -> Result<(), ApiError> {
+    let mut redis = ctx.state.redis().await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    let ttl = ctx.state.tokens.ttl.as_secs() + crate::auth::MAX_VERIFIER_LEEWAY_SECS;
+    let _: () = redis
+        .set_ex(user_not_before_key(&user_id.to_string()), now, ttl)
+        .await?;
+    Ok(())
+}
+
 pub fn denylist_key(jti: &str) -> String {
     format!("aggios:denylist:jti:{jti}")
 }
@@ -86,8 +104,13 @@ pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
         }
     })?;
     let mut redis = ctx.state.redis().await?;
-    let revoked: bool = redis.exists(denylist_key(&claims.jti)).await?;
-    if revoked {
+    // One round trip: the token's own revocation, and its user's "tokens issued before" marker.
+    let (revoked, not_before): (bool, Option<u64>) = redis::pipe()
+        .exists(denylist_key(&claims.jti))
+        .get(user_not_before_key(&claims.user_id.to_string()))
+        .query_async(&mut redis)
+        .await?;
+    if revoked || not_before.is_some_and(|nbf| claims.iat <= nbf) {
         return Err(ApiError::Unauthorized(
             "token_revoked",
             "the access token was revoked".into(),
@@ -182,9 +205,22 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
     })
 }
 
-/// The caller, who must be an admin of its tenant (or a platform admin).
+/// The caller, who must be an admin of its tenant (or a platform admin) now: the role is read again
+/// from the database, whatever the token says.
 pub async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
-    let p = principal(ctx).await?;
+    let mut p = principal(ctx).await?;
+    let mut tx = crate::db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let current = crate::db::users::get(&mut tx, p.user_id).await?;
+    tx.commit().await?;
+    match current {
+        Some(u) if u.is_active => p.role = u.role,
+        _ => {
+            return Err(ApiError::Unauthorized(
+                "token_revoked",
+                "the user is no longer active".into(),
+            ))
+        }
+    }
     if !p.is_admin() {
         return Err(ApiError::Forbidden("tenant admins only".into()));
     }

@@ -217,6 +217,7 @@ pub fn check(presented: &str, rec: &KeyRecord) -> Result<Identity, AuthError> {
         email: None,
         role: Some("api_key".to_string()),
         jti: None,
+        iat: None,
     })
 }
 

@@ -18,6 +18,8 @@ pub struct Identity {
     pub email: Option<String>,
     pub role: Option<String>,
     pub jti: Option<String>,
+    /// `iat`: compared with the user's "tokens issued before" marker (see `revocation`).
+    pub iat: Option<u64>,
 }
 
 /// Why a request was refused. Each reason is a bounded metric label and the JSON `code`.
@@ -307,6 +309,7 @@ impl JwtVerifier {
             email: nonempty(c.email),
             role: nonempty(c.role),
             jti: nonempty(c.jti),
+            iat: c.iat,
         })
     }
 }
@@ -685,6 +688,7 @@ mod tests {
             email: None,
             role: None,
             jti: None,
+            iat: None,
         };
         assert_eq!(
             bind_tenant(AuthPolicy::JwtTenant, &id, Some("acme")),

@@ -1,6 +1,8 @@
 //! Token revocation: a `jti` on the Redis denylist (written by the backend at logout, key
-//! `aggios:denylist:jti:{jti}`) is refused. At most one Redis round trip per request, with answers cached
-//! briefly in-process; a failing Redis is skipped for a while instead of being hammered.
+//! `aggios:denylist:jti:{jti}`) is refused, and so is every token of a user issued at or before the
+//! user's marker `aggios:user_nbf:{user_id}` (written by the backend when the user is deactivated,
+//! demoted or deleted). Both keys are read in one round trip per request, with answers cached briefly
+//! in-process; a failing Redis is skipped for a while instead of being hammered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,11 @@ use crate::shared_redis::SharedRedis;
 /// The denylist key the backend writes (contract between backend and gateway).
 pub fn denylist_key(jti: &str) -> String {
     format!("aggios:denylist:jti:{jti}")
+}
+
+/// The user's "tokens issued at or before" marker the backend writes (Unix seconds).
+pub fn user_not_before_key(user_id: &str) -> String {
+    format!("aggios:user_nbf:{user_id}")
 }
 
 /// The outcome of a check.
@@ -66,8 +73,9 @@ impl RevocationStore {
         shard.insert(jti.to_string(), (revoked, Instant::now() + ttl));
     }
 
-    /// Whether `jti` is revoked: from the cache, else with one `EXISTS` round trip.
-    pub async fn check(&self, jti: &str) -> Revocation {
+    /// Whether the token `jti` of `user_id`, issued at `iat`, is revoked: from the cache, else with one
+    /// round trip (`EXISTS` on the denylist and `GET` of the user's marker, pipelined).
+    pub async fn check(&self, jti: &str, user_id: &str, iat: Option<u64>) -> Revocation {
         if let Some(revoked) = self.cached(jti) {
             return if revoked {
                 Revocation::Revoked
@@ -76,17 +84,29 @@ impl RevocationStore {
             };
         }
         let key = denylist_key(jti);
+        let marker = user_not_before_key(user_id);
         let answer = self
             .redis
-            .call(|mut conn| async move {
-                redis::cmd("EXISTS")
-                    .arg(key)
-                    .query_async::<bool>(&mut conn)
-                    .await
+            .call(|conn| async move {
+                // Two keys of different slots (a cluster): two commands on the multiplexed
+                // connection, written back to back, so one round trip of latency.
+                let (mut a, mut b) = (conn.clone(), conn);
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(key);
+                let mut get = redis::cmd("GET");
+                get.arg(marker);
+                let (listed, not_before) = tokio::join!(
+                    exists.query_async::<bool>(&mut a),
+                    get.query_async::<Option<u64>>(&mut b)
+                );
+                Ok((listed?, not_before?))
             })
             .await;
         match answer {
-            Ok(revoked) => {
+            Ok((listed, not_before)) => {
+                // A token without `iat` cannot show it was issued after the marker.
+                let revoked =
+                    listed || not_before.is_some_and(|nbf| iat.is_none_or(|iat| iat <= nbf));
                 self.remember(jti, revoked);
                 if revoked {
                     Revocation::Revoked

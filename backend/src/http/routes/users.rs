@@ -155,9 +155,17 @@ pub async fn update(ctx: &Ctx, id: &str, body: Incoming) -> ApiResult {
     )
     .await?
     .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    // A changed role or active flag must not wait for the user's tokens to expire.
+    let privileges_changed = b.role.is_some() || b.is_active.is_some();
+    if privileges_changed {
+        crate::db::refresh_tokens::revoke_user(&mut tx, id).await?;
+    }
     p.audit(ctx, &mut tx, "user_updated", Some(&id.to_string()))
         .await?;
     tx.commit().await?;
+    if privileges_changed {
+        crate::http::auth::revoke_user_tokens(ctx, id).await?;
+    }
     Ok(json(StatusCode::OK, &serde_json::json!({ "user": user })))
 }
 
@@ -177,5 +185,6 @@ pub async fn delete(ctx: &Ctx, id: &str) -> ApiResult {
     p.audit(ctx, &mut tx, "user_deleted", Some(&id.to_string()))
         .await?;
     tx.commit().await?;
+    crate::http::auth::revoke_user_tokens(ctx, id).await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "deleted": id })))
 }
