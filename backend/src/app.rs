@@ -31,6 +31,8 @@ pub struct AppState {
     pub max_file_bytes: u64,
     /// Content types `/api/files` serves inline (others as attachments).
     pub inline_types: Vec<String>,
+    /// Peers whose `X-Aggios-Client-Ip` is believed.
+    pub trusted_gateways: Vec<ipnet::IpNet>,
 }
 
 /// Why the service could not start.
@@ -90,6 +92,7 @@ impl AppState {
             storage: crate::storage::Storage::new(&config.storage)?,
             max_file_bytes: config.max_file_bytes,
             inline_types: config.inline_types.clone(),
+            trusted_gateways: config.trusted_gateways.clone(),
         }))
     }
 }

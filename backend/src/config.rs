@@ -51,8 +51,13 @@ pub struct Config {
     pub max_file_bytes: u64,
     /// Content types served inline from `/api/files`; every other type is served as an attachment.
     pub inline_types: Vec<String>,
+    /// Peers whose `X-Aggios-Client-Ip` is believed (the gateways); anyone else's address is the peer's.
+    pub trusted_gateways: Vec<ipnet::IpNet>,
     pub migrate_on_start: bool,
 }
+
+/// The gateways' addresses unless `TRUSTED_GATEWAYS` says otherwise: loopback (the local stack).
+pub const DEFAULT_TRUSTED_GATEWAYS: &str = "127.0.0.0/8,::1/128";
 
 /// Inert types a browser may show inline (no script runs in them; SVG and HTML are not among them).
 pub const DEFAULT_INLINE_TYPES: &str =
@@ -151,6 +156,24 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
             Some(v) => v
                 .parse()
                 .map_err(|_| err("MAX_FILE_BYTES", "must be a number of bytes"))?,
+        },
+        trusted_gateways: {
+            let raw =
+                get("TRUSTED_GATEWAYS").unwrap_or_else(|| DEFAULT_TRUSTED_GATEWAYS.to_string());
+            let mut nets = Vec::new();
+            for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let net = part
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        err(
+                            "TRUSTED_GATEWAYS",
+                            "must be a comma-separated list of CIDRs or IPs",
+                        )
+                    })?;
+                nets.push(net);
+            }
+            nets
         },
         inline_types: get("FILES_INLINE_TYPES")
             .unwrap_or_else(|| DEFAULT_INLINE_TYPES.to_string())

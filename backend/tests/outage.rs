@@ -197,6 +197,7 @@ async fn postgres_down_gives_503_then_recovers() {
         refresh_ttl: Duration::from_secs(60),
         max_file_bytes: 1024,
         inline_types: Vec::new(),
+        trusted_gateways: Vec::new(),
         migrate_on_start: false,
     };
     let state = AppState::new(&config).await.expect("state");

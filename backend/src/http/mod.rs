@@ -16,6 +16,9 @@ use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
 use crate::metrics::metrics;
+
+/// The client address the gateway computed (a contract with the gateway's `proxy/headers.rs`).
+pub const CLIENT_IP_HEADER: &str = "x-aggios-client-ip";
 pub use error::ApiError;
 
 /// A handler's result.
@@ -57,14 +60,23 @@ impl Ctx {
         Some(host.trim_end_matches('.').to_ascii_lowercase())
     }
 
-    /// The client address: the first `X-Forwarded-For` entry set by the gateway, else the peer.
+    /// The client address: what a trusted gateway computed (`X-Aggios-Client-Ip`, which it sets itself
+    /// and strips from clients), else the peer. `X-Forwarded-For` is not read: its last entry is the
+    /// gateway's own peer, a load balancer behind which every client would share one address.
     pub fn client_ip(&self) -> String {
-        self.headers
-            .get("x-forwarded-for")
+        let peer = self.peer.ip();
+        let from_gateway = self
+            .state
+            .trusted_gateways
+            .iter()
+            .any(|n| n.contains(&peer));
+        from_gateway
+            .then(|| self.headers.get(CLIENT_IP_HEADER))
+            .flatten()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next_back())
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| self.peer.ip().to_string())
+            .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+            .unwrap_or(peer)
+            .to_string()
     }
 }
 

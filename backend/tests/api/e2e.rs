@@ -62,6 +62,10 @@ admin = "127.0.0.1:{admin}"
 [tenancy]
 base_domains = ["aggios.app"]
 
+# The test client stands in for a load balancer in front of the gateway.
+[forwarding]
+trusted_proxies = ["127.0.0.1/32"]
+
 [auth.jwt]
 secret_env = "E2E_JWT_SECRET"
 
@@ -369,5 +373,245 @@ async fn an_api_key_works_through_the_gateway_until_revoked() {
         start.elapsed() <= Duration::from_secs(6),
         "the revocation took {:?}, more than cache_ttl",
         start.elapsed()
+    );
+}
+
+/// Behind a trusted load balancer, each client keeps its own login-throttling bucket: the backend takes
+/// the address the gateway computed, not the last `X-Forwarded-For` entry (the balancer).
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_get_their_own_login_buckets() {
+    let app = TestApp::spawn().await;
+    app.tenant("acme").await;
+    let gw = start_gateway(app.addr, app.internal_addr).await;
+    // Fresh addresses per run: the throttling counters live in the shared Redis for 15 minutes.
+    let run = rand::random::<u32>();
+    let addr = |last: u16| -> &'static str {
+        let ip =
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, (run >> 16) as u16, run as u16, 0, 0, 0, last);
+        Box::leak(ip.to_string().into_boxed_str())
+    };
+    let (a, b) = (addr(0xa), addr(0xb));
+    let login = |from: &'static str, n: usize| {
+        let gw = &gw;
+        async move {
+            via_gateway_with(
+                gw,
+                "POST",
+                "acme.aggios.app",
+                "/api/auth/login",
+                None,
+                &[("x-forwarded-for", from)],
+                Some(json!({ "email": format!("nobody{n}@acme.test"), "password": "guess" })),
+            )
+            .await
+            .0
+        }
+    };
+    // One client uses up its per-IP budget (20) with different accounts...
+    for n in 0..20 {
+        assert_eq!(login(a, n).await, 401);
+    }
+    assert_eq!(login(a, 100).await, 429, "the per-IP limit did not apply");
+    // ...and another client behind the same balancer is not locked out.
+    assert_eq!(login(b, 200).await, 401);
+    // A client cannot pick its own address by sending the gateway's header.
+    let spoofed = via_gateway_with(
+        &gw,
+        "POST",
+        "acme.aggios.app",
+        "/api/auth/login",
+        None,
+        &[
+            ("x-forwarded-for", a),
+            ("x-aggios-client-ip", "198.51.100.1"),
+        ],
+        Some(json!({ "email": "nobody300@acme.test", "password": "guess" })),
+    )
+    .await
+    .0;
+    assert_eq!(
+        spoofed, 429,
+        "a spoofed X-Aggios-Client-Ip escaped the bucket"
+    );
+    let ips: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT ip FROM audit_log WHERE action = 'login_failed' ORDER BY ip",
+    )
+    .fetch_all(&app.owner_pool)
+    .await
+    .expect("audit");
+    let mut want = vec![a.to_string(), b.to_string()];
+    want.sort();
+    assert_eq!(ips, want);
+}
+
+/// Requests the backend has answered on one route label (its own metrics), to show what never reached it.
+async fn backend_saw(app: &TestApp, route: &str) -> f64 {
+    let (_, body, _) = app
+        .call_raw(
+            "GET",
+            "/metrics",
+            "backend.internal",
+            None,
+            "",
+            bytes::Bytes::new(),
+        )
+        .await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| {
+            l.starts_with("backend_http_requests_total{")
+                && l.contains(&format!("route=\"{route}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test]
+async fn deactivation_and_demotion_revoke_live_tokens_at_the_edge_and_the_backend() {
+    let app = TestApp::spawn().await;
+    let acme = app.tenant("acme").await;
+    app.user(acme, "boss@acme.test", "admin").await;
+    let ann = app.user(acme, "ann@acme.test", "admin").await;
+    let carl = app.user(acme, "carl@acme.test", "member").await;
+    let gw = start_gateway(app.addr, app.internal_addr).await;
+    let login = |email: &'static str| {
+        let gw = &gw;
+        async move {
+            let (status, pair) = via_gateway(
+                gw,
+                "POST",
+                "acme.aggios.app",
+                "/api/auth/login",
+                None,
+                Some(json!({ "email": email, "password": PASSWORD })),
+            )
+            .await;
+            assert_eq!(status, 200, "{pair}");
+            (
+                pair["access_token"].as_str().expect("token").to_string(),
+                pair["refresh_token"].as_str().expect("refresh").to_string(),
+            )
+        }
+    };
+    let (boss, _) = login("boss@acme.test").await;
+    let (ann_old, _) = login("ann@acme.test").await;
+    let (carl_old, carl_refresh) = login("carl@acme.test").await;
+    let me = |token: String| {
+        let gw = &gw;
+        async move {
+            via_gateway(
+                gw,
+                "GET",
+                "acme.aggios.app",
+                "/api/users/me",
+                Some(&token),
+                None,
+            )
+            .await
+        }
+    };
+    assert_eq!(me(ann_old.clone()).await.0, 200);
+
+    // Demotion: ann's admin token stops working everywhere, not at its expiry.
+    let (status, body) = via_gateway(
+        &gw,
+        "PATCH",
+        "acme.aggios.app",
+        &format!("/api/users/{ann}"),
+        Some(&boss),
+        Some(json!({ "role": "member" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Refused at the edge (within its revocation cache, 100 ms here): the backend never sees it.
+    let start = Instant::now();
+    loop {
+        let seen = backend_saw(&app, "users_me").await;
+        let (status, body) = me(ann_old.clone()).await;
+        if status == 401
+            && body["error"]["code"] == "token_revoked"
+            && backend_saw(&app, "users_me").await == seen
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "demoted token not refused at the edge: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the backend refuses it on its own when reached directly (here: minting an API key).
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/api-keys",
+            "acme.aggios.app",
+            Some(&ann_old),
+            Some(json!({ "name": "late", "scopes": ["files:read"] })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked")),
+        "{body}"
+    );
+    // A new login gets a token with the new role (issued after the marker's second).
+    let start = Instant::now();
+    loop {
+        let (token, _) = login("ann@acme.test").await;
+        let (status, body) = me(token).await;
+        if status == 200 {
+            assert_eq!(body["user"]["role"], "member", "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no working login after demotion: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Deactivation: access and refresh tokens stop working.
+    let (status, body) = via_gateway(
+        &gw,
+        "PATCH",
+        "acme.aggios.app",
+        &format!("/api/users/{carl}"),
+        Some(&boss),
+        Some(json!({ "is_active": false })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let start = Instant::now();
+    while me(carl_old.clone()).await.0 != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "deactivated user's token still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _, _) = app
+        .call(
+            "GET",
+            "/api/users/me",
+            "acme.aggios.app",
+            Some(&carl_old),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+    // (Straight to the backend: the test gateway's routes put a token in front of /api/auth/refresh.)
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/auth/refresh",
+            "acme.aggios.app",
+            None,
+            Some(json!({ "refresh_token": carl_refresh })),
+        )
+        .await;
+    assert_eq!(
+        status, 401,
+        "a deactivated user's refresh token still works: {body}"
     );
 }

@@ -120,6 +120,7 @@ impl TestApp {
             access_ttl: Duration::from_secs(900),
             refresh_ttl: Duration::from_secs(3600),
             max_file_bytes: 1024 * 1024,
+            trusted_gateways: vec!["127.0.0.0/8".parse().expect("net")],
             inline_types: backend::config::DEFAULT_INLINE_TYPES
                 .split(',')
                 .map(str::to_string)
@@ -249,7 +250,7 @@ impl TestApp {
             .uri(path)
             .header("host", "backend.internal")
             .header("x-forwarded-host", host)
-            .header("x-forwarded-for", &self.ip);
+            .header("x-aggios-client-ip", &self.ip);
         if !content_type.is_empty() {
             req = req.header("content-type", content_type);
         }

@@ -630,6 +630,31 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         .map(|(r, s)| r.hosts.len() == s.hosts.len())
         .collect();
     check_ambiguity(&raw.routes, &routes, &complete, diags);
+    routes::warn_policy_gaps(&raw.routes, &routes, diags);
+    // The backend's internal listener (API-key lookups, on-demand asks) must not sit in a public upstream.
+    let internal: Vec<SocketAddr> = api_keys
+        .iter()
+        .map(|a| a.lookup_url.as_str())
+        .chain(
+            tls.iter()
+                .flat_map(|t| t.on_demand.iter().map(|o| o.ask.as_str())),
+        )
+        .filter_map(|url| {
+            let authority = url.split("://").nth(1)?.split('/').next()?;
+            authority.parse::<SocketAddr>().ok()
+        })
+        .collect();
+    for (u, spec) in raw.upstreams.iter().zip(&upstreams) {
+        if let Some(s) = spec.servers.iter().find(|s| internal.contains(&s.addr)) {
+            diags.push(Diagnostic::warn(
+                Some(u.name.span()),
+                format!(
+                    "upstream `{}` contains {}, the backend's internal listener (API-key lookups, tenant-domain asks): routes would expose it",
+                    spec.name, s.label
+                ),
+            ));
+        }
+    }
 
     let admin = validate_admin(
         &raw.admin,

@@ -636,3 +636,103 @@ pub(super) fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) 
         _ => true,
     }
 }
+
+/// How much an auth policy checks, for comparing routes (higher is stricter).
+fn auth_strength(a: AuthPolicy) -> u8 {
+    match a {
+        AuthPolicy::None => 0,
+        AuthPolicy::Jwt => 1,
+        AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey | AuthPolicy::JwtTenant => 2,
+    }
+}
+
+fn auth_name(a: AuthPolicy) -> &'static str {
+    match a {
+        AuthPolicy::None => "none",
+        AuthPolicy::Jwt => "jwt",
+        AuthPolicy::ApiKey => "api_key",
+        AuthPolicy::JwtOrApiKey => "jwt_or_api_key",
+        AuthPolicy::JwtTenant => "jwt_tenant",
+    }
+}
+
+/// Warnings about routes that go around the edge's own policies (`gateway validate`, `--strict`):
+/// - a route that reaches an upstream with no rate limit;
+/// - a route that its header or method matchers rank above a route covering the same hosts and paths,
+///   with weaker auth, fewer rate limits or a larger body cap than that route: a client adds the
+///   header and escapes the stricter route.
+pub(super) fn warn_policy_gaps(
+    raw: &[RouteFile],
+    routes: &[RouteSpec],
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (r, spec) in raw.iter().zip(routes) {
+        if let Some(up) = &spec.upstream {
+            if spec.rate_limits.is_empty() {
+                diags.push(Diagnostic::warn(
+                    Some(r.name.span()),
+                    format!(
+                        "route `{}` reaches upstream `{up}` with no rate limit",
+                        spec.name
+                    ),
+                ));
+            }
+        }
+    }
+    let hosts = |s: &RouteSpec| s.hosts.iter().map(HostPattern::source).collect::<Vec<_>>();
+    for (i, a) in routes.iter().enumerate() {
+        if a.methods.is_none() && a.headers.is_empty() {
+            continue;
+        }
+        let a_hosts = hosts(a);
+        for (j, b) in routes.iter().enumerate() {
+            if i == j || a.upstream.is_none() {
+                continue;
+            }
+            let same_hosts = b.hosts.is_empty() || a_hosts.iter().all(|h| hosts(b).contains(h));
+            let inside = a.path_prefix.starts_with(&b.path_prefix);
+            let outranks = (
+                a.priority.unwrap_or(0),
+                a.path_prefix.len(),
+                a.methods.is_some(),
+                a.headers.len(),
+            ) > (
+                b.priority.unwrap_or(0),
+                b.path_prefix.len(),
+                b.methods.is_some(),
+                b.headers.len(),
+            );
+            if !(same_hosts && inside && outranks) {
+                continue;
+            }
+            let mut weaker = Vec::new();
+            if auth_strength(a.auth) < auth_strength(b.auth) {
+                weaker.push(format!(
+                    "weaker auth (`{}` instead of `{}`)",
+                    auth_name(a.auth),
+                    auth_name(b.auth)
+                ));
+            }
+            if b.rate_limits.iter().any(|p| !a.rate_limits.contains(p)) {
+                weaker.push("fewer rate limits".to_string());
+            }
+            if a.max_body_bytes > b.max_body_bytes {
+                weaker.push(format!(
+                    "a larger body cap ({} bytes instead of {})",
+                    a.max_body_bytes, b.max_body_bytes
+                ));
+            }
+            if !weaker.is_empty() {
+                diags.push(Diagnostic::warn(
+                    Some(raw[i].name.span()),
+                    format!(
+                        "route `{}` (chosen by its header or method matchers) takes requests of route `{}` with {}",
+                        a.name,
+                        b.name,
+                        weaker.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+}

@@ -108,6 +108,25 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
     }
 }
 
+/// The client address this gateway computed (right-most untrusted `X-Forwarded-For` entry, or the
+/// peer), for the backend: a header of our own, never taken from a client.
+pub const CLIENT_IP: &str = "x-aggios-client-ip";
+
+/// Replaces any client-sent `X-Aggios-Client-Ip` with the address the gateway computed.
+pub fn set_client_ip(req: &mut RequestHeader, ip: Option<std::net::IpAddr>) {
+    req.remove_header(CLIENT_IP);
+    if let Some(ip) = ip {
+        let mut buf = [0u8; 40];
+        let mut w = std::io::Cursor::new(&mut buf[..]);
+        if std::io::Write::write_fmt(&mut w, format_args!("{ip}")).is_ok() {
+            let n = w.position() as usize;
+            if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
+                let _ = req.insert_header(CLIENT_IP, v);
+            }
+        }
+    }
+}
+
 /// Identity headers a client must never choose; the gateway sets them from a verified token only.
 const IDENTITY: [&str; 4] = ["x-user-id", "x-tenant-id", "x-user-email", "x-user-role"];
 

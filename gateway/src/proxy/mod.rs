@@ -458,14 +458,17 @@ impl Gateway {
         ctx: &RequestCtx,
         rt: &Runtime,
     ) -> std::result::Result<(), EdgeError> {
-        let (Some(store), Some(jti), Some(route)) = (
+        let (Some(store), Some(identity), Some(route)) = (
             self.state.revocation.as_ref(),
-            ctx.identity.as_ref().and_then(|i| i.jti.as_deref()),
+            ctx.identity.as_ref(),
             ctx.route(rt),
         ) else {
             return Ok(());
         };
-        match store.check(jti).await {
+        let Some(jti) = identity.jti.as_deref() else {
+            return Ok(());
+        };
+        match store.check(jti, &identity.user_id, identity.iat).await {
             revocation::Revocation::Valid => Ok(()),
             revocation::Revocation::Revoked => Err(refused(route, auth::AuthError::Revoked)),
             revocation::Revocation::StoreError => {
@@ -830,6 +833,7 @@ impl ProxyHttp for Gateway {
             "http"
         };
         headers::set_forwarded(upstream_request, peer, ctx.peer_trusted, proto, &ctx.host);
+        headers::set_client_ip(upstream_request, ctx.client_ip);
         upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
         if let Some(rt) = ctx.runtime.as_ref() {
             if let Some(route) = ctx.route(rt) {

@@ -127,3 +127,59 @@ fn warnings_pass_unless_strict() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn routes_around_the_edges_policies_are_warned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gaps.toml");
+    std::fs::write(
+        &path,
+        r#"[entrypoints]
+http = "127.0.0.1:8080"
+
+[auth.jwt]
+secret_env = "JWT_SECRET"
+
+[auth.api_keys]
+lookup_url = "http://127.0.0.1:8082/internal/api-keys/{prefix}"
+
+[rate_limits.per_ip]
+key = "client_ip"
+limit = 10
+period = "1s"
+scope = "local"
+
+[[upstreams]]
+name = "backend"
+servers = ["127.0.0.1:8081", "127.0.0.1:8082"]
+
+[[routes]]
+name = "api"
+hosts = ["*.aggios.app"]
+path_prefix = "/api"
+auth = "jwt_tenant"
+rate_limits = ["per_ip"]
+upstream = "backend"
+
+[[routes]]
+name = "api-beta"
+hosts = ["*.aggios.app"]
+path_prefix = "/api"
+headers = { "X-Beta" = "1" }
+upstream = "backend"
+"#,
+    )
+    .expect("write");
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, 0, "{stderr}");
+    let file = path.display().to_string();
+    let got: Vec<String> = stderr.lines().map(|l| l.replace(&file, "FILE")).collect();
+    assert_eq!(
+        got,
+        [
+            "FILE:17:8: warning: upstream `backend` contains 127.0.0.1:8082, the backend's internal listener (API-key lookups, tenant-domain asks): routes would expose it",
+            "FILE:29:8: warning: route `api-beta` reaches upstream `backend` with no rate limit",
+            "FILE:29:8: warning: route `api-beta` (chosen by its header or method matchers) takes requests of route `api` with weaker auth (`none` instead of `jwt_tenant`), fewer rate limits",
+        ]
+    );
+}
