@@ -33,7 +33,13 @@ pub struct AppState {
     pub inline_types: Vec<String>,
     /// Peers whose `X-Aggios-Client-Ip` is believed.
     pub trusted_gateways: Vec<ipnet::IpNet>,
+    /// The internal listener's own small pool: a flood of key lookups cannot take the public API's
+    /// connections, nor the public API starve the gateway's lookups.
+    pub internal_db: sqlx::PgPool,
 }
+
+/// Connections of the internal listener's pool (API-key lookups, tenant-domain asks).
+pub const INTERNAL_POOL_SIZE: u32 = 4;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +99,7 @@ impl AppState {
             max_file_bytes: config.max_file_bytes,
             inline_types: config.inline_types.clone(),
             trusted_gateways: config.trusted_gateways.clone(),
+            internal_db: crate::db::connect(&config.database_url, INTERNAL_POOL_SIZE)?,
         }))
     }
 }

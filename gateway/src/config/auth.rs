@@ -52,9 +52,13 @@ pub struct ApiKeySettings {
     /// A revoked or expired key stops working within this time.
     pub cache_ttl: Duration,
     pub lookup_timeout: Duration,
+    /// Refused keys a client may present per minute; then its key checks get 429 before any lookup.
+    pub failures_per_minute: u32,
 }
 
 pub const DEFAULT_API_KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Refused API keys per client and minute unless `failures_per_minute` says otherwise.
+pub const DEFAULT_API_KEY_FAILURES_PER_MINUTE: u32 = 20;
 pub const DEFAULT_API_KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Validated `[auth.jwt]`.

@@ -255,6 +255,7 @@ pub struct ApiKeysFile {
     pub lookup_url: Spanned<String>,
     pub cache_ttl: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    pub failures_per_minute: Option<Spanned<i64>>,
 }
 
 /// `key = "tenant"` or `key = ["tenant", "route"]`.

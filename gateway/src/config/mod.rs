@@ -535,6 +535,13 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
             ttl
         },
         lookup_timeout: duration_or(&a.timeout, DEFAULT_API_KEY_LOOKUP_TIMEOUT, diags),
+        failures_per_minute: positive(
+            &a.failures_per_minute,
+            u64::from(DEFAULT_API_KEY_FAILURES_PER_MINUTE),
+            "failures_per_minute",
+            diags,
+        )
+        .min(u64::from(u32::MAX)) as u32,
     });
     let rate_limits = rate_limits::validate(&raw.rate_limits, diags);
     let redis = raw.redis.as_ref().and_then(|r| {

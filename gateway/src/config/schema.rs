@@ -178,6 +178,7 @@ const ROOT: &[(&str, Shape)] = &[
                     ("lookup_url", Shape::Value),
                     ("cache_ttl", Shape::Value),
                     ("timeout", Shape::Value),
+                    ("failures_per_minute", Shape::Value),
                 ]),
             ),
         ]),

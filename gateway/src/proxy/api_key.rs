@@ -62,12 +62,22 @@ const SHARD_CAPACITY: usize = 4096;
 
 type Entry = (Option<Arc<KeyRecord>>, Instant);
 
+/// A backend lookup in flight, shared by every request for the same prefix.
+type Pending = Arc<tokio::sync::OnceCell<Result<Option<Arc<KeyRecord>>, String>>>;
+
 /// The read-through key store.
 pub struct ApiKeyStore {
     settings: ApiKeySettings,
     redis: Option<Arc<SharedRedis>>,
     shards: Vec<Mutex<HashMap<String, Entry>>>,
+    /// Concurrent lookups of one prefix are one backend request (only cache misses come here).
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Refused keys per client address in the current minute.
+    failures: Vec<Mutex<HashMap<std::net::IpAddr, (u32, Instant)>>>,
 }
+
+/// The window of `failures_per_minute`.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 impl ApiKeyStore {
     pub fn new(settings: ApiKeySettings, redis: Option<Arc<SharedRedis>>) -> ApiKeyStore {
@@ -75,7 +85,52 @@ impl ApiKeyStore {
             settings,
             redis,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            pending: Mutex::new(HashMap::new()),
+            failures: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
+    }
+
+    fn failure_shard(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> &Mutex<HashMap<std::net::IpAddr, (u32, Instant)>> {
+        let h = match ip {
+            std::net::IpAddr::V4(a) => hash64(&a.octets()),
+            std::net::IpAddr::V6(a) => hash64(&a.octets()),
+        };
+        &self.failures[(h as usize) % SHARDS]
+    }
+
+    /// When `ip` has used up its refused-key budget: the seconds until the window ends.
+    pub fn over_budget(&self, ip: std::net::IpAddr) -> Option<u64> {
+        let shard = self
+            .failure_shard(ip)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (count, since) = shard.get(&ip)?;
+        let left = FAILURE_WINDOW.checked_sub(since.elapsed())?;
+        (*count >= self.settings.failures_per_minute).then(|| left.as_secs().max(1))
+    }
+
+    /// Counts a refused key against `ip`.
+    pub fn charge_failure(&self, ip: std::net::IpAddr) {
+        let mut shard = self
+            .failure_shard(ip)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= SHARD_CAPACITY {
+            shard.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let e = shard.entry(ip).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= FAILURE_WINDOW {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+    }
+
+    /// The failure budget, for the `RateLimit-Policy` field.
+    pub fn failures_per_minute(&self) -> u32 {
+        self.settings.failures_per_minute
     }
 
     fn shard(&self, prefix: &str) -> &Mutex<HashMap<String, Entry>> {
@@ -137,18 +192,19 @@ impl ApiKeyStore {
                 }
             }
         }
-        let url = self.settings.lookup_url.replace("{prefix}", prefix);
-        let (status, body) = crate::http_client::get(&url, self.settings.lookup_timeout)
-            .await
-            .map_err(|e| LookupError::Backend(e.to_string()))?;
-        let rec = match status {
-            200 => Some(Arc::new(
-                serde_json::from_slice::<KeyRecord>(&body)
-                    .map_err(|e| LookupError::Backend(format!("unreadable record: {e}")))?,
-            )),
-            404 => None,
-            s => return Err(LookupError::Backend(format!("lookup answered {s}"))),
+        // One backend lookup per prefix at a time: a burst for the same key waits for the first.
+        let cell = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(pending.entry(prefix.to_string()).or_default())
         };
+        let looked_up = cell.get_or_init(|| self.lookup(prefix)).await.clone();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.get(prefix).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                pending.remove(prefix);
+            }
+        }
+        let rec = looked_up.map_err(LookupError::Backend)?;
         self.remember(prefix, rec.clone());
         if let Some(redis) = &self.redis {
             let value = match &rec {
@@ -179,6 +235,21 @@ impl ApiKeyStore {
             }
         }
         Ok(rec)
+    }
+
+    /// The backend's answer for `prefix`.
+    async fn lookup(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, String> {
+        let url = self.settings.lookup_url.replace("{prefix}", prefix);
+        let (status, body) = crate::http_client::get(&url, self.settings.lookup_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        match status {
+            200 => serde_json::from_slice::<KeyRecord>(&body)
+                .map(|r| Some(Arc::new(r)))
+                .map_err(|e| format!("unreadable record: {e}")),
+            404 => Ok(None),
+            s => Err(format!("lookup answered {s}")),
+        }
     }
 
     /// Checks a presented key: `Ok(Err(_))` is a refusal, `Err(_)` means the store could not answer.

@@ -334,9 +334,28 @@ impl Gateway {
         let Some(store) = rt.api_keys.as_ref() else {
             return Err(reject(auth::AuthError::InvalidApiKey));
         };
+        // A client that keeps presenting refused keys is stopped before any lookup.
+        if let Some(ip) = ctx.client_ip {
+            if let Some(retry) = store.over_budget(ip) {
+                let limit = store.failures_per_minute();
+                return Err(EdgeError::RateLimited(Box::new(
+                    crate::error::RateLimitRefusal {
+                        policy: "api_key_failures".to_string(),
+                        retry_after_secs: retry,
+                        policy_field: format!("\"api_key_failures\";q={limit};w=60"),
+                        ratelimit_field: format!("\"api_key_failures\";r=0;t={retry}"),
+                    },
+                )));
+            }
+        }
         let (identity, record) = match store.verify(key).await {
             Ok(Ok(v)) => v,
-            Ok(Err(a)) => return Err(reject(a)),
+            Ok(Err(a)) => {
+                if let Some(ip) = ctx.client_ip {
+                    store.charge_failure(ip);
+                }
+                return Err(reject(a));
+            }
             Err(e) => {
                 // A key that cannot be checked is never let through, whatever `on_store_error` says.
                 tracing::warn!(error = %e, "API key lookup failed");
@@ -368,12 +387,13 @@ impl Gateway {
         &self,
         ctx: &RequestCtx,
         rt: &Runtime,
+        policies: &[usize],
     ) -> std::result::Result<Option<(String, String)>, EdgeError> {
         use ratelimit::{Outcome, Verdict};
         let Some(route) = ctx.route(rt) else {
             return Ok(None);
         };
-        if route.spec.rate_limits.is_empty() {
+        if policies.is_empty() {
             return Ok(None);
         }
         let specs = &rt.config.rate_limits;
@@ -390,7 +410,7 @@ impl Gateway {
             route: &route.spec.name,
         };
         let (mut outcomes, global, items) =
-            ratelimit::first_tier(specs, &rt.limiters, &route.spec.rate_limits, &values);
+            ratelimit::first_tier(specs, &rt.limiters, policies, &values);
         let refused_early = outcomes.iter().any(|o| !o.verdict.allowed());
         if !global.is_empty() && !refused_early {
             let decided = match self.state.global_limits.as_ref() {
@@ -664,18 +684,44 @@ impl ProxyHttp for Gateway {
             self.answer_preflight(session, ctx, &rt).await?;
             return Ok(true);
         }
-        if let Err(err) = self.check_api_key(ctx, &rt).await {
-            answer(session, ctx, err).await?;
-            return Ok(true);
+        let all: &[usize] = ctx.route(&rt).map_or(&[], |r| &r.spec.rate_limits);
+        let mut later = Cow::Borrowed(all);
+        let mut early_fields = None;
+        if ctx.api_key.is_some() {
+            // Limits by client address (or route) come before the key's lookup: a flood of made-up
+            // keys is refused here, not passed on to the backend.
+            let specs = &rt.config.rate_limits;
+            let (early, rest): (Vec<usize>, Vec<usize>) = all.iter().partition(|&&i| {
+                specs[i].key.iter().all(|k| {
+                    matches!(
+                        k,
+                        crate::config::KeyPart::ClientIp | crate::config::KeyPart::Route
+                    )
+                })
+            });
+            if !early.is_empty() {
+                match self.check_rate_limits(ctx, &rt, &early).await {
+                    Ok(fields) => early_fields = fields,
+                    Err(err) => {
+                        answer(session, ctx, err).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+            later = Cow::Owned(rest);
+            if let Err(err) = self.check_api_key(ctx, &rt).await {
+                answer(session, ctx, err).await?;
+                return Ok(true);
+            }
         }
         // The two Redis questions (each usually answered in process) run concurrently: at most one
         // round trip of latency. A revoked token is refused as such whatever the limits say.
         let (revocation, limits) = tokio::join!(
             self.check_revocation(ctx, &rt),
-            self.check_rate_limits(ctx, &rt)
+            self.check_rate_limits(ctx, &rt, &later)
         );
         match revocation.and(limits) {
-            Ok(fields) => ctx.rate_headers = fields,
+            Ok(fields) => ctx.rate_headers = fields.or(early_fields),
             Err(err) => {
                 answer(session, ctx, err).await?;
                 return Ok(true);

@@ -528,3 +528,162 @@ async fn only_the_verified_credential_is_forwarded() {
     }
     assert_eq!(up.hits(), hits);
 }
+
+/// A flood of made-up keys: the route's client-address limit applies before any lookup, a client's
+/// refused keys are budgeted, concurrent lookups of one prefix are one backend request; valid keys and
+/// the public API keep working meanwhile.
+#[tokio::test]
+async fn a_flood_of_made_up_keys_never_reaches_the_backend() {
+    let up = TestUpstream::start("u");
+    let lookup = DocServer::start().await;
+    let body = format!(
+        r#"[tenancy]
+base_domains = ["aggios.app"]
+
+# The test client plays a load balancer: X-Forwarded-For names the client.
+[forwarding]
+trusted_proxies = ["127.0.0.1/32"]
+
+[auth.jwt]
+secret_env = "GW_SECRET"
+
+[auth.api_keys]
+lookup_url = "http://{}/internal/api-keys/{{prefix}}"
+cache_ttl = "30s"
+failures_per_minute = 10
+
+[rate_limits.per_ip]
+key = "client_ip"
+limit = 3
+period = "1m"
+scope = "local"
+
+{}
+[[routes]]
+name = "read"
+hosts = ["*.aggios.app"]
+path_prefix = "/read"
+auth = "api_key"
+upstream = "u"
+
+[[routes]]
+name = "limited"
+hosts = ["*.aggios.app"]
+path_prefix = "/limited"
+auth = "api_key"
+rate_limits = ["per_ip"]
+upstream = "u"
+
+[[routes]]
+name = "token"
+hosts = ["*.aggios.app"]
+path_prefix = "/token"
+auth = "jwt_tenant"
+upstream = "u"
+"#,
+        lookup.addr,
+        upstream_toml("u", &[&up], ""),
+    );
+    let gw = Gateway::start_with_env(&body, &[("GW_SECRET", SECRET)]).await;
+    let good = new_key();
+    lookup.set(
+        &format!("/internal/api-keys/{}", good.prefix),
+        200,
+        &record(&good, "acme", &[], None),
+    );
+    let from = |ip: &'static str| ("x-forwarded-for", ip);
+
+    // The failure budget: 10 refused keys from one client, then 429 without a lookup.
+    let before = lookup.hits();
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        let k = new_key();
+        let r = call(
+            &gw,
+            "acme.aggios.app",
+            "/read/x",
+            &[("x-api-key", &k.full), from("203.0.113.50")],
+        )
+        .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        15,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        lookup.hits() - before,
+        10,
+        "refused clients still cost lookups"
+    );
+    // That client's JWT calls and another client's valid key still work.
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/token/x",
+        &[("authorization", &jwt("acme")), from("203.0.113.50")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/read/x",
+        &[("x-api-key", &good.full), from("203.0.113.51")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // The route's client-address limit comes before the lookup.
+    let before = lookup.hits();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let k = new_key();
+        let r = call(
+            &gw,
+            "acme.aggios.app",
+            "/limited/x",
+            &[("x-api-key", &k.full), from("203.0.113.52")],
+        )
+        .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429, 429]);
+    assert_eq!(lookup.hits() - before, 3);
+
+    // Concurrent requests with one unknown prefix from many clients, while the backend is slow: one
+    // backend lookup.
+    lookup
+        .delay_ms
+        .store(500, std::sync::atomic::Ordering::SeqCst);
+    let same = new_key();
+    let before = lookup.hits();
+    let ips: Vec<String> = (0..30).map(|i| format!("198.51.100.{i}")).collect();
+    let calls = ips.iter().map(|ip| {
+        let key = same.full.clone();
+        let gw = &gw;
+        async move {
+            call(
+                gw,
+                "acme.aggios.app",
+                "/read/x",
+                &[("x-api-key", &key), ("x-forwarded-for", ip)],
+            )
+            .await
+            .status
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(|s| *s == 401), "{results:?}");
+    assert_eq!(
+        lookup.hits() - before,
+        1,
+        "concurrent lookups of one prefix were not shared"
+    );
+}

@@ -601,6 +601,8 @@ pub struct DocServer {
     pub addr: SocketAddr,
     pub docs: Arc<std::sync::Mutex<HashMap<String, (u16, String)>>>,
     pub hits: Arc<AtomicUsize>,
+    /// Milliseconds to wait before each answer (a slow backend).
+    pub delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -612,18 +614,23 @@ impl DocServer {
         let addr = listener.local_addr().expect("addr");
         let docs: Arc<std::sync::Mutex<HashMap<String, (u16, String)>>> = Arc::default();
         let hits = Arc::new(AtomicUsize::new(0));
-        let (d, h) = (docs.clone(), hits.clone());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (d, h, w) = (docs.clone(), hits.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (d, h) = (d.clone(), h.clone());
+                let (d, h, w) = (d.clone(), h.clone(), w.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (d, h) = (d.clone(), h.clone());
+                        let (d, h, w) = (d.clone(), h.clone(), w.clone());
                         async move {
                             h.fetch_add(1, Ordering::SeqCst);
+                            let wait = w.load(Ordering::SeqCst);
+                            if wait > 0 {
+                                tokio::time::sleep(Duration::from_millis(wait)).await;
+                            }
                             let (status, body) = d
                                 .lock()
                                 .expect("docs")
@@ -649,6 +656,7 @@ impl DocServer {
             addr,
             docs,
             hits,
+            delay_ms,
             task,
         }
     }

@@ -96,12 +96,12 @@ pub async fn lookup(ctx: &Ctx, prefix: &str) -> ApiResult {
     if prefix.len() != 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(gone());
     }
-    let rec = api_keys::lookup(&ctx.state.db, prefix)
+    let rec = api_keys::lookup(&ctx.state.internal_db, prefix)
         .await?
         .filter(|k| k.revoked_at.is_none())
         .filter(|k| k.expires_at.is_none_or(|e| e > OffsetDateTime::now_utc()))
         .ok_or_else(gone)?;
-    let tenant = crate::db::tenants::by_id(&ctx.state.db, rec.tenant_id)
+    let tenant = crate::db::tenants::by_id(&ctx.state.internal_db, rec.tenant_id)
         .await?
         .filter(|t| t.is_active)
         .ok_or_else(gone)?;
