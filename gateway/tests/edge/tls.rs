@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::*;
 use crate::tls_helpers::*;
+use rustls::pki_types::pem::PemObject;
 
 const SECRET: &str = "tls-test-secret-tls-test-secret-0001";
 
@@ -341,4 +342,79 @@ async fn websocket_over_tls() {
         );
     }
     ws.close(None).await.expect("close");
+}
+
+#[tokio::test]
+async fn rsa_and_ecdsa_certificates_and_tls_versions() {
+    // An RSA certificate (made with openssl: rcgen's ring backend cannot make RSA keys) beside the
+    // ECDSA one; each name gets its own, over TLS 1.2 and 1.3.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dev_certs(dir.path(), &["*.aggios.test"]);
+    let d = dir.path();
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:rsa.example.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rsa-test-ca -keyout rsa-ca.key -out rsa-ca.crt",
+        "req -newkey rsa:2048 -nodes -subj /CN=rsa.example.test -keyout rsa.key -out rsa.csr",
+        "x509 -req -in rsa.csr -CA rsa-ca.crt -CAkey rsa-ca.key -CAcreateserial -days 2 -extfile ext.cnf -out rsa.crt",
+    ] {
+        openssl(d, &args.split(' ').collect::<Vec<_>>());
+    }
+    let up = TestUpstream::start("u");
+    let body = format!(
+        "{}[[tls.certificates]]\ncert = \"{d}/rsa.crt\"\nkey = \"{d}/rsa.key\"\n\n[[routes]]\nname = \"rsa\"\nhosts = [\"rsa.example.test\"]\nupstream = \"u\"\n",
+        config(&up, dir.path(), ""),
+        d = dir.path().display()
+    );
+    let gw = Gateway::start_with_env(&body, ENV).await;
+    let rsa_root = std::fs::read(dir.path().join("rsa-ca.crt")).expect("rsa CA");
+    for versions in [
+        &[&rustls::version::TLS12][..],
+        &[&rustls::version::TLS13][..],
+    ] {
+        for (host, root) in [("rsa.example.test", &rsa_root), ("acme.aggios.test", &ca)] {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(root) {
+                roots.add(c.expect("pem")).expect("root");
+            }
+            let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let r = get(gw.https, host, "/", &[], std::sync::Arc::new(cfg))
+                .await
+                .unwrap_or_else(|e| panic!("{host} over {versions:?}: {e}"));
+            assert_eq!(r.status, 200, "{host}");
+        }
+    }
+    // TLS 1.1 is refused by the gateway itself (the client is allowed to offer it).
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", gw.https)])
+        .args([
+            "-servername",
+            "acme.aggios.test",
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a TLS 1.1 handshake succeeded: {said}"
+    );
+    assert!(
+        said.contains("protocol version"),
+        "not refused by the server: {said}"
+    );
 }
