@@ -34,6 +34,8 @@ pub enum DevError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Write(super::storage::StorageError),
 }
 
 const CA_CERT: &str = "dev-ca.crt";
@@ -42,24 +44,7 @@ const LEAF_CERT: &str = "dev.crt";
 const LEAF_KEY: &str = "dev.key";
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), DevError> {
-    let io = |source| DevError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    use std::io::Write;
-    options
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(io)
+    super::storage::write_atomic(path, contents.as_bytes(), private).map_err(DevError::Write)
 }
 
 /// Writes (or reuses) the CA in `dir` and a new leaf for `names` signed by it.

@@ -238,7 +238,9 @@ impl Storage {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), StorageError> {
+/// Writes `bytes` to `path` through a temporary file and a rename (readable by the owner only when
+/// `private`), creating the folder when missing.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), StorageError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = path.with_extension("tmp");
