@@ -105,6 +105,18 @@ auth = "jwt_tenant"
 upstream = "u"
 
 [[routes]]
+name = "platform"
+hosts = ["api.aggios.app"]
+auth = "jwt"
+upstream = "u"
+
+[[routes]]
+name = "open"
+hosts = ["*.aggios.app"]
+path_prefix = "/open"
+upstream = "u"
+
+[[routes]]
 name = "v2"
 hosts = ["*.aggios.app"]
 path_prefix = "/read"
@@ -452,6 +464,34 @@ async fn only_the_verified_credential_is_forwarded() {
     assert_eq!(r.status, 200);
     assert!(
         seen(&r, "authorization") && !seen(&r, "x-api-key"),
+        "{:?}",
+        r.json()
+    );
+    // jwt (no tenant in the host): the same.
+    let r = call(
+        &gw,
+        "api.aggios.app",
+        "/p",
+        &[("authorization", &token), ("x-api-key", &key.full)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        seen(&r, "authorization") && !seen(&r, "x-api-key"),
+        "{:?}",
+        r.json()
+    );
+    // none: the edge checked nothing, so the request goes on as sent (the backend is the only judge).
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/open/x",
+        &[("authorization", &token), ("x-api-key", &key.full)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        seen(&r, "authorization") && seen(&r, "x-api-key"),
         "{:?}",
         r.json()
     );
