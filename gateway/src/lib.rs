@@ -32,6 +32,9 @@ use config::Config;
 use state::GatewayState;
 
 /// Builds the Pingora server for `config` (read from `path`, which is then watched for changes).
+/// L4 write buffer of the https entrypoint: one full TLS record (16 KiB of plaintext) and its overhead.
+const TLS_WRITE_BUFFER: usize = 16 * 1024 + 256;
+
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -124,7 +127,17 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
                 tls: Some(Arc::new(terminator)),
             },
         );
-        secure.add_tcp(&addr.to_string());
+        // A response's TLS records (head and body, each with its 22-byte overhead) often pass Pingora's
+        // default 1460-byte L4 write buffer where the plain response fits: without room for a full
+        // record, one response costs two `sendto`s.
+        secure.add_listener(
+            pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(
+                pingora::protocols::l4::stream::L4BufferSettings {
+                    read: None,
+                    write: Some(TLS_WRITE_BUFFER),
+                },
+            ),
+        );
         server.add_service(secure);
     }
     if let Some(client) = acme_client {
