@@ -167,6 +167,16 @@ impl Metrics {
             &["decision"],
         )?;
         registry.register(Box::new(tls_on_demand.clone()))?;
+        for d in [
+            "allowed",
+            "denied",
+            "ask_failed",
+            "throttled",
+            "issued",
+            "order_failed",
+        ] {
+            tls_on_demand.with_label_values(&[d]);
+        }
         for r in ["ok", "failed", "timeout"] {
             tls_handshakes.with_label_values(&[r]);
         }

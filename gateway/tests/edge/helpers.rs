@@ -389,16 +389,24 @@ impl Gateway {
         split_response(&resp)
     }
 
-    /// The value of a metric series (exact name with labels), 0 when absent.
+    /// The value of a metric series (exact name with labels, as exposed). A series that is not there
+    /// fails the test, naming the series of that metric that are: a misspelled name or label never
+    /// reads as 0.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.admin_get("/metrics").await;
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|r| r.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        let found = body.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|r| r.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        });
+        match found {
+            Some(v) => v,
+            None => {
+                let name = series.split('{').next().unwrap_or(series);
+                let known: Vec<&str> = body.lines().filter(|l| l.starts_with(name)).collect();
+                panic!("no metric series `{series}`; series of `{name}`: {known:#?}")
+            }
+        }
     }
 
     /// The access-log lines so far, parsed.

@@ -127,6 +127,20 @@ async fn tenants_have_their_own_quota_and_overrides_apply() {
         }
     }
     assert_eq!(bigger, 6, "the override");
+    // Redis decided every one of them: no local fallback stood in.
+    let decided = |d: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.metric(&format!(
+                "gateway_ratelimit_decisions_total{{decision=\"{d}\",policy=\"per_tenant\"}}"
+            ))
+            .await
+        }
+    };
+    assert_eq!(decided("allowed").await, 12.0);
+    // The refusals: by Redis, or shed in process once a counter is at twice its quota here.
+    assert_eq!(decided("refused").await + decided("shed").await, 32.0);
+    assert_eq!(gw.metric("gateway_ratelimit_store_errors_total").await, 0.0);
 }
 
 #[tokio::test]
