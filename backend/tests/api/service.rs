@@ -125,3 +125,34 @@ async fn redis_down_gives_503_not_500_and_the_service_still_starts() {
     let (status, _, _) = app.call("GET", "/healthz", "x", None, None).await;
     assert_eq!(status, 200, "the process is alive and answers");
 }
+
+/// `backend serve` refuses a database role that would make row-level security moot (a superuser here;
+/// BYPASSRLS is the same check), before serving anything.
+#[tokio::test]
+async fn a_role_that_bypasses_rls_is_refused_at_start() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let config = backend::config::Config {
+        // The tests' admin URL connects as the `postgres` superuser.
+        database_url: admin_url(),
+        database_owner_url: admin_url(),
+        database_read_url: None,
+        redis_url: redis_url(),
+        jwt_secret: TEST_JWT_SECRET.to_vec(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        internal_listen: None,
+        storage: backend::config::StorageConfig::Local {
+            dir: files.path().to_path_buf(),
+        },
+        access_ttl: std::time::Duration::from_secs(900),
+        refresh_ttl: std::time::Duration::from_secs(3600),
+        max_file_bytes: 1024,
+        trusted_gateways: Vec::new(),
+        inline_types: Vec::new(),
+        migrate_on_start: false,
+    };
+    match backend::app::AppState::new(&config).await {
+        Err(backend::app::StartError::BypassesRls) => {}
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a superuser role was accepted"),
+    }
+}

@@ -433,3 +433,55 @@ async fn redis_cluster_with_hash_tagged_keys() {
     );
     assert_eq!(gw.metric("gateway_ratelimit_store_errors_total").await, 0.0);
 }
+
+/// With Redis away, `fail = "open"` lets requests through past the limit and `fail = "closed"` refuses
+/// every one, each counted as such.
+#[tokio::test]
+async fn fail_open_and_fail_closed_while_redis_is_away() {
+    let up = TestUpstream::start("u");
+    let mut redis = RedisServer::start().await;
+    let policies = "[rate_limits.open]\nkey = \"tenant\"\nlimit = 2\nperiod = \"60s\"\nfail = \"open\"\n\n[rate_limits.closed]\nkey = \"tenant\"\nlimit = 100\nperiod = \"60s\"\nfail = \"closed\"\n";
+    let env = [("GW_REDIS", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let open = Gateway::start_with_env(&config(&up, policies, "\"open\""), &env).await;
+    let closed = Gateway::start_with_env(&config(&up, policies, "\"closed\""), &env).await;
+    // Redis up: the open policy's limit of 2 holds.
+    let t = tenant();
+    assert_eq!(hit(&open, &t).await.status, 200);
+    assert_eq!(hit(&open, &t).await.status, 200);
+    assert_eq!(hit(&open, &t).await.status, 429);
+    redis.stop();
+    // A fresh tenant: twice its limit passes (the default local fallback would allow 2; the in-process
+    // shed guard stops any counter at twice the limit, whatever Redis does).
+    let t2 = tenant();
+    let before = up.hits();
+    for _ in 0..4 {
+        assert_eq!(
+            hit(&open, &t2).await.status,
+            200,
+            "fail = open serves while Redis is away"
+        );
+    }
+    assert_eq!(up.hits(), before + 4);
+    for _ in 0..5 {
+        let r = hit(&closed, &t2).await;
+        assert_eq!(r.status, 429, "fail = closed refuses while Redis is away");
+        assert_eq!(r.error_code(), "rate_limited");
+    }
+    assert_eq!(
+        up.hits(),
+        before + 4,
+        "a closed refusal reached the upstream"
+    );
+    assert_eq!(
+        open.metric(r#"gateway_ratelimit_decisions_total{decision="fail_open",policy="open"}"#)
+            .await,
+        4.0
+    );
+    assert_eq!(
+        closed
+            .metric(r#"gateway_ratelimit_decisions_total{decision="fail_closed",policy="closed"}"#)
+            .await,
+        5.0
+    );
+}

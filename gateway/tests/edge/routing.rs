@@ -253,3 +253,34 @@ async fn many_tenant_routes_still_route() {
     assert_eq!(gw.get("t0.aggios.app", "/").await.upstream(), Some("b"));
     assert_eq!(gw.get("t2000.aggios.app", "/").await.upstream(), Some("a"));
 }
+
+/// The request metrics of the contract are on a live /metrics with the values the traffic implies.
+#[tokio::test]
+async fn request_metrics_are_exported_live() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start(&format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], "")
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("a.test", "/x").await.status, 200);
+    }
+    assert_eq!(
+        gw.metric(r#"gateway_http_requests_total{method="GET",route="r",status="200"}"#)
+            .await,
+        3.0
+    );
+    assert_eq!(
+        gw.metric(r#"gateway_http_request_duration_seconds_count{route="r"}"#)
+            .await,
+        3.0
+    );
+    assert_eq!(
+        gw.metric(r#"gateway_upstream_request_duration_seconds_count{upstream="u"}"#)
+            .await,
+        3.0
+    );
+    // Our own admin request is not a proxied one: none in progress now.
+    assert_eq!(gw.metric("gateway_http_connections_active").await, 0.0);
+}
