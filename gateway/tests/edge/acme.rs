@@ -892,3 +892,71 @@ async fn dns01_wildcard_through_an_exec_hook() {
         ]
     );
 }
+
+/// A CA that requires External Account Binding: the gateway registers with `[tls.acme] eab` and gets its
+/// certificate; without it, the CA refuses the account and no certificate is served.
+#[tokio::test]
+async fn external_account_binding() {
+    // pebble's example key format: base64url, no padding.
+    let hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start_with_eab(ports.0, ports.1, "kid-1", hmac).await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    let plain = config(&up, &pebble, storage.path(), "eab.aggios.test", "http-01");
+    let with_eab = plain.replace(
+        "[tls.acme]\n",
+        "[tls.acme]\neab = { kid = \"kid-1\", hmac_env = \"GW_EAB\" }\n",
+    );
+    let gw = Gateway::start_on(
+        ports,
+        tempfile::tempdir().expect("tempdir"),
+        &with_eab,
+        &[("GW_EAB", hmac)],
+    )
+    .await;
+    within(
+        Duration::from_secs(60),
+        "the certificate issued with EAB",
+        &gw,
+        &pebble,
+        || async { served_names(&gw).await == ["eab.aggios.test"] },
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let r = get(
+        gw.https,
+        "eab.aggios.test",
+        "/",
+        &[],
+        client_config(&root, &[b"http/1.1"]),
+    )
+    .await
+    .expect("HTTPS with the EAB-issued certificate");
+    assert_eq!(r.status, 200);
+
+    // The same CA, an account without a binding: refused, no certificate.
+    let (ports, _) = gw.stop();
+    let storage2 = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_on(
+        ports,
+        tempfile::tempdir().expect("tempdir"),
+        &config(&up, &pebble, storage2.path(), "eab.aggios.test", "http-01"),
+        &[],
+    )
+    .await;
+    within(
+        Duration::from_secs(30),
+        "the CA refusing the account",
+        &gw,
+        &pebble,
+        || async { gw.stderr().contains("externalAccountRequired") },
+    )
+    .await;
+    assert!(served_names(&gw).await.is_empty());
+    assert!(
+        gw.metric("gateway_acme_orders_total{result=\"failure\"}")
+            .await
+            >= 1.0
+    );
+}

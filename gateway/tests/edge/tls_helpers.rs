@@ -177,6 +177,11 @@ impl Pebble {
         Self::start_with_dns(http_port, tls_port, validity, None).await
     }
 
+    /// Like [`Pebble::start`], requiring External Account Binding with the one key `(kid, hmac)`.
+    pub async fn start_with_eab(http_port: u16, tls_port: u16, kid: &str, hmac: &str) -> Pebble {
+        Self::start_full(http_port, tls_port, 3600, None, Some((kid, hmac))).await
+    }
+
     /// Like [`Pebble::start`]; with `dns`, pebble resolves through that server (port on 127.0.0.1)
     /// instead of pebble-challtestsrv.
     pub async fn start_with_dns(
@@ -184,6 +189,16 @@ impl Pebble {
         tls_port: u16,
         validity: u64,
         dns: Option<u16>,
+    ) -> Pebble {
+        Self::start_full(http_port, tls_port, validity, dns, None).await
+    }
+
+    async fn start_full(
+        http_port: u16,
+        tls_port: u16,
+        validity: u64,
+        dns: Option<u16>,
+        eab: Option<(&str, &str)>,
     ) -> Pebble {
         let dir = tempfile::tempdir().expect("tempdir");
         // Pebble's own endpoint needs a certificate; Debian's package ships none.
@@ -216,7 +231,10 @@ impl Pebble {
                 "httpPort": http_port,
                 "tlsPort": tls_port,
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
+                "externalAccountBindingRequired": eab.is_some(),
+                "externalAccountMACKeys": eab
+                    .map(|(kid, hmac)| serde_json::json!({ kid: hmac }))
+                    .unwrap_or_else(|| serde_json::json!({})),
                 "certificateValidityPeriod": validity,
             }
         });
