@@ -37,12 +37,25 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-/// A port that was free a moment ago (for listeners we do not create ourselves).
+/// A port that was free a moment ago (for listeners we do not create ourselves), never the same twice
+/// in this test process: Pingora binds with SO_REUSEPORT, so two gateways handed one port would both
+/// listen on it and share its connections (a TLS client then meets another test's plain listener).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind :0")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind :0");
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// What a test upstream does.
