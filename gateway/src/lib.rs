@@ -14,6 +14,7 @@ pub mod http_client;
 pub mod metrics;
 pub mod proxy;
 pub mod shared_redis;
+pub mod single_flight;
 pub mod state;
 pub mod tls;
 

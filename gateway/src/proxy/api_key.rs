@@ -19,6 +19,7 @@ use crate::config::ApiKeySettings;
 use crate::proxy::auth::{AuthError, Identity};
 use crate::proxy::upstream::hash64;
 use crate::shared_redis::SharedRedis;
+use crate::single_flight::SingleFlight;
 
 /// The Redis entry of a key's record (contract with the backend, which deletes it on revocation).
 pub fn cache_key(prefix: &str) -> String {
@@ -62,16 +63,13 @@ const SHARD_CAPACITY: usize = 4096;
 
 type Entry = (Option<Arc<KeyRecord>>, Instant);
 
-/// A backend lookup in flight, shared by every request for the same prefix.
-type Pending = Arc<tokio::sync::OnceCell<Result<Option<Arc<KeyRecord>>, String>>>;
-
 /// The read-through key store.
 pub struct ApiKeyStore {
     settings: ApiKeySettings,
     redis: Option<Arc<SharedRedis>>,
     shards: Vec<Mutex<HashMap<String, Entry>>>,
     /// Concurrent lookups of one prefix are one backend request (only cache misses come here).
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: SingleFlight<Result<Option<Arc<KeyRecord>>, String>>,
     /// Refused keys per client address in the current minute.
     failures: Vec<Mutex<HashMap<std::net::IpAddr, (u32, Instant)>>>,
 }
@@ -85,7 +83,7 @@ impl ApiKeyStore {
             settings,
             redis,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            pending: Mutex::new(HashMap::new()),
+            pending: SingleFlight::default(),
             failures: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
@@ -193,17 +191,7 @@ impl ApiKeyStore {
             }
         }
         // One backend lookup per prefix at a time: a burst for the same key waits for the first.
-        let cell = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(pending.entry(prefix.to_string()).or_default())
-        };
-        let looked_up = cell.get_or_init(|| self.lookup(prefix)).await.clone();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.get(prefix).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                pending.remove(prefix);
-            }
-        }
+        let looked_up = self.pending.run(prefix, || self.lookup(prefix)).await;
         let rec = looked_up.map_err(LookupError::Backend)?;
         self.remember(prefix, rec.clone());
         if let Some(redis) = &self.redis {

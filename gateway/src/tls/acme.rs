@@ -349,12 +349,14 @@ impl AcmeClient {
                 AuthorizationStatus::Valid => continue,
                 other => return Err(AcmeError::Authorization(other)),
             }
-            let (kind, label) = match acme.challenge {
-                ChallengeKind::Http01 => (ChallengeType::Http01, "http-01"),
-                ChallengeKind::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
-                ChallengeKind::Dns01 => (ChallengeType::Dns01, "dns-01"),
+            let kind = match acme.challenge {
+                ChallengeKind::Http01 => ChallengeType::Http01,
+                ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                ChallengeKind::Dns01 => ChallengeType::Dns01,
             };
-            let mut challenge = authz.challenge(kind).ok_or(AcmeError::NoChallenge(label))?;
+            let mut challenge = authz
+                .challenge(kind)
+                .ok_or(AcmeError::NoChallenge(acme.challenge.as_str()))?;
             let key_authorization = challenge.key_authorization();
             match acme.challenge {
                 ChallengeKind::Http01 => {

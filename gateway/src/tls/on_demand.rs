@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::acme::AcmeClient;
 use crate::config::{AcmeSettings, OnDemandSettings};
 use crate::metrics::metrics;
+use crate::single_flight::SingleFlight;
 use crate::state::GatewayState;
 
 /// Asks to the backend in flight at once; more handshakes for unknown names are refused meanwhile
@@ -56,7 +57,7 @@ pub struct OnDemand {
     state: Arc<GatewayState>,
     client: Arc<AcmeClient>,
     answers: Mutex<HashMap<String, Cached>>,
-    asking: Mutex<HashMap<String, Arc<OnceCell<Ownership>>>>,
+    asking: SingleFlight<Ownership>,
     ask_slots: Semaphore,
     /// Domain → tenant for routing; copied on write (writes happen at handshakes, rarely).
     domains: ArcSwap<HashMap<String, String>>,
@@ -76,7 +77,7 @@ impl OnDemand {
             state,
             client,
             answers: Mutex::default(),
-            asking: Mutex::default(),
+            asking: SingleFlight::default(),
             ask_slots: Semaphore::new(MAX_CONCURRENT_ASKS),
             domains: ArcSwap::default(),
             bounds: Mutex::default(),
@@ -277,12 +278,8 @@ impl OnDemand {
                 return c.answer.clone();
             }
         }
-        let cell = {
-            let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(asking.entry(name.to_string()).or_default())
-        };
-        let answer = cell
-            .get_or_init(|| async {
+        self.asking
+            .run(name, || async {
                 let Ok(_slot) = self.ask_slots.try_acquire() else {
                     return Ownership::Unknown;
                 };
@@ -302,12 +299,6 @@ impl OnDemand {
                 answer
             })
             .await
-            .clone();
-        let mut asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
-        if asking.get(name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            asking.remove(name);
-        }
-        answer
     }
 }
 
