@@ -7,6 +7,7 @@ mod auth;
 mod balancing;
 mod cors;
 mod forwarding;
+mod gcra_script;
 mod health;
 mod helpers;
 mod jwks;

@@ -1,4 +1,7 @@
-//! GCRA (the generic cell rate algorithm), the arithmetic shared by the Redis script and its tests.
+//! GCRA (the generic cell rate algorithm): a policy's parameters, and the reference model of one decision.
+//!
+//! Production decides in Redis (`script.lua`); [`decide`] is the model that the script is property-tested
+//! against on a real Redis (`tests/edge/gcra_script.rs`), and is itself checked here against a token bucket.
 //!
 //! A policy of `limit` per `period` with `burst` is a bucket of `limit + burst` requests refilled at one
 //! request per `interval = period / limit`. GCRA keeps one number per key — the theoretical arrival time
@@ -47,7 +50,7 @@ pub struct Decision {
     pub reset_us: u64,
 }
 
-/// Decides a request at `now` against a stored TAT (`None`: an idle or expired key).
+/// The model: decides a request at `now` against a stored TAT (`None`: an idle or expired key).
 pub fn decide(g: Gcra, tat: Option<u64>, now: u64) -> Decision {
     let tat = tat.unwrap_or(now).max(now);
     if now + g.tolerance_us < tat {
@@ -67,19 +70,6 @@ pub fn decide(g: Gcra, tat: Option<u64>, now: u64) -> Decision {
         retry_after_us: 0,
         reset_us: new_tat - now,
     }
-}
-
-/// A batch of `n` requests arriving together at `now`: how many fit (the first `k` are allowed), and the
-/// TAT after counting them. Equal to [`decide`] applied `n` times at the same instant.
-pub fn decide_batch(g: Gcra, tat: Option<u64>, now: u64, n: u64) -> (u64, u64) {
-    let tat = tat.unwrap_or(now).max(now);
-    let fit = if now + g.tolerance_us >= tat {
-        (now + g.tolerance_us - tat) / g.interval_us + 1
-    } else {
-        0
-    };
-    let k = fit.min(n);
-    (k, tat + k * g.interval_us)
 }
 
 #[cfg(test)]
@@ -142,31 +132,6 @@ mod tests {
                     prop_assert!(d.retry_after_us == 0 || !decide(g, tat, now + d.retry_after_us - 1).allowed);
                 }
             }
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn a_batch_is_the_same_as_one_at_a_time(
-            limit in 1u64..200,
-            burst in 0u64..200,
-            stored in proptest::option::of(0u64..2_000_000),
-            now in 0u64..2_000_000,
-            n in 1u64..400,
-        ) {
-            let g = Gcra::new(Rate { limit, burst }, Duration::from_secs(1));
-            let mut tat = stored;
-            let mut allowed = 0;
-            for _ in 0..n {
-                let d = decide(g, tat, now);
-                if d.allowed {
-                    allowed += 1;
-                    tat = Some(d.tat_us);
-                }
-            }
-            let (k, new_tat) = decide_batch(g, stored, now, n);
-            prop_assert_eq!(k, allowed);
-            prop_assert_eq!(new_tat, tat.unwrap_or(now).max(now));
         }
     }
 
