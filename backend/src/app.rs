@@ -36,6 +36,8 @@ pub struct AppState {
     /// The internal listener's own small pool: a flood of key lookups cannot take the public API's
     /// connections, nor the public API starve the gateway's lookups.
     pub internal_db: sqlx::PgPool,
+    /// Requests being handled right now, on this state's listeners (also `backend_http_requests_in_flight`).
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// Connections of the internal listener's pool (API-key lookups, tenant-domain asks).
@@ -100,6 +102,7 @@ impl AppState {
             inline_types: config.inline_types.clone(),
             trusted_gateways: config.trusted_gateways.clone(),
             internal_db: crate::db::connect(&config.database_url, INTERNAL_POOL_SIZE)?,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 }

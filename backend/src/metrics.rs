@@ -3,8 +3,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -13,6 +13,7 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub pool: IntGaugeVec,
     pub argon2: Histogram,
+    pub in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -46,7 +47,12 @@ impl Metrics {
             )
             .buckets(vec![0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),
         )?;
+        let in_flight = IntGauge::new(
+            "backend_http_requests_in_flight",
+            "Requests being handled right now.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(argon2.clone()))?;
@@ -56,6 +62,7 @@ impl Metrics {
             duration,
             pool,
             argon2,
+            in_flight,
         })
     }
 

@@ -5,6 +5,7 @@ pub mod error;
 pub mod routes;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -136,6 +137,24 @@ fn route_label(method: &Method, path: &str) -> &'static str {
 }
 
 /// Serves one request: dispatch, then the error mapping, request id, metrics and access log.
+/// Counts a request in flight from its head until its response is built (or the handler is dropped).
+struct InFlight(Arc<AppState>);
+
+impl InFlight {
+    fn enter(state: &Arc<AppState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        metrics().in_flight.inc();
+        InFlight(Arc::clone(state))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        metrics().in_flight.dec();
+    }
+}
+
 pub async fn handle(
     state: Arc<AppState>,
     peer: SocketAddr,
@@ -143,6 +162,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
+    let _in_flight = InFlight::enter(&state);
     let (parts, body) = req.into_parts();
     let request_id = parts
         .headers

@@ -39,6 +39,8 @@ pub struct TestApp {
     /// Connected as the owner/superuser (for set-up and inspection only).
     pub owner_pool: PgPool,
     pub ip: String,
+    /// The service's state (its in-flight count, for conditions to wait on).
+    pub state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     _files: tempfile::TempDir,
 }
@@ -138,7 +140,7 @@ impl TestApp {
             .expect("bind");
         let internal_addr = internal.local_addr().expect("addr");
         tokio::spawn(serve(internal, state.clone(), true, std::future::pending()));
-        tokio::spawn(serve(listener, state, false, async move {
+        tokio::spawn(serve(listener, state.clone(), false, async move {
             let _ = rx.await;
         }));
         let app_pool = PgPoolOptions::new()
@@ -159,6 +161,7 @@ impl TestApp {
             app_pool,
             owner_pool,
             ip,
+            state,
             shutdown: Some(tx),
             _files: files_dir,
             internal_addr,

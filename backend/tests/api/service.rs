@@ -44,7 +44,20 @@ async fn shutdown_lets_the_request_in_flight_finish() {
         "PUT /api/files/inflight.txt HTTP/1.1\r\nHost: b\r\nX-Forwarded-Host: acme.aggios.app\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello"
     );
     s.write_all(head.as_bytes()).await.expect("write");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Shut down only once the service is handling the upload (its body half sent).
+    let start = std::time::Instant::now();
+    while app
+        .state
+        .in_flight
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the upload never became a request in flight"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     app.shutdown();
     // New connections are refused once the listener is gone…
     let start = std::time::Instant::now();
