@@ -50,6 +50,9 @@ pub enum EdgeError {
     /// 429: a rate limit refused the request.
     #[error("rate limit `{}` exceeded; retry in {} s", .0.policy, .0.retry_after_secs)]
     RateLimited(Box<RateLimitRefusal>),
+    /// 405: a CONNECT request (the gateway does not tunnel).
+    #[error("CONNECT is not supported")]
+    ConnectNotAllowed,
     /// 500: a bug on our side.
     #[error("internal error")]
     Internal,
@@ -81,6 +84,7 @@ impl EdgeError {
             EdgeError::CorsDenied => 403,
             EdgeError::StoreUnavailable => 503,
             EdgeError::RateLimited(_) => 429,
+            EdgeError::ConnectNotAllowed => 405,
             EdgeError::Internal => 500,
         }
     }
@@ -103,6 +107,7 @@ impl EdgeError {
             EdgeError::CorsDenied => "cors_denied",
             EdgeError::StoreUnavailable => "store_unavailable",
             EdgeError::RateLimited(_) => "rate_limited",
+            EdgeError::ConnectNotAllowed => "method_not_allowed",
             EdgeError::Internal => "internal_error",
         }
     }
@@ -117,6 +122,7 @@ impl EdgeError {
                 | EdgeError::TooManyHeaders
                 | EdgeError::BodyTooLarge
                 | EdgeError::RequestTimeout
+                | EdgeError::ConnectNotAllowed
         )
     }
 

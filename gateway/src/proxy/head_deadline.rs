@@ -13,6 +13,12 @@
 //! deadline, and done as soon as the bytes differ from the preface (a short HTTP/1 request such as
 //! `GET / HTTP/1.0\r\n\r\n` is answered at once instead of waiting for 24 bytes). HTTP/2 connections are
 //! then left to h2's flow control and `limits.h2_idle_timeout`.
+//!
+//! Pingora also answers two refusals itself, before any hook of ours runs: a request head that its
+//! parser rejects (400: obs-fold, conflicting `Content-Length`, a `Transfer-Encoding` other than
+//! chunked, …) and `CONNECT` (405). Its answer has an empty body and no request id, and no access-log
+//! line or metric would record it. A response written while a head is still being read can only be one
+//! of those, so [`DeadlineStream`] writes our JSON error in its place, counts it and logs it.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -32,6 +38,9 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::access_log::{rfc3339_now, Entry};
+use crate::error::EdgeError;
+use crate::metrics::metrics;
 use crate::state::GatewayState;
 
 const IDLE: u8 = 0;
@@ -52,6 +61,9 @@ pub struct DeadlineStream {
     /// Bytes read by [`Peek::try_peek`], handed out again before any new read.
     replay: Vec<u8>,
     replay_pos: usize,
+    gateway: Arc<GatewayState>,
+    /// Our answer in place of Pingora's own refusal, and how much of it is written.
+    refusal: Option<(Vec<u8>, usize)>,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -65,7 +77,7 @@ impl std::fmt::Debug for DeadlineStream {
 
 impl DeadlineStream {
     /// A new connection: the clock for its first head starts now.
-    fn new(inner: Stream, timeout: Duration) -> DeadlineStream {
+    fn new(inner: Stream, timeout: Duration, gateway: Arc<GatewayState>) -> DeadlineStream {
         DeadlineStream {
             inner,
             timeout,
@@ -74,7 +86,111 @@ impl DeadlineStream {
             first_read: true,
             replay: Vec::new(),
             replay_pos: 0,
+            gateway,
+            refusal: None,
         }
+    }
+
+    /// Starts our answer in place of `written` when it is Pingora's own refusal of a head being read.
+    fn take_over(&mut self, written: &[u8]) -> bool {
+        if self.refusal.is_some() {
+            return true;
+        }
+        if self.state.load(Ordering::Acquire) != HEAD {
+            return false;
+        }
+        let Some(err) = pingora_refusal(written) else {
+            return false;
+        };
+        let request_id = super::headers::new_request_id();
+        let status = err.status();
+        let body = err.body(&request_id);
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut out = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        self.refusal = Some((out, 0));
+
+        if matches!(err, EdgeError::Malformed(_)) {
+            metrics().malformed.inc();
+        }
+        let status_label = status.to_string();
+        let method = if status == 405 { "CONNECT" } else { "OTHER" };
+        metrics()
+            .requests
+            .with_label_values(&["<none>", method, &status_label])
+            .inc();
+        let elapsed = self.sleep.as_ref().map_or(Duration::ZERO, |s| {
+            (tokio::time::Instant::now() + self.timeout).saturating_duration_since(s.deadline())
+        });
+        metrics()
+            .request_duration
+            .with_label_values(&["<none>"])
+            .observe(elapsed.as_secs_f64());
+        if self.gateway.access_log.enabled() {
+            let client_ip = self.inner.get_socket_digest().and_then(|d| {
+                d.peer_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_string())
+            });
+            self.gateway.access_log.write(&Entry {
+                time: &rfc3339_now(),
+                request_id: &request_id,
+                client_ip,
+                host: "",
+                method,
+                path: "",
+                status,
+                bytes: body.len(),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                route: None,
+                upstream: None,
+                server: None,
+                tenant: None,
+                user: None,
+                error: Some(err.code()),
+            });
+        }
+        true
+    }
+
+    /// Writes our answer; Pingora is told its `claimed` bytes were written once ours all are.
+    fn poll_refusal(
+        &mut self,
+        cx: &mut Context<'_>,
+        claimed: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        let Some((out, pos)) = self.refusal.as_mut() else {
+            return Poll::Ready(Ok(claimed));
+        };
+        while *pos < out.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &out[*pos..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *pos += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(claimed))
+    }
+}
+
+/// The edge error for a response Pingora writes on its own: its parser's 400 and its 405 to `CONNECT`.
+fn pingora_refusal(written: &[u8]) -> Option<EdgeError> {
+    match written.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
+        b"400 " => Some(EdgeError::Malformed(
+            "the request head is not valid HTTP/1.1",
+        )),
+        b"405 " => Some(EdgeError::ConnectNotAllowed),
+        _ => None,
     }
 }
 
@@ -165,6 +281,9 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.take_over(buf) {
+            return self.poll_refusal(cx, buf.len());
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -178,6 +297,14 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if self.take_over(first) {
+            let claimed = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_refusal(cx, claimed);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -320,7 +447,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
                 }
                 None => stream,
             };
-            Box::new(DeadlineStream::new(stream, rt.config.limits.header_timeout))
+            Box::new(DeadlineStream::new(
+                stream,
+                rt.config.limits.header_timeout,
+                Arc::clone(&self.state),
+            ))
         };
         self.inner.process_new(stream, shutdown).await
     }

@@ -65,12 +65,39 @@ pub struct Behaviour {
     pub health_status: AtomicU64,
 }
 
+/// What a test upstream saw, head by head, before any body arrived.
+#[derive(Default)]
+pub struct Seen {
+    /// Request heads received (a request counts here even if its body never arrives whole).
+    pub heads: AtomicUsize,
+    /// Requests whose body ended early or malformed: the edge aborted them.
+    pub aborted: AtomicUsize,
+    /// `(connection number, method, path)` of every head, in arrival order.
+    pub log: std::sync::Mutex<Vec<(u64, String, String)>>,
+    connections: AtomicU64,
+}
+
+impl Seen {
+    pub fn heads(&self) -> usize {
+        self.heads.load(Ordering::SeqCst)
+    }
+
+    pub fn aborted(&self) -> usize {
+        self.aborted.load(Ordering::SeqCst)
+    }
+
+    pub fn log(&self) -> Vec<(u64, String, String)> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// A real HTTP/1.1 + h2c upstream that echoes the request as JSON and counts hits.
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub name: String,
     pub hits: Arc<AtomicUsize>,
     pub behaviour: Arc<Behaviour>,
+    pub seen: Arc<Seen>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -83,6 +110,7 @@ impl TestUpstream {
             "127.0.0.1:0".parse().expect("addr"),
             Arc::new(AtomicUsize::new(0)),
             Arc::new(Behaviour::default()),
+            Arc::new(Seen::default()),
         )
     }
 
@@ -91,12 +119,18 @@ impl TestUpstream {
         addr: SocketAddr,
         hits: Arc<AtomicUsize>,
         behaviour: Arc<Behaviour>,
+        seen: Arc<Seen>,
     ) -> TestUpstream {
         let listener = bind_retry(addr);
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let (h, b, n) = (hits.clone(), behaviour.clone(), name.to_string());
+        let (h, b, n, sn) = (
+            hits.clone(),
+            behaviour.clone(),
+            name.to_string(),
+            seen.clone(),
+        );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -118,9 +152,10 @@ impl TestUpstream {
                         _ = &mut stopped => return,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
-                            let (h, b, n) = (h.clone(), b.clone(), n.clone());
+                            let (h, b, n, sn) = (h.clone(), b.clone(), n.clone(), sn.clone());
+                            let conn = sn.connections.fetch_add(1, Ordering::SeqCst);
                             tokio::spawn(async move {
-                                let svc = hyper::service::service_fn(move |req| handle(req, n.clone(), h.clone(), b.clone()));
+                                let svc = hyper::service::service_fn(move |req| handle(req, n.clone(), h.clone(), b.clone(), sn.clone(), conn));
                                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                                     .await;
@@ -136,6 +171,7 @@ impl TestUpstream {
             name: name.to_string(),
             hits,
             behaviour,
+            seen,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -159,6 +195,7 @@ impl TestUpstream {
             self.addr,
             self.hits.clone(),
             self.behaviour.clone(),
+            self.seen.clone(),
         );
         *self = again;
     }
@@ -190,6 +227,8 @@ async fn handle(
     name: String,
     hits: Arc<AtomicUsize>,
     behaviour: Arc<Behaviour>,
+    seen: Arc<Seen>,
+    conn: u64,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/healthz" {
         let code = match behaviour.health_status.load(Ordering::SeqCst) {
@@ -201,6 +240,12 @@ async fn handle(
             .body(Full::new(Bytes::from_static(b"ok")))
             .expect("response"));
     }
+    seen.heads.fetch_add(1, Ordering::SeqCst);
+    seen.log.lock().unwrap_or_else(|p| p.into_inner()).push((
+        conn,
+        req.method().as_str().to_string(),
+        req.uri().path().to_string(),
+    ));
     if req
         .headers()
         .get("upgrade")
@@ -213,6 +258,7 @@ async fn handle(
     // A request counts as having reached this backend only once it arrived whole: a request whose
     // body the edge aborted never becomes something a backend could act on.
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        seen.aborted.fetch_add(1, Ordering::SeqCst);
         return Ok(Response::builder()
             .status(400)
             .body(Full::new(Bytes::new()))
