@@ -39,13 +39,20 @@ pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 /// The access-log sink.
 pub struct AccessLog {
     enabled: AtomicBool,
-    tx: mpsc::SyncSender<Vec<u8>>,
+    tx: mpsc::SyncSender<Msg>,
+}
+
+/// What the writer thread is sent.
+enum Msg {
+    Line(Vec<u8>),
+    /// Every line queued before this one is written out and flushed: say so.
+    Flush(mpsc::Sender<()>),
 }
 
 impl AccessLog {
     /// Starts the writer thread.
     pub fn new(enabled: bool) -> AccessLog {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_LINES);
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
@@ -55,8 +62,12 @@ impl AccessLog {
                     std::thread::sleep(DRAIN_INTERVAL);
                     loop {
                         match rx.try_recv() {
-                            Ok(line) => {
+                            Ok(Msg::Line(line)) => {
                                 let _ = out.write_all(&line);
+                            }
+                            Ok(Msg::Flush(done)) => {
+                                let _ = out.flush();
+                                let _ = done.send(());
                             }
                             Err(mpsc::TryRecvError::Empty) => break,
                             Err(mpsc::TryRecvError::Disconnected) => {
@@ -87,12 +98,32 @@ impl AccessLog {
         self.enabled.load(Ordering::Relaxed)
     }
 
+    /// Waits (up to `within`) until every line queued so far is written out: before the process exits.
+    pub fn flush(&self, within: std::time::Duration) -> bool {
+        let (done, wait) = mpsc::channel();
+        let deadline = std::time::Instant::now() + within;
+        let mut msg = Msg::Flush(done);
+        // The queue may be full: retry until the writer makes room or time is up.
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(DRAIN_INTERVAL / 4);
+                }
+                Err(_) => return false,
+            }
+        }
+        wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_ok()
+    }
+
     /// Queues one line; never blocks.
     pub fn write(&self, entry: &Entry<'_>) {
         let mut buf = Vec::with_capacity(320);
         if serde_json::to_writer(&mut buf, entry).is_ok() {
             buf.push(b'\n');
-            if self.tx.try_send(buf).is_err() {
+            if self.tx.try_send(Msg::Line(buf)).is_err() {
                 crate::metrics::metrics().access_log_dropped.inc();
             }
         }

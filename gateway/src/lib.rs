@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod http_client;
 pub mod metrics;
@@ -51,9 +52,11 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         // One single-threaded runtime per worker (like nginx workers): cheaper wake-ups than a
         // work-stealing pool, and a connection's tasks stay on one core.
         work_stealing: false,
-        // Sessions idle in keep-alive are closed right away on shutdown; in-flight ones get the grace.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace.as_secs()),
+        // On SIGTERM the listeners close and idle keep-alive connections are closed at once; requests in
+        // flight get the grace (the runtimes live on for it), and `drain::Drain` ends the process as soon
+        // as none is left. After the grace, the runtimes are stopped, cancelling whatever still runs.
+        grace_period_seconds: Some(config.server.shutdown_grace.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     conf.upstream_keepalive_pool_size = 1024;
@@ -73,6 +76,7 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
     let acme = acme.is_some();
     let admin = config.entrypoints.admin;
     let h2_idle_timeout = config.limits.h2_idle_timeout;
+    let shutdown_grace = config.server.shutdown_grace;
     let state = GatewayState::new(config);
 
     // ACME orders (configured names and tenants' own domains) share one client and account.
@@ -163,6 +167,13 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         server.add_service(admin_service);
     }
 
+    server.add_service(background_service(
+        "drain",
+        drain::Drain {
+            state: Arc::clone(&state),
+            grace: shutdown_grace,
+        },
+    ));
     server.add_service(background_service(
         "config-reload",
         Reloader {

@@ -63,6 +63,11 @@ pub fn free_port() -> u16 {
 pub struct Behaviour {
     pub delay_ms: AtomicU64,
     pub health_status: AtomicU64,
+    /// How long `/healthz` takes to answer.
+    pub health_delay_ms: AtomicU64,
+    /// Health probes answered with a failure / with 200.
+    pub probes_failed: AtomicUsize,
+    pub probes_ok: AtomicUsize,
 }
 
 /// What a test upstream saw, head by head, before any body arrived.
@@ -231,10 +236,19 @@ async fn handle(
     conn: u64,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/healthz" {
+        let delay = behaviour.health_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let code = match behaviour.health_status.load(Ordering::SeqCst) {
             0 => 200,
             c => c as u16,
         };
+        if code == 200 {
+            behaviour.probes_ok.fetch_add(1, Ordering::SeqCst);
+        } else {
+            behaviour.probes_failed.fetch_add(1, Ordering::SeqCst);
+        }
         return Ok(Response::builder()
             .status(code)
             .body(Full::new(Bytes::from_static(b"ok")))
@@ -417,6 +431,20 @@ impl Gateway {
             String::new()
         };
         format!("[entrypoints]\nhttp = \"127.0.0.1:{http}\"\n{https}admin = \"127.0.0.1:{admin}\"\n\n[log]\nformat = \"json\"\n\n{body}")
+    }
+
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// The process's exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Stops the process and hands back its directory and ports, for a restart with [`Gateway::start_on`].

@@ -17,6 +17,7 @@ mod ratelimit;
 mod reload;
 mod revocation;
 mod routing;
+mod shutdown;
 mod slow_clients;
 mod tls;
 mod tls_helpers;

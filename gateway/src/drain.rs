@@ -1,0 +1,72 @@
+//! The end of a graceful stop (SIGTERM). Pingora closes the listeners and idle keep-alive connections,
+//! then keeps the runtimes alive for `[server] shutdown_grace` so that requests in flight can finish, and
+//! stops them after it. [`Drain`] ends the process as soon as no request is left in flight, so that a
+//! stop takes as long as the slowest request, not always the whole grace.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::metrics::metrics;
+use crate::state::GatewayState;
+
+/// How long "nothing in flight" must hold before the process ends: a connection accepted just before
+/// the listener closed gets this long to turn into a request.
+const SETTLE: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(20);
+
+pub struct Drain {
+    pub state: Arc<GatewayState>,
+    pub grace: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let start = Instant::now();
+        let active = metrics().connections_active.get();
+        tracing::info!(
+            in_flight = active,
+            grace_ms = self.grace.as_millis() as u64,
+            "draining"
+        );
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            if metrics().connections_active.get() <= 0 {
+                if idle_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE {
+                    break;
+                }
+            } else {
+                idle_since = None;
+            }
+            if start.elapsed() >= self.grace {
+                // Pingora stops the runtimes now, cutting what is left.
+                tracing::warn!(
+                    in_flight = metrics().connections_active.get(),
+                    "requests still in flight at the end of shutdown_grace"
+                );
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let state = Arc::clone(&self.state);
+        let flushed =
+            tokio::task::spawn_blocking(move || state.access_log.flush(Duration::from_secs(1)))
+                .await
+                .unwrap_or(false);
+        tracing::info!(
+            after_ms = start.elapsed().as_millis() as u64,
+            access_log_flushed = flushed,
+            "drained: no request in flight; exiting"
+        );
+        std::process::exit(0);
+    }
+}
