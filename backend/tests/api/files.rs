@@ -175,7 +175,40 @@ async fn files_on_a_local_directory() {
         (status, body["error"]["code"].as_str()),
         (400, Some("presign_unsupported"))
     );
-    let _ = acme;
+    // The layout on disk: `{tenant uuid}/{path}` (metadata beside it under `.meta/{tenant uuid}/`).
+    let root = app.files.path();
+    let stored = std::fs::read(root.join(acme.id.to_string()).join("docs").join("b.txt"))
+        .expect("acme's docs/b.txt under its tenant id");
+    assert_eq!(stored, b"world");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                files.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .expect("under root")
+                        .to_path_buf(),
+                );
+            }
+        }
+    }
+    assert!(!files.is_empty());
+    for f in &files {
+        let mut parts = f.iter().map(|p| p.to_string_lossy().into_owned());
+        let mut first = parts.next().unwrap_or_default();
+        if first == ".meta" {
+            first = parts.next().unwrap_or_default();
+        }
+        assert!(
+            uuid::Uuid::parse_str(&first).is_ok(),
+            "{} is not under a tenant id",
+            f.display()
+        );
+    }
 }
 
 #[tokio::test]

@@ -42,7 +42,8 @@ pub struct TestApp {
     /// The service's state (its in-flight count, for conditions to wait on).
     pub state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    _files: tempfile::TempDir,
+    /// The local storage directory (`STORAGE_DIR`) when no S3 is configured.
+    pub files: tempfile::TempDir,
 }
 
 /// The owner's URL of test database `db`.
@@ -163,7 +164,7 @@ impl TestApp {
             ip,
             state,
             shutdown: Some(tx),
-            _files: files_dir,
+            files: files_dir,
             internal_addr,
         }
     }

@@ -727,3 +727,215 @@ upstream = "u"
         "concurrent lookups of one prefix were not shared"
     );
 }
+
+/// A token for `user` of `tenant`.
+fn jwt_for(tenant: &str, user: &str) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims =
+        serde_json::json!({ "user_id": user, "tenant_id": tenant, "iat": now, "exp": now + 600 });
+    let t = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    format!("Bearer {t}")
+}
+
+/// On a host without a tenant (`api.…`, reserved), `jwt_tenant` and `jwt_or_api_key` still need a valid
+/// credential, and the tenant then comes from it (config/README.md, `auth`); on a tenant's host the same
+/// credential of another tenant is refused.
+#[tokio::test]
+async fn tenant_policies_on_a_host_without_a_tenant_take_the_credentials_tenant() {
+    let up = TestUpstream::start("u");
+    let v2 = TestUpstream::start("v2");
+    let lookup = DocServer::start().await;
+    let cfg = config(&up, &v2, &lookup).replacen(
+        "[tenancy]\nbase_domains = [\"aggios.app\"]\n",
+        "[tenancy]\nbase_domains = [\"aggios.app\"]\nreserved = [\"api\"]\n",
+        1,
+    ) + r#"
+[[routes]]
+name = "platform-tenant"
+hosts = ["api.aggios.app"]
+path_prefix = "/tenant"
+auth = "jwt_tenant"
+upstream = "u"
+
+[[routes]]
+name = "platform-either"
+hosts = ["api.aggios.app"]
+path_prefix = "/either"
+auth = "jwt_or_api_key"
+upstream = "u"
+"#;
+    let gw =
+        Gateway::start_with_env(&cfg, &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)]).await;
+    let key = new_key();
+    lookup.set(
+        &format!("/internal/api-keys/{}", key.prefix),
+        200,
+        &record(&key, "globex", &[], None),
+    );
+    let tenant_seen = |r: &Resp| r.json()["headers"]["x-tenant-id"].clone();
+
+    let acme = jwt_for("acme", "u-acme");
+    let r = call(
+        &gw,
+        "api.aggios.app",
+        "/tenant/x",
+        &[("authorization", &acme)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(tenant_seen(&r), serde_json::json!(["acme"]));
+    let r = call(
+        &gw,
+        "api.aggios.app",
+        "/either/x",
+        &[("x-api-key", &key.full)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(tenant_seen(&r), serde_json::json!(["globex"]));
+    let r = call(
+        &gw,
+        "api.aggios.app",
+        "/either/x",
+        &[("authorization", &acme)],
+    )
+    .await;
+    assert_eq!(tenant_seen(&r), serde_json::json!(["acme"]));
+    let hits = up.hits();
+
+    // Without a credential, or with a bad one, nothing passes on the tenant-less host either.
+    for (path, headers) in [
+        ("/tenant/x", vec![]),
+        ("/either/x", vec![]),
+        ("/tenant/x", vec![("authorization", "Bearer not.a.token")]),
+        ("/either/x", vec![("x-api-key", "ak_00000000_nope")]),
+    ] {
+        let r = call(&gw, "api.aggios.app", path, &headers).await;
+        assert_eq!(r.status, 401, "{path} {headers:?}: {:?}", r.body);
+    }
+    // On a tenant's host the same credentials of another tenant are refused.
+    let r = call(
+        &gw,
+        "acme.aggios.app",
+        "/either/x",
+        &[("x-api-key", &key.full)],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (403, "tenant_mismatch".to_string())
+    );
+    let r = call(
+        &gw,
+        "globex.aggios.app",
+        "/token/x",
+        &[("authorization", &acme)],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (403, "tenant_mismatch".to_string())
+    );
+    assert_eq!(up.hits(), hits, "a refused request reached the upstream");
+}
+
+/// Rate limits keyed by `user` and by `api_key`, end to end: each user and each key has its own counter in
+/// Redis (under the user id and the key id, not the client address), and one's refusal leaves the others.
+#[tokio::test]
+async fn user_and_api_key_limit_keys_count_per_user_and_per_key_in_redis() {
+    let up = TestUpstream::start("u");
+    let v2 = TestUpstream::start("v2");
+    let lookup = DocServer::start().await;
+    let run = fastrand::u32(..);
+    let (per_user, per_key) = (format!("per_user_{run}"), format!("per_key_{run}"));
+    let cfg = config(&up, &v2, &lookup)
+        .replace(
+            "name = \"token\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/token\"\n",
+            &format!("name = \"token\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/token\"\nrate_limits = [\"{per_user}\"]\n"),
+        )
+        .replace(
+            "name = \"read\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/read\"\n",
+            &format!("name = \"read\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/read\"\nrate_limits = [\"{per_key}\"]\n"),
+        )
+        + &format!(
+            "\n[rate_limits.{per_user}]\nkey = \"user\"\nlimit = 3\nperiod = \"60s\"\n\n[rate_limits.{per_key}]\nkey = \"api_key\"\nlimit = 2\nperiod = \"60s\"\n"
+        );
+    assert!(
+        cfg.contains(&format!("rate_limits = [\"{per_user}\"]"))
+            && cfg.contains(&format!("rate_limits = [\"{per_key}\"]"))
+    );
+    let gw =
+        Gateway::start_with_env(&cfg, &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)]).await;
+    let (k1, k2) = (new_key(), new_key());
+    for k in [&k1, &k2] {
+        lookup.set(
+            &format!("/internal/api-keys/{}", k.prefix),
+            200,
+            &record(k, "acme", &["files:read"], None),
+        );
+    }
+    let statuses = |n: usize, path: &'static str, h: (&'static str, String)| {
+        let gw = &gw;
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let r = call(gw, "acme.aggios.app", path, &[(h.0, &h.1)]).await;
+                out.push(r.status);
+            }
+            out
+        }
+    };
+    let (ann, bob) = (format!("ann-{run}"), format!("bob-{run}"));
+    assert_eq!(
+        statuses(4, "/token/a", ("authorization", jwt_for("acme", &ann))).await,
+        vec![200, 200, 200, 429]
+    );
+    assert_eq!(
+        statuses(3, "/token/a", ("authorization", jwt_for("acme", &bob))).await,
+        vec![200, 200, 200],
+        "another user of the same tenant, from the same address, has their own quota"
+    );
+    assert_eq!(
+        statuses(3, "/read/a", ("x-api-key", k1.full.clone())).await,
+        vec![200, 200, 429]
+    );
+    assert_eq!(
+        statuses(2, "/read/a", ("x-api-key", k2.full.clone())).await,
+        vec![200, 200],
+        "another key of the same tenant has its own quota"
+    );
+    // The counters Redis holds are the user ids' and the key ids'.
+    let mut c = redis::Client::open(redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for counter in [
+        format!("{per_user}:{ann}"),
+        format!("{per_user}:{bob}"),
+        format!("{per_key}:key-{}", k1.prefix),
+        format!("{per_key}:key-{}", k2.prefix),
+    ] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("aggios:rl:{{{counter}}}"))
+            .query_async(&mut c)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0, "no Redis counter for {counter}");
+    }
+    let fell_back_to_ip: i64 = redis::cmd("EXISTS")
+        .arg(format!("aggios:rl:{{{per_user}:ip=127.0.0.1}}"))
+        .arg(format!("aggios:rl:{{{per_key}:ip=127.0.0.1}}"))
+        .query_async(&mut c)
+        .await
+        .expect("EXISTS");
+    assert_eq!(fell_back_to_ip, 0);
+}

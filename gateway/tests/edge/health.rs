@@ -215,3 +215,48 @@ async fn reset_before_any_response_byte_is_retried_for_idempotent_methods_only()
         "{statuses:?}"
     );
 }
+
+/// `unhealthy_threshold = 3` takes a server out only after three failed checks in a row, and
+/// `healthy_threshold = 2` puts it back only after two passes.
+#[tokio::test]
+async fn thresholds_above_one_count_checks_in_a_row() {
+    let a = TestUpstream::start("a");
+    let b = TestUpstream::start("b");
+    let cfg = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream_toml(
+            "u",
+            &[&a, &b],
+            "health = { path = \"/healthz\", interval = \"150ms\", timeout = \"500ms\", healthy_threshold = 2, unhealthy_threshold = 3 }"
+        )
+    );
+    let gw = Gateway::start(&cfg).await;
+    let series = format!(
+        "gateway_upstream_server_up{{server=\"{}\",upstream=\"u\"}}",
+        a.addr
+    );
+    eventually("a checked and up", || async {
+        a.behaviour.probes_ok.load(Ordering::SeqCst) >= 2 && gw.metric(&series).await == 1.0
+    })
+    .await;
+
+    a.behaviour.health_status.store(500, Ordering::SeqCst);
+    let failed_before = a.behaviour.probes_failed.load(Ordering::SeqCst);
+    let start = std::time::Instant::now();
+    while gw.metric(&series).await == 1.0 {
+        assert!(start.elapsed() < DEADLINE, "a never taken out");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let failed = a.behaviour.probes_failed.load(Ordering::SeqCst) - failed_before;
+    assert!(failed >= 3, "taken out after {failed} failed checks");
+
+    a.behaviour.health_status.store(0, Ordering::SeqCst);
+    let ok_before = a.behaviour.probes_ok.load(Ordering::SeqCst);
+    let start = std::time::Instant::now();
+    while gw.metric(&series).await == 0.0 {
+        assert!(start.elapsed() < DEADLINE, "a never put back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ok = a.behaviour.probes_ok.load(Ordering::SeqCst) - ok_before;
+    assert!(ok >= 2, "put back after {ok} passing checks");
+}

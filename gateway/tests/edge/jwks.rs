@@ -126,3 +126,65 @@ upstream = "u"
     .await;
     assert_eq!(status(&gw, &rs_token).await, (401, "unknown_kid".into()));
 }
+
+/// A reload keeps the JWKS set of an unchanged URL (no new fetch, even with the provider down); a changed
+/// URL starts a new set.
+#[tokio::test]
+async fn a_reload_keeps_the_set_of_an_unchanged_url() {
+    let up = TestUpstream::start("u");
+    let idp = DocServer::start().await;
+    idp.set("/jwks.json", 200, &jwks_with(&["rsa-1"]));
+    idp.set("/other.json", 200, &jwks_with(&["ec-1"]));
+    let cfg = |path: &str, extra_route: &str| {
+        format!(
+            r#"[tenancy]
+base_domains = ["aggios.app"]
+
+[auth.jwt]
+jwks_url = "http://{}{path}"
+jwks_refresh = "1h"
+
+{}
+[[routes]]
+name = "api"
+hosts = ["*.aggios.app"]
+path_prefix = "/api"
+auth = "jwt_tenant"
+upstream = "u"
+{extra_route}"#,
+            idp.addr,
+            upstream_toml("u", &[&up], "")
+        )
+    };
+    let gw = Gateway::start(&cfg("/jwks.json", "")).await;
+    let rsa = EncodingKey::from_rsa_pem(&key_file("rsa.pem")).expect("rsa");
+    let ec = EncodingKey::from_ec_pem(&key_file("ec.pk8.pem")).expect("ec");
+    let rs_token = token(Algorithm::RS256, "rsa-1", &rsa);
+    let es_token = token(Algorithm::ES256, "ec-1", &ec);
+    eventually("the JWKS is fetched", || async {
+        status(&gw, &rs_token).await.0 == 200
+    })
+    .await;
+
+    // The provider goes down; a reload with the same URL keeps the set it has.
+    idp.set("/jwks.json", 500, "down");
+    let fetches = idp.hits();
+    gw.rewrite(&cfg(
+        "/jwks.json",
+        "\n[[routes]]\nname = \"new\"\nhosts = [\"new.test\"]\nupstream = \"u\"\n",
+    ));
+    eventually("the reload is applied", || async {
+        gw.get("new.test", "/").await.status == 200
+    })
+    .await;
+    assert_eq!(status(&gw, &rs_token).await.0, 200, "the set was dropped");
+    assert_eq!(idp.hits(), fetches, "the reload fetched the set again");
+
+    // Another URL is another set.
+    gw.rewrite(&cfg("/other.json", ""));
+    eventually("the new URL's set is used", || async {
+        status(&gw, &es_token).await.0 == 200
+    })
+    .await;
+    assert_eq!(status(&gw, &rs_token).await, (401, "unknown_kid".into()));
+}

@@ -168,3 +168,62 @@ async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
     let r = slow.await.expect("join");
     assert_eq!((r.status, r.upstream()), (200, Some("a")));
 }
+
+/// What a reload keeps and what it restarts: a server's health state survives (a sick server stays out,
+/// even with checks now an hour apart); in-process rate-limit counters restart (config/README.md).
+#[tokio::test]
+async fn a_reload_keeps_health_state_and_restarts_local_counters() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let cfg = |interval: &str, extra_route: &str| {
+        format!(
+            "[rate_limits.local_cap]\nkey = \"client_ip\"\nlimit = 2\nperiod = \"1h\"\nscope = \"local\"\n\n{}[[routes]]\nname = \"r\"\nupstream = \"u\"\n\n[[routes]]\nname = \"capped\"\npath_prefix = \"/capped\"\nupstream = \"u\"\nrate_limits = [\"local_cap\"]\n{extra_route}",
+            upstream_toml(
+                "u",
+                &[&a, &b],
+                &format!("health = {{ path = \"/healthz\", interval = \"{interval}\", timeout = \"500ms\", healthy_threshold = 1, unhealthy_threshold = 1 }}")
+            )
+        )
+    };
+    let gw = Gateway::start(&cfg("100ms", "")).await;
+    let a_up = format!(
+        "gateway_upstream_server_up{{server=\"{}\",upstream=\"u\"}}",
+        a.addr
+    );
+    a.behaviour.health_status.store(500, Ordering::SeqCst);
+    eventually("a taken out", || async { gw.metric(&a_up).await == 0.0 }).await;
+    let capped: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(gw.get("x.test", "/capped").await.status);
+        }
+        v
+    };
+    assert_eq!(capped, vec![200, 200, 429]);
+    // From now on a check of `a` takes 2 s to fail (its timeout is 500 ms): a state restarted as healthy
+    // by the reload would send `a` traffic for half a second.
+    a.behaviour.health_delay_ms.store(2_000, Ordering::SeqCst);
+
+    gw.rewrite(&cfg(
+        "1h",
+        "\n[[routes]]\nname = \"new\"\nhosts = [\"new.test\"]\nupstream = \"u\"\n",
+    ));
+    eventually("the reload is applied", || async {
+        gw.metric("gateway_config_reloads_total{result=\"success\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    let a_hits = a.hits();
+    for _ in 0..20 {
+        let r = gw.get("x.test", "/").await;
+        assert_eq!(
+            (r.status, r.upstream()),
+            (200, Some("b")),
+            "a sick server back in rotation after a reload"
+        );
+    }
+    assert_eq!(a.hits(), a_hits);
+    assert_eq!(gw.metric(&a_up).await, 0.0);
+    // The local counter restarted with the new config.
+    assert_eq!(gw.get("x.test", "/capped").await.status, 200);
+}
