@@ -151,6 +151,18 @@ async fn call(
     path: &str,
     host: &str,
 ) -> (u16, http::HeaderMap, serde_json::Value) {
+    call_as(addr, method, path, host, client_ip(), "ann@acme.test").await
+}
+
+/// A login attempt from `ip` for `email` (a wrong password).
+async fn call_as(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    ip: &str,
+    email: &str,
+) -> (u16, http::HeaderMap, serde_json::Value) {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -162,10 +174,10 @@ async fn call(
         .header("host", "backend")
         .header("x-forwarded-host", host)
         // A client address of this run's own: throttling counters live in the shared Redis for 15 min.
-        .header("x-aggios-client-ip", client_ip())
+        .header("x-aggios-client-ip", ip)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(
-            r#"{"email":"ann@acme.test","password":"wrong password"}"#,
+            serde_json::json!({ "email": email, "password": "wrong password" }).to_string(),
         )))
         .expect("request");
     let resp = sender.send_request(req).await.expect("send");
@@ -225,7 +237,71 @@ async fn postgres_down_gives_503_then_recovers() {
         "baseline: a wrong password, database up: {body}"
     );
 
+    // Steady traffic all through the outage: logins from many addresses for many accounts (so the
+    // throttle never speaks), each answer recorded with whether it carried Retry-After.
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u16, bool)>::new()));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop_load, answers) = (stop_load.clone(), answers.clone());
+            tokio::spawn(async move {
+                while !stop_load.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r: u64 = rand::random();
+                    let ip = std::net::Ipv6Addr::new(
+                        0x2001,
+                        0xdb8,
+                        0xbeef,
+                        (r >> 48) as u16,
+                        (r >> 32) as u16,
+                        (r >> 16) as u16,
+                        r as u16,
+                        1,
+                    )
+                    .to_string();
+                    let email = format!("u{r}@acme.test");
+                    let (status, headers, _) = call_as(
+                        addr,
+                        "POST",
+                        "/api/auth/login",
+                        "acme.aggios.app",
+                        &ip,
+                        &email,
+                    )
+                    .await;
+                    answers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((status, headers.contains_key("retry-after")));
+                }
+            })
+        })
+        .collect();
+    let count = |answers: &std::sync::Mutex<Vec<(u16, bool)>>, status: u16| {
+        answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(s, _)| *s == status)
+            .count()
+    };
+    let wait_for = |status: u16, n: usize| {
+        let answers = answers.clone();
+        async move {
+            let start = Instant::now();
+            let target = count(&answers, status) + n;
+            while count(&answers, status) < target {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "no {n} more {status}s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(401, 20).await;
+
     pg.stop();
+    wait_for(503, 20).await;
     let (status, headers, body) = call(addr, "POST", "/api/auth/login", "acme.aggios.app").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -255,4 +331,23 @@ async fn postgres_down_gives_503_then_recovers() {
         assert!(start.elapsed() < Duration::from_secs(60), "did not recover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The traffic recovers too, and nothing but 401 (up) and 503 with Retry-After (down) was answered.
+    wait_for(401, 20).await;
+    stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in load {
+        t.await.expect("load task");
+    }
+    let answers = answers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut by_status = std::collections::BTreeMap::new();
+    for (s, _) in &answers {
+        *by_status.entry(*s).or_insert(0) += 1;
+    }
+    assert!(
+        by_status.keys().all(|s| *s == 401 || *s == 503),
+        "answers under the outage: {by_status:?}"
+    );
+    assert!(
+        answers.iter().all(|(s, retry)| *s != 503 || *retry),
+        "a 503 without Retry-After"
+    );
 }
