@@ -29,15 +29,36 @@ pub enum StorageError {
     PresignUnsupported,
     #[error("storage: {0}")]
     Backend(String),
+    /// The disk (or quota) is full.
+    #[error("storage full: {0}")]
+    Full(String),
 }
 
 impl From<object_store::Error> for StorageError {
     fn from(e: object_store::Error) -> Self {
         match e {
             object_store::Error::NotFound { .. } => StorageError::NotFound,
+            other if is_full(&other) => StorageError::Full(other.to_string()),
             other => StorageError::Backend(other.to_string()),
         }
     }
+}
+
+/// Whether an error comes from a full disk or quota (ENOSPC, EDQUOT) somewhere in its chain.
+fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded
+                || matches!(io.raw_os_error(), Some(28 | 122))
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A stored object's description.
@@ -81,7 +102,7 @@ pub fn check_path(path: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn key(tenant: Uuid, path: &str) -> Result<Path, StorageError> {
+pub(crate) fn key(tenant: Uuid, path: &str) -> Result<Path, StorageError> {
     check_path(path)?;
     Path::parse(format!("{tenant}/{path}"))
         .map_err(|_| StorageError::InvalidPath("not a valid object path"))

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// 503: Postgres, Redis or storage unavailable; the client may retry.
     #[error("{0} unavailable")]
     Unavailable(&'static str),
+    /// 507: the file store has no room left; nothing was stored.
+    #[error("no room left to store this file; nothing was stored")]
+    InsufficientStorage,
     /// 500: a bug; the detail goes to the log only.
     #[error("internal error")]
     Internal(String),
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,6 +72,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_failed",
             ApiError::TooManyAttempts { .. } => "too_many_attempts",
             ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::InsufficientStorage => "insufficient_storage",
             ApiError::Internal(_) => "internal_error",
         }
     }

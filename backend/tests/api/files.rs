@@ -314,3 +314,141 @@ async fn active_content_is_served_as_an_attachment() {
         );
     }
 }
+
+/// A tmpfs of `kib` KiB mounted on a fresh directory (the test runs as root, as CI does; otherwise through
+/// `sudo -n`), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(kib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        let mut cmd = if root {
+            std::process::Command::new("mount")
+        } else {
+            let mut c = std::process::Command::new("sudo");
+            c.args(["-n", "mount"]);
+            c
+        };
+        let out = cmd
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "a full-disk test needs to mount a small tmpfs (root or passwordless sudo): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+        let _ = std::process::Command::new("sudo")
+            .args(["-n", "umount"])
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The disk of the local file store fills up: the upload that does not fit gets 507 with a clear error,
+/// leaves nothing visible (no partial file, in the listing or by path), and other tenants' files are
+/// still read; once room is made, uploads work again without a restart.
+#[tokio::test]
+async fn a_full_disk_refuses_the_upload_cleanly_and_reads_go_on() {
+    let disk = SmallDisk::mount(256);
+    let app = TestApp::spawn_with_storage(Some(backend::config::StorageConfig::Local {
+        dir: disk.dir.path().to_path_buf(),
+    }))
+    .await;
+    let acme = app.tenant("acme").await;
+    let globex = app.tenant("globex").await;
+    app.user(acme, "ann@acme.test", "member").await;
+    app.user(globex, "gus@globex.test", "member").await;
+    let (a, _) = app.login("acme.aggios.app", "ann@acme.test").await;
+    let (g, _) = app.login("globex.aggios.app", "gus@globex.test").await;
+    let small = bytes::Bytes::from_static(b"globex keeps reading this");
+    let (status, _, _) = app
+        .call_raw(
+            "PUT",
+            "/api/files/keep.txt",
+            "globex.aggios.app",
+            Some(&g),
+            "text/plain",
+            small.clone(),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    // 600 KiB into a 256 KiB disk (the service allows 1 MiB per file).
+    let big = bytes::Bytes::from(vec![b'x'; 600 * 1024]);
+    let (status, body, headers) = app
+        .call_raw(
+            "PUT",
+            "/api/files/big.bin",
+            "acme.aggios.app",
+            Some(&a),
+            "application/octet-stream",
+            big,
+        )
+        .await;
+    let body: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error body");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (507, Some("insufficient_storage")),
+        "{body}"
+    );
+    assert!(headers.get("x-request-id").is_some());
+    let (status, _, _) = app
+        .call_raw(
+            "GET",
+            "/api/files/big.bin",
+            "acme.aggios.app",
+            Some(&a),
+            "",
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(status, 404, "a partial file is visible");
+    let (status, list, _) = app
+        .call("GET", "/api/files", "acme.aggios.app", Some(&a), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(!list.to_string().contains("big.bin"), "{list}");
+    // Another tenant reads on.
+    let (status, got, _) = app
+        .call_raw(
+            "GET",
+            "/api/files/keep.txt",
+            "globex.aggios.app",
+            Some(&g),
+            "",
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!((status, got), (200, small));
+    // Nothing of the refused upload is left taking room: a file that fits is stored at once.
+    let fits = bytes::Bytes::from(vec![b'y'; 100 * 1024]);
+    let (status, _, _) = app
+        .call_raw(
+            "PUT",
+            "/api/files/fits.bin",
+            "acme.aggios.app",
+            Some(&a),
+            "application/octet-stream",
+            fits,
+        )
+        .await;
+    assert_eq!(status, 201, "the refused upload left its bytes on the disk");
+}

@@ -20,6 +20,10 @@ impl From<StorageError> for ApiError {
                 "presign_unsupported",
                 "presigned URLs need S3 storage".into(),
             ),
+            StorageError::Full(detail) => {
+                tracing::error!(error = %detail, "object storage full");
+                ApiError::InsufficientStorage
+            }
             StorageError::Backend(detail) => {
                 tracing::warn!(error = %detail, "object storage error");
                 ApiError::Unavailable("storage")
