@@ -11,6 +11,8 @@ pub mod admin;
 pub mod config;
 pub mod drain;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http_client;
 pub mod metrics;
 pub mod proxy;

@@ -1,0 +1,407 @@
+//! Fuzz targets: what each parser must hold for any input, beyond "does not panic". The cargo-fuzz
+//! binaries in `fuzz/` call these, and `tests/fuzz_corpora.rs` replays the committed corpora through them
+//! in every test run. A target panics when its property breaks.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::config::{CorsSpec, OriginPattern};
+use crate::proxy::{api_key, auth, cors, guard, route};
+
+/// Input bytes read as small choices.
+struct Choices<'a>(&'a [u8]);
+
+impl Choices<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    fn pick<'t, T>(&mut self, from: &'t [T]) -> &'t T {
+        &from[self.byte() as usize % from.len()]
+    }
+
+    fn rest(&self) -> &[u8] {
+        self.0
+    }
+}
+
+/// The config parser and validator: any text is a config or a list of `file:line:col: message` errors.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match crate::config::Config::parse(Path::new("fuzz.toml"), text) {
+        Ok(c) => {
+            let _ = c.summary();
+        }
+        Err(crate::config::ConfigError::Invalid(lines)) => {
+            assert!(!lines.is_empty(), "an error without a message");
+            let max_line = text.matches('\n').count() + 1;
+            for l in &lines {
+                let rest = l
+                    .strip_prefix("fuzz.toml:")
+                    .unwrap_or_else(|| panic!("no file name: {l}"));
+                let mut it = rest.splitn(3, ':');
+                let line: usize = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no line: {l}"));
+                let col: usize = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no column: {l}"));
+                assert!(
+                    line >= 1 && line <= max_line && col >= 1,
+                    "position out of the file: {l}"
+                );
+                assert!(it.next().is_some_and(|m| m.len() > 1), "no message: {l}");
+            }
+        }
+        Err(e) => panic!("unexpected error kind: {e}"),
+    }
+}
+
+const HOST_PATTERNS: &[&str] = &[
+    "api.aggios.app",
+    "acme.aggios.app",
+    "*.aggios.app",
+    "*.x.app",
+    "~^(?P<tenant>[a-z]+)\\.r\\.app$",
+    "~^api\\.",
+    "aggios.app",
+];
+const PREFIXES: &[&str] = &["/", "/api", "/api/", "/api/v1", "/apix", "/static", "/a/b"];
+const METHODS: &[&str] = &["GET", "POST", "DELETE"];
+const HOSTS: &[&str] = &[
+    "api.aggios.app",
+    "acme.aggios.app",
+    "www.aggios.app",
+    "a.b.aggios.app",
+    "aggios.app",
+    "api.x.app",
+    "zed.r.app",
+    "api.r.app",
+    "-x.aggios.app",
+    "other.test",
+];
+const PATHS: &[&str] = &[
+    "/",
+    "/api",
+    "/api/",
+    "/api/v1/x",
+    "/apix",
+    "/static/a",
+    "/a/b/c",
+    "/a",
+];
+
+/// The router against a naive reference: every route tried in turn, the best by the documented order
+/// (priority, then host kind exact > wildcard > regex > none, then longer path prefix, then methods,
+/// then headers, then the first declared), and the tenant the matching host pattern names.
+pub fn router(data: &[u8]) {
+    let mut c = Choices(data);
+    let n = 1 + c.byte() as usize % 6;
+    let mut toml = String::from(
+        "[tenancy]\nbase_domains = [\"aggios.app\", \"x.app\"]\nreserved = [\"api\", \"www\"]\n\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n",
+    );
+    for i in 0..n {
+        toml.push_str(&format!(
+            "\n[[routes]]\nname = \"r{i}\"\nupstream = \"u\"\n"
+        ));
+        let hosts = c.byte() % 4;
+        if hosts > 0 {
+            let mut hs: Vec<&str> = (0..hosts).map(|_| *c.pick(HOST_PATTERNS)).collect();
+            hs.dedup();
+            let list: Vec<String> = hs.iter().map(|h| format!("{h:?}")).collect();
+            toml.push_str(&format!("hosts = [{}]\n", list.join(", ")));
+        }
+        toml.push_str(&format!("path_prefix = {:?}\n", c.pick(PREFIXES)));
+        if c.byte() % 3 == 0 {
+            toml.push_str(&format!("methods = [{:?}]\n", c.pick(METHODS)));
+        }
+        if c.byte() % 4 == 0 {
+            toml.push_str(&format!("priority = {}\n", c.byte() % 3));
+        }
+    }
+    let Ok(cfg) = crate::config::Config::parse(Path::new("fuzz.toml"), &toml) else {
+        return;
+    };
+    let router = route::Router::new(&cfg.routes, &cfg.tenancy);
+    let host = *c.pick(HOSTS);
+    let path = *c.pick(PATHS);
+    let method: http::Method = c.pick(METHODS).parse().unwrap_or(http::Method::GET);
+    let headers = http::HeaderMap::new();
+    let view = route::RequestView {
+        host,
+        path,
+        method: &method,
+        headers: &headers,
+    };
+    let got = router
+        .lookup(&view)
+        .map(|m| (m.route, m.tenant.map(Cow::into_owned)));
+    let want = reference_route(&cfg, host, path, &method);
+    assert_eq!(got, want, "host {host} path {path} {method}\n{toml}");
+}
+
+fn reference_route(
+    cfg: &crate::config::Config,
+    host: &str,
+    path: &str,
+    method: &http::Method,
+) -> Option<(usize, Option<String>)> {
+    use crate::config::HostPattern;
+    let reserved: &HashSet<String> = &cfg.tenancy.reserved;
+    let mut best: Option<(route::Rank, usize, Option<String>)> = None;
+    for (i, r) in cfg.routes.iter().enumerate() {
+        // Whole segments: `/api` takes `/api` and `/api/x`, not `/apix`; `/api/` takes `/api/x`.
+        let p = r.path_prefix.as_str();
+        let prefix_ok = p == "/"
+            || path == p
+            || path.starts_with(p) && (p.ends_with('/') || path[p.len()..].starts_with('/'));
+        if !prefix_ok || r.methods.as_ref().is_some_and(|m| !m.contains(method)) {
+            continue;
+        }
+        let mut candidates: Vec<(u8, Option<String>)> = Vec::new();
+        if r.hosts.is_empty() {
+            candidates.push((0, None));
+        }
+        for h in &r.hosts {
+            match h {
+                HostPattern::Exact { host: e, tenant } if e == host => {
+                    candidates.push((3, tenant.clone()))
+                }
+                HostPattern::Wildcard { suffix } => {
+                    if let Some(label) = host
+                        .strip_suffix(suffix.as_str())
+                        .and_then(|l| l.strip_suffix('.'))
+                    {
+                        let label_ok = !label.is_empty()
+                            && !label.contains('.')
+                            && crate::config::is_label(label);
+                        if label_ok {
+                            let tenant = (!reserved.contains(label)).then(|| label.to_string());
+                            candidates.push((2, tenant));
+                        }
+                    }
+                }
+                HostPattern::Regex { regex } => {
+                    if let Some(caps) = regex.captures(host) {
+                        candidates.push((1, caps.name("tenant").map(|t| t.as_str().to_string())));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (kind, tenant) in candidates {
+            let rank = (
+                r.priority.unwrap_or(0),
+                kind,
+                r.path_prefix.len(),
+                r.methods.is_some(),
+                r.headers.len(),
+                std::cmp::Reverse(i),
+            );
+            if best.as_ref().is_none_or(|(b, _, _)| rank > *b) {
+                best = Some((rank, i, tenant));
+            }
+        }
+    }
+    best.map(|(_, i, t)| (i, t))
+}
+
+/// The strict HTTP/1 head check: when it accepts a head that httparse also parses, both agree on the
+/// framing (one Host, the Content-Length value, chunked or not), so the edge and Pingora read one request.
+pub fn http_head(data: &[u8]) {
+    let limits = guard::HeadLimits {
+        max_header_bytes: 8192,
+        max_headers: 64,
+    };
+    let Ok(facts) = guard::check_head(data, limits) else {
+        return;
+    };
+    assert!(
+        facts.content_length.is_none() || !facts.chunked,
+        "both framings accepted"
+    );
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = req.parse(data) else {
+        return;
+    };
+    assert_eq!(
+        len,
+        data.len(),
+        "bytes after the head were accepted as part of it"
+    );
+    let values = |name: &str| -> Vec<&[u8]> {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect()
+    };
+    let cl = values("content-length");
+    match facts.content_length {
+        Some(n) => assert_eq!(cl.len(), 1, "Content-Length {n} from {cl:?}"),
+        None => assert!(cl.is_empty(), "a Content-Length was ignored: {cl:?}"),
+    }
+    if let (Some(n), Some(v)) = (facts.content_length, cl.first()) {
+        let parsed = std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        assert_eq!(parsed, Some(n));
+    }
+    let te = values("transfer-encoding");
+    assert_eq!(facts.chunked, !te.is_empty(), "Transfer-Encoding {te:?}");
+    if req.version == Some(1) {
+        assert_eq!(values("host").len(), 1, "HTTP/1.1 with other than one Host");
+    }
+}
+
+const SECRET: &[u8] = b"fuzz-secret-fuzz-secret-fuzz-secret!";
+
+/// The JWT verifier. Mode 0: the input is a token, which can only be refused (no one can sign without
+/// the key). Mode 1: the input is a header and a claims set, signed here with the key; whatever passes
+/// carries exactly the tenant and user of its claims and is not expired.
+pub fn jwt(data: &[u8]) {
+    use base64::Engine;
+    let settings = crate::config::JwtSettings {
+        keys: vec![crate::config::JwtKey {
+            kid: Some("k1".into()),
+            secret: SECRET.to_vec(),
+        }],
+        jwks: None,
+        tenant_claim: "tenant_id".into(),
+        leeway: std::time::Duration::from_secs(30),
+        issuer: None,
+        audience: None,
+        max_token_bytes: 8192,
+    };
+    let v = auth::JwtVerifier::new(&settings, None);
+    let mut c = Choices(data);
+    let mode = c.byte() % 2;
+    let rest = c.rest();
+    if mode == 0 {
+        if let Ok(token) = std::str::from_utf8(rest) {
+            assert!(
+                v.verify(token).is_err(),
+                "an unsigned token passed: {token}"
+            );
+        }
+        return;
+    }
+    let split = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    let (header, claims) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let message = format!("{}.{}", b64.encode(header), b64.encode(claims));
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    let Ok(sig) =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+    else {
+        return;
+    };
+    let token = format!("{message}.{sig}");
+    if let Ok(id) = v.verify(&token) {
+        let c: serde_json::Value =
+            serde_json::from_slice(claims).expect("claims that passed are JSON");
+        assert_eq!(c["tenant_id"].as_str(), Some(id.tenant.as_str()));
+        assert_eq!(c["user_id"].as_str(), Some(id.user_id.as_str()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let exp = c["exp"]
+            .as_u64()
+            .expect("a token that passed has a numeric exp");
+        assert!(exp + 30 >= now, "an expired token passed");
+        let h: serde_json::Value = serde_json::from_slice(header).expect("header JSON");
+        assert_eq!(h["alg"], "HS256");
+    }
+}
+
+/// API-key parsing and checking: only `ak_{8 hex}_{56 hex}` parses, its prefix is its first part, and
+/// only the exact key matches its record.
+pub fn api_key(data: &[u8]) {
+    use sha2::Digest;
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some(prefix) = api_key::parse(s) {
+        let hex = |t: &str| t.bytes().all(|b| b.is_ascii_hexdigit());
+        assert!(s.len() == 3 + 8 + 1 + 56 && s.starts_with("ak_") && &s[11..12] == "_");
+        assert_eq!(prefix, &s[3..11]);
+        assert!(hex(prefix) && hex(&s[12..]));
+    }
+    const KEY: &str = "ak_0123abcd_00112233445566778899aabbccddeeff00112233445566778899aabb";
+    let rec = api_key::KeyRecord {
+        id: "k".into(),
+        tenant: "acme".into(),
+        key_sha256: hex::encode(sha2::Sha256::digest(KEY.as_bytes())),
+        scopes: vec![],
+        expires_at: None,
+    };
+    assert_eq!(api_key::check(s, &rec).is_ok(), s == KEY, "{s}");
+}
+
+/// CORS origin matching against a strict reference: an origin is `scheme://host[:port]` with a host of
+/// lowercase letters, digits, `-` and `.`; a wildcard pattern admits exactly one label before its suffix.
+pub fn cors_origin(data: &[u8]) {
+    let Ok(origin) = std::str::from_utf8(data) else {
+        return;
+    };
+    let spec = CorsSpec {
+        origins: vec![
+            OriginPattern::Exact("https://app.example.com".into()),
+            OriginPattern::Wildcard {
+                scheme: "https".into(),
+                suffix: ".aggios.app".into(),
+            },
+            OriginPattern::SameHost,
+        ],
+        methods: vec![http::Method::GET],
+        headers: vec![],
+        expose_headers: vec![],
+        credentials: false,
+        max_age: 0,
+    };
+    let host = "acme.aggios.app";
+    let got = cors::origin_allowed(&spec, origin, host);
+    assert_eq!(got, reference_origin(origin, host), "{origin:?}");
+}
+
+fn reference_origin(origin: &str, host: &str) -> bool {
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let (o_host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let _ = port;
+    let host_ok = !o_host.is_empty()
+        && o_host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !host_ok {
+        return false;
+    }
+    if origin == "https://app.example.com" {
+        return true;
+    }
+    if scheme == "https" {
+        if let Some(label) = o_host.strip_suffix(".aggios.app") {
+            if !label.is_empty() && !label.contains('.') {
+                return true;
+            }
+        }
+    }
+    (scheme == "https" || scheme == "http") && o_host == host
+}
