@@ -12,22 +12,12 @@ use argon2::password_hash::{
 use argon2::{Algorithm, Argon2, Params, Version};
 use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// Access-token claims (shared/DESIGN.md, "Identity on the wire").
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Claims {
-    pub user_id: Uuid,
-    pub email: String,
-    /// The tenant's subdomain.
-    pub tenant_id: String,
-    pub role: String,
-    pub iat: u64,
-    pub exp: u64,
-    pub jti: String,
-}
+/// Access-token claims (shared/DESIGN.md, "Identity on the wire"), as the gateway reads them too.
+pub use contracts::claims::AccessClaims as Claims;
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]

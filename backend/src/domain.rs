@@ -8,15 +8,8 @@ pub fn is_email(s: &str) -> bool {
     !local.is_empty() && s.len() <= 254 && is_domain(domain) && !s.chars().any(char::is_whitespace)
 }
 
-/// A tenant subdomain: one DNS label.
-pub fn is_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+/// A tenant subdomain: one DNS label (the gateway routes by the same rule).
+pub use contracts::is_label as is_subdomain;
 
 /// A domain name of at least two labels.
 pub fn is_domain(s: &str) -> bool {

@@ -54,9 +54,7 @@ impl Principal {
 /// Redis key of a revoked access token.
 /// `aggios:user_nbf:{user_id}`: Unix seconds; every token of the user issued at or before it is refused
 /// (written when the user is deactivated, demoted or deleted; read by the gateway too).
-pub fn user_not_before_key(user_id: &str) -> String {
-    format!("aggios:user_nbf:{user_id}")
-}
+pub use contracts::redis_keys::user_not_before as user_not_before_key;
 
 /// Refuses every live access token of `user_id` (here and at the gateway) from now on, for as long as
 /// one could still be accepted.
@@ -70,9 +68,7 @@ pub async fn revoke_user_tokens(ctx: &Ctx, user_id: Uuid) -> Result<(), ApiError
     Ok(())
 }
 
-pub fn denylist_key(jti: &str) -> String {
-    format!("aggios:denylist:jti:{jti}")
-}
+pub use contracts::redis_keys::denylist_jti as denylist_key;
 
 /// Verifies the `Authorization: Bearer` token, its revocation and its tenant.
 pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {

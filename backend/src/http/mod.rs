@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::metrics::metrics;
 
 /// The client address the gateway computed (a contract with the gateway's `proxy/headers.rs`).
-pub const CLIENT_IP_HEADER: &str = "x-aggios-client-ip";
+pub use contracts::headers::CLIENT_IP as CLIENT_IP_HEADER;
 pub use error::ApiError;
 
 /// A handler's result.

@@ -253,10 +253,10 @@ pub(super) fn validate_jwt(
     JwtSettings {
         keys,
         jwks,
-        tenant_claim: j
-            .tenant_claim
-            .as_ref()
-            .map_or_else(|| "tenant_id".to_string(), |c| c.get_ref().clone()),
+        tenant_claim: j.tenant_claim.as_ref().map_or_else(
+            || contracts::claims::TENANT_ID.to_string(),
+            |c| c.get_ref().clone(),
+        ),
         leeway: match &j.leeway {
             None => DEFAULT_JWT_LEEWAY,
             Some(l) => match parse_duration(l.get_ref()) {

@@ -556,14 +556,7 @@ pub fn parse_host_pattern(text: &str, tenancy: &Tenancy) -> Result<HostPattern, 
 }
 
 /// A DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
-pub fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+pub use contracts::is_label;
 
 /// A host name of dot-separated labels (also accepts IPv4 literals); lowercase expected.
 pub fn is_hostname(s: &str) -> bool {

@@ -21,10 +21,8 @@ use crate::proxy::upstream::hash64;
 use crate::shared_redis::SharedRedis;
 use crate::single_flight::SingleFlight;
 
-/// The Redis entry of a key's record (contract with the backend, which deletes it on revocation).
-pub fn cache_key(prefix: &str) -> String {
-    format!("aggios:apikey:{prefix}")
-}
+/// The Redis entry of a key's record (the backend deletes it on revocation).
+pub use contracts::redis_keys::api_key as cache_key;
 
 /// What the backend's lookup answers, and what Redis caches (`{"absent":true}` for an unknown key).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -290,7 +290,7 @@ impl JwtVerifier {
                 return Err(AuthError::InvalidClaims);
             }
         }
-        let tenant = if self.tenant_claim == "tenant_id" {
+        let tenant = if self.tenant_claim == contracts::claims::TENANT_ID {
             c.tenant_id
         } else {
             // Another tenant claim name: read it from a map (slower, but only for such configs).
@@ -392,6 +392,34 @@ mod tests {
     fn b64(s: &str) -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    /// The token the backend issues (`contracts::claims::AccessClaims`) is the token read here: every
+    /// identity field comes through.
+    #[test]
+    fn the_backends_claims_verify_with_every_field() {
+        let c = contracts::claims::AccessClaims {
+            user_id: contracts::claims::Uuid::from_u128(7),
+            email: "ann@acme.test".into(),
+            tenant_id: "acme".into(),
+            role: "admin".into(),
+            iat: now(),
+            exp: now() + 600,
+            jti: "jti-1".into(),
+        };
+        let token = sign(None, K1, serde_json::to_value(&c).expect("claims"));
+        let id = verifier(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }])
+        .verify(&token)
+        .expect("verified");
+        assert_eq!(id.user_id, c.user_id.to_string());
+        assert_eq!(id.tenant, c.tenant_id);
+        assert_eq!(id.email.as_deref(), Some(c.email.as_str()));
+        assert_eq!(id.role.as_deref(), Some(c.role.as_str()));
+        assert_eq!(id.jti.as_deref(), Some(c.jti.as_str()));
+        assert_eq!(id.iat, Some(c.iat));
     }
 
     #[test]

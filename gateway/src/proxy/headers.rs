@@ -110,7 +110,7 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
 
 /// The client address this gateway computed (right-most untrusted `X-Forwarded-For` entry, or the
 /// peer), for the backend: a header of our own, never taken from a client.
-pub const CLIENT_IP: &str = "x-aggios-client-ip";
+pub use contracts::headers::CLIENT_IP;
 
 /// Replaces any client-sent `X-Aggios-Client-Ip` with the address the gateway computed.
 pub fn set_client_ip(req: &mut RequestHeader, ip: Option<std::net::IpAddr>) {
@@ -128,7 +128,7 @@ pub fn set_client_ip(req: &mut RequestHeader, ip: Option<std::net::IpAddr>) {
 }
 
 /// Identity headers a client must never choose; the gateway sets them from a verified token only.
-const IDENTITY: [&str; 4] = ["x-user-id", "x-tenant-id", "x-user-email", "x-user-role"];
+use contracts::headers::IDENTITY;
 
 /// Strips every client-supplied identity header (`X-User-*`, `X-Tenant-Id`, `X-Auth-*`) and sets them
 /// from `identity` when the request was authenticated.
@@ -147,10 +147,10 @@ pub fn set_identity(req: &mut RequestHeader, identity: Option<&crate::proxy::aut
     }
     if let Some(id) = identity {
         let pairs = [
-            ("x-user-id", Some(id.user_id.as_str())),
-            ("x-tenant-id", Some(id.tenant.as_str())),
-            ("x-user-email", id.email.as_deref()),
-            ("x-user-role", id.role.as_deref()),
+            (contracts::headers::USER_ID, Some(id.user_id.as_str())),
+            (contracts::headers::TENANT_ID, Some(id.tenant.as_str())),
+            (contracts::headers::USER_EMAIL, id.email.as_deref()),
+            (contracts::headers::USER_ROLE, id.role.as_deref()),
         ];
         for (name, value) in pairs {
             if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {

@@ -11,15 +11,10 @@ use std::time::{Duration, Instant};
 use crate::proxy::upstream::hash64;
 use crate::shared_redis::SharedRedis;
 
-/// The denylist key the backend writes (contract between backend and gateway).
-pub fn denylist_key(jti: &str) -> String {
-    format!("aggios:denylist:jti:{jti}")
-}
-
-/// The user's "tokens issued at or before" marker the backend writes (Unix seconds).
-pub fn user_not_before_key(user_id: &str) -> String {
-    format!("aggios:user_nbf:{user_id}")
-}
+/// The denylist key the backend writes, and the user's "tokens issued at or before" marker.
+pub use contracts::redis_keys::{
+    denylist_jti as denylist_key, user_not_before as user_not_before_key,
+};
 
 /// The outcome of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

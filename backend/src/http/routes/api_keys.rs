@@ -78,9 +78,7 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
 }
 
 /// The gateway's Redis cache entry of a key (contract between backend and gateway).
-pub fn api_key_cache_key(prefix: &str) -> String {
-    format!("aggios:apikey:{prefix}")
-}
+pub use contracts::redis_keys::api_key as api_key_cache_key;
 
 /// Splits `ak_{prefix}_{secret}`; `None` when the key is not of that shape.
 pub fn split_key(key: &str) -> Option<(&str, &str)> {

@@ -1,0 +1,116 @@
+//! The wire contracts between the gateway and the backend, in one place: both crates depend on this one,
+//! so a change on one side is a change on the other (or a compile error), never a silent drift.
+//!
+//! - [`claims`]: the access token the backend issues and the gateway verifies;
+//! - [`redis_keys`]: what the backend writes to Redis and the gateway reads (revocations, API-key cache);
+//! - [`headers`]: what the gateway sets on requests to the backend (identity, client address, request id);
+//! - [`is_label`]: what a tenant subdomain may be (the backend creates it, the gateway routes by it).
+#![forbid(unsafe_code)]
+
+/// The access token's claims.
+pub mod claims {
+    use serde::{Deserialize, Serialize};
+    pub use uuid::Uuid;
+
+    /// Claim names, as the gateway reads them.
+    pub const USER_ID: &str = "user_id";
+    pub const TENANT_ID: &str = "tenant_id";
+    pub const EMAIL: &str = "email";
+    pub const ROLE: &str = "role";
+    pub const JTI: &str = "jti";
+
+    /// An access token's claims (HS256; the backend signs, the gateway and the backend verify).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct AccessClaims {
+        pub user_id: Uuid,
+        pub email: String,
+        /// The tenant's subdomain.
+        pub tenant_id: String,
+        pub role: String,
+        pub iat: u64,
+        pub exp: u64,
+        /// The token's id: its revocation is `redis_keys::denylist_jti(jti)`.
+        pub jti: String,
+    }
+}
+
+/// Redis keys shared by the backend (writer) and the gateway (reader).
+pub mod redis_keys {
+    /// A revoked access token, until its `exp` (plus the verifiers' leeway).
+    pub fn denylist_jti(jti: &str) -> String {
+        format!("aggios:denylist:jti:{jti}")
+    }
+
+    /// Unix seconds: every token of the user issued at or before it is refused (written when the user
+    /// is deactivated, demoted or deleted).
+    pub fn user_not_before(user_id: &str) -> String {
+        format!("aggios:user_nbf:{user_id}")
+    }
+
+    /// The gateway's cache of an API key's record (the backend deletes it when the key is revoked).
+    pub fn api_key(prefix: &str) -> String {
+        format!("aggios:apikey:{prefix}")
+    }
+}
+
+/// Request headers the gateway sets for the backend (and strips from clients).
+pub mod headers {
+    pub const USER_ID: &str = "x-user-id";
+    pub const TENANT_ID: &str = "x-tenant-id";
+    pub const USER_EMAIL: &str = "x-user-email";
+    pub const USER_ROLE: &str = "x-user-role";
+    /// Every identity header: never taken from a client.
+    pub const IDENTITY: [&str; 4] = [USER_ID, TENANT_ID, USER_EMAIL, USER_ROLE];
+    /// The client's address as the gateway saw it (believed only from trusted gateways).
+    pub const CLIENT_IP: &str = "x-aggios-client-ip";
+    /// The request id, kept end to end.
+    pub const REQUEST_ID: &str = "x-request-id";
+}
+
+/// A tenant subdomain: one DNS label of lowercase letters, digits and inner hyphens, 1 to 63 bytes.
+pub fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_names_are_the_serialised_field_names() {
+        let c = claims::AccessClaims {
+            user_id: uuid::Uuid::nil(),
+            email: "a@b.test".into(),
+            tenant_id: "acme".into(),
+            role: "admin".into(),
+            iat: 1,
+            exp: 2,
+            jti: "j".into(),
+        };
+        let v = serde_json::to_value(&c).expect("json");
+        for name in [
+            claims::USER_ID,
+            claims::TENANT_ID,
+            claims::EMAIL,
+            claims::ROLE,
+            claims::JTI,
+        ] {
+            assert!(v.get(name).is_some(), "{name} missing from {v}");
+        }
+    }
+
+    #[test]
+    fn labels() {
+        for ok in ["acme", "a", "a-b", "x1", &"a".repeat(63)] {
+            assert!(is_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", "é", &"a".repeat(64)] {
+            assert!(!is_label(bad), "{bad}");
+        }
+    }
+}
