@@ -102,38 +102,63 @@ const PATHS: &[&str] = &[
     "/a",
 ];
 
+/// Host patterns compiled once by the real config code (one route each), and the tenancy they were
+/// compiled under; the router target builds its routes from these without parsing per input.
+struct RouterPool {
+    patterns: Vec<crate::config::HostPattern>,
+    template: crate::config::RouteSpec,
+    tenancy: crate::config::Tenancy,
+}
+
+fn router_pool() -> &'static RouterPool {
+    static POOL: std::sync::OnceLock<RouterPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut toml = String::from(
+            "[entrypoints]\nhttp = \"127.0.0.1:8080\"\n\n[tenancy]\nbase_domains = [\"aggios.app\", \"x.app\"]\nreserved = [\"api\", \"www\"]\n\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n\n[[routes]]\nname = \"template\"\nupstream = \"u\"\n",
+        );
+        for (i, h) in HOST_PATTERNS.iter().enumerate() {
+            toml.push_str(&format!(
+                "\n[[routes]]\nname = \"h{i}\"\nhosts = [{h:?}]\nupstream = \"u\"\n"
+            ));
+        }
+        let cfg = crate::config::Config::parse(Path::new("pool.toml"), &toml)
+            .unwrap_or_else(|e| panic!("the router pool config: {e}"));
+        RouterPool {
+            patterns: cfg.routes[1..].iter().map(|r| r.hosts[0].clone()).collect(),
+            template: cfg.routes[0].clone(),
+            tenancy: cfg.tenancy.clone(),
+        }
+    })
+}
+
 /// The router against a naive reference: every route tried in turn, the best by the documented order
 /// (priority, then host kind exact > wildcard > regex > none, then longer path prefix, then methods,
 /// then headers, then the first declared), and the tenant the matching host pattern names.
 pub fn router(data: &[u8]) {
+    let pool = router_pool();
     let mut c = Choices(data);
     let n = 1 + c.byte() as usize % 6;
-    let mut toml = String::from(
-        "[tenancy]\nbase_domains = [\"aggios.app\", \"x.app\"]\nreserved = [\"api\", \"www\"]\n\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n",
-    );
+    let mut routes = Vec::with_capacity(n);
     for i in 0..n {
-        toml.push_str(&format!(
-            "\n[[routes]]\nname = \"r{i}\"\nupstream = \"u\"\n"
-        ));
+        let mut r = pool.template.clone();
+        r.name = format!("r{i}");
         let hosts = c.byte() % 4;
-        if hosts > 0 {
-            let mut hs: Vec<&str> = (0..hosts).map(|_| *c.pick(HOST_PATTERNS)).collect();
-            hs.dedup();
-            let list: Vec<String> = hs.iter().map(|h| format!("{h:?}")).collect();
-            toml.push_str(&format!("hosts = [{}]\n", list.join(", ")));
+        for _ in 0..hosts {
+            let p = c.pick(&pool.patterns).clone();
+            if !r.hosts.iter().any(|h| h.source() == p.source()) {
+                r.hosts.push(p);
+            }
         }
-        toml.push_str(&format!("path_prefix = {:?}\n", c.pick(PREFIXES)));
+        r.path_prefix = c.pick(PREFIXES).to_string();
         if c.byte() % 3 == 0 {
-            toml.push_str(&format!("methods = [{:?}]\n", c.pick(METHODS)));
+            r.methods = Some(vec![c.pick(METHODS).parse().unwrap_or(http::Method::GET)]);
         }
         if c.byte() % 4 == 0 {
-            toml.push_str(&format!("priority = {}\n", c.byte() % 3));
+            r.priority = Some(i64::from(c.byte() % 3));
         }
+        routes.push(r);
     }
-    let Ok(cfg) = crate::config::Config::parse(Path::new("fuzz.toml"), &toml) else {
-        return;
-    };
-    let router = route::Router::new(&cfg.routes, &cfg.tenancy);
+    let router = route::Router::new(&routes, &pool.tenancy);
     let host = *c.pick(HOSTS);
     let path = *c.pick(PATHS);
     let method: http::Method = c.pick(METHODS).parse().unwrap_or(http::Method::GET);
@@ -147,20 +172,21 @@ pub fn router(data: &[u8]) {
     let got = router
         .lookup(&view)
         .map(|m| (m.route, m.tenant.map(Cow::into_owned)));
-    let want = reference_route(&cfg, host, path, &method);
-    assert_eq!(got, want, "host {host} path {path} {method}\n{toml}");
+    let want = reference_route(&routes, &pool.tenancy, host, path, &method);
+    assert_eq!(got, want, "host {host} path {path} {method}\n{routes:#?}");
 }
 
 fn reference_route(
-    cfg: &crate::config::Config,
+    routes: &[crate::config::RouteSpec],
+    tenancy: &crate::config::Tenancy,
     host: &str,
     path: &str,
     method: &http::Method,
 ) -> Option<(usize, Option<String>)> {
     use crate::config::HostPattern;
-    let reserved: &HashSet<String> = &cfg.tenancy.reserved;
+    let reserved: &HashSet<String> = &tenancy.reserved;
     let mut best: Option<(route::Rank, usize, Option<String>)> = None;
-    for (i, r) in cfg.routes.iter().enumerate() {
+    for (i, r) in routes.iter().enumerate() {
         // Whole segments: `/api` takes `/api` and `/api/x`, not `/apix`; `/api/` takes `/api/x`.
         let p = r.path_prefix.as_str();
         let prefix_ok = p == "/"
@@ -386,11 +412,16 @@ fn reference_origin(origin: &str, host: &str) -> bool {
         _ => (authority, None),
     };
     let _ = port;
-    let host_ok = !o_host.is_empty()
-        && o_host
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if !host_ok {
+    // A host is dot-separated labels of letters, digits and inner hyphens.
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if o_host.is_empty() || !o_host.split('.').all(label) {
         return false;
     }
     if origin == "https://app.example.com" {

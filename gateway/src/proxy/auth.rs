@@ -178,11 +178,17 @@ fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
     })
 }
 
+/// A base64url part of a token, decoded; JOSE header and claims are JSON, so UTF-8 (found by fuzzing: a
+/// header with invalid UTF-8 inside an ignored member was accepted).
 fn b64(part: &str) -> Result<Vec<u8>, AuthError> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part)
-        .map_err(|_| AuthError::Malformed)
+        .map_err(|_| AuthError::Malformed)?;
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(bytes)
 }
 
 impl JwtVerifier {
@@ -392,6 +398,30 @@ mod tests {
     fn b64(s: &str) -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    /// A crash of the `jwt` fuzz target, kept: a correctly signed token whose header is not UTF-8.
+    #[test]
+    fn a_header_that_is_not_utf8_is_malformed() {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = e.encode(b"{\"alg\":\"HS256\",\"typ\":\"JW\xd4\"}");
+        let claims = e.encode(serde_json::to_vec(&good()).expect("claims"));
+        let message = format!("{header}.{claims}");
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(K1),
+            Algorithm::HS256,
+        )
+        .expect("sign");
+        let v = verifier(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }]);
+        assert_eq!(
+            v.verify(&format!("{message}.{sig}")),
+            Err(AuthError::Malformed)
+        );
     }
 
     /// The token the backend issues (`contracts::claims::AccessClaims`) is the token read here: every

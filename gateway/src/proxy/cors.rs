@@ -17,13 +17,19 @@ pub fn origin_allowed(spec: &CorsSpec, origin: &str, host: &str) -> bool {
     spec.origins.iter().any(|p| match p {
         OriginPattern::Exact(e) => e.eq_ignore_ascii_case(origin),
         OriginPattern::Wildcard { scheme: s, suffix } => {
+            // Exactly one DNS label before the suffix (found by fuzzing: `https://acm=.aggios.app`
+            // passed when any bytes without a dot counted as a label).
             s.eq_ignore_ascii_case(scheme)
                 && o_host.len() > suffix.len()
+                && o_host.is_char_boundary(o_host.len() - suffix.len())
                 && o_host[o_host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                && !o_host[..o_host.len() - suffix.len()].contains('.')
+                && crate::config::is_label(
+                    &o_host[..o_host.len() - suffix.len()].to_ascii_lowercase(),
+                )
         }
         OriginPattern::SameHost => {
-            matches!(scheme, "https" | "http") && o_host.eq_ignore_ascii_case(host)
+            (scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http"))
+                && o_host.eq_ignore_ascii_case(host)
         }
     })
 }
@@ -123,6 +129,30 @@ pub fn actual(spec: &CorsSpec, origin: &str) -> Vec<(HeaderName, HeaderValue)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Crashes of the `cors_origin` fuzz target, kept.
+    #[test]
+    fn a_wildcard_admits_one_dns_label_only() {
+        let host = "acme.aggios.app";
+        for bad in [
+            "https://acm=.aggios.app",
+            "https://-x.aggios.app",
+            "https://a_b.aggios.app",
+            "https://a.b.aggios.app",
+            "https://.aggios.app",
+            "https://évil.aggios.app",
+            "https://€€€€aggios.app",
+        ] {
+            assert!(!origin_allowed(&spec(), bad, host), "{bad}");
+        }
+        for good in [
+            "https://acme.aggios.app",
+            "https://ACME.aggios.app:8443",
+            "https://x1.aggios.app/",
+        ] {
+            assert!(origin_allowed(&spec(), good, host), "{good}");
+        }
+    }
 
     fn spec() -> CorsSpec {
         CorsSpec {
