@@ -76,6 +76,11 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError
         }
         lines += 1;
         if line.is_empty() {
+            // The empty line ends the head: nothing may follow it here (found by fuzzing: header
+            // lines after it were checked as if they were part of the head).
+            if start != raw.len() {
+                return Err(EdgeError::Malformed("data after the end of the head"));
+            }
             break;
         }
         if line[0] == b' ' || line[0] == b'\t' {
@@ -283,6 +288,8 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            // A crash of the `http_head` fuzz target, kept: header lines after the empty line.
+            "POST /x HTTP/1.1\r\nHost: a.t t-Length:54\r\n\r\nConnection: t-Length:54\r\n\r\n",
         ] {
             assert!(check(bad).is_err(), "accepted: {bad:?}");
         }
