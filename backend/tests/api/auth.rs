@@ -7,18 +7,12 @@ use crate::helpers::*;
 #[tokio::test]
 async fn login_me_refresh_rotation_and_reuse_detection() {
     let app = TestApp::spawn().await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "ann@acme.test", "member").await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
 
     let (access, refresh) = app.login("acme.aggios.app", "ANN@acme.test").await;
     let (status, me, _) = app
-        .call(
-            "GET",
-            "/api/users/me",
-            "acme.aggios.app",
-            Some(&access),
-            None,
-        )
+        .get("/api/users/me", "acme.aggios.app", Some(&access))
         .await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["user"]["email"], "ann@acme.test");
@@ -27,12 +21,11 @@ async fn login_me_refresh_rotation_and_reuse_detection() {
 
     // Rotation: the new pair works, the old refresh token is dead.
     let (status, pair, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/refresh",
             "acme.aggios.app",
             None,
-            Some(json!({ "refresh_token": refresh })),
+            json!({ "refresh_token": refresh }),
         )
         .await;
     assert_eq!(status, 200, "{pair}");
@@ -40,12 +33,11 @@ async fn login_me_refresh_rotation_and_reuse_detection() {
     assert_ne!(new_refresh, refresh);
     // Reusing the rotated token is theft: 401, and the whole family dies (the new token too).
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/refresh",
             "acme.aggios.app",
             None,
-            Some(json!({ "refresh_token": refresh })),
+            json!({ "refresh_token": refresh }),
         )
         .await;
     assert_eq!(
@@ -53,12 +45,11 @@ async fn login_me_refresh_rotation_and_reuse_detection() {
         (401, Some("refresh_token_reused"))
     );
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/refresh",
             "acme.aggios.app",
             None,
-            Some(json!({ "refresh_token": new_refresh })),
+            json!({ "refresh_token": new_refresh }),
         )
         .await;
     assert_eq!(status, 401, "{body}");
@@ -75,16 +66,15 @@ async fn login_me_refresh_rotation_and_reuse_detection() {
 #[tokio::test]
 async fn logout_denylists_the_access_token() {
     let app = TestApp::spawn().await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "ann@acme.test", "member").await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
     let (access, refresh) = app.login("acme.aggios.app", "ann@acme.test").await;
     let (status, _, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/logout",
             "acme.aggios.app",
             Some(&access),
-            Some(json!({ "refresh_token": refresh })),
+            json!({ "refresh_token": refresh }),
         )
         .await;
     assert_eq!(status, 200);
@@ -120,13 +110,7 @@ async fn logout_denylists_the_access_token() {
         remaining + 120
     );
     let (status, body, headers) = app
-        .call(
-            "GET",
-            "/api/users/me",
-            "acme.aggios.app",
-            Some(&access),
-            None,
-        )
+        .get("/api/users/me", "acme.aggios.app", Some(&access))
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -139,12 +123,11 @@ async fn logout_denylists_the_access_token() {
         Some("Bearer")
     );
     let (status, _, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/refresh",
             "acme.aggios.app",
             None,
-            Some(json!({ "refresh_token": refresh })),
+            json!({ "refresh_token": refresh }),
         )
         .await;
     assert_eq!(status, 401, "logout revokes the refresh family");
@@ -159,12 +142,11 @@ async fn bad_input_and_wrong_credentials() {
     let host = "acme.aggios.app";
 
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             host,
             None,
-            Some(json!({ "email": "nope", "password": "" })),
+            json!({ "email": "nope", "password": "" }),
         )
         .await;
     assert_eq!(status, 422, "{body}");
@@ -184,21 +166,19 @@ async fn bad_input_and_wrong_credentials() {
     );
 
     let wrong = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             host,
             None,
-            Some(json!({ "email": "ann@acme.test", "password": "wrong password" })),
+            json!({ "email": "ann@acme.test", "password": "wrong password" }),
         )
         .await;
     let unknown = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             host,
             None,
-            Some(json!({ "email": "who@acme.test", "password": "wrong password" })),
+            json!({ "email": "who@acme.test", "password": "wrong password" }),
         )
         .await;
     assert_eq!(wrong.0, 401);
@@ -207,22 +187,20 @@ async fn bad_input_and_wrong_credentials() {
 
     // A user of acme cannot log in on globex's host.
     let (status, _, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             "globex.aggios.app",
             None,
-            Some(json!({ "email": "ann@acme.test", "password": PASSWORD })),
+            json!({ "email": "ann@acme.test", "password": PASSWORD }),
         )
         .await;
     assert_eq!(status, 401);
     let (status, _, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             "nobody.aggios.app",
             None,
-            Some(json!({ "email": "ann@acme.test", "password": PASSWORD })),
+            json!({ "email": "ann@acme.test", "password": PASSWORD }),
         )
         .await;
     assert_eq!(status, 404);
@@ -233,7 +211,7 @@ async fn bad_input_and_wrong_credentials() {
         (Some("garbage"), "invalid_token"),
         (Some("a.b.c"), "invalid_token"),
     ] {
-        let (status, body, _) = app.call("GET", "/api/users/me", host, token, None).await;
+        let (status, body, _) = app.get("/api/users/me", host, token).await;
         assert_eq!((status, body["error"]["code"].as_str()), (401, Some(code)));
     }
     let other = backend::auth::TokenKeys::new(
@@ -243,12 +221,10 @@ async fn bad_input_and_wrong_credentials() {
     let (forged, _) = other
         .issue(uuid::Uuid::new_v4(), "x@y.z", "acme", "admin")
         .expect("issue");
-    let (status, _, _) = app
-        .call("GET", "/api/users/me", host, Some(&forged), None)
-        .await;
+    let (status, _, _) = app.get("/api/users/me", host, Some(&forged)).await;
     assert_eq!(status, 401);
 
-    let (status, _, _) = app.call("GET", "/api/nothing", host, None, None).await;
+    let (status, _, _) = app.get("/api/nothing", host, None).await;
     assert_eq!(status, 404);
     let (status, _, _) = app
         .call("DELETE", "/api/auth/login", host, None, None)
@@ -259,28 +235,21 @@ async fn bad_input_and_wrong_credentials() {
 #[tokio::test]
 async fn failed_logins_are_throttled_per_account() {
     let app = TestApp::spawn().await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "ann@acme.test", "member").await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
     let bad = json!({ "email": "ann@acme.test", "password": "wrong password" });
     for _ in 0..5 {
         let (status, _, _) = app
-            .call(
-                "POST",
-                "/api/auth/login",
-                "acme.aggios.app",
-                None,
-                Some(bad.clone()),
-            )
+            .post("/api/auth/login", "acme.aggios.app", None, bad.clone())
             .await;
         assert_eq!(status, 401);
     }
     let (status, body, headers) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             "acme.aggios.app",
             None,
-            Some(json!({ "email": "ann@acme.test", "password": PASSWORD })),
+            json!({ "email": "ann@acme.test", "password": PASSWORD }),
         )
         .await;
     assert_eq!(
@@ -300,18 +269,10 @@ async fn failed_logins_are_throttled_per_account() {
 #[tokio::test]
 async fn parallel_wrong_passwords_are_evaluated_at_most_the_limit() {
     let app = TestApp::spawn().await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "ann@acme.test", "member").await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
     let bad = json!({ "email": "ann@acme.test", "password": "wrong password" });
-    let calls = (0..20).map(|_| {
-        app.call(
-            "POST",
-            "/api/auth/login",
-            "acme.aggios.app",
-            None,
-            Some(bad.clone()),
-        )
-    });
+    let calls = (0..20).map(|_| app.post("/api/auth/login", "acme.aggios.app", None, bad.clone()));
     let results = futures_util::future::join_all(calls).await;
     let evaluated = results.iter().filter(|(s, _, _)| *s == 401).count();
     let refused = results.iter().filter(|(s, _, _)| *s == 429).count();
@@ -347,26 +308,22 @@ async fn unknown_email_costs_the_same_as_a_wrong_password() {
         app.user(acme, &email, "member").await;
         let t = std::time::Instant::now();
         let (s, _, _) = app
-            .call(
-                "POST",
+            .post(
                 "/api/auth/login",
                 "acme.aggios.app",
                 None,
-                Some(json!({ "email": email, "password": "not it at all" })),
+                json!({ "email": email, "password": "not it at all" }),
             )
             .await;
         wrong.push(t.elapsed().as_secs_f64());
         assert_eq!(s, 401);
         let t = std::time::Instant::now();
         let (s, _, _) = app
-            .call(
-                "POST",
+            .post(
                 "/api/auth/login",
                 "acme.aggios.app",
                 None,
-                Some(
-                    json!({ "email": format!("ghost{i}@acme.test"), "password": "not it at all" }),
-                ),
+                json!({ "email": format!("ghost{i}@acme.test"), "password": "not it at all" }),
             )
             .await;
         unknown.push(t.elapsed().as_secs_f64());
@@ -399,12 +356,10 @@ async fn concurrent_logins_in_two_tenants_do_not_cross() {
                 .login(&format!("{tenant}.aggios.app"), "same@x.test")
                 .await;
             let (status, me, _) = app
-                .call(
-                    "GET",
+                .get(
                     "/api/users/me",
                     &format!("{tenant}.aggios.app"),
                     Some(&access),
-                    None,
                 )
                 .await;
             assert_eq!(status, 200);
@@ -438,12 +393,10 @@ async fn concurrent_logins_in_two_tenants_do_not_cross() {
             .login(&format!("{tenant}.aggios.app"), "same@x.test")
             .await;
         let (_, list, _) = app
-            .call(
-                "GET",
+            .get(
                 "/api/files?prefix=shared",
                 &format!("{tenant}.aggios.app"),
                 Some(&access),
-                None,
             )
             .await;
         assert_eq!(

@@ -474,8 +474,9 @@ async fn backend_saw(app: &TestApp, route: &str) -> f64 {
 #[tokio::test]
 async fn deactivation_and_demotion_revoke_live_tokens_at_the_edge_and_the_backend() {
     let app = TestApp::spawn().await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "boss@acme.test", "admin").await;
+    let acme = app
+        .tenant_with_user("acme", "boss@acme.test", "admin")
+        .await;
     let ann = app.user(acme, "ann@acme.test", "admin").await;
     let carl = app.user(acme, "carl@acme.test", "member").await;
     let gw = start_gateway(app.addr, app.internal_addr).await;
@@ -547,12 +548,11 @@ async fn deactivation_and_demotion_revoke_live_tokens_at_the_edge_and_the_backen
     }
     // And the backend refuses it on its own when reached directly (here: minting an API key).
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/api-keys",
             "acme.aggios.app",
             Some(&ann_old),
-            Some(json!({ "name": "late", "scopes": ["files:read"] })),
+            json!({ "name": "late", "scopes": ["files:read"] }),
         )
         .await;
     assert_eq!(
@@ -596,23 +596,16 @@ async fn deactivation_and_demotion_revoke_live_tokens_at_the_edge_and_the_backen
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, _, _) = app
-        .call(
-            "GET",
-            "/api/users/me",
-            "acme.aggios.app",
-            Some(&carl_old),
-            None,
-        )
+        .get("/api/users/me", "acme.aggios.app", Some(&carl_old))
         .await;
     assert_eq!(status, 401);
     // (Straight to the backend: the test gateway's routes put a token in front of /api/auth/refresh.)
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/refresh",
             "acme.aggios.app",
             None,
-            Some(json!({ "refresh_token": carl_refresh })),
+            json!({ "refresh_token": carl_refresh }),
         )
         .await;
     assert_eq!(

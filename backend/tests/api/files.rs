@@ -61,9 +61,7 @@ async fn suite(app: &TestApp) {
         Some("image/png")
     );
 
-    let (status, list, _) = app
-        .call("GET", "/api/files?prefix=docs/", host, Some(&a), None)
-        .await;
+    let (status, list, _) = app.get("/api/files?prefix=docs/", host, Some(&a)).await;
     assert_eq!(status, 200, "{list}");
     let paths: Vec<&str> = list["files"]
         .as_array()
@@ -85,9 +83,7 @@ async fn suite(app: &TestApp) {
         )
         .await;
     assert_eq!(status, 404);
-    let (_, list, _) = app
-        .call("GET", "/api/files", "globex.aggios.app", Some(&g), None)
-        .await;
+    let (_, list, _) = app.get("/api/files", "globex.aggios.app", Some(&g)).await;
     assert_eq!(list["files"].as_array().map(Vec::len), Some(0));
 
     for bad in [
@@ -154,21 +150,18 @@ async fn files_on_a_local_directory() {
         .expect("q")
         .expect("acme");
     let (_, token_body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             "acme.aggios.app",
             None,
-            Some(serde_json::json!({"email":"ann@acme.test","password":PASSWORD})),
+            serde_json::json!({"email":"ann@acme.test","password":PASSWORD}),
         )
         .await;
     let (status, body, _) = app
-        .call(
-            "GET",
+        .get(
             "/api/files/docs/b.txt?presign=1",
             "acme.aggios.app",
             token_body["access_token"].as_str(),
-            None,
         )
         .await;
     assert_eq!(
@@ -217,21 +210,18 @@ async fn files_on_s3() {
     let app = TestApp::spawn_with_storage(Some(s3.config())).await;
     suite(&app).await;
     let (_, token_body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             "acme.aggios.app",
             None,
-            Some(serde_json::json!({"email":"ann@acme.test","password":PASSWORD})),
+            serde_json::json!({"email":"ann@acme.test","password":PASSWORD}),
         )
         .await;
     let (status, body, _) = app
-        .call(
-            "GET",
+        .get(
             "/api/files/docs/b.txt?presign=1",
             "acme.aggios.app",
             token_body["access_token"].as_str(),
-            None,
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -259,8 +249,8 @@ async fn files_on_s3() {
 #[tokio::test]
 async fn active_content_is_served_as_an_attachment() {
     let app = TestApp::spawn().await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "ann@acme.test", "member").await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
     let (a, _) = app.login("acme.aggios.app", "ann@acme.test").await;
     let host = "acme.aggios.app";
     let cases = [
@@ -421,9 +411,7 @@ async fn a_full_disk_refuses_the_upload_cleanly_and_reads_go_on() {
         )
         .await;
     assert_eq!(status, 404, "a partial file is visible");
-    let (status, list, _) = app
-        .call("GET", "/api/files", "acme.aggios.app", Some(&a), None)
-        .await;
+    let (status, list, _) = app.get("/api/files", "acme.aggios.app", Some(&a)).await;
     assert_eq!(status, 200);
     assert!(!list.to_string().contains("big.bin"), "{list}");
     // Another tenant reads on.

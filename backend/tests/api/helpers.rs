@@ -232,6 +232,34 @@ impl TestApp {
         )
     }
 
+    /// `GET path` on `host`, with a bearer token or none.
+    pub async fn get(
+        &self,
+        path: &str,
+        host: &str,
+        token: Option<&str>,
+    ) -> (u16, Value, http::HeaderMap) {
+        self.call("GET", path, host, token, None).await
+    }
+
+    /// `POST path` on `host` with a JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        host: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value, http::HeaderMap) {
+        self.call("POST", path, host, token, Some(body)).await
+    }
+
+    /// Creates tenant `subdomain` with one user `email` of `role`; returns the tenant's id.
+    pub async fn tenant_with_user(&self, subdomain: &str, email: &str, role: &str) -> uuid::Uuid {
+        let tenant = self.tenant(subdomain).await;
+        self.user(tenant, email, role).await;
+        tenant
+    }
+
     /// Sends raw bytes with `content_type`; returns the raw response body.
     pub async fn call_raw(
         &self,

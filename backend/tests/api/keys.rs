@@ -18,12 +18,11 @@ async fn api_keys_are_shown_once_listed_and_revoked() {
     let host = "acme.aggios.app";
 
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/api-keys",
             host,
             Some(&admin),
-            Some(json!({ "name": "zapier", "scopes": ["files:read"], "expires_in_days": 30 })),
+            json!({ "name": "zapier", "scopes": ["files:read"], "expires_in_days": 30 }),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -45,9 +44,7 @@ async fn api_keys_are_shown_once_listed_and_revoked() {
         "only the hash is stored"
     );
 
-    let (status, body, _) = app
-        .call("GET", "/api/api-keys", host, Some(&admin), None)
-        .await;
+    let (status, body, _) = app.get("/api/api-keys", host, Some(&admin)).await;
     assert_eq!(status, 200);
     assert_eq!(body["api_keys"].as_array().map(Vec::len), Some(1));
     assert!(
@@ -56,42 +53,31 @@ async fn api_keys_are_shown_once_listed_and_revoked() {
     );
 
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/api-keys",
             host,
             Some(&admin),
-            Some(json!({ "name": "x", "scopes": ["root"] })),
+            json!({ "name": "x", "scopes": ["root"] }),
         )
         .await;
     assert_eq!(status, 422, "{body}");
     let (status, _, _) = app
-        .call(
-            "POST",
-            "/api/api-keys",
-            host,
-            Some(&member),
-            Some(json!({ "name": "x" })),
-        )
+        .post("/api/api-keys", host, Some(&member), json!({ "name": "x" }))
         .await;
     assert_eq!(status, 403);
     // The key works for its scopes only, on the endpoints open to integrations.
-    let (status, body, _) = app.call("GET", "/api/files", host, Some(&key), None).await;
+    let (status, body, _) = app.get("/api/files", host, Some(&key)).await;
     assert_eq!(status, 200, "{body}");
     let (status, body, _) = app
         .call("DELETE", "/api/files/a.txt", host, Some(&key), None)
         .await;
     assert_eq!(status, 403, "no files:write scope: {body}");
-    let (status, _, _) = app
-        .call("GET", "/api/users/me", host, Some(&key), None)
-        .await;
+    let (status, _, _) = app.get("/api/users/me", host, Some(&key)).await;
     assert_eq!(status, 401, "a key is not a user token");
     let mut forged = key.clone();
     forged.pop();
     forged.push(if key.ends_with('0') { '1' } else { '0' });
-    let (status, _, _) = app
-        .call("GET", "/api/files", host, Some(&forged), None)
-        .await;
+    let (status, _, _) = app.get("/api/files", host, Some(&forged)).await;
     assert_eq!(status, 401, "right prefix, wrong secret");
 
     // The gateway's lookup, on the internal listener only.
@@ -148,7 +134,7 @@ async fn api_keys_are_shown_once_listed_and_revoked() {
     let (status, _) =
         internal_json(app.internal_addr, &format!("/internal/api-keys/{prefix}")).await;
     assert_eq!(status, 404, "a revoked key is not served to the gateway");
-    let (status, body, _) = app.call("GET", "/api/files", host, Some(&key), None).await;
+    let (status, body, _) = app.get("/api/files", host, Some(&key)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "api_key_revoked");
     let (status, _, _) = app
@@ -284,12 +270,10 @@ async fn reads_fall_back_to_the_primary_when_the_replica_is_down() {
             .port()
     );
     let app = TestApp::spawn_with(None, Some(dead)).await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "admin@acme.test", "admin").await;
-    let (admin, _) = app.login("acme.aggios.app", "admin@acme.test").await;
-    let (status, body, _) = app
-        .call("GET", "/api/users", "acme.aggios.app", Some(&admin), None)
+    app.tenant_with_user("acme", "admin@acme.test", "admin")
         .await;
+    let (admin, _) = app.login("acme.aggios.app", "admin@acme.test").await;
+    let (status, body, _) = app.get("/api/users", "acme.aggios.app", Some(&admin)).await;
     assert_eq!(
         (status, body["users"].as_array().map(Vec::len)),
         (200, Some(1)),

@@ -34,8 +34,8 @@ async fn speaks_h2c() {
 #[tokio::test]
 async fn shutdown_lets_the_request_in_flight_finish() {
     let mut app = TestApp::spawn().await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "ann@acme.test", "member").await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
     let (token, _) = app.login("acme.aggios.app", "ann@acme.test").await;
     let mut s = tokio::net::TcpStream::connect(app.addr)
         .await
@@ -79,7 +79,7 @@ async fn shutdown_lets_the_request_in_flight_finish() {
 #[tokio::test]
 async fn readyz_reports_each_dependency() {
     let app = TestApp::spawn().await;
-    let (status, body, _) = app.call("GET", "/readyz", "x", None, None).await;
+    let (status, body, _) = app.get("/readyz", "x", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
@@ -112,15 +112,14 @@ async fn redis_down_gives_503_not_500_and_the_service_still_starts() {
             .port()
     );
     let app = TestApp::spawn_with_redis(dead).await;
-    let acme = app.tenant("acme").await;
-    app.user(acme, "ann@acme.test", "member").await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
     let (status, body, headers) = app
-        .call(
-            "POST",
+        .post(
             "/api/auth/login",
             "acme.aggios.app",
             None,
-            Some(serde_json::json!({ "email": "ann@acme.test", "password": PASSWORD })),
+            serde_json::json!({ "email": "ann@acme.test", "password": PASSWORD }),
         )
         .await;
     assert_eq!(
@@ -129,13 +128,13 @@ async fn redis_down_gives_503_not_500_and_the_service_still_starts() {
         "{body}"
     );
     assert!(headers.get("retry-after").is_some());
-    let (status, body, _) = app.call("GET", "/readyz", "x", None, None).await;
+    let (status, body, _) = app.get("/readyz", "x", None).await;
     assert_eq!(
         (status, body["redis"].as_bool(), body["postgres"].as_bool()),
         (503, Some(false), Some(true)),
         "{body}"
     );
-    let (status, _, _) = app.call("GET", "/healthz", "x", None, None).await;
+    let (status, _, _) = app.get("/healthz", "x", None).await;
     assert_eq!(status, 200, "the process is alive and answers");
 }
 

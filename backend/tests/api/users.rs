@@ -17,25 +17,21 @@ async fn admins_manage_users_members_cannot_and_tenants_stay_apart() {
     let host = "acme.aggios.app";
 
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/users",
             host,
             Some(&admin),
-            Some(
-                json!({ "email": "new@acme.test", "password": "long enough", "first_name": "New" }),
-            ),
+            json!({ "email": "new@acme.test", "password": "long enough", "first_name": "New" }),
         )
         .await;
     assert_eq!(status, 201, "{body}");
     let id = body["user"]["id"].as_str().expect("id").to_string();
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/users",
             host,
             Some(&admin),
-            Some(json!({ "email": "NEW@acme.test", "password": "long enough" })),
+            json!({ "email": "NEW@acme.test", "password": "long enough" }),
         )
         .await;
     assert_eq!(
@@ -44,17 +40,23 @@ async fn admins_manage_users_members_cannot_and_tenants_stay_apart() {
         "{body}"
     );
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/users",
             host,
             Some(&admin),
-            Some(json!({ "email": "x", "password": "short", "role": "god" })),
+            json!({ "email": "x", "password": "short", "role": "god" }),
         )
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["fields"].as_array().map(Vec::len), Some(3));
-    let (status, _, _) = app.call("POST", "/api/users", host, Some(&admin), Some(json!({ "email": "p@acme.test", "password": "long enough", "role": "platform_admin" }))).await;
+    let (status, _, _) = app
+        .post(
+            "/api/users",
+            host,
+            Some(&admin),
+            json!({ "email": "p@acme.test", "password": "long enough", "role": "platform_admin" }),
+        )
+        .await;
     assert_eq!(status, 422, "a tenant admin cannot mint platform admins");
 
     let (status, body, _) = app
@@ -74,18 +76,14 @@ async fn admins_manage_users_members_cannot_and_tenants_stay_apart() {
         ),
         (200, Some("Person"), Some("admin"))
     );
-    let (status, body, _) = app
-        .call("GET", "/api/users", host, Some(&admin), None)
-        .await;
+    let (status, body, _) = app.get("/api/users", host, Some(&admin)).await;
     assert_eq!(
         (status, body["users"].as_array().map(Vec::len)),
         (200, Some(3))
     );
 
     // Members: 403. Another tenant's user id: 404 (invisible, not forbidden).
-    let (status, _, _) = app
-        .call("GET", "/api/users", host, Some(&member), None)
-        .await;
+    let (status, _, _) = app.get("/api/users", host, Some(&member)).await;
     assert_eq!(status, 403);
     for method in ["GET", "DELETE"] {
         let (status, _, _) = app
@@ -121,19 +119,15 @@ async fn admins_manage_users_members_cannot_and_tenants_stay_apart() {
         .await;
     assert_eq!(status, 200);
     let (status, _, _) = app
-        .call("GET", &format!("/api/users/{id}"), host, Some(&admin), None)
+        .get(&format!("/api/users/{id}"), host, Some(&admin))
         .await;
     assert_eq!(status, 404);
-    let (status, body, _) = app
-        .call("GET", "/api/tenant", host, Some(&admin), None)
-        .await;
+    let (status, body, _) = app.get("/api/tenant", host, Some(&admin)).await;
     assert_eq!(
         (status, body["tenant"]["subdomain"].as_str()),
         (200, Some("acme"))
     );
-    let (status, _, _) = app
-        .call("GET", "/api/tenants", host, Some(&admin), None)
-        .await;
+    let (status, _, _) = app.get("/api/tenants", host, Some(&admin)).await;
     assert_eq!(status, 403);
     let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action IN ('user_created', 'user_updated', 'user_deleted')")
         .fetch_one(&app.owner_pool)
@@ -145,19 +139,18 @@ async fn admins_manage_users_members_cannot_and_tenants_stay_apart() {
 #[tokio::test]
 async fn platform_admins_manage_tenants() {
     let app = TestApp::spawn().await;
-    let root = app.tenant("platform").await;
-    app.user(root, "root@platform.test", "platform_admin").await;
+    app.tenant_with_user("platform", "root@platform.test", "platform_admin")
+        .await;
     let (token, _) = app.login("platform.aggios.app", "root@platform.test").await;
     let host = "api.aggios.app";
-    let (status, body, _) = app.call("POST", "/api/tenants", host, Some(&token), Some(json!({ "name": "Initech", "subdomain": "initech", "domain": "portal.initech.example" }))).await;
+    let (status, body, _) = app.post("/api/tenants", host, Some(&token), json!({ "name": "Initech", "subdomain": "initech", "domain": "portal.initech.example" })).await;
     assert_eq!(status, 201, "{body}");
     let (status, body, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/tenants",
             host,
             Some(&token),
-            Some(json!({ "name": "Again", "subdomain": "initech" })),
+            json!({ "name": "Again", "subdomain": "initech" }),
         )
         .await;
     assert_eq!(
@@ -165,18 +158,15 @@ async fn platform_admins_manage_tenants() {
         (409, Some("subdomain"))
     );
     let (status, _, _) = app
-        .call(
-            "POST",
+        .post(
             "/api/tenants",
             host,
             Some(&token),
-            Some(json!({ "name": "", "subdomain": "Bad_Label" })),
+            json!({ "name": "", "subdomain": "Bad_Label" }),
         )
         .await;
     assert_eq!(status, 422);
-    let (status, body, _) = app
-        .call("GET", "/api/tenants", host, Some(&token), None)
-        .await;
+    let (status, body, _) = app.get("/api/tenants", host, Some(&token)).await;
     assert_eq!(
         (status, body["tenants"].as_array().map(Vec::len)),
         (200, Some(2))

@@ -453,100 +453,80 @@ async fn only_the_verified_credential_is_forwarded() {
     let token = jwt("acme");
     let bearer_key = format!("Bearer {}", key.full);
     let seen = |r: &Resp, h: &str| r.json()["headers"].get(h).is_some();
-    // jwt_tenant: the token goes on, a key beside it does not.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/token/x",
-        &[("authorization", &token), ("x-api-key", &key.full)],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(
-        seen(&r, "authorization") && !seen(&r, "x-api-key"),
-        "{:?}",
-        r.json()
+    let (tok, api) = (
+        ("authorization", token.as_str()),
+        ("x-api-key", key.full.as_str()),
     );
-    // jwt (no tenant in the host): the same.
-    let r = call(
-        &gw,
-        "api.aggios.app",
-        "/p",
-        &[("authorization", &token), ("x-api-key", &key.full)],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(
-        seen(&r, "authorization") && !seen(&r, "x-api-key"),
-        "{:?}",
-        r.json()
-    );
-    // none: the edge checked nothing, so the request goes on as sent (the backend is the only judge).
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/open/x",
-        &[("authorization", &token), ("x-api-key", &key.full)],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(
-        seen(&r, "authorization") && seen(&r, "x-api-key"),
-        "{:?}",
-        r.json()
-    );
-    // api_key in X-API-Key: a token beside it does not go on.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/read/x",
-        &[("x-api-key", &key.full), ("authorization", &token)],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(
-        seen(&r, "x-api-key") && !seen(&r, "authorization"),
-        "{:?}",
-        r.json()
-    );
-    // api_key as a bearer: forwarded as such, a stray X-API-Key would have been preferred, so none here.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/read/x",
-        &[("authorization", &bearer_key)],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(
-        seen(&r, "authorization") && !seen(&r, "x-api-key"),
-        "{:?}",
-        r.json()
-    );
-    // jwt_or_api_key with both: the key is what the edge checked (X-API-Key first), so only it goes on.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/either/x",
-        &[("x-api-key", &key.full), ("authorization", &token)],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(
-        seen(&r, "x-api-key") && !seen(&r, "authorization"),
-        "{:?}",
-        r.json()
-    );
-    // ... and with a token alone, the token.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/either/x",
-        &[("authorization", &token)],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(seen(&r, "authorization"), "{:?}", r.json());
+    let bearer = ("authorization", bearer_key.as_str());
+    // (why, host, path, credentials sent, Authorization forwarded, X-API-Key forwarded)
+    let cases: [(&str, &str, &str, Vec<(&str, &str)>, bool, bool); 7] = [
+        (
+            "jwt_tenant: the token goes on, a key beside it does not",
+            "acme.aggios.app",
+            "/token/x",
+            vec![tok, api],
+            true,
+            false,
+        ),
+        (
+            "jwt (no tenant in the host): the same",
+            "api.aggios.app",
+            "/p",
+            vec![tok, api],
+            true,
+            false,
+        ),
+        (
+            "none: nothing was checked, so the request goes on as sent",
+            "acme.aggios.app",
+            "/open/x",
+            vec![tok, api],
+            true,
+            true,
+        ),
+        (
+            "api_key in X-API-Key: a token beside it does not go on",
+            "acme.aggios.app",
+            "/read/x",
+            vec![api, tok],
+            false,
+            true,
+        ),
+        (
+            "api_key as a bearer: forwarded as such",
+            "acme.aggios.app",
+            "/read/x",
+            vec![bearer],
+            true,
+            false,
+        ),
+        (
+            "jwt_or_api_key with both: the key (X-API-Key first) goes on alone",
+            "acme.aggios.app",
+            "/either/x",
+            vec![api, tok],
+            false,
+            true,
+        ),
+        (
+            "jwt_or_api_key with a token alone: the token",
+            "acme.aggios.app",
+            "/either/x",
+            vec![tok],
+            true,
+            false,
+        ),
+    ];
+    for (why, host, path, sent, authorization, api_key) in cases {
+        let r = call(&gw, host, path, &sent).await;
+        assert_eq!(r.status, 200, "{why}: {:?}", r.body);
+        assert_eq!(
+            (seen(&r, "authorization"), seen(&r, "x-api-key")),
+            (authorization, api_key),
+            "{why}: {:?}",
+            r.json()
+        );
+    }
 
     // `Connection` naming what the edge verified or sets: refused before any upstream.
     let hits = up.hits();
