@@ -432,6 +432,16 @@ async fn a_key_that_cannot_be_checked_is_refused_with_503() {
     assert_eq!(up.hits(), hits);
 }
 
+/// (why, host, path, credentials sent, Authorization forwarded, X-API-Key forwarded)
+type Forwarded<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    bool,
+    bool,
+);
+
 /// Only the credential the edge verified reaches the backend, on every auth policy; a `Connection`
 /// header naming a credential or identity header is refused.
 #[tokio::test]
@@ -459,7 +469,7 @@ async fn only_the_verified_credential_is_forwarded() {
     );
     let bearer = ("authorization", bearer_key.as_str());
     // (why, host, path, credentials sent, Authorization forwarded, X-API-Key forwarded)
-    let cases: [(&str, &str, &str, Vec<(&str, &str)>, bool, bool); 7] = [
+    let cases: [Forwarded<'_>; 7] = [
         (
             "jwt_tenant: the token goes on, a key beside it does not",
             "acme.aggios.app",
