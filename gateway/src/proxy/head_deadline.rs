@@ -185,7 +185,10 @@ impl DeadlineStream {
 
 /// The edge error for a response Pingora writes on its own: its parser's 400 and its 405 to `CONNECT`.
 fn pingora_refusal(written: &[u8]) -> Option<EdgeError> {
-    match written.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
+    let status = written
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| written.strip_prefix(b"HTTP/1.0 "))?;
+    match status.get(..4)? {
         b"400 " => Some(EdgeError::Malformed(
             "the request head is not valid HTTP/1.1",
         )),
@@ -458,5 +461,36 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pingoras_400_and_405_are_taken_over() {
+        let code = |w: &[u8]| pingora_refusal(w).map(|e| e.code());
+        assert_eq!(
+            code(b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n"),
+            Some("malformed_request")
+        );
+        assert_eq!(
+            code(b"HTTP/1.0 400 Bad Request\r\n"),
+            Some("malformed_request")
+        );
+        assert_eq!(
+            code(b"HTTP/1.1 405 Method Not Allowed\r\n"),
+            Some("method_not_allowed")
+        );
+        for other in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"HTTP/1.1 100 Continue\r\n",
+            b"HTTP/1.1 4000",
+            b"",
+            b"HTTP/1.1 40",
+        ] {
+            assert_eq!(code(other), None, "{:?}", String::from_utf8_lossy(other));
+        }
     }
 }

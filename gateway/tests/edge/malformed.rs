@@ -26,6 +26,7 @@ async fn each_malformed_case_is_refused_and_closed() {
         ("TE chunked twice", "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n".into(), 400),
         ("TE not chunked", "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip\r\n\r\n".into(), 400),
         ("obs-fold", "GET / HTTP/1.1\r\nHost: a.test\r\nX-A: b\r\n c\r\n\r\n".into(), 400),
+        ("obs-fold in HTTP/1.0", "GET / HTTP/1.0\r\nHost: a.test\r\nX-A: b\r\n c\r\n\r\n".into(), 400),
         ("space before colon", "GET / HTTP/1.1\r\nHost : a.test\r\n\r\n".into(), 400),
         ("bare LF", "GET / HTTP/1.1\nHost: a.test\n\n".into(), 400),
         ("bare LF in one line", "GET / HTTP/1.1\r\nHost: a.test\nX: y\r\n\r\n".into(), 400),
