@@ -559,6 +559,23 @@ async fn only_the_verified_credential_is_forwarded() {
     assert_eq!(up.hits(), hits);
 }
 
+/// The statuses of `n` requests to `path` from client `ip`, each with a new made-up key.
+async fn made_up_keys(gw: &Gateway, path: &str, ip: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(n);
+    for _ in 0..n {
+        let k = new_key();
+        let r = call(
+            gw,
+            "acme.aggios.app",
+            path,
+            &[("x-api-key", &k.full), ("x-forwarded-for", ip)],
+        )
+        .await;
+        statuses.push(r.status);
+    }
+    statuses
+}
+
 /// A flood of made-up keys: the route's client-address limit applies before any lookup, a client's
 /// refused keys are budgeted, concurrent lookups of one prefix are one backend request; valid keys and
 /// the public API keep working meanwhile.
@@ -625,18 +642,7 @@ upstream = "u"
 
     // The failure budget: 10 refused keys from one client, then 429 without a lookup.
     let before = lookup.hits();
-    let mut statuses = Vec::new();
-    for _ in 0..25 {
-        let k = new_key();
-        let r = call(
-            &gw,
-            "acme.aggios.app",
-            "/read/x",
-            &[("x-api-key", &k.full), from("203.0.113.50")],
-        )
-        .await;
-        statuses.push(r.status);
-    }
+    let statuses = made_up_keys(&gw, "/read/x", "203.0.113.50", 25).await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 401).count(),
         10,
@@ -672,18 +678,7 @@ upstream = "u"
 
     // The route's client-address limit comes before the lookup.
     let before = lookup.hits();
-    let mut statuses = Vec::new();
-    for _ in 0..8 {
-        let k = new_key();
-        let r = call(
-            &gw,
-            "acme.aggios.app",
-            "/limited/x",
-            &[("x-api-key", &k.full), from("203.0.113.52")],
-        )
-        .await;
-        statuses.push(r.status);
-    }
+    let statuses = made_up_keys(&gw, "/limited/x", "203.0.113.52", 8).await;
     assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429, 429]);
     assert_eq!(lookup.hits() - before, 3);
 
