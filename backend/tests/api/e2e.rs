@@ -194,6 +194,27 @@ async fn via_gateway_with(
     )
 }
 
+/// Logs `email` of the tenant of `host` in through the gateway; returns (access, refresh).
+async fn login_at_edge(gw: &GatewayProcess, host: &str, email: &str) -> (String, String) {
+    let (status, pair) = via_gateway(
+        gw,
+        "POST",
+        host,
+        "/api/auth/login",
+        None,
+        Some(json!({ "email": email, "password": PASSWORD })),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "login {email}@{host} through the gateway: {pair}"
+    );
+    (
+        pair["access_token"].as_str().expect("token").to_string(),
+        pair["refresh_token"].as_str().expect("refresh").to_string(),
+    )
+}
+
 #[tokio::test]
 async fn login_call_logout_then_refused_at_the_edge() {
     let app = TestApp::spawn().await;
@@ -202,17 +223,7 @@ async fn login_call_logout_then_refused_at_the_edge() {
     app.user(acme, "ann@acme.test", "member").await;
     let gw = start_gateway(app.addr, app.internal_addr).await;
 
-    let (status, pair) = via_gateway(
-        &gw,
-        "POST",
-        "acme.aggios.app",
-        "/api/auth/login",
-        None,
-        Some(json!({ "email": "ann@acme.test", "password": PASSWORD })),
-    )
-    .await;
-    assert_eq!(status, 200, "{pair}");
-    let access = pair["access_token"].as_str().expect("token").to_string();
+    let (access, _) = login_at_edge(&gw, "acme.aggios.app", "ann@acme.test").await;
 
     let (status, me) = via_gateway(
         &gw,
@@ -288,17 +299,7 @@ async fn an_api_key_works_through_the_gateway_until_revoked() {
     app.tenant("globex").await;
     app.user(acme, "boss@acme.test", "admin").await;
     let gw = start_gateway(app.addr, app.internal_addr).await;
-    let (status, pair) = via_gateway(
-        &gw,
-        "POST",
-        "acme.aggios.app",
-        "/api/auth/login",
-        None,
-        Some(json!({ "email": "boss@acme.test", "password": PASSWORD })),
-    )
-    .await;
-    assert_eq!(status, 200, "{pair}");
-    let admin = pair["access_token"].as_str().expect("token").to_string();
+    let (admin, _) = login_at_edge(&gw, "acme.aggios.app", "boss@acme.test").await;
     let (status, created) = via_gateway(
         &gw,
         "POST",
@@ -480,25 +481,7 @@ async fn deactivation_and_demotion_revoke_live_tokens_at_the_edge_and_the_backen
     let ann = app.user(acme, "ann@acme.test", "admin").await;
     let carl = app.user(acme, "carl@acme.test", "member").await;
     let gw = start_gateway(app.addr, app.internal_addr).await;
-    let login = |email: &'static str| {
-        let gw = &gw;
-        async move {
-            let (status, pair) = via_gateway(
-                gw,
-                "POST",
-                "acme.aggios.app",
-                "/api/auth/login",
-                None,
-                Some(json!({ "email": email, "password": PASSWORD })),
-            )
-            .await;
-            assert_eq!(status, 200, "{pair}");
-            (
-                pair["access_token"].as_str().expect("token").to_string(),
-                pair["refresh_token"].as_str().expect("refresh").to_string(),
-            )
-        }
-    };
+    let login = |email: &'static str| login_at_edge(&gw, "acme.aggios.app", email);
     let (boss, _) = login("boss@acme.test").await;
     let (ann_old, _) = login("ann@acme.test").await;
     let (carl_old, carl_refresh) = login("carl@acme.test").await;
