@@ -166,7 +166,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let request_id = parts
         .headers
-        .get("x-request-id")
+        .get(contracts::headers::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty()
@@ -195,7 +195,7 @@ pub async fn handle(
         Err(e) => e.into_response(&ctx.request_id),
     };
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(contracts::headers::REQUEST_ID, v);
     }
     let status = resp.status().as_u16();
     metrics()

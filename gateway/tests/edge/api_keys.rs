@@ -10,19 +10,7 @@ use crate::helpers::*;
 const SECRET: &str = "api-key-test-secret-api-key-test-01";
 
 fn jwt(tenant: &str) -> String {
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims =
-        serde_json::json!({ "user_id": "u-1", "tenant_id": tenant, "iat": now, "exp": now + 600 });
-    let t = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign");
-    format!("Bearer {t}")
+    jwt_for(tenant, "u-1")
 }
 
 struct Key {
