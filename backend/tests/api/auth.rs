@@ -20,38 +20,17 @@ async fn login_me_refresh_rotation_and_reuse_detection() {
     assert!(me["user"].get("password_hash").is_none());
 
     // Rotation: the new pair works, the old refresh token is dead.
-    let (status, pair, _) = app
-        .post(
-            "/api/auth/refresh",
-            "acme.aggios.app",
-            None,
-            json!({ "refresh_token": refresh }),
-        )
-        .await;
+    let (status, pair) = app.refresh("acme.aggios.app", &refresh).await;
     assert_eq!(status, 200, "{pair}");
     let new_refresh = pair["refresh_token"].as_str().expect("refresh").to_string();
     assert_ne!(new_refresh, refresh);
     // Reusing the rotated token is theft: 401, and the whole family dies (the new token too).
-    let (status, body, _) = app
-        .post(
-            "/api/auth/refresh",
-            "acme.aggios.app",
-            None,
-            json!({ "refresh_token": refresh }),
-        )
-        .await;
+    let (status, body) = app.refresh("acme.aggios.app", &refresh).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (401, Some("refresh_token_reused"))
     );
-    let (status, body, _) = app
-        .post(
-            "/api/auth/refresh",
-            "acme.aggios.app",
-            None,
-            json!({ "refresh_token": new_refresh }),
-        )
-        .await;
+    let (status, body) = app.refresh("acme.aggios.app", &new_refresh).await;
     assert_eq!(status, 401, "{body}");
     // Stored hashed, never in clear.
     let stored: i64 = sqlx::query_scalar(
@@ -122,14 +101,7 @@ async fn logout_denylists_the_access_token() {
             .and_then(|v| v.to_str().ok()),
         Some("Bearer")
     );
-    let (status, _, _) = app
-        .post(
-            "/api/auth/refresh",
-            "acme.aggios.app",
-            None,
-            json!({ "refresh_token": refresh }),
-        )
-        .await;
+    let (status, _) = app.refresh("acme.aggios.app", &refresh).await;
     assert_eq!(status, 401, "logout revokes the refresh family");
 }
 
@@ -141,14 +113,7 @@ async fn bad_input_and_wrong_credentials() {
     app.user(acme, "ann@acme.test", "member").await;
     let host = "acme.aggios.app";
 
-    let (status, body, _) = app
-        .post(
-            "/api/auth/login",
-            host,
-            None,
-            json!({ "email": "nope", "password": "" }),
-        )
-        .await;
+    let (status, body, _) = app.try_login(host, "nope", "").await;
     assert_eq!(status, 422, "{body}");
     let fields: Vec<&str> = body["error"]["fields"]
         .as_array()
@@ -165,43 +130,19 @@ async fn bad_input_and_wrong_credentials() {
         (400, Some("invalid_json"))
     );
 
-    let wrong = app
-        .post(
-            "/api/auth/login",
-            host,
-            None,
-            json!({ "email": "ann@acme.test", "password": "wrong password" }),
-        )
-        .await;
-    let unknown = app
-        .post(
-            "/api/auth/login",
-            host,
-            None,
-            json!({ "email": "who@acme.test", "password": "wrong password" }),
-        )
-        .await;
+    let wrong = app.try_login(host, "ann@acme.test", "wrong password").await;
+    let unknown = app.try_login(host, "who@acme.test", "wrong password").await;
     assert_eq!(wrong.0, 401);
     assert_eq!(wrong.1["error"]["code"], unknown.1["error"]["code"]);
     assert_eq!(wrong.1["error"]["message"], unknown.1["error"]["message"]);
 
     // A user of acme cannot log in on globex's host.
     let (status, _, _) = app
-        .post(
-            "/api/auth/login",
-            "globex.aggios.app",
-            None,
-            json!({ "email": "ann@acme.test", "password": PASSWORD }),
-        )
+        .try_login("globex.aggios.app", "ann@acme.test", PASSWORD)
         .await;
     assert_eq!(status, 401);
     let (status, _, _) = app
-        .post(
-            "/api/auth/login",
-            "nobody.aggios.app",
-            None,
-            json!({ "email": "ann@acme.test", "password": PASSWORD }),
-        )
+        .try_login("nobody.aggios.app", "ann@acme.test", PASSWORD)
         .await;
     assert_eq!(status, 404);
 
@@ -245,23 +186,14 @@ async fn failed_logins_are_throttled_per_account() {
         assert_eq!(status, 401);
     }
     let (status, body, headers) = app
-        .post(
-            "/api/auth/login",
-            "acme.aggios.app",
-            None,
-            json!({ "email": "ann@acme.test", "password": PASSWORD }),
-        )
+        .try_login("acme.aggios.app", "ann@acme.test", PASSWORD)
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (429, Some("too_many_attempts"))
     );
     assert!(headers.get("retry-after").is_some());
-    let failed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'login_failed'")
-            .fetch_one(&app.owner_pool)
-            .await
-            .expect("audit");
+    let failed: i64 = app.audit_count("login_failed").await;
     assert_eq!(failed, 5);
 }
 
@@ -286,11 +218,7 @@ async fn parallel_wrong_passwords_are_evaluated_at_most_the_limit() {
         evaluated <= 5,
         "{evaluated} guesses were checked against a limit of 5"
     );
-    let failed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'login_failed'")
-            .fetch_one(&app.owner_pool)
-            .await
-            .expect("audit");
+    let failed: i64 = app.audit_count("login_failed").await;
     assert_eq!(failed, evaluated as i64);
 }
 
@@ -308,22 +236,16 @@ async fn unknown_email_costs_the_same_as_a_wrong_password() {
         app.user(acme, &email, "member").await;
         let t = std::time::Instant::now();
         let (s, _, _) = app
-            .post(
-                "/api/auth/login",
-                "acme.aggios.app",
-                None,
-                json!({ "email": email, "password": "not it at all" }),
-            )
+            .try_login("acme.aggios.app", &email, "not it at all")
             .await;
         wrong.push(t.elapsed().as_secs_f64());
         assert_eq!(s, 401);
         let t = std::time::Instant::now();
         let (s, _, _) = app
-            .post(
-                "/api/auth/login",
+            .try_login(
                 "acme.aggios.app",
-                None,
-                json!({ "email": format!("ghost{i}@acme.test"), "password": "not it at all" }),
+                &format!("ghost{i}@acme.test"),
+                "not it at all",
             )
             .await;
         unknown.push(t.elapsed().as_secs_f64());

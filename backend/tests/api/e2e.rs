@@ -583,14 +583,7 @@ async fn deactivation_and_demotion_revoke_live_tokens_at_the_edge_and_the_backen
         .await;
     assert_eq!(status, 401);
     // (Straight to the backend: the test gateway's routes put a token in front of /api/auth/refresh.)
-    let (status, body, _) = app
-        .post(
-            "/api/auth/refresh",
-            "acme.aggios.app",
-            None,
-            json!({ "refresh_token": carl_refresh }),
-        )
-        .await;
+    let (status, body) = app.refresh("acme.aggios.app", &carl_refresh).await;
     assert_eq!(
         status, 401,
         "a deactivated user's refresh token still works: {body}"

@@ -149,19 +149,12 @@ async fn files_on_a_local_directory() {
         .await
         .expect("q")
         .expect("acme");
-    let (_, token_body, _) = app
-        .post(
-            "/api/auth/login",
-            "acme.aggios.app",
-            None,
-            serde_json::json!({"email":"ann@acme.test","password":PASSWORD}),
-        )
-        .await;
+    let (access, _) = app.login("acme.aggios.app", "ann@acme.test").await;
     let (status, body, _) = app
         .get(
             "/api/files/docs/b.txt?presign=1",
             "acme.aggios.app",
-            token_body["access_token"].as_str(),
+            Some(&access),
         )
         .await;
     assert_eq!(
@@ -209,19 +202,12 @@ async fn files_on_s3() {
     let s3 = S3Server::start().await;
     let app = TestApp::spawn_with_storage(Some(s3.config())).await;
     suite(&app).await;
-    let (_, token_body, _) = app
-        .post(
-            "/api/auth/login",
-            "acme.aggios.app",
-            None,
-            serde_json::json!({"email":"ann@acme.test","password":PASSWORD}),
-        )
-        .await;
+    let (access, _) = app.login("acme.aggios.app", "ann@acme.test").await;
     let (status, body, _) = app
         .get(
             "/api/files/docs/b.txt?presign=1",
             "acme.aggios.app",
-            token_body["access_token"].as_str(),
+            Some(&access),
         )
         .await;
     assert_eq!(status, 200, "{body}");

@@ -298,6 +298,44 @@ impl TestApp {
         (parts.status.as_u16(), bytes, parts.headers)
     }
 
+    /// One login attempt with `password`, whatever its outcome.
+    pub async fn try_login(
+        &self,
+        host: &str,
+        email: &str,
+        password: &str,
+    ) -> (u16, serde_json::Value, http::HeaderMap) {
+        self.post(
+            "/api/auth/login",
+            host,
+            None,
+            serde_json::json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    /// One refresh with `refresh_token`, whatever its outcome.
+    pub async fn refresh(&self, host: &str, refresh_token: &str) -> (u16, serde_json::Value) {
+        let (status, body, _) = self
+            .post(
+                "/api/auth/refresh",
+                host,
+                None,
+                serde_json::json!({ "refresh_token": refresh_token }),
+            )
+            .await;
+        (status, body)
+    }
+
+    /// How many audit-log rows carry `action` (read as the owner, past row-level security).
+    pub async fn audit_count(&self, action: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1")
+            .bind(action)
+            .fetch_one(&self.owner_pool)
+            .await
+            .expect("audit_log")
+    }
+
     /// Logs in; returns (access, refresh).
     pub async fn login(&self, host: &str, email: &str) -> (String, String) {
         let (status, body, _) = self

@@ -115,12 +115,7 @@ async fn redis_down_gives_503_not_500_and_the_service_still_starts() {
     app.tenant_with_user("acme", "ann@acme.test", "member")
         .await;
     let (status, body, headers) = app
-        .post(
-            "/api/auth/login",
-            "acme.aggios.app",
-            None,
-            serde_json::json!({ "email": "ann@acme.test", "password": PASSWORD }),
-        )
+        .try_login("acme.aggios.app", "ann@acme.test", PASSWORD)
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

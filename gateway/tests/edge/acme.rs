@@ -11,6 +11,26 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 use crate::tls_helpers::*;
 
+/// The route most tests serve: every tenant's host, no auth, to upstream `u`.
+const PUBLIC_ROUTE: &str = r#"[[routes]]
+name = "public"
+hosts = ["*.aggios.test"]
+upstream = "u"
+"#;
+
+/// A gateway config against `pebble`: `before` (sections ahead of TLS), then `[tls.acme]` with the
+/// directory and CA root filled in and the keys a test sets in `acme` (domains, challenge, storage,
+/// timers; further `[tls.*]` tables may follow them), then the upstream `u` and `routes`.
+fn acme_toml(pebble: &Pebble, up: &TestUpstream, before: &str, acme: &str, routes: &str) -> String {
+    format!(
+        "[tenancy]\nbase_domains = [\"aggios.test\"]\n\n{before}\n[tls.acme]\ndirectory = \"{dir}\"\nca_root = \"{ca}\"\n{acme}\n\n{up}\n{routes}",
+        dir = pebble.directory(),
+        ca = pebble.endpoint_ca.display(),
+        up = upstream_toml("u", &[up], "")
+    )
+}
+
+/// The single-name config of the issuance tests: `name` by `challenge`, stored under `storage`.
 fn config(
     up: &TestUpstream,
     pebble: &Pebble,
@@ -18,33 +38,41 @@ fn config(
     name: &str,
     challenge: &str,
 ) -> String {
-    format!(
-        r#"[tenancy]
-base_domains = ["aggios.test"]
-
-[tls]
-[tls.acme]
-directory = "{dir}"
-ca_root = "{ca}"
-email = "ops@aggios.test"
+    acme_toml(
+        pebble,
+        up,
+        "",
+        &format!(
+            r#"email = "ops@aggios.test"
 domains = ["{name}"]
 challenge = "{challenge}"
 storage = "{storage}"
 retry_initial = "1s"
 retry_max = "4s"
-order_timeout = "20s"
-
-{up}
-[[routes]]
-name = "public"
-hosts = ["*.aggios.test"]
-upstream = "u"
-"#,
-        dir = pebble.directory(),
-        ca = pebble.endpoint_ca.display(),
-        storage = storage.display(),
-        up = upstream_toml("u", &[up], "")
+order_timeout = "20s""#,
+            storage = storage.display()
+        ),
+        PUBLIC_ROUTE,
     )
+}
+
+/// Replicas sharing ACME state through the Redis named by `GW_REDIS`.
+const SHARED_STORE: &str = "[redis]\nurl_env = \"GW_REDIS\"";
+
+/// A replica on `ports` sharing ACME state in `redis`, private keys sealed with `key` (32 bytes, as
+/// base64 or hex).
+async fn replica(ports: (u16, u16, u16), body: &str, redis: &RedisServer, key: &str) -> Gateway {
+    let url = redis.url();
+    let env = [("GW_REDIS", url.as_str()), ("GW_ACME_KEY", key)];
+    Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), body, &env).await
+}
+
+/// An HTTP/1.1 GET over TLS to `host` on `port`, the certificate verified against `root` only;
+/// panics with `what` if the handshake or the request fails.
+async fn https_get(port: u16, host: &str, path: &str, root: &[u8], what: &str) -> TlsResp {
+    get(port, host, path, &[], client_config(root, &[b"http/1.1"]))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// Waits up to `limit` for `f`; on failure, shows what the gateway and pebble said.
@@ -65,6 +93,14 @@ where
         gw.stderr(),
         pebble.log()
     );
+}
+
+/// Waits up to `secs` seconds until the gateway serves ACME certificates for exactly `names`.
+async fn until_served(gw: &Gateway, pebble: &Pebble, names: &[&str], secs: u64, what: &str) {
+    within(Duration::from_secs(secs), what, gw, pebble, || async {
+        served_names(gw).await == names
+    })
+    .await;
 }
 
 async fn served_names(gw: &Gateway) -> Vec<String> {
@@ -90,14 +126,7 @@ async fn issue_and_serve(challenge: &str) {
     let name = "shop.aggios.test";
     let body = config(&up, &pebble, storage.path(), name, challenge);
     let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
-    within(
-        Duration::from_secs(60),
-        "the certificate issued",
-        &gw,
-        &pebble,
-        || async { served_names(&gw).await == [name] },
-    )
-    .await;
+    until_served(&gw, &pebble, &[name], 60, "the certificate issued").await;
     assert_eq!(
         gw.metric("gateway_acme_orders_total{result=\"success\"}")
             .await,
@@ -130,23 +159,8 @@ async fn issue_and_serve(challenge: &str) {
     assert_eq!(orders, 1, "{}", pebble.log());
     let (ports, dir) = gw.stop();
     let gw = Gateway::start_on(ports, dir, &body, &[]).await;
-    within(
-        Duration::from_secs(30),
-        "the stored certificate served",
-        &gw,
-        &pebble,
-        || async { served_names(&gw).await == [name] },
-    )
-    .await;
-    let r = get(
-        gw.https,
-        name,
-        "/again",
-        &[],
-        client_config(&root, &[b"http/1.1"]),
-    )
-    .await
-    .expect("HTTPS after restart");
+    until_served(&gw, &pebble, &[name], 30, "the stored certificate served").await;
+    let r = https_get(gw.https, name, "/again", &root, "HTTPS after restart").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.serial, serial, "a new certificate after restart");
     assert_eq!(pebble.orders(), 1, "ordered again after restart");
@@ -177,14 +191,7 @@ async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
     let name = "live.aggios.test";
     let body = config(&up, &pebble, storage.path(), name, "http-01");
     let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
-    within(
-        Duration::from_secs(60),
-        "the first certificate",
-        &gw,
-        &pebble,
-        || async { served_names(&gw).await == [name] },
-    )
-    .await;
+    until_served(&gw, &pebble, &[name], 60, "the first certificate").await;
     let root = pebble.issuing_root().await;
     let client = client_config(&root, &[b"http/1.1"]);
 
@@ -304,31 +311,15 @@ async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
     )
     .await;
     let root = pebble.issuing_root().await;
-    let r = get(
+    let r = https_get(
         gw.https,
         name,
         "/after",
-        &[],
-        client_config(&root, &[b"http/1.1"]),
+        &root,
+        "served with the certificate of the restarted CA",
     )
-    .await
-    .expect("served with the certificate of the restarted CA");
+    .await;
     assert_ne!(r.serial, renewed);
-}
-
-fn tenant_token(tenant: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims = serde_json::json!({ "user_id": "8c3c6a8e-0000-4000-8000-000000000001",
-        "email": "ann@acme.test", "tenant_id": tenant, "role": "admin", "iat": now,
-        "exp": now + 600, "jti": "od-1" });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
 }
 
 const SECRET: &str = "on-demand-secret-on-demand-secret-01";
@@ -346,40 +337,29 @@ async fn on_demand_certificates_only_for_domains_an_active_tenant_owns() {
         200,
         r#"{"allowed":true,"tenant":"acme"}"#,
     );
-    let body = format!(
-        r#"[tenancy]
-base_domains = ["aggios.test"]
-
-[auth.jwt]
-secret_env = "GW_SECRET"
-
-[tls]
-handshake_timeout = "30s"
-[tls.acme]
-directory = "{dir}"
-ca_root = "{ca}"
-challenge = "http-01"
+    let body = acme_toml(
+        &pebble,
+        &up,
+        "[auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n[tls]\nhandshake_timeout = \"30s\"",
+        &format!(
+            r#"challenge = "http-01"
 storage = "{storage}"
 order_timeout = "20s"
 [tls.on_demand]
 ask = "http://{ask}/internal/tenant-domains/{{host}}"
 wait = "20s"
 max_concurrent_orders = 2
-orders_per_minute = 5
-
-{up}
-[[routes]]
+orders_per_minute = 5"#,
+            storage = storage.path().display(),
+            ask = ask.addr,
+        ),
+        r#"[[routes]]
 name = "tenant-api"
 hosts = ["*.aggios.test"]
 path_prefix = "/api"
 auth = "jwt_tenant"
 upstream = "u"
 "#,
-        dir = pebble.directory(),
-        ca = pebble.endpoint_ca.display(),
-        storage = storage.path().display(),
-        ask = ask.addr,
-        up = upstream_toml("u", &[&up], "")
     );
     let gw = Gateway::start_on(
         ports,
@@ -409,7 +389,7 @@ upstream = "u"
 
     // An active tenant's domain: the first handshake waits for its certificate.
     let hits = up.hits.load(std::sync::atomic::Ordering::SeqCst);
-    let bearer = format!("Bearer {}", tenant_token("acme"));
+    let bearer = Token::new(SECRET, "acme").bearer();
     let r = get(
         gw.https,
         "shop.example.org",
@@ -435,7 +415,7 @@ upstream = "u"
         1.0
     );
     // Routed as that tenant's: tenant binding applies to the domain.
-    let other = format!("Bearer {}", tenant_token("globex"));
+    let other = Token::new(SECRET, "globex").bearer();
     let r = get(
         gw.https,
         "shop.example.org",
@@ -494,45 +474,25 @@ async fn two_replicas_sharing_redis_order_once_and_both_serve() {
         .query_async(&mut conn)
         .await
         .expect("set lock");
-    let body = format!(
-        r#"[tenancy]
-base_domains = ["aggios.test"]
-
-[redis]
-url_env = "GW_REDIS"
-
-[tls]
-[tls.acme]
-directory = "{dir}"
-ca_root = "{ca}"
-domains = ["{name}"]
+    let body = acme_toml(
+        &pebble,
+        &up,
+        SHARED_STORE,
+        &format!(
+            r#"domains = ["{name}"]
 challenge = "http-01"
 storage = "redis"
 storage_key_env = "GW_ACME_KEY"
 lock_lease = "3s"
 retry_initial = "1s"
-retry_max = "2s"
-
-{up}
-[[routes]]
-name = "public"
-hosts = ["*.aggios.test"]
-upstream = "u"
-"#,
-        dir = pebble.directory(),
-        ca = pebble.endpoint_ca.display(),
-        up = upstream_toml("u", &[&up], "")
-    );
-    let url = redis.url();
-    let env = [
-        ("GW_REDIS", url.as_str()),
-        (
-            "GW_ACME_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+retry_max = "2s""#
         ),
-    ];
-    let a = Gateway::start_on(a_ports, tempfile::tempdir().expect("tempdir"), &body, &env).await;
-    let b = Gateway::start_on(b_ports, tempfile::tempdir().expect("tempdir"), &body, &env).await;
+        PUBLIC_ROUTE,
+    );
+    // The sealing key as base64 (the other test gives it as hex).
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let a = replica(a_ports, &body, &redis, key).await;
+    let b = replica(b_ports, &body, &redis, key).await;
     // While the dead replica's lease lasts, no order is made.
     loop {
         let owner: Option<String> = redis::cmd("GET")
@@ -551,12 +511,12 @@ upstream = "u"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for gw in [&a, &b] {
-        within(
-            Duration::from_secs(60),
-            "both replicas serve the certificate",
+        until_served(
             gw,
             &pebble,
-            || async { served_names(gw).await == [name] },
+            &[name],
+            60,
+            "both replicas serve the certificate",
         )
         .await;
     }
@@ -617,57 +577,24 @@ async fn challenge_answered_by_the_other_replica(challenge: &str) {
     let pebble = Pebble::start(a_ports.0, a_ports.1, 3600).await;
     let up = TestUpstream::start("u");
     let config = |domains: &str| {
-        format!(
-            r#"[tenancy]
-base_domains = ["aggios.test"]
-
-[redis]
-url_env = "GW_REDIS"
-
-[tls]
-[tls.acme]
-directory = "{dir}"
-ca_root = "{ca}"
-domains = [{domains}]
+        acme_toml(
+            &pebble,
+            &up,
+            SHARED_STORE,
+            &format!(
+                r#"domains = [{domains}]
 challenge = "{challenge}"
 storage = "redis"
 storage_key_env = "GW_ACME_KEY"
 retry_initial = "1s"
-retry_max = "2s"
-
-{up}
-[[routes]]
-name = "public"
-hosts = ["*.aggios.test"]
-upstream = "u"
-"#,
-            dir = pebble.directory(),
-            ca = pebble.endpoint_ca.display(),
-            up = upstream_toml("u", &[&up], "")
+retry_max = "2s""#
+            ),
+            PUBLIC_ROUTE,
         )
     };
-    let url = redis.url();
-    let env = [
-        ("GW_REDIS", url.as_str()),
-        (
-            "GW_ACME_KEY",
-            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
-        ),
-    ];
-    let a = Gateway::start_on(
-        a_ports,
-        tempfile::tempdir().expect("tempdir"),
-        &config("\"a.aggios.test\""),
-        &env,
-    )
-    .await;
-    let b = Gateway::start_on(
-        b_ports,
-        tempfile::tempdir().expect("tempdir"),
-        &config("\"b.aggios.test\""),
-        &env,
-    )
-    .await;
+    let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let a = replica(a_ports, &config("\"a.aggios.test\""), &redis, key).await;
+    let b = replica(b_ports, &config("\"b.aggios.test\""), &redis, key).await;
     within(
         Duration::from_secs(60),
         "B's certificate issued",
@@ -698,15 +625,14 @@ upstream = "u"
     )
     .await;
     let root = pebble.issuing_root().await;
-    let r = get(
+    let r = https_get(
         a.https,
         "b.aggios.test",
         "/",
-        &[],
-        client_config(&root, &[b"http/1.1"]),
+        &root,
+        "A serves the certificate B ordered",
     )
-    .await
-    .expect("A serves the certificate B ordered");
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -721,40 +647,29 @@ async fn tls_alpn01_answered_by_the_replica_that_did_not_order() {
 }
 
 fn wildcard_config(up: &TestUpstream, pebble: &Pebble, storage: &Path, dns: &str) -> String {
-    format!(
-        r#"[tenancy]
-base_domains = ["aggios.test"]
-
-[tls]
-[tls.acme]
-directory = "{dir}"
-ca_root = "{ca}"
-domains = ["*.aggios.test"]
+    acme_toml(
+        pebble,
+        up,
+        "",
+        &format!(
+            r#"domains = ["*.aggios.test"]
 challenge = "dns-01"
 dns = {dns}
-storage = "{storage}"
-
-{up}
-[[routes]]
-name = "public"
-hosts = ["*.aggios.test"]
-upstream = "u"
-"#,
-        dir = pebble.directory(),
-        ca = pebble.endpoint_ca.display(),
-        storage = storage.display(),
-        up = upstream_toml("u", &[up], "")
+storage = "{storage}""#,
+            storage = storage.display()
+        ),
+        PUBLIC_ROUTE,
     )
 }
 
 /// A wildcard certificate serves every tenant's host, verified against pebble's root.
 async fn wildcard_serves_tenants(gw: &Gateway, pebble: &Pebble) {
-    within(
-        Duration::from_secs(60),
-        "the wildcard certificate",
+    until_served(
         gw,
         pebble,
-        || async { served_names(gw).await == ["*.aggios.test"] },
+        &["*.aggios.test"],
+        60,
+        "the wildcard certificate",
     )
     .await;
     let root = pebble.issuing_root().await;
@@ -915,24 +830,23 @@ async fn external_account_binding() {
         &[("GW_EAB", hmac)],
     )
     .await;
-    within(
-        Duration::from_secs(60),
-        "the certificate issued with EAB",
+    until_served(
         &gw,
         &pebble,
-        || async { served_names(&gw).await == ["eab.aggios.test"] },
+        &["eab.aggios.test"],
+        60,
+        "the certificate issued with EAB",
     )
     .await;
     let root = pebble.issuing_root().await;
-    let r = get(
+    let r = https_get(
         gw.https,
         "eab.aggios.test",
         "/",
-        &[],
-        client_config(&root, &[b"http/1.1"]),
+        &root,
+        "HTTPS with the EAB-issued certificate",
     )
-    .await
-    .expect("HTTPS with the EAB-issued certificate");
+    .await;
     assert_eq!(r.status, 200);
 
     // The same CA, an account without a binding: refused, no certificate.

@@ -2,16 +2,11 @@
 //! by hash, bound to the host's tenant, checked for scopes; revoked keys stop within the cache TTL.
 //! `X-API-Version` routes and is passed through.
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
 
 const SECRET: &str = "api-key-test-secret-api-key-test-01";
-
-fn jwt(tenant: &str) -> String {
-    jwt_for(tenant, "u-1")
-}
 
 struct Key {
     full: String,
@@ -41,6 +36,36 @@ fn record(k: &Key, tenant: &str, scopes: &[&str], expires_at: Option<i64>) -> St
         "expires_at": expires_at,
     })
     .to_string()
+}
+
+/// The backend's lookup answers `k` as a key of `tenant` with `scopes`.
+fn publish(lookup: &DocServer, k: &Key, tenant: &str, scopes: &[&str], expires_at: Option<i64>) {
+    lookup.set(
+        &format!("/internal/api-keys/{}", k.prefix),
+        200,
+        &record(k, tenant, scopes, expires_at),
+    );
+}
+
+/// Two upstreams (`u`, and `v2` for `X-API-Version: 2`), the backend's key lookup, and a gateway with
+/// [`config`] (edited by `tweak`) whose Redis is `redis`.
+struct Stack {
+    up: TestUpstream,
+    v2: TestUpstream,
+    lookup: DocServer,
+    gw: Gateway,
+}
+
+impl Stack {
+    async fn start(redis: &str, tweak: impl FnOnce(String) -> String) -> Stack {
+        let up = TestUpstream::start("u");
+        let v2 = TestUpstream::start("v2");
+        let lookup = DocServer::start().await;
+        let body = tweak(config(&up, &v2, &lookup));
+        let gw =
+            Gateway::start_with_env(&body, &[("GW_REDIS", redis), ("GW_SECRET", SECRET)]).await;
+        Stack { up, v2, lookup, gw }
+    }
 }
 
 fn config(up: &TestUpstream, v2: &TestUpstream, lookup: &DocServer) -> String {
@@ -118,47 +143,25 @@ upstream = "v2"
     )
 }
 
-async fn call(gw: &Gateway, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-    gw.request("GET", host, path, headers, Bytes::new()).await
-}
-
 #[tokio::test]
 async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
-    let up = TestUpstream::start("u");
-    let v2 = TestUpstream::start("v2");
-    let lookup = DocServer::start().await;
-    let gw = Gateway::start_with_env(
-        &config(&up, &v2, &lookup),
-        &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)],
-    )
-    .await;
+    let stack = Stack::start(&redis_url(), |c| c).await;
+    let (up, v2, lookup, gw) = (&stack.up, &stack.v2, &stack.lookup, &stack.gw);
     let good = new_key();
     let expired = new_key();
     let globex = new_key();
-    lookup.set(
-        &format!("/internal/api-keys/{}", good.prefix),
-        200,
-        &record(&good, "acme", &["files:read"], None),
-    );
-    lookup.set(
-        &format!("/internal/api-keys/{}", expired.prefix),
-        200,
-        &record(&expired, "acme", &["files:read"], Some(1_000)),
-    );
-    lookup.set(
-        &format!("/internal/api-keys/{}", globex.prefix),
-        200,
-        &record(&globex, "globex", &["files:read"], None),
-    );
+    publish(lookup, &good, "acme", &["files:read"], None);
+    publish(lookup, &expired, "acme", &["files:read"], Some(1_000));
+    publish(lookup, &globex, "globex", &["files:read"], None);
 
     // Accepted from either header; identity set from the key, spoofed headers gone.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/read/a",
-        &[("x-api-key", &good.full), ("x-tenant-id", "globex")],
-    )
-    .await;
+    let r = gw
+        .get_with(
+            "acme.aggios.app",
+            "/read/a",
+            &[("x-api-key", &good.full), ("x-tenant-id", "globex")],
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let echo = r.json();
     assert_eq!(echo["headers"]["x-tenant-id"], serde_json::json!(["acme"]));
@@ -167,23 +170,19 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
         serde_json::json!(["api_key"])
     );
     let bearer = format!("Bearer {}", good.full);
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/read/a",
-        &[("authorization", &bearer)],
-    )
-    .await;
+    let r = gw
+        .get_with("acme.aggios.app", "/read/a", &[("authorization", &bearer)])
+        .await;
     assert_eq!(r.status, 200);
 
     // X-API-Version picks the route and reaches the backend unchanged.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/read/a",
-        &[("x-api-key", &good.full), ("x-api-version", "2")],
-    )
-    .await;
+    let r = gw
+        .get_with(
+            "acme.aggios.app",
+            "/read/a",
+            &[("x-api-key", &good.full), ("x-api-version", "2")],
+        )
+        .await;
     assert_eq!(r.upstream(), Some("v2"));
     assert_eq!(
         r.json()["headers"]["x-api-version"],
@@ -191,35 +190,37 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
     );
 
     // jwt_or_api_key: either credential, each bound to the host's tenant.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/either/a",
-        &[("x-api-key", &good.full)],
-    )
-    .await;
+    let r = gw
+        .get_with("acme.aggios.app", "/either/a", &[("x-api-key", &good.full)])
+        .await;
     assert_eq!(r.status, 200);
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/either/a",
-        &[("authorization", &jwt("acme"))],
-    )
-    .await;
+    let r = gw
+        .get_with(
+            "acme.aggios.app",
+            "/either/a",
+            &[(
+                "authorization",
+                &Token::new(SECRET, "acme").user("u-1").bearer(),
+            )],
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["headers"]["x-user-id"], serde_json::json!(["u-1"]));
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/either/a",
-        &[("authorization", &jwt("globex"))],
-    )
-    .await;
+    let r = gw
+        .get_with(
+            "acme.aggios.app",
+            "/either/a",
+            &[(
+                "authorization",
+                &Token::new(SECRET, "globex").user("u-1").bearer(),
+            )],
+        )
+        .await;
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (403, "tenant_mismatch")
     );
-    let r = call(&gw, "acme.aggios.app", "/either/a", &[]).await;
+    let r = gw.get_with("acme.aggios.app", "/either/a", &[]).await;
     assert_eq!((r.status, r.error_code().as_str()), (401, "missing_token"));
 
     let hits = up.hits() + v2.hits();
@@ -291,7 +292,7 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
         } else {
             vec![("x-api-key", key.as_str())]
         };
-        let r = call(&gw, host, path, &headers).await;
+        let r = gw.get_with(host, path, &headers).await;
         assert_eq!(
             (r.status, r.error_code().as_str()),
             (status, code),
@@ -320,14 +321,9 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
     let before = lookup.hits();
     for _ in 0..20 {
         assert_eq!(
-            call(
-                &gw,
-                "acme.aggios.app",
-                "/read/a",
-                &[("x-api-key", &good.full)]
-            )
-            .await
-            .status,
+            gw.get_with("acme.aggios.app", "/read/a", &[("x-api-key", &good.full)])
+                .await
+                .status,
             200
         );
     }
@@ -351,13 +347,9 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
         .expect("del");
     let revoked_at = std::time::Instant::now();
     eventually("revoked key refused", || async {
-        let r = call(
-            &gw,
-            "acme.aggios.app",
-            "/read/a",
-            &[("x-api-key", &good.full)],
-        )
-        .await;
+        let r = gw
+            .get_with("acme.aggios.app", "/read/a", &[("x-api-key", &good.full)])
+            .await;
         r.status == 401 && r.error_code() == "invalid_api_key"
     })
     .await;
@@ -369,14 +361,9 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
     );
     let hits = up.hits();
     assert_eq!(
-        call(
-            &gw,
-            "acme.aggios.app",
-            "/read/a",
-            &[("x-api-key", &good.full)]
-        )
-        .await
-        .status,
+        gw.get_with("acme.aggios.app", "/read/a", &[("x-api-key", &good.full)])
+            .await
+            .status,
         401
     );
     assert_eq!(up.hits(), hits, "the revoked key reached the backend");
@@ -384,35 +371,23 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
 
 #[tokio::test]
 async fn a_key_that_cannot_be_checked_is_refused_with_503() {
-    let up = TestUpstream::start("u");
-    let v2 = TestUpstream::start("v2");
-    let lookup = DocServer::start().await;
     let dead_redis = format!("redis://127.0.0.1:{}", free_port());
-    let gw = Gateway::start_with_env(
-        &config(&up, &v2, &lookup),
-        &[("GW_REDIS", &dead_redis), ("GW_SECRET", SECRET)],
-    )
-    .await;
+    let stack = Stack::start(&dead_redis, |c| c).await;
+    let (up, lookup, gw) = (&stack.up, &stack.lookup, &stack.gw);
     let k = new_key();
-    lookup.set(
-        &format!("/internal/api-keys/{}", k.prefix),
-        200,
-        &record(&k, "acme", &["files:read"], None),
-    );
+    publish(lookup, &k, "acme", &["files:read"], None);
     // Redis down: the lookup still answers, so the key works.
-    let r = call(&gw, "acme.aggios.app", "/read/a", &[("x-api-key", &k.full)]).await;
+    let r = gw
+        .get_with("acme.aggios.app", "/read/a", &[("x-api-key", &k.full)])
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     // The lookup fails too: never let an unchecked key through.
     let k2 = new_key();
     lookup.set(&format!("/internal/api-keys/{}", k2.prefix), 500, "oops");
     let hits = up.hits();
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/read/a",
-        &[("x-api-key", &k2.full)],
-    )
-    .await;
+    let r = gw
+        .get_with("acme.aggios.app", "/read/a", &[("x-api-key", &k2.full)])
+        .await;
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (503, "store_unavailable")
@@ -434,21 +409,11 @@ type Forwarded<'a> = (
 /// header naming a credential or identity header is refused.
 #[tokio::test]
 async fn only_the_verified_credential_is_forwarded() {
-    let up = TestUpstream::start("u");
-    let v2 = TestUpstream::start("v2");
-    let lookup = DocServer::start().await;
-    let gw = Gateway::start_with_env(
-        &config(&up, &v2, &lookup),
-        &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)],
-    )
-    .await;
+    let stack = Stack::start(&redis_url(), |c| c).await;
+    let (up, lookup, gw) = (&stack.up, &stack.lookup, &stack.gw);
     let key = new_key();
-    lookup.set(
-        &format!("/internal/api-keys/{}", key.prefix),
-        200,
-        &record(&key, "acme", &["files:read"], None),
-    );
-    let token = jwt("acme");
+    publish(lookup, &key, "acme", &["files:read"], None);
+    let token = Token::new(SECRET, "acme").user("u-1").bearer();
     let bearer_key = format!("Bearer {}", key.full);
     let seen = |r: &Resp, h: &str| r.json()["headers"].get(h).is_some();
     let (tok, api) = (
@@ -516,7 +481,7 @@ async fn only_the_verified_credential_is_forwarded() {
         ),
     ];
     for (why, host, path, sent, authorization, api_key) in cases {
-        let r = call(&gw, host, path, &sent).await;
+        let r = gw.get_with(host, path, &sent).await;
         assert_eq!(r.status, 200, "{why}: {:?}", r.body);
         assert_eq!(
             (seen(&r, "authorization"), seen(&r, "x-api-key")),
@@ -534,13 +499,13 @@ async fn only_the_verified_credential_is_forwarded() {
         "x-tenant-id",
         "keep-alive, X-User-Id",
     ] {
-        let r = call(
-            &gw,
-            "acme.aggios.app",
-            "/token/x",
-            &[("authorization", &token), ("connection", named)],
-        )
-        .await;
+        let r = gw
+            .get_with(
+                "acme.aggios.app",
+                "/token/x",
+                &[("authorization", &token), ("connection", named)],
+            )
+            .await;
         assert_eq!(r.status, 400, "Connection: {named}");
         assert_eq!(r.error_code(), "malformed_request");
     }
@@ -552,13 +517,13 @@ async fn made_up_keys(gw: &Gateway, path: &str, ip: &str, n: usize) -> Vec<u16> 
     let mut statuses = Vec::with_capacity(n);
     for _ in 0..n {
         let k = new_key();
-        let r = call(
-            gw,
-            "acme.aggios.app",
-            path,
-            &[("x-api-key", &k.full), ("x-forwarded-for", ip)],
-        )
-        .await;
+        let r = gw
+            .get_with(
+                "acme.aggios.app",
+                path,
+                &[("x-api-key", &k.full), ("x-forwarded-for", ip)],
+            )
+            .await;
         statuses.push(r.status);
     }
     statuses
@@ -621,11 +586,7 @@ upstream = "u"
     );
     let gw = Gateway::start_with_env(&body, &[("GW_SECRET", SECRET)]).await;
     let good = new_key();
-    lookup.set(
-        &format!("/internal/api-keys/{}", good.prefix),
-        200,
-        &record(&good, "acme", &[], None),
-    );
+    publish(&lookup, &good, "acme", &[], None);
     let from = |ip: &'static str| ("x-forwarded-for", ip);
 
     // The failure budget: 10 refused keys from one client, then 429 without a lookup.
@@ -647,21 +608,27 @@ upstream = "u"
         "refused clients still cost lookups"
     );
     // That client's JWT calls and another client's valid key still work.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/token/x",
-        &[("authorization", &jwt("acme")), from("203.0.113.50")],
-    )
-    .await;
+    let r = gw
+        .get_with(
+            "acme.aggios.app",
+            "/token/x",
+            &[
+                (
+                    "authorization",
+                    &Token::new(SECRET, "acme").user("u-1").bearer(),
+                ),
+                from("203.0.113.50"),
+            ],
+        )
+        .await;
     assert_eq!(r.status, 200);
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/read/x",
-        &[("x-api-key", &good.full), from("203.0.113.51")],
-    )
-    .await;
+    let r = gw
+        .get_with(
+            "acme.aggios.app",
+            "/read/x",
+            &[("x-api-key", &good.full), from("203.0.113.51")],
+        )
+        .await;
     assert_eq!(r.status, 200);
 
     // The route's client-address limit comes before the lookup.
@@ -682,8 +649,7 @@ upstream = "u"
         let key = same.full.clone();
         let gw = &gw;
         async move {
-            call(
-                gw,
+            gw.get_with(
                 "acme.aggios.app",
                 "/read/x",
                 &[("x-api-key", &key), ("x-forwarded-for", ip)],
@@ -701,36 +667,17 @@ upstream = "u"
     );
 }
 
-/// A token for `user` of `tenant`.
-fn jwt_for(tenant: &str, user: &str) -> String {
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims =
-        serde_json::json!({ "user_id": user, "tenant_id": tenant, "iat": now, "exp": now + 600 });
-    let t = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign");
-    format!("Bearer {t}")
-}
-
 /// On a host without a tenant (`api.…`, reserved), `jwt_tenant` and `jwt_or_api_key` still need a valid
 /// credential, and the tenant then comes from it (config/README.md, `auth`); on a tenant's host the same
 /// credential of another tenant is refused.
 #[tokio::test]
 async fn tenant_policies_on_a_host_without_a_tenant_take_the_credentials_tenant() {
-    let up = TestUpstream::start("u");
-    let v2 = TestUpstream::start("v2");
-    let lookup = DocServer::start().await;
-    let cfg = config(&up, &v2, &lookup).replacen(
-        "[tenancy]\nbase_domains = [\"aggios.app\"]\n",
-        "[tenancy]\nbase_domains = [\"aggios.app\"]\nreserved = [\"api\"]\n",
-        1,
-    ) + r#"
+    let stack = Stack::start(&redis_url(), |c| {
+        c.replacen(
+            "[tenancy]\nbase_domains = [\"aggios.app\"]\n",
+            "[tenancy]\nbase_domains = [\"aggios.app\"]\nreserved = [\"api\"]\n",
+            1,
+        ) + r#"
 [[routes]]
 name = "platform-tenant"
 hosts = ["api.aggios.app"]
@@ -744,43 +691,28 @@ hosts = ["api.aggios.app"]
 path_prefix = "/either"
 auth = "jwt_or_api_key"
 upstream = "u"
-"#;
-    let gw =
-        Gateway::start_with_env(&cfg, &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)]).await;
+"#
+    })
+    .await;
+    let (up, lookup, gw) = (&stack.up, &stack.lookup, &stack.gw);
     let key = new_key();
-    lookup.set(
-        &format!("/internal/api-keys/{}", key.prefix),
-        200,
-        &record(&key, "globex", &[], None),
-    );
+    publish(lookup, &key, "globex", &[], None);
     let tenant_seen = |r: &Resp| r.json()["headers"]["x-tenant-id"].clone();
 
-    let acme = jwt_for("acme", "u-acme");
-    let r = call(
-        &gw,
-        "api.aggios.app",
-        "/tenant/x",
-        &[("authorization", &acme)],
-    )
-    .await;
+    let acme = Token::new(SECRET, "acme").user("u-acme").bearer();
+    let r = gw
+        .get_with("api.aggios.app", "/tenant/x", &[("authorization", &acme)])
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(tenant_seen(&r), serde_json::json!(["acme"]));
-    let r = call(
-        &gw,
-        "api.aggios.app",
-        "/either/x",
-        &[("x-api-key", &key.full)],
-    )
-    .await;
+    let r = gw
+        .get_with("api.aggios.app", "/either/x", &[("x-api-key", &key.full)])
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(tenant_seen(&r), serde_json::json!(["globex"]));
-    let r = call(
-        &gw,
-        "api.aggios.app",
-        "/either/x",
-        &[("authorization", &acme)],
-    )
-    .await;
+    let r = gw
+        .get_with("api.aggios.app", "/either/x", &[("authorization", &acme)])
+        .await;
     assert_eq!(tenant_seen(&r), serde_json::json!(["acme"]));
     let hits = up.hits();
 
@@ -791,28 +723,20 @@ upstream = "u"
         ("/tenant/x", vec![("authorization", "Bearer not.a.token")]),
         ("/either/x", vec![("x-api-key", "ak_00000000_nope")]),
     ] {
-        let r = call(&gw, "api.aggios.app", path, &headers).await;
+        let r = gw.get_with("api.aggios.app", path, &headers).await;
         assert_eq!(r.status, 401, "{path} {headers:?}: {:?}", r.body);
     }
     // On a tenant's host the same credentials of another tenant are refused.
-    let r = call(
-        &gw,
-        "acme.aggios.app",
-        "/either/x",
-        &[("x-api-key", &key.full)],
-    )
-    .await;
+    let r = gw
+        .get_with("acme.aggios.app", "/either/x", &[("x-api-key", &key.full)])
+        .await;
     assert_eq!(
         (r.status, r.error_code()),
         (403, "tenant_mismatch".to_string())
     );
-    let r = call(
-        &gw,
-        "globex.aggios.app",
-        "/token/x",
-        &[("authorization", &acme)],
-    )
-    .await;
+    let r = gw
+        .get_with("globex.aggios.app", "/token/x", &[("authorization", &acme)])
+        .await;
     assert_eq!(
         (r.status, r.error_code()),
         (403, "tenant_mismatch".to_string())
@@ -824,12 +748,10 @@ upstream = "u"
 /// Redis (under the user id and the key id, not the client address), and one's refusal leaves the others.
 #[tokio::test]
 async fn user_and_api_key_limit_keys_count_per_user_and_per_key_in_redis() {
-    let up = TestUpstream::start("u");
-    let v2 = TestUpstream::start("v2");
-    let lookup = DocServer::start().await;
     let run = fastrand::u32(..);
     let (per_user, per_key) = (format!("per_user_{run}"), format!("per_key_{run}"));
-    let cfg = config(&up, &v2, &lookup)
+    let stack = Stack::start(&redis_url(), |c| {
+        let cfg = c
         .replace(
             "name = \"token\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/token\"\n",
             &format!("name = \"token\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/token\"\nrate_limits = [\"{per_user}\"]\n"),
@@ -841,26 +763,24 @@ async fn user_and_api_key_limit_keys_count_per_user_and_per_key_in_redis() {
         + &format!(
             "\n[rate_limits.{per_user}]\nkey = \"user\"\nlimit = 3\nperiod = \"60s\"\n\n[rate_limits.{per_key}]\nkey = \"api_key\"\nlimit = 2\nperiod = \"60s\"\n"
         );
-    assert!(
-        cfg.contains(&format!("rate_limits = [\"{per_user}\"]"))
-            && cfg.contains(&format!("rate_limits = [\"{per_key}\"]"))
-    );
-    let gw =
-        Gateway::start_with_env(&cfg, &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)]).await;
+        assert!(
+            cfg.contains(&format!("rate_limits = [\"{per_user}\"]"))
+                && cfg.contains(&format!("rate_limits = [\"{per_key}\"]"))
+        );
+        cfg
+    })
+    .await;
+    let (lookup, gw) = (&stack.lookup, &stack.gw);
     let (k1, k2) = (new_key(), new_key());
     for k in [&k1, &k2] {
-        lookup.set(
-            &format!("/internal/api-keys/{}", k.prefix),
-            200,
-            &record(k, "acme", &["files:read"], None),
-        );
+        publish(lookup, k, "acme", &["files:read"], None);
     }
     let statuses = |n: usize, path: &'static str, h: (&'static str, String)| {
         let gw = &gw;
         async move {
             let mut out = Vec::new();
             for _ in 0..n {
-                let r = call(gw, "acme.aggios.app", path, &[(h.0, &h.1)]).await;
+                let r = gw.get_with("acme.aggios.app", path, &[(h.0, &h.1)]).await;
                 out.push(r.status);
             }
             out
@@ -868,11 +788,27 @@ async fn user_and_api_key_limit_keys_count_per_user_and_per_key_in_redis() {
     };
     let (ann, bob) = (format!("ann-{run}"), format!("bob-{run}"));
     assert_eq!(
-        statuses(4, "/token/a", ("authorization", jwt_for("acme", &ann))).await,
+        statuses(
+            4,
+            "/token/a",
+            (
+                "authorization",
+                Token::new(SECRET, "acme").user(&ann).bearer()
+            )
+        )
+        .await,
         vec![200, 200, 200, 429]
     );
     assert_eq!(
-        statuses(3, "/token/a", ("authorization", jwt_for("acme", &bob))).await,
+        statuses(
+            3,
+            "/token/a",
+            (
+                "authorization",
+                Token::new(SECRET, "acme").user(&bob).bearer()
+            )
+        )
+        .await,
         vec![200, 200, 200],
         "another user of the same tenant, from the same address, has their own quota"
     );

@@ -1,26 +1,10 @@
 //! Edge authentication: every attack refused before any upstream connection; valid tokens forwarded
 //! with identity headers set by the gateway only; key rotation through a live reload.
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::json;
-
 use crate::helpers::*;
 
 const OLD: &str = "old-secret-old-secret-old-secret-0001";
 const NEW: &str = "new-secret-new-secret-new-secret-0002";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn token(kid: &str, secret: &str, tenant: &str) -> String {
-    let mut h = Header::new(Algorithm::HS256);
-    h.kid = Some(kid.to_string());
-    let claims = json!({ "user_id": "8c3c6a8e-0000-4000-8000-000000000001", "email": "ann@acme.test", "tenant_id": tenant, "role": "admin", "iat": now(), "exp": now() + 600, "jti": "j-1" });
-    encode(&h, &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
-}
 
 fn config(up: &TestUpstream, keys: &str) -> String {
     format!(
@@ -56,7 +40,7 @@ const ENV: &[(&str, &str)] = &[("GW_OLD", OLD), ("GW_NEW", NEW)];
 async fn attacks_are_refused_before_any_upstream_byte() {
     let up = TestUpstream::start("u");
     let gw = Gateway::start_with_env(&config(&up, BOTH), ENV).await;
-    let good = token("new", NEW, "acme");
+    let good = Token::new(NEW, "acme").kid("new").sign();
     let parts: Vec<&str> = good.split('.').collect();
     let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
         ("no token", None, 401, "missing_token"),
@@ -69,19 +53,19 @@ async fn attacks_are_refused_before_any_upstream_byte() {
         ),
         (
             "wrong secret",
-            Some(token("new", OLD, "acme")),
+            Some(Token::new(OLD, "acme").kid("new").sign()),
             401,
             "bad_signature",
         ),
         (
             "unknown kid",
-            Some(token("gone", NEW, "acme")),
+            Some(Token::new(NEW, "acme").kid("gone").sign()),
             401,
             "unknown_kid",
         ),
         (
             "other tenant",
-            Some(token("new", NEW, "globex")),
+            Some(Token::new(NEW, "globex").kid("new").sign()),
             403,
             "tenant_mismatch",
         ),
@@ -99,13 +83,7 @@ async fn attacks_are_refused_before_any_upstream_byte() {
             .map(|a| vec![("authorization", a)])
             .unwrap_or_default();
         let r = gw
-            .request(
-                "GET",
-                "acme.aggios.app",
-                "/api/users/me",
-                &headers,
-                bytes::Bytes::new(),
-            )
+            .get_with("acme.aggios.app", "/api/users/me", &headers)
             .await;
         assert_eq!(
             (r.status, r.error_code().as_str()),
@@ -129,11 +107,10 @@ async fn attacks_are_refused_before_any_upstream_byte() {
 async fn valid_tokens_carry_identity_set_by_the_gateway_only() {
     let up = TestUpstream::start("u");
     let gw = Gateway::start_with_env(&config(&up, BOTH), ENV).await;
-    let tok = token("old", OLD, "acme");
+    let tok = Token::new(OLD, "acme").kid("old").sign();
     let auth = format!("Bearer {tok}");
     let r = gw
-        .request(
-            "GET",
+        .get_with(
             "acme.aggios.app",
             "/api/users/me",
             &[
@@ -143,7 +120,6 @@ async fn valid_tokens_carry_identity_set_by_the_gateway_only() {
                 ("x-user-role", "platform_admin"),
                 ("x-auth-debug", "1"),
             ],
-            bytes::Bytes::new(),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -165,12 +141,10 @@ async fn valid_tokens_carry_identity_set_by_the_gateway_only() {
     );
     // Spoofed identity headers are stripped on unauthenticated routes too.
     let r = gw
-        .request(
-            "GET",
+        .get_with(
             "acme.aggios.app",
             "/public",
             &[("x-user-id", "spoofed"), ("x-tenant-id", "globex")],
-            bytes::Bytes::new(),
         )
         .await;
     assert!(
@@ -195,47 +169,29 @@ async fn valid_tokens_carry_identity_set_by_the_gateway_only() {
 async fn key_rotation_through_a_live_reload() {
     let up = TestUpstream::start("u");
     let gw = Gateway::start_with_env(&config(&up, BOTH), ENV).await;
-    let old = format!("Bearer {}", token("old", OLD, "acme"));
-    let new = format!("Bearer {}", token("new", NEW, "acme"));
+    let old = Token::new(OLD, "acme").kid("old").bearer();
+    let new = Token::new(NEW, "acme").kid("new").bearer();
     for a in [&old, &new] {
         assert_eq!(
-            gw.request(
-                "GET",
-                "acme.aggios.app",
-                "/api/x",
-                &[("authorization", a)],
-                bytes::Bytes::new()
-            )
-            .await
-            .status,
+            gw.get_with("acme.aggios.app", "/api/x", &[("authorization", a)])
+                .await
+                .status,
             200
         );
     }
     // Retire the old key: its tokens stop working, the new ones keep working, nothing restarts.
     gw.rewrite(&config(&up, r#"{ kid = "new", secret_env = "GW_NEW" }"#));
     eventually("old key retired", || async {
-        gw.request(
-            "GET",
-            "acme.aggios.app",
-            "/api/x",
-            &[("authorization", &old)],
-            bytes::Bytes::new(),
-        )
-        .await
-        .status
+        gw.get_with("acme.aggios.app", "/api/x", &[("authorization", &old)])
+            .await
+            .status
             == 401
     })
     .await;
     assert_eq!(
-        gw.request(
-            "GET",
-            "acme.aggios.app",
-            "/api/x",
-            &[("authorization", &new)],
-            bytes::Bytes::new()
-        )
-        .await
-        .status,
+        gw.get_with("acme.aggios.app", "/api/x", &[("authorization", &new)])
+            .await
+            .status,
         200
     );
 }

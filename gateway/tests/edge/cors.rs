@@ -97,12 +97,10 @@ async fn actual_responses_carry_cors_and_security_headers() {
     )
     .await;
     let r = gw
-        .request(
-            "GET",
+        .get_with(
             "acme.aggios.app",
             "/page",
             &[("origin", "https://acme.aggios.app")],
-            bytes::Bytes::new(),
         )
         .await;
     assert_eq!(r.status, 200);
@@ -123,12 +121,10 @@ async fn actual_responses_carry_cors_and_security_headers() {
         "HSTS is for HTTPS responses only"
     );
     let r = gw
-        .request(
-            "GET",
+        .get_with(
             "acme.aggios.app",
             "/page",
             &[("origin", "https://evil.example")],
-            bytes::Bytes::new(),
         )
         .await;
     assert_eq!(r.status, 200);

@@ -42,8 +42,7 @@ async fn untrusted_peer_gets_forwarded_headers_replaced() {
     let up = TestUpstream::start("u");
     let gw = Gateway::start(&cfg(&up, "")).await;
     let r = gw
-        .request(
-            "GET",
+        .get_with(
             "app.test",
             "/api/users?x=1",
             &[
@@ -60,7 +59,6 @@ async fn untrusted_peer_gets_forwarded_headers_replaced() {
                 ("x-secret-hop", "1"),
                 ("keep-alive", "timeout=5"),
             ],
-            Bytes::new(),
         )
         .await;
     assert_eq!(r.status, 200);
@@ -87,13 +85,7 @@ async fn untrusted_peer_gets_forwarded_headers_replaced() {
 
     // A well-formed client request id is kept end to end.
     let r = gw
-        .request(
-            "GET",
-            "app.test",
-            "/api/x",
-            &[("x-request-id", "req-abc.123")],
-            Bytes::new(),
-        )
+        .get_with("app.test", "/api/x", &[("x-request-id", "req-abc.123")])
         .await;
     assert_eq!(header(&r.json(), "x-request-id"), Some("req-abc.123"));
     assert_eq!(r.header("x-request-id"), Some("req-abc.123"));
@@ -104,8 +96,7 @@ async fn trusted_proxy_chain_is_appended() {
     let up = TestUpstream::start("u");
     let gw = Gateway::start(&cfg(&up, "\"127.0.0.0/8\"")).await;
     let r = gw
-        .request(
-            "GET",
+        .get_with(
             "app.test",
             "/x",
             &[
@@ -113,7 +104,6 @@ async fn trusted_proxy_chain_is_appended() {
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "shop.example"),
             ],
-            Bytes::new(),
         )
         .await;
     let echo = r.json();

@@ -37,6 +37,83 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// An HS256 access token shaped as the backend mints it (claim names from `contracts::claims`), valid
+/// for ten minutes from now; each setter changes one claim or the header's `kid`.
+pub struct Token {
+    secret: String,
+    kid: Option<String>,
+    claims: serde_json::Value,
+}
+
+impl Token {
+    /// A token of tenant `tenant`, signed with `secret`.
+    pub fn new(secret: &str, tenant: &str) -> Token {
+        use contracts::claims::{EMAIL, JTI, ROLE, TENANT_ID, USER_ID};
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut claims = serde_json::Map::new();
+        claims.insert(
+            USER_ID.into(),
+            "8c3c6a8e-0000-4000-8000-000000000001".into(),
+        );
+        claims.insert(EMAIL.into(), "ann@acme.test".into());
+        claims.insert(TENANT_ID.into(), tenant.into());
+        claims.insert(ROLE.into(), "admin".into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), (now + 600).into());
+        claims.insert(JTI.into(), format!("t-{}", fastrand::u64(..)).into());
+        Token {
+            secret: secret.to_string(),
+            kid: None,
+            claims: claims.into(),
+        }
+    }
+
+    pub fn user(self, id: &str) -> Token {
+        self.claim(contracts::claims::USER_ID, id.into())
+    }
+
+    pub fn jti(self, jti: &str) -> Token {
+        self.claim(contracts::claims::JTI, jti.into())
+    }
+
+    pub fn kid(mut self, kid: &str) -> Token {
+        self.kid = Some(kid.to_string());
+        self
+    }
+
+    /// Sets (or, with `Value::Null`, removes) one claim.
+    pub fn claim(mut self, name: &str, value: serde_json::Value) -> Token {
+        if let Some(map) = self.claims.as_object_mut() {
+            if value.is_null() {
+                map.remove(name);
+            } else {
+                map.insert(name.to_string(), value);
+            }
+        }
+        self
+    }
+
+    /// The compact JWT.
+    pub fn sign(&self) -> String {
+        use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = self.kid.clone();
+        encode(
+            &header,
+            &self.claims,
+            &EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    /// `Bearer <jwt>`, as an `Authorization` value.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.sign())
+    }
+}
+
 /// A port that was free a moment ago (for listeners we do not create ourselves), never the same twice
 /// in this test process: Pingora binds with SO_REUSEPORT, so two gateways handed one port would both
 /// listen on it and share its connections (a TLS client then meets another test's plain listener).
@@ -516,6 +593,11 @@ impl Gateway {
     /// Sends a GET through the gateway.
     pub async fn get(&self, host: &str, path: &str) -> Resp {
         self.request("GET", host, path, &[], Bytes::new()).await
+    }
+
+    /// Sends a GET with these headers through the gateway.
+    pub async fn get_with(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request("GET", host, path, headers, Bytes::new()).await
     }
 
     /// Sends one request over a fresh HTTP/1.1 connection.

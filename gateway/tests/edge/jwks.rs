@@ -1,7 +1,6 @@
 //! Asymmetric keys from a JWKS URL: refreshed in the background, the last good set kept through a failing
 //! identity provider, each key pinned to its algorithm.
 
-use bytes::Bytes;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 
@@ -41,13 +40,7 @@ fn token(alg: Algorithm, kid: &str, key: &EncodingKey) -> String {
 
 async fn status(gw: &Gateway, auth: &str) -> (u16, String) {
     let r = gw
-        .request(
-            "GET",
-            "acme.aggios.app",
-            "/api/x",
-            &[("authorization", auth)],
-            Bytes::new(),
-        )
+        .get_with("acme.aggios.app", "/api/x", &[("authorization", auth)])
         .await;
     let code = if r.status == 200 {
         String::new()

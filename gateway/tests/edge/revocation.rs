@@ -1,29 +1,9 @@
 //! Revoked tokens (the backend's Redis denylist) are refused at the edge; a Redis outage follows the
 //! route's `on_store_error`.
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::json;
-
 use crate::helpers::*;
 
 const SECRET: &str = "revocation-test-secret-revocation-01";
-
-fn token(jti: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims =
-        json!({ "user_id": "u-1", "tenant_id": "acme", "iat": now, "exp": now + 600, "jti": jti });
-    format!(
-        "Bearer {}",
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes())
-        )
-        .expect("sign")
-    )
-}
 
 fn config(up: &TestUpstream) -> String {
     format!(
@@ -66,17 +46,11 @@ async fn a_revoked_jti_is_refused() {
     let gw =
         Gateway::start_with_env(&config(&up), &[("GW_SECRET", SECRET), ("GW_REDIS", &url)]).await;
     let jti = format!("test-{}", fastrand::u64(..));
-    let auth = token(&jti);
+    let auth = Token::new(SECRET, "acme").user("u-1").jti(&jti).bearer();
     assert_eq!(
-        gw.request(
-            "GET",
-            "acme.aggios.app",
-            "/open/x",
-            &[("authorization", &auth)],
-            bytes::Bytes::new()
-        )
-        .await
-        .status,
+        gw.get_with("acme.aggios.app", "/open/x", &[("authorization", &auth)])
+            .await
+            .status,
         200
     );
 
@@ -96,13 +70,7 @@ async fn a_revoked_jti_is_refused() {
         .expect("set");
     eventually("revoked token refused", || async {
         let r = gw
-            .request(
-                "GET",
-                "acme.aggios.app",
-                "/open/x",
-                &[("authorization", &auth)],
-                bytes::Bytes::new(),
-            )
+            .get_with("acme.aggios.app", "/open/x", &[("authorization", &auth)])
             .await;
         r.status == 401 && r.error_code() == "token_revoked"
     })
@@ -110,15 +78,9 @@ async fn a_revoked_jti_is_refused() {
     let hits_after_refusal = up.hits();
     for _ in 0..5 {
         assert_eq!(
-            gw.request(
-                "GET",
-                "acme.aggios.app",
-                "/closed/x",
-                &[("authorization", &auth)],
-                bytes::Bytes::new()
-            )
-            .await
-            .status,
+            gw.get_with("acme.aggios.app", "/closed/x", &[("authorization", &auth)])
+                .await
+                .status,
             401
         );
     }
@@ -140,25 +102,13 @@ async fn redis_down_follows_on_store_error() {
     let dead = format!("redis://127.0.0.1:{}", free_port());
     let gw =
         Gateway::start_with_env(&config(&up), &[("GW_SECRET", SECRET), ("GW_REDIS", &dead)]).await;
-    let auth = token(&format!("test-{}", fastrand::u64(..)));
+    let auth = Token::new(SECRET, "acme").user("u-1").bearer();
     let r = gw
-        .request(
-            "GET",
-            "acme.aggios.app",
-            "/open/x",
-            &[("authorization", &auth)],
-            bytes::Bytes::new(),
-        )
+        .get_with("acme.aggios.app", "/open/x", &[("authorization", &auth)])
         .await;
     assert_eq!(r.status, 200, "fail open: {:?}", r.body);
     let r = gw
-        .request(
-            "GET",
-            "acme.aggios.app",
-            "/closed/x",
-            &[("authorization", &auth)],
-            bytes::Bytes::new(),
-        )
+        .get_with("acme.aggios.app", "/closed/x", &[("authorization", &auth)])
         .await;
     assert_eq!(
         (r.status, r.error_code().as_str()),

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,20 +13,6 @@ use crate::tls_helpers::*;
 use rustls::pki_types::pem::PemObject;
 
 const SECRET: &str = "tls-test-secret-tls-test-secret-0001";
-
-fn token(tenant: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims = json!({ "user_id": "8c3c6a8e-0000-4000-8000-000000000001", "email": "ann@acme.test",
-        "tenant_id": tenant, "role": "admin", "iat": now, "exp": now + 600, "jti": "t-1" });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
-}
 
 fn config(up: &TestUpstream, certs: &std::path::Path, extra_tls: &str) -> String {
     format!(
@@ -110,7 +95,7 @@ async fn https_serves_http1_and_h2_with_every_edge_check() {
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["code"], "missing_token");
     // Another tenant's token on this tenant's host: refused at the edge as well.
-    let bearer = format!("Bearer {}", token("other"));
+    let bearer = Token::new(SECRET, "other").bearer();
     let r = get(
         gw.https,
         "acme.aggios.test",
@@ -127,7 +112,7 @@ async fn https_serves_http1_and_h2_with_every_edge_check() {
         "refused requests reached the upstream"
     );
     // A valid token over HTTP/2 goes through, with identity headers set by the gateway.
-    let bearer = format!("Bearer {}", token("acme"));
+    let bearer = Token::new(SECRET, "acme").bearer();
     let r = get(
         gw.https,
         "acme.aggios.test",
