@@ -10,6 +10,15 @@
 #        MODE=tls loadtest/bench.sh [PASSES] [DURATION]  HTTPS: the gateway and nginx with the same ECDSA P-256
 #        certificate (TLS 1.3), keep-alive and a new handshake per request (Connection: close), beside the
 #        gateway's plain HTTP.
+#        MODE=ablation loadtest/bench.sh [PASSES] [DURATION]  where the gateway's cost goes (#10): bare Pingora,
+#        then the gateway on a plain route with the access log off, on, default security headers, JWT + tenant
+#        binding, and JWT + tenant binding + a global Redis limit; each row in CPU-µs per request (PASSES
+#        alternating wrk passes) and in user-space instructions per request (one callgrind pass: exact, where
+#        CPU time swings ±30 % on these VMs).
+#        COUNT=1 adds the instruction count to MODE=tls and MODE=ablation (COUNT=0 skips it in ablation).
+# Instructions per request: the proxy runs under `valgrind --tool=callgrind --instr-atstart=no`; after an
+#   uninstrumented warm-up, `callgrind_control -i on`, COUNT_SECONDS (default 12) of wrk -c16, `-i off`,
+#   then a dump: the dump's instruction total / the requests wrk completed.
 # Targets (everything on loopback): nginx, the gateway (10 routes; 10 000 tenant routes), and bare-pingora
 # (gateway/examples/bare_pingora.rs: Pingora forwarding with no logic at all, the floor under the gateway).
 set -euo pipefail
@@ -21,11 +30,17 @@ CONNS=${CONNS:-64}
 MODE=${MODE:-peers}
 ensure_build_deps
 ensure_debs nginx-light wrk
-if [ "$MODE" = ratelimit ]; then ensure_redis; fi
+if [ "$MODE" = ratelimit ] || [ "$MODE" = ablation ]; then ensure_redis; fi
+COUNT=${COUNT:-$([ "$MODE" = ablation ] && echo 1 || echo 0)}
+COUNT_SECONDS=${COUNT_SECONDS:-12}
+if [ "$COUNT" = 1 ]; then command -v callgrind_control >/dev/null || ensure_debs valgrind; fi
 export BENCH_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-cargo build --release --locked -p gateway --bin gateway --example bare_pingora >&2
-GW="$CARGO_TARGET_DIR/release/gateway"
-BARE="$CARGO_TARGET_DIR/release/examples/bare_pingora"
+# GW_BIN / BARE_BIN: measure given binaries (say, a build kept from before a change) instead of building.
+if [ -z "${GW_BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
+  cargo build --release --locked -p gateway --bin gateway --example bare_pingora >&2
+fi
+GW="${GW_BIN:-$CARGO_TARGET_DIR/release/gateway}"
+BARE="${BARE_BIN:-$CARGO_TARGET_DIR/release/examples/bare_pingora}"
 
 W=$(mktemp -d /tmp/aggios-bench.XXXXXX)
 chmod 755 "$W"   # the nginx workers run unprivileged and must read the origin files
@@ -53,7 +68,8 @@ http {
 }
 NGX
 
-gw_config() { # $1 = number of tenant routes, $2 = rate_limits of the tenant route (TOML list), $3 = extra TOML
+gw_config() { # $1 = number of tenant routes, $2 = rate_limits of the tenant route (TOML list), $3 = extra TOML,
+  #             $4 = more keys of the tenant route; ACCESS_LOG=false switches the access log off
   cat <<TOML
 ${3:-}
 [server]
@@ -64,7 +80,7 @@ admin = "$GWADMIN"
 [tenancy]
 base_domains = ["bench.test"]
 [log]
-access_log = true
+access_log = ${ACCESS_LOG:-true}
 format = "json"
 level = "warn"
 [[upstreams]]
@@ -76,6 +92,7 @@ name = "tenants"
 hosts = ["*.bench.test"]
 upstream = "origin"
 rate_limits = ${2:-[]}
+${4:-}
 TOML
   for i in $(seq 1 "$1"); do printf '[[routes]]\nname = "t%d"\nhosts = ["t%d.bench.test"]\nupstream = "origin"\n' "$i" "$i"; done
 }
@@ -102,6 +119,7 @@ run_one() {
   local name=$1 port=$2 host=$3; shift 3
   local scheme=${SCHEME:-http}
   local extra=(); [ -n "${WRK_HEADER:-}" ] && extra=(-H "$WRK_HEADER")
+  [ -n "${WRK_HEADER2:-}" ] && extra+=(-H "$WRK_HEADER2")
   taskset -c 0 "$@" > "$W/$name.stdout" 2> "$W/$name.stderr" &
   local pid=$!
   wait_port 127.0.0.1 "$port" 20 || die "$name did not start: $(tail -3 "$W/$name.stderr")"
@@ -124,6 +142,33 @@ run_one() {
   non2xx=$(awk '/Non-2xx/ {print $5}' "$W/$name.wrk"); non2xx=${non2xx:-0}
   local cpu_us; cpu_us=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p99" "$cpu_us" "$((rss / 1024))" "$non2xx"
+}
+
+# count_one NAME PORT HOST CMD... — user-space instructions per request of the proxy CMD, exact, under
+# callgrind: print one TSV row "NAME<TAB>instructions/request<TAB>requests counted".
+count_one() {
+  local name=$1 port=$2 host=$3; shift 3
+  local scheme=${SCHEME:-http} out="$W/$name.callgrind"
+  local extra=(); [ -n "${WRK_HEADER:-}" ] && extra=(-H "$WRK_HEADER")
+  [ -n "${WRK_HEADER2:-}" ] && extra+=(-H "$WRK_HEADER2")
+  taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" "$@" \
+    > "$W/$name.cg.stdout" 2> "$W/$name.cg.stderr" &
+  local pid=$!
+  wait_port 127.0.0.1 "$port" 120 || die "$name did not start under valgrind: $(tail -3 "$W/$name.cg.stderr")"
+  taskset -c 1 wrk -t1 -c16 -d3s -H "Host: $host" "${extra[@]}" "$scheme://127.0.0.1:$port/" > /dev/null # warm-up
+  callgrind_control -i on "$pid" > /dev/null
+  taskset -c 1 wrk -t1 -c16 -d"${COUNT_SECONDS}s" -H "Host: $host" "${extra[@]}" "$scheme://127.0.0.1:$port/" > "$W/$name.cg.wrk"
+  callgrind_control -i off "$pid" > /dev/null
+  callgrind_control -d "$pid" > /dev/null
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local reqs non2xx ir
+  reqs=$(awk '/requests in/ {print $1}' "$W/$name.cg.wrk")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$W/$name.cg.wrk"); non2xx=${non2xx:-0}
+  [ "$non2xx" = 0 ] || die "$name answered $non2xx non-2xx responses under callgrind"
+  # The dump (out.1) holds the instrumented window only; its "totals:" line is the sum over every thread.
+  ir=$(awk '/^totals:/ {print $2; exit}' "$out.1" 2>/dev/null || true)
+  [ -n "$ir" ] || die "$name: no callgrind dump in $W"
+  printf '%s\t%s\t%s\n' "$name" "$(( ir / reqs ))" "$reqs"
 }
 
 RESULTS="$W/results.tsv"
@@ -155,6 +200,12 @@ NGX
     SCHEME=https WRK_HEADER="Connection: close" run_one gateway-handshakes 18086 t5.bench.test "$GW" run --config "$W/gwtls.toml" >> "$RESULTS"
     SCHEME=https WRK_HEADER="Connection: close" run_one nginx-handshakes 18085 t5.bench.test nginx -c "$W/nginx-tls.conf" >> "$RESULTS"
   done
+  if [ "$COUNT" = 1 ]; then
+    echo "instruction counts (callgrind)" >&2
+    count_one gateway-http 18083 t5.bench.test "$GW" run --config "$W/gwtls.toml" >> "$W/counts.tsv"
+    SCHEME=https count_one gateway-https 18086 t5.bench.test "$GW" run --config "$W/gwtls.toml" >> "$W/counts.tsv"
+    awk -F'\t' '{ ir[$1] = $2 } END { printf "instructions per request: plain HTTP %d, HTTPS keep-alive %d (%.2f×)\n", ir["gateway-http"], ir["gateway-https"], ir["gateway-https"] / ir["gateway-http"] }' "$W/counts.tsv"
+  fi
   python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
@@ -169,13 +220,99 @@ print("| target | req/s | p99 | proxy CPU-µs / request | RSS | non-2xx |")
 print("|---|---|---|---|---|---|")
 for name in ["gateway-http", "gateway-https", "nginx-https", "gateway-handshakes", "nginx-handshakes"]:
     print(f"| {name} | {med(name, 0):,.0f} | {med(name, 1):.2f} ms | {med(name, 2):.1f} | {med(name, 3)} MB | {sum(x[4] for x in rows[name])} |")
+per_pass = [b[0] / a[0] for a, b in zip(rows["gateway-http"], rows["gateway-https"])]
+cpu_pass = [a[2] / b[2] for a, b in zip(rows["gateway-http"], rows["gateway-https"])]
 print(f"\nHTTPS keep-alive / our plain HTTP: {med('gateway-https', 0) / med('gateway-http', 0):.2f}× req/s "
       f"(target ≥ 0.8×); vs nginx HTTPS: {med('gateway-https', 0) / med('nginx-https', 0):.2f}×")
+print(f"paired by pass: req/s ratio median {statistics.median(per_pass):.2f}× ({', '.join(f'{x:.2f}' for x in per_pass)}); "
+      f"requests per CPU-second ratio median {statistics.median(cpu_pass):.2f}× ({', '.join(f'{x:.2f}' for x in cpu_pass)})")
 hs = lambda n: 1e6 / med(n, 2)
 print(f"new handshakes per proxy CPU-second: gateway {hs('gateway-handshakes'):,.0f}, nginx {hs('nginx-handshakes'):,.0f} "
       f"({hs('gateway-handshakes') / hs('nginx-handshakes'):.2f}× nginx; target ≥ 1×)")
 PY
   echo "raw results: $RESULTS" >&2
+  exit 0
+fi
+if [ "$MODE" = ablation ]; then
+  # One route (every tenant's host) to the origin; each row adds one piece of the edge to the one before.
+  SECRET=bench-secret-bench-secret-bench-secret-01
+  export BENCH_JWT_SECRET=$SECRET
+  # ab_config ACCESS_LOG SECURITY_HEADERS(on|off) AUTH [RATE_LIMITS] [EXTRA_TOML]: the tenant route of
+  # gw_config (no exact-host routes), with [auth.jwt] and the route's auth and security headers.
+  ab_config() {
+    local sec=""
+    [ "$2" = off ] && sec='security_headers = { hsts = false, content_type_options = false, referrer_policy = "" }'
+    ACCESS_LOG=$1 gw_config 0 "${4:-[]}" "${5:-}
+[auth.jwt]
+secret_env = \"BENCH_JWT_SECRET\"" "auth = \"$3\"
+$sec"
+  }
+  ab_config false off none > "$W/ab-nolog.toml"
+  ab_config true off none > "$W/ab-log.toml"
+  ab_config true on none > "$W/ab-sec.toml"
+  ab_config true on jwt_tenant > "$W/ab-jwt.toml"
+  ab_config true on jwt_tenant '["per_tenant"]' '[redis]
+url_env = "BENCH_REDIS_URL"
+[rate_limits.per_tenant]
+key = "tenant"
+limit = 1000000
+period = "1s"' > "$W/ab-jwt-rl.toml"
+  for c in nolog log sec jwt jwt-rl; do "$GW" validate --config "$W/ab-$c.toml" >&2; done
+  # A token of tenant "acme" (the host's), as the backend mints them; valid for a day.
+  TOKEN=$(python3 - "$SECRET" <<'PY'
+import sys, hmac, hashlib, base64, json, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+now = int(time.time())
+head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b(json.dumps({"user_id": "8c3c6a8e-0000-4000-8000-000000000001", "email": "bench@acme.test",
+                     "tenant_id": "acme", "role": "admin", "iat": now, "exp": now + 86400, "jti": "bench-1"}).encode())
+sig = b(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+print(f"{head}.{body}.{sig}")
+PY
+)
+  ROWS=(bare-pingora gateway-no-log gateway-log gateway-security-headers gateway-jwt gateway-jwt-redis-limit)
+  ab_run() { # $1 = run_one or count_one
+    "$1" bare-pingora 18084 acme.bench.test "$BARE" "$BAREPORT" "$ORIGIN"
+    "$1" gateway-no-log 18083 acme.bench.test "$GW" run --config "$W/ab-nolog.toml"
+    "$1" gateway-log 18083 acme.bench.test "$GW" run --config "$W/ab-log.toml"
+    "$1" gateway-security-headers 18083 acme.bench.test "$GW" run --config "$W/ab-sec.toml"
+    WRK_HEADER2="Authorization: Bearer $TOKEN" "$1" gateway-jwt 18083 acme.bench.test "$GW" run --config "$W/ab-jwt.toml"
+    WRK_HEADER2="Authorization: Bearer $TOKEN" "$1" gateway-jwt-redis-limit 18083 acme.bench.test "$GW" run --config "$W/ab-jwt-rl.toml"
+  }
+  for pass in $(seq 1 "$PASSES"); do
+    echo "pass $pass/$PASSES" >&2
+    ab_run run_one >> "$RESULTS"
+  done
+  COUNTS="$W/counts.tsv"; : > "$COUNTS"
+  if [ "$COUNT" = 1 ]; then echo "instruction counts (callgrind)" >&2; ab_run count_one >> "$COUNTS"; fi
+  python3 - "$RESULTS" "$COUNTS" "$PASSES" "$DURATION" "$CONNS" "${ROWS[@]}" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, rps, p99, cpu, rss, non2xx = line.rstrip("\n").split("\t")
+    def ms(v):
+        return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+    rows[name].append((float(rps), ms(p99), float(cpu), int(rss), int(non2xx)))
+counts = {}
+for line in open(sys.argv[2]):
+    name, ir, reqs = line.split("\t")
+    counts[name] = (int(ir), int(reqs))
+names = sys.argv[6:]
+print(f"passes={sys.argv[3]} duration={sys.argv[4]}s connections={sys.argv[5]} (medians; CPU per pass in brackets)\n")
+print("| row | instructions / request | × bare | CPU-µs / request | × bare | req/s | p99 | RSS | non-2xx |")
+print("|---|---|---|---|---|---|---|---|---|")
+cpu = lambda n: statistics.median(x[2] for x in rows[n])
+for n in names:
+    r = rows[n]
+    ir = counts.get(n, (0, 0))[0]
+    base_ir = counts.get("bare-pingora", (0, 0))[0]
+    irs = f"{ir:,}" if ir else "–"
+    irx = f"{ir / base_ir:.2f}×" if ir and base_ir else "–"
+    print(f"| {n} | {irs} | {irx} | {cpu(n):.1f} ({', '.join(f'{x[2]:.1f}' for x in r)}) | {cpu(n) / cpu('bare-pingora'):.2f}× | "
+          f"{statistics.median(x[0] for x in r):,.0f} | {statistics.median(x[1] for x in r):.2f} ms | "
+          f"{statistics.median(x[3] for x in r)} MB | {sum(x[4] for x in r)} |")
+PY
+  echo "raw results: $RESULTS $COUNTS" >&2
   exit 0
 fi
 if [ "$MODE" = ratelimit ]; then

@@ -1,10 +1,12 @@
 //! The floor of the benchmark: a Pingora proxy that does nothing but forward to one upstream (no
 //! routing, checks, headers, logs or metrics). `loadtest/bench.sh` runs it beside the gateway so that
-//! the gateway's own cost per request can be told apart from Pingora's.
+//! the gateway's own cost per request can be told apart from Pingora's. It skips Pingora's default
+//! compression module, as the gateway does.
 //!
 //! Usage: `bare_pingora LISTEN UPSTREAM` (one worker thread).
 
 use async_trait::async_trait;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -21,6 +23,9 @@ struct Bare {
 impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
+    /// No downstream modules: Pingora's default adds a (disabled) compression module, built per
+    /// request, which the floor of the comparison should not carry.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(
             self.upstream.as_str(),
