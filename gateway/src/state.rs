@@ -22,9 +22,62 @@ pub struct RouteRt {
     /// `gateway_http_request_duration_seconds{route}`, bound on first use: with 10 000 tenant routes,
     /// binding every series up front costs megabytes for routes that may never see traffic.
     duration: std::sync::OnceLock<prometheus::Histogram>,
+    /// `gateway_http_requests_total{route,method,status}` handles for the common methods and statuses,
+    /// bound on first use (the table itself too, so that idle routes cost one pointer).
+    requests: std::sync::OnceLock<Box<RequestCounters>>,
 }
 
+/// Statuses whose request counters a route keeps bound; others are looked up per request.
+const COUNTED_STATUSES: [u16; 26] = [
+    200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413,
+    422, 429, 500, 502, 503, 504, 507,
+];
+
+type RequestCounters =
+    [[std::sync::OnceLock<prometheus::IntCounter>; COUNTED_STATUSES.len()]; METHOD_LABELS.len()];
+
+use crate::metrics::METHOD_LABELS;
+
 impl RouteRt {
+    pub fn new(spec: RouteSpec, upstream: Option<Arc<Upstream>>) -> RouteRt {
+        RouteRt {
+            spec,
+            upstream,
+            duration: std::sync::OnceLock::new(),
+            requests: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts one request of `method` (an index into [`METHOD_LABELS`]) answered with `status`.
+    pub fn count_request(&self, method: usize, status: u16) {
+        let bind = || {
+            let mut digits = [b'0'; 3];
+            let s = status.min(999);
+            digits[0] += (s / 100) as u8;
+            digits[1] += (s / 10 % 10) as u8;
+            digits[2] += (s % 10) as u8;
+            let status_label = std::str::from_utf8(&digits).unwrap_or("0");
+            let method_label = METHOD_LABELS.get(method).copied().unwrap_or("OTHER");
+            metrics()
+                .requests
+                .with_label_values(&[&self.spec.name, method_label, status_label])
+        };
+        match (
+            COUNTED_STATUSES.iter().position(|s| *s == status),
+            method < METHOD_LABELS.len(),
+        ) {
+            (Some(si), true) => {
+                let table = self.requests.get_or_init(|| {
+                    Box::new(std::array::from_fn(|_| {
+                        std::array::from_fn(|_| std::sync::OnceLock::new())
+                    }))
+                });
+                table[method][si].get_or_init(bind).inc();
+            }
+            _ => bind().inc(),
+        }
+    }
+
     /// The route's duration histogram.
     pub fn duration(&self) -> &prometheus::Histogram {
         self.duration.get_or_init(|| {
@@ -64,13 +117,13 @@ impl Runtime {
         let routes = config
             .routes
             .iter()
-            .map(|r| RouteRt {
-                spec: r.clone(),
-                upstream: r
-                    .upstream
-                    .as_ref()
-                    .and_then(|name| upstreams.iter().find(|u| &u.name == name).cloned()),
-                duration: std::sync::OnceLock::new(),
+            .map(|r| {
+                RouteRt::new(
+                    r.clone(),
+                    r.upstream
+                        .as_ref()
+                        .and_then(|name| upstreams.iter().find(|u| &u.name == name).cloned()),
+                )
             })
             .collect();
         Runtime {

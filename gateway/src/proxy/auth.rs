@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 
 use crate::config::{AuthPolicy, JwtSettings};
 use crate::proxy::jwks::JwksSource;
@@ -114,17 +114,49 @@ const ACCEPTED: [Algorithm; 10] = [
 /// config, asymmetric keys from a JWKS ([`JwksSource`]).
 ///
 /// The token is taken apart once here: the header and the claims are each decoded and parsed a single
-/// time into typed structs, and `jsonwebtoken::crypto::verify` checks the signature over the first two
-/// parts with the pinned algorithm. `exp` (required), `nbf`, `iat`, `iss` and `aud` are checked below.
+/// time into typed structs, and the signature over the first two parts is checked with the pinned
+/// algorithm: HS256 with a keyed HMAC state prepared once per key ([`HsKey`]), the asymmetric ones with
+/// `jsonwebtoken::crypto::verify`. `exp` (required), `nbf`, `iat`, `iss` and `aud` are checked below.
 pub struct JwtVerifier {
-    single: Option<DecodingKey>,
-    by_kid: HashMap<String, DecodingKey>,
+    single: Option<HsKey>,
+    by_kid: HashMap<String, HsKey>,
     jwks: Option<Arc<JwksSource>>,
     issuer: Option<String>,
     audience: Option<String>,
     tenant_claim: String,
     leeway: u64,
     max_bytes: usize,
+}
+
+/// An HS256 secret as the HMAC state after its key block: each token's check clones it instead of
+/// hashing the key's inner and outer pads again.
+#[derive(Clone)]
+struct HsKey(hmac::Hmac<sha2::Sha256>);
+
+impl HsKey {
+    fn new(secret: &[u8]) -> HsKey {
+        use hmac::Mac;
+        // HMAC takes a key of any length (a longer one is hashed first).
+        HsKey(
+            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret)
+                .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length")),
+        )
+    }
+
+    /// Whether `sig64` (base64url, no padding) is this key's HMAC-SHA256 of `message`, compared in
+    /// constant time.
+    fn verify(&self, message: &[u8], sig64: &str) -> bool {
+        use base64::Engine;
+        use hmac::Mac;
+        let mut sig = [0u8; 32];
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(sig64, &mut sig) {
+            Ok(32) => {}
+            _ => return false,
+        }
+        let mut mac = self.0.clone();
+        mac.update(message);
+        mac.verify_slice(&sig).is_ok()
+    }
 }
 
 /// The JOSE header fields the gateway reads. An `alg` outside [`Algorithm`] (such as `none`) fails to
@@ -197,9 +229,9 @@ impl JwtVerifier {
         let mut by_kid = HashMap::new();
         for k in &s.keys {
             match &k.kid {
-                None => single = Some(DecodingKey::from_secret(&k.secret)),
+                None => single = Some(HsKey::new(&k.secret)),
                 Some(kid) => {
-                    by_kid.insert(kid.clone(), DecodingKey::from_secret(&k.secret));
+                    by_kid.insert(kid.clone(), HsKey::new(&k.secret));
                 }
             }
         }
@@ -236,17 +268,20 @@ impl JwtVerifier {
             (Some(set), Some(kid)) => set.by_kid.get(kid),
             _ => None,
         };
-        let key = if header.alg == Algorithm::HS256 {
+        // The signed message is the first two parts as sent.
+        let message = &token[..h64.len() + 1 + p64.len()];
+        let valid = if header.alg == Algorithm::HS256 {
             if jwks_key.is_some() {
                 // An HMAC token naming a public key: the key-confusion attack.
                 return Err(AuthError::WrongAlgorithm);
             }
-            match (&self.single, header.kid.as_deref()) {
+            let key = match (&self.single, header.kid.as_deref()) {
                 (Some(k), _) => k,
                 (None, Some(kid)) => self.by_kid.get(kid).ok_or(AuthError::UnknownKid)?,
                 (None, None) if self.by_kid.is_empty() => return Err(AuthError::WrongAlgorithm),
                 (None, None) => return Err(AuthError::MissingKid),
-            }
+            };
+            key.verify(message.as_bytes(), sig64)
         } else {
             let kid = header.kid.as_deref().ok_or(AuthError::MissingKid)?;
             let pinned = match jwks_key {
@@ -257,13 +292,11 @@ impl JwtVerifier {
             if pinned.alg != header.alg {
                 return Err(AuthError::WrongAlgorithm);
             }
-            &pinned.key
+            jsonwebtoken::crypto::verify(sig64, message.as_bytes(), &pinned.key, header.alg)
+                .unwrap_or(false)
         };
-        // The signed message is the first two parts as sent.
-        let message = &token[..h64.len() + 1 + p64.len()];
-        match jsonwebtoken::crypto::verify(sig64, message.as_bytes(), key, header.alg) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Err(AuthError::BadSignature),
+        if !valid {
+            return Err(AuthError::BadSignature);
         }
         let payload = b64(p64)?;
         let c: Claims = serde_json::from_slice(&payload).map_err(|_| AuthError::InvalidClaims)?;

@@ -38,7 +38,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::access_log::{rfc3339_now, Entry};
+use crate::access_log::Entry;
 use crate::error::EdgeError;
 use crate::metrics::metrics;
 use crate::state::GatewayState;
@@ -56,7 +56,13 @@ pub struct DeadlineStream {
     inner: Stream,
     timeout: Duration,
     state: AtomicU8,
+    /// When the head being read (or awaited, on a new connection) is due.
+    head_deadline: tokio::time::Instant,
+    /// The timer for `head_deadline`, made on the first read that pends and reset after that: a head
+    /// that arrives whole in one read (the common case on keep-alive) never touches the timer wheel.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Whether `sleep` is set to `head_deadline` and registered with the task.
+    armed: bool,
     first_read: bool,
     /// Bytes read by [`Peek::try_peek`], handed out again before any new read.
     replay: Vec<u8>,
@@ -82,7 +88,9 @@ impl DeadlineStream {
             inner,
             timeout,
             state: AtomicU8::new(HEAD),
-            sleep: Some(Box::pin(tokio::time::sleep(timeout))),
+            head_deadline: tokio::time::Instant::now() + timeout,
+            sleep: None,
+            armed: false,
             first_read: true,
             replay: Vec::new(),
             replay_pos: 0,
@@ -126,21 +134,18 @@ impl DeadlineStream {
             .requests
             .with_label_values(&["<none>", method, &status_label])
             .inc();
-        let elapsed = self.sleep.as_ref().map_or(Duration::ZERO, |s| {
-            (tokio::time::Instant::now() + self.timeout).saturating_duration_since(s.deadline())
-        });
+        let elapsed = (tokio::time::Instant::now() + self.timeout)
+            .saturating_duration_since(self.head_deadline);
         metrics()
             .request_duration
             .with_label_values(&["<none>"])
             .observe(elapsed.as_secs_f64());
         if self.gateway.access_log.enabled() {
-            let client_ip = self.inner.get_socket_digest().and_then(|d| {
-                d.peer_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip().to_string())
-            });
+            let client_ip = self
+                .inner
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
             self.gateway.access_log.write(&Entry {
-                time: &rfc3339_now(),
                 request_id: &request_id,
                 client_ip,
                 host: "",
@@ -148,7 +153,7 @@ impl DeadlineStream {
                 path: "",
                 status,
                 bytes: body.len(),
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                duration: elapsed,
                 route: None,
                 upstream: None,
                 server: None,
@@ -229,13 +234,16 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.state.load(Ordering::Acquire) == HEAD {
+        let timed_out = || {
+            Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request head not received within header_timeout",
+            )))
+        };
+        if this.armed && this.state.load(Ordering::Acquire) == HEAD {
             if let Some(sleep) = this.sleep.as_mut() {
                 if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "request head not received within header_timeout",
-                    )));
+                    return timed_out();
                 }
             }
         }
@@ -252,6 +260,18 @@ impl AsyncRead for DeadlineStream {
         } else {
             Pin::new(&mut this.inner).poll_read(cx, buf)
         };
+        if res.is_pending() && !this.armed && this.state.load(Ordering::Acquire) == HEAD {
+            // The head is not all here: from now on the clock can end the wait.
+            let deadline = this.head_deadline;
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            sleep.as_mut().reset(deadline);
+            this.armed = true;
+            if sleep.as_mut().poll(cx).is_ready() {
+                return timed_out();
+            }
+        }
         if let Poll::Ready(Ok(())) = res {
             let got = &buf.filled()[before..];
             if this.first_read && !got.is_empty() {
@@ -266,10 +286,9 @@ impl AsyncRead for DeadlineStream {
                     .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
             {
-                let mut sleep = Box::pin(tokio::time::sleep(this.timeout));
-                // Register the timer with this task now, so a client that goes silent is still woken up.
-                let _ = sleep.as_mut().poll(cx);
-                this.sleep = Some(sleep);
+                // A new head starts; its timer is armed only if a read of it pends.
+                this.head_deadline = tokio::time::Instant::now() + this.timeout;
+                this.armed = false;
             }
         }
         res
@@ -377,10 +396,7 @@ impl Peek for DeadlineStream {
     /// stalls gets a `TimedOut` error, which makes Pingora drop the connection.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         use tokio::io::AsyncReadExt;
-        let deadline = self.sleep.as_ref().map_or_else(
-            || tokio::time::Instant::now() + self.timeout,
-            |s| s.deadline(),
-        );
+        let deadline = self.head_deadline;
         let mut got = std::mem::take(&mut self.replay);
         got.drain(..self.replay_pos);
         self.replay_pos = 0;

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, UPGRADE};
+use http::header::CONNECTION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -12,19 +12,6 @@ use crate::config::HeaderRules;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static(contracts::headers::REQUEST_ID);
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Hop-by-hop fields (RFC 9110 §7.6.1) that must not be forwarded. `Transfer-Encoding` and
-/// `Content-Length` are left to Pingora, which re-frames the body itself.
-const HOP_BY_HOP: [&str; 6] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-];
 
 /// Whether `ip` is one of the trusted proxies.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -77,34 +64,132 @@ pub fn new_request_id() -> String {
     out
 }
 
-/// Removes hop-by-hop fields, including those `Connection` names, keeping an upgrade handshake intact.
-pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
-    let named: Vec<String> = req
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "upgrade" && t != "close" && t != "keep-alive")
-        .collect();
-    for name in named {
-        // Never let `Connection` make us drop framing or identity headers the proxy manages.
-        if !matches!(
-            name.as_str(),
-            "host" | "content-length" | "transfer-encoding" | "x-request-id"
-        ) {
-            req.remove_header(name.as_str());
+/// The fields the edge manages in a request on its way upstream: each is removed only when the client
+/// sent it, found in one pass over the request's field names ([`Managed::scan`]) instead of one map
+/// lookup per name.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Field {
+    KeepAlive,
+    ProxyConnection,
+    ProxyAuthenticate,
+    ProxyAuthorization,
+    Te,
+    Trailer,
+    Connection,
+    Upgrade,
+    UserId,
+    TenantId,
+    UserEmail,
+    UserRole,
+    ClientIp,
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    RequestId,
+    ApiKey,
+    Authorization,
+    /// Any `X-Auth-*` field.
+    AuthPrefixed,
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) that must not be forwarded. `Transfer-Encoding` and
+/// `Content-Length` are left to Pingora, which re-frames the body itself.
+const HOP_BY_HOP: [(Field, &str); 6] = [
+    (Field::KeepAlive, "keep-alive"),
+    (Field::ProxyConnection, "proxy-connection"),
+    (Field::ProxyAuthenticate, "proxy-authenticate"),
+    (Field::ProxyAuthorization, "proxy-authorization"),
+    (Field::Te, "te"),
+    (Field::Trailer, "trailer"),
+];
+
+impl Field {
+    fn of(name: &str) -> Option<Field> {
+        Some(match name {
+            "keep-alive" => Field::KeepAlive,
+            "proxy-connection" => Field::ProxyConnection,
+            "proxy-authenticate" => Field::ProxyAuthenticate,
+            "proxy-authorization" => Field::ProxyAuthorization,
+            "te" => Field::Te,
+            "trailer" => Field::Trailer,
+            "connection" => Field::Connection,
+            "upgrade" => Field::Upgrade,
+            contracts::headers::USER_ID => Field::UserId,
+            contracts::headers::TENANT_ID => Field::TenantId,
+            contracts::headers::USER_EMAIL => Field::UserEmail,
+            contracts::headers::USER_ROLE => Field::UserRole,
+            contracts::headers::CLIENT_IP => Field::ClientIp,
+            "x-forwarded-for" => Field::ForwardedFor,
+            "x-forwarded-proto" => Field::ForwardedProto,
+            "x-forwarded-host" => Field::ForwardedHost,
+            contracts::headers::REQUEST_ID => Field::RequestId,
+            "x-api-key" => Field::ApiKey,
+            "authorization" => Field::Authorization,
+            n if n.starts_with("x-auth-") => Field::AuthPrefixed,
+            _ => return None,
+        })
+    }
+}
+
+/// Which managed fields a request carries.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Managed(u32);
+
+impl Managed {
+    /// One pass over the request's field names.
+    pub fn scan(req: &RequestHeader) -> Managed {
+        let mut bits = 0u32;
+        for name in req.headers.keys() {
+            if let Some(f) = Field::of(name.as_str()) {
+                bits |= 1 << f as u8;
+            }
+        }
+        Managed(bits)
+    }
+
+    fn has(self, f: Field) -> bool {
+        self.0 & (1 << f as u8) != 0
+    }
+
+    /// Removes `name` (the field `f`) when the scan saw it.
+    fn remove(self, req: &mut RequestHeader, f: Field, name: &str) {
+        if self.has(f) {
+            req.remove_header(name);
         }
     }
-    for h in HOP_BY_HOP {
-        req.remove_header(h);
+}
+
+/// Removes hop-by-hop fields, including those `Connection` names, keeping an upgrade handshake intact.
+pub fn strip_hop_by_hop(req: &mut RequestHeader, seen: Managed, upgrade: bool) {
+    if seen.has(Field::Connection) {
+        let named: Vec<String> = req
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty() && t != "upgrade" && t != "close" && t != "keep-alive")
+            .collect();
+        for name in named {
+            // Never let `Connection` make us drop framing or identity headers the proxy manages.
+            if !matches!(
+                name.as_str(),
+                "host" | "content-length" | "transfer-encoding" | "x-request-id"
+            ) {
+                req.remove_header(name.as_str());
+            }
+        }
+        req.remove_header(&CONNECTION);
     }
-    req.remove_header(&CONNECTION);
+    for (f, name) in HOP_BY_HOP {
+        seen.remove(req, f, name);
+    }
     if upgrade {
-        let _ = req.insert_header(CONNECTION, HeaderValue::from_static("upgrade"));
+        let _ = req.insert_header("connection", HeaderValue::from_static("upgrade"));
     } else {
-        req.remove_header(&UPGRADE);
+        seen.remove(req, Field::Upgrade, "upgrade");
     }
 }
 
@@ -112,18 +197,46 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
 /// peer), for the backend: a header of our own, never taken from a client.
 pub use contracts::headers::CLIENT_IP;
 
-/// Replaces any client-sent `X-Aggios-Client-Ip` with the address the gateway computed.
-pub fn set_client_ip(req: &mut RequestHeader, ip: Option<std::net::IpAddr>) {
-    req.remove_header(CLIENT_IP);
-    if let Some(ip) = ip {
-        let mut buf = [0u8; 40];
-        let mut w = std::io::Cursor::new(&mut buf[..]);
-        if std::io::Write::write_fmt(&mut w, format_args!("{ip}")).is_ok() {
-            let n = w.position() as usize;
-            if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
-                let _ = req.insert_header(CLIENT_IP, v);
+/// An address as a field value, formatted on the stack (IPv4 without `fmt`: the common case).
+pub fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    let mut buf = [0u8; 40];
+    let n = match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
             }
+            n
         }
+        IpAddr::V6(_) => {
+            let mut w = std::io::Cursor::new(&mut buf[..]);
+            std::io::Write::write_fmt(&mut w, format_args!("{ip}")).ok()?;
+            w.position() as usize
+        }
+    };
+    HeaderValue::from_bytes(&buf[..n]).ok()
+}
+
+/// Replaces any client-sent `X-Aggios-Client-Ip` with the address the gateway computed.
+pub fn set_client_ip(req: &mut RequestHeader, seen: Managed, ip: Option<std::net::IpAddr>) {
+    match ip.and_then(ip_value) {
+        Some(v) => {
+            let _ = req.insert_header(CLIENT_IP, v);
+        }
+        None => seen.remove(req, Field::ClientIp, CLIENT_IP),
     }
 }
 
@@ -132,84 +245,126 @@ use contracts::headers::IDENTITY;
 
 /// Strips every client-supplied identity header (`X-User-*`, `X-Tenant-Id`, `X-Auth-*`) and sets them
 /// from `identity` when the request was authenticated.
-pub fn set_identity(req: &mut RequestHeader, identity: Option<&crate::proxy::auth::Identity>) {
-    for h in IDENTITY {
-        req.remove_header(h);
+pub fn set_identity(
+    req: &mut RequestHeader,
+    seen: Managed,
+    identity: Option<&crate::proxy::auth::Identity>,
+) {
+    for (f, name) in [
+        Field::UserId,
+        Field::TenantId,
+        Field::UserEmail,
+        Field::UserRole,
+    ]
+    .into_iter()
+    .zip(IDENTITY)
+    {
+        if identity.is_none() {
+            seen.remove(req, f, name);
+        }
     }
-    let auth_named: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-auth-"))
-        .cloned()
-        .collect();
-    for h in auth_named {
-        req.remove_header(&h);
+    if seen.has(Field::AuthPrefixed) {
+        let auth_named: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-auth-"))
+            .cloned()
+            .collect();
+        for h in auth_named {
+            req.remove_header(&h);
+        }
     }
     if let Some(id) = identity {
-        let pairs = [
-            (contracts::headers::USER_ID, Some(id.user_id.as_str())),
-            (contracts::headers::TENANT_ID, Some(id.tenant.as_str())),
-            (contracts::headers::USER_EMAIL, id.email.as_deref()),
-            (contracts::headers::USER_ROLE, id.role.as_deref()),
+        let values = [
+            Some(id.user_id.as_str()),
+            Some(id.tenant.as_str()),
+            id.email.as_deref(),
+            id.role.as_deref(),
         ];
-        for (name, value) in pairs {
-            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                let _ = req.insert_header(name, v);
+        let fields = [
+            Field::UserId,
+            Field::TenantId,
+            Field::UserEmail,
+            Field::UserRole,
+        ];
+        for ((name, f), value) in IDENTITY.into_iter().zip(fields).zip(values) {
+            match value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                Some(v) => {
+                    let _ = req.insert_header(name, v);
+                }
+                None => seen.remove(req, f, name),
             }
         }
     }
+}
+
+/// Drops the credential the edge did not verify: `x-api-key` or `authorization`.
+pub fn drop_credential(req: &mut RequestHeader, seen: Managed, name: &'static str) {
+    let f = if name == "x-api-key" {
+        Field::ApiKey
+    } else {
+        Field::Authorization
+    };
+    seen.remove(req, f, name);
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced otherwise.
 pub fn set_forwarded(
     req: &mut RequestHeader,
+    seen: Managed,
     peer: Option<IpAddr>,
     trusted_peer: bool,
     proto: &'static str,
     host: &str,
 ) {
-    let peer_s = peer.map(|p| p.to_string());
+    let proto = HeaderValue::from_static(proto);
     if trusted_peer {
-        let prior: Vec<String> = req
+        let mut chain = req
             .headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let mut chain = prior.join(", ");
-        if let Some(p) = &peer_s {
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(p) = peer {
             if !chain.is_empty() {
                 chain.push_str(", ");
             }
-            chain.push_str(p);
+            chain.push_str(&p.to_string());
         }
-        set(req, &X_FORWARDED_FOR, &chain);
-        if req.headers.get(&X_FORWARDED_PROTO).is_none() {
-            set(req, &X_FORWARDED_PROTO, proto);
+        set(req, seen, Field::ForwardedFor, "x-forwarded-for", &chain);
+        if !seen.has(Field::ForwardedProto) {
+            let _ = req.insert_header("x-forwarded-proto", proto);
         }
-        if req.headers.get(&X_FORWARDED_HOST).is_none() {
-            set(req, &X_FORWARDED_HOST, host);
+        if !seen.has(Field::ForwardedHost) {
+            set(req, seen, Field::ForwardedHost, "x-forwarded-host", host);
         }
     } else {
-        match &peer_s {
-            Some(p) => set(req, &X_FORWARDED_FOR, p),
-            None => {
-                req.remove_header(&X_FORWARDED_FOR);
+        match peer.and_then(ip_value) {
+            Some(v) => {
+                let _ = req.insert_header("x-forwarded-for", v);
             }
+            None => seen.remove(req, Field::ForwardedFor, "x-forwarded-for"),
         }
-        set(req, &X_FORWARDED_PROTO, proto);
-        set(req, &X_FORWARDED_HOST, host);
+        let _ = req.insert_header("x-forwarded-proto", proto);
+        set(req, seen, Field::ForwardedHost, "x-forwarded-host", host);
     }
 }
 
-fn set(req: &mut RequestHeader, name: &HeaderName, value: &str) {
+/// Sets `name` to `value`, or removes it when `value` cannot be a field value.
+fn set(req: &mut RequestHeader, seen: Managed, f: Field, name: &'static str, value: &str) {
     match HeaderValue::from_str(value) {
         Ok(v) => {
-            let _ = req.insert_header(name.clone(), v);
+            let _ = req.insert_header(name, v);
         }
-        Err(_) => {
-            req.remove_header(name);
-        }
+        Err(_) => seen.remove(req, f, name),
+    }
+}
+
+/// Sets the request id, replacing one the client sent.
+pub fn set_request_id(req: &mut RequestHeader, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        let _ = req.insert_header(contracts::headers::REQUEST_ID, v);
     }
 }
 
@@ -273,6 +428,23 @@ mod tests {
         );
         let untrusted = Some("9.9.9.9".parse().expect("ip"));
         assert_eq!(client_ip(untrusted, &h, &trusted), untrusted);
+    }
+
+    #[test]
+    fn ip_values_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.99.9",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let parsed: IpAddr = ip.parse().expect("ip");
+            let v = ip_value(parsed).expect("value");
+            assert_eq!(v.to_str().expect("ascii"), parsed.to_string());
+        }
     }
 
     #[test]

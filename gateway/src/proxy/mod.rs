@@ -28,10 +28,10 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::access_log::{rfc3339_now, Entry};
+use crate::access_log::Entry;
 use crate::config::{AuthPolicy, UpstreamProtocol};
 use crate::error::EdgeError;
-use crate::metrics::{method_label, metrics};
+use crate::metrics::{method_index, method_label, metrics};
 use crate::state::{GatewayState, Runtime};
 use guard::{check_connection, check_head, check_path, HeadLimits};
 use headers::X_REQUEST_ID;
@@ -139,7 +139,7 @@ async fn answer(session: &mut Session, ctx: &mut RequestCtx, err: EdgeError) -> 
     let mut resp = ResponseHeader::build(err.status(), Some(4))?;
     resp.insert_header(CONTENT_TYPE, "application/json")?;
     resp.insert_header(CONTENT_LENGTH, body.len())?;
-    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+    resp.insert_header(contracts::headers::REQUEST_ID, ctx.request_id.as_str())?;
     if let EdgeError::Auth(a) = &err {
         resp.insert_header(http::header::WWW_AUTHENTICATE, a.www_authenticate())?;
     }
@@ -548,7 +548,7 @@ impl Gateway {
                 for (n, v) in headers {
                     resp.insert_header(n, v)?;
                 }
-                resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+                resp.insert_header(contracts::headers::REQUEST_ID, ctx.request_id.as_str())?;
                 session.write_response_header(Box::new(resp), true).await?;
                 Ok(())
             }
@@ -566,7 +566,7 @@ impl Gateway {
         let mut resp = ResponseHeader::build(200, Some(3))?;
         resp.insert_header(CONTENT_TYPE, "application/octet-stream")?;
         resp.insert_header(CONTENT_LENGTH, key_authorization.len())?;
-        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        resp.insert_header(contracts::headers::REQUEST_ID, ctx.request_id.as_str())?;
         session.write_response_header(Box::new(resp), false).await?;
         session
             .write_response_body(Some(Bytes::from(key_authorization)), true)
@@ -585,7 +585,7 @@ impl Gateway {
         let mut resp = ResponseHeader::build(308, Some(3))?;
         resp.insert_header(LOCATION, location)?;
         resp.insert_header(CONTENT_LENGTH, 0)?;
-        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        resp.insert_header(contracts::headers::REQUEST_ID, ctx.request_id.as_str())?;
         session.write_response_header(Box::new(resp), true).await?;
         Ok(())
     }
@@ -594,6 +594,10 @@ impl Gateway {
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
+
+    /// No downstream modules. Pingora's default builds a (disabled) response-compression module for
+    /// every request; the gateway never compresses (the backends do, or not).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -857,16 +861,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let upgrade = session.is_upgrade_req();
-        headers::strip_hop_by_hop(upstream_request, upgrade);
-        headers::set_identity(upstream_request, ctx.identity.as_ref());
+        let seen = headers::Managed::scan(upstream_request);
+        headers::strip_hop_by_hop(upstream_request, seen, upgrade);
+        headers::set_identity(upstream_request, seen, ctx.identity.as_ref());
         // Only the credential the edge verified goes on: the backend must not act on another one.
         match ctx.verified {
             Verified::Nothing => {}
             Verified::Jwt | Verified::KeyBearer => {
-                upstream_request.remove_header("x-api-key");
+                headers::drop_credential(upstream_request, seen, "x-api-key");
             }
             Verified::KeyHeader => {
-                upstream_request.remove_header(&http::header::AUTHORIZATION);
+                headers::drop_credential(upstream_request, seen, "authorization");
             }
         }
         let peer = session
@@ -878,9 +883,16 @@ impl ProxyHttp for Gateway {
         } else {
             "http"
         };
-        headers::set_forwarded(upstream_request, peer, ctx.peer_trusted, proto, &ctx.host);
-        headers::set_client_ip(upstream_request, ctx.client_ip);
-        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        headers::set_forwarded(
+            upstream_request,
+            seen,
+            peer,
+            ctx.peer_trusted,
+            proto,
+            &ctx.host,
+        );
+        headers::set_client_ip(upstream_request, seen, ctx.client_ip);
+        headers::set_request_id(upstream_request, &ctx.request_id);
         if let Some(rt) = ctx.runtime.as_ref() {
             if let Some(route) = ctx.route(rt) {
                 if route.spec.strip_prefix {
@@ -914,10 +926,7 @@ impl ProxyHttp for Gateway {
         ctx.response_started = true;
         if let (Some(t0), Some(rt)) = (ctx.upstream_start, ctx.runtime.as_ref()) {
             if let Some(up) = ctx.route(rt).and_then(|r| r.upstream.as_ref()) {
-                metrics()
-                    .upstream_duration
-                    .with_label_values(&[&up.name])
-                    .observe(t0.elapsed().as_secs_f64());
+                up.duration().observe(t0.elapsed().as_secs_f64());
             }
         }
         Ok(())
@@ -930,7 +939,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        resp.insert_header(contracts::headers::REQUEST_ID, ctx.request_id.as_str())?;
         if let Some((policy, state)) = ctx.rate_headers.take() {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;
@@ -939,18 +948,21 @@ impl ProxyHttp for Gateway {
             if let Some(route) = ctx.route(rt) {
                 let sec = &route.spec.security;
                 if sec.content_type_options {
-                    resp.insert_header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+                    resp.insert_header(
+                        "x-content-type-options",
+                        http::HeaderValue::from_static("nosniff"),
+                    )?;
                 }
                 if let Some(v) = &sec.referrer_policy {
-                    resp.insert_header(http::header::REFERRER_POLICY, v.clone())?;
+                    resp.insert_header("referrer-policy", v.clone())?;
                 }
                 if let Some(v) = &sec.frame_options {
-                    resp.insert_header(http::header::X_FRAME_OPTIONS, v.clone())?;
+                    resp.insert_header("x-frame-options", v.clone())?;
                 }
                 // HSTS means nothing over plain HTTP (browsers ignore it there): HTTPS responses only.
                 if let Some(v) = &sec.hsts {
                     if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
-                        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
+                        resp.insert_header("strict-transport-security", v.clone())?;
                     }
                 }
                 if let (Some(cors), Some(origin)) = (&route.spec.cors, ctx.cors_origin.as_deref()) {
@@ -1007,19 +1019,23 @@ impl ProxyHttp for Gateway {
         let route = rt.and_then(|rt| ctx.route(rt));
         let route_name = route.map_or("<none>", |r| r.spec.name.as_str());
         let req = session.req_header();
-        let method = method_label(&req.method);
-        let code_buf = status_digits(status);
-        let status_label = std::str::from_utf8(&code_buf).unwrap_or("0");
-        metrics()
-            .requests
-            .with_label_values(&[route_name, method, status_label])
-            .inc();
         match route {
-            Some(r) => r.duration().observe(elapsed.as_secs_f64()),
-            None => metrics()
-                .request_duration
-                .with_label_values(&["<none>"])
-                .observe(elapsed.as_secs_f64()),
+            Some(r) => {
+                r.count_request(method_index(&req.method), status);
+                r.duration().observe(elapsed.as_secs_f64());
+            }
+            None => {
+                let code_buf = status_digits(status);
+                let status_label = std::str::from_utf8(&code_buf).unwrap_or("0");
+                metrics()
+                    .requests
+                    .with_label_values(&[route_name, method_label(&req.method), status_label])
+                    .inc();
+                metrics()
+                    .request_duration
+                    .with_label_values(&["<none>"])
+                    .observe(elapsed.as_secs_f64());
+            }
         }
         if self.state.access_log.enabled() {
             let up = route.and_then(|r| r.upstream.as_ref());
@@ -1038,15 +1054,14 @@ impl ProxyHttp for Gateway {
                 ctx.host.as_str()
             };
             self.state.access_log.write(&Entry {
-                time: &rfc3339_now(),
                 request_id: &ctx.request_id,
-                client_ip: ctx.client_ip.map(|i| i.to_string()),
+                client_ip: ctx.client_ip,
                 host,
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 status,
                 bytes: session.body_bytes_sent(),
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                duration: elapsed,
                 route: route.map(|r| r.spec.name.as_str()),
                 upstream: up.map(|u| u.name.as_str()),
                 server,

@@ -143,12 +143,20 @@ pub struct Upstream {
     schedule: Vec<u16>,
     /// Consistent-hash ring of (point, server index), sorted (hash_tenant balance).
     ring: Vec<(u64, u16)>,
+    /// `gateway_upstream_duration_seconds{upstream}`, bound on first use.
+    duration: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 /// Virtual nodes per unit of weight on the hash ring.
 const RING_POINTS: u32 = 160;
 
 impl Upstream {
+    /// The group's upstream-latency histogram.
+    pub fn duration(&self) -> &prometheus::Histogram {
+        self.duration
+            .get_or_init(|| metrics().upstream_duration.with_label_values(&[&self.name]))
+    }
+
     /// Builds the group, reusing server state from `registry`.
     pub fn new(spec: &UpstreamSpec, registry: &ServerRegistry) -> Upstream {
         let servers: Vec<Arc<ServerState>> = spec
@@ -169,6 +177,7 @@ impl Upstream {
         }
         let weights: Vec<u32> = spec.servers.iter().map(|s| s.weight).collect();
         Upstream {
+            duration: std::sync::OnceLock::new(),
             name: spec.name.clone(),
             balance: spec.balance,
             protocol: spec.protocol,
