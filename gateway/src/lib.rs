@@ -38,6 +38,8 @@ use state::GatewayState;
 /// Builds the Pingora server for `config` (read from `path`, which is then watched for changes).
 /// L4 write buffer of the https entrypoint: one full TLS record (16 KiB of plaintext) and its overhead.
 const TLS_WRITE_BUFFER: usize = 16 * 1024 + 256;
+/// L4 write buffer of the http entrypoint: a response head and a small body in one write.
+const HTTP_WRITE_BUFFER: usize = 4 * 1024;
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +117,17 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         },
     );
     if let Some(addr) = http {
-        proxy.add_tcp(&addr.to_string());
+        // A response head with the edge's fields (request id, security headers, RateLimit, CORS) and a
+        // small body pass Pingora's default 1460-byte L4 write buffer: room for 4 KiB keeps them to one
+        // `sendto`.
+        proxy.add_listener(
+            pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(
+                pingora::protocols::l4::stream::L4BufferSettings {
+                    read: None,
+                    write: Some(HTTP_WRITE_BUFFER),
+                },
+            ),
+        );
     }
     server.add_service(proxy);
 
