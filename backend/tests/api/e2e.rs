@@ -194,6 +194,16 @@ async fn via_gateway_with(
     )
 }
 
+/// `GET path` on `host` through the gateway with `token`.
+async fn get_at_edge(
+    gw: &GatewayProcess,
+    host: &str,
+    path: &str,
+    token: &str,
+) -> (u16, serde_json::Value) {
+    via_gateway(gw, "GET", host, path, Some(token), None).await
+}
+
 /// Logs `email` of the tenant of `host` in through the gateway; returns (access, refresh).
 async fn login_at_edge(gw: &GatewayProcess, host: &str, email: &str) -> (String, String) {
     let (status, pair) = via_gateway(
@@ -225,30 +235,14 @@ async fn login_call_logout_then_refused_at_the_edge() {
 
     let (access, _) = login_at_edge(&gw, "acme.aggios.app", "ann@acme.test").await;
 
-    let (status, me) = via_gateway(
-        &gw,
-        "GET",
-        "acme.aggios.app",
-        "/api/users/me",
-        Some(&access),
-        None,
-    )
-    .await;
+    let (status, me) = get_at_edge(&gw, "acme.aggios.app", "/api/users/me", &access).await;
     assert_eq!(
         (status, me["user"]["email"].as_str()),
         (200, Some("ann@acme.test"))
     );
 
     // The same token on another tenant's host is refused by the gateway (403), before the backend.
-    let (status, body) = via_gateway(
-        &gw,
-        "GET",
-        "globex.aggios.app",
-        "/api/users/me",
-        Some(&access),
-        None,
-    )
-    .await;
+    let (status, body) = get_at_edge(&gw, "globex.aggios.app", "/api/users/me", &access).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("tenant_mismatch"))
@@ -269,15 +263,7 @@ async fn login_call_logout_then_refused_at_the_edge() {
     let start = Instant::now();
     loop {
         let seen = backend_saw(&app, "users_me").await;
-        let (status, body) = via_gateway(
-            &gw,
-            "GET",
-            "acme.aggios.app",
-            "/api/users/me",
-            Some(&access),
-            None,
-        )
-        .await;
+        let (status, body) = get_at_edge(&gw, "acme.aggios.app", "/api/users/me", &access).await;
         if status == 401
             && body["error"]["code"] == "token_revoked"
             && backend_saw(&app, "users_me").await == seen
@@ -487,17 +473,7 @@ async fn deactivation_and_demotion_revoke_live_tokens_at_the_edge_and_the_backen
     let (carl_old, carl_refresh) = login("carl@acme.test").await;
     let me = |token: String| {
         let gw = &gw;
-        async move {
-            via_gateway(
-                gw,
-                "GET",
-                "acme.aggios.app",
-                "/api/users/me",
-                Some(&token),
-                None,
-            )
-            .await
-        }
+        async move { get_at_edge(gw, "acme.aggios.app", "/api/users/me", &token).await }
     };
     assert_eq!(me(ann_old.clone()).await.0, 200);
 

@@ -324,6 +324,22 @@ async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
 
 const SECRET: &str = "on-demand-secret-on-demand-secret-01";
 
+/// `GET /api/orders` on the tenant's own domain `shop.example.org`, over TLS with `client`.
+async fn shop(
+    gw: &Gateway,
+    headers: &[(&str, &str)],
+    client: &Arc<rustls::ClientConfig>,
+) -> Result<TlsResp, String> {
+    get(
+        gw.https,
+        "shop.example.org",
+        "/api/orders",
+        headers,
+        client.clone(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn on_demand_certificates_only_for_domains_an_active_tenant_owns() {
     let ports = (free_port(), free_port(), free_port());
@@ -390,15 +406,9 @@ upstream = "u"
     // An active tenant's domain: the first handshake waits for its certificate.
     let hits = up.hits.load(std::sync::atomic::Ordering::SeqCst);
     let bearer = Token::new(SECRET, "acme").bearer();
-    let r = get(
-        gw.https,
-        "shop.example.org",
-        "/api/orders",
-        &[("authorization", &bearer)],
-        client.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("first handshake on a tenant's domain: {e}\n{}", gw.stderr()));
+    let r = shop(&gw, &[("authorization", &bearer)], &client)
+        .await
+        .unwrap_or_else(|e| panic!("first handshake on a tenant's domain: {e}\n{}", gw.stderr()));
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json()["headers"]["x-tenant-id"],
@@ -416,39 +426,19 @@ upstream = "u"
     );
     // Routed as that tenant's: tenant binding applies to the domain.
     let other = Token::new(SECRET, "globex").bearer();
-    let r = get(
-        gw.https,
-        "shop.example.org",
-        "/api/orders",
-        &[("authorization", &other)],
-        client.clone(),
-    )
-    .await
-    .expect("request");
+    let r = shop(&gw, &[("authorization", &other)], &client)
+        .await
+        .expect("request");
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "tenant_mismatch");
-    let r = get(
-        gw.https,
-        "shop.example.org",
-        "/api/orders",
-        &[],
-        client.clone(),
-    )
-    .await
-    .expect("request");
+    let r = shop(&gw, &[], &client).await.expect("request");
     assert_eq!(r.status, 401);
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), hits + 1);
     // Later handshakes are served from the store: no new order, no new ask.
     let asks = ask.hits();
-    let r = get(
-        gw.https,
-        "shop.example.org",
-        "/api/orders",
-        &[("authorization", &bearer)],
-        client.clone(),
-    )
-    .await
-    .expect("request");
+    let r = shop(&gw, &[("authorization", &bearer)], &client)
+        .await
+        .expect("request");
     assert_eq!(r.status, 200);
     assert_eq!(pebble.orders(), 1);
     assert_eq!(ask.hits(), asks);

@@ -8,6 +8,11 @@ use crate::helpers::*;
 
 const SECRET: &str = "api-key-test-secret-api-key-test-01";
 
+/// A bearer token of user `u-1` of `tenant`.
+fn token_of(tenant: &str) -> String {
+    Token::new(SECRET, tenant).user("u-1").bearer()
+}
+
 struct Key {
     full: String,
     prefix: String,
@@ -198,10 +203,7 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
         .get_with(
             "acme.aggios.app",
             "/either/a",
-            &[(
-                "authorization",
-                &Token::new(SECRET, "acme").user("u-1").bearer(),
-            )],
+            &[("authorization", &token_of("acme"))],
         )
         .await;
     assert_eq!(r.status, 200);
@@ -210,10 +212,7 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
         .get_with(
             "acme.aggios.app",
             "/either/a",
-            &[(
-                "authorization",
-                &Token::new(SECRET, "globex").user("u-1").bearer(),
-            )],
+            &[("authorization", &token_of("globex"))],
         )
         .await;
     assert_eq!(
@@ -413,7 +412,7 @@ async fn only_the_verified_credential_is_forwarded() {
     let (up, lookup, gw) = (&stack.up, &stack.lookup, &stack.gw);
     let key = new_key();
     publish(lookup, &key, "acme", &["files:read"], None);
-    let token = Token::new(SECRET, "acme").user("u-1").bearer();
+    let token = token_of("acme");
     let bearer_key = format!("Bearer {}", key.full);
     let seen = |r: &Resp, h: &str| r.json()["headers"].get(h).is_some();
     let (tok, api) = (
@@ -612,13 +611,7 @@ upstream = "u"
         .get_with(
             "acme.aggios.app",
             "/token/x",
-            &[
-                (
-                    "authorization",
-                    &Token::new(SECRET, "acme").user("u-1").bearer(),
-                ),
-                from("203.0.113.50"),
-            ],
+            &[("authorization", &token_of("acme")), from("203.0.113.50")],
         )
         .await;
     assert_eq!(r.status, 200);

@@ -38,6 +38,36 @@ fn token(alg: Algorithm, kid: &str, key: &EncodingKey) -> String {
     format!("Bearer {}", encode(&h, &claims, key).expect("sign"))
 }
 
+/// A JWKS from `idp` at `path`, refreshed every `refresh`, protecting `/api` on every tenant's host;
+/// `extra_route` is appended.
+fn config(
+    idp: &DocServer,
+    up: &TestUpstream,
+    path: &str,
+    refresh: &str,
+    extra_route: &str,
+) -> String {
+    format!(
+        r#"[tenancy]
+base_domains = ["aggios.app"]
+
+[auth.jwt]
+jwks_url = "http://{idp}{path}"
+jwks_refresh = "{refresh}"
+
+{up}
+[[routes]]
+name = "api"
+hosts = ["*.aggios.app"]
+path_prefix = "/api"
+auth = "jwt_tenant"
+upstream = "u"
+{extra_route}"#,
+        idp = idp.addr,
+        up = upstream_toml("u", &[up], "")
+    )
+}
+
 async fn status(gw: &Gateway, auth: &str) -> (u16, String) {
     let r = gw
         .get_with("acme.aggios.app", "/api/x", &[("authorization", auth)])
@@ -55,26 +85,7 @@ async fn jwks_keys_refresh_and_the_last_good_set_is_kept() {
     let up = TestUpstream::start("u");
     let idp = DocServer::start().await;
     idp.set("/jwks.json", 200, &jwks_with(&["rsa-1"]));
-    let gw = Gateway::start(&format!(
-        r#"[tenancy]
-base_domains = ["aggios.app"]
-
-[auth.jwt]
-jwks_url = "http://{}/jwks.json"
-jwks_refresh = "1s"
-
-{}
-[[routes]]
-name = "api"
-hosts = ["*.aggios.app"]
-path_prefix = "/api"
-auth = "jwt_tenant"
-upstream = "u"
-"#,
-        idp.addr,
-        upstream_toml("u", &[&up], "")
-    ))
-    .await;
+    let gw = Gateway::start(&config(&idp, &up, "/jwks.json", "1s", "")).await;
     let rsa = EncodingKey::from_rsa_pem(&key_file("rsa.pem")).expect("rsa");
     let ec = EncodingKey::from_ec_pem(&key_file("ec.pk8.pem")).expect("ec");
     let rs_token = token(Algorithm::RS256, "rsa-1", &rsa);
@@ -128,27 +139,7 @@ async fn a_reload_keeps_the_set_of_an_unchanged_url() {
     let idp = DocServer::start().await;
     idp.set("/jwks.json", 200, &jwks_with(&["rsa-1"]));
     idp.set("/other.json", 200, &jwks_with(&["ec-1"]));
-    let cfg = |path: &str, extra_route: &str| {
-        format!(
-            r#"[tenancy]
-base_domains = ["aggios.app"]
-
-[auth.jwt]
-jwks_url = "http://{}{path}"
-jwks_refresh = "1h"
-
-{}
-[[routes]]
-name = "api"
-hosts = ["*.aggios.app"]
-path_prefix = "/api"
-auth = "jwt_tenant"
-upstream = "u"
-{extra_route}"#,
-            idp.addr,
-            upstream_toml("u", &[&up], "")
-        )
-    };
+    let cfg = |path: &str, extra_route: &str| config(&idp, &up, path, "1h", extra_route);
     let gw = Gateway::start(&cfg("/jwks.json", "")).await;
     let rsa = EncodingKey::from_rsa_pem(&key_file("rsa.pem")).expect("rsa");
     let ec = EncodingKey::from_ec_pem(&key_file("ec.pk8.pem")).expect("ec");
