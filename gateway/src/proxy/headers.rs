@@ -333,10 +333,11 @@ pub fn set_forwarded(
             chain.push_str(&p.to_string());
         }
         set(req, seen, Field::ForwardedFor, "x-forwarded-for", &chain);
-        if !seen.has(Field::ForwardedProto) {
+        // Looked up again (not taken from `seen`): `Connection` may have named and removed them.
+        if !req.headers.contains_key("x-forwarded-proto") {
             let _ = req.insert_header("x-forwarded-proto", proto);
         }
-        if !seen.has(Field::ForwardedHost) {
+        if !req.headers.contains_key("x-forwarded-host") {
             set(req, seen, Field::ForwardedHost, "x-forwarded-host", host);
         }
     } else {
@@ -428,6 +429,71 @@ mod tests {
         );
         let untrusted = Some("9.9.9.9".parse().expect("ip"));
         assert_eq!(client_ip(untrusted, &h, &trusted), untrusted);
+    }
+
+    /// The one-pass rewrite removes every managed field a client sent and nothing else.
+    #[test]
+    fn managed_fields_sent_by_a_client_are_replaced_or_removed() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        for (n, v) in [
+            ("host", "acme.aggios.app"),
+            ("accept", "*/*"),
+            ("connection", "keep-alive, x-custom, x-request-id"),
+            ("x-custom", "named by Connection"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("proxy-authorization", "Basic eA=="),
+            ("upgrade", "websocket"),
+            ("x-user-id", "evil"),
+            ("x-tenant-id", "evil"),
+            ("x-user-email", "evil@x"),
+            ("x-user-role", "admin"),
+            ("x-auth-anything", "evil"),
+            ("x-aggios-client-ip", "6.6.6.6"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-request-id", "client-id"),
+            ("x-api-key", "ak_unverified"),
+        ] {
+            req.append_header(n, v).expect("header");
+        }
+        let seen = Managed::scan(&req);
+        strip_hop_by_hop(&mut req, seen, false);
+        set_identity(&mut req, seen, None);
+        drop_credential(&mut req, seen, "x-api-key");
+        let peer: IpAddr = "192.0.2.7".parse().expect("ip");
+        set_forwarded(&mut req, seen, Some(peer), false, "http", "acme.aggios.app");
+        set_client_ip(&mut req, seen, Some(peer));
+        set_request_id(&mut req, "edge-id");
+        let mut names: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "host",
+                "x-aggios-client-ip",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-request-id"
+            ]
+        );
+        let get = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(get("x-forwarded-for"), Some("192.0.2.7"));
+        assert_eq!(get("x-aggios-client-ip"), Some("192.0.2.7"));
+        assert_eq!(get("x-forwarded-proto"), Some("http"));
+        assert_eq!(get("x-forwarded-host"), Some("acme.aggios.app"));
+        assert_eq!(get("x-request-id"), Some("edge-id"));
+        // The wire form keeps one entry per field (the case map stays in step with the values).
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            String::from_utf8_lossy(&wire).matches("\r\n").count(),
+            names.len()
+        );
     }
 
     #[test]
