@@ -38,6 +38,8 @@ pub struct AppState {
     pub internal_db: sqlx::PgPool,
     /// Requests being handled right now, on this state's listeners (also `backend_http_requests_in_flight`).
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// `Config::fault_panic_path` (fault injection for tests).
+    pub fault_panic_path: Option<String>,
 }
 
 /// Connections of the internal listener's pool (API-key lookups, tenant-domain asks).
@@ -103,6 +105,7 @@ impl AppState {
             trusted_gateways: config.trusted_gateways.clone(),
             internal_db: crate::db::connect(&config.database_url, INTERNAL_POOL_SIZE)?,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            fault_panic_path: config.fault_panic_path.clone(),
         }))
     }
 }

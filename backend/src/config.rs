@@ -54,6 +54,9 @@ pub struct Config {
     /// Peers whose `X-Aggios-Client-Ip` is believed (the gateways); anyone else's address is the peer's.
     pub trusted_gateways: Vec<ipnet::IpNet>,
     pub migrate_on_start: bool,
+    /// Fault injection for tests (`BACKEND_FAULT_PANIC_PATH`, never set in production): a request for
+    /// exactly this path panics inside its handler.
+    pub fault_panic_path: Option<String>,
 }
 
 /// The gateways' addresses unless `TRUSTED_GATEWAYS` says otherwise: loopback (the local stack).
@@ -185,6 +188,7 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
             get("MIGRATE_ON_START").as_deref(),
             Some("0" | "false" | "no")
         ),
+        fault_panic_path: get("BACKEND_FAULT_PANIC_PATH").filter(|p| p.starts_with('/')),
     })
 }
 

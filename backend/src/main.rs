@@ -72,6 +72,17 @@ fn main() -> ExitCode {
         .json()
         .flatten_event(true)
         .init();
+    // A panic is logged as one JSON line with where it happened and the backtrace; the request that
+    // panicked is answered 500 by the handler's guard (`http::handle`) and the process lives on.
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(
+            panic = %info,
+            backtrace = %backtrace,
+            thread = std::thread::current().name().unwrap_or("?"),
+            "panic"
+        );
+    }));
     let config = match config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -3,8 +3,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -14,6 +14,7 @@ pub struct Metrics {
     pub pool: IntGaugeVec,
     pub argon2: Histogram,
     pub in_flight: IntGauge,
+    pub panics: IntCounter,
 }
 
 impl Metrics {
@@ -51,6 +52,11 @@ impl Metrics {
             "backend_http_requests_in_flight",
             "Requests being handled right now.",
         )?;
+        let panics = IntCounter::new(
+            "backend_panics_total",
+            "Requests whose handler panicked (answered 500; the process lives on).",
+        )?;
+        registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -63,6 +69,7 @@ impl Metrics {
             pool,
             argon2,
             in_flight,
+            panics,
         })
     }
 

@@ -223,6 +223,7 @@ async fn postgres_down_gives_503_then_recovers() {
         inline_types: Vec::new(),
         trusted_gateways: vec!["127.0.0.0/8".parse().expect("net")],
         migrate_on_start: false,
+        fault_panic_path: None,
     };
     let state = AppState::new(&config).await.expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -185,10 +185,25 @@ pub async fn handle(
         peer,
     };
     let route = route_label(&ctx.method, &ctx.path);
-    let result = if internal {
-        routes::dispatch_internal(&ctx).await
-    } else {
-        routes::dispatch(&ctx, body).await
+    // A panic in a handler ends this request only: 500 with its request id, counted; the process and
+    // every other request go on (the panic hook has logged it with its backtrace).
+    let handled = std::panic::AssertUnwindSafe(async {
+        if ctx.state.fault_panic_path.as_deref() == Some(ctx.path.as_str()) {
+            panic!("fault injected at {}", ctx.path);
+        }
+        if internal {
+            routes::dispatch_internal(&ctx).await
+        } else {
+            routes::dispatch(&ctx, body).await
+        }
+    });
+    let result = match futures_util::FutureExt::catch_unwind(handled).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics().panics.inc();
+            tracing::error!(request_id = %ctx.request_id, path = %ctx.path, "handler panicked");
+            Err(error::ApiError::Internal("handler panicked".to_string()))
+        }
     };
     let mut resp = match result {
         Ok(r) => r,

@@ -79,18 +79,24 @@ impl TestApp {
 
     /// Also with a read replica URL (`DATABASE_READ_URL`).
     pub async fn spawn_with(storage: Option<StorageConfig>, read_url: Option<String>) -> TestApp {
-        Self::spawn_full(storage, read_url, redis_url()).await
+        Self::spawn_full(storage, read_url, redis_url(), None).await
+    }
+
+    /// With fault injection: a request for exactly `path` panics in its handler.
+    pub async fn spawn_with_fault(path: &str) -> TestApp {
+        Self::spawn_full(None, None, redis_url(), Some(path.to_string())).await
     }
 
     /// With Redis at `redis` (e.g. a closed port, to test an outage).
     pub async fn spawn_with_redis(redis: String) -> TestApp {
-        Self::spawn_full(None, None, redis).await
+        Self::spawn_full(None, None, redis, None).await
     }
 
     async fn spawn_full(
         storage: Option<StorageConfig>,
         read_url: Option<String>,
         redis: String,
+        fault_panic_path: Option<String>,
     ) -> TestApp {
         let files_dir = tempfile::tempdir().expect("tempdir");
         let db_name = format!("aggios_t_{}", uuid::Uuid::new_v4().simple());
@@ -129,6 +135,7 @@ impl TestApp {
                 .map(str::to_string)
                 .collect(),
             migrate_on_start: false,
+            fault_panic_path,
         };
         let state: Arc<AppState> = AppState::new(&config).await.expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

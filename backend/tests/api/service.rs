@@ -76,6 +76,67 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     assert!(text.starts_with("HTTP/1.1 201"), "{text}");
 }
 
+/// `backend_panics_total`, read from the service's own `/metrics`.
+async fn panics_counted(app: &TestApp) -> f64 {
+    let (_, body, _) = app
+        .call_raw("GET", "/metrics", "x", None, "", Bytes::new())
+        .await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("backend_panics_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("backend_panics_total missing from /metrics:\n{text}"))
+}
+
+/// A handler that panics ends its own request with a 500 carrying the request id, is counted, and
+/// leaves the process and the other requests alone (a request in flight on another connection, and the
+/// next ones).
+#[tokio::test]
+async fn a_panic_in_a_handler_is_a_500_for_that_request_only() {
+    let app = TestApp::spawn_with_fault("/api/fault/panic").await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
+    let (token, _) = app.login("acme.aggios.app", "ann@acme.test").await;
+    let before = panics_counted(&app).await;
+    let (status, body, headers) = app.get("/api/fault/panic", "acme.aggios.app", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("internal_error")),
+        "{body}"
+    );
+    let id = body["error"]["request_id"].as_str().expect("request id");
+    assert_eq!(
+        headers
+            .get(contracts::headers::REQUEST_ID)
+            .and_then(|v| v.to_str().ok()),
+        Some(id)
+    );
+    assert_eq!(panics_counted(&app).await - before, 1.0);
+    // Many at once, beside ordinary requests: each panics alone.
+    let calls = (0..8).map(|i| {
+        let (app, token) = (&app, token.clone());
+        async move {
+            if i % 2 == 0 {
+                app.get("/api/fault/panic", "acme.aggios.app", None).await.0
+            } else {
+                app.get("/api/users/me", "acme.aggios.app", Some(&token))
+                    .await
+                    .0
+            }
+        }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert_eq!(statuses, [500, 200, 500, 200, 500, 200, 500, 200]);
+    assert_eq!(panics_counted(&app).await - before, 5.0);
+    let (status, me, _) = app
+        .get("/api/users/me", "acme.aggios.app", Some(&token))
+        .await;
+    assert_eq!(
+        (status, me["user"]["email"].as_str()),
+        (200, Some("ann@acme.test"))
+    );
+}
+
 #[tokio::test]
 async fn readyz_reports_each_dependency() {
     let app = TestApp::spawn().await;
@@ -156,6 +217,7 @@ async fn a_role_that_bypasses_rls_is_refused_at_start() {
         trusted_gateways: Vec::new(),
         inline_types: Vec::new(),
         migrate_on_start: false,
+        fault_panic_path: None,
     };
     match backend::app::AppState::new(&config).await {
         Err(backend::app::StartError::BypassesRls) => {}
