@@ -102,6 +102,9 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
             state: state.clone(),
             on_demand: on_demand.clone(),
             acme: acme_client.clone(),
+            fault_panic_path: std::env::var("GATEWAY_FAULT_PANIC_PATH")
+                .ok()
+                .filter(|p| p.starts_with('/')),
         },
         server.configuration.clone(),
     );

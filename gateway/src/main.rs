@@ -66,6 +66,17 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Pretty => builder.init(),
     }
+    // A panic is logged as one line with where it happened and the backtrace; a panic inside a request
+    // hook is then answered 500 by the hook's guard (`proxy::caught`) and the process lives on.
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(
+            panic = %info,
+            backtrace = %backtrace,
+            thread = std::thread::current().name().unwrap_or("?"),
+            "panic"
+        );
+    }));
 }
 
 fn main() -> ExitCode {

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub acme_orders: IntCounterVec,
     pub acme_failures: IntGaugeVec,
     pub tls_on_demand: IntCounterVec,
+    pub panics: IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -186,6 +187,11 @@ impl Metrics {
         for r in ["success", "failure"] {
             acme_orders.with_label_values(&[r]);
         }
+        let panics = IntCounter::new(
+            "gateway_panics_total",
+            "Requests whose hook panicked (answered 500; the process lives on).",
+        )?;
+        registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -218,6 +224,7 @@ impl Metrics {
             acme_orders,
             acme_failures,
             tls_on_demand,
+            panics,
         })
     }
 

@@ -50,6 +50,25 @@ pub struct Gateway {
     pub on_demand: Option<Arc<crate::tls::on_demand::OnDemand>>,
     /// The ACME client: HTTP-01 answers of this replica or, with shared storage, of any replica.
     pub acme: Option<Arc<crate::tls::acme::AcmeClient>>,
+    /// Fault injection for tests (`GATEWAY_FAULT_PANIC_PATH`, never set in production): a request for
+    /// exactly this path panics inside `request_filter`.
+    pub fault_panic_path: Option<String>,
+}
+
+/// Runs one of the request's hooks; a panic in it becomes this request's 500 (`internal_error`, with its
+/// request id), counted in `gateway_panics_total`, instead of ending the connection's task unanswered.
+async fn caught<T>(
+    hook: &'static str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics().panics.inc();
+            tracing::error!(hook, "a request hook panicked; answered 500");
+            Error::e_explain(ErrorType::HTTPStatus(500), "a request hook panicked")
+        }
+    }
 }
 
 /// Counts a request in `gateway_http_connections_active` for as long as it lives.
@@ -591,75 +610,15 @@ impl Gateway {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    /// No downstream modules. Pingora's default builds a (disabled) response-compression module for
-    /// every request; the gateway never compresses (the backends do, or not).
-    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            start: Instant::now(),
-            _in_flight: InFlight::new(),
-            runtime: None,
-            request_id: String::new(),
-            client_ip: None,
-            peer_trusted: false,
-            host: String::new(),
-            route: None,
-            tenant: None,
-            server: None,
-            tried: Vec::new(),
-            tries: 0,
-            active: None,
-            response_started: false,
-            upstream_start: None,
-            body_bytes: 0,
-            error: None,
-            identity: None,
-            cors_origin: None,
-            preflight: false,
-            api_key: None,
-            api_key_from_header: false,
-            api_key_record: None,
-            rate_headers: None,
-            verified: Verified::Nothing,
-        }
-    }
-
-    /// Runs first: snapshots the config, fixes the request id and the client address.
-    async fn early_request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        ctx.start = Instant::now();
-        head_deadline::head_done(session.as_downstream().stream());
-        let rt = self.state.current();
-        let req = session.req_header();
-        ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
-            Some(v) if headers::valid_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            _ => headers::new_request_id(),
-        };
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let trusted = &rt.config.trusted_proxies;
-        ctx.peer_trusted = peer.is_some_and(|p| headers::is_trusted(p, trusted));
-        ctx.client_ip = headers::client_ip(peer, &session.req_header().headers, trusted);
-        session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
-        session.set_read_timeout(Some(rt.config.limits.body_timeout));
-        ctx.runtime = Some(rt);
-        Ok(())
-    }
-
+/// The hooks' own work; the trait methods run each under [`caught`].
+impl Gateway {
     /// Validates the request, matches a route and answers here whatever must not reach a backend.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn filter_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(path) = &self.fault_panic_path {
+            if session.req_header().uri.path() == path.as_str() {
+                panic!("fault injected at {path}");
+            }
+        }
         let Some(rt) = ctx.runtime.clone() else {
             answer(session, ctx, EdgeError::Internal).await?;
             return Ok(true);
@@ -743,30 +702,8 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    /// Counts body bytes against the route's limit (chunked bodies have no length up front).
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let (Some(b), Some(rt)) = (body.as_ref(), ctx.runtime.as_ref()) {
-            ctx.body_bytes += b.len() as u64;
-            if let Some(r) = ctx.route(rt) {
-                if ctx.body_bytes > r.spec.max_body_bytes {
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(413),
-                        "request body over max_body_bytes",
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Picks a server of the route's upstream that this request has not tried yet.
-    async fn upstream_peer(
+    async fn choose_peer(
         &self,
         _session: &mut Session,
         ctx: &mut RequestCtx,
@@ -804,57 +741,8 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    /// Connection failures are retried on another server while tries remain.
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        ctx.active = None;
-        let max = ctx
-            .runtime
-            .as_ref()
-            .and_then(|rt| ctx.route(rt))
-            .and_then(|r| r.upstream.as_ref())
-            .map_or(1, |u| u.spec.max_tries);
-        e.set_retry(ctx.tries < max);
-        e
-    }
-
-    /// A reset before any response byte is retried for idempotent methods whose body can be replayed.
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut RequestCtx,
-        _client_reused: bool,
-    ) -> Box<Error> {
-        let mut e = e.more_context(format!("peer: {peer}"));
-        let max = ctx
-            .runtime
-            .as_ref()
-            .and_then(|rt| ctx.route(rt))
-            .and_then(|r| r.upstream.as_ref())
-            .map_or(1, |u| u.spec.max_tries);
-        let replayable = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
-        let before_response = !ctx.response_started;
-        let timed_out = matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        );
-        e.set_retry(replayable && before_response && !timed_out && ctx.tries < max);
-        if e.retry() {
-            ctx.active = None;
-        }
-        e
-    }
-
     /// Strips what clients must not choose, sets forwarding headers and the route's rewrites.
-    async fn upstream_request_filter(
+    async fn rewrite_upstream_request(
         &self,
         session: &mut Session,
         upstream_request: &mut pingora::http::RequestHeader,
@@ -916,24 +804,8 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// The upstream answered: no retry from here on; record its latency.
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        ctx.response_started = true;
-        if let (Some(t0), Some(rt)) = (ctx.upstream_start, ctx.runtime.as_ref()) {
-            if let Some(up) = ctx.route(rt).and_then(|r| r.upstream.as_ref()) {
-                up.duration().observe(t0.elapsed().as_secs_f64());
-            }
-        }
-        Ok(())
-    }
-
     /// Adds the request id and the route's response rewrites.
-    async fn response_filter(
+    async fn rewrite_response(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
@@ -974,6 +846,195 @@ impl ProxyHttp for Gateway {
                 if !route.spec.response_headers.is_empty() {
                     headers::apply_response_rules(resp, &route.spec.response_headers);
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        caught("request_filter", self.filter_request(session, ctx)).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        caught("upstream_peer", self.choose_peer(session, ctx)).await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        caught(
+            "upstream_request_filter",
+            self.rewrite_upstream_request(session, upstream_request, ctx),
+        )
+        .await
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        caught("response_filter", self.rewrite_response(session, resp, ctx)).await
+    }
+
+    type CTX = RequestCtx;
+
+    /// No downstream modules. Pingora's default builds a (disabled) response-compression module for
+    /// every request; the gateway never compresses (the backends do, or not).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            _in_flight: InFlight::new(),
+            runtime: None,
+            request_id: String::new(),
+            client_ip: None,
+            peer_trusted: false,
+            host: String::new(),
+            route: None,
+            tenant: None,
+            server: None,
+            tried: Vec::new(),
+            tries: 0,
+            active: None,
+            response_started: false,
+            upstream_start: None,
+            body_bytes: 0,
+            error: None,
+            identity: None,
+            cors_origin: None,
+            preflight: false,
+            api_key: None,
+            api_key_from_header: false,
+            api_key_record: None,
+            rate_headers: None,
+            verified: Verified::Nothing,
+        }
+    }
+
+    /// Runs first: snapshots the config, fixes the request id and the client address.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.start = Instant::now();
+        head_deadline::head_done(session.as_downstream().stream());
+        let rt = self.state.current();
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
+            Some(v) if headers::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => headers::new_request_id(),
+        };
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = &rt.config.trusted_proxies;
+        ctx.peer_trusted = peer.is_some_and(|p| headers::is_trusted(p, trusted));
+        ctx.client_ip = headers::client_ip(peer, &session.req_header().headers, trusted);
+        session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        session.set_read_timeout(Some(rt.config.limits.body_timeout));
+        ctx.runtime = Some(rt);
+        Ok(())
+    }
+
+    /// Counts body bytes against the route's limit (chunked bodies have no length up front).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(b), Some(rt)) = (body.as_ref(), ctx.runtime.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if let Some(r) = ctx.route(rt) {
+                if ctx.body_bytes > r.spec.max_body_bytes {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(413),
+                        "request body over max_body_bytes",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Connection failures are retried on another server while tries remain.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.active = None;
+        let max = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| ctx.route(rt))
+            .and_then(|r| r.upstream.as_ref())
+            .map_or(1, |u| u.spec.max_tries);
+        e.set_retry(ctx.tries < max);
+        e
+    }
+
+    /// A reset before any response byte is retried for idempotent methods whose body can be replayed.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let max = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| ctx.route(rt))
+            .and_then(|r| r.upstream.as_ref())
+            .map_or(1, |u| u.spec.max_tries);
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let before_response = !ctx.response_started;
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        e.set_retry(replayable && before_response && !timed_out && ctx.tries < max);
+        if e.retry() {
+            ctx.active = None;
+        }
+        e
+    }
+
+    /// The upstream answered: no retry from here on; record its latency.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        if let (Some(t0), Some(rt)) = (ctx.upstream_start, ctx.runtime.as_ref()) {
+            if let Some(up) = ctx.route(rt).and_then(|r| r.upstream.as_ref()) {
+                up.duration().observe(t0.elapsed().as_secs_f64());
             }
         }
         Ok(())
