@@ -734,6 +734,26 @@ mod tests {
         );
     }
 
+    /// Found replaying the `config` corpus in a debug build: a host regex of stacked repetitions
+    /// (`$$…***…???…`) made the regex parser recurse past a 2 MiB thread stack. Nesting is now capped.
+    #[test]
+    fn a_deeply_nested_host_regex_is_an_error_not_a_stack_overflow() {
+        let deep = format!("~a{}", "*".repeat(200));
+        let out = lines(&format!(
+            "[entrypoints]\nhttp = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\nhosts = ['{deep}']\nupstream = \"u\"\n"
+        ));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("t.toml:8:10: invalid host regex") && out[0].contains("nested"),
+            "{out:?}"
+        );
+        let text = std::str::from_utf8(include_bytes!(
+            "../../../fuzz/corpus/config/80fe5ac196a06ec1848d91c78df42346a839c18a"
+        ))
+        .expect("utf-8");
+        assert!(!lines(text).is_empty());
+    }
+
     #[test]
     fn line_col_counts_from_one() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));

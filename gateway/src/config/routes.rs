@@ -512,11 +512,20 @@ pub(super) fn validate_security(
     }
 }
 
+/// How deeply a host regex may nest groups and repetitions. The regex crate's default (250) lets a
+/// pattern such as `a**…*` (found by fuzzing) recurse deep enough in its parser to overflow a 2 MiB
+/// thread stack in a debug build; no host pattern needs more than a few levels.
+pub const HOST_REGEX_NEST_LIMIT: u32 = 32;
+/// The compiled size a host regex may reach (the crate's default is 10 MiB per regex, times every route).
+pub const HOST_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// Parses one `hosts` entry.
 pub fn parse_host_pattern(text: &str, tenancy: &Tenancy) -> Result<HostPattern, String> {
     if let Some(re) = text.strip_prefix('~') {
         let regex = regex::RegexBuilder::new(re)
             .case_insensitive(true)
+            .nest_limit(HOST_REGEX_NEST_LIMIT)
+            .size_limit(HOST_REGEX_SIZE_LIMIT)
             .build()
             .map_err(|e| {
                 format!(
