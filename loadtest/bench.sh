@@ -15,7 +15,8 @@
 #        binding, and JWT + tenant binding + a global Redis limit; each row in CPU-µs per request (PASSES
 #        alternating wrk passes) and in user-space instructions per request (one callgrind pass: exact, where
 #        CPU time swings ±30 % on these VMs).
-#        COUNT=1 adds the instruction count to MODE=tls and MODE=ablation (COUNT=0 skips it in ablation).
+#        COUNT=1 adds the instruction count to the default mode (nginx runs with master_process off for it),
+#        MODE=tls and MODE=ablation (COUNT=0 skips it in ablation).
 # Instructions per request: the proxy runs under `valgrind --tool=callgrind --instr-atstart=no`; after an
 #   uninstrumented warm-up, `callgrind_control -i on`, COUNT_SECONDS (default 12) of wrk -c16, `-i off`,
 #   then a dump: the dump's instruction total / the requests wrk completed.
@@ -360,8 +361,18 @@ for pass in $(seq 1 "$PASSES"); do
   run_one gateway-10k-routes 18083 t5000.bench.test "$GW" run --config "$W/gw10k.toml" >> "$RESULTS"
   run_one bare-pingora 18084 t5.bench.test "$BARE" "$BAREPORT" "$ORIGIN" >> "$RESULTS"
 done
+COUNTS="$W/counts.tsv"; : > "$COUNTS"
+if [ "$COUNT" = 1 ]; then
+  echo "instruction counts (callgrind)" >&2
+  # nginx in one process (no master), so that callgrind follows the process that serves.
+  sed 's/^worker_processes 1; daemon off;/master_process off; daemon off;/' "$W/nginx.conf" > "$W/nginx-single.conf"
+  count_one nginx 18082 t5.bench.test nginx -c "$W/nginx-single.conf" >> "$COUNTS"
+  count_one gateway 18083 t5.bench.test "$GW" run --config "$W/gw10.toml" >> "$COUNTS"
+  count_one gateway-10k-routes 18083 t5000.bench.test "$GW" run --config "$W/gw10k.toml" >> "$COUNTS"
+  count_one bare-pingora 18084 t5.bench.test "$BARE" "$BAREPORT" "$ORIGIN" >> "$COUNTS"
+fi
 
-python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" <<'PY'
+python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" "$COUNTS" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
@@ -369,15 +380,20 @@ for line in open(sys.argv[1]):
     def ms(v):
         return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
     rows[name].append((float(rps), ms(p99), float(cpu), int(rss), int(non2xx)))
+counts = {}
+for line in open(sys.argv[5]):
+    name, ir, _ = line.split("\t")
+    counts[name] = int(ir)
 print(f"passes={sys.argv[2]} duration={sys.argv[3]}s connections={sys.argv[4]} (medians)\n")
-print("| target | req/s | p99 | proxy CPU-µs / request | RSS | non-2xx |")
-print("|---|---|---|---|---|---|")
+print("| target | req/s | p99 | proxy CPU-µs / request | instructions / request | RSS | non-2xx |")
+print("|---|---|---|---|---|---|---|")
 base = statistics.median(r[0] for r in rows["nginx"])
 for name in ["nginx", "gateway", "gateway-10k-routes", "bare-pingora"]:
     r = rows[name]
     rps = statistics.median(x[0] for x in r)
+    ir = f"{counts[name]:,}" if name in counts else "–"
     print(f"| {name} | {rps:,.0f} ({rps/base:.2f}× nginx) | {statistics.median(x[1] for x in r):.2f} ms | "
-          f"{statistics.median(x[2] for x in r):.1f} | {statistics.median(x[3] for x in r)} MB | {sum(x[4] for x in r)} |")
+          f"{statistics.median(x[2] for x in r):.1f} | {ir} | {statistics.median(x[3] for x in r)} MB | {sum(x[4] for x in r)} |")
 g = statistics.median(x[0] for x in rows["gateway"]); g10k = statistics.median(x[0] for x in rows["gateway-10k-routes"])
 print(f"\n10 000 routes / 10 routes throughput: {g10k/g:.2f}×")
 PY
