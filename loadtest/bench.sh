@@ -15,6 +15,8 @@
 #        binding, and JWT + tenant binding + a global Redis limit; each row in CPU-µs per request (PASSES
 #        alternating wrk passes) and in user-space instructions per request (one callgrind pass: exact, where
 #        CPU time swings ±30 % on these VMs).
+#        MODE=multicore loadtest/bench.sh [PASSES] [DURATION]  both cores for everyone: nginx with 2 workers, the
+#        gateway with threads = 2 as one runtime per thread (default) and as one work-stealing pool.
 #        COUNT=1 adds the instruction count to the default mode (nginx runs with master_process off for it),
 #        MODE=tls and MODE=ablation (COUNT=0 skips it in ablation).
 # Instructions per request: the proxy runs under `valgrind --tool=callgrind --instr-atstart=no`; after an
@@ -121,16 +123,16 @@ run_one() {
   local scheme=${SCHEME:-http}
   local extra=(); [ -n "${WRK_HEADER:-}" ] && extra=(-H "$WRK_HEADER")
   [ -n "${WRK_HEADER2:-}" ] && extra+=(-H "$WRK_HEADER2")
-  taskset -c 0 "$@" > "$W/$name.stdout" 2> "$W/$name.stderr" &
+  taskset -c "${PROXY_CPUS:-0}" "$@" > "$W/$name.stdout" 2> "$W/$name.stderr" &
   local pid=$!
   wait_port 127.0.0.1 "$port" 20 || die "$name did not start: $(tail -3 "$W/$name.stderr")"
   # For nginx the worker does the work; measure the whole process tree.
   sleep 1
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H "Host: $host" "${extra[@]}" "$scheme://127.0.0.1:$port/" > /dev/null # warm-up
+  taskset -c "${LOAD_CPUS:-1}" wrk -t"${WRK_THREADS:-1}" -c"$CONNS" -d2s -H "Host: $host" "${extra[@]}" "$scheme://127.0.0.1:$port/" > /dev/null # warm-up
   local pids; pids=$(pgrep -P "$pid" || true); pids="$pid $pids"
   local before=0 after=0 p
   for p in $pids; do before=$((before + $(cpu_ticks "$p"))); done
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" "${extra[@]}" "$scheme://127.0.0.1:$port/" > "$W/$name.wrk"
+  taskset -c "${LOAD_CPUS:-1}" wrk -t"${WRK_THREADS:-1}" -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" "${extra[@]}" "$scheme://127.0.0.1:$port/" > "$W/$name.wrk"
   for p in $pids; do after=$((after + $(cpu_ticks "$p"))); done
   local rss=0; for p in $pids; do rss=$((rss + $(rss_kb "$p"))); done
   # The gateway's own view of its decisions (did Redis answer every one?).
@@ -230,6 +232,43 @@ print(f"paired by pass: req/s ratio median {statistics.median(per_pass):.2f}× (
 hs = lambda n: 1e6 / med(n, 2)
 print(f"new handshakes per proxy CPU-second: gateway {hs('gateway-handshakes'):,.0f}, nginx {hs('nginx-handshakes'):,.0f} "
       f"({hs('gateway-handshakes') / hs('nginx-handshakes'):.2f}× nginx; target ≥ 1×)")
+PY
+  echo "raw results: $RESULTS" >&2
+  exit 0
+fi
+if [ "$MODE" = multicore ]; then
+  # Both cores for everyone: nginx with 2 workers against the gateway with 2 threads, as one runtime per
+  # thread (the default) and as one work-stealing pool; wrk (2 threads) and the origin share the cores.
+  sed 's/^worker_processes 1;/worker_processes 2;/' "$W/nginx.conf" > "$W/nginx2.conf"
+  for ws in false true; do
+    gw_config 10 | sed "s/^threads = 1$/threads = 2\nwork_stealing = $ws/" > "$W/gw2-$ws.toml"
+    "$GW" validate --config "$W/gw2-$ws.toml" >&2
+  done
+  export PROXY_CPUS=0,1 LOAD_CPUS=0,1 WRK_THREADS=2
+  for pass in $(seq 1 "$PASSES"); do
+    echo "pass $pass/$PASSES" >&2
+    run_one nginx-2-workers 18082 t5.bench.test nginx -c "$W/nginx2.conf" >> "$RESULTS"
+    run_one gateway-2-runtimes 18083 t5.bench.test "$GW" run --config "$W/gw2-false.toml" >> "$RESULTS"
+    run_one gateway-work-stealing 18083 t5.bench.test "$GW" run --config "$W/gw2-true.toml" >> "$RESULTS"
+  done
+  python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, rps, p99, cpu, rss, non2xx = line.rstrip("\n").split("\t")
+    def ms(v):
+        return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+    rows[name].append((float(rps), ms(p99), float(cpu), int(rss), int(non2xx)))
+print(f"passes={sys.argv[2]} duration={sys.argv[3]}s connections={sys.argv[4]}, everything on both cores (medians; req/s per pass in brackets)\n")
+print("| target | req/s | p99 | proxy CPU-µs / request | RSS | non-2xx |")
+print("|---|---|---|---|---|---|")
+base = statistics.median(x[0] for x in rows["nginx-2-workers"])
+for name in ["nginx-2-workers", "gateway-2-runtimes", "gateway-work-stealing"]:
+    r = rows[name]
+    rps = statistics.median(x[0] for x in r)
+    print(f"| {name} | {rps:,.0f} ({rps/base:.2f}× nginx; {', '.join(f'{x[0]:,.0f}' for x in r)}) | "
+          f"{statistics.median(x[1] for x in r):.2f} ms | {statistics.median(x[2] for x in r):.1f} | "
+          f"{statistics.median(x[3] for x in r)} MB | {sum(x[4] for x in r)} |")
 PY
   echo "raw results: $RESULTS" >&2
   exit 0

@@ -53,9 +53,9 @@ pub enum BuildError {
 pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
     let mut conf = ServerConf {
         threads: config.server.threads,
-        // One single-threaded runtime per worker (like nginx workers): cheaper wake-ups than a
-        // work-stealing pool, and a connection's tasks stay on one core.
-        work_stealing: false,
+        // By default one single-threaded runtime per worker (like nginx workers): cheaper wake-ups than a
+        // work-stealing pool, and a connection's tasks stay on one core (see the README's multi-core run).
+        work_stealing: config.server.work_stealing,
         // On SIGTERM the listeners close and idle keep-alive connections are closed at once; requests in
         // flight get the grace (the runtimes live on for it), and `drain::Drain` ends the process as soon
         // as none is left. After the grace, the runtimes are stopped, cancelling whatever still runs.

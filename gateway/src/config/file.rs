@@ -44,6 +44,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     pub threads: Option<Spanned<i64>>,
+    pub work_stealing: Option<bool>,
     pub shutdown_grace: Option<Spanned<String>>,
 }
 

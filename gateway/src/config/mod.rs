@@ -158,6 +158,8 @@ impl fmt::Debug for RedisSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     pub threads: usize,
+    /// One work-stealing runtime for all threads instead of one single-threaded runtime per thread.
+    pub work_stealing: bool,
     pub shutdown_grace: Duration,
 }
 
@@ -415,6 +417,7 @@ fn socket_addr(
 fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config {
     let server = ServerSettings {
         threads: positive(&raw.server.threads, 1, "server.threads", diags) as usize,
+        work_stealing: raw.server.work_stealing.unwrap_or(false),
         shutdown_grace: duration_or(&raw.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE, diags),
     };
     let entrypoints = Entrypoints {

@@ -109,7 +109,11 @@ const RATE_LIMIT: &[(&str, Shape)] = &[
 const ROOT: &[(&str, Shape)] = &[
     (
         "server",
-        Shape::Table(&[("threads", Shape::Value), ("shutdown_grace", Shape::Value)]),
+        Shape::Table(&[
+            ("threads", Shape::Value),
+            ("work_stealing", Shape::Value),
+            ("shutdown_grace", Shape::Value),
+        ]),
     ),
     (
         "entrypoints",
