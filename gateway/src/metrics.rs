@@ -250,6 +250,27 @@ pub fn method_label(m: &http::Method) -> &'static str {
     METHOD_LABELS[method_index(m)]
 }
 
+/// Three ASCII digits of a status, without allocating.
+pub fn status_digits(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+/// The `gateway_http_requests_total` series of `route`, `method` and `status` (a label look-up: routes
+/// keep theirs bound, see `RouteRt::count_request`).
+pub fn requests_series(route: &str, method: &http::Method, status: u16) -> IntCounter {
+    let digits = status_digits(status);
+    metrics().requests.with_label_values(&[
+        route,
+        method_label(method),
+        std::str::from_utf8(&digits).unwrap_or("0"),
+    ])
+}
+
 /// The `method` label values, in [`method_index`] order.
 pub const METHOD_LABELS: [&str; 10] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",

@@ -48,33 +48,21 @@ impl RouteRt {
         }
     }
 
-    /// Counts one request of `method` (an index into [`METHOD_LABELS`]) answered with `status`.
-    pub fn count_request(&self, method: usize, status: u16) {
-        let bind = || {
-            let mut digits = [b'0'; 3];
-            let s = status.min(999);
-            digits[0] += (s / 100) as u8;
-            digits[1] += (s / 10 % 10) as u8;
-            digits[2] += (s % 10) as u8;
-            let status_label = std::str::from_utf8(&digits).unwrap_or("0");
-            let method_label = METHOD_LABELS.get(method).copied().unwrap_or("OTHER");
-            metrics()
-                .requests
-                .with_label_values(&[&self.spec.name, method_label, status_label])
-        };
-        match (
-            COUNTED_STATUSES.iter().position(|s| *s == status),
-            method < METHOD_LABELS.len(),
-        ) {
-            (Some(si), true) => {
+    /// Counts one request of `method` answered with `status`.
+    pub fn count_request(&self, method: &http::Method, status: u16) {
+        let series = || crate::metrics::requests_series(&self.spec.name, method, status);
+        match COUNTED_STATUSES.iter().position(|s| *s == status) {
+            Some(si) => {
                 let table = self.requests.get_or_init(|| {
                     Box::new(std::array::from_fn(|_| {
                         std::array::from_fn(|_| std::sync::OnceLock::new())
                     }))
                 });
-                table[method][si].get_or_init(bind).inc();
+                table[crate::metrics::method_index(method)][si]
+                    .get_or_init(series)
+                    .inc();
             }
-            _ => bind().inc(),
+            None => series().inc(),
         }
     }
 

@@ -69,7 +69,7 @@ pub fn new_request_id() -> String {
 /// lookup per name.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
-enum Field {
+pub enum Field {
     KeepAlive,
     ProxyConnection,
     ProxyAuthenticate,
@@ -89,48 +89,92 @@ enum Field {
     RequestId,
     ApiKey,
     Authorization,
-    /// Any `X-Auth-*` field.
+    /// Any `X-Auth-*` field (removed by prefix, never by [`Field::name`]).
     AuthPrefixed,
 }
 
+/// Every field's name, in [`Field`] order.
+const NAMES: [&str; 20] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "connection",
+    "upgrade",
+    contracts::headers::USER_ID,
+    contracts::headers::TENANT_ID,
+    contracts::headers::USER_EMAIL,
+    contracts::headers::USER_ROLE,
+    contracts::headers::CLIENT_IP,
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    contracts::headers::REQUEST_ID,
+    "x-api-key",
+    "authorization",
+    "x-auth-*",
+];
+
 /// Hop-by-hop fields (RFC 9110 §7.6.1) that must not be forwarded. `Transfer-Encoding` and
 /// `Content-Length` are left to Pingora, which re-frames the body itself.
-const HOP_BY_HOP: [(Field, &str); 6] = [
-    (Field::KeepAlive, "keep-alive"),
-    (Field::ProxyConnection, "proxy-connection"),
-    (Field::ProxyAuthenticate, "proxy-authenticate"),
-    (Field::ProxyAuthorization, "proxy-authorization"),
-    (Field::Te, "te"),
-    (Field::Trailer, "trailer"),
+const HOP_BY_HOP: [Field; 6] = [
+    Field::KeepAlive,
+    Field::ProxyConnection,
+    Field::ProxyAuthenticate,
+    Field::ProxyAuthorization,
+    Field::Te,
+    Field::Trailer,
+];
+
+/// The identity fields, in the order of `contracts::headers::IDENTITY`.
+const IDENTITY_FIELDS: [Field; 4] = [
+    Field::UserId,
+    Field::TenantId,
+    Field::UserEmail,
+    Field::UserRole,
 ];
 
 impl Field {
+    /// The field's name (lowercase, as `http` keeps names).
+    pub fn name(self) -> &'static str {
+        NAMES[self as usize]
+    }
+
     fn of(name: &str) -> Option<Field> {
-        Some(match name {
-            "keep-alive" => Field::KeepAlive,
-            "proxy-connection" => Field::ProxyConnection,
-            "proxy-authenticate" => Field::ProxyAuthenticate,
-            "proxy-authorization" => Field::ProxyAuthorization,
-            "te" => Field::Te,
-            "trailer" => Field::Trailer,
-            "connection" => Field::Connection,
-            "upgrade" => Field::Upgrade,
-            contracts::headers::USER_ID => Field::UserId,
-            contracts::headers::TENANT_ID => Field::TenantId,
-            contracts::headers::USER_EMAIL => Field::UserEmail,
-            contracts::headers::USER_ROLE => Field::UserRole,
-            contracts::headers::CLIENT_IP => Field::ClientIp,
-            "x-forwarded-for" => Field::ForwardedFor,
-            "x-forwarded-proto" => Field::ForwardedProto,
-            "x-forwarded-host" => Field::ForwardedHost,
-            contracts::headers::REQUEST_ID => Field::RequestId,
-            "x-api-key" => Field::ApiKey,
-            "authorization" => Field::Authorization,
-            n if n.starts_with("x-auth-") => Field::AuthPrefixed,
-            _ => return None,
-        })
+        if name.starts_with("x-auth-") {
+            return Some(Field::AuthPrefixed);
+        }
+        NAMES[..Field::AuthPrefixed as usize]
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| FIELDS[i])
     }
 }
+
+/// Every field but `AuthPrefixed`, in [`Field`] order (the inverse of [`Field::name`]).
+const FIELDS: [Field; 19] = [
+    Field::KeepAlive,
+    Field::ProxyConnection,
+    Field::ProxyAuthenticate,
+    Field::ProxyAuthorization,
+    Field::Te,
+    Field::Trailer,
+    Field::Connection,
+    Field::Upgrade,
+    Field::UserId,
+    Field::TenantId,
+    Field::UserEmail,
+    Field::UserRole,
+    Field::ClientIp,
+    Field::ForwardedFor,
+    Field::ForwardedProto,
+    Field::ForwardedHost,
+    Field::RequestId,
+    Field::ApiKey,
+    Field::Authorization,
+];
 
 /// Which managed fields a request carries.
 #[derive(Clone, Copy, Default, Debug)]
@@ -152,10 +196,10 @@ impl Managed {
         self.0 & (1 << f as u8) != 0
     }
 
-    /// Removes `name` (the field `f`) when the scan saw it.
-    fn remove(self, req: &mut RequestHeader, f: Field, name: &str) {
+    /// Removes the field `f` when the scan saw it.
+    pub fn remove(self, req: &mut RequestHeader, f: Field) {
         if self.has(f) {
-            req.remove_header(name);
+            req.remove_header(f.name());
         }
     }
 }
@@ -183,13 +227,13 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, seen: Managed, upgrade: bool) {
         }
         req.remove_header(&CONNECTION);
     }
-    for (f, name) in HOP_BY_HOP {
-        seen.remove(req, f, name);
+    for f in HOP_BY_HOP {
+        seen.remove(req, f);
     }
     if upgrade {
         let _ = req.insert_header("connection", HeaderValue::from_static("upgrade"));
     } else {
-        seen.remove(req, Field::Upgrade, "upgrade");
+        seen.remove(req, Field::Upgrade);
     }
 }
 
@@ -236,12 +280,9 @@ pub fn set_client_ip(req: &mut RequestHeader, seen: Managed, ip: Option<std::net
         Some(v) => {
             let _ = req.insert_header(CLIENT_IP, v);
         }
-        None => seen.remove(req, Field::ClientIp, CLIENT_IP),
+        None => seen.remove(req, Field::ClientIp),
     }
 }
-
-/// Identity headers a client must never choose; the gateway sets them from a verified token only.
-use contracts::headers::IDENTITY;
 
 /// Strips every client-supplied identity header (`X-User-*`, `X-Tenant-Id`, `X-Auth-*`) and sets them
 /// from `identity` when the request was authenticated.
@@ -250,17 +291,9 @@ pub fn set_identity(
     seen: Managed,
     identity: Option<&crate::proxy::auth::Identity>,
 ) {
-    for (f, name) in [
-        Field::UserId,
-        Field::TenantId,
-        Field::UserEmail,
-        Field::UserRole,
-    ]
-    .into_iter()
-    .zip(IDENTITY)
-    {
-        if identity.is_none() {
-            seen.remove(req, f, name);
+    if identity.is_none() {
+        for f in IDENTITY_FIELDS {
+            seen.remove(req, f);
         }
     }
     if seen.has(Field::AuthPrefixed) {
@@ -281,31 +314,15 @@ pub fn set_identity(
             id.email.as_deref(),
             id.role.as_deref(),
         ];
-        let fields = [
-            Field::UserId,
-            Field::TenantId,
-            Field::UserEmail,
-            Field::UserRole,
-        ];
-        for ((name, f), value) in IDENTITY.into_iter().zip(fields).zip(values) {
+        for (f, value) in IDENTITY_FIELDS.into_iter().zip(values) {
             match value.and_then(|v| HeaderValue::from_str(v).ok()) {
                 Some(v) => {
-                    let _ = req.insert_header(name, v);
+                    let _ = req.insert_header(f.name(), v);
                 }
-                None => seen.remove(req, f, name),
+                None => seen.remove(req, f),
             }
         }
     }
-}
-
-/// Drops the credential the edge did not verify: `x-api-key` or `authorization`.
-pub fn drop_credential(req: &mut RequestHeader, seen: Managed, name: &'static str) {
-    let f = if name == "x-api-key" {
-        Field::ApiKey
-    } else {
-        Field::Authorization
-    };
-    seen.remove(req, f, name);
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced otherwise.
@@ -332,33 +349,33 @@ pub fn set_forwarded(
             }
             chain.push_str(&p.to_string());
         }
-        set(req, seen, Field::ForwardedFor, "x-forwarded-for", &chain);
+        set(req, seen, Field::ForwardedFor, &chain);
         // Looked up again (not taken from `seen`): `Connection` may have named and removed them.
         if !req.headers.contains_key("x-forwarded-proto") {
             let _ = req.insert_header("x-forwarded-proto", proto);
         }
         if !req.headers.contains_key("x-forwarded-host") {
-            set(req, seen, Field::ForwardedHost, "x-forwarded-host", host);
+            set(req, seen, Field::ForwardedHost, host);
         }
     } else {
         match peer.and_then(ip_value) {
             Some(v) => {
                 let _ = req.insert_header("x-forwarded-for", v);
             }
-            None => seen.remove(req, Field::ForwardedFor, "x-forwarded-for"),
+            None => seen.remove(req, Field::ForwardedFor),
         }
         let _ = req.insert_header("x-forwarded-proto", proto);
-        set(req, seen, Field::ForwardedHost, "x-forwarded-host", host);
+        set(req, seen, Field::ForwardedHost, host);
     }
 }
 
-/// Sets `name` to `value`, or removes it when `value` cannot be a field value.
-fn set(req: &mut RequestHeader, seen: Managed, f: Field, name: &'static str, value: &str) {
+/// Sets the field `f` to `value`, or removes it when `value` cannot be a field value.
+fn set(req: &mut RequestHeader, seen: Managed, f: Field, value: &str) {
     match HeaderValue::from_str(value) {
         Ok(v) => {
-            let _ = req.insert_header(name, v);
+            let _ = req.insert_header(f.name(), v);
         }
-        Err(_) => seen.remove(req, f, name),
+        Err(_) => seen.remove(req, f),
     }
 }
 
@@ -462,7 +479,7 @@ mod tests {
         let seen = Managed::scan(&req);
         strip_hop_by_hop(&mut req, seen, false);
         set_identity(&mut req, seen, None);
-        drop_credential(&mut req, seen, "x-api-key");
+        seen.remove(&mut req, Field::ApiKey);
         let peer: IpAddr = "192.0.2.7".parse().expect("ip");
         set_forwarded(&mut req, seen, Some(peer), false, "http", "acme.aggios.app");
         set_client_ip(&mut req, seen, Some(peer));
@@ -493,6 +510,19 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&wire).matches("\r\n").count(),
             names.len()
+        );
+    }
+
+    #[test]
+    fn field_names_round_trip_and_match_the_contract() {
+        for f in FIELDS {
+            assert_eq!(Field::of(f.name()), Some(f));
+        }
+        assert_eq!(Field::of("x-auth-role"), Some(Field::AuthPrefixed));
+        assert_eq!(Field::of("accept"), None);
+        assert_eq!(
+            IDENTITY_FIELDS.map(Field::name),
+            contracts::headers::IDENTITY
         );
     }
 

@@ -31,7 +31,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::access_log::Entry;
 use crate::config::{AuthPolicy, UpstreamProtocol};
 use crate::error::EdgeError;
-use crate::metrics::{method_index, method_label, metrics};
+use crate::metrics::{metrics, requests_series};
 use crate::state::{GatewayState, Runtime};
 use guard::{check_connection, check_head, check_path, HeadLimits};
 use headers::X_REQUEST_ID;
@@ -756,10 +756,10 @@ impl Gateway {
         match ctx.verified {
             Verified::Nothing => {}
             Verified::Jwt | Verified::KeyBearer => {
-                headers::drop_credential(upstream_request, seen, "x-api-key");
+                seen.remove(upstream_request, headers::Field::ApiKey);
             }
             Verified::KeyHeader => {
-                headers::drop_credential(upstream_request, seen, "authorization");
+                seen.remove(upstream_request, headers::Field::Authorization);
             }
         }
         let peer = session
@@ -1082,16 +1082,11 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         match route {
             Some(r) => {
-                r.count_request(method_index(&req.method), status);
+                r.count_request(&req.method, status);
                 r.duration().observe(elapsed.as_secs_f64());
             }
             None => {
-                let code_buf = status_digits(status);
-                let status_label = std::str::from_utf8(&code_buf).unwrap_or("0");
-                metrics()
-                    .requests
-                    .with_label_values(&[route_name, method_label(&req.method), status_label])
-                    .inc();
+                requests_series(route_name, &req.method, status).inc();
                 metrics()
                     .request_duration
                     .with_label_values(&["<none>"])
@@ -1132,14 +1127,4 @@ impl ProxyHttp for Gateway {
             });
         }
     }
-}
-
-/// Three ASCII digits of a status, without allocating.
-fn status_digits(status: u16) -> [u8; 3] {
-    let s = status.min(999);
-    [
-        b'0' + (s / 100) as u8,
-        b'0' + (s / 10 % 10) as u8,
-        b'0' + (s % 10) as u8,
-    ]
 }
