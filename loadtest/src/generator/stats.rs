@@ -1,0 +1,217 @@
+//! What one run measured: a latency histogram, responses by status class, and failures by kind.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latencies are recorded in microseconds, from 1 µs to 10 minutes, with 3 significant digits.
+const MAX_LATENCY_US: u64 = 600_000_000;
+
+/// Why a request produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The TCP connect (or the TLS handshake) failed.
+    Connect,
+    /// No complete response within the request timeout.
+    Timeout,
+    /// The connection broke while writing the request or reading the response.
+    Io,
+    /// The peer answered something that is not HTTP.
+    Protocol,
+}
+
+/// One thread's (or a whole run's) counts. Merged across threads at the end of a run.
+pub struct Stats {
+    latency_us: Histogram<u64>,
+    /// Responses by status class: index 1 = 1xx … 5 = 5xx (0 unused).
+    classes: [u64; 6],
+    failures: Failures,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Failures {
+    pub connect: u64,
+    pub timeout: u64,
+    pub io: u64,
+    pub protocol: u64,
+}
+
+impl Failures {
+    pub fn total(&self) -> u64 {
+        self.connect + self.timeout + self.io + self.protocol
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        // 3 significant digits over this range: a fixed ~200 KiB per thread, allocated once.
+        let latency_us = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+            .expect("constant histogram bounds are valid");
+        Stats {
+            latency_us,
+            classes: [0; 6],
+            failures: Failures::default(),
+        }
+    }
+
+    /// A response with `status`, `latency_us` after its (intended) send time.
+    pub fn response(&mut self, status: u16, latency_us: u64) {
+        self.latency_us.saturating_record(latency_us.max(1));
+        let class = usize::from(status / 100).min(5);
+        self.classes[class] += 1;
+    }
+
+    /// A request that got no response. Its latency counts too (the time until it failed): in an open loop,
+    /// leaving failures out of the histogram would hide a stall behind a timeout.
+    pub fn failure(&mut self, kind: Failure, latency_us: u64) {
+        self.latency_us.saturating_record(latency_us.max(1));
+        match kind {
+            Failure::Connect => self.failures.connect += 1,
+            Failure::Timeout => self.failures.timeout += 1,
+            Failure::Io => self.failures.io += 1,
+            Failure::Protocol => self.failures.protocol += 1,
+        }
+    }
+
+    pub fn merge(&mut self, other: &Stats) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+        for (a, b) in self.classes.iter_mut().zip(other.classes) {
+            *a += b;
+        }
+        self.failures.connect += other.failures.connect;
+        self.failures.timeout += other.failures.timeout;
+        self.failures.io += other.failures.io;
+        self.failures.protocol += other.failures.protocol;
+    }
+
+    pub fn responses(&self) -> u64 {
+        self.classes.iter().sum()
+    }
+
+    pub fn failures(&self) -> Failures {
+        self.failures
+    }
+
+    /// Latencies recorded (responses and failures).
+    pub fn histogram(&self) -> &Histogram<u64> {
+        &self.latency_us
+    }
+
+    pub fn summary(&self, seconds: f64) -> Summary {
+        let h = &self.latency_us;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let q = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                ms(h.value_at_quantile(q))
+            }
+        };
+        let responses = self.responses();
+        Summary {
+            requests: responses + self.failures.total(),
+            responses,
+            rps: if seconds > 0.0 {
+                responses as f64 / seconds
+            } else {
+                0.0
+            },
+            seconds,
+            latency_ms: Latency {
+                p50: q(0.50),
+                p90: q(0.90),
+                p99: q(0.99),
+                p999: q(0.999),
+                max: if h.is_empty() { 0.0 } else { ms(h.max()) },
+                mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+            },
+            status: StatusClasses {
+                s1xx: self.classes[1],
+                s2xx: self.classes[2],
+                s3xx: self.classes[3],
+                s4xx: self.classes[4],
+                s5xx: self.classes[5],
+            },
+            failures: self.failures,
+        }
+    }
+}
+
+/// A run's figures, as `--json` prints them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Requests that got a response or failed.
+    pub requests: u64,
+    pub responses: u64,
+    /// Responses per second of the measured window.
+    pub rps: f64,
+    pub seconds: f64,
+    pub latency_ms: Latency,
+    pub status: StatusClasses,
+    pub failures: Failures,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StatusClasses {
+    #[serde(rename = "1xx")]
+    pub s1xx: u64,
+    #[serde(rename = "2xx")]
+    pub s2xx: u64,
+    #[serde(rename = "3xx")]
+    pub s3xx: u64,
+    #[serde(rename = "4xx")]
+    pub s4xx: u64,
+    #[serde(rename = "5xx")]
+    pub s5xx: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_failures_and_quantiles_merge() {
+        let mut a = Stats::new();
+        for us in 1..=1000 {
+            a.response(200, us);
+        }
+        let mut b = Stats::new();
+        b.response(503, 5_000);
+        b.response(404, 10);
+        b.failure(Failure::Timeout, 2_000_000);
+        b.failure(Failure::Connect, 3);
+        a.merge(&b);
+        let s = a.summary(2.0);
+        assert_eq!(s.responses, 1002);
+        assert_eq!(s.requests, 1004);
+        assert_eq!((s.status.s2xx, s.status.s4xx, s.status.s5xx), (1000, 1, 1));
+        assert_eq!(
+            s.failures,
+            Failures {
+                connect: 1,
+                timeout: 1,
+                io: 0,
+                protocol: 0
+            }
+        );
+        assert_eq!(s.rps, 501.0);
+        assert!((s.latency_ms.p50 - 0.5).abs() < 0.01, "{:?}", s.latency_ms);
+        assert!(s.latency_ms.max >= 2000.0, "{:?}", s.latency_ms);
+    }
+}
