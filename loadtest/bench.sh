@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: our gateway against nginx, alternating, with the method of shared/BENCHMARKS.md.
+# The gateway's own instruments for #10 (ablation, TLS, rate limit, multi-core), driven by wrk with the method
+# of shared/BENCHMARKS.md. The default mode (the peers) is a thin wrapper over `loadtest/compare.sh`.
 #   wrk -t1 -c64 -d${DURATION}s --latency, HTTP/1.1 keep-alive, a 1 KiB 200 body from an nginx origin,
 #   access log ON in every proxy, proxy pinned to CPU 0 with one worker thread, wrk and the origin on CPU 1.
 #   CPU per request = the proxy's utime+stime during the run / requests served.
-# Usage: loadtest/bench.sh [PASSES] [DURATION_SECONDS]      (defaults: 3 passes, 10 s)
+# Usage: loadtest/bench.sh [PASSES] [DURATION_SECONDS]      (defaults: 3 passes, 10 s): loadtest/compare.sh
+#        --scenario plain with every peer and bare Pingora
 #        MODE=ratelimit loadtest/bench.sh [PASSES] [DURATION]  the gateway with a global (Redis) rate limit on
 #        every request against the same gateway without one, alternating (the limit is never reached, so
 #        both serve 200s; the difference is the cost of deciding).
@@ -17,7 +19,7 @@
 #        CPU time swings ±30 % on these VMs).
 #        MODE=multicore loadtest/bench.sh [PASSES] [DURATION]  both cores for everyone: nginx with 2 workers, the
 #        gateway with threads = 2 as one runtime per thread (default) and as one work-stealing pool.
-#        COUNT=1 adds the instruction count to the default mode (nginx runs with master_process off for it),
+#        COUNT=1 adds the instruction counts: to the default mode (compare --instructions),
 #        MODE=tls and MODE=ablation (COUNT=0 skips it in ablation).
 # Instructions per request: the proxy runs under `valgrind --tool=callgrind --instr-atstart=no`; after an
 #   uninstrumented warm-up, `callgrind_control -i on`, COUNT_SECONDS (default 12) of wrk -c16, `-i off`,
@@ -31,6 +33,12 @@ PASSES=${1:-3}
 DURATION=${2:-10}
 CONNS=${CONNS:-64}
 MODE=${MODE:-peers}
+if [ "$MODE" = peers ]; then
+  # The peer comparison is the Rust harness's now (`loadtest compare`, all five peers, bare Pingora, the
+  # instruction counts with COUNT=1): this mode is a thin wrapper over it.
+  extra=(); [ "${COUNT:-0}" = 1 ] && extra=(--instructions)
+  exec "$ROOT/loadtest/compare.sh" --scenario plain --rounds "$PASSES" --duration "${DURATION}s" "${extra[@]}"
+fi
 ensure_build_deps
 ensure_debs nginx-light wrk
 if [ "$MODE" = ratelimit ] || [ "$MODE" = ablation ]; then ensure_redis; fi
@@ -100,7 +108,6 @@ TOML
   for i in $(seq 1 "$1"); do printf '[[routes]]\nname = "t%d"\nhosts = ["t%d.bench.test"]\nupstream = "origin"\n' "$i" "$i"; done
 }
 gw_config 10 > "$W/gw10.toml"
-gw_config 10000 > "$W/gw10k.toml"
 # A global per-tenant policy far above what one core can serve: every request costs one Redis decision.
 gw_config 10 '["per_tenant"]' '[redis]
 url_env = "BENCH_REDIS_URL"
@@ -108,7 +115,7 @@ url_env = "BENCH_REDIS_URL"
 key = "tenant"
 limit = 1000000
 period = "1s"' > "$W/gwrl.toml"
-for c in gw10 gw10k gwrl; do "$GW" validate --config "$W/$c.toml" >&2; done
+for c in gw10 gwrl; do "$GW" validate --config "$W/$c.toml" >&2; done
 
 taskset -c 1 nginx -c "$W/origin.conf" & PIDS+=($!)
 wait_port 127.0.0.1 18081 10 || die "origin did not start"
@@ -392,48 +399,3 @@ PY
   echo "raw results: $RESULTS" >&2
   exit 0
 fi
-
-for pass in $(seq 1 "$PASSES"); do
-  echo "pass $pass/$PASSES" >&2
-  run_one nginx 18082 t5.bench.test nginx -c "$W/nginx.conf" >> "$RESULTS"
-  run_one gateway 18083 t5.bench.test "$GW" run --config "$W/gw10.toml" >> "$RESULTS"
-  run_one gateway-10k-routes 18083 t5000.bench.test "$GW" run --config "$W/gw10k.toml" >> "$RESULTS"
-  run_one bare-pingora 18084 t5.bench.test "$BARE" "$BAREPORT" "$ORIGIN" >> "$RESULTS"
-done
-COUNTS="$W/counts.tsv"; : > "$COUNTS"
-if [ "$COUNT" = 1 ]; then
-  echo "instruction counts (callgrind)" >&2
-  # nginx in one process (no master), so that callgrind follows the process that serves.
-  sed 's/^worker_processes 1; daemon off;/master_process off; daemon off;/' "$W/nginx.conf" > "$W/nginx-single.conf"
-  count_one nginx 18082 t5.bench.test nginx -c "$W/nginx-single.conf" >> "$COUNTS"
-  count_one gateway 18083 t5.bench.test "$GW" run --config "$W/gw10.toml" >> "$COUNTS"
-  count_one gateway-10k-routes 18083 t5000.bench.test "$GW" run --config "$W/gw10k.toml" >> "$COUNTS"
-  count_one bare-pingora 18084 t5.bench.test "$BARE" "$BAREPORT" "$ORIGIN" >> "$COUNTS"
-fi
-
-python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" "$COUNTS" <<'PY'
-import sys, statistics, collections
-rows = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    name, rps, p99, cpu, rss, non2xx = line.rstrip("\n").split("\t")
-    def ms(v):
-        return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
-    rows[name].append((float(rps), ms(p99), float(cpu), int(rss), int(non2xx)))
-counts = {}
-for line in open(sys.argv[5]):
-    name, ir, _ = line.split("\t")
-    counts[name] = int(ir)
-print(f"passes={sys.argv[2]} duration={sys.argv[3]}s connections={sys.argv[4]} (medians)\n")
-print("| target | req/s | p99 | proxy CPU-µs / request | instructions / request | RSS | non-2xx |")
-print("|---|---|---|---|---|---|---|")
-base = statistics.median(r[0] for r in rows["nginx"])
-for name in ["nginx", "gateway", "gateway-10k-routes", "bare-pingora"]:
-    r = rows[name]
-    rps = statistics.median(x[0] for x in r)
-    ir = f"{counts[name]:,}" if name in counts else "–"
-    print(f"| {name} | {rps:,.0f} ({rps/base:.2f}× nginx) | {statistics.median(x[1] for x in r):.2f} ms | "
-          f"{statistics.median(x[2] for x in r):.1f} | {ir} | {statistics.median(x[3] for x in r)} MB | {sum(x[4] for x in r)} |")
-g = statistics.median(x[0] for x in rows["gateway"]); g10k = statistics.median(x[0] for x in rows["gateway-10k-routes"])
-print(f"\n10 000 routes / 10 routes throughput: {g10k/g:.2f}×")
-PY
-echo "raw results: $RESULTS" >&2

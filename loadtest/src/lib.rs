@@ -11,5 +11,7 @@
 pub mod cli;
 pub mod compare;
 pub mod generator;
+pub mod report;
+pub mod scenario;
 pub mod tls;
 pub mod upstream;

@@ -35,6 +35,8 @@ enum Command {
     },
     /// Run one scenario against the upstream, the gateway and each peer, in alternation.
     Compare(loadtest::compare::CompareArgs),
+    /// The generator's own CPU per request against wrk's, on one run.
+    Generators(loadtest::compare::generators::GeneratorArgs),
 }
 
 #[derive(Args)]
@@ -95,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Compare(args) => loadtest::compare::main(args),
+        Command::Generators(args) => loadtest::compare::generators::main(args),
     }
 }
 

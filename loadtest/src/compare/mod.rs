@@ -1,8 +1,510 @@
-//! `loadtest compare`: one scenario against the upstream, the gateway and each peer, in alternation.
+//! `loadtest compare`: one scenario against the upstream directly (the ceiling), our gateway and each
+//! peer, in alternation (A B C … A B C …) over several rounds, each proxy pinned to its own core with the
+//! generator and the upstream on the other. Per target: req/s, latency quantiles, the proxy's CPU time
+//! per request and peak RSS; with `--instructions`, user-space instructions per request under callgrind.
 
-#[derive(clap::Args)]
-pub struct CompareArgs {}
+pub mod generators;
+pub mod peers;
+pub mod probe;
+pub mod process;
 
-pub fn main(_args: CompareArgs) -> anyhow::Result<()> {
-    anyhow::bail!("compare: not built yet")
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::cli::{parse_duration, Bar};
+use crate::generator::{self, Load, Plan, Progress, Protocol};
+use crate::report::{self, Report, Sample, TargetReport, Work};
+use crate::scenario::Scenario;
+use crate::upstream::Upstream;
+use peers::{Peer, Setup};
+use process::{free_addr, Launch};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompareArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// The measured window of each run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Rounds of alternation; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Peers to compare with (comma-separated): nginx, haproxy, traefik, caddy, envoy; `none` for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "nginx,haproxy,traefik,caddy,envoy"
+    )]
+    pub peers: Vec<String>,
+    /// Client connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Workers or threads of every proxy (the gateway's `threads`, nginx's `worker_processes`, …). With
+    /// more than one, proxies are not pinned.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Load before each measured window (not counted).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Also count user-space instructions per request of each proxy, once, under valgrind's callgrind.
+    #[arg(long)]
+    pub instructions: bool,
+    /// The gateway binary (default: the release build under CARGO_TARGET_DIR or target/).
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+    /// Also measure bare Pingora (gateway/examples/bare_pingora: forwarding with no logic at all, the
+    /// floor under the gateway) on the plain scenario: this binary.
+    #[arg(long)]
+    pub bare_pingora: Option<PathBuf>,
+    /// Where the report goes: <scenario>.json, .md and .svg.
+    #[arg(long, default_value = "loadtest/results")]
+    pub out: PathBuf,
+    /// Redis, for the scenarios with a global limit.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub redis: String,
+    /// Print the report as JSON on stdout (the Markdown table otherwise).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One target of the comparison.
+struct Target {
+    name: String,
+    kind: report::Kind,
+    version: String,
+    work: Work,
+    note: Option<String>,
+    /// None: the upstream itself (in process).
+    launch: Option<Launch>,
+}
+
+pub fn main(args: CompareArgs) -> anyhow::Result<()> {
+    let report = compare(&args)?;
+    let written = report::write(&report, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report::markdown(&report));
+    }
+    for p in written {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn default_gateway_bin() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    target.join("release/gateway")
+}
+
+fn work_dir() -> anyhow::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let dir = std::env::temp_dir().join(format!("aggios-compare-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // nginx's workers run unprivileged: they must reach the access log's folder.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(dir)
+}
+
+/// Runs the whole comparison and returns its report (also used by the smoke test).
+pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
+    if args.rounds == 0 || args.connections == 0 || args.threads == 0 {
+        bail!("--rounds, --connections and --threads must be at least 1");
+    }
+    let peer_list: Vec<Peer> = args
+        .peers
+        .iter()
+        .filter(|p| !p.is_empty() && p.as_str() != "none")
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()?;
+    let gateway_bin = args.gateway_bin.clone().unwrap_or_else(default_gateway_bin);
+    if !gateway_bin.exists() {
+        bail!(
+            "no gateway binary at {} (cargo build --release -p gateway, or --gateway-bin)",
+            gateway_bin.display()
+        );
+    }
+    let redis: SocketAddr = args
+        .redis
+        .to_socket_addrs()
+        .with_context(|| format!("--redis {}", args.redis))?
+        .next()
+        .with_context(|| format!("--redis {} has no address", args.redis))?;
+    if args.scenario == Scenario::TenantJwtRatelimit
+        && TcpStream::connect_timeout(&redis, Duration::from_secs(2)).is_err()
+    {
+        bail!(
+            "{} needs Redis at {redis} (scripts/lib.sh ensure_redis starts one)",
+            args.scenario.name()
+        );
+    }
+    let dir = work_dir()?;
+    // Proxies on core 0; this process (the generator and the upstream) on core 1.
+    let cores = if args.threads == 1 {
+        process::cores()
+    } else {
+        None
+    };
+    if let Some((_, load_core)) = cores {
+        process::pin_self(load_core).context("pinning the generator with taskset")?;
+    }
+    let proxy_core = cores.map(|(p, _)| p);
+    let upstream = Upstream::start("127.0.0.1:0".parse()?)?;
+
+    // The TLS scenario's certificate, made by the gateway's own dev CA.
+    let cert = if args.scenario.tls() {
+        let certs = dir.join("certs");
+        let ok = std::process::Command::new(&gateway_bin)
+            .args(["certs", "dev", "--out"])
+            .arg(&certs)
+            .args(["--domain", &format!("*.{}", crate::scenario::BASE_DOMAIN)])
+            .stdout(std::process::Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("gateway certs dev failed");
+        }
+        let (c, k) = (certs.join("dev.crt"), certs.join("dev.key"));
+        let mut pem = std::fs::read(&c)?;
+        pem.extend(std::fs::read(&k)?);
+        std::fs::write(dir.join("haproxy.pem"), pem)?;
+        Some((
+            c.display().to_string(),
+            k.display().to_string(),
+            certs.join("dev-ca.crt").display().to_string(),
+        ))
+    } else {
+        None
+    };
+
+    let mut targets = vec![Target {
+        name: "upstream".into(),
+        kind: report::Kind::Ceiling,
+        version: "in-process hyper".into(),
+        work: Work::Same,
+        note: Some("the generator straight to the upstream: the ceiling".into()),
+        launch: None,
+    }];
+    let gw_listen = free_addr()?;
+    let gw_admin = free_addr()?;
+    let gw_toml = args.scenario.gateway_toml(
+        gw_listen,
+        gw_admin,
+        free_addr()?,
+        upstream.addr,
+        cert.as_ref().map(|(c, k, _)| (c.as_str(), k.as_str())),
+    );
+    let gw_toml = gw_toml.replacen("threads = 1", &format!("threads = {}", args.threads), 1);
+    let gw_conf = dir.join("gateway.toml");
+    std::fs::write(&gw_conf, gw_toml)?;
+    let gw_env = vec![
+        (
+            "BENCH_JWT_SECRET".to_string(),
+            crate::scenario::JWT_SECRET.to_string(),
+        ),
+        ("BENCH_REDIS_URL".to_string(), format!("redis://{redis}")),
+    ];
+    let ok = std::process::Command::new(&gateway_bin)
+        .args(["validate", "--config"])
+        .arg(&gw_conf)
+        .envs(gw_env.iter().map(|(k, v)| (k, v)))
+        .status()?
+        .success();
+    if !ok {
+        bail!(
+            "the gateway refused its configuration {}",
+            gw_conf.display()
+        );
+    }
+    targets.push(Target {
+        name: "gateway".into(),
+        kind: report::Kind::Ours,
+        version: version_line(&gateway_bin, &["--version"]),
+        work: Work::Same,
+        note: None,
+        launch: Some(Launch {
+            name: "gateway".into(),
+            program: gateway_bin.clone(),
+            args: vec![
+                "run".into(),
+                "--config".into(),
+                gw_conf.display().to_string(),
+            ],
+            env: gw_env,
+            addr: gw_listen,
+        }),
+    });
+    if let (Some(bare), Scenario::Plain) = (&args.bare_pingora, args.scenario) {
+        let listen = free_addr()?;
+        targets.push(Target {
+            name: "bare-pingora".into(),
+            kind: report::Kind::Floor,
+            version: "the gateway's Pingora, no logic".into(),
+            work: Work::Same,
+            note: Some(
+                "Pingora forwarding with no logic, no access log: the floor under the gateway"
+                    .into(),
+            ),
+            launch: Some(Launch {
+                name: "bare-pingora".into(),
+                program: bare.clone(),
+                args: vec![listen.to_string(), upstream.addr.to_string()],
+                env: vec![],
+                addr: listen,
+            }),
+        });
+    }
+    for peer in peer_list {
+        peer.ensure_installed()?;
+        let ctx = peers::Context {
+            dir: &dir,
+            listen: free_addr()?,
+            upstream: upstream.addr,
+            cert: cert.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
+            redis,
+            threads: args.threads,
+        };
+        let (work, note, launch) = match peer.setup(args.scenario, &ctx)? {
+            Setup::Same(l) => (Work::Same, None, Some(l)),
+            Setup::Closest(l, note) => (Work::Closest, Some(note), Some(l)),
+            Setup::Cannot(why) => (Work::Cannot, Some(why), None),
+        };
+        targets.push(Target {
+            name: peer.name().into(),
+            kind: report::Kind::Peer,
+            version: peer.version(),
+            work,
+            note,
+            launch,
+        });
+    }
+
+    let requests = args.scenario.requests()?;
+    let tls = cert
+        .as_ref()
+        .map(|(_, _, ca)| crate::tls::trusting(ca))
+        .transpose()?;
+    let plan = Plan {
+        addr: upstream.addr,
+        tls: tls.clone(),
+        protocol: Protocol::H1,
+        keep_alive: !args.scenario.tls(),
+        load: Load::Closed,
+        connections: args.connections,
+        threads: 1,
+        duration: args.duration,
+        timeout: Duration::from_secs(5),
+        requests,
+    };
+
+    let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 1..=args.rounds {
+        for (i, t) in targets.iter().enumerate() {
+            if t.work == Work::Cannot {
+                continue;
+            }
+            // The upstream row is plain HTTP to the upstream, whatever the scenario.
+            let mut p = plan.clone();
+            if t.launch.is_none() {
+                p.tls = None;
+                p.keep_alive = true;
+            }
+            let label = format!("{} {round}/{}", t.name, args.rounds);
+            // The first round checks that a tenant scenario's work is done (forged tokens refused …).
+            let check = (round == 1 && args.scenario.tenants() && t.launch.is_some())
+                .then_some(t.work == Work::Same);
+            let s = measure(t, &p, &dir, proxy_core, args.warmup, &label, check)
+                .with_context(|| format!("measuring {} (files in {})", t.name, dir.display()))?;
+            eprintln!(
+                "  {label}: {:.0} req/s, p99 {:.2} ms, {} CPU-µs/request, {} non-2xx, {} failed",
+                s.rps,
+                s.p99_ms,
+                s.cpu_us_per_request
+                    .map_or("–".into(), |c| format!("{c:.1}")),
+                s.non_2xx,
+                s.failed
+            );
+            samples[i].push(s);
+        }
+    }
+    let mut instructions: Vec<Option<Result<u64, String>>> = targets.iter().map(|_| None).collect();
+    if args.instructions {
+        for (i, t) in targets.iter().enumerate() {
+            if let (Some(launch), false) = (&t.launch, t.work == Work::Cannot) {
+                instructions[i] = Some(count_instructions(launch, &plan, &dir, proxy_core));
+                if let Some(r) = &instructions[i] {
+                    eprintln!("  {} instructions/request: {r:?}", t.name);
+                }
+            }
+        }
+    }
+    upstream.stop();
+
+    let targets = targets
+        .into_iter()
+        .zip(samples)
+        .zip(instructions)
+        .map(|((t, rounds), instr)| {
+            TargetReport::new(t.name, t.kind, t.version, t.work, t.note, rounds, instr)
+        })
+        .collect();
+    let command = format!(
+        "loadtest compare --scenario {} --duration {}s --rounds {} --connections {} --threads {}{} --peers {}",
+        args.scenario.name(),
+        args.duration.as_secs_f64(),
+        args.rounds,
+        args.connections,
+        args.threads,
+        if args.instructions { " --instructions" } else { "" },
+        if args.peers.is_empty() { "none".into() } else { args.peers.join(",") }
+    );
+    Ok(Report::new(
+        args.scenario,
+        command,
+        args,
+        proxy_core.is_some(),
+        targets,
+    ))
+}
+
+fn version_line(bin: &Path, args: &[&str]) -> String {
+    std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One measured run of one target.
+/// `check`: Some(binding) to check the tenant work first (see `probe`).
+fn measure(
+    t: &Target,
+    plan: &Plan,
+    dir: &Path,
+    core: Option<usize>,
+    warmup: Duration,
+    label: &str,
+    check: Option<bool>,
+) -> anyhow::Result<Sample> {
+    let mut plan = plan.clone();
+    let running = match &t.launch {
+        Some(l) => {
+            plan.addr = l.addr;
+            Some(l.start(dir, core, &[], Duration::from_secs(30))?)
+        }
+        None => None,
+    };
+    if let Some(binding) = check {
+        probe::check_tenant_work(plan.addr, &plan.requests, binding)
+            .with_context(|| format!("{} does not do the work its row claims", t.name))?;
+    }
+    if !warmup.is_zero() {
+        let mut w = plan.clone();
+        w.duration = warmup;
+        generator::run(w, Arc::default())?;
+    }
+    let cpu_before = running.as_ref().map(|r| r.cpu_seconds());
+    let progress = Arc::new(Progress::default());
+    let outcome = {
+        let _bar = Bar::start(label, plan.duration, Arc::clone(&progress));
+        generator::run(plan, progress)?
+    };
+    let cpu = running
+        .as_ref()
+        .zip(cpu_before)
+        .map(|(r, before)| r.cpu_seconds() - before);
+    let rss = running.as_ref().map(|r| r.peak_rss_mib());
+    if let Some(mut r) = running {
+        r.stop();
+    }
+    Ok(Sample::from_outcome(&outcome, cpu, rss))
+}
+
+/// User-space instructions per request of one proxy, under callgrind: instrumentation switched on after
+/// an uninstrumented warm-up, off after the measured window; the dump's total over the responses.
+fn count_instructions(
+    launch: &Launch,
+    plan: &Plan,
+    dir: &Path,
+    core: Option<usize>,
+) -> Result<u64, String> {
+    let out = dir.join(format!("{}.callgrind", launch.name));
+    let wrap = vec![
+        "valgrind".to_string(),
+        "--tool=callgrind".into(),
+        "--instr-atstart=no".into(),
+        format!("--callgrind-out-file={}", out.display()),
+    ];
+    let mut launch = launch.clone();
+    launch.name = format!("{}-callgrind", launch.name);
+    if launch.program.ends_with("nginx") {
+        // One process: valgrind does not follow the master's worker the same way.
+        launch
+            .args
+            .extend(["-g".into(), "master_process off;".into()]);
+    }
+    let mut running = launch
+        .start(dir, core, &wrap, Duration::from_secs(120))
+        .map_err(|e| e.to_string())?;
+    let pid = running.pid().to_string();
+    let mut p = plan.clone();
+    p.addr = launch.addr;
+    p.connections = p.connections.min(16);
+    p.timeout = Duration::from_secs(30);
+    let mut w = p.clone();
+    w.duration = Duration::from_secs(3);
+    generator::run(w, Arc::default()).map_err(|e| e.to_string())?;
+    let control = |arg: &[&str]| {
+        std::process::Command::new("callgrind_control")
+            .args(arg)
+            .arg(&pid)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !control(&["-i", "on"]) {
+        running.stop();
+        return Err("callgrind_control -i on failed (is it running under callgrind?)".into());
+    }
+    let outcome = generator::run(p, Arc::default()).map_err(|e| e.to_string())?;
+    control(&["-i", "off"]);
+    control(&["-d"]);
+    running.stop();
+    let responses = outcome.stats.responses();
+    let s = outcome.stats.summary(outcome.elapsed.as_secs_f64());
+    if responses == 0 || s.status.s2xx != responses {
+        return Err(format!(
+            "{} responses, {} of them 2xx, under callgrind",
+            responses, s.status.s2xx
+        ));
+    }
+    // The dump after `-d` is <out>.1 (the final one at exit, <out>, has nothing after -i off).
+    let dump = std::fs::read_to_string(format!("{}.1", out.display()))
+        .map_err(|e| format!("no callgrind dump: {e}"))?;
+    let total: u64 = dump
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .ok_or("no totals line in the callgrind dump")?;
+    Ok(total / responses)
 }

@@ -92,6 +92,7 @@ pub struct Plan {
 /// A run's result: the merged figures and, for an open loop, how many intended requests were never sent.
 pub struct Outcome {
     pub stats: Stats,
+    /// The measured window (the plan's duration); requests in flight at its end finish after it.
     pub elapsed: Duration,
     /// Open loop: the requests the schedule asked for (rate × duration).
     pub intended: Option<u64>,
@@ -294,7 +295,7 @@ pub fn run(plan: Plan, progress: Arc<Progress>) -> Result<Outcome, PlanError> {
     }
     Ok(Outcome {
         stats,
-        elapsed: shared.start.elapsed(),
+        elapsed: shared.plan.duration,
         intended,
     })
 }
@@ -325,6 +326,8 @@ async fn worker(shared: &Shared, id: usize, stats: &RefCell<Stats>) {
     // A kept-alive TLS connection stays on one server name (its SNI); otherwise requests rotate.
     let sticky = shared.tls.is_some() && plan.keep_alive;
     let mut next = id % n;
+    let end = shared.start + plan.duration;
+    let mut watchdog = std::pin::pin!(tokio::time::sleep(plan.timeout));
     let mut h1: Option<h1::Conn<Stream>> = None;
     let mut h2: Option<h2::Conn> = None;
     while let Some(intended) = shared.next_request().await {
@@ -332,43 +335,73 @@ async fn worker(shared: &Shared, id: usize, stats: &RefCell<Stats>) {
         if !sticky {
             next = (next + plan.connections) % n;
         }
-        let result = tokio::time::timeout(plan.timeout, async {
-            match plan.protocol {
-                Protocol::H1 => {
-                    if h1.is_none() {
-                        h1 = Some(h1::Conn::new(connect(shared, req).await?));
+        let started = Instant::now();
+        let result = {
+            let exchange = async {
+                match plan.protocol {
+                    Protocol::H1 => {
+                        if h1.is_none() {
+                            h1 = Some(h1::Conn::new(connect(shared, req).await?));
+                        }
+                        let conn = h1.as_mut().ok_or(Failure::Io)?;
+                        let bytes = if plan.keep_alive {
+                            &req.h1_keep_alive
+                        } else {
+                            &req.h1_close
+                        };
+                        let resp = conn.exchange(bytes, req.head_only).await;
+                        match resp {
+                            Ok(r) if r.close || !plan.keep_alive => h1 = None,
+                            Err(_) => h1 = None,
+                            Ok(_) => {}
+                        }
+                        resp.map(|r| r.status)
                     }
-                    let conn = h1.as_mut().ok_or(Failure::Io)?;
-                    let bytes = if plan.keep_alive {
-                        &req.h1_keep_alive
-                    } else {
-                        &req.h1_close
-                    };
-                    let resp = conn.exchange(bytes, req.head_only).await;
-                    match resp {
-                        Ok(r) if r.close || !plan.keep_alive => h1 = None,
-                        Err(_) => h1 = None,
-                        Ok(_) => {}
+                    Protocol::H2 => {
+                        if h2.is_none() {
+                            h2 = Some(h2::Conn::handshake(connect(shared, req).await?).await?);
+                        }
+                        let conn = h2.as_mut().ok_or(Failure::Io)?;
+                        let resp = conn.exchange(&req.h2, &req.body).await;
+                        if resp.is_err() || !plan.keep_alive {
+                            h2 = None;
+                        }
+                        resp
                     }
-                    resp.map(|r| r.status)
                 }
-                Protocol::H2 => {
-                    if h2.is_none() {
-                        h2 = Some(h2::Conn::handshake(connect(shared, req).await?).await?);
+            };
+            tokio::pin!(exchange);
+            // The request timeout without a timer per request: the connection's watchdog fires at most once
+            // per timeout period, and is only re-armed then (a request may fail up to one period late).
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut exchange => break Ok(r),
+                    () = &mut watchdog => {
+                        let due = started + plan.timeout;
+                        if Instant::now() >= due {
+                            break Err(());
+                        }
+                        watchdog.as_mut().reset(due.into());
                     }
-                    let conn = h2.as_mut().ok_or(Failure::Io)?;
-                    let resp = conn.exchange(&req.h2, &req.body).await;
-                    if resp.is_err() || !plan.keep_alive {
-                        h2 = None;
-                    }
-                    resp
                 }
             }
-        })
-        .await;
-        let latency = micros(intended.elapsed());
+        };
+        if result.is_err() {
+            watchdog
+                .as_mut()
+                .reset((Instant::now() + plan.timeout).into());
+        }
+        let done = Instant::now();
+        let latency = micros(done.saturating_duration_since(intended));
         match result {
-            Ok(Ok(status)) => stats.borrow_mut().response(status, latency),
+            Ok(Ok(status)) => {
+                let mut stats = stats.borrow_mut();
+                stats.response(status, latency);
+                if done > end {
+                    stats.late();
+                }
+            }
             Ok(Err(kind)) => stats.borrow_mut().failure(kind, latency),
             Err(_) => {
                 h1 = None;

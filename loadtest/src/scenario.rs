@@ -1,0 +1,171 @@
+//! The work a comparison asks of every proxy: the requests the generator sends, and the gateway's
+//! configuration for it. Peers get theirs from `compare::peers`.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde::Serialize;
+
+use crate::generator::RequestSpec;
+
+/// Every request's host sits under this domain; the label before it is the tenant.
+pub const BASE_DOMAIN: &str = "bench.test";
+/// The HS256 secret of the benchmark's tokens (the gateway reads it from `BENCH_JWT_SECRET`).
+pub const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret-01";
+/// Tenants of the tenant scenarios.
+pub const TENANTS: usize = 1000;
+/// The global limit of `tenant_jwt_ratelimit`: far above what one core serves, so it never trips and
+/// every request costs one decision.
+pub const LIMIT_PER_SECOND: u64 = 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Scenario {
+    /// A GET through a route to a small fixed response.
+    Plain,
+    /// Tokens of 1 000 tenants, each request on its own tenant's host, on a `jwt_tenant` route.
+    TenantJwt,
+    /// `tenant_jwt` plus a global (Redis) per-tenant limit that never trips.
+    TenantJwtRatelimit,
+    /// A new TLS connection (full handshake) per request, on a plain route.
+    TlsHandshake,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Plain => "plain",
+            Scenario::TenantJwt => "tenant_jwt",
+            Scenario::TenantJwtRatelimit => "tenant_jwt_ratelimit",
+            Scenario::TlsHandshake => "tls_handshake",
+        }
+    }
+
+    pub fn tenants(self) -> bool {
+        matches!(self, Scenario::TenantJwt | Scenario::TenantJwtRatelimit)
+    }
+
+    pub fn tls(self) -> bool {
+        self == Scenario::TlsHandshake
+    }
+
+    /// The requests of one run, rotated over by the generator.
+    pub fn requests(self) -> Result<Vec<RequestSpec>, jsonwebtoken::errors::Error> {
+        if !self.tenants() {
+            return Ok(vec![RequestSpec::get(format!("plain.{BASE_DOMAIN}"), "/")]);
+        }
+        let key = EncodingKey::from_secret(JWT_SECRET.as_bytes());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (0..TENANTS)
+            .map(|i| {
+                let tenant = tenant(i);
+                let claims = contracts::claims::AccessClaims {
+                    user_id: uuid::Uuid::new_v4(),
+                    email: format!("bench@{tenant}.test"),
+                    tenant_id: tenant.clone(),
+                    role: "member".into(),
+                    iat: now,
+                    exp: now + 86_400,
+                    jti: uuid::Uuid::new_v4().to_string(),
+                };
+                let token = encode(&Header::default(), &claims, &key)?;
+                Ok(RequestSpec::get(format!("{tenant}.{BASE_DOMAIN}"), "/")
+                    .header("Authorization", format!("Bearer {token}")))
+            })
+            .collect()
+    }
+
+    /// The gateway's configuration: the scenario's entrypoint (`listen`), the upstream, and the
+    /// scenario's route. `tls`: the certificate and key files of the TLS scenario, whose plain HTTP
+    /// entrypoint (required; it redirects) listens on `spare`.
+    pub fn gateway_toml(
+        self,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        spare: SocketAddr,
+        upstream: SocketAddr,
+        tls: Option<(&str, &str)>,
+    ) -> String {
+        let entries = if self.tls() {
+            format!("http = \"{spare}\"\nhttps = \"{listen}\"")
+        } else {
+            format!("http = \"{listen}\"")
+        };
+        let mut toml = format!(
+            r#"[server]
+threads = 1
+[entrypoints]
+{entries}
+admin = "{admin}"
+[tenancy]
+base_domains = ["{BASE_DOMAIN}"]
+[log]
+access_log = true
+format = "json"
+level = "warn"
+[[upstreams]]
+name = "origin"
+servers = ["{upstream}"]
+health = {{ path = "/", interval = "2s", timeout = "1s" }}
+[[routes]]
+name = "bench"
+hosts = ["*.{BASE_DOMAIN}"]
+upstream = "origin"
+"#
+        );
+        match self {
+            Scenario::Plain | Scenario::TlsHandshake => {}
+            Scenario::TenantJwt => toml.push_str("auth = \"jwt_tenant\"\n"),
+            Scenario::TenantJwtRatelimit => {
+                toml.push_str("auth = \"jwt_tenant\"\nrate_limits = [\"per_tenant\"]\n")
+            }
+        }
+        if self.tenants() {
+            toml.push_str("[auth.jwt]\nsecret_env = \"BENCH_JWT_SECRET\"\n");
+        }
+        if self == Scenario::TenantJwtRatelimit {
+            toml.push_str(&format!(
+                "[redis]\nurl_env = \"BENCH_REDIS_URL\"\n[rate_limits.per_tenant]\nkey = \"tenant\"\nlimit = {LIMIT_PER_SECOND}\nperiod = \"1s\"\nscope = \"global\"\n"
+            ));
+        }
+        if let Some((cert, key)) = tls {
+            toml.push_str(&format!(
+                "[tls]\ncertificates = [{{ cert = \"{cert}\", key = \"{key}\" }}]\n"
+            ));
+        }
+        toml
+    }
+}
+
+/// The tenant label of tenant `i`.
+pub fn tenant(i: usize) -> String {
+    format!("t{i:04}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_requests_carry_their_own_tenants_token() {
+        let reqs = Scenario::TenantJwt.requests().unwrap();
+        assert_eq!(reqs.len(), TENANTS);
+        let key = jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes());
+        for r in [&reqs[0], &reqs[999]] {
+            let token = r.headers[0].1.strip_prefix("Bearer ").unwrap();
+            let claims = jsonwebtoken::decode::<contracts::claims::AccessClaims>(
+                token,
+                &key,
+                &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+            )
+            .unwrap()
+            .claims;
+            assert_eq!(format!("{}.{BASE_DOMAIN}", claims.tenant_id), r.host);
+        }
+        assert_eq!(Scenario::Plain.requests().unwrap().len(), 1);
+    }
+}
