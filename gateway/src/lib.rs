@@ -40,6 +40,11 @@ use state::GatewayState;
 const TLS_WRITE_BUFFER: usize = 16 * 1024 + 256;
 /// L4 write buffer of the http entrypoint: a response head and a small body in one write.
 const HTTP_WRITE_BUFFER: usize = 4 * 1024;
+/// L4 read buffer of both entrypoints: none. Pingora's default (64 KiB, zero-filled when the connection
+/// is set up) stays resident for every kept-alive connection, ~114 KiB of RSS per idle client with it
+/// against ~0.6 KiB in nginx (`loadtest scale`); Pingora reads a request head into its own buffer, and
+/// reads through the L4 buffer only copied it once more.
+const L4_READ_BUFFER: usize = 0;
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +131,7 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         proxy.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(
                 pingora::protocols::l4::stream::L4BufferSettings {
-                    read: None,
+                    read: Some(L4_READ_BUFFER),
                     write: Some(HTTP_WRITE_BUFFER),
                 },
             ),
@@ -155,7 +160,7 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         secure.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(
                 pingora::protocols::l4::stream::L4BufferSettings {
-                    read: None,
+                    read: Some(L4_READ_BUFFER),
                     write: Some(TLS_WRITE_BUFFER),
                 },
             ),

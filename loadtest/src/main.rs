@@ -37,6 +37,8 @@ enum Command {
     Compare(loadtest::compare::CompareArgs),
     /// The generator's own CPU per request against wrk's, on one run.
     Generators(loadtest::compare::generators::GeneratorArgs),
+    /// Figures at scale: idle connections, 10 000 routes, reload time, past saturation.
+    Scale(loadtest::compare::scale::ScaleArgs),
 }
 
 #[derive(Args)]
@@ -98,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Compare(args) => loadtest::compare::main(args),
         Command::Generators(args) => loadtest::compare::generators::main(args),
+        Command::Scale(args) => loadtest::compare::scale::main(args),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod generators;
 pub mod peers;
 pub mod probe;
 pub mod process;
+pub mod scale;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};

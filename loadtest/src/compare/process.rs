@@ -230,7 +230,7 @@ fn stat_ticks(pid: u32) -> u64 {
     n(11) + n(12)
 }
 
-fn status_kib(pid: u32, key: &str) -> u64 {
+pub fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
