@@ -120,6 +120,11 @@ impl Launch {
 }
 
 impl Running {
+    /// Whether the process is still running (not exited, not a zombie).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

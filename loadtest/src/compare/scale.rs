@@ -504,7 +504,7 @@ fn saturation_figure(
     let rss_peak = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
-    let alive_after = matches!(std::fs::metadata(format!("/proc/{}", running.pid())), Ok(_))
+    let alive_after = running.alive()
         && std::net::TcpStream::connect_timeout(&listen, Duration::from_secs(2)).is_ok();
     let after = generator::run(
         closed_plan(listen, req, Duration::from_secs(3)),
