@@ -185,6 +185,7 @@ impl Report {
         scenario: Scenario,
         command: String,
         args: &CompareArgs,
+        connections: usize,
         pinned: bool,
         targets: Vec<TargetReport>,
     ) -> Report {
@@ -206,7 +207,7 @@ impl Report {
                 duration_s: args.duration.as_secs_f64(),
                 warmup_s: args.warmup.as_secs_f64(),
                 rounds: args.rounds,
-                connections: args.connections,
+                connections,
                 proxy_threads: args.threads,
                 pinned,
                 protocol: if scenario.tls() {
@@ -303,6 +304,15 @@ pub fn markdown(r: &Report) -> String {
             _ => "–".into(),
         };
         let rss = m.peak_rss_mib.map_or("–".into(), |r| format!("{r:.1} MiB"));
+        if m.non_2xx + m.failed > 0 {
+            notes.push(format!(
+                "- **{}** answered {} non-2xx and failed {} of {} requests: not the same work as a clean row",
+                t.name,
+                m.non_2xx,
+                m.failed,
+                m.responses + m.failed
+            ));
+        }
         out.push_str(&format!(
             "| {name} | {work} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {cpu} | {cpu_x} | {ir} | {ir_x} | {rss} | {} / {} |\n",
             thousands(m.rps.round() as u64),

@@ -31,6 +31,9 @@ pub enum Scenario {
     TenantJwtRatelimit,
     /// A new TLS connection (full handshake) per request, on a plain route.
     TlsHandshake,
+    /// A real login (`POST /api/auth/login`) through the proxy to the backend, against the real Postgres:
+    /// one user per connection.
+    Login,
 }
 
 impl Scenario {
@@ -40,6 +43,7 @@ impl Scenario {
             Scenario::TenantJwt => "tenant_jwt",
             Scenario::TenantJwtRatelimit => "tenant_jwt_ratelimit",
             Scenario::TlsHandshake => "tls_handshake",
+            Scenario::Login => "login",
         }
     }
 
@@ -53,6 +57,23 @@ impl Scenario {
 
     /// The requests of one run, rotated over by the generator.
     pub fn requests(self) -> Result<Vec<RequestSpec>, jsonwebtoken::errors::Error> {
+        if self == Scenario::Login {
+            return Ok((0..LOGIN_USERS)
+                .map(|i| {
+                    let mut r = RequestSpec::get(
+                        format!("{LOGIN_TENANT}.{BASE_DOMAIN}"),
+                        "/api/auth/login",
+                    )
+                    .header("Content-Type", "application/json");
+                    r.method = http::Method::POST;
+                    r.body = bytes::Bytes::from(
+                        serde_json::json!({ "email": login_email(i), "password": LOGIN_PASSWORD })
+                            .to_string(),
+                    );
+                    r
+                })
+                .collect());
+        }
         if !self.tenants() {
             return Ok(vec![RequestSpec::get(format!("plain.{BASE_DOMAIN}"), "/")]);
         }
@@ -95,6 +116,11 @@ impl Scenario {
         } else {
             format!("http = \"{listen}\"")
         };
+        let health = if self == Scenario::Login {
+            "/healthz"
+        } else {
+            "/"
+        };
         let mut toml = format!(
             r#"[server]
 threads = 1
@@ -110,7 +136,7 @@ level = "warn"
 [[upstreams]]
 name = "origin"
 servers = ["{upstream}"]
-health = {{ path = "/", interval = "2s", timeout = "1s" }}
+health = {{ path = "{health}", interval = "2s", timeout = "1s" }}
 [[routes]]
 name = "bench"
 hosts = ["*.{BASE_DOMAIN}"]
@@ -118,7 +144,7 @@ upstream = "origin"
 "#
         );
         match self {
-            Scenario::Plain | Scenario::TlsHandshake => {}
+            Scenario::Plain | Scenario::TlsHandshake | Scenario::Login => {}
             Scenario::TenantJwt => toml.push_str("auth = \"jwt_tenant\"\n"),
             Scenario::TenantJwtRatelimit => {
                 toml.push_str("auth = \"jwt_tenant\"\nrate_limits = [\"per_tenant\"]\n")
@@ -139,6 +165,15 @@ upstream = "origin"
         }
         toml
     }
+}
+
+/// The `login` scenario's tenant, users (one per connection) and their password (a throw-away database).
+pub const LOGIN_TENANT: &str = "login";
+pub const LOGIN_USERS: usize = 16;
+pub const LOGIN_PASSWORD: &str = "loadtest-password-0123";
+
+pub fn login_email(i: usize) -> String {
+    format!("user{i}@login.test")
 }
 
 /// The tenant label of tenant `i`.

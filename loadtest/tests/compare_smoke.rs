@@ -42,6 +42,8 @@ fn compare_plain_gateway_and_nginx() {
         instructions: false,
         gateway_bin: Some(gateway_bin()),
         bare_pingora: None,
+        backend_bin: None,
+        pg_admin_url: String::new(),
         out: out.clone(),
         redis: "127.0.0.1:6379".into(),
         json: false,

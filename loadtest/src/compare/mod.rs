@@ -3,6 +3,7 @@
 //! generator and the upstream on the other. Per target: req/s, latency quantiles, the proxy's CPU time
 //! per request and peak RSS; with `--instructions`, user-space instructions per request under callgrind.
 
+mod backend;
 pub mod generators;
 pub mod peers;
 pub mod probe;
@@ -67,6 +68,12 @@ pub struct CompareArgs {
     /// Redis, for the scenarios with a global limit.
     #[arg(long, default_value = "127.0.0.1:6379")]
     pub redis: String,
+    /// `login`: the backend binary (default: the release build next to the gateway's).
+    #[arg(long)]
+    pub backend_bin: Option<PathBuf>,
+    /// `login`: a Postgres superuser URL; the harness creates and drops a database of its own.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub pg_admin_url: String,
     /// Print the report as JSON on stdout (the Markdown table otherwise).
     #[arg(long)]
     pub json: bool,
@@ -81,6 +88,8 @@ struct Target {
     note: Option<String>,
     /// None: the upstream itself (in process).
     launch: Option<Launch>,
+    /// What it checks of a tenant scenario's requests (checked before it is measured).
+    claims: peers::Claims,
 }
 
 pub fn main(args: CompareArgs) -> anyhow::Result<()> {
@@ -161,7 +170,24 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         process::pin_self(load_core).context("pinning the generator with taskset")?;
     }
     let proxy_core = cores.map(|(p, _)| p);
-    let upstream = Upstream::start("127.0.0.1:0".parse()?)?;
+    let in_process = Upstream::start("127.0.0.1:0".parse()?)?;
+    // `login` goes to the real backend (on the generator's core, as the upstream is).
+    let backend = if args.scenario == Scenario::Login {
+        let bin = args
+            .backend_bin
+            .clone()
+            .unwrap_or_else(|| gateway_bin.with_file_name("backend"));
+        let b = backend::BackendArgs {
+            bin,
+            pg_admin_url: args.pg_admin_url.clone(),
+            redis,
+            users: crate::scenario::LOGIN_USERS,
+        };
+        Some(backend::Backend::start(&b, &dir, cores.map(|(_, l)| l))?)
+    } else {
+        None
+    };
+    let upstream_addr = backend.as_ref().map_or(in_process.addr, |b| b.addr);
 
     // The TLS scenario's certificate, made by the gateway's own dev CA.
     let cert = if args.scenario.tls() {
@@ -192,18 +218,31 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     let mut targets = vec![Target {
         name: "upstream".into(),
         kind: report::Kind::Ceiling,
-        version: "in-process hyper".into(),
+        version: if backend.is_some() {
+            "the backend".into()
+        } else {
+            "in-process hyper".into()
+        },
         work: Work::Same,
         note: Some("the generator straight to the upstream: the ceiling".into()),
         launch: None,
+        claims: peers::Claims {
+            jwt: false,
+            binding: false,
+        },
     }];
+    // What the gateway checks of this scenario's requests, and so every peer doing the same work.
+    let ours = peers::Claims {
+        jwt: args.scenario.tenants(),
+        binding: args.scenario.tenants(),
+    };
     let gw_listen = free_addr()?;
     let gw_admin = free_addr()?;
     let gw_toml = args.scenario.gateway_toml(
         gw_listen,
         gw_admin,
         free_addr()?,
-        upstream.addr,
+        upstream_addr,
         cert.as_ref().map(|(c, k, _)| (c.as_str(), k.as_str())),
     );
     let gw_toml = gw_toml.replacen("threads = 1", &format!("threads = {}", args.threads), 1);
@@ -245,6 +284,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             env: gw_env,
             addr: gw_listen,
         }),
+        claims: ours,
     });
     if let (Some(bare), Scenario::Plain) = (&args.bare_pingora, args.scenario) {
         let listen = free_addr()?;
@@ -260,10 +300,11 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             launch: Some(Launch {
                 name: "bare-pingora".into(),
                 program: bare.clone(),
-                args: vec![listen.to_string(), upstream.addr.to_string()],
+                args: vec![listen.to_string(), upstream_addr.to_string()],
                 env: vec![],
                 addr: listen,
             }),
+            claims: ours,
         });
     }
     for peer in peer_list {
@@ -271,15 +312,15 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         let ctx = peers::Context {
             dir: &dir,
             listen: free_addr()?,
-            upstream: upstream.addr,
+            upstream: upstream_addr,
             cert: cert.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
             redis,
             threads: args.threads,
         };
-        let (work, note, launch) = match peer.setup(args.scenario, &ctx)? {
-            Setup::Same(l) => (Work::Same, None, Some(l)),
-            Setup::Closest(l, note) => (Work::Closest, Some(note), Some(l)),
-            Setup::Cannot(why) => (Work::Cannot, Some(why), None),
+        let (work, note, launch, claims) = match peer.setup(args.scenario, &ctx)? {
+            Setup::Same(l) => (Work::Same, None, Some(l), ours),
+            Setup::Closest(l, note, claims) => (Work::Closest, Some(note), Some(l), claims),
+            Setup::Cannot(why) => (Work::Cannot, Some(why), None, ours),
         };
         targets.push(Target {
             name: peer.name().into(),
@@ -288,6 +329,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             work,
             note,
             launch,
+            claims,
         });
     }
 
@@ -296,16 +338,22 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         .as_ref()
         .map(|(_, _, ca)| crate::tls::trusting(ca))
         .transpose()?;
+    let login = args.scenario == Scenario::Login;
     let plan = Plan {
-        addr: upstream.addr,
+        addr: upstream_addr,
         tls: tls.clone(),
         protocol: Protocol::H1,
         keep_alive: !args.scenario.tls(),
         load: Load::Closed,
-        connections: args.connections,
+        // One connection per user: a login is ~Argon2id time, not a proxy's.
+        connections: if login {
+            crate::scenario::LOGIN_USERS
+        } else {
+            args.connections
+        },
         threads: 1,
         duration: args.duration,
-        timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(if login { 30 } else { 5 }),
         requests,
     };
 
@@ -323,8 +371,8 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             }
             let label = format!("{} {round}/{}", t.name, args.rounds);
             // The first round checks that a tenant scenario's work is done (forged tokens refused …).
-            let check = (round == 1 && args.scenario.tenants() && t.launch.is_some())
-                .then_some(t.work == Work::Same);
+            let check =
+                (round == 1 && t.claims.jwt && t.launch.is_some()).then_some(t.claims.binding);
             let s = measure(t, &p, &dir, proxy_core, args.warmup, &label, check)
                 .with_context(|| format!("measuring {} (files in {})", t.name, dir.display()))?;
             eprintln!(
@@ -350,7 +398,10 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             }
         }
     }
-    upstream.stop();
+    in_process.stop();
+    if let Some(b) = backend {
+        b.stop();
+    }
 
     let targets = targets
         .into_iter()
@@ -374,6 +425,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         args.scenario,
         command,
         args,
+        plan.connections,
         proxy_core.is_some(),
         targets,
     ))
@@ -455,6 +507,12 @@ fn count_instructions(
     ];
     let mut launch = launch.clone();
     launch.name = format!("{}-callgrind", launch.name);
+    if peers::is_go(&launch.program) {
+        // Go preempts goroutines with signals, which callgrind 3.19 asserts on.
+        launch
+            .env
+            .push(("GODEBUG".into(), "asyncpreemptoff=1".into()));
+    }
     if launch.program.ends_with("nginx") {
         // One process: valgrind does not follow the master's worker the same way.
         launch
@@ -488,6 +546,15 @@ fn count_instructions(
     let outcome = generator::run(p, Arc::default()).map_err(|e| e.to_string())?;
     control(&["-i", "off"]);
     control(&["-d"]);
+    if !running.alive() {
+        let why = running.stderr_tail();
+        return Err(format!(
+            "it died under callgrind: {}",
+            why.lines()
+                .find(|l| l.contains("Assertion") || l.contains("error"))
+                .unwrap_or("see its stderr")
+        ));
+    }
     running.stop();
     let responses = outcome.stats.responses();
     let s = outcome.stats.summary(outcome.elapsed.as_secs_f64());

