@@ -571,8 +571,8 @@ fn markdown(r: &ScaleReport) -> String {
     }
     if let Some(s) = &r.saturation {
         md.push_str(&format!(
-        "\n**Past saturation**: closed-loop maximum {:.0} req/s; an open loop offering {:.0} req/s (1.5×) over 512 connections answered {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms; {} of {} intended requests never sent, failures {:?}, {} non-2xx; RSS {:.1} MiB before, {:.1} MiB at peak; alive after: {}; closed-loop right after: {:.0} req/s.\n",
-        s.max_rps, s.offered_rps, s.answered_rps, s.p50_ms, s.p99_ms, s.max_ms, s.missed, s.intended, s.failures, s.non_2xx,
+        "\n**Past saturation**: closed-loop maximum {:.0} req/s; an open loop offering {:.0} req/s (1.5×) over 512 connections answered {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms; {} of {} intended requests never sent, failures: connect {}, timeout {}, io {}, protocol {}; {} non-2xx; RSS {:.1} MiB before, {:.1} MiB at peak; alive after: {}; closed-loop right after: {:.0} req/s.\n",
+        s.max_rps, s.offered_rps, s.answered_rps, s.p50_ms, s.p99_ms, s.max_ms, s.missed, s.intended, s.failures.connect, s.failures.timeout, s.failures.io, s.failures.protocol, s.non_2xx,
         s.rss_before_mib, s.rss_peak_mib, s.alive_after, s.rps_after
     ));
     }
