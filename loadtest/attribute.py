@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Attributes a proxy's CPU samples (folded stacks from inferno-collapse-perf) to who spent them.
+
+Each sample goes to the owner of its deepest frame that is code of ours or of a library we can name:
+walking from the leaf towards the root, std/alloc/core/libc frames (memcpy, malloc, Vec growth …) are
+skipped, so a copy made by the access log counts as the access log's. A sample whose leaf is in the kernel
+is the kernel's (syscalls: TCP, epoll), whoever asked. Usage: attribute.py FOLDED CPU_US_PER_REQUEST TARGET
+"""
+import collections
+import re
+import sys
+
+folded, cpu_us, target = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+
+GENERIC = re.compile(
+    r"^(core::|alloc::|std::|<core::|<alloc::|<std::|__|_start|main$|memcpy|memmove|memset|memcmp|"
+    r"\[unknown\]|_?mi_|mi_|malloc|free|realloc|calloc|clone3?$|start_thread|syscall$|__libc|__GI_|"
+    r"hashbrown::|<hashbrown::|bytes::|<bytes::|smallvec::|<smallvec::|<&|<\[|<T as|<F as)"
+)
+
+
+def owner(frames):
+    """frames: root first. Returns a component name."""
+    leaf = frames[-1]
+    if leaf.endswith("_[k]"):
+        return "kernel (syscalls: TCP, epoll, …)"
+    for f in reversed(frames):
+        name = f.removesuffix("_[k]")
+        # `<gateway::proxy::Gateway as pingora_proxy::ProxyHttp>::request_filter::{{closure}}` → gateway::proxy
+        m = re.match(r"^<?(?:&(?:mut )?)?([a-z_][a-z0-9_]*)::([A-Za-z_][A-Za-z0-9_]*)?(?:::([a-z_][a-z0-9_]*))?", name)
+        if not m:
+            continue
+        crate = m.group(1)
+        if crate in ("core", "alloc", "std", "hashbrown", "bytes", "smallvec"):
+            continue
+        if crate == "gateway":
+            mod = m.group(2) or ""
+            sub = m.group(3) or ""
+            if mod == "proxy" and sub and sub[0].islower():
+                return f"ours: gateway::proxy::{sub}"
+            return f"ours: gateway::{mod}"
+        if crate.startswith("pingora"):
+            return f"pingora ({crate})"
+        if crate == "tokio":
+            return "tokio (runtime, timers, I/O driver)"
+        if crate in ("mimalloc", "libmimalloc_sys"):
+            return "allocator"
+        return f"library: {crate}"
+    if any(re.match(r"_?mi_|malloc|free|calloc|realloc", f) for f in frames[-3:]):
+        return "allocator"
+    if re.match(r"mem(cpy|move|set|cmp)", leaf):
+        return "libc memory ops (caller unknown)"
+    return "other (std, libc, unresolved)"
+
+
+counts = collections.Counter()
+total = 0
+for line in open(folded):
+    line = line.rstrip("\n")
+    if not line:
+        continue
+    stack, _, n = line.rpartition(" ")
+    n = int(n)
+    frames = stack.split(";")
+    counts[owner(frames)] += n
+    total += n
+
+print(f"**{target}**: {total} samples (perf, software clock); {cpu_us:.1f} CPU-µs per request measured under perf.\n")
+print("| component | share | CPU-µs / request |")
+print("|---|---|---|")
+ours = 0.0
+for name, n in counts.most_common():
+    share = n / total
+    if name.startswith("ours"):
+        ours += share
+    print(f"| {name} | {share * 100:.1f} % | {share * cpu_us:.2f} |")
+print(f"\nOur own code (all `ours:` rows): {ours * 100:.1f} % = {ours * cpu_us:.2f} CPU-µs per request.")
