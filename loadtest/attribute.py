@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Attributes a proxy's CPU samples (folded stacks from inferno-collapse-perf) to who spent them.
 
-Each sample goes to the owner of its deepest frame that is code of ours or of a library we can name:
-walking from the leaf towards the root, std/alloc/core/libc frames (memcpy, malloc, Vec growth …) are
-skipped, so a copy made by the access log counts as the access log's. A sample whose leaf is in the kernel
-is the kernel's (syscalls: TCP, epoll), whoever asked. Usage: attribute.py FOLDED CPU_US_PER_REQUEST TARGET
+Each sample goes to its owner: walking from the leaf towards the root, the first frame of ours (a
+`gateway::` module), of Pingora or of tokio decides; std, libc, the allocator and the libraries they call
+(http's header maps, httparse, parking_lot, …) are skipped on the way, so a header insert made by our proxy
+module counts as ours, and one made by Pingora as Pingora's. A sample whose leaf is in the kernel is the
+kernel's (syscalls: TCP, epoll), whoever asked. Samples owned by none of them go to the leaf-most library. Usage: attribute.py FOLDED CPU_US_PER_REQUEST TARGET
 """
 import collections
 import re
@@ -24,6 +25,7 @@ def owner(frames):
     leaf = frames[-1]
     if leaf.endswith("_[k]"):
         return "kernel (syscalls: TCP, epoll, …)"
+    library = None
     for f in reversed(frames):
         name = f.removesuffix("_[k]")
         # `<gateway::proxy::Gateway as pingora_proxy::ProxyHttp>::request_filter::{{closure}}` → gateway::proxy
@@ -43,9 +45,10 @@ def owner(frames):
             return f"pingora ({crate})"
         if crate == "tokio":
             return "tokio (runtime, timers, I/O driver)"
-        if crate in ("mimalloc", "libmimalloc_sys"):
-            return "allocator"
-        return f"library: {crate}"
+        if library is None and crate not in ("mimalloc", "libmimalloc_sys"):
+            library = crate
+    if library:
+        return f"library: {library}"
     if any(re.match(r"_?mi_|malloc|free|calloc|realloc", f) for f in frames[-3:]):
         return "allocator"
     if re.match(r"mem(cpy|move|set|cmp)", leaf):
@@ -65,7 +68,8 @@ for line in open(folded):
     counts[owner(frames)] += n
     total += n
 
-print(f"**{target}**: {total} samples (perf, software clock); {cpu_us:.1f} CPU-µs per request measured under perf.\n")
+# With the software clock, inferno weighs each sample by its period: nanoseconds of CPU.
+print(f"**{target}**: {total / 1e9:.2f} s of sampled CPU (perf, software clock); {cpu_us:.1f} CPU-µs per request measured under perf.\n")
 print("| component | share | CPU-µs / request |")
 print("|---|---|---|")
 ours = 0.0

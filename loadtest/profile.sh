@@ -97,7 +97,7 @@ echo "$TARGET: $REQS requests, $CPU_US CPU-µs/request (perf running; perf's own
 perf script -i "$W/perf.data" 2> /dev/null | inferno-collapse-perf --all > "$W/folded.txt"
 OUT="$ROOT/loadtest/results"
 mkdir -p "$OUT"
-inferno-flamegraph --title "$TARGET: plain route, 64 keep-alive connections ($CPU_US CPU-µs/request)" \
+inferno-flamegraph --minwidth 1 --title "$TARGET: plain route, 64 keep-alive connections ($CPU_US CPU-µs/request)" \
   < "$W/folded.txt" > "$OUT/profile-$TARGET.svg"
 python3 "$ROOT/loadtest/attribute.py" "$W/folded.txt" "$CPU_US" "$TARGET" > "$OUT/profile-$TARGET.md"
 cat "$OUT/profile-$TARGET.md"
