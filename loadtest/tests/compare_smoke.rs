@@ -46,6 +46,7 @@ fn compare_plain_gateway_and_nginx() {
         pg_admin_url: String::new(),
         out: out.clone(),
         redis: "127.0.0.1:6379".into(),
+        keep_files: false,
         json: false,
     };
     let r = compare(&args).expect("compare ran");

@@ -74,6 +74,10 @@ pub struct CompareArgs {
     /// `login`: a Postgres superuser URL; the harness creates and drops a database of its own.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub pg_admin_url: String,
+    /// Keep the work folder (configurations, access logs, callgrind dumps) after a successful run; a failed
+    /// run always keeps it and names it.
+    #[arg(long)]
+    pub keep_files: bool,
     /// Print the report as JSON on stdout (the Markdown table otherwise).
     #[arg(long)]
     pub json: bool,
@@ -421,6 +425,12 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         if args.instructions { " --instructions" } else { "" },
         if args.peers.is_empty() { "none".into() } else { args.peers.join(",") }
     );
+    // The proxies' access logs alone grow by ~100 MB a run.
+    if args.keep_files {
+        eprintln!("work files kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(Report::new(
         args.scenario,
         command,

@@ -284,6 +284,7 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
         reload,
         saturation,
     };
+    let _ = std::fs::remove_dir_all(&dir);
     let md = markdown(&report);
     println!("{md}");
     std::fs::create_dir_all(&args.out)?;
