@@ -14,6 +14,8 @@ ensure_debs openssl
 # loadtest's compare smoke test: nginx as the peer (the harness would install it too), DejaVu Sans for its
 # chart's text, taskset to pin each process.
 ensure_debs nginx-light fonts-dejavu-core util-linux
+# The alert rules as code are checked and unit-tested with promtool (gateway/tests/edge/observability.rs).
+command -v promtool >/dev/null || ensure_debs prometheus
 # ACME tests run a real CA: pebble and its DNS server pebble-challtestsrv (one Debian package), and an
 # authoritative DNS server for DNS-01 over RFC 2136 (Knot, queried with kdig); the exec hook uses curl.
 ensure_debs pebble knot knot-dnsutils curl

@@ -155,6 +155,7 @@ async fn readyz_reports_each_dependency() {
         "backend_http_requests_total{",
         "backend_http_request_duration_seconds_bucket{",
         "backend_db_pool_connections{state=\"idle\"}",
+        "backend_db_pool_connections{state=\"max\"} 16",
     ] {
         assert!(
             text.contains(series),
@@ -224,4 +225,49 @@ async fn a_role_that_bypasses_rls_is_refused_at_start() {
         Err(e) => panic!("refused for another reason: {e}"),
         Ok(_) => panic!("a superuser role was accepted"),
     }
+}
+
+/// Every backend metric that the alert rules as code (compose/prometheus/rules) use is on a live
+/// backend's `/metrics`: a renamed metric fails here, not silently in Prometheus.
+#[tokio::test]
+async fn every_backend_metric_the_alert_rules_use_is_on_live_metrics() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../compose/prometheus/rules/aggios-edge.rules.yml");
+    let rules = std::fs::read_to_string(&rules).expect("the rules file");
+    let used = metric_names(&rules, "backend_");
+    assert!(used.len() >= 2, "{used:?}");
+    let app = TestApp::spawn().await;
+    let (_, body, _) = app
+        .call_raw("GET", "/metrics", "x", None, "", Bytes::new())
+        .await;
+    let text = String::from_utf8_lossy(&body);
+    for name in &used {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "{name} (used by the alert rules) is missing from /metrics:\n{text}"
+        );
+    }
+}
+
+/// Metric names with `prefix` in PromQL text, leaving out recording rules' names (`level:metric:op`).
+fn metric_names(text: &str, prefix: &str) -> std::collections::BTreeSet<String> {
+    let bytes = text.as_bytes();
+    let mut out = std::collections::BTreeSet::new();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find(prefix) {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let before = start.checked_sub(1).map(|b| bytes[b]);
+        let word_start =
+            !matches!(before, Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b':');
+        if word_start && bytes.get(end) != Some(&b':') {
+            out.insert(text[start..end].to_string());
+        }
+        i = end.max(start + 1);
+    }
+    out
 }

@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod jwks;
 mod malformed;
+mod observability;
 mod panics;
 mod protocols;
 mod ratelimit;

@@ -46,6 +46,10 @@ pub async fn metrics(ctx: &Ctx) -> ApiResult {
     m.pool
         .with_label_values(&["active"])
         .set(ctx.state.db.size() as i64 - ctx.state.db.num_idle() as i64);
+    // The pool's ceiling, so that "active / max" (the saturation alert) needs no number in the rule.
+    m.pool
+        .with_label_values(&["max"])
+        .set(i64::from(ctx.state.db.options().get_max_connections()));
     let mut r = Response::new(crate::http::full(Bytes::from(m.render())));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -1,0 +1,120 @@
+//! The alert rules as code (compose/prometheus): `promtool` checks them and runs their unit tests (each
+//! alert fired from synthetic series), and every gateway metric they use exists on a live gateway's
+//! `/metrics` (the backend's: backend/tests/api/service.rs).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::helpers::*;
+use super::tls_helpers::dev_certs;
+
+fn prometheus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/prometheus")
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(prometheus_dir())
+        .output()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let check = promtool(&["check", "rules", "rules/aggios-edge.rules.yml"]);
+    assert!(check.contains("SUCCESS"), "{check}");
+    let tests = promtool(&["test", "rules", "tests/aggios-edge.test.yml"]);
+    assert!(tests.contains("SUCCESS"), "{tests}");
+}
+
+/// Metric names with `prefix` in PromQL text, leaving out recording rules' names (`level:metric:op`).
+fn metric_names(text: &str, prefix: &str) -> BTreeSet<String> {
+    let bytes = text.as_bytes();
+    let mut out = BTreeSet::new();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find(prefix) {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let before = start.checked_sub(1).map(|b| bytes[b]);
+        let word_start =
+            !matches!(before, Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b':');
+        if word_start && bytes.get(end) != Some(&b':') {
+            out.insert(text[start..end].to_string());
+        }
+        i = end.max(start + 1);
+    }
+    out
+}
+
+#[test]
+fn metric_names_skip_recording_rules() {
+    let names = metric_names(
+        "sum(rate(gateway_http_requests_total[5m])) / route:gateway_http_requests:rate5m > gateway_x",
+        "gateway_",
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["gateway_http_requests_total", "gateway_x"]
+    );
+}
+
+/// Series that exist only while ACME manages a name; acme.rs
+/// (`renewal_under_load_then_a_ca_outage_keeps_the_old_certificate`) reads them from a live gateway.
+const ACME_ONLY: &[&str] = &["gateway_acme_consecutive_failures"];
+
+#[tokio::test]
+async fn every_gateway_metric_the_alert_rules_use_is_on_live_metrics() {
+    let rules = std::fs::read_to_string(prometheus_dir().join("rules/aggios-edge.rules.yml"))
+        .expect("the rules file");
+    let used = metric_names(&rules, "gateway_");
+    assert!(used.len() >= 8, "{used:?}");
+
+    // A gateway with a certificate, a health-checked upstream and a route, after one request and one
+    // rejected reload: every labelled series the rules read has a child by then.
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &["*.aggios.test"]);
+    let up = TestUpstream::start("u");
+    let body = format!(
+        "[tenancy]\nbase_domains = [\"aggios.test\"]\n[tls]\n[[tls.certificates]]\ncert = \"{dir}/dev.crt\"\nkey = \"{dir}/dev.key\"\n{up}\n[[routes]]\nname = \"r\"\nhosts = [\"*.aggios.test\"]\nupstream = \"u\"\n",
+        dir = certs.path().display(),
+        up = upstream_toml("u", &[&up], "health = { path = \"/\", interval = \"1s\", timeout = \"1s\" }"),
+    );
+    let gw = Gateway::start(&body).await;
+    assert_eq!(gw.get("acme.aggios.test", "/").await.status, 200);
+    std::fs::write(&gw.config, "this is not toml [").expect("write");
+    eventually("the rejected reload counted", || async {
+        gw.admin_get("/metrics")
+            .await
+            .1
+            .contains("gateway_config_reloads_total{result=\"failure\"} 1")
+    })
+    .await;
+    eventually("the upstream's health published", || async {
+        gw.admin_get("/metrics")
+            .await
+            .1
+            .contains("gateway_upstream_server_up{")
+    })
+    .await;
+    let (_, text) = gw.admin_get("/metrics").await;
+    for name in used.iter().filter(|n| !ACME_ONLY.contains(&n.as_str())) {
+        // A histogram is used through its series (`_bucket`), which is what /metrics lists.
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "{name} (used by the alert rules) is missing from /metrics:\n{text}"
+        );
+    }
+}
