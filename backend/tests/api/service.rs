@@ -227,16 +227,23 @@ async fn a_role_that_bypasses_rls_is_refused_at_start() {
     }
 }
 
-/// Every backend metric that the alert rules as code (compose/prometheus/rules) use is on a live
-/// backend's `/metrics`: a renamed metric fails here, not silently in Prometheus.
+/// Every backend metric that the alert rules and the dashboard as code (compose/prometheus,
+/// compose/grafana) use is on a live backend's `/metrics`: a renamed metric fails here, not silently in
+/// Prometheus or Grafana.
 #[tokio::test]
-async fn every_backend_metric_the_alert_rules_use_is_on_live_metrics() {
-    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../compose/prometheus/rules/aggios-edge.rules.yml");
-    let rules = std::fs::read_to_string(&rules).expect("the rules file");
-    let used = metric_names(&rules, "backend_");
-    assert!(used.len() >= 2, "{used:?}");
+async fn every_backend_metric_the_rules_and_the_dashboard_use_is_on_live_metrics() {
+    let compose = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose");
+    let text = [
+        "prometheus/rules/aggios-edge.rules.yml",
+        "grafana/dashboards/aggios-edge.json",
+    ]
+    .map(|f| std::fs::read_to_string(compose.join(f)).expect(f))
+    .join("\n");
+    let used = metric_names(&text, "backend_");
+    assert!(used.len() >= 3, "{used:?}");
     let app = TestApp::spawn().await;
+    // One request first, so that the per-route series have a child.
+    let _ = app.get("/healthz", "x", None).await;
     let (_, body, _) = app
         .call_raw("GET", "/metrics", "x", None, "", Bytes::new())
         .await;
@@ -245,7 +252,7 @@ async fn every_backend_metric_the_alert_rules_use_is_on_live_metrics() {
         assert!(
             text.lines()
                 .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
-            "{name} (used by the alert rules) is missing from /metrics:\n{text}"
+            "{name} (used by the alert rules or the dashboard) is missing from /metrics:\n{text}"
         );
     }
 }
