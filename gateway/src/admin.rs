@@ -189,11 +189,16 @@ impl ServeHttp for AdminApp {
             }
         }
         match path.as_str() {
-            "/metrics" => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics().render(),
-            ),
+            "/metrics" => {
+                // The breaker is a deadline, not an event: its state is read when scraped.
+                let open = self.state.redis.as_ref().is_some_and(|r| r.is_open());
+                metrics().redis_breaker_open.set(i64::from(open));
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    metrics().render(),
+                )
+            }
             "/healthz" => json_response(StatusCode::OK, json!({ "status": "ok" })),
             "/readyz" => match self.state.ready() {
                 Ok(()) => json_response(StatusCode::OK, json!({ "status": "ready" })),

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub auth_store_errors: IntCounter,
     pub ratelimit_decisions: IntCounterVec,
     pub ratelimit_store_errors: IntCounter,
+    pub redis_breaker_open: IntGauge,
     pub tls_cert_expiry: GaugeVec,
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_refusals: IntCounterVec,
@@ -120,6 +121,11 @@ impl Metrics {
             "Global rate-limit decisions Redis did not answer (the policy's fail mode decided).",
         )?;
         registry.register(Box::new(ratelimit_store_errors.clone()))?;
+        let redis_breaker_open = IntGauge::new(
+            "gateway_redis_breaker_open",
+            "1 while calls to the shared Redis are skipped after a failure (global limits fall back to local decisions, revocation checks fail closed); read at each scrape.",
+        )?;
+        registry.register(Box::new(redis_breaker_open.clone()))?;
         let tls_cert_expiry = GaugeVec::new(
             Opts::new(
                 "gateway_tls_certificate_expiry_timestamp_seconds",
@@ -218,6 +224,7 @@ impl Metrics {
             auth_store_errors,
             ratelimit_decisions,
             ratelimit_store_errors,
+            redis_breaker_open,
             tls_cert_expiry,
             tls_handshakes,
             tls_handshake_refusals,

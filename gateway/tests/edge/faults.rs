@@ -190,15 +190,26 @@ rate_limits = ["per_tenant"]
     let load = Load::start(gw.http, 4, "t{i}.aggios.app", "/");
     load.wait_for(200).await;
     assert!(decided("allowed").await > 0.0, "Redis decides while up");
+    assert_eq!(gw.metric("gateway_redis_breaker_open").await, 0.0);
     redis.stop();
     eventually("the local fallback decides", || async {
         decided("fallback_allowed").await > 50.0
+    })
+    .await;
+    // The breaker is open at some scrape while Redis is away (it re-closes for one probe every
+    // interval, so wait for a scrape that sees it open).
+    eventually("the breaker shows open", || async {
+        gw.metric("gateway_redis_breaker_open").await == 1.0
     })
     .await;
     redis.restart().await;
     let by_redis = decided("allowed").await;
     eventually("Redis decides again", || async {
         decided("allowed").await > by_redis + 50.0
+    })
+    .await;
+    eventually("the breaker shows closed", || async {
+        gw.metric("gateway_redis_breaker_open").await == 0.0
     })
     .await;
     let statuses = load.stop().await;
