@@ -62,7 +62,7 @@ impl AppState {
     /// Connects to Postgres and Redis (lazily, so a service started while they are down serves 503s and
     /// recovers by itself) and refuses a database role that would make row-level security moot.
     pub async fn new(config: &Config) -> Result<Arc<AppState>, StartError> {
-        let db = crate::db::connect(&config.database_url, 16)?;
+        let db = crate::db::connect(&config.database_url, 16, config.db_slow_query)?;
         match crate::db::bypasses_rls(&db).await {
             Ok(true) => return Err(StartError::BypassesRls),
             Ok(false) => {}
@@ -82,7 +82,7 @@ impl AppState {
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_millis(500))
-                    .connect_lazy(url)?;
+                    .connect_lazy_with(crate::db::options(url, config.db_slow_query)?);
                 Some(pool)
             }
             None => None,
@@ -103,7 +103,11 @@ impl AppState {
             max_file_bytes: config.max_file_bytes,
             inline_types: config.inline_types.clone(),
             trusted_gateways: config.trusted_gateways.clone(),
-            internal_db: crate::db::connect(&config.database_url, INTERNAL_POOL_SIZE)?,
+            internal_db: crate::db::connect(
+                &config.database_url,
+                INTERNAL_POOL_SIZE,
+                config.db_slow_query,
+            )?,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             fault_panic_path: config.fault_panic_path.clone(),
         }))

@@ -57,7 +57,13 @@ pub struct Config {
     /// Fault injection for tests (`BACKEND_FAULT_PANIC_PATH`, never set in production): a request for
     /// exactly this path panics inside its handler.
     pub fault_panic_path: Option<String>,
+    /// A statement slower than this is logged at WARN with its SQL text (placeholders, never the bound
+    /// values), rows and elapsed time (`DB_SLOW_QUERY_MS`, default 250).
+    pub db_slow_query: Duration,
 }
+
+/// The slow-statement threshold unless `DB_SLOW_QUERY_MS` says otherwise.
+pub const DEFAULT_DB_SLOW_QUERY_MS: u64 = 250;
 
 /// The gateways' addresses unless `TRUSTED_GATEWAYS` says otherwise: loopback (the local stack).
 pub const DEFAULT_TRUSTED_GATEWAYS: &str = "127.0.0.0/8,::1/128";
@@ -189,6 +195,15 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
             Some("0" | "false" | "no")
         ),
         fault_panic_path: get("BACKEND_FAULT_PANIC_PATH").filter(|p| p.starts_with('/')),
+        db_slow_query: match get("DB_SLOW_QUERY_MS").filter(|v| !v.is_empty()) {
+            None => Duration::from_millis(DEFAULT_DB_SLOW_QUERY_MS),
+            Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|_| {
+                err(
+                    "DB_SLOW_QUERY_MS",
+                    format!("must be a whole number of milliseconds, not `{v}`"),
+                )
+            })?),
+        },
     })
 }
 
@@ -245,6 +260,8 @@ mod tests {
             ("REDIS_URL", "127.0.0.1", "REDIS_URL"),
             ("JWT_SECRET", "short", "JWT_SECRET"),
             ("BACKEND_LISTEN", "nope", "BACKEND_LISTEN"),
+            ("DB_SLOW_QUERY_MS", "fast", "DB_SLOW_QUERY_MS"),
+            ("DB_SLOW_QUERY_MS", "-5", "DB_SLOW_QUERY_MS"),
             ("S3_ENDPOINT", "http://127.0.0.1:9000", "S3_ACCESS_KEY_ID"),
         ];
         for (k, v, var) in cases {

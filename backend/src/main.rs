@@ -175,7 +175,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
             if let Some(d) = &domain {
                 anyhow::ensure!(domain::is_domain(d), "--domain: `{d}` is not a domain name");
             }
-            let pool = db::connect(&config.database_url, 2)?;
+            let pool = db::connect(&config.database_url, 2, config.db_slow_query)?;
             let t = db::tenants::create(&pool, &name, &subdomain, domain.as_deref())
                 .await
                 .context("creating the tenant")?;
@@ -200,7 +200,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
                 domain::is_email(&email),
                 "--email: `{email}` is not an email address"
             );
-            let pool = db::connect(&config.database_url, 2)?;
+            let pool = db::connect(&config.database_url, 2, config.db_slow_query)?;
             let t = db::tenants::by_subdomain(&pool, &tenant)
                 .await?
                 .with_context(|| format!("--tenant: no tenant `{tenant}`"))?;

@@ -224,6 +224,7 @@ async fn postgres_down_gives_503_then_recovers() {
         trusted_gateways: vec!["127.0.0.0/8".parse().expect("net")],
         migrate_on_start: false,
         fault_panic_path: None,
+        db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     let state = AppState::new(&config).await.expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -8,6 +8,7 @@ pub mod refresh_tokens;
 pub mod tenants;
 pub mod users;
 
+use sqlx::postgres::PgConnectOptions;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -73,13 +74,24 @@ async fn read_tx(
     Ok(tx)
 }
 
-/// A pool that fails fast when Postgres is down (requests get 503) and reconnects by itself.
-pub fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
+/// A pool that fails fast when Postgres is down (requests get 503) and reconnects by itself. Statements
+/// slower than `slow` are logged at WARN by sqlx (target `sqlx::query`): the statement's SQL with its
+/// placeholders, rows and elapsed time, never the bound values.
+pub fn connect(url: &str, max: u32, slow: std::time::Duration) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(std::time::Duration::from_secs(3))
         .test_before_acquire(true)
-        .connect_lazy(url)
+        .connect_lazy_with(options(url, slow)?))
+}
+
+/// Connection options of `url` with the slow-statement log at `slow`.
+pub fn options(url: &str, slow: std::time::Duration) -> Result<PgConnectOptions, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    Ok(url
+        .parse::<PgConnectOptions>()?
+        .log_statements(log::LevelFilter::Trace)
+        .log_slow_statements(log::LevelFilter::Warn, slow))
 }
 
 /// Whether the connected role bypasses row-level security (a superuser or BYPASSRLS role).

@@ -197,6 +197,9 @@ pub async fn handle(
             routes::dispatch(&ctx, body).await
         }
     });
+    // Everything logged while the request is handled (slow statements included) carries its request id.
+    let span = tracing::info_span!("request", request_id = %ctx.request_id);
+    let handled = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(handled, span));
     let result = match futures_util::FutureExt::catch_unwind(handled).await {
         Ok(result) => result,
         Err(_) => {

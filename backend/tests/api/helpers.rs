@@ -79,17 +79,22 @@ impl TestApp {
 
     /// Also with a read replica URL (`DATABASE_READ_URL`).
     pub async fn spawn_with(storage: Option<StorageConfig>, read_url: Option<String>) -> TestApp {
-        Self::spawn_full(storage, read_url, redis_url(), None).await
+        Self::spawn_full(storage, read_url, redis_url(), None, None).await
     }
 
     /// With fault injection: a request for exactly `path` panics in its handler.
     pub async fn spawn_with_fault(path: &str) -> TestApp {
-        Self::spawn_full(None, None, redis_url(), Some(path.to_string())).await
+        Self::spawn_full(None, None, redis_url(), Some(path.to_string()), None).await
     }
 
     /// With Redis at `redis` (e.g. a closed port, to test an outage).
     pub async fn spawn_with_redis(redis: String) -> TestApp {
-        Self::spawn_full(None, None, redis, None).await
+        Self::spawn_full(None, None, redis, None, None).await
+    }
+
+    /// With the slow-statement log at `threshold` (`DB_SLOW_QUERY_MS`).
+    pub async fn spawn_with_slow_query_log(threshold: std::time::Duration) -> TestApp {
+        Self::spawn_full(None, None, redis_url(), None, Some(threshold)).await
     }
 
     async fn spawn_full(
@@ -97,6 +102,7 @@ impl TestApp {
         read_url: Option<String>,
         redis: String,
         fault_panic_path: Option<String>,
+        db_slow_query: Option<std::time::Duration>,
     ) -> TestApp {
         let files_dir = tempfile::tempdir().expect("tempdir");
         let db_name = format!("aggios_t_{}", uuid::Uuid::new_v4().simple());
@@ -136,6 +142,9 @@ impl TestApp {
                 .collect(),
             migrate_on_start: false,
             fault_panic_path,
+            db_slow_query: db_slow_query.unwrap_or(std::time::Duration::from_millis(
+                backend::config::DEFAULT_DB_SLOW_QUERY_MS,
+            )),
         };
         let state: Arc<AppState> = AppState::new(&config).await.expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

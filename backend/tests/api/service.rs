@@ -219,6 +219,7 @@ async fn a_role_that_bypasses_rls_is_refused_at_start() {
         inline_types: Vec::new(),
         migrate_on_start: false,
         fault_panic_path: None,
+        db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     match backend::app::AppState::new(&config).await {
         Err(backend::app::StartError::BypassesRls) => {}
@@ -277,4 +278,81 @@ fn metric_names(text: &str, prefix: &str) -> std::collections::BTreeSet<String> 
         i = end.max(start + 1);
     }
     out
+}
+
+/// Lines written by the process-wide tracing subscriber that the slow-statement test installs.
+static CAPTURED: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+    std::sync::OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// With `DB_SLOW_QUERY_MS` at 0 every statement is "slow": each is logged at WARN as JSON with its SQL
+/// (placeholders), elapsed time and the request's id, and no bound value — not the login's email, not
+/// the tenant id.
+#[tokio::test]
+async fn slow_statements_are_logged_without_their_parameters() {
+    let buf = CAPTURED
+        .get_or_init(|| {
+            let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let writer = Capture(buf.clone());
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    "sqlx::query=warn,backend::http=info",
+                ))
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("the only global subscriber");
+            buf
+        })
+        .clone();
+    let app = TestApp::spawn_with_slow_query_log(std::time::Duration::ZERO).await;
+    let email = format!("slow-{}@acme.test", uuid::Uuid::new_v4().simple());
+    let tenant = app.tenant_with_user("acme", &email, "member").await;
+    let _ = app.login("acme.aggios.app", &email).await;
+    let text = String::from_utf8_lossy(&buf.lock().expect("lock")).into_owned();
+    let slow: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("slow statement"))
+        })
+        .collect();
+    assert!(!slow.is_empty(), "no slow-statement line:\n{text}");
+    let login_lookup = slow.iter().find(|v| {
+        v["summary"]
+            .as_str()
+            .is_some_and(|s| s.to_ascii_lowercase().starts_with("select"))
+            && v["level"] == "WARN"
+            && v["elapsed_secs"].as_f64().is_some()
+    });
+    assert!(login_lookup.is_some(), "no timed SELECT among:\n{slow:#?}");
+    // The statements of a request carry its request id (the span of `http::handle`).
+    assert!(
+        slow.iter().any(|v| v["span"]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())),
+        "no slow statement carries a request id:\n{slow:#?}"
+    );
+    assert!(
+        !text.contains(&email) && !text.contains(&tenant.to_string()),
+        "a bound value reached the log:\n{text}"
+    );
 }
