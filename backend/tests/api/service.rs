@@ -303,7 +303,7 @@ impl std::io::Write for Capture {
 /// (placeholders), elapsed time and the request's id, and no bound value — not the login's email, not
 /// the tenant id.
 #[tokio::test]
-async fn slow_statements_are_logged_without_their_parameters() {
+async fn access_lines_carry_the_gateways_request_id_and_slow_statements_no_parameters() {
     let buf = CAPTURED
         .get_or_init(|| {
             let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -325,7 +325,31 @@ async fn slow_statements_are_logged_without_their_parameters() {
     let email = format!("slow-{}@acme.test", uuid::Uuid::new_v4().simple());
     let tenant = app.tenant_with_user("acme", &email, "member").await;
     let _ = app.login("acme.aggios.app", &email).await;
+    // A request with the gateway's id: the backend's access line carries that id.
+    let request_id = format!("gw-{}", uuid::Uuid::new_v4().simple());
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        format!("GET /healthz HTTP/1.1\r\nHost: acme.aggios.app\r\nX-Request-Id: {request_id}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+        .await
+        .expect("read");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     let text = String::from_utf8_lossy(&buf.lock().expect("lock")).into_owned();
+    let access = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "request" && v["request_id"] == request_id.as_str());
+    let access = access.unwrap_or_else(|| panic!("no access line with {request_id}:\n{text}"));
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["path"], "/healthz");
+    assert!(access["duration_ms"].as_f64().is_some());
     let slow: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
