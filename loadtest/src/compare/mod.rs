@@ -164,6 +164,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         );
     }
     let dir = work_dir()?;
+    process::stop_children_on_signal();
     // Proxies on core 0; this process (the generator and the upstream) on core 1.
     let cores = if args.threads == 1 {
         process::cores()

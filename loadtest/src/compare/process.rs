@@ -39,6 +39,81 @@ pub struct Running {
     stderr: PathBuf,
 }
 
+/// The proxies running now, stopped by [`stop_children_on_signal`] if the harness itself is told to stop.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn register(pid: u32, add: bool) {
+    if let Ok(mut c) = CHILDREN.lock() {
+        c.retain(|p| *p != pid);
+        if add {
+            c.push(pid);
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM to the harness, stop every proxy it started (their whole trees), then exit: a
+/// harness stopped mid-run must not leave proxies holding ports and cores. Idempotent.
+pub fn stop_children_on_signal() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(|| {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                let got = rt.block_on(async {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let (Ok(mut int), Ok(mut term)) = (
+                        signal(SignalKind::interrupt()),
+                        signal(SignalKind::terminate()),
+                    ) else {
+                        return false;
+                    };
+                    tokio::select! {
+                        _ = int.recv() => true,
+                        _ = term.recv() => true,
+                    }
+                });
+                if !got {
+                    return;
+                }
+                let pids: Vec<u32> = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
+                let trees: Vec<u32> = pids.iter().flat_map(|p| tree_of(*p)).collect();
+                eprintln!("stopping {} proxy process(es) and exiting", trees.len());
+                signal(&trees, "TERM");
+                std::thread::sleep(Duration::from_secs(2));
+                signal(&trees, "KILL");
+                std::process::exit(130);
+            });
+    });
+}
+
+/// A process and its descendants.
+fn tree_of(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                all.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
 /// CPU cores: the proxy's, and the generator's and upstream's (None: one core, no pinning).
 pub fn cores() -> Option<(usize, usize)> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -93,6 +168,7 @@ impl Launch {
         let child = cmd
             .spawn()
             .map_err(|e| ProcessError::Spawn(argv.join(" "), e))?;
+        register(child.id(), true);
         let mut running = Running {
             name: self.name.clone(),
             child,
@@ -131,24 +207,7 @@ impl Running {
 
     /// The process and its descendants.
     pub fn tree(&self) -> Vec<u32> {
-        let mut all = vec![self.pid()];
-        let mut i = 0;
-        while i < all.len() {
-            let p = all[i];
-            if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-                for t in tasks.flatten() {
-                    let children =
-                        std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                    all.extend(
-                        children
-                            .split_whitespace()
-                            .filter_map(|c| c.parse::<u32>().ok()),
-                    );
-                }
-            }
-            i += 1;
-        }
-        all
+        tree_of(self.pid())
     }
 
     /// User plus system CPU time of the tree so far, in seconds.
@@ -186,6 +245,7 @@ impl Running {
         signal(&tree, "KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
+        register(self.child.id(), false);
     }
 }
 

@@ -151,6 +151,7 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
         bail!("no gateway binary at {}", bin.display());
     }
     let dir = work_dir()?;
+    process::stop_children_on_signal();
     let cores = process::cores();
     if let Some((_, load)) = cores {
         process::pin_self(load)?;
