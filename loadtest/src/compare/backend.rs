@@ -16,6 +16,7 @@ pub struct Backend {
     running: Running,
     admin_url: String,
     database: String,
+    stopped: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -169,15 +170,31 @@ impl Backend {
             running,
             admin_url: args.pg_admin_url.clone(),
             database,
+            stopped: false,
         })
     }
 
     pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
         self.running.stop();
         let _ = psql(
             &self.admin_url,
             &format!("drop database if exists {} with (force)", self.database),
         );
         let _ = psql(&self.admin_url, "drop role if exists aggios_loadtest");
+    }
+}
+
+/// A comparison that fails part-way still drops its database.
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.halt();
     }
 }

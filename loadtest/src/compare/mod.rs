@@ -155,8 +155,11 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         .with_context(|| format!("--redis {}", args.redis))?
         .next()
         .with_context(|| format!("--redis {} has no address", args.redis))?;
-    if args.scenario == Scenario::TenantJwtRatelimit
-        && TcpStream::connect_timeout(&redis, Duration::from_secs(2)).is_err()
+    // The global limit's store, and the backend's throttle for `login`.
+    if matches!(
+        args.scenario,
+        Scenario::TenantJwtRatelimit | Scenario::Login
+    ) && TcpStream::connect_timeout(&redis, Duration::from_secs(2)).is_err()
     {
         bail!(
             "{} needs Redis at {redis} (scripts/lib.sh ensure_redis starts one)",
