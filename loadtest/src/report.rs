@@ -395,22 +395,42 @@ fn register_font() -> Result<(), String> {
 /// Two bar charts side by side: req/s and p99 per measured target.
 pub fn chart(r: &Report, path: &Path) -> Result<(), String> {
     register_font()?;
-    let rows: Vec<(&str, &Sample)> = r
+    // A closest configuration's bar is marked with `*` (the table says what it leaves out).
+    let rows: Vec<(String, &Sample)> = r
         .targets
         .iter()
-        .filter_map(|t| t.median.as_ref().map(|m| (t.name.as_str(), m)))
+        .filter_map(|t| {
+            let name = if t.work == Work::Closest {
+                format!("{} *", t.name)
+            } else {
+                t.name.clone()
+            };
+            t.median.as_ref().map(|m| (name, m))
+        })
         .collect();
     if rows.is_empty() {
         return Err("nothing measured".into());
     }
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let title = format!("loadtest compare --scenario {}", r.scenario.name());
+    let closest = r
+        .targets
+        .iter()
+        .any(|t| t.work == Work::Closest && t.median.is_some());
+    let title = format!(
+        "loadtest compare --scenario {}{}",
+        r.scenario.name(),
+        if closest {
+            "   (* closest configuration, less work)"
+        } else {
+            ""
+        }
+    );
     let root = root
         .titled(&title, ("sans-serif", 20))
         .map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(500);
-    let names: Vec<String> = rows.iter().map(|(n, _)| n.to_string()).collect();
+    let names: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
     let panel = |area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
                  caption: &str,
                  values: Vec<f64>,
