@@ -41,6 +41,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .write_all(request)
             .await
             .map_err(|_| Failure::Io)?;
+        // A TLS stream may keep records in its buffer after `write` returned (tokio-rustls does when the
+        // socket pushes back): without a flush, a request can sit there until the server's head deadline
+        // (2 in ~90 000 new TLS connections did, 10 s each).
+        self.stream.flush().await.map_err(|_| Failure::Io)?;
         self.filled = 0;
         // The head.
         let (status, framing, close, head_len) = loop {
@@ -325,6 +329,86 @@ mod tests {
             })
         );
         assert_eq!(conn.exchange(req, false).await, Err(Failure::Io));
+    }
+
+    /// A stream that delivers what is written only when flushed, as a TLS stream may.
+    struct FlushGated {
+        inner: tokio::io::DuplexStream,
+        pending: Vec<u8>,
+    }
+
+    impl AsyncRead for FlushGated {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for FlushGated {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.pending.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = &mut *self;
+            while !this.pending.is_empty() {
+                match std::pin::Pin::new(&mut this.inner).poll_write(cx, &this.pending) {
+                    std::task::Poll::Ready(Ok(n)) => {
+                        this.pending.drain(..n);
+                    }
+                    std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => return std::task::Poll::Pending,
+                }
+            }
+            std::pin::Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_is_flushed_through_a_buffering_stream() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let mut scratch = [0u8; 1024];
+            if server.read(&mut scratch).await.unwrap_or(0) > 0 {
+                let _ = server
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let mut conn = Conn::new(FlushGated {
+            inner: client,
+            pending: Vec::new(),
+        });
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            conn.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false),
+        )
+        .await;
+        assert_eq!(
+            r.ok(),
+            Some(Ok(Response {
+                status: 200,
+                close: false
+            }))
+        );
     }
 
     #[tokio::test]
