@@ -77,8 +77,49 @@ pub fn is_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// Metric names are a contract too (shared/DESIGN.md): what alert rules and dashboards may name.
+pub mod metrics {
+    use std::collections::BTreeSet;
+
+    /// The metric names starting with `prefix` in PromQL text (alert rules, a dashboard's JSON), leaving
+    /// out recording rules' names (`level:metric:operation`). The tests check each against a live
+    /// `/metrics`.
+    pub fn names_in(text: &str, prefix: &str) -> BTreeSet<String> {
+        let bytes = text.as_bytes();
+        let mut out = BTreeSet::new();
+        let mut i = 0;
+        while let Some(pos) = text[i..].find(prefix) {
+            let start = i + pos;
+            let mut end = start;
+            while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+                end += 1;
+            }
+            let before = start.checked_sub(1).map(|b| bytes[b]);
+            let word_start =
+                !matches!(before, Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b':');
+            if word_start && bytes.get(end) != Some(&b':') {
+                out.insert(text[start..end].to_string());
+            }
+            i = end.max(start + 1);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metric_names_skip_recording_rules() {
+        let names = super::metrics::names_in(
+            "sum(rate(gateway_http_requests_total[5m])) / route:gateway_http_requests:rate5m > gateway_x",
+            "gateway_",
+        );
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            ["gateway_http_requests_total", "gateway_x"]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -240,7 +240,7 @@ async fn every_backend_metric_the_rules_and_the_dashboard_use_is_on_live_metrics
     ]
     .map(|f| std::fs::read_to_string(compose.join(f)).expect(f))
     .join("\n");
-    let used = metric_names(&text, "backend_");
+    let used = contracts::metrics::names_in(&text, "backend_");
     assert!(used.len() >= 3, "{used:?}");
     let app = TestApp::spawn().await;
     // One request first, so that the per-route series have a child.
@@ -256,28 +256,6 @@ async fn every_backend_metric_the_rules_and_the_dashboard_use_is_on_live_metrics
             "{name} (used by the alert rules or the dashboard) is missing from /metrics:\n{text}"
         );
     }
-}
-
-/// Metric names with `prefix` in PromQL text, leaving out recording rules' names (`level:metric:op`).
-fn metric_names(text: &str, prefix: &str) -> std::collections::BTreeSet<String> {
-    let bytes = text.as_bytes();
-    let mut out = std::collections::BTreeSet::new();
-    let mut i = 0;
-    while let Some(pos) = text[i..].find(prefix) {
-        let start = i + pos;
-        let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
-            end += 1;
-        }
-        let before = start.checked_sub(1).map(|b| bytes[b]);
-        let word_start =
-            !matches!(before, Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b':');
-        if word_start && bytes.get(end) != Some(&b':') {
-            out.insert(text[start..end].to_string());
-        }
-        i = end.max(start + 1);
-    }
-    out
 }
 
 /// Lines written by the process-wide tracing subscriber that the slow-statement test installs.

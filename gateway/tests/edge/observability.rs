@@ -2,7 +2,6 @@
 //! rules and runs their unit tests (each alert fired from synthetic series), and every gateway metric that
 //! a rule or a panel uses exists on a live gateway's `/metrics` (the backend's: backend/tests/api/service.rs).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,47 +51,13 @@ fn alert_rules_and_scrape_config_pass_promtool_and_the_rules_unit_tests() {
     assert!(config.contains("SUCCESS"), "{config}");
 }
 
-/// Metric names with `prefix` in PromQL text, leaving out recording rules' names (`level:metric:op`).
-fn metric_names(text: &str, prefix: &str) -> BTreeSet<String> {
-    let bytes = text.as_bytes();
-    let mut out = BTreeSet::new();
-    let mut i = 0;
-    while let Some(pos) = text[i..].find(prefix) {
-        let start = i + pos;
-        let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
-            end += 1;
-        }
-        let before = start.checked_sub(1).map(|b| bytes[b]);
-        let word_start =
-            !matches!(before, Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b':');
-        if word_start && bytes.get(end) != Some(&b':') {
-            out.insert(text[start..end].to_string());
-        }
-        i = end.max(start + 1);
-    }
-    out
-}
-
-#[test]
-fn metric_names_skip_recording_rules() {
-    let names = metric_names(
-        "sum(rate(gateway_http_requests_total[5m])) / route:gateway_http_requests:rate5m > gateway_x",
-        "gateway_",
-    );
-    assert_eq!(
-        names.into_iter().collect::<Vec<_>>(),
-        ["gateway_http_requests_total", "gateway_x"]
-    );
-}
-
 /// Series that exist only while ACME manages a name; acme.rs
 /// (`renewal_under_load_then_a_ca_outage_keeps_the_old_certificate`) reads them from a live gateway.
 const ACME_ONLY: &[&str] = &["gateway_acme_consecutive_failures"];
 
 #[tokio::test]
 async fn every_gateway_metric_the_rules_and_the_dashboard_use_is_on_live_metrics() {
-    let used = metric_names(&rules_and_dashboard(), "gateway_");
+    let used = contracts::metrics::names_in(&rules_and_dashboard(), "gateway_");
     assert!(used.len() >= 10, "{used:?}");
 
     // A gateway with a certificate, a health-checked upstream, a rate-limited route and a JWT route, after

@@ -118,42 +118,10 @@ impl Peer {
         let fail = |e: String| PeerError::Install(self.name(), e);
         match self.source() {
             Source::Debian(pkg, _) => {
-                let root = Command::new("id")
-                    .arg("-u")
-                    .output()
-                    .map(|o| o.stdout == b"0\n")
-                    .unwrap_or(false);
-                let mut cmd = if root {
-                    Command::new("apt-get")
-                } else {
-                    sudo("apt-get")
-                };
-                let ok = cmd
-                    .args(["install", "-y", "-q", pkg])
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .status()
-                    .map_err(|e| fail(e.to_string()))?
-                    .success();
-                if !ok {
-                    // The package lists may be stale on a fresh machine.
-                    let mut update = if root {
-                        Command::new("apt-get")
-                    } else {
-                        sudo("apt-get")
-                    };
-                    let _ = update.args(["update", "-q"]).status();
-                    let mut again = if root {
-                        Command::new("apt-get")
-                    } else {
-                        sudo("apt-get")
-                    };
-                    let ok = again
-                        .args(["install", "-y", "-q", pkg])
-                        .env("DEBIAN_FRONTEND", "noninteractive")
-                        .status()
-                        .map_err(|e| fail(e.to_string()))?
-                        .success();
-                    if !ok {
+                // A failure may be stale package lists on a fresh machine: update them once and retry.
+                if !apt_get(&["install", "-y", "-q", pkg]).map_err(|e| fail(e.to_string()))? {
+                    let _ = apt_get(&["update", "-q"]);
+                    if !apt_get(&["install", "-y", "-q", pkg]).map_err(|e| fail(e.to_string()))? {
                         return Err(fail(format!("apt-get install {pkg} failed")));
                     }
                 }
@@ -396,10 +364,25 @@ enum Source {
     Pypi(&'static str, &'static str),
 }
 
-fn sudo(program: &str) -> Command {
-    let mut c = Command::new("sudo");
-    c.args(["-n", program]);
-    c
+/// `apt-get ARGS` as root (through `sudo -n` when not root); whether it succeeded.
+fn apt_get(args: &[&str]) -> std::io::Result<bool> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let mut cmd = if root {
+        Command::new("apt-get")
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "apt-get"]);
+        c
+    };
+    Ok(cmd
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?
+        .success())
 }
 
 /// What every peer's configuration needs.
