@@ -82,8 +82,9 @@ impl AdminApp {
                 json!({
                     "name": u.name,
                     "balance": u.balance.as_str(),
-                    "servers": u.servers.iter().map(|s| json!({
+                    "servers": u.members().servers.iter().map(|s| json!({
                         "addr": s.label,
+                        "via": s.via,
                         "healthy": s.is_healthy(),
                         "active_requests": s.active(),
                     })).collect::<Vec<_>>(),

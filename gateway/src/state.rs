@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use crate::access_log::AccessLog;
 use crate::config::{Config, RouteSpec};
 use crate::metrics::metrics;
+use crate::proxy::discovery::Discovery;
 use crate::proxy::jwks::JwksRegistry;
 use crate::proxy::route::Router;
 use crate::proxy::upstream::{spawn_health_checks, ServerRegistry, Upstream};
@@ -94,13 +95,15 @@ impl Runtime {
     fn build(
         config: Config,
         registry: &ServerRegistry,
+        discovery: &Discovery,
         jwks: &JwksRegistry,
         redis: Option<&Arc<SharedRedis>>,
     ) -> Runtime {
+        let resolved = |host: &str, port: u16| discovery.addrs(host, port);
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u, registry)))
+            .map(|u| Arc::new(Upstream::new(u, registry, &resolved)))
             .collect();
         let routes = config
             .routes
@@ -145,6 +148,9 @@ impl Runtime {
 pub struct GatewayState {
     runtime: ArcSwap<Runtime>,
     registry: ServerRegistry,
+    /// The last DNS answers for upstream host names (see `proxy::discovery`).
+    pub discovery: Discovery,
+    discovery_started: AtomicBool,
     pub access_log: AccessLog,
     /// The connection to `[redis]` (created at start; the URL changes only on restart).
     pub redis: Option<Arc<SharedRedis>>,
@@ -187,11 +193,15 @@ impl GatewayState {
         let jwks = JwksRegistry::default();
         let certs = Arc::new(crate::tls::store::CertStore::default());
         set_static_certificates(&certs, &config);
-        let runtime = Runtime::build(config, &registry, &jwks, redis.as_ref());
+        let discovery = Discovery::default();
+        discovery.prime(&config);
+        let runtime = Runtime::build(config, &registry, &discovery, &jwks, redis.as_ref());
         metrics().last_reload_success.set(unix_now());
         Arc::new(GatewayState {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
+            discovery,
+            discovery_started: AtomicBool::new(false),
             access_log,
             redis,
             revocation,
@@ -212,7 +222,14 @@ impl GatewayState {
     pub fn apply(&self, config: Config) {
         self.access_log.set_enabled(config.log.access_log);
         set_static_certificates(&self.certs, &config);
-        let rt = Runtime::build(config, &self.registry, &self.jwks, self.redis.as_ref());
+        self.discovery.prime(&config);
+        let rt = Runtime::build(
+            config,
+            &self.registry,
+            &self.discovery,
+            &self.jwks,
+            self.redis.as_ref(),
+        );
         self.runtime.store(Arc::new(rt));
         metrics().last_reload_success.set(unix_now());
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -225,6 +242,18 @@ impl GatewayState {
         for u in &self.current().upstreams {
             spawn_health_checks(u);
         }
+    }
+
+    /// Starts re-resolving upstream host names (once; must run inside a Tokio runtime).
+    pub fn start_discovery(self: &Arc<Self>) {
+        if !self.discovery_started.swap(true, Ordering::AcqRel) {
+            crate::proxy::discovery::spawn(self);
+        }
+    }
+
+    /// Server states shared by successive configs and DNS answers.
+    pub fn registry(&self) -> &ServerRegistry {
+        &self.registry
     }
 
     /// Whether the gateway can serve: config loaded, listeners up, a healthy server in every upstream in use.

@@ -28,6 +28,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub auth: AuthFile,
     pub redis: Option<RedisFile>,
+    pub dns: Option<DiscoveryDnsFile>,
     pub tls: Option<TlsFile>,
     #[serde(default)]
     pub admin: AdminFile,
@@ -327,6 +328,15 @@ pub struct RedisFile {
     pub ca_file: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub revocation_cache: Option<Spanned<String>>,
+}
+
+/// `[dns]`: how upstream servers given as host names are resolved and re-resolved.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryDnsFile {
+    pub nameservers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub refresh: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `[tls]`: termination on `entrypoints.https`.

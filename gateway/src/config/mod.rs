@@ -121,12 +121,29 @@ pub struct Config {
     pub api_keys: Option<ApiKeySettings>,
     /// `[redis]`, when configured (restart needed to change).
     pub redis: Option<RedisSettings>,
+    /// `[dns]`: resolution of upstream servers given as host names.
+    pub dns: DnsSettings,
     /// `[tls]`, when configured (then `entrypoints.https` is set too).
     pub tls: Option<TlsSettings>,
     /// `[rate_limits.*]`, by index (routes refer to them by index).
     pub rate_limits: Vec<RateLimitSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+/// How often upstream host names are resolved again unless `[dns] refresh` says otherwise.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+/// How long one DNS query may take unless `[dns] timeout` says otherwise.
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Validated `[dns]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSettings {
+    /// Name servers to ask (UDP, then TCP on truncation); empty: the system's (`/etc/resolv.conf`,
+    /// with its search domains, as Docker and Kubernetes set them).
+    pub nameservers: Vec<SocketAddr>,
+    pub refresh: Duration,
+    pub timeout: Duration,
 }
 
 /// Per-call Redis timeout unless `[redis] timeout` says otherwise.
@@ -566,6 +583,45 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         .min(u64::from(u32::MAX)) as u32,
     });
     let rate_limits = rate_limits::validate(&raw.rate_limits, diags);
+    let dns = DnsSettings {
+        nameservers: raw
+            .dns
+            .as_ref()
+            .and_then(|d| d.nameservers.as_ref())
+            .map(|list| {
+                list.get_ref()
+                    .iter()
+                    .filter_map(|n| {
+                        let text = n.get_ref();
+                        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                            text.parse::<std::net::IpAddr>()
+                                .ok()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        });
+                        if parsed.is_none() {
+                            diags.push(Diagnostic::at(
+                                n,
+                                format!(
+                                    "dns.nameservers: `{text}` is not an IP or IP:port address"
+                                ),
+                            ));
+                        }
+                        parsed
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        refresh: duration_or(
+            &raw.dns.as_ref().and_then(|d| d.refresh.clone()),
+            DEFAULT_DNS_REFRESH,
+            diags,
+        ),
+        timeout: duration_or(
+            &raw.dns.as_ref().and_then(|d| d.timeout.clone()),
+            DEFAULT_DNS_TIMEOUT,
+            diags,
+        ),
+    };
     let redis = raw.redis.as_ref().and_then(|r| {
         let url = match std::env::var(r.url_env.get_ref()) {
             Ok(v)
@@ -674,7 +730,11 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         })
         .collect();
     for (u, spec) in raw.upstreams.iter().zip(&upstreams) {
-        if let Some(s) = spec.servers.iter().find(|s| internal.contains(&s.addr)) {
+        if let Some(s) = spec
+            .servers
+            .iter()
+            .find(|s| matches!(s.target, ServerTarget::Addr(a) if internal.contains(&a)))
+        {
             diags.push(Diagnostic::warn(
                 Some(u.name.span()),
                 format!(
@@ -704,6 +764,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         jwt,
         api_keys,
         redis,
+        dns,
         tls,
         rate_limits,
         upstreams,

@@ -189,6 +189,14 @@ const ROOT: &[(&str, Shape)] = &[
     ),
     ("rate_limits", Shape::NamedTables(RATE_LIMIT)),
     (
+        "dns",
+        Shape::Table(&[
+            ("nameservers", Shape::Value),
+            ("refresh", Shape::Value),
+            ("timeout", Shape::Value),
+        ]),
+    ),
+    (
         "redis",
         Shape::Table(&[
             ("url_env", Shape::Value),

@@ -1,9 +1,10 @@
-//! `[[upstreams]]`, validated: servers (resolved once), balancing, health checks, timeouts, retries.
+//! `[[upstreams]]`, validated: servers (IP addresses, or host names that the gateway resolves and
+//! re-resolves at run time, see `proxy::discovery`), balancing, health checks, timeouts, retries.
 
 use super::file::{ServerEntry, TimeoutsFile, UpstreamFile};
 use super::{duration_or, positive, Diagnostic};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Upstream connect timeout.
@@ -48,9 +49,18 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
+/// Where a server entry points.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerTarget {
+    /// One address, as written.
+    Addr(SocketAddr),
+    /// A host name: every address it resolves to is a server, re-resolved every `[dns] refresh`.
+    Name { host: String, port: u16 },
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSpec {
-    pub addr: SocketAddr,
+    pub target: ServerTarget,
     /// As written in the file (`host:port`), used in metrics and `/api/routes`.
     pub label: String,
     pub weight: u32,
@@ -116,9 +126,9 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
                 1
             }
         };
-        match resolve(addr) {
-            Ok(sock) => servers.push(ServerSpec {
-                addr: sock,
+        match target(addr) {
+            Ok(target) => servers.push(ServerSpec {
+                target,
                 label: addr.clone(),
                 weight,
             }),
@@ -196,21 +206,96 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
     }
 }
 
-pub(super) fn resolve(addr: &str) -> Result<SocketAddr, String> {
+/// Parses a server entry: an IP address with a port, or a host name with a port. Names are not looked up
+/// here: `gateway validate` must pass on a machine that cannot resolve them (`backend:8081` outside the
+/// compose network), and the running gateway resolves them (see `proxy::discovery`).
+pub(super) fn target(addr: &str) -> Result<ServerTarget, String> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
+        return Ok(ServerTarget::Addr(a));
     }
-    if !addr.contains(':') {
+    let Some((host, port)) = addr.rsplit_once(':') else {
         return Err(format!("server `{addr}` needs a port (host:port)"));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(format!("server `{addr}`: `{port}` is not a port (1-65535)")),
+    };
+    if !is_host_name(host) {
+        return Err(format!(
+            "server `{addr}`: `{host}` is neither an IP address nor a host name (IPv6 goes in brackets: \"[::1]:8081\")"
+        ));
     }
-    addr.to_socket_addrs()
-        .map_err(|e| format!("server `{addr}` does not resolve: {e}"))?
-        .next()
-        .ok_or_else(|| format!("server `{addr}` resolves to no address"))
+    Ok(ServerTarget::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens, up to 253 bytes
+/// (underscores allowed, as service records and Docker service names use them).
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        // All digits and dots would be a mistyped IPv4 address, not a name.
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 impl fmt::Display for Balance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_entries_are_addresses_or_names() {
+        assert_eq!(
+            target("127.0.0.1:8081"),
+            Ok(ServerTarget::Addr("127.0.0.1:8081".parse().expect("addr")))
+        );
+        assert_eq!(
+            target("[::1]:8081"),
+            Ok(ServerTarget::Addr("[::1]:8081".parse().expect("addr")))
+        );
+        assert_eq!(
+            target("Backend:8081"),
+            Ok(ServerTarget::Name {
+                host: "backend".into(),
+                port: 8081
+            })
+        );
+        assert_eq!(
+            target("backend.svc.cluster.local.:80"),
+            Ok(ServerTarget::Name {
+                host: "backend.svc.cluster.local.".into(),
+                port: 80
+            })
+        );
+        for bad in [
+            "backend",
+            "backend:0",
+            "backend:http",
+            "backend:70000",
+            "-x:80",
+            "a..b:80",
+            "300.1.1.1:80",
+            "::1:80",
+            "bad host:80",
+        ] {
+            assert!(target(bad).is_err(), "{bad} was accepted");
+        }
     }
 }

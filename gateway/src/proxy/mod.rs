@@ -5,6 +5,7 @@
 pub mod api_key;
 pub mod auth;
 pub mod cors;
+pub mod discovery;
 pub mod guard;
 pub mod head_deadline;
 pub mod headers;
@@ -96,8 +97,8 @@ pub struct RequestCtx {
     host: String,
     route: Option<usize>,
     tenant: Option<String>,
-    server: Option<usize>,
-    tried: Vec<usize>,
+    server: Option<Arc<upstream::ServerState>>,
+    tried: Vec<std::net::SocketAddr>,
     tries: u32,
     active: Option<ActiveGuard>,
     response_started: bool,
@@ -719,16 +720,15 @@ impl Gateway {
             .upstream
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without upstream"))?;
-        let Some(i) = up.select(ctx.tenant.as_deref(), &ctx.tried) else {
+        let Some(server) = up.select(ctx.tenant.as_deref(), &ctx.tried) else {
             let code = if ctx.tried.is_empty() { 503 } else { 502 };
             return Error::e_explain(ErrorType::HTTPStatus(code), "no server left to try");
         };
         ctx.tries += 1;
-        ctx.tried.push(i);
-        ctx.server = Some(i);
-        let server = &up.servers[i];
+        ctx.tried.push(server.addr);
         ctx.active = Some(server.begin());
         let mut peer = HttpPeer::new(server.addr, false, String::new());
+        ctx.server = Some(server);
         let t = up.spec.timeouts;
         let rtmo = route.spec.timeouts;
         peer.options.connection_timeout = Some(rtmo.connect.unwrap_or(t.connect));
@@ -1095,7 +1095,7 @@ impl ProxyHttp for Gateway {
         }
         if self.state.access_log.enabled() {
             let up = route.and_then(|r| r.upstream.as_ref());
-            let server = up.and_then(|u| ctx.server.map(|i| u.servers[i].label.as_str()));
+            let server = ctx.server.as_ref().map(|s| s.label.as_str());
             let error = ctx
                 .error
                 .as_ref()

@@ -196,6 +196,17 @@ impl TestUpstream {
         )
     }
 
+    /// Starts on `addr` (another loopback address, say, to stand for another host).
+    pub fn start_at(name: &str, addr: SocketAddr) -> TestUpstream {
+        Self::start_on(
+            name,
+            addr,
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(Behaviour::default()),
+            Arc::new(Seen::default()),
+        )
+    }
+
     fn start_on(
         name: &str,
         addr: SocketAddr,

@@ -388,7 +388,13 @@ pub struct Knot {
 }
 
 impl Knot {
+    /// A zone whose every name answers 127.0.0.1 (`* A 127.0.0.1`).
     pub async fn start(zone: &str) -> Knot {
+        Self::start_with(zone, "* A 127.0.0.1\n").await
+    }
+
+    /// A zone with `records` (zone-file lines relative to the origin) besides its SOA and NS.
+    pub async fn start_with(zone: &str, records: &str) -> Knot {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let port = free_port();
@@ -400,7 +406,7 @@ impl Knot {
         std::fs::write(
             d.join(format!("{zone}.zone")),
             format!(
-                "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ NS ns1.{zone}.\nns1 A 127.0.0.1\n* A 127.0.0.1\n"
+                "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ NS ns1.{zone}.\nns1 A 127.0.0.1\n{records}"
             ),
         )
         .expect("zone file");
@@ -460,6 +466,45 @@ impl Knot {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("knot.log")).unwrap_or_default()
+    }
+
+    /// Sends one signed dynamic update (`knsupdate`, Debian knot-dnsutils) of `zone` with `lines`
+    /// (`update add NAME TTL TYPE DATA` / `update delete NAME [TYPE [DATA]]`); panics if refused.
+    pub fn update(&self, zone: &str, lines: &[&str]) {
+        use std::io::Write;
+        let mut child = Command::new("knsupdate")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn knsupdate (Debian package knot-dnsutils)");
+        let script = format!(
+            "server 127.0.0.1 {}\nzone {zone}.\nkey hmac-sha256:{}:{}\n{}\nsend\nquit\n",
+            self.port,
+            self.key_name,
+            self.secret,
+            lines.join("\n")
+        );
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write knsupdate script");
+        let out = child.wait_with_output().expect("knsupdate");
+        assert!(
+            out.status.success(),
+            "knsupdate failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    /// Stops the server (the gateway's lookups then time out).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,283 @@
+//! DNS service discovery: upstream servers given as host names (`backend:8081`).
+//!
+//! Every address a name resolves to is a server. A background task resolves every name of the live
+//! config again each `[dns] refresh` and swaps the upstream's members when the answer changed (see
+//! [`Upstream::refresh_members`]): no reload, and the servers that stay keep their health state. A
+//! name that does not exist (NXDOMAIN) or has no address records has no servers (a service scaled to
+//! zero); a lookup that fails (timeout, SERVFAIL, refused) keeps the last answer, since a resolver's
+//! hiccup must not empty an upstream.
+//!
+//! Names are looked up with the system's resolver configuration (`/etc/resolv.conf`: search domains
+//! and `ndots`, as Docker's and Kubernetes' DNS set them) or the name servers of `[dns] nameservers`.
+//! Nothing here runs per request: the request path reads members with one atomic load.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+
+use crate::config::{Config, DnsSettings, ServerTarget};
+use crate::proxy::upstream::{probe, spawn_health_checks};
+use crate::state::GatewayState;
+
+/// Why a resolver could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("reading the system's resolver configuration: {0}")]
+    SystemConfig(String),
+    #[error("building the resolver: {0}")]
+    Build(String),
+}
+
+/// What one lookup said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The name's addresses (sorted, A and AAAA).
+    Addrs(Vec<IpAddr>),
+    /// The name does not exist or has no address: no servers.
+    Gone,
+    /// The lookup failed; the last answer stands.
+    Failed(String),
+}
+
+/// The last DNS answer of every upstream host name, shared by successive configs.
+#[derive(Default)]
+pub struct Discovery {
+    answers: Mutex<HashMap<String, Vec<IpAddr>>>,
+}
+
+impl Discovery {
+    /// The addresses `host` resolved to last (none before its first answer), with `port`.
+    pub fn addrs(&self, host: &str, port: u16) -> Vec<SocketAddr> {
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers
+            .get(host)
+            .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records `answer` for `host`; returns whether the addresses changed.
+    fn record(&self, host: &str, answer: &Answer) -> bool {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let new = match answer {
+            Answer::Addrs(ips) => ips.clone(),
+            Answer::Gone => Vec::new(),
+            Answer::Failed(_) => return false,
+        };
+        answers.insert(host.to_string(), new.clone()) != Some(new)
+    }
+
+    /// Resolves, before a config goes live, the names it has that were never resolved, so that a new
+    /// upstream serves from its first request. Blocks the calling thread (at most `[dns] timeout` ×
+    /// attempts per name, the names in parallel); runs on its own thread and runtime, so it may be called
+    /// from inside a Tokio runtime. A failure leaves the name without servers until a refresh answers.
+    pub fn prime(&self, config: &Config) {
+        let unknown: Vec<String> = {
+            let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+            hosts(config)
+                .into_iter()
+                .filter(|h| !answers.contains_key(h))
+                .collect()
+        };
+        if unknown.is_empty() {
+            return;
+        }
+        let settings = config.dns.clone();
+        let lookups = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| DiscoveryError::Build(e.to_string()))?;
+            rt.block_on(async {
+                let resolver = resolver(&settings)?;
+                Ok::<_, DiscoveryError>(resolve_all(&resolver, unknown).await)
+            })
+        })
+        .join();
+        match lookups {
+            Ok(Ok(answers)) => {
+                for (host, answer) in answers {
+                    log_answer(&host, &answer, true);
+                    self.record(&host, &answer);
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "upstream host names not resolved"),
+            Err(_) => tracing::error!("the DNS lookup thread panicked"),
+        }
+    }
+}
+
+/// Every host name that an upstream of `config` lists.
+pub fn hosts(config: &Config) -> Vec<String> {
+    let set: HashSet<&str> = config
+        .upstreams
+        .iter()
+        .flat_map(|u| u.servers.iter())
+        .filter_map(|s| match &s.target {
+            ServerTarget::Name { host, .. } => Some(host.as_str()),
+            ServerTarget::Addr(_) => None,
+        })
+        .collect();
+    let mut v: Vec<String> = set.into_iter().map(str::to_string).collect();
+    v.sort_unstable();
+    v
+}
+
+/// A resolver for `settings`: its name servers, or the system's configuration. It keeps no answer
+/// (every refresh asks again) and asks for both A and AAAA records.
+pub fn resolver(settings: &DnsSettings) -> Result<TokioResolver, DiscoveryError> {
+    let mut builder = if settings.nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| DiscoveryError::SystemConfig(e.to_string()))?
+    } else {
+        let servers = settings
+            .nameservers
+            .iter()
+            .map(|ns| {
+                let mut c = NameServerConfig::udp_and_tcp(ns.ip());
+                for conn in &mut c.connections {
+                    conn.port = ns.port();
+                }
+                c
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = settings.timeout;
+    opts.attempts = 2;
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    opts.positive_max_ttl = Some(std::time::Duration::ZERO);
+    opts.negative_max_ttl = Some(std::time::Duration::ZERO);
+    builder
+        .build()
+        .map_err(|e| DiscoveryError::Build(e.to_string()))
+}
+
+/// Looks `host` up once.
+pub async fn resolve(resolver: &TokioResolver, host: &str) -> Answer {
+    match resolver.lookup_ip(host).await {
+        Ok(lookup) => {
+            let mut ips: Vec<IpAddr> = lookup.iter().collect();
+            ips.sort_unstable();
+            ips.dedup();
+            if ips.is_empty() {
+                Answer::Gone
+            } else {
+                Answer::Addrs(ips)
+            }
+        }
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::Gone,
+        Err(e) => Answer::Failed(e.to_string()),
+    }
+}
+
+async fn resolve_all(resolver: &TokioResolver, hosts: Vec<String>) -> Vec<(String, Answer)> {
+    let lookups = hosts.into_iter().map(|h| async move {
+        let a = resolve(resolver, &h).await;
+        (h, a)
+    });
+    futures_util::future::join_all(lookups).await
+}
+
+fn log_answer(host: &str, answer: &Answer, first: bool) {
+    match answer {
+        Answer::Addrs(ips) if first => {
+            tracing::info!(host, addresses = ?ips, "upstream host name resolved")
+        }
+        Answer::Addrs(_) => {}
+        Answer::Gone => tracing::warn!(
+            host,
+            "upstream host name has no address (NXDOMAIN or no A/AAAA record): no servers from it"
+        ),
+        Answer::Failed(e) => tracing::warn!(
+            host,
+            error = %e,
+            "upstream host name lookup failed; its last known addresses stay in use"
+        ),
+    }
+}
+
+/// Re-resolves the live config's host names every `[dns] refresh`, for as long as the gateway lives,
+/// and applies changed answers to the live upstreams. Must run inside a Tokio runtime.
+pub async fn refresh_loop(state: Weak<GatewayState>) {
+    let mut current: Option<(DnsSettings, TokioResolver)> = None;
+    let mut failing: HashSet<String> = HashSet::new();
+    loop {
+        let Some(gw) = state.upgrade() else { return };
+        let rt = gw.current();
+        let settings = rt.config.dns.clone();
+        let hosts = hosts(&rt.config);
+        if current.as_ref().is_none_or(|(s, _)| *s != settings) {
+            match resolver(&settings) {
+                Ok(r) => current = Some((settings.clone(), r)),
+                Err(e) => tracing::error!(error = %e, "DNS discovery cannot resolve"),
+            }
+        }
+        if let (Some((_, resolver)), false) = (&current, hosts.is_empty()) {
+            resolver.clear_cache();
+            for (host, answer) in resolve_all(resolver, hosts).await {
+                let failed = matches!(answer, Answer::Failed(_));
+                // Say it once per failure streak, and when it mends.
+                if failed {
+                    if failing.insert(host.clone()) {
+                        log_answer(&host, &answer, false);
+                    }
+                } else if failing.remove(&host) {
+                    tracing::info!(host, "upstream host name resolves again");
+                }
+                if gw.discovery.record(&host, &answer) && matches!(answer, Answer::Gone) {
+                    log_answer(&host, &answer, false);
+                }
+            }
+        }
+        // Reconcile every live upstream with the answers, changed or not: a reload that compiled its
+        // upstreams from older answers converges here too.
+        let rt = gw.current();
+        for up in rt.upstreams.iter().filter(|u| u.uses_dns()) {
+            let lookup = |h: &str, p: u16| gw.discovery.addrs(h, p);
+            // A new server's first check runs before it joins, when checks are on.
+            let arriving = up.arriving(&lookup);
+            let passed: Vec<SocketAddr> = match &up.spec.health {
+                Some(spec) if !arriving.is_empty() => {
+                    let checks = arriving
+                        .iter()
+                        .map(|a| async move { (*a, probe(*a, spec).await) });
+                    futures_util::future::join_all(checks)
+                        .await
+                        .into_iter()
+                        .filter_map(|(a, ok)| ok.then_some(a))
+                        .collect()
+                }
+                Some(_) => Vec::new(),
+                None => arriving,
+            };
+            let verdict = |a: SocketAddr| passed.contains(&a);
+            if let Some((added, removed)) = up.refresh_members(gw.registry(), &lookup, &verdict) {
+                tracing::info!(
+                    upstream = %up.name,
+                    added = ?added,
+                    removed = ?removed,
+                    servers = up.members().servers.len(),
+                    "upstream servers changed (DNS)"
+                );
+                spawn_health_checks(up);
+            }
+        }
+        let pause = settings.refresh;
+        drop(rt);
+        drop(gw);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Starts [`refresh_loop`] for `state` (once; call inside a Tokio runtime).
+pub fn spawn(state: &Arc<GatewayState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(refresh_loop(weak));
+}

@@ -1,0 +1,243 @@
+//! DNS service discovery: an upstream server given as a host name is every address the name resolves
+//! to, re-resolved without a reload. The name server is a real one (Debian's `knotd`) whose answers the
+//! test changes with signed dynamic updates; the servers are test upstreams on 127.0.0.2, .3 and .4.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::tls_helpers::Knot;
+
+const ZONE: &str = "svc.test";
+
+/// `(addr, healthy)` of the upstream's servers, as the admin API shows them.
+async fn servers(gw: &Gateway) -> Vec<(String, bool)> {
+    let (status, body) = gw.admin_get("/api/routes").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let mut out: Vec<(String, bool)> = v["upstreams"][0]["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| {
+            (
+                s["addr"].as_str().unwrap_or_default().to_string(),
+                s["healthy"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn config(knot_port: u16, port: u16) -> String {
+    format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{knot_port}\"]\nrefresh = \"200ms\"\ntimeout = \"300ms\"\n\n\
+         [[upstreams]]\nname = \"u\"\nservers = [\"backend.{ZONE}:{port}\"]\n\
+         health = {{ path = \"/healthz\", interval = \"200ms\", timeout = \"1s\", unhealthy_threshold = 1 }}\n\n\
+         [[routes]]\nname = \"r\"\nupstream = \"u\"\n"
+    )
+}
+
+/// Sends requests back to back until stopped; counts answers that are not 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(http: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, n, f) = (stop.clone(), sent.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(http).await;
+            while !s.load(Ordering::SeqCst) {
+                let status = conn.get("x.test", "/").await;
+                n.fetch_add(1, Ordering::SeqCst);
+                if status != Some(200) {
+                    f.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("{status:?}"));
+                    conn = KeepAlive::connect(http).await;
+                }
+            }
+        });
+        Load {
+            stop,
+            sent,
+            failed,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.sent.load(Ordering::SeqCst), failed)
+    }
+}
+
+#[tokio::test]
+async fn upstream_names_follow_dns_answers_without_a_reload_and_keep_health_state() {
+    let port = free_port();
+    let at = |last: u8| -> SocketAddr { format!("127.0.0.{last}:{port}").parse().expect("addr") };
+    let (a, b, c) = (
+        TestUpstream::start_at("a", at(2)),
+        TestUpstream::start_at("b", at(3)),
+        TestUpstream::start_at("c", at(4)),
+    );
+    let mut knot = Knot::start_with(ZONE, "backend 1 A 127.0.0.2\nbackend 1 A 127.0.0.3\n").await;
+    let gw = Gateway::start(&config(knot.port, port)).await;
+
+    // Both addresses of the name are servers from the start.
+    assert_eq!(
+        servers(&gw).await,
+        vec![(at(2).to_string(), true), (at(3).to_string(), true)]
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let r = gw.get("x.test", "/").await;
+        assert_eq!(r.status, 200);
+        seen.insert(r.upstream().unwrap_or("?").to_string());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["a", "b"]);
+    let (_, body) = gw.admin_get("/api/routes").await;
+    assert!(
+        body.contains(&format!("\"via\":\"backend.{ZONE}:{port}\"")),
+        "{body}"
+    );
+
+    // b fails its checks: out of rotation.
+    b.behaviour.health_status.store(500, Ordering::SeqCst);
+    eventually("b marked down", || async {
+        servers(&gw).await.contains(&(at(3).to_string(), false))
+    })
+    .await;
+    let b_hits = b.hits();
+
+    // Under constant load, the name now answers .3 and .4: .2 leaves, .4 joins, and b stays down (its
+    // state survives the change: had it been reset, b would take requests until its next failed check).
+    let load = Load::start(gw.http);
+    eventually("some load before the change", || async {
+        load.sent.load(Ordering::SeqCst) > 20
+    })
+    .await;
+    knot.update(
+        ZONE,
+        &[
+            &format!("update delete backend.{ZONE}. A 127.0.0.2"),
+            &format!("update add backend.{ZONE}. 1 A 127.0.0.4"),
+        ],
+    );
+    eventually("the servers follow the DNS answer", || async {
+        servers(&gw).await == vec![(at(3).to_string(), false), (at(4).to_string(), true)]
+    })
+    .await;
+    let a_hits = a.hits();
+    let sent_at_change = load.sent.load(Ordering::SeqCst);
+    eventually("load after the change", || async {
+        load.sent.load(Ordering::SeqCst) > sent_at_change + 50
+    })
+    .await;
+    let (sent, failed) = load.finish().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(
+        b.hits(),
+        b_hits,
+        "the unhealthy server that stayed got traffic"
+    );
+    assert_eq!(a.hits(), a_hits, "the removed server still got traffic");
+    assert!(c.hits() > 50, "the new server got {} requests", c.hits());
+    assert!(
+        gw.stderr().contains("upstream servers changed (DNS)"),
+        "{}",
+        gw.stderr()
+    );
+
+    // The name disappears (a service scaled to zero): no servers, a clear 503, and not ready.
+    knot.update(ZONE, &[&format!("update delete backend.{ZONE}.")]);
+    eventually("no servers without an answer", || async {
+        servers(&gw).await.is_empty()
+    })
+    .await;
+    let r = gw.get("x.test", "/").await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(
+        !r.error_code().is_empty(),
+        "a JSON error body: {:?}",
+        r.body
+    );
+    assert_eq!(gw.admin_get("/readyz").await.0, 503);
+
+    // It comes back; then the name server dies: lookups fail, and the last answer stands.
+    knot.update(
+        ZONE,
+        &[&format!("update add backend.{ZONE}. 1 A 127.0.0.2")],
+    );
+    eventually("servers again", || async {
+        servers(&gw).await == vec![(at(2).to_string(), true)]
+    })
+    .await;
+    knot.kill();
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(2) {
+        assert_eq!(servers(&gw).await, vec![(at(2).to_string(), true)]);
+        assert_eq!(gw.get("x.test", "/").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually("the failed lookup is logged", || async {
+        gw.stderr()
+            .contains("lookup failed; its last known addresses stay in use")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn validate_accepts_a_name_it_cannot_resolve_and_rejects_a_malformed_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.toml");
+    let body = |server: &str| {
+        format!(
+            "[entrypoints]\nhttp = \"127.0.0.1:8080\"\n[[upstreams]]\nname = \"u\"\nservers = [\"{server}\"]\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n"
+        )
+    };
+    // `backend` resolves only inside the compose network: validation must not need it.
+    std::fs::write(&path, body("backend.invalid:8081")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&path, body("backend:http")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run validate");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("g.toml:5:12:") && err.contains("`http` is not a port"),
+        "{err}"
+    );
+}
