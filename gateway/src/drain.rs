@@ -1,13 +1,20 @@
-//! The end of a graceful stop (SIGTERM). Pingora closes the listeners and idle keep-alive connections,
-//! then keeps the runtimes alive for `[server] shutdown_grace` so that requests in flight can finish, and
-//! stops them after it. [`Drain`] ends the process as soon as no request is left in flight, so that a
-//! stop takes as long as the slowest request, not always the whole grace.
+//! The end of a graceful stop (SIGTERM) or of a zero-downtime upgrade (SIGQUIT). Pingora closes the
+//! listeners and idle keep-alive connections, then keeps the runtimes alive for `[server] shutdown_grace`
+//! so that requests in flight can finish, and stops them after it. [`Drain`] ends the process as soon as
+//! no request is left in flight, so that a stop takes as long as the slowest request, not always the
+//! whole grace.
+//!
+//! From the moment the stop or the hand-over begins, [`GatewayState::draining`] is set: every HTTP/1
+//! response then says `Connection: close`, so that keep-alive clients move to a new connection (the new
+//! process's, on an upgrade) after a complete response, instead of meeting a connection closed under
+//! their next request. On an upgrade, Pingora keeps accepting for 5 s after handing the sockets over
+//! (both processes accept from the same sockets), then closes what is idle.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 
 use crate::metrics::metrics;
@@ -21,16 +28,39 @@ const POLL: Duration = Duration::from_millis(20);
 pub struct Drain {
     pub state: Arc<GatewayState>,
     pub grace: Duration,
+    /// The server's execution phases (taken by the service when it starts).
+    pub phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
 }
 
 #[async_trait]
 impl BackgroundService for Drain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take();
         while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                phase = async { match phases.as_mut() { Some(p) => p.recv().await, None => std::future::pending().await } } => {
+                    match phase {
+                        Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                            self.state.draining.store(true, std::sync::atomic::Ordering::Release);
+                            tracing::info!("upgrade: handing the listening sockets to the new process; responses now close their connections");
+                        }
+                        Ok(ExecutionPhase::GracefulTerminate) => {
+                            self.state.draining.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => phases = None,
+                    }
+                }
             }
         }
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
         let start = Instant::now();
         let active = metrics().connections_active.get();
         tracing::info!(

@@ -45,6 +45,9 @@ const HTTP_WRITE_BUFFER: usize = 4 * 1024;
 /// against ~0.6 KiB in nginx (`loadtest scale`); Pingora reads a request head into its own buffer, and
 /// reads through the L4 buffer only copied it once more.
 const L4_READ_BUFFER: usize = 0;
+/// How long `gateway run --upgrade` waits for the running gateway's sockets (it gets them when the old
+/// process receives SIGQUIT).
+const UPGRADE_WAIT_SECS: usize = 60;
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +58,9 @@ pub enum BuildError {
     AcmeStorage(#[from] tls::storage::StorageError),
 }
 
-pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
+/// Builds the Pingora server for `config`. With `upgrade`, the listening sockets come from the running
+/// gateway (it sends them over `[server] upgrade_sock` when it gets SIGQUIT) instead of new binds.
+pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server, BuildError> {
     let mut conf = ServerConf {
         threads: config.server.threads,
         // By default one single-threaded runtime per worker (like nginx workers): cheaper wake-ups than a
@@ -66,10 +71,19 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         // as none is left. After the grace, the runtimes are stopped, cancelling whatever still runs.
         grace_period_seconds: Some(config.server.shutdown_grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
+        // The new process waits this many seconds for the old one's sockets after it starts.
+        upgrade_sock_connect_accept_max_retries: Some(UPGRADE_WAIT_SECS),
         ..ServerConf::default()
     };
     conf.upstream_keepalive_pool_size = 1024;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With `upgrade`, this waits for the old process's sockets (up to UPGRADE_WAIT_SECS).
+    let phases = server.watch_execution_phase();
     server.bootstrap();
 
     let http = config.entrypoints.http;
@@ -194,6 +208,7 @@ pub fn build_server(config: Config, path: &Path) -> Result<Server, BuildError> {
         drain::Drain {
             state: Arc::clone(&state),
             grace: shutdown_grace,
+            phases: std::sync::Mutex::new(Some(phases)),
         },
     ));
     server.add_service(background_service(

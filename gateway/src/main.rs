@@ -26,6 +26,11 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over the listening sockets of the running gateway (zero-downtime upgrade): start the
+        /// new binary with this flag, then send SIGQUIT to the old process; it hands its sockets over
+        /// through `[server] upgrade_sock` and drains.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a config file: exit 0 with a summary, or 1 with `FILE:LINE:COL: message` lines.
     Validate {
@@ -108,7 +113,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let loaded = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -123,7 +128,7 @@ fn main() -> ExitCode {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            let server = match gateway::build_server(loaded, &config) {
+            let server = match gateway::build_server(loaded, &config, upgrade) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{}: {e}", config.display());

@@ -162,6 +162,8 @@ pub struct GatewayState {
     pub jwks: JwksRegistry,
     /// Set once the listeners are bound (the proxy service has started).
     pub listeners_up: AtomicBool,
+    /// Set when a stop or an upgrade hand-over begins: responses close their connections (`drain`).
+    pub draining: AtomicBool,
     /// The certificates served on the https entrypoint and the pending ACME challenge answers.
     pub certs: Arc<crate::tls::store::CertStore>,
 }
@@ -208,6 +210,7 @@ impl GatewayState {
             global_limits,
             jwks,
             listeners_up: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             certs,
         })
     }

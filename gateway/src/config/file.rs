@@ -47,6 +47,7 @@ pub struct ServerFile {
     pub threads: Option<Spanned<i64>>,
     pub work_stealing: Option<bool>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub upgrade_sock: Option<Spanned<String>>,
 }
 
 /// `[entrypoints]`: listener addresses.

@@ -178,7 +178,13 @@ pub struct ServerSettings {
     /// One work-stealing runtime for all threads instead of one single-threaded runtime per thread.
     pub work_stealing: bool,
     pub shutdown_grace: Duration,
+    /// The Unix socket over which a running gateway hands its listening sockets to its successor.
+    pub upgrade_sock: std::path::PathBuf,
 }
+
+/// Where the listening sockets are handed over on a zero-downtime upgrade, unless `[server] upgrade_sock`
+/// says otherwise.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/aggios-edge-upgrade.sock";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entrypoints {
@@ -436,6 +442,11 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         threads: positive(&raw.server.threads, 1, "server.threads", diags) as usize,
         work_stealing: raw.server.work_stealing.unwrap_or(false),
         shutdown_grace: duration_or(&raw.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE, diags),
+        upgrade_sock: raw
+            .server
+            .upgrade_sock
+            .as_ref()
+            .map_or_else(|| DEFAULT_UPGRADE_SOCK.into(), |s| s.get_ref().into()),
     };
     let entrypoints = Entrypoints {
         http: socket_addr(&raw.entrypoints.http, "entrypoints.http", diags),

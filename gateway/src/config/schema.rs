@@ -113,6 +113,7 @@ const ROOT: &[(&str, Shape)] = &[
             ("threads", Shape::Value),
             ("work_stealing", Shape::Value),
             ("shutdown_grace", Shape::Value),
+            ("upgrade_sock", Shape::Value),
         ]),
     ),
     (

@@ -947,7 +947,19 @@ impl ProxyHttp for Gateway {
         let trusted = &rt.config.trusted_proxies;
         ctx.peer_trusted = peer.is_some_and(|p| headers::is_trusted(p, trusted));
         ctx.client_ip = headers::client_ip(peer, &session.req_header().headers, trusted);
-        session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        if self
+            .state
+            .draining
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Stopping or handing over to a new process: this response closes the connection, so that a
+            // keep-alive client reconnects after it (see `drain`).
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            // Only where the client keeps the connection (HTTP/1.1 without `Connection: close`, or
+            // HTTP/1.0 with `Connection: keep-alive`): our idle time instead of Pingora's.
+            session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        }
         session.set_read_timeout(Some(rt.config.limits.body_timeout));
         ctx.runtime = Some(rt);
         Ok(())

@@ -530,6 +530,40 @@ impl Gateway {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// Sends `signal` (`QUIT`, `HUP`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Starts `gateway run --upgrade` on a copy of this gateway's config, with its own log folder: the
+    /// new process waits for this one's listening sockets (sent when this one gets SIGQUIT).
+    pub fn successor(&self) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gateway.toml");
+        std::fs::copy(&self.config, &config).expect("copy config");
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["run", "--upgrade", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("access.log")).expect("log file"))
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
+            .spawn()
+            .expect("spawn gateway --upgrade");
+        Gateway {
+            http: self.http,
+            https: self.https,
+            admin: self.admin,
+            dir,
+            config,
+            child,
+        }
+    }
+
     /// The process's exit status, once it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

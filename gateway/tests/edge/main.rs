@@ -25,4 +25,5 @@ mod shutdown;
 mod slow_clients;
 mod tls;
 mod tls_helpers;
+mod upgrade;
 mod validate;

@@ -88,3 +88,38 @@ async fn http2_from_the_client_and_h2c_to_the_upstream() {
         );
     }
 }
+
+/// A client's `Connection: close` (and HTTP/1.0 without keep-alive) ends the connection after the
+/// response; an HTTP/1.1 client that says nothing keeps it.
+#[tokio::test]
+async fn the_clients_connection_close_is_honoured() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start(&format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], "")
+    ))
+    .await;
+    for request in [
+        "GET / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: x.test\r\n\r\n",
+    ] {
+        let (resp, closed) = raw_bytes(gw.http, request.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{request:?} → {resp}"
+        );
+        assert!(
+            closed,
+            "the gateway kept the connection open after {request:?}"
+        );
+    }
+    let (resp, closed) = raw_bytes(gw.http, b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n").await;
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("\r\nconnection: keep-alive\r\n"),
+        "{resp}"
+    );
+    assert!(!closed, "a keep-alive connection was closed");
+}
