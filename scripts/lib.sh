@@ -100,6 +100,19 @@ ensure_s3s_fs() {
 }
 
 # pg_bin_dir — the newest installed PostgreSQL server binaries (initdb, pg_ctl), for private clusters.
+# Python tools the tests call, in a venv of their own: kubernetes-validate (offline schema checks of
+# compose/kubernetes/). Exports KUBERNETES_VALIDATE.
+ensure_py_tools() {
+  local venv="$HOME/.cache/aggios-edge/tools"
+  if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+    command -v python3 >/dev/null || ensure_debs python3
+    python3 -m venv "$venv" 2>/dev/null || { ensure_debs python3-venv; python3 -m venv "$venv"; }
+    log "pip install kubernetes-validate (into $venv)"
+    "$venv/bin/pip" install -q kubernetes-validate==1.37.0
+  fi
+  export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
+}
+
 pg_bin_dir() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
 }

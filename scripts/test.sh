@@ -20,6 +20,9 @@ command -v promtool >/dev/null || ensure_debs prometheus
 # authoritative DNS server for DNS-01 over RFC 2136 (Knot, queried with kdig); the exec hook uses curl.
 ensure_debs pebble knot knot-dnsutils curl
 ensure_s3s_fs
+# Deployment files are checked offline: Kubernetes manifests against the API schemas (kubernetes-validate),
+# Postgres backups restored into a throw-away cluster (the PG_BIN_DIR tools).
+ensure_py_tools
 export PG_BIN_DIR="$(pg_bin_dir)"
 
 # Databases left by interrupted test runs (each backend test creates its own aggios_t_* database).

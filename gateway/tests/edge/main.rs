@@ -6,6 +6,7 @@ mod api_keys;
 mod auth;
 mod balancing;
 mod cors;
+mod deployment;
 mod discovery;
 mod faults;
 mod forwarding;
