@@ -2,138 +2,16 @@
 //! service recovers by itself when it is back. Uses a private PostgreSQL cluster on a free port, so the
 //! machine's shared server is never touched.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use backend::app::{serve, AppState};
 use backend::config::{Config, StorageConfig};
 use bytes::Bytes;
+use common::private_pg::PrivatePg;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-
-struct PrivatePg {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-fn as_postgres(cmd: &Path, args: &[&str]) -> std::process::Output {
-    // initdb and postgres refuse to run as root; run them as the `postgres` system user then.
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    let out = if root {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(cmd)
-            .args(args)
-            .output()
-    } else {
-        Command::new(cmd).args(args).output()
-    };
-    out.unwrap_or_else(|e| panic!("{}: {e}", cmd.display()))
-}
-
-impl PrivatePg {
-    fn start() -> PrivatePg {
-        let bin = std::env::var("PG_BIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-                    .expect("PostgreSQL server binaries in /usr/lib/postgresql")
-                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-                    .collect();
-                dirs.sort();
-                dirs.pop().expect("a PostgreSQL version")
-            });
-        let dir = tempfile::tempdir().expect("tempdir");
-        let _ = Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(dir.path())
-            .status();
-        let data = dir.path().join("data");
-        let out = as_postgres(
-            &bin.join("initdb"),
-            &[
-                "-D",
-                data.to_str().expect("utf8"),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let pg = PrivatePg { bin, dir, port };
-        pg.pg_ctl_start();
-        pg
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn pg_ctl_start(&self) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("log").display().to_string();
-        let out = as_postgres(
-            &self.bin.join("pg_ctl"),
-            &[
-                "-D",
-                &self.data(),
-                "-o",
-                &opts,
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn stop(&self) {
-        let out = as_postgres(
-            &self.bin.join("pg_ctl"),
-            &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl stop: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        let _ = as_postgres(
-            &self.bin.join("pg_ctl"),
-            &["-D", &self.data(), "-m", "immediate", "stop"],
-        );
-    }
-}
 
 /// This run's client address (a documentation IPv6 address, random per process).
 fn client_ip() -> &'static str {
