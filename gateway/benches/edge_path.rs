@@ -32,6 +32,7 @@ fn route(name: &str, host: &str, tenancy: &Tenancy) -> RouteSpec {
         rate_limits: Vec::new(),
         on_store_error: gateway::config::OnStoreError::Open,
         security: Default::default(),
+        canary: None,
     }
 }
 

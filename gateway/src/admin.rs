@@ -72,6 +72,7 @@ impl AdminApp {
                     "strip_prefix": r.spec.strip_prefix,
                     "redirect_https": r.spec.redirect_https,
                     "max_body_bytes": r.spec.max_body_bytes,
+                    "canary": r.canary.as_ref().map(canary_json),
                 })
             })
             .collect();
@@ -93,6 +94,37 @@ impl AdminApp {
             .collect();
         json!({ "config": rt.config.source.display().to_string(), "routes": routes, "upstreams": upstreams })
     }
+}
+
+/// A route's canary: the split as configured and as it stands, the verdict, both sides' figures.
+fn canary_json(c: &crate::proxy::canary::Canary) -> serde_json::Value {
+    let (stable, canary) = c.state.figures();
+    let side = |f: crate::proxy::canary::Figures| {
+        json!({
+            "requests": f.requests,
+            "errors": f.errors,
+            "error_ratio": f.error_ratio(),
+            "p99_ms": f.p99.as_secs_f64() * 1e3,
+        })
+    };
+    let verdict = c.state.verdict();
+    json!({
+        "upstream": c.spec.upstream,
+        "weight": c.spec.weight,
+        "effective_weight": c.state.weight(),
+        "sticky": format!("{:?}", c.spec.sticky).to_ascii_lowercase(),
+        "header": c.spec.header.as_ref().map(|h| h.as_str().to_string()),
+        "cookie": c.spec.cookie,
+        "window_seconds": c.spec.window.as_secs_f64(),
+        "min_requests": c.spec.min_requests,
+        "max_error_ratio": c.spec.max_error_ratio,
+        "max_p99_ratio": c.spec.max_p99_ratio,
+        "verdict": if verdict.is_some() { "rolled_back" } else { "serving" },
+        "reason": verdict.as_ref().map(|v| v.reason.clone()),
+        "rolled_back_at": verdict.as_ref().map(|v| v.at),
+        "stable": side(stable),
+        "canary": side(canary),
+    })
 }
 
 /// Why the admin listener refused a request before looking at its path.

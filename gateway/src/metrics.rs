@@ -15,6 +15,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub server_up: IntGaugeVec,
+    pub canary_weight: IntGaugeVec,
+    pub canary_rollbacks: IntCounterVec,
     pub connections_active: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
@@ -63,6 +65,20 @@ impl Metrics {
             )
             .buckets(BUCKETS.to_vec()),
             &["upstream"],
+        )?;
+        let canary_weight = IntGaugeVec::new(
+            Opts::new(
+                "gateway_canary_weight",
+                "Percent of a route's traffic its canary upstream gets now (0 after a rollback).",
+            ),
+            &["route"],
+        )?;
+        let canary_rollbacks = IntCounterVec::new(
+            Opts::new(
+                "gateway_canary_rollbacks_total",
+                "Canaries rolled back automatically (5xx ratio or p99 past the route's thresholds).",
+            ),
+            &["route"],
         )?;
         let server_up = IntGaugeVec::new(
             Opts::new(
@@ -202,6 +218,8 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(server_up.clone()))?;
+        registry.register(Box::new(canary_weight.clone()))?;
+        registry.register(Box::new(canary_rollbacks.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
@@ -215,6 +233,8 @@ impl Metrics {
             request_duration,
             upstream_duration,
             server_up,
+            canary_weight,
+            canary_rollbacks,
             connections_active,
             reloads,
             last_reload_success,

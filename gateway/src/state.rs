@@ -20,6 +20,8 @@ use crate::shared_redis::SharedRedis;
 pub struct RouteRt {
     pub spec: RouteSpec,
     pub upstream: Option<Arc<Upstream>>,
+    /// The route's canary upstream and its live state, when it has one.
+    pub canary: Option<crate::proxy::canary::Canary>,
     /// `gateway_http_request_duration_seconds{route}`, bound on first use: with 10 000 tenant routes,
     /// binding every series up front costs megabytes for routes that may never see traffic.
     duration: std::sync::OnceLock<prometheus::Histogram>,
@@ -40,10 +42,15 @@ type RequestCounters =
 use crate::metrics::METHOD_LABELS;
 
 impl RouteRt {
-    pub fn new(spec: RouteSpec, upstream: Option<Arc<Upstream>>) -> RouteRt {
+    pub fn new(
+        spec: RouteSpec,
+        upstream: Option<Arc<Upstream>>,
+        canary: Option<crate::proxy::canary::Canary>,
+    ) -> RouteRt {
         RouteRt {
             spec,
             upstream,
+            canary,
             duration: std::sync::OnceLock::new(),
             requests: std::sync::OnceLock::new(),
         }
@@ -64,6 +71,14 @@ impl RouteRt {
                     .inc();
             }
             None => series().inc(),
+        }
+    }
+
+    /// The upstream of `side`: the canary's when it has one and `side` says so, else the route's own.
+    pub fn upstream_for(&self, side: crate::proxy::canary::Side) -> Option<&Arc<Upstream>> {
+        match (side, &self.canary) {
+            (crate::proxy::canary::Side::Canary, Some(c)) => Some(&c.upstream),
+            _ => self.upstream.as_ref(),
         }
     }
 
@@ -96,6 +111,7 @@ impl Runtime {
         config: Config,
         registry: &ServerRegistry,
         discovery: &Discovery,
+        canaries: &crate::proxy::canary::CanaryRegistry,
         jwks: &JwksRegistry,
         redis: Option<&Arc<SharedRedis>>,
     ) -> Runtime {
@@ -109,12 +125,15 @@ impl Runtime {
             .routes
             .iter()
             .map(|r| {
-                RouteRt::new(
-                    r.clone(),
-                    r.upstream
-                        .as_ref()
-                        .and_then(|name| upstreams.iter().find(|u| &u.name == name).cloned()),
-                )
+                let find = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
+                let canary = r.canary.as_ref().and_then(|c| {
+                    Some(crate::proxy::canary::Canary {
+                        upstream: find(&c.upstream)?,
+                        state: canaries.get_or_create(&r.name, c),
+                        spec: c.clone(),
+                    })
+                });
+                RouteRt::new(r.clone(), r.upstream.as_deref().and_then(find), canary)
             })
             .collect();
         Runtime {
@@ -150,6 +169,8 @@ pub struct GatewayState {
     registry: ServerRegistry,
     /// The last DNS answers for upstream host names (see `proxy::discovery`).
     pub discovery: Discovery,
+    /// Canary states, kept across reloads (see `proxy::canary`).
+    canaries: crate::proxy::canary::CanaryRegistry,
     discovery_started: AtomicBool,
     pub access_log: AccessLog,
     /// The connection to `[redis]` (created at start; the URL changes only on restart).
@@ -197,12 +218,21 @@ impl GatewayState {
         set_static_certificates(&certs, &config);
         let discovery = Discovery::default();
         discovery.prime(&config);
-        let runtime = Runtime::build(config, &registry, &discovery, &jwks, redis.as_ref());
+        let canaries = crate::proxy::canary::CanaryRegistry::default();
+        let runtime = Runtime::build(
+            config,
+            &registry,
+            &discovery,
+            &canaries,
+            &jwks,
+            redis.as_ref(),
+        );
         metrics().last_reload_success.set(unix_now());
         Arc::new(GatewayState {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             discovery,
+            canaries,
             discovery_started: AtomicBool::new(false),
             access_log,
             redis,
@@ -230,6 +260,7 @@ impl GatewayState {
             config,
             &self.registry,
             &self.discovery,
+            &self.canaries,
             &self.jwks,
             self.redis.as_ref(),
         );

@@ -216,6 +216,22 @@ pub struct RouteFile {
     pub scopes: Option<Vec<Spanned<String>>>,
     pub cors: Option<CorsFile>,
     pub security_headers: Option<SecurityHeadersFile>,
+    pub canary: Option<Spanned<CanaryFile>>,
+}
+
+/// `canary = { … }` of a route: a share of its traffic to another upstream, rolled back on errors.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    pub upstream: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    pub header: Option<Spanned<String>>,
+    pub cookie: Option<Spanned<String>>,
+    pub sticky: Option<Spanned<String>>,
+    pub window: Option<Spanned<String>>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub max_error_ratio: Option<Spanned<f64>>,
+    pub max_p99_ratio: Option<Spanned<f64>>,
 }
 
 /// `cors = { … }` of a route.

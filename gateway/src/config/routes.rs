@@ -91,6 +91,45 @@ pub struct RouteSpec {
     pub on_store_error: OnStoreError,
     pub cors: Option<CorsSpec>,
     pub security: SecurityHeaders,
+    /// A share of the traffic to another upstream, with automatic rollback.
+    pub canary: Option<CanarySpec>,
+}
+
+/// How a request's side (stable or canary) is chosen when no header or cookie forces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sticky {
+    /// Per client IP: a client stays on one side.
+    Client,
+    /// Per tenant (per client IP without a tenant).
+    Tenant,
+    /// Per request.
+    None,
+}
+
+/// Canary default: the sliding window over which the canary is compared with the stable upstream.
+pub const DEFAULT_CANARY_WINDOW: Duration = Duration::from_secs(60);
+/// Canary default: requests the canary must have served in the window before it is judged.
+pub const DEFAULT_CANARY_MIN_REQUESTS: u64 = 20;
+/// Canary default: how much the canary's 5xx ratio may exceed the stable's.
+pub const DEFAULT_CANARY_MAX_ERROR_RATIO: f64 = 0.05;
+/// Canary default: how many times the stable's p99 the canary's may reach.
+pub const DEFAULT_CANARY_MAX_P99_RATIO: f64 = 2.0;
+
+/// `canary = { … }` of a route, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanarySpec {
+    pub upstream: String,
+    /// Percent of the route's traffic (0–100): 0 and 100 are blue-green's two positions.
+    pub weight: u8,
+    /// A request header whose value `canary` or `stable` picks the side.
+    pub header: Option<HeaderName>,
+    /// A cookie whose value `canary` or `stable` picks the side.
+    pub cookie: Option<String>,
+    pub sticky: Sticky,
+    pub window: Duration,
+    pub min_requests: u64,
+    pub max_error_ratio: f64,
+    pub max_p99_ratio: f64,
 }
 
 /// An allowed CORS origin.
@@ -274,6 +313,10 @@ pub(super) fn validate_route(
         }
         _ => {}
     }
+    let canary = r
+        .canary
+        .as_ref()
+        .and_then(|c| validate_canary(c, r, upstreams, diags));
     let auth = match r.auth.as_ref().map(|a| a.get_ref().as_str()) {
         None | Some("none") => AuthPolicy::None,
         Some("jwt") => AuthPolicy::Jwt,
@@ -379,6 +422,7 @@ pub(super) fn validate_route(
         },
         cors: r.cors.as_ref().map(|c| validate_cors(c, diags)),
         security: validate_security(r.security_headers.as_ref(), diags),
+        canary,
     }
 }
 
@@ -737,4 +781,143 @@ pub(super) fn warn_policy_gaps(
             }
         }
     }
+}
+
+fn validate_canary(
+    c: &Spanned<super::file::CanaryFile>,
+    r: &RouteFile,
+    upstreams: &HashMap<String, ()>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<CanarySpec> {
+    let f = c.get_ref();
+    let name = f.upstream.get_ref();
+    let mut ok = true;
+    if !upstreams.contains_key(name) {
+        diags.push(Diagnostic::at(
+            &f.upstream,
+            format!("canary upstream `{name}` is not an [[upstreams]] name"),
+        ));
+        ok = false;
+    }
+    match &r.upstream {
+        None => {
+            diags.push(Diagnostic::at(
+                c,
+                "a canary needs the route's own `upstream` (the stable one)",
+            ));
+            ok = false;
+        }
+        Some(u) if u.get_ref() == name => {
+            diags.push(Diagnostic::at(
+                &f.upstream,
+                "the canary upstream is the route's own upstream",
+            ));
+            ok = false;
+        }
+        Some(_) => {}
+    }
+    let weight = match f.weight.as_ref().map(|w| (w, *w.get_ref())) {
+        None => 0,
+        Some((_, w)) if (0..=100).contains(&w) => w as u8,
+        Some((span, _)) => {
+            diags.push(Diagnostic::at(
+                span,
+                "canary weight is a percentage: 0 to 100",
+            ));
+            0
+        }
+    };
+    let header = f
+        .header
+        .as_ref()
+        .and_then(|h| match HeaderName::try_from(h.get_ref().as_str()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                diags.push(Diagnostic::at(
+                    h,
+                    "canary header is not a valid header name",
+                ));
+                None
+            }
+        });
+    let cookie = f.cookie.as_ref().and_then(|k| {
+        let v = k.get_ref();
+        if !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            Some(v.clone())
+        } else {
+            diags.push(Diagnostic::at(
+                k,
+                "canary cookie must be a cookie name (letters, digits, - _ .)",
+            ));
+            None
+        }
+    });
+    let sticky = match f.sticky.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("client") => Sticky::Client,
+        Some("tenant") => Sticky::Tenant,
+        Some("none") => Sticky::None,
+        Some(other) => {
+            diags.push(Diagnostic::at(
+                f.sticky.as_ref().expect("matched Some"),
+                format!("canary sticky `{other}` is not one of client, tenant, none"),
+            ));
+            Sticky::Client
+        }
+    };
+    let ratio = |v: &Option<Spanned<f64>>,
+                 default: f64,
+                 what: &str,
+                 max: f64,
+                 diags: &mut Vec<Diagnostic>| match v {
+        None => default,
+        Some(x) if x.get_ref().is_finite() && *x.get_ref() >= 0.0 && *x.get_ref() <= max => {
+            *x.get_ref()
+        }
+        Some(x) => {
+            diags.push(Diagnostic::at(
+                x,
+                format!("canary {what} must be between 0 and {max}"),
+            ));
+            default
+        }
+    };
+    let max_error_ratio = ratio(
+        &f.max_error_ratio,
+        DEFAULT_CANARY_MAX_ERROR_RATIO,
+        "max_error_ratio",
+        1.0,
+        diags,
+    );
+    let max_p99_ratio = ratio(
+        &f.max_p99_ratio,
+        DEFAULT_CANARY_MAX_P99_RATIO,
+        "max_p99_ratio",
+        1000.0,
+        diags,
+    );
+    if max_p99_ratio < 1.0 && f.max_p99_ratio.is_some() {
+        if let Some(x) = &f.max_p99_ratio {
+            diags.push(Diagnostic::at(x, "canary max_p99_ratio below 1 would roll back a canary as fast as the stable upstream"));
+        }
+    }
+    let spec = CanarySpec {
+        upstream: name.clone(),
+        weight,
+        header,
+        cookie,
+        sticky,
+        window: super::duration_or(&f.window, DEFAULT_CANARY_WINDOW, diags),
+        min_requests: positive(
+            &f.min_requests,
+            DEFAULT_CANARY_MIN_REQUESTS,
+            "canary min_requests",
+            diags,
+        ),
+        max_error_ratio,
+        max_p99_ratio,
+    };
+    ok.then_some(spec)
 }

@@ -81,6 +81,20 @@ const ROUTE: &[(&str, Shape)] = &[
         ]),
     ),
     (
+        "canary",
+        Shape::Table(&[
+            ("upstream", Shape::Value),
+            ("weight", Shape::Value),
+            ("header", Shape::Value),
+            ("cookie", Shape::Value),
+            ("sticky", Shape::Value),
+            ("window", Shape::Value),
+            ("min_requests", Shape::Value),
+            ("max_error_ratio", Shape::Value),
+            ("max_p99_ratio", Shape::Value),
+        ]),
+    ),
+    (
         "security_headers",
         Shape::Table(&[
             ("hsts", Shape::Value),

@@ -4,6 +4,7 @@
 
 pub mod api_key;
 pub mod auth;
+pub mod canary;
 pub mod cors;
 pub mod discovery;
 pub mod guard;
@@ -18,7 +19,7 @@ pub mod upstream;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -99,6 +100,10 @@ pub struct RequestCtx {
     tenant: Option<String>,
     server: Option<Arc<upstream::ServerState>>,
     tried: Vec<std::net::SocketAddr>,
+    /// Stable or canary upstream (routes with a canary); decided at the first try.
+    side: canary::Side,
+    /// The canary answered 5xx and the request goes to the stable upstream instead (already recorded).
+    canary_5xx: bool,
     tries: u32,
     active: Option<ActiveGuard>,
     response_started: bool,
@@ -138,6 +143,21 @@ enum Verified {
 impl RequestCtx {
     fn route<'a>(&self, rt: &'a Runtime) -> Option<&'a crate::state::RouteRt> {
         self.route.map(|i| &rt.routes[i])
+    }
+}
+
+/// A connection failure or a reset counts against the side that had it; a retry after a canary's
+/// failure goes to the stable upstream.
+fn upstream_failed(ctx: &mut RequestCtx, retry: bool) {
+    let Some(rt) = ctx.runtime.clone() else {
+        return;
+    };
+    if let Some(c) = ctx.route(&rt).and_then(|r| r.canary.as_ref()) {
+        let latency = ctx.upstream_start.map_or(Duration::ZERO, |t| t.elapsed());
+        c.state.record(ctx.side, true, latency);
+        if retry && ctx.side == canary::Side::Canary {
+            ctx.side = canary::Side::Stable;
+        }
     }
 }
 
@@ -706,7 +726,7 @@ impl Gateway {
     /// Picks a server of the route's upstream that this request has not tried yet.
     async fn choose_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let rt = ctx
@@ -716,9 +736,19 @@ impl Gateway {
         let route = ctx
             .route(&rt)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        if ctx.tries == 0 {
+            if let Some(c) = &route.canary {
+                let req = session.req_header();
+                ctx.side = c
+                    .state
+                    .side(&req.headers, ctx.tenant.as_deref(), ctx.client_ip);
+                if ctx.side == canary::Side::Canary && !c.upstream.any_healthy() {
+                    ctx.side = canary::Side::Stable;
+                }
+            }
+        }
         let up = route
-            .upstream
-            .as_ref()
+            .upstream_for(ctx.side)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without upstream"))?;
         let Some(server) = up.select(ctx.tenant.as_deref(), &ctx.tried) else {
             let code = if ctx.tried.is_empty() { 503 } else { 502 };
@@ -907,6 +937,8 @@ impl ProxyHttp for Gateway {
             tenant: None,
             server: None,
             tried: Vec::new(),
+            side: canary::Side::Stable,
+            canary_5xx: false,
             tries: 0,
             active: None,
             response_started: false,
@@ -1000,9 +1032,10 @@ impl ProxyHttp for Gateway {
             .runtime
             .as_ref()
             .and_then(|rt| ctx.route(rt))
-            .and_then(|r| r.upstream.as_ref())
+            .and_then(|r| r.upstream_for(ctx.side))
             .map_or(1, |u| u.spec.max_tries);
         e.set_retry(ctx.tries < max);
+        upstream_failed(ctx, e.retry());
         e
     }
 
@@ -1020,7 +1053,7 @@ impl ProxyHttp for Gateway {
             .runtime
             .as_ref()
             .and_then(|rt| ctx.route(rt))
-            .and_then(|r| r.upstream.as_ref())
+            .and_then(|r| r.upstream_for(ctx.side))
             .map_or(1, |u| u.spec.max_tries);
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
@@ -1033,22 +1066,49 @@ impl ProxyHttp for Gateway {
         if e.retry() {
             ctx.active = None;
         }
+        if !ctx.canary_5xx {
+            upstream_failed(ctx, e.retry());
+        }
+        ctx.canary_5xx = false;
         e
     }
 
     /// The upstream answered: no retry from here on; record its latency.
+    /// On a route with a canary, the answer counts for its side; a canary's 5xx to a request that can be
+    /// replayed is not passed on but tried again on the stable upstream.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.response_started = true;
-        if let (Some(t0), Some(rt)) = (ctx.upstream_start, ctx.runtime.as_ref()) {
-            if let Some(up) = ctx.route(rt).and_then(|r| r.upstream.as_ref()) {
-                up.duration().observe(t0.elapsed().as_secs_f64());
+        let rt = ctx.runtime.clone();
+        let route = rt.as_ref().and_then(|rt| ctx.route(rt));
+        if let (Some(route), Some(t0)) = (route, ctx.upstream_start) {
+            let elapsed = t0.elapsed();
+            if let Some(up) = route.upstream_for(ctx.side) {
+                up.duration().observe(elapsed.as_secs_f64());
+            }
+            if let Some(c) = &route.canary {
+                let error = upstream_response.status.is_server_error();
+                c.state.record(ctx.side, error, elapsed);
+                if error && ctx.side == canary::Side::Canary {
+                    let replayable = session.req_header().method.is_idempotent()
+                        && !session.as_ref().retry_buffer_truncated();
+                    let max = route.upstream.as_ref().map_or(1, |u| u.spec.max_tries);
+                    if replayable && ctx.tries < max {
+                        ctx.canary_5xx = true;
+                        ctx.side = canary::Side::Stable;
+                        ctx.active = None;
+                        return Error::e_explain(
+                            ErrorType::HTTPStatus(502),
+                            "the canary answered 5xx: trying the stable upstream",
+                        );
+                    }
+                }
             }
         }
+        ctx.response_started = true;
         Ok(())
     }
 
@@ -1106,7 +1166,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if self.state.access_log.enabled() {
-            let up = route.and_then(|r| r.upstream.as_ref());
+            let up = route.and_then(|r| r.upstream_for(ctx.side));
             let server = ctx.server.as_ref().map(|s| s.label.as_str());
             let error = ctx
                 .error

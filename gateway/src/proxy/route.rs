@@ -307,6 +307,7 @@ mod tests {
             rate_limits: Vec::new(),
             on_store_error: crate::config::OnStoreError::Open,
             security: Default::default(),
+            canary: None,
         }
     }
 

@@ -139,6 +139,8 @@ pub fn free_port() -> u16 {
 #[derive(Default)]
 pub struct Behaviour {
     pub delay_ms: AtomicU64,
+    /// The status of every answer but health checks (0: 200).
+    pub status: AtomicU64,
     pub health_status: AtomicU64,
     /// How long `/healthz` takes to answer.
     pub health_delay_ms: AtomicU64,
@@ -386,7 +388,12 @@ async fn handle(
         "headers": headers,
         "body_len": body.len(),
     });
+    let status = match behaviour.status.load(Ordering::SeqCst) {
+        0 => 200,
+        s => s as u16,
+    };
     Ok(Response::builder()
+        .status(status)
         .header("content-type", "application/json")
         .header("x-upstream", name.as_str())
         .body(Full::new(Bytes::from(echo.to_string())))

@@ -5,6 +5,7 @@ mod admin;
 mod api_keys;
 mod auth;
 mod balancing;
+mod canary;
 mod cors;
 mod deployment;
 mod discovery;
