@@ -15,6 +15,7 @@ pub struct Metrics {
     pub argon2: Histogram,
     pub in_flight: IntGauge,
     pub panics: IntCounter,
+    pub db_query: HistogramVec,
 }
 
 impl Metrics {
@@ -56,6 +57,17 @@ impl Metrics {
             "backend_panics_total",
             "Requests whose handler panicked (answered 500; the process lives on).",
         )?;
+        let db_query = HistogramVec::new(
+            HistogramOpts::new(
+                "backend_db_query_duration_seconds",
+                "Time of one database call by statement name (the db module's module.function).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["statement"],
+        )?;
+        registry.register(Box::new(db_query.clone()))?;
         registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -70,6 +82,7 @@ impl Metrics {
             argon2,
             in_flight,
             panics,
+            db_query,
         })
     }
 
@@ -85,4 +98,29 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(|| Metrics::new().expect("metric definitions are static and valid"))
+}
+
+/// Times one database call into `backend_db_query_duration_seconds{statement}` when dropped (on every
+/// return path, errors included). Statement names are the `db` module's `module.function`: bounded.
+pub struct QueryTimer {
+    statement: &'static str,
+    start: std::time::Instant,
+}
+
+impl QueryTimer {
+    pub fn start(statement: &'static str) -> QueryTimer {
+        QueryTimer {
+            statement,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        metrics()
+            .db_query
+            .with_label_values(&[self.statement])
+            .observe(self.start.elapsed().as_secs_f64());
+    }
 }

@@ -29,6 +29,7 @@ pub async fn create(
     scopes: &[String],
     expires_at: Option<OffsetDateTime>,
 ) -> Result<ApiKey, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("api_keys.create");
     sqlx::query_as::<_, ApiKey>(&format!(
         "INSERT INTO api_keys (tenant_id, name, prefix, key_hash, scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLS}"
     ))
@@ -43,6 +44,7 @@ pub async fn create(
 }
 
 pub async fn list(c: &mut PgConnection) -> Result<Vec<ApiKey>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("api_keys.list");
     sqlx::query_as::<_, ApiKey>(&format!(
         "SELECT {COLS} FROM api_keys ORDER BY created_at, name"
     ))
@@ -52,6 +54,7 @@ pub async fn list(c: &mut PgConnection) -> Result<Vec<ApiKey>, sqlx::Error> {
 
 /// Revokes a key; its prefix, or `None` when there is no such live key (in this tenant).
 pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("api_keys.revoke");
     sqlx::query_scalar(
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING prefix",
     )
@@ -74,6 +77,7 @@ pub struct KeyRecord {
 /// The key with `prefix`, whatever its tenant (row-level security admits exactly this row through the
 /// `api_key_lookup` policy).
 pub async fn lookup(pool: &sqlx::PgPool, prefix: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("api_keys.lookup");
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT set_config('app.api_key_prefix', $1, true)")
         .bind(prefix)

@@ -21,6 +21,7 @@ pub async fn insert(
     family_id: Uuid,
     expires_at: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("refresh_tokens.insert");
     sqlx::query("INSERT INTO refresh_tokens (user_id, tenant_id, token_hash, family_id, expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(user_id)
         .bind(tenant_id)
@@ -38,6 +39,7 @@ pub async fn by_hash_for_update(
     c: &mut PgConnection,
     hash: &[u8],
 ) -> Result<Option<RefreshToken>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("refresh_tokens.by_hash_for_update");
     sqlx::query_as::<_, RefreshToken>(
         "SELECT id, user_id, family_id, expires_at, revoked_at FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
     )
@@ -47,6 +49,7 @@ pub async fn by_hash_for_update(
 }
 
 pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("refresh_tokens.revoke");
     sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
     )
@@ -58,6 +61,7 @@ pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
 
 /// Revokes every live token of a user (deactivated, demoted or deleted); returns their hashes.
 pub async fn revoke_user(c: &mut PgConnection, user_id: Uuid) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("refresh_tokens.revoke_user");
     sqlx::query_scalar("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING token_hash")
         .bind(user_id)
         .fetch_all(c)
@@ -69,6 +73,7 @@ pub async fn revoke_family(
     c: &mut PgConnection,
     family_id: Uuid,
 ) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("refresh_tokens.revoke_family");
     sqlx::query_scalar("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL RETURNING token_hash")
         .bind(family_id)
         .fetch_all(c)

@@ -23,6 +23,7 @@ pub async fn by_host(
     host: &str,
     bases: &[String],
 ) -> Result<Option<Tenant>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("tenants.by_host");
     let sub = host
         .split_once('.')
         .filter(|(_, rest)| bases.iter().any(|b| b == rest))
@@ -37,6 +38,7 @@ pub async fn by_host(
 }
 
 pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("tenants.by_id");
     sqlx::query_as::<_, Tenant>(&format!("SELECT {COLS} FROM tenants WHERE id = $1"))
         .bind(id)
         .fetch_optional(pool)
@@ -44,6 +46,7 @@ pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>, sqlx::Erro
 }
 
 pub async fn by_subdomain(pool: &PgPool, subdomain: &str) -> Result<Option<Tenant>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("tenants.by_subdomain");
     sqlx::query_as::<_, Tenant>(&format!("SELECT {COLS} FROM tenants WHERE subdomain = $1"))
         .bind(subdomain)
         .fetch_optional(pool)
@@ -56,6 +59,7 @@ pub async fn create(
     subdomain: &str,
     domain: Option<&str>,
 ) -> Result<Tenant, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("tenants.create");
     sqlx::query_as::<_, Tenant>(&format!(
         "INSERT INTO tenants (name, subdomain, domain) VALUES ($1, $2, $3) RETURNING {COLS}"
     ))
@@ -67,6 +71,7 @@ pub async fn create(
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<Tenant>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("tenants.list");
     sqlx::query_as::<_, Tenant>(&format!(
         "SELECT {COLS} FROM tenants ORDER BY created_at, subdomain"
     ))

@@ -23,6 +23,7 @@ const COLS: &str =
     "id, tenant_id, email, password_hash, first_name, last_name, role, is_active, created_at";
 
 pub async fn by_email(c: &mut PgConnection, email: &str) -> Result<Option<User>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("users.by_email");
     sqlx::query_as::<_, User>(&format!(
         "SELECT {COLS} FROM users WHERE lower(email) = lower($1)"
     ))
@@ -32,6 +33,7 @@ pub async fn by_email(c: &mut PgConnection, email: &str) -> Result<Option<User>,
 }
 
 pub async fn get(c: &mut PgConnection, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("users.get");
     sqlx::query_as::<_, User>(&format!("SELECT {COLS} FROM users WHERE id = $1"))
         .bind(id)
         .fetch_optional(c)
@@ -39,6 +41,7 @@ pub async fn get(c: &mut PgConnection, id: Uuid) -> Result<Option<User>, sqlx::E
 }
 
 pub async fn list(c: &mut PgConnection) -> Result<Vec<User>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("users.list");
     sqlx::query_as::<_, User>(&format!(
         "SELECT {COLS} FROM users ORDER BY created_at, email"
     ))
@@ -57,6 +60,7 @@ pub struct NewUser<'a> {
 }
 
 pub async fn create(c: &mut PgConnection, u: &NewUser<'_>) -> Result<User, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("users.create");
     sqlx::query_as::<_, User>(&format!(
         "INSERT INTO users (tenant_id, email, password_hash, first_name, last_name, role) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLS}"
     ))
@@ -79,6 +83,7 @@ pub async fn update(
     role: Option<&str>,
     is_active: Option<bool>,
 ) -> Result<Option<User>, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("users.update");
     sqlx::query_as::<_, User>(&format!(
         "UPDATE users SET first_name = coalesce($2, first_name), last_name = coalesce($3, last_name), role = coalesce($4, role), is_active = coalesce($5, is_active), updated_at = now() WHERE id = $1 RETURNING {COLS}"
     ))
@@ -92,6 +97,7 @@ pub async fn update(
 }
 
 pub async fn delete(c: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("users.delete");
     Ok(sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(id)
         .execute(c)

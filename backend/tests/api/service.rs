@@ -243,12 +243,26 @@ async fn every_backend_metric_the_rules_and_the_dashboard_use_is_on_live_metrics
     let used = contracts::metrics::names_in(&text, "backend_");
     assert!(used.len() >= 3, "{used:?}");
     let app = TestApp::spawn().await;
-    // One request first, so that the per-route series have a child.
+    // Requests first, so that the per-route and per-statement series have a child: a login runs the
+    // tenant, user and refresh-token statements.
     let _ = app.get("/healthz", "x", None).await;
+    app.tenant_with_user("metrics", "m@metrics.test", "member")
+        .await;
+    let _ = app.login("metrics.aggios.app", "m@metrics.test").await;
     let (_, body, _) = app
         .call_raw("GET", "/metrics", "x", None, "", Bytes::new())
         .await;
     let text = String::from_utf8_lossy(&body);
+    // The login's statements, each timed under its own name.
+    for statement in ["tenants.by_host", "users.by_email", "refresh_tokens.insert"] {
+        let series =
+            format!("backend_db_query_duration_seconds_count{{statement=\"{statement}\"}} ");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&series) && !l.ends_with(" 0")),
+            "no {series}in /metrics:\n{text}"
+        );
+    }
     for name in &used {
         assert!(
             text.lines()
