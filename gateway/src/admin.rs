@@ -226,11 +226,9 @@ impl ServeHttp for AdminApp {
                 // The breaker is a deadline, not an event: its state is read when scraped.
                 let open = self.state.redis.as_ref().is_some_and(|r| r.is_open());
                 metrics().redis_breaker_open.set(i64::from(open));
-                respond(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    metrics().render(),
-                )
+                let mut body = metrics().render();
+                body.extend_from_slice(self.state.tenant_stats.exposition().as_bytes());
+                respond(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             "/healthz" => json_response(StatusCode::OK, json!({ "status": "ok" })),
             "/readyz" => match self.state.ready() {
@@ -242,9 +240,25 @@ impl ServeHttp for AdminApp {
             },
             "/api/routes" => json_response(StatusCode::OK, self.routes_json()),
             "/api/certificates" => json_response(StatusCode::OK, self.certificates_json()),
+            p if p.starts_with("/api/tenants/") && p.ends_with("/stats") => {
+                let tenant = &p["/api/tenants/".len()..p.len() - "/stats".len()];
+                if tenant.is_empty()
+                    || tenant.len() > 63
+                    || !tenant
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({ "error": { "code": "invalid_tenant", "message": "a tenant is one lowercase DNS label" } }),
+                    )
+                } else {
+                    json_response(StatusCode::OK, self.state.tenant_stats.stats_json(tenant))
+                }
+            }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({ "error": { "code": "not_found", "message": "admin endpoints: /metrics /healthz /readyz /api/routes /api/certificates" } }),
+                json!({ "error": { "code": "not_found", "message": "admin endpoints: /metrics /healthz /readyz /api/routes /api/certificates /api/tenants/{tenant}/stats" } }),
             ),
         }
     }

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod shared_redis;
 pub mod single_flight;
 pub mod state;
+pub mod tenant_stats;
 pub mod tls;
 
 use std::path::Path;

@@ -171,7 +171,9 @@ pub struct GatewayState {
     pub discovery: Discovery,
     /// Canary states, kept across reloads (see `proxy::canary`).
     canaries: crate::proxy::canary::CanaryRegistry,
-    discovery_started: AtomicBool,
+    /// Per-tenant figures (see `tenant_stats`).
+    pub tenant_stats: crate::tenant_stats::TenantStats,
+    background_started: AtomicBool,
     pub access_log: AccessLog,
     /// The connection to `[redis]` (created at start; the URL changes only on restart).
     pub redis: Option<Arc<SharedRedis>>,
@@ -219,6 +221,8 @@ impl GatewayState {
         let discovery = Discovery::default();
         discovery.prime(&config);
         let canaries = crate::proxy::canary::CanaryRegistry::default();
+        let tenant_stats = crate::tenant_stats::TenantStats::default();
+        tenant_stats.configure(&config.tenant_stats);
         let runtime = Runtime::build(
             config,
             &registry,
@@ -233,7 +237,8 @@ impl GatewayState {
             registry,
             discovery,
             canaries,
-            discovery_started: AtomicBool::new(false),
+            tenant_stats,
+            background_started: AtomicBool::new(false),
             access_log,
             redis,
             revocation,
@@ -256,6 +261,7 @@ impl GatewayState {
         self.access_log.set_enabled(config.log.access_log);
         set_static_certificates(&self.certs, &config);
         self.discovery.prime(&config);
+        self.tenant_stats.configure(&config.tenant_stats);
         let rt = Runtime::build(
             config,
             &self.registry,
@@ -278,11 +284,23 @@ impl GatewayState {
         }
     }
 
-    /// Starts re-resolving upstream host names (once; must run inside a Tokio runtime).
-    pub fn start_discovery(self: &Arc<Self>) {
-        if !self.discovery_started.swap(true, Ordering::AcqRel) {
-            crate::proxy::discovery::spawn(self);
+    /// Starts the background work on live state (once; must run inside a Tokio runtime): re-resolving
+    /// upstream host names, and ranking tenants for Prometheus every `[tenant_stats] interval`.
+    pub fn start_background(self: &Arc<Self>) {
+        if self.background_started.swap(true, Ordering::AcqRel) {
+            return;
         }
+        crate::proxy::discovery::spawn(self);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(gw) = weak.upgrade() else { return };
+                let settings = gw.current().config.tenant_stats;
+                gw.tenant_stats.recompute(settings.top_k);
+                drop(gw);
+                tokio::time::sleep(settings.interval).await;
+            }
+        });
     }
 
     /// Server states shared by successive configs and DNS answers.

@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub auth: AuthFile,
     pub redis: Option<RedisFile>,
     pub dns: Option<DiscoveryDnsFile>,
+    pub tenant_stats: Option<TenantStatsFile>,
     pub tls: Option<TlsFile>,
     #[serde(default)]
     pub admin: AdminFile,
@@ -345,6 +346,15 @@ pub struct RedisFile {
     pub ca_file: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub revocation_cache: Option<Spanned<String>>,
+}
+
+/// `[tenant_stats]`: per-tenant figures and how many tenants Prometheus sees.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantStatsFile {
+    pub top_k: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<String>>,
+    pub max_tenants: Option<Spanned<i64>>,
 }
 
 /// `[dns]`: how upstream servers given as host names are resolved and re-resolved.

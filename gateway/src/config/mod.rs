@@ -123,6 +123,8 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     /// `[dns]`: resolution of upstream servers given as host names.
     pub dns: DnsSettings,
+    /// `[tenant_stats]`.
+    pub tenant_stats: crate::tenant_stats::Settings,
     /// `[tls]`, when configured (then `entrypoints.https` is set too).
     pub tls: Option<TlsSettings>,
     /// `[rate_limits.*]`, by index (routes refer to them by index).
@@ -130,6 +132,12 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
 }
+
+/// `[tenant_stats]` defaults: tenants named in Prometheus, how often they are ranked, how many are
+/// counted exactly (each costs ~300 bytes; beyond, new tenants count in `other` only).
+pub const DEFAULT_TENANT_TOP_K: u64 = 20;
+pub const DEFAULT_TENANT_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_MAX_TENANTS: u64 = 200_000;
 
 /// How often upstream host names are resolved again unless `[dns] refresh` says otherwise.
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
@@ -594,6 +602,27 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         .min(u64::from(u32::MAX)) as u32,
     });
     let rate_limits = rate_limits::validate(&raw.rate_limits, diags);
+    let ts = raw.tenant_stats.as_ref();
+    let tenant_stats = crate::tenant_stats::Settings {
+        top_k: positive(
+            &ts.and_then(|t| t.top_k.clone()),
+            DEFAULT_TENANT_TOP_K,
+            "tenant_stats.top_k",
+            diags,
+        )
+        .min(1000) as usize,
+        interval: duration_or(
+            &ts.and_then(|t| t.interval.clone()),
+            DEFAULT_TENANT_INTERVAL,
+            diags,
+        ),
+        max_tenants: positive(
+            &ts.and_then(|t| t.max_tenants.clone()),
+            DEFAULT_MAX_TENANTS,
+            "tenant_stats.max_tenants",
+            diags,
+        ) as usize,
+    };
     let dns = DnsSettings {
         nameservers: raw
             .dns
@@ -776,6 +805,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         api_keys,
         redis,
         dns,
+        tenant_stats,
         tls,
         rate_limits,
         upstreams,

@@ -116,7 +116,7 @@ impl Reloader {
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.state.start_health_checks();
-        self.state.start_discovery();
+        self.state.start_background();
         let mut last = std::fs::read(&self.path).ok();
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),

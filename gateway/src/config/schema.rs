@@ -204,6 +204,14 @@ const ROOT: &[(&str, Shape)] = &[
     ),
     ("rate_limits", Shape::NamedTables(RATE_LIMIT)),
     (
+        "tenant_stats",
+        Shape::Table(&[
+            ("top_k", Shape::Value),
+            ("interval", Shape::Value),
+            ("max_tenants", Shape::Value),
+        ]),
+    ),
+    (
         "dns",
         Shape::Table(&[
             ("nameservers", Shape::Value),

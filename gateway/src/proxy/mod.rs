@@ -1165,6 +1165,16 @@ impl ProxyHttp for Gateway {
                     .observe(elapsed.as_secs_f64());
             }
         }
+        if let Some(tenant) = ctx.tenant.as_deref() {
+            self.state.tenant_stats.record(
+                tenant,
+                &crate::tenant_stats::Sample {
+                    status,
+                    seconds: elapsed.as_secs_f64(),
+                    ratelimited: matches!(ctx.error, Some(EdgeError::RateLimited(_))),
+                },
+            );
+        }
         if self.state.access_log.enabled() {
             let up = route.and_then(|r| r.upstream_for(ctx.side));
             let server = ctx.server.as_ref().map(|s| s.label.as_str());

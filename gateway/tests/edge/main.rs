@@ -25,6 +25,7 @@ mod revocation;
 mod routing;
 mod shutdown;
 mod slow_clients;
+mod tenants;
 mod tls;
 mod tls_helpers;
 mod upgrade;

@@ -1,0 +1,442 @@
+//! Per-tenant figures with bounded label cardinality.
+//!
+//! Every request with a tenant counts, exactly, in that tenant's counters (requests, 5xx, rate-limit
+//! refusals, a latency histogram): `GET /api/tenants/{tenant}/stats` on the admin listener answers from
+//! them. Prometheus gets only the top K tenants by requests (`[tenant_stats] top_k`, default 20) plus
+//! `other`, ranked again every `interval`: at most 4 × (K + 1) series whatever the number of tenants.
+//!
+//! `gateway_tenant_requests_total`, `gateway_tenant_errors_total` and `gateway_tenant_ratelimited_total`
+//! are counters: a named tenant's series is its own total; `other` grows by what the tenants not named
+//! at each recomputation added since the previous one, so `sum(rate(…))` over all series stays the
+//! platform's rate when tenants enter or leave the top K. `gateway_tenant_p99_seconds` is the p99 of
+//! the last interval.
+//!
+//! The counters live in a map split in shards (a read lock on one shard and a few relaxed atomics per
+//! request, no global lock). Tenants are host labels, which clients choose: beyond `max_tenants`, new
+//! tenants are counted in `other` only, so random subdomains cannot grow memory without bound.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+/// Latency classes: upper bounds 0.5 ms × 2^i (0.5 ms … 16 s, then everything slower).
+const CLASSES: usize = 16;
+const SHARDS: usize = 64;
+
+fn class_bound(i: usize) -> f64 {
+    0.0005 * f64::from(1u32 << i)
+}
+
+fn class_of(seconds: f64) -> usize {
+    (0..CLASSES)
+        .find(|i| seconds <= class_bound(*i))
+        .unwrap_or(CLASSES - 1)
+}
+
+/// The p-quantile's class bound of `counts` (0 when empty).
+fn quantile(counts: &[u64; CLASSES], q: f64) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return class_bound(i);
+        }
+    }
+    class_bound(CLASSES - 1)
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    /// Answers by status class: 1xx–5xx at 0–4 (no answer at all counts as 5xx).
+    classes: [AtomicU64; 5],
+    ratelimited: AtomicU64,
+    latency: [AtomicU32; CLASSES],
+    /// Latency since the last recomputation (drained by it).
+    recent: [AtomicU32; CLASSES],
+    /// requests, 5xx, rate-limited as of the last recomputation.
+    reported: [AtomicU64; 3],
+    first_seen: AtomicU64,
+    last_seen: AtomicU64,
+}
+
+impl Counters {
+    fn totals(&self) -> [u64; 3] {
+        [
+            self.requests.load(Ordering::Relaxed),
+            self.classes[4].load(Ordering::Relaxed),
+            self.ratelimited.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// `[tenant_stats]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub top_k: usize,
+    pub interval: Duration,
+    pub max_tenants: usize,
+}
+
+/// What one request adds to its tenant.
+pub struct Sample {
+    pub status: u16,
+    pub seconds: f64,
+    pub ratelimited: bool,
+}
+
+/// Every tenant's counters, and the Prometheus lines of the top K.
+pub struct TenantStats {
+    shards: Vec<RwLock<HashMap<Box<str>, Arc<Counters>>>>,
+    hasher: std::collections::hash_map::RandomState,
+    tenants: AtomicUsize,
+    max_tenants: AtomicUsize,
+    /// Requests of tenants beyond `max_tenants` (counted in `other` only).
+    untracked: Counters,
+    /// `other`'s running totals (requests, 5xx, rate-limited).
+    other: Mutex<[u64; 3]>,
+    /// The exposition of the last recomputation, appended to `/metrics`.
+    exposition: ArcSwap<String>,
+}
+
+impl Default for TenantStats {
+    fn default() -> Self {
+        TenantStats {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            tenants: AtomicUsize::new(0),
+            max_tenants: AtomicUsize::new(usize::MAX),
+            untracked: Counters::default(),
+            other: Mutex::new([0; 3]),
+            exposition: ArcSwap::from_pointee(String::new()),
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TenantStats {
+    fn shard(&self, tenant: &str) -> &RwLock<HashMap<Box<str>, Arc<Counters>>> {
+        &self.shards[(self.hasher.hash_one(tenant) as usize) % SHARDS]
+    }
+
+    /// Counts one request of `tenant`.
+    pub fn record(&self, tenant: &str, s: &Sample) {
+        let add = |c: &Counters| {
+            c.requests.fetch_add(1, Ordering::Relaxed);
+            let class = match s.status {
+                100..=199 => 0,
+                200..=299 => 1,
+                300..=399 => 2,
+                400..=499 => 3,
+                _ => 4,
+            };
+            c.classes[class].fetch_add(1, Ordering::Relaxed);
+            if s.ratelimited {
+                c.ratelimited.fetch_add(1, Ordering::Relaxed);
+            }
+            let k = class_of(s.seconds);
+            c.latency[k].fetch_add(1, Ordering::Relaxed);
+            c.recent[k].fetch_add(1, Ordering::Relaxed);
+        };
+        let shard = self.shard(tenant);
+        if let Some(c) = shard.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
+            c.last_seen.store(now_secs(), Ordering::Relaxed);
+            add(c);
+            return;
+        }
+        if self.tenants.load(Ordering::Relaxed) >= self.max_tenants.load(Ordering::Relaxed) {
+            add(&self.untracked);
+            return;
+        }
+        let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+        let c = map.entry(tenant.into()).or_insert_with(|| {
+            self.tenants.fetch_add(1, Ordering::Relaxed);
+            let c = Counters::default();
+            let now = now_secs();
+            c.first_seen.store(now, Ordering::Relaxed);
+            c.last_seen.store(now, Ordering::Relaxed);
+            Arc::new(c)
+        });
+        add(c);
+    }
+
+    /// Applies `[tenant_stats]` (the cap; K and the interval are read by the recomputing task).
+    pub fn configure(&self, s: &Settings) {
+        self.max_tenants.store(s.max_tenants, Ordering::Relaxed);
+    }
+
+    /// Tenants counted exactly.
+    pub fn tenants(&self) -> usize {
+        self.tenants.load(Ordering::Relaxed)
+    }
+
+    /// Exact figures of `tenant` (zeros for a tenant never seen; `tracked: false` when it arrived after
+    /// the cap).
+    pub fn stats_json(&self, tenant: &str) -> serde_json::Value {
+        let c = self
+            .shard(tenant)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned();
+        let full = self.tenants() >= self.max_tenants.load(Ordering::Relaxed);
+        let Some(c) = c else {
+            return serde_json::json!({
+                "tenant": tenant,
+                "seen": false,
+                "tracked": !full,
+                "requests": 0,
+            });
+        };
+        let [requests, errors, ratelimited] = c.totals();
+        let lat: [u64; CLASSES] =
+            std::array::from_fn(|i| u64::from(c.latency[i].load(Ordering::Relaxed)));
+        let class = |i: usize| c.classes[i].load(Ordering::Relaxed);
+        serde_json::json!({
+            "tenant": tenant,
+            "seen": true,
+            "tracked": true,
+            "requests": requests,
+            "responses": { "1xx": class(0), "2xx": class(1), "3xx": class(2), "4xx": class(3), "5xx": class(4) },
+            "error_ratio": if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+            "ratelimited": ratelimited,
+            "p50_seconds": quantile(&lat, 0.50),
+            "p99_seconds": quantile(&lat, 0.99),
+            "first_seen": c.first_seen.load(Ordering::Relaxed),
+            "last_seen": c.last_seen.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The top `k` tenants by requests (exact, by total), for the dashboard page.
+    pub fn top(&self, k: usize) -> Vec<(String, [u64; 3])> {
+        let mut all: Vec<(String, [u64; 3])> = Vec::new();
+        for shard in &self.shards {
+            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            all.extend(map.iter().map(|(t, c)| (t.to_string(), c.totals())));
+        }
+        all.sort_unstable_by(|a, b| b.1[0].cmp(&a.1[0]).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
+    /// Ranks the tenants again and rebuilds the Prometheus lines: the top `k` by requests, and `other`.
+    pub fn recompute(&self, k: usize) {
+        // One pass over every shard: totals, what each added since the last pass, recent latency.
+        struct Row {
+            tenant: Box<str>,
+            totals: [u64; 3],
+            added: [u64; 3],
+            recent: [u64; CLASSES],
+        }
+        let mut rows: Vec<Row> = Vec::with_capacity(self.tenants());
+        for shard in &self.shards {
+            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            for (t, c) in map.iter() {
+                let totals = c.totals();
+                let added: [u64; 3] = std::array::from_fn(|i| {
+                    totals[i].saturating_sub(c.reported[i].swap(totals[i], Ordering::Relaxed))
+                });
+                let recent: [u64; CLASSES] = std::array::from_fn(|i| {
+                    let n = c.recent[i].load(Ordering::Relaxed);
+                    c.recent[i].fetch_sub(n, Ordering::Relaxed);
+                    u64::from(n)
+                });
+                rows.push(Row {
+                    tenant: t.clone(),
+                    totals,
+                    added,
+                    recent,
+                });
+            }
+        }
+        let k = k.min(rows.len());
+        if k > 0 && k < rows.len() {
+            rows.select_nth_unstable_by(k - 1, |a, b| {
+                b.totals[0]
+                    .cmp(&a.totals[0])
+                    .then_with(|| a.tenant.cmp(&b.tenant))
+            });
+        }
+        let (top, rest) = rows.split_at_mut(k);
+        top.sort_unstable_by(|a, b| {
+            b.totals[0]
+                .cmp(&a.totals[0])
+                .then_with(|| a.tenant.cmp(&b.tenant))
+        });
+        // `other`: the tenants not named now, plus those beyond the cap.
+        let untracked = self.untracked.totals();
+        let untracked_added: [u64; 3] = std::array::from_fn(|i| {
+            untracked[i]
+                .saturating_sub(self.untracked.reported[i].swap(untracked[i], Ordering::Relaxed))
+        });
+        let mut other_recent: [u64; CLASSES] = std::array::from_fn(|i| {
+            let n = self.untracked.recent[i].load(Ordering::Relaxed);
+            self.untracked.recent[i].fetch_sub(n, Ordering::Relaxed);
+            u64::from(n)
+        });
+        let other = {
+            let mut o = self.other.lock().unwrap_or_else(|p| p.into_inner());
+            for r in rest.iter() {
+                for i in 0..3 {
+                    o[i] += r.added[i];
+                }
+                for (sum, n) in other_recent.iter_mut().zip(&r.recent) {
+                    *sum += n;
+                }
+            }
+            for i in 0..3 {
+                o[i] += untracked_added[i];
+            }
+            *o
+        };
+        let mut out = String::with_capacity(256 * (k + 1));
+        let series: [(&str, &str, &str); 4] = [
+            ("gateway_tenant_requests_total", "counter", "Requests of the top tenants by requests, and of all others as `other`."),
+            ("gateway_tenant_errors_total", "counter", "5xx answers (or none) of the top tenants, and of all others as `other`."),
+            ("gateway_tenant_ratelimited_total", "counter", "Rate-limit refusals of the top tenants, and of all others as `other`."),
+            ("gateway_tenant_p99_seconds", "gauge", "p99 latency over the last interval of the top tenants, and of all others as `other`."),
+        ];
+        for (i, (name, kind, help)) in series.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for r in top.iter() {
+                let value = if i < 3 {
+                    r.totals[i] as f64
+                } else {
+                    quantile(&r.recent, 0.99)
+                };
+                let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {value}", escape(&r.tenant));
+            }
+            let value = if i < 3 {
+                other[i] as f64
+            } else {
+                quantile(&other_recent, 0.99)
+            };
+            let _ = writeln!(out, "{name}{{tenant=\"other\"}} {value}");
+        }
+        self.exposition.store(Arc::new(out));
+    }
+
+    /// The Prometheus lines of the last recomputation.
+    pub fn exposition(&self) -> Arc<String> {
+        self.exposition.load_full()
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(status: u16, ms: f64) -> Sample {
+        Sample {
+            status,
+            seconds: ms / 1e3,
+            ratelimited: status == 429,
+        }
+    }
+
+    #[test]
+    fn exact_per_tenant_and_top_k_plus_other_in_prometheus() {
+        let s = TenantStats::default();
+        for t in 0..1000 {
+            s.record(&format!("t{t}"), &sample(200, 1.0));
+        }
+        for _ in 0..50 {
+            s.record("big", &sample(200, 3.0));
+        }
+        for _ in 0..30 {
+            s.record("mid", &sample(503, 40.0));
+        }
+        for _ in 0..20 {
+            s.record("small", &sample(429, 1.0));
+        }
+        s.recompute(3);
+        let text = s.exposition();
+        let names: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("gateway_tenant_requests_total{"))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "gateway_tenant_requests_total{tenant=\"big\"} 50",
+                "gateway_tenant_requests_total{tenant=\"mid\"} 30",
+                "gateway_tenant_requests_total{tenant=\"small\"} 20",
+                "gateway_tenant_requests_total{tenant=\"other\"} 1000",
+            ]
+        );
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 16);
+        assert!(text.contains("gateway_tenant_errors_total{tenant=\"mid\"} 30"));
+        assert!(text.contains("gateway_tenant_ratelimited_total{tenant=\"small\"} 20"));
+        assert!(text.contains("gateway_tenant_p99_seconds{tenant=\"mid\"} 0.064"));
+        let mid = s.stats_json("mid");
+        assert_eq!(mid["requests"], 30);
+        assert_eq!(mid["responses"]["5xx"], 30);
+        assert_eq!(mid["error_ratio"], 1.0);
+        assert_eq!(s.stats_json("t7")["requests"], 1);
+        assert_eq!(s.stats_json("never")["seen"], false);
+    }
+
+    #[test]
+    fn other_only_grows_when_tenants_enter_the_top() {
+        let s = TenantStats::default();
+        s.record("a", &sample(200, 1.0));
+        s.record("b", &sample(200, 1.0));
+        s.recompute(1);
+        let other = |s: &TenantStats| -> f64 {
+            s.exposition()
+                .lines()
+                .find_map(|l| l.strip_prefix("gateway_tenant_requests_total{tenant=\"other\"} "))
+                .and_then(|v| v.parse().ok())
+                .expect("other")
+        };
+        assert_eq!(other(&s), 1.0);
+        // b overtakes a: a's next request counts in other; b's old one stays counted there once.
+        for _ in 0..3 {
+            s.record("b", &sample(200, 1.0));
+        }
+        s.record("a", &sample(200, 1.0));
+        s.recompute(1);
+        assert_eq!(other(&s), 2.0, "other must never decrease");
+    }
+
+    #[test]
+    fn beyond_the_cap_new_tenants_count_in_other_only() {
+        let s = TenantStats::default();
+        s.configure(&Settings {
+            top_k: 2,
+            interval: Duration::from_secs(1),
+            max_tenants: 10,
+        });
+        for t in 0..100 {
+            s.record(&format!("r{t}"), &sample(200, 1.0));
+        }
+        assert_eq!(s.tenants(), 10);
+        assert_eq!(s.stats_json("r50")["tracked"], false);
+        s.recompute(2);
+        assert!(s
+            .exposition()
+            .contains("gateway_tenant_requests_total{tenant=\"other\"} 98"));
+    }
+}
