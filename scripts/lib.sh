@@ -113,6 +113,21 @@ ensure_py_tools() {
   export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
 }
 
+# The dashboard page's browser test: Debian's chromium driven by playwright-core (npm, pinned by
+# gateway/tests/dashboard/package-lock.json) installed outside the clone. Exports DASHBOARD_NODE_MODULES.
+ensure_browser_tools() {
+  command -v chromium >/dev/null || ensure_debs chromium
+  command -v npm >/dev/null || ensure_debs nodejs npm
+  local dir="$HOME/.cache/aggios-edge/node" src="$ROOT/gateway/tests/dashboard"
+  mkdir -p "$dir"
+  if ! cmp -s "$src/package-lock.json" "$dir/package-lock.json" || [ ! -d "$dir/node_modules/playwright-core" ]; then
+    cp "$src/package.json" "$src/package-lock.json" "$dir/"
+    log "npm ci playwright-core (into $dir)"
+    (cd "$dir" && npm ci --no-audit --no-fund >&2)
+  fi
+  export DASHBOARD_NODE_MODULES="$dir/node_modules"
+}
+
 pg_bin_dir() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
 }

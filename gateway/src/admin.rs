@@ -31,7 +31,44 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> 
     respond(status, "application/json", v.to_string().into_bytes())
 }
 
+/// The live dashboard: one static page, no build step; it polls `/api/routes`, `/api/summary` and
+/// `/api/certificates` with the admin token the user gives it (kept in the tab's session storage).
+const DASHBOARD: &str = include_str!("admin/dashboard.html");
+
 impl AdminApp {
+    /// Counters the dashboard turns into rates: requests and 5xx per route, refusals by reason and
+    /// policy, and the top tenants.
+    fn summary_json(&self) -> serde_json::Value {
+        let m = metrics();
+        let all = |_: &[(&str, &str)]| true;
+        let five = |l: &[(&str, &str)]| l.iter().any(|(n, v)| *n == "status" && v.starts_with('5'));
+        let pairs = |v: Vec<(String, f64)>| -> serde_json::Map<String, serde_json::Value> {
+            v.into_iter().map(|(k, n)| (k, json!(n))).collect()
+        };
+        let k = self.state.current().config.tenant_stats.top_k;
+        let tenants: Vec<_> = self
+            .state
+            .tenant_stats
+            .top(k)
+            .into_iter()
+            .map(|(t, [requests, errors, limited])| {
+                json!({ "tenant": t, "requests": requests, "errors": errors, "ratelimited": limited })
+            })
+            .collect();
+        json!({
+            "time": crate::state::unix_now(),
+            "requests_by_route": pairs(m.sum_by("gateway_http_requests_total", &["route"], all)),
+            "errors_by_route": pairs(m.sum_by("gateway_http_requests_total", &["route"], five)),
+            "auth_rejections": pairs(m.sum_by("gateway_auth_rejections_total", &["reason"], all)),
+            "ratelimit_refusals": pairs(m.sum_by(
+                "gateway_ratelimit_decisions_total",
+                &["policy"],
+                |l| l.iter().any(|(n, v)| *n == "decision" && *v != "allowed"),
+            )),
+            "top_tenants": tenants,
+        })
+    }
+
     fn certificates_json(&self) -> serde_json::Value {
         let certs: Vec<_> = self
             .state
@@ -173,7 +210,8 @@ pub fn admit(
     }
     // Probes stay open; everything else needs the token when one is set.
     if let Some(token) = &settings.token {
-        if !matches!(path, "/healthz" | "/readyz") {
+        // The dashboard page is static (no data): the browser loads it, then asks for the token.
+        if !matches!(path, "/healthz" | "/readyz" | "/dashboard") {
             let presented = authorization
                 .and_then(|a| a.strip_prefix(b"Bearer "))
                 .unwrap_or_default();
@@ -240,6 +278,12 @@ impl ServeHttp for AdminApp {
             },
             "/api/routes" => json_response(StatusCode::OK, self.routes_json()),
             "/api/certificates" => json_response(StatusCode::OK, self.certificates_json()),
+            "/api/summary" => json_response(StatusCode::OK, self.summary_json()),
+            "/dashboard" => respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                DASHBOARD.as_bytes().to_vec(),
+            ),
             p if p.starts_with("/api/tenants/") && p.ends_with("/stats") => {
                 let tenant = &p["/api/tenants/".len()..p.len() - "/stats".len()];
                 if tenant.is_empty()

@@ -256,6 +256,39 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of every collector.
+    /// Sums of the counter `name`'s samples, keyed by the values of `by` (label names) joined with `/`,
+    /// for the admin's summary (the dashboard page computes rates from successive summaries).
+    pub fn sum_by(
+        &self,
+        name: &str,
+        by: &[&str],
+        keep: impl Fn(&[(&str, &str)]) -> bool,
+    ) -> Vec<(String, f64)> {
+        let mut out: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+        for family in self.registry.gather() {
+            if family.name() != name {
+                continue;
+            }
+            for m in family.get_metric() {
+                let labels: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if !keep(&labels) {
+                    continue;
+                }
+                let key = by
+                    .iter()
+                    .map(|b| labels.iter().find(|(n, _)| n == b).map_or("", |(_, v)| v))
+                    .collect::<Vec<_>>()
+                    .join("/");
+                *out.entry(key).or_default() += m.get_counter().get_value();
+            }
+        }
+        out.into_iter().collect()
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         // Encoding into a Vec cannot fail on I/O; a failure would be a collector bug, reported in-band.

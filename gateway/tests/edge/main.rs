@@ -7,6 +7,7 @@ mod auth;
 mod balancing;
 mod canary;
 mod cors;
+mod dashboard;
 mod deployment;
 mod discovery;
 mod faults;
