@@ -2,7 +2,7 @@
 // gateway/tests/edge/dashboard.rs. One JSON line per event on stdout; the test answers on stdin.
 //   node drive.cjs URL TOKEN SCREENSHOT SERVER
 // 1. loads URL#token=TOKEN and waits until the page has rendered live data: prints
-//    {"event":"ready","routes":[…],"servers":[…],"errors":[…]}
+//    {"event":"ready","routes":[…],"servers":[…],"tenants":[…],"certificates":[…],"errors":[…]}
 // 2. waits for the line "killed" on stdin, then for the page to mark SERVER down: prints
 //    {"event":"down","ms":…,"errors":[…]} after saving a full-page screenshot to SCREENSHOT.
 "use strict";
@@ -34,6 +34,7 @@ const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
     routes: await cells("#routes tr td:first-child"),
     servers: await cells("#upstreams tr td:nth-child(2)"),
     tenants: await cells("#tenants tr td:first-child"),
+    certificates: await cells("#certificates tr td"),
     token_in_url: page.url().includes("token="),
     errors,
   });

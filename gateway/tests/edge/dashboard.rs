@@ -45,11 +45,25 @@ async fn the_dashboard_shows_routes_and_marks_a_killed_server_down_in_chromium()
     let health = format!(
         "health = {{ path = \"/healthz\", interval = \"{interval}\", timeout = \"1s\", unhealthy_threshold = 1 }}"
     );
+    // A certificate on the https entrypoint, for the page's certificate table.
+    let certs = tempfile::tempdir().expect("tempdir");
+    let made = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["certs", "dev", "--domain", "*.x.test", "--out"])
+        .arg(certs.path())
+        .output()
+        .expect("gateway certs dev");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let gw = Gateway::start_with_env(
         &format!(
-            "[admin]\ntoken_env = \"GW_ADMIN_TOKEN\"\n\n{}{}\
+            "[admin]\ntoken_env = \"GW_ADMIN_TOKEN\"\n\n[tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\n{}{}\
              [[routes]]\nname = \"tenant-files\"\nhosts = [\"*.x.test\"]\npath_prefix = \"/files\"\nupstream = \"files\"\n\n\
              [[routes]]\nname = \"tenant-api\"\nhosts = [\"*.x.test\"]\nupstream = \"api\"\n",
+            certs.path().join("dev.crt").display(),
+            certs.path().join("dev.key").display(),
             upstream_toml("api", &[&api], &health),
             upstream_toml("files", &[&files], &health),
         ),
@@ -113,6 +127,11 @@ async fn the_dashboard_shows_routes_and_marks_a_killed_server_down_in_chromium()
         "{ready}"
     );
     assert!(ready["tenants"].to_string().contains("acme"), "{ready}");
+    let certificates = ready["certificates"].to_string();
+    assert!(
+        certificates.contains("*.x.test") && certificates.contains("days"),
+        "{ready}"
+    );
     assert_eq!(
         ready["token_in_url"], false,
         "the token stayed in the address bar"
