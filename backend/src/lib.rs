@@ -12,4 +12,5 @@ pub mod domain;
 pub mod fuzz;
 pub mod http;
 pub mod metrics;
+pub mod otel;
 pub mod storage;

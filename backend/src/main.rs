@@ -62,16 +62,40 @@ enum UserCommand {
     },
 }
 
+/// Sends the spans still queued when `main` returns.
+struct FlushOnExit(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for FlushOnExit {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = p.force_flush();
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .json()
         .flatten_event(true)
-        .init();
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        );
+    // OpenTelemetry spans when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed at exit.
+    let (otel, provider) = match backend::otel::layer() {
+        Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("OpenTelemetry: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::registry().with(logs).with(otel).init();
+    let _flush = FlushOnExit(provider);
     // A panic is logged as one JSON line with where it happened and the backtrace; the request that
     // panicked is answered 500 by the handler's guard (`http::handle`) and the process lives on.
     std::panic::set_hook(Box::new(|info| {

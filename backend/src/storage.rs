@@ -18,6 +18,9 @@ use uuid::Uuid;
 
 use crate::config::StorageConfig;
 
+/// An object's bytes as they arrive from storage.
+pub type ObjectStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -156,6 +159,7 @@ impl Storage {
 
     /// Starts a streamed upload; feed it with [`Upload::write`], then [`Upload::finish`] or
     /// [`Upload::abort`]. Nothing is visible under `path` until `finish`.
+    #[tracing::instrument(level = "debug", name = "storage put", skip_all, fields(otel.kind = "client"))]
     pub async fn upload(
         &self,
         tenant: Uuid,
@@ -180,11 +184,12 @@ impl Storage {
     }
 
     /// The object's content type, size and body stream.
+    #[tracing::instrument(level = "debug", name = "storage get", skip_all, fields(otel.kind = "client"))]
     pub async fn get(
         &self,
         tenant: Uuid,
         path: &str,
-    ) -> Result<(String, u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
+    ) -> Result<(String, u64, ObjectStream), StorageError> {
         let k = key(tenant, path)?;
         let res = self.store.get(&k).await?;
         let size = res.meta.size;
@@ -202,6 +207,7 @@ impl Storage {
         Ok((content_type, size, stream))
     }
 
+    #[tracing::instrument(level = "debug", name = "storage delete", skip_all, fields(otel.kind = "client"))]
     pub async fn delete(&self, tenant: Uuid, path: &str) -> Result<(), StorageError> {
         let k = key(tenant, path)?;
         self.store.head(&k).await?;
@@ -213,6 +219,7 @@ impl Storage {
     }
 
     /// Objects of `tenant` whose path starts with `prefix` (a folder prefix, or empty for all).
+    #[tracing::instrument(level = "debug", name = "storage list", skip_all, fields(otel.kind = "client"))]
     pub async fn list(&self, tenant: Uuid, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let base = if prefix.is_empty() {
             Path::from(tenant.to_string())
@@ -241,6 +248,7 @@ impl Storage {
     }
 
     /// A presigned GET URL valid for `ttl` (S3 only).
+    #[tracing::instrument(level = "debug", name = "storage presign", skip_all, fields(otel.kind = "client"))]
     pub async fn presign(
         &self,
         tenant: Uuid,

@@ -5,6 +5,7 @@
 //! - [`redis_keys`]: what the backend writes to Redis and the gateway reads (revocations, API-key cache);
 //! - [`headers`]: what the gateway sets on requests to the backend (identity, client address, request id);
 //! - [`is_label`]: what a tenant subdomain may be (the backend creates it, the gateway routes by it).
+//! - [`traceparent`]: the W3C trace context the gateway passes to the backend (one trace across both).
 #![forbid(unsafe_code)]
 
 /// The access token's claims.
@@ -152,6 +153,98 @@ mod tests {
         }
         for bad in ["", "-a", "a-", "A", "a.b", "a_b", "é", &"a".repeat(64)] {
             assert!(!is_label(bad), "{bad}");
+        }
+    }
+}
+
+/// W3C Trace Context `traceparent` (`00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`): the
+/// gateway continues a client's trace and passes its own span as the parent to the backend.
+pub mod traceparent {
+    /// The header's name.
+    pub const HEADER: &str = "traceparent";
+
+    /// A parsed `traceparent`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct TraceParent {
+        pub trace_id: [u8; 16],
+        pub span_id: [u8; 8],
+        /// Bit 0: sampled.
+        pub flags: u8,
+    }
+
+    fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+        if s.len() != 2 * N
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        let mut out = [0u8; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(out)
+    }
+
+    /// Parses a `traceparent` value; `None` for anything malformed, an unknown version `ff`, or all-zero
+    /// ids (the specification's invalid values). Future versions are read by their first four fields.
+    pub fn parse(v: &str) -> Option<TraceParent> {
+        let mut parts = v.trim().split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let span = parts.next()?;
+        let flags = parts.next()?;
+        if hex::<1>(version)? == [0xff] || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let t = TraceParent {
+            trace_id: hex::<16>(trace)?,
+            span_id: hex::<8>(span)?,
+            flags: hex::<1>(flags)?[0],
+        };
+        (t.trace_id != [0; 16] && t.span_id != [0; 8]).then_some(t)
+    }
+
+    /// Formats a version-00 `traceparent`.
+    pub fn format(t: &TraceParent) -> String {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        for b in t.trace_id {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s.push('-');
+        for b in t.span_id {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s.push_str(&format!("-{:02x}", t.flags));
+        s
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_and_formats_w3c_traceparent() {
+            let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let t = parse(v).expect("valid");
+            assert_eq!(t.flags, 1);
+            assert_eq!(format(&t), v);
+            for bad in [
+                "",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            ] {
+                assert_eq!(parse(bad), None, "{bad}");
+            }
+            assert!(
+                parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later").is_some()
+            );
         }
     }
 }

@@ -87,6 +87,9 @@ impl BackgroundService for Drain {
             }
             tokio::time::sleep(POLL).await;
         }
+        if let Some(otel) = self.state.otel.as_ref() {
+            otel.flush();
+        }
         let state = Arc::clone(&self.state);
         let flushed =
             tokio::task::spawn_blocking(move || state.access_log.flush(Duration::from_secs(1)))

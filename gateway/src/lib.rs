@@ -15,6 +15,7 @@ pub mod error;
 pub mod fuzz;
 pub mod http_client;
 pub mod metrics;
+pub mod otel;
 pub mod proxy;
 pub mod shared_redis;
 pub mod single_flight;

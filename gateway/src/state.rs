@@ -173,6 +173,8 @@ pub struct GatewayState {
     canaries: crate::proxy::canary::CanaryRegistry,
     /// Per-tenant figures (see `tenant_stats`).
     pub tenant_stats: crate::tenant_stats::TenantStats,
+    /// OpenTelemetry request spans, when `[tracing]` is configured (set at start).
+    pub otel: Option<crate::otel::Tracing>,
     background_started: AtomicBool,
     pub access_log: AccessLog,
     /// The connection to `[redis]` (created at start; the URL changes only on restart).
@@ -222,6 +224,19 @@ impl GatewayState {
         discovery.prime(&config);
         let canaries = crate::proxy::canary::CanaryRegistry::default();
         let tenant_stats = crate::tenant_stats::TenantStats::default();
+        let otel = config
+            .tracing
+            .as_ref()
+            .and_then(|t| match crate::otel::Tracing::new(t) {
+                Ok(o) => {
+                    tracing::info!(endpoint = %t.otlp_endpoint, "OpenTelemetry: request spans exported over OTLP");
+                    Some(o)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "OpenTelemetry export not started");
+                    None
+                }
+            });
         tenant_stats.configure(&config.tenant_stats);
         let runtime = Runtime::build(
             config,
@@ -238,6 +253,7 @@ impl GatewayState {
             discovery,
             canaries,
             tenant_stats,
+            otel,
             background_started: AtomicBool::new(false),
             access_log,
             redis,

@@ -20,6 +20,7 @@ pub struct ApiKey {
 
 const COLS: &str = "id, name, prefix, scopes, expires_at, revoked_at, created_at";
 
+#[tracing::instrument(level = "debug", name = "api_keys.create", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn create(
     c: &mut PgConnection,
     tenant_id: Uuid,
@@ -43,6 +44,7 @@ pub async fn create(
     .await
 }
 
+#[tracing::instrument(level = "debug", name = "api_keys.list", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn list(c: &mut PgConnection) -> Result<Vec<ApiKey>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("api_keys.list");
     sqlx::query_as::<_, ApiKey>(&format!(
@@ -53,6 +55,7 @@ pub async fn list(c: &mut PgConnection) -> Result<Vec<ApiKey>, sqlx::Error> {
 }
 
 /// Revokes a key; its prefix, or `None` when there is no such live key (in this tenant).
+#[tracing::instrument(level = "debug", name = "api_keys.revoke", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<Option<String>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("api_keys.revoke");
     sqlx::query_scalar(
@@ -76,6 +79,7 @@ pub struct KeyRecord {
 
 /// The key with `prefix`, whatever its tenant (row-level security admits exactly this row through the
 /// `api_key_lookup` policy).
+#[tracing::instrument(level = "debug", name = "api_keys.lookup", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn lookup(pool: &sqlx::PgPool, prefix: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("api_keys.lookup");
     let mut tx = pool.begin().await?;

@@ -13,6 +13,7 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
 }
 
+#[tracing::instrument(level = "debug", name = "audit.record", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn record(c: &mut PgConnection, e: &Entry<'_>) -> Result<(), sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("audit.record");
     sqlx::query("INSERT INTO audit_log (tenant_id, user_id, action, target, ip, request_id) VALUES ($1, $2, $3, $4, $5, $6)")

@@ -13,6 +13,7 @@ pub struct RefreshToken {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+#[tracing::instrument(level = "debug", name = "refresh_tokens.insert", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn insert(
     c: &mut PgConnection,
     user_id: Uuid,
@@ -35,6 +36,7 @@ pub async fn insert(
 
 /// The token with this hash, locked for the rest of the transaction (two refreshes with one token
 /// cannot both rotate it).
+#[tracing::instrument(level = "debug", name = "refresh_tokens.by_hash_for_update", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn by_hash_for_update(
     c: &mut PgConnection,
     hash: &[u8],
@@ -48,6 +50,7 @@ pub async fn by_hash_for_update(
     .await
 }
 
+#[tracing::instrument(level = "debug", name = "refresh_tokens.revoke", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("refresh_tokens.revoke");
     sqlx::query(
@@ -60,6 +63,7 @@ pub async fn revoke(c: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
 }
 
 /// Revokes every live token of a user (deactivated, demoted or deleted); returns their hashes.
+#[tracing::instrument(level = "debug", name = "refresh_tokens.revoke_user", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn revoke_user(c: &mut PgConnection, user_id: Uuid) -> Result<Vec<Vec<u8>>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("refresh_tokens.revoke_user");
     sqlx::query_scalar("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING token_hash")
@@ -69,6 +73,7 @@ pub async fn revoke_user(c: &mut PgConnection, user_id: Uuid) -> Result<Vec<Vec<
 }
 
 /// Revokes every live token of a family; returns their hashes (to drop from the Redis mirror).
+#[tracing::instrument(level = "debug", name = "refresh_tokens.revoke_family", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn revoke_family(
     c: &mut PgConnection,
     family_id: Uuid,

@@ -18,6 +18,7 @@ pub struct Tenant {
 const COLS: &str = "id, name, subdomain, domain, is_active, created_at";
 
 /// The active tenant a host names: `{subdomain}.{base}` for one of `bases`, or a tenant's own domain.
+#[tracing::instrument(level = "debug", name = "tenants.by_host", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn by_host(
     pool: &PgPool,
     host: &str,
@@ -37,6 +38,7 @@ pub async fn by_host(
     .await
 }
 
+#[tracing::instrument(level = "debug", name = "tenants.by_id", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("tenants.by_id");
     sqlx::query_as::<_, Tenant>(&format!("SELECT {COLS} FROM tenants WHERE id = $1"))
@@ -45,6 +47,7 @@ pub async fn by_id(pool: &PgPool, id: Uuid) -> Result<Option<Tenant>, sqlx::Erro
         .await
 }
 
+#[tracing::instrument(level = "debug", name = "tenants.by_subdomain", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn by_subdomain(pool: &PgPool, subdomain: &str) -> Result<Option<Tenant>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("tenants.by_subdomain");
     sqlx::query_as::<_, Tenant>(&format!("SELECT {COLS} FROM tenants WHERE subdomain = $1"))
@@ -53,6 +56,7 @@ pub async fn by_subdomain(pool: &PgPool, subdomain: &str) -> Result<Option<Tenan
         .await
 }
 
+#[tracing::instrument(level = "debug", name = "tenants.create", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn create(
     pool: &PgPool,
     name: &str,
@@ -70,6 +74,7 @@ pub async fn create(
     .await
 }
 
+#[tracing::instrument(level = "debug", name = "tenants.list", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn list(pool: &PgPool) -> Result<Vec<Tenant>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("tenants.list");
     sqlx::query_as::<_, Tenant>(&format!(

@@ -22,6 +22,7 @@ pub struct User {
 const COLS: &str =
     "id, tenant_id, email, password_hash, first_name, last_name, role, is_active, created_at";
 
+#[tracing::instrument(level = "debug", name = "users.by_email", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn by_email(c: &mut PgConnection, email: &str) -> Result<Option<User>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("users.by_email");
     sqlx::query_as::<_, User>(&format!(
@@ -32,6 +33,7 @@ pub async fn by_email(c: &mut PgConnection, email: &str) -> Result<Option<User>,
     .await
 }
 
+#[tracing::instrument(level = "debug", name = "users.get", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn get(c: &mut PgConnection, id: Uuid) -> Result<Option<User>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("users.get");
     sqlx::query_as::<_, User>(&format!("SELECT {COLS} FROM users WHERE id = $1"))
@@ -40,6 +42,7 @@ pub async fn get(c: &mut PgConnection, id: Uuid) -> Result<Option<User>, sqlx::E
         .await
 }
 
+#[tracing::instrument(level = "debug", name = "users.list", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn list(c: &mut PgConnection) -> Result<Vec<User>, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("users.list");
     sqlx::query_as::<_, User>(&format!(
@@ -59,6 +62,7 @@ pub struct NewUser<'a> {
     pub role: &'a str,
 }
 
+#[tracing::instrument(level = "debug", name = "users.create", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn create(c: &mut PgConnection, u: &NewUser<'_>) -> Result<User, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("users.create");
     sqlx::query_as::<_, User>(&format!(
@@ -75,6 +79,7 @@ pub async fn create(c: &mut PgConnection, u: &NewUser<'_>) -> Result<User, sqlx:
 }
 
 /// Changes the given fields; `None` leaves a field as it is.
+#[tracing::instrument(level = "debug", name = "users.update", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn update(
     c: &mut PgConnection,
     id: Uuid,
@@ -96,6 +101,7 @@ pub async fn update(
     .await
 }
 
+#[tracing::instrument(level = "debug", name = "users.delete", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
 pub async fn delete(c: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
     let _timer = crate::metrics::QueryTimer::start("users.delete");
     Ok(sqlx::query("DELETE FROM users WHERE id = $1")

@@ -198,7 +198,18 @@ pub async fn handle(
         }
     });
     // Everything logged while the request is handled (slow statements included) carries its request id.
-    let span = tracing::info_span!("request", request_id = %ctx.request_id);
+    // With OpenTelemetry on, it is the request's server span, continuing the gateway's trace.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %ctx.request_id,
+        otel.name = %format_args!("{} {route}", ctx.method),
+        otel.kind = "server",
+        http.route = route,
+        http.request.method = %ctx.method,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::otel::continue_trace(&span, &ctx.headers);
+    let request_span = span.clone();
     let handled = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(handled, span));
     let result = match futures_util::FutureExt::catch_unwind(handled).await {
         Ok(result) => result,
@@ -216,6 +227,8 @@ pub async fn handle(
         resp.headers_mut().insert(contracts::headers::REQUEST_ID, v);
     }
     let status = resp.status().as_u16();
+    request_span.record("http.response.status_code", status);
+    drop(request_span);
     metrics()
         .requests
         .with_label_values(&[route, ctx.method.as_str(), &status.to_string()])

@@ -21,7 +21,7 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -29,7 +29,7 @@ fn free_port() -> u16 {
 }
 
 /// The gateway binary built by the same `cargo test` run (target/<profile>/gateway).
-fn gateway_bin() -> std::path::PathBuf {
+pub(crate) fn gateway_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()

@@ -5,6 +5,7 @@ mod e2e;
 mod files;
 mod helpers;
 mod keys;
+mod otel;
 mod rls;
 mod service;
 mod users;

@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub redis: Option<RedisFile>,
     pub dns: Option<DiscoveryDnsFile>,
     pub tenant_stats: Option<TenantStatsFile>,
+    pub tracing: Option<TracingFile>,
     pub tls: Option<TlsFile>,
     #[serde(default)]
     pub admin: AdminFile,
@@ -346,6 +347,15 @@ pub struct RedisFile {
     pub ca_file: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub revocation_cache: Option<Spanned<String>>,
+}
+
+/// `[tracing]`: OpenTelemetry export (off when absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    pub otlp_endpoint: Spanned<String>,
+    pub service_name: Option<Spanned<String>>,
+    pub sample_ratio: Option<Spanned<f64>>,
 }
 
 /// `[tenant_stats]`: per-tenant figures and how many tenants Prometheus sees.

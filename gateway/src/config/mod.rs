@@ -125,6 +125,8 @@ pub struct Config {
     pub dns: DnsSettings,
     /// `[tenant_stats]`.
     pub tenant_stats: crate::tenant_stats::Settings,
+    /// `[tracing]`: OpenTelemetry export, when configured (restart needed to change).
+    pub tracing: Option<crate::otel::Settings>,
     /// `[tls]`, when configured (then `entrypoints.https` is set too).
     pub tls: Option<TlsSettings>,
     /// `[rate_limits.*]`, by index (routes refer to them by index).
@@ -602,6 +604,32 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         .min(u64::from(u32::MAX)) as u32,
     });
     let rate_limits = rate_limits::validate(&raw.rate_limits, diags);
+    let tracing = raw.tracing.as_ref().and_then(|t| {
+        let endpoint = t.otlp_endpoint.get_ref();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            diags.push(Diagnostic::at(
+                &t.otlp_endpoint,
+                "tracing.otlp_endpoint must be an http:// or https:// address (OTLP over HTTP, port 4318)",
+            ));
+            return None;
+        }
+        let sample_ratio = match &t.sample_ratio {
+            None => 1.0,
+            Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+            Some(r) => {
+                diags.push(Diagnostic::at(r, "tracing.sample_ratio must be between 0 and 1"));
+                1.0
+            }
+        };
+        Some(crate::otel::Settings {
+            otlp_endpoint: endpoint.clone(),
+            service_name: t
+                .service_name
+                .as_ref()
+                .map_or_else(|| "aggios-edge-gateway".to_string(), |s| s.get_ref().clone()),
+            sample_ratio,
+        })
+    });
     let ts = raw.tenant_stats.as_ref();
     let tenant_stats = crate::tenant_stats::Settings {
         top_k: positive(
@@ -806,6 +834,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         redis,
         dns,
         tenant_stats,
+        tracing,
         tls,
         rate_limits,
         upstreams,

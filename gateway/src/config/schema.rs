@@ -204,6 +204,14 @@ const ROOT: &[(&str, Shape)] = &[
     ),
     ("rate_limits", Shape::NamedTables(RATE_LIMIT)),
     (
+        "tracing",
+        Shape::Table(&[
+            ("otlp_endpoint", Shape::Value),
+            ("service_name", Shape::Value),
+            ("sample_ratio", Shape::Value),
+        ]),
+    ),
+    (
         "tenant_stats",
         Shape::Table(&[
             ("top_k", Shape::Value),

@@ -104,6 +104,10 @@ pub struct RequestCtx {
     side: canary::Side,
     /// The canary answered 5xx and the request goes to the stable upstream instead (already recorded).
     canary_5xx: bool,
+    /// The request's OpenTelemetry span (with `[tracing]`).
+    span: Option<crate::otel::RequestSpan>,
+    /// Time to the upstream's response head.
+    upstream_ms: Option<f64>,
     tries: u32,
     active: Option<ActiveGuard>,
     response_started: bool,
@@ -781,6 +785,10 @@ impl Gateway {
         let upgrade = session.is_upgrade_req();
         let seen = headers::Managed::scan(upstream_request);
         headers::strip_hop_by_hop(upstream_request, seen, upgrade);
+        // Traced: the backend's span is a child of this request's.
+        if let Some(tp) = ctx.span.as_ref().and_then(crate::otel::traceparent) {
+            let _ = upstream_request.insert_header(contracts::traceparent::HEADER, tp);
+        }
         headers::set_identity(upstream_request, seen, ctx.identity.as_ref());
         // Only the credential the edge verified goes on: the backend must not act on another one.
         match ctx.verified {
@@ -939,6 +947,8 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             side: canary::Side::Stable,
             canary_5xx: false,
+            span: None,
+            upstream_ms: None,
             tries: 0,
             active: None,
             response_started: false,
@@ -966,6 +976,13 @@ impl ProxyHttp for Gateway {
         head_deadline::head_done(session.as_downstream().stream());
         let rt = self.state.current();
         let req = session.req_header();
+        if let Some(otel) = &self.state.otel {
+            let parent = req
+                .headers
+                .get(contracts::traceparent::HEADER)
+                .map(|v| v.as_bytes());
+            ctx.span = Some(otel.start(req.method.as_str(), parent));
+        }
         ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
@@ -1086,6 +1103,7 @@ impl ProxyHttp for Gateway {
         let route = rt.as_ref().and_then(|rt| ctx.route(rt));
         if let (Some(route), Some(t0)) = (route, ctx.upstream_start) {
             let elapsed = t0.elapsed();
+            ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
             if let Some(up) = route.upstream_for(ctx.side) {
                 up.duration().observe(elapsed.as_secs_f64());
             }
@@ -1164,6 +1182,26 @@ impl ProxyHttp for Gateway {
                     .with_label_values(&["<none>"])
                     .observe(elapsed.as_secs_f64());
             }
+        }
+        if let Some(span) = ctx.span.take() {
+            let up = route.and_then(|r| r.upstream_for(ctx.side));
+            crate::otel::finish(
+                span,
+                &crate::otel::Outcome {
+                    method: req.method.as_str(),
+                    route: route_name,
+                    tenant: ctx.tenant.as_deref(),
+                    status,
+                    upstream: up.map(|u| u.name.as_str()),
+                    server: ctx.server.as_ref().map(|s| s.label.as_str()),
+                    upstream_ms: ctx.upstream_ms,
+                    error: ctx
+                        .error
+                        .as_ref()
+                        .map(EdgeError::code)
+                        .or_else(|| e.map(|e| e.etype().as_str())),
+                },
+            );
         }
         if let Some(tenant) = ctx.tenant.as_deref() {
             self.state.tenant_stats.record(
