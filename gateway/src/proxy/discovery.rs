@@ -213,7 +213,8 @@ pub async fn refresh_loop(state: Weak<GatewayState>) {
         let rt = gw.current();
         let settings = rt.config.dns.clone();
         let hosts = hosts(&rt.config);
-        if current.as_ref().is_none_or(|(s, _)| *s != settings) {
+        // A resolver only for a config that names hosts (and again when `[dns]` changes).
+        if !hosts.is_empty() && current.as_ref().is_none_or(|(s, _)| *s != settings) {
             match resolver(&settings) {
                 Ok(r) => current = Some((settings.clone(), r)),
                 Err(e) => tracing::error!(error = %e, "DNS discovery cannot resolve"),
