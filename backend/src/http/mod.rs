@@ -207,8 +207,17 @@ pub async fn handle(
         http.route = route,
         http.request.method = %ctx.method,
         http.response.status_code = tracing::field::Empty,
+        aggios.tenant = tracing::field::Empty,
     );
     crate::otel::continue_trace(&span, &ctx.headers);
+    // The tenant the gateway verified in the token (absent before login): for the trace only.
+    if let Some(t) = ctx
+        .headers
+        .get(contracts::headers::TENANT_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("aggios.tenant", t);
+    }
     let request_span = span.clone();
     let handled = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(handled, span));
     let result = match futures_util::FutureExt::catch_unwind(handled).await {

@@ -331,6 +331,12 @@ async fn one_login_is_one_trace_from_the_client_through_the_gateway_and_backend_
             });
         if let Some((req, edge, trace)) = chain {
             assert!(req.service.contains("aggios-edge-backend"), "{req:?}");
+            assert!(
+                req.attributes
+                    .get("aggios.tenant")
+                    .is_some_and(|t| t.contains("traced")),
+                "{req:?}"
+            );
             assert!(edge.service.contains("aggios-edge-gateway"), "{edge:?}");
             assert_eq!(edge.name, "PUT api");
             assert!(

@@ -104,8 +104,8 @@ pub struct RequestCtx {
     side: canary::Side,
     /// The canary answered 5xx and the request goes to the stable upstream instead (already recorded).
     canary_5xx: bool,
-    /// The request's OpenTelemetry span (with `[tracing]`).
-    span: Option<crate::otel::RequestSpan>,
+    /// The request's OpenTelemetry span (with `[tracing]`), boxed: the context stays small when off.
+    span: Option<Box<crate::otel::RequestSpan>>,
     /// Time to the upstream's response head.
     upstream_ms: Option<f64>,
     tries: u32,
@@ -786,7 +786,7 @@ impl Gateway {
         let seen = headers::Managed::scan(upstream_request);
         headers::strip_hop_by_hop(upstream_request, seen, upgrade);
         // Traced: the backend's span is a child of this request's.
-        if let Some(tp) = ctx.span.as_ref().and_then(crate::otel::traceparent) {
+        if let Some(tp) = ctx.span.as_deref().and_then(crate::otel::traceparent) {
             let _ = upstream_request.insert_header(contracts::traceparent::HEADER, tp);
         }
         headers::set_identity(upstream_request, seen, ctx.identity.as_ref());
@@ -981,7 +981,7 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get(contracts::traceparent::HEADER)
                 .map(|v| v.as_bytes());
-            ctx.span = Some(otel.start(req.method.as_str(), parent));
+            ctx.span = Some(Box::new(otel.start(req.method.as_str(), parent)));
         }
         ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => {
@@ -1186,7 +1186,7 @@ impl ProxyHttp for Gateway {
         if let Some(span) = ctx.span.take() {
             let up = route.and_then(|r| r.upstream_for(ctx.side));
             crate::otel::finish(
-                span,
+                *span,
                 &crate::otel::Outcome {
                     method: req.method.as_str(),
                     route: route_name,
