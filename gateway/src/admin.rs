@@ -198,11 +198,14 @@ pub fn admit(
         .trim_end_matches('.');
     let port_ok =
         |l: std::net::SocketAddr| port.as_deref().is_none_or(|p| p == l.port().to_string());
+    // An IP literal is never a rebinding vector (the page's origin would be that IP): on a listener bound
+    // to every address (0.0.0.0 / ::), any IP of the host reaches it, as Prometheus scraping pod or
+    // container addresses does.
     let allowed = listener.is_some_and(|l| {
         port_ok(l)
             && (name
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip == l.ip())
+                .is_ok_and(|ip| ip == l.ip() || l.ip().is_unspecified())
                 || (l.ip().is_loopback() && name == "localhost"))
     }) || settings.names.iter().any(|n| n == name);
     if !allowed {
@@ -355,6 +358,21 @@ mod tests {
         assert_eq!(
             admit(Some(b"[::1]:9000"), None, "/", addr("[::1]:9000"), &none),
             Ok(())
+        );
+        // Bound to every address: any IP literal of the host on the port, still no foreign name.
+        let any = addr("0.0.0.0:9000");
+        assert_eq!(admit(Some(b"10.244.1.7:9000"), None, "/", any, &none), Ok(()));
+        assert_eq!(
+            admit(Some(b"10.244.1.7:9001"), None, "/", any, &none),
+            Err(AdminRefusal::Host)
+        );
+        assert_eq!(
+            admit(Some(b"evil.example:9000"), None, "/", any, &none),
+            Err(AdminRefusal::Host)
+        );
+        assert_eq!(
+            admit(Some(b"localhost:9000"), None, "/", any, &none),
+            Err(AdminRefusal::Host)
         );
     }
 

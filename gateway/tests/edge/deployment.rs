@@ -286,6 +286,32 @@ fn secrets_come_from_the_env_file_and_every_variable_is_in_it() {
             );
         }
     }
+    // Secrets handed to services as files come from the env file too.
+    for (name, secret) in doc["secrets"].as_mapping().into_iter().flatten() {
+        let var = secret["environment"].as_str().unwrap_or_default();
+        assert!(
+            env.contains_key(var),
+            "secret {name:?} reads {var}, not in .env.example"
+        );
+    }
+    // The gateway's admin listener wants its token: Prometheus scrapes it with the token from a secret,
+    // under a name the listener answers.
+    let gw_config = read(&compose_dir().join("gateway/gateway.toml"));
+    if gw_config.contains("token_env") {
+        let prom = read(&compose_dir().join("prometheus/prometheus.yml"));
+        assert!(
+            prom.contains("credentials_file: /run/secrets/gateway_admin_token")
+                && prom.contains("\"gateway:9000\""),
+            "Prometheus would be refused by the admin listener: {prom}"
+        );
+        assert!(gw_config.contains("names = [\"gateway\"]"));
+        let prom_secrets =
+            serde_yaml::to_string(&services(&doc)["prometheus"]["secrets"]).expect("yaml");
+        assert!(
+            prom_secrets.contains("gateway_admin_token"),
+            "{prom_secrets}"
+        );
+    }
     // Bind-mounted files exist.
     for (k, svc) in services(&doc) {
         for v in svc["volumes"].as_sequence().into_iter().flatten() {
