@@ -361,7 +361,10 @@ mod tests {
         );
         // Bound to every address: any IP literal of the host on the port, still no foreign name.
         let any = addr("0.0.0.0:9000");
-        assert_eq!(admit(Some(b"10.244.1.7:9000"), None, "/", any, &none), Ok(()));
+        assert_eq!(
+            admit(Some(b"10.244.1.7:9000"), None, "/", any, &none),
+            Ok(())
+        );
         assert_eq!(
             admit(Some(b"10.244.1.7:9001"), None, "/", any, &none),
             Err(AdminRefusal::Host)
