@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -33,9 +32,13 @@ fn class_bound(i: usize) -> f64 {
 }
 
 fn class_of(seconds: f64) -> usize {
-    (0..CLASSES)
-        .find(|i| seconds <= class_bound(*i))
-        .unwrap_or(CLASSES - 1)
+    // The first i with seconds <= 0.5 ms × 2^i: from the bit length of the time in half-milliseconds.
+    let halves = (seconds * 2000.0).ceil();
+    if halves <= 1.0 {
+        return 0;
+    }
+    let n = halves as u64; // saturates for huge values
+    ((64 - (n - 1).leading_zeros()) as usize).min(CLASSES - 1)
 }
 
 /// The p-quantile's class bound of `counts` (0 when empty).
@@ -98,7 +101,9 @@ pub struct Sample {
 /// Every tenant's counters, and the Prometheus lines of the top K.
 pub struct TenantStats {
     shards: Vec<RwLock<HashMap<Box<str>, Arc<Counters>>>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Wall-clock seconds, refreshed by each recomputation: `last_seen` is precise to the interval, and a
+    /// request reads no clock for it.
+    now: AtomicU64,
     tenants: AtomicUsize,
     max_tenants: AtomicUsize,
     /// Requests of tenants beyond `max_tenants` (counted in `other` only).
@@ -113,7 +118,7 @@ impl Default for TenantStats {
     fn default() -> Self {
         TenantStats {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            now: AtomicU64::new(now_secs()),
             tenants: AtomicUsize::new(0),
             max_tenants: AtomicUsize::new(usize::MAX),
             untracked: Counters::default(),
@@ -131,7 +136,8 @@ fn now_secs() -> u64 {
 
 impl TenantStats {
     fn shard(&self, tenant: &str) -> &RwLock<HashMap<Box<str>, Arc<Counters>>> {
-        &self.shards[(self.hasher.hash_one(tenant) as usize) % SHARDS]
+        // A cheap hash picks the shard (the map inside keeps its keyed hash: tenants are client-chosen).
+        &self.shards[(crate::proxy::upstream::hash64(tenant.as_bytes()) as usize) % SHARDS]
     }
 
     /// Counts one request of `tenant`.
@@ -155,7 +161,8 @@ impl TenantStats {
         };
         let shard = self.shard(tenant);
         if let Some(c) = shard.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
-            c.last_seen.store(now_secs(), Ordering::Relaxed);
+            c.last_seen
+                .store(self.now.load(Ordering::Relaxed), Ordering::Relaxed);
             add(c);
             return;
         }
@@ -167,7 +174,7 @@ impl TenantStats {
         let c = map.entry(tenant.into()).or_insert_with(|| {
             self.tenants.fetch_add(1, Ordering::Relaxed);
             let c = Counters::default();
-            let now = now_secs();
+            let now = self.now.load(Ordering::Relaxed);
             c.first_seen.store(now, Ordering::Relaxed);
             c.last_seen.store(now, Ordering::Relaxed);
             Arc::new(c)
@@ -236,6 +243,7 @@ impl TenantStats {
 
     /// Ranks the tenants again and rebuilds the Prometheus lines: the top `k` by requests, and `other`.
     pub fn recompute(&self, k: usize) {
+        self.now.store(now_secs(), Ordering::Relaxed);
         // One pass over every shard: totals, what each added since the last pass, recent latency.
         struct Row {
             tenant: Box<str>,
@@ -396,6 +404,19 @@ mod tests {
         assert_eq!(mid["error_ratio"], 1.0);
         assert_eq!(s.stats_json("t7")["requests"], 1);
         assert_eq!(s.stats_json("never")["seen"], false);
+    }
+
+    #[test]
+    fn latency_classes_are_the_first_bound_at_or_above() {
+        for ms in [
+            0.0, 0.1, 0.5, 0.51, 1.0, 1.2, 3.0, 64.0, 65.0, 999.0, 16_384.0, 99_999.0,
+        ] {
+            let s = ms / 1e3;
+            let want = (0..CLASSES)
+                .find(|i| s <= class_bound(*i))
+                .unwrap_or(CLASSES - 1);
+            assert_eq!(class_of(s), want, "{ms} ms");
+        }
     }
 
     #[test]
