@@ -165,6 +165,45 @@ fn upstream_failed(ctx: &mut RequestCtx, retry: bool) {
     }
 }
 
+/// The upstream's response head arrived: its latency, and on a route with a canary, the answer counted for
+/// its side; a canary's 5xx to a request that can be replayed is not passed on but tried again on the stable
+/// upstream.
+fn upstream_answered(
+    session: &Session,
+    upstream_response: &ResponseHeader,
+    ctx: &mut RequestCtx,
+    rt: Option<&Runtime>,
+) -> Result<()> {
+    let route = rt.and_then(|rt| ctx.route(rt));
+    if let (Some(route), Some(t0)) = (route, ctx.upstream_start) {
+        let elapsed = t0.elapsed();
+        ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
+        if let Some(up) = route.upstream_for(ctx.side) {
+            up.duration().observe(elapsed.as_secs_f64());
+        }
+        if let Some(c) = &route.canary {
+            let error = upstream_response.status.is_server_error();
+            c.state.record(ctx.side, error, elapsed);
+            if error && ctx.side == canary::Side::Canary {
+                let replayable = session.req_header().method.is_idempotent()
+                    && !session.as_ref().retry_buffer_truncated();
+                let max = route.upstream.as_ref().map_or(1, |u| u.spec.max_tries);
+                if replayable && ctx.tries < max {
+                    ctx.canary_5xx = true;
+                    ctx.side = canary::Side::Stable;
+                    ctx.active = None;
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(502),
+                        "the canary answered 5xx: trying the stable upstream",
+                    );
+                }
+            }
+        }
+    }
+    ctx.response_started = true;
+    Ok(())
+}
+
 /// Writes an edge error as a JSON response, closing the connection when framing can't be trusted.
 async fn answer(session: &mut Session, ctx: &mut RequestCtx, err: EdgeError) -> Result<()> {
     if err.closes_connection() {
@@ -1099,35 +1138,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let rt = ctx.runtime.clone();
-        let route = rt.as_ref().and_then(|rt| ctx.route(rt));
-        if let (Some(route), Some(t0)) = (route, ctx.upstream_start) {
-            let elapsed = t0.elapsed();
-            ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
-            if let Some(up) = route.upstream_for(ctx.side) {
-                up.duration().observe(elapsed.as_secs_f64());
-            }
-            if let Some(c) = &route.canary {
-                let error = upstream_response.status.is_server_error();
-                c.state.record(ctx.side, error, elapsed);
-                if error && ctx.side == canary::Side::Canary {
-                    let replayable = session.req_header().method.is_idempotent()
-                        && !session.as_ref().retry_buffer_truncated();
-                    let max = route.upstream.as_ref().map_or(1, |u| u.spec.max_tries);
-                    if replayable && ctx.tries < max {
-                        ctx.canary_5xx = true;
-                        ctx.side = canary::Side::Stable;
-                        ctx.active = None;
-                        return Error::e_explain(
-                            ErrorType::HTTPStatus(502),
-                            "the canary answered 5xx: trying the stable upstream",
-                        );
-                    }
-                }
-            }
-        }
-        ctx.response_started = true;
-        Ok(())
+        // The runtime is lent out of the context, not cloned: no shared reference count touched per request.
+        let rt = ctx.runtime.take();
+        let answered = upstream_answered(session, upstream_response, ctx, rt.as_deref());
+        ctx.runtime = rt;
+        answered
     }
 
     /// Proxying failed: answer with the JSON error that fits.

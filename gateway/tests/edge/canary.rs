@@ -256,16 +256,8 @@ async fn canary_settings_are_validated() {
             ),
         )
         .expect("write");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["validate", "--config"])
-            .arg(&path)
-            .output()
-            .expect("validate");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(message),
-            "{settings}: {err}"
-        );
+        let (ok, err) = validate(&path);
+        assert!(!ok && err.contains(message), "{settings}: {err}");
         assert!(err.contains("g.toml:"), "{err}");
     }
     std::fs::write(
@@ -277,11 +269,20 @@ async fn canary_settings_are_validated() {
         ),
     )
     .expect("write");
+    assert!(validate(&path)
+        .1
+        .contains("canary upstream `nope` is not an [[upstreams]] name"));
+}
+
+/// `gateway validate --config path`: whether it passed, and what it wrote on stderr.
+fn validate(path: &std::path::Path) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["validate", "--config"])
-        .arg(&path)
+        .arg(path)
         .output()
         .expect("validate");
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("canary upstream `nope` is not an [[upstreams]] name"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
