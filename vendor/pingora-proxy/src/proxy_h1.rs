@@ -113,7 +113,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade_request = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade_request);
 
         session.upstream_compression.request_filter(&req);
 
@@ -139,10 +140,28 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering();
+
+        // A request without a body, not asking for an upgrade, with no cache and no custom messages
+        // has nothing to stream upstream: one loop reads the response and writes it downstream,
+        // without the pair of task pipes and the wake-ups that go with them.
+        if !upgrade_request
+            && downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && !session.cache.enabled()
+            && session.as_mut().is_body_empty()
+            && session.as_ref().get_retry_buffer().is_none()
+        {
+            return match self.proxy_bodyless_1to1(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -359,6 +378,118 @@ where
         Ok(upstream_can_reuse)
     }
 
+    /// Proxies a request that has no body (see the conditions in `proxy_1to1`): the request's end goes
+    /// through the request body filters and to the upstream, then each batch of response tasks already
+    /// read goes through the response filters and downstream, while the downstream connection is
+    /// watched for a client that leaves. The same filters and the same writes as the two halves of the
+    /// task pipe, in one task loop.
+    ///
+    /// Returns whether the downstream and the upstream connections can be reused.
+    async fn proxy_bodyless_1to1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The request's end, as the downstream half would have sent it into the pipe: the request body
+        // filters may still add data.
+        let mut data = None;
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            // As in the upstream half: forward a complete response if one comes, but a partially
+            // written request makes the connection unsafe to reuse.
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut response_state = ResponseStateMachine::new();
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        // No cache here: the response is done when the upstream's is.
+        while !response_state.upstream_done() {
+            tokio::select! {
+                biased;
+
+                task = client_session.read_response_task() => {
+                    let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+                    let mut end = match task {
+                        Ok(task) => {
+                            let end = task.is_end();
+                            tasks.push(task);
+                            end
+                        }
+                        Err(e) => {
+                            // The response's framing was not read: the connection cannot be reused.
+                            upstream_can_reuse = false;
+                            tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
+                            true
+                        }
+                    };
+                    // Batch what is already read, so that a head and a small body go out in one write.
+                    while !end {
+                        match tokio::task::unconstrained(client_session.read_response_task())
+                            .now_or_never()
+                        {
+                            Some(Ok(task)) => {
+                                end = task.is_end();
+                                tasks.push(task);
+                            }
+                            Some(Err(e)) => {
+                                upstream_can_reuse = false;
+                                tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
+                                end = true;
+                            }
+                            None => break,
+                        }
+                    }
+                    let Some(response_done) = self
+                        .filter_and_write_upstream_tasks(
+                            session,
+                            ctx,
+                            tasks,
+                            &mut serve_from_cache,
+                            &mut range_body_filter,
+                            &mut response_state,
+                        )
+                        .await?
+                    else {
+                        continue;
+                    };
+                    response_state.maybe_set_upstream_done(response_done);
+                }
+
+                // No body is expected: this only returns when the client leaves (or errs).
+                body = session.downstream_session.read_body_or_idle(true) => {
+                    if let Err(e) = body {
+                        return Err(e.into_down());
+                    }
+                }
+            }
+        }
+
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => true,
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        Ok((reuse_downstream, upstream_can_reuse))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn process_upstream_tasks(
         &self,
@@ -392,6 +523,36 @@ where
             } else {
                 break; // upstream closed
             }
+        }
+
+        self.filter_and_write_upstream_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// Runs the response filters over `tasks` and writes them downstream. Returns whether the
+    /// response is done, or `None` when nothing was sent downstream (e.g. serve_from_cache).
+    async fn filter_and_write_upstream_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        if serve_from_cache.should_discard_upstream() {
+            return Ok(None);
         }
 
         /* run filters before sending to downstream */
