@@ -307,6 +307,7 @@ pub struct ListenerEndpoint {
 #[derive(Default)]
 pub struct ListenerEndpointBuilder {
     listen_addr: Option<ServerAddress>,
+    fd_key: Option<String>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Option<Arc<dyn ConnectionFilter>>,
 }
@@ -315,6 +316,7 @@ impl ListenerEndpointBuilder {
     pub fn new() -> ListenerEndpointBuilder {
         Self {
             listen_addr: None,
+            fd_key: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: None,
         }
@@ -322,6 +324,13 @@ impl ListenerEndpointBuilder {
 
     pub fn listen_addr(&mut self, addr: ServerAddress) -> &mut Self {
         self.listen_addr = Some(addr);
+        self
+    }
+
+    /// The key of this endpoint's socket in the table of listening fds handed over on upgrade
+    /// (default: its address). Several `SO_REUSEPORT` sockets on one address need one key each.
+    pub fn fd_key(&mut self, key: Option<String>) -> &mut Self {
+        self.fd_key = key;
         self
     }
 
@@ -338,7 +347,7 @@ impl ListenerEndpointBuilder {
             .expect("Tried to listen with no addr specified");
 
         let listener = if let Some(fds_table) = fds {
-            let addr_str = listen_addr.as_ref();
+            let addr_str = self.fd_key.as_deref().unwrap_or(listen_addr.as_ref());
 
             // Acquire a per-address async lock so that only one task at a
             // time can go through the check-bind-insert sequence for a given
@@ -608,6 +617,60 @@ mod test {
         // Both listeners should be able to bind to the same address
         assert_eq!(listener1.as_str(), addr);
         assert_eq!(listener2.as_str(), addr);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn test_tcp_so_reuseport_fd_keys() {
+        use crate::server::Fds;
+        use parking_lot::Mutex;
+
+        let addr = "127.0.0.1:7203";
+        let sock_opt = TcpSocketOptions {
+            so_reuseport: Some(true),
+            ..Default::default()
+        };
+        let table: ListenFds = Arc::new(Mutex::new(Fds::new()));
+
+        // One socket per key: both keys land in the table, each with its own fd.
+        let mut fds = Vec::new();
+        let mut listeners = Vec::new();
+        for key in ["127.0.0.1:7203#0", "127.0.0.1:7203#1"] {
+            let mut builder = ListenerEndpoint::builder();
+            builder
+                .listen_addr(ServerAddress::Tcp(addr.into(), Some(sock_opt.clone())))
+                .fd_key(Some(key.into()));
+            let listener = builder.listen(Some(table.clone())).await.unwrap();
+            assert_eq!(listener.as_str(), addr);
+            let fd = *table.lock().get(key).expect("the key is in the table");
+            assert_eq!(listener.listener.as_raw_fd(), fd);
+            fds.push(fd);
+            listeners.push(listener);
+        }
+        assert_ne!(fds[0], fds[1]);
+
+        // A new process (its table holds the sockets it received, as other fd numbers) finds each
+        // socket under its key again instead of binding a new one.
+        let mut received = Fds::new();
+        // SAFETY: dup() of an fd this test owns; the copies are closed with the listener (or leak
+        // until the test ends).
+        let dups: Vec<_> = fds.iter().map(|fd| unsafe { libc::dup(*fd) }).collect();
+        assert!(dups.iter().all(|fd| *fd >= 0));
+        received.add("127.0.0.1:7203#0".into(), dups[0]);
+        received.add("127.0.0.1:7203#1".into(), dups[1]);
+        let received: ListenFds = Arc::new(Mutex::new(received));
+        let mut builder = ListenerEndpoint::builder();
+        builder
+            .listen_addr(ServerAddress::Tcp(addr.into(), Some(sock_opt.clone())))
+            .fd_key(Some("127.0.0.1:7203#1".into()));
+        let again = builder.listen(Some(received)).await.unwrap();
+        assert_eq!(again.listener.as_raw_fd(), dups[1]);
+
+        // Without a key, the address is the key, as before.
+        let mut builder = ListenerEndpoint::builder();
+        builder.listen_addr(ServerAddress::Tcp(addr.into(), Some(sock_opt)));
+        builder.listen(Some(table.clone())).await.unwrap();
+        assert!(table.lock().get(addr).is_some());
     }
 
     #[tokio::test]

@@ -163,6 +163,7 @@ pub type PreTlsCallback = Arc<dyn PreTlsProcess>;
 
 struct TransportStackBuilder {
     l4: ServerAddress,
+    fd_key: Option<String>,
     tls: Option<TlsSettings>,
     l4_buffer: L4BufferSettings,
     #[cfg(feature = "connection_filter")]
@@ -178,6 +179,7 @@ impl TransportStackBuilder {
         let mut builder = ListenerEndpoint::builder();
 
         builder.listen_addr(self.l4.clone());
+        builder.fd_key(self.fd_key.clone());
 
         #[cfg(feature = "connection_filter")]
         if let Some(filter) = &self.connection_filter {
@@ -206,6 +208,7 @@ impl TransportStackBuilder {
 /// ([`L4BufferSettings`]).
 pub struct ListenerConfig {
     l4: ServerAddress,
+    fd_key: Option<String>,
     tls: Option<TlsSettings>,
     l4_buffer: L4BufferSettings,
 }
@@ -215,6 +218,7 @@ impl ListenerConfig {
     pub fn tcp(addr: impl Into<String>) -> Self {
         Self {
             l4: ServerAddress::Tcp(addr.into(), None),
+            fd_key: None,
             tls: None,
             l4_buffer: L4BufferSettings::default(),
         }
@@ -225,6 +229,7 @@ impl ListenerConfig {
     pub fn uds(addr: impl Into<String>) -> Self {
         Self {
             l4: ServerAddress::Uds(addr.into(), None),
+            fd_key: None,
             tls: None,
             l4_buffer: L4BufferSettings::default(),
         }
@@ -273,6 +278,14 @@ impl ListenerConfig {
     /// Set L4 read and write buffer sizes for this endpoint.
     pub fn l4_buffer(mut self, settings: L4BufferSettings) -> Self {
         self.l4_buffer = settings;
+        self
+    }
+
+    /// Set the key of this endpoint's listening socket in the table of fds handed over on a graceful
+    /// upgrade (default: its address). Several endpoints on one address with `SO_REUSEPORT`, one per
+    /// service, each need a key of their own, or all of them would share the first one's socket.
+    pub fn fd_key(mut self, key: impl Into<String>) -> Self {
+        self.fd_key = Some(key.into());
         self
     }
 }
@@ -430,7 +443,12 @@ impl Listeners {
     pub fn addresses(&self) -> Vec<String> {
         self.stacks
             .iter()
-            .map(|stack| stack.l4.as_ref().to_string())
+            .map(|stack| {
+                stack
+                    .fd_key
+                    .clone()
+                    .unwrap_or_else(|| stack.l4.as_ref().to_string())
+            })
             .collect()
     }
 
@@ -450,9 +468,15 @@ impl Listeners {
 
     /// Add the given listener endpoint to `self`.
     pub fn add_listener(&mut self, endpoint: ListenerConfig) {
-        let ListenerConfig { l4, tls, l4_buffer } = endpoint;
+        let ListenerConfig {
+            l4,
+            fd_key,
+            tls,
+            l4_buffer,
+        } = endpoint;
         self.stacks.push(TransportStackBuilder {
             l4,
+            fd_key,
             tls,
             l4_buffer,
             #[cfg(feature = "connection_filter")]
@@ -494,6 +518,7 @@ impl Listeners {
     pub fn add_endpoint(&mut self, l4: ServerAddress, tls: Option<TlsSettings>) {
         self.stacks.push(TransportStackBuilder {
             l4,
+            fd_key: None,
             tls,
             l4_buffer: L4BufferSettings::default(),
             #[cfg(feature = "connection_filter")]
