@@ -17,7 +17,9 @@
 #        alternating wrk passes) and in user-space instructions per request (one callgrind pass: exact, where
 #        CPU time swings ±30 % on these VMs).
 #        MODE=multicore loadtest/instruments.sh [PASSES] [DURATION]  both cores for everyone: nginx with 2 workers, the
-#        gateway with threads = 2 as one runtime per thread (default) and as one work-stealing pool.
+#        gateway with threads = 2 as one service per thread with SO_REUSEPORT sockets and pools (default), as
+#        one service whose two runtimes share a socket and a pool, and as one work-stealing pool; with the
+#        share of upstream connections reused on another thread than the one that made them.
 #        COUNT=1 adds the instruction counts to MODE=tls and MODE=ablation (COUNT=0 skips it in ablation).
 # Instructions per request: the proxy runs under `valgrind --tool=callgrind --instr-atstart=no`; after an
 #   uninstrumented warm-up, `callgrind_control -i on`, COUNT_SECONDS (default 12) of wrk -c16, `-i off`,
@@ -137,7 +139,8 @@ run_one() {
   for p in $pids; do after=$((after + $(cpu_ticks "$p"))); done
   local rss=0; for p in $pids; do rss=$((rss + $(rss_kb "$p"))); done
   # The gateway's own view of its decisions (did Redis answer every one?).
-  curl -s --max-time 2 "http://$GWADMIN/metrics" 2>/dev/null | grep -E '^gateway_ratelimit' >> "$W/$name.metrics" || true
+  curl -s --max-time 2 "http://$GWADMIN/metrics" 2>/dev/null \
+    | grep -E '^gateway_(ratelimit|upstream_connections_total)' >> "$W/$name.metrics" || true
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local reqs rps p99 non2xx
   reqs=$(awk '/requests in/ {print $1}' "$W/$name.wrk")
@@ -241,19 +244,22 @@ if [ "$MODE" = multicore ]; then
   # Both cores for everyone: nginx with 2 workers against the gateway with 2 threads, as one runtime per
   # thread (the default) and as one work-stealing pool; wrk (2 threads) and the origin share the cores.
   sed 's/^worker_processes 1;/worker_processes 2;/' "$W/nginx.conf" > "$W/nginx2.conf"
-  for ws in false true; do
-    gw_config 10 | sed "s/^threads = 1$/threads = 2\nwork_stealing = $ws/" > "$W/gw2-$ws.toml"
-    "$GW" validate --config "$W/gw2-$ws.toml" >&2
-  done
+  # reuseport: one service per thread (own SO_REUSEPORT socket, runtime and upstream pool); shared: one
+  # service, two single-threaded runtimes sharing a socket and a pool; stealing: one work-stealing pool.
+  gw_config 10 | sed "s/^threads = 1$/threads = 2\nreuseport = true/" > "$W/gw2-reuseport.toml"
+  gw_config 10 | sed "s/^threads = 1$/threads = 2\nreuseport = false/" > "$W/gw2-shared.toml"
+  gw_config 10 | sed "s/^threads = 1$/threads = 2\nwork_stealing = true\nreuseport = false/" > "$W/gw2-stealing.toml"
+  for v in reuseport shared stealing; do "$GW" validate --config "$W/gw2-$v.toml" >&2; done
   export PROXY_CPUS=0,1 LOAD_CPUS=0,1 WRK_THREADS=2
   for pass in $(seq 1 "$PASSES"); do
     echo "pass $pass/$PASSES" >&2
     run_one nginx-2-workers 18082 t5.bench.test nginx -c "$W/nginx2.conf" >> "$RESULTS"
-    run_one gateway-2-runtimes 18083 t5.bench.test "$GW" run --config "$W/gw2-false.toml" >> "$RESULTS"
-    run_one gateway-work-stealing 18083 t5.bench.test "$GW" run --config "$W/gw2-true.toml" >> "$RESULTS"
+    for v in reuseport shared stealing; do
+      run_one "gateway-$v" 18083 t5.bench.test "$GW" run --config "$W/gw2-$v.toml" >> "$RESULTS"
+    done
   done
-  python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" <<'PY'
-import sys, statistics, collections
+  python3 - "$RESULTS" "$PASSES" "$DURATION" "$CONNS" "$W" <<'PY'
+import sys, statistics, collections, re
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     name, rps, p99, cpu, rss, non2xx = line.rstrip("\n").split("\t")
@@ -261,15 +267,29 @@ for line in open(sys.argv[1]):
         return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
     rows[name].append((float(rps), ms(p99), float(cpu), int(rss), int(non2xx)))
 print(f"passes={sys.argv[2]} duration={sys.argv[3]}s connections={sys.argv[4]}, everything on both cores (medians; req/s per pass in brackets)\n")
-print("| target | req/s | p99 | proxy CPU-µs / request | RSS | non-2xx |")
-print("|---|---|---|---|---|---|")
+print("| target | req/s | p99 | proxy CPU-µs / request | RSS | non-2xx | upstream connections reused on another thread |")
+print("|---|---|---|---|---|---|---|")
 base = statistics.median(x[0] for x in rows["nginx-2-workers"])
-for name in ["nginx-2-workers", "gateway-2-runtimes", "gateway-work-stealing"]:
+def crossings(name):
+    # gateway_upstream_connections_total, summed over the passes' scrapes (each pass a new process).
+    kinds = collections.Counter()
+    try:
+        for line in open(f"{sys.argv[5]}/{name}.metrics"):
+            m = re.match(r'gateway_upstream_connections_total\{kind="(\w+)"\} (\S+)', line)
+            if m:
+                kinds[m.group(1)] += float(m.group(2))
+    except FileNotFoundError:
+        return "–"
+    reused = kinds["reused_same_thread"] + kinds["reused_other_thread"]
+    if reused == 0:
+        return "–"
+    return f"{kinds['reused_other_thread'] / reused:.1%} of {reused:,.0f}"
+for name in ["nginx-2-workers", "gateway-reuseport", "gateway-shared", "gateway-stealing"]:
     r = rows[name]
     rps = statistics.median(x[0] for x in r)
     print(f"| {name} | {rps:,.0f} ({rps/base:.2f}× nginx; {', '.join(f'{x[0]:,.0f}' for x in r)}) | "
           f"{statistics.median(x[1] for x in r):.2f} ms | {statistics.median(x[2] for x in r):.1f} | "
-          f"{statistics.median(x[3] for x in r)} MB | {sum(x[4] for x in r)} |")
+          f"{statistics.median(x[3] for x in r)} MB | {sum(x[4] for x in r)} | {crossings(name)} |")
 PY
   echo "raw results: $RESULTS" >&2
   exit 0

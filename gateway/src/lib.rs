@@ -23,6 +23,7 @@ pub mod state;
 pub mod tenant_stats;
 pub mod tls;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -101,6 +102,8 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     let acme = acme.is_some();
     let admin = config.entrypoints.admin;
     let h2_idle_timeout = config.limits.h2_idle_timeout;
+    let config_threads = config.server.threads;
+    let reuseport = config.server.reuseport;
     let shutdown_grace = config.server.shutdown_grace;
     let state = GatewayState::new(config);
 
@@ -115,73 +118,109 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
         .as_ref()
         .map(|c| Arc::new(tls::on_demand::OnDemand::new(state.clone(), Arc::clone(c))));
 
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    options.h2_idle_timeout = Some(h2_idle_timeout);
-    let mut app = HttpProxy::new(
-        proxy::Gateway {
-            state: state.clone(),
-            on_demand: on_demand.clone(),
-            acme: acme_client.clone(),
-            fault_panic_path: std::env::var("GATEWAY_FAULT_PANIC_PATH")
-                .ok()
-                .filter(|p| p.starts_with('/')),
-        },
-        server.configuration.clone(),
-    );
-    app.server_options = Some(options);
-    app.handle_init_modules();
-    let app = Arc::new(app);
-    let mut proxy = Service::new(
-        "gateway".to_string(),
-        proxy::head_deadline::HeadDeadlineApp {
-            inner: Arc::clone(&app),
-            state: state.clone(),
-            tls: None,
-        },
-    );
-    if let Some(addr) = http {
-        // A response head with the edge's fields (request id, security headers, RateLimit, CORS) and a
-        // small body pass Pingora's default 1460-byte L4 write buffer: room for 4 KiB keeps them to one
-        // `sendto`.
-        proxy.add_listener(
-            pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(
-                pingora::protocols::l4::stream::L4BufferSettings {
-                    read: Some(L4_READ_BUFFER),
-                    write: Some(HTTP_WRITE_BUFFER),
-                },
-            ),
+    // With `[server] reuseport` and several threads: one service per thread, each with its own runtime,
+    // its own `SO_REUSEPORT` sockets (the kernel spreads new connections over them) and its own proxy, so
+    // its own upstream connection pool. Otherwise one service whose runtimes share one socket and one
+    // pool: Pingora hands a connection to a random runtime, and an upstream connection to whichever
+    // runtime asks next (README, Multi-core).
+    let per_thread = config_threads > 1 && reuseport;
+    let copies = if per_thread { config_threads } else { 1 };
+    let new_app = || {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        options.h2_idle_timeout = Some(h2_idle_timeout);
+        let mut app = HttpProxy::new(
+            proxy::Gateway {
+                state: state.clone(),
+                on_demand: on_demand.clone(),
+                acme: acme_client.clone(),
+                fault_panic_path: std::env::var("GATEWAY_FAULT_PANIC_PATH")
+                    .ok()
+                    .filter(|p| p.starts_with('/')),
+            },
+            server.configuration.clone(),
         );
-    }
-    server.add_service(proxy);
-
-    if let Some(addr) = https {
-        // The listener is plain TCP: the handshake runs in the app, with our deadline and counters.
-        let terminator = tls::accept::Terminator::new(
+        app.server_options = Some(options);
+        app.handle_init_modules();
+        Arc::new(app)
+    };
+    // The https entrypoint's handshakes run in the app, with our deadline and counters.
+    let terminator = match https {
+        Some(_) => Some(Arc::new(tls::accept::Terminator::new(
             Arc::clone(&state.certs),
             on_demand.clone(),
             acme_client.clone(),
-        )?;
-        let mut secure = Service::new(
-            "gateway-https".to_string(),
+        )?)),
+        None => None,
+    };
+    let mut services = Vec::new();
+    for copy in 0..copies {
+        let app = new_app();
+        let name = |base: &str| match per_thread {
+            true => format!("{base}-{copy}"),
+            false => base.to_string(),
+        };
+        let listener = |addr: SocketAddr, write: usize| {
+            let listener = pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(
+                pingora::protocols::l4::stream::L4BufferSettings {
+                    read: Some(L4_READ_BUFFER),
+                    write: Some(write),
+                },
+            );
+            match per_thread {
+                // Each socket under its own key in the table handed over on upgrade (vendored
+                // Pingora patch 0001): the successor takes over socket `copy` of each address.
+                true => {
+                    let mut options = pingora::listeners::TcpSocketOptions::default();
+                    options.so_reuseport = Some(true);
+                    listener
+                        .tcp_socket_options(options)
+                        .fd_key(format!("{addr}#{copy}"))
+                }
+                false => listener,
+            }
+        };
+        let mut proxy = Service::new(
+            name("gateway"),
             proxy::head_deadline::HeadDeadlineApp {
                 inner: Arc::clone(&app),
                 state: state.clone(),
-                tls: Some(Arc::new(terminator)),
+                tls: None,
             },
         );
-        // A response's TLS records (head and body, each with its 22-byte overhead) often pass Pingora's
-        // default 1460-byte L4 write buffer where the plain response fits: without room for a full
-        // record, one response costs two `sendto`s.
-        secure.add_listener(
-            pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(
-                pingora::protocols::l4::stream::L4BufferSettings {
-                    read: Some(L4_READ_BUFFER),
-                    write: Some(TLS_WRITE_BUFFER),
+        if let Some(addr) = http {
+            // A response head with the edge's fields (request id, security headers, RateLimit, CORS)
+            // and a small body pass Pingora's default 1460-byte L4 write buffer: room for 4 KiB keeps
+            // them to one `sendto`.
+            proxy.add_listener(listener(addr, HTTP_WRITE_BUFFER));
+        }
+        if per_thread {
+            proxy.threads = Some(1);
+        }
+        services.push(proxy);
+
+        if let (Some(addr), Some(terminator)) = (https, &terminator) {
+            // The listener is plain TCP: the handshake runs in the app.
+            let mut secure = Service::new(
+                name("gateway-https"),
+                proxy::head_deadline::HeadDeadlineApp {
+                    inner: app,
+                    state: state.clone(),
+                    tls: Some(Arc::clone(terminator)),
                 },
-            ),
-        );
-        server.add_service(secure);
+            );
+            // A response's TLS records (head and body, each with its 22-byte overhead) often pass
+            // Pingora's default 1460-byte L4 write buffer where the plain response fits: without room
+            // for a full record, one response costs two `sendto`s.
+            secure.add_listener(listener(addr, TLS_WRITE_BUFFER));
+            if per_thread {
+                secure.threads = Some(1);
+            }
+            services.push(secure);
+        }
+    }
+    for service in services {
+        server.add_service(service);
     }
     if let Some(client) = acme_client {
         server.add_service(background_service(

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub acme_failures: IntGaugeVec,
     pub tls_on_demand: IntCounterVec,
     pub panics: IntCounter,
+    pub upstream_connections: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -213,6 +214,18 @@ impl Metrics {
             "gateway_panics_total",
             "Requests whose hook panicked (answered 500; the process lives on).",
         )?;
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_connections_total",
+                "Upstream connections handed to requests: new, or reused from the pool on the thread that \
+                 made them or on another (a cross-thread wake-up per I/O event).",
+            ),
+            &["kind"],
+        )?;
+        for k in ["new", "reused_same_thread", "reused_other_thread"] {
+            upstream_connections.with_label_values(&[k]);
+        }
+        registry.register(Box::new(upstream_connections.clone()))?;
         registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -252,6 +265,7 @@ impl Metrics {
             acme_failures,
             tls_on_demand,
             panics,
+            upstream_connections,
         })
     }
 

@@ -48,6 +48,7 @@ pub struct FileConfig {
 pub struct ServerFile {
     pub threads: Option<Spanned<i64>>,
     pub work_stealing: Option<bool>,
+    pub reuseport: Option<Spanned<bool>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub upgrade_sock: Option<Spanned<String>>,
 }

@@ -187,10 +187,16 @@ pub struct ServerSettings {
     pub threads: usize,
     /// One work-stealing runtime for all threads instead of one single-threaded runtime per thread.
     pub work_stealing: bool,
+    /// One service per thread, each with its own `SO_REUSEPORT` listening sockets, runtime and upstream
+    /// connection pool: a connection and its upstream connections stay on the thread that accepted it.
+    pub reuseport: bool,
     pub shutdown_grace: Duration,
     /// The Unix socket over which a running gateway hands its listening sockets to its successor.
     pub upgrade_sock: std::path::PathBuf,
 }
+
+/// `[server] reuseport` when the file does not say (README, Multi-core: the figures behind it).
+pub const DEFAULT_REUSEPORT: bool = true;
 
 /// Where the listening sockets are handed over on a zero-downtime upgrade, unless `[server] upgrade_sock`
 /// says otherwise.
@@ -447,10 +453,28 @@ fn socket_addr(
     }
 }
 
+/// `[server] reuseport`: on unless set to false; it cannot go with one work-stealing pool (that pool is
+/// one runtime, where `reuseport` makes one per thread).
+fn reuseport(server: &file::ServerFile, diags: &mut Vec<Diagnostic>) -> bool {
+    match &server.reuseport {
+        Some(r) if *r.get_ref() && server.work_stealing == Some(true) => {
+            diags.push(Diagnostic::at(
+                r,
+                "server.reuseport = true gives each thread its own runtime; it cannot go with \
+                 server.work_stealing = true (set one of them to false)",
+            ));
+            false
+        }
+        Some(r) => *r.get_ref(),
+        None => DEFAULT_REUSEPORT && server.work_stealing != Some(true),
+    }
+}
+
 fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config {
     let server = ServerSettings {
         threads: positive(&raw.server.threads, 1, "server.threads", diags) as usize,
         work_stealing: raw.server.work_stealing.unwrap_or(false),
+        reuseport: reuseport(&raw.server, diags),
         shutdown_grace: duration_or(&raw.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE, diags),
         upgrade_sock: raw
             .server

@@ -126,6 +126,7 @@ const ROOT: &[(&str, Shape)] = &[
         Shape::Table(&[
             ("threads", Shape::Value),
             ("work_stealing", Shape::Value),
+            ("reuseport", Shape::Value),
             ("shutdown_grace", Shape::Value),
             ("upgrade_sock", Shape::Value),
         ]),

@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod revocation;
 pub mod route;
 pub mod upstream;
+pub mod upstream_affinity;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -933,6 +934,19 @@ impl Gateway {
 impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         caught("request_filter", self.filter_request(session, ctx)).await
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_affinity::record(fd, reused);
+        Ok(())
     }
 
     async fn upstream_peer(

@@ -1229,3 +1229,18 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// Inodes of the sockets listening on 127.0.0.1:`port` (namespace-wide; the port is the gateway's).
+pub fn listening_sockets(port: u16) -> std::collections::BTreeSet<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].parse().ok())?
+        })
+        .collect()
+}

@@ -27,6 +27,7 @@ mod routing;
 mod shutdown;
 mod slow_clients;
 mod tenants;
+mod threads;
 mod tls;
 mod tls_helpers;
 mod upgrade;

@@ -97,12 +97,25 @@ async fn client(
 
 #[tokio::test]
 async fn sigquit_hands_the_sockets_to_the_new_binary_with_no_refused_or_failed_request() {
+    upgrade_under_load("").await;
+}
+
+/// With one service per thread, each thread's `SO_REUSEPORT` socket is handed over under its own key:
+/// the new process serves from the very sockets the old one listened on, none bound anew.
+#[tokio::test]
+async fn with_one_socket_per_thread_each_socket_is_handed_over() {
+    upgrade_under_load("threads = 2\nreuseport = true\n").await;
+}
+
+/// Runs the hand-over under load with `server` added to `[server]`; checks that the listening sockets
+/// after it are the ones before it.
+async fn upgrade_under_load(server: &str) {
     let up = TestUpstream::start("u");
     let slow = TestUpstream::start("slow");
     slow.behaviour.delay_ms.store(2_000, Ordering::SeqCst);
     let socks = tempfile::tempdir().expect("tempdir");
     let body = format!(
-        "[server]\nshutdown_grace = \"20s\"\nupgrade_sock = \"{}\"\n\n{}{}\
+        "[server]\n{server}shutdown_grace = \"20s\"\nupgrade_sock = \"{}\"\n\n{}{}\
          [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\nupstream = \"slow\"\n\n\
          [[routes]]\nname = \"r\"\nupstream = \"u\"\n",
         socks.path().join("upgrade.sock").display(),
@@ -111,6 +124,7 @@ async fn sigquit_hands_the_sockets_to_the_new_binary_with_no_refused_or_failed_r
     );
     let mut old = Gateway::start(&body).await;
     let port = old.http;
+    let sockets = listening_sockets(port);
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -168,6 +182,11 @@ async fn sigquit_hands_the_sockets_to_the_new_binary_with_no_refused_or_failed_r
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "old process: {exit}\n{}", old.stderr());
+    assert_eq!(
+        listening_sockets(port),
+        sockets,
+        "the new process listens on the old one's sockets"
+    );
     // Load goes on against the new process alone.
     let after = ok.load(Ordering::SeqCst);
     eventually("load after the old process left", || async {
