@@ -74,15 +74,6 @@ async fn caught<T>(
     }
 }
 
-/// Boxes the future `make` returns, allocating first so that the optimizer builds the future in the
-/// box: `Box::pin(make())` builds it on the stack and copies all of its size into the box, however
-/// little of it is initialized (callgrind: a 9 KB memcpy per request for the request filter's).
-#[inline(always)]
-fn boxed_in_place<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    // Arguments are evaluated in order: the allocation comes before the future.
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
-}
-
 /// Counts a request in `gateway_http_connections_active` for as long as it lives.
 pub struct InFlight;
 impl InFlight {
@@ -942,9 +933,7 @@ impl Gateway {
 #[async_trait]
 impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // The filter's future is large (~9 KB: auth, limits, key look-ups); async_trait's box would
-        // copy all of it per request. Built in a box of its own, it is not copied.
-        boxed_in_place(|| caught("request_filter", self.filter_request(session, ctx))).await
+        caught("request_filter", self.filter_request(session, ctx)).await
     }
 
     async fn connected_to_upstream(
