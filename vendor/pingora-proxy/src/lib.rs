@@ -1550,17 +1550,6 @@ impl SubrequestSpawner {
     }
 }
 
-/// Boxes the future `make` returns, allocating first so that the optimizer can build the future in
-/// the box (`Box::pin(make())` evaluates `make()` on the stack, then copies all of its size into the
-/// box, however little of it is initialized).
-#[inline(always)]
-fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    let mut slot = Box::<F>::new_uninit();
-    slot.write(make());
-    // SAFETY: written on the line above.
-    Box::into_pin(unsafe { slot.assume_init() })
-}
-
 #[async_trait]
 impl<SV, C> HttpServerApp for HttpProxy<SV, C>
 where
@@ -1603,10 +1592,7 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        // The request's future holds every phase's state (~13 KB); built inside async_trait's box it
-        // would be moved into it whole, a copy of that size per request. Boxed where it is built, it
-        // leaves this future small.
-        boxed_in_place(|| self.process_request(session, ctx)).await
+        self.process_request(session, ctx).await
     }
 
     async fn http_cleanup(&self) {
