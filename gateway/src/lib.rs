@@ -123,7 +123,23 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     // its own upstream connection pool. Otherwise one service whose runtimes share one socket and one
     // pool: Pingora hands a connection to a random runtime, and an upstream connection to whichever
     // runtime asks next (README, Multi-core).
-    let per_thread = config_threads > 1 && reuseport;
+    let mut per_thread = config_threads > 1 && reuseport;
+    // On `--upgrade` the sockets come from the running gateway: keep its layout (one shared socket per
+    // entrypoint, or one per thread) whatever the file says. With the other layout the new process would
+    // listen on sockets of its own and leave the handed-over ones to close with the old process, resetting
+    // the connections waiting in their queues. A restart applies the file's layout.
+    if let (true, Some(addr)) = (upgrade, http.or(https)) {
+        let inherited_per_thread = server.has_listen_fd(&format!("{addr}#0"));
+        let inherited_shared = server.has_listen_fd(&addr.to_string());
+        if (inherited_per_thread && !per_thread) || (inherited_shared && per_thread) {
+            tracing::warn!(
+                inherited = if inherited_per_thread { "one socket per thread" } else { "one shared socket" },
+                "the running gateway listens with another socket layout than [server] threads/reuseport \
+                 ask for; keeping its layout for this upgrade (restart to change it)"
+            );
+            per_thread = inherited_per_thread;
+        }
+    }
     let copies = if per_thread { config_threads } else { 1 };
     let new_app = || {
         let mut options = HttpServerOptions::default();

@@ -97,32 +97,49 @@ async fn client(
 
 #[tokio::test]
 async fn sigquit_hands_the_sockets_to_the_new_binary_with_no_refused_or_failed_request() {
-    upgrade_under_load("").await;
+    upgrade_under_load("", None).await;
 }
 
 /// With one service per thread, each thread's `SO_REUSEPORT` socket is handed over under its own key:
 /// the new process serves from the very sockets the old one listened on, none bound anew.
 #[tokio::test]
 async fn with_one_socket_per_thread_each_socket_is_handed_over() {
-    upgrade_under_load("threads = 2\nreuseport = true\n").await;
+    upgrade_under_load("threads = 2\nreuseport = true\n", None).await;
 }
 
-/// Runs the hand-over under load with `server` added to `[server]`; checks that the listening sockets
-/// after it are the ones before it.
-async fn upgrade_under_load(server: &str) {
+/// The running gateway shares one socket between its threads; the new one's file asks for one socket per
+/// thread (the default). It takes the shared socket over and keeps that layout, with a warning, instead
+/// of listening on new sockets of its own while the handed-over one closes with the old process (the
+/// connections in its queue reset). Without the check, the sockets after the upgrade are new ones.
+#[tokio::test]
+async fn an_upgrade_keeps_the_running_socket_layout_whatever_the_new_file_says() {
+    let new = upgrade_under_load("threads = 2\nreuseport = false\n", Some("threads = 2\n")).await;
+    assert!(
+        new.stderr().contains("keeping its layout for this upgrade"),
+        "{}",
+        new.stderr()
+    );
+}
+
+/// Runs the hand-over under load with `server` added to `[server]` (and `new_server` instead for the new
+/// process, when given); checks that the listening sockets after it are the ones before it. Returns the
+/// new process.
+async fn upgrade_under_load(server: &str, new_server: Option<&str>) -> Gateway {
     let up = TestUpstream::start("u");
     let slow = TestUpstream::start("slow");
     slow.behaviour.delay_ms.store(2_000, Ordering::SeqCst);
     let socks = tempfile::tempdir().expect("tempdir");
-    let body = format!(
-        "[server]\n{server}shutdown_grace = \"20s\"\nupgrade_sock = \"{}\"\n\n{}{}\
-         [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\nupstream = \"slow\"\n\n\
-         [[routes]]\nname = \"r\"\nupstream = \"u\"\n",
-        socks.path().join("upgrade.sock").display(),
-        upstream_toml("u", &[&up], ""),
-        upstream_toml("slow", &[&slow], ""),
-    );
-    let mut old = Gateway::start(&body).await;
+    let body = |server: &str| {
+        format!(
+            "[server]\n{server}shutdown_grace = \"20s\"\nupgrade_sock = \"{}\"\n\n{}{}\
+             [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\nupstream = \"slow\"\n\n\
+             [[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+            socks.path().join("upgrade.sock").display(),
+            upstream_toml("u", &[&up], ""),
+            upstream_toml("slow", &[&slow], ""),
+        )
+    };
+    let mut old = Gateway::start(&body(server)).await;
     let port = old.http;
     let sockets = listening_sockets(port);
 
@@ -154,6 +171,10 @@ async fn upgrade_under_load(server: &str) {
     })
     .await;
 
+    if let Some(new_server) = new_server {
+        // The new process reads this file; the old one only notes that [server] needs a restart.
+        old.rewrite(&body(new_server));
+    }
     let mut new = old.successor();
     old.signal("QUIT");
     let t0 = Instant::now();
@@ -217,4 +238,5 @@ async fn upgrade_under_load(server: &str) {
     assert_eq!(new.get("x.test", "/").await.status, 200);
     assert_eq!(new.admin_get("/readyz").await.0, 200);
     assert!(new.exited().is_none());
+    new
 }

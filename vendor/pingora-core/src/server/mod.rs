@@ -375,6 +375,16 @@ impl Server {
         self.bootstrap.lock().get_fds()
     }
 
+    /// Whether the table of listening sockets holds one under `key` (an address, or the key given by
+    /// [`crate::listeners::ListenerConfig::fd_key`]). After [`Server::bootstrap`] with `upgrade`, the
+    /// table holds the sockets received from the running process: an application can lay out its
+    /// listeners as that process did (one shared socket, or one per service) instead of binding anew
+    /// beside sockets it cannot share.
+    #[cfg(unix)]
+    pub fn has_listen_fd(&self, key: &str) -> bool {
+        self.listen_fds().lock().get(key).is_some()
+    }
+
     /// Collect the listening bind addresses across all registered services.
     #[cfg(unix)]
     fn collect_listen_addresses(&self) -> Option<std::collections::HashSet<String>> {
