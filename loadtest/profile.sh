@@ -27,31 +27,7 @@ wait_port 127.0.0.1 18181 10 || die "upstream did not start"
 
 HOST=acme.bench.test
 HEADERS=()
-gw_toml() { # $1 = extra route keys, $2 = extra top-level TOML
-  cat <<TOML
-$2
-[server]
-threads = 1
-[entrypoints]
-http = "$PROXY"
-admin = "$ADMIN"
-[tenancy]
-base_domains = ["bench.test"]
-[log]
-access_log = true
-format = "json"
-level = "warn"
-[[upstreams]]
-name = "origin"
-servers = ["$UP"]
-health = { path = "/", interval = "2s", timeout = "1s" }
-[[routes]]
-name = "bench"
-hosts = ["*.bench.test"]
-upstream = "origin"
-$1
-TOML
-}
+gw_toml() { bench_gateway_toml "$PROXY" "$ADMIN" "$UP" "$1" "$2"; } # $1 = route keys, $2 = top-level TOML
 case "$TARGET" in
   gateway) gw_toml "" "" > "$W/gw.toml"; CMD=("$BIN/gateway" run --config "$W/gw.toml") ;;
   gateway-jwt-redis)

@@ -12,7 +12,7 @@
 # Why beside callgrind's instruction counts: valgrind counts each byte moved by a `rep movsb` copy as one
 # instruction, so a large memcpy weighs far more in instructions than in time.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 ROUNDS=${1:?rounds}; DURATION=${2:?duration, e.g. 10s}
 NAME_A=${3:?}; DIR_A=${4:?}; NAME_B=${5:?}; DIR_B=${6:?}
 LOADTEST=${LOADTEST:-$CARGO_TARGET_DIR/release/loadtest}
@@ -24,36 +24,10 @@ trap cleanup EXIT
 
 UP=127.0.0.1:18181; PROXY=127.0.0.1:18182; ADMIN=127.0.0.1:18192
 taskset -c 1 "$LOADTEST" upstream --listen "$UP" & PIDS+=($!)
-cat > "$W/gateway.toml" <<TOML
-[server]
-threads = 1
-[entrypoints]
-http = "$PROXY"
-admin = "$ADMIN"
-[tenancy]
-base_domains = ["bench.test"]
-[log]
-access_log = true
-format = "json"
-level = "warn"
-[[upstreams]]
-name = "origin"
-servers = ["$UP"]
-[[routes]]
-name = "bench"
-hosts = ["*.bench.test"]
-upstream = "origin"
-TOML
+bench_gateway_toml "$PROXY" "$ADMIN" "$UP" > "$W/gateway.toml"
 
 ticks() { # utime stime of $1
   awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12], f[13] }' "/proc/$1/stat"
-}
-wait_up() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/${PROXY##*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "the proxy did not start" >&2; return 1
 }
 one() { # NAME BUILD_DIR KIND
   local name=$1 dir=$2 kind=$3 pid
@@ -63,7 +37,7 @@ one() { # NAME BUILD_DIR KIND
     taskset -c 0 "$dir/gateway" run --config "$W/gateway.toml" > /dev/null 2> "$W/$name-$kind.err" &
   fi
   pid=$!
-  wait_up
+  wait_port 127.0.0.1 "${PROXY##*:}" 10 || { echo "the proxy did not start" >&2; return 1; }
   taskset -c 1 "$LOADTEST" run --host t1.bench.test -c 64 -d 2s "http://$PROXY/" > /dev/null   # warm-up
   read -r u0 s0 < <(ticks "$pid")
   taskset -c 1 "$LOADTEST" run --host t1.bench.test -c 64 -d "$DURATION" --json "http://$PROXY/" > "$W/run.json"
