@@ -14,6 +14,9 @@ ensure_debs openssl
 # loadtest's compare smoke test: nginx as the peer (the harness would install it too), DejaVu Sans for its
 # chart's text, taskset to pin each process.
 ensure_debs nginx-light fonts-dejavu-core util-linux
+# The upgrade-socket tests start a stranger of another uid with setpriv (util-linux) running Debian's
+# python3 (a pyenv or venv python under /root is not reachable by that uid).
+[ -x /usr/bin/python3 ] || ensure_debs python3
 # The alert rules as code are checked and unit-tested with promtool (gateway/tests/edge/observability.rs).
 command -v promtool >/dev/null || ensure_debs prometheus
 # ACME tests run a real CA: pebble and its DNS server pebble-challtestsrv (one Debian package), and an

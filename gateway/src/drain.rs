@@ -49,6 +49,16 @@ impl BackgroundService for Drain {
                             self.state.draining.store(true, std::sync::atomic::Ordering::Release);
                             tracing::info!("upgrade: handing the listening sockets to the new process; responses now close their connections");
                         }
+                        Ok(ExecutionPhase::GracefulUpgradeCloseTimeout) => {
+                            metrics().upgrade_handovers.with_label_values(&["sent"]).inc();
+                        }
+                        Ok(ExecutionPhase::GracefulUpgradeFailed) => {
+                            // Nobody of our own uid took the sockets: we still hold the ports, so we
+                            // keep serving them with keep-alive as before.
+                            self.state.draining.store(false, std::sync::atomic::Ordering::Release);
+                            metrics().upgrade_handovers.with_label_values(&["failed"]).inc();
+                            tracing::error!("upgrade: the listening sockets were not handed over (no new process of this user took them); still serving");
+                        }
                         Ok(ExecutionPhase::GracefulTerminate) => {
                             self.state.draining.store(true, std::sync::atomic::Ordering::Release);
                         }

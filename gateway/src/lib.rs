@@ -61,6 +61,24 @@ pub enum BuildError {
     AcmeStorage(#[from] tls::storage::StorageError),
 }
 
+/// Creates the hand-over socket's directory (mode 0700) when it is missing; `Config::load` refused one
+/// that exists and is not private. Without it the gateway still serves; only an upgrade would fail.
+fn ensure_upgrade_dir(sock: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = sock.parent() else { return };
+    if dir.exists() {
+        return;
+    }
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        tracing::warn!(
+            dir = %dir.display(),
+            error = %e,
+            "cannot create the upgrade socket's directory: `gateway run --upgrade` will not work \
+             (set [server] upgrade_sock to a private directory of this user)"
+        );
+    }
+}
+
 /// Builds the Pingora server for `config`. With `upgrade`, the listening sockets come from the running
 /// gateway (it sends them over `[server] upgrade_sock` when it gets SIGQUIT) instead of new binds.
 pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server, BuildError> {
@@ -84,6 +102,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
         upgrade,
         ..Default::default()
     };
+    ensure_upgrade_dir(&config.server.upgrade_sock);
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     // With `upgrade`, this waits for the old process's sockets (up to UPGRADE_WAIT_SECS).
     let phases = server.watch_execution_phase();

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub tls_on_demand: IntCounterVec,
     pub panics: IntCounter,
     pub upstream_connections: IntCounterVec,
+    pub upgrade_handovers: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -186,7 +187,7 @@ impl Metrics {
         let tls_on_demand = IntCounterVec::new(
             Opts::new(
                 "gateway_tls_on_demand_total",
-                "On-demand certificate decisions for tenants' own domains (allowed, denied, ask_failed, throttled, issued, order_failed).",
+                "On-demand certificate decisions for tenants' own domains (allowed, denied, ask_failed, throttled, tenant_throttled, backoff, issued, order_failed).",
             ),
             &["decision"],
         )?;
@@ -196,6 +197,8 @@ impl Metrics {
             "denied",
             "ask_failed",
             "throttled",
+            "tenant_throttled",
+            "backoff",
             "issued",
             "order_failed",
         ] {
@@ -226,6 +229,18 @@ impl Metrics {
             upstream_connections.with_label_values(&[k]);
         }
         registry.register(Box::new(upstream_connections.clone()))?;
+        let upgrade_handovers = IntCounterVec::new(
+            Opts::new(
+                "gateway_upgrade_handovers_total",
+                "Listening-socket hand-overs on SIGQUIT, by result: sent (to a process of our own uid), \
+                 failed (nobody listening, or a peer or socket of another user refused: still serving).",
+            ),
+            &["result"],
+        )?;
+        for r in ["sent", "failed"] {
+            upgrade_handovers.with_label_values(&[r]);
+        }
+        registry.register(Box::new(upgrade_handovers.clone()))?;
         registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -266,6 +281,7 @@ impl Metrics {
             tls_on_demand,
             panics,
             upstream_connections,
+            upgrade_handovers,
         })
     }
 

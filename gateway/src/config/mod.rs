@@ -198,9 +198,78 @@ pub struct ServerSettings {
 /// `[server] reuseport` when the file does not say (README, Multi-core: the figures behind it).
 pub const DEFAULT_REUSEPORT: bool = true;
 
+/// The directory of the hand-over socket when neither `[server] upgrade_sock` nor `$RUNTIME_DIRECTORY`
+/// (systemd's `RuntimeDirectory=`) says otherwise. Never a directory others can write to: whoever can
+/// bind the socket's path first receives the listening sockets at the next upgrade.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/aggios-edge";
+
 /// Where the listening sockets are handed over on a zero-downtime upgrade, unless `[server] upgrade_sock`
-/// says otherwise.
-pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/aggios-edge-upgrade.sock";
+/// says otherwise: `upgrade.sock` in `$RUNTIME_DIRECTORY` (its first entry), else in
+/// [`DEFAULT_RUNTIME_DIR`].
+pub fn default_upgrade_sock() -> std::path::PathBuf {
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .filter(|s| s.starts_with('/'))
+                .map(std::path::PathBuf::from)
+        })
+        .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into());
+    dir.join("upgrade.sock")
+}
+
+/// Why the hand-over socket's directory cannot be trusted, if it exists: another user could bind the
+/// socket's path before the new process, or replace it. `None` when it is ours and private (or absent:
+/// `gateway run` creates it, mode 0700).
+pub fn upgrade_dir_problem(sock: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = sock.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Some(format!(
+            "server.upgrade_sock {} must be an absolute path in a private directory",
+            sock.display()
+        ));
+    };
+    if !sock.is_absolute() {
+        return Some(format!(
+            "server.upgrade_sock {} must be an absolute path in a private directory",
+            sock.display()
+        ));
+    }
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            return Some(format!(
+                "server.upgrade_sock: cannot check {}: {e}",
+                dir.display()
+            ))
+        }
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_dir() {
+        Some(format!(
+            "server.upgrade_sock: {} is not a directory (a link is refused too)",
+            dir.display()
+        ))
+    } else if meta.uid() != me {
+        Some(format!(
+            "server.upgrade_sock: the directory {} belongs to uid {}, not to this user (uid {me}): \
+             its owner could take the listening sockets at the next upgrade",
+            dir.display(),
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "server.upgrade_sock: the directory {} is writable by others (mode {:o}): another user \
+             could bind the socket first and take the listening sockets; use a private directory \
+             (mode 0700), e.g. {DEFAULT_RUNTIME_DIR}",
+            dir.display(),
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entrypoints {
@@ -470,17 +539,28 @@ fn reuseport(server: &file::ServerFile, diags: &mut Vec<Diagnostic>) -> bool {
     }
 }
 
+/// `[server] upgrade_sock`, or the default; refused when its directory is not private.
+fn upgrade_sock(server: &file::ServerFile, diags: &mut Vec<Diagnostic>) -> std::path::PathBuf {
+    let sock = server
+        .upgrade_sock
+        .as_ref()
+        .map_or_else(default_upgrade_sock, |s| s.get_ref().into());
+    if let Some(problem) = upgrade_dir_problem(&sock) {
+        diags.push(Diagnostic::new(
+            server.upgrade_sock.as_ref().map(|s| s.span()),
+            problem,
+        ));
+    }
+    sock
+}
+
 fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config {
     let server = ServerSettings {
         threads: positive(&raw.server.threads, 1, "server.threads", diags) as usize,
         work_stealing: raw.server.work_stealing.unwrap_or(false),
         reuseport: reuseport(&raw.server, diags),
         shutdown_grace: duration_or(&raw.server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE, diags),
-        upgrade_sock: raw
-            .server
-            .upgrade_sock
-            .as_ref()
-            .map_or_else(|| DEFAULT_UPGRADE_SOCK.into(), |s| s.get_ref().into()),
+        upgrade_sock: upgrade_sock(&raw.server, diags),
     };
     let entrypoints = Entrypoints {
         http: socket_addr(&raw.entrypoints.http, "entrypoints.http", diags),

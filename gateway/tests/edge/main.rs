@@ -31,4 +31,5 @@ mod threads;
 mod tls;
 mod tls_helpers;
 mod upgrade;
+mod upgrade_socket;
 mod validate;

@@ -104,6 +104,10 @@ pub enum ExecutionPhase {
     /// Waiting a fixed amount of time to allow the new process to take the sockets.
     GracefulUpgradeCloseTimeout,
 
+    /// The FDs could not be sent (no new process listening, or a peer that is not us): the server
+    /// keeps serving with its sockets and waits for the next signal.
+    GracefulUpgradeFailed,
+
     /// A TERM signal was received, indicating that the server should shut down gracefully.
     GracefulTerminate,
 
@@ -244,82 +248,98 @@ impl Server {
             .send(ExecutionPhase::Running)
             .ok();
 
-        match run_args.shutdown_signal.recv().await {
-            ShutdownSignal::FastShutdown => {
-                info!("SIGINT received, exiting");
-                ShutdownType::Quick
-            }
-            ShutdownSignal::GracefulTerminate => {
-                // we receive a graceful terminate, all instances are instructed to stop
-                info!("SIGTERM received, gracefully exiting");
-                // graceful shutdown if there are listening sockets
-                info!("Broadcasting graceful shutdown");
-                match self.shutdown_watch.send(true) {
-                    Ok(_) => {
-                        info!("Graceful shutdown started!");
-                    }
-                    Err(e) => {
-                        error!("Graceful shutdown broadcast failed: {e}");
-                    }
+        loop {
+            match run_args.shutdown_signal.recv().await {
+                ShutdownSignal::FastShutdown => {
+                    info!("SIGINT received, exiting");
+                    return ShutdownType::Quick;
                 }
-                info!("Broadcast graceful shutdown complete");
+                ShutdownSignal::GracefulTerminate => {
+                    // we receive a graceful terminate, all instances are instructed to stop
+                    info!("SIGTERM received, gracefully exiting");
+                    // graceful shutdown if there are listening sockets
+                    info!("Broadcasting graceful shutdown");
+                    match self.shutdown_watch.send(true) {
+                        Ok(_) => {
+                            info!("Graceful shutdown started!");
+                        }
+                        Err(e) => {
+                            error!("Graceful shutdown broadcast failed: {e}");
+                        }
+                    }
+                    info!("Broadcast graceful shutdown complete");
 
-                self.execution_phase_watch
-                    .send(ExecutionPhase::GracefulTerminate)
-                    .ok();
+                    self.execution_phase_watch
+                        .send(ExecutionPhase::GracefulTerminate)
+                        .ok();
 
-                ShutdownType::Graceful
-            }
-            ShutdownSignal::GracefulUpgrade => {
-                // TODO: still need to select! on signals in case a fast shutdown is needed
-                // aka: move below to another task and only kick it off here
-                info!("SIGQUIT received, sending socks and gracefully exiting");
+                    return ShutdownType::Graceful;
+                }
+                ShutdownSignal::GracefulUpgrade => {
+                    // TODO: still need to select! on signals in case a fast shutdown is needed
+                    // aka: move below to another task and only kick it off here
+                    info!("SIGQUIT received, sending socks and gracefully exiting");
 
-                self.execution_phase_watch
-                    .send(ExecutionPhase::GracefulUpgradeTransferringFds)
-                    .ok();
+                    self.execution_phase_watch
+                        .send(ExecutionPhase::GracefulUpgradeTransferringFds)
+                        .ok();
 
-                let sent_fds = {
-                    let fds = self.listen_fds();
-                    let fds = fds.lock();
-                    if fds.is_empty() {
-                        info!("No socks to send, shutting down.");
-                        false
-                    } else {
-                        info!("Trying to send socks");
-                        match fds.send_to_sock(self.configuration.as_ref().upgrade_sock.as_str()) {
-                            Ok(_) => {
-                                info!("listener sockets sent");
-                            }
-                            Err(e) => {
-                                error!("Unable to send listener sockets to new process: {e}");
-                                #[cfg(all(not(debug_assertions), feature = "sentry"))]
-                                sentry::capture_error(&e);
+                    let sent_fds = {
+                        let fds = self.listen_fds();
+                        let fds = fds.lock();
+                        if fds.is_empty() {
+                            info!("No socks to send, shutting down.");
+                            Some(false)
+                        } else {
+                            info!("Trying to send socks");
+                            match fds
+                                .send_to_sock(self.configuration.as_ref().upgrade_sock.as_str())
+                            {
+                                Ok(_) => {
+                                    info!("listener sockets sent");
+                                    Some(true)
+                                }
+                                Err(e) => {
+                                    error!("Unable to send listener sockets to new process: {e}; still serving");
+                                    #[cfg(all(not(debug_assertions), feature = "sentry"))]
+                                    sentry::capture_error(&e);
+                                    None
+                                }
                             }
                         }
-                        true
+                    };
+                    let Some(sent_fds) = sent_fds else {
+                        // Nobody took the sockets (or a stranger was refused them): shutting down now would
+                        // leave the ports unserved. Keep serving and wait for the next signal.
+                        self.execution_phase_watch
+                            .send(ExecutionPhase::GracefulUpgradeFailed)
+                            .ok();
+                        self.execution_phase_watch
+                            .send(ExecutionPhase::Running)
+                            .ok();
+                        continue;
+                    };
+                    if sent_fds {
+                        self.execution_phase_watch
+                            .send(ExecutionPhase::GracefulUpgradeCloseTimeout)
+                            .ok();
+                        sleep(Duration::from_secs(CLOSE_TIMEOUT)).await;
                     }
-                };
-                if sent_fds {
-                    self.execution_phase_watch
-                        .send(ExecutionPhase::GracefulUpgradeCloseTimeout)
-                        .ok();
-                    sleep(Duration::from_secs(CLOSE_TIMEOUT)).await;
+                    info!("Broadcasting graceful shutdown");
+                    // gracefully exiting
+                    match self.shutdown_watch.send(true) {
+                        Ok(_) => {
+                            info!("Graceful shutdown started!");
+                        }
+                        Err(e) => {
+                            error!("Graceful shutdown broadcast failed: {e}");
+                            // switch to fast shutdown
+                            return ShutdownType::Graceful;
+                        }
+                    }
+                    info!("Broadcast graceful shutdown complete");
+                    return ShutdownType::Graceful;
                 }
-                info!("Broadcasting graceful shutdown");
-                // gracefully exiting
-                match self.shutdown_watch.send(true) {
-                    Ok(_) => {
-                        info!("Graceful shutdown started!");
-                    }
-                    Err(e) => {
-                        error!("Graceful shutdown broadcast failed: {e}");
-                        // switch to fast shutdown
-                        return ShutdownType::Graceful;
-                    }
-                }
-                info!("Broadcast graceful shutdown complete");
-                ShutdownType::Graceful
             }
         }
     }

@@ -125,6 +125,60 @@ fn deserialize_vec_string(buf: &[u8]) -> Result<Vec<String>, Error> {
     Ok(joined.split_ascii_whitespace().map(String::from).collect())
 }
 
+/// The effective uid of this process: the only one allowed at the other end of a hand-over.
+#[cfg(target_os = "linux")]
+fn own_uid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Refuses a hand-over peer that runs as another user (SO_PEERCRED: the credentials the kernel recorded
+/// when the peer connected or listened, which it cannot forge). Listening sockets handed to a stranger
+/// give it the ports; sockets taken from a stranger make us serve whatever it listens on.
+#[cfg(target_os = "linux")]
+fn check_peer_uid<P>(fd: RawFd, path: &P) -> Result<(), Error>
+where
+    P: ?Sized + std::fmt::Display,
+{
+    // SAFETY: `fd` is open for the duration of this call (owned by the caller).
+    let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+    let cred = socket::getsockopt(&sock, socket::sockopt::PeerCredentials)?;
+    if cred.uid() != own_uid() {
+        error!(
+            "refusing the socket hand-over over {path}: the peer (pid {}) runs as uid {}, not as uid {}",
+            cred.pid(),
+            cred.uid(),
+            own_uid()
+        );
+        return Err(Errno::EPERM);
+    }
+    Ok(())
+}
+
+/// Before connecting: `path` must be a socket owned by this process's uid, not a link to one (lstat). A
+/// path that does not exist yet is `ENOENT` (the new process is not listening yet: try again).
+#[cfg(target_os = "linux")]
+fn check_socket_path<P>(path: &P) -> Result<(), Error>
+where
+    P: ?Sized + NixPath + std::fmt::Display,
+{
+    let st = stat::lstat(path)?;
+    let kind = stat::SFlag::from_bits_truncate(st.st_mode) & stat::SFlag::S_IFMT;
+    if kind != stat::SFlag::S_IFSOCK {
+        error!("refusing the socket hand-over: {path} is not a socket");
+        return Err(Errno::EPERM);
+    }
+    if st.st_uid != own_uid() {
+        error!(
+            "refusing the socket hand-over: {path} belongs to uid {}, not to uid {}",
+            st.st_uid,
+            own_uid()
+        );
+        return Err(Errno::EPERM);
+    }
+    Ok(())
+}
+
 #[cfg(target_os = "linux")]
 pub fn get_fds_from<P>(
     path: &P,
@@ -142,58 +196,57 @@ where
         SockType::Stream,
         SockFlag::SOCK_NONBLOCK,
         None,
-    )
-    .unwrap();
-    let unix_addr = UnixAddr::new(path).unwrap();
-    // clean up old sock
+    )?;
+    let unix_addr = UnixAddr::new(path)?;
+    // Clean up an old socket. Anything there that cannot be removed is an error: binding would fail,
+    // or (worse) someone else's socket would stay where the old process will connect.
     match nix::unistd::unlink(path) {
-        Ok(()) => {
-            debug!("unlink {} done", path);
-        }
+        Ok(()) => debug!("unlink {} done", path),
+        Err(Errno::ENOENT) => {}
         Err(e) => {
-            // Normal if file does not exist
-            debug!("unlink {} failed: {}", path, e);
-            // TODO: warn if exist but not able to unlink
-        }
-    };
-    socket::bind(listen_fd.as_raw_fd(), &unix_addr).unwrap();
-
-    /* sock is created before we change user, need to give permission */
-    stat::fchmodat(
-        // SAFETY: AT_FDCWD is a well-defined POSIX sentinel constant used by *at() syscalls
-        // to indicate the current working directory. It is not a real file descriptor and does
-        // not require ownership or lifetime guarantees.
-        unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
-        path,
-        stat::Mode::from_bits_truncate(0o666),
-        stat::FchmodatFlags::FollowSymlink,
-    )
-    .unwrap();
-
-    socket::listen(
-        &listen_fd,
-        Backlog::new(8).expect("8 is well within SOMAXCONN"),
-    )
-    .unwrap();
-
-    let fd = match accept_with_retry_timeout(listen_fd.as_raw_fd(), max_retry) {
-        Ok(fd) => fd,
-        Err(e) => {
-            error!("Giving up reading socket from: {path}, error: {e:?}");
-            //cleanup
-            if nix::unistd::close(listen_fd).is_ok() {
-                nix::unistd::unlink(path).unwrap();
-            }
+            error!("cannot remove the old upgrade socket {path}: {e}");
             return Err(e);
         }
     };
+    // The socket file is created 0600 (the mode comes from the umask at bind time on Linux): only our
+    // own uid (and root) can connect to it at all.
+    let old_mask = stat::umask(stat::Mode::from_bits_truncate(0o177));
+    let bound = socket::bind(listen_fd.as_raw_fd(), &unix_addr);
+    stat::umask(old_mask);
+    bound?;
 
-    // The accepted connection is only needed for this transfer. Take ownership of it so
-    // that it is closed on every path out of this function, including the early return
-    // from `cmsgs()?` below; otherwise every graceful upgrade leaks one unix socket.
-    //
-    // SAFETY: `fd` was just returned by accept(2) and is not owned or closed anywhere else.
-    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    socket::listen(&listen_fd, Backlog::new(8).map_err(|_| Errno::EINVAL)?)?;
+
+    let mut retried = 0;
+    let accepted = loop {
+        let fd = match accept_with_retry_timeout(
+            listen_fd.as_raw_fd(),
+            max_retry.saturating_sub(retried),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => break Err(e),
+        };
+        // SAFETY: `fd` was just returned by accept(2) and is not owned or closed anywhere else. Owned, it
+        // is closed on every path out of this function (one leaked unix socket per upgrade otherwise).
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        match check_peer_uid(conn.as_raw_fd(), path) {
+            Ok(()) => break Ok(conn),
+            // A stranger's connection is dropped unread; keep waiting for the real sender.
+            Err(_) => {
+                retried += 1;
+                continue;
+            }
+        }
+    };
+    let conn = match accepted {
+        Ok(conn) => conn,
+        Err(e) => {
+            error!("Giving up reading socket from: {path}, error: {e:?}");
+            drop(listen_fd);
+            let _ = nix::unistd::unlink(path);
+            return Err(e);
+        }
+    };
 
     let mut io_vec = [IoSliceMut::new(payload); 1];
     let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -201,13 +254,15 @@ where
     // listening sockets are kept for the rest of the process's lifetime, so without it any
     // subprocess an application built on pingora execs inherits them, and can keep the
     // port bound after the server itself is gone.
-    let msg: RecvMsg<UnixAddr> = socket::recvmsg(
+    let received = socket::recvmsg::<UnixAddr>(
         conn.as_raw_fd(),
         &mut io_vec,
         Some(&mut cmsg_buf),
         socket::MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .unwrap();
+    );
+    drop(listen_fd);
+    let _ = nix::unistd::unlink(path);
+    let msg: RecvMsg<UnixAddr> = received?;
 
     let mut fds: Vec<RawFd> = Vec::new();
     for cmsg in msg.cmsgs()? {
@@ -216,11 +271,6 @@ where
         } else {
             warn!("Unexpected control messages: {cmsg:?}")
         }
-    }
-
-    //cleanup
-    if nix::unistd::close(listen_fd).is_ok() {
-        nix::unistd::unlink(path).unwrap();
     }
 
     Ok((fds, msg.bytes))
@@ -297,7 +347,11 @@ where
     let mut nonblocking_polls = 0;
 
     let conn_result: Result<usize, Error> = loop {
-        match socket::connect(send_fd.as_raw_fd(), &unix_addr) {
+        // Only a socket of our own uid, never through a link; then only a peer of our own uid.
+        let connected = check_socket_path(path)
+            .and_then(|()| socket::connect(send_fd.as_raw_fd(), &unix_addr))
+            .and_then(|()| check_peer_uid(send_fd.as_raw_fd(), path));
+        match connected {
             Ok(_) => break Ok(0),
             Err(e) => match e {
                 /* If the new process hasn't created the upgrade sock we'll get an ENOENT.
@@ -374,7 +428,7 @@ where
         Err(_) => conn_result,
     };
 
-    nix::unistd::close(send_fd).unwrap();
+    drop(send_fd);
     result
 }
 
