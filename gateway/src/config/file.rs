@@ -399,6 +399,8 @@ pub struct OnDemandFile {
     pub wait: Option<Spanned<String>>,
     pub max_concurrent_orders: Option<Spanned<i64>>,
     pub orders_per_minute: Option<Spanned<i64>>,
+    pub orders_per_hour: Option<Spanned<i64>>,
+    pub tenant_orders_per_hour: Option<Spanned<i64>>,
 }
 
 /// One static certificate: a PEM chain and its key; the names come from the certificate.

@@ -293,6 +293,8 @@ const ROOT: &[(&str, Shape)] = &[
                     ("wait", Shape::Value),
                     ("max_concurrent_orders", Shape::Value),
                     ("orders_per_minute", Shape::Value),
+                    ("orders_per_hour", Shape::Value),
+                    ("tenant_orders_per_hour", Shape::Value),
                 ]),
             ),
         ]),

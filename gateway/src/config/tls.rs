@@ -38,6 +38,8 @@ pub const DEFAULT_ON_DEMAND_WAIT: Duration = Duration::from_secs(8);
 pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 4;
 /// Orders for tenants' domains started per minute (a burst of this many, refilled over a minute).
 pub const DEFAULT_ORDERS_PER_MINUTE: u32 = 10;
+pub const DEFAULT_ON_DEMAND_ORDERS_PER_HOUR: u32 = 50;
+pub const DEFAULT_TENANT_ORDERS_PER_HOUR: u32 = 5;
 
 /// `[tls.on_demand]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,11 @@ pub struct OnDemandSettings {
     pub wait: Duration,
     pub max_concurrent_orders: usize,
     pub orders_per_minute: u32,
+    /// All on-demand orders in an hour: the share of the ACME account's budget at the CA that tenants'
+    /// domains may use; the rest stays for the configured domains' renewals.
+    pub orders_per_hour: u32,
+    /// Orders one tenant's domains may start in an hour.
+    pub tenant_orders_per_hour: u32,
 }
 
 /// `[tls]`.
@@ -302,6 +309,18 @@ fn validate_on_demand(o: &OnDemandFile, diags: &mut Vec<Diagnostic>) -> OnDemand
             &o.orders_per_minute,
             u64::from(DEFAULT_ORDERS_PER_MINUTE),
             "orders_per_minute",
+            diags,
+        ) as u32,
+        orders_per_hour: count(
+            &o.orders_per_hour,
+            u64::from(DEFAULT_ON_DEMAND_ORDERS_PER_HOUR),
+            "orders_per_hour",
+            diags,
+        ) as u32,
+        tenant_orders_per_hour: count(
+            &o.tenant_orders_per_hour,
+            u64::from(DEFAULT_TENANT_ORDERS_PER_HOUR),
+            "tenant_orders_per_hour",
             diags,
         ) as u32,
     }

@@ -7,6 +7,13 @@
 //! the certificate, then goes on (and fails cleanly if it is still missing); the order itself goes on
 //! in the background and serves the next handshake.
 //!
+//! A failing name cannot spend the budget of others: after a failed order, that name waits (the
+//! renewal backoff, `[tls.acme] retry_initial` doubling up to `retry_max`) before any new order, however
+//! many handshakes ask for it; each tenant has its own hourly order budget
+//! (`tenant_orders_per_hour`); and on-demand orders together stay within `orders_per_hour`, so that the
+//! rest of the ACME account's budget at the CA is kept for the configured domains' renewals (those never
+//! count against these bounds).
+//!
 //! The owning tenant is remembered per domain, so that requests on the domain are routed as that
 //! tenant's ([`OnDemand::tenant_of`], one atomic load per request).
 
@@ -16,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
 use super::acme::AcmeClient;
@@ -45,11 +52,23 @@ struct Cached {
     at: Instant,
 }
 
+/// Names remembered with a failed order at most; beyond it, entries whose wait is over go first, then
+/// the table refuses new names' orders until some wait ends (only names a tenant owns get here).
+const MAX_FAILING_NAMES: usize = 10_000;
+
 /// Order bounds, rebuilt when the settings change.
 struct Bounds {
     settings: OnDemandSettings,
     rate: DefaultDirectRateLimiter,
+    hourly: DefaultDirectRateLimiter,
+    per_tenant: DefaultKeyedRateLimiter<String>,
     orders: Arc<Semaphore>,
+}
+
+/// A name whose last order failed: no new order before `retry_at`.
+struct Failing {
+    failures: u32,
+    retry_at: Instant,
 }
 
 /// On-demand certificates: the ask cache, the order bounds, and the domains issued so far.
@@ -65,6 +84,7 @@ pub struct OnDemand {
     /// Orders in flight: the handshakes waiting for one watch it.
     pending: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     issued: Mutex<BTreeSet<String>>,
+    failing: Mutex<HashMap<String, Failing>>,
 }
 
 fn decision(label: &str) {
@@ -83,7 +103,38 @@ impl OnDemand {
             bounds: Mutex::default(),
             pending: Mutex::default(),
             issued: Mutex::default(),
+            failing: Mutex::default(),
         }
+    }
+
+    /// Whether `name` is waiting out the backoff of a failed order.
+    fn backing_off(&self, name: &str) -> bool {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing
+            .get(name)
+            .is_some_and(|f| Instant::now() < f.retry_at)
+    }
+
+    /// Records the outcome of an order for `name`: a failure starts (or doubles) its wait.
+    fn order_done(&self, name: &str, ok: bool, acme: &AcmeSettings) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            failing.remove(name);
+            return;
+        }
+        let now = Instant::now();
+        if failing.len() >= MAX_FAILING_NAMES && !failing.contains_key(name) {
+            failing.retain(|_, f| f.retry_at > now);
+        }
+        if failing.len() >= MAX_FAILING_NAMES && !failing.contains_key(name) {
+            return;
+        }
+        let f = failing.entry(name.to_string()).or_insert(Failing {
+            failures: 0,
+            retry_at: now,
+        });
+        f.failures = f.failures.saturating_add(1);
+        f.retry_at = now + super::acme::backoff(f.failures, acme.retry_initial, acme.retry_max);
     }
 
     fn settings(&self) -> Option<(AcmeSettings, OnDemandSettings)> {
@@ -142,6 +193,12 @@ impl OnDemand {
         let Some((acme, od)) = self.settings() else {
             return;
         };
+        // A name whose order just failed is not asked about nor ordered again before its wait ends:
+        // hammering it costs nothing but this look-up.
+        if self.store_lacks(name) && self.backing_off(name) {
+            decision("backoff");
+            return;
+        }
         let tenant = match self.ownership(name, &od).await {
             Ownership::Tenant(t) => t,
             Ownership::Nobody => {
@@ -167,6 +224,10 @@ impl OnDemand {
             return;
         };
         let _ = tokio::time::timeout(od.wait, done.wait_for(|finished| *finished)).await;
+    }
+
+    fn store_lacks(&self, name: &str) -> bool {
+        self.client.store().acme(name).is_none()
     }
 
     /// A certificate for a tenant's domain that another replica ordered: route and renew it here too.
@@ -198,12 +259,24 @@ impl OnDemand {
         if let Some(rx) = pending.get(name) {
             return Some(rx.clone());
         }
+        if self.backing_off(name) {
+            decision("backoff");
+            return None;
+        }
         let bounds = self.bounds(od);
         let Ok(permit) = Arc::clone(&bounds.orders).try_acquire_owned() else {
             decision("throttled");
             return None;
         };
-        if bounds.rate.check().is_err() {
+        // The tenant's own budget first: a tenant spending its budget leaves the others' intact.
+        if bounds.per_tenant.len() > MAX_FAILING_NAMES {
+            bounds.per_tenant.retain_recent();
+        }
+        if bounds.per_tenant.check_key(&tenant.to_string()).is_err() {
+            decision("tenant_throttled");
+            return None;
+        }
+        if bounds.rate.check().is_err() || bounds.hourly.check().is_err() {
             decision("throttled");
             return None;
         }
@@ -218,7 +291,14 @@ impl OnDemand {
         let wait = od.wait;
         tokio::spawn(async move {
             let _permit = permit;
-            match this.client.issue(&acme, &name, Some(&tenant)).await {
+            let result = this.client.issue(&acme, &name, Some(&tenant)).await;
+            // `Busy`: another replica orders it, which is no failure of the name.
+            let failed = match &result {
+                Ok(()) | Err(super::acme::AcmeError::Busy) => false,
+                Err(_) => true,
+            };
+            this.order_done(&name, !failed, &acme);
+            match result {
                 Err(super::acme::AcmeError::Busy) => {
                     // Another replica orders it: pick its certificate up from the shared storage.
                     let started = Instant::now();
@@ -259,9 +339,13 @@ impl OnDemand {
             return Arc::clone(current);
         }
         let per_minute = NonZeroU32::new(od.orders_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_hour = NonZeroU32::new(od.orders_per_hour).unwrap_or(NonZeroU32::MIN);
+        let per_tenant = NonZeroU32::new(od.tenant_orders_per_hour).unwrap_or(NonZeroU32::MIN);
         let fresh = Arc::new(Bounds {
             settings: od.clone(),
             rate: RateLimiter::direct(Quota::per_minute(per_minute)),
+            hourly: RateLimiter::direct(Quota::per_hour(per_hour)),
+            per_tenant: RateLimiter::keyed(Quota::per_hour(per_tenant)),
             orders: Arc::new(Semaphore::new(od.max_concurrent_orders)),
         });
         *b = Some(Arc::clone(&fresh));

@@ -444,6 +444,123 @@ upstream = "u"
     assert_eq!(ask.hits(), asks);
 }
 
+/// #23 point 2: an anonymous client hammering a tenant's domain whose validation fails (its DNS points
+/// elsewhere) gets one order per backoff step for it, and another tenant's new domain is still issued
+/// at its first handshake. Before the fix every handshake made an order until `orders_per_minute` was
+/// spent, and the other tenant's domain was then refused (`throttled`).
+#[tokio::test]
+async fn a_failing_tenant_domain_spends_no_other_tenants_orders() {
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
+    // Pebble validates fail.example.org at an address where nothing listens.
+    pebble.add_a("fail.example.org", "127.0.0.2").await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    let ask = DocServer::start().await;
+    ask.set(
+        "/internal/tenant-domains/fail.example.org",
+        200,
+        r#"{"allowed":true,"tenant":"bad"}"#,
+    );
+    ask.set(
+        "/internal/tenant-domains/shop.example.org",
+        200,
+        r#"{"allowed":true,"tenant":"acme"}"#,
+    );
+    let retry_initial = Duration::from_secs(3);
+    let body = acme_toml(
+        &pebble,
+        &up,
+        "[tls]\nhandshake_timeout = \"30s\"",
+        &format!(
+            r#"challenge = "http-01"
+storage = "{storage}"
+order_timeout = "15s"
+retry_initial = "3s"
+retry_max = "6s"
+[tls.on_demand]
+ask = "http://{ask}/internal/tenant-domains/{{host}}"
+wait = "15s"
+max_concurrent_orders = 2
+orders_per_minute = 5"#,
+            storage = storage.path().display(),
+            ask = ask.addr,
+        ),
+        PUBLIC_ROUTE,
+    );
+    let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
+    let root = pebble.issuing_root().await;
+    let client = client_config(&root, &[b"http/1.1"]);
+
+    // The first handshake for the failing name waits for its order, which fails.
+    let t0 = Instant::now();
+    assert!(connect(gw.https, "fail.example.org", client.clone())
+        .await
+        .is_err());
+    within(
+        Duration::from_secs(30),
+        "the failing name's first order failed",
+        &gw,
+        &pebble,
+        || async {
+            gw.metric("gateway_tls_on_demand_total{decision=\"order_failed\"}")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
+    // Then a client hammers it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let hammer = {
+        let (stop, handshakes, client, port) =
+            (stop.clone(), handshakes.clone(), client.clone(), gw.https);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = connect(port, "fail.example.org", client.clone()).await;
+                handshakes.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    eventually("the failing name is hammered", || async {
+        handshakes.load(Ordering::SeqCst) >= 30
+    })
+    .await;
+    // Another tenant's new domain: issued at its first handshake.
+    let r = get(gw.https, "shop.example.org", "/", &[], client.clone())
+        .await
+        .unwrap_or_else(|e| panic!("another tenant's domain refused: {e}\n{}", gw.stderr()));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        gw.metric("gateway_tls_on_demand_total{decision=\"issued\"}")
+            .await,
+        1.0
+    );
+    stop.store(true, Ordering::SeqCst);
+    hammer.await.expect("hammer");
+    let elapsed = t0.elapsed();
+    let failing_orders = pebble.orders() - 1;
+    let steps = 1 + (elapsed.as_secs_f64() / retry_initial.as_secs_f64()) as usize;
+    assert!(
+        failing_orders <= steps,
+        "{failing_orders} orders for the failing name in {elapsed:?} ({} handshakes): more than one per \
+         backoff step ({steps})",
+        handshakes.load(Ordering::SeqCst)
+    );
+    assert!(
+        gw.metric("gateway_tls_on_demand_total{decision=\"backoff\"}")
+            .await
+            >= 20.0,
+        "the hammering handshakes were not held back by the name's backoff"
+    );
+    assert_eq!(
+        gw.metric("gateway_tls_on_demand_total{decision=\"throttled\"}")
+            .await,
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn two_replicas_sharing_redis_order_once_and_both_serve() {
     let redis = RedisServer::start().await;

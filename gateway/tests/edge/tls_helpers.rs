@@ -360,6 +360,21 @@ impl Pebble {
         resp.body.to_vec()
     }
 
+    /// Makes pebble's DNS answer `addr` for `host` (an address where nothing listens fails validation).
+    pub async fn add_a(&self, host: &str, addr: &str) {
+        let body = serde_json::json!({ "host": host, "addresses": [addr] }).to_string();
+        let r = crate::helpers::send(
+            self.dns_management,
+            "POST",
+            "127.0.0.1",
+            "/add-a",
+            &[("content-type", "application/json")],
+            bytes::Bytes::from(body),
+        )
+        .await;
+        assert_eq!(r.status, 200, "challtestsrv /add-a: {:?}", r.body);
+    }
+
     /// How many orders pebble has received, from its log.
     pub fn orders(&self) -> usize {
         self.log().matches("POST /order-plz").count()
