@@ -97,6 +97,16 @@ pub enum AuthPolicy {
     JwtOrApiKey,
 }
 
+impl AuthPolicy {
+    /// Whether a request this policy admits was proven to belong to the host's tenant.
+    pub fn binds_tenant(self) -> bool {
+        matches!(
+            self,
+            AuthPolicy::JwtTenant | AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey
+        )
+    }
+}
+
 /// Reads a secret from `*_env` (the environment) or `*_file`; secrets never sit in the config file.
 pub(super) fn secret(
     env: &Option<Spanned<String>>,

@@ -485,6 +485,7 @@ impl Gateway {
         let values = ratelimit::KeyValues {
             client_ip: &ip,
             tenant: ctx.tenant.as_deref(),
+            tenant_verified: route.spec.auth.binds_tenant(),
             user: ctx
                 .identity
                 .as_ref()

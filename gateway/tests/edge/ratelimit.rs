@@ -291,7 +291,8 @@ async fn script_flush_is_recovered() {
         .query_async(&mut conn)
         .await
         .expect("keys");
-    assert_eq!(keys, vec![format!("aggios:rl:{{per_tenant:{t}}}")]);
+    // The route does not verify the tenant (no auth): its counter is the tenant's on this route.
+    assert_eq!(keys, vec![format!("aggios:rl:{{per_tenant:{t}@api}}")]);
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&keys[0])
         .query_async(&mut conn)
@@ -484,4 +485,84 @@ async fn fail_open_and_fail_closed_while_redis_is_away() {
             .await,
         5.0
     );
+}
+
+/// #23 point 3: a `per_tenant` limit on a route that does not verify the tenant (`auth = "none"`) counts
+/// anonymous requests on that route only. Anonymous floods 429 themselves there, and the tenant's
+/// signed-in users keep their budget on the authenticated route. Before the fix both routes shared the
+/// tenant's one counter: 20 anonymous requests locked the users out.
+#[tokio::test]
+async fn anonymous_floods_do_not_spend_the_tenants_authenticated_budget() {
+    const SECRET: &str = "ratelimit-anon-secret-0123456789abcdef";
+    let up = TestUpstream::start("u");
+    let body = format!(
+        r#"[tenancy]
+base_domains = ["aggios.app"]
+
+[redis]
+url_env = "GW_REDIS"
+timeout = "200ms"
+
+[auth.jwt]
+secret_env = "GW_SECRET"
+
+[rate_limits.per_tenant]
+key = "tenant"
+limit = 5
+period = "60s"
+burst = 0
+
+{}
+[[routes]]
+name = "public"
+hosts = ["*.aggios.app"]
+path_prefix = "/public"
+upstream = "u"
+rate_limits = ["per_tenant"]
+
+[[routes]]
+name = "api"
+hosts = ["*.aggios.app"]
+path_prefix = "/api"
+auth = "jwt_tenant"
+upstream = "u"
+rate_limits = ["per_tenant"]
+"#,
+        upstream_toml("u", &[&up], "")
+    );
+    let gw =
+        Gateway::start_with_env(&body, &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)]).await;
+    let t = tenant();
+    let host = format!("{t}.aggios.app");
+    let mut refused = 0;
+    for _ in 0..20 {
+        let r = gw.get(&host, "/public/page").await;
+        if r.status == 429 {
+            assert_eq!(r.error_code(), "rate_limited");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 15, "the anonymous route keeps its own limit");
+    let hits = up.hits();
+    let bearer = Token::new(SECRET, &t).bearer();
+    for i in 0..5 {
+        let r = gw
+            .get_with(&host, "/api/me", &[("authorization", &bearer)])
+            .await;
+        assert_eq!(
+            r.status, 200,
+            "authenticated call {i} after the anonymous flood: {:?}",
+            r.body
+        );
+    }
+    assert_eq!(
+        up.hits(),
+        hits + 5,
+        "the upstream saw every authenticated call"
+    );
+    // The authenticated budget is the tenant's own, and it is exact too.
+    let r = gw
+        .get_with(&host, "/api/me", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(r.status, 429);
 }

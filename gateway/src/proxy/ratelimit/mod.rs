@@ -238,6 +238,18 @@ pub fn counter_key(policy: &RateLimitSpec, parts: &KeyValues<'_>) -> String {
         k.push(':');
         let v = match p {
             KeyPart::ClientIp => None,
+            // The host's tenant on a route that did not verify it (anonymous callers, or a token of
+            // any tenant): counted per route, so that a flood of such requests spends only that
+            // route's share and never the budget of the tenant's authenticated calls elsewhere.
+            KeyPart::Tenant if !parts.tenant_verified => {
+                if let Some(t) = parts.tenant {
+                    k.push_str(t);
+                    k.push('@');
+                    k.push_str(parts.route);
+                    continue;
+                }
+                None
+            }
             KeyPart::Tenant => parts.tenant,
             KeyPart::User => parts.user,
             KeyPart::ApiKey => parts.api_key,
@@ -258,6 +270,9 @@ pub fn counter_key(policy: &RateLimitSpec, parts: &KeyValues<'_>) -> String {
 pub struct KeyValues<'a> {
     pub client_ip: &'a str,
     pub tenant: Option<&'a str>,
+    /// Whether the route's auth bound the caller to `tenant` (a tenant-bound token or the tenant's API
+    /// key); otherwise `tenant` is only what the Host says.
+    pub tenant_verified: bool,
     pub user: Option<&'a str>,
     pub api_key: Option<&'a str>,
     pub route: &'a str,
@@ -446,6 +461,7 @@ mod tests {
         KeyValues {
             client_ip: "10.0.0.1",
             tenant,
+            tenant_verified: true,
             user: None,
             api_key: None,
             route: "r",
@@ -456,6 +472,20 @@ mod tests {
     fn keys_fall_back_to_the_client_address() {
         let s = spec(Scope::Local, 1, 0);
         assert_eq!(counter_key(&s, &values(Some("acme"))), "p:acme:ip=10.0.0.1");
+    }
+
+    #[test]
+    fn an_unverified_tenant_is_counted_per_route() {
+        let s = spec(Scope::Local, 1, 0);
+        let anonymous = KeyValues {
+            tenant_verified: false,
+            ..values(Some("acme"))
+        };
+        assert_eq!(counter_key(&s, &anonymous), "p:acme@r:ip=10.0.0.1");
+        assert_ne!(
+            counter_key(&s, &anonymous),
+            counter_key(&s, &values(Some("acme")))
+        );
     }
 
     #[test]
