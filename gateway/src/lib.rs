@@ -121,6 +121,11 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     let acme = acme.is_some();
     let admin = config.entrypoints.admin;
     let h2_idle_timeout = config.limits.h2_idle_timeout;
+    // HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE from `[limits]` (restart needed): twice the limit, so that
+    // the request check answers a head over the limit with the usual JSON 431 (`decide`); past twice
+    // the limit the decoder keeps nothing and answers a bare 431 itself.
+    let h2_header_list =
+        u32::try_from(config.limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX);
     let config_threads = config.server.threads;
     let reuseport = config.server.reuseport;
     let shutdown_grace = config.server.shutdown_grace;
@@ -176,6 +181,9 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
             server.configuration.clone(),
         );
         app.server_options = Some(options);
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_header_list_size(h2_header_list);
+        app.h2_options = Some(h2);
         app.handle_init_modules();
         Arc::new(app)
     };

@@ -24,6 +24,32 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The head limits for a request that reached us already parsed (HTTP/2, h2c): field count, and the
+/// header list's size as HTTP/2 counts it (name + value + 32 per field, RFC 9113 §6.5.2, with the
+/// pseudo-header fields), so that `max_headers` and `max_header_bytes` hold on every protocol.
+pub fn check_parsed_head(
+    headers: &http::HeaderMap,
+    method: &http::Method,
+    uri: &http::Uri,
+    limits: HeadLimits,
+) -> Result<(), EdgeError> {
+    if headers.len() > limits.max_headers {
+        return Err(EdgeError::TooManyHeaders);
+    }
+    // :method, :scheme, :authority and :path (the URI carries the last three).
+    let mut size = method.as_str().len() + uri.to_string().len() + 4 * 32;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 32;
+        if size > limits.max_header_bytes {
+            return Err(EdgeError::HeaderTooLarge);
+        }
+    }
+    if size > limits.max_header_bytes {
+        return Err(EdgeError::HeaderTooLarge);
+    }
+    Ok(())
+}
+
 /// Checks a raw HTTP/1.x request head (request line + header fields + the empty line).
 pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError> {
     if raw.len() > limits.max_header_bytes {

@@ -298,14 +298,16 @@ impl Gateway {
         rt: &Runtime,
     ) -> std::result::Result<(), EdgeError> {
         let limits = &rt.config.limits;
+        let head_limits = HeadLimits {
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+        };
         if let Some(h1) = session.as_downstream().as_http1() {
-            check_head(
-                &h1.get_headers_raw_bytes(),
-                HeadLimits {
-                    max_header_bytes: limits.max_header_bytes,
-                    max_headers: limits.max_headers,
-                },
-            )?;
+            check_head(&h1.get_headers_raw_bytes(), head_limits)?;
+        } else {
+            // HTTP/2 (over TLS or h2c): the head came parsed, the same limits apply to it.
+            let req = session.req_header();
+            guard::check_parsed_head(&req.headers, &req.method, &req.uri, head_limits)?;
         }
         let req = session.req_header();
         let host = match req.headers.get(HOST) {

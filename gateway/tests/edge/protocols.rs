@@ -123,3 +123,61 @@ async fn the_clients_connection_close_is_honoured() {
     );
     assert!(!closed, "a keep-alive connection was closed");
 }
+
+/// #23 point 7: `max_headers` and `max_header_bytes` hold over HTTP/2 (h2c) as over HTTP/1: 150 fields
+/// or one 40 KiB field are refused at the edge with 431, and the upstream never sees them. Before the
+/// fix both passed over h2c.
+#[tokio::test]
+async fn http2_heads_meet_the_same_limits_as_http1() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start(&format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], "")
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(1 << 20)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let hits = up.hits();
+    let many = {
+        let mut req = hyper::Request::builder().uri("http://app.test/many");
+        for i in 0..150 {
+            req = req.header(format!("x-field-{i}"), "v");
+        }
+        req.body(Full::new(Bytes::new())).expect("request")
+    };
+    let big = hyper::Request::builder()
+        .uri("http://app.test/big")
+        .header("x-big", "a".repeat(40 * 1024))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    for (what, req) in [("150 fields", many), ("one 40 KiB field", big)] {
+        match sender.send_request(req).await {
+            Ok(resp) => {
+                assert_eq!(resp.status(), 431, "{what}");
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                let v: serde_json::Value = serde_json::from_slice(&body)
+                    .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body:?}"));
+                assert!(v["error"]["code"].is_string(), "{what}: {v}");
+            }
+            // The decoder's own bound (a bare 431 and a reset stream) also keeps it from the upstream.
+            Err(e) => assert!(
+                format!("{e:?}").contains("REFUSED_STREAM") || format!("{e:?}").contains("431"),
+                "{what}: {e:?}"
+            ),
+        }
+    }
+    assert_eq!(up.hits(), hits, "the upstream saw an oversized HTTP/2 head");
+    // The connection still serves a normal request.
+    let ok = hyper::Request::builder()
+        .uri("http://app.test/ok")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(sender.send_request(ok).await.expect("h2").status(), 200);
+}
