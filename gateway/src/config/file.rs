@@ -90,6 +90,8 @@ pub struct LimitsFile {
 pub struct ForwardingFile {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Forward request fields whose name contains `_` (default false: dropped, as nginx does).
+    pub underscores_in_headers: Option<Spanned<bool>>,
 }
 
 /// `[log]`.

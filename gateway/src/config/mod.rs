@@ -114,6 +114,8 @@ pub struct Config {
     pub tenancy: Tenancy,
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
+    /// `[forwarding] underscores_in_headers`: whether request fields named with `_` go upstream.
+    pub underscores_in_headers: bool,
     pub log: LogSettings,
     /// `[auth.jwt]`, when configured.
     pub jwt: Option<JwtSettings>,
@@ -932,6 +934,11 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         tenancy,
         limits,
         trusted_proxies,
+        underscores_in_headers: raw
+            .forwarding
+            .underscores_in_headers
+            .as_ref()
+            .is_some_and(|v| *v.get_ref()),
         log,
         jwt,
         api_keys,

@@ -156,7 +156,10 @@ const ROOT: &[(&str, Shape)] = &[
     ),
     (
         "forwarding",
-        Shape::Table(&[("trusted_proxies", Shape::Value)]),
+        Shape::Table(&[
+            ("trusted_proxies", Shape::Value),
+            ("underscores_in_headers", Shape::Value),
+        ]),
     ),
     (
         "log",

@@ -89,12 +89,16 @@ pub enum Field {
     RequestId,
     ApiKey,
     Authorization,
+    /// RFC 7239 `Forwarded`: kept only from trusted proxies.
+    Forwarded,
+    /// `X-Real-IP`: kept only from trusted proxies.
+    RealIp,
     /// Any `X-Auth-*` field (removed by prefix, never by [`Field::name`]).
     AuthPrefixed,
 }
 
 /// Every field's name, in [`Field`] order.
-const NAMES: [&str; 20] = [
+const NAMES: [&str; 22] = [
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
@@ -114,6 +118,8 @@ const NAMES: [&str; 20] = [
     contracts::headers::REQUEST_ID,
     "x-api-key",
     "authorization",
+    "forwarded",
+    "x-real-ip",
     "x-auth-*",
 ];
 
@@ -154,7 +160,7 @@ impl Field {
 }
 
 /// Every field but `AuthPrefixed`, in [`Field`] order (the inverse of [`Field::name`]).
-const FIELDS: [Field; 19] = [
+const FIELDS: [Field; 21] = [
     Field::KeepAlive,
     Field::ProxyConnection,
     Field::ProxyAuthenticate,
@@ -174,19 +180,27 @@ const FIELDS: [Field; 19] = [
     Field::RequestId,
     Field::ApiKey,
     Field::Authorization,
+    Field::Forwarded,
+    Field::RealIp,
 ];
 
 /// Which managed fields a request carries.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Managed(u32);
 
+/// The bit of [`Managed`] that says a field name contains `_`.
+const UNDERSCORE: u32 = 1 << 31;
+
 impl Managed {
     /// One pass over the request's field names.
     pub fn scan(req: &RequestHeader) -> Managed {
         let mut bits = 0u32;
         for name in req.headers.keys() {
-            if let Some(f) = Field::of(name.as_str()) {
+            let name = name.as_str();
+            if let Some(f) = Field::of(name) {
                 bits |= 1 << f as u8;
+            } else if name.as_bytes().contains(&b'_') {
+                bits |= UNDERSCORE;
             }
         }
         Managed(bits)
@@ -201,6 +215,24 @@ impl Managed {
         if self.has(f) {
             req.remove_header(f.name());
         }
+    }
+}
+
+/// Removes every field whose name contains `_`: CGI, WSGI and PHP map `X_Tenant_Id` and `X-Tenant-Id`
+/// to one variable (`HTTP_X_TENANT_ID`), so a look-alike would pass upstream for the identity field the
+/// edge sets (`[forwarding] underscores_in_headers = true` keeps them).
+pub fn strip_underscored(req: &mut RequestHeader, seen: Managed) {
+    if seen.0 & UNDERSCORE == 0 {
+        return;
+    }
+    let names: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().as_bytes().contains(&b'_'))
+        .cloned()
+        .collect();
+    for name in names {
+        req.remove_header(&name);
     }
 }
 
@@ -358,6 +390,9 @@ pub fn set_forwarded(
             set(req, seen, Field::ForwardedHost, host);
         }
     } else {
+        // Other spellings of the same facts, which only a trusted proxy may state.
+        seen.remove(req, Field::Forwarded);
+        seen.remove(req, Field::RealIp);
         match peer.and_then(ip_value) {
             Some(v) => {
                 let _ = req.insert_header("x-forwarded-for", v);

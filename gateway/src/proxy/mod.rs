@@ -828,6 +828,13 @@ impl Gateway {
         let upgrade = session.is_upgrade_req();
         let seen = headers::Managed::scan(upstream_request);
         headers::strip_hop_by_hop(upstream_request, seen, upgrade);
+        if !ctx
+            .runtime
+            .as_ref()
+            .is_some_and(|rt| rt.config.underscores_in_headers)
+        {
+            headers::strip_underscored(upstream_request, seen);
+        }
         // Traced: the backend's span is a child of this request's.
         if let Some(tp) = ctx.span.as_deref().and_then(crate::otel::traceparent) {
             let _ = upstream_request.insert_header(contracts::traceparent::HEADER, tp);

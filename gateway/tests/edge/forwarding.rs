@@ -183,3 +183,46 @@ async fn redirect_and_body_limits() {
     let (resp, _) = raw_bytes(gw.http, &req).await;
     assert_eq!(split_response(&resp).0, 413, "{resp}");
 }
+
+/// #23 point 8: look-alike identity fields (`X_Tenant_Id`, `X_User_Role`, `X_Forwarded_Host`) and the
+/// other spellings of forwarding facts (`Forwarded`, `X-Real-IP`) from an untrusted client never reach
+/// the upstream; from a trusted proxy `Forwarded`/`X-Real-IP` are kept, and
+/// `underscores_in_headers = true` keeps underscored names. Before the fix all five passed through.
+#[tokio::test]
+async fn look_alike_identity_fields_do_not_reach_upstreams() {
+    let up = TestUpstream::start("u");
+    let sent: &[(&str, &str)] = &[
+        ("x_tenant_id", "victim"),
+        ("x_user_role", "platform_admin"),
+        ("x_forwarded_host", "evil.example"),
+        ("forwarded", "for=6.6.6.6;host=evil.example;proto=https"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-plain", "kept"),
+    ];
+    let gw = Gateway::start(&cfg(&up, "")).await;
+    let echo = gw.get_with("app.test", "/x", sent).await.json();
+    for (name, _) in &sent[..5] {
+        assert_eq!(
+            header(&echo, name),
+            None,
+            "{name} reached the upstream: {echo}"
+        );
+    }
+    assert_eq!(header(&echo, "x-plain"), Some("kept"));
+    drop(gw);
+
+    // A trusted proxy may state the client's address its own way; underscores kept when configured.
+    let body = cfg(&up, "\"127.0.0.1\"").replacen(
+        "[forwarding]\n",
+        "[forwarding]\nunderscores_in_headers = true\n",
+        1,
+    );
+    let gw = Gateway::start(&body).await;
+    let echo = gw.get_with("app.test", "/x", sent).await.json();
+    assert_eq!(header(&echo, "x-real-ip"), Some("6.6.6.6"), "{echo}");
+    assert_eq!(
+        header(&echo, "forwarded"),
+        Some("for=6.6.6.6;host=evil.example;proto=https")
+    );
+    assert_eq!(header(&echo, "x_tenant_id"), Some("victim"), "{echo}");
+}
