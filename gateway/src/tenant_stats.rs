@@ -12,8 +12,11 @@
 //! the last interval.
 //!
 //! The counters live in a map split in shards (a read lock on one shard and a few relaxed atomics per
-//! request, no global lock). Tenants are host labels, which clients choose: beyond `max_tenants`, new
-//! tenants are counted in `other` only, so random subdomains cannot grow memory without bound.
+//! request, no global lock). Tenants are host labels, which clients choose: only requests that passed
+//! auth (or reached an upstream) enter a tenant's own counters ([`TenantStats::record`]; the others go to
+//! `other` through [`TenantStats::record_unadmitted`]), beyond `max_tenants` new tenants are counted in
+//! `other` only, and tenants idle for `idle_evict` leave the table at the next ranking, so random
+//! subdomains can neither grow memory without bound nor keep a real new tenant out.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -89,6 +92,8 @@ pub struct Settings {
     pub top_k: usize,
     pub interval: Duration,
     pub max_tenants: usize,
+    /// Tenants not seen for this long leave the table at the next ranking.
+    pub idle_evict: Duration,
 }
 
 /// What one request adds to its tenant.
@@ -106,7 +111,9 @@ pub struct TenantStats {
     now: AtomicU64,
     tenants: AtomicUsize,
     max_tenants: AtomicUsize,
-    /// Requests of tenants beyond `max_tenants` (counted in `other` only).
+    idle_evict_secs: AtomicU64,
+    /// Requests of tenants beyond `max_tenants`, and requests refused before auth (counted in `other`
+    /// only).
     untracked: Counters,
     /// `other`'s running totals (requests, 5xx, rate-limited).
     other: Mutex<[u64; 3]>,
@@ -121,6 +128,7 @@ impl Default for TenantStats {
             now: AtomicU64::new(now_secs()),
             tenants: AtomicUsize::new(0),
             max_tenants: AtomicUsize::new(usize::MAX),
+            idle_evict_secs: AtomicU64::new(u64::MAX),
             untracked: Counters::default(),
             other: Mutex::new([0; 3]),
             exposition: ArcSwap::from_pointee(String::new()),
@@ -140,25 +148,15 @@ impl TenantStats {
         &self.shards[(crate::proxy::upstream::hash64(tenant.as_bytes()) as usize) % SHARDS]
     }
 
-    /// Counts one request of `tenant`.
+    /// Counts one request that did not pass auth: in `other` only, whatever its Host says (the tenant is
+    /// then only a label the client chose).
+    pub fn record_unadmitted(&self, s: &Sample) {
+        Self::add(&self.untracked, s);
+    }
+
+    /// Counts one request of `tenant` (one that passed auth or reached an upstream).
     pub fn record(&self, tenant: &str, s: &Sample) {
-        let add = |c: &Counters| {
-            c.requests.fetch_add(1, Ordering::Relaxed);
-            let class = match s.status {
-                100..=199 => 0,
-                200..=299 => 1,
-                300..=399 => 2,
-                400..=499 => 3,
-                _ => 4,
-            };
-            c.classes[class].fetch_add(1, Ordering::Relaxed);
-            if s.ratelimited {
-                c.ratelimited.fetch_add(1, Ordering::Relaxed);
-            }
-            let k = class_of(s.seconds);
-            c.latency[k].fetch_add(1, Ordering::Relaxed);
-            c.recent[k].fetch_add(1, Ordering::Relaxed);
-        };
+        let add = |c: &Counters| Self::add(c, s);
         let shard = self.shard(tenant);
         if let Some(c) = shard.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
             c.last_seen
@@ -182,9 +180,48 @@ impl TenantStats {
         add(c);
     }
 
-    /// Applies `[tenant_stats]` (the cap; K and the interval are read by the recomputing task).
+    fn add(c: &Counters, s: &Sample) {
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        let class = match s.status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        c.classes[class].fetch_add(1, Ordering::Relaxed);
+        if s.ratelimited {
+            c.ratelimited.fetch_add(1, Ordering::Relaxed);
+        }
+        let k = class_of(s.seconds);
+        c.latency[k].fetch_add(1, Ordering::Relaxed);
+        c.recent[k].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Applies `[tenant_stats]` (the cap and the idle eviction; K and the interval are read by the
+    /// recomputing task).
     pub fn configure(&self, s: &Settings) {
         self.max_tenants.store(s.max_tenants, Ordering::Relaxed);
+        self.idle_evict_secs
+            .store(s.idle_evict.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    /// Drops the tenants not seen for `idle_evict` (as of the clock of the last ranking).
+    fn evict_idle(&self) {
+        let now = self.now.load(Ordering::Relaxed);
+        let idle = self.idle_evict_secs.load(Ordering::Relaxed);
+        let Some(cutoff) = now.checked_sub(idle) else {
+            return;
+        };
+        for shard in &self.shards {
+            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let before = map.len();
+            map.retain(|_, c| c.last_seen.load(Ordering::Relaxed) >= cutoff);
+            let evicted = before - map.len();
+            if evicted > 0 {
+                self.tenants.fetch_sub(evicted, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Tenants counted exactly.
@@ -272,6 +309,8 @@ impl TenantStats {
                 });
             }
         }
+        // Rows are taken: what the idle tenants added is counted in this pass; then they leave.
+        self.evict_idle();
         let k = k.min(rows.len());
         if k > 0 && k < rows.len() {
             rows.select_nth_unstable_by(k - 1, |a, b| {
@@ -406,6 +445,50 @@ mod tests {
         assert_eq!(s.stats_json("never")["seen"], false);
     }
 
+    /// #23 point 6: requests refused before auth count in `other`, never as a tenant of their own, and
+    /// idle tenants leave the table, so a real new tenant is tracked exactly after a flood.
+    #[test]
+    fn unadmitted_requests_and_idle_tenants_leave_room_for_real_ones() {
+        let s = TenantStats::default();
+        s.configure(&Settings {
+            top_k: 2,
+            interval: Duration::from_secs(15),
+            max_tenants: 10,
+            idle_evict: Duration::from_secs(600),
+        });
+        for t in 0..1000 {
+            s.record_unadmitted(&sample(401, 1.0));
+            assert_eq!(s.stats_json(&format!("rnd{t}"))["seen"], false);
+        }
+        assert_eq!(s.tenants(), 0);
+        s.record("real", &sample(200, 1.0));
+        assert_eq!(s.stats_json("real")["tracked"], true);
+        assert_eq!(s.stats_json("real")["requests"], 1);
+        s.recompute(2);
+        assert!(s
+            .exposition()
+            .contains("gateway_tenant_requests_total{tenant=\"other\"} 1000"));
+
+        // Admitted tenants fill the table; once idle past `idle_evict`, they make room.
+        for t in 0..9 {
+            s.record(&format!("old{t}"), &sample(200, 1.0));
+        }
+        assert_eq!(s.tenants(), 10);
+        s.record("late", &sample(200, 1.0));
+        assert_eq!(s.stats_json("late")["tracked"], false, "the table is full");
+        let now = s.now.load(Ordering::Relaxed);
+        for shard in &s.shards {
+            for c in shard.read().unwrap_or_else(|p| p.into_inner()).values() {
+                c.last_seen.store(now - 601, Ordering::Relaxed);
+            }
+        }
+        s.recompute(2);
+        assert_eq!(s.tenants(), 0, "every idle tenant was evicted");
+        s.record("late", &sample(200, 1.0));
+        assert_eq!(s.stats_json("late")["tracked"], true);
+        assert_eq!(s.stats_json("late")["requests"], 1);
+    }
+
     #[test]
     fn latency_classes_are_the_first_bound_at_or_above() {
         for ms in [
@@ -449,6 +532,7 @@ mod tests {
             top_k: 2,
             interval: Duration::from_secs(1),
             max_tenants: 10,
+            idle_evict: Duration::from_secs(3600),
         });
         for t in 0..100 {
             s.record(&format!("r{t}"), &sample(200, 1.0));

@@ -368,6 +368,7 @@ pub struct TenantStatsFile {
     pub top_k: Option<Spanned<i64>>,
     pub interval: Option<Spanned<String>>,
     pub max_tenants: Option<Spanned<i64>>,
+    pub idle_evict: Option<Spanned<String>>,
 }
 
 /// `[dns]`: how upstream servers given as host names are resolved and re-resolved.

@@ -142,6 +142,8 @@ pub struct Config {
 pub const DEFAULT_TENANT_TOP_K: u64 = 20;
 pub const DEFAULT_TENANT_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_TENANTS: u64 = 200_000;
+/// A tenant not seen for this long leaves the exact table (its place goes to a newer tenant).
+pub const DEFAULT_TENANT_IDLE_EVICT: Duration = Duration::from_secs(3600);
 
 /// How often upstream host names are resolved again unless `[dns] refresh` says otherwise.
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
@@ -756,6 +758,11 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
             "tenant_stats.max_tenants",
             diags,
         ) as usize,
+        idle_evict: duration_or(
+            &ts.and_then(|t| t.idle_evict.clone()),
+            DEFAULT_TENANT_IDLE_EVICT,
+            diags,
+        ),
     };
     let dns = DnsSettings {
         nameservers: raw

@@ -221,6 +221,7 @@ const ROOT: &[(&str, Shape)] = &[
             ("top_k", Shape::Value),
             ("interval", Shape::Value),
             ("max_tenants", Shape::Value),
+            ("idle_evict", Shape::Value),
         ]),
     ),
     (

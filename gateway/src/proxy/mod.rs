@@ -1243,14 +1243,22 @@ impl ProxyHttp for Gateway {
             );
         }
         if let Some(tenant) = ctx.tenant.as_deref() {
-            self.state.tenant_stats.record(
-                tenant,
-                &crate::tenant_stats::Sample {
-                    status,
-                    seconds: elapsed.as_secs_f64(),
-                    ratelimited: matches!(ctx.error, Some(EdgeError::RateLimited(_))),
-                },
-            );
+            let sample = crate::tenant_stats::Sample {
+                status,
+                seconds: elapsed.as_secs_f64(),
+                ratelimited: matches!(ctx.error, Some(EdgeError::RateLimited(_))),
+            };
+            // A tenant of its own only once the request passed auth: a verified credential, an upstream
+            // chosen (a route without auth), or a rate-limit refusal (decided after auth). Refused
+            // before that, the Host's label is only what the client chose: `other`.
+            let admitted = !matches!(ctx.verified, Verified::Nothing)
+                || ctx.server.is_some()
+                || sample.ratelimited;
+            if admitted {
+                self.state.tenant_stats.record(tenant, &sample);
+            } else {
+                self.state.tenant_stats.record_unadmitted(&sample);
+            }
         }
         if self.state.access_log.enabled() {
             let up = route.and_then(|r| r.upstream_for(ctx.side));

@@ -135,3 +135,53 @@ async fn ten_thousand_tenants_give_k_plus_one_series_and_exact_stats() {
     let (status, body) = gw.admin_get("/api/tenants/Bad..Name/stats").await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// #23 point 6: a flood of made-up subdomains refused before auth (no token) does not fill
+/// `max_tenants`: those requests count in `other`, and a real new tenant is then tracked exactly.
+/// Before the fix each refused request took a place as its Host's tenant, and the real one arrived
+/// `tracked: false`.
+#[tokio::test]
+async fn made_up_subdomains_refused_before_auth_leave_room_for_real_tenants() {
+    const SECRET: &str = "tenant-stats-secret-0123456789abcdef0";
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(
+        &format!(
+            "[tenant_stats]\ntop_k = 3\ninterval = \"200ms\"\nmax_tenants = 50\n\n\
+             [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n{}\
+             [[routes]]\nname = \"api\"\nhosts = [\"*.x.test\"]\nauth = \"jwt_tenant\"\nupstream = \"u\"\n",
+            upstream_toml("u", &[&up], ""),
+        ),
+        &[("GW_SECRET", SECRET)],
+    )
+    .await;
+    for i in 0..200 {
+        let r = gw.get(&format!("rnd{i}.x.test"), "/api/x").await;
+        assert_eq!(r.status, 401);
+    }
+    let bearer = Token::new(SECRET, "realco").bearer();
+    for _ in 0..3 {
+        let r = gw
+            .get_with("realco.x.test", "/api/x", &[("authorization", &bearer)])
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let (status, body) = gw.admin_get("/api/tenants/realco/stats").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["tracked"], true, "{v}");
+    assert_eq!(v["requests"], 3, "{v}");
+    let (_, body) = gw.admin_get("/api/tenants/rnd7/stats").await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        v["seen"], false,
+        "a refused request counted as its Host's tenant: {v}"
+    );
+    // The refused requests are not lost: they are `other`'s.
+    eventually("the flood is counted in other", || async {
+        series(&gw, "gateway_tenant_requests_total")
+            .await
+            .get("other")
+            == Some(&200.0)
+    })
+    .await;
+}
