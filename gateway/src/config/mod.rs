@@ -558,6 +558,48 @@ fn upgrade_sock(server: &file::ServerFile, diags: &mut Vec<Diagnostic>) -> std::
     sock
 }
 
+/// The addresses `authority` (`HOST:PORT`) stands for without asking DNS: an IP literal, `localhost`
+/// and `*.localhost` (loopback, RFC 6761), or a name in `/etc/hosts`. Empty for anything else.
+fn local_addrs(authority: &str) -> Vec<SocketAddr> {
+    if let Ok(a) = authority.parse::<SocketAddr>() {
+        return vec![a];
+    }
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Vec::new();
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Vec::new();
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let ips: Vec<std::net::IpAddr> = if host == "localhost" || host.ends_with(".localhost") {
+        vec![
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ]
+    } else {
+        std::fs::read_to_string("/etc/hosts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let l = l.split('#').next()?;
+                let mut f = l.split_whitespace();
+                let ip = f.next()?.parse::<std::net::IpAddr>().ok()?;
+                f.any(|n| n.eq_ignore_ascii_case(&host)).then_some(ip)
+            })
+            .collect()
+    };
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+/// Whether a connection to `a` may reach the listener at `b`: the same address, or both on this
+/// machine (loopback or unspecified) with the same port.
+fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
+    let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+    a == b || (a.port() == b.port() && local(a.ip()) && local(b.ip()))
+}
+
 fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config {
     let server = ServerSettings {
         threads: positive(&raw.server.threads, 1, "server.threads", diags) as usize,
@@ -907,15 +949,20 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         )
         .filter_map(|url| {
             let authority = url.split("://").nth(1)?.split('/').next()?;
-            authority.parse::<SocketAddr>().ok()
+            Some(local_addrs(authority))
         })
+        .flatten()
         .collect();
     for (u, spec) in raw.upstreams.iter().zip(&upstreams) {
-        if let Some(s) = spec
-            .servers
-            .iter()
-            .find(|s| matches!(s.target, ServerTarget::Addr(a) if internal.contains(&a)))
-        {
+        if let Some(s) = spec.servers.iter().find(|s| {
+            let addrs = match &s.target {
+                ServerTarget::Addr(a) => vec![*a],
+                ServerTarget::Name { host, port } => local_addrs(&format!("{host}:{port}")),
+            };
+            addrs
+                .iter()
+                .any(|a| internal.iter().any(|i| same_listener(*a, *i)))
+        }) {
             diags.push(Diagnostic::warn(
                 Some(u.name.span()),
                 format!(

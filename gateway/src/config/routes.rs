@@ -676,6 +676,39 @@ pub(super) fn check_ambiguity(
     }
 }
 
+/// Whether every path under `inner` is under `outer` too (whole segments, as the router matches).
+fn prefix_inside(outer: &str, inner: &str) -> bool {
+    outer == "/"
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || outer.ends_with('/'))
+}
+
+/// The router's host kind (3 exact, 2 wildcard, 1 regex, 0 any) under which `b` matches every host
+/// that `p` matches, if it does: the most specific of `b`'s patterns that covers `p`.
+fn covering_kind(b: &RouteSpec, p: &HostPattern) -> Option<u8> {
+    if b.hosts.is_empty() {
+        return Some(0);
+    }
+    b.hosts
+        .iter()
+        .filter(|q| match (p, q) {
+            (HostPattern::Exact { host, .. }, HostPattern::Exact { host: h, .. }) => host == h,
+            (HostPattern::Exact { host, .. }, HostPattern::Wildcard { suffix }) => host
+                .strip_suffix(suffix.as_str())
+                .and_then(|l| l.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            (HostPattern::Exact { host, .. }, HostPattern::Regex { regex }) => regex.is_match(host),
+            (HostPattern::Wildcard { suffix }, HostPattern::Wildcard { suffix: s }) => suffix == s,
+            (HostPattern::Regex { regex }, HostPattern::Regex { regex: r }) => {
+                regex.as_str() == r.as_str()
+            }
+            _ => false,
+        })
+        .map(|q| 3 - q.kind_rank())
+        .max()
+}
+
 pub(super) fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
@@ -725,30 +758,35 @@ pub(super) fn warn_policy_gaps(
             }
         }
     }
-    let hosts = |s: &RouteSpec| s.hosts.iter().map(HostPattern::source).collect::<Vec<_>>();
     for (i, a) in routes.iter().enumerate() {
         if a.methods.is_none() && a.headers.is_empty() {
             continue;
         }
-        let a_hosts = hosts(a);
         for (j, b) in routes.iter().enumerate() {
             if i == j || a.upstream.is_none() {
                 continue;
             }
-            let same_hosts = b.hosts.is_empty() || a_hosts.iter().all(|h| hosts(b).contains(h));
-            let inside = a.path_prefix.starts_with(&b.path_prefix);
-            let outranks = (
-                a.priority.unwrap_or(0),
-                a.path_prefix.len(),
-                a.methods.is_some(),
-                a.headers.len(),
-            ) > (
-                b.priority.unwrap_or(0),
-                b.path_prefix.len(),
-                b.methods.is_some(),
-                b.headers.len(),
-            );
-            if !(same_hosts && inside && outranks) {
+            // `a` takes requests of `b` when every host `a` matches is one `b` matches too (by
+            // matching semantics: `acme.aggios.app` is one of `*.aggios.app`), its path is inside
+            // `b`'s, their methods overlap, and the router ranks `a` above `b` for those hosts.
+            let rank = |r: &RouteSpec, kind: u8| {
+                (
+                    r.priority.unwrap_or(0),
+                    kind,
+                    r.path_prefix.len(),
+                    r.methods.is_some(),
+                    r.headers.len(),
+                )
+            };
+            let takes = if a.hosts.is_empty() {
+                b.hosts.is_empty() && rank(a, 0) > rank(b, 0)
+            } else {
+                a.hosts.iter().all(|ha| {
+                    covering_kind(b, ha).is_some_and(|kb| rank(a, 3 - ha.kind_rank()) > rank(b, kb))
+                })
+            };
+            let inside = prefix_inside(&b.path_prefix, &a.path_prefix);
+            if !(takes && inside && methods_overlap(&a.methods, &b.methods)) {
                 continue;
             }
             let mut weaker = Vec::new();
@@ -761,6 +799,21 @@ pub(super) fn warn_policy_gaps(
             }
             if b.rate_limits.iter().any(|p| !a.rate_limits.contains(p)) {
                 weaker.push("fewer rate limits".to_string());
+            }
+            if b.scopes.iter().any(|sc| !a.scopes.contains(sc)) {
+                weaker.push("fewer API-key scopes".to_string());
+            }
+            if let Some(ca) = &a.cors {
+                let wider = match &b.cors {
+                    None => true,
+                    Some(cb) => {
+                        ca.origins.iter().any(|o| !cb.origins.contains(o))
+                            || (ca.credentials && !cb.credentials)
+                    }
+                };
+                if wider {
+                    weaker.push("a wider CORS policy".to_string());
+                }
             }
             if a.max_body_bytes > b.max_body_bytes {
                 weaker.push(format!(

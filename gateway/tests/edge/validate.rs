@@ -183,3 +183,79 @@ upstream = "backend"
         ]
     );
 }
+
+/// #23 point 4: the two shapes `--strict` missed. An upstream written `localhost:PORT` is the internal
+/// listener the API-key lookup names as `127.0.0.1:PORT`; an exact tenant host with a header matcher
+/// and weaker limits, scopes and CORS takes requests of a wildcard route. Both warn with FILE:LINE:COL
+/// and fail `--strict`. Before the fix neither was flagged (addresses and hosts compared as strings).
+#[test]
+fn strict_flags_the_internal_listener_by_name_and_exact_hosts_shadowing_wildcards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shadow.toml");
+    std::fs::write(
+        &path,
+        r#"[entrypoints]
+http = "127.0.0.1:8080"
+
+[auth.api_keys]
+lookup_url = "http://127.0.0.1:8082/internal/api-keys/{prefix}"
+
+[rate_limits.per_ip]
+key = "client_ip"
+limit = 10
+period = "1s"
+scope = "local"
+
+[[upstreams]]
+name = "backend"
+servers = ["127.0.0.1:8081"]
+
+[[upstreams]]
+name = "internal"
+servers = ["localhost:8082"]
+
+[[routes]]
+name = "api"
+hosts = ["*.aggios.app"]
+path_prefix = "/api"
+auth = "api_key"
+scopes = ["files:write"]
+rate_limits = ["per_ip"]
+upstream = "backend"
+
+[[routes]]
+name = "acme-debug"
+hosts = ["acme.aggios.app"]
+path_prefix = "/api/files"
+headers = { "X-Debug" = "1" }
+auth = "api_key"
+cors = { origins = ["https://evil.example"] }
+upstream = "backend"
+
+[[routes]]
+name = "open"
+path_prefix = "/open"
+rate_limits = ["per_ip"]
+upstream = "internal"
+"#,
+    )
+    .expect("write");
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, 0, "{stderr}");
+    let file = path.display().to_string();
+    let got: Vec<String> = stderr.lines().map(|l| l.replace(&file, "FILE")).collect();
+    assert_eq!(
+        got,
+        [
+            "FILE:18:8: warning: upstream `internal` contains localhost:8082, the backend's internal listener (API-key lookups, tenant-domain asks): routes would expose it",
+            "FILE:31:8: warning: route `acme-debug` reaches upstream `backend` with no rate limit",
+            "FILE:31:8: warning: route `acme-debug` (chosen by its header or method matchers) takes requests of route `api` with fewer rate limits, fewer API-key scopes, a wider CORS policy",
+        ]
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "--strict", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+}
