@@ -36,6 +36,10 @@ pub struct AppState {
     /// The internal listener's own small pool: a flood of key lookups cannot take the public API's
     /// connections, nor the public API starve the gateway's lookups.
     pub internal_db: sqlx::PgPool,
+    /// The on-demand TLS asks' own pool (`/internal/tenant-domains/{host}`): clients choose the names a
+    /// gateway asks about, so a flood of them can take neither the API-key lookups' connections nor
+    /// the public API's.
+    pub asks_db: sqlx::PgPool,
     /// Requests being handled right now, on this state's listeners (also `backend_http_requests_in_flight`).
     pub in_flight: std::sync::atomic::AtomicUsize,
     /// `Config::fault_panic_path` (fault injection for tests).
@@ -44,6 +48,9 @@ pub struct AppState {
 
 /// Connections of the internal listener's pool (API-key lookups, tenant-domain asks).
 pub const INTERNAL_POOL_SIZE: u32 = 4;
+
+/// Connections of the tenant-domain asks' pool.
+pub const ASKS_POOL_SIZE: u32 = 2;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +113,11 @@ impl AppState {
             internal_db: crate::db::connect(
                 &config.database_url,
                 INTERNAL_POOL_SIZE,
+                config.db_slow_query,
+            )?,
+            asks_db: crate::db::connect(
+                &config.database_url,
+                ASKS_POOL_SIZE,
                 config.db_slow_query,
             )?,
             in_flight: std::sync::atomic::AtomicUsize::new(0),

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod shared_redis;
 pub mod single_flight;
 pub mod state;
+pub mod support;
 pub mod tenant_stats;
 pub mod tls;
 

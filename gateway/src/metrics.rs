@@ -33,6 +33,7 @@ pub struct Metrics {
     pub acme_orders: IntCounterVec,
     pub acme_failures: IntGaugeVec,
     pub tls_on_demand: IntCounterVec,
+    pub tls_on_demand_cached: IntGauge,
     pub panics: IntCounter,
     pub upstream_connections: IntCounterVec,
     pub upgrade_handovers: IntCounterVec,
@@ -187,15 +188,21 @@ impl Metrics {
         let tls_on_demand = IntCounterVec::new(
             Opts::new(
                 "gateway_tls_on_demand_total",
-                "On-demand certificate decisions for tenants' own domains (allowed, denied, ask_failed, throttled, tenant_throttled, backoff, issued, order_failed).",
+                "On-demand certificate decisions for tenants' own domains (allowed, denied, ask_failed, ask_throttled, throttled, tenant_throttled, backoff, issued, order_failed).",
             ),
             &["decision"],
         )?;
         registry.register(Box::new(tls_on_demand.clone()))?;
+        let tls_on_demand_cached = IntGauge::new(
+            "gateway_tls_on_demand_cached_answers",
+            "Names whose on-demand ask answer is cached (bounded by [tls.on_demand] cache_size).",
+        )?;
+        registry.register(Box::new(tls_on_demand_cached.clone()))?;
         for d in [
             "allowed",
             "denied",
             "ask_failed",
+            "ask_throttled",
             "throttled",
             "tenant_throttled",
             "backoff",
@@ -279,6 +286,7 @@ impl Metrics {
             acme_orders,
             acme_failures,
             tls_on_demand,
+            tls_on_demand_cached,
             panics,
             upstream_connections,
             upgrade_handovers,

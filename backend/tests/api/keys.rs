@@ -280,3 +280,36 @@ async fn reads_fall_back_to_the_primary_when_the_replica_is_down() {
         "{body}"
     );
 }
+
+/// #23 point 5: tenant-domain asks (whose names clients choose, one per random SNI) have their own small
+/// pool: with every one of its connections taken, API-key lookups on the same internal listener are
+/// still answered (not 503 after the pool's acquire timeout), and asks wait only for their own pool.
+#[tokio::test]
+async fn tenant_domain_asks_cannot_take_the_api_key_lookups_connections() {
+    let app = TestApp::spawn().await;
+    app.tenant("acme").await;
+    let size = app.state.asks_db.options().get_max_connections();
+    assert!(size <= 2, "the asks' pool is small: {size}");
+    let mut held = Vec::new();
+    for _ in 0..size {
+        held.push(
+            app.state
+                .asks_db
+                .acquire()
+                .await
+                .expect("asks pool connection"),
+        );
+    }
+    let (status, body) = internal_json(app.internal_addr, "/internal/api-keys/00000000").await;
+    assert_eq!(status, 404, "the lookup was not answered: {body}");
+    drop(held);
+    assert_eq!(
+        internal_get(
+            &app,
+            app.internal_addr,
+            "/internal/tenant-domains/acme.aggios.app"
+        )
+        .await,
+        200
+    );
+}

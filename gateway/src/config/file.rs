@@ -404,6 +404,9 @@ pub struct OnDemandFile {
     pub orders_per_minute: Option<Spanned<i64>>,
     pub orders_per_hour: Option<Spanned<i64>>,
     pub tenant_orders_per_hour: Option<Spanned<i64>>,
+    pub cache_size: Option<Spanned<i64>>,
+    pub asks_per_second: Option<Spanned<i64>>,
+    pub client_asks_per_minute: Option<Spanned<i64>>,
 }
 
 /// One static certificate: a PEM chain and its key; the names come from the certificate.

@@ -40,6 +40,9 @@ pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 4;
 pub const DEFAULT_ORDERS_PER_MINUTE: u32 = 10;
 pub const DEFAULT_ON_DEMAND_ORDERS_PER_HOUR: u32 = 50;
 pub const DEFAULT_TENANT_ORDERS_PER_HOUR: u32 = 5;
+pub const DEFAULT_ASK_CACHE_SIZE: u64 = 10_000;
+pub const DEFAULT_ASKS_PER_SECOND: u32 = 20;
+pub const DEFAULT_CLIENT_ASKS_PER_MINUTE: u32 = 30;
 
 /// `[tls.on_demand]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +61,12 @@ pub struct OnDemandSettings {
     pub orders_per_hour: u32,
     /// Orders one tenant's domains may start in an hour.
     pub tenant_orders_per_hour: u32,
+    /// Names whose answer is kept (the least recently used leave first).
+    pub cache_size: usize,
+    /// Asks for names not in the cache, all clients together.
+    pub asks_per_second: u32,
+    /// Asks for names not in the cache per client address (per /64 for IPv6).
+    pub client_asks_per_minute: u32,
 }
 
 /// `[tls]`.
@@ -321,6 +330,29 @@ fn validate_on_demand(o: &OnDemandFile, diags: &mut Vec<Diagnostic>) -> OnDemand
             &o.tenant_orders_per_hour,
             u64::from(DEFAULT_TENANT_ORDERS_PER_HOUR),
             "tenant_orders_per_hour",
+            diags,
+        ) as u32,
+        cache_size: match &o.cache_size {
+            None => DEFAULT_ASK_CACHE_SIZE as usize,
+            Some(n) if (1..=10_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                diags.push(Diagnostic::at(
+                    n,
+                    "cache_size must be between 1 and 10000000",
+                ));
+                DEFAULT_ASK_CACHE_SIZE as usize
+            }
+        },
+        asks_per_second: count(
+            &o.asks_per_second,
+            u64::from(DEFAULT_ASKS_PER_SECOND),
+            "asks_per_second",
+            diags,
+        ) as u32,
+        client_asks_per_minute: count(
+            &o.client_asks_per_minute,
+            u64::from(DEFAULT_CLIENT_ASKS_PER_MINUTE),
+            "client_asks_per_minute",
             diags,
         ) as u32,
     }

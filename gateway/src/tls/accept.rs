@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{GetSocketDigest, Stream};
 use rustls::ServerConfig;
 
 use super::acme::AcmeClient;
@@ -124,7 +124,10 @@ impl Terminator {
                     }) => {
                         if let Some(od) = on_demand {
                             if self.store.lookup_name(&name).is_none() {
-                                od.ensure(&name).await;
+                                let client = l4.get_socket_digest().and_then(|d| {
+                                    d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+                                });
+                                od.ensure(&name, client).await;
                             }
                         }
                     }

@@ -1,8 +1,10 @@
 //! On-demand certificates for tenants' own domains (`tenants.domain`).
 //!
 //! A handshake for a name that no certificate covers asks the backend whether an active tenant owns it
-//! (`[tls.on_demand] ask`, cached for `cache_ttl`, yes and no alike; concurrent asks for one name are
-//! one request). Only a yes can lead to an ACME order, and orders are bounded: at most
+//! (`[tls.on_demand] ask`, cached for `cache_ttl`, yes and no alike, at most `cache_size` names with the
+//! least recently used evicted; concurrent asks for one name are one request). Asks for names not in
+//! the cache are bounded: `asks_per_second` in all, and `client_asks_per_minute` per client address
+//! (per /64 for IPv6), so random SNI names cost neither memory nor backend queries without bound. Only a yes can lead to an ACME order, and orders are bounded: at most
 //! `max_concurrent_orders` at once and `orders_per_minute`. The first handshake waits up to `wait` for
 //! the certificate, then goes on (and fails cleanly if it is still missing); the order itself goes on
 //! in the background and serves the next handshake.
@@ -45,12 +47,84 @@ pub enum Ownership {
     Nobody,
     /// The endpoint could not answer (not cached).
     Unknown,
+    /// Not asked: the ask budget (all clients', or this client's) is spent (not cached).
+    Throttled,
 }
 
 struct Cached {
     answer: Ownership,
     at: Instant,
+    used: Instant,
 }
+
+/// The ask endpoint's answers by name: expired on read after the TTL, and at most `cap` names (the
+/// expired first, then the least recently used make room).
+#[derive(Default)]
+struct AnswerCache {
+    map: HashMap<String, Cached>,
+}
+
+impl AnswerCache {
+    fn get(&mut self, name: &str, ttl: Duration) -> Option<Ownership> {
+        let now = Instant::now();
+        match self.map.get_mut(name) {
+            Some(c) if now.duration_since(c.at) < ttl => {
+                c.used = now;
+                Some(c.answer.clone())
+            }
+            Some(_) => {
+                self.map.remove(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, name: &str, answer: Ownership, ttl: Duration, cap: usize) {
+        let now = Instant::now();
+        if self.map.len() >= cap && !self.map.contains_key(name) {
+            self.map.retain(|_, c| now.duration_since(c.at) < ttl);
+            // Inserts are bounded by the ask rate, so one scan per insert stays cheap.
+            while self.map.len() >= cap.max(1) {
+                let Some(oldest) = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, c)| c.used)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                self.map.remove(&oldest);
+            }
+        }
+        self.map.insert(
+            name.to_string(),
+            Cached {
+                answer,
+                at: now,
+                used: now,
+            },
+        );
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.map.remove(name);
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Ask budgets, rebuilt when the settings change.
+struct AskBounds {
+    settings: OnDemandSettings,
+    global: DefaultDirectRateLimiter,
+    per_client: DefaultKeyedRateLimiter<std::net::IpAddr>,
+}
+
+/// Client addresses remembered by the per-client ask budget before idle ones are dropped.
+const MAX_ASK_CLIENTS: usize = 10_000;
 
 /// Names remembered with a failed order at most; beyond it, entries whose wait is over go first, then
 /// the table refuses new names' orders until some wait ends (only names a tenant owns get here).
@@ -75,7 +149,8 @@ struct Failing {
 pub struct OnDemand {
     state: Arc<GatewayState>,
     client: Arc<AcmeClient>,
-    answers: Mutex<HashMap<String, Cached>>,
+    answers: Mutex<AnswerCache>,
+    ask_bounds: Mutex<Option<Arc<AskBounds>>>,
     asking: SingleFlight<Ownership>,
     ask_slots: Semaphore,
     /// Domain → tenant for routing; copied on write (writes happen at handshakes, rarely).
@@ -97,6 +172,7 @@ impl OnDemand {
             state,
             client,
             answers: Mutex::default(),
+            ask_bounds: Mutex::default(),
             asking: SingleFlight::default(),
             ask_slots: Semaphore::new(MAX_CONCURRENT_ASKS),
             domains: ArcSwap::default(),
@@ -184,12 +260,17 @@ impl OnDemand {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
-        matches!(self.ownership(name, &od).await, Ownership::Tenant(_))
+        matches!(self.ownership(name, &od, None).await, Ownership::Tenant(_))
     }
 
-    /// Called during a handshake for `name`, which no certificate covers: asks, and orders when a
-    /// tenant owns it. Returns within `wait` (the order may go on in the background).
-    pub async fn ensure(self: &Arc<Self>, name: &str) {
+    /// Names whose ask answer is cached now.
+    pub fn cached_answers(&self) -> usize {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Called during a handshake from `client` for `name`, which no certificate covers: asks, and
+    /// orders when a tenant owns it. Returns within `wait` (the order may go on in the background).
+    pub async fn ensure(self: &Arc<Self>, name: &str, client: Option<std::net::IpAddr>) {
         let Some((acme, od)) = self.settings() else {
             return;
         };
@@ -199,7 +280,7 @@ impl OnDemand {
             decision("backoff");
             return;
         }
-        let tenant = match self.ownership(name, &od).await {
+        let tenant = match self.ownership(name, &od, client).await {
             Ownership::Tenant(t) => t,
             Ownership::Nobody => {
                 decision("denied");
@@ -207,6 +288,10 @@ impl OnDemand {
             }
             Ownership::Unknown => {
                 decision("ask_failed");
+                return;
+            }
+            Ownership::Throttled => {
+                decision("ask_throttled");
                 return;
             }
         };
@@ -354,12 +439,35 @@ impl OnDemand {
 }
 
 impl OnDemand {
-    /// The cached answer for `name`, or a fresh one (one ask per name at a time).
-    async fn ownership(&self, name: &str, od: &OnDemandSettings) -> Ownership {
+    /// The cached answer for `name`, or a fresh one (one ask per name at a time) within the ask budgets;
+    /// `client` is the handshake's peer (none for renewals, which are not budgeted).
+    async fn ownership(
+        &self,
+        name: &str,
+        od: &OnDemandSettings,
+        client: Option<std::net::IpAddr>,
+    ) -> Ownership {
+        if let Some(answer) = self
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name, od.cache_ttl)
         {
-            let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = answers.get(name).filter(|c| c.at.elapsed() < od.cache_ttl) {
-                return c.answer.clone();
+            return answer;
+        }
+        if let Some(ip) = client {
+            let bounds = self.ask_bounds(od);
+            if bounds.per_client.len() > MAX_ASK_CLIENTS {
+                bounds.per_client.retain_recent();
+            }
+            // The client's own budget first: one client's flood does not spend everyone's.
+            if bounds
+                .per_client
+                .check_key(&crate::support::client_budget_key(ip))
+                .is_err()
+                || bounds.global.check().is_err()
+            {
+                return Ownership::Throttled;
             }
         }
         self.asking
@@ -368,21 +476,30 @@ impl OnDemand {
                     return Ownership::Unknown;
                 };
                 let answer = ask(&od.ask, name, od.ask_timeout).await;
-                if answer != Ownership::Unknown {
-                    self.answers
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(
-                            name.to_string(),
-                            Cached {
-                                answer: answer.clone(),
-                                at: Instant::now(),
-                            },
-                        );
+                if matches!(answer, Ownership::Tenant(_) | Ownership::Nobody) {
+                    let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+                    answers.insert(name, answer.clone(), od.cache_ttl, od.cache_size);
+                    metrics().tls_on_demand_cached.set(answers.len() as i64);
                 }
                 answer
             })
             .await
+    }
+
+    fn ask_bounds(&self, od: &OnDemandSettings) -> Arc<AskBounds> {
+        let mut b = self.ask_bounds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = b.as_ref().filter(|c| c.settings == *od) {
+            return Arc::clone(current);
+        }
+        let global = NonZeroU32::new(od.asks_per_second).unwrap_or(NonZeroU32::MIN);
+        let per_client = NonZeroU32::new(od.client_asks_per_minute).unwrap_or(NonZeroU32::MIN);
+        let fresh = Arc::new(AskBounds {
+            settings: od.clone(),
+            global: RateLimiter::direct(Quota::per_second(global)),
+            per_client: RateLimiter::keyed(Quota::per_minute(per_client)),
+        });
+        *b = Some(Arc::clone(&fresh));
+        fresh
     }
 }
 
@@ -411,5 +528,33 @@ async fn ask(url: &str, name: &str, timeout: Duration) -> Ownership {
             tracing::warn!(%url, error = %e, "on-demand ask failed");
             Ownership::Unknown
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_cache_keeps_at_most_its_size_evicting_the_least_recently_used() {
+        let mut c = AnswerCache::default();
+        let ttl = Duration::from_secs(300);
+        for i in 0..20_000 {
+            c.insert(&format!("n{i}.example"), Ownership::Nobody, ttl, 100);
+            if i == 50 {
+                // Used again: it stays while older names leave.
+                assert_eq!(c.get("n0.example", ttl), Some(Ownership::Nobody));
+            }
+            if i > 50 && i % 10 == 0 {
+                assert!(c.get("n0.example", ttl).is_some(), "at {i}");
+            }
+        }
+        assert_eq!(c.len(), 100);
+        assert!(c.get("n0.example", ttl).is_some());
+        assert!(c.get("n1.example", ttl).is_none());
+        assert!(c.get("n19999.example", ttl).is_some());
+        // Expired answers are not served, and leave first.
+        c.insert("fresh", Ownership::Nobody, Duration::ZERO, 100);
+        assert_eq!(c.get("fresh", Duration::ZERO), None);
     }
 }

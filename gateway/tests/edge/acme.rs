@@ -561,6 +561,80 @@ orders_per_minute = 5"#,
     );
 }
 
+/// #23 point 5: 20 000 handshakes for random SNI names leave the ask count and the answer cache
+/// bounded: one client gets `client_asks_per_minute` asks (a burst, then one a second), the cache
+/// keeps at most `cache_size` names, and every other handshake is refused without asking. Before the
+/// fix every name was asked once and its `no` kept forever.
+#[tokio::test]
+async fn random_sni_names_leave_asks_and_cache_bounded() {
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    let ask = DocServer::start().await;
+    let body = acme_toml(
+        &pebble,
+        &up,
+        "[tls]\nhandshake_timeout = \"10s\"",
+        &format!(
+            r#"challenge = "http-01"
+storage = "{storage}"
+[tls.on_demand]
+ask = "http://{ask}/internal/tenant-domains/{{host}}"
+cache_size = 20
+asks_per_second = 1000
+client_asks_per_minute = 60"#,
+            storage = storage.path().display(),
+            ask = ask.addr,
+        ),
+        PUBLIC_ROUTE,
+    );
+    let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
+    let root = pebble.issuing_root().await;
+    let client = client_config(&root, &[b"http/1.1"]);
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    const NAMES: usize = 20_000;
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let (next, client, port) = (next.clone(), client.clone(), gw.https);
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= NAMES {
+                        break;
+                    }
+                    let name = format!("r{i}-{}.example.org", fastrand::u32(..));
+                    assert!(
+                        connect(port, &name, client.clone()).await.is_err(),
+                        "a certificate for a random name"
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let elapsed = t0.elapsed().as_secs() + 1;
+    let asks = ask.hits();
+    assert!(
+        asks as u64 <= 60 + elapsed,
+        "{asks} asks in {elapsed} s: more than the client's budget (60 + 1/s)"
+    );
+    assert!(asks >= 60, "the burst was not asked: {asks}");
+    let cached = gw.metric("gateway_tls_on_demand_cached_answers").await;
+    assert!(cached <= 20.0, "{cached} answers cached, over cache_size");
+    let throttled = gw
+        .metric("gateway_tls_on_demand_total{decision=\"ask_throttled\"}")
+        .await;
+    assert_eq!(
+        throttled as usize + asks,
+        NAMES,
+        "every handshake was either asked or refused without asking"
+    );
+}
+
 #[tokio::test]
 async fn two_replicas_sharing_redis_order_once_and_both_serve() {
     let redis = RedisServer::start().await;
