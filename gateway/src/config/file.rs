@@ -237,6 +237,10 @@ pub struct CanaryFile {
     pub min_requests: Option<Spanned<i64>>,
     pub max_error_ratio: Option<Spanned<f64>>,
     pub max_p99_ratio: Option<Spanned<f64>>,
+    /// An environment variable holding the secret that lets any client force a side.
+    pub override_secret_env: Option<Spanned<String>>,
+    /// Whether an override may send requests to a canary at weight 0.
+    pub force_at_zero: Option<Spanned<bool>>,
 }
 
 /// `cors = { … }` of a route.

@@ -130,6 +130,11 @@ pub struct CanarySpec {
     pub min_requests: u64,
     pub max_error_ratio: f64,
     pub max_p99_ratio: f64,
+    /// With it, any client may force a side with `canary:SECRET` / `stable:SECRET`; without it, only
+    /// trusted proxies (`[forwarding] trusted_proxies`) may, with `canary` / `stable`.
+    pub override_secret: Option<String>,
+    /// Whether an override may send requests to the canary while its weight is 0.
+    pub force_at_zero: bool,
 }
 
 /// An allowed CORS origin.
@@ -971,6 +976,22 @@ fn validate_canary(
         ),
         max_error_ratio,
         max_p99_ratio,
+        override_secret: f.override_secret_env.as_ref().and_then(|e| {
+            match std::env::var(e.get_ref()) {
+                Ok(v) if v.len() >= 16 && !v.contains(char::is_whitespace) => Some(v),
+                _ => {
+                    diags.push(Diagnostic::at(
+                        e,
+                        format!(
+                            "environment variable `{}` must hold the canary override secret (at least 16 characters, no spaces)",
+                            e.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            }
+        }),
+        force_at_zero: f.force_at_zero.as_ref().is_some_and(|v| *v.get_ref()),
     };
     ok.then_some(spec)
 }

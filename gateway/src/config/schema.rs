@@ -92,6 +92,8 @@ const ROUTE: &[(&str, Shape)] = &[
             ("min_requests", Shape::Value),
             ("max_error_ratio", Shape::Value),
             ("max_p99_ratio", Shape::Value),
+            ("override_secret_env", Shape::Value),
+            ("force_at_zero", Shape::Value),
         ]),
     ),
     (

@@ -297,20 +297,30 @@ impl CanaryState {
         });
     }
 
-    /// The side for a request: forced by the header or cookie, else by weight (sticky as configured).
-    pub fn side(&self, headers: &HeaderMap, tenant: Option<&str>, client: Option<IpAddr>) -> Side {
+    /// The side for a request, and whether an override forced it: by the header or cookie from a trusted
+    /// proxy or with the override secret (never into a canary at weight 0 unless `force_at_zero`), else
+    /// by weight (sticky as configured). Forced requests are kept out of the verdict.
+    pub fn side(
+        &self,
+        headers: &HeaderMap,
+        tenant: Option<&str>,
+        client: Option<IpAddr>,
+        trusted_peer: bool,
+    ) -> (Side, bool) {
         if self.rolled_back.load(Ordering::Relaxed) {
-            return Side::Stable;
-        }
-        if let Some(forced) = self.forced(headers) {
-            return forced;
+            return (Side::Stable, false);
         }
         let weight = u64::from(self.weight());
+        if let Some(forced) = self.forced(headers, trusted_peer) {
+            if forced == Side::Stable || weight > 0 || self.spec.force_at_zero {
+                return (forced, true);
+            }
+        }
         if weight == 0 {
-            return Side::Stable;
+            return (Side::Stable, false);
         }
         if weight >= 100 {
-            return Side::Canary;
+            return (Side::Canary, false);
         }
         let slot = match (self.spec.sticky, tenant, client) {
             (Sticky::None, _, _) => fastrand::u64(..100),
@@ -320,17 +330,34 @@ impl CanaryState {
             (_, _, None) => fastrand::u64(..100),
         };
         if slot < weight {
-            Side::Canary
+            (Side::Canary, false)
         } else {
-            Side::Stable
+            (Side::Stable, false)
         }
     }
 
-    fn forced(&self, headers: &HeaderMap) -> Option<Side> {
-        let pick = |v: &[u8]| match v {
-            b"canary" => Some(Side::Canary),
-            b"stable" => Some(Side::Stable),
-            _ => None,
+    /// The side an override asks for, when this client may override: `canary`/`stable` from a trusted
+    /// proxy, `canary:SECRET`/`stable:SECRET` from anyone (the secret compared in constant time).
+    fn forced(&self, headers: &HeaderMap, trusted_peer: bool) -> Option<Side> {
+        let secret = self.spec.override_secret.as_deref();
+        if !trusted_peer && secret.is_none() {
+            return None;
+        }
+        let pick = |v: &[u8]| {
+            let (side, given) = match v.iter().position(|b| *b == b':') {
+                Some(i) => (&v[..i], Some(&v[i + 1..])),
+                None => (v, None),
+            };
+            let allowed = match (given, secret) {
+                (Some(g), Some(s)) => bool::from(subtle::ConstantTimeEq::ct_eq(g, s.as_bytes())),
+                (None, _) => trusted_peer,
+                (Some(_), None) => false,
+            };
+            match (side, allowed) {
+                (b"canary", true) => Some(Side::Canary),
+                (b"stable", true) => Some(Side::Stable),
+                _ => None,
+            }
         };
         if let Some(h) = &self.spec.header {
             if let Some(side) = headers.get(h).and_then(|v| pick(v.as_bytes())) {
@@ -395,6 +422,8 @@ mod tests {
             min_requests: 10,
             max_error_ratio: 0.05,
             max_p99_ratio: 2.0,
+            override_secret: None,
+            force_at_zero: false,
         }
     }
 
@@ -408,11 +437,11 @@ mod tests {
         let h = HeaderMap::new();
         let mut canary = 0;
         for last in 0..=255u8 {
-            let side = s.side(&h, None, ip(last));
+            let side = s.side(&h, None, ip(last), false);
             for _ in 0..3 {
-                assert_eq!(s.side(&h, None, ip(last)), side, "sticky per client");
+                assert_eq!(s.side(&h, None, ip(last), false), side, "sticky per client");
             }
-            canary += usize::from(side == Side::Canary);
+            canary += usize::from(side.0 == Side::Canary);
         }
         assert!(
             (40..=115).contains(&canary),
@@ -420,13 +449,63 @@ mod tests {
         );
         let mut forced = HeaderMap::new();
         forced.insert("x-canary", "canary".parse().expect("value"));
-        let off = CanaryState::new("t-off", &spec(0));
-        assert_eq!(off.side(&forced, None, ip(1)), Side::Canary);
         let mut cookie = HeaderMap::new();
         cookie.insert("cookie", "a=b; canary=stable".parse().expect("value"));
         let all = CanaryState::new("t-all", &spec(100));
-        assert_eq!(all.side(&HeaderMap::new(), None, ip(1)), Side::Canary);
-        assert_eq!(all.side(&cookie, None, ip(1)), Side::Stable);
+        assert_eq!(
+            all.side(&HeaderMap::new(), None, ip(1), false),
+            (Side::Canary, false)
+        );
+        // From a trusted proxy, the header or cookie forces a side (and says so).
+        assert_eq!(all.side(&cookie, None, ip(1), true), (Side::Stable, true));
+        let half = CanaryState::new("t-half", &spec(50));
+        assert_eq!(half.side(&forced, None, ip(1), true), (Side::Canary, true));
+    }
+
+    /// #23 point 9: an untrusted client cannot force a side, not even with a wrong secret; with the
+    /// secret it can; nobody forces a canary at weight 0 unless `force_at_zero`.
+    #[test]
+    fn overrides_need_a_trusted_peer_or_the_secret_and_never_open_weight_zero() {
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-canary", value.parse().expect("value"));
+            h
+        };
+        let plain = CanaryState::new("t-untrusted", &spec(50));
+        for last in 0..50u8 {
+            let (_, forced) = plain.side(&with("canary"), None, ip(last), false);
+            assert!(!forced, "an untrusted client forced a side");
+        }
+        let secret = CanarySpec {
+            override_secret: Some("0123456789abcdef".into()),
+            ..spec(50)
+        };
+        let s = CanaryState::new("t-secret", &secret);
+        assert_eq!(
+            s.side(&with("canary:0123456789abcdef"), None, ip(1), false),
+            (Side::Canary, true)
+        );
+        assert!(
+            !s.side(&with("canary:0123456789abcdeX"), None, ip(1), false)
+                .1
+        );
+        assert!(!s.side(&with("canary"), None, ip(1), false).1);
+        let off = CanaryState::new("t-off", &spec(0));
+        assert_eq!(
+            off.side(&with("canary"), None, ip(1), true),
+            (Side::Stable, false)
+        );
+        let opened = CanaryState::new(
+            "t-open",
+            &CanarySpec {
+                force_at_zero: true,
+                ..spec(0)
+            },
+        );
+        assert_eq!(
+            opened.side(&with("canary"), None, ip(1), true),
+            (Side::Canary, true)
+        );
     }
 
     #[test]
@@ -446,7 +525,7 @@ mod tests {
         let mut forced = HeaderMap::new();
         forced.insert("x-canary", "canary".parse().expect("value"));
         assert_eq!(
-            s.side(&forced, None, ip(1)),
+            s.side(&forced, None, ip(1), true).0,
             Side::Stable,
             "nothing reaches a rolled-back canary"
         );

@@ -103,6 +103,8 @@ pub struct RequestCtx {
     tried: Vec<std::net::SocketAddr>,
     /// Stable or canary upstream (routes with a canary); decided at the first try.
     side: canary::Side,
+    /// The side was forced by an override: the answer is kept out of the canary's verdict.
+    side_forced: bool,
     /// The canary answered 5xx and the request goes to the stable upstream instead (already recorded).
     canary_5xx: bool,
     /// The request's OpenTelemetry span (with `[tracing]`), boxed: the context stays small when off.
@@ -159,7 +161,9 @@ fn upstream_failed(ctx: &mut RequestCtx, retry: bool) {
     };
     if let Some(c) = ctx.route(&rt).and_then(|r| r.canary.as_ref()) {
         let latency = ctx.upstream_start.map_or(Duration::ZERO, |t| t.elapsed());
-        c.state.record(ctx.side, true, latency);
+        if !ctx.side_forced {
+            c.state.record(ctx.side, true, latency);
+        }
         if retry && ctx.side == canary::Side::Canary {
             ctx.side = canary::Side::Stable;
         }
@@ -184,7 +188,9 @@ fn upstream_answered(
         }
         if let Some(c) = &route.canary {
             let error = upstream_response.status.is_server_error();
-            c.state.record(ctx.side, error, elapsed);
+            if !ctx.side_forced {
+                c.state.record(ctx.side, error, elapsed);
+            }
             if error && ctx.side == canary::Side::Canary {
                 let replayable = session.req_header().method.is_idempotent()
                     && !session.as_ref().retry_buffer_truncated();
@@ -786,9 +792,12 @@ impl Gateway {
         if ctx.tries == 0 {
             if let Some(c) = &route.canary {
                 let req = session.req_header();
-                ctx.side = c
-                    .state
-                    .side(&req.headers, ctx.tenant.as_deref(), ctx.client_ip);
+                (ctx.side, ctx.side_forced) = c.state.side(
+                    &req.headers,
+                    ctx.tenant.as_deref(),
+                    ctx.client_ip,
+                    ctx.peer_trusted,
+                );
                 if ctx.side == canary::Side::Canary && !c.upstream.any_healthy() {
                     ctx.side = canary::Side::Stable;
                 }
@@ -1009,6 +1018,7 @@ impl ProxyHttp for Gateway {
             server: None,
             tried: Vec::new(),
             side: canary::Side::Stable,
+            side_forced: false,
             canary_5xx: false,
             span: None,
             upstream_ms: None,

@@ -6,7 +6,17 @@ use std::sync::atomic::Ordering;
 
 use crate::helpers::*;
 
+/// The route `r` with a canary; the test client (127.0.0.1) is a trusted proxy, so its override
+/// header or cookie is honoured.
 fn config(stable: &TestUpstream, canary: &TestUpstream, canary_settings: &str) -> String {
+    format!(
+        "[forwarding]\ntrusted_proxies = [\"127.0.0.1\"]\n\n{}",
+        untrusted_config(stable, canary, canary_settings)
+    )
+}
+
+/// Like [`config`], with the test client an ordinary (untrusted) client.
+fn untrusted_config(stable: &TestUpstream, canary: &TestUpstream, canary_settings: &str) -> String {
     format!(
         "{}{}[[routes]]\nname = \"r\"\nhosts = [\"*.x.test\"]\nupstream = \"stable\"\ncanary = {{ upstream = \"canary\", {canary_settings} }}\n",
         upstream_toml("stable", &[stable], ""),
@@ -153,12 +163,19 @@ async fn a_canary_post_is_not_replayed_and_a_slow_canary_is_rolled_back() {
     assert_eq!((r.status, r.upstream()), (500, Some("canary")));
     canary.behaviour.status.store(0, Ordering::SeqCst);
 
-    // Give the stable side answers to compare with, then slow the canary down tenfold.
-    for _ in 0..10 {
-        let r = gw
-            .get_with("a.x.test", "/", &[("x-release", "stable")])
-            .await;
-        assert_eq!(r.status, 200);
+    // Forced answers are kept out of the verdict (#23 point 9): the stable side gets answers of its
+    // own at weight 50 (a new release of the canary), then the canary slows down tenfold.
+    gw.rewrite(&config(
+        &stable,
+        &canary,
+        "weight = 50, sticky = \"none\", window = \"30s\", min_requests = 5, max_p99_ratio = 3.0, max_error_ratio = 0.5, header = \"x-release\"",
+    ));
+    eventually("weight 50 applied", || async {
+        canary_view(&gw).await["weight"] == 50
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(gw.get("a.x.test", "/").await.status, 200);
     }
     canary.behaviour.delay_ms.store(200, Ordering::SeqCst);
     eventually("the slow canary is rolled back", || async {
@@ -285,4 +302,62 @@ fn validate(path: &std::path::Path) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// #23 point 9: an ordinary client cannot force the canary (not even at weight 0), and forced requests
+/// stay out of the verdict: a trusted proxy forcing failing requests onto a canary does not roll it
+/// back. Before the fix the header worked for every client, at weight 0 too, and the forced 5xx
+/// answers rolled the canary back.
+#[tokio::test]
+async fn only_trusted_overrides_force_a_side_and_forced_requests_are_not_judged() {
+    let (stable, canary) = (TestUpstream::start("stable"), TestUpstream::start("canary"));
+    let gw = Gateway::start(&untrusted_config(
+        &stable,
+        &canary,
+        "weight = 0, header = \"x-canary\", cookie = \"release\"",
+    ))
+    .await;
+    for _ in 0..10 {
+        let r = gw
+            .get_with(
+                "a.x.test",
+                "/",
+                &[("x-canary", "canary"), ("cookie", "release=canary")],
+            )
+            .await;
+        assert_eq!(
+            r.upstream(),
+            Some("stable"),
+            "an ordinary client forced the canary"
+        );
+    }
+    assert_eq!(canary.hits(), 0);
+    drop(gw);
+
+    let gw = Gateway::start(&config(
+        &stable,
+        &canary,
+        "weight = 50, sticky = \"none\", window = \"30s\", min_requests = 5, max_error_ratio = 0.05, header = \"x-canary\"",
+    ))
+    .await;
+    canary.behaviour.status.store(500, Ordering::SeqCst);
+    let before = canary.hits();
+    for _ in 0..20 {
+        // Replayable: the canary's 500 is tried again on the stable upstream.
+        let r = gw
+            .get_with("a.x.test", "/", &[("x-canary", "canary")])
+            .await;
+        assert_eq!((r.status, r.upstream()), (200, Some("stable")));
+    }
+    assert_eq!(
+        canary.hits(),
+        before + 20,
+        "the override reached the canary"
+    );
+    let view = canary_view(&gw).await;
+    assert!(
+        view["verdict"] != "rolled_back",
+        "forced requests judged the canary: {view}"
+    );
+    assert_eq!(view["effective_weight"], 50, "{view}");
 }
