@@ -31,6 +31,55 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> 
     respond(status, "application/json", v.to_string().into_bytes())
 }
 
+/// The dashboard's `Content-Security-Policy`: nothing but its own inline script and style (by hash) and
+/// requests to this listener; no framing, no form posts, no base-URI games.
+fn dashboard_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        let hash = |open: &str, close: &str| {
+            let start = DASHBOARD.find(open).map_or(0, |i| i + open.len());
+            let end = DASHBOARD[start..].find(close).map_or(start, |i| start + i);
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(DASHBOARD[start..end].as_bytes());
+            format!(
+                "'sha256-{}'",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)
+            )
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src data:; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("<script>", "</script>"),
+            hash("<style>", "</style>")
+        )
+    })
+}
+
+fn dashboard_response() -> Response<Vec<u8>> {
+    let mut r = respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        DASHBOARD.as_bytes().to_vec(),
+    );
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(dashboard_csp()),
+    );
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        http::header::REFERRER_POLICY,
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
 /// The live dashboard: one static page, no build step; it polls `/api/routes`, `/api/summary` and
 /// `/api/certificates` with the admin token the user gives it (kept in the tab's session storage).
 const DASHBOARD: &str = include_str!("admin/dashboard.html");
@@ -282,11 +331,7 @@ impl ServeHttp for AdminApp {
             "/api/routes" => json_response(StatusCode::OK, self.routes_json()),
             "/api/certificates" => json_response(StatusCode::OK, self.certificates_json()),
             "/api/summary" => json_response(StatusCode::OK, self.summary_json()),
-            "/dashboard" => respond(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                DASHBOARD.as_bytes().to_vec(),
-            ),
+            "/dashboard" => dashboard_response(),
             p if p.starts_with("/api/tenants/") && p.ends_with("/stats") => {
                 let tenant = &p["/api/tenants/".len()..p.len() - "/stats".len()];
                 if tenant.is_empty()

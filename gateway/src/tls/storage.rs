@@ -243,25 +243,87 @@ impl Storage {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), StorageError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = path.with_extension("tmp");
+    // A fresh temporary file each time, created exclusively (O_EXCL) with the final mode: a leftover
+    // temporary file (0644, say, from a crash or another tool) is never reused, so a private key never
+    // inherits its mode.
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(if private { 0o600 } else { 0o644 });
     }
     #[cfg(not(unix))]
     let _ = private;
-    let mut f = options.open(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    let written = (|| {
+        let mut f = options.open(&tmp)?;
+        // The umask may only remove bits; make the mode exact.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(if private {
+                0o600
+            } else {
+                0o644
+            }))?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #23 point 10: a leftover world-readable `NAME.tmp` (from a crash, or planted) does not make the
+    /// next private key world-readable. Before the fix the key was written through that very file,
+    /// whose mode was set only when it was created.
+    #[cfg(unix)]
+    #[test]
+    fn a_leftover_temporary_file_does_not_weaken_a_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("a.example.test.key");
+        for leftover in [
+            key.with_extension("tmp"),
+            dir.path().join(".a.example.test.key.tmp"),
+        ] {
+            std::fs::write(&leftover, b"old").expect("leftover");
+            std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        write_atomic(&key, b"SECRET KEY", true).expect("write");
+        let mode = std::fs::metadata(&key).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the key's mode");
+        assert_eq!(std::fs::read(&key).expect("read"), b"SECRET KEY");
+        // No temporary file of ours is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.ends_with(".tmp") && n != "a.example.test.tmp" && n != ".a.example.test.key.tmp"
+            })
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 
     #[test]
     fn certs_round_trip_and_keys_are_private() {

@@ -47,3 +47,51 @@ async fn admin_refuses_foreign_hosts_and_requires_its_token() {
     let (status, _) = get(own, None, "/healthz").await;
     assert_eq!(status, 200);
 }
+
+/// #23 point 10: `/dashboard` is sent with a Content-Security-Policy that allows exactly its own inline
+/// script and style (by hash) and requests to the admin listener, and may not be framed. Before the fix
+/// it had neither header.
+#[tokio::test]
+async fn the_dashboard_page_has_a_content_security_policy_and_refuses_framing() {
+    let gw = Gateway::start("").await;
+    let resp = raw(
+        gw.admin,
+        &format!(
+            "GET /dashboard HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            gw.admin
+        ),
+    )
+    .await;
+    let (head, body) = resp.split_once("\r\n\r\n").expect("head and body");
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{head}"))
+    };
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(field("x-frame-options"), "DENY");
+    assert_eq!(field("x-content-type-options"), "nosniff");
+    let csp = field("content-security-policy");
+    let hash_of = |open: &str, close: &str| {
+        let start = body.find(open).expect("open tag") + open.len();
+        let end = start + body[start..].find(close).expect("close tag");
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(body[start..end].as_bytes());
+        format!(
+            "'sha256-{}'",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)
+        )
+    };
+    for part in [
+        "default-src 'none'".to_string(),
+        format!("script-src {}", hash_of("<script>", "</script>")),
+        format!("style-src {}", hash_of("<style>", "</style>")),
+        "connect-src 'self'".to_string(),
+        "frame-ancestors 'none'".to_string(),
+    ] {
+        assert!(csp.contains(&part), "{part} missing from {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+}
