@@ -99,6 +99,8 @@ impl ApiKeyStore {
 
     /// When `ip` has used up its refused-key budget: the seconds until the window ends.
     pub fn over_budget(&self, ip: std::net::IpAddr) -> Option<u64> {
+        // One budget per IPv6 /64 (a client holds the whole /64).
+        let ip = crate::support::client_budget_key(ip);
         let shard = self
             .failure_shard(ip)
             .lock()
@@ -110,6 +112,7 @@ impl ApiKeyStore {
 
     /// Counts a refused key against `ip`.
     pub fn charge_failure(&self, ip: std::net::IpAddr) {
+        let ip = crate::support::client_budget_key(ip);
         let mut shard = self
             .failure_shard(ip)
             .lock()

@@ -489,7 +489,11 @@ impl Gateway {
             return Ok(None);
         }
         let specs = &rt.config.rate_limits;
-        let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        // Per-client counters: per address for IPv4, per /64 for IPv6 (one client holds a whole /64).
+        let ip = ctx
+            .client_ip
+            .map(|i| crate::support::client_budget_key(i).to_string())
+            .unwrap_or_default();
         let values = ratelimit::KeyValues {
             client_ip: &ip,
             tenant: ctx.tenant.as_deref(),

@@ -658,6 +658,49 @@ upstream = "u"
         1,
         "concurrent lookups of one prefix were not shared"
     );
+    lookup
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+
+    // #23 point 10: an IPv6 client holds its whole /64; a new address per request does not buy a new
+    // budget, neither of refused keys nor of the route's client-address limit (before the fix each
+    // address had its own, and all 14 were looked up). Another /64 is another client.
+    let rotating = |net: &'static str, path: &'static str, n: usize| {
+        let gw = &gw;
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..n {
+                let ip = format!("{net}:{:x}:{:x}", fastrand::u16(1..), i + 1);
+                let r = gw
+                    .get_with(
+                        "acme.aggios.app",
+                        path,
+                        &[("x-api-key", &new_key().full), ("x-forwarded-for", &ip)],
+                    )
+                    .await;
+                statuses.push(r.status);
+            }
+            statuses
+        }
+    };
+    let before = lookup.hits();
+    let statuses = rotating("2001:db8:1:2:0:0", "/read/x", 14).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(lookup.hits() - before, 10, "{statuses:?}");
+    let statuses = rotating("2001:db8:1:3:0:0", "/limited/x", 5).await;
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    let r = gw
+        .get_with(
+            "acme.aggios.app",
+            "/read/x",
+            &[("x-api-key", &good.full), from("2001:db8:1:4::1")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "another /64 is another client");
 }
 
 /// On a host without a tenant (`api.…`, reserved), `jwt_tenant` and `jwt_or_api_key` still need a valid
