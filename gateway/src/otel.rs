@@ -1,6 +1,7 @@
 //! OpenTelemetry traces, off unless `[tracing] otlp_endpoint` is set.
 //!
-//! One span per request (server kind): it continues the client's W3C `traceparent` when there is one,
+//! One span per request (server kind): it continues the W3C `traceparent` of a trusted proxy (from
+//! other clients it starts a new root linked to theirs),
 //! carries the route, tenant, status and upstream timing, and is passed to the backend as the parent in
 //! the `traceparent` the gateway sets on the upstream request. Spans leave through OTLP over HTTP
 //! (protobuf) from the SDK's own batch thread. Off, the proxy holds no span and does one `Option` check
@@ -77,25 +78,35 @@ impl Tracing {
         Ok(Tracing { provider, tracer })
     }
 
-    /// Starts a request's span, continuing `traceparent` when it is valid.
-    pub fn start(&self, method: &str, traceparent: Option<&[u8]>) -> RequestSpan {
-        let parent = traceparent
+    /// Starts a request's span. A valid `traceparent` from a trusted peer is continued (its sampled
+    /// flag decides); from anyone else it only becomes a link of a new root trace, which our own
+    /// `sample_ratio` samples: a client cannot force the recording (and export) of its requests.
+    pub fn start(&self, method: &str, traceparent: Option<&[u8]>, trusted: bool) -> RequestSpan {
+        let remote = traceparent
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(contracts::traceparent::parse)
-            .map_or_else(Context::new, |t| {
-                Context::new().with_remote_span_context(SpanContext::new(
+            .map(|t| {
+                SpanContext::new(
                     TraceId::from_bytes(t.trace_id),
                     SpanId::from_bytes(t.span_id),
                     TraceFlags::new(t.flags),
                     true,
                     TraceState::default(),
-                ))
+                )
             });
-        self.tracer
+        let builder = self
+            .tracer
             .span_builder(Cow::Owned(format!("{method} request")))
             .with_kind(SpanKind::Server)
-            .with_attributes([KeyValue::new("http.request.method", method.to_string())])
-            .start_with_context(&self.tracer, &parent)
+            .with_attributes([KeyValue::new("http.request.method", method.to_string())]);
+        match remote {
+            Some(cx) if trusted => builder
+                .start_with_context(&self.tracer, &Context::new().with_remote_span_context(cx)),
+            Some(cx) => builder
+                .with_links(vec![opentelemetry::trace::Link::with_context(cx)])
+                .start_with_context(&self.tracer, &Context::new()),
+            None => builder.start_with_context(&self.tracer, &Context::new()),
+        }
     }
 
     /// Sends what is queued (at the end of a graceful stop).

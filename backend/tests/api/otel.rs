@@ -25,6 +25,8 @@ struct Received {
     trace_id: String,
     span_id: String,
     parent: String,
+    /// Linked spans: (trace id, span id), hex.
+    links: Vec<(String, String)>,
     attributes: HashMap<String, String>,
 }
 
@@ -72,6 +74,16 @@ async fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
                                                 trace_id: hex::encode(&s.trace_id),
                                                 span_id: hex::encode(&s.span_id),
                                                 parent: hex::encode(&s.parent_span_id),
+                                                links: s
+                                                    .links
+                                                    .iter()
+                                                    .map(|l| {
+                                                        (
+                                                            hex::encode(&l.trace_id),
+                                                            hex::encode(&l.span_id),
+                                                        )
+                                                    })
+                                                    .collect(),
                                                 attributes: s
                                                     .attributes
                                                     .iter()
@@ -174,6 +186,7 @@ async fn one_login_is_one_trace_from_the_client_through_the_gateway_and_backend_
         format!(
             "[entrypoints]\nhttp = \"127.0.0.1:{gw_port}\"\nadmin = \"127.0.0.1:{}\"\n\n\
              [tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
+             [forwarding]\ntrusted_proxies = [\"127.0.0.1\"]\n\n\
              [tracing]\notlp_endpoint = \"http://127.0.0.1:{otlp}\"\n\n\
              [[upstreams]]\nname = \"backend\"\nservers = [\"127.0.0.1:{backend_port}\"]\n\n\
              [auth.jwt]\nsecret_env = \"OTEL_TEST_JWT\"\n\n\
@@ -352,4 +365,117 @@ async fn one_login_is_one_trace_from_the_client_through_the_gateway_and_backend_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs a gateway with `[tracing]` (sampling `ratio`) exporting to `otlp`, its one route to a port
+/// where nothing listens, sends one GET with `traceparent`, then stops it gracefully (which flushes
+/// its spans) and returns once it has exited.
+async fn one_traced_request(otlp: u16, ratio: f64, traceparent: &str) {
+    let gw_port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[entrypoints]\nhttp = \"127.0.0.1:{gw_port}\"\nadmin = \"127.0.0.1:{}\"\n\n\
+             [server]\nshutdown_grace = \"5s\"\n\n\
+             [tracing]\notlp_endpoint = \"http://127.0.0.1:{otlp}\"\nsample_ratio = {ratio:?}\n\n\
+             [[upstreams]]\nname = \"gone\"\nservers = [\"127.0.0.1:{}\"]\n\n\
+             [[routes]]\nname = \"r\"\nupstream = \"gone\"\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .expect("gateway config");
+    let mut gateway = Command::new(gateway_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("gateway.log")).expect("log"))
+        .spawn()
+        .expect("gateway binary");
+    wait_port(gw_port, &dir.path().join("gateway.log")).await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw_port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            hyper::Request::builder()
+                .uri("/x")
+                .header("host", "app.test")
+                .header("traceparent", traceparent)
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let status = Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    while gateway.try_wait().ok().flatten().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the gateway did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// #23 point 10: a client that is not a trusted proxy cannot force sampling with its `traceparent`'s
+/// sampled flag (at `sample_ratio = 0` nothing of its trace is recorded), and its trace is not
+/// continued: the gateway starts a new root and links the client's span. Before the fix the client's
+/// flag decided, and the gateway's span joined the client's trace.
+#[tokio::test]
+async fn an_untrusted_clients_traceparent_is_linked_not_continued_and_forces_no_sampling() {
+    let (otlp, spans) = receiver().await;
+    let client_trace = "0af7651916cd43dd8448eb211c80319c";
+    let client_span = "b7ad6b7169203331";
+    let traceparent = format!("00-{client_trace}-{client_span}-01");
+
+    one_traced_request(otlp, 0.0, &traceparent).await;
+    let gateway_spans = |spans: &Arc<Mutex<Vec<Received>>>| {
+        spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|s| s.service.contains("aggios-edge-gateway"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        gateway_spans(&spans).is_empty(),
+        "the client's sampled flag forced a recording: {:?}",
+        gateway_spans(&spans)
+    );
+
+    one_traced_request(otlp, 1.0, &traceparent).await;
+    let start = Instant::now();
+    let span = loop {
+        if let Some(s) = gateway_spans(&spans).into_iter().next() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no gateway span arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(
+        span.trace_id, client_trace,
+        "the client's trace was continued"
+    );
+    assert_eq!(span.parent, "", "a new root: {span:?}");
+    assert_eq!(
+        span.links,
+        vec![(client_trace.to_string(), client_span.to_string())],
+        "the client's span is linked"
+    );
 }

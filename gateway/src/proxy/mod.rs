@@ -1053,13 +1053,6 @@ impl ProxyHttp for Gateway {
         head_deadline::head_done(session.as_downstream().stream());
         let rt = self.state.current();
         let req = session.req_header();
-        if let Some(otel) = &self.state.otel {
-            let parent = req
-                .headers
-                .get(contracts::traceparent::HEADER)
-                .map(|v| v.as_bytes());
-            ctx.span = Some(Box::new(otel.start(req.method.as_str(), parent)));
-        }
         ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
@@ -1073,6 +1066,20 @@ impl ProxyHttp for Gateway {
         let trusted = &rt.config.trusted_proxies;
         ctx.peer_trusted = peer.is_some_and(|p| headers::is_trusted(p, trusted));
         ctx.client_ip = headers::client_ip(peer, &session.req_header().headers, trusted);
+        if let Some(otel) = &self.state.otel {
+            let req = session.req_header();
+            let parent = req
+                .headers
+                .get(contracts::traceparent::HEADER)
+                .map(|v| v.as_bytes());
+            // Only a trusted proxy's trace is continued (with its sampling decision); anyone else's is
+            // linked from a new root sampled by our ratio, so a client cannot force sampling.
+            ctx.span = Some(Box::new(otel.start(
+                req.method.as_str(),
+                parent,
+                ctx.peer_trusted,
+            )));
+        }
         if self
             .state
             .draining
