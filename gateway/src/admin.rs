@@ -39,7 +39,7 @@ fn dashboard_csp() -> &'static str {
         let hash = |open: &str, close: &str| {
             let start = DASHBOARD.find(open).map_or(0, |i| i + open.len());
             let end = DASHBOARD[start..].find(close).map_or(start, |i| start + i);
-            let digest = <sha2::Sha256 as sha2::Digest>::digest(DASHBOARD[start..end].as_bytes());
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(&DASHBOARD.as_bytes()[start..end]);
             format!(
                 "'sha256-{}'",
                 base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)

@@ -78,7 +78,7 @@ async fn the_dashboard_page_has_a_content_security_policy_and_refuses_framing() 
     let hash_of = |open: &str, close: &str| {
         let start = body.find(open).expect("open tag") + open.len();
         let end = start + body[start..].find(close).expect("close tag");
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(body[start..end].as_bytes());
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&body.as_bytes()[start..end]);
         format!(
             "'sha256-{}'",
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)
