@@ -88,6 +88,20 @@ impl Drop for InFlight {
     }
 }
 
+/// Lingering close after an error answered before the request body was read: at most this long, and
+/// this much of the client's remaining input read and dropped.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Whether a request announces a body (chunked, or a non-zero `Content-Length`).
+fn declares_body(req: &pingora::http::RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// Per-request state shared by the phases.
 pub struct RequestCtx {
     start: Instant,
@@ -105,6 +119,8 @@ pub struct RequestCtx {
     side: canary::Side,
     /// The side was forced by an override: the answer is kept out of the canary's verdict.
     side_forced: bool,
+    /// Answered with an error before the request body was read: close lingering (`logging`).
+    linger: bool,
     /// The canary answered 5xx and the request goes to the stable upstream instead (already recorded).
     canary_5xx: bool,
     /// The request's OpenTelemetry span (with `[tracing]`), boxed: the context stays small when off.
@@ -1023,6 +1039,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             side: canary::Side::Stable,
             side_forced: false,
+            linger: false,
             canary_5xx: false,
             span: None,
             upstream_ms: None,
@@ -1208,6 +1225,9 @@ impl ProxyHttp for Gateway {
         };
         let code = err.status();
         if session.response_written().is_none() {
+            // Refused as malformed or too large while it declares a body: the client may still be
+            // sending it (a body reader in error counts as done, so the declaration decides).
+            ctx.linger = matches!(code, 400 | 413) && declares_body(session.req_header());
             if let Err(write_err) = answer(session, ctx, err).await {
                 tracing::debug!(error = %write_err, "could not write the error response");
             }
@@ -1313,6 +1333,14 @@ impl ProxyHttp for Gateway {
                 user: ctx.identity.as_ref().map(|i| i.user_id.as_str()),
                 error,
             });
+        }
+        if ctx.linger {
+            // After the access log: the client's remaining input is read and dropped, so that it gets
+            // the error response instead of a reset.
+            session
+                .as_downstream_mut()
+                .linger_close(LINGER_TIME, LINGER_BYTES)
+                .await;
         }
     }
 }

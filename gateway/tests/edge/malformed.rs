@@ -280,3 +280,49 @@ async fn stalled_body_gets_408() {
         "an incomplete body must not become a request at the backend"
     );
 }
+
+/// #23 point 10: a chunk-size line with a 70 KB extension is refused with 400 and the client reads it,
+/// even while it is still sending: the gateway half-closes and drains the rest of the input (lingering
+/// close) instead of closing with unread bytes, which made the kernel reset the connection and the
+/// client lose the answer. Before the fix every one of these clients got `connection reset by peer`.
+#[tokio::test]
+async fn an_oversized_chunk_extension_gets_400_not_a_reset() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start(&format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], "")
+    ))
+    .await;
+    let ext = "a".repeat(70 * 1024);
+    let request = format!(
+        "POST /ext HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3;x={ext}\r\nabc\r\n0\r\n\r\n"
+    );
+    let port = gw.http;
+    for i in 0..5 {
+        let request = request.clone();
+        // A plain blocking client: it writes the whole request, then reads the answer.
+        let (resp, outcome) = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            if let Err(e) = s.write_all(request.as_bytes()) {
+                return (String::new(), format!("write: {e}"));
+            }
+            let mut out = Vec::new();
+            let r = s.read_to_end(&mut out);
+            (
+                String::from_utf8_lossy(&out).into_owned(),
+                format!("read: {r:?}"),
+            )
+        })
+        .await
+        .expect("client");
+        let (status, body) = split_response(&resp);
+        assert_eq!(status, 400, "client {i}: {outcome}: {resp:?}");
+        assert!(body.contains("\"error\""), "{body}");
+        assert!(outcome.starts_with("read: Ok"), "client {i}: {outcome}");
+    }
+    assert_eq!(up.hits(), 0, "the request reached the upstream whole");
+    assert_eq!(gw.get("a.test", "/after").await.status, 200);
+}

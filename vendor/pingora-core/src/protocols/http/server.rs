@@ -885,6 +885,14 @@ impl Session {
         }
     }
 
+    /// Lingering close of an HTTP/1 connection answered with an error before its request body was
+    /// read (see [`SessionV1::linger_close`]); nothing for other protocols.
+    pub async fn linger_close(&mut self, max_time: std::time::Duration, max_bytes: usize) {
+        if let Self::H1(s) = self {
+            s.linger_close(max_time, max_bytes).await;
+        }
+    }
+
     /// Get the reference of the [Stream] that this HTTP/1 session is operating upon.
     /// None if the HTTP session is over H2, or a subrequest
     pub fn stream(&self) -> Option<&Stream> {

@@ -1746,6 +1746,31 @@ impl HttpSession {
         &self.underlying_stream
     }
 
+    /// Lingering close, for a connection answered with an error before its request body was read
+    /// (malformed framing, a body over its limit): flushes, half-closes the write side (the response
+    /// ends with a FIN), then reads and discards what the client still sends, until it closes too or
+    /// `max_time` / `max_bytes` run out. Closing with unread input would make the kernel reset the
+    /// connection, and a client still sending would lose the error response (RFC 9112 §9.6).
+    pub async fn linger_close(&mut self, max_time: Duration, max_bytes: usize) {
+        if self.underlying_stream.flush().await.is_err()
+            || self.underlying_stream.shutdown().await.is_err()
+        {
+            return;
+        }
+        let stream = &mut self.underlying_stream;
+        let _ = timeout(max_time, async move {
+            let mut buf = [0u8; 8192];
+            let mut total = 0usize;
+            while total < max_bytes {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+    }
+
     /// Consume `self`, the underlying stream will be returned and can be used
     /// directly, for example, in the case of HTTP upgrade. The stream is not
     /// flushed prior to being returned.
