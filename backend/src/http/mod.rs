@@ -112,30 +112,6 @@ pub async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiErro
         .map_err(|e| ApiError::BadRequest("invalid_json", format!("invalid JSON: {e}")))
 }
 
-/// Bounded route label for metrics (never the raw path).
-fn route_label(method: &Method, path: &str) -> &'static str {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, segs.as_slice()) {
-        (_, ["healthz"]) => "healthz",
-        (_, ["readyz"]) => "readyz",
-        (_, ["metrics"]) => "metrics",
-        (_, ["api", "auth", "login"]) => "auth_login",
-        (_, ["api", "auth", "refresh"]) => "auth_refresh",
-        (_, ["api", "auth", "logout"]) => "auth_logout",
-        (_, ["api", "users", "me"]) => "users_me",
-        (_, ["api", "users"]) => "users",
-        (_, ["api", "users", _]) => "user",
-        (_, ["api", "tenant"]) => "tenant",
-        (_, ["api", "files"]) => "files",
-        (_, ["api", "api-keys"]) => "api_keys",
-        (_, ["api", "api-keys", _]) => "api_key",
-        (_, ["api", "files", ..]) => "file",
-        (_, ["api", "tenants"]) => "tenants",
-        (_, ["internal", "tenant-domains", _]) => "internal_tenant_domains",
-        _ => "other",
-    }
-}
-
 /// Serves one request: dispatch, then the error mapping, request id, metrics and access log.
 /// Counts a request in flight from its head until its response is built (or the handler is dropped).
 struct InFlight(Arc<AppState>);
@@ -184,18 +160,18 @@ pub async fn handle(
         request_id,
         peer,
     };
-    let route = route_label(&ctx.method, &ctx.path);
+    // One route table for both: the endpoint dispatch runs is the one the metrics name.
+    let path = ctx.path.clone();
+    let segs = routes::segments(&path);
+    let endpoint = routes::Endpoint::of(&segs, internal);
+    let route = endpoint.label();
     // A panic in a handler ends this request only: 500 with its request id, counted; the process and
     // every other request go on (the panic hook has logged it with its backtrace).
     let handled = std::panic::AssertUnwindSafe(async {
         if ctx.state.fault_panic_path.as_deref() == Some(ctx.path.as_str()) {
             panic!("fault injected at {}", ctx.path);
         }
-        if internal {
-            routes::dispatch_internal(&ctx).await
-        } else {
-            routes::dispatch(&ctx, body).await
-        }
+        routes::dispatch(&ctx, endpoint, &segs, internal, body).await
     });
     // Everything logged while the request is handled (slow statements included) carries its request id.
     // With OpenTelemetry on, it is the request's server span, continuing the gateway's trace.

@@ -12,51 +12,170 @@ use hyper::body::Incoming;
 
 use super::{ApiError, ApiResult, Ctx};
 
-/// The public listener's routes.
-pub async fn dispatch(ctx: &Ctx, body: Incoming) -> ApiResult {
-    let segs: Vec<&str> = ctx.path.trim_start_matches('/').split('/').collect();
-    match (&ctx.method, segs.as_slice()) {
-        (&Method::GET, ["healthz"]) => health::healthz(ctx).await,
-        (&Method::GET, ["readyz"]) => health::readyz(ctx).await,
-        (&Method::GET, ["metrics"]) => health::metrics(ctx).await,
-        (&Method::POST, ["api", "auth", "login"]) => auth::login(ctx, body).await,
-        (&Method::POST, ["api", "auth", "refresh"]) => auth::refresh(ctx, body).await,
-        (&Method::POST, ["api", "auth", "logout"]) => auth::logout(ctx, body).await,
-        (&Method::GET, ["api", "users", "me"]) => users::me(ctx).await,
-        (&Method::GET, ["api", "users"]) => users::list(ctx).await,
-        (&Method::POST, ["api", "users"]) => users::create(ctx, body).await,
-        (&Method::GET, ["api", "users", id]) => users::get(ctx, id).await,
-        (&Method::PATCH, ["api", "users", id]) => users::update(ctx, id, body).await,
-        (&Method::DELETE, ["api", "users", id]) => users::delete(ctx, id).await,
-        (&Method::GET, ["api", "api-keys"]) => api_keys::list(ctx).await,
-        (&Method::POST, ["api", "api-keys"]) => api_keys::create(ctx, body).await,
-        (&Method::DELETE, ["api", "api-keys", id]) => api_keys::revoke(ctx, id).await,
-        (&Method::GET, ["api", "files"]) => files::list(ctx).await,
-        (&Method::PUT, ["api", "files", _, ..]) => files::put(ctx, body).await,
-        (&Method::GET, ["api", "files", _, ..]) => files::get(ctx).await,
-        (&Method::DELETE, ["api", "files", _, ..]) => files::delete(ctx).await,
-        (&Method::GET, ["api", "tenant"]) => tenants::current(ctx).await,
-        (&Method::GET, ["api", "tenants"]) => tenants::list(ctx).await,
-        (&Method::POST, ["api", "tenants"]) => tenants::create(ctx, body).await,
-        (_, ["healthz" | "readyz" | "metrics"])
-        | (_, ["api", "auth", "login" | "refresh" | "logout"])
-        | (_, ["api", "users", ..])
-        | (_, ["api", "files", ..])
-        | (_, ["api", "api-keys", ..])
-        | (_, ["api", "tenant" | "tenants"]) => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::NotFound("no such endpoint".into())),
+/// Every endpoint of both listeners, found once per request from the path: what [`dispatch`] runs and
+/// what the request metrics call it ([`Endpoint::label`]), so the two can never drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Healthz,
+    Readyz,
+    Metrics,
+    AuthLogin,
+    AuthRefresh,
+    AuthLogout,
+    UsersMe,
+    Users,
+    User,
+    ApiKeys,
+    ApiKey,
+    Files,
+    File,
+    Tenant,
+    Tenants,
+    InternalTenantDomains,
+    InternalApiKeys,
+    /// No endpoint: 404, or 405 under a known resource.
+    Other,
+}
+
+impl Endpoint {
+    /// The endpoint at `segs` (the path split on `/`) on the internal listener or the public one.
+    pub fn of(segs: &[&str], internal: bool) -> Endpoint {
+        use Endpoint::*;
+        match (internal, segs) {
+            (_, ["healthz"]) => Healthz,
+            (true, ["internal", "tenant-domains", _]) => InternalTenantDomains,
+            (true, ["internal", "api-keys", _]) => InternalApiKeys,
+            (true, _) => Other,
+            (false, ["readyz"]) => Readyz,
+            (false, ["metrics"]) => Metrics,
+            (false, ["api", "auth", "login"]) => AuthLogin,
+            (false, ["api", "auth", "refresh"]) => AuthRefresh,
+            (false, ["api", "auth", "logout"]) => AuthLogout,
+            (false, ["api", "users", "me"]) => UsersMe,
+            (false, ["api", "users"]) => Users,
+            (false, ["api", "users", _]) => User,
+            (false, ["api", "api-keys"]) => ApiKeys,
+            (false, ["api", "api-keys", _]) => ApiKey,
+            (false, ["api", "files"]) => Files,
+            (false, ["api", "files", _, ..]) => File,
+            (false, ["api", "tenant"]) => Tenant,
+            (false, ["api", "tenants"]) => Tenants,
+            (false, _) => Other,
+        }
+    }
+
+    /// The `route` label of the request metrics (bounded: never the raw path).
+    pub fn label(self) -> &'static str {
+        use Endpoint::*;
+        match self {
+            Healthz => "healthz",
+            Readyz => "readyz",
+            Metrics => "metrics",
+            AuthLogin => "auth_login",
+            AuthRefresh => "auth_refresh",
+            AuthLogout => "auth_logout",
+            UsersMe => "users_me",
+            Users => "users",
+            User => "user",
+            ApiKeys => "api_keys",
+            ApiKey => "api_key",
+            Files => "files",
+            File => "file",
+            Tenant => "tenant",
+            Tenants => "tenants",
+            InternalTenantDomains => "internal_tenant_domains",
+            InternalApiKeys => "internal_api_keys",
+            Other => "other",
+        }
     }
 }
 
-/// The internal listener's routes (never exposed through the gateway).
-pub async fn dispatch_internal(ctx: &Ctx) -> ApiResult {
-    let segs: Vec<&str> = ctx.path.trim_start_matches('/').split('/').collect();
-    match (&ctx.method, segs.as_slice()) {
-        (&Method::GET, ["internal", "tenant-domains", host]) => {
-            tenants::domain_allowed(ctx, host).await
+/// The path split on `/`, without its leading one.
+pub fn segments(path: &str) -> Vec<&str> {
+    path.trim_start_matches('/').split('/').collect()
+}
+
+/// Runs the endpoint `ep` (from [`Endpoint::of`] over `segs`) for the request's method.
+pub async fn dispatch(
+    ctx: &Ctx,
+    ep: Endpoint,
+    segs: &[&str],
+    internal: bool,
+    body: Incoming,
+) -> ApiResult {
+    use Endpoint as E;
+    // The third segment of `…/{id}`, `…/{host}` and `…/{prefix}` endpoints.
+    let third = segs.get(2).copied().unwrap_or_default();
+    match (ep, &ctx.method) {
+        (E::Healthz, &Method::GET) => health::healthz(ctx).await,
+        (E::Readyz, &Method::GET) => health::readyz(ctx).await,
+        (E::Metrics, &Method::GET) => health::metrics(ctx).await,
+        (E::AuthLogin, &Method::POST) => auth::login(ctx, body).await,
+        (E::AuthRefresh, &Method::POST) => auth::refresh(ctx, body).await,
+        (E::AuthLogout, &Method::POST) => auth::logout(ctx, body).await,
+        (E::UsersMe, &Method::GET) => users::me(ctx).await,
+        (E::Users, &Method::GET) => users::list(ctx).await,
+        (E::Users, &Method::POST) => users::create(ctx, body).await,
+        (E::User, &Method::GET) => users::get(ctx, third).await,
+        (E::User, &Method::PATCH) => users::update(ctx, third, body).await,
+        (E::User, &Method::DELETE) => users::delete(ctx, third).await,
+        (E::ApiKeys, &Method::GET) => api_keys::list(ctx).await,
+        (E::ApiKeys, &Method::POST) => api_keys::create(ctx, body).await,
+        (E::ApiKey, &Method::DELETE) => api_keys::revoke(ctx, third).await,
+        (E::Files, &Method::GET) => files::list(ctx).await,
+        (E::File, &Method::PUT) => files::put(ctx, body).await,
+        (E::File, &Method::GET) => files::get(ctx).await,
+        (E::File, &Method::DELETE) => files::delete(ctx).await,
+        (E::Tenant, &Method::GET) => tenants::current(ctx).await,
+        (E::Tenants, &Method::GET) => tenants::list(ctx).await,
+        (E::Tenants, &Method::POST) => tenants::create(ctx, body).await,
+        (E::InternalTenantDomains, &Method::GET) => tenants::domain_allowed(ctx, third).await,
+        (E::InternalApiKeys, &Method::GET) => api_keys::lookup(ctx, third).await,
+        // The internal listener answers nothing else, whatever the method.
+        _ if internal => Err(ApiError::NotFound("no such endpoint".into())),
+        (E::Other, _) if !under_a_resource(segs) => {
+            Err(ApiError::NotFound("no such endpoint".into()))
         }
-        (&Method::GET, ["internal", "api-keys", prefix]) => api_keys::lookup(ctx, prefix).await,
-        (&Method::GET, ["healthz"]) => health::healthz(ctx).await,
-        _ => Err(ApiError::NotFound("no such endpoint".into())),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Whether a path with no endpoint of its own lies under a resource of the public listener (405 rather
+/// than 404).
+fn under_a_resource(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        ["api", "users", ..] | ["api", "files", ..] | ["api", "api-keys", ..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_names_what_dispatch_runs() {
+        let label = |path: &str, internal: bool| Endpoint::of(&segments(path), internal).label();
+        assert_eq!(label("/api/auth/login", false), "auth_login");
+        assert_eq!(label("/api/users/me", false), "users_me");
+        assert_eq!(label("/api/users/123", false), "user");
+        assert_eq!(label("/api/files/a/b.txt", false), "file");
+        assert_eq!(label("/api/files", false), "files");
+        // The gateway's key lookups were counted as `other` while dispatch served them.
+        assert_eq!(
+            label("/internal/api-keys/abcd1234", true),
+            "internal_api_keys"
+        );
+        assert_eq!(
+            label("/internal/tenant-domains/x.example", true),
+            "internal_tenant_domains"
+        );
+        // Internal paths are not endpoints of the public listener, nor public ones of the internal.
+        assert_eq!(label("/internal/api-keys/abcd1234", false), "other");
+        assert_eq!(label("/api/users", true), "other");
+        assert_eq!(label("/healthz", true), "healthz");
+        assert_eq!(label("/api/users/1/extra", false), "other");
+        assert!(under_a_resource(&segments("/api/users/1/extra")));
+        assert!(!under_a_resource(&segments("/api/tenant/x")));
     }
 }
