@@ -78,12 +78,6 @@ impl AppState {
             }
         }
         let redis_client = redis::Client::open(config.redis_url.as_str())?;
-        let base_domains = std::env::var("TENANT_BASE_DOMAINS")
-            .unwrap_or_else(|_| "aggios.app,aggios.localhost".into())
-            .split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect();
         let read_db = match &config.database_read_url {
             Some(url) => {
                 let pool = sqlx::postgres::PgPoolOptions::new()
@@ -102,7 +96,7 @@ impl AppState {
             replica_down_until_ms: std::sync::atomic::AtomicU64::new(0),
             tokens: TokenKeys::new(&config.jwt_secret, config.access_ttl),
             refresh_ttl: config.refresh_ttl,
-            base_domains,
+            base_domains: config.base_domains.clone(),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),

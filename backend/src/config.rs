@@ -60,6 +60,36 @@ pub struct Config {
     /// A statement slower than this is logged at WARN with its SQL text (placeholders, never the bound
     /// values), rows and elapsed time (`DB_SLOW_QUERY_MS`, default 250).
     pub db_slow_query: Duration,
+    /// The platform's base domains (`TENANT_BASE_DOMAINS`, comma-separated): `{tenant}.{base}` hosts.
+    pub base_domains: Vec<String>,
+}
+
+/// `TENANT_BASE_DOMAINS` unless set.
+pub const DEFAULT_BASE_DOMAINS: &str = "aggios.app,aggios.localhost";
+
+/// Where OpenTelemetry spans go: `OTEL_EXPORTER_OTLP_ENDPOINT` (off when unset or empty) and
+/// `OTEL_SERVICE_NAME` (default `aggios-edge-backend`). Read apart from [`Config`]: tracing starts
+/// before the rest of the configuration is checked, so that its errors are logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtelConfig {
+    pub endpoint: String,
+    pub service_name: String,
+}
+
+/// [`OtelConfig`] from the process environment, `None` when tracing is off.
+pub fn otel_from_env() -> Option<OtelConfig> {
+    otel_from_env_with(|k| std::env::var(k).ok())
+}
+
+/// [`OtelConfig`] from `get`.
+pub fn otel_from_env_with(get: impl Fn(&str) -> Option<String>) -> Option<OtelConfig> {
+    let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty())?;
+    Some(OtelConfig {
+        endpoint,
+        service_name: get("OTEL_SERVICE_NAME")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "aggios-edge-backend".into()),
+    })
 }
 
 /// The slow-statement threshold unless `DB_SLOW_QUERY_MS` says otherwise.
@@ -195,6 +225,12 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
             Some("0" | "false" | "no")
         ),
         fault_panic_path: get("BACKEND_FAULT_PANIC_PATH").filter(|p| p.starts_with('/')),
+        base_domains: get("TENANT_BASE_DOMAINS")
+            .unwrap_or_else(|| DEFAULT_BASE_DOMAINS.to_string())
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect(),
         db_slow_query: match get("DB_SLOW_QUERY_MS").filter(|v| !v.is_empty()) {
             None => Duration::from_millis(DEFAULT_DB_SLOW_QUERY_MS),
             Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|_| {
@@ -270,5 +306,33 @@ mod tests {
             let e = from_env_with(env(&pairs)).expect_err(k);
             assert_eq!(e.var, *var, "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn tracing_and_base_domains_come_from_the_environment_here() {
+        assert_eq!(otel_from_env_with(|_| None), None);
+        assert_eq!(
+            otel_from_env_with(
+                |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://c:4318".into())
+            ),
+            Some(OtelConfig {
+                endpoint: "http://c:4318".into(),
+                service_name: "aggios-edge-backend".into()
+            })
+        );
+        let env = |k: &str| match k {
+            "DATABASE_URL" => Some("postgres://a@localhost/db".to_string()),
+            "REDIS_URL" => Some("redis://127.0.0.1".to_string()),
+            "JWT_SECRET" => Some("x".repeat(32)),
+            "TENANT_BASE_DOMAINS" => Some(" Aggios.App , ,shop.example".to_string()),
+            _ => None,
+        };
+        let c = from_env_with(env).expect("config");
+        assert_eq!(c.base_domains, ["aggios.app", "shop.example"]);
     }
 }

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         );
     // OpenTelemetry spans when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed at exit.
-    let (otel, provider) = match backend::otel::layer() {
+    let (otel, provider) = match backend::otel::layer(config::otel_from_env().as_ref()) {
         Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
         Ok(None) => (None, None),
         Err(e) => {

@@ -24,19 +24,18 @@ pub enum OtelError {
 }
 
 /// The layer that turns this process's spans into OpenTelemetry spans, with the provider to flush at
-/// exit; `None` when `OTEL_EXPORTER_OTLP_ENDPOINT` is not set.
-pub fn layer<S>() -> Result<Option<(impl Layer<S>, SdkTracerProvider)>, OtelError>
+/// exit; `None` when tracing is off (`config` is `None`: no `OTEL_EXPORTER_OTLP_ENDPOINT`).
+pub fn layer<S>(
+    config: Option<&crate::config::OtelConfig>,
+) -> Result<Option<(impl Layer<S>, SdkTracerProvider)>, OtelError>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let Some(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
+    let Some(config) = config else {
         return Ok(None);
     };
-    let service =
-        std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "aggios-edge-backend".into());
+    let endpoint = &config.endpoint;
+    let service = config.service_name.clone();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))

@@ -102,6 +102,7 @@ async fn postgres_down_gives_503_then_recovers() {
         trusted_gateways: vec!["127.0.0.0/8".parse().expect("net")],
         migrate_on_start: false,
         fault_panic_path: None,
+        base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
         db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     let state = AppState::new(&config).await.expect("state");

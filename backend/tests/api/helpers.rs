@@ -142,6 +142,7 @@ impl TestApp {
                 .collect(),
             migrate_on_start: false,
             fault_panic_path,
+            base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
             db_slow_query: db_slow_query.unwrap_or(std::time::Duration::from_millis(
                 backend::config::DEFAULT_DB_SLOW_QUERY_MS,
             )),

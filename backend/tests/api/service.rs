@@ -219,6 +219,7 @@ async fn a_role_that_bypasses_rls_is_refused_at_start() {
         inline_types: Vec::new(),
         migrate_on_start: false,
         fault_panic_path: None,
+        base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
         db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     match backend::app::AppState::new(&config).await {
