@@ -51,10 +51,12 @@ async fn tally(gw: &Gateway, method: &str, host: &str, n: usize) -> BTreeMap<(u1
 #[tokio::test]
 async fn a_failing_canary_is_rolled_back_and_no_idempotent_request_fails() {
     let (stable, canary) = (TestUpstream::start("stable"), TestUpstream::start("canary"));
+    // This test is about the 5xx ratio: the p99 rule is out of reach (on a loaded 2-core machine one
+    // late answer among a healthy canary's 30 made it the p99 and rolled the canary back by latency).
     let gw = Gateway::start(&config(
         &stable,
         &canary,
-        "weight = 50, sticky = \"none\", window = \"30s\", min_requests = 10, max_error_ratio = 0.05",
+        "weight = 50, sticky = \"none\", window = \"30s\", min_requests = 10, max_error_ratio = 0.05, max_p99_ratio = 1000.0",
     ))
     .await;
 
@@ -123,7 +125,7 @@ async fn a_failing_canary_is_rolled_back_and_no_idempotent_request_fails() {
         config(
             &stable,
             &canary,
-            "weight = 50, sticky = \"none\", window = \"30s\", min_requests = 10, max_error_ratio = 0.05",
+            "weight = 50, sticky = \"none\", window = \"30s\", min_requests = 10, max_error_ratio = 0.05, max_p99_ratio = 1000.0",
         )
     ));
     eventually("the reload", || async {
