@@ -13,4 +13,5 @@ pub mod fuzz;
 pub mod http;
 pub mod metrics;
 pub mod otel;
+pub mod state;
 pub mod storage;

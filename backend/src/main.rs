@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use backend::{app, auth, config, db, domain};
+use backend::{app, auth, config, db, domain, state};
 
 #[derive(Parser)]
 #[command(name = "backend", version, about = "Aggios Edge backend API")]
@@ -142,7 +142,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
                     .await
                     .context("migrations at start (MIGRATE_ON_START=0 to skip)")?;
             }
-            let state = app::AppState::new(&config).await?;
+            let state = state::AppState::new(&config).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("BACKEND_LISTEN: cannot bind {}", config.listen))?;

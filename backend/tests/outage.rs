@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use backend::app::{serve, AppState};
+use backend::app::serve;
 use backend::config::{Config, StorageConfig};
+use backend::state::AppState;
 use bytes::Bytes;
 use common::private_pg::PrivatePg;
 use http_body_util::{BodyExt, Full};

@@ -29,31 +29,77 @@ pub async fn tenant_tx(
     Ok(tx)
 }
 
-/// A tenant-scoped, read-only transaction on the read replica (`DATABASE_READ_URL`) when one is set and
-/// answers, else on the primary.
-pub async fn tenant_tx_read(
-    state: &crate::app::AppState,
-    tenant: Uuid,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    use std::sync::atomic::Ordering;
-    if let Some(read) = &state.read_db {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        // A replica that just failed is skipped for a while instead of costing every read a timeout.
-        if now >= state.replica_down_until_ms.load(Ordering::Relaxed) {
-            match read_tx(read, tenant).await {
-                Ok(tx) => return Ok(tx),
-                Err(e) => {
-                    state
-                        .replica_down_until_ms
-                        .store(now + REPLICA_RETRY_MS, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "read replica unavailable; reading from the primary");
+/// The service's database pools: the primary, the read replica with the time until which it is taken
+/// for down, and the internal listener's two small pools.
+pub struct Pools {
+    pub primary: PgPool,
+    /// The read replica (`DATABASE_READ_URL`), used for read-only queries with the primary as fallback.
+    pub replica: Option<PgPool>,
+    /// Unix time (ms) until which the replica is considered down.
+    replica_down_until_ms: std::sync::atomic::AtomicU64,
+    /// The internal listener's own small pool: a flood of key lookups cannot take the public API's
+    /// connections, nor the public API starve the gateway's lookups.
+    pub internal: PgPool,
+    /// The on-demand TLS asks' own pool (`/internal/tenant-domains/{host}`): clients choose the names a
+    /// gateway asks about, so a flood of them can take neither the API-key lookups' connections nor
+    /// the public API's.
+    pub asks: PgPool,
+}
+
+/// Connections of the primary pool.
+pub const PRIMARY_POOL_SIZE: u32 = 16;
+/// Connections of the internal listener's pool (API-key lookups).
+pub const INTERNAL_POOL_SIZE: u32 = 4;
+/// Connections of the tenant-domain asks' pool.
+pub const ASKS_POOL_SIZE: u32 = 2;
+
+impl Pools {
+    /// The pools of `config` (lazy: nothing connects before the first query).
+    pub fn connect(config: &crate::config::Config) -> Result<Pools, sqlx::Error> {
+        let slow = config.db_slow_query;
+        let replica = match &config.database_read_url {
+            Some(url) => Some(
+                PgPoolOptions::new()
+                    .max_connections(PRIMARY_POOL_SIZE)
+                    .acquire_timeout(std::time::Duration::from_millis(500))
+                    .connect_lazy_with(options(url, slow)?),
+            ),
+            None => None,
+        };
+        Ok(Pools {
+            primary: connect(&config.database_url, PRIMARY_POOL_SIZE, slow)?,
+            replica,
+            replica_down_until_ms: std::sync::atomic::AtomicU64::new(0),
+            internal: connect(&config.database_url, INTERNAL_POOL_SIZE, slow)?,
+            asks: connect(&config.database_url, ASKS_POOL_SIZE, slow)?,
+        })
+    }
+
+    /// A tenant-scoped, read-only transaction on the read replica when one is set and answers, else on
+    /// the primary.
+    pub async fn tenant_tx_read(
+        &self,
+        tenant: Uuid,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        use std::sync::atomic::Ordering;
+        if let Some(read) = &self.replica {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            // A replica that just failed is skipped for a while instead of costing every read a timeout.
+            if now >= self.replica_down_until_ms.load(Ordering::Relaxed) {
+                match read_tx(read, tenant).await {
+                    Ok(tx) => return Ok(tx),
+                    Err(e) => {
+                        self.replica_down_until_ms
+                            .store(now + REPLICA_RETRY_MS, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "read replica unavailable; reading from the primary");
+                    }
                 }
             }
         }
+        tenant_tx(&self.primary, tenant).await
     }
-    tenant_tx(&state.db, tenant).await
 }
 
 /// How long a failed read replica is skipped before it is tried again.

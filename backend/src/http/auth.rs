@@ -112,7 +112,7 @@ pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
             "the access token was revoked".into(),
         ));
     }
-    let tenant = tenants::by_subdomain(&ctx.state.db, &claims.tenant_id)
+    let tenant = tenants::by_subdomain(&ctx.state.db.primary, &claims.tenant_id)
         .await?
         .filter(|t| t.is_active)
         .ok_or_else(|| {
@@ -157,7 +157,7 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
     };
     let invalid = || ApiError::Unauthorized("invalid_api_key", "the API key is not valid".into());
     let (prefix, _) = crate::http::routes::api_keys::split_key(key).ok_or_else(invalid)?;
-    let rec = crate::db::api_keys::lookup(&ctx.state.db, prefix)
+    let rec = crate::db::api_keys::lookup(&ctx.state.db.primary, prefix)
         .await?
         .ok_or_else(invalid)?;
     let presented = crate::auth::token_hash(key);
@@ -187,7 +187,7 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
             "the API key lacks the `{scope}` scope"
         )));
     }
-    let tenant = tenants::by_id(&ctx.state.db, rec.tenant_id)
+    let tenant = tenants::by_id(&ctx.state.db.primary, rec.tenant_id)
         .await?
         .filter(|t| t.is_active)
         .ok_or_else(invalid)?;
@@ -205,7 +205,7 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
 /// from the database, whatever the token says.
 pub async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
     let mut p = principal(ctx).await?;
-    let mut tx = crate::db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = crate::db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
     let current = crate::db::users::get(&mut tx, p.user_id).await?;
     tx.commit().await?;
     match current {

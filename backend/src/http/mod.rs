@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
 use crate::metrics::metrics;
+use crate::state::AppState;
 
 /// The client address the gateway computed (a contract with the gateway's `proxy/headers.rs`).
 pub use contracts::headers::CLIENT_IP as CLIENT_IP_HEADER;

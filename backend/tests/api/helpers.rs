@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend::app::{serve, AppState};
+use backend::app::serve;
 use backend::config::{Config, StorageConfig};
+use backend::state::AppState;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;

@@ -288,13 +288,14 @@ async fn reads_fall_back_to_the_primary_when_the_replica_is_down() {
 async fn tenant_domain_asks_cannot_take_the_api_key_lookups_connections() {
     let app = TestApp::spawn().await;
     app.tenant("acme").await;
-    let size = app.state.asks_db.options().get_max_connections();
+    let size = app.state.db.asks.options().get_max_connections();
     assert!(size <= 2, "the asks' pool is small: {size}");
     let mut held = Vec::new();
     for _ in 0..size {
         held.push(
             app.state
-                .asks_db
+                .db
+                .asks
                 .acquire()
                 .await
                 .expect("asks pool connection"),

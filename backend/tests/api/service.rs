@@ -222,8 +222,8 @@ async fn a_role_that_bypasses_rls_is_refused_at_start() {
         base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
         db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
-    match backend::app::AppState::new(&config).await {
-        Err(backend::app::StartError::BypassesRls) => {}
+    match backend::state::AppState::new(&config).await {
+        Err(backend::state::StartError::BypassesRls) => {}
         Err(e) => panic!("refused for another reason: {e}"),
         Ok(_) => panic!("a superuser role was accepted"),
     }

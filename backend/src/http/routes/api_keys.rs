@@ -52,7 +52,7 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
     let expires = b
         .expires_in_days
         .map(|d| OffsetDateTime::now_utc() + time::Duration::days(i64::from(d)));
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
     let created = api_keys::create(
         &mut tx,
         p.tenant.id,
@@ -94,12 +94,12 @@ pub async fn lookup(ctx: &Ctx, prefix: &str) -> ApiResult {
     if prefix.len() != 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(gone());
     }
-    let rec = api_keys::lookup(&ctx.state.internal_db, prefix)
+    let rec = api_keys::lookup(&ctx.state.db.internal, prefix)
         .await?
         .filter(|k| k.revoked_at.is_none())
         .filter(|k| k.expires_at.is_none_or(|e| e > OffsetDateTime::now_utc()))
         .ok_or_else(gone)?;
-    let tenant = crate::db::tenants::by_id(&ctx.state.internal_db, rec.tenant_id)
+    let tenant = crate::db::tenants::by_id(&ctx.state.db.internal, rec.tenant_id)
         .await?
         .filter(|t| t.is_active)
         .ok_or_else(gone)?;
@@ -118,7 +118,7 @@ pub async fn lookup(ctx: &Ctx, prefix: &str) -> ApiResult {
 
 pub async fn list(ctx: &Ctx) -> ApiResult {
     let p = admin(ctx).await?;
-    let mut tx = db::tenant_tx_read(&ctx.state, p.tenant.id).await?;
+    let mut tx = ctx.state.db.tenant_tx_read(p.tenant.id).await?;
     let keys = api_keys::list(&mut tx).await?;
     tx.commit().await?;
     Ok(json(
@@ -130,7 +130,7 @@ pub async fn list(ctx: &Ctx) -> ApiResult {
 pub async fn revoke(ctx: &Ctx, id: &str) -> ApiResult {
     let p = admin(ctx).await?;
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound("no such key".into()))?;
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
     let Some(prefix) = api_keys::revoke(&mut tx, id).await? else {
         return Err(ApiError::NotFound("no such key".into()));
     };

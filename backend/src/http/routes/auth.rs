@@ -40,7 +40,7 @@ async fn host_tenant(ctx: &Ctx) -> Result<tenants::Tenant, ApiError> {
     let host = ctx
         .forwarded_host()
         .ok_or_else(|| ApiError::BadRequest("missing_host", "no forwarded host".into()))?;
-    tenants::by_host(&ctx.state.db, &host, &ctx.state.base_domains)
+    tenants::by_host(&ctx.state.db.primary, &host, &ctx.state.base_domains)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no active tenant for host `{host}`")))
 }
@@ -185,7 +185,7 @@ async fn verify_login(
 ) -> ApiResult {
     // Read the user in a short transaction: no pooled connection is held during the (slow, CPU-bound)
     // hash verification, so a burst of logins cannot starve every other request of connections.
-    let mut tx = db::tenant_tx(&ctx.state.db, tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, tenant.id).await?;
     let user = users::by_email(&mut tx, email).await?;
     tx.commit().await?;
     // Unknown email and wrong password cost the same: one Argon2id verification either way.
@@ -204,7 +204,7 @@ async fn verify_login(
         .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?;
     drop(permit);
     metrics().argon2.observe(started.elapsed().as_secs_f64());
-    let mut tx = db::tenant_tx(&ctx.state.db, tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, tenant.id).await?;
     let user = match user {
         Some(u) if ok && u.is_active => u,
         _ => {
@@ -249,7 +249,7 @@ pub async fn refresh(ctx: &Ctx, body: Incoming) -> ApiResult {
     let b: RefreshBody = read_json(body).await?;
     let tenant = host_tenant(ctx).await?;
     let hash = token_hash(b.refresh_token.trim());
-    let mut tx = db::tenant_tx(&ctx.state.db, tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, tenant.id).await?;
     let Some(rt) = refresh_tokens::by_hash_for_update(&mut tx, &hash).await? else {
         return Err(ApiError::Unauthorized(
             "invalid_refresh_token",
@@ -309,7 +309,7 @@ pub async fn logout(ctx: &Ctx, body: Incoming) -> ApiResult {
     // its `exp` plus the largest clock leeway either of them allows.
     let ttl = p.exp.saturating_sub(now) + crate::auth::MAX_VERIFIER_LEEWAY_SECS;
     let _: () = redis.set_ex(denylist_key(&p.jti), 1, ttl).await?;
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
     if let Some(rt) = b.refresh_token {
         if let Some(found) =
             refresh_tokens::by_hash_for_update(&mut tx, &token_hash(rt.trim())).await?

@@ -12,7 +12,7 @@ pub async fn healthz(_ctx: &Ctx) -> ApiResult {
 
 pub async fn readyz(ctx: &Ctx) -> ApiResult {
     let db = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&ctx.state.db)
+        .fetch_one(&ctx.state.db.primary)
         .await
         .is_ok();
     let redis_ok = match ctx.state.redis().await {
@@ -42,14 +42,14 @@ pub async fn metrics(ctx: &Ctx) -> ApiResult {
     let m = collectors();
     m.pool
         .with_label_values(&["idle"])
-        .set(ctx.state.db.num_idle() as i64);
+        .set(ctx.state.db.primary.num_idle() as i64);
     m.pool
         .with_label_values(&["active"])
-        .set(ctx.state.db.size() as i64 - ctx.state.db.num_idle() as i64);
+        .set(ctx.state.db.primary.size() as i64 - ctx.state.db.primary.num_idle() as i64);
     // The pool's ceiling, so that "active / max" (the saturation alert) needs no number in the rule.
-    m.pool
-        .with_label_values(&["max"])
-        .set(i64::from(ctx.state.db.options().get_max_connections()));
+    m.pool.with_label_values(&["max"]).set(i64::from(
+        ctx.state.db.primary.options().get_max_connections(),
+    ));
     let mut r = Response::new(crate::http::full(Bytes::from(m.render())));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -31,7 +31,7 @@ pub async fn list(ctx: &Ctx) -> ApiResult {
     }
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({ "tenants": tenants::list(&ctx.state.db).await? }),
+        &serde_json::json!({ "tenants": tenants::list(&ctx.state.db.primary).await? }),
     ))
 }
 
@@ -57,7 +57,7 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
         return Err(ApiError::Validation(errors));
     }
     let t = tenants::create(
-        &ctx.state.db,
+        &ctx.state.db.primary,
         b.name.trim(),
         &b.subdomain,
         b.domain.as_deref(),
@@ -72,7 +72,7 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
 /// 200 when `host` belongs to an active tenant (subdomain of a base domain, or its own domain), else 404.
 pub async fn domain_allowed(ctx: &Ctx, host: &str) -> ApiResult {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    match tenants::by_host(&ctx.state.asks_db, &host, &ctx.state.base_domains).await? {
+    match tenants::by_host(&ctx.state.db.asks, &host, &ctx.state.base_domains).await? {
         Some(t) => Ok(json(
             StatusCode::OK,
             &serde_json::json!({ "allowed": true, "tenant": t.subdomain }),

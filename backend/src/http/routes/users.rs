@@ -54,7 +54,7 @@ fn check_role(role: &str, by: &Principal, errors: &mut Vec<(&'static str, String
 
 pub async fn me(ctx: &Ctx) -> ApiResult {
     let p = principal(ctx).await?;
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
     let user = users::get(&mut tx, p.user_id).await?.ok_or_else(|| {
         ApiError::Unauthorized("invalid_token", "the user no longer exists".into())
     })?;
@@ -67,7 +67,7 @@ pub async fn me(ctx: &Ctx) -> ApiResult {
 
 pub async fn list(ctx: &Ctx) -> ApiResult {
     let p = admin(ctx).await?;
-    let mut tx = db::tenant_tx_read(&ctx.state, p.tenant.id).await?;
+    let mut tx = ctx.state.db.tenant_tx_read(p.tenant.id).await?;
     let all = users::list(&mut tx).await?;
     tx.commit().await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "users": all })))
@@ -76,7 +76,7 @@ pub async fn list(ctx: &Ctx) -> ApiResult {
 pub async fn get(ctx: &Ctx, id: &str) -> ApiResult {
     let p = admin(ctx).await?;
     let id = parse_id(id)?;
-    let mut tx = db::tenant_tx_read(&ctx.state, p.tenant.id).await?;
+    let mut tx = ctx.state.db.tenant_tx_read(p.tenant.id).await?;
     let user = users::get(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
@@ -111,7 +111,7 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(ApiError::Internal)?;
     drop(permit);
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
     let user = users::create(
         &mut tx,
         &users::NewUser {
@@ -144,7 +144,7 @@ pub async fn update(ctx: &Ctx, id: &str, body: Incoming) -> ApiResult {
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
     let user = users::update(
         &mut tx,
         id,
@@ -178,7 +178,7 @@ pub async fn delete(ctx: &Ctx, id: &str) -> ApiResult {
             "you cannot delete yourself".into(),
         )]));
     }
-    let mut tx = db::tenant_tx(&ctx.state.db, p.tenant.id).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
     if !users::delete(&mut tx, id).await? {
         return Err(ApiError::NotFound("no such user".into()));
     }
