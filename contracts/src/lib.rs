@@ -68,6 +68,41 @@ pub mod headers {
     pub const REQUEST_ID: &str = "x-request-id";
 }
 
+/// The request-id rule both sides apply to a client's `X-Request-Id`: kept when it is 1–128 characters
+/// of `[A-Za-z0-9._:-]`, else replaced by a new id.
+pub fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+}
+
+/// API keys of third-party integrations: `ak_{prefix}_{secret}`, the prefix 8 hex digits (the lookup
+/// key, shown in listings), the secret 56 hex digits. The backend stores the whole key's SHA-256.
+pub mod api_key {
+    /// What every key starts with (and how a bearer token is told to be a key).
+    pub const MARK: &str = "ak_";
+    /// Hex digits of the prefix.
+    pub const PREFIX_LEN: usize = 8;
+    /// Hex digits of the secret.
+    pub const SECRET_LEN: usize = 56;
+
+    /// Splits a key of the right shape into (prefix, secret); `None` for any other shape.
+    pub fn split(key: &str) -> Option<(&str, &str)> {
+        let (prefix, secret) = key.strip_prefix(MARK)?.split_once('_')?;
+        (is_hex(prefix, PREFIX_LEN) && is_hex(secret, SECRET_LEN)).then_some((prefix, secret))
+    }
+
+    /// Whether `prefix` has the shape of a key's prefix.
+    pub fn is_prefix(prefix: &str) -> bool {
+        is_hex(prefix, PREFIX_LEN)
+    }
+
+    fn is_hex(s: &str, n: usize) -> bool {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+}
+
 /// A tenant subdomain: one DNS label of lowercase letters, digits and inner hyphens, 1 to 63 bytes.
 pub fn is_label(s: &str) -> bool {
     !s.is_empty()
@@ -246,5 +281,32 @@ pub mod traceparent {
                 parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later").is_some()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_and_request_ids_have_one_rule() {
+        let key = format!("ak_0a1b2c3d_{}", "e".repeat(56));
+        assert_eq!(api_key::split(&key), Some(("0a1b2c3d", &*"e".repeat(56))));
+        for bad in [
+            "",
+            "ak_",
+            "ak_0a1b2c3d",
+            "ak_xyz_abc",
+            "ak_0a1b2c3d_00",
+            "bk_0a1b2c3d_",
+        ] {
+            assert_eq!(api_key::split(bad), None, "{bad}");
+        }
+        assert!(api_key::is_prefix("0a1b2c3d"));
+        assert!(!api_key::is_prefix("0a1b2c3"));
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"bad id"));
+        assert!(!valid_request_id(&[b'a'; 129]));
     }
 }

@@ -145,7 +145,7 @@ fn presented_api_key(ctx: &Ctx) -> Option<&str> {
         .strip_prefix("Bearer ")
         .or_else(|| h.strip_prefix("bearer "))?
         .trim();
-    token.starts_with("ak_").then_some(token)
+    token.starts_with(contracts::api_key::MARK).then_some(token)
 }
 
 /// The caller of an endpoint that integrations may call: a user's token, or an API key carrying `scope`.
@@ -156,7 +156,7 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
         return principal(ctx).await;
     };
     let invalid = || ApiError::Unauthorized("invalid_api_key", "the API key is not valid".into());
-    let (prefix, _) = crate::http::routes::api_keys::split_key(key).ok_or_else(invalid)?;
+    let (prefix, _) = contracts::api_key::split(key).ok_or_else(invalid)?;
     let rec = crate::db::api_keys::lookup(&ctx.state.db.primary, prefix)
         .await?
         .ok_or_else(invalid)?;

@@ -144,12 +144,7 @@ pub async fn handle(
         .headers
         .get(contracts::headers::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-        })
+        .filter(|v| contracts::valid_request_id(v.as_bytes()))
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string);
     let ctx = Ctx {
         state,

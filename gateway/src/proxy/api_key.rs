@@ -42,11 +42,9 @@ enum Cached {
     Present(KeyRecord),
 }
 
-/// Splits `ak_{8 hex}_{56 hex}` into (prefix, key); `None` when the key has another shape.
+/// The prefix of a key of the right shape (`contracts::api_key`); `None` when the key has another shape.
 pub fn parse(key: &str) -> Option<&str> {
-    let (prefix, secret) = key.strip_prefix("ak_")?.split_once('_')?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(prefix, 8) && hex(secret, 56)).then_some(prefix)
+    contracts::api_key::split(key).map(|(prefix, _)| prefix)
 }
 
 /// Why a key could not be checked at all (as opposed to being refused).
@@ -294,7 +292,8 @@ pub fn presented(headers: &http::HeaderMap) -> Option<&str> {
     let h = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = h.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && token.starts_with("ak_")).then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer") && token.starts_with(contracts::api_key::MARK))
+        .then_some(token)
 }
 
 #[cfg(test)]

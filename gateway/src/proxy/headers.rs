@@ -45,13 +45,9 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     Some(last)
 }
 
-/// A client-supplied request id is kept when it is 1–128 characters of `[A-Za-z0-9._:-]`.
-pub fn valid_request_id(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
-}
+/// A client-supplied request id is kept when it is 1–128 characters of `[A-Za-z0-9._:-]` (the rule is
+/// the backend's too: `contracts`).
+pub use contracts::valid_request_id;
 
 /// A new random request id: 32 lowercase hex digits (128 bits).
 pub fn new_request_id() -> String {

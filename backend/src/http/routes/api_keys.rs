@@ -45,10 +45,16 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut raw = [0u8; 32];
+    // The shape is the contract's: PREFIX_LEN + SECRET_LEN hex digits are 32 random bytes.
+    let mut raw = [0u8; (contracts::api_key::PREFIX_LEN + contracts::api_key::SECRET_LEN) / 2];
     rand::thread_rng().fill_bytes(&mut raw);
-    let prefix = hex::encode(&raw[..4]);
-    let key = format!("ak_{prefix}_{}", hex::encode(&raw[4..]));
+    let prefix = hex::encode(&raw[..contracts::api_key::PREFIX_LEN / 2]);
+    let key = format!(
+        "{}{prefix}_{}",
+        contracts::api_key::MARK,
+        hex::encode(&raw[contracts::api_key::PREFIX_LEN / 2..])
+    );
+    debug_assert!(contracts::api_key::split(&key).is_some());
     let expires = b
         .expires_in_days
         .map(|d| OffsetDateTime::now_utc() + time::Duration::days(i64::from(d)));
@@ -80,18 +86,11 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
 /// The gateway's Redis cache entry of a key (contract between backend and gateway).
 pub use contracts::redis_keys::api_key as api_key_cache_key;
 
-/// Splits `ak_{prefix}_{secret}`; `None` when the key is not of that shape.
-pub fn split_key(key: &str) -> Option<(&str, &str)> {
-    let (prefix, secret) = key.strip_prefix("ak_")?.split_once('_')?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(prefix, 8) && hex(secret, 56)).then_some((prefix, secret))
-}
-
 /// `GET /internal/api-keys/{prefix}` (internal listener): the record the gateway checks a presented key
 /// against. 404 for an unknown, revoked or expired key, or one whose tenant is inactive.
 pub async fn lookup(ctx: &Ctx, prefix: &str) -> ApiResult {
     let gone = || ApiError::NotFound("no such live key".into());
-    if prefix.len() != 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !contracts::api_key::is_prefix(prefix) {
         return Err(gone());
     }
     let rec = api_keys::lookup(&ctx.state.db.internal, prefix)
