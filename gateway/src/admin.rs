@@ -105,7 +105,7 @@ impl AdminApp {
             })
             .collect();
         json!({
-            "time": crate::state::unix_now(),
+            "time": crate::support::unix_now(),
             "requests_by_route": pairs(m.sum_by("gateway_http_requests_total", &["route"], all)),
             "errors_by_route": pairs(m.sum_by("gateway_http_requests_total", &["route"], five)),
             "auth_rejections": pairs(m.sum_by("gateway_auth_rejections_total", &["reason"], all)),

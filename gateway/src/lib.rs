@@ -272,7 +272,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
             tls::acme::AcmeManager {
                 state: state.clone(),
                 client,
-                on_demand,
+                on_demand: on_demand.map(|od| od as Arc<dyn tls::acme::TenantDomains>),
             },
         ));
     }

@@ -246,7 +246,9 @@ impl GatewayState {
             &jwks,
             redis.as_ref(),
         );
-        metrics().last_reload_success.set(unix_now());
+        metrics()
+            .last_reload_success
+            .set(crate::support::unix_now());
         Arc::new(GatewayState {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
@@ -287,7 +289,9 @@ impl GatewayState {
             self.redis.as_ref(),
         );
         self.runtime.store(Arc::new(rt));
-        metrics().last_reload_success.set(unix_now());
+        metrics()
+            .last_reload_success
+            .set(crate::support::unix_now());
         if tokio::runtime::Handle::try_current().is_ok() {
             self.start_health_checks();
         }
@@ -306,7 +310,7 @@ impl GatewayState {
         if self.background_started.swap(true, Ordering::AcqRel) {
             return;
         }
-        crate::proxy::discovery::spawn(self);
+        dns_refresh::spawn(self);
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -354,9 +358,99 @@ fn set_static_certificates(certs: &crate::tls::store::CertStore, config: &Config
     }
 }
 
-/// Seconds since the Unix epoch, as a float.
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// DNS discovery's background task: it reads the live config and upstreams and writes the answers of
+/// [`crate::proxy::discovery`], so it lives beside the state it needs (not in the proxy's module, which
+/// the state builds on).
+pub mod dns_refresh {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Weak};
+
+    use hickory_resolver::TokioResolver;
+
+    use super::GatewayState;
+    use crate::config::DnsSettings;
+    use crate::proxy::discovery::{hosts, log_answer, resolve_all, resolver, Answer};
+    use crate::proxy::upstream::{probe, spawn_health_checks};
+
+    /// Re-resolves the live config's host names every `[dns] refresh`, for as long as the gateway lives,
+    /// and applies changed answers to the live upstreams. Must run inside a Tokio runtime.
+    pub async fn refresh_loop(state: Weak<GatewayState>) {
+        let mut current: Option<(DnsSettings, TokioResolver)> = None;
+        let mut failing: HashSet<String> = HashSet::new();
+        loop {
+            let Some(gw) = state.upgrade() else { return };
+            let rt = gw.current();
+            let settings = rt.config.dns.clone();
+            let hosts = hosts(&rt.config);
+            // A resolver only for a config that names hosts (and again when `[dns]` changes).
+            if !hosts.is_empty() && current.as_ref().is_none_or(|(s, _)| *s != settings) {
+                match resolver(&settings) {
+                    Ok(r) => current = Some((settings.clone(), r)),
+                    Err(e) => tracing::error!(error = %e, "DNS discovery cannot resolve"),
+                }
+            }
+            if let (Some((_, resolver)), false) = (&current, hosts.is_empty()) {
+                resolver.clear_cache();
+                for (host, answer) in resolve_all(resolver, hosts).await {
+                    let failed = matches!(answer, Answer::Failed(_));
+                    // Say it once per failure streak, and when it mends.
+                    if failed {
+                        if failing.insert(host.clone()) {
+                            log_answer(&host, &answer, false);
+                        }
+                    } else if failing.remove(&host) {
+                        tracing::info!(host, "upstream host name resolves again");
+                    }
+                    if gw.discovery.record(&host, &answer) && matches!(answer, Answer::Gone) {
+                        log_answer(&host, &answer, false);
+                    }
+                }
+            }
+            // Reconcile every live upstream with the answers, changed or not: a reload that compiled its
+            // upstreams from older answers converges here too.
+            let rt = gw.current();
+            for up in rt.upstreams.iter().filter(|u| u.uses_dns()) {
+                let lookup = |h: &str, p: u16| gw.discovery.addrs(h, p);
+                // A new server's first check runs before it joins, when checks are on.
+                let arriving = up.arriving(&lookup);
+                let passed: Vec<SocketAddr> = match &up.spec.health {
+                    Some(spec) if !arriving.is_empty() => {
+                        let checks = arriving
+                            .iter()
+                            .map(|a| async move { (*a, probe(*a, spec).await) });
+                        futures_util::future::join_all(checks)
+                            .await
+                            .into_iter()
+                            .filter_map(|(a, ok)| ok.then_some(a))
+                            .collect()
+                    }
+                    Some(_) => Vec::new(),
+                    None => arriving,
+                };
+                let verdict = |a: SocketAddr| passed.contains(&a);
+                if let Some((added, removed)) = up.refresh_members(gw.registry(), &lookup, &verdict)
+                {
+                    tracing::info!(
+                        upstream = %up.name,
+                        added = ?added,
+                        removed = ?removed,
+                        servers = up.members().servers.len(),
+                        "upstream servers changed (DNS)"
+                    );
+                    spawn_health_checks(up);
+                }
+            }
+            let pause = settings.refresh;
+            drop(rt);
+            drop(gw);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Starts [`refresh_loop`] for `state` (once; call inside a Tokio runtime).
+    pub fn spawn(state: &Arc<GatewayState>) {
+        let weak = Arc::downgrade(state);
+        tokio::spawn(refresh_loop(weak));
+    }
 }

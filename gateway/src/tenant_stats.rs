@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -86,15 +85,8 @@ impl Counters {
     }
 }
 
-/// `[tenant_stats]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Settings {
-    pub top_k: usize,
-    pub interval: Duration,
-    pub max_tenants: usize,
-    /// Tenants not seen for this long leave the table at the next ranking.
-    pub idle_evict: Duration,
-}
+/// `[tenant_stats]` (validated in `config`).
+pub use crate::config::TenantStatsSettings as Settings;
 
 /// What one request adds to its tenant.
 pub struct Sample {
@@ -145,7 +137,7 @@ fn now_secs() -> u64 {
 impl TenantStats {
     fn shard(&self, tenant: &str) -> &RwLock<HashMap<Box<str>, Arc<Counters>>> {
         // A cheap hash picks the shard (the map inside keeps its keyed hash: tenants are client-chosen).
-        &self.shards[(crate::proxy::upstream::hash64(tenant.as_bytes()) as usize) % SHARDS]
+        &self.shards[(crate::support::hash64(tenant.as_bytes()) as usize) % SHARDS]
     }
 
     /// Counts one request that did not pass auth: in `other` only, whatever its Host says (the tenant is
@@ -394,6 +386,7 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn sample(status: u16, ms: f64) -> Sample {
         Sample {

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
-use crate::compare::CompareArgs;
+use crate::cli::CompareArgs;
 use crate::generator::Outcome;
 use crate::scenario::Scenario;
 

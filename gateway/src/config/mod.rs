@@ -126,7 +126,7 @@ pub struct Config {
     /// `[dns]`: resolution of upstream servers given as host names.
     pub dns: DnsSettings,
     /// `[tenant_stats]`.
-    pub tenant_stats: crate::tenant_stats::Settings,
+    pub tenant_stats: TenantStatsSettings,
     /// `[tracing]`: OpenTelemetry export, when configured (restart needed to change).
     pub tracing: Option<crate::otel::Settings>,
     /// `[tls]`, when configured (then `entrypoints.https` is set too).
@@ -135,6 +135,19 @@ pub struct Config {
     pub rate_limits: Vec<RateLimitSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+/// `[tenant_stats]`: per-tenant figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TenantStatsSettings {
+    /// Tenants named in Prometheus (the rest are `other`).
+    pub top_k: usize,
+    /// How often the tenants are ranked again.
+    pub interval: Duration,
+    /// Tenants counted exactly.
+    pub max_tenants: usize,
+    /// Tenants not seen for this long leave the table at the next ranking.
+    pub idle_evict: Duration,
 }
 
 /// `[tenant_stats]` defaults: tenants named in Prometheus, how often they are ranked, how many are
@@ -781,7 +794,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         })
     });
     let ts = raw.tenant_stats.as_ref();
-    let tenant_stats = crate::tenant_stats::Settings {
+    let tenant_stats = TenantStatsSettings {
         top_k: positive(
             &ts.and_then(|t| t.top_k.clone()),
             DEFAULT_TENANT_TOP_K,

@@ -17,9 +17,9 @@ use subtle::ConstantTimeEq;
 
 use crate::config::ApiKeySettings;
 use crate::proxy::auth::{AuthError, Identity};
-use crate::proxy::upstream::hash64;
 use crate::shared_redis::SharedRedis;
 use crate::single_flight::SingleFlight;
+use crate::support::hash64;
 
 /// The Redis entry of a key's record (the backend deletes it on revocation).
 pub use contracts::redis_keys::api_key as cache_key;

@@ -23,7 +23,8 @@ use http::HeaderMap;
 
 use crate::config::{CanarySpec, Sticky};
 use crate::metrics::metrics;
-use crate::proxy::upstream::{hash64, Upstream};
+use crate::proxy::upstream::Upstream;
+use crate::support::hash64;
 
 /// Which upstream a request went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -293,7 +294,7 @@ impl CanaryState {
             .set(0);
         *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(Verdict {
             reason,
-            at: crate::state::unix_now(),
+            at: crate::support::unix_now(),
         });
     }
 

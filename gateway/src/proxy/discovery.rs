@@ -13,15 +13,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
 use crate::config::{Config, DnsSettings, ServerTarget};
-use crate::proxy::upstream::{probe, spawn_health_checks};
-use crate::state::GatewayState;
 
 /// Why a resolver could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +58,7 @@ impl Discovery {
     }
 
     /// Records `answer` for `host`; returns whether the addresses changed.
-    fn record(&self, host: &str, answer: &Answer) -> bool {
+    pub(crate) fn record(&self, host: &str, answer: &Answer) -> bool {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         let new = match answer {
             Answer::Addrs(ips) => ips.clone(),
@@ -177,7 +175,10 @@ pub async fn resolve(resolver: &TokioResolver, host: &str) -> Answer {
     }
 }
 
-async fn resolve_all(resolver: &TokioResolver, hosts: Vec<String>) -> Vec<(String, Answer)> {
+pub(crate) async fn resolve_all(
+    resolver: &TokioResolver,
+    hosts: Vec<String>,
+) -> Vec<(String, Answer)> {
     let lookups = hosts.into_iter().map(|h| async move {
         let a = resolve(resolver, &h).await;
         (h, a)
@@ -185,7 +186,7 @@ async fn resolve_all(resolver: &TokioResolver, hosts: Vec<String>) -> Vec<(Strin
     futures_util::future::join_all(lookups).await
 }
 
-fn log_answer(host: &str, answer: &Answer, first: bool) {
+pub(crate) fn log_answer(host: &str, answer: &Answer, first: bool) {
     match answer {
         Answer::Addrs(ips) if first => {
             tracing::info!(host, addresses = ?ips, "upstream host name resolved")
@@ -201,84 +202,4 @@ fn log_answer(host: &str, answer: &Answer, first: bool) {
             "upstream host name lookup failed; its last known addresses stay in use"
         ),
     }
-}
-
-/// Re-resolves the live config's host names every `[dns] refresh`, for as long as the gateway lives,
-/// and applies changed answers to the live upstreams. Must run inside a Tokio runtime.
-pub async fn refresh_loop(state: Weak<GatewayState>) {
-    let mut current: Option<(DnsSettings, TokioResolver)> = None;
-    let mut failing: HashSet<String> = HashSet::new();
-    loop {
-        let Some(gw) = state.upgrade() else { return };
-        let rt = gw.current();
-        let settings = rt.config.dns.clone();
-        let hosts = hosts(&rt.config);
-        // A resolver only for a config that names hosts (and again when `[dns]` changes).
-        if !hosts.is_empty() && current.as_ref().is_none_or(|(s, _)| *s != settings) {
-            match resolver(&settings) {
-                Ok(r) => current = Some((settings.clone(), r)),
-                Err(e) => tracing::error!(error = %e, "DNS discovery cannot resolve"),
-            }
-        }
-        if let (Some((_, resolver)), false) = (&current, hosts.is_empty()) {
-            resolver.clear_cache();
-            for (host, answer) in resolve_all(resolver, hosts).await {
-                let failed = matches!(answer, Answer::Failed(_));
-                // Say it once per failure streak, and when it mends.
-                if failed {
-                    if failing.insert(host.clone()) {
-                        log_answer(&host, &answer, false);
-                    }
-                } else if failing.remove(&host) {
-                    tracing::info!(host, "upstream host name resolves again");
-                }
-                if gw.discovery.record(&host, &answer) && matches!(answer, Answer::Gone) {
-                    log_answer(&host, &answer, false);
-                }
-            }
-        }
-        // Reconcile every live upstream with the answers, changed or not: a reload that compiled its
-        // upstreams from older answers converges here too.
-        let rt = gw.current();
-        for up in rt.upstreams.iter().filter(|u| u.uses_dns()) {
-            let lookup = |h: &str, p: u16| gw.discovery.addrs(h, p);
-            // A new server's first check runs before it joins, when checks are on.
-            let arriving = up.arriving(&lookup);
-            let passed: Vec<SocketAddr> = match &up.spec.health {
-                Some(spec) if !arriving.is_empty() => {
-                    let checks = arriving
-                        .iter()
-                        .map(|a| async move { (*a, probe(*a, spec).await) });
-                    futures_util::future::join_all(checks)
-                        .await
-                        .into_iter()
-                        .filter_map(|(a, ok)| ok.then_some(a))
-                        .collect()
-                }
-                Some(_) => Vec::new(),
-                None => arriving,
-            };
-            let verdict = |a: SocketAddr| passed.contains(&a);
-            if let Some((added, removed)) = up.refresh_members(gw.registry(), &lookup, &verdict) {
-                tracing::info!(
-                    upstream = %up.name,
-                    added = ?added,
-                    removed = ?removed,
-                    servers = up.members().servers.len(),
-                    "upstream servers changed (DNS)"
-                );
-                spawn_health_checks(up);
-            }
-        }
-        let pause = settings.refresh;
-        drop(rt);
-        drop(gw);
-        tokio::time::sleep(pause).await;
-    }
-}
-
-/// Starts [`refresh_loop`] for `state` (once; call inside a Tokio runtime).
-pub fn spawn(state: &Arc<GatewayState>) {
-    let weak = Arc::downgrade(state);
-    tokio::spawn(refresh_loop(weak));
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::proxy::upstream::hash64;
 use crate::shared_redis::SharedRedis;
+use crate::support::hash64;
 
 /// The denylist key the backend writes, and the user's "tokens issued at or before" marker.
 pub use contracts::redis_keys::{

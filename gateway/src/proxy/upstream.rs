@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Balance, HealthSpec, ServerTarget, UpstreamProtocol, UpstreamSpec};
 use crate::metrics::metrics;
+use crate::support::hash64;
 
 /// One backend server as the gateway sees it.
 #[derive(Debug)]
@@ -402,20 +403,6 @@ impl Upstream {
         }?;
         Some(Arc::clone(&m.servers[i]))
     }
-}
-
-/// FNV-1a then a murmur finaliser: fast, stable across processes and releases (unlike `DefaultHasher`).
-pub fn hash64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 fn hash_ring(servers: &[(&str, u32)]) -> Vec<(u64, u16)> {

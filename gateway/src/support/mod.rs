@@ -2,6 +2,28 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
+/// FNV-1a then a murmur finaliser: fast, stable across processes and releases (unlike `DefaultHasher`).
+/// For shard picks and consistent hashing, never for keys a client could collide on purpose in a map.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Wall-clock Unix time in seconds, with its fraction (0 before 1970).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The key of a per-client budget for `ip`: the address itself for IPv4, its /64 for IPv6. One IPv6
 /// host commonly holds a whole /64 (SLAAC, privacy addresses), so a budget per address would give a
 /// single client 2^64 budgets.

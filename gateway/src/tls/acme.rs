@@ -23,8 +23,9 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::cert::{CertError, Certificate, Source};
+use super::order_storage::{Lock, Storage};
 use super::shared::RedisStorage;
-use super::storage::{DirStorage, Lock, Storage, StorageError};
+use super::storage::{DirStorage, StorageError};
 use super::store::CertStore;
 use crate::config::{AcmeSettings, ChallengeKind, StorageKind};
 use crate::metrics::metrics;
@@ -87,7 +88,7 @@ struct Schedule {
 }
 
 /// Orders certificates into the store: the configured names (from [`AcmeManager`]) and tenants' own
-/// domains (from [`super::on_demand::OnDemand`]) share it, and so one account.
+/// domains (from the on-demand certificates, [`TenantDomains`]) share it, and so one account.
 pub struct AcmeClient {
     store: Arc<CertStore>,
     /// Set when `storage = "redis"` at start.
@@ -96,12 +97,29 @@ pub struct AcmeClient {
     account: tokio::sync::Mutex<Option<(AcmeSettings, Account)>>,
 }
 
+/// Tenants' own domains with an on-demand certificate, as the renewal loop sees them (implemented by
+/// [`super::on_demand::OnDemand`], which orders through this module: the trait keeps the dependency one
+/// way).
+#[async_trait::async_trait]
+pub trait TenantDomains: Send + Sync {
+    /// The domains to renew.
+    fn issued_names(&self) -> Vec<String>;
+    /// Whether an active tenant still owns `name` (asked afresh).
+    async fn still_allowed(&self, name: &str) -> bool;
+    /// Stops renewing `name` and routing it as a tenant's.
+    fn forget(&self, name: &str);
+    /// The tenant that owns `name`.
+    fn tenant_of(&self, name: &str) -> Option<String>;
+    /// A certificate for `tenant`'s domain `name` that another replica ordered: serve and renew it here.
+    fn adopt(&self, name: &str, tenant: &str);
+}
+
 /// The background service that orders and renews certificates.
 pub struct AcmeManager {
     pub state: Arc<GatewayState>,
     pub client: Arc<AcmeClient>,
     /// Tenants' own domains with a certificate, renewed like the configured names.
-    pub on_demand: Option<Arc<super::on_demand::OnDemand>>,
+    pub on_demand: Option<Arc<dyn TenantDomains>>,
 }
 
 /// The wait after `failures` failures in a row: doubling from `initial`, capped at `max`, with up to

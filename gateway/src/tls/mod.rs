@@ -9,6 +9,7 @@ pub mod cert;
 pub mod dev;
 pub mod dns;
 pub mod on_demand;
+pub mod order_storage;
 pub mod shared;
 pub mod storage;
 pub mod store;

@@ -531,6 +531,26 @@ async fn ask(url: &str, name: &str, timeout: Duration) -> Ownership {
     }
 }
 
+/// The renewal loop's view of the on-demand domains.
+#[async_trait::async_trait]
+impl super::acme::TenantDomains for OnDemand {
+    fn issued_names(&self) -> Vec<String> {
+        OnDemand::issued_names(self)
+    }
+    async fn still_allowed(&self, name: &str) -> bool {
+        OnDemand::still_allowed(self, name).await
+    }
+    fn forget(&self, name: &str) {
+        OnDemand::forget(self, name)
+    }
+    fn tenant_of(&self, name: &str) -> Option<String> {
+        OnDemand::tenant_of(self, name)
+    }
+    fn adopt(&self, name: &str, tenant: &str) {
+        OnDemand::adopt(self, name, tenant)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use crate::cli::{parse_duration, Bar};
+use crate::cli::Bar;
 use crate::generator::{self, Load, Plan, Progress, Protocol};
 use crate::report::{self, Report, Sample, TargetReport, Work};
 use crate::scenario::Scenario;
@@ -25,63 +25,8 @@ use crate::upstream::Upstream;
 use peers::{Peer, Setup};
 use process::{free_addr, Launch};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct CompareArgs {
-    #[arg(long, value_enum)]
-    pub scenario: Scenario,
-    /// The measured window of each run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Rounds of alternation; medians are reported.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    /// Peers to compare with (comma-separated): nginx, haproxy, traefik, caddy, envoy; `none` for none.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "nginx,haproxy,traefik,caddy,envoy"
-    )]
-    pub peers: Vec<String>,
-    /// Client connections.
-    #[arg(long, default_value_t = 64)]
-    pub connections: usize,
-    /// Workers or threads of every proxy (the gateway's `threads`, nginx's `worker_processes`, …). With
-    /// more than one, proxies are not pinned.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-    /// Load before each measured window (not counted).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub warmup: Duration,
-    /// Also count user-space instructions per request of each proxy, once, under valgrind's callgrind.
-    #[arg(long)]
-    pub instructions: bool,
-    /// The gateway binary (default: the release build under CARGO_TARGET_DIR or target/).
-    #[arg(long)]
-    pub gateway_bin: Option<PathBuf>,
-    /// Also measure bare Pingora (gateway/examples/bare_pingora: forwarding with no logic at all, the
-    /// floor under the gateway) on the plain scenario: this binary.
-    #[arg(long)]
-    pub bare_pingora: Option<PathBuf>,
-    /// Where the report goes: <scenario>.json, .md and .svg.
-    #[arg(long, default_value = "loadtest/results")]
-    pub out: PathBuf,
-    /// Redis, for the scenarios with a global limit.
-    #[arg(long, default_value = "127.0.0.1:6379")]
-    pub redis: String,
-    /// `login`: the backend binary (default: the release build next to the gateway's).
-    #[arg(long)]
-    pub backend_bin: Option<PathBuf>,
-    /// `login`: a Postgres superuser URL; the harness creates and drops a database of its own.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
-    pub pg_admin_url: String,
-    /// Keep the work folder (configurations, access logs, callgrind dumps) after a successful run; a failed
-    /// run always keeps it and names it.
-    #[arg(long)]
-    pub keep_files: bool,
-    /// Print the report as JSON on stdout (the Markdown table otherwise).
-    #[arg(long)]
-    pub json: bool,
-}
+/// `loadtest compare`'s arguments (held in `cli`, which the report reads them from too).
+pub use crate::cli::CompareArgs;
 
 /// One target of the comparison.
 struct Target {

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use super::gcra::{Decision, Gcra};
-use crate::proxy::upstream::hash64;
 use crate::shared_redis::{SharedRedis, StoreError};
+use crate::support::hash64;
 
 /// The script's source (also read by the tests).
 pub const SCRIPT: &str = include_str!("script.lua");
