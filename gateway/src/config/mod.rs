@@ -499,6 +499,43 @@ fn opt_duration(v: &Option<Spanned<String>>, diags: &mut Vec<Diagnostic>) -> Opt
         .map(|_| duration_or(v, Duration::from_secs(1), diags))
 }
 
+/// An enumerated value: the choice `value` names, or a diagnostic at `span` listing every allowed
+/// spelling (`{what} \`{value}\` is not one of a, b, c{note}`) and `None`.
+pub(super) fn pick<T: Copy>(
+    value: &str,
+    span: Range<usize>,
+    what: &str,
+    choices: &[(&str, T)],
+    note: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    if let Some((_, v)) = choices.iter().find(|(name, _)| *name == value) {
+        return Some(*v);
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    diags.push(Diagnostic::new(
+        Some(span),
+        format!("{what} `{value}` is not one of {}{note}", names.join(", ")),
+    ));
+    None
+}
+
+/// An optional enumerated key: the first choice when absent or invalid (invalid is also a diagnostic,
+/// see [`pick`]).
+pub(super) fn one_of<T: Copy>(
+    v: &Option<Spanned<String>>,
+    what: &str,
+    choices: &[(&str, T)],
+    note: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> T {
+    let default = choices[0].1;
+    match v {
+        None => default,
+        Some(s) => pick(s.get_ref(), s.span(), what, choices, note, diags).unwrap_or(default),
+    }
+}
+
 fn positive(
     v: &Option<Spanned<i64>>,
     default: u64,
@@ -712,17 +749,13 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
 
     let log = LogSettings {
         access_log: raw.log.access_log.unwrap_or(true),
-        format: match raw.log.format.as_ref().map(|f| f.get_ref().as_str()) {
-            None | Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            Some(other) => {
-                diags.push(Diagnostic::at(
-                    raw.log.format.as_ref().expect("matched Some"),
-                    format!("log.format: `{other}` is not one of json, pretty"),
-                ));
-                LogFormat::Json
-            }
-        },
+        format: one_of(
+            &raw.log.format,
+            "log.format:",
+            &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
+            "",
+            diags,
+        ),
         level: raw
             .log
             .level

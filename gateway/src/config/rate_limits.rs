@@ -87,20 +87,20 @@ fn count(v: &toml::Spanned<i64>, what: &str, min: i64, diags: &mut Vec<Diagnosti
 }
 
 fn key_part<T>(s: &str, at: &toml::Spanned<T>, diags: &mut Vec<Diagnostic>) -> Option<KeyPart> {
-    Some(match s {
-        "client_ip" => KeyPart::ClientIp,
-        "tenant" => KeyPart::Tenant,
-        "user" => KeyPart::User,
-        "api_key" => KeyPart::ApiKey,
-        "route" => KeyPart::Route,
-        other => {
-            diags.push(Diagnostic::at(
-                at,
-                format!("key `{other}` is not one of client_ip, tenant, user, api_key, route"),
-            ));
-            return None;
-        }
-    })
+    super::pick(
+        s,
+        at.span(),
+        "key",
+        &[
+            ("client_ip", KeyPart::ClientIp),
+            ("tenant", KeyPart::Tenant),
+            ("user", KeyPart::User),
+            ("api_key", KeyPart::ApiKey),
+            ("route", KeyPart::Route),
+        ],
+        "",
+        diags,
+    )
 }
 
 pub(super) fn validate(
@@ -165,29 +165,24 @@ pub(super) fn validate(
                 "limit is too high for the period (more than one request per microsecond)",
             ));
         }
-        let scope = match p.scope.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("global") => Scope::Global,
-            Some("local") => Scope::Local,
-            Some(other) => {
-                diags.push(Diagnostic::at(
-                    p.scope.as_ref().expect("matched Some"),
-                    format!("scope `{other}` is not one of global, local"),
-                ));
-                Scope::Global
-            }
-        };
-        let fail = match p.fail.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("local") => FailMode::Local,
-            Some("open") => FailMode::Open,
-            Some("closed") => FailMode::Closed,
-            Some(other) => {
-                diags.push(Diagnostic::at(
-                    p.fail.as_ref().expect("matched Some"),
-                    format!("fail `{other}` is not one of local, open, closed"),
-                ));
-                FailMode::Local
-            }
-        };
+        let scope = super::one_of(
+            &p.scope,
+            "scope",
+            &[("global", Scope::Global), ("local", Scope::Local)],
+            "",
+            diags,
+        );
+        let fail = super::one_of(
+            &p.fail,
+            "fail",
+            &[
+                ("local", FailMode::Local),
+                ("open", FailMode::Open),
+                ("closed", FailMode::Closed),
+            ],
+            "",
+            diags,
+        );
         let expected_replicas = p
             .expected_replicas
             .as_ref()

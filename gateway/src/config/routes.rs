@@ -322,22 +322,19 @@ pub(super) fn validate_route(
         .canary
         .as_ref()
         .and_then(|c| validate_canary(c, r, upstreams, diags));
-    let auth = match r.auth.as_ref().map(|a| a.get_ref().as_str()) {
-        None | Some("none") => AuthPolicy::None,
-        Some("jwt") => AuthPolicy::Jwt,
-        Some("jwt_tenant") => AuthPolicy::JwtTenant,
-        Some("api_key") => AuthPolicy::ApiKey,
-        Some("jwt_or_api_key") => AuthPolicy::JwtOrApiKey,
-        Some(other) => {
-            diags.push(Diagnostic::at(
-                r.auth.as_ref().expect("matched Some"),
-                format!(
-                    "auth `{other}` is not one of none, jwt, jwt_tenant, api_key, jwt_or_api_key"
-                ),
-            ));
-            AuthPolicy::None
-        }
-    };
+    let auth = super::one_of(
+        &r.auth,
+        "auth",
+        &[
+            ("none", AuthPolicy::None),
+            ("jwt", AuthPolicy::Jwt),
+            ("jwt_tenant", AuthPolicy::JwtTenant),
+            ("api_key", AuthPolicy::ApiKey),
+            ("jwt_or_api_key", AuthPolicy::JwtOrApiKey),
+        ],
+        "",
+        diags,
+    );
     let needs_jwt = matches!(
         auth,
         AuthPolicy::Jwt | AuthPolicy::JwtTenant | AuthPolicy::JwtOrApiKey
@@ -414,17 +411,16 @@ pub(super) fn validate_route(
         auth,
         scopes,
         rate_limits,
-        on_store_error: match r.on_store_error.as_ref().map(|v| v.get_ref().as_str()) {
-            None | Some("open") => OnStoreError::Open,
-            Some("closed") => OnStoreError::Closed,
-            Some(other) => {
-                diags.push(Diagnostic::at(
-                    r.on_store_error.as_ref().expect("matched Some"),
-                    format!("on_store_error `{other}` is not one of open, closed"),
-                ));
-                OnStoreError::Open
-            }
-        },
+        on_store_error: super::one_of(
+            &r.on_store_error,
+            "on_store_error",
+            &[
+                ("open", OnStoreError::Open),
+                ("closed", OnStoreError::Closed),
+            ],
+            "",
+            diags,
+        ),
         cors: r.cors.as_ref().map(|c| validate_cors(c, diags)),
         security: validate_security(r.security_headers.as_ref(), diags),
         canary,
@@ -913,18 +909,17 @@ fn validate_canary(
             None
         }
     });
-    let sticky = match f.sticky.as_ref().map(|s| s.get_ref().as_str()) {
-        None | Some("client") => Sticky::Client,
-        Some("tenant") => Sticky::Tenant,
-        Some("none") => Sticky::None,
-        Some(other) => {
-            diags.push(Diagnostic::at(
-                f.sticky.as_ref().expect("matched Some"),
-                format!("canary sticky `{other}` is not one of client, tenant, none"),
-            ));
-            Sticky::Client
-        }
-    };
+    let sticky = super::one_of(
+        &f.sticky,
+        "canary sticky",
+        &[
+            ("client", Sticky::Client),
+            ("tenant", Sticky::Tenant),
+            ("none", Sticky::None),
+        ],
+        "",
+        diags,
+    );
     let ratio = |v: &Option<Spanned<f64>>,
                  default: f64,
                  what: &str,

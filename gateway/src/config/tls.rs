@@ -291,17 +291,16 @@ fn validate_on_demand(o: &OnDemandFile, diags: &mut Vec<Diagnostic>) -> OnDemand
                 default
             }
         };
-    let challenge = match o.challenge.as_ref().map(|c| c.get_ref().as_str()) {
-        None | Some("http-01") => ChallengeKind::Http01,
-        Some("tls-alpn-01") => ChallengeKind::TlsAlpn01,
-        Some(other) => {
-            diags.push(Diagnostic::at(
-                o.challenge.as_ref().expect("matched Some"),
-                format!("on-demand challenge `{other}` is not one of http-01, tls-alpn-01 (a tenant's own domain is not in our DNS)"),
-            ));
-            ChallengeKind::Http01
-        }
-    };
+    let challenge = super::one_of(
+        &o.challenge,
+        "on-demand challenge",
+        &[
+            ("http-01", ChallengeKind::Http01),
+            ("tls-alpn-01", ChallengeKind::TlsAlpn01),
+        ],
+        " (a tenant's own domain is not in our DNS)",
+        diags,
+    );
     OnDemandSettings {
         ask: ask.clone(),
         challenge,
@@ -404,18 +403,17 @@ fn validate_acme(
             "directory must be an https:// URL (ACME runs over HTTPS only)",
         ));
     }
-    let challenge = match a.challenge.as_ref().map(|c| c.get_ref().as_str()) {
-        None | Some("http-01") => ChallengeKind::Http01,
-        Some("tls-alpn-01") => ChallengeKind::TlsAlpn01,
-        Some("dns-01") => ChallengeKind::Dns01,
-        Some(other) => {
-            diags.push(Diagnostic::at(
-                a.challenge.as_ref().expect("matched Some"),
-                format!("challenge `{other}` is not one of http-01, tls-alpn-01, dns-01"),
-            ));
-            ChallengeKind::Http01
-        }
-    };
+    let challenge = super::one_of(
+        &a.challenge,
+        "challenge",
+        &[
+            ("http-01", ChallengeKind::Http01),
+            ("tls-alpn-01", ChallengeKind::TlsAlpn01),
+            ("dns-01", ChallengeKind::Dns01),
+        ],
+        "",
+        diags,
+    );
     let dns = match (&a.dns, challenge) {
         (Some(d), ChallengeKind::Dns01) => validate_dns(d.get_ref(), diags),
         (Some(d), _) => {

@@ -141,30 +141,28 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
             format!("upstream `{name}` has no servers"),
         ));
     }
-    let balance = match u.balance.as_ref().map(|b| b.get_ref().as_str()) {
-        None | Some("round_robin") => Balance::RoundRobin,
-        Some("weighted") => Balance::Weighted,
-        Some("least_conn") => Balance::LeastConn,
-        Some("hash_tenant") => Balance::HashTenant,
-        Some(other) => {
-            diags.push(Diagnostic::at(
-                u.balance.as_ref().expect("matched Some"),
-                format!("balance `{other}` is not one of round_robin, weighted, least_conn, hash_tenant"),
-            ));
-            Balance::RoundRobin
-        }
-    };
-    let protocol = match u.protocol.as_ref().map(|b| b.get_ref().as_str()) {
-        None | Some("http1") => UpstreamProtocol::Http1,
-        Some("h2c") => UpstreamProtocol::H2c,
-        Some(other) => {
-            diags.push(Diagnostic::at(
-                u.protocol.as_ref().expect("matched Some"),
-                format!("protocol `{other}` is not one of http1, h2c"),
-            ));
-            UpstreamProtocol::Http1
-        }
-    };
+    let balance = super::one_of(
+        &u.balance,
+        "balance",
+        &[
+            ("round_robin", Balance::RoundRobin),
+            ("weighted", Balance::Weighted),
+            ("least_conn", Balance::LeastConn),
+            ("hash_tenant", Balance::HashTenant),
+        ],
+        "",
+        diags,
+    );
+    let protocol = super::one_of(
+        &u.protocol,
+        "protocol",
+        &[
+            ("http1", UpstreamProtocol::Http1),
+            ("h2c", UpstreamProtocol::H2c),
+        ],
+        "",
+        diags,
+    );
     let health = u.health.as_ref().map(|h| {
         let path = h
             .path
