@@ -199,10 +199,12 @@ async fn a_canary_post_is_not_replayed_and_a_slow_canary_is_rolled_back() {
 #[tokio::test]
 async fn sticky_per_tenant_keeps_each_tenant_on_one_side_and_weight_zero_is_all_stable() {
     let (stable, canary) = (TestUpstream::start("stable"), TestUpstream::start("canary"));
+    // About stickiness and overrides: the p99 rule is out of reach (on a loaded CI machine a healthy
+    // canary was once rolled back by latency noise between the two checks).
     let gw = Gateway::start(&config(
         &stable,
         &canary,
-        "weight = 50, sticky = \"tenant\", cookie = \"release\"",
+        "weight = 50, sticky = \"tenant\", cookie = \"release\", max_p99_ratio = 1000.0",
     ))
     .await;
     let mut sides = BTreeMap::new();
