@@ -69,6 +69,19 @@ pub struct RateLimitRefusal {
 }
 
 impl EdgeError {
+    /// This answer as the error a Pingora hook returns: Pingora sees its status (for its retry and log
+    /// decisions) and `fail_to_proxy` gets the very `EdgeError` back ([`EdgeError::carried`]), never a
+    /// bare status code to map back.
+    pub fn into_pingora(self, context: &'static str) -> Box<pingora::Error> {
+        let status = self.status();
+        pingora::Error::because(pingora::ErrorType::HTTPStatus(status), context, self)
+    }
+
+    /// The edge error a hook's Pingora error carries, if a hook made it with [`EdgeError::into_pingora`].
+    pub fn carried(e: &pingora::Error) -> Option<&EdgeError> {
+        e.cause.as_deref()?.downcast_ref::<EdgeError>()
+    }
+
     /// The HTTP status for this error.
     pub fn status(&self) -> u16 {
         match self {

@@ -69,7 +69,7 @@ async fn caught<T>(
         Err(_) => {
             metrics().panics.inc();
             tracing::error!(hook, "a request hook panicked; answered 500");
-            Error::e_explain(ErrorType::HTTPStatus(500), "a request hook panicked")
+            Err(EdgeError::Internal.into_pingora("a request hook panicked"))
         }
     }
 }
@@ -274,6 +274,10 @@ fn refused(route: &crate::state::RouteRt, a: auth::AuthError) -> EdgeError {
 
 /// Maps a Pingora error to the edge error answered for it.
 fn classify(e: &Error) -> Option<EdgeError> {
+    // An answer one of our hooks decided comes back as itself.
+    if let Some(err) = EdgeError::carried(e) {
+        return Some(err.clone());
+    }
     if let ErrorType::HTTPStatus(code) = e.etype() {
         return Some(match code {
             413 => EdgeError::BodyTooLarge,
@@ -827,8 +831,12 @@ impl Gateway {
             .upstream_for(ctx.side)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without upstream"))?;
         let Some(server) = up.select(ctx.tenant.as_deref(), &ctx.tried) else {
-            let code = if ctx.tried.is_empty() { 503 } else { 502 };
-            return Error::e_explain(ErrorType::HTTPStatus(code), "no server left to try");
+            let err = if ctx.tried.is_empty() {
+                EdgeError::NoHealthyServer
+            } else {
+                EdgeError::BadGateway
+            };
+            return Err(err.into_pingora("no server left to try"));
         };
         ctx.tries += 1;
         ctx.tried.push(server.addr);
@@ -1127,9 +1135,8 @@ impl ProxyHttp for Gateway {
             ctx.body_bytes += b.len() as u64;
             if let Some(r) = ctx.route(rt) {
                 if ctx.body_bytes > r.spec.max_body_bytes {
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(413),
-                        "request body over max_body_bytes",
+                    return Err(
+                        EdgeError::BodyTooLarge.into_pingora("request body over max_body_bytes")
                     );
                 }
             }
@@ -1342,5 +1349,30 @@ impl ProxyHttp for Gateway {
                 .linger_close(LINGER_TIME, LINGER_BYTES)
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    /// An answer a hook decided reaches `fail_to_proxy` as itself: a status alone would map a 403 CORS
+    /// refusal back to a 400 and a 503 store outage to "no healthy server".
+    #[test]
+    fn a_hooks_edge_error_comes_back_as_itself() {
+        for err in [
+            EdgeError::CorsDenied,
+            EdgeError::StoreUnavailable,
+            EdgeError::BodyTooLarge,
+            EdgeError::ConnectNotAllowed,
+            EdgeError::Internal,
+        ] {
+            let e = err.clone().into_pingora("test");
+            assert_eq!(classify(&e), Some(err.clone()), "{err:?}");
+            assert_eq!(e.etype(), &ErrorType::HTTPStatus(err.status()));
+        }
+        // Errors Pingora makes itself still map by source and type.
+        let up = Error::explain(ErrorType::ConnectTimedout, "x").into_up();
+        assert_eq!(classify(&up), Some(EdgeError::UpstreamTimeout));
     }
 }
