@@ -105,11 +105,15 @@ impl Gateway {
         }
         if ctx.linger {
             // After the access log: the client's remaining input is read and dropped, so that it gets
-            // the error response instead of a reset.
-            session
-                .as_downstream_mut()
-                .linger_close(LINGER_TIME, LINGER_BYTES)
-                .await;
+            // the error response instead of a reset. Boxed: the lingering future (with its 8 KiB read
+            // buffer) would otherwise be part of every request's logging future, moved into async_trait's
+            // box each time (+8.6 k instructions per request under callgrind, all of it memcpy).
+            Box::pin(
+                session
+                    .as_downstream_mut()
+                    .linger_close(LINGER_TIME, LINGER_BYTES),
+            )
+            .await;
         }
     }
 }
