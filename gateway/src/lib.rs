@@ -70,7 +70,11 @@ fn ensure_upgrade_dir(sock: &Path) {
     if dir.exists() {
         return;
     }
-    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         tracing::warn!(
             dir = %dir.display(),
             error = %e,

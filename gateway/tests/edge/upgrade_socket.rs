@@ -260,3 +260,43 @@ async fn the_new_process_socket_admits_no_other_user() {
     exit_of(&mut old, "the old process leaves").await;
     assert_eq!(new.get("x.test", "/").await.status, 200, "{}", new.stderr());
 }
+
+/// The shape of the compose stack's tmpfs and Kubernetes' emptyDir at `/run/aggios-edge`: a world-writable
+/// (sticky) directory. A socket directly in it is refused by `validate`; the stack's configs name a
+/// `private/` directory inside it, which the gateway makes 0700 at start. (The configs named the tmpfs
+/// itself before: the gateway would have refused to start in its container.)
+#[tokio::test]
+async fn a_world_writable_runtime_dir_is_refused_and_a_private_subdir_is_made() {
+    let up = TestUpstream::start("u");
+    let run = tempfile::tempdir().expect("tempdir");
+    chmod(run.path(), 0o1777);
+    let cfg_dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cfg_dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[entrypoints]\nhttp = \"127.0.0.1:{}\"\n\n{}",
+            free_port(),
+            body(&up, &run.path().join("upgrade.sock"))
+        ),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("validate");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("writable by others"), "{stderr}");
+
+    let private = run.path().join("private");
+    let gw = Gateway::start(&body(&up, &private.join("upgrade.sock"))).await;
+    let mode = std::fs::metadata(&private)
+        .expect("made")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o700, "the private directory's mode");
+    assert_eq!(gw.get("x.test", "/").await.status, 200);
+}
