@@ -561,6 +561,75 @@ orders_per_minute = 5"#,
     );
 }
 
+/// #23 point 2, the budgets: one tenant's domains get `tenant_orders_per_hour` orders (its second domain is
+/// refused, `tenant_throttled`, while another tenant's is issued), and all on-demand orders together stop
+/// at `orders_per_hour` (`throttled`), leaving the rest of the account's budget to the configured names.
+#[tokio::test]
+async fn on_demand_orders_keep_to_the_tenant_and_hourly_budgets() {
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
+    let up = TestUpstream::start("u");
+    let storage = tempfile::tempdir().expect("tempdir");
+    let ask = DocServer::start().await;
+    for (host, tenant) in [
+        ("a1.example.org", "acme"),
+        ("a2.example.org", "acme"),
+        ("g1.example.org", "globex"),
+        ("i1.example.org", "initech"),
+    ] {
+        ask.set(
+            &format!("/internal/tenant-domains/{host}"),
+            200,
+            &format!(r#"{{"allowed":true,"tenant":"{tenant}"}}"#),
+        );
+    }
+    let body = acme_toml(
+        &pebble,
+        &up,
+        "[tls]\nhandshake_timeout = \"30s\"",
+        &format!(
+            r#"challenge = "http-01"
+storage = "{storage}"
+order_timeout = "20s"
+[tls.on_demand]
+ask = "http://{ask}/internal/tenant-domains/{{host}}"
+wait = "20s"
+tenant_orders_per_hour = 1
+orders_per_hour = 2"#,
+            storage = storage.path().display(),
+            ask = ask.addr,
+        ),
+        PUBLIC_ROUTE,
+    );
+    let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
+    let root = pebble.issuing_root().await;
+    let client = client_config(&root, &[b"http/1.1"]);
+    let decision = |d: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.metric(&format!("gateway_tls_on_demand_total{{decision=\"{d}\"}}"))
+                .await
+        }
+    };
+
+    let served = |host: &'static str| {
+        let client = client.clone();
+        let port = gw.https;
+        async move { get(port, host, "/", &[], client).await.map(|r| r.status) }
+    };
+    assert_eq!(served("a1.example.org").await, Ok(200), "{}", gw.stderr());
+    // acme's second domain: its tenant's budget is spent.
+    assert!(served("a2.example.org").await.is_err());
+    assert_eq!(decision("tenant_throttled").await, 1.0);
+    // Another tenant's domain is issued: the second order of the hour.
+    assert_eq!(served("g1.example.org").await, Ok(200), "{}", gw.stderr());
+    // A third tenant's: the hourly cap of on-demand orders is reached.
+    assert!(served("i1.example.org").await.is_err());
+    assert_eq!(decision("throttled").await, 1.0);
+    assert_eq!(decision("issued").await, 2.0);
+    assert_eq!(pebble.orders(), 2, "orders past the budgets reached the CA");
+}
+
 /// #23 point 5: 20 000 handshakes for random SNI names leave the ask count and the answer cache
 /// bounded: one client gets `client_asks_per_minute` asks (a burst, then one a second), the cache
 /// keeps at most `cache_size` names, and every other handshake is refused without asking. Before the
