@@ -240,18 +240,12 @@ pub fn default_upgrade_sock() -> std::path::PathBuf {
 /// `gateway run` creates it, mode 0700).
 pub fn upgrade_dir_problem(sock: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let Some(dir) = sock.parent().filter(|d| !d.as_os_str().is_empty()) else {
+    let Some(dir) = sock.parent().filter(|_| sock.is_absolute()) else {
         return Some(format!(
             "server.upgrade_sock {} must be an absolute path in a private directory",
             sock.display()
         ));
     };
-    if !sock.is_absolute() {
-        return Some(format!(
-            "server.upgrade_sock {} must be an absolute path in a private directory",
-            sock.display()
-        ));
-    }
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,

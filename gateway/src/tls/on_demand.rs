@@ -123,8 +123,8 @@ struct AskBounds {
     per_client: DefaultKeyedRateLimiter<std::net::IpAddr>,
 }
 
-/// Client addresses remembered by the per-client ask budget before idle ones are dropped.
-const MAX_ASK_CLIENTS: usize = 10_000;
+/// Keys (client addresses, tenants) a keyed budget remembers before idle ones are dropped.
+const MAX_KEYED: usize = 10_000;
 
 /// Names remembered with a failed order at most; beyond it, entries whose wait is over go first, then
 /// the table refuses new names' orders until some wait ends (only names a tenant owns get here).
@@ -276,7 +276,7 @@ impl OnDemand {
         };
         // A name whose order just failed is not asked about nor ordered again before its wait ends:
         // hammering it costs nothing but this look-up.
-        if self.store_lacks(name) && self.backing_off(name) {
+        if self.backing_off(name) {
             decision("backoff");
             return;
         }
@@ -309,10 +309,6 @@ impl OnDemand {
             return;
         };
         let _ = tokio::time::timeout(od.wait, done.wait_for(|finished| *finished)).await;
-    }
-
-    fn store_lacks(&self, name: &str) -> bool {
-        self.client.store().acme(name).is_none()
     }
 
     /// A certificate for a tenant's domain that another replica ordered: route and renew it here too.
@@ -354,7 +350,7 @@ impl OnDemand {
             return None;
         };
         // The tenant's own budget first: a tenant spending its budget leaves the others' intact.
-        if bounds.per_tenant.len() > MAX_FAILING_NAMES {
+        if bounds.per_tenant.len() > MAX_KEYED {
             bounds.per_tenant.retain_recent();
         }
         if bounds.per_tenant.check_key(&tenant.to_string()).is_err() {
@@ -457,7 +453,7 @@ impl OnDemand {
         }
         if let Some(ip) = client {
             let bounds = self.ask_bounds(od);
-            if bounds.per_client.len() > MAX_ASK_CLIENTS {
+            if bounds.per_client.len() > MAX_KEYED {
                 bounds.per_client.retain_recent();
             }
             // The client's own budget first: one client's flood does not spend everyone's.
