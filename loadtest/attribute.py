@@ -28,7 +28,7 @@ def owner(frames):
     library = None
     for f in reversed(frames):
         name = f.removesuffix("_[k]")
-        # `<gateway::proxy::Gateway as pingora_proxy::ProxyHttp>::request_filter::{{closure}}` → gateway::proxy
+        # `<gateway::edge::Gateway as pingora_proxy::ProxyHttp>::request_filter::{{closure}}` → gateway::edge
         m = re.match(r"^<?(?:&(?:mut )?)?([a-z_][a-z0-9_]*)::([A-Za-z_][A-Za-z0-9_]*)?(?:::([a-z_][a-z0-9_]*))?", name)
         if not m:
             continue
@@ -38,8 +38,8 @@ def owner(frames):
         if crate == "gateway":
             mod = m.group(2) or ""
             sub = m.group(3) or ""
-            if mod == "proxy" and sub and sub[0].islower():
-                return f"ours: gateway::proxy::{sub}"
+            if mod in ("edge", "proxy") and sub and sub[0].islower():
+                return f"ours: gateway::{mod}::{sub}"
             return f"ours: gateway::{mod}"
         if crate.startswith("pingora"):
             return f"pingora ({crate})"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Import cycles between the modules of each crate (#24 point 4).
 
-Reads every `.rs` file under CRATE/src, maps it to its module path (`proxy/mod.rs` is `proxy`,
-`proxy/route.rs` is `proxy::route`), and draws an edge from a module to each module it names through a
+Reads every `.rs` file under CRATE/src, maps it to its module path (`edge/mod.rs` is `edge`,
+`edge/route.rs` is `edge::route`), and draws an edge from a module to each module it names through a
 `crate::…`, `super::…` or `self::…` path (in `use` items and inline alike) — to the longest module that
 exists on that path. A module naming one of its own ancestors is no edge (a child may use what its parent
 holds: the two are one unit), nor is naming itself. The strongly connected components with more than one
@@ -12,7 +12,13 @@ Exit 0 when every cycle found is listed in the allowance file (one cycle per lin
 modules sorted) and every listed cycle still exists; else print what differs and exit 1. The allowance only
 shrinks: a new cycle fails, and so does a listed one that is gone (delete its line).
 
-Usage: module-cycles.py ALLOWANCE CRATE_DIR...
+With `--layers FILE`, each crate named in FILE is also checked for layering: a line
+`crate: config < support < tls upstream < edge` orders the crate's top-level modules from the bottom up
+(names on one rung share a layer), and a module may name modules of its own layer or below, never one
+above it. Every top-level module of such a crate must be on a rung (a new room is placed on purpose);
+the crate's root (`lib.rs`) is the entry point, above every rung.
+
+Usage: module-cycles.py ALLOWANCE [--layers FILE] CRATE_DIR...
 """
 
 import os
@@ -134,8 +140,47 @@ def name(m):
     return "::".join(m) or "crate"
 
 
+def read_layers(path):
+    """crate name -> {top-level module: rung}."""
+    out = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            line = line.split("#")[0].strip()
+            if not line:
+                continue
+            crate, _, spec = line.partition(":")
+            rungs = [r.split() for r in spec.split("<")]
+            if not crate.strip() or any(not r for r in rungs):
+                sys.exit(f"{path}:{n}:1: expected `crate: a < b c < d`")
+            out[crate.strip()] = {m: i for i, rung in enumerate(rungs) for m in rung}
+    return out
+
+
+def layer_violations(crate, edges, rungs):
+    """Imports that climb: (from, to, from's rung, to's rung); and top-level modules on no rung."""
+    tops = {m[0] for m in edges if m}
+    unplaced = sorted(tops - set(rungs))
+    out = []
+    for m, targets in edges.items():
+        if not m or m[0] not in rungs:
+            continue
+        for t in targets:
+            if not t or t[0] not in rungs or t[0] == m[0]:
+                continue
+            if rungs[t[0]] > rungs[m[0]]:
+                out.append((m, t))
+    return unplaced, sorted(out)
+
+
 def main():
-    allowance, crates = sys.argv[1], sys.argv[2:]
+    args = sys.argv[1:]
+    layers = {}
+    if "--layers" in args:
+        i = args.index("--layers")
+        layers = read_layers(args[i + 1])
+        del args[i : i + 2]
+    allowance, crates = args[0], args[1:]
+    bad_layers = 0
     allowed = set()
     if os.path.exists(allowance):
         with open(allowance, encoding="utf-8") as fh:
@@ -146,6 +191,14 @@ def main():
     found = set()
     for c in crates:
         edges = graph(os.path.join(c, "src"))
+        crate = os.path.basename(c.rstrip("/"))
+        if crate in layers:
+            unplaced, climbs = layer_violations(crate, edges, layers[crate])
+            for m in unplaced:
+                print(f"{crate}: top-level module `{m}` is on no rung of the layers file")
+            for m, t in climbs:
+                print(f"{crate}: `{name(m)}` names `{name(t)}`, a later layer ({m[0]} < {t[0]} is wrong way up)")
+            bad_layers += len(unplaced) + len(climbs)
         for comp in sccs(edges):
             found.add(f"{os.path.basename(c.rstrip('/'))}: " + " ".join(sorted(name(m) for m in comp)))
     new = sorted(found - allowed)
@@ -155,7 +208,9 @@ def main():
     for line in gone:
         print(f"module cycle gone (delete it from {allowance}): {line}")
     print(f"module cycles: {len(found)} found, {len(allowed)} allowed, {len(new)} new, {len(gone)} gone")
-    return 1 if new or gone else 0
+    if layers:
+        print(f"layering: {bad_layers} violation(s)")
+    return 1 if new or gone or bad_layers else 0
 
 
 if __name__ == "__main__":

@@ -36,13 +36,20 @@ for db in $(psql "$PG_ADMIN_URL" -Atqc "select datname from pg_database where da
 done
 export TEST_PG_ADMIN_URL="$PG_ADMIN_URL" TEST_REDIS_URL="${TEST_REDIS_URL:-$REDIS_URL_DEFAULT}"
 
-log "module import cycles (scripts/module-cycles.py)"
+log "module import cycles and layers (scripts/module-cycles.py)"
 # The checker must see a known cycle, or its silence on the crates proves nothing.
 if python3 scripts/module-cycles.py /dev/null scripts/fixtures/module-cycle >/dev/null; then
   echo "scripts/module-cycles.py missed the fixture's cycle" >&2
   exit 1
 fi
-python3 scripts/module-cycles.py scripts/module-cycles.allow gateway backend loadtest contracts
+# Nor may it miss a module that names a later layer.
+if python3 scripts/module-cycles.py /dev/null --layers scripts/fixtures/module-layer/layers \
+  scripts/fixtures/module-layer >/dev/null; then
+  echo "scripts/module-cycles.py missed the fixture's layering violation" >&2
+  exit 1
+fi
+python3 scripts/module-cycles.py scripts/module-cycles.allow --layers scripts/module-layers \
+  gateway backend loadtest contracts
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

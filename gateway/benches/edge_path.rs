@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use gateway::config::{parse_host_pattern, AuthPolicy, JwtKey, JwtSettings, RouteSpec, Tenancy};
-use gateway::proxy::auth::{bind_tenant, JwtVerifier};
-use gateway::proxy::route::{RequestView, Router};
+use gateway::edge::auth::{bind_tenant, JwtVerifier};
+use gateway::edge::route::{RequestView, Router};
 use http::{HeaderMap, Method};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 

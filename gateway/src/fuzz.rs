@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::config::{CorsSpec, OriginPattern};
-use crate::proxy::{api_key, auth, cors, guard, route};
+use crate::edge::auth::{self, api_key};
+use crate::edge::{cors, guard, route};
 
 /// Input bytes read as small choices.
 struct Choices<'a>(&'a [u8]);

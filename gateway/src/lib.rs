@@ -1,28 +1,24 @@
 //! Aggios Edge gateway: a Pingora edge proxy for multi-tenant SaaS.
 //!
-//! A request's way, by folder: [`proxy::guard`] (malformed HTTP) → [`proxy::route`] (host + path →
-//! route, tenant) → [`proxy::upstream`] (server choice, health) → [`proxy::headers`] (forwarding
-//! hygiene) → [`error`] (every edge answer) and [`access_log`] / [`metrics`] at the end.
+//! The folders, bottom up (`scripts/module-layers` holds the order and CI checks it): [`config`] (the
+//! file, validated), [`support`] (helpers with no policy), [`telemetry`] (metrics, traces, the access
+//! log, tenant figures), [`tls`] (termination and the certificate store), [`acme`] and [`upstream`]
+//! (the systems beside the request path: certificates, servers), [`edge`] (the request's way, one
+//! module per stage), [`runtime`] (state, reload, drain) and [`admin`] (the admin listener).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod config;
-pub mod drain;
-pub mod error;
+pub mod edge;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod http_client;
-pub mod metrics;
-pub mod otel;
-pub mod proxy;
-pub mod shared_redis;
-pub mod single_flight;
-pub mod state;
+pub mod runtime;
 pub mod support;
-pub mod tenant_stats;
+pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,9 +31,9 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use config::reload::Reloader;
 use config::Config;
-use state::GatewayState;
+use runtime::reload::Reloader;
+use runtime::state::GatewayState;
 
 /// Builds the Pingora server for `config` (read from `path`, which is then watched for changes).
 /// L4 write buffer of the https entrypoint: one full TLS record (16 KiB of plaintext) and its overhead.
@@ -59,7 +55,7 @@ pub enum BuildError {
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("ACME storage: {0}")]
-    AcmeStorage(#[from] tls::storage::StorageError),
+    AcmeStorage(#[from] acme::storage::dir::StorageError),
 }
 
 /// Creates the hand-over socket's directory (mode 0700) when it is missing; `Config::load` refused one
@@ -118,9 +114,9 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     let acme = config.tls.as_ref().and_then(|t| t.acme.as_ref());
     // Shared ACME storage: its own Redis connection (ACME calls must never trip the limiter's breaker).
     let shared_acme = match (acme.map(|a| &a.storage), config.redis.as_ref()) {
-        (Some(config::StorageKind::Redis { key, .. }), Some(redis)) => {
-            Some(Arc::new(tls::shared::RedisStorage::new(redis, key)?))
-        }
+        (Some(config::StorageKind::Redis { key, .. }), Some(redis)) => Some(Arc::new(
+            acme::storage::redis::RedisStorage::new(redis, key)?,
+        )),
         _ => None,
     };
     let acme = acme.is_some();
@@ -137,15 +133,14 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     let state = GatewayState::new(config);
 
     // ACME orders (configured names and tenants' own domains) share one client and account.
-    let acme_client = acme.then(|| {
-        Arc::new(tls::acme::AcmeClient::new(
-            Arc::clone(&state.certs),
-            shared_acme,
+    let acme_client =
+        acme.then(|| Arc::new(acme::AcmeClient::new(Arc::clone(&state.certs), shared_acme)));
+    let on_demand = acme_client.as_ref().map(|c| {
+        Arc::new(acme::on_demand::OnDemand::new(
+            state.clone() as Arc<dyn config::Live>,
+            Arc::clone(c),
         ))
     });
-    let on_demand = acme_client
-        .as_ref()
-        .map(|c| Arc::new(tls::on_demand::OnDemand::new(state.clone(), Arc::clone(c))));
 
     // With `[server] reuseport` and several threads: one service per thread, each with its own runtime,
     // its own `SO_REUSEPORT` sockets (the kernel spreads new connections over them) and its own proxy, so
@@ -175,7 +170,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
         options.h2c = true;
         options.h2_idle_timeout = Some(h2_idle_timeout);
         let mut app = HttpProxy::new(
-            proxy::Gateway {
+            edge::Gateway {
                 state: state.clone(),
                 on_demand: on_demand.clone(),
                 acme: acme_client.clone(),
@@ -196,8 +191,10 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     let terminator = match https {
         Some(_) => Some(Arc::new(tls::accept::Terminator::new(
             Arc::clone(&state.certs),
-            on_demand.clone(),
-            acme_client.clone(),
+            Some(Arc::new(acme::Handshakes {
+                on_demand: on_demand.clone(),
+                acme: acme_client.clone(),
+            })),
         )?)),
         None => None,
     };
@@ -230,7 +227,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
         };
         let mut proxy = Service::new(
             name("gateway"),
-            proxy::head_deadline::HeadDeadlineApp {
+            edge::head_deadline::HeadDeadlineApp {
                 inner: Arc::clone(&app),
                 state: state.clone(),
                 tls: None,
@@ -251,7 +248,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
             // The listener is plain TCP: the handshake runs in the app.
             let mut secure = Service::new(
                 name("gateway-https"),
-                proxy::head_deadline::HeadDeadlineApp {
+                edge::head_deadline::HeadDeadlineApp {
                     inner: app,
                     state: state.clone(),
                     tls: Some(Arc::clone(terminator)),
@@ -273,10 +270,10 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     if let Some(client) = acme_client {
         server.add_service(background_service(
             "acme",
-            tls::acme::AcmeManager {
-                state: state.clone(),
+            acme::AcmeManager {
+                config: state.clone(),
                 client,
-                on_demand: on_demand.map(|od| od as Arc<dyn tls::acme::TenantDomains>),
+                on_demand: on_demand.map(|od| od as Arc<dyn acme::TenantDomains>),
             },
         ));
     }
@@ -294,7 +291,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
 
     server.add_service(background_service(
         "drain",
-        drain::Drain {
+        runtime::drain::Drain {
             state: Arc::clone(&state),
             grace: shutdown_grace,
             phases: std::sync::Mutex::new(Some(phases)),

@@ -72,7 +72,7 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Pretty => builder.init(),
     }
     // A panic is logged as one line with where it happened and the backtrace; a panic inside a request
-    // hook is then answered 500 by the hook's guard (`proxy::caught`) and the process lives on.
+    // hook is then answered 500 by the hook's guard (`edge::answer::caught`) and the process lives on.
     std::panic::set_hook(Box::new(|info| {
         let backtrace = std::backtrace::Backtrace::force_capture();
         tracing::error!(

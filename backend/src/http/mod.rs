@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::metrics::metrics;
 use crate::state::AppState;
 
-/// The client address the gateway computed (a contract with the gateway's `proxy/headers.rs`).
+/// The client address the gateway computed (a contract with the gateway's `edge/headers.rs`).
 pub use contracts::headers::CLIENT_IP as CLIENT_IP_HEADER;
 pub use error::ApiError;
 

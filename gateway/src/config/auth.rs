@@ -10,6 +10,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+/// Where a key set comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum JwksOrigin {
+    File(PathBuf),
+    Url(String),
+}
+
+impl std::fmt::Display for JwksOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksOrigin::File(p) => write!(f, "{}", p.display()),
+            JwksOrigin::Url(u) => f.write_str(u),
+        }
+    }
+}
+
 /// Largest token accepted before any parsing (bytes) unless `max_token_bytes` says otherwise.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// The largest `leeway` accepted (the backend's denylist outlives `exp` by this much).
@@ -37,7 +53,7 @@ impl fmt::Debug for JwtKey {
 /// Where asymmetric keys come from, and how often they are re-read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JwksSpec {
-    pub origin: crate::proxy::jwks::JwksOrigin,
+    pub origin: JwksOrigin,
     pub refresh: Duration,
 }
 
@@ -163,7 +179,6 @@ pub(super) fn validate_jwks(
     j: &JwtFile,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<JwksSpec> {
-    use crate::proxy::jwks::JwksOrigin;
     let refresh = duration_or(&j.jwks_refresh, DEFAULT_JWKS_REFRESH, diags);
     let origin = match (&j.jwks_file, &j.jwks_url) {
         (Some(f), None) => {
@@ -171,7 +186,7 @@ pub(super) fn validate_jwks(
             let p = PathBuf::from(f.get_ref());
             match std::fs::read(&p) {
                 Ok(bytes) => {
-                    if let Err(e) = crate::proxy::jwks::parse(&bytes) {
+                    if let Err(e) = crate::support::jwks::parse(&bytes) {
                         diags.push(Diagnostic::at(
                             f,
                             format!("jwks_file `{}`: {e}", f.get_ref()),

@@ -3,10 +3,10 @@
 //! Loading never panics and collects every error before reporting; each error points at `file:line:col`.
 
 mod auth;
+pub mod dns01;
 pub mod duration;
 pub mod file;
 pub mod rate_limits;
-pub mod reload;
 mod routes;
 mod schema;
 pub mod tls;
@@ -14,6 +14,7 @@ mod upstreams;
 
 use auth::validate_jwt;
 pub use auth::*;
+pub use dns01::{DnsProvider, Rfc2136, TsigAlgorithm};
 pub use routes::*;
 use routes::{check_ambiguity, validate_route, RouteContext};
 use upstreams::validate_upstream;
@@ -101,6 +102,23 @@ impl ConfigError {
     }
 }
 
+/// `[tracing]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// The collector's OTLP/HTTP base address (`/v1/traces` is appended).
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// Share of new traces recorded (a client's sampled flag decides for the traces it started).
+    pub sample_ratio: f64,
+}
+
+/// The config in force now, for the systems beside the request path (ACME, on-demand TLS) that must
+/// follow reloads without holding the whole gateway state (implemented by `runtime::state`).
+pub trait Live: Send + Sync {
+    /// The current config (one atomic load).
+    fn config(&self) -> std::sync::Arc<Config>;
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -128,7 +146,7 @@ pub struct Config {
     /// `[tenant_stats]`.
     pub tenant_stats: TenantStatsSettings,
     /// `[tracing]`: OpenTelemetry export, when configured (restart needed to change).
-    pub tracing: Option<crate::otel::Settings>,
+    pub tracing: Option<TracingSettings>,
     /// `[tls]`, when configured (then `entrypoints.https` is set too).
     pub tls: Option<TlsSettings>,
     /// `[rate_limits.*]`, by index (routes refer to them by index).
@@ -188,6 +206,18 @@ pub struct RedisSettings {
     pub ca_pem: Option<Vec<u8>>,
     pub timeout: Duration,
     pub revocation_cache: Duration,
+}
+
+impl RedisSettings {
+    /// Where to connect.
+    pub fn endpoint(&self) -> crate::support::redis::Endpoint {
+        crate::support::redis::Endpoint {
+            url: self.url.clone(),
+            cluster: self.cluster,
+            ca_pem: self.ca_pem.clone(),
+            timeout: self.timeout,
+        }
+    }
 }
 
 impl fmt::Debug for RedisSettings {
@@ -811,7 +841,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
                 1.0
             }
         };
-        Some(crate::otel::Settings {
+        Some(TracingSettings {
             otlp_endpoint: endpoint.clone(),
             service_name: t
                 .service_name

@@ -10,10 +10,10 @@ use toml::Spanned;
 
 use std::net::SocketAddr;
 
+use super::dns01::{DnsProvider, Rfc2136, TsigAlgorithm};
 use super::file::{AcmeFile, DnsFile, OnDemandFile, TlsFile};
 use super::{duration_or, is_hostname, Diagnostic};
-use crate::tls::cert::{Certificate, Source};
-use crate::tls::dns::{DnsProvider, Rfc2136, TsigAlgorithm};
+use crate::support::cert::{Certificate, Source};
 
 /// A client must finish its TLS handshake within this time of the accept.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,7 +115,7 @@ pub struct AcmeSettings {
     pub domains: Vec<String>,
     pub challenge: ChallengeKind,
     /// Where DNS-01 records go (set when `challenge = "dns-01"`).
-    pub dns: Option<crate::tls::dns::DnsProvider>,
+    pub dns: Option<DnsProvider>,
     pub storage: StorageKind,
     pub eab: Option<Eab>,
     pub retry_initial: Duration,

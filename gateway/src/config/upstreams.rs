@@ -1,5 +1,5 @@
 //! `[[upstreams]]`, validated: servers (IP addresses, or host names that the gateway resolves and
-//! re-resolves at run time, see `proxy::discovery`), balancing, health checks, timeouts, retries.
+//! re-resolves at run time, see `upstream::discovery`), balancing, health checks, timeouts, retries.
 
 use super::file::{ServerEntry, TimeoutsFile, UpstreamFile};
 use super::{duration_or, positive, Diagnostic};
@@ -206,7 +206,7 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
 
 /// Parses a server entry: an IP address with a port, or a host name with a port. Names are not looked up
 /// here: `gateway validate` must pass on a machine that cannot resolve them (`backend:8081` outside the
-/// compose network), and the running gateway resolves them (see `proxy::discovery`).
+/// compose network), and the running gateway resolves them (see `upstream::discovery`).
 pub(super) fn target(addr: &str) -> Result<ServerTarget, String> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return Ok(ServerTarget::Addr(a));

@@ -1,5 +1,12 @@
 //! Small helpers shared by the request path and the systems beside it.
 
+pub mod cert;
+pub mod fs;
+pub mod http_client;
+pub mod jwks;
+pub mod redis;
+pub mod single_flight;
+
 use std::net::{IpAddr, Ipv6Addr};
 
 /// FNV-1a then a murmur finaliser: fast, stable across processes and releases (unlike `DefaultHasher`).

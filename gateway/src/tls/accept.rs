@@ -14,10 +14,22 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, Stream};
 use rustls::ServerConfig;
 
-use super::acme::AcmeClient;
-use super::on_demand::OnDemand;
 use super::store::{CertStore, ACME_TLS_ALPN};
-use crate::metrics::metrics;
+use crate::telemetry::metrics::metrics;
+
+/// What the https entrypoint does with a ClientHello before the handshake, for the systems that fill
+/// the [`CertStore`] (implemented by `acme::Handshakes`: challenge answers another replica holds,
+/// certificates for tenants' own domains). The resolver inside rustls cannot wait; this can.
+#[async_trait::async_trait]
+pub trait BeforeHandshake: Send + Sync {
+    /// Whether ClientHellos are looked into now (peeking costs a read on every connection).
+    fn active(&self) -> bool;
+    /// A TLS-ALPN-01 validation for `name` whose answer the store lacks: fetch it into the store and
+    /// say whether it did (it is served for this handshake only).
+    async fn alpn_challenge(&self, name: &str) -> bool;
+    /// A handshake for `name`, which no certificate in the store covers, from `client`.
+    async fn unknown_name(&self, name: &str, client: Option<std::net::IpAddr>);
+}
 
 /// Why a connection did not become a TLS stream.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +56,7 @@ impl HandshakeError {
 pub struct Terminator {
     acceptor: Acceptor,
     store: Arc<CertStore>,
-    on_demand: Option<Arc<OnDemand>>,
-    acme: Option<Arc<AcmeClient>>,
+    before: Option<Arc<dyn BeforeHandshake>>,
 }
 
 /// A ClientHello larger than this is not looked into (rustls refuses it anyway).
@@ -55,8 +66,7 @@ impl Terminator {
     /// TLS 1.2 and 1.3 with ring's modern suites (AEAD only, ECDHE only); certificates from `store`.
     pub fn new(
         store: Arc<CertStore>,
-        on_demand: Option<Arc<OnDemand>>,
-        acme: Option<Arc<AcmeClient>>,
+        before: Option<Arc<dyn BeforeHandshake>>,
     ) -> Result<Terminator, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -70,8 +80,7 @@ impl Terminator {
         Ok(Terminator {
             acceptor: Acceptor::from_server_config(Arc::new(config)),
             store,
-            on_demand,
-            acme,
+            before,
         })
     }
 
@@ -99,37 +108,28 @@ impl Terminator {
             .into_any()
             .downcast::<L4Stream>()
             .map_err(|_| HandshakeError::NotTcp)?;
-        let on_demand = self.on_demand.as_ref().filter(|od| od.enabled());
-        let shared = self.acme.as_ref().filter(|a| a.shared().is_some());
+        let before = self.before.as_deref().filter(|b| b.active());
         let mut fetched = None;
         let handshake = async {
             // The resolver cannot wait: what needs I/O is done before the handshake starts, from the
             // ClientHello, which is then replayed to rustls.
-            if on_demand.is_some() || shared.is_some() {
+            if let Some(before) = before {
                 match peek_hello(&mut l4).await {
+                    // A validation for an order another replica made.
                     Some(Hello {
                         name: Some(name),
                         acme: true,
-                    }) => {
-                        // A validation for an order another replica made.
-                        if let Some(a) = shared {
-                            if !self.store.has_alpn_challenge(&name) && a.fetch_alpn(&name).await {
-                                fetched = Some(name);
-                            }
-                        }
+                    }) if !self.store.has_alpn_challenge(&name) => {
+                        fetched = before.alpn_challenge(&name).await.then_some(name);
                     }
                     Some(Hello {
                         name: Some(name),
                         acme: false,
-                    }) => {
-                        if let Some(od) = on_demand {
-                            if self.store.lookup_name(&name).is_none() {
-                                let client = l4.get_socket_digest().and_then(|d| {
-                                    d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
-                                });
-                                od.ensure(&name, client).await;
-                            }
-                        }
+                    }) if self.store.lookup_name(&name).is_none() => {
+                        let client = l4
+                            .get_socket_digest()
+                            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+                        before.unknown_name(&name, client).await;
                     }
                     _ => {}
                 }

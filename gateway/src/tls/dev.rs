@@ -35,7 +35,7 @@ pub enum DevError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Write(super::storage::StorageError),
+    Write(crate::support::fs::WriteError),
 }
 
 const CA_CERT: &str = "dev-ca.crt";
@@ -44,7 +44,7 @@ const LEAF_CERT: &str = "dev.crt";
 const LEAF_KEY: &str = "dev.key";
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), DevError> {
-    super::storage::write_atomic(path, contents.as_bytes(), private).map_err(DevError::Write)
+    crate::support::fs::write_atomic(path, contents.as_bytes(), private).map_err(DevError::Write)
 }
 
 /// Writes (or reuses) the CA in `dir` and a new leaf for `names` signed by it.
@@ -125,7 +125,7 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<DevCerts, DevError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::cert::{Certificate, Source};
+    use crate::support::cert::{Certificate, Source};
 
     #[test]
     fn leaf_is_signed_by_a_reused_ca() {

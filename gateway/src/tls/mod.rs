@@ -1,15 +1,8 @@
 //! TLS at the edge: the live certificate store ([`store`]) that every handshake asks, termination with
-//! a deadline ([`accept`]), certificates parsed once ([`cert`]), ACME orders and renewals ([`acme`])
-//! kept in [`storage`], certificates for tenants' own domains at their first handshake
-//! ([`on_demand`]), and local development certificates ([`dev`]).
+//! a deadline ([`accept`]) and local development certificates ([`dev`]). Certificates are parsed once
+//! by [`crate::support::cert`]; the ones the gateway orders itself come from [`crate::acme`], which
+//! fills the store and answers its challenges.
 
 pub mod accept;
-pub mod acme;
-pub mod cert;
 pub mod dev;
-pub mod dns;
-pub mod on_demand;
-pub mod order_storage;
-pub mod shared;
-pub mod storage;
 pub mod store;

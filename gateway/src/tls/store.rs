@@ -16,8 +16,8 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::cert::Certificate;
-use crate::metrics::metrics;
+use crate::support::cert::Certificate;
+use crate::telemetry::metrics::metrics;
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -247,7 +247,7 @@ impl ResolvesServerCert for CertStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::cert::Source;
+    use crate::support::cert::Source;
 
     fn cert(names: &[&str]) -> Arc<Certificate> {
         let key = rcgen::KeyPair::generate().expect("key");

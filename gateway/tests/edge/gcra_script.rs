@@ -1,4 +1,4 @@
-//! The rate-limit script that production runs (`proxy/ratelimit/script.lua`), property-tested on a real
+//! The rate-limit script that production runs (`edge/ratelimit/script.lua`), property-tested on a real
 //! Redis against the Rust model of GCRA (`gcra::decide`, itself checked against a token bucket) as the
 //! oracle: single decisions, batches, several policies at once, refill over time, and a clock that
 //! jumps back (a fail-over to a Redis whose clock is behind).
@@ -9,8 +9,8 @@
 //! the last test.
 
 use gateway::config::Rate;
-use gateway::proxy::ratelimit::gcra::{decide, Gcra};
-use gateway::proxy::ratelimit::global::SCRIPT;
+use gateway::edge::ratelimit::gcra::{decide, Gcra};
+use gateway::edge::ratelimit::global::SCRIPT;
 use proptest::prelude::*;
 use redis::Commands;
 use std::collections::HashMap;

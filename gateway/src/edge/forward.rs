@@ -1,0 +1,187 @@
+//! Forwarding: the upstream server a request goes to, and the rewriting of the request and of the
+//! response on their way (identity and forwarding fields, route rules, security and CORS headers).
+
+use super::*;
+
+/// Choosing the upstream server and rewriting the request and the response on their way.
+impl Gateway {
+    /// Picks a server of the route's upstream that this request has not tried yet.
+    pub(super) async fn choose_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let rt = ctx
+            .runtime
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no runtime"))?;
+        let route = ctx
+            .route(&rt)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        if ctx.tries == 0 {
+            if let Some(c) = &route.canary {
+                let req = session.req_header();
+                (ctx.side, ctx.side_forced) = c.state.side(
+                    &req.headers,
+                    ctx.tenant.as_deref(),
+                    ctx.client_ip,
+                    ctx.peer_trusted,
+                );
+                if ctx.side == canary::Side::Canary && !c.upstream.any_healthy() {
+                    ctx.side = canary::Side::Stable;
+                }
+            }
+        }
+        let up = route
+            .upstream_for(ctx.side)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without upstream"))?;
+        let Some(server) = up.select(ctx.tenant.as_deref(), &ctx.tried) else {
+            let err = if ctx.tried.is_empty() {
+                EdgeError::NoHealthyServer
+            } else {
+                EdgeError::BadGateway
+            };
+            return Err(err.into_pingora("no server left to try"));
+        };
+        ctx.tries += 1;
+        ctx.tried.push(server.addr);
+        ctx.active = Some(server.begin());
+        let mut peer = HttpPeer::new(server.addr, false, String::new());
+        ctx.server = Some(server);
+        let t = up.spec.timeouts;
+        let rtmo = route.spec.timeouts;
+        peer.options.connection_timeout = Some(rtmo.connect.unwrap_or(t.connect));
+        peer.options.read_timeout = Some(rtmo.read.unwrap_or(t.read));
+        peer.options.write_timeout = Some(rtmo.write.unwrap_or(t.write));
+        peer.options.idle_timeout = Some(t.idle);
+        if up.protocol == UpstreamProtocol::H2c {
+            peer.options.alpn = ALPN::H2;
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// Strips what clients must not choose, sets forwarding headers and the route's rewrites.
+    pub(super) async fn rewrite_upstream_request(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let upgrade = session.is_upgrade_req();
+        let seen = headers::Managed::scan(upstream_request);
+        headers::strip_hop_by_hop(upstream_request, seen, upgrade);
+        if !ctx
+            .runtime
+            .as_ref()
+            .is_some_and(|rt| rt.config.underscores_in_headers)
+        {
+            headers::strip_underscored(upstream_request, seen);
+        }
+        // Traced: the backend's span is a child of this request's.
+        if let Some(tp) = ctx
+            .span
+            .as_deref()
+            .and_then(crate::telemetry::otel::traceparent)
+        {
+            let _ = upstream_request.insert_header(contracts::traceparent::HEADER, tp);
+        }
+        headers::set_identity(upstream_request, seen, ctx.identity.as_ref());
+        // Only the credential the edge verified goes on: the backend must not act on another one.
+        match ctx.verified {
+            Verified::Nothing => {}
+            Verified::Jwt | Verified::KeyBearer => {
+                seen.remove(upstream_request, headers::Field::ApiKey);
+            }
+            Verified::KeyHeader => {
+                seen.remove(upstream_request, headers::Field::Authorization);
+            }
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            "https"
+        } else {
+            "http"
+        };
+        headers::set_forwarded(
+            upstream_request,
+            seen,
+            peer,
+            ctx.peer_trusted,
+            proto,
+            &ctx.host,
+        );
+        headers::set_client_ip(upstream_request, seen, ctx.client_ip);
+        headers::set_request_id(upstream_request, &ctx.request_id);
+        if let Some(rt) = ctx.runtime.as_ref() {
+            if let Some(route) = ctx.route(rt) {
+                if route.spec.strip_prefix {
+                    let pq = upstream_request
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str());
+                    if let Some(new) = headers::strip_path_prefix(pq, &route.spec.path_prefix) {
+                        let uri = http::Uri::try_from(new).map_err(|e| {
+                            Error::because(ErrorType::InternalError, "strip_prefix", e)
+                        })?;
+                        upstream_request.set_uri(uri);
+                    }
+                }
+                if !route.spec.request_headers.is_empty() {
+                    headers::apply_request_rules(upstream_request, &route.spec.request_headers);
+                }
+            }
+        }
+        ctx.upstream_start = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Adds the request id and the route's response rewrites.
+    pub(super) async fn rewrite_response(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header(contracts::headers::REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some((policy, state)) = ctx.rate_headers.take() {
+            resp.insert_header("ratelimit-policy", policy)?;
+            resp.insert_header("ratelimit", state)?;
+        }
+        if let Some(rt) = ctx.runtime.as_ref() {
+            if let Some(route) = ctx.route(rt) {
+                let sec = &route.spec.security;
+                if sec.content_type_options {
+                    resp.insert_header(
+                        "x-content-type-options",
+                        http::HeaderValue::from_static("nosniff"),
+                    )?;
+                }
+                if let Some(v) = &sec.referrer_policy {
+                    resp.insert_header("referrer-policy", v.clone())?;
+                }
+                if let Some(v) = &sec.frame_options {
+                    resp.insert_header("x-frame-options", v.clone())?;
+                }
+                // HSTS means nothing over plain HTTP (browsers ignore it there): HTTPS responses only.
+                if let Some(v) = &sec.hsts {
+                    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+                        resp.insert_header("strict-transport-security", v.clone())?;
+                    }
+                }
+                if let (Some(cors), Some(origin)) = (&route.spec.cors, ctx.cors_origin.as_deref()) {
+                    for (n, v) in cors::actual(cors, origin) {
+                        resp.insert_header(n, v)?;
+                    }
+                    resp.append_header(http::header::VARY, "Origin")?;
+                }
+                if !route.spec.response_headers.is_empty() {
+                    headers::apply_response_rules(resp, &route.spec.response_headers);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! The request's way through the edge. The [`ProxyHttp`] impl here only dispatches each hook to its
+//! stage, in the order a request meets them:
+//! - `admit`: the head's checks ([`guard`]), the route ([`route`]), the credential ([`auth`], [`jwks`],
+//!   [`api_key`], [`revocation`]), the limits ([`ratelimit`]), and the answers given at the edge;
+//! - `forward`: the server ([`upstream`], [`canary`]) and the request and response rewrites ([`headers`],
+//!   [`cors`]);
+//! - `retry`: what an upstream's failure or answer means (another server, the stable side);
+//! - `answer`: every error the edge writes ([`crate::edge::error`]), and Pingora's errors mapped back;
+//! - `observe`: metrics, tenant figures, trace span and the access-log line.
+
+pub mod auth;
+pub mod cors;
+pub mod error;
+pub mod guard;
+pub mod head_deadline;
+pub mod headers;
+pub mod ratelimit;
+pub mod route;
+pub mod state;
+
+mod admit;
+mod answer;
+mod forward;
+mod observe;
+mod retry;
+
+use answer::{answer, caught, refused, LINGER_BYTES, LINGER_TIME};
+use retry::upstream_answered;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::ALPN;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use crate::config::{AuthPolicy, UpstreamProtocol};
+use crate::edge::error::EdgeError;
+use crate::telemetry::access_log::Entry;
+use crate::telemetry::metrics::{metrics, requests_series};
+use crate::upstream::{self, affinity as upstream_affinity, canary, ActiveGuard};
+use auth::{api_key, revocation};
+use guard::{check_connection, check_head, check_path, HeadLimits};
+use headers::X_REQUEST_ID;
+use state::{GatewayState, Snapshot};
+
+/// Where ACME HTTP-01 challenges are asked for.
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// Keep-alive idle time for downstream HTTP/1 connections between requests, in seconds.
+const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
+
+/// The gateway's [`ProxyHttp`] implementation.
+pub struct Gateway {
+    pub state: Arc<GatewayState>,
+    /// Tenants' own domains (known from on-demand TLS), routed as their tenant's.
+    pub on_demand: Option<Arc<crate::acme::on_demand::OnDemand>>,
+    /// The ACME client: HTTP-01 answers of this replica or, with shared storage, of any replica.
+    pub acme: Option<Arc<crate::acme::AcmeClient>>,
+    /// Fault injection for tests (`GATEWAY_FAULT_PANIC_PATH`, never set in production): a request for
+    /// exactly this path panics inside `request_filter`.
+    pub fault_panic_path: Option<String>,
+}
+
+/// Counts a request in `gateway_http_connections_active` for as long as it lives.
+pub struct InFlight;
+impl InFlight {
+    fn new() -> InFlight {
+        metrics().connections_active.inc();
+        InFlight
+    }
+}
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().connections_active.dec();
+    }
+}
+
+/// Per-request state shared by the phases.
+pub struct RequestCtx {
+    start: Instant,
+    _in_flight: InFlight,
+    runtime: Option<Arc<Snapshot>>,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    peer_trusted: bool,
+    host: String,
+    route: Option<usize>,
+    tenant: Option<String>,
+    server: Option<Arc<upstream::ServerState>>,
+    tried: Vec<std::net::SocketAddr>,
+    /// Stable or canary upstream (routes with a canary); decided at the first try.
+    side: canary::Side,
+    /// The side was forced by an override: the answer is kept out of the canary's verdict.
+    side_forced: bool,
+    /// Answered with an error before the request body was read: close lingering (`logging`).
+    linger: bool,
+    /// The canary answered 5xx and the request goes to the stable upstream instead (already recorded).
+    canary_5xx: bool,
+    /// The request's OpenTelemetry span (with `[tracing]`), boxed: the context stays small when off.
+    span: Option<Box<crate::telemetry::otel::RequestSpan>>,
+    /// Time to the upstream's response head.
+    upstream_ms: Option<f64>,
+    tries: u32,
+    active: Option<ActiveGuard>,
+    response_started: bool,
+    upstream_start: Option<Instant>,
+    body_bytes: u64,
+    error: Option<EdgeError>,
+    identity: Option<auth::Identity>,
+    /// The request's `Origin`, when the route's CORS policy allows it.
+    cors_origin: Option<String>,
+    /// A CORS preflight to answer at the edge.
+    preflight: bool,
+    /// An API key presented on a route that accepts one (checked in `request_filter`).
+    api_key: Option<String>,
+    /// Whether that key came in `X-API-Key` (else as `Authorization: Bearer ak_…`).
+    api_key_from_header: bool,
+    /// The key's record, once verified (its id keys `api_key` rate limits).
+    api_key_record: Option<Arc<api_key::KeyRecord>>,
+    /// `RateLimit-Policy` and `RateLimit` for the response, when the binding policy sends them.
+    rate_headers: Option<(String, String)>,
+    /// The credential the edge verified: the only one forwarded.
+    verified: Verified,
+}
+
+/// Which credential the edge checked for the route (the others are removed before the upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verified {
+    /// Nothing (auth = "none"): the request goes on as the client sent it.
+    Nothing,
+    /// A bearer JWT in `Authorization`.
+    Jwt,
+    /// An API key in `X-API-Key`.
+    KeyHeader,
+    /// An API key as `Authorization: Bearer ak_…`.
+    KeyBearer,
+}
+
+impl RequestCtx {
+    fn route<'a>(&self, rt: &'a Snapshot) -> Option<&'a state::RouteRt> {
+        self.route.map(|i| &rt.routes[i])
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        caught("request_filter", self.filter_request(session, ctx)).await
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_affinity::record(fd, reused);
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        caught("upstream_peer", self.choose_peer(session, ctx)).await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        caught(
+            "upstream_request_filter",
+            self.rewrite_upstream_request(session, upstream_request, ctx),
+        )
+        .await
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        caught("response_filter", self.rewrite_response(session, resp, ctx)).await
+    }
+
+    type CTX = RequestCtx;
+
+    /// No downstream modules. Pingora's default builds a (disabled) response-compression module for
+    /// every request; the gateway never compresses (the backends do, or not).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            _in_flight: InFlight::new(),
+            runtime: None,
+            request_id: String::new(),
+            client_ip: None,
+            peer_trusted: false,
+            host: String::new(),
+            route: None,
+            tenant: None,
+            server: None,
+            tried: Vec::new(),
+            side: canary::Side::Stable,
+            side_forced: false,
+            linger: false,
+            canary_5xx: false,
+            span: None,
+            upstream_ms: None,
+            tries: 0,
+            active: None,
+            response_started: false,
+            upstream_start: None,
+            body_bytes: 0,
+            error: None,
+            identity: None,
+            cors_origin: None,
+            preflight: false,
+            api_key: None,
+            api_key_from_header: false,
+            api_key_record: None,
+            rate_headers: None,
+            verified: Verified::Nothing,
+        }
+    }
+
+    /// Runs first: snapshots the config, fixes the request id and the client address.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.begin(session, ctx).await
+    }
+
+    /// Counts body bytes against the route's limit (chunked bodies have no length up front).
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.count_body(session, body, end_of_stream, ctx).await
+    }
+
+    /// Connection failures are retried on another server while tries remain.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.connect_failed(session, peer, ctx, e)
+    }
+
+    /// A reset before any response byte is retried for idempotent methods whose body can be replayed.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.proxy_failed(peer, session, e, ctx, client_reused)
+    }
+
+    /// The upstream answered: no retry from here on; record its latency.
+    /// On a route with a canary, the answer counts for its side; a canary's 5xx to a request that can be
+    /// replayed is not passed on but tried again on the stable upstream.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The runtime is lent out of the context, not cloned: no shared reference count touched per request.
+        let rt = ctx.runtime.take();
+        let answered = upstream_answered(session, upstream_response, ctx, rt.as_deref());
+        ctx.runtime = rt;
+        answered
+    }
+
+    /// Proxying failed: answer with the JSON error that fits.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        self.fail(session, e, ctx).await
+    }
+
+    /// One access-log line and the request metrics.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.observe(session, e, ctx).await
+    }
+}

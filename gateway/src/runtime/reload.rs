@@ -1,0 +1,148 @@
+//! Live reload: the config file is watched (and re-read on SIGHUP); a new file is fully validated, then
+//! swapped in atomically. An invalid file is logged and counted, and the old config keeps serving.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::Config;
+use crate::runtime::state::GatewayState;
+use crate::telemetry::metrics::metrics;
+
+/// How often the file is looked at. Reading a small file this often costs nothing measurable, and
+/// polling works where inotify does not (bind mounts, ConfigMap symlink swaps).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The background service that watches the config file and starts health checks.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub state: Arc<GatewayState>,
+}
+
+/// The result of one reload attempt.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Unchanged,
+    Applied,
+    Rejected(Vec<String>),
+}
+
+impl Reloader {
+    /// Re-reads the file; applies it when its bytes changed (or when `force`) and it validates.
+    pub fn reload(&self, last: &mut Option<Vec<u8>>, force: bool) -> ReloadOutcome {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("{}: cannot read: {e}", self.path.display());
+                if last.is_some() {
+                    // Count a vanished or unreadable file once, not every poll.
+                    *last = None;
+                    metrics().reloads.with_label_values(&["failure"]).inc();
+                    tracing::error!(error = %msg, "config reload failed; keeping the running config");
+                }
+                return ReloadOutcome::Rejected(vec![msg]);
+            }
+        };
+        if !force && last.as_deref() == Some(&bytes[..]) {
+            return ReloadOutcome::Unchanged;
+        }
+        *last = Some(bytes.clone());
+        let text = String::from_utf8_lossy(&bytes);
+        match Config::parse(&self.path, &text) {
+            Ok(new) => {
+                let old = self.state.current();
+                for note in old.config.restart_needed(&new) {
+                    tracing::warn!("{note}");
+                }
+                let summary = new.summary();
+                self.state.apply(new);
+                metrics().reloads.with_label_values(&["success"]).inc();
+                tracing::info!(%summary, "config reloaded");
+                ReloadOutcome::Applied
+            }
+            Err(e) => {
+                let lines = e.lines();
+                metrics().reloads.with_label_values(&["failure"]).inc();
+                for l in &lines {
+                    tracing::error!(error = %l, "config reload rejected; keeping the running config");
+                }
+                ReloadOutcome::Rejected(lines)
+            }
+        }
+    }
+
+    /// Work that rides on the poll: JWKS refreshes that are due (each on its own task, so a slow identity
+    /// provider never delays a reload), and forgetting idle rate-limit keys every 10 s.
+    fn housekeeping(&self, ticks: &mut u64) {
+        *ticks += 1;
+        for src in self.state.jwks.all() {
+            if src.claim_due() {
+                tokio::spawn(async move {
+                    let _ = src.refresh().await;
+                });
+            }
+        }
+        if *ticks % 40 == 0 {
+            self.state.current().limiters.forget_idle();
+        }
+    }
+
+    async fn wait_for_listeners(&self) {
+        let rt = self.state.current();
+        let Some(addr) = rt.config.entrypoints.http else {
+            return;
+        };
+        let addr = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        } else {
+            addr
+        };
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                self.state.listeners_up.store(true, Ordering::Release);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.state.start_health_checks();
+        self.state.start_background();
+        let mut last = std::fs::read(&self.path).ok();
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching still reloads");
+                None
+            }
+        };
+        tokio::select! {
+            _ = self.wait_for_listeners() => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut ticks: u64 = 0;
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let force = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: re-reading the config");
+                    true
+                }
+                _ = shutdown.changed() => return,
+            };
+            self.reload(&mut last, force);
+            self.housekeeping(&mut ticks);
+        }
+    }
+}

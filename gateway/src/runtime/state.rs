@@ -1,0 +1,328 @@
+//! The live state's life: the first config compiled at start ([`GatewayState::new`]), each reload
+//! compiled and swapped in ([`GatewayState::apply`]), and the background work on it (health checks,
+//! DNS discovery, tenant ranking). What a request reads is defined in [`crate::edge::state`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::edge::auth::jwks::JwksRegistry;
+use crate::edge::route::Router;
+use crate::support::redis::SharedRedis;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::metrics;
+use crate::upstream::discovery::Discovery;
+use crate::upstream::{spawn_health_checks, ServerRegistry, Upstream};
+
+pub use crate::edge::state::{GatewayState, RouteRt, Snapshot};
+
+impl Snapshot {
+    fn build(
+        config: Config,
+        registry: &ServerRegistry,
+        discovery: &Discovery,
+        canaries: &crate::upstream::canary::CanaryRegistry,
+        jwks: &JwksRegistry,
+        redis: Option<&Arc<SharedRedis>>,
+    ) -> Snapshot {
+        let resolved = |host: &str, port: u16| discovery.addrs(host, port);
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u, registry, &resolved)))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let find = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
+                let canary = r.canary.as_ref().and_then(|c| {
+                    Some(crate::upstream::canary::Canary {
+                        upstream: find(&c.upstream)?,
+                        state: canaries.get_or_create(&r.name, c),
+                        spec: c.clone(),
+                    })
+                });
+                RouteRt::new(r.clone(), r.upstream.as_deref().and_then(find), canary)
+            })
+            .collect();
+        Snapshot {
+            jwt: config.jwt.as_ref().map(|j| {
+                let source = j.jwks.as_ref().map(|s| jwks.source(&s.origin, s.refresh));
+                crate::edge::auth::JwtVerifier::new(j, source)
+            }),
+            api_keys: config
+                .api_keys
+                .as_ref()
+                .map(|a| crate::edge::auth::api_key::ApiKeyStore::new(a.clone(), redis.cloned())),
+            limiters: crate::edge::ratelimit::Limiters::new(&config.rate_limits),
+            router: Router::new(&config.routes, &config.tenancy),
+            routes,
+            upstreams,
+            config: Arc::new(config),
+        }
+    }
+}
+
+impl GatewayState {
+    /// Compiles the first config.
+    pub fn new(config: Config) -> Arc<GatewayState> {
+        let registry = ServerRegistry::default();
+        let access_log = AccessLog::new(config.log.access_log);
+        let redis = match config
+            .redis
+            .as_ref()
+            .map(|r| SharedRedis::new(&r.endpoint()))
+        {
+            Some(Ok(r)) => Some(Arc::new(r)),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "invalid Redis URL; revocation checks and global rate limits disabled");
+                None
+            }
+            None => {
+                tracing::warn!("no [redis]: revoked tokens are not refused at the edge (the backend still refuses them), and every rate limit is local to this process");
+                None
+            }
+        };
+        let revocation = redis.as_ref().zip(config.redis.as_ref()).map(|(r, s)| {
+            crate::edge::auth::revocation::RevocationStore::new(Arc::clone(r), s.revocation_cache)
+        });
+        let global_limits = redis.as_ref().map(|r| {
+            Arc::new(crate::edge::ratelimit::global::GlobalStore::new(
+                Arc::clone(r),
+            ))
+        });
+        let jwks = JwksRegistry::default();
+        let certs = Arc::new(crate::tls::store::CertStore::default());
+        set_static_certificates(&certs, &config);
+        let discovery = Discovery::default();
+        discovery.prime(&config);
+        let canaries = crate::upstream::canary::CanaryRegistry::default();
+        let tenant_stats = crate::telemetry::tenant_stats::TenantStats::default();
+        let otel = config
+            .tracing
+            .as_ref()
+            .and_then(|t| match crate::telemetry::otel::Tracing::new(t) {
+                Ok(o) => {
+                    tracing::info!(endpoint = %t.otlp_endpoint, "OpenTelemetry: request spans exported over OTLP");
+                    Some(o)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "OpenTelemetry export not started");
+                    None
+                }
+            });
+        tenant_stats.configure(&config.tenant_stats);
+        let runtime = Snapshot::build(
+            config,
+            &registry,
+            &discovery,
+            &canaries,
+            &jwks,
+            redis.as_ref(),
+        );
+        metrics()
+            .last_reload_success
+            .set(crate::support::unix_now());
+        Arc::new(GatewayState {
+            runtime: ArcSwap::from_pointee(runtime),
+            registry,
+            discovery,
+            canaries,
+            tenant_stats,
+            otel,
+            background_started: AtomicBool::new(false),
+            access_log,
+            redis,
+            revocation,
+            global_limits,
+            jwks,
+            listeners_up: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            certs,
+        })
+    }
+
+    /// Compiles `config` and makes it current. Health checks of new servers start when called inside a
+    /// Tokio runtime; see [`GatewayState::start_health_checks`].
+    pub fn apply(&self, config: Config) {
+        self.access_log.set_enabled(config.log.access_log);
+        set_static_certificates(&self.certs, &config);
+        self.discovery.prime(&config);
+        self.tenant_stats.configure(&config.tenant_stats);
+        let rt = Snapshot::build(
+            config,
+            &self.registry,
+            &self.discovery,
+            &self.canaries,
+            &self.jwks,
+            self.redis.as_ref(),
+        );
+        self.runtime.store(Arc::new(rt));
+        metrics()
+            .last_reload_success
+            .set(crate::support::unix_now());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.start_health_checks();
+        }
+    }
+
+    /// Starts checkers for servers that have none (must run inside a Tokio runtime).
+    pub fn start_health_checks(&self) {
+        for u in &self.current().upstreams {
+            spawn_health_checks(u);
+        }
+    }
+
+    /// Starts the background work on live state (once; must run inside a Tokio runtime): re-resolving
+    /// upstream host names, and ranking tenants for Prometheus every `[tenant_stats] interval`.
+    pub fn start_background(self: &Arc<Self>) {
+        if self.background_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        dns_refresh::spawn(self);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(gw) = weak.upgrade() else { return };
+                let settings = gw.current().config.tenant_stats;
+                gw.tenant_stats.recompute(settings.top_k);
+                drop(gw);
+                tokio::time::sleep(settings.interval).await;
+            }
+        });
+    }
+
+    /// Server states shared by successive configs and DNS answers.
+    pub fn registry(&self) -> &ServerRegistry {
+        &self.registry
+    }
+
+    /// Whether the gateway can serve: config loaded, listeners up, a healthy server in every upstream in use.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.listeners_up.load(Ordering::Acquire) {
+            return Err("listeners not up yet".into());
+        }
+        let rt = self.current();
+        let down: Vec<&str> = rt
+            .upstreams_in_use()
+            .filter(|u| !u.any_healthy())
+            .map(|u| u.name.as_str())
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no healthy server in upstream(s): {}",
+                down.join(", ")
+            ))
+        }
+    }
+}
+
+/// Serves the certificate files of `config` (none when it has no `[tls]`), replacing the previous ones.
+fn set_static_certificates(certs: &crate::tls::store::CertStore, config: &Config) {
+    match &config.tls {
+        Some(t) => certs.set_files(t.certificates.clone(), t.default_certificate),
+        None => certs.set_files(Vec::new(), None),
+    }
+}
+
+/// DNS discovery's background task: it reads the live config and upstreams and writes the answers of
+/// [`crate::upstream::discovery`], so it lives beside the state it needs (not in the proxy's module, which
+/// the state builds on).
+pub mod dns_refresh {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Weak};
+
+    use hickory_resolver::TokioResolver;
+
+    use super::GatewayState;
+    use crate::config::DnsSettings;
+    use crate::upstream::discovery::{hosts, log_answer, resolve_all, resolver, Answer};
+    use crate::upstream::{probe, spawn_health_checks};
+
+    /// Re-resolves the live config's host names every `[dns] refresh`, for as long as the gateway lives,
+    /// and applies changed answers to the live upstreams. Must run inside a Tokio runtime.
+    pub async fn refresh_loop(state: Weak<GatewayState>) {
+        let mut current: Option<(DnsSettings, TokioResolver)> = None;
+        let mut failing: HashSet<String> = HashSet::new();
+        loop {
+            let Some(gw) = state.upgrade() else { return };
+            let rt = gw.current();
+            let settings = rt.config.dns.clone();
+            let hosts = hosts(&rt.config);
+            // A resolver only for a config that names hosts (and again when `[dns]` changes).
+            if !hosts.is_empty() && current.as_ref().is_none_or(|(s, _)| *s != settings) {
+                match resolver(&settings) {
+                    Ok(r) => current = Some((settings.clone(), r)),
+                    Err(e) => tracing::error!(error = %e, "DNS discovery cannot resolve"),
+                }
+            }
+            if let (Some((_, resolver)), false) = (&current, hosts.is_empty()) {
+                resolver.clear_cache();
+                for (host, answer) in resolve_all(resolver, hosts).await {
+                    let failed = matches!(answer, Answer::Failed(_));
+                    // Say it once per failure streak, and when it mends.
+                    if failed {
+                        if failing.insert(host.clone()) {
+                            log_answer(&host, &answer, false);
+                        }
+                    } else if failing.remove(&host) {
+                        tracing::info!(host, "upstream host name resolves again");
+                    }
+                    if gw.discovery.record(&host, &answer) && matches!(answer, Answer::Gone) {
+                        log_answer(&host, &answer, false);
+                    }
+                }
+            }
+            // Reconcile every live upstream with the answers, changed or not: a reload that compiled its
+            // upstreams from older answers converges here too.
+            let rt = gw.current();
+            for up in rt.upstreams.iter().filter(|u| u.uses_dns()) {
+                let lookup = |h: &str, p: u16| gw.discovery.addrs(h, p);
+                // A new server's first check runs before it joins, when checks are on.
+                let arriving = up.arriving(&lookup);
+                let passed: Vec<SocketAddr> = match &up.spec.health {
+                    Some(spec) if !arriving.is_empty() => {
+                        let checks = arriving
+                            .iter()
+                            .map(|a| async move { (*a, probe(*a, spec).await) });
+                        futures_util::future::join_all(checks)
+                            .await
+                            .into_iter()
+                            .filter_map(|(a, ok)| ok.then_some(a))
+                            .collect()
+                    }
+                    Some(_) => Vec::new(),
+                    None => arriving,
+                };
+                let verdict = |a: SocketAddr| passed.contains(&a);
+                if let Some((added, removed)) = up.refresh_members(gw.registry(), &lookup, &verdict)
+                {
+                    tracing::info!(
+                        upstream = %up.name,
+                        added = ?added,
+                        removed = ?removed,
+                        servers = up.members().servers.len(),
+                        "upstream servers changed (DNS)"
+                    );
+                    spawn_health_checks(up);
+                }
+            }
+            let pause = settings.refresh;
+            drop(rt);
+            drop(gw);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Starts [`refresh_loop`] for `state` (once; call inside a Tokio runtime).
+    pub fn spawn(state: &Arc<GatewayState>) {
+        let weak = Arc::downgrade(state);
+        tokio::spawn(refresh_loop(weak));
+    }
+}
