@@ -5,10 +5,11 @@
 mod auth;
 pub mod dns01;
 pub mod duration;
+#[macro_use]
+mod schema;
 pub mod file;
 pub mod rate_limits;
 mod routes;
-mod schema;
 pub mod tls;
 mod upstreams;
 

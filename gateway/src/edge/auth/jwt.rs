@@ -1,0 +1,686 @@
+//! Bearer JWT → [`Identity`]: HS256 keys from the config (rotation by `kid`) and asymmetric keys from
+//! a JWKS ([`super::jwks`]), each key pinned to one algorithm; expiry, issuer, audience and the tenant
+//! claim checked. Pure: no I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::Algorithm;
+
+use super::jwks::JwksSource;
+use super::{AuthError, Identity};
+use crate::config::JwtSettings;
+
+/// Algorithms a token may use; each key accepts exactly one of them.
+const ACCEPTED: [Algorithm; 10] = [
+    Algorithm::HS256,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Token verification with the algorithm pinned per key and every claim checked: HS256 keys from the
+/// config, asymmetric keys from a JWKS ([`JwksSource`]).
+///
+/// The token is taken apart once here: the header and the claims are each decoded and parsed a single
+/// time into typed structs, and the signature over the first two parts is checked with the pinned
+/// algorithm: HS256 with a keyed HMAC state prepared once per key ([`HsKey`]), the asymmetric ones with
+/// `jsonwebtoken::crypto::verify`. `exp` (required), `nbf`, `iat`, `iss` and `aud` are checked below.
+pub struct JwtVerifier {
+    single: Option<HsKey>,
+    by_kid: HashMap<String, HsKey>,
+    jwks: Option<Arc<JwksSource>>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    tenant_claim: String,
+    leeway: u64,
+    max_bytes: usize,
+}
+
+/// An HS256 secret as the HMAC state after its key block: each token's check clones it instead of
+/// hashing the key's inner and outer pads again.
+#[derive(Clone)]
+struct HsKey(hmac::Hmac<sha2::Sha256>);
+
+impl HsKey {
+    fn new(secret: &[u8]) -> HsKey {
+        use hmac::Mac;
+        // HMAC takes a key of any length (a longer one is hashed first).
+        HsKey(
+            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret)
+                .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length")),
+        )
+    }
+
+    /// Whether `sig64` (base64url, no padding) is this key's HMAC-SHA256 of `message`, compared in
+    /// constant time.
+    fn verify(&self, message: &[u8], sig64: &str) -> bool {
+        use base64::Engine;
+        use hmac::Mac;
+        let mut sig = [0u8; 32];
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(sig64, &mut sig) {
+            Ok(32) => {}
+            _ => return false,
+        }
+        let mut mac = self.0.clone();
+        mac.update(message);
+        mac.verify_slice(&sig).is_ok()
+    }
+}
+
+/// The JOSE header fields the gateway reads. An `alg` outside [`Algorithm`] (such as `none`) fails to
+/// parse.
+#[derive(serde::Deserialize)]
+struct JoseHeader {
+    alg: Algorithm,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// The claims the gateway reads, typed: parsing them is cheaper than building a map of every claim.
+/// `user_id`, `tenant_id`, `exp`, `nbf`, `iat` and `iss` of the wrong type make the token invalid;
+/// `email`, `role` and `jti` that are not strings are ignored (identity providers put other shapes there).
+#[derive(serde::Deserialize)]
+struct Claims {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    email: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    role: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    jti: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    nbf: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<Audience>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// A base64url part of a token, decoded; JOSE header and claims are JSON, so UTF-8 (found by fuzzing: a
+/// header with invalid UTF-8 inside an ignored member was accepted).
+fn b64(part: &str) -> Result<Vec<u8>, AuthError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)?;
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(bytes)
+}
+
+impl JwtVerifier {
+    pub fn new(s: &JwtSettings, jwks: Option<Arc<JwksSource>>) -> JwtVerifier {
+        let mut single = None;
+        let mut by_kid = HashMap::new();
+        for k in &s.keys {
+            match &k.kid {
+                None => single = Some(HsKey::new(&k.secret)),
+                Some(kid) => {
+                    by_kid.insert(kid.clone(), HsKey::new(&k.secret));
+                }
+            }
+        }
+        JwtVerifier {
+            single,
+            by_kid,
+            jwks,
+            issuer: s.issuer.clone(),
+            audience: s.audience.clone(),
+            tenant_claim: s.tenant_claim.clone(),
+            leeway: s.leeway.as_secs(),
+            max_bytes: s.max_token_bytes,
+        }
+    }
+
+    /// Verifies `token` (without the `Bearer ` prefix).
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.len() > self.max_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(sig64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        let header: JoseHeader =
+            serde_json::from_slice(&b64(h64)?).map_err(|_| AuthError::Malformed)?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err(AuthError::WrongAlgorithm);
+        }
+        let jwks = self.jwks.as_ref().map(|j| j.keys());
+        let jwks_key = match (&jwks, header.kid.as_deref()) {
+            (Some(set), Some(kid)) => set.by_kid.get(kid),
+            _ => None,
+        };
+        // The signed message is the first two parts as sent.
+        let message = &token[..h64.len() + 1 + p64.len()];
+        let valid = if header.alg == Algorithm::HS256 {
+            if jwks_key.is_some() {
+                // An HMAC token naming a public key: the key-confusion attack.
+                return Err(AuthError::WrongAlgorithm);
+            }
+            let key = match (&self.single, header.kid.as_deref()) {
+                (Some(k), _) => k,
+                (None, Some(kid)) => self.by_kid.get(kid).ok_or(AuthError::UnknownKid)?,
+                (None, None) if self.by_kid.is_empty() => return Err(AuthError::WrongAlgorithm),
+                (None, None) => return Err(AuthError::MissingKid),
+            };
+            key.verify(message.as_bytes(), sig64)
+        } else {
+            let kid = header.kid.as_deref().ok_or(AuthError::MissingKid)?;
+            let pinned = match jwks_key {
+                Some(p) => p,
+                None if self.by_kid.contains_key(kid) => return Err(AuthError::WrongAlgorithm),
+                None => return Err(AuthError::UnknownKid),
+            };
+            if pinned.alg != header.alg {
+                return Err(AuthError::WrongAlgorithm);
+            }
+            jsonwebtoken::crypto::verify(sig64, message.as_bytes(), &pinned.key, header.alg)
+                .unwrap_or(false)
+        };
+        if !valid {
+            return Err(AuthError::BadSignature);
+        }
+        let payload = b64(p64)?;
+        let c: Claims = serde_json::from_slice(&payload).map_err(|_| AuthError::InvalidClaims)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match c.exp {
+            None => return Err(AuthError::InvalidClaims),
+            Some(exp) if exp.saturating_add(self.leeway) < now => return Err(AuthError::Expired),
+            Some(_) => {}
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now + self.leeway) {
+            return Err(AuthError::NotYetValid);
+        }
+        if c.iat.is_some_and(|iat| iat > now + self.leeway) {
+            return Err(AuthError::InvalidClaims);
+        }
+        if let Some(want) = &self.issuer {
+            if c.iss.as_ref() != Some(want) {
+                return Err(AuthError::InvalidClaims);
+            }
+        }
+        if let Some(want) = &self.audience {
+            let ok = match &c.aud {
+                Some(Audience::One(a)) => a == want,
+                Some(Audience::Many(list)) => list.iter().any(|a| a == want),
+                None => false,
+            };
+            if !ok {
+                return Err(AuthError::InvalidClaims);
+            }
+        }
+        let tenant = if self.tenant_claim == contracts::claims::TENANT_ID {
+            c.tenant_id
+        } else {
+            // Another tenant claim name: read it from a map (slower, but only for such configs).
+            let mut m: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&payload).map_err(|_| AuthError::InvalidClaims)?;
+            match m.remove(&self.tenant_claim) {
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(_) => return Err(AuthError::InvalidClaims),
+                None => None,
+            }
+        };
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        Ok(Identity {
+            user_id: nonempty(c.user_id).ok_or(AuthError::InvalidClaims)?,
+            tenant: nonempty(tenant).ok_or(AuthError::InvalidClaims)?,
+            email: nonempty(c.email),
+            role: nonempty(c.role),
+            jti: nonempty(c.jti),
+            iat: c.iat,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthPolicy;
+    use crate::config::JwtKey;
+    use crate::edge::auth::{bearer, bind_tenant};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+    use std::time::Duration;
+
+    const K1: &[u8] = b"0123456789abcdef0123456789abcdef-one";
+    const K2: &[u8] = b"0123456789abcdef0123456789abcdef-two";
+
+    fn settings(keys: Vec<JwtKey>) -> JwtSettings {
+        JwtSettings {
+            keys,
+            tenant_claim: "tenant_id".into(),
+            leeway: Duration::from_secs(30),
+            issuer: None,
+            audience: None,
+            max_token_bytes: 8192,
+            jwks: None,
+        }
+    }
+
+    fn verifier(keys: Vec<JwtKey>) -> JwtVerifier {
+        JwtVerifier::new(&settings(keys), None)
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn sign(kid: Option<&str>, key: &[u8], claims: serde_json::Value) -> String {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = kid.map(str::to_string);
+        encode(&h, &claims, &EncodingKey::from_secret(key)).expect("sign")
+    }
+
+    fn good() -> serde_json::Value {
+        json!({ "user_id": "u1", "tenant_id": "acme", "email": "a@acme.test", "role": "admin", "iat": now(), "exp": now() + 600, "jti": "j1" })
+    }
+
+    fn b64(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    /// A crash of the `jwt` fuzz target, kept: a correctly signed token whose header is not UTF-8.
+    #[test]
+    fn a_header_that_is_not_utf8_is_malformed() {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = e.encode(b"{\"alg\":\"HS256\",\"typ\":\"JW\xd4\"}");
+        let claims = e.encode(serde_json::to_vec(&good()).expect("claims"));
+        let message = format!("{header}.{claims}");
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(K1),
+            Algorithm::HS256,
+        )
+        .expect("sign");
+        let v = verifier(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }]);
+        assert_eq!(
+            v.verify(&format!("{message}.{sig}")),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    /// The token the backend issues (`contracts::claims::AccessClaims`) is the token read here: every
+    /// identity field comes through.
+    #[test]
+    fn the_backends_claims_verify_with_every_field() {
+        let c = contracts::claims::AccessClaims {
+            user_id: contracts::claims::Uuid::from_u128(7),
+            email: "ann@acme.test".into(),
+            tenant_id: "acme".into(),
+            role: "admin".into(),
+            iat: now(),
+            exp: now() + 600,
+            jti: "jti-1".into(),
+        };
+        let token = sign(None, K1, serde_json::to_value(&c).expect("claims"));
+        let id = verifier(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }])
+        .verify(&token)
+        .expect("verified");
+        assert_eq!(id.user_id, c.user_id.to_string());
+        assert_eq!(id.tenant, c.tenant_id);
+        assert_eq!(id.email.as_deref(), Some(c.email.as_str()));
+        assert_eq!(id.role.as_deref(), Some(c.role.as_str()));
+        assert_eq!(id.jti.as_deref(), Some(c.jti.as_str()));
+        assert_eq!(id.iat, Some(c.iat));
+    }
+
+    #[test]
+    fn attack_table() {
+        let v = verifier(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }]);
+        let ok = sign(None, K1, good());
+        assert_eq!(v.verify(&ok).map(|i| i.tenant), Ok("acme".to_string()));
+        let parts: Vec<&str> = ok.split('.').collect();
+        let mut c = good();
+        c["tenant_id"] = json!("globex");
+        let tampered = format!("{}.{}.{}", parts[0], b64(&c.to_string()), parts[2]);
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+        let hs512 = {
+            let h = Header::new(Algorithm::HS512);
+            encode(&h, &good(), &EncodingKey::from_secret(K1)).expect("sign")
+        };
+        let cases: Vec<(&str, String, AuthError)> = vec![
+            ("alg none", none, AuthError::Malformed),
+            ("other HMAC alg", hs512, AuthError::WrongAlgorithm),
+            (
+                "wrong secret",
+                sign(None, K2, good()),
+                AuthError::BadSignature,
+            ),
+            ("tampered payload", tampered, AuthError::BadSignature),
+            (
+                "expired",
+                sign(None, K1, {
+                    let mut c = good();
+                    c["exp"] = json!(now() - 120);
+                    c
+                }),
+                AuthError::Expired,
+            ),
+            (
+                "nbf in the future",
+                sign(None, K1, {
+                    let mut c = good();
+                    c["nbf"] = json!(now() + 600);
+                    c
+                }),
+                AuthError::NotYetValid,
+            ),
+            (
+                "iat in the future",
+                sign(None, K1, {
+                    let mut c = good();
+                    c["iat"] = json!(now() + 600);
+                    c
+                }),
+                AuthError::InvalidClaims,
+            ),
+            (
+                "missing exp",
+                sign(None, K1, {
+                    let mut c = good();
+                    c.as_object_mut().expect("obj").remove("exp");
+                    c
+                }),
+                AuthError::InvalidClaims,
+            ),
+            (
+                "missing tenant",
+                sign(None, K1, {
+                    let mut c = good();
+                    c.as_object_mut().expect("obj").remove("tenant_id");
+                    c
+                }),
+                AuthError::InvalidClaims,
+            ),
+            (
+                "numeric tenant",
+                sign(None, K1, {
+                    let mut c = good();
+                    c["tenant_id"] = json!(42);
+                    c
+                }),
+                AuthError::InvalidClaims,
+            ),
+            (
+                "missing user",
+                sign(None, K1, {
+                    let mut c = good();
+                    c.as_object_mut().expect("obj").remove("user_id");
+                    c
+                }),
+                AuthError::InvalidClaims,
+            ),
+            ("garbage", "not.a.jwt".to_string(), AuthError::Malformed),
+            ("two parts", "abc.def".to_string(), AuthError::Malformed),
+            (
+                "empty signature",
+                format!("{}.{}.", parts[0], parts[1]),
+                AuthError::BadSignature,
+            ),
+            (
+                "oversize",
+                format!("{}.{}.{}", parts[0], "a".repeat(9000), parts[2]),
+                AuthError::TooLarge,
+            ),
+        ];
+        for (what, token, want) in cases {
+            assert_eq!(v.verify(&token), Err(want), "{what}");
+        }
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/tests/fixtures/keys/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture")
+    }
+
+    fn sign_with(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_string);
+        encode(&h, &good(), key).expect("sign")
+    }
+
+    #[test]
+    fn jwks_keys_are_pinned_to_their_algorithm() {
+        let path = format!(
+            "{}/tests/fixtures/keys/jwks.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let src = Arc::new(JwksSource::new(
+            crate::edge::auth::jwks::JwksOrigin::File(path.into()),
+            Duration::from_secs(300),
+        ));
+        let v = JwtVerifier::new(
+            &settings(vec![JwtKey {
+                kid: None,
+                secret: K1.to_vec(),
+            }]),
+            Some(src),
+        );
+        let rsa = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).expect("rsa");
+        let ec = EncodingKey::from_ec_pem(&fixture("ec.pk8.pem")).expect("ec");
+        let ed = EncodingKey::from_ed_pem(&fixture("ed.pem")).expect("ed");
+        let rsa_pub = fixture("rsa.pub.pem");
+        assert!(v
+            .verify(&sign_with(Algorithm::RS256, Some("rsa-1"), &rsa))
+            .is_ok());
+        assert!(v
+            .verify(&sign_with(Algorithm::ES256, Some("ec-1"), &ec))
+            .is_ok());
+        assert!(v
+            .verify(&sign_with(Algorithm::EdDSA, Some("ed-1"), &ed))
+            .is_ok());
+        assert!(
+            v.verify(&sign(None, K1, good())).is_ok(),
+            "HS256 still works"
+        );
+        let cases: Vec<(&str, String, AuthError)> = vec![
+            (
+                "HS256 signed with the RSA public key, naming the RSA kid",
+                sign_with(
+                    Algorithm::HS256,
+                    Some("rsa-1"),
+                    &EncodingKey::from_secret(&rsa_pub),
+                ),
+                AuthError::WrongAlgorithm,
+            ),
+            (
+                "HS256 signed with the RSA public key, no kid",
+                sign_with(Algorithm::HS256, None, &EncodingKey::from_secret(&rsa_pub)),
+                AuthError::BadSignature,
+            ),
+            (
+                "RS256 naming the EC key",
+                sign_with(Algorithm::RS256, Some("ec-1"), &rsa),
+                AuthError::WrongAlgorithm,
+            ),
+            (
+                "RS512 with the RS256 key",
+                sign_with(Algorithm::RS512, Some("rsa-1"), &rsa),
+                AuthError::WrongAlgorithm,
+            ),
+            (
+                "ES256 with a forged signature",
+                {
+                    let t = sign_with(Algorithm::ES256, Some("ec-1"), &ec);
+                    let (signed, _) = t.rsplit_once('.').expect("token");
+                    format!("{signed}.{}", "A".repeat(86))
+                },
+                AuthError::BadSignature,
+            ),
+            (
+                "unknown kid",
+                sign_with(Algorithm::RS256, Some("rsa-9"), &rsa),
+                AuthError::UnknownKid,
+            ),
+            (
+                "asymmetric token without kid",
+                sign_with(Algorithm::RS256, None, &rsa),
+                AuthError::MissingKid,
+            ),
+        ];
+        for (what, token, want) in cases {
+            assert_eq!(v.verify(&token), Err(want), "{what}");
+        }
+    }
+
+    #[test]
+    fn issuer_audience_and_tenant_claim() {
+        let mut st = settings(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }]);
+        st.issuer = Some("https://login.test/".into());
+        st.audience = Some("aggios-api".into());
+        let v = JwtVerifier::new(&st, None);
+        let with = |iss: serde_json::Value, aud: serde_json::Value| {
+            let mut c = good();
+            c["iss"] = iss;
+            c["aud"] = aud;
+            sign(None, K1, c)
+        };
+        assert!(v
+            .verify(&with(json!("https://login.test/"), json!("aggios-api")))
+            .is_ok());
+        assert!(v
+            .verify(&with(
+                json!("https://login.test/"),
+                json!(["x", "aggios-api"])
+            ))
+            .is_ok());
+        for (iss, aud) in [
+            (json!("https://evil.test/"), json!("aggios-api")),
+            (json!("https://login.test/"), json!("other")),
+            (json!("https://login.test/"), json!(null)),
+            (json!(null), json!("aggios-api")),
+        ] {
+            assert_eq!(
+                v.verify(&with(iss.clone(), aud.clone())),
+                Err(AuthError::InvalidClaims),
+                "{iss} {aud}"
+            );
+        }
+        let mut st = settings(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }]);
+        st.tenant_claim = "org".into();
+        let v = JwtVerifier::new(&st, None);
+        let mut c = good();
+        c["org"] = json!("initech");
+        assert_eq!(
+            v.verify(&sign(None, K1, c)).map(|i| i.tenant),
+            Ok("initech".into())
+        );
+        let mut c = good();
+        c["org"] = json!(7);
+        assert_eq!(v.verify(&sign(None, K1, c)), Err(AuthError::InvalidClaims));
+    }
+
+    #[test]
+    fn rotation_by_kid() {
+        let v = verifier(vec![
+            JwtKey {
+                kid: Some("old".into()),
+                secret: K1.to_vec(),
+            },
+            JwtKey {
+                kid: Some("new".into()),
+                secret: K2.to_vec(),
+            },
+        ]);
+        assert!(v.verify(&sign(Some("old"), K1, good())).is_ok());
+        assert!(v.verify(&sign(Some("new"), K2, good())).is_ok());
+        assert_eq!(
+            v.verify(&sign(Some("new"), K1, good())),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(&sign(Some("gone"), K1, good())),
+            Err(AuthError::UnknownKid)
+        );
+        assert_eq!(
+            v.verify(&sign(None, K1, good())),
+            Err(AuthError::MissingKid)
+        );
+    }
+
+    #[test]
+    fn tenant_binding_and_bearer_parsing() {
+        let id = Identity {
+            user_id: "u".into(),
+            tenant: "acme".into(),
+            email: None,
+            role: None,
+            jti: None,
+            iat: None,
+        };
+        assert_eq!(
+            bind_tenant(AuthPolicy::JwtTenant, &id, Some("acme")),
+            Ok(())
+        );
+        assert_eq!(
+            bind_tenant(AuthPolicy::JwtTenant, &id, Some("globex")),
+            Err(AuthError::TenantMismatch)
+        );
+        assert_eq!(bind_tenant(AuthPolicy::JwtTenant, &id, None), Ok(()));
+        assert_eq!(bind_tenant(AuthPolicy::Jwt, &id, Some("globex")), Ok(()));
+        assert_eq!(bearer(Some(b"Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some(b"bearer  abc ")), Ok("abc"));
+        assert_eq!(bearer(None), Err(AuthError::MissingToken));
+        assert_eq!(bearer(Some(b"Basic xyz")), Err(AuthError::MissingToken));
+        assert_eq!(bearer(Some(b"Bearer")), Err(AuthError::Malformed));
+    }
+}
