@@ -311,3 +311,45 @@ pub(super) fn validate_jwt(
         ) as usize,
     }
 }
+
+/// Validates `[auth.api_keys]`.
+pub(super) fn validate_api_keys(
+    a: &super::file::ApiKeysFile,
+    diags: &mut Vec<Diagnostic>,
+) -> ApiKeySettings {
+    ApiKeySettings {
+        lookup_url: {
+            let u = a.lookup_url.get_ref();
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && u.contains("{prefix}")
+                && u.replace("{prefix}", "0").parse::<http::Uri>().is_ok();
+            if !ok {
+                diags.push(Diagnostic::at(
+                    &a.lookup_url,
+                    "lookup_url must be an http(s) URL containing `{prefix}`",
+                ));
+            }
+            u.clone()
+        },
+        cache_ttl: {
+            let ttl = duration_or(&a.cache_ttl, DEFAULT_API_KEY_CACHE_TTL, diags);
+            if ttl > Duration::from_secs(300) {
+                if let Some(t) = &a.cache_ttl {
+                    diags.push(Diagnostic::at(
+                        t,
+                        "cache_ttl is how long a revoked key keeps working; at most 5m",
+                    ));
+                }
+            }
+            ttl
+        },
+        lookup_timeout: duration_or(&a.timeout, DEFAULT_API_KEY_LOOKUP_TIMEOUT, diags),
+        failures_per_minute: positive(
+            &a.failures_per_minute,
+            u64::from(DEFAULT_API_KEY_FAILURES_PER_MINUTE),
+            "failures_per_minute",
+            diags,
+        )
+        .min(u64::from(u32::MAX)) as u32,
+    }
+}

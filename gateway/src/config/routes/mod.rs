@@ -1,0 +1,380 @@
+//! `[[routes]]`, validated: host patterns, matchers, auth policy, limits, header rules, CORS, security
+//! headers, and the ambiguity check across routes.
+
+mod ambiguity;
+mod canary;
+mod cors;
+mod headers;
+
+pub(super) use ambiguity::{check_ambiguity, warn_policy_gaps};
+pub use canary::*;
+pub use cors::*;
+pub use headers::*;
+
+use super::file::{HeaderRulesFile, RouteFile};
+use super::{
+    file, opt_duration, positive, AuthPolicy, Diagnostic, Limits, OnStoreError, RateLimitSpec,
+    Tenancy,
+};
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use std::collections::HashMap;
+use std::time::Duration;
+use toml::Spanned;
+
+/// How a route matches the Host.
+#[derive(Debug, Clone)]
+pub enum HostPattern {
+    /// `api.aggios.app`; `tenant` is set when the host is `{label}.{base_domain}` with a non-reserved label.
+    Exact {
+        host: String,
+        tenant: Option<String>,
+    },
+    /// `*.aggios.app`: exactly one label, held here without the `*.` (`aggios.app`).
+    Wildcard { suffix: String },
+    /// `~^(?P<tenant>…)\.x\.app$`: the `tenant` group, when present, is the tenant.
+    Regex { regex: Regex },
+}
+
+impl HostPattern {
+    /// 0 = exact, 1 = wildcard, 2 = regex: lower is more specific.
+    pub fn kind_rank(&self) -> u8 {
+        match self {
+            HostPattern::Exact { .. } => 0,
+            HostPattern::Wildcard { .. } => 1,
+            HostPattern::Regex { .. } => 2,
+        }
+    }
+    /// The pattern as ops wrote it (normalised).
+    pub fn source(&self) -> String {
+        match self {
+            HostPattern::Exact { host, .. } => host.clone(),
+            HostPattern::Wildcard { suffix } => format!("*.{suffix}"),
+            HostPattern::Regex { regex } => format!("~{}", regex.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteTimeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    /// Empty: any host.
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    /// `None`: any method.
+    pub methods: Option<Vec<Method>>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub priority: Option<i64>,
+    pub upstream: Option<String>,
+    pub strip_prefix: bool,
+    pub redirect_https: bool,
+    pub max_body_bytes: u64,
+    pub timeouts: RouteTimeouts,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+    pub auth: AuthPolicy,
+    /// Scopes an API key needs on this route.
+    pub scopes: Vec<String>,
+    /// Indexes into [`Config::rate_limits`]; all must pass.
+    pub rate_limits: Vec<usize>,
+    pub on_store_error: OnStoreError,
+    pub cors: Option<CorsSpec>,
+    pub security: SecurityHeaders,
+    /// A share of the traffic to another upstream, with automatic rollback.
+    pub canary: Option<CanarySpec>,
+}
+
+/// Canary default: the sliding window over which the canary is compared with the stable upstream.
+pub const DEFAULT_CANARY_WINDOW: Duration = Duration::from_secs(60);
+/// Canary default: requests the canary must have served in the window before it is judged.
+pub const DEFAULT_CANARY_MIN_REQUESTS: u64 = 20;
+/// Canary default: how much the canary's 5xx ratio may exceed the stable's.
+pub const DEFAULT_CANARY_MAX_ERROR_RATIO: f64 = 0.05;
+/// Canary default: how many times the stable's p99 the canary's may reach.
+pub const DEFAULT_CANARY_MAX_P99_RATIO: f64 = 2.0;
+
+/// What a route is validated against: the rest of the file.
+pub(super) struct RouteContext<'a> {
+    pub(super) tenancy: &'a Tenancy,
+    pub(super) limits: &'a Limits,
+    pub(super) upstreams: &'a HashMap<String, ()>,
+    pub(super) jwt_configured: bool,
+    pub(super) api_keys_configured: bool,
+    pub(super) policies: &'a [RateLimitSpec],
+}
+
+pub(super) fn validate_route(
+    r: &RouteFile,
+    cx: &RouteContext<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> RouteSpec {
+    let RouteContext {
+        tenancy,
+        limits,
+        upstreams,
+        jwt_configured,
+        api_keys_configured,
+        policies,
+    } = *cx;
+    let name = r.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        diags.push(Diagnostic::at(
+            &r.name,
+            "route name must be non-empty and use only letters, digits, `-`, `_` and `.`",
+        ));
+    }
+    let mut hosts = Vec::new();
+    for h in &r.hosts {
+        match parse_host_pattern(h.get_ref(), tenancy) {
+            Ok(p) => hosts.push(p),
+            Err(e) => diags.push(Diagnostic::at(h, e)),
+        }
+    }
+    let path_prefix = r
+        .path_prefix
+        .as_ref()
+        .map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
+    if !path_prefix.starts_with('/') {
+        if let Some(p) = &r.path_prefix {
+            diags.push(Diagnostic::at(p, "path_prefix must start with `/`"));
+        }
+    }
+    let methods = r.methods.as_ref().map(|ms| {
+        let mut out = Vec::new();
+        for m in ms {
+            match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(method) => out.push(method),
+                Err(_) => diags.push(Diagnostic::at(
+                    m,
+                    format!("`{}` is not an HTTP method", m.get_ref()),
+                )),
+            }
+        }
+        out
+    });
+    let mut headers = Vec::new();
+    for (k, v) in &r.headers {
+        match (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::from_str(v.get_ref()),
+        ) {
+            (Ok(n), Ok(val)) => headers.push((n, val)),
+            _ => diags.push(Diagnostic::at(
+                v,
+                format!("header matcher `{k}` has an invalid name or value"),
+            )),
+        }
+    }
+    match &r.upstream {
+        Some(u) if !upstreams.contains_key(u.get_ref()) => {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            let hint = known
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(u.get_ref(), k), *k))
+                .filter(|(d, _)| *d <= 2)
+                .min_by_key(|(d, _)| *d)
+                .map_or_else(String::new, |(_, k)| format!(" (did you mean `{k}`?)"));
+            diags.push(Diagnostic::at(
+                u,
+                format!(
+                    "route `{name}` refers to unknown upstream `{}`{hint}",
+                    u.get_ref()
+                ),
+            ));
+        }
+        None if !r.redirect_https => {
+            diags.push(Diagnostic::at(
+                &r.name,
+                format!("route `{name}` needs `upstream` (or `redirect_https = true`)"),
+            ));
+        }
+        _ => {}
+    }
+    let canary = r
+        .canary
+        .as_ref()
+        .and_then(|c| validate_canary(c, r, upstreams, diags));
+    let auth = super::one_of(
+        &r.auth,
+        "auth",
+        &[
+            ("none", AuthPolicy::None),
+            ("jwt", AuthPolicy::Jwt),
+            ("jwt_tenant", AuthPolicy::JwtTenant),
+            ("api_key", AuthPolicy::ApiKey),
+            ("jwt_or_api_key", AuthPolicy::JwtOrApiKey),
+        ],
+        "",
+        diags,
+    );
+    let needs_jwt = matches!(
+        auth,
+        AuthPolicy::Jwt | AuthPolicy::JwtTenant | AuthPolicy::JwtOrApiKey
+    );
+    let needs_keys = matches!(auth, AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey);
+    if let Some(a) = &r.auth {
+        if needs_jwt && !jwt_configured {
+            diags.push(Diagnostic::at(
+                a,
+                format!(
+                    "route `{name}` uses auth `{}` but there is no [auth.jwt] section",
+                    a.get_ref()
+                ),
+            ));
+        }
+        if needs_keys && !api_keys_configured {
+            diags.push(Diagnostic::at(
+                a,
+                format!(
+                    "route `{name}` uses auth `{}` but there is no [auth.api_keys] section",
+                    a.get_ref()
+                ),
+            ));
+        }
+    }
+    let mut scopes = Vec::new();
+    for sc in r.scopes.iter().flatten() {
+        if !needs_keys {
+            diags.push(Diagnostic::at(
+                sc,
+                "scopes apply to API keys: set auth = \"api_key\" or \"jwt_or_api_key\"",
+            ));
+        }
+        scopes.push(sc.get_ref().clone());
+    }
+    let mut rate_limits = Vec::new();
+    for rl in r.rate_limits.iter().flatten() {
+        match policies.iter().position(|p| &p.name == rl.get_ref()) {
+            Some(i) if !rate_limits.contains(&i) => rate_limits.push(i),
+            Some(_) => diags.push(Diagnostic::at(rl, "rate limit listed twice")),
+            None => {
+                let mut msg = format!("no [rate_limits.{}] policy", rl.get_ref());
+                if !policies.is_empty() {
+                    let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                    msg.push_str(&format!("; defined: {}", names.join(", ")));
+                }
+                diags.push(Diagnostic::at(rl, msg));
+            }
+        }
+    }
+    RouteSpec {
+        name,
+        hosts,
+        path_prefix,
+        methods,
+        headers,
+        priority: r.priority.as_ref().map(|p| *p.get_ref()),
+        upstream: r.upstream.as_ref().map(|u| u.get_ref().clone()),
+        strip_prefix: r.strip_prefix,
+        redirect_https: r.redirect_https,
+        max_body_bytes: positive(
+            &r.max_body_bytes,
+            limits.max_body_bytes,
+            "max_body_bytes",
+            diags,
+        ),
+        timeouts: RouteTimeouts {
+            connect: opt_duration(&r.timeouts.connect, diags),
+            read: opt_duration(&r.timeouts.read, diags),
+            write: opt_duration(&r.timeouts.write, diags),
+        },
+        request_headers: header_rules(&r.request_headers, diags),
+        response_headers: header_rules(&r.response_headers, diags),
+        auth,
+        scopes,
+        rate_limits,
+        on_store_error: super::one_of(
+            &r.on_store_error,
+            "on_store_error",
+            &[
+                ("open", OnStoreError::Open),
+                ("closed", OnStoreError::Closed),
+            ],
+            "",
+            diags,
+        ),
+        cors: r.cors.as_ref().map(|c| validate_cors(c, diags)),
+        security: validate_security(r.security_headers.as_ref(), diags),
+        canary,
+    }
+}
+
+/// How deeply a host regex may nest groups and repetitions. The regex crate's default (250) lets a
+/// pattern such as `a**…*` (found by fuzzing) recurse deep enough in its parser to overflow a 2 MiB
+/// thread stack in a debug build; no host pattern needs more than a few levels.
+pub const HOST_REGEX_NEST_LIMIT: u32 = 32;
+/// The compiled size a host regex may reach (the crate's default is 10 MiB per regex, times every route).
+pub const HOST_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Parses one `hosts` entry.
+pub fn parse_host_pattern(text: &str, tenancy: &Tenancy) -> Result<HostPattern, String> {
+    if let Some(re) = text.strip_prefix('~') {
+        let regex = regex::RegexBuilder::new(re)
+            .case_insensitive(true)
+            .nest_limit(HOST_REGEX_NEST_LIMIT)
+            .size_limit(HOST_REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "invalid host regex `{re}`: {}",
+                    e.to_string().lines().last().unwrap_or("")
+                )
+            })?;
+        return Ok(HostPattern::Regex { regex });
+    }
+    let lower = text.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        if !is_hostname(suffix) {
+            return Err(format!(
+                "invalid wildcard host `{text}`: expected `*.` followed by a domain"
+            ));
+        }
+        return Ok(HostPattern::Wildcard {
+            suffix: suffix.to_string(),
+        });
+    }
+    if lower.contains('*') {
+        return Err(format!(
+            "invalid host `{text}`: a wildcard may only be the whole first label (`*.example.com`)"
+        ));
+    }
+    if !is_hostname(&lower) {
+        return Err(format!("invalid host `{text}`: not a host name"));
+    }
+    let tenant = lower.split_once('.').and_then(|(label, rest)| {
+        (tenancy.base_domains.iter().any(|b| b == rest) && !tenancy.reserved.contains(label))
+            .then(|| label.to_string())
+    });
+    Ok(HostPattern::Exact {
+        host: lower,
+        tenant,
+    })
+}
+
+/// A DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub use contracts::is_label;
+
+/// A host name of dot-separated labels (also accepts IPv4 literals); lowercase expected.
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            is_label(l)
+                || (l.len() <= 63
+                    && l.contains('_')
+                    && l.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    }))
+        })
+}
