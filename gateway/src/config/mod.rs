@@ -230,7 +230,7 @@ fn parse_inner(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<C
             return None;
         }
     };
-    schema::check_keys(doc.as_table(), diags);
+    schema::check_keys(doc.as_table(), <FileConfig as schema::Shaped>::SHAPE, diags);
     if !diags.is_empty() {
         return None;
     }

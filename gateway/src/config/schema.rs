@@ -83,8 +83,8 @@ macro_rules! file_tables {
     };
 }
 
-pub(super) fn check_keys(doc: &toml_edit::Table, out: &mut Vec<Diagnostic>) {
-    if let Shape::Table(root) = super::file::FileConfig::SHAPE {
+pub(super) fn check_keys(doc: &toml_edit::Table, root: Shape, out: &mut Vec<Diagnostic>) {
+    if let Shape::Table(root) = root {
         check_table(doc, root, "", out);
     }
 }

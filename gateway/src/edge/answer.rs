@@ -52,11 +52,14 @@ pub(super) async fn answer(
     ) {
         metrics().malformed.inc();
     }
-    let body = err.body(&ctx.request_id);
+    let body = err.body(&ctx.request.request_id);
     let mut resp = ResponseHeader::build(err.status(), Some(4))?;
     resp.insert_header(CONTENT_TYPE, "application/json")?;
     resp.insert_header(CONTENT_LENGTH, body.len())?;
-    resp.insert_header(contracts::headers::REQUEST_ID, ctx.request_id.as_str())?;
+    resp.insert_header(
+        contracts::headers::REQUEST_ID,
+        ctx.request.request_id.as_str(),
+    )?;
     if let EdgeError::Auth(a) = &err {
         resp.insert_header(http::header::WWW_AUTHENTICATE, a.www_authenticate())?;
     }
@@ -68,7 +71,7 @@ pub(super) async fn answer(
     if err.closes_connection() {
         resp.insert_header(http::header::CONNECTION, "close")?;
     }
-    ctx.error = Some(err);
+    ctx.answer.error = Some(err);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
@@ -135,8 +138,8 @@ impl Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if ctx.request_id.is_empty() {
-            ctx.request_id = headers::new_request_id();
+        if ctx.request.request_id.is_empty() {
+            ctx.request.request_id = headers::new_request_id();
         }
         let Some(err) = classify(e) else {
             return FailToProxy {
@@ -148,17 +151,108 @@ impl Gateway {
         if session.response_written().is_none() {
             // Refused as malformed or too large while it declares a body: the client may still be
             // sending it (a body reader in error counts as done, so the declaration decides).
-            ctx.linger = matches!(code, 400 | 413) && declares_body(session.req_header());
+            ctx.answer.linger = matches!(code, 400 | 413) && declares_body(session.req_header());
             if let Err(write_err) = answer(session, ctx, err).await {
                 tracing::debug!(error = %write_err, "could not write the error response");
             }
         } else {
-            ctx.error = Some(err);
+            ctx.answer.error = Some(err);
         }
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// The answers a request gets from the edge itself instead of an upstream.
+impl Gateway {
+    /// Answers a CORS preflight without touching the backend: 204 with the policy, or 403.
+    pub(super) async fn answer_preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Snapshot,
+    ) -> Result<()> {
+        let req = session.req_header();
+        let (Some(route), Some(origin)) = (
+            ctx.route(rt),
+            req.headers
+                .get(http::header::ORIGIN)
+                .and_then(|o| o.to_str().ok()),
+        ) else {
+            return answer(session, ctx, EdgeError::Internal).await;
+        };
+        let Some(spec) = &route.spec.cors else {
+            return answer(session, ctx, EdgeError::Internal).await;
+        };
+        let method = req
+            .headers
+            .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            .map_or(&b""[..], |m| m.as_bytes());
+        let asked = req
+            .headers
+            .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .map(|h| h.as_bytes());
+        match cors::preflight(spec, origin, &ctx.request.host, method, asked) {
+            Ok(headers) => {
+                let mut resp = ResponseHeader::build(204, Some(8))?;
+                for (n, v) in headers {
+                    resp.insert_header(n, v)?;
+                }
+                resp.insert_header(
+                    contracts::headers::REQUEST_ID,
+                    ctx.request.request_id.as_str(),
+                )?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(())
+            }
+            Err(_) => answer(session, ctx, EdgeError::CorsDenied).await,
+        }
+    }
+
+    /// The key authorization of a pending HTTP-01 challenge (RFC 8555 §8.3).
+    pub(super) async fn answer_acme(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        key_authorization: String,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(200, Some(3))?;
+        resp.insert_header(CONTENT_TYPE, "application/octet-stream")?;
+        resp.insert_header(CONTENT_LENGTH, key_authorization.len())?;
+        resp.insert_header(
+            contracts::headers::REQUEST_ID,
+            ctx.request.request_id.as_str(),
+        )?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(key_authorization)), true)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn redirect_https(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let pq = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let location = format!("https://{}{}", ctx.request.host, pq);
+        let mut resp = ResponseHeader::build(308, Some(3))?;
+        resp.insert_header(LOCATION, location)?;
+        resp.insert_header(CONTENT_LENGTH, 0)?;
+        resp.insert_header(
+            contracts::headers::REQUEST_ID,
+            ctx.request.request_id.as_str(),
+        )?;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(())
     }
 }
 

@@ -12,42 +12,40 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let rt = ctx
+            .request
             .runtime
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no runtime"))?;
         let route = ctx
             .route(&rt)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        if ctx.tries == 0 {
+        if ctx.retry.tries == 0 {
             if let Some(c) = &route.canary {
                 let req = session.req_header();
-                (ctx.side, ctx.side_forced) = c.state.side(
+                (ctx.retry.side, ctx.retry.side_forced) = c.state.side(
                     &req.headers,
-                    ctx.tenant.as_deref(),
-                    ctx.client_ip,
-                    ctx.peer_trusted,
+                    ctx.request.tenant.as_deref(),
+                    ctx.request.client_ip,
+                    ctx.request.peer_trusted,
                 );
-                if ctx.side == canary::Side::Canary && !c.upstream.any_healthy() {
-                    ctx.side = canary::Side::Stable;
+                if ctx.retry.side == canary::Side::Canary && !c.upstream.any_healthy() {
+                    ctx.retry.side = canary::Side::Stable;
                 }
             }
         }
         let up = route
-            .upstream_for(ctx.side)
+            .upstream_for(ctx.retry.side)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without upstream"))?;
-        let Some(server) = up.select(ctx.tenant.as_deref(), &ctx.tried) else {
-            let err = if ctx.tried.is_empty() {
+        let Some(server) = up.select(ctx.request.tenant.as_deref(), &ctx.retry.tried) else {
+            let err = if ctx.retry.tried.is_empty() {
                 EdgeError::NoHealthyServer
             } else {
                 EdgeError::BadGateway
             };
             return Err(err.into_pingora("no server left to try"));
         };
-        ctx.tries += 1;
-        ctx.tried.push(server.addr);
-        ctx.active = Some(server.begin());
         let mut peer = HttpPeer::new(server.addr, false, String::new());
-        ctx.server = Some(server);
+        ctx.retry.begin(server, up, route.upstream.as_ref());
         let t = up.spec.timeouts;
         let rtmo = route.spec.timeouts;
         peer.options.connection_timeout = Some(rtmo.connect.unwrap_or(t.connect));
@@ -71,6 +69,7 @@ impl Gateway {
         let seen = headers::Managed::scan(upstream_request);
         headers::strip_hop_by_hop(upstream_request, seen, upgrade);
         if !ctx
+            .request
             .runtime
             .as_ref()
             .is_some_and(|rt| rt.config.underscores_in_headers)
@@ -79,15 +78,16 @@ impl Gateway {
         }
         // Traced: the backend's span is a child of this request's.
         if let Some(tp) = ctx
+            .observe
             .span
             .as_deref()
             .and_then(crate::telemetry::otel::traceparent)
         {
             let _ = upstream_request.insert_header(contracts::traceparent::HEADER, tp);
         }
-        headers::set_identity(upstream_request, seen, ctx.identity.as_ref());
+        headers::set_identity(upstream_request, seen, ctx.credential.identity());
         // Only the credential the edge verified goes on: the backend must not act on another one.
-        match ctx.verified {
+        match ctx.credential.verified() {
             Verified::Nothing => {}
             Verified::Jwt | Verified::KeyBearer => {
                 seen.remove(upstream_request, headers::Field::ApiKey);
@@ -109,13 +109,13 @@ impl Gateway {
             upstream_request,
             seen,
             peer,
-            ctx.peer_trusted,
+            ctx.request.peer_trusted,
             proto,
-            &ctx.host,
+            &ctx.request.host,
         );
-        headers::set_client_ip(upstream_request, seen, ctx.client_ip);
-        headers::set_request_id(upstream_request, &ctx.request_id);
-        if let Some(rt) = ctx.runtime.as_ref() {
+        headers::set_client_ip(upstream_request, seen, ctx.request.client_ip);
+        headers::set_request_id(upstream_request, &ctx.request.request_id);
+        if let Some(rt) = ctx.request.runtime.as_ref() {
             if let Some(route) = ctx.route(rt) {
                 if route.spec.strip_prefix {
                     let pq = upstream_request
@@ -134,7 +134,7 @@ impl Gateway {
                 }
             }
         }
-        ctx.upstream_start = Some(Instant::now());
+        ctx.retry.upstream_start = Some(Instant::now());
         Ok(())
     }
 
@@ -145,12 +145,15 @@ impl Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(contracts::headers::REQUEST_ID, ctx.request_id.as_str())?;
+        resp.insert_header(
+            contracts::headers::REQUEST_ID,
+            ctx.request.request_id.as_str(),
+        )?;
         if let Some((policy, state)) = ctx.rate_headers.take() {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;
         }
-        if let Some(rt) = ctx.runtime.as_ref() {
+        if let Some(rt) = ctx.request.runtime.as_ref() {
             if let Some(route) = ctx.route(rt) {
                 let sec = &route.spec.security;
                 if sec.content_type_options {
@@ -171,7 +174,9 @@ impl Gateway {
                         resp.insert_header("strict-transport-security", v.clone())?;
                     }
                 }
-                if let (Some(cors), Some(origin)) = (&route.spec.cors, ctx.cors_origin.as_deref()) {
+                if let (Some(cors), Some(origin)) =
+                    (&route.spec.cors, ctx.answer.cors_origin.as_deref())
+                {
                     for (n, v) in cors::actual(cors, origin) {
                         resp.insert_header(n, v)?;
                     }

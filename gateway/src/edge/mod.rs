@@ -20,6 +20,7 @@ pub mod state;
 
 mod admit;
 mod answer;
+pub mod ctx;
 mod forward;
 mod observe;
 mod retry;
@@ -28,7 +29,6 @@ use answer::{answer, caught, refused, LINGER_BYTES, LINGER_TIME};
 use retry::upstream_answered;
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,8 +45,10 @@ use crate::config::{AuthPolicy, UpstreamProtocol};
 use crate::edge::error::EdgeError;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::{metrics, requests_series};
-use crate::upstream::{self, affinity as upstream_affinity, canary, ActiveGuard};
+use crate::upstream::{affinity as upstream_affinity, canary};
 use auth::{api_key, revocation};
+pub use ctx::RequestCtx;
+use ctx::{Credential, RetryState, Verified};
 use guard::{check_connection, check_head, check_path, HeadLimits};
 use headers::X_REQUEST_ID;
 use state::{GatewayState, Snapshot};
@@ -67,87 +69,6 @@ pub struct Gateway {
     /// Fault injection for tests (`GATEWAY_FAULT_PANIC_PATH`, never set in production): a request for
     /// exactly this path panics inside `request_filter`.
     pub fault_panic_path: Option<String>,
-}
-
-/// Counts a request in `gateway_http_connections_active` for as long as it lives.
-pub struct InFlight;
-impl InFlight {
-    fn new() -> InFlight {
-        metrics().connections_active.inc();
-        InFlight
-    }
-}
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        metrics().connections_active.dec();
-    }
-}
-
-/// Per-request state shared by the phases.
-pub struct RequestCtx {
-    start: Instant,
-    _in_flight: InFlight,
-    runtime: Option<Arc<Snapshot>>,
-    request_id: String,
-    client_ip: Option<IpAddr>,
-    peer_trusted: bool,
-    host: String,
-    route: Option<usize>,
-    tenant: Option<String>,
-    server: Option<Arc<upstream::ServerState>>,
-    tried: Vec<std::net::SocketAddr>,
-    /// Stable or canary upstream (routes with a canary); decided at the first try.
-    side: canary::Side,
-    /// The side was forced by an override: the answer is kept out of the canary's verdict.
-    side_forced: bool,
-    /// Answered with an error before the request body was read: close lingering (`logging`).
-    linger: bool,
-    /// The canary answered 5xx and the request goes to the stable upstream instead (already recorded).
-    canary_5xx: bool,
-    /// The request's OpenTelemetry span (with `[tracing]`), boxed: the context stays small when off.
-    span: Option<Box<crate::telemetry::otel::RequestSpan>>,
-    /// Time to the upstream's response head.
-    upstream_ms: Option<f64>,
-    tries: u32,
-    active: Option<ActiveGuard>,
-    response_started: bool,
-    upstream_start: Option<Instant>,
-    body_bytes: u64,
-    error: Option<EdgeError>,
-    identity: Option<auth::Identity>,
-    /// The request's `Origin`, when the route's CORS policy allows it.
-    cors_origin: Option<String>,
-    /// A CORS preflight to answer at the edge.
-    preflight: bool,
-    /// An API key presented on a route that accepts one (checked in `request_filter`).
-    api_key: Option<String>,
-    /// Whether that key came in `X-API-Key` (else as `Authorization: Bearer ak_…`).
-    api_key_from_header: bool,
-    /// The key's record, once verified (its id keys `api_key` rate limits).
-    api_key_record: Option<Arc<api_key::KeyRecord>>,
-    /// `RateLimit-Policy` and `RateLimit` for the response, when the binding policy sends them.
-    rate_headers: Option<(String, String)>,
-    /// The credential the edge verified: the only one forwarded.
-    verified: Verified,
-}
-
-/// Which credential the edge checked for the route (the others are removed before the upstream).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verified {
-    /// Nothing (auth = "none"): the request goes on as the client sent it.
-    Nothing,
-    /// A bearer JWT in `Authorization`.
-    Jwt,
-    /// An API key in `X-API-Key`.
-    KeyHeader,
-    /// An API key as `Authorization: Bearer ak_…`.
-    KeyBearer,
-}
-
-impl RequestCtx {
-    fn route<'a>(&self, rt: &'a Snapshot) -> Option<&'a state::RouteRt> {
-        self.route.map(|i| &rt.routes[i])
-    }
 }
 
 #[async_trait]
@@ -206,39 +127,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            start: Instant::now(),
-            _in_flight: InFlight::new(),
-            runtime: None,
-            request_id: String::new(),
-            client_ip: None,
-            peer_trusted: false,
-            host: String::new(),
-            route: None,
-            tenant: None,
-            server: None,
-            tried: Vec::new(),
-            side: canary::Side::Stable,
-            side_forced: false,
-            linger: false,
-            canary_5xx: false,
-            span: None,
-            upstream_ms: None,
-            tries: 0,
-            active: None,
-            response_started: false,
-            upstream_start: None,
-            body_bytes: 0,
-            error: None,
-            identity: None,
-            cors_origin: None,
-            preflight: false,
-            api_key: None,
-            api_key_from_header: false,
-            api_key_record: None,
-            rate_headers: None,
-            verified: Verified::Nothing,
-        }
+        RequestCtx::new()
     }
 
     /// Runs first: snapshots the config, fixes the request id and the client address.
@@ -294,9 +183,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // The runtime is lent out of the context, not cloned: no shared reference count touched per request.
-        let rt = ctx.runtime.take();
+        let rt = ctx.request.runtime.take();
         let answered = upstream_answered(session, upstream_response, ctx, rt.as_deref());
-        ctx.runtime = rt;
+        ctx.request.runtime = rt;
         answered
     }
 

@@ -6,16 +6,19 @@ use super::*;
 /// A connection failure or a reset counts against the side that had it; a retry after a canary's
 /// failure goes to the stable upstream.
 pub(super) fn upstream_failed(ctx: &mut RequestCtx, retry: bool) {
-    let Some(rt) = ctx.runtime.clone() else {
+    let Some(rt) = ctx.request.runtime.clone() else {
         return;
     };
     if let Some(c) = ctx.route(&rt).and_then(|r| r.canary.as_ref()) {
-        let latency = ctx.upstream_start.map_or(Duration::ZERO, |t| t.elapsed());
-        if !ctx.side_forced {
-            c.state.record(ctx.side, true, latency);
+        let latency = ctx
+            .retry
+            .upstream_start
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        if !ctx.retry.side_forced {
+            c.state.record(ctx.retry.side, true, latency);
         }
-        if retry && ctx.side == canary::Side::Canary {
-            ctx.side = canary::Side::Stable;
+        if retry && ctx.retry.side == canary::Side::Canary {
+            ctx.retry.fall_back_to_stable();
         }
     }
 }
@@ -30,34 +33,33 @@ pub(super) fn upstream_answered(
     rt: Option<&Snapshot>,
 ) -> Result<()> {
     let route = rt.and_then(|rt| ctx.route(rt));
-    if let (Some(route), Some(t0)) = (route, ctx.upstream_start) {
+    if let (Some(route), Some(t0)) = (route, ctx.retry.upstream_start) {
         let elapsed = t0.elapsed();
-        ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
-        if let Some(up) = route.upstream_for(ctx.side) {
+        ctx.retry.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
+        if let Some(up) = route.upstream_for(ctx.retry.side) {
             up.duration().observe(elapsed.as_secs_f64());
         }
         if let Some(c) = &route.canary {
             let error = upstream_response.status.is_server_error();
-            if !ctx.side_forced {
-                c.state.record(ctx.side, error, elapsed);
+            if !ctx.retry.side_forced {
+                c.state.record(ctx.retry.side, error, elapsed);
             }
-            if error && ctx.side == canary::Side::Canary {
-                let replayable = session.req_header().method.is_idempotent()
-                    && !session.as_ref().retry_buffer_truncated();
-                let max = route.upstream.as_ref().map_or(1, |u| u.spec.max_tries);
-                if replayable && ctx.tries < max {
-                    ctx.canary_5xx = true;
-                    ctx.side = canary::Side::Stable;
-                    ctx.active = None;
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(502),
-                        "the canary answered 5xx: trying the stable upstream",
-                    );
-                }
+            if error
+                && ctx.retry.side == canary::Side::Canary
+                && RetryState::replayable(session)
+                && ctx.retry.stable_tries_left()
+            {
+                ctx.retry.canary_5xx = true;
+                ctx.retry.fall_back_to_stable();
+                ctx.retry.active = None;
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    "the canary answered 5xx: trying the stable upstream",
+                );
             }
         }
     }
-    ctx.response_started = true;
+    ctx.retry.response_started = true;
     Ok(())
 }
 
@@ -71,14 +73,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.active = None;
-        let max = ctx
-            .runtime
-            .as_ref()
-            .and_then(|rt| ctx.route(rt))
-            .and_then(|r| r.upstream_for(ctx.side))
-            .map_or(1, |u| u.spec.max_tries);
-        e.set_retry(ctx.tries < max);
+        ctx.retry.active = None;
+        e.set_retry(ctx.retry.tries_left());
         upstream_failed(ctx, e.retry());
         e
     }
@@ -93,27 +89,24 @@ impl Gateway {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
-        let max = ctx
-            .runtime
-            .as_ref()
-            .and_then(|rt| ctx.route(rt))
-            .and_then(|r| r.upstream_for(ctx.side))
-            .map_or(1, |u| u.spec.max_tries);
-        let replayable = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
-        let before_response = !ctx.response_started;
+        let before_response = !ctx.retry.response_started;
         let timed_out = matches!(
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         );
-        e.set_retry(replayable && before_response && !timed_out && ctx.tries < max);
+        e.set_retry(
+            RetryState::replayable(session)
+                && before_response
+                && !timed_out
+                && ctx.retry.tries_left(),
+        );
         if e.retry() {
-            ctx.active = None;
+            ctx.retry.active = None;
         }
-        if !ctx.canary_5xx {
+        if !ctx.retry.canary_5xx {
             upstream_failed(ctx, e.retry());
         }
-        ctx.canary_5xx = false;
+        ctx.retry.canary_5xx = false;
         e
     }
 }

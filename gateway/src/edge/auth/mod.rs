@@ -7,6 +7,7 @@ pub mod api_key;
 pub mod jwks;
 mod jwt;
 pub mod revocation;
+mod stage;
 
 pub use jwt::JwtVerifier;
 

@@ -13,6 +13,7 @@
 
 pub mod gcra;
 pub mod global;
+pub(in crate::edge) mod stage;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
