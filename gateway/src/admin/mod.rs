@@ -27,6 +27,16 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// An admin refusal, rendered by the edge's one renderer (the JSON error shape, with a request id).
+fn refusal(status: u16, code: &'static str, message: &'static str) -> Response<Vec<u8>> {
+    crate::edge::reply::Reply::Admin {
+        status,
+        code,
+        message,
+    }
+    .to_response(&crate::edge::headers::new_request_id())
+}
+
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     respond(status, "application/json", v.to_string().into_bytes())
 }
@@ -294,21 +304,18 @@ impl ServeHttp for AdminApp {
         ) {
             Ok(()) => {}
             Err(AdminRefusal::Host) => {
-                return json_response(
-                    StatusCode::FORBIDDEN,
-                    json!({ "error": { "code": "host_not_allowed", "message": "the admin listener answers its own address or a name in [admin] names" } }),
+                return refusal(
+                    403,
+                    "host_not_allowed",
+                    "the admin listener answers its own address or a name in [admin] names",
                 )
             }
             Err(AdminRefusal::Token) => {
-                let mut r = json_response(
-                    StatusCode::UNAUTHORIZED,
-                    json!({ "error": { "code": "missing_or_bad_token", "message": "Authorization: Bearer <[admin] token_env> required" } }),
+                return refusal(
+                    401,
+                    "missing_or_bad_token",
+                    "Authorization: Bearer <[admin] token_env> required",
                 );
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer"),
-                );
-                return r;
             }
         }
         match path.as_str() {
@@ -340,17 +347,15 @@ impl ServeHttp for AdminApp {
                         .bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 {
-                    json_response(
-                        StatusCode::BAD_REQUEST,
-                        json!({ "error": { "code": "invalid_tenant", "message": "a tenant is one lowercase DNS label" } }),
-                    )
+                    refusal(400, "invalid_tenant", "a tenant is one lowercase DNS label")
                 } else {
                     json_response(StatusCode::OK, self.state.tenant_stats.stats_json(tenant))
                 }
             }
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                json!({ "error": { "code": "not_found", "message": "admin endpoints: /metrics /healthz /readyz /api/routes /api/certificates /api/tenants/{tenant}/stats" } }),
+            _ => refusal(
+                404,
+                "not_found",
+                "admin endpoints: /metrics /healthz /readyz /api/routes /api/certificates /api/tenants/{tenant}/stats",
             ),
         }
     }

@@ -40,9 +40,6 @@ pub(super) async fn answer(
     ctx: &mut RequestCtx,
     err: EdgeError,
 ) -> Result<()> {
-    if err.closes_connection() {
-        session.set_keepalive(None);
-    }
     if matches!(
         err,
         EdgeError::Malformed(_)
@@ -52,29 +49,29 @@ pub(super) async fn answer(
     ) {
         metrics().malformed.inc();
     }
-    let body = err.body(&ctx.request.request_id);
-    let mut resp = ResponseHeader::build(err.status(), Some(4))?;
-    resp.insert_header(CONTENT_TYPE, "application/json")?;
-    resp.insert_header(CONTENT_LENGTH, body.len())?;
-    resp.insert_header(
-        contracts::headers::REQUEST_ID,
-        ctx.request.request_id.as_str(),
-    )?;
-    if let EdgeError::Auth(a) = &err {
-        resp.insert_header(http::header::WWW_AUTHENTICATE, a.www_authenticate())?;
+    let reply = Reply::Error(err);
+    write(session, ctx, &reply).await?;
+    if let Reply::Error(err) = reply {
+        ctx.answer.error = Some(err);
     }
-    if let EdgeError::RateLimited(r) = &err {
-        resp.insert_header(http::header::RETRY_AFTER, r.retry_after_secs)?;
-        resp.insert_header("ratelimit-policy", r.policy_field.as_str())?;
-        resp.insert_header("ratelimit", r.ratelimit_field.as_str())?;
-    }
-    if err.closes_connection() {
-        resp.insert_header(http::header::CONNECTION, "close")?;
-    }
-    ctx.answer.error = Some(err);
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// Writes an answer of the edge's own ([`Reply`], the one renderer) for this request.
+pub(super) async fn write(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
+    if reply.closes_connection() {
+        session.set_keepalive(None);
+    }
+    let id = ctx.request.request_id.as_str();
+    let body = reply.body(id);
+    let head = reply.head(id, body.as_ref())?;
+    match body {
+        Some(body) => {
+            session.write_response_header(Box::new(head), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+        None => session.write_response_header(Box::new(head), true).await,
+    }
 }
 
 /// An authentication refusal on `route`, counted in `gateway_auth_rejections_total{route,reason}`.
@@ -195,18 +192,7 @@ impl Gateway {
             .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
             .map(|h| h.as_bytes());
         match cors::preflight(spec, origin, &ctx.request.host, method, asked) {
-            Ok(headers) => {
-                let mut resp = ResponseHeader::build(204, Some(8))?;
-                for (n, v) in headers {
-                    resp.insert_header(n, v)?;
-                }
-                resp.insert_header(
-                    contracts::headers::REQUEST_ID,
-                    ctx.request.request_id.as_str(),
-                )?;
-                session.write_response_header(Box::new(resp), true).await?;
-                Ok(())
-            }
+            Ok(headers) => write(session, ctx, &Reply::Preflight(headers)).await,
             Err(_) => answer(session, ctx, EdgeError::CorsDenied).await,
         }
     }
@@ -218,20 +204,10 @@ impl Gateway {
         ctx: &mut RequestCtx,
         key_authorization: String,
     ) -> Result<()> {
-        let mut resp = ResponseHeader::build(200, Some(3))?;
-        resp.insert_header(CONTENT_TYPE, "application/octet-stream")?;
-        resp.insert_header(CONTENT_LENGTH, key_authorization.len())?;
-        resp.insert_header(
-            contracts::headers::REQUEST_ID,
-            ctx.request.request_id.as_str(),
-        )?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from(key_authorization)), true)
-            .await?;
-        Ok(())
+        write(session, ctx, &Reply::AcmeChallenge(key_authorization)).await
     }
 
+    /// `redirect_https` on plain HTTP: 308 to the same host and path over HTTPS.
     pub(super) async fn redirect_https(
         &self,
         session: &mut Session,
@@ -244,15 +220,7 @@ impl Gateway {
             .map_or("/", |p| p.as_str())
             .to_string();
         let location = format!("https://{}{}", ctx.request.host, pq);
-        let mut resp = ResponseHeader::build(308, Some(3))?;
-        resp.insert_header(LOCATION, location)?;
-        resp.insert_header(CONTENT_LENGTH, 0)?;
-        resp.insert_header(
-            contracts::headers::REQUEST_ID,
-            ctx.request.request_id.as_str(),
-        )?;
-        session.write_response_header(Box::new(resp), true).await?;
-        Ok(())
+        write(session, ctx, &Reply::Redirect(location)).await
     }
 }
 

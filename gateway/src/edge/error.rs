@@ -139,11 +139,8 @@ impl EdgeError {
         )
     }
 
-    /// `{"error":{"code":…,"message":…,"request_id":…}}`.
+    /// `{"error":{"code":…,"message":…,"request_id":…}}` ([`super::reply::error_body`]).
     pub fn body(&self, request_id: &str) -> Bytes {
-        let v = serde_json::json!({
-            "error": { "code": self.code(), "message": self.to_string(), "request_id": request_id }
-        });
-        Bytes::from(v.to_string())
+        super::reply::error_body(self.code(), &self.to_string(), request_id)
     }
 }

@@ -111,18 +111,10 @@ impl DeadlineStream {
             return false;
         };
         let request_id = super::headers::new_request_id();
-        let status = err.status();
-        let body = err.body(&request_id);
-        let reason = http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        let mut out = format!(
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&body);
+        let reply = super::reply::Reply::Error(err.clone());
+        let status = reply.status();
+        let body_len = reply.body(&request_id).map_or(0, |b| b.len());
+        let out = reply.to_http1(&request_id);
         self.refusal = Some((out, 0));
 
         if matches!(err, EdgeError::Malformed(_)) {
@@ -152,7 +144,7 @@ impl DeadlineStream {
                 method,
                 path: "",
                 status,
-                bytes: body.len(),
+                bytes: body_len,
                 duration: elapsed,
                 route: None,
                 upstream: None,

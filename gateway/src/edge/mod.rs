@@ -15,6 +15,7 @@ pub mod guard;
 pub mod head_deadline;
 pub mod headers;
 pub mod ratelimit;
+pub mod reply;
 pub mod route;
 pub mod state;
 
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
+use http::header::{CONTENT_LENGTH, HOST};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
@@ -51,6 +52,7 @@ pub use ctx::RequestCtx;
 use ctx::{Credential, RetryState, Verified};
 use guard::{check_connection, check_head, check_path, HeadLimits};
 use headers::X_REQUEST_ID;
+use reply::Reply;
 use state::{GatewayState, Snapshot};
 
 /// Where ACME HTTP-01 challenges are asked for.

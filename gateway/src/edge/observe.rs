@@ -19,6 +19,14 @@ impl Gateway {
         let route = rt.and_then(|rt| ctx.route(rt));
         let route_name = route.map_or("<none>", |r| r.spec.name.as_str());
         let req = session.req_header();
+        // The upstream and the error code, computed once for the span and the access-log line.
+        let up = route.and_then(|r| r.upstream_for(ctx.retry.side));
+        let error = ctx
+            .answer
+            .error
+            .as_ref()
+            .map(EdgeError::code)
+            .or_else(|| e.map(|e| e.etype().as_str()));
         match route {
             Some(r) => {
                 r.count_request(&req.method, status);
@@ -33,7 +41,6 @@ impl Gateway {
             }
         }
         if let Some(span) = ctx.observe.span.take() {
-            let up = route.and_then(|r| r.upstream_for(ctx.retry.side));
             crate::telemetry::otel::finish(
                 *span,
                 &crate::telemetry::otel::Outcome {
@@ -44,12 +51,7 @@ impl Gateway {
                     upstream: up.map(|u| u.name.as_str()),
                     server: ctx.retry.server.as_ref().map(|s| s.label.as_str()),
                     upstream_ms: ctx.retry.upstream_ms,
-                    error: ctx
-                        .answer
-                        .error
-                        .as_ref()
-                        .map(EdgeError::code)
-                        .or_else(|| e.map(|e| e.etype().as_str())),
+                    error,
                 },
             );
         }
@@ -72,14 +74,7 @@ impl Gateway {
             }
         }
         if self.state.access_log.enabled() {
-            let up = route.and_then(|r| r.upstream_for(ctx.retry.side));
             let server = ctx.retry.server.as_ref().map(|s| s.label.as_str());
-            let error = ctx
-                .answer
-                .error
-                .as_ref()
-                .map(EdgeError::code)
-                .or_else(|| e.map(|e| e.etype().as_str()));
             let host = if ctx.request.host.is_empty() {
                 req.headers
                     .get(HOST)
