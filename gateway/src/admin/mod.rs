@@ -185,6 +185,14 @@ impl AdminApp {
                         "healthy": s.is_healthy(),
                         "active_requests": s.active(),
                     })).collect::<Vec<_>>(),
+                    "concurrency": {
+                        "limit": u.admission.limit(),
+                        "in_flight": u.admission.in_flight(),
+                        "queued": u.admission.queued(),
+                        "min": u.spec.concurrency.min,
+                        "max": u.spec.concurrency.max,
+                        "adaptive": u.spec.concurrency.adaptive,
+                    },
                 })
             })
             .collect();

@@ -36,6 +36,7 @@ file_tables! {
         pub dns: Option<DiscoveryDnsFile>,
         pub tenant_stats: Option<TenantStatsFile>,
         pub tracing: Option<TracingFile>,
+        pub overload: Option<OverloadFile>,
         pub tls: Option<TlsFile>,
         #[serde(default)]
         pub admin: AdminFile,
@@ -134,6 +135,26 @@ file_tables! {
         #[serde(default)]
         pub timeouts: TimeoutsFile,
         pub max_tries: Option<Spanned<i64>>,
+        pub concurrency: Option<Spanned<ConcurrencyFile>>,
+    }
+}
+
+file_tables! {
+    /// `concurrency = { … }` of an upstream: how many requests it may have in flight.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ConcurrencyFile {
+        pub min: Option<Spanned<i64>>,
+        pub max: Option<Spanned<i64>>,
+        pub adaptive: Option<bool>,
+    }
+
+    /// `[overload]`: admission to upstreams under load.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct OverloadFile {
+        pub queue_timeout: Option<Spanned<String>>,
+        pub queue_size: Option<Spanned<i64>>,
     }
 }
 

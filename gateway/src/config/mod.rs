@@ -17,6 +17,7 @@ pub mod file;
 mod forwarding;
 mod limits;
 mod log;
+mod overload;
 pub mod rate_limits;
 mod redis;
 mod routes;
@@ -35,6 +36,7 @@ pub use dns::*;
 pub use dns01::{DnsProvider, Rfc2136, TsigAlgorithm};
 pub use limits::*;
 pub use log::*;
+pub use overload::*;
 pub use redis::*;
 pub use routes::*;
 use routes::{check_ambiguity, validate_route, RouteContext};
@@ -114,6 +116,8 @@ pub struct Config {
     pub tenant_stats: TenantStatsSettings,
     /// `[tracing]`: OpenTelemetry export, when configured (restart needed to change).
     pub tracing: Option<TracingSettings>,
+    /// Admission to upstreams under load (`[overload]`, on by default).
+    pub overload: OverloadSettings,
     /// `[tls]`, when configured (then `entrypoints.https` is set too).
     pub tls: Option<TlsSettings>,
     /// `[rate_limits.*]`, by index (routes refer to them by index).
@@ -319,6 +323,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
     let tenant_stats = tenant_stats::validate_tenant_stats(raw.tenant_stats.as_ref(), diags);
     let dns = dns::validate_dns(raw.dns.as_ref(), diags);
     let redis = redis::validate_redis(raw.redis.as_ref(), diags);
+    let overload = overload::validate_overload(raw.overload.as_ref(), diags);
 
     let mut upstreams: Vec<UpstreamSpec> = Vec::new();
     let mut upstream_names: HashMap<String, ()> = HashMap::new();
@@ -423,6 +428,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         dns,
         tenant_stats,
         tracing,
+        overload,
         tls,
         rate_limits,
         upstreams,
@@ -480,6 +486,61 @@ mod tests {
     fn line_col_counts_from_one() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    /// `[overload]` and an upstream's `concurrency` have safe defaults; nonsense is refused with its place.
+    #[test]
+    fn overload_settings_default_safely_and_refuse_nonsense() {
+        let base = "[entrypoints]\nhttp = \"127.0.0.1:1\"\n";
+        let up = |c: &str| {
+            format!("{base}[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:2\"]\n{c}\n")
+        };
+        let c = Config::parse(Path::new("t.toml"), &up("")).expect("valid");
+        assert_eq!(c.overload, OverloadSettings::default());
+        assert_eq!(
+            c.overload.queue_timeout,
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(c.upstreams[0].concurrency, ConcurrencySpec::default());
+        assert!(c.upstreams[0].concurrency.adaptive);
+        let fixed = Config::parse(
+            Path::new("t.toml"),
+            &up("concurrency = { max = 7, adaptive = false }"),
+        )
+        .expect("valid");
+        assert_eq!(fixed.upstreams[0].concurrency.max, 7);
+        for (bad, why) in [
+            ("concurrency = { min = 0 }", "between 1 and"),
+            ("concurrency = { max = -3 }", "between 1 and"),
+            (
+                "concurrency = { min = 50, max = 10 }",
+                "min (50) is above max (10)",
+            ),
+            (
+                "concurrency = { min = 5, adaptive = false }",
+                "adaptive limit only",
+            ),
+            ("concurrency = { maxx = 5 }", "unknown key `maxx`"),
+        ] {
+            let out = lines(&up(bad));
+            assert!(
+                out.iter()
+                    .any(|l| l.starts_with("t.toml:6:") && l.contains(why)),
+                "{bad}: {out:?}"
+            );
+        }
+        for (bad, why) in [
+            ("queue_timeout = \"0s\"", "greater than zero"),
+            ("queue_timeout = \"5m\"", "at most 30s"),
+            ("queue_size = 0", "positive integer"),
+        ] {
+            let out = lines(&format!("{base}[overload]\n{bad}\n"));
+            assert!(
+                out.iter()
+                    .any(|l| l.starts_with("t.toml:4:") && l.contains(why)),
+                "{bad}: {out:?}"
+            );
+        }
     }
 
     #[test]

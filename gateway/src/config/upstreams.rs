@@ -1,7 +1,7 @@
 //! `[[upstreams]]`, validated: servers (IP addresses, or host names that the gateway resolves and
 //! re-resolves at run time, see `upstream::discovery`), balancing, health checks, timeouts, retries.
 
-use super::file::{ServerEntry, TimeoutsFile, UpstreamFile};
+use super::file::{ConcurrencyFile, ServerEntry, TimeoutsFile, UpstreamFile};
 use super::{duration_or, positive, Diagnostic};
 use std::fmt;
 use std::net::SocketAddr;
@@ -93,6 +93,79 @@ pub struct UpstreamSpec {
     pub health: Option<HealthSpec>,
     pub timeouts: Timeouts,
     pub max_tries: u32,
+    pub concurrency: ConcurrencySpec,
+}
+
+/// Concurrency limit bounds by default: adaptive between these.
+pub const DEFAULT_CONCURRENCY_MIN: u32 = 16;
+pub const DEFAULT_CONCURRENCY_MAX: u32 = 1000;
+/// The largest concurrency limit accepted.
+const MAX_CONCURRENCY: i64 = 1_000_000;
+
+/// `concurrency = { min, max, adaptive }` of an upstream, validated: how many requests it may have in
+/// flight (see `upstream::admission`). Adaptive, the limit follows the upstream's latency within
+/// `[min, max]`; fixed, it is `max`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConcurrencySpec {
+    pub min: u32,
+    pub max: u32,
+    pub adaptive: bool,
+}
+
+impl Default for ConcurrencySpec {
+    fn default() -> Self {
+        ConcurrencySpec {
+            min: DEFAULT_CONCURRENCY_MIN,
+            max: DEFAULT_CONCURRENCY_MAX,
+            adaptive: true,
+        }
+    }
+}
+
+fn validate_concurrency(
+    c: Option<&toml::Spanned<ConcurrencyFile>>,
+    diags: &mut Vec<Diagnostic>,
+) -> ConcurrencySpec {
+    let Some(c) = c else {
+        return ConcurrencySpec::default();
+    };
+    let bound =
+        |v: &Option<toml::Spanned<i64>>, default: u32, key: &str, diags: &mut Vec<Diagnostic>| {
+            match v {
+                None => default,
+                Some(n) if (1..=MAX_CONCURRENCY).contains(n.get_ref()) => *n.get_ref() as u32,
+                Some(n) => {
+                    diags.push(Diagnostic::at(
+                        n,
+                        format!("concurrency.{key} must be between 1 and {MAX_CONCURRENCY}"),
+                    ));
+                    default
+                }
+            }
+        };
+    let inner = c.get_ref();
+    let adaptive = inner.adaptive.unwrap_or(true);
+    // A fixed limit is `max`; with `min` alone (adaptive) `max` keeps its default, and with `max`
+    // alone `min` shrinks to it when needed.
+    let max = bound(&inner.max, DEFAULT_CONCURRENCY_MAX, "max", diags);
+    let min = bound(&inner.min, DEFAULT_CONCURRENCY_MIN.min(max), "min", diags);
+    if min > max {
+        diags.push(Diagnostic::at(
+            c,
+            format!("concurrency: min ({min}) is above max ({max})"),
+        ));
+    }
+    if !adaptive && inner.min.is_some() {
+        diags.push(Diagnostic::at(
+            c,
+            "concurrency.min applies to an adaptive limit only (adaptive = false: the limit is max)",
+        ));
+    }
+    ConcurrencySpec {
+        min: min.min(max),
+        max,
+        adaptive,
+    }
 }
 
 pub(super) fn validate_timeouts(t: &TimeoutsFile, diags: &mut Vec<Diagnostic>) -> Timeouts {
@@ -201,6 +274,7 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
         timeouts: validate_timeouts(&u.timeouts, diags),
         max_tries: positive(&u.max_tries, DEFAULT_MAX_TRIES as u64, "max_tries", diags).min(16)
             as u32,
+        concurrency: validate_concurrency(u.concurrency.as_ref(), diags),
     }
 }
 

@@ -146,6 +146,8 @@ pub(super) struct RetryState {
     max_tries: u32,
     stable_max_tries: u32,
     pub active: Option<ActiveGuard>,
+    /// A slot of the upstream's concurrency limit, held until the response is done.
+    pub slot: Option<crate::upstream::admission::Slot>,
     pub upstream_start: Option<Instant>,
     /// Time to the upstream's response head.
     pub upstream_ms: Option<f64>,
@@ -236,6 +238,7 @@ impl RequestCtx {
                 max_tries: 1,
                 stable_max_tries: 1,
                 active: None,
+                slot: None,
                 upstream_start: None,
                 upstream_ms: None,
                 response_started: false,

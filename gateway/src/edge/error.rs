@@ -53,6 +53,10 @@ pub enum EdgeError {
     /// 405: a CONNECT request (the gateway does not tunnel).
     #[error("CONNECT is not supported")]
     ConnectNotAllowed,
+    /// 503: the upstream's concurrency limit is reached and no slot came free in time (or its queue
+    /// is full); answered with `Retry-After`.
+    #[error("the service is overloaded ({}); retry shortly", .0.label())]
+    Overloaded(crate::upstream::admission::Refusal),
     /// 500: a bug on our side.
     #[error("internal error")]
     Internal,
@@ -98,6 +102,7 @@ impl EdgeError {
             EdgeError::StoreUnavailable => 503,
             EdgeError::RateLimited(_) => 429,
             EdgeError::ConnectNotAllowed => 405,
+            EdgeError::Overloaded(_) => 503,
             EdgeError::Internal => 500,
         }
     }
@@ -121,6 +126,12 @@ impl EdgeError {
             EdgeError::StoreUnavailable => "store_unavailable",
             EdgeError::RateLimited(_) => "rate_limited",
             EdgeError::ConnectNotAllowed => "method_not_allowed",
+            EdgeError::Overloaded(crate::upstream::admission::Refusal::QueueFull) => {
+                "overloaded_queue_full"
+            }
+            EdgeError::Overloaded(crate::upstream::admission::Refusal::Deadline) => {
+                "overloaded_deadline"
+            }
             EdgeError::Internal => "internal_error",
         }
     }

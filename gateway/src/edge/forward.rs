@@ -36,6 +36,34 @@ impl Gateway {
         let up = route
             .upstream_for(ctx.retry.side)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without upstream"))?;
+        // A slot of the upstream's concurrency limit (kept across tries on the same upstream).
+        if !ctx
+            .retry
+            .slot
+            .as_ref()
+            .is_some_and(|s| s.is_of(&up.admission))
+        {
+            ctx.retry.slot = None;
+            let slot = match up.admission.try_take() {
+                Some(slot) => slot,
+                None => {
+                    // Queued by tenant, or by client address for requests without one.
+                    let class = match (&ctx.request.tenant, ctx.request.client_ip) {
+                        (Some(t), _) => Cow::Borrowed(t.as_str()),
+                        (None, Some(ip)) => {
+                            Cow::Owned(crate::support::client_budget_key(ip).to_string())
+                        }
+                        (None, None) => Cow::Borrowed(""),
+                    };
+                    let overload = &rt.config.overload;
+                    up.admission
+                        .wait(&class, overload.queue_timeout, overload.queue_size)
+                        .await
+                        .map_err(|r| EdgeError::Overloaded(r).into_pingora("upstream overloaded"))?
+                }
+            };
+            ctx.retry.slot = Some(slot);
+        }
         let Some(server) = up.select(ctx.request.tenant.as_deref(), &ctx.retry.tried) else {
             let err = if ctx.retry.tried.is_empty() {
                 EdgeError::NoHealthyServer

@@ -12,6 +12,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) {
         ctx.retry.active = None;
+        ctx.retry.slot = None;
         head_deadline::request_done(session.as_downstream().stream());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.request.start.elapsed();

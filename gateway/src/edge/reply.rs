@@ -95,6 +95,9 @@ impl Reply {
                         f.push((WWW_AUTHENTICATE, v));
                     }
                 }
+                if let EdgeError::Overloaded(_) = e {
+                    f.push((RETRY_AFTER, HeaderValue::from_static("1")));
+                }
                 if let EdgeError::RateLimited(r) = e {
                     f.push((RETRY_AFTER, HeaderValue::from(r.retry_after_secs)));
                     for (name, value) in [

@@ -38,6 +38,7 @@ pub(super) fn upstream_answered(
         ctx.retry.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
         if let Some(up) = route.upstream_for(ctx.retry.side) {
             up.duration().observe(elapsed.as_secs_f64());
+            up.admission.sample(elapsed);
         }
         if let Some(c) = &route.canary {
             let error = upstream_response.status.is_server_error();
@@ -74,6 +75,10 @@ impl Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.retry.active = None;
+        // A connection the upstream did not take counts against its adaptive limit.
+        if let Some(slot) = &ctx.retry.slot {
+            slot.admission().failure();
+        }
         e.set_retry(ctx.retry.tries_left());
         upstream_failed(ctx, e.retry());
         e
@@ -94,6 +99,11 @@ impl Gateway {
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         );
+        if timed_out && e.esource() == &ErrorSource::Upstream {
+            if let Some(slot) = &ctx.retry.slot {
+                slot.admission().failure();
+            }
+        }
         e.set_retry(
             RetryState::replayable(session)
                 && before_response

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub panics: IntCounter,
     pub upstream_connections: IntCounterVec,
     pub upgrade_handovers: IntCounterVec,
+    pub upstream_concurrency_limit: IntGaugeVec,
+    pub upstream_queue_length: IntGaugeVec,
+    pub upstream_queue_wait: HistogramVec,
+    pub overload_refusals: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -248,6 +252,39 @@ impl Metrics {
             upgrade_handovers.with_label_values(&[r]);
         }
         registry.register(Box::new(upgrade_handovers.clone()))?;
+        let upstream_concurrency_limit = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_concurrency_limit",
+                "Requests an upstream may have in flight now ([[upstreams]] concurrency; adaptive: follows its latency).",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_concurrency_limit.clone()))?;
+        let upstream_queue_length = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_queue_length",
+                "Requests waiting for a slot of the upstream's concurrency limit.",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_queue_length.clone()))?;
+        let upstream_queue_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_upstream_queue_wait_seconds",
+                "Time a request waited for an upstream slot (only requests that waited).",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_queue_wait.clone()))?;
+        let overload_refusals = IntCounterVec::new(
+            Opts::new(
+                "gateway_overload_refusals_total",
+                "Requests refused for overload (503 + Retry-After), by upstream and reason: queue_full, deadline.",
+            ),
+            &["upstream", "reason"],
+        )?;
+        registry.register(Box::new(overload_refusals.clone()))?;
         registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -290,6 +327,10 @@ impl Metrics {
             panics,
             upstream_connections,
             upgrade_handovers,
+            upstream_concurrency_limit,
+            upstream_queue_length,
+            upstream_queue_wait,
+            overload_refusals,
         })
     }
 

@@ -6,6 +6,7 @@
 //! `upstream::discovery` re-resolves it and swaps in new members (one atomic pointer swap, no lock on the
 //! request path), keeping the state of the servers that stay.
 
+pub mod admission;
 pub mod affinity;
 mod balance;
 pub mod canary;
@@ -134,9 +135,24 @@ impl Drop for ActiveGuard {
 #[derive(Default)]
 pub struct ServerRegistry {
     servers: Mutex<HashMap<(String, SocketAddr), Weak<ServerState>>>,
+    /// Admission state by upstream name: its limit, in-flight count and queue outlive a reload.
+    admissions: Mutex<HashMap<String, Weak<admission::Admission>>>,
 }
 
 impl ServerRegistry {
+    /// The admission state of upstream `spec`: the existing one (configured anew) or a new one.
+    fn admission(&self, spec: &UpstreamSpec) -> Arc<admission::Admission> {
+        let mut map = self.admissions.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(a) = map.get(&spec.name).and_then(Weak::upgrade) {
+            a.configure(&spec.concurrency);
+            return a;
+        }
+        let a = admission::Admission::new(&spec.name, &spec.concurrency);
+        map.insert(spec.name.clone(), Arc::downgrade(&a));
+        a
+    }
+
     /// The state of `addr` in `upstream`: the existing one if the server is already known, else a new one,
     /// in rotation from the start (`healthy`) or only after its first passing check.
     fn get_or_create(
@@ -259,6 +275,8 @@ pub struct Upstream {
     pub spec: UpstreamSpec,
     members: ArcSwap<Members>,
     next: AtomicUsize,
+    /// Its concurrency limit and the queue in front of it.
+    pub admission: Arc<admission::Admission>,
     /// `gateway_upstream_duration_seconds{upstream}`, bound on first use.
     duration: std::sync::OnceLock<prometheus::Histogram>,
 }
@@ -300,6 +318,7 @@ impl Upstream {
             spec: spec.clone(),
             members: ArcSwap::from_pointee(members),
             next: AtomicUsize::new(0),
+            admission: registry.admission(spec),
         }
     }
 
@@ -442,6 +461,7 @@ mod tests {
                 idle: Duration::from_secs(1),
             },
             max_tries: 3,
+            concurrency: crate::config::ConcurrencySpec::default(),
         }
     }
 

@@ -159,6 +159,9 @@ pub struct Seen {
     /// `(connection number, method, path)` of every head, in arrival order.
     pub log: std::sync::Mutex<Vec<(u64, String, String)>>,
     connections: AtomicU64,
+    /// Requests being answered now, and the most at once.
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
 }
 
 impl Seen {
@@ -369,10 +372,13 @@ async fn handle(
             .expect("response"));
     };
     hits.fetch_add(1, Ordering::SeqCst);
+    let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let delay = behaviour.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    seen.in_flight.fetch_sub(1, Ordering::SeqCst);
     let mut headers: HashMap<String, Vec<String>> = HashMap::new();
     for (k, v) in &parts.headers {
         headers

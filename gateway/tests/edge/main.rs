@@ -18,6 +18,7 @@ mod helpers;
 mod jwks;
 mod malformed;
 mod observability;
+mod overload;
 mod panics;
 mod protocols;
 mod ratelimit;

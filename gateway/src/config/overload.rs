@@ -1,0 +1,62 @@
+//! `[overload]`: admission to upstreams under load — how long a request may wait for a slot of its
+//! upstream's concurrency limit, and how many may wait. On by default: a config without the section is
+//! protected with these defaults.
+
+use std::time::Duration;
+
+use super::file::OverloadFile;
+use super::{duration_or, positive, Diagnostic};
+
+/// The longest wait for an upstream slot before 503 + `Retry-After`, unless `queue_timeout` says
+/// otherwise.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Requests that may wait for one upstream's slots at once.
+pub const DEFAULT_QUEUE_SIZE: u64 = 1024;
+/// A queue timeout longer than this is refused: a request that waits longer is better refused (its
+/// client has likely given up) and the queue would hold it all that time.
+const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Validated `[overload]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverloadSettings {
+    pub queue_timeout: Duration,
+    pub queue_size: usize,
+}
+
+impl Default for OverloadSettings {
+    fn default() -> Self {
+        OverloadSettings {
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            queue_size: DEFAULT_QUEUE_SIZE as usize,
+        }
+    }
+}
+
+/// Validates `[overload]` (defaults when absent).
+pub(super) fn validate_overload(
+    raw: Option<&OverloadFile>,
+    diags: &mut Vec<Diagnostic>,
+) -> OverloadSettings {
+    let Some(raw) = raw else {
+        return OverloadSettings::default();
+    };
+    let queue_timeout = duration_or(&raw.queue_timeout, DEFAULT_QUEUE_TIMEOUT, diags);
+    if let Some(t) = &raw.queue_timeout {
+        if queue_timeout > MAX_QUEUE_TIMEOUT {
+            diags.push(Diagnostic::at(
+                t,
+                "overload.queue_timeout must be at most 30s",
+            ));
+        }
+    }
+    OverloadSettings {
+        queue_timeout,
+        queue_size: positive(
+            &raw.queue_size,
+            DEFAULT_QUEUE_SIZE,
+            "overload.queue_size",
+            diags,
+        )
+        .min(1 << 20) as usize,
+    }
+}
