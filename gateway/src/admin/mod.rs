@@ -110,8 +110,8 @@ impl AdminApp {
             .tenant_stats
             .top(k)
             .into_iter()
-            .map(|(t, [requests, errors, limited])| {
-                json!({ "tenant": t, "requests": requests, "errors": errors, "ratelimited": limited })
+            .map(|(t, [requests, errors, limited, overloaded])| {
+                json!({ "tenant": t, "requests": requests, "errors": errors, "ratelimited": limited, "overloaded": overloaded })
             })
             .collect();
         json!({

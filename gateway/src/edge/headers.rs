@@ -417,30 +417,59 @@ pub fn set_request_id(req: &mut RequestHeader, id: &str) {
     }
 }
 
-/// Applies a route's request rules: remove, then set, then add.
-pub fn apply_request_rules(req: &mut RequestHeader, rules: &HeaderRules) {
-    for n in &rules.remove {
-        req.remove_header(n);
+/// A message head whose fields a route's rules rewrite (Pingora's request and response heads share no
+/// trait of their own).
+pub trait RuleTarget {
+    fn remove(&mut self, name: &http::HeaderName);
+    fn insert(&mut self, name: http::HeaderName, value: HeaderValue);
+    fn append(&mut self, name: http::HeaderName, value: HeaderValue);
+}
+
+impl RuleTarget for RequestHeader {
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
     }
-    for (n, v) in &rules.set {
-        let _ = req.insert_header(n.clone(), v.clone());
+    fn insert(&mut self, name: http::HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
     }
-    for (n, v) in &rules.add {
-        let _ = req.append_header(n.clone(), v.clone());
+    fn append(&mut self, name: http::HeaderName, value: HeaderValue) {
+        let _ = self.append_header(name, value);
     }
 }
 
-/// Applies a route's response rules: remove, then set, then add.
-pub fn apply_response_rules(resp: &mut ResponseHeader, rules: &HeaderRules) {
+impl RuleTarget for ResponseHeader {
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+    fn insert(&mut self, name: http::HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+    fn append(&mut self, name: http::HeaderName, value: HeaderValue) {
+        let _ = self.append_header(name, value);
+    }
+}
+
+/// Applies a route's header rules to a request or response head: remove, then set, then add.
+pub fn apply_rules(head: &mut impl RuleTarget, rules: &HeaderRules) {
     for n in &rules.remove {
-        resp.remove_header(n);
+        head.remove(n);
     }
     for (n, v) in &rules.set {
-        let _ = resp.insert_header(n.clone(), v.clone());
+        head.insert(n.clone(), v.clone());
     }
     for (n, v) in &rules.add {
-        let _ = resp.append_header(n.clone(), v.clone());
+        head.append(n.clone(), v.clone());
     }
+}
+
+/// Applies a route's request rules.
+pub fn apply_request_rules(req: &mut RequestHeader, rules: &HeaderRules) {
+    apply_rules(req, rules);
+}
+
+/// Applies a route's response rules.
+pub fn apply_response_rules(resp: &mut ResponseHeader, rules: &HeaderRules) {
+    apply_rules(resp, rules);
 }
 
 /// The upstream path after `strip_prefix`: `/api/users?x` with prefix `/api` → `/users?x`.

@@ -61,13 +61,15 @@ impl Gateway {
                 status,
                 seconds: elapsed.as_secs_f64(),
                 ratelimited: matches!(ctx.answer.error, Some(EdgeError::RateLimited(_))),
+                overloaded: matches!(ctx.answer.error, Some(EdgeError::Overloaded(_))),
             };
             // A tenant of its own only once the request passed auth: a verified credential, an upstream
-            // chosen (a route without auth), or a rate-limit refusal (decided after auth). Refused
-            // before that, the Host's label is only what the client chose: `other`.
+            // chosen (a route without auth), or a rate-limit or overload refusal (both decided after
+            // auth). Refused before that, the Host's label is only what the client chose: `other`.
             let admitted = !matches!(ctx.credential.verified(), Verified::Nothing)
                 || ctx.retry.server.is_some()
-                || sample.ratelimited;
+                || sample.ratelimited
+                || sample.overloaded;
             if admitted {
                 self.state.tenant_stats.record(tenant, &sample);
             } else {

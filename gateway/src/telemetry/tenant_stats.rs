@@ -60,27 +60,33 @@ fn quantile(counts: &[u64; CLASSES], q: f64) -> f64 {
     class_bound(CLASSES - 1)
 }
 
+/// requests, 5xx, rate-limited, overloaded: the running totals a tenant has.
+const TOTALS: usize = 4;
+
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
     /// Answers by status class: 1xx–5xx at 0–4 (no answer at all counts as 5xx).
     classes: [AtomicU64; 5],
     ratelimited: AtomicU64,
+    /// Refused for overload (no upstream slot in time).
+    overloaded: AtomicU64,
     latency: [AtomicU32; CLASSES],
     /// Latency since the last recomputation (drained by it).
     recent: [AtomicU32; CLASSES],
-    /// requests, 5xx, rate-limited as of the last recomputation.
-    reported: [AtomicU64; 3],
+    /// requests, 5xx, rate-limited, overloaded as of the last recomputation.
+    reported: [AtomicU64; TOTALS],
     first_seen: AtomicU64,
     last_seen: AtomicU64,
 }
 
 impl Counters {
-    fn totals(&self) -> [u64; 3] {
+    fn totals(&self) -> [u64; TOTALS] {
         [
             self.requests.load(Ordering::Relaxed),
             self.classes[4].load(Ordering::Relaxed),
             self.ratelimited.load(Ordering::Relaxed),
+            self.overloaded.load(Ordering::Relaxed),
         ]
     }
 }
@@ -93,6 +99,8 @@ pub struct Sample {
     pub status: u16,
     pub seconds: f64,
     pub ratelimited: bool,
+    /// Refused for overload (apart from rate limits).
+    pub overloaded: bool,
 }
 
 /// Every tenant's counters, and the Prometheus lines of the top K.
@@ -107,8 +115,8 @@ pub struct TenantStats {
     /// Requests of tenants beyond `max_tenants`, and requests refused before auth (counted in `other`
     /// only).
     untracked: Counters,
-    /// `other`'s running totals (requests, 5xx, rate-limited).
-    other: Mutex<[u64; 3]>,
+    /// `other`'s running totals (requests, 5xx, rate-limited, overloaded).
+    other: Mutex<[u64; TOTALS]>,
     /// The exposition of the last recomputation, appended to `/metrics`.
     exposition: ArcSwap<String>,
 }
@@ -122,7 +130,7 @@ impl Default for TenantStats {
             max_tenants: AtomicUsize::new(usize::MAX),
             idle_evict_secs: AtomicU64::new(u64::MAX),
             untracked: Counters::default(),
-            other: Mutex::new([0; 3]),
+            other: Mutex::new([0; TOTALS]),
             exposition: ArcSwap::from_pointee(String::new()),
         }
     }
@@ -185,6 +193,9 @@ impl TenantStats {
         if s.ratelimited {
             c.ratelimited.fetch_add(1, Ordering::Relaxed);
         }
+        if s.overloaded {
+            c.overloaded.fetch_add(1, Ordering::Relaxed);
+        }
         let k = class_of(s.seconds);
         c.latency[k].fetch_add(1, Ordering::Relaxed);
         c.recent[k].fetch_add(1, Ordering::Relaxed);
@@ -239,7 +250,7 @@ impl TenantStats {
                 "requests": 0,
             });
         };
-        let [requests, errors, ratelimited] = c.totals();
+        let [requests, errors, ratelimited, overloaded] = c.totals();
         let lat: [u64; CLASSES] =
             std::array::from_fn(|i| u64::from(c.latency[i].load(Ordering::Relaxed)));
         let class = |i: usize| c.classes[i].load(Ordering::Relaxed);
@@ -251,6 +262,7 @@ impl TenantStats {
             "responses": { "1xx": class(0), "2xx": class(1), "3xx": class(2), "4xx": class(3), "5xx": class(4) },
             "error_ratio": if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
             "ratelimited": ratelimited,
+            "overloaded": overloaded,
             "p50_seconds": quantile(&lat, 0.50),
             "p99_seconds": quantile(&lat, 0.99),
             "first_seen": c.first_seen.load(Ordering::Relaxed),
@@ -259,8 +271,8 @@ impl TenantStats {
     }
 
     /// The top `k` tenants by requests (exact, by total), for the dashboard page.
-    pub fn top(&self, k: usize) -> Vec<(String, [u64; 3])> {
-        let mut all: Vec<(String, [u64; 3])> = Vec::new();
+    pub fn top(&self, k: usize) -> Vec<(String, [u64; TOTALS])> {
+        let mut all: Vec<(String, [u64; TOTALS])> = Vec::new();
         for shard in &self.shards {
             let map = shard.read().unwrap_or_else(|p| p.into_inner());
             all.extend(map.iter().map(|(t, c)| (t.to_string(), c.totals())));
@@ -276,8 +288,8 @@ impl TenantStats {
         // One pass over every shard: totals, what each added since the last pass, recent latency.
         struct Row {
             tenant: Box<str>,
-            totals: [u64; 3],
-            added: [u64; 3],
+            totals: [u64; TOTALS],
+            added: [u64; TOTALS],
             recent: [u64; CLASSES],
         }
         let mut rows: Vec<Row> = Vec::with_capacity(self.tenants());
@@ -285,7 +297,7 @@ impl TenantStats {
             let map = shard.read().unwrap_or_else(|p| p.into_inner());
             for (t, c) in map.iter() {
                 let totals = c.totals();
-                let added: [u64; 3] = std::array::from_fn(|i| {
+                let added: [u64; TOTALS] = std::array::from_fn(|i| {
                     totals[i].saturating_sub(c.reported[i].swap(totals[i], Ordering::Relaxed))
                 });
                 let recent: [u64; CLASSES] = std::array::from_fn(|i| {
@@ -319,7 +331,7 @@ impl TenantStats {
         });
         // `other`: the tenants not named now, plus those beyond the cap.
         let untracked = self.untracked.totals();
-        let untracked_added: [u64; 3] = std::array::from_fn(|i| {
+        let untracked_added: [u64; TOTALS] = std::array::from_fn(|i| {
             untracked[i]
                 .saturating_sub(self.untracked.reported[i].swap(untracked[i], Ordering::Relaxed))
         });
@@ -331,36 +343,37 @@ impl TenantStats {
         let other = {
             let mut o = self.other.lock().unwrap_or_else(|p| p.into_inner());
             for r in rest.iter() {
-                for i in 0..3 {
+                for i in 0..TOTALS {
                     o[i] += r.added[i];
                 }
                 for (sum, n) in other_recent.iter_mut().zip(&r.recent) {
                     *sum += n;
                 }
             }
-            for i in 0..3 {
+            for i in 0..TOTALS {
                 o[i] += untracked_added[i];
             }
             *o
         };
         let mut out = String::with_capacity(256 * (k + 1));
-        let series: [(&str, &str, &str); 4] = [
+        let series: [(&str, &str, &str); TOTALS + 1] = [
             ("gateway_tenant_requests_total", "counter", "Requests of the top tenants by requests, and of all others as `other`."),
             ("gateway_tenant_errors_total", "counter", "5xx answers (or none) of the top tenants, and of all others as `other`."),
             ("gateway_tenant_ratelimited_total", "counter", "Rate-limit refusals of the top tenants, and of all others as `other`."),
+            ("gateway_tenant_overloaded_total", "counter", "Overload refusals (no upstream slot in time) of the top tenants, and of all others as `other`."),
             ("gateway_tenant_p99_seconds", "gauge", "p99 latency over the last interval of the top tenants, and of all others as `other`."),
         ];
         for (i, (name, kind, help)) in series.iter().enumerate() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for r in top.iter() {
-                let value = if i < 3 {
+                let value = if i < TOTALS {
                     r.totals[i] as f64
                 } else {
                     quantile(&r.recent, 0.99)
                 };
                 let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {value}", escape(&r.tenant));
             }
-            let value = if i < 3 {
+            let value = if i < TOTALS {
                 other[i] as f64
             } else {
                 quantile(&other_recent, 0.99)
@@ -393,6 +406,7 @@ mod tests {
             status,
             seconds: ms / 1e3,
             ratelimited: status == 429,
+            overloaded: false,
         }
     }
 
@@ -426,7 +440,8 @@ mod tests {
                 "gateway_tenant_requests_total{tenant=\"other\"} 1000",
             ]
         );
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 16);
+        // Five metrics (requests, errors, rate-limited, overloaded, p99) × (K + other).
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 20);
         assert!(text.contains("gateway_tenant_errors_total{tenant=\"mid\"} 30"));
         assert!(text.contains("gateway_tenant_ratelimited_total{tenant=\"small\"} 20"));
         assert!(text.contains("gateway_tenant_p99_seconds{tenant=\"mid\"} 0.064"));

@@ -125,6 +125,19 @@ async fn the_quiet_tenant_is_served_while_the_noisy_one_floods() {
     assert!(noisy
         .iter()
         .all(|r| r.status == 200 || r.error_code() == "overloaded_deadline"));
+    // The tenants' own figures count overload refusals apart from rate limits.
+    let stats = |tenant: &'static str| {
+        let gw = Arc::clone(&gw);
+        async move {
+            let (status, body) = gw.admin_get(&format!("/api/tenants/{tenant}/stats")).await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")
+        }
+    };
+    let noisy_stats = stats("noisy").await;
+    assert_eq!(noisy_stats["overloaded"], refused as u64, "{noisy_stats}");
+    assert_eq!(noisy_stats["ratelimited"], 0);
+    assert_eq!(stats("quiet").await["overloaded"], 0);
 }
 
 #[tokio::test]

@@ -96,13 +96,14 @@ async fn ten_thousand_tenants_give_k_plus_one_series_and_exact_stats() {
     let limited = series(&gw, "gateway_tenant_ratelimited_total").await;
     assert_eq!(limited.get("heavy4"), Some(&29.0), "{limited:?}");
     assert_eq!(series(&gw, "gateway_tenant_p99_seconds").await.len(), K + 1);
-    // The bound: whatever the number of tenants, 4 metrics × (K + 1) series.
+    // The bound: whatever the number of tenants, 5 metrics × (K + 1) series (requests, errors,
+    // rate-limited, overloaded — #25 — and p99).
     let (_, body) = gw.admin_get("/metrics").await;
     let tenant_series = body
         .lines()
         .filter(|l| l.starts_with("gateway_tenant_") && !l.starts_with('#'))
         .count();
-    assert_eq!(tenant_series, 4 * (K + 1));
+    assert_eq!(tenant_series, 5 * (K + 1));
     assert!(
         body.lines().all(|l| !l.contains("tenant=\"t1234\"")),
         "a light tenant has a series"

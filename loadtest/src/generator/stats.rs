@@ -125,11 +125,14 @@ impl Stats {
             }
         };
         let responses = self.responses();
+        // Throughput counts what completed within the window: a response that arrived after it (in
+        // flight when the window ended) is in the histogram, not in the rate.
+        let in_window = responses.saturating_sub(self.late);
         Summary {
             requests: responses + self.failures.total(),
             responses,
             rps: if seconds > 0.0 {
-                responses as f64 / seconds
+                in_window as f64 / seconds
             } else {
                 0.0
             },
@@ -195,6 +198,23 @@ pub struct StatusClasses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #25 point 6: responses that arrive after the window are latencies, not throughput (an open loop
+    /// past saturation finishes a backlog after its window, which overstated its goodput).
+    #[test]
+    fn late_responses_are_not_throughput() {
+        let mut s = Stats::new();
+        for _ in 0..10 {
+            s.response(200, 1_000);
+        }
+        for _ in 0..3 {
+            s.response(200, 900_000);
+            s.late();
+        }
+        let sum = s.summary(2.0);
+        assert_eq!(sum.responses, 13);
+        assert_eq!(sum.rps, 5.0);
+    }
 
     #[test]
     fn classes_failures_and_quantiles_merge() {
