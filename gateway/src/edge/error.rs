@@ -150,8 +150,16 @@ impl EdgeError {
         )
     }
 
-    /// `{"error":{"code":…,"message":…,"request_id":…}}` ([`super::reply::error_body`]).
+    /// `{"error":{"code":…,"message":…,"request_id":…}}` ([`error_body`]).
     pub fn body(&self, request_id: &str) -> Bytes {
-        super::reply::error_body(self.code(), &self.to_string(), request_id)
+        error_body(self.code(), &self.to_string(), request_id)
     }
+}
+
+/// `{"error":{"code":…,"message":…,"request_id":…}}`: the body of every error the edge writes.
+pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
+    let v = serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": request_id }
+    });
+    Bytes::from(v.to_string())
 }

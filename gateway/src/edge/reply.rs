@@ -1,7 +1,7 @@
 //! The one renderer of every answer the edge writes itself — an error of the request path, a CORS
 //! preflight, an ACME HTTP-01 challenge, an HTTPS redirect, a refusal of the head-deadline layer below
 //! Pingora, an admin listener's refusal. Each carries the request id (`X-Request-Id`), and each error
-//! the one JSON shape `{"error":{"code":…,"message":…,"request_id":…}}` ([`error_body`]).
+//! the one JSON shape `{"error":{"code":…,"message":…,"request_id":…}}` ([`super::error::error_body`]).
 //!
 //! A [`Reply`] renders to Pingora's response head and body ([`Reply::head`], [`Reply::body`]), written by
 //! `edge::answer`; to raw HTTP/1.1 bytes for a connection Pingora no longer holds
@@ -14,7 +14,7 @@ use http::header::{
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 
-use super::error::EdgeError;
+use super::error::{error_body, EdgeError};
 
 /// An answer the edge writes itself.
 #[derive(Debug)]
@@ -33,14 +33,6 @@ pub enum Reply {
         code: &'static str,
         message: &'static str,
     },
-}
-
-/// `{"error":{"code":…,"message":…,"request_id":…}}`: the body of every error the edge writes.
-pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
-    let v = serde_json::json!({
-        "error": { "code": code, "message": message, "request_id": request_id }
-    });
-    Bytes::from(v.to_string())
 }
 
 impl Reply {
