@@ -67,6 +67,10 @@ base_domains = ["bench.test"]
 access_log = true
 format = "json"
 level = "warn"
+# Every benchmark client comes from 127.0.0.1: it stands for many clients, not one.
+[overload]
+max_connections = 1000000
+per_client_connections = 1000000
 [[upstreams]]
 name = "origin"
 servers = ["$3"]

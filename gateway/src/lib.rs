@@ -198,6 +198,9 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
         )?)),
         None => None,
     };
+    // Each entrypoint's open connections, counted across its per-thread services.
+    let http_connections = Arc::new(edge::connections::ConnectionLimits::default());
+    let https_connections = Arc::new(edge::connections::ConnectionLimits::default());
     let mut services = Vec::new();
     for copy in 0..copies {
         let app = new_app();
@@ -231,6 +234,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
                 inner: Arc::clone(&app),
                 state: state.clone(),
                 tls: None,
+                connections: Arc::clone(&http_connections),
             },
         );
         if let Some(addr) = http {
@@ -252,6 +256,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
                     inner: app,
                     state: state.clone(),
                     tls: Some(Arc::clone(terminator)),
+                    connections: Arc::clone(&https_connections),
                 },
             );
             // A response's TLS records (head and body, each with its 22-byte overhead) often pass

@@ -155,6 +155,8 @@ file_tables! {
     pub struct OverloadFile {
         pub queue_timeout: Option<Spanned<String>>,
         pub queue_size: Option<Spanned<i64>>,
+        pub max_connections: Option<Spanned<i64>>,
+        pub per_client_connections: Option<Spanned<i64>>,
     }
 }
 

@@ -12,6 +12,11 @@ use super::{duration_or, positive, Diagnostic};
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Requests that may wait for one upstream's slots at once.
 pub const DEFAULT_QUEUE_SIZE: u64 = 1024;
+/// Connections open at once on one entrypoint.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
+/// Connections open at once from one client address (an IPv6 /64); trusted proxies are exempt.
+pub const DEFAULT_PER_CLIENT_CONNECTIONS: u64 = 4096;
+
 /// A queue timeout longer than this is refused: a request that waits longer is better refused (its
 /// client has likely given up) and the queue would hold it all that time.
 const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +26,8 @@ const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct OverloadSettings {
     pub queue_timeout: Duration,
     pub queue_size: usize,
+    pub max_connections: usize,
+    pub per_client_connections: usize,
 }
 
 impl Default for OverloadSettings {
@@ -28,6 +35,8 @@ impl Default for OverloadSettings {
         OverloadSettings {
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             queue_size: DEFAULT_QUEUE_SIZE as usize,
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            per_client_connections: DEFAULT_PER_CLIENT_CONNECTIONS as usize,
         }
     }
 }
@@ -49,6 +58,29 @@ pub(super) fn validate_overload(
             ));
         }
     }
+    let max_connections = positive(
+        &raw.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+        "overload.max_connections",
+        diags,
+    )
+    .min(1 << 24) as usize;
+    let per_client_connections = positive(
+        &raw.per_client_connections,
+        DEFAULT_PER_CLIENT_CONNECTIONS.min(max_connections as u64),
+        "overload.per_client_connections",
+        diags,
+    ) as usize;
+    if let Some(p) = &raw.per_client_connections {
+        if per_client_connections > max_connections {
+            diags.push(Diagnostic::at(
+                p,
+                format!(
+                    "overload.per_client_connections ({per_client_connections}) is above max_connections ({max_connections})"
+                ),
+            ));
+        }
+    }
     OverloadSettings {
         queue_timeout,
         queue_size: positive(
@@ -58,5 +90,7 @@ pub(super) fn validate_overload(
             diags,
         )
         .min(1 << 20) as usize,
+        max_connections,
+        per_client_connections: per_client_connections.min(max_connections),
     }
 }

@@ -70,6 +70,8 @@ pub struct DeadlineStream {
     gateway: Arc<GatewayState>,
     /// Our answer in place of Pingora's own refusal, and how much of it is written.
     refusal: Option<(Vec<u8>, usize)>,
+    /// Counts the connection against the entrypoint's caps for as long as it is open.
+    _connection: Option<super::connections::ConnectionGuard>,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -83,7 +85,12 @@ impl std::fmt::Debug for DeadlineStream {
 
 impl DeadlineStream {
     /// A new connection: the clock for its first head starts now.
-    fn new(inner: Stream, timeout: Duration, gateway: Arc<GatewayState>) -> DeadlineStream {
+    fn new(
+        inner: Stream,
+        timeout: Duration,
+        gateway: Arc<GatewayState>,
+        connection: Option<super::connections::ConnectionGuard>,
+    ) -> DeadlineStream {
         DeadlineStream {
             inner,
             timeout,
@@ -96,6 +103,7 @@ impl DeadlineStream {
             replay_pos: 0,
             gateway,
             refusal: None,
+            _connection: connection,
         }
     }
 
@@ -425,6 +433,8 @@ pub struct HeadDeadlineApp<A> {
     pub state: Arc<GatewayState>,
     /// Set on the https entrypoint: each new connection is handshaken first.
     pub tls: Option<Arc<crate::tls::accept::Terminator>>,
+    /// The entrypoint's open connections (shared by its per-thread services).
+    pub connections: Arc<super::connections::ConnectionLimits>,
 }
 
 #[async_trait]
@@ -439,6 +449,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
             stream
         } else {
             let rt = self.state.current();
+            // The caps first: a connection over one is closed before any handshake or read.
+            let peer = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            let counted =
+                peer.filter(|ip| !rt.config.trusted_proxies.iter().any(|n| n.contains(ip)));
+            let overload = &rt.config.overload;
+            let connection = self.connections.admit(
+                counted,
+                overload.max_connections,
+                overload.per_client_connections,
+            )?;
             let stream = match &self.tls {
                 Some(terminator) => {
                     let deadline = rt
@@ -462,6 +484,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
                 stream,
                 rt.config.limits.header_timeout,
                 Arc::clone(&self.state),
+                Some(connection),
             ))
         };
         self.inner.process_new(stream, shutdown).await

@@ -9,6 +9,7 @@
 //! - `observe`: metrics, tenant figures, trace span and the access-log line.
 
 pub mod auth;
+pub mod connections;
 pub mod cors;
 pub mod error;
 pub mod guard;

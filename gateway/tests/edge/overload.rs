@@ -233,3 +233,44 @@ async fn slots_come_back_on_every_error_path() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_connection_cap_closes_extra_connections_while_the_open_ones_are_served() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start(&format!(
+        "[overload]\nper_client_connections = 3\n\n{}\
+         [[routes]]\nname = \"r\"\nhosts = [\"a.x.test\"]\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], ""),
+    ))
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = KeepAlive::connect(gw.http).await;
+        assert_eq!(c.get("a.x.test", "/").await, Some(200));
+        open.push(c);
+    }
+    // The fourth from the same address is closed before a byte of HTTP is read: no answer at all.
+    let hits = up.hits();
+    let mut extra = KeepAlive::connect(gw.http).await;
+    assert_eq!(extra.get("a.x.test", "/").await, None);
+    assert_eq!(
+        up.hits(),
+        hits,
+        "the refused connection's request never reached the upstream"
+    );
+    assert!(
+        gw.metric("gateway_overload_refusals_total{reason=\"connections\",upstream=\"\"}")
+            .await
+            >= 1.0
+    );
+    // The open ones are still served.
+    for c in &mut open {
+        assert_eq!(c.get("a.x.test", "/").await, Some(200));
+    }
+    // One closes: a new one is taken (the count follows the connections).
+    open.pop();
+    eventually("a freed place is taken again", || async {
+        KeepAlive::connect(gw.http).await.get("a.x.test", "/").await == Some(200)
+    })
+    .await;
+}
