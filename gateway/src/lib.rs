@@ -122,6 +122,8 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     let acme = acme.is_some();
     let admin = config.entrypoints.admin;
     let h2_idle_timeout = config.limits.h2_idle_timeout;
+    // Streams one HTTP/2 client connection may have open at once (h2's own default is no limit).
+    let h2_streams = u32::try_from(config.overload.h2_streams_per_connection).unwrap_or(u32::MAX);
     // HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE from `[limits]` (restart needed): twice the limit, so that
     // the request check answers a head over the limit with the usual JSON 431 (`decide`); past twice
     // the limit the decoder keeps nothing and answers a bare 431 itself.
@@ -183,6 +185,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
         app.server_options = Some(options);
         let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
         h2.max_header_list_size(h2_header_list);
+        h2.max_concurrent_streams(h2_streams);
         app.h2_options = Some(h2);
         app.handle_init_modules();
         Arc::new(app)

@@ -157,6 +157,7 @@ file_tables! {
         pub queue_size: Option<Spanned<i64>>,
         pub max_connections: Option<Spanned<i64>>,
         pub per_client_connections: Option<Spanned<i64>>,
+        pub h2_streams_per_connection: Option<Spanned<i64>>,
     }
 }
 

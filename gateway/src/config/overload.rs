@@ -17,6 +17,9 @@ pub const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
 /// Connections open at once from one client address (an IPv6 /64); trusted proxies are exempt.
 pub const DEFAULT_PER_CLIENT_CONNECTIONS: u64 = 4096;
 
+/// Streams one HTTP/2 connection may have open at once (nginx's `http2_max_concurrent_streams` is 128).
+pub const DEFAULT_H2_STREAMS_PER_CONNECTION: u64 = 128;
+
 /// A queue timeout longer than this is refused: a request that waits longer is better refused (its
 /// client has likely given up) and the queue would hold it all that time.
 const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,6 +31,8 @@ pub struct OverloadSettings {
     pub queue_size: usize,
     pub max_connections: usize,
     pub per_client_connections: usize,
+    /// Streams one HTTP/2 connection may have open at once (restart needed).
+    pub h2_streams_per_connection: usize,
 }
 
 impl Default for OverloadSettings {
@@ -37,6 +42,7 @@ impl Default for OverloadSettings {
             queue_size: DEFAULT_QUEUE_SIZE as usize,
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             per_client_connections: DEFAULT_PER_CLIENT_CONNECTIONS as usize,
+            h2_streams_per_connection: DEFAULT_H2_STREAMS_PER_CONNECTION as usize,
         }
     }
 }
@@ -92,5 +98,12 @@ pub(super) fn validate_overload(
         .min(1 << 20) as usize,
         max_connections,
         per_client_connections: per_client_connections.min(max_connections),
+        h2_streams_per_connection: positive(
+            &raw.h2_streams_per_connection,
+            DEFAULT_H2_STREAMS_PER_CONNECTION,
+            "overload.h2_streams_per_connection",
+            diags,
+        )
+        .min(u64::from(u32::MAX)) as usize,
     }
 }

@@ -274,3 +274,71 @@ async fn the_connection_cap_closes_extra_connections_while_the_open_ones_are_ser
     })
     .await;
 }
+
+#[tokio::test]
+async fn one_http2_connection_gets_at_most_its_streams() {
+    let up = TestUpstream::start("u");
+    up.behaviour.delay_ms.store(300, Ordering::SeqCst);
+    let gw = Gateway::start(&format!(
+        "[overload]\nh2_streams_per_connection = 2\n\n{}\
+         [[routes]]\nname = \"r\"\nhosts = [\"a.x.test\"]\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], ""),
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+        .await
+        .expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let six =
+        |sender: &hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>| {
+            let tasks: Vec<_> = (0..6)
+                .map(|_| {
+                    let mut sender = sender.clone();
+                    tokio::spawn(async move {
+                        let req = hyper::Request::builder()
+                            .uri("http://a.x.test/")
+                            .body(http_body_util::Full::new(bytes::Bytes::new()))
+                            .expect("request");
+                        sender.send_request(req).await.map(|r| r.status().as_u16())
+                    })
+                })
+                .collect::<Vec<_>>();
+            async move {
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.expect("join"));
+                }
+                out
+            }
+        };
+    // Six requests at once, sent before the client has the server's SETTINGS: the streams past the
+    // limit are refused by HTTP/2 itself (REFUSED_STREAM: never processed, safe to retry).
+    let first = six(&sender).await;
+    let served = first.iter().filter(|r| matches!(r, Ok(200))).count();
+    for r in &first {
+        match r {
+            Ok(s) => assert_eq!(*s, 200),
+            Err(e) => assert!(format!("{e:?}").contains("REFUSED_STREAM"), "{e:?}"),
+        }
+    }
+    assert!(served >= 2, "{first:?}");
+    // Six more once the client knows the limit: it keeps two open at a time, and all are served.
+    let second = six(&sender).await;
+    assert!(second.iter().all(|r| matches!(r, Ok(200))), "{second:?}");
+    assert_eq!(
+        up.hits(),
+        served + 6,
+        "a refused stream never reached the upstream"
+    );
+    assert!(
+        up.seen.max_in_flight.load(Ordering::SeqCst) <= 2,
+        "the upstream saw {} of the connection's requests at once",
+        up.seen.max_in_flight.load(Ordering::SeqCst)
+    );
+}
