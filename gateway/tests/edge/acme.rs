@@ -340,52 +340,102 @@ async fn shop(
     .await
 }
 
-#[tokio::test]
-async fn on_demand_certificates_only_for_domains_an_active_tenant_owns() {
+/// What every on-demand test starts from: pebble, an upstream, the backend's ask endpoint answering
+/// `allowed` for each `(domain, tenant)` of `owned`, and a gateway whose `[tls.acme]` orders over
+/// HTTP-01 into a directory (plus `acme`) and whose `[tls.on_demand]` asks that endpoint (plus
+/// `on_demand`); `before` goes before `[tls.acme]`, `routes` after it.
+struct OnDemandEnv {
+    pebble: Pebble,
+    up: TestUpstream,
+    ask: DocServer,
+    gw: Gateway,
+    client: Arc<rustls::ClientConfig>,
+    _storage: tempfile::TempDir,
+}
+
+struct OnDemandSpec<'a> {
+    owned: &'a [(&'a str, &'a str)],
+    before: &'a str,
+    acme: &'a str,
+    on_demand: &'a str,
+    routes: &'a str,
+    env: &'a [(&'a str, &'a str)],
+    alpn: &'a [&'a [u8]],
+}
+
+async fn on_demand_env(spec: OnDemandSpec<'_>) -> OnDemandEnv {
     let ports = (free_port(), free_port(), free_port());
     let pebble = Pebble::start(ports.0, ports.1, 3600).await;
     let up = TestUpstream::start("u");
     let storage = tempfile::tempdir().expect("tempdir");
     // The backend's contract for GET /internal/tenant-domains/{host}.
     let ask = DocServer::start().await;
-    ask.set(
-        "/internal/tenant-domains/shop.example.org",
-        200,
-        r#"{"allowed":true,"tenant":"acme"}"#,
-    );
+    for (host, tenant) in spec.owned {
+        ask.set(
+            &format!("/internal/tenant-domains/{host}"),
+            200,
+            &format!(r#"{{"allowed":true,"tenant":"{tenant}"}}"#),
+        );
+    }
     let body = acme_toml(
         &pebble,
         &up,
-        "[auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n[tls]\nhandshake_timeout = \"30s\"",
+        spec.before,
         &format!(
-            r#"challenge = "http-01"
-storage = "{storage}"
-order_timeout = "20s"
-[tls.on_demand]
-ask = "http://{ask}/internal/tenant-domains/{{host}}"
-wait = "20s"
-max_concurrent_orders = 2
-orders_per_minute = 5"#,
+            "challenge = \"http-01\"\nstorage = \"{storage}\"\n{acme}\n[tls.on_demand]\n\
+             ask = \"http://{ask}/internal/tenant-domains/{{host}}\"\n{on_demand}",
             storage = storage.path().display(),
+            acme = spec.acme,
             ask = ask.addr,
+            on_demand = spec.on_demand,
         ),
-        r#"[[routes]]
+        spec.routes,
+    );
+    let gw = Gateway::start_on(
+        ports,
+        tempfile::tempdir().expect("tempdir"),
+        &body,
+        spec.env,
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let client = client_config(&root, spec.alpn);
+    OnDemandEnv {
+        pebble,
+        up,
+        ask,
+        gw,
+        client,
+        _storage: storage,
+    }
+}
+
+#[tokio::test]
+async fn on_demand_certificates_only_for_domains_an_active_tenant_owns() {
+    let env = on_demand_env(OnDemandSpec {
+        owned: &[("shop.example.org", "acme")],
+        before: "[auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n[tls]\nhandshake_timeout = \"30s\"",
+        acme: "order_timeout = \"20s\"",
+        on_demand: "wait = \"20s\"\nmax_concurrent_orders = 2\norders_per_minute = 5",
+        routes: r#"[[routes]]
 name = "tenant-api"
 hosts = ["*.aggios.test"]
 path_prefix = "/api"
 auth = "jwt_tenant"
 upstream = "u"
 "#,
-    );
-    let gw = Gateway::start_on(
-        ports,
-        tempfile::tempdir().expect("tempdir"),
-        &body,
-        &[("GW_SECRET", SECRET)],
-    )
+        env: &[("GW_SECRET", SECRET)],
+        alpn: &[b"h2", b"http/1.1"],
+    })
     .await;
-    let root = pebble.issuing_root().await;
-    let client = client_config(&root, &[b"h2", b"http/1.1"]);
+    let OnDemandEnv {
+        pebble,
+        up,
+        ask,
+        gw,
+        client,
+        ..
+    } = &env;
 
     // A domain no tenant owns: refused at the handshake, asked once (the no is cached), never ordered.
     for _ in 0..3 {
@@ -406,7 +456,7 @@ upstream = "u"
     // An active tenant's domain: the first handshake waits for its certificate.
     let hits = up.hits.load(std::sync::atomic::Ordering::SeqCst);
     let bearer = Token::new(SECRET, "acme").bearer();
-    let r = shop(&gw, &[("authorization", &bearer)], &client)
+    let r = shop(gw, &[("authorization", &bearer)], client)
         .await
         .unwrap_or_else(|e| panic!("first handshake on a tenant's domain: {e}\n{}", gw.stderr()));
     assert_eq!(r.status, 200);
@@ -426,17 +476,17 @@ upstream = "u"
     );
     // Routed as that tenant's: tenant binding applies to the domain.
     let other = Token::new(SECRET, "globex").bearer();
-    let r = shop(&gw, &[("authorization", &other)], &client)
+    let r = shop(gw, &[("authorization", &other)], client)
         .await
         .expect("request");
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "tenant_mismatch");
-    let r = shop(&gw, &[], &client).await.expect("request");
+    let r = shop(gw, &[], client).await.expect("request");
     assert_eq!(r.status, 401);
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), hits + 1);
     // Later handshakes are served from the store: no new order, no new ask.
     let asks = ask.hits();
-    let r = shop(&gw, &[("authorization", &bearer)], &client)
+    let r = shop(gw, &[("authorization", &bearer)], client)
         .await
         .expect("request");
     assert_eq!(r.status, 200);
@@ -450,47 +500,22 @@ upstream = "u"
 /// spent, and the other tenant's domain was then refused (`throttled`).
 #[tokio::test]
 async fn a_failing_tenant_domain_spends_no_other_tenants_orders() {
-    let ports = (free_port(), free_port(), free_port());
-    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
+    let env = on_demand_env(OnDemandSpec {
+        owned: &[("fail.example.org", "bad"), ("shop.example.org", "acme")],
+        before: "[tls]\nhandshake_timeout = \"30s\"",
+        acme: "order_timeout = \"15s\"\nretry_initial = \"3s\"\nretry_max = \"6s\"",
+        on_demand: "wait = \"15s\"\nmax_concurrent_orders = 2\norders_per_minute = 5",
+        routes: PUBLIC_ROUTE,
+        env: &[],
+        alpn: &[b"http/1.1"],
+    })
+    .await;
+    let OnDemandEnv {
+        pebble, gw, client, ..
+    } = &env;
     // Pebble validates fail.example.org at an address where nothing listens.
     pebble.add_a("fail.example.org", "127.0.0.2").await;
-    let up = TestUpstream::start("u");
-    let storage = tempfile::tempdir().expect("tempdir");
-    let ask = DocServer::start().await;
-    ask.set(
-        "/internal/tenant-domains/fail.example.org",
-        200,
-        r#"{"allowed":true,"tenant":"bad"}"#,
-    );
-    ask.set(
-        "/internal/tenant-domains/shop.example.org",
-        200,
-        r#"{"allowed":true,"tenant":"acme"}"#,
-    );
     let retry_initial = Duration::from_secs(3);
-    let body = acme_toml(
-        &pebble,
-        &up,
-        "[tls]\nhandshake_timeout = \"30s\"",
-        &format!(
-            r#"challenge = "http-01"
-storage = "{storage}"
-order_timeout = "15s"
-retry_initial = "3s"
-retry_max = "6s"
-[tls.on_demand]
-ask = "http://{ask}/internal/tenant-domains/{{host}}"
-wait = "15s"
-max_concurrent_orders = 2
-orders_per_minute = 5"#,
-            storage = storage.path().display(),
-            ask = ask.addr,
-        ),
-        PUBLIC_ROUTE,
-    );
-    let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
-    let root = pebble.issuing_root().await;
-    let client = client_config(&root, &[b"http/1.1"]);
 
     // The first handshake for the failing name waits for its order, which fails.
     let t0 = Instant::now();
@@ -500,8 +525,8 @@ orders_per_minute = 5"#,
     within(
         Duration::from_secs(30),
         "the failing name's first order failed",
-        &gw,
-        &pebble,
+        gw,
+        pebble,
         || async {
             gw.metric("gateway_tls_on_demand_total{decision=\"order_failed\"}")
                 .await
@@ -566,44 +591,24 @@ orders_per_minute = 5"#,
 /// at `orders_per_hour` (`throttled`), leaving the rest of the account's budget to the configured names.
 #[tokio::test]
 async fn on_demand_orders_keep_to_the_tenant_and_hourly_budgets() {
-    let ports = (free_port(), free_port(), free_port());
-    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
-    let up = TestUpstream::start("u");
-    let storage = tempfile::tempdir().expect("tempdir");
-    let ask = DocServer::start().await;
-    for (host, tenant) in [
-        ("a1.example.org", "acme"),
-        ("a2.example.org", "acme"),
-        ("g1.example.org", "globex"),
-        ("i1.example.org", "initech"),
-    ] {
-        ask.set(
-            &format!("/internal/tenant-domains/{host}"),
-            200,
-            &format!(r#"{{"allowed":true,"tenant":"{tenant}"}}"#),
-        );
-    }
-    let body = acme_toml(
-        &pebble,
-        &up,
-        "[tls]\nhandshake_timeout = \"30s\"",
-        &format!(
-            r#"challenge = "http-01"
-storage = "{storage}"
-order_timeout = "20s"
-[tls.on_demand]
-ask = "http://{ask}/internal/tenant-domains/{{host}}"
-wait = "20s"
-tenant_orders_per_hour = 1
-orders_per_hour = 2"#,
-            storage = storage.path().display(),
-            ask = ask.addr,
-        ),
-        PUBLIC_ROUTE,
-    );
-    let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
-    let root = pebble.issuing_root().await;
-    let client = client_config(&root, &[b"http/1.1"]);
+    let env = on_demand_env(OnDemandSpec {
+        owned: &[
+            ("a1.example.org", "acme"),
+            ("a2.example.org", "acme"),
+            ("g1.example.org", "globex"),
+            ("i1.example.org", "initech"),
+        ],
+        before: "[tls]\nhandshake_timeout = \"30s\"",
+        acme: "order_timeout = \"20s\"",
+        on_demand: "wait = \"20s\"\ntenant_orders_per_hour = 1\norders_per_hour = 2",
+        routes: PUBLIC_ROUTE,
+        env: &[],
+        alpn: &[b"http/1.1"],
+    })
+    .await;
+    let OnDemandEnv {
+        pebble, gw, client, ..
+    } = &env;
     let decision = |d: &'static str| {
         let gw = &gw;
         async move {
@@ -636,31 +641,19 @@ orders_per_hour = 2"#,
 /// fix every name was asked once and its `no` kept forever.
 #[tokio::test]
 async fn random_sni_names_leave_asks_and_cache_bounded() {
-    let ports = (free_port(), free_port(), free_port());
-    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
-    let up = TestUpstream::start("u");
-    let storage = tempfile::tempdir().expect("tempdir");
-    let ask = DocServer::start().await;
-    let body = acme_toml(
-        &pebble,
-        &up,
-        "[tls]\nhandshake_timeout = \"10s\"",
-        &format!(
-            r#"challenge = "http-01"
-storage = "{storage}"
-[tls.on_demand]
-ask = "http://{ask}/internal/tenant-domains/{{host}}"
-cache_size = 20
-asks_per_second = 1000
-client_asks_per_minute = 60"#,
-            storage = storage.path().display(),
-            ask = ask.addr,
-        ),
-        PUBLIC_ROUTE,
-    );
-    let gw = Gateway::start_on(ports, tempfile::tempdir().expect("tempdir"), &body, &[]).await;
-    let root = pebble.issuing_root().await;
-    let client = client_config(&root, &[b"http/1.1"]);
+    let env = on_demand_env(OnDemandSpec {
+        owned: &[],
+        before: "[tls]\nhandshake_timeout = \"10s\"",
+        acme: "",
+        on_demand: "cache_size = 20\nasks_per_second = 1000\nclient_asks_per_minute = 60",
+        routes: PUBLIC_ROUTE,
+        env: &[],
+        alpn: &[b"http/1.1"],
+    })
+    .await;
+    let OnDemandEnv {
+        ask, gw, client, ..
+    } = &env;
     let t0 = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     const NAMES: usize = 20_000;
