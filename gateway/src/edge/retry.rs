@@ -60,6 +60,11 @@ pub(super) fn upstream_answered(
             }
         }
     }
+    // An upgraded connection (WebSocket) lives on for as long as its client wants: it is no longer
+    // a request in flight, and must not hold the upstream's slot for hours.
+    if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        ctx.retry.slot = None;
+    }
     ctx.retry.response_started = true;
     Ok(())
 }

@@ -342,3 +342,36 @@ async fn one_http2_connection_gets_at_most_its_streams() {
         up.seen.max_in_flight.load(Ordering::SeqCst)
     );
 }
+
+/// An upgraded connection (a WebSocket) gives its slot back once upgraded: open for as long as its
+/// client wants, it must not starve the upstream's other requests of the limit.
+#[tokio::test]
+async fn a_websocket_gives_its_slot_back_once_upgraded() {
+    use futures_util::{SinkExt, StreamExt};
+    let up = TestUpstream::start("ws");
+    let gw = Gateway::start(&format!(
+        "[overload]\nqueue_timeout = \"100ms\"\n\n{}\
+         [[routes]]\nname = \"r\"\nhosts = [\"a.x.test\"]\nupstream = \"u\"\n",
+        upstream_toml("u", &[&up], "concurrency = { max = 1, adaptive = false }"),
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+        .await
+        .expect("connect");
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://a.x.test/socket", stream)
+        .await
+        .expect("ws handshake");
+    assert_eq!(resp.status(), 101);
+    // With the WebSocket open, the one slot serves other requests.
+    up.behaviour.delay_ms.store(200, Ordering::SeqCst);
+    for _ in 0..2 {
+        assert_eq!(gw.get("a.x.test", "/").await.status, 200);
+    }
+    // And the WebSocket still works.
+    ws.send(tokio_tungstenite::tungstenite::Message::text("still here"))
+        .await
+        .expect("send");
+    let reply = ws.next().await.expect("reply").expect("frame");
+    assert_eq!(reply.into_text().expect("text").as_str(), "ws:still here");
+    ws.close(None).await.expect("close");
+}
