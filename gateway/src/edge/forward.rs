@@ -47,9 +47,11 @@ impl Gateway {
             let slot = match up.admission.try_take() {
                 Some(slot) => slot,
                 None => {
-                    // Queued by tenant, or by client address for requests without one.
-                    let class = match (&ctx.request.tenant, ctx.request.client_ip) {
-                        (Some(t), _) => Cow::Borrowed(t.as_str()),
+                    // Queued by the tenant of the verified credential; a request without one by its
+                    // client address (/64): a Host label alone is the client's choice, and a flood
+                    // spread over made-up tenant labels would otherwise get a turn per label.
+                    let class = match (ctx.credential.identity(), ctx.request.client_ip) {
+                        (Some(identity), _) => Cow::Borrowed(identity.tenant.as_str()),
                         (None, Some(ip)) => {
                             Cow::Owned(crate::support::client_budget_key(ip).to_string())
                         }

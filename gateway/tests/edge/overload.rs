@@ -11,13 +11,26 @@ use crate::helpers::*;
 
 /// Sends `n` GETs at once; their statuses and responses.
 async fn burst(gw: &Gateway, host: &str, n: usize) -> Vec<Resp> {
+    burst_with(gw, n, |_| (host.to_string(), None)).await
+}
+
+/// Sends `n` GETs at once, the `i`th to host `each(i).0` with bearer `each(i).1`.
+async fn burst_with(
+    gw: &Gateway,
+    n: usize,
+    each: impl Fn(usize) -> (String, Option<String>),
+) -> Vec<Resp> {
     let port = gw.http;
     let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let host = host.to_string();
-            tokio::spawn(
-                async move { send(port, "GET", &host, "/", &[], bytes::Bytes::new()).await },
-            )
+        .map(|i| {
+            let (host, bearer) = each(i);
+            tokio::spawn(async move {
+                let auth: Vec<(&str, &str)> = bearer
+                    .as_deref()
+                    .map(|b| vec![("authorization", b)])
+                    .unwrap_or_default();
+                send(port, "GET", &host, "/", &auth, bytes::Bytes::new()).await
+            })
         })
         .collect();
     let mut out = Vec::new();
@@ -85,27 +98,47 @@ async fn a_fixed_limit_holds_and_the_excess_is_refused_with_retry_after() {
     );
 }
 
+const SECRET: &str = "overload-test-secret-overload-test-01";
+
+/// A gateway for the fairness tests: tenants' API (`/api`, jwt_tenant) and a public page (`/`, no auth)
+/// on one slow upstream with a single slot; waits of up to 2 s.
+async fn shared_slot_gateway(up: &TestUpstream) -> Arc<Gateway> {
+    Arc::new(
+        Gateway::start_with_env(
+            &format!(
+                "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
+                 [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n\
+                 [overload]\nqueue_timeout = \"2s\"\n\n{}\
+                 [[routes]]\nname = \"api\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/api\"\n\
+                 auth = \"jwt_tenant\"\nupstream = \"shared\"\n\n\
+                 [[routes]]\nname = \"public\"\nhosts = [\"*.aggios.app\"]\nupstream = \"shared\"\n",
+                upstream_toml(
+                    "shared",
+                    &[up],
+                    "concurrency = { max = 1, adaptive = false }"
+                ),
+            ),
+            &[("GW_SECRET", SECRET)],
+        )
+        .await,
+    )
+}
+
 #[tokio::test]
 async fn the_quiet_tenant_is_served_while_the_noisy_one_floods() {
     let up = TestUpstream::start("shared");
     up.behaviour.delay_ms.store(100, Ordering::SeqCst);
-    let gw = Arc::new(
-        Gateway::start(&format!(
-            "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
-             [overload]\nqueue_timeout = \"2s\"\n\n{}\
-             [[routes]]\nname = \"tenants\"\nhosts = [\"*.aggios.app\"]\nupstream = \"shared\"\n",
-            upstream_toml(
-                "shared",
-                &[&up],
-                "concurrency = { max = 1, adaptive = false }"
-            ),
-        ))
-        .await,
-    );
+    let gw = shared_slot_gateway(&up).await;
     // The noisy tenant queues 40 requests at once: 4 s of the upstream's time, past the deadline.
     let noisy = {
         let gw = Arc::clone(&gw);
-        tokio::spawn(async move { burst(&gw, "noisy.aggios.app", 40).await })
+        tokio::spawn(async move {
+            let bearer = Token::new(SECRET, "noisy").bearer();
+            burst_with(&gw, 40, move |_| {
+                ("noisy.aggios.app".to_string(), Some(bearer.clone()))
+            })
+            .await
+        })
     };
     eventually("the noisy tenant's requests wait", || async {
         gw.metric("gateway_upstream_queue_length{upstream=\"shared\"}")
@@ -115,8 +148,11 @@ async fn the_quiet_tenant_is_served_while_the_noisy_one_floods() {
     .await;
     // First come, first served, the quiet tenant would wait behind them and be refused; in turn, each
     // of its requests waits for one slot at most.
+    let quiet = Token::new(SECRET, "quiet").bearer();
     for i in 0..3 {
-        let r = gw.get("quiet.aggios.app", "/").await;
+        let r = gw
+            .get_with("quiet.aggios.app", "/api/x", &[("authorization", &quiet)])
+            .await;
         assert_eq!(r.status, 200, "quiet request {i}: {r:?}");
     }
     let noisy = noisy.await.expect("join");
@@ -138,6 +174,43 @@ async fn the_quiet_tenant_is_served_while_the_noisy_one_floods() {
     assert_eq!(noisy_stats["overloaded"], refused as u64, "{noisy_stats}");
     assert_eq!(noisy_stats["ratelimited"], 0);
     assert_eq!(stats("quiet").await["overloaded"], 0);
+}
+
+/// Abuse: a flood spread over 40 made-up tenant labels on a public route (no credential) is one class
+/// — its client address — not 40: it cannot take 40 turns to the quiet tenant's one. Classed by the
+/// Host label, the quiet tenant waited behind 40 turns of 100 ms and was refused.
+#[tokio::test]
+async fn made_up_tenant_labels_do_not_buy_a_flood_more_turns() {
+    let up = TestUpstream::start("shared");
+    up.behaviour.delay_ms.store(100, Ordering::SeqCst);
+    let gw = shared_slot_gateway(&up).await;
+    let flood = {
+        let gw = Arc::clone(&gw);
+        tokio::spawn(async move {
+            burst_with(&gw, 40, |i| {
+                (format!("t{i}-{}.aggios.app", fastrand::u32(..)), None)
+            })
+            .await
+        })
+    };
+    eventually("the flood waits", || async {
+        gw.metric("gateway_upstream_queue_length{upstream=\"shared\"}")
+            .await
+            >= 20.0
+    })
+    .await;
+    let quiet = Token::new(SECRET, "quiet").bearer();
+    for i in 0..3 {
+        let r = gw
+            .get_with("quiet.aggios.app", "/api/x", &[("authorization", &quiet)])
+            .await;
+        assert_eq!(r.status, 200, "quiet request {i}: {r:?}");
+    }
+    let flood = flood.await.expect("join");
+    assert!(
+        flood.iter().any(|r| r.status == 503),
+        "the flood is refused"
+    );
 }
 
 #[tokio::test]
