@@ -46,6 +46,8 @@ export BENCH_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 if [ -z "${GW_BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
   cargo build --release --locked -p gateway --bin gateway --example bare_pingora >&2
 fi
+# The token minter (`loadtest token`, the claims of `contracts`).
+cargo build --release --locked -p loadtest --bin loadtest >&2
 GW="${GW_BIN:-$CARGO_TARGET_DIR/release/gateway}"
 BARE="${BARE_BIN:-$CARGO_TARGET_DIR/release/examples/bare_pingora}"
 
@@ -320,17 +322,7 @@ limit = 1000000
 period = "1s"' > "$W/ab-jwt-rl.toml"
   for c in nolog log sec jwt jwt-rl; do "$GW" validate --config "$W/ab-$c.toml" >&2; done
   # A token of tenant "acme" (the host's), as the backend mints them; valid for a day.
-  TOKEN=$(python3 - "$SECRET" <<'PY'
-import sys, hmac, hashlib, base64, json, time
-b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
-now = int(time.time())
-head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b(json.dumps({"user_id": "8c3c6a8e-0000-4000-8000-000000000001", "email": "bench@acme.test",
-                     "tenant_id": "acme", "role": "admin", "iat": now, "exp": now + 86400, "jti": "bench-1"}).encode())
-sig = b(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
-print(f"{head}.{body}.{sig}")
-PY
-)
+  TOKEN=$("$CARGO_TARGET_DIR/release/loadtest" token --secret "$SECRET" --tenant acme --role admin)
   ROWS=(bare-pingora gateway-no-log gateway-log gateway-security-headers gateway-jwt gateway-jwt-redis-limit)
   ab_run() { # $1 = run_one or count_one
     "$1" bare-pingora 18084 acme.bench.test "$BARE" "$BAREPORT" "$ORIGIN"

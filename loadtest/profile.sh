@@ -41,17 +41,7 @@ url_env = "BENCH_REDIS_URL"
 key = "tenant"
 limit = 1000000
 period = "1s"' > "$W/gw.toml"
-    TOKEN=$(python3 - "$BENCH_JWT_SECRET" <<'PY'
-import sys, hmac, hashlib, base64, json, time
-b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
-now = int(time.time())
-head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b(json.dumps({"user_id": "8c3c6a8e-0000-4000-8000-000000000001", "email": "bench@acme.test",
-                     "tenant_id": "acme", "role": "member", "iat": now, "exp": now + 86400, "jti": "bench-1"}).encode())
-sig = b(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
-print(f"{head}.{body}.{sig}")
-PY
-)
+    TOKEN=$("$BIN/loadtest" token --secret "$BENCH_JWT_SECRET" --tenant acme)
     HEADERS=(-H "Authorization: Bearer $TOKEN")
     CMD=("$BIN/gateway" run --config "$W/gw.toml") ;;
   bare-pingora) CMD=("$BIN/examples/bare_pingora" "$PROXY" "$UP") ;;

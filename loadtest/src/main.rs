@@ -39,6 +39,18 @@ enum Command {
     Generators(loadtest::compare::generators::GeneratorArgs),
     /// Figures at scale: idle connections, 10 000 routes, reload time, past saturation.
     Scale(loadtest::compare::scale::ScaleArgs),
+    /// Print an HS256 access token of `tenant` (the claims of `contracts`), valid for a day: for the
+    /// benchmark scripts, which mint no token of their own.
+    Token {
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "member")]
+        role: String,
+        #[arg(long, default_value = "bench-1")]
+        jti: String,
+    },
 }
 
 #[derive(Args)]
@@ -101,6 +113,18 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => loadtest::compare::main(args),
         Command::Generators(args) => loadtest::compare::generators::main(args),
         Command::Scale(args) => loadtest::compare::scale::main(args),
+        Command::Token {
+            secret,
+            tenant,
+            role,
+            jti,
+        } => {
+            println!(
+                "{}",
+                loadtest::scenario::mint(&secret, &tenant, &role, &jti)?
+            );
+            Ok(())
+        }
     }
 }
 

@@ -77,23 +77,15 @@ impl Scenario {
         if !self.tenants() {
             return Ok(vec![RequestSpec::get(format!("plain.{BASE_DOMAIN}"), "/")]);
         }
-        let key = EncodingKey::from_secret(JWT_SECRET.as_bytes());
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         (0..TENANTS)
             .map(|i| {
                 let tenant = tenant(i);
-                let claims = contracts::claims::AccessClaims {
-                    user_id: uuid::Uuid::new_v4(),
-                    email: format!("bench@{tenant}.test"),
-                    tenant_id: tenant.clone(),
-                    role: "member".into(),
-                    iat: now,
-                    exp: now + 86_400,
-                    jti: uuid::Uuid::new_v4().to_string(),
-                };
-                let token = encode(&Header::default(), &claims, &key)?;
+                let token = mint(
+                    JWT_SECRET,
+                    &tenant,
+                    "member",
+                    &uuid::Uuid::new_v4().to_string(),
+                )?;
                 Ok(RequestSpec::get(format!("{tenant}.{BASE_DOMAIN}"), "/")
                     .header("Authorization", format!("Bearer {token}")))
             })
@@ -185,6 +177,33 @@ pub fn tenant(i: usize) -> String {
     format!("t{i:04}")
 }
 
+/// An HS256 access token for `tenant` as the backend mints them (`contracts::claims::AccessClaims`),
+/// valid for a day: the one token minter of the benchmarks (`loadtest token` prints one for scripts).
+pub fn mint(
+    secret: &str,
+    tenant: &str,
+    role: &str,
+    jti: &str,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = contracts::claims::AccessClaims {
+        user_id: uuid::Uuid::new_v4(),
+        email: format!("bench@{tenant}.test"),
+        tenant_id: tenant.to_string(),
+        role: role.to_string(),
+        iat: now,
+        exp: now + 86_400,
+        jti: jti.to_string(),
+    };
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +225,33 @@ mod tests {
             assert_eq!(format!("{}.{BASE_DOMAIN}", claims.tenant_id), r.host);
         }
         assert_eq!(Scenario::Plain.requests().unwrap().len(), 1);
+    }
+
+    /// `loadtest token`'s minter: the claims of `contracts`, signed with the secret, a day long.
+    #[test]
+    fn minted_tokens_carry_the_contract_claims() {
+        let token = mint(
+            "s3cret-s3cret-s3cret-s3cret-s3cret",
+            "acme",
+            "admin",
+            "bench-1",
+        )
+        .unwrap();
+        let claims = jsonwebtoken::decode::<contracts::claims::AccessClaims>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_secret(b"s3cret-s3cret-s3cret-s3cret-s3cret"),
+            &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(
+            (
+                claims.tenant_id.as_str(),
+                claims.role.as_str(),
+                claims.jti.as_str()
+            ),
+            ("acme", "admin", "bench-1")
+        );
+        assert_eq!(claims.exp - claims.iat, 86_400);
     }
 }
