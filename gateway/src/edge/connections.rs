@@ -47,10 +47,10 @@ impl Drop for ConnectionGuard {
 
 impl ConnectionLimits {
     fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
-        let h = crate::support::hash64(&match ip {
-            IpAddr::V4(v4) => v4.octets().to_vec(),
-            IpAddr::V6(v6) => v6.octets().to_vec(),
-        });
+        let h = match ip {
+            IpAddr::V4(v4) => crate::support::hash64(&v4.octets()),
+            IpAddr::V6(v6) => crate::support::hash64(&v6.octets()),
+        };
         &self.per_client[(h % SHARDS as u64) as usize]
     }
 

@@ -277,8 +277,10 @@ impl Admission {
     fn set_limit(&self, limit: u32) {
         self.limit.store(limit.max(1), Ordering::Release);
         self.limit_gauge.set(i64::from(limit.max(1)));
-        // A larger limit admits waiters at once.
-        self.dispatch();
+        // A larger limit admits waiters at once (the queue's lock only when someone waits).
+        if self.queued.load(Ordering::Acquire) != 0 {
+            self.dispatch();
+        }
     }
 
     /// The current limit.

@@ -124,6 +124,18 @@ async fn shared_slot_gateway(up: &TestUpstream) -> Arc<Gateway> {
     )
 }
 
+/// Three requests of the quiet tenant, one after the other, each served while the queue is full of
+/// another class's: in turn, each waits for one slot at most.
+async fn quiet_tenant_is_served(gw: &Gateway) {
+    let quiet = Token::new(SECRET, "quiet").bearer();
+    for i in 0..3 {
+        let r = gw
+            .get_with("quiet.aggios.app", "/api/x", &[("authorization", &quiet)])
+            .await;
+        assert_eq!(r.status, 200, "quiet request {i}: {r:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_quiet_tenant_is_served_while_the_noisy_one_floods() {
     let up = TestUpstream::start("shared");
@@ -148,13 +160,7 @@ async fn the_quiet_tenant_is_served_while_the_noisy_one_floods() {
     .await;
     // First come, first served, the quiet tenant would wait behind them and be refused; in turn, each
     // of its requests waits for one slot at most.
-    let quiet = Token::new(SECRET, "quiet").bearer();
-    for i in 0..3 {
-        let r = gw
-            .get_with("quiet.aggios.app", "/api/x", &[("authorization", &quiet)])
-            .await;
-        assert_eq!(r.status, 200, "quiet request {i}: {r:?}");
-    }
+    quiet_tenant_is_served(&gw).await;
     let noisy = noisy.await.expect("join");
     let refused = noisy.iter().filter(|r| r.status == 503).count();
     assert!(refused > 0, "the noisy tenant is the one refused");
@@ -199,13 +205,7 @@ async fn made_up_tenant_labels_do_not_buy_a_flood_more_turns() {
             >= 20.0
     })
     .await;
-    let quiet = Token::new(SECRET, "quiet").bearer();
-    for i in 0..3 {
-        let r = gw
-            .get_with("quiet.aggios.app", "/api/x", &[("authorization", &quiet)])
-            .await;
-        assert_eq!(r.status, 200, "quiet request {i}: {r:?}");
-    }
+    quiet_tenant_is_served(&gw).await;
     let flood = flood.await.expect("join");
     assert!(
         flood.iter().any(|r| r.status == 503),
