@@ -394,7 +394,6 @@ fn register_font() -> Result<(), String> {
 
 /// Two bar charts side by side: req/s and p99 per measured target.
 pub fn chart(r: &Report, path: &Path) -> Result<(), String> {
-    register_font()?;
     // A closest configuration's bar is marked with `*` (the table says what it leaves out).
     let rows: Vec<(String, &Sample)> = r
         .targets
@@ -411,8 +410,6 @@ pub fn chart(r: &Report, path: &Path) -> Result<(), String> {
     if rows.is_empty() {
         return Err("nothing measured".into());
     }
-    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let closest = r
         .targets
         .iter()
@@ -426,11 +423,40 @@ pub fn chart(r: &Report, path: &Path) -> Result<(), String> {
             ""
         }
     );
+    let names: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
+    bars(
+        path,
+        &title,
+        &names,
+        [
+            (
+                "requests / s (higher is better)",
+                rows.iter().map(|(_, m)| m.rps).collect(),
+                RGBColor(52, 101, 164),
+            ),
+            (
+                "p99 latency, ms (lower is better)",
+                rows.iter().map(|(_, m)| m.p99_ms).collect(),
+                RGBColor(204, 0, 0),
+            ),
+        ],
+    )
+}
+
+/// Two bar charts side by side under `title`: one bar per name in each, (caption, values, colour).
+pub fn bars(
+    path: &Path,
+    title: &str,
+    names: &[String],
+    panels: [(&str, Vec<f64>, RGBColor); 2],
+) -> Result<(), String> {
+    register_font()?;
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let root = root
-        .titled(&title, ("sans-serif", 20))
+        .titled(title, ("sans-serif", 20))
         .map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(500);
-    let names: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
     let panel = |area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
                  caption: &str,
                  values: Vec<f64>,
@@ -444,7 +470,7 @@ pub fn chart(r: &Report, path: &Path) -> Result<(), String> {
             .y_label_area_size(60)
             .build_cartesian_2d((0..names.len()).into_segmented(), 0.0..max)
             .map_err(|e| e.to_string())?;
-        let labels = names.clone();
+        let labels = names;
         c.configure_mesh()
             .disable_x_mesh()
             .x_labels(names.len())
@@ -491,18 +517,9 @@ pub fn chart(r: &Report, path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         Ok(())
     };
-    panel(
-        &left,
-        "requests / s (higher is better)",
-        rows.iter().map(|(_, m)| m.rps).collect(),
-        RGBColor(52, 101, 164),
-    )?;
-    panel(
-        &right,
-        "p99 latency, ms (lower is better)",
-        rows.iter().map(|(_, m)| m.p99_ms).collect(),
-        RGBColor(204, 0, 0),
-    )?;
+    for (area, (caption, values, color)) in [left, right].iter().zip(panels) {
+        panel(area, caption, values, color)?;
+    }
     root.present().map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -34,6 +34,13 @@ pub enum Scenario {
     /// A real login (`POST /api/auth/login`) through the proxy to the backend, against the real Postgres:
     /// one user per connection.
     Login,
+    /// Past saturation: open loop at 1.5× and 3× each target's own closed-loop maximum over 512
+    /// connections, on the plain route; goodput, answered and refused latencies (`compare::overload`).
+    Overload,
+    /// A victim tenant at ~5 % of capacity on its own host while a noisy tenant floods on 256
+    /// connections, both with their own tokens on a `jwt_tenant` route: the victim's p99 with the flood
+    /// over its p99 alone, with the upstream and then the proxy's own core as the bottleneck.
+    NoisyNeighbor,
 }
 
 impl Scenario {
@@ -44,11 +51,21 @@ impl Scenario {
             Scenario::TenantJwtRatelimit => "tenant_jwt_ratelimit",
             Scenario::TlsHandshake => "tls_handshake",
             Scenario::Login => "login",
+            Scenario::Overload => "overload",
+            Scenario::NoisyNeighbor => "noisy_neighbor",
         }
     }
 
     pub fn tenants(self) -> bool {
-        matches!(self, Scenario::TenantJwt | Scenario::TenantJwtRatelimit)
+        matches!(
+            self,
+            Scenario::TenantJwt | Scenario::TenantJwtRatelimit | Scenario::NoisyNeighbor
+        )
+    }
+
+    /// The overload scenarios: measured by `compare::overload`, with the peers' shedding configured.
+    pub fn overload(self) -> bool {
+        matches!(self, Scenario::Overload | Scenario::NoisyNeighbor)
     }
 
     pub fn tls(self) -> bool {
@@ -140,8 +157,10 @@ upstream = "origin"
 "#
         );
         match self {
-            Scenario::Plain | Scenario::TlsHandshake | Scenario::Login => {}
-            Scenario::TenantJwt => toml.push_str("auth = \"jwt_tenant\"\n"),
+            Scenario::Plain | Scenario::TlsHandshake | Scenario::Login | Scenario::Overload => {}
+            Scenario::TenantJwt | Scenario::NoisyNeighbor => {
+                toml.push_str("auth = \"jwt_tenant\"\n")
+            }
             Scenario::TenantJwtRatelimit => {
                 toml.push_str("auth = \"jwt_tenant\"\nrate_limits = [\"per_tenant\"]\n")
             }

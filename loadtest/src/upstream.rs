@@ -1,5 +1,7 @@
 //! The harness's upstream: a fast in-process hyper server (HTTP/1.1, and HTTP/2 with prior knowledge) answering every request with the same
-//! small fixed body. It counts what it serves, and a test can make it stall for a while.
+//! small fixed body. It counts what it serves, and a test can make it stall for a while. With a
+//! [`Capacity`], it stands for a slow backend: at most `concurrency` requests are worked on at once, each
+//! for `service`, and the rest wait their turn inside it (the overload benchmarks' bottleneck upstream).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +27,17 @@ pub struct Upstream {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A backend with a fixed capacity: `concurrency` ÷ `service` requests per second.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub concurrency: usize,
+    pub service: Duration,
+}
+
 struct State {
     served: AtomicU64,
+    /// Some: the capacity's workers and how long each request keeps one.
+    workers: Option<(tokio::sync::Semaphore, Duration)>,
     started: Instant,
     /// Requests arriving before this many µs after `started` wait until then (0: no stall).
     stall_until_us: AtomicU64,
@@ -54,11 +65,18 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 impl Upstream {
     /// Binds `addr` (port 0 picks one) and serves until dropped.
     pub fn start(addr: SocketAddr) -> std::io::Result<Upstream> {
+        Self::start_with(addr, None)
+    }
+
+    /// As `start`, answering at most `capacity` (None: as fast as it can).
+    pub fn start_with(addr: SocketAddr, capacity: Option<Capacity>) -> std::io::Result<Upstream> {
         let listener = listen(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             served: AtomicU64::new(0),
+            workers: capacity
+                .map(|c| (tokio::sync::Semaphore::new(c.concurrency.max(1)), c.service)),
             started: Instant::now(),
             stall_until_us: AtomicU64::new(0),
             body: Bytes::from(vec![b'a'; BODY_LEN]),
@@ -139,6 +157,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                         let until = state.started + Duration::from_micros(stall);
                         tokio::time::sleep_until(until.into()).await;
                     }
+                    if let Some((workers, service)) = &state.workers {
+                        // Closed only when the upstream stops; then answer at once.
+                        let _worker = workers.acquire().await;
+                        tokio::time::sleep(*service).await;
+                    }
                     state.served.fetch_add(1, Ordering::Relaxed);
                     let mut resp = http::Response::new(Full::new(state.body.clone()));
                     resp.headers_mut().insert(
@@ -172,5 +195,43 @@ mod tests {
             })
             .collect();
         assert_eq!(conns.len(), 600);
+    }
+
+    /// A capacity of 2 workers × 50 ms serves 8 simultaneous requests in four turns: no faster than
+    /// 200 ms (a lower bound only: a loaded machine may be slower, never faster).
+    #[test]
+    fn a_capacity_makes_requests_take_turns() {
+        use std::io::{Read, Write};
+        let up = Upstream::start_with(
+            "127.0.0.1:0".parse().expect("addr"),
+            Some(Capacity {
+                concurrency: 2,
+                service: Duration::from_millis(50),
+            }),
+        )
+        .expect("start");
+        let addr = up.addr;
+        let t0 = Instant::now();
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .expect("write");
+                    let mut out = Vec::new();
+                    s.read_to_end(&mut out).expect("read");
+                    assert!(out.starts_with(b"HTTP/1.1 200"), "{out:?}");
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("client");
+        }
+        assert!(
+            t0.elapsed() >= Duration::from_millis(195),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(up.served(), 8);
     }
 }

@@ -2,9 +2,11 @@
 //! peer, in alternation (A B C … A B C …) over several rounds, each proxy pinned to its own core with the
 //! generator and the upstream on the other. Per target: req/s, latency quantiles, the proxy's CPU time
 //! per request and peak RSS; with `--instructions`, user-space instructions per request under callgrind.
+//! The overload scenarios (`overload`, `noisy_neighbor`) run open loops past saturation: `overload`.
 
 mod backend;
 pub mod generators;
+pub mod overload;
 pub mod peers;
 pub mod probe;
 pub mod process;
@@ -42,6 +44,9 @@ struct Target {
 }
 
 pub fn main(args: CompareArgs) -> anyhow::Result<()> {
+    if args.scenario.overload() {
+        return overload::main(&args);
+    }
     let report = compare(&args)?;
     let written = report::write(&report, &args.out)?;
     if args.json {
@@ -78,6 +83,12 @@ fn work_dir() -> anyhow::Result<PathBuf> {
 
 /// Runs the whole comparison and returns its report (also used by the smoke test).
 pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
+    if args.scenario.overload() {
+        bail!(
+            "{} is measured by compare::overload::run, not as a closed loop",
+            args.scenario.name()
+        );
+    }
     if args.rounds == 0 || args.connections == 0 || args.threads == 0 {
         bail!("--rounds, --connections and --threads must be at least 1");
     }

@@ -197,14 +197,20 @@ impl Peer {
             std::fs::write(&p, text).map_err(|e| PeerError::Write(p.clone(), e))?;
             Ok(p.display().to_string())
         };
+        if scenario.overload() {
+            return self.setup_overload(scenario, ctx);
+        }
         let jwt_missing = |who: &str| {
             format!("{who} has no JWT validation bound to the host's tenant; not comparable work")
         };
         Ok(match self {
             Peer::Nginx => {
                 let limit = match scenario {
-                    Scenario::Plain | Scenario::TlsHandshake | Scenario::Login => "",
-                    Scenario::TenantJwt => {
+                    Scenario::Plain
+                    | Scenario::TlsHandshake
+                    | Scenario::Login
+                    | Scenario::Overload => "",
+                    Scenario::TenantJwt | Scenario::NoisyNeighbor => {
                         return Ok(Setup::Cannot(jwt_missing(
                             "nginx (open source; auth_jwt is NGINX Plus)",
                         )))
@@ -225,7 +231,7 @@ impl Peer {
                 }
             }
             Peer::Haproxy => {
-                let conf = write("haproxy.cfg", haproxy_conf(ctx, scenario))?;
+                let conf = write("haproxy.cfg", haproxy_conf(ctx, scenario, false))?;
                 let l = launch(vec!["-db".into(), "-f".into(), conf], vec![]);
                 if scenario == Scenario::TenantJwtRatelimit {
                     Setup::Closest(
@@ -258,11 +264,16 @@ impl Peer {
                 }
             }
             Peer::Caddy => match scenario {
-                Scenario::TenantJwt | Scenario::TenantJwtRatelimit => return Ok(Setup::Cannot(
+                Scenario::TenantJwt
+                | Scenario::TenantJwtRatelimit
+                | Scenario::NoisyNeighbor => return Ok(Setup::Cannot(
                     "Caddy's standard build has neither JWT validation nor rate limiting (plugins)"
                         .into(),
                 )),
-                Scenario::Plain | Scenario::TlsHandshake | Scenario::Login => {
+                Scenario::Plain
+                | Scenario::TlsHandshake
+                | Scenario::Login
+                | Scenario::Overload => {
                     let conf = write("Caddyfile", caddyfile(ctx, scenario))?;
                     Setup::Same(launch(
                         vec![
@@ -277,22 +288,14 @@ impl Peer {
                 }
             },
             Peer::Envoy => {
-                let conf = write("envoy.yaml", envoy_conf(ctx, scenario))?;
-                let l = launch(
-                    vec![
-                        "-c".into(),
-                        conf,
-                        "--concurrency".into(),
-                        ctx.threads.to_string(),
-                        "--disable-hot-restart".into(),
-                        "--log-level".into(),
-                        "error".into(),
-                    ],
-                    vec![],
-                );
+                let conf = write("envoy.yaml", envoy_conf(ctx, scenario, false))?;
+                let l = launch(envoy_args(conf, ctx), vec![]);
                 match scenario {
-                    Scenario::Plain | Scenario::TlsHandshake | Scenario::Login => Setup::Same(l),
-                    Scenario::TenantJwt => {
+                    Scenario::Plain
+                    | Scenario::TlsHandshake
+                    | Scenario::Login
+                    | Scenario::Overload => Setup::Same(l),
+                    Scenario::TenantJwt | Scenario::NoisyNeighbor => {
                         Setup::Closest(
                             l,
                             "JWT verified (jwt_authn, HS256); no tenant binding".into(),
@@ -308,6 +311,101 @@ impl Peer {
             }
         })
     }
+
+    /// The overload scenarios: the shedding each peer's users would configure, on the plain route
+    /// (`overload`) or with the tenant scenario's token checks (`noisy_neighbor`).
+    fn setup_overload(self, scenario: Scenario, ctx: &Context<'_>) -> Result<Setup, PeerError> {
+        let tenants = scenario == Scenario::NoisyNeighbor;
+        let base = if tenants {
+            Scenario::TenantJwt
+        } else {
+            Scenario::Plain
+        };
+        let write = |name: &str, text: String| -> Result<String, PeerError> {
+            let p = ctx.dir.join(name);
+            std::fs::write(&p, text).map_err(|e| PeerError::Write(p.clone(), e))?;
+            Ok(p.display().to_string())
+        };
+        let launch = |args: Vec<String>| Launch {
+            name: self.name().into(),
+            program: self.binary(),
+            args,
+            env: vec![],
+            addr: ctx.listen,
+        };
+        let ours = Claims {
+            jwt: tenants,
+            binding: tenants,
+        };
+        Ok(match self {
+            Peer::Nginx => {
+                let conf = write(
+                    "nginx.conf",
+                    nginx_conf(
+                        ctx,
+                        base,
+                        &format!("limit_conn perhost {NGINX_LIMIT_CONN};"),
+                    ),
+                )?;
+                let l = launch(vec!["-c".into(), conf]);
+                let shed = format!(
+                    "limit_conn {NGINX_LIMIT_CONN} per host, the excess answered 503 at once (open-source nginx has no upstream queue)"
+                );
+                if tenants {
+                    Setup::Closest(l, format!("{shed}; no JWT"), NO_JWT)
+                } else {
+                    Setup::Closest(l, shed, ours)
+                }
+            }
+            Peer::Haproxy => {
+                let conf = write("haproxy.cfg", haproxy_conf(ctx, base, true))?;
+                Setup::Closest(
+                    launch(vec!["-db".into(), "-f".into(), conf]),
+                    format!(
+                        "maxconn {HAPROXY_MAXCONN} on the server and timeout queue {HAPROXY_QUEUE_MS} ms: one FIFO queue, not by tenant{}",
+                        if tenants { "; JWT and tenant binding as ours" } else { "" }
+                    ),
+                    ours,
+                )
+            }
+            Peer::Envoy => {
+                let conf = write("envoy.yaml", envoy_conf(ctx, base, true))?;
+                Setup::Closest(
+                    launch(envoy_args(conf, ctx)),
+                    format!(
+                        "adaptive concurrency filter (gradient), the excess answered 503 at once: no queue, not by tenant{}",
+                        if tenants { "; JWT verified, no tenant binding" } else { "" }
+                    ),
+                    Claims {
+                        jwt: tenants,
+                        binding: false,
+                    },
+                )
+            }
+            Peer::Traefik | Peer::Caddy => Setup::Cannot(
+                "not configured for the overload scenarios (compared: nginx, HAProxy, Envoy)"
+                    .into(),
+            ),
+        })
+    }
+}
+
+/// Shedding as the peers' users would configure it for the overload scenarios.
+const NGINX_LIMIT_CONN: usize = 128;
+const HAPROXY_MAXCONN: usize = 64;
+/// The gateway's default `[overload] queue_timeout`.
+const HAPROXY_QUEUE_MS: u64 = 100;
+
+fn envoy_args(conf: String, ctx: &Context<'_>) -> Vec<String> {
+    vec![
+        "-c".into(),
+        conf,
+        "--concurrency".into(),
+        ctx.threads.to_string(),
+        "--disable-hot-restart".into(),
+        "--log-level".into(),
+        "error".into(),
+    ]
 }
 
 /// The first `x.y[.z…]` in a version banner ("HAProxy version 2.6.12-1", "Version: 3.7.15",
@@ -413,6 +511,7 @@ http {{
   log_format main '$remote_addr [$time_iso8601] "$request" $status $body_bytes_sent $request_time $upstream_addr';
   access_log {dir}/nginx-access.log main;
   limit_req_zone $host zone=tenants:10m rate={LIMIT_PER_SECOND}r/s;
+  limit_conn_zone $host zone=perhost:10m; limit_conn_status 503;
   upstream origin {{ server {up}; keepalive 64; keepalive_requests 1000000; }}
   server {{ listen {listen}{tls}; keepalive_requests 1000000;
     location / {{ {limit} proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
@@ -424,7 +523,8 @@ http {{
     )
 }
 
-fn haproxy_conf(ctx: &Context<'_>, scenario: Scenario) -> String {
+/// `shed`: the overload scenarios' `maxconn` per server and queue timeout.
+fn haproxy_conf(ctx: &Context<'_>, scenario: Scenario, shed: bool) -> String {
     let bind = match (&ctx.cert, scenario.tls()) {
         // HAProxy takes the certificate and key in one file, written next to the config.
         (Some(_), true) => format!(
@@ -474,10 +574,20 @@ frontend bench
   bind {bind}
 {rules}  default_backend origin
 backend origin
-  server up {up}
+{queue}  server up {up}{maxconn}
 "#,
         up = ctx.upstream,
         threads = ctx.threads,
+        queue = if shed {
+            format!("  timeout queue {HAPROXY_QUEUE_MS}ms\n")
+        } else {
+            String::new()
+        },
+        maxconn = if shed {
+            format!(" maxconn {HAPROXY_MAXCONN}")
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -574,8 +684,22 @@ fn caddyfile(ctx: &Context<'_>, scenario: Scenario) -> String {
     )
 }
 
-fn envoy_conf(ctx: &Context<'_>, scenario: Scenario) -> String {
+/// `shed`: the overload scenarios' adaptive concurrency filter.
+fn envoy_conf(ctx: &Context<'_>, scenario: Scenario, shed: bool) -> String {
     let mut filters = String::new();
+    if shed {
+        filters.push_str(
+            r#"              - name: envoy.filters.http.adaptive_concurrency
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency
+                  gradient_controller_config:
+                    sample_aggregate_percentile: { value: 90 }
+                    concurrency_limit_params: { concurrency_update_interval: 0.1s }
+                    min_rtt_calc_params: { interval: 60s, request_count: 50, jitter: { value: 10 } }
+                  enabled: { default_value: true, runtime_key: adaptive_concurrency.enabled }
+"#,
+        );
+    }
     if scenario.tenants() {
         let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(JWT_SECRET);
         filters.push_str(&format!(

@@ -399,7 +399,7 @@ async fn worker(shared: &Shared, id: usize, stats: &RefCell<Stats>) {
                 let mut stats = stats.borrow_mut();
                 stats.response(status, latency);
                 if done > end {
-                    stats.late();
+                    stats.late(status);
                 }
             }
             Ok(Err(kind)) => stats.borrow_mut().failure(kind, latency),

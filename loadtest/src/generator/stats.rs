@@ -22,12 +22,18 @@ pub enum Failure {
 /// One thread's (or a whole run's) counts. Merged across threads at the end of a run.
 pub struct Stats {
     latency_us: Histogram<u64>,
+    /// The same latencies split: 2xx responses (answered), and every other response (refused or failed
+    /// by the target: the overload scenarios' "time to refuse").
+    answered_us: Histogram<u64>,
+    refused_us: Histogram<u64>,
     /// Responses by status class: index 1 = 1xx … 5 = 5xx (0 unused).
     classes: [u64; 6],
     failures: Failures,
     /// Responses that completed after the measured window (in flight when it ended): they count in the
     /// histogram, not in the throughput.
     late: u64,
+    /// Of those, the 2xx.
+    late_2xx: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -56,16 +62,24 @@ impl Stats {
         let latency_us = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
             .expect("constant histogram bounds are valid");
         Stats {
+            answered_us: latency_us.clone(),
+            refused_us: latency_us.clone(),
             latency_us,
             classes: [0; 6],
             failures: Failures::default(),
             late: 0,
+            late_2xx: 0,
         }
     }
 
     /// A response with `status`, `latency_us` after its (intended) send time.
     pub fn response(&mut self, status: u16, latency_us: u64) {
         self.latency_us.saturating_record(latency_us.max(1));
+        if (200..300).contains(&status) {
+            self.answered_us.saturating_record(latency_us.max(1));
+        } else {
+            self.refused_us.saturating_record(latency_us.max(1));
+        }
         let class = usize::from(status / 100).min(5);
         self.classes[class] += 1;
     }
@@ -85,6 +99,8 @@ impl Stats {
     pub fn merge(&mut self, other: &Stats) {
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
+        let _ = self.answered_us.add(&other.answered_us);
+        let _ = self.refused_us.add(&other.refused_us);
         for (a, b) in self.classes.iter_mut().zip(other.classes) {
             *a += b;
         }
@@ -93,11 +109,15 @@ impl Stats {
         self.failures.io += other.failures.io;
         self.failures.protocol += other.failures.protocol;
         self.late += other.late;
+        self.late_2xx += other.late_2xx;
     }
 
-    /// The last response recorded completed after the measured window.
-    pub fn late(&mut self) {
+    /// The last response recorded (with `status`) completed after the measured window.
+    pub fn late(&mut self, status: u16) {
         self.late += 1;
+        if (200..300).contains(&status) {
+            self.late_2xx += 1;
+        }
     }
 
     pub fn responses(&self) -> u64 {
@@ -115,36 +135,26 @@ impl Stats {
 
     /// `seconds`: the measured window; throughput counts the responses completed within it.
     pub fn summary(&self, seconds: f64) -> Summary {
-        let h = &self.latency_us;
-        let ms = |us: u64| us as f64 / 1000.0;
-        let q = |q: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                ms(h.value_at_quantile(q))
-            }
-        };
         let responses = self.responses();
         // Throughput counts what completed within the window: a response that arrived after it (in
         // flight when the window ended) is in the histogram, not in the rate.
         let in_window = responses.saturating_sub(self.late);
+        let rate = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
         Summary {
             requests: responses + self.failures.total(),
             responses,
-            rps: if seconds > 0.0 {
-                in_window as f64 / seconds
-            } else {
-                0.0
-            },
+            rps: rate(in_window),
+            goodput: rate(self.classes[2].saturating_sub(self.late_2xx)),
             seconds,
-            latency_ms: Latency {
-                p50: q(0.50),
-                p90: q(0.90),
-                p99: q(0.99),
-                p999: q(0.999),
-                max: if h.is_empty() { 0.0 } else { ms(h.max()) },
-                mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-            },
+            latency_ms: Latency::of(&self.latency_us),
+            answered_ms: Latency::of(&self.answered_us),
+            refused_ms: Latency::of(&self.refused_us),
             status: StatusClasses {
                 s1xx: self.classes[1],
                 s2xx: self.classes[2],
@@ -165,13 +175,19 @@ pub struct Summary {
     pub responses: u64,
     /// Responses per second of the measured window.
     pub rps: f64,
+    /// 2xx responses per second of the measured window.
+    pub goodput: f64,
     pub seconds: f64,
     pub latency_ms: Latency,
+    /// 2xx responses only.
+    pub answered_ms: Latency,
+    /// Non-2xx responses only (a 503 of a proxy shedding load, say).
+    pub refused_ms: Latency,
     pub status: StatusClasses,
     pub failures: Failures,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Latency {
     pub p50: f64,
     pub p90: f64,
@@ -179,6 +195,24 @@ pub struct Latency {
     pub p999: f64,
     pub max: f64,
     pub mean: f64,
+}
+
+impl Latency {
+    /// Quantiles of `h` (µs) in milliseconds; all zero when it is empty.
+    fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -209,11 +243,15 @@ mod tests {
         }
         for _ in 0..3 {
             s.response(200, 900_000);
-            s.late();
+            s.late(200);
         }
+        s.response(503, 1_000);
+        s.response(503, 900_000);
+        s.late(503);
         let sum = s.summary(2.0);
-        assert_eq!(sum.responses, 13);
-        assert_eq!(sum.rps, 5.0);
+        assert_eq!(sum.responses, 15);
+        assert_eq!(sum.rps, 5.5);
+        assert_eq!(sum.goodput, 5.0);
     }
 
     #[test]
@@ -244,5 +282,9 @@ mod tests {
         assert_eq!(s.rps, 501.0);
         assert!((s.latency_ms.p50 - 0.5).abs() < 0.01, "{:?}", s.latency_ms);
         assert!(s.latency_ms.max >= 2000.0, "{:?}", s.latency_ms);
+        // Answered: the 2xx only; refused: the 503 and the 404, not the failures.
+        assert!(s.answered_ms.max <= 1.001, "{:?}", s.answered_ms);
+        assert!((s.refused_ms.max - 5.0).abs() < 0.01, "{:?}", s.refused_ms);
+        assert!(s.refused_ms.p50 < 0.02, "{:?}", s.refused_ms);
     }
 }
