@@ -11,8 +11,14 @@
 //!
 //! The adaptive limit is the gradient algorithm of Netflix's concurrency-limits (as in Envoy's adaptive
 //! concurrency filter): over each window of samples, `gradient = clamp(TOLERANCE × rtt_noload / rtt,
-//! 0.5, 1)` and `limit ← limit × gradient + √limit`, within `[min, max]`; `rtt_noload` is the lowest
-//! window average seen, let drift up slowly so that a new normal is learnt.
+//! 0.5, 1)` and `limit ← limit × gradient + √limit`, within `[min, max]`. `rtt_noload` is measured by a
+//! probe, first at the first window and then every [`PROBE_INTERVAL`]: the limit drops to
+//! [`PROBE_CONCURRENCY`] (or `min` if lower) for two windows (as Envoy's minRTT calculation does), the
+//! first lets what was in flight drain, the second's average latency is the new `rtt_noload`, and the
+//! limit goes back to where it was. (The lowest window seen is no baseline: it is an outlier of the
+//! noise, and the limit then settled below what the upstream serves.) A baseline that drifted
+//! with every window instead followed a sustained overload up (a window every few ms, doubling in
+//! about a second) until the limit was back at `max` and the upstream buried again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -24,11 +30,17 @@ use tokio::sync::oneshot;
 use crate::config::ConcurrencySpec;
 use crate::telemetry::metrics::metrics;
 
-/// Latency may rise this much over the no-load baseline before the limit shrinks.
+/// Latency may rise this much over the no-load baseline before the limit shrinks: at the equilibrium
+/// a request waits about this much longer than at no load. (1.5 held the victim of a noisy neighbour
+/// closer to its latency alone, but the latency a proxy adds itself as its concurrency grows — its own
+/// event loop — then kept the limit of a fast upstream below what it serves.)
 const TOLERANCE: f64 = 2.0;
-/// Each window the baseline may drift up by this factor (a slower upstream becomes the new normal in
-/// a few hundred windows instead of never).
-const NOLOAD_DRIFT: f64 = 1.01;
+/// The concurrency of a probe of the no-load latency (at most `min`): low enough that the upstream
+/// queues nothing (Envoy's `min_concurrency` is 3).
+const PROBE_CONCURRENCY: f64 = 4.0;
+/// How often the no-load latency is measured again (a slower upstream becomes the new normal within
+/// this long).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
 /// Samples per window: the current limit, within these bounds.
 const MIN_WINDOW: u32 = 16;
 const MAX_WINDOW: u32 = 64;
@@ -56,6 +68,10 @@ impl Refusal {
 pub struct Gradient {
     pub limit: f64,
     rtt_noload: Option<f64>,
+    /// When the next probe of the no-load latency starts.
+    next_probe: Option<Instant>,
+    /// A probe in progress: windows left (2: draining, 1: measuring) and the limit to go back to.
+    probe: Option<(u8, f64)>,
 }
 
 impl Gradient {
@@ -63,19 +79,47 @@ impl Gradient {
         Gradient {
             limit: initial,
             rtt_noload: None,
+            next_probe: None,
+            probe: None,
         }
     }
 
-    /// One window's average latency (seconds) → the new limit, within `[min, max]`.
-    pub fn update(&mut self, rtt: f64, min: u32, max: u32) -> u32 {
-        let noload = match self.rtt_noload {
-            Some(n) => (n * NOLOAD_DRIFT).min(rtt),
-            None => rtt,
+    /// One window's average latency (seconds), closed at `now` → the new limit, within `[min, max]`.
+    pub fn update(&mut self, rtt: f64, min: u32, max: u32, now: Instant) -> u32 {
+        let (lo, hi) = (f64::from(min.max(1)), f64::from(max.max(1)));
+        match self.probe {
+            Some((2, back)) => {
+                // Draining what was admitted above `min`: this window says nothing.
+                self.probe = Some((1, back));
+                return self.limit as u32;
+            }
+            Some((_, back)) => {
+                self.probe = None;
+                self.rtt_noload = Some(rtt);
+                self.limit = back.clamp(lo, hi);
+                return self.limit as u32;
+            }
+            None => {}
+        }
+        let Some(noload) = self.rtt_noload else {
+            // No baseline yet: probe for one first.
+            self.next_probe = Some(now + PROBE_INTERVAL);
+            self.probe = Some((2, self.limit));
+            self.limit = lo.min(PROBE_CONCURRENCY);
+            return self.limit as u32;
         };
-        self.rtt_noload = Some(noload);
         let gradient = (TOLERANCE * noload / rtt.max(1e-9)).clamp(0.5, 1.0);
         let next = self.limit * gradient + self.limit.sqrt();
-        self.limit = next.clamp(f64::from(min.max(1)), f64::from(max.max(1)));
+        self.limit = next.clamp(lo, hi);
+        match self.next_probe {
+            None => self.next_probe = Some(now + PROBE_INTERVAL),
+            Some(t) if now >= t => {
+                self.next_probe = Some(now + PROBE_INTERVAL);
+                self.probe = Some((2, self.limit));
+                self.limit = lo.min(PROBE_CONCURRENCY);
+            }
+            Some(_) => {}
+        }
         self.limit as u32
     }
 
@@ -472,7 +516,7 @@ impl Admission {
             return;
         }
         let rtt = total as f64 / f64::from(count) / 1e6;
-        let limit = g.update(rtt, spec.min, spec.max);
+        let limit = g.update(rtt, spec.min, spec.max, Instant::now());
         drop(g);
         self.set_limit(limit);
     }
@@ -499,31 +543,89 @@ mod tests {
         ConcurrencySpec { min, max, adaptive }
     }
 
+    /// The first probe: its two windows at `rtt`; the limit is then back where it was.
+    fn first_probe(g: &mut Gradient, rtt: f64, min: u32, max: u32, now: Instant) -> u32 {
+        assert_eq!(
+            g.update(rtt, min, max, now),
+            min.min(PROBE_CONCURRENCY as u32),
+            "the first window starts a probe"
+        );
+        g.update(rtt, min, max, now);
+        g.update(rtt, min, max, now)
+    }
+
     #[test]
     fn gradient_shrinks_on_latency_and_grows_back() {
+        let now = Instant::now();
         let mut g = Gradient::new(100.0);
         // The baseline: 10 ms.
-        let base = g.update(0.010, 4, 100);
-        assert_eq!(base, 100, "at the baseline the limit stays open");
+        let base = first_probe(&mut g, 0.010, 4, 100, now);
+        assert_eq!(base, 100, "at the baseline the limit goes back open");
+        assert_eq!(g.update(0.010, 4, 100, now), 100);
         // Latency five times the baseline: the limit halves (plus its headroom) each window.
         let mut limit = base;
         for _ in 0..5 {
-            limit = g.update(0.050, 4, 100);
+            limit = g.update(0.050, 4, 100, now);
         }
         assert!(limit < 30, "slow upstream: limit {limit}");
         // Back to the baseline: it grows again, up to the bound.
         let low = limit;
         for _ in 0..50 {
-            limit = g.update(0.010, 4, 100);
+            limit = g.update(0.010, 4, 100, now);
         }
         assert!(limit > low, "recovered: {low} -> {limit}");
         assert_eq!(limit, 100);
         // Never below the minimum.
         for _ in 0..50 {
-            limit = g.update(10.0, 4, 100);
+            limit = g.update(10.0, 4, 100, now);
         }
         assert_eq!(limit, 4);
         assert_eq!(g.failed(4, 100), 4);
+    }
+
+    /// A sustained overload keeps the limit down: thousands of windows at five times the no-load
+    /// latency (within one probe interval). With a baseline that drifted up 1 % a window, it followed
+    /// the load up and the limit was back at `max` within a few hundred windows.
+    #[test]
+    fn a_sustained_overload_keeps_the_limit_down() {
+        let now = Instant::now();
+        let mut g = Gradient::new(1000.0);
+        first_probe(&mut g, 0.003, 16, 1000, now);
+        let mut limit = 0;
+        for i in 0..5_000u32 {
+            // Latency follows the load as a queue inside the upstream would: 8 workers.
+            let rtt = 0.003 * (g.limit / 8.0).max(1.0);
+            limit = g.update(rtt, 16, 1000, now + Duration::from_micros(u64::from(i)));
+        }
+        assert!(limit <= 32, "limit {limit} under sustained overload");
+    }
+
+    /// A probe every PROBE_INTERVAL: the limit drops to `min` for two windows, the second's latency is
+    /// the new no-load latency (an upstream that became slower for good is its new normal), and the
+    /// limit goes back to where it was.
+    #[test]
+    fn a_probe_learns_a_new_normal() {
+        let t0 = Instant::now();
+        let mut g = Gradient::new(100.0);
+        first_probe(&mut g, 0.010, 4, 100, t0);
+        // The upstream is now 5× slower whatever the load: the limit sinks to the minimum.
+        let mut limit = 0;
+        for _ in 0..50 {
+            limit = g.update(0.050, 4, 100, t0);
+        }
+        assert_eq!(limit, 4);
+        let later = t0 + PROBE_INTERVAL;
+        let before = g.update(0.050, 4, 100, later);
+        assert_eq!(before, 4, "the probe runs at the minimum");
+        assert_eq!(g.update(0.200, 4, 100, later), 4, "draining window ignored");
+        g.update(0.050, 4, 100, later);
+        for _ in 0..50 {
+            limit = g.update(0.050, 4, 100, later);
+        }
+        assert_eq!(
+            limit, 100,
+            "the slower normal learnt: the limit opens again"
+        );
     }
 
     #[test]
