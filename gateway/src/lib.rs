@@ -133,6 +133,17 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     let reuseport = config.server.reuseport;
     let shutdown_grace = config.server.shutdown_grace;
     let state = GatewayState::new(config);
+    // Fault injection for tests (never set in production): the core gate held on at this limit.
+    if let Some(limit) = std::env::var("GATEWAY_FAULT_CORE_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        tracing::warn!(
+            limit,
+            "GATEWAY_FAULT_CORE_LIMIT: the core gate is held on (tests only)"
+        );
+        state.core_gate.pin(limit);
+    }
 
     // ACME orders (configured names and tenants' own domains) share one client and account.
     let acme_client =

@@ -33,18 +33,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             i += 1;
         }
         let part = match &s[ustart..i] {
+            "us" => Duration::from_micros(n),
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "" => {
                 return Err(format!(
-                    "invalid duration `{text}`: missing unit (ms, s, m or h) after {n}"
+                    "invalid duration `{text}`: missing unit (us, ms, s, m or h) after {n}"
                 ))
             }
             u => {
                 return Err(format!(
-                    "invalid duration `{text}`: unknown unit `{u}` (ms, s, m or h)"
+                    "invalid duration `{text}`: unknown unit `{u}` (us, ms, s, m or h)"
                 ))
             }
         };
@@ -63,6 +64,8 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("1ms500us"), Ok(Duration::from_micros(1500)));
     }
 
     #[test]

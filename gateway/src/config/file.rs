@@ -158,6 +158,8 @@ file_tables! {
         pub max_connections: Option<Spanned<i64>>,
         pub per_client_connections: Option<Spanned<i64>>,
         pub h2_streams_per_connection: Option<Spanned<i64>>,
+        pub core_backpressure: Option<bool>,
+        pub core_delay_target: Option<Spanned<String>>,
     }
 }
 

@@ -534,6 +534,10 @@ mod tests {
             ("queue_timeout = \"5m\"", "at most 30s"),
             ("queue_size = 0", "positive integer"),
             ("max_connections = 0", "positive integer"),
+            ("core_delay_target = \"0ms\"", "greater than zero"),
+            ("core_delay_target = \"2s\"", "at most 1s"),
+            ("core_delay_target = \"fast\"", "expected a number"),
+            ("core_backpressure = \"yes\"", "invalid type"),
             (
                 "max_connections = 10\nper_client_connections = 20",
                 "per_client_connections (20) is above max_connections (10)",

@@ -20,6 +20,12 @@ pub const DEFAULT_PER_CLIENT_CONNECTIONS: u64 = 4096;
 /// Streams one HTTP/2 connection may have open at once (nginx's `http2_max_concurrent_streams` is 128).
 pub const DEFAULT_H2_STREAMS_PER_CONNECTION: u64 = 128;
 
+/// The event-loop delay above which the gateway's core defers reading the next requests of classes
+/// over their share (see `edge::backpressure`).
+pub const DEFAULT_CORE_DELAY_TARGET: Duration = Duration::from_micros(500);
+/// A core delay target above this is refused: the gate would act only after clients see the delay.
+const MAX_CORE_DELAY_TARGET: Duration = Duration::from_secs(1);
+
 /// A queue timeout longer than this is refused: a request that waits longer is better refused (its
 /// client has likely given up) and the queue would hold it all that time.
 const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,6 +39,10 @@ pub struct OverloadSettings {
     pub per_client_connections: usize,
     /// Streams one HTTP/2 connection may have open at once (restart needed).
     pub h2_streams_per_connection: usize,
+    /// Backpressure at the gateway's own core (`edge::backpressure`): on, and the event-loop delay it
+    /// holds the process to.
+    pub core_backpressure: bool,
+    pub core_delay_target: Duration,
 }
 
 impl Default for OverloadSettings {
@@ -43,6 +53,8 @@ impl Default for OverloadSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             per_client_connections: DEFAULT_PER_CLIENT_CONNECTIONS as usize,
             h2_streams_per_connection: DEFAULT_H2_STREAMS_PER_CONNECTION as usize,
+            core_backpressure: true,
+            core_delay_target: DEFAULT_CORE_DELAY_TARGET,
         }
     }
 }
@@ -87,7 +99,18 @@ pub(super) fn validate_overload(
             ));
         }
     }
+    let core_delay_target = duration_or(&raw.core_delay_target, DEFAULT_CORE_DELAY_TARGET, diags);
+    if let Some(t) = &raw.core_delay_target {
+        if core_delay_target > MAX_CORE_DELAY_TARGET {
+            diags.push(Diagnostic::at(
+                t,
+                "overload.core_delay_target must be at most 1s",
+            ));
+        }
+    }
     OverloadSettings {
+        core_backpressure: raw.core_backpressure.unwrap_or(true),
+        core_delay_target,
         queue_timeout,
         queue_size: positive(
             &raw.queue_size,

@@ -37,7 +37,9 @@ impl Gateway {
                 return Ok(true);
             }
         }
-        if let Err(err) = self.decide(session, ctx, &rt) {
+        let decided = self.decide(session, ctx, &rt);
+        self.count_in_core(ctx).await;
+        if let Err(err) = decided {
             answer(session, ctx, err).await?;
             return Ok(true);
         }
@@ -94,6 +96,27 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Counts the request in its class for the core's fair shares while the process is saturated
+    /// (`backpressure`) — the tenant of the verified credential, else the client address (/64), as the
+    /// upstream queue classes it — and waits while its class is over its share. One atomic load when
+    /// the gate is off.
+    async fn count_in_core(&self, ctx: &mut RequestCtx) {
+        let gate = &self.state.core_gate;
+        gate.ensure_probe();
+        if gate.limit() == 0 {
+            return;
+        }
+        let class = match (ctx.credential.identity(), ctx.request.client_ip) {
+            (Some(identity), _) => crate::support::hash64(identity.tenant.as_bytes()),
+            (None, Some(ip)) => match crate::support::client_budget_key(ip) {
+                std::net::IpAddr::V4(v4) => crate::support::hash64(&v4.octets()),
+                std::net::IpAddr::V6(v6) => crate::support::hash64(&v6.octets()),
+            },
+            (None, None) => 0,
+        };
+        ctx.request.core = gate.admit(class).await;
+    }
+
     /// The checks and decisions of `request_filter`; `Err` is answered at the edge.
     pub(super) fn decide(
         &self,

@@ -55,6 +55,8 @@ pub(super) struct Admitted {
     /// Index of the route in the snapshot.
     pub route: Option<usize>,
     pub tenant: Option<String>,
+    /// Counted in its class while the process is saturated (see `edge::backpressure`).
+    pub core: Option<super::backpressure::CoreTicket>,
 }
 
 /// The caller's credential, as far as the edge has checked it.
@@ -225,6 +227,7 @@ impl RequestCtx {
                 host: String::new(),
                 route: None,
                 tenant: None,
+                core: None,
             },
             credential: Credential::None,
             rate_headers: None,

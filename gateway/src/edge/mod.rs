@@ -9,6 +9,7 @@
 //! - `observe`: metrics, tenant figures, trace span and the access-log line.
 
 pub mod auth;
+pub mod backpressure;
 pub mod connections;
 pub mod cors;
 pub mod error;
@@ -205,5 +206,25 @@ impl ProxyHttp for Gateway {
     /// One access-log line and the request metrics.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.observe(session, e, ctx).await
+    }
+
+    /// While the process is saturated, a keep-alive connection carries its class to its next request
+    /// (nothing is allocated otherwise).
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        let class = ctx.request.core.as_ref()?.class();
+        Some(Box::new(class))
+    }
+
+    /// … and its next request is read later while that class is over its share (`backpressure`).
+    fn defer_next_request(
+        &self,
+        prev: &(dyn std::any::Any + Send + Sync),
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        let class = prev.downcast_ref::<backpressure::CoreClass>()?;
+        self.state.core_gate.defer_read(*class)
     }
 }

@@ -146,6 +146,8 @@ pub struct GatewayState {
     pub draining: AtomicBool,
     /// The certificates served on the https entrypoint and the pending ACME challenge answers.
     pub certs: Arc<crate::tls::store::CertStore>,
+    /// Backpressure at the process's own core, kept across reloads (see `edge::backpressure`).
+    pub core_gate: Arc<crate::edge::backpressure::CoreGate>,
 }
 
 impl GatewayState {

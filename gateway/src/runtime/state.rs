@@ -115,6 +115,10 @@ impl GatewayState {
                 }
             });
         tenant_stats.configure(&config.tenant_stats);
+        let core_gate = crate::edge::backpressure::CoreGate::new(
+            config.overload.core_delay_target,
+            config.overload.core_backpressure,
+        );
         let runtime = Snapshot::build(
             config,
             &registry,
@@ -142,6 +146,7 @@ impl GatewayState {
             listeners_up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             certs,
+            core_gate,
         })
     }
 
@@ -152,6 +157,10 @@ impl GatewayState {
         set_static_certificates(&self.certs, &config);
         self.discovery.prime(&config);
         self.tenant_stats.configure(&config.tenant_stats);
+        self.core_gate.configure(
+            config.overload.core_delay_target,
+            config.overload.core_backpressure,
+        );
         let rt = Snapshot::build(
             config,
             &self.registry,

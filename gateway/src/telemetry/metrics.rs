@@ -41,6 +41,9 @@ pub struct Metrics {
     pub upstream_queue_length: IntGaugeVec,
     pub upstream_queue_wait: HistogramVec,
     pub overload_refusals: IntCounterVec,
+    /// Backpressure at the gateway's own core (`edge::backpressure`).
+    pub core_concurrency_limit: IntGauge,
+    pub core_deferrals: IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -285,6 +288,16 @@ impl Metrics {
             &["upstream", "reason"],
         )?;
         registry.register(Box::new(overload_refusals.clone()))?;
+        let core_concurrency_limit = IntGauge::new(
+            "gateway_core_concurrency_limit",
+            "Requests the saturated gateway process lets be in progress, shared fairly by tenant (else client); 0 while it is not saturated.",
+        )?;
+        registry.register(Box::new(core_concurrency_limit.clone()))?;
+        let core_deferrals = IntCounter::new(
+            "gateway_core_deferrals_total",
+            "Keep-alive connections whose next request was read later because their tenant (else client) was over its share of a saturated gateway.",
+        )?;
+        registry.register(Box::new(core_deferrals.clone()))?;
         registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -331,6 +344,8 @@ impl Metrics {
             upstream_queue_length,
             upstream_queue_wait,
             overload_refusals,
+            core_concurrency_limit,
+            core_deferrals,
         })
     }
 

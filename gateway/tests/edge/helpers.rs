@@ -817,12 +817,22 @@ impl KeepAlive {
 
     /// The status, or `None` when the connection failed.
     pub async fn get(&mut self, host: &str, path: &str) -> Option<u16> {
+        self.get_with(host, path, &[]).await
+    }
+
+    /// As `get`, with these headers.
+    pub async fn get_with(
+        &mut self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<u16> {
         self.sender.ready().await.ok()?;
-        let req = Request::builder()
-            .uri(path)
-            .header("host", host)
-            .body(Full::new(Bytes::new()))
-            .ok()?;
+        let mut req = Request::builder().uri(path).header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).ok()?;
         let resp = self.sender.send_request(req).await.ok()?;
         let status = resp.status().as_u16();
         resp.into_body().collect().await.ok()?;

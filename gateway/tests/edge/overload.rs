@@ -455,3 +455,120 @@ async fn a_websocket_gives_its_slot_back_once_upgraded() {
     assert_eq!(reply.into_text().expect("text").as_str(), "ws:still here");
     ws.close(None).await.expect("close");
 }
+
+/// #25 point 3, the gateway's own core: while the process is saturated (here held so by
+/// `GATEWAY_FAULT_CORE_LIMIT`, a limit of 2 requests in progress), a tenant over its share has its
+/// keep-alive connections' next requests read later — deferred, not refused — so the flood's upstream
+/// sees at most the flood's share at once, and a quiet tenant's requests are still read and served.
+/// Without the gate the flood's upstream had all eight of its requests at once.
+#[tokio::test]
+async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_one() {
+    // The tenants' requests go to upstreams of their own: each one sees one tenant's requests.
+    let up = TestUpstream::start("core");
+    let quiet_up = TestUpstream::start("quiet");
+    up.behaviour.delay_ms.store(150, Ordering::SeqCst);
+    quiet_up.behaviour.delay_ms.store(150, Ordering::SeqCst);
+    let gw = Arc::new(
+        Gateway::start_with_env(
+            &format!(
+                "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
+                 [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n{}{}\
+                 [[routes]]\nname = \"noisy\"\nhosts = [\"noisy.aggios.app\"]\n\
+                 auth = \"jwt_tenant\"\nupstream = \"core\"\n\n\
+                 [[routes]]\nname = \"quiet\"\nhosts = [\"quiet.aggios.app\"]\n\
+                 auth = \"jwt_tenant\"\nupstream = \"quiet\"\n",
+                upstream_toml(
+                    "core",
+                    &[&up],
+                    "concurrency = { max = 100, adaptive = false }"
+                ),
+                upstream_toml(
+                    "quiet",
+                    &[&quiet_up],
+                    "concurrency = { max = 100, adaptive = false }"
+                ),
+            ),
+            &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT_OFF", "2")],
+        )
+        .await,
+    );
+    let noisy = Token::new(SECRET, "noisy").bearer();
+    let quiet = Token::new(SECRET, "quiet").bearer();
+    // Eight keep-alive connections of the noisy tenant and one of the quiet one, each with a first
+    // request answered (a connection's first request is never held back: its class is not known yet).
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut c = KeepAlive::connect(gw.http).await;
+        let s = c
+            .get_with("noisy.aggios.app", "/first", &[("authorization", &noisy)])
+            .await;
+        assert_eq!(s, Some(200));
+        conns.push(c);
+    }
+    let mut q = KeepAlive::connect(gw.http).await;
+    let s = q
+        .get_with("quiet.aggios.app", "/first", &[("authorization", &quiet)])
+        .await;
+    assert_eq!(s, Some(200));
+    up.seen.max_in_flight.store(0, Ordering::SeqCst);
+    // The flood: every noisy connection sends three more requests back to back.
+    let flood: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let noisy = noisy.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..3 {
+                    statuses.push(
+                        c.get_with(
+                            "noisy.aggios.app",
+                            &format!("/flood/{i}"),
+                            &[("authorization", &noisy)],
+                        )
+                        .await,
+                    );
+                }
+                statuses
+            })
+        })
+        .collect();
+    // Meanwhile the quiet tenant's next requests on its connection are read and served.
+    for i in 0..3 {
+        let s = q
+            .get_with(
+                "quiet.aggios.app",
+                &format!("/quiet/{i}"),
+                &[("authorization", &quiet)],
+            )
+            .await;
+        assert_eq!(s, Some(200), "quiet request {i}");
+    }
+    let quiet_done_at = up.seen.heads();
+    let mut flood_statuses = Vec::new();
+    for f in flood {
+        flood_statuses.extend(f.await.expect("flood task"));
+    }
+    // Deferred, not refused: every request of the flood was answered by the upstream.
+    assert!(
+        flood_statuses.iter().all(|s| *s == Some(200)),
+        "{flood_statuses:?}"
+    );
+    // What the flood's upstream saw: at most the flood's share at once (2 alone; 1 while the quiet
+    // tenant had a request in progress) — not its eight connections' worth.
+    let max = up.seen.max_in_flight.load(Ordering::SeqCst);
+    assert!(
+        max <= 2,
+        "the flood had {max} requests at once at its upstream"
+    );
+    assert_eq!(
+        quiet_up.hits(),
+        4,
+        "the quiet tenant's requests all reached its upstream"
+    );
+    // The quiet tenant was served before the flood was through (it did not wait behind it).
+    assert!(
+        quiet_done_at < up.seen.heads(),
+        "the quiet tenant finished only after the whole flood ({quiet_done_at} heads)"
+    );
+    assert!(gw.metric("gateway_core_deferrals_total").await >= 1.0);
+}

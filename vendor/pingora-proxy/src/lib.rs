@@ -1565,6 +1565,14 @@ where
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
 
+        // The application may hold the next request of this connection back before it is read.
+        if let Some(defer) = prev_user_ctx
+            .as_deref()
+            .and_then(|prev| self.inner.defer_next_request(prev))
+        {
+            defer.await;
+        }
+
         let session = Box::new(session);
 
         // TODO: keepalive pool, use stack

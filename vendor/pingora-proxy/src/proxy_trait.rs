@@ -527,6 +527,19 @@ pub trait ProxyHttp {
         None
     }
 
+    /// Called on a reused HTTP/1.x keepalive connection before its next request is read, with the
+    /// value [`Self::persist_connection_context`] returned for the previous request. A future returned
+    /// here is awaited first: the connection's next request is read later (backpressure on a client
+    /// while the process is saturated), which costs nothing but the wait. The default never defers.
+    ///
+    /// The future should have a deadline of its own: nothing else ends the wait.
+    fn defer_next_request(
+        &self,
+        _prev_ctx: &(dyn Any + Send + Sync),
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        None
+    }
+
     /// Called at the start of a new request on a reused HTTP/1.x keepalive connection,
     /// before [`Self::early_request_filter`]. The `prev_ctx` argument is the value returned
     /// by [`Self::persist_connection_context`] from the previous request on this connection.

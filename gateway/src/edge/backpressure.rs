@@ -1,0 +1,513 @@
+//! Backpressure at the gateway's own core (#25 point 3): when the process itself is saturated, a class
+//! (the tenant of the verified credential, else the client address) over its fair share of the requests
+//! in progress is slowed down — its requests wait, and its connections' next requests are read later —
+//! instead of answered with a refusal.
+//!
+//! - **Saturation** is the event loop's delay: every [`TICK`] a probe task yields once and measures how
+//!   long the scheduler took to come back to it — the time every other runnable task took, which is
+//!   what a newly readable request waits before it is looked at. Above `[overload] core_delay_target`
+//!   the gate turns on with a limit on the requests in progress ([`CoreGate::observe`]: ×0.8 per tick
+//!   while above, +⅛ while under half the target, off once the limit is well above what is in
+//!   progress).
+//! - **Fair shares.** While on, each class may have `limit ÷ active classes` requests in progress (at
+//!   least one). Two places hold a class to it:
+//!   - before a reused HTTP/1 connection's next request is read ([`CoreGate::defer_read`]): a class at or
+//!     over its share is not read at all until one of its requests ends — the flood waits in its own
+//!     socket buffers and costs the core nothing. This check is cheap and approximate (connections that
+//!     pass it together may overshoot);
+//!   - once a request is read and its credential verified ([`CoreGate::admit`]): the exact one. A
+//!     request over its class's share waits for a ticket handed over by the next request of its class
+//!     to end.
+//!
+//!   Both waits end after [`MAX_DEFER`] at the latest (the request then goes on, counted over the share):
+//!   backpressure slows a class down, it never refuses or loses a request.
+//! - **Cost when off**: one atomic load per request; nothing is counted, nothing allocated.
+//!
+//! Not held back before reading: a connection's first request (its class is not known before it is
+//! read) and HTTP/2 streams (one connection carries many); both still wait at [`CoreGate::admit`].
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::telemetry::metrics::metrics;
+
+/// How often the event loop's delay is probed.
+pub const TICK: Duration = Duration::from_millis(5);
+/// The longest a request (or a connection's next read) is held back; then it goes on whatever the
+/// shares say.
+pub const MAX_DEFER: Duration = Duration::from_secs(1);
+/// The limit never goes below this (enough requests in progress to keep the core busy).
+pub const MIN_LIMIT: usize = 4;
+const SHARDS: usize = 16;
+
+/// The class a reused connection carries to its next request (see `persist_connection_context`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreClass(pub u64);
+
+/// The process-wide gate (one per gateway process, kept across reloads).
+pub struct CoreGate {
+    /// Requests in progress allowed while on; 0 when off.
+    limit: AtomicUsize,
+    /// The event-loop delay the gate holds the process to, in µs.
+    target_us: AtomicU64,
+    shards: [Mutex<HashMap<u64, Class>>; SHARDS],
+    /// Classes with requests in progress or waiting.
+    classes: AtomicUsize,
+    /// Requests in progress counted while on.
+    active: AtomicUsize,
+    enabled: AtomicBool,
+    /// Held at a fixed limit (tests: `GATEWAY_FAULT_CORE_LIMIT`); the controller stays out.
+    pinned: AtomicBool,
+}
+
+#[derive(Default)]
+struct Class {
+    active: usize,
+    /// Requests read and waiting for a ticket.
+    admits: VecDeque<oneshot::Sender<CoreTicket>>,
+    /// Connections waiting before their next read.
+    readers: VecDeque<oneshot::Sender<()>>,
+}
+
+impl Class {
+    fn idle(&self) -> bool {
+        self.active == 0 && self.admits.is_empty() && self.readers.is_empty()
+    }
+}
+
+/// A request in progress, counted in its class until dropped (with the request's context).
+pub struct CoreTicket {
+    /// None: handed over but not taken (its count was given back by hand).
+    gate: Option<Arc<CoreGate>>,
+    class: u64,
+}
+
+impl CoreTicket {
+    pub fn class(&self) -> CoreClass {
+        CoreClass(self.class)
+    }
+}
+
+impl Drop for CoreTicket {
+    fn drop(&mut self) {
+        if let Some(g) = self.gate.take() {
+            g.leave(self.class);
+        }
+    }
+}
+
+impl CoreGate {
+    pub fn new(target: Duration, enabled: bool) -> Arc<CoreGate> {
+        Arc::new(CoreGate {
+            limit: AtomicUsize::new(0),
+            target_us: AtomicU64::new(target.as_micros() as u64),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            classes: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            enabled: AtomicBool::new(enabled),
+            pinned: AtomicBool::new(false),
+        })
+    }
+
+    /// Holds the gate on at `limit` whatever the event loop's delay (fault injection for tests).
+    pub fn pin(&self, limit: usize) {
+        self.pinned.store(true, Ordering::Relaxed);
+        let limit = limit.max(1);
+        self.limit.store(limit, Ordering::Relaxed);
+        metrics().core_concurrency_limit.set(limit as i64);
+    }
+
+    /// A reload's settings.
+    pub fn configure(self: &Arc<Self>, target: Duration, enabled: bool) {
+        self.target_us
+            .store(target.as_micros() as u64, Ordering::Relaxed);
+        self.enabled.store(enabled, Ordering::Relaxed);
+        if !enabled && !self.pinned.load(Ordering::Relaxed) {
+            self.switch_off();
+        }
+    }
+
+    /// The current limit (0: off).
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, class: u64) -> MutexGuard<'_, HashMap<u64, Class>> {
+        // A poisoned shard only means a panic elsewhere mid-update of plain counters: keep using it.
+        self.shards[(class as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Each class's share of the limit.
+    fn share(&self) -> usize {
+        let limit = self.limit();
+        (limit / self.classes.load(Ordering::Relaxed).max(1)).max(1)
+    }
+
+    /// The entry of `class`, created (and counted among the classes) if need be.
+    fn entry<'a>(&self, shard: &'a mut HashMap<u64, Class>, class: u64) -> &'a mut Class {
+        shard.entry(class).or_insert_with(|| {
+            self.classes.fetch_add(1, Ordering::Relaxed);
+            Class::default()
+        })
+    }
+
+    /// A ticket of `class`, counted now (the caller holds its shard).
+    fn ticket(self: &Arc<Self>, c: &mut Class, class: u64) -> CoreTicket {
+        c.active += 1;
+        self.active.fetch_add(1, Ordering::Relaxed);
+        CoreTicket {
+            gate: Some(Arc::clone(self)),
+            class,
+        }
+    }
+
+    /// Admits a read request of `class`: at once while the gate is off (None: not counted) or its class
+    /// is under its share; otherwise once a request of its class ends, or after [`MAX_DEFER`].
+    pub async fn admit(self: &Arc<Self>, class: u64) -> Option<CoreTicket> {
+        if self.limit() == 0 {
+            return None;
+        }
+        let rx = {
+            let share = self.share();
+            let mut shard = self.shard(class);
+            let c = self.entry(&mut shard, class);
+            if c.active < share {
+                return Some(self.ticket(c, class));
+            }
+            let (tx, rx) = oneshot::channel();
+            c.admits.push_back(tx);
+            rx
+        };
+        metrics().core_deferrals.inc();
+        match tokio::time::timeout(MAX_DEFER, rx).await {
+            Ok(Ok(t)) => Some(t),
+            // The deadline: on, counted over the share (its sender is dropped when next popped).
+            _ => {
+                let mut shard = self.shard(class);
+                let c = self.entry(&mut shard, class);
+                Some(self.ticket(c, class))
+            }
+        }
+    }
+
+    /// Before the next request of a reused connection of `class` is read: a future that ends when a
+    /// request of its class ends (or after [`MAX_DEFER`]) while the class is at or over its share; None
+    /// to read now.
+    pub fn defer_read(&self, class: CoreClass) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        if self.limit() == 0 {
+            return None;
+        }
+        let share = self.share();
+        let rx = {
+            let mut shard = self.shard(class.0);
+            // A class with nothing in progress is under any share (and has no entry).
+            let c = shard.get_mut(&class.0)?;
+            if c.active < share {
+                return None;
+            }
+            let (tx, rx) = oneshot::channel();
+            c.readers.push_back(tx);
+            rx
+        };
+        metrics().core_deferrals.inc();
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(MAX_DEFER, rx).await;
+        }))
+    }
+
+    /// A request of `class` ended: hands its place on within the share.
+    fn leave(self: &Arc<Self>, class: u64) {
+        let share = self.share();
+        let mut shard = self.shard(class);
+        let Some(c) = shard.get_mut(&class) else {
+            return;
+        };
+        c.active = c.active.saturating_sub(1);
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.wake(c, class, share);
+        if c.idle() {
+            shard.remove(&class);
+            self.classes.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Up to `share`: tickets to read requests waiting, then the next reads of waiting connections.
+    fn wake(self: &Arc<Self>, c: &mut Class, class: u64, share: usize) {
+        while c.active < share {
+            let Some(tx) = c.admits.pop_front() else {
+                break;
+            };
+            let t = self.ticket(c, class);
+            if let Err(mut t) = tx.send(t) {
+                // Its request is gone (aborted, or past its deadline): take the count back by hand (the
+                // shard is held, so the ticket must not drop into `leave`).
+                t.gate = None;
+                c.active -= 1;
+                self.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let mut room = share.saturating_sub(c.active);
+        while room > 0 {
+            let Some(tx) = c.readers.pop_front() else {
+                break;
+            };
+            if tx.send(()).is_ok() {
+                room -= 1;
+            }
+        }
+    }
+
+    /// One probe of the event loop's delay: the controller's step.
+    pub fn observe(self: &Arc<Self>, delay: Duration) {
+        if !self.enabled.load(Ordering::Relaxed) || self.pinned.load(Ordering::Relaxed) {
+            return;
+        }
+        let target = Duration::from_micros(self.target_us.load(Ordering::Relaxed));
+        let limit = self.limit();
+        let next = if delay > target {
+            if limit == 0 {
+                // On: start from what is in progress now, and come down from there.
+                let in_progress = usize::try_from(metrics().connections_active.get()).unwrap_or(0);
+                (in_progress * 4 / 5).max(MIN_LIMIT)
+            } else {
+                (limit * 4 / 5).max(MIN_LIMIT)
+            }
+        } else if limit > 0 && delay < target / 2 {
+            let grown = limit + (limit / 8).max(1);
+            let counted = self.active.load(Ordering::Relaxed);
+            if grown > 2 * counted.max(MIN_LIMIT) {
+                0
+            } else {
+                grown
+            }
+        } else {
+            limit
+        };
+        if next == limit {
+            return;
+        }
+        if next == 0 {
+            self.switch_off();
+            return;
+        }
+        self.limit.store(next, Ordering::Relaxed);
+        metrics().core_concurrency_limit.set(next as i64);
+        if next > limit {
+            self.wake_all(self.share());
+        }
+    }
+
+    /// Off: nothing is held back any more; what waits goes on.
+    fn switch_off(self: &Arc<Self>) {
+        self.limit.store(0, Ordering::Relaxed);
+        metrics().core_concurrency_limit.set(0);
+        self.wake_all(usize::MAX);
+    }
+
+    fn wake_all(self: &Arc<Self>, share: usize) {
+        for s in &self.shards {
+            let mut shard = s.lock().unwrap_or_else(|p| p.into_inner());
+            for (class, c) in shard.iter_mut() {
+                self.wake(c, *class, share);
+            }
+            let before = shard.len();
+            shard.retain(|_, c| !c.idle());
+            self.classes
+                .fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Starts the probe on the runtime of the calling thread, once per thread (each of Pingora's
+    /// per-thread runtimes has its own loop to measure).
+    pub fn ensure_probe(self: &Arc<Self>) {
+        thread_local! {
+            static STARTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        if STARTED.with(|s| s.replace(true)) {
+            return;
+        }
+        let gate = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                let t = Instant::now();
+                tokio::task::yield_now().await;
+                let delay = t.elapsed();
+                match gate.upgrade() {
+                    Some(g) => g.observe(delay),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate_on(limit: usize) -> Arc<CoreGate> {
+        let g = CoreGate::new(Duration::from_millis(1), true);
+        g.pin(limit);
+        g
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+    }
+
+    fn counts(g: &CoreGate) -> (usize, usize) {
+        (
+            g.classes.load(Ordering::Relaxed),
+            g.active.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn off_counts_nothing_and_holds_nothing_back() {
+        let g = CoreGate::new(Duration::from_millis(1), true);
+        assert!(rt().block_on(g.admit(1)).is_none());
+        assert!(g.defer_read(CoreClass(1)).is_none());
+        assert_eq!(counts(&g), (0, 0));
+    }
+
+    #[test]
+    fn a_class_over_its_share_waits_for_its_own_and_the_other_does_not() {
+        let g = gate_on(4);
+        let rt = rt();
+        // Two classes: a share of 2 each. The noisy class has 2 in progress, the quiet one 1.
+        let n1 = rt.block_on(g.admit(7)).expect("on");
+        let _n2 = rt.block_on(g.admit(7)).expect("on");
+        let q = rt.block_on(g.admit(9)).expect("on");
+        assert_eq!(g.share(), 2);
+        assert!(g.defer_read(CoreClass(9)).is_none(), "quiet: read at once");
+        let read = g.defer_read(CoreClass(7)).expect("noisy: read later");
+        let g2 = Arc::clone(&g);
+        let third = rt.spawn(async move { g2.admit(7).await });
+        rt.block_on(tokio::task::yield_now());
+        // The quiet class's end hands nothing to the noisy one.
+        drop(q);
+        assert!(!third.is_finished());
+        // A noisy request ends: its waiting request gets the ticket first (the read still waits).
+        drop(n1);
+        let t = rt.block_on(third).expect("join").expect("ticket");
+        assert_eq!(t.class(), CoreClass(7));
+        assert_eq!(counts(&g).1, 2, "the handed-over ticket is counted");
+        drop(t);
+        // Now the connection waiting to read is woken, before its deadline.
+        let t0 = tokio::time::Instant::now();
+        rt.block_on(read);
+        assert!(rt.block_on(async { t0.elapsed() }) < MAX_DEFER);
+    }
+
+    #[test]
+    fn waits_end_by_their_deadline_counted_over_the_share() {
+        let g = gate_on(MIN_LIMIT);
+        let rt = rt();
+        let held: Vec<_> = (0..MIN_LIMIT)
+            .map(|_| rt.block_on(g.admit(3)).expect("on"))
+            .collect();
+        // Paused time: the deadlines pass without a real second of waiting.
+        rt.block_on(g.defer_read(CoreClass(3)).expect("at its share"));
+        let late = rt.block_on(g.admit(3)).expect("admitted at the deadline");
+        assert_eq!(counts(&g), (1, MIN_LIMIT + 1));
+        drop(late);
+        drop(held);
+        assert_eq!(counts(&g), (0, 0), "nothing left behind");
+    }
+
+    #[test]
+    fn a_waiter_that_went_away_gives_its_ticket_back() {
+        let g = gate_on(1);
+        let rt = rt();
+        let held = rt.block_on(g.admit(5)).expect("on");
+        let g2 = Arc::clone(&g);
+        let waiting = rt.spawn(async move { g2.admit(5).await });
+        rt.block_on(tokio::task::yield_now());
+        waiting.abort();
+        let _ = rt.block_on(waiting);
+        drop(held);
+        assert_eq!(counts(&g), (0, 0));
+    }
+
+    #[test]
+    fn switching_off_lets_every_waiter_go() {
+        let g = gate_on(MIN_LIMIT);
+        let rt = rt();
+        let held: Vec<_> = (0..MIN_LIMIT)
+            .map(|_| rt.block_on(g.admit(5)).expect("on"))
+            .collect();
+        let read = g.defer_read(CoreClass(5)).expect("at its share");
+        let g2 = Arc::clone(&g);
+        let waiting = rt.spawn(async move { g2.admit(5).await });
+        rt.block_on(tokio::task::yield_now());
+        g.switch_off();
+        let t0 = std::time::Instant::now();
+        rt.block_on(read);
+        let t = rt.block_on(waiting).expect("join");
+        assert!(t.is_some());
+        assert!(t0.elapsed() < MAX_DEFER);
+        assert!(rt.block_on(g.admit(5)).is_none(), "off: not counted");
+        drop(t);
+        drop(held);
+        assert_eq!(counts(&g), (0, 0));
+    }
+
+    #[test]
+    fn the_controller_turns_on_backs_off_grows_and_turns_off() {
+        let g = CoreGate::new(Duration::from_millis(1), true);
+        g.observe(Duration::from_micros(100));
+        assert_eq!(g.limit(), 0, "under the target: stays off");
+        g.observe(Duration::from_millis(5));
+        assert!(g.limit() >= MIN_LIMIT, "over the target: on");
+        for _ in 0..100 {
+            g.observe(Duration::from_millis(5));
+        }
+        assert_eq!(g.limit(), MIN_LIMIT, "backs off to the floor");
+        // Demand at the limit: it grows while the loop is fast.
+        let rt = rt();
+        let held: Vec<_> = (0..MIN_LIMIT)
+            .map(|i| rt.block_on(g.admit(i as u64)).expect("on"))
+            .collect();
+        g.observe(Duration::from_micros(10));
+        assert_eq!(g.limit(), MIN_LIMIT + 1);
+        drop(held);
+        // Nothing in progress and a fast loop: off.
+        for _ in 0..100 {
+            g.observe(Duration::from_micros(10));
+        }
+        assert_eq!(g.limit(), 0);
+    }
+
+    #[test]
+    fn disabled_never_turns_on() {
+        let g = CoreGate::new(Duration::from_millis(1), false);
+        g.observe(Duration::from_secs(1));
+        assert_eq!(g.limit(), 0);
+    }
+
+    /// A million distinct classes pass through: only those in progress or waiting are kept.
+    #[test]
+    fn many_distinct_classes_leave_nothing_behind() {
+        let g = gate_on(1_000);
+        let rt = rt();
+        for class in 0..1_000_000u64 {
+            drop(rt.block_on(g.admit(class)));
+        }
+        assert_eq!(counts(&g), (0, 0));
+        let kept: usize = g.shards.iter().map(|s| s.lock().expect("lock").len()).sum();
+        assert_eq!(kept, 0);
+    }
+}
