@@ -64,14 +64,27 @@ impl Refusal {
 }
 
 /// The gradient limiter's state (behind a lock taken once per window, never on the fast path).
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// Draining: the requests admitted above the probe's concurrency are still in flight; their
+    /// latencies say nothing about no load. Then one window is measured.
+    draining: bool,
+    back: f64,
+    since: Instant,
+}
+
+/// A probe whose drain takes longer than this (long requests holding their slots) is given up: the
+/// limit goes back, the baseline stays, and the next probe is in [`PROBE_INTERVAL`].
+const PROBE_DRAIN_MAX: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct Gradient {
     pub limit: f64,
     rtt_noload: Option<f64>,
     /// When the next probe of the no-load latency starts.
     next_probe: Option<Instant>,
-    /// A probe in progress: windows left (2: draining, 1: measuring) and the limit to go back to.
-    probe: Option<(u8, f64)>,
+    /// A probe in progress: its phase, the limit to go back to, and when it began.
+    probe: Option<Probe>,
 }
 
 impl Gradient {
@@ -84,28 +97,43 @@ impl Gradient {
         }
     }
 
-    /// One window's average latency (seconds), closed at `now` → the new limit, within `[min, max]`.
-    pub fn update(&mut self, rtt: f64, min: u32, max: u32, now: Instant) -> u32 {
+    /// Starts a probe of the no-load latency.
+    fn start_probe(&mut self, lo: f64, now: Instant) {
+        self.next_probe = Some(now + PROBE_INTERVAL);
+        self.probe = Some(Probe {
+            draining: true,
+            back: self.limit,
+            since: now,
+        });
+        self.limit = lo.min(PROBE_CONCURRENCY);
+    }
+
+    /// One window's average latency (seconds), closed at `now` with `in_flight` requests holding a
+    /// slot → the new limit, within `[min, max]`.
+    pub fn update(&mut self, rtt: f64, min: u32, max: u32, now: Instant, in_flight: u32) -> u32 {
         let (lo, hi) = (f64::from(min.max(1)), f64::from(max.max(1)));
-        match self.probe {
-            Some((2, back)) => {
-                // Draining what was admitted above `min`: this window says nothing.
-                self.probe = Some((1, back));
+        if let Some(p) = self.probe {
+            if p.draining {
+                if f64::from(in_flight) <= self.limit {
+                    // Drained: the next window is measured at the probe's concurrency.
+                    self.probe = Some(Probe {
+                        draining: false,
+                        ..p
+                    });
+                } else if now.duration_since(p.since) > PROBE_DRAIN_MAX {
+                    self.probe = None;
+                    self.limit = p.back.clamp(lo, hi);
+                }
                 return self.limit as u32;
             }
-            Some((_, back)) => {
-                self.probe = None;
-                self.rtt_noload = Some(rtt);
-                self.limit = back.clamp(lo, hi);
-                return self.limit as u32;
-            }
-            None => {}
+            self.probe = None;
+            self.rtt_noload = Some(rtt);
+            self.limit = p.back.clamp(lo, hi);
+            return self.limit as u32;
         }
         let Some(noload) = self.rtt_noload else {
             // No baseline yet: probe for one first.
-            self.next_probe = Some(now + PROBE_INTERVAL);
-            self.probe = Some((2, self.limit));
-            self.limit = lo.min(PROBE_CONCURRENCY);
+            self.start_probe(lo, now);
             return self.limit as u32;
         };
         let gradient = (TOLERANCE * noload / rtt.max(1e-9)).clamp(0.5, 1.0);
@@ -113,11 +141,7 @@ impl Gradient {
         self.limit = next.clamp(lo, hi);
         match self.next_probe {
             None => self.next_probe = Some(now + PROBE_INTERVAL),
-            Some(t) if now >= t => {
-                self.next_probe = Some(now + PROBE_INTERVAL);
-                self.probe = Some((2, self.limit));
-                self.limit = lo.min(PROBE_CONCURRENCY);
-            }
+            Some(t) if now >= t => self.start_probe(lo, now),
             Some(_) => {}
         }
         self.limit as u32
@@ -516,7 +540,8 @@ impl Admission {
             return;
         }
         let rtt = total as f64 / f64::from(count) / 1e6;
-        let limit = g.update(rtt, spec.min, spec.max, Instant::now());
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        let limit = g.update(rtt, spec.min, spec.max, Instant::now(), in_flight);
         drop(g);
         self.set_limit(limit);
     }
@@ -546,12 +571,12 @@ mod tests {
     /// The first probe: its two windows at `rtt`; the limit is then back where it was.
     fn first_probe(g: &mut Gradient, rtt: f64, min: u32, max: u32, now: Instant) -> u32 {
         assert_eq!(
-            g.update(rtt, min, max, now),
+            g.update(rtt, min, max, now, 0),
             min.min(PROBE_CONCURRENCY as u32),
             "the first window starts a probe"
         );
-        g.update(rtt, min, max, now);
-        g.update(rtt, min, max, now)
+        g.update(rtt, min, max, now, 0);
+        g.update(rtt, min, max, now, 0)
     }
 
     #[test]
@@ -561,23 +586,23 @@ mod tests {
         // The baseline: 10 ms.
         let base = first_probe(&mut g, 0.010, 4, 100, now);
         assert_eq!(base, 100, "at the baseline the limit goes back open");
-        assert_eq!(g.update(0.010, 4, 100, now), 100);
+        assert_eq!(g.update(0.010, 4, 100, now, 0), 100);
         // Latency five times the baseline: the limit halves (plus its headroom) each window.
         let mut limit = base;
         for _ in 0..5 {
-            limit = g.update(0.050, 4, 100, now);
+            limit = g.update(0.050, 4, 100, now, 0);
         }
         assert!(limit < 30, "slow upstream: limit {limit}");
         // Back to the baseline: it grows again, up to the bound.
         let low = limit;
         for _ in 0..50 {
-            limit = g.update(0.010, 4, 100, now);
+            limit = g.update(0.010, 4, 100, now, 0);
         }
         assert!(limit > low, "recovered: {low} -> {limit}");
         assert_eq!(limit, 100);
         // Never below the minimum.
         for _ in 0..50 {
-            limit = g.update(10.0, 4, 100, now);
+            limit = g.update(10.0, 4, 100, now, 0);
         }
         assert_eq!(limit, 4);
         assert_eq!(g.failed(4, 100), 4);
@@ -595,7 +620,7 @@ mod tests {
         for i in 0..5_000u32 {
             // Latency follows the load as a queue inside the upstream would: 8 workers.
             let rtt = 0.003 * (g.limit / 8.0).max(1.0);
-            limit = g.update(rtt, 16, 1000, now + Duration::from_micros(u64::from(i)));
+            limit = g.update(rtt, 16, 1000, now + Duration::from_micros(u64::from(i)), 0);
         }
         assert!(limit <= 32, "limit {limit} under sustained overload");
     }
@@ -611,20 +636,53 @@ mod tests {
         // The upstream is now 5× slower whatever the load: the limit sinks to the minimum.
         let mut limit = 0;
         for _ in 0..50 {
-            limit = g.update(0.050, 4, 100, t0);
+            limit = g.update(0.050, 4, 100, t0, 0);
         }
         assert_eq!(limit, 4);
         let later = t0 + PROBE_INTERVAL;
-        let before = g.update(0.050, 4, 100, later);
+        let before = g.update(0.050, 4, 100, later, 0);
         assert_eq!(before, 4, "the probe runs at the minimum");
-        assert_eq!(g.update(0.200, 4, 100, later), 4, "draining window ignored");
-        g.update(0.050, 4, 100, later);
+        assert_eq!(
+            g.update(0.200, 4, 100, later, 0),
+            4,
+            "draining window ignored"
+        );
+        g.update(0.050, 4, 100, later, 0);
         for _ in 0..50 {
-            limit = g.update(0.050, 4, 100, later);
+            limit = g.update(0.050, 4, 100, later, 0);
         }
         assert_eq!(
             limit, 100,
             "the slower normal learnt: the limit opens again"
+        );
+    }
+
+    /// A probe measures only once what was admitted above its concurrency has drained (those requests
+    /// waited in the upstream's queue: their latency is no baseline); a drain that never ends is given
+    /// up after PROBE_DRAIN_MAX with the old baseline kept.
+    #[test]
+    fn a_probe_waits_for_the_drain_and_gives_up_a_stuck_one() {
+        let t0 = Instant::now();
+        let mut g = Gradient::new(100.0);
+        assert_eq!(g.update(0.300, 4, 100, t0, 64), 4, "probe started");
+        // 64 still in flight: flood latencies, ignored however many windows close.
+        for _ in 0..5 {
+            assert_eq!(g.update(0.300, 4, 100, t0, 64), 4);
+        }
+        assert_eq!(g.update(0.300, 4, 100, t0, 4), 4, "drained");
+        assert_eq!(g.update(0.010, 4, 100, t0, 4), 100, "measured: back open");
+        // The baseline is 10 ms, not 300: flood latency shrinks the limit.
+        assert!(g.update(0.300, 4, 100, t0, 100) < 100);
+        // The next probe, with slots that never come back: given up, the baseline kept.
+        let later = t0 + PROBE_INTERVAL;
+        assert_eq!(g.update(0.300, 4, 100, later, 50), 4, "the next probe");
+        assert_eq!(g.update(0.300, 4, 100, later, 50), 4, "still draining");
+        let stuck = later + PROBE_DRAIN_MAX + Duration::from_millis(1);
+        let back = g.update(0.300, 4, 100, stuck, 50);
+        assert!(back > 4, "given up: the limit is back ({back})");
+        assert!(
+            g.update(0.300, 4, 100, stuck, 50) < back,
+            "the 10 ms baseline kept"
         );
     }
 

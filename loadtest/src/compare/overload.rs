@@ -125,6 +125,15 @@ pub struct NoisyCase {
     pub noisy_refused_rps: f64,
     /// The victim's p99 with the flood over its p99 alone (target: ≤ 2).
     pub p99_ratio: f64,
+    /// `core`: the proxy's CPU per answer at its own maximum (64 connections, closed loop) and during
+    /// the flood (all answers, victim's and flood's), and the gateway's deferrals during the flood: what
+    /// backpressure costs is the difference per deferral.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_answer_max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_answer_flood: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferrals: Option<f64>,
     /// The gateway's overload series right after the flood (what its limits and gate did).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateway_metrics: Vec<String>,
@@ -603,14 +612,20 @@ fn noisy_case(
                 Arc::default(),
             )?;
         }
-        let capacity = match capacity {
-            Some(c) => c,
+        // The proxy's own maximum, and its CPU per answer there (the reference for what a deferral or a
+        // refusal costs on top).
+        let (capacity, per_answer) = match capacity {
+            Some(c) => (c, None),
             None => {
+                let cpu0 = running.cpu_seconds();
                 let m = generator::run(
                     plan(addr, both.clone(), Load::Closed, 64, args.duration),
                     Arc::default(),
                 )?;
-                m.stats.summary(m.elapsed.as_secs_f64()).goodput
+                let cpu = running.cpu_seconds() - cpu0;
+                let s = m.stats.summary(m.elapsed.as_secs_f64());
+                let per = (s.status.s2xx > 0).then(|| cpu / s.status.s2xx as f64 * 1e6);
+                (s.goodput, per)
             }
         };
         let rate = capacity * VICTIM_SHARE;
@@ -632,6 +647,10 @@ fn noisy_case(
             NOISY_CONNECTIONS,
             args.duration + Duration::from_secs(4),
         );
+        let deferrals0 = subject
+            .admin
+            .map(|a| series_value(a, "gateway_core_deferrals_total"));
+        let cpu0 = running.cpu_seconds();
         let progress = Arc::new(Progress::default());
         let flood = {
             let progress = Arc::clone(&progress);
@@ -649,7 +668,13 @@ fn noisy_case(
         let flood = flood
             .join()
             .map_err(|_| anyhow::anyhow!("the flood's thread panicked"))??;
+        let cpu = running.cpu_seconds() - cpu0;
         let fs = flood.stats.summary(flood.elapsed.as_secs_f64());
+        let deferrals = subject
+            .admin
+            .map(|a| series_value(a, "gateway_core_deferrals_total"))
+            .zip(deferrals0)
+            .map(|(after, before)| (after - before).max(0.0));
         let gateway_metrics = subject.admin.map(overload_series).unwrap_or_default();
         let v = |o: &generator::Outcome| {
             let s = o.stats.summary(o.elapsed.as_secs_f64());
@@ -662,6 +687,7 @@ fn noisy_case(
             }
         };
         let (alone, with) = (v(&alone), v(&with));
+        let answers = fs.status.s2xx + with.answered;
         let case = NoisyCase {
             bottleneck,
             capacity_rps: capacity,
@@ -676,6 +702,9 @@ fn noisy_case(
             noisy_goodput_rps: fs.goodput,
             noisy_refused_rps: (fs.responses - fs.status.s2xx) as f64 / fs.seconds.max(1e-9),
             gateway_metrics,
+            cpu_us_per_answer_max: per_answer,
+            cpu_us_per_answer_flood: (answers > 0).then(|| cpu / answers as f64 * 1e6),
+            deferrals,
         };
         for m in &case.gateway_metrics {
             eprintln!("    {m}");
@@ -697,9 +726,16 @@ fn noisy_case(
     result
 }
 
-/// The gateway's overload series (`/metrics` on its admin listener), one line each.
-fn overload_series(admin: SocketAddr) -> Vec<String> {
-    let text = (|| -> std::io::Result<String> {
+/// One unlabelled series' value on the gateway's admin listener (0 when absent).
+fn series_value(admin: SocketAddr, name: &str) -> f64 {
+    metrics_text(admin)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn metrics_text(admin: SocketAddr) -> String {
+    (|| -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         s.write_all(
@@ -710,8 +746,13 @@ fn overload_series(admin: SocketAddr) -> Vec<String> {
         s.read_to_string(&mut out)?;
         Ok(out)
     })()
-    .unwrap_or_default();
-    text.lines()
+    .unwrap_or_default()
+}
+
+/// The gateway's overload series (`/metrics` on its admin listener), one line each.
+fn overload_series(admin: SocketAddr) -> Vec<String> {
+    metrics_text(admin)
+        .lines()
         .filter(|l| {
             !l.starts_with('#')
                 && (l.starts_with("gateway_core_")
@@ -784,11 +825,11 @@ pub fn markdown(r: &OverloadReport) -> String {
             }
         }
         _ => {
-            md.push_str("| target | bottleneck | capacity/s | victim/s | victim p99 alone ms | with the flood ms | **ratio** | victim refused / failed | flood 2xx/s | flood refused/s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            md.push_str("| target | bottleneck | capacity/s | victim/s | victim p99 alone ms | with the flood ms | **ratio** | victim refused / failed | flood 2xx/s | flood refused/s | CPU-µs per answer at max / in the flood | deferrals |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for t in &r.targets {
                 for c in &t.noisy {
                     md.push_str(&format!(
-                        "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | **{:.1}×** | {} / {} | {:.0} | {:.0} |\n",
+                        "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | **{:.1}×** | {} / {} | {:.0} | {:.0} | {} / {} | {} |\n",
                         label(t),
                         c.bottleneck,
                         c.capacity_rps,
@@ -799,7 +840,10 @@ pub fn markdown(r: &OverloadReport) -> String {
                         c.flood.refused,
                         c.flood.failed,
                         c.noisy_goodput_rps,
-                        c.noisy_refused_rps
+                        c.noisy_refused_rps,
+                        c.cpu_us_per_answer_max.map_or("–".into(), |v| format!("{v:.1}")),
+                        c.cpu_us_per_answer_flood.map_or("–".into(), |v| format!("{v:.1}")),
+                        c.deferrals.map_or("–".into(), |v| format!("{v:.0}")),
                     ));
                 }
             }
