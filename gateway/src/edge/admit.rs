@@ -37,8 +37,15 @@ impl Gateway {
                 return Ok(true);
             }
         }
-        let decided = self.decide(session, ctx, &rt);
-        self.count_in_core(ctx).await;
+        // A request refused here is answered at once; one that goes on waits while its class is over
+        // its share of a saturated core.
+        let decided = match self.decide(session, ctx, &rt) {
+            Ok(()) => {
+                self.count_in_core(ctx, rt.config.overload.queue_timeout)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(err) = decided {
             answer(session, ctx, err).await?;
             return Ok(true);
@@ -98,13 +105,17 @@ impl Gateway {
 impl Gateway {
     /// Counts the request in its class for the core's fair shares while the process is saturated
     /// (`backpressure`) — the tenant of the verified credential, else the client address (/64), as the
-    /// upstream queue classes it — and waits while its class is over its share. One atomic load when
-    /// the gate is off.
-    async fn count_in_core(&self, ctx: &mut RequestCtx) {
+    /// upstream queue classes it — and waits while its class is over its share, at most `deadline`
+    /// (then 503 `overloaded_core`). One atomic load when the gate is off.
+    async fn count_in_core(
+        &self,
+        ctx: &mut RequestCtx,
+        deadline: Duration,
+    ) -> std::result::Result<(), EdgeError> {
         let gate = &self.state.core_gate;
         gate.ensure_probe();
         if gate.limit() == 0 {
-            return;
+            return Ok(());
         }
         let class = match (ctx.credential.identity(), ctx.request.client_ip) {
             (Some(identity), _) => crate::support::hash64(identity.tenant.as_bytes()),
@@ -114,7 +125,11 @@ impl Gateway {
             },
             (None, None) => 0,
         };
-        ctx.request.core = gate.admit(class).await;
+        ctx.request.core = gate
+            .admit(class, deadline)
+            .await
+            .map_err(|_| EdgeError::Overloaded(crate::upstream::admission::Refusal::Core))?;
+        Ok(())
     }
 
     /// The checks and decisions of `request_filter`; `Err` is answered at the edge.

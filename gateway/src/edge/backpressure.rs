@@ -19,8 +19,10 @@
 //!     request over its class's share waits for a ticket handed over by the next request of its class
 //!     to end.
 //!
-//!   Both waits end after [`MAX_DEFER`] at the latest (the request then goes on, counted over the share):
-//!   backpressure slows a class down, it never refuses or loses a request.
+//!   Both waits are bounded by `[overload] queue_timeout`: a connection held back that long is read
+//!   anyway, and a read request still without a ticket by then is refused (503 + `Retry-After`,
+//!   `overloaded_core`) — past saturation the excess must be answered or the latency of what is served
+//!   grows with the backlog, and a refusal after the wait is the only one the flood pays for.
 //! - **Cost when off**: one atomic load per request; nothing is counted, nothing allocated.
 //!
 //! Not held back before reading: a connection's first request (its class is not known before it is
@@ -39,9 +41,6 @@ use crate::telemetry::metrics::metrics;
 
 /// How often the event loop's delay is probed.
 pub const TICK: Duration = Duration::from_millis(5);
-/// The longest a request (or a connection's next read) is held back; then it goes on whatever the
-/// shares say.
-pub const MAX_DEFER: Duration = Duration::from_secs(1);
 /// The limit never goes below this (enough requests in progress to keep the core busy).
 pub const MIN_LIMIT: usize = 4;
 const SHARDS: usize = 16;
@@ -80,6 +79,10 @@ impl Class {
         self.active == 0 && self.admits.is_empty() && self.readers.is_empty()
     }
 }
+
+/// A request whose class stayed over its share until its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreRefused;
 
 /// A request in progress, counted in its class until dropped (with the request's context).
 pub struct CoreTicket {
@@ -170,38 +173,48 @@ impl CoreGate {
     }
 
     /// Admits a read request of `class`: at once while the gate is off (None: not counted) or its class
-    /// is under its share; otherwise once a request of its class ends, or after [`MAX_DEFER`].
-    pub async fn admit(self: &Arc<Self>, class: u64) -> Option<CoreTicket> {
+    /// is under its share; otherwise once a request of its class ends. Err after `deadline`.
+    pub async fn admit(
+        self: &Arc<Self>,
+        class: u64,
+        deadline: Duration,
+    ) -> Result<Option<CoreTicket>, CoreRefused> {
         if self.limit() == 0 {
-            return None;
+            return Ok(None);
         }
         let rx = {
             let share = self.share();
             let mut shard = self.shard(class);
             let c = self.entry(&mut shard, class);
             if c.active < share {
-                return Some(self.ticket(c, class));
+                return Ok(Some(self.ticket(c, class)));
             }
             let (tx, rx) = oneshot::channel();
             c.admits.push_back(tx);
             rx
         };
         metrics().core_deferrals.inc();
-        match tokio::time::timeout(MAX_DEFER, rx).await {
-            Ok(Ok(t)) => Some(t),
-            // The deadline: on, counted over the share (its sender is dropped when next popped).
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(t)) => Ok(Some(t)),
+            // The deadline (its sender is dropped when next popped; the entry goes with it).
             _ => {
-                let mut shard = self.shard(class);
-                let c = self.entry(&mut shard, class);
-                Some(self.ticket(c, class))
+                metrics()
+                    .overload_refusals
+                    .with_label_values(&["", "core"])
+                    .inc();
+                Err(CoreRefused)
             }
         }
     }
 
     /// Before the next request of a reused connection of `class` is read: a future that ends when a
-    /// request of its class ends (or after [`MAX_DEFER`]) while the class is at or over its share; None
-    /// to read now.
-    pub fn defer_read(&self, class: CoreClass) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+    /// request of its class ends (or after `max`) while the class is at or over its share; None to read
+    /// now.
+    pub fn defer_read(
+        &self,
+        class: CoreClass,
+        max: Duration,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
         if self.limit() == 0 {
             return None;
         }
@@ -219,7 +232,7 @@ impl CoreGate {
         };
         metrics().core_deferrals.inc();
         Some(Box::pin(async move {
-            let _ = tokio::time::timeout(MAX_DEFER, rx).await;
+            let _ = tokio::time::timeout(max, rx).await;
         }))
     }
 
@@ -368,6 +381,12 @@ mod tests {
             .expect("runtime")
     }
 
+    const WAIT: Duration = Duration::from_millis(100);
+
+    fn admit(rt: &tokio::runtime::Runtime, g: &Arc<CoreGate>, class: u64) -> Option<CoreTicket> {
+        rt.block_on(g.admit(class, WAIT)).expect("admitted")
+    }
+
     fn counts(g: &CoreGate) -> (usize, usize) {
         (
             g.classes.load(Ordering::Relaxed),
@@ -378,8 +397,8 @@ mod tests {
     #[test]
     fn off_counts_nothing_and_holds_nothing_back() {
         let g = CoreGate::new(Duration::from_millis(1), true);
-        assert!(rt().block_on(g.admit(1)).is_none());
-        assert!(g.defer_read(CoreClass(1)).is_none());
+        assert!(admit(&rt(), &g, 1).is_none());
+        assert!(g.defer_read(CoreClass(1), WAIT).is_none());
         assert_eq!(counts(&g), (0, 0));
     }
 
@@ -388,42 +407,52 @@ mod tests {
         let g = gate_on(4);
         let rt = rt();
         // Two classes: a share of 2 each. The noisy class has 2 in progress, the quiet one 1.
-        let n1 = rt.block_on(g.admit(7)).expect("on");
-        let _n2 = rt.block_on(g.admit(7)).expect("on");
-        let q = rt.block_on(g.admit(9)).expect("on");
+        let n1 = admit(&rt, &g, 7).expect("on");
+        let _n2 = admit(&rt, &g, 7).expect("on");
+        let q = admit(&rt, &g, 9).expect("on");
         assert_eq!(g.share(), 2);
-        assert!(g.defer_read(CoreClass(9)).is_none(), "quiet: read at once");
-        let read = g.defer_read(CoreClass(7)).expect("noisy: read later");
+        assert!(
+            g.defer_read(CoreClass(9), WAIT).is_none(),
+            "quiet: read at once"
+        );
+        let read = g.defer_read(CoreClass(7), WAIT).expect("noisy: read later");
         let g2 = Arc::clone(&g);
-        let third = rt.spawn(async move { g2.admit(7).await });
+        let third = rt.spawn(async move { g2.admit(7, Duration::from_secs(60)).await });
         rt.block_on(tokio::task::yield_now());
         // The quiet class's end hands nothing to the noisy one.
         drop(q);
         assert!(!third.is_finished());
         // A noisy request ends: its waiting request gets the ticket first (the read still waits).
         drop(n1);
-        let t = rt.block_on(third).expect("join").expect("ticket");
+        let t = rt
+            .block_on(third)
+            .expect("join")
+            .expect("admitted")
+            .expect("ticket");
         assert_eq!(t.class(), CoreClass(7));
         assert_eq!(counts(&g).1, 2, "the handed-over ticket is counted");
         drop(t);
         // Now the connection waiting to read is woken, before its deadline.
         let t0 = tokio::time::Instant::now();
         rt.block_on(read);
-        assert!(rt.block_on(async { t0.elapsed() }) < MAX_DEFER);
+        assert!(rt.block_on(async { t0.elapsed() }) < WAIT);
     }
 
     #[test]
-    fn waits_end_by_their_deadline_counted_over_the_share() {
+    fn a_read_goes_on_and_a_request_is_refused_at_the_deadline() {
         let g = gate_on(MIN_LIMIT);
         let rt = rt();
         let held: Vec<_> = (0..MIN_LIMIT)
-            .map(|_| rt.block_on(g.admit(3)).expect("on"))
+            .map(|_| admit(&rt, &g, 3).expect("on"))
             .collect();
-        // Paused time: the deadlines pass without a real second of waiting.
-        rt.block_on(g.defer_read(CoreClass(3)).expect("at its share"));
-        let late = rt.block_on(g.admit(3)).expect("admitted at the deadline");
-        assert_eq!(counts(&g), (1, MIN_LIMIT + 1));
-        drop(late);
+        // Paused time: the deadlines pass without real waiting.
+        rt.block_on(g.defer_read(CoreClass(3), WAIT).expect("at its share"));
+        assert_eq!(rt.block_on(g.admit(3, WAIT)).err(), Some(CoreRefused));
+        assert_eq!(
+            counts(&g),
+            (1, MIN_LIMIT),
+            "the refused request is not counted"
+        );
         drop(held);
         assert_eq!(counts(&g), (0, 0), "nothing left behind");
     }
@@ -432,9 +461,9 @@ mod tests {
     fn a_waiter_that_went_away_gives_its_ticket_back() {
         let g = gate_on(1);
         let rt = rt();
-        let held = rt.block_on(g.admit(5)).expect("on");
+        let held = admit(&rt, &g, 5).expect("on");
         let g2 = Arc::clone(&g);
-        let waiting = rt.spawn(async move { g2.admit(5).await });
+        let waiting = rt.spawn(async move { g2.admit(5, WAIT).await });
         rt.block_on(tokio::task::yield_now());
         waiting.abort();
         let _ = rt.block_on(waiting);
@@ -447,19 +476,19 @@ mod tests {
         let g = gate_on(MIN_LIMIT);
         let rt = rt();
         let held: Vec<_> = (0..MIN_LIMIT)
-            .map(|_| rt.block_on(g.admit(5)).expect("on"))
+            .map(|_| admit(&rt, &g, 5).expect("on"))
             .collect();
-        let read = g.defer_read(CoreClass(5)).expect("at its share");
+        let read = g.defer_read(CoreClass(5), WAIT).expect("at its share");
         let g2 = Arc::clone(&g);
-        let waiting = rt.spawn(async move { g2.admit(5).await });
+        let waiting = rt.spawn(async move { g2.admit(5, Duration::from_secs(60)).await });
         rt.block_on(tokio::task::yield_now());
         g.switch_off();
-        let t0 = std::time::Instant::now();
+        let t0 = tokio::time::Instant::now();
         rt.block_on(read);
-        let t = rt.block_on(waiting).expect("join");
+        let t = rt.block_on(waiting).expect("join").expect("admitted");
         assert!(t.is_some());
-        assert!(t0.elapsed() < MAX_DEFER);
-        assert!(rt.block_on(g.admit(5)).is_none(), "off: not counted");
+        assert!(rt.block_on(async { t0.elapsed() }) < WAIT);
+        assert!(admit(&rt, &g, 5).is_none(), "off: not counted");
         drop(t);
         drop(held);
         assert_eq!(counts(&g), (0, 0));
@@ -479,7 +508,7 @@ mod tests {
         // Demand at the limit: it grows while the loop is fast.
         let rt = rt();
         let held: Vec<_> = (0..MIN_LIMIT)
-            .map(|i| rt.block_on(g.admit(i as u64)).expect("on"))
+            .map(|i| admit(&rt, &g, i as u64).expect("on"))
             .collect();
         g.observe(Duration::from_micros(10));
         assert_eq!(g.limit(), MIN_LIMIT + 1);
@@ -504,7 +533,7 @@ mod tests {
         let g = gate_on(1_000);
         let rt = rt();
         for class in 0..1_000_000u64 {
-            drop(rt.block_on(g.admit(class)));
+            drop(admit(&rt, &g, class));
         }
         assert_eq!(counts(&g), (0, 0));
         let kept: usize = g.shards.iter().map(|s| s.lock().expect("lock").len()).sum();

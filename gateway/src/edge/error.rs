@@ -132,6 +132,7 @@ impl EdgeError {
             EdgeError::Overloaded(crate::upstream::admission::Refusal::Deadline) => {
                 "overloaded_deadline"
             }
+            EdgeError::Overloaded(crate::upstream::admission::Refusal::Core) => "overloaded_core",
             EdgeError::Internal => "internal_error",
         }
     }

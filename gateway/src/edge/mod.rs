@@ -225,6 +225,10 @@ impl ProxyHttp for Gateway {
         prev: &(dyn std::any::Any + Send + Sync),
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
         let class = prev.downcast_ref::<backpressure::CoreClass>()?;
-        self.state.core_gate.defer_read(*class)
+        let gate = &self.state.core_gate;
+        if gate.limit() == 0 {
+            return None;
+        }
+        gate.defer_read(*class, self.state.current().config.overload.queue_timeout)
     }
 }

@@ -52,6 +52,9 @@ pub enum Refusal {
     QueueFull,
     /// No slot within `[overload] queue_timeout`.
     Deadline,
+    /// The gateway's own core is saturated and the request's class (tenant, else client) stayed over
+    /// its share for `[overload] queue_timeout` (`edge::backpressure`).
+    Core,
 }
 
 impl Refusal {
@@ -59,6 +62,7 @@ impl Refusal {
         match self {
             Refusal::QueueFull => "queue_full",
             Refusal::Deadline => "deadline",
+            Refusal::Core => "core",
         }
     }
 }

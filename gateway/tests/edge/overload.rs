@@ -458,9 +458,10 @@ async fn a_websocket_gives_its_slot_back_once_upgraded() {
 
 /// #25 point 3, the gateway's own core: while the process is saturated (here held so by
 /// `GATEWAY_FAULT_CORE_LIMIT`, a limit of 2 requests in progress), a tenant over its share has its
-/// keep-alive connections' next requests read later — deferred, not refused — so the flood's upstream
-/// sees at most the flood's share at once, and a quiet tenant's requests are still read and served.
-/// Without the gate the flood's upstream had all eight of its requests at once.
+/// keep-alive connections' next requests read later — deferred, not refused, within the queue deadline
+/// (10 s here) — so the flood's upstream sees at most the flood's share at once, and a quiet tenant's
+/// requests are still read and served. Without the gate the flood's upstream had all eight of its
+/// requests at once.
 #[tokio::test]
 async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_one() {
     // The tenants' requests go to upstreams of their own: each one sees one tenant's requests.
@@ -472,7 +473,8 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
         Gateway::start_with_env(
             &format!(
                 "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
-                 [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n{}{}\
+                 [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n\
+                 [overload]\nqueue_timeout = \"10s\"\n\n{}{}\
                  [[routes]]\nname = \"noisy\"\nhosts = [\"noisy.aggios.app\"]\n\
                  auth = \"jwt_tenant\"\nupstream = \"core\"\n\n\
                  [[routes]]\nname = \"quiet\"\nhosts = [\"quiet.aggios.app\"]\n\
@@ -488,10 +490,11 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
                     "concurrency = { max = 100, adaptive = false }"
                 ),
             ),
-            &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT_OFF", "2")],
+            &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT", "2")],
         )
         .await,
     );
+    assert_eq!(gw.metric("gateway_core_concurrency_limit").await, 2.0);
     let noisy = Token::new(SECRET, "noisy").bearer();
     let quiet = Token::new(SECRET, "quiet").bearer();
     // Eight keep-alive connections of the noisy tenant and one of the quiet one, each with a first
@@ -533,6 +536,10 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
         })
         .collect();
     // Meanwhile the quiet tenant's next requests on its connection are read and served.
+    eventually("the flood is held back", || async {
+        gw.metric("gateway_core_deferrals_total").await >= 1.0
+    })
+    .await;
     for i in 0..3 {
         let s = q
             .get_with(
@@ -571,4 +578,74 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
         "the quiet tenant finished only after the whole flood ({quiet_done_at} heads)"
     );
     assert!(gw.metric("gateway_core_deferrals_total").await >= 1.0);
+}
+
+/// … and nothing waits past `[overload] queue_timeout`: a request of a class still over its share by
+/// then is refused fast (503, `Retry-After`, `overloaded_core`) and never reaches the upstream — past
+/// saturation the excess must be answered, or what is served waits behind a backlog that only grows.
+#[tokio::test]
+async fn a_request_held_back_past_the_queue_deadline_is_refused() {
+    let up = TestUpstream::start("held");
+    up.behaviour.delay_ms.store(1500, Ordering::SeqCst);
+    let gw = Gateway::start_with_env(
+        &format!(
+            "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
+             [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n\
+             [overload]\nqueue_timeout = \"100ms\"\n\n{}\
+             [[routes]]\nname = \"api\"\nhosts = [\"*.aggios.app\"]\n\
+             auth = \"jwt_tenant\"\nupstream = \"held\"\n",
+            upstream_toml(
+                "held",
+                &[&up],
+                "concurrency = { max = 100, adaptive = false }"
+            ),
+        ),
+        &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT", "1")],
+    )
+    .await;
+    let bearer = Token::new(SECRET, "noisy").bearer();
+    let auth = [("authorization", bearer.as_str())];
+    // The tenant's one slot of the core, held by a slow request.
+    let port = gw.http;
+    let held = {
+        let bearer = bearer.clone();
+        tokio::spawn(async move {
+            send(
+                port,
+                "GET",
+                "noisy.aggios.app",
+                "/slow",
+                &[("authorization", bearer.as_str())],
+                bytes::Bytes::new(),
+            )
+            .await
+        })
+    };
+    eventually("the slow request reached the upstream", || async {
+        up.seen.heads() >= 1
+    })
+    .await;
+    // Another request of the same tenant: held back for the deadline, then refused at the edge.
+    let r = gw.get_with("noisy.aggios.app", "/second", &auth).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.error_code(), "overloaded_core");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        up.seen.heads(),
+        1,
+        "the refused request never reached the upstream"
+    );
+    assert_eq!(
+        gw.metric("gateway_overload_refusals_total{reason=\"core\",upstream=\"\"}")
+            .await,
+        1.0
+    );
+    // The held request itself is served.
+    assert_eq!(held.await.expect("join").status, 200);
+    let log = gw.access_log();
+    assert!(
+        log.iter()
+            .any(|l| l["status"] == 503 && l["error"] == "overloaded_core"),
+        "{log:?}"
+    );
 }

@@ -81,9 +81,12 @@ pub struct TargetFigures {
 
 #[derive(Debug, Serialize)]
 pub struct OverloadFigures {
-    /// 2xx per second, closed loop over 512 connections.
+    /// 2xx per second, closed loop over 512 connections (a peer's own shedding may refuse some there).
     pub max_rps: f64,
+    /// CPU per answer at that maximum, when it refused nothing.
     pub cpu_us_per_answer: Option<f64>,
+    /// Non-2xx per second at that maximum (the peer's shedding refusing in a closed loop).
+    pub max_refused_rps: f64,
     /// p99 of an open loop at a tenth of the maximum (64 connections).
     pub unloaded_p99_ms: f64,
     pub levels: Vec<Level>,
@@ -435,7 +438,10 @@ fn overload_one(env: &Env<'_>, launch: &Launch) -> anyhow::Result<OverloadFigure
         if m.goodput <= 0.0 {
             bail!("no 2xx at all in the closed loop ({:?})", m.status);
         }
-        let per_answer = (m.status.s2xx > 0).then(|| cpu_max / m.status.s2xx as f64 * 1e6);
+        // The cost of an answer, from a run with nothing else in it (a peer whose shedding refuses in
+        // the closed loop already has no clean figure: no per-refusal cost is derived for it).
+        let per_answer = (m.status.s2xx > 0 && m.responses == m.status.s2xx)
+            .then(|| cpu_max / m.status.s2xx as f64 * 1e6);
         eprintln!(
             "  {}: maximum {:.0}/s over {CONNECTIONS} connections",
             launch.name, m.goodput
@@ -508,6 +514,7 @@ fn overload_one(env: &Env<'_>, launch: &Launch) -> anyhow::Result<OverloadFigure
         }
         Ok(OverloadFigures {
             max_rps: m.goodput,
+            max_refused_rps: (m.responses - m.status.s2xx) as f64 / m.seconds.max(1e-9),
             cpu_us_per_answer: per_answer,
             unloaded_p99_ms: unloaded_p99,
             levels,
