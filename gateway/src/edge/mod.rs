@@ -216,6 +216,10 @@ impl ProxyHttp for Gateway {
         ctx: &RequestCtx,
     ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
         let class = ctx.request.core.as_ref()?.class();
+        // A class alone is never held back: nothing to carry.
+        if !self.state.core_gate.contended() {
+            return None;
+        }
         Some(Box::new(class))
     }
 

@@ -457,7 +457,8 @@ async fn a_websocket_gives_its_slot_back_once_upgraded() {
 }
 
 /// #25 point 3, the gateway's own core: while the process is saturated (here held so by
-/// `GATEWAY_FAULT_CORE_LIMIT`, a limit of 2 requests in progress), a tenant over its share has its
+/// `GATEWAY_FAULT_CORE_LIMIT`, a limit of 4 requests in progress) and shared by two tenants, a tenant
+/// over its share has its
 /// keep-alive connections' next requests read later — deferred, not refused, within the queue deadline
 /// (10 s here) — so the flood's upstream sees at most the flood's share at once, and a quiet tenant's
 /// requests are still read and served. Without the gate the flood's upstream had all eight of its
@@ -467,16 +468,20 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
     // The tenants' requests go to upstreams of their own: each one sees one tenant's requests.
     let up = TestUpstream::start("core");
     let quiet_up = TestUpstream::start("quiet");
+    let hold_up = TestUpstream::start("hold");
     up.behaviour.delay_ms.store(150, Ordering::SeqCst);
     quiet_up.behaviour.delay_ms.store(150, Ordering::SeqCst);
+    hold_up.behaviour.delay_ms.store(5000, Ordering::SeqCst);
     let gw = Arc::new(
         Gateway::start_with_env(
             &format!(
                 "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
                  [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n\
-                 [overload]\nqueue_timeout = \"10s\"\n\n{}{}\
+                 [overload]\nqueue_timeout = \"10s\"\n\n{}{}{}\
                  [[routes]]\nname = \"noisy\"\nhosts = [\"noisy.aggios.app\"]\n\
                  auth = \"jwt_tenant\"\nupstream = \"core\"\n\n\
+                 [[routes]]\nname = \"hold\"\nhosts = [\"quiet.aggios.app\"]\npath_prefix = \"/hold\"\n\
+                 auth = \"jwt_tenant\"\nupstream = \"hold\"\n\n\
                  [[routes]]\nname = \"quiet\"\nhosts = [\"quiet.aggios.app\"]\n\
                  auth = \"jwt_tenant\"\nupstream = \"quiet\"\n",
                 upstream_toml(
@@ -489,12 +494,17 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
                     &[&quiet_up],
                     "concurrency = { max = 100, adaptive = false }"
                 ),
+                upstream_toml(
+                    "hold",
+                    &[&hold_up],
+                    "concurrency = { max = 100, adaptive = false }"
+                ),
             ),
-            &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT", "2")],
+            &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT", "4")],
         )
         .await,
     );
-    assert_eq!(gw.metric("gateway_core_concurrency_limit").await, 2.0);
+    assert_eq!(gw.metric("gateway_core_concurrency_limit").await, 4.0);
     let noisy = Token::new(SECRET, "noisy").bearer();
     let quiet = Token::new(SECRET, "quiet").bearer();
     // Eight keep-alive connections of the noisy tenant and one of the quiet one, each with a first
@@ -513,6 +523,27 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
         .get_with("quiet.aggios.app", "/first", &[("authorization", &quiet)])
         .await;
     assert_eq!(s, Some(200));
+    // The quiet tenant keeps one long request in progress (a class alone has nobody to be fair to and
+    // is never held back): two classes, a share of 2 each.
+    let hold = {
+        let quiet = quiet.clone();
+        let port = gw.http;
+        tokio::spawn(async move {
+            send(
+                port,
+                "GET",
+                "quiet.aggios.app",
+                "/hold",
+                &[("authorization", quiet.as_str())],
+                bytes::Bytes::new(),
+            )
+            .await
+        })
+    };
+    eventually("the quiet tenant's long request is in progress", || async {
+        hold_up.seen.heads() >= 1
+    })
+    .await;
     up.seen.max_in_flight.store(0, Ordering::SeqCst);
     // The flood: every noisy connection sends three more requests back to back.
     let flood: Vec<_> = conns
@@ -560,8 +591,8 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
         flood_statuses.iter().all(|s| *s == Some(200)),
         "{flood_statuses:?}"
     );
-    // What the flood's upstream saw: at most the flood's share at once (2 alone; 1 while the quiet
-    // tenant had a request in progress) — not its eight connections' worth.
+    // What the flood's upstream saw: at most the flood's share at once (2 of the limit of 4) — not its
+    // eight connections' worth.
     let max = up.seen.max_in_flight.load(Ordering::SeqCst);
     assert!(
         max <= 2,
@@ -578,6 +609,7 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
         "the quiet tenant finished only after the whole flood ({quiet_done_at} heads)"
     );
     assert!(gw.metric("gateway_core_deferrals_total").await >= 1.0);
+    assert_eq!(hold.await.expect("join").status, 200);
 }
 
 /// … and nothing waits past `[overload] queue_timeout`: a request of a class still over its share by
@@ -605,8 +637,28 @@ async fn a_request_held_back_past_the_queue_deadline_is_refused() {
     .await;
     let bearer = Token::new(SECRET, "noisy").bearer();
     let auth = [("authorization", bearer.as_str())];
-    // The tenant's one slot of the core, held by a slow request.
+    // Two tenants with a slow request each (a single class has nobody to be fair to and is never held
+    // back): a limit of 1 gives each a share of 1, which the noisy one's request holds.
     let port = gw.http;
+    let other = {
+        let bearer = Token::new(SECRET, "other").bearer();
+        tokio::spawn(async move {
+            send(
+                port,
+                "GET",
+                "other.aggios.app",
+                "/slow",
+                &[("authorization", bearer.as_str())],
+                bytes::Bytes::new(),
+            )
+            .await
+        })
+    };
+    eventually(
+        "the other tenant's request reached the upstream",
+        || async { up.seen.heads() >= 1 },
+    )
+    .await;
     let held = {
         let bearer = bearer.clone();
         tokio::spawn(async move {
@@ -622,7 +674,7 @@ async fn a_request_held_back_past_the_queue_deadline_is_refused() {
         })
     };
     eventually("the slow request reached the upstream", || async {
-        up.seen.heads() >= 1
+        up.seen.heads() >= 2
     })
     .await;
     // Another request of the same tenant: held back for the deadline, then refused at the edge.
@@ -632,7 +684,7 @@ async fn a_request_held_back_past_the_queue_deadline_is_refused() {
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(
         up.seen.heads(),
-        1,
+        2,
         "the refused request never reached the upstream"
     );
     assert_eq!(
@@ -640,8 +692,9 @@ async fn a_request_held_back_past_the_queue_deadline_is_refused() {
             .await,
         1.0
     );
-    // The held request itself is served.
+    // The held requests themselves are served.
     assert_eq!(held.await.expect("join").status, 200);
+    assert_eq!(other.await.expect("join").status, 200);
     let log = gw.access_log();
     assert!(
         log.iter()
