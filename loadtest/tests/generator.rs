@@ -8,21 +8,16 @@ use loadtest::generator::{self, Load, Plan, Progress, Protocol, RequestSpec};
 use loadtest::upstream::Upstream;
 
 fn plan(up: &Upstream, load: Load, connections: usize, duration: Duration) -> Plan {
-    Plan {
-        addr: up.addr,
-        tls: None,
-        protocol: Protocol::H1,
-        keep_alive: true,
-        load,
-        connections,
-        threads: 1,
-        duration,
-        timeout: Duration::from_secs(10),
-        requests: vec![
+    Plan::h1(
+        up.addr,
+        vec![
             RequestSpec::get("a.test", "/"),
             RequestSpec::get("b.test", "/x"),
         ],
-    }
+        load,
+        connections,
+        duration,
+    )
 }
 
 #[test]

@@ -92,12 +92,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     if args.rounds == 0 || args.connections == 0 || args.threads == 0 {
         bail!("--rounds, --connections and --threads must be at least 1");
     }
-    let peer_list: Vec<Peer> = args
-        .peers
-        .iter()
-        .filter(|p| !p.is_empty() && p.as_str() != "none")
-        .map(|p| p.parse())
-        .collect::<Result<_, _>>()?;
+    let peer_list = peer_list(args)?;
     let gateway_bin = args.gateway_bin.clone().unwrap_or_else(default_gateway_bin);
     if !gateway_bin.exists() {
         bail!(
@@ -124,15 +119,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     }
     let dir = work_dir()?;
     process::stop_children_on_signal();
-    // Proxies on core 0; this process (the generator and the upstream) on core 1.
-    let cores = if args.threads == 1 {
-        process::cores()
-    } else {
-        None
-    };
-    if let Some((_, load_core)) = cores {
-        process::pin_self(load_core).context("pinning the generator with taskset")?;
-    }
+    let cores = pin_generator(args)?;
     let proxy_core = cores.map(|(p, _)| p);
     let in_process = Upstream::start("127.0.0.1:0".parse()?)?;
     // `login` goes to the real backend (on the generator's core, as the upstream is).
@@ -399,6 +386,30 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         proxy_core.is_some(),
         targets,
     ))
+}
+
+/// `--peers`, parsed (`none` or empty: none).
+fn peer_list(args: &CompareArgs) -> anyhow::Result<Vec<Peer>> {
+    Ok(args
+        .peers
+        .iter()
+        .filter(|p| !p.is_empty() && p.as_str() != "none")
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()?)
+}
+
+/// Proxies on core 0; this process (the generator and the upstream) pinned to core 1. The (proxies',
+/// generator's) cores, or None when the proxies run several threads (then nothing is pinned).
+fn pin_generator(args: &CompareArgs) -> anyhow::Result<Option<(usize, usize)>> {
+    let cores = if args.threads == 1 {
+        process::cores()
+    } else {
+        None
+    };
+    if let Some((_, load_core)) = cores {
+        process::pin_self(load_core).context("pinning the generator with taskset")?;
+    }
+    Ok(cores)
 }
 
 fn version_line(bin: &Path, args: &[&str]) -> String {

@@ -27,7 +27,7 @@ use serde::Serialize;
 use super::peers::{self, Claims, Peer, Setup};
 use super::process::{self, free_addr, Launch, Running};
 use crate::cli::CompareArgs;
-use crate::generator::{self, Load, Plan, Progress, Protocol, RequestSpec};
+use crate::generator::{self, Load, Plan, Progress, RequestSpec};
 use crate::report::{Kind, Work};
 use crate::scenario::{mint, Scenario, BASE_DOMAIN, JWT_SECRET};
 use crate::upstream::{Capacity, Upstream};
@@ -192,26 +192,13 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<OverloadReport> {
             gateway_bin.display()
         );
     }
-    let peer_list: Vec<Peer> = args
-        .peers
-        .iter()
-        .filter(|p| !p.is_empty() && p.as_str() != "none")
-        .map(|p| p.parse())
-        .collect::<Result<_, _>>()?;
+    let peer_list = super::peer_list(args)?;
     for p in &peer_list {
         p.ensure_installed()?;
     }
     let dir = super::work_dir()?;
     process::stop_children_on_signal();
-    let cores = if args.threads == 1 {
-        process::cores()
-    } else {
-        None
-    };
-    if let Some((_, load_core)) = cores {
-        process::pin_self(load_core).context("pinning the generator with taskset")?;
-    }
-    let core = cores.map(|(p, _)| p);
+    let core = super::pin_generator(args)?.map(|(p, _)| p);
     let env = Env {
         args,
         dir: &dir,
@@ -337,27 +324,6 @@ fn figures(s: &Subject) -> TargetFigures {
     }
 }
 
-fn plan(
-    addr: SocketAddr,
-    requests: Vec<RequestSpec>,
-    load: Load,
-    connections: usize,
-    duration: Duration,
-) -> Plan {
-    Plan {
-        addr,
-        tls: None,
-        protocol: Protocol::H1,
-        keep_alive: true,
-        load,
-        connections,
-        threads: 1,
-        duration,
-        timeout: Duration::from_secs(10),
-        requests,
-    }
-}
-
 fn start(env: &Env<'_>, launch: &Launch) -> anyhow::Result<Running> {
     Ok(launch.start(env.dir, env.core, &[], Duration::from_secs(30))?)
 }
@@ -424,13 +390,13 @@ fn overload_one(env: &Env<'_>, launch: &Launch) -> anyhow::Result<OverloadFigure
     let result = (|| -> anyhow::Result<OverloadFigures> {
         if !args.warmup.is_zero() {
             generator::run(
-                plan(addr, reqs.clone(), Load::Closed, CONNECTIONS, args.warmup),
+                Plan::h1(addr, reqs.clone(), Load::Closed, CONNECTIONS, args.warmup),
                 Arc::default(),
             )?;
         }
         let cpu0 = running.cpu_seconds();
         let max = generator::run(
-            plan(addr, reqs.clone(), Load::Closed, CONNECTIONS, args.duration),
+            Plan::h1(addr, reqs.clone(), Load::Closed, CONNECTIONS, args.duration),
             Arc::default(),
         )?;
         let cpu_max = running.cpu_seconds() - cpu0;
@@ -448,7 +414,7 @@ fn overload_one(env: &Env<'_>, launch: &Launch) -> anyhow::Result<OverloadFigure
         );
         settle(addr, &req)?;
         let unloaded = generator::run(
-            plan(
+            Plan::h1(
                 addr,
                 reqs.clone(),
                 Load::Open {
@@ -470,7 +436,7 @@ fn overload_one(env: &Env<'_>, launch: &Launch) -> anyhow::Result<OverloadFigure
             let rate = m.goodput * factor;
             let cpu0 = running.cpu_seconds();
             let o = generator::run(
-                plan(
+                Plan::h1(
                     addr,
                     reqs.clone(),
                     Load::Open { rate },
@@ -544,7 +510,7 @@ fn noisy_neighbor(env: &Env<'_>) -> anyhow::Result<Vec<TargetFigures>> {
     let fast = Upstream::start("127.0.0.1:0".parse()?)?;
     // The slow upstream's own capacity, straight to it.
     let cap = generator::run(
-        plan(
+        Plan::h1(
             slow.addr,
             vec![noisy.clone()],
             Load::Closed,
@@ -615,7 +581,7 @@ fn noisy_case(
         let both = vec![victim.clone(), noisy.clone()];
         if !args.warmup.is_zero() {
             generator::run(
-                plan(addr, both.clone(), Load::Closed, 64, args.warmup),
+                Plan::h1(addr, both.clone(), Load::Closed, 64, args.warmup),
                 Arc::default(),
             )?;
         }
@@ -626,7 +592,7 @@ fn noisy_case(
             None => {
                 let cpu0 = running.cpu_seconds();
                 let m = generator::run(
-                    plan(addr, both.clone(), Load::Closed, 64, args.duration),
+                    Plan::h1(addr, both.clone(), Load::Closed, 64, args.duration),
                     Arc::default(),
                 )?;
                 let cpu = running.cpu_seconds() - cpu0;
@@ -636,7 +602,7 @@ fn noisy_case(
             }
         };
         let rate = capacity * VICTIM_SHARE;
-        let victim_plan = plan(
+        let victim_plan = Plan::h1(
             addr,
             vec![victim.clone()],
             Load::Open { rate },
@@ -647,7 +613,7 @@ fn noisy_case(
         let alone = generator::run(victim_plan.clone(), Arc::default())?;
         settle(addr, victim)?;
         // The flood starts first and outlasts the victim's window on both sides.
-        let flood_plan = plan(
+        let flood_plan = Plan::h1(
             addr,
             vec![noisy.clone()],
             Load::Closed,

@@ -89,6 +89,30 @@ pub struct Plan {
     pub requests: Vec<RequestSpec>,
 }
 
+impl Plan {
+    /// Plain HTTP/1.1 over keep-alive connections from one thread, 10 s per request at most.
+    pub fn h1(
+        addr: SocketAddr,
+        requests: Vec<RequestSpec>,
+        load: Load,
+        connections: usize,
+        duration: Duration,
+    ) -> Plan {
+        Plan {
+            addr,
+            tls: None,
+            protocol: Protocol::H1,
+            keep_alive: true,
+            load,
+            connections,
+            threads: 1,
+            duration,
+            timeout: Duration::from_secs(10),
+            requests,
+        }
+    }
+}
+
 /// A run's result: the merged figures and, for an open loop, how many intended requests were never sent.
 pub struct Outcome {
     pub stats: Stats,
