@@ -425,29 +425,24 @@ pub trait RuleTarget {
     fn append(&mut self, name: http::HeaderName, value: HeaderValue);
 }
 
-impl RuleTarget for RequestHeader {
-    fn remove(&mut self, name: &http::HeaderName) {
-        self.remove_header(name);
-    }
-    fn insert(&mut self, name: http::HeaderName, value: HeaderValue) {
-        let _ = self.insert_header(name, value);
-    }
-    fn append(&mut self, name: http::HeaderName, value: HeaderValue) {
-        let _ = self.append_header(name, value);
-    }
+/// Both heads have the same three methods under the same names.
+macro_rules! rule_target {
+    ($($head:ty),*) => {$(
+        impl RuleTarget for $head {
+            fn remove(&mut self, name: &http::HeaderName) {
+                self.remove_header(name);
+            }
+            fn insert(&mut self, name: http::HeaderName, value: HeaderValue) {
+                let _ = self.insert_header(name, value);
+            }
+            fn append(&mut self, name: http::HeaderName, value: HeaderValue) {
+                let _ = self.append_header(name, value);
+            }
+        }
+    )*};
 }
 
-impl RuleTarget for ResponseHeader {
-    fn remove(&mut self, name: &http::HeaderName) {
-        self.remove_header(name);
-    }
-    fn insert(&mut self, name: http::HeaderName, value: HeaderValue) {
-        let _ = self.insert_header(name, value);
-    }
-    fn append(&mut self, name: http::HeaderName, value: HeaderValue) {
-        let _ = self.append_header(name, value);
-    }
-}
+rule_target!(RequestHeader, ResponseHeader);
 
 /// Applies a route's header rules to a request or response head: remove, then set, then add.
 pub fn apply_rules(head: &mut impl RuleTarget, rules: &HeaderRules) {

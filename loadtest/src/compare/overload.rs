@@ -331,23 +331,20 @@ fn start(env: &Env<'_>, launch: &Launch) -> anyhow::Result<Running> {
 /// Waits (up to 60 s) until the target answers one request with a 2xx within a second: a run past
 /// saturation leaves a backlog behind, which must not count against the next run.
 fn settle(addr: SocketAddr, req: &RequestSpec) -> anyhow::Result<()> {
-    let mut head = format!("GET {} HTTP/1.1\r\nHost: {}\r\n", req.path, req.host);
-    for (k, v) in &req.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("Connection: close\r\n\r\n");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let t0 = Instant::now();
-        let ok = (|| -> std::io::Result<bool> {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            s.write_all(head.as_bytes())?;
-            let mut buf = [0u8; 12];
-            s.read_exact(&mut buf)?;
-            Ok(buf.starts_with(b"HTTP/1.1 2"))
-        })()
-        .unwrap_or(false);
+        let ok = matches!(
+            rt.block_on(super::probe::status_within(
+                addr,
+                req,
+                Duration::from_secs(1)
+            )),
+            Ok(200..=299)
+        );
         if ok && t0.elapsed() < Duration::from_millis(50) {
             return Ok(());
         }

@@ -18,8 +18,17 @@ pub enum ProbeError {
     },
 }
 
-/// One request over a fresh connection; the status, or a description of the failure.
+/// One request over a fresh connection; the status, or a description of the failure (5 s at most).
 async fn status(addr: SocketAddr, req: &RequestSpec) -> Result<u16, String> {
+    status_within(addr, req, Duration::from_secs(5)).await
+}
+
+/// As `status`, giving up after `limit`.
+pub async fn status_within(
+    addr: SocketAddr,
+    req: &RequestSpec,
+    limit: Duration,
+) -> Result<u16, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -33,7 +42,7 @@ async fn status(addr: SocketAddr, req: &RequestSpec) -> Result<u16, String> {
     }
     head.push_str("Connection: close\r\n\r\n");
     let fut = conn.exchange(head.as_bytes(), false);
-    match tokio::time::timeout(Duration::from_secs(5), fut).await {
+    match tokio::time::timeout(limit, fut).await {
         Ok(Ok(r)) => Ok(r.status),
         Ok(Err(e)) => Err(format!("{e:?}")),
         Err(_) => Err("timeout".into()),

@@ -17,7 +17,7 @@ use super::peers::{self, Peer, Setup};
 use super::process::{self, free_addr, Launch, Running};
 use super::{measure, work_dir, Target};
 use crate::cli::parse_duration;
-use crate::generator::{self, h1, Load, Plan, Protocol, RequestSpec};
+use crate::generator::{self, h1, Load, Plan, RequestSpec};
 use crate::report::{self, Work};
 use crate::scenario::{Scenario, BASE_DOMAIN};
 use crate::upstream::Upstream;
@@ -299,16 +299,8 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
 
 fn closed_plan(addr: SocketAddr, requests: Vec<RequestSpec>, duration: Duration) -> Plan {
     Plan {
-        addr,
-        tls: None,
-        protocol: Protocol::H1,
-        keep_alive: true,
-        load: Load::Closed,
-        connections: 64,
-        threads: 1,
-        duration,
         timeout: Duration::from_secs(5),
-        requests,
+        ..Plan::h1(addr, requests, Load::Closed, 64, duration)
     }
 }
 
