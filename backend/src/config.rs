@@ -62,6 +62,11 @@ pub struct Config {
     pub db_slow_query: Duration,
     /// The platform's base domains (`TENANT_BASE_DOMAINS`, comma-separated): `{tenant}.{base}` hosts.
     pub base_domains: Vec<String>,
+    /// The plan of tenants without one of their own (`BACKEND_DEFAULT_PLAN`, default `free`).
+    pub default_plan: String,
+    /// How often this month's request counts go from Redis to Postgres `usage` (`USAGE_FLUSH_SECS`,
+    /// default 5; at most 10: a Redis loss costs at most this window of counts).
+    pub usage_flush: Duration,
 }
 
 /// `TENANT_BASE_DOMAINS` unless set.
@@ -231,6 +236,31 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
             .map(|s| s.trim().to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .collect(),
+        default_plan: match get("BACKEND_DEFAULT_PLAN").filter(|v| !v.is_empty()) {
+            None => "free".to_string(),
+            Some(p) if crate::plans::is_plan_name(&p) => p,
+            Some(p) => {
+                return Err(err(
+                    "BACKEND_DEFAULT_PLAN",
+                    format!("`{p}` is not a plan name (a-z, 0-9, - and _, at most 40)"),
+                ))
+            }
+        },
+        usage_flush: match get("USAGE_FLUSH_SECS").filter(|v| !v.is_empty()) {
+            None => Duration::from_secs(5),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=10).contains(n))
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    err(
+                        "USAGE_FLUSH_SECS",
+                        "must be a whole number of seconds from 1 to 10",
+                    )
+                })?,
+        },
         db_slow_query: match get("DB_SLOW_QUERY_MS").filter(|v| !v.is_empty()) {
             None => Duration::from_millis(DEFAULT_DB_SLOW_QUERY_MS),
             Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|_| {

@@ -13,5 +13,7 @@ pub mod fuzz;
 pub mod http;
 pub mod metrics;
 pub mod otel;
+pub mod plans;
 pub mod state;
 pub mod storage;
+pub mod usage;

@@ -143,6 +143,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
                     .context("migrations at start (MIGRATE_ON_START=0 to skip)")?;
             }
             let state = state::AppState::new(&config).await?;
+            tokio::spawn(backend::usage::run(state.clone(), config.usage_flush));
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("BACKEND_LISTEN: cannot bind {}", config.listen))?;

@@ -16,6 +16,8 @@ pub struct AppState {
     pub tokens: TokenKeys,
     pub refresh_ttl: Duration,
     pub base_domains: Vec<String>,
+    /// The plan of tenants without one of their own.
+    pub default_plan: String,
     /// Bounds concurrent Argon2id work (19 MiB and tens of ms of CPU each) to the cores there are.
     pub hashing: tokio::sync::Semaphore,
     pub storage: crate::storage::Storage,
@@ -63,6 +65,7 @@ impl AppState {
             tokens: TokenKeys::new(&config.jwt_secret, config.access_ttl),
             refresh_ttl: config.refresh_ttl,
             base_domains: config.base_domains.clone(),
+            default_plan: config.default_plan.clone(),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),

@@ -207,15 +207,26 @@ impl Storage {
         Ok((content_type, size, stream))
     }
 
+    /// Deletes the object; its size.
     #[tracing::instrument(level = "debug", name = "storage delete", skip_all, fields(otel.kind = "client"))]
-    pub async fn delete(&self, tenant: Uuid, path: &str) -> Result<(), StorageError> {
+    pub async fn delete(&self, tenant: Uuid, path: &str) -> Result<u64, StorageError> {
         let k = key(tenant, path)?;
-        self.store.head(&k).await?;
+        let meta = self.store.head(&k).await?;
         self.store.delete(&k).await?;
         if self.local {
             let _ = self.store.delete(&meta_key(tenant, path)?).await;
         }
-        Ok(())
+        Ok(meta.size)
+    }
+
+    /// The size of the object at `path`, `None` when there is none.
+    #[tracing::instrument(level = "debug", name = "storage head", skip_all, fields(otel.kind = "client"))]
+    pub async fn size_of(&self, tenant: Uuid, path: &str) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&key(tenant, path)?).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Objects of `tenant` whose path starts with `prefix` (a folder prefix, or empty for all).

@@ -104,6 +104,8 @@ async fn postgres_down_gives_503_then_recovers() {
         migrate_on_start: false,
         fault_panic_path: None,
         base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
+        default_plan: "free".into(),
+        usage_flush: std::time::Duration::from_secs(5),
         db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     let state = AppState::new(&config).await.expect("state");

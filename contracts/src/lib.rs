@@ -52,6 +52,99 @@ pub mod redis_keys {
     pub fn api_key(prefix: &str) -> String {
         format!("aggios:apikey:{prefix}")
     }
+
+    /// The gateway's cache of a tenant's effective policy ([`crate::plans::TenantPolicy`]); the backend
+    /// deletes it when the tenant's plan, overrides or suspension change.
+    pub fn tenant_policy(tenant: &str) -> String {
+        format!("aggios:policy:{tenant}")
+    }
+
+    /// The Pub/Sub channel on which the backend names a tenant whose policy changed (`*`: every tenant,
+    /// after a plan itself changed). Gateways drop their in-process entries on each message.
+    pub const POLICY_CHANNEL: &str = "aggios:policy-changes";
+
+    /// A tenant's requests counted in one calendar month (UTC), `month` as `YYYY-MM`: incremented by the
+    /// gateway's rate-limit script, flushed to Postgres `usage` by the backend.
+    pub fn monthly_requests(tenant: &str, month: &str) -> String {
+        format!("aggios:quota:{{{tenant}}}:{month}")
+    }
+}
+
+/// Tenant plans: what the backend's internal listener answers at
+/// `GET /internal/tenant-policy/{tenant}` and what the gateway caches.
+pub mod plans {
+    /// A tenant's effective policy: its plan with the tenant's overrides applied.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct TenantPolicy {
+        /// The tenant's label (its subdomain).
+        pub tenant: String,
+        /// The plan's name (named in `RateLimit-Policy`).
+        pub plan: String,
+        /// Bumped by every change of the tenant's plan, overrides or suspension.
+        pub version: i64,
+        pub suspended: bool,
+        pub requests_per_second: u64,
+        pub burst: u64,
+        /// The tenant's weight in the fair shares under overload.
+        pub concurrency_weight: u32,
+        /// Requests per calendar month (UTC); 0 = none.
+        pub monthly_requests: u64,
+        pub storage_bytes: u64,
+        pub max_upload_bytes: u64,
+        pub max_api_keys: u32,
+        pub max_users: u32,
+    }
+
+    /// The calendar month (UTC) of a Unix time, as `YYYY-MM`, and the Unix time at which it ends.
+    pub fn month_of(unix_secs: u64) -> (String, u64) {
+        let days = (unix_secs / 86_400) as i64;
+        let (y, m) = civil(days);
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        let end = days_from_civil(ny, nm) as u64 * 86_400;
+        (format!("{y:04}-{m:02}"), end)
+    }
+
+    /// Year and month of a day count since 1970-01-01 (Howard Hinnant's civil-from-days).
+    fn civil(z: i64) -> (i64, u32) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        (y, m)
+    }
+
+    /// Days since 1970-01-01 of the first day of month `m` of year `y`.
+    fn days_from_civil(y: i64, m: u32) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let m = i64::from(m);
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn months_and_their_ends() {
+            assert_eq!(month_of(0), ("1970-01".to_string(), 31 * 86_400));
+            // 2026-12-06T11:00:00Z
+            let (m, end) = month_of(1_796_554_800);
+            assert_eq!(m, "2026-12");
+            assert_eq!(end, 1_798_761_600, "2027-01-01T00:00:00Z");
+            // The last second of February in a leap year, and the first of March.
+            assert_eq!(month_of(1_709_251_199).0, "2024-02");
+            assert_eq!(month_of(1_709_251_200).0, "2024-03");
+            assert_eq!(month_of(1_709_251_199).1, 1_709_251_200);
+        }
+    }
 }
 
 /// Request headers the gateway sets for the backend (and strips from clients).

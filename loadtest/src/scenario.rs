@@ -18,6 +18,9 @@ pub const TENANTS: usize = 1000;
 /// The global limit of `tenant_jwt_ratelimit`: far above what one core serves, so it never trips and
 /// every request costs one decision.
 pub const LIMIT_PER_SECOND: u64 = 1_000_000;
+/// Where the gateway of `tenant_jwt_plan` asks for a tenant's plan (`[plans] lookup_url`): the harness's
+/// upstream answers it (`upstream.rs`) with a plan of [`LIMIT_PER_SECOND`].
+pub const POLICY_PATH: &str = "/internal/tenant-policy/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -29,6 +32,9 @@ pub enum Scenario {
     TenantJwt,
     /// `tenant_jwt` plus a global (Redis) per-tenant limit that never trips.
     TenantJwtRatelimit,
+    /// `tenant_jwt` with the built-in `plan` limit instead: each tenant's plan (looked up once, then
+    /// cached) sets its rate, and its monthly quota is counted in the same Redis call (#26).
+    TenantJwtPlan,
     /// A new TLS connection (full handshake) per request, on a plain route.
     TlsHandshake,
     /// A real login (`POST /api/auth/login`) through the proxy to the backend, against the real Postgres:
@@ -49,6 +55,7 @@ impl Scenario {
             Scenario::Plain => "plain",
             Scenario::TenantJwt => "tenant_jwt",
             Scenario::TenantJwtRatelimit => "tenant_jwt_ratelimit",
+            Scenario::TenantJwtPlan => "tenant_jwt_plan",
             Scenario::TlsHandshake => "tls_handshake",
             Scenario::Login => "login",
             Scenario::Overload => "overload",
@@ -59,7 +66,10 @@ impl Scenario {
     pub fn tenants(self) -> bool {
         matches!(
             self,
-            Scenario::TenantJwt | Scenario::TenantJwtRatelimit | Scenario::NoisyNeighbor
+            Scenario::TenantJwt
+                | Scenario::TenantJwtRatelimit
+                | Scenario::TenantJwtPlan
+                | Scenario::NoisyNeighbor
         )
     }
 
@@ -164,6 +174,9 @@ upstream = "origin"
             Scenario::TenantJwtRatelimit => {
                 toml.push_str("auth = \"jwt_tenant\"\nrate_limits = [\"per_tenant\"]\n")
             }
+            Scenario::TenantJwtPlan => {
+                toml.push_str("auth = \"jwt_tenant\"\nrate_limits = [\"plan\"]\n")
+            }
         }
         if self.tenants() {
             toml.push_str("[auth.jwt]\nsecret_env = \"BENCH_JWT_SECRET\"\n");
@@ -171,6 +184,12 @@ upstream = "origin"
         if self == Scenario::TenantJwtRatelimit {
             toml.push_str(&format!(
                 "[redis]\nurl_env = \"BENCH_REDIS_URL\"\n[rate_limits.per_tenant]\nkey = \"tenant\"\nlimit = {LIMIT_PER_SECOND}\nperiod = \"1s\"\nscope = \"global\"\n"
+            ));
+        }
+        if self == Scenario::TenantJwtPlan {
+            toml.push_str(&format!(
+                "[redis]\nurl_env = \"BENCH_REDIS_URL\"\n[plans]\nlookup_url = \"http://{upstream}{}{{tenant}}\"\ncache_ttl = \"300s\"\n",
+                POLICY_PATH
             ));
         }
         if let Some((cert, key)) = tls {

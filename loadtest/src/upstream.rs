@@ -139,6 +139,22 @@ impl Drop for Upstream {
     }
 }
 
+/// A tenant's policy as the backend's internal listener answers it: a plan whose rate never trips.
+fn policy_response(tenant: &str) -> http::Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "tenant": tenant, "plan": "bench", "version": 1, "suspended": false,
+        "requests_per_second": crate::scenario::LIMIT_PER_SECOND, "burst": 0, "concurrency_weight": 1,
+        "monthly_requests": 0, "storage_bytes": 0, "max_upload_bytes": 0, "max_api_keys": 0,
+        "max_users": 0
+    });
+    let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -150,6 +166,10 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let state = Arc::clone(&state);
                 async move {
+                    // The `tenant_jwt_plan` scenario's policy lookups: a plan that never trips.
+                    if let Some(t) = req.uri().path().strip_prefix(crate::scenario::POLICY_PATH) {
+                        return Ok(policy_response(t));
+                    }
                     // Read the request body (a login's JSON, say) before answering.
                     let _ = req.into_body().collect().await;
                     let stall = state.stall_until_us.load(Ordering::Relaxed);

@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod plans;
 pub mod refresh_tokens;
 pub mod tenants;
 pub mod users;

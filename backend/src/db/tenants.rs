@@ -13,9 +13,16 @@ pub struct Tenant {
     pub is_active: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Its own plan; `None`: the default plan (`BACKEND_DEFAULT_PLAN`).
+    pub plan: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub suspended_at: Option<OffsetDateTime>,
+    /// Bumped by every change of its plan, overrides or suspension.
+    pub policy_version: i64,
 }
 
-const COLS: &str = "id, name, subdomain, domain, is_active, created_at";
+const COLS: &str =
+    "id, name, subdomain, domain, is_active, created_at, plan, suspended_at, policy_version";
 
 /// The active tenant a host names: `{subdomain}.{base}` for one of `bases`, or a tenant's own domain.
 #[tracing::instrument(level = "debug", name = "tenants.by_host", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]

@@ -121,6 +121,11 @@ pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
                 "the token's tenant does not exist or is inactive".into(),
             )
         })?;
+    // A suspended tenant is refused at the edge; here again (defence in depth). Platform admins keep
+    // access, so that one of a suspended tenant can still resume it.
+    if tenant.suspended_at.is_some() && claims.role != "platform_admin" {
+        return Err(ApiError::TenantSuspended);
+    }
     Ok(Principal {
         user_id: claims.user_id,
         email: claims.email,
@@ -191,6 +196,9 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
         .await?
         .filter(|t| t.is_active)
         .ok_or_else(invalid)?;
+    if tenant.suspended_at.is_some() {
+        return Err(ApiError::TenantSuspended);
+    }
     Ok(Principal {
         user_id: rec.id,
         email: String::new(),
@@ -199,6 +207,15 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
         jti: String::new(),
         exp: 0,
     })
+}
+
+/// The caller, who must be a platform admin now (the role read again from the database).
+pub async fn platform_admin(ctx: &Ctx) -> Result<Principal, ApiError> {
+    let p = admin(ctx).await?;
+    if !p.is_platform_admin() {
+        return Err(ApiError::Forbidden("platform admins only".into()));
+    }
+    Ok(p)
 }
 
 /// The caller, who must be an admin of its tenant (or a platform admin) now: the role is read again

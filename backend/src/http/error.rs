@@ -14,6 +14,15 @@ pub enum ApiError {
     /// 403: authenticated, not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// 400: a field of the body cannot be taken; names it (dotted under objects).
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
+    /// 403: the tenant is suspended by the platform.
+    #[error("this tenant is suspended")]
+    TenantSuspended,
+    /// 409: the tenant's plan allows no more of this.
+    #[error("{0}")]
+    PlanLimit(String),
     /// 404: nothing there (or not visible to this tenant).
     #[error("{0}")]
     NotFound(String),
@@ -49,6 +58,9 @@ impl ApiError {
             ApiError::BadRequest(..) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(..) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TenantSuspended => StatusCode::FORBIDDEN,
+            ApiError::PlanLimit(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -65,6 +77,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(code, _) | ApiError::Unauthorized(code, _) => code,
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::InvalidField { .. } => "invalid_field",
+            ApiError::TenantSuspended => "tenant_suspended",
+            ApiError::PlanLimit(_) => "plan_limit",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict { .. } => "conflict",
@@ -90,6 +105,9 @@ impl ApiError {
                 .collect();
         }
         if let ApiError::Conflict { field } = &self {
+            error["field"] = serde_json::json!(field);
+        }
+        if let ApiError::InvalidField { field, .. } = &self {
             error["field"] = serde_json::json!(field);
         }
         let mut resp = super::json(self.status(), &serde_json::json!({ "error": error }));

@@ -144,6 +144,8 @@ impl TestApp {
             migrate_on_start: false,
             fault_panic_path,
             base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
+            default_plan: "free".into(),
+            usage_flush: std::time::Duration::from_secs(5),
             db_slow_query: db_slow_query.unwrap_or(std::time::Duration::from_millis(
                 backend::config::DEFAULT_DB_SLOW_QUERY_MS,
             )),

@@ -6,6 +6,7 @@ mod files;
 mod helpers;
 mod keys;
 mod otel;
+mod plans;
 mod rls;
 mod service;
 mod users;

@@ -295,6 +295,56 @@ pub fn admit(
     Ok(())
 }
 
+impl AdminApp {
+    /// The tenant's plan and this month's quota figures (with `[plans]`): its policy as this replica
+    /// applies it, and the exact count from Redis.
+    async fn plan_json(
+        &self,
+        rt: &crate::edge::state::Snapshot,
+        tenant: &str,
+    ) -> Option<serde_json::Value> {
+        let store = rt.plans.as_ref()?;
+        let resolved = store.resolve(tenant).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (month, ends) = contracts::plans::month_of(now);
+        let used: Option<u64> = match &self.state.redis {
+            Some(redis) => {
+                let key = contracts::redis_keys::monthly_requests(tenant, &month);
+                redis
+                    .call(|mut c| async move {
+                        redis::cmd("GET")
+                            .arg(key)
+                            .query_async::<Option<u64>>(&mut c)
+                            .await
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        Some(match resolved {
+            Ok(r) => json!({
+                "plan": r.policy.plan,
+                "source": format!("{:?}", r.source).to_lowercase(),
+                "version": r.policy.version,
+                "suspended": r.policy.suspended,
+                "requests_per_second": r.policy.requests_per_second,
+                "burst": r.policy.burst,
+                "concurrency_weight": r.policy.concurrency_weight,
+                "month": month,
+                "month_ends": ends,
+                "monthly_requests": { "used": used.unwrap_or(0), "limit": r.policy.monthly_requests },
+            }),
+            Err(()) => {
+                json!({ "source": "error", "month": month, "monthly_requests": { "used": used } })
+            }
+        })
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -357,7 +407,11 @@ impl ServeHttp for AdminApp {
                 {
                     refusal(400, "invalid_tenant", "a tenant is one lowercase DNS label")
                 } else {
-                    json_response(StatusCode::OK, self.state.tenant_stats.stats_json(tenant))
+                    let mut stats = self.state.tenant_stats.stats_json(tenant);
+                    if let Some(plan) = self.plan_json(&rt, tenant).await {
+                        stats["plan"] = plan;
+                    }
+                    json_response(StatusCode::OK, stats)
                 }
             }
             _ => refusal(

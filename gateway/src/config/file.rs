@@ -37,6 +37,7 @@ file_tables! {
         pub tenant_stats: Option<TenantStatsFile>,
         pub tracing: Option<TracingFile>,
         pub overload: Option<OverloadFile>,
+        pub plans: Option<PlansFile>,
         pub tls: Option<TlsFile>,
         #[serde(default)]
         pub admin: AdminFile,
@@ -280,6 +281,9 @@ file_tables! {
         pub auth: Option<Spanned<String>>,
         pub on_store_error: Option<Spanned<String>>,
         pub rate_limits: Option<Vec<Spanned<String>>>,
+        /// Whether the route's requests count against the tenant's monthly quota (with `[plans]`;
+        /// default: when the route's auth binds the tenant).
+        pub quota: Option<Spanned<bool>>,
         pub scopes: Option<Vec<Spanned<String>>>,
         pub cors: Option<CorsFile>,
         pub security_headers: Option<SecurityHeadersFile>,
@@ -344,6 +348,32 @@ file_tables! {
     pub struct AuthFile {
         pub jwt: Option<JwtFile>,
         pub api_keys: Option<ApiKeysFile>,
+    }
+}
+
+file_tables! {
+    /// `[plans]`: where the gateway learns a tenant's plan, and what it applies when it cannot.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PlansFile {
+        pub lookup_url: Spanned<String>,
+        pub timeout: Option<Spanned<String>>,
+        pub cache_ttl: Option<Spanned<String>>,
+        pub on_policy_error: Option<Spanned<String>>,
+        pub expected_replicas: Option<Spanned<i64>>,
+        pub default: Option<PlanDefaultFile>,
+    }
+}
+
+file_tables! {
+    /// `[plans.default]`: the limits applied while a tenant's own cannot be fetched.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PlanDefaultFile {
+        pub plan: Option<Spanned<String>>,
+        pub requests_per_second: Option<Spanned<i64>>,
+        pub burst: Option<Spanned<i64>>,
+        pub monthly_requests: Option<Spanned<i64>>,
     }
 }
 

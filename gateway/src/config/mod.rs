@@ -18,6 +18,7 @@ mod forwarding;
 mod limits;
 mod log;
 mod overload;
+pub mod plans;
 pub mod rate_limits;
 mod redis;
 mod routes;
@@ -120,7 +121,10 @@ pub struct Config {
     pub overload: OverloadSettings,
     /// `[tls]`, when configured (then `entrypoints.https` is set too).
     pub tls: Option<TlsSettings>,
-    /// `[rate_limits.*]`, by index (routes refer to them by index).
+    /// `[plans]`, when configured.
+    pub plans: Option<plans::PlanSettings>,
+    /// `[rate_limits.*]`, by index (routes refer to them by index); with `[plans]`, the built-in
+    /// `plan` policy last.
     pub rate_limits: Vec<RateLimitSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
@@ -318,7 +322,11 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         .api_keys
         .as_ref()
         .map(|a| validate_api_keys(a, diags));
-    let rate_limits = rate_limits::validate(&raw.rate_limits, diags);
+    let mut rate_limits = rate_limits::validate(&raw.rate_limits, diags);
+    let plans = raw.plans.as_ref().map(|p| plans::validate_plans(p, diags));
+    if let Some(p) = &plans {
+        rate_limits.push(p.policy());
+    }
     let tracing = tracing::validate_tracing(raw.tracing.as_ref(), diags);
     let tenant_stats = tenant_stats::validate_tenant_stats(raw.tenant_stats.as_ref(), diags);
     let dns = dns::validate_dns(raw.dns.as_ref(), diags);
@@ -430,6 +438,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         tracing,
         overload,
         tls,
+        plans,
         rate_limits,
         upstreams,
         routes,

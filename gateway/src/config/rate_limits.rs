@@ -58,6 +58,9 @@ pub struct RateLimitSpec {
     pub headers: bool,
     /// Per-tenant rates (a tenant on a bigger plan).
     pub overrides: HashMap<String, Rate>,
+    /// The built-in `plan` policy: the rate is the tenant's plan's (`[plans]`), `rate` only the
+    /// default plan's.
+    pub plan: bool,
 }
 
 impl RateLimitSpec {
@@ -69,6 +72,9 @@ impl RateLimitSpec {
             .unwrap_or(self.rate)
     }
 }
+
+/// The name of the built-in rate limit a route lists to apply the tenant's plan (`[plans]`).
+pub const PLAN_POLICY: &str = "plan";
 
 /// Largest `limit` or `burst` accepted (keeps the arithmetic far from overflow).
 const MAX_COUNT: i64 = 1_000_000_000;
@@ -109,6 +115,12 @@ pub(super) fn validate(
 ) -> Vec<RateLimitSpec> {
     let mut out = Vec::new();
     for (name, p) in raw {
+        if name == PLAN_POLICY {
+            diags.push(Diagnostic::at(
+                &p.limit,
+                "the rate limit name `plan` is built in (the tenant's plan, from [plans]); choose another name",
+            ));
+        }
         if name.is_empty()
             || !name
                 .chars()
@@ -209,6 +221,7 @@ pub(super) fn validate(
             expected_replicas,
             headers: p.headers.unwrap_or(true),
             overrides,
+            plan: false,
         });
     }
     out

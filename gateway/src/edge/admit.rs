@@ -62,7 +62,7 @@ impl Gateway {
             // keys is refused here, not passed on to the backend.
             let (early, rest) = ratelimit::stage::early_late(all, &rt.config.rate_limits);
             if !early.is_empty() {
-                match self.check_rate_limits(ctx, &rt, &early).await {
+                match self.check_rate_limits(ctx, &rt, &early, false).await {
                     Ok(fields) => early_fields = fields,
                     Err(err) => {
                         answer(session, ctx, err).await?;
@@ -76,11 +76,16 @@ impl Gateway {
                 return Ok(true);
             }
         }
+        // The tenant is known now (host, token or key): its plan (cached) may refuse it outright.
+        if let Err(err) = self.check_plan(ctx, &rt).await {
+            answer(session, ctx, err).await?;
+            return Ok(true);
+        }
         // The two Redis questions (each usually answered in process) run concurrently: at most one
         // round trip of latency. A revoked token is refused as such whatever the limits say.
         let (revocation, limits) = tokio::join!(
             self.check_revocation(ctx, &rt),
-            self.check_rate_limits(ctx, &rt, &later)
+            self.check_rate_limits(ctx, &rt, &later, true)
         );
         match revocation.and(limits) {
             Ok(fields) => ctx.rate_headers = fields.or(early_fields),

@@ -33,6 +33,8 @@ impl Drop for InFlight {
 pub struct RequestCtx {
     pub(super) request: Admitted,
     pub(super) credential: Credential,
+    /// The tenant's plan (with `[plans]`), once the tenant is known.
+    pub(super) plan: Option<super::plan::Resolved>,
     /// `RateLimit-Policy` and `RateLimit` for the response, when the binding policy sends them.
     pub(super) rate_headers: Option<(String, String)>,
     pub(super) retry: RetryState,
@@ -230,6 +232,7 @@ impl RequestCtx {
                 core: None,
             },
             credential: Credential::None,
+            plan: None,
             rate_headers: None,
             retry: RetryState {
                 server: None,

@@ -47,9 +47,15 @@ pub enum EdgeError {
     /// 503: the shared store (Redis) did not answer and the route fails closed.
     #[error("authorization store unavailable; retry shortly")]
     StoreUnavailable,
-    /// 429: a rate limit refused the request.
-    #[error("rate limit `{}` exceeded; retry in {} s", .0.policy, .0.retry_after_secs)]
+    /// 429: a rate limit refused the request (`quota_exceeded`: the tenant's monthly quota).
+    #[error("{}", .0.message())]
     RateLimited(Box<RateLimitRefusal>),
+    /// 403: the tenant is suspended by the platform.
+    #[error("this tenant is suspended")]
+    TenantSuspended,
+    /// 503: the tenant's plan could not be fetched and `[plans] on_policy_error = "refuse"`.
+    #[error("the tenant's plan is unavailable; retry shortly")]
+    PolicyUnavailable,
     /// 405: a CONNECT request (the gateway does not tunnel).
     #[error("CONNECT is not supported")]
     ConnectNotAllowed,
@@ -70,6 +76,24 @@ pub struct RateLimitRefusal {
     /// `RateLimit-Policy` and `RateLimit` field values.
     pub policy_field: String,
     pub ratelimit_field: String,
+    /// The tenant's monthly quota refused it (`policy` names the plan), not a rate.
+    pub quota: bool,
+}
+
+impl RateLimitRefusal {
+    fn message(&self) -> String {
+        if self.quota {
+            format!(
+                "the monthly request quota of plan `{}` is spent; it renews in {} s",
+                self.policy, self.retry_after_secs
+            )
+        } else {
+            format!(
+                "rate limit `{}` exceeded; retry in {} s",
+                self.policy, self.retry_after_secs
+            )
+        }
+    }
 }
 
 impl EdgeError {
@@ -101,6 +125,8 @@ impl EdgeError {
             EdgeError::CorsDenied => 403,
             EdgeError::StoreUnavailable => 503,
             EdgeError::RateLimited(_) => 429,
+            EdgeError::TenantSuspended => 403,
+            EdgeError::PolicyUnavailable => 503,
             EdgeError::ConnectNotAllowed => 405,
             EdgeError::Overloaded(_) => 503,
             EdgeError::Internal => 500,
@@ -124,7 +150,10 @@ impl EdgeError {
             EdgeError::Auth(a) => a.reason(),
             EdgeError::CorsDenied => "cors_denied",
             EdgeError::StoreUnavailable => "store_unavailable",
+            EdgeError::RateLimited(r) if r.quota => "quota_exceeded",
             EdgeError::RateLimited(_) => "rate_limited",
+            EdgeError::TenantSuspended => "tenant_suspended",
+            EdgeError::PolicyUnavailable => "policy_unavailable",
             EdgeError::ConnectNotAllowed => "method_not_allowed",
             EdgeError::Overloaded(crate::upstream::admission::Refusal::QueueFull) => {
                 "overloaded_queue_full"

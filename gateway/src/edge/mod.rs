@@ -16,6 +16,7 @@ pub mod error;
 pub mod guard;
 pub mod head_deadline;
 pub mod headers;
+pub mod plan;
 pub mod ratelimit;
 pub mod reply;
 pub mod route;

@@ -87,7 +87,7 @@ impl Reply {
                         f.push((WWW_AUTHENTICATE, v));
                     }
                 }
-                if let EdgeError::Overloaded(_) = e {
+                if let EdgeError::Overloaded(_) | EdgeError::PolicyUnavailable = e {
                     f.push((RETRY_AFTER, HeaderValue::from_static("1")));
                 }
                 if let EdgeError::RateLimited(r) = e {

@@ -100,6 +100,8 @@ pub struct Snapshot {
     pub jwt: Option<crate::edge::auth::JwtVerifier>,
     /// The API-key store of `[auth.api_keys]`.
     pub api_keys: Option<crate::edge::auth::api_key::ApiKeyStore>,
+    /// Tenants' plans of `[plans]`.
+    pub plans: Option<crate::edge::plan::PolicyStore>,
     /// In-process rate-limit state (local policies, fallbacks, shed-early guards).
     pub limiters: crate::edge::ratelimit::Limiters,
     pub router: Router,

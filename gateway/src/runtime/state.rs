@@ -57,6 +57,10 @@ impl Snapshot {
                 .api_keys
                 .as_ref()
                 .map(|a| crate::edge::auth::api_key::ApiKeyStore::new(a.clone(), redis.cloned())),
+            plans: config
+                .plans
+                .as_ref()
+                .map(|p| crate::edge::plan::PolicyStore::new(p.clone(), redis.cloned())),
             limiters: crate::edge::ratelimit::Limiters::new(&config.rate_limits),
             router: Router::new(&config.routes, &config.tenancy),
             routes,
@@ -192,6 +196,9 @@ impl GatewayState {
             return;
         }
         dns_refresh::spawn(self);
+        if let Some(client) = self.redis.as_ref().and_then(|r| r.pubsub_client()) {
+            tokio::spawn(follow_plan_changes(Arc::downgrade(self), client));
+        }
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -228,6 +235,52 @@ impl GatewayState {
                 down.join(", ")
             ))
         }
+    }
+}
+
+/// Follows [`crate::edge::plan::POLICY_CHANNEL`] for as long as the gateway lives, dropping the named tenants' entries
+/// from the live snapshot's store. While the subscription is broken nothing is heard, so every entry is
+/// dropped when it is made again. Must run inside a Tokio runtime.
+pub async fn follow_plan_changes(state: std::sync::Weak<GatewayState>, client: redis::Client) {
+    use futures_util::StreamExt;
+    let invalidate = |tenant: &str| -> bool {
+        let Some(gw) = state.upgrade() else {
+            return false;
+        };
+        if let Some(store) = gw.current().plans.as_ref() {
+            store.invalidate(tenant);
+        }
+        true
+    };
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(crate::edge::plan::POLICY_CHANNEL).await {
+                Ok(()) => {
+                    crate::telemetry::metrics::metrics().plan_subscribed.set(1);
+                    if !invalidate("*") {
+                        return;
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let tenant: String = msg.get_payload().unwrap_or_else(|_| "*".to_string());
+                        crate::telemetry::metrics::metrics()
+                            .plan_invalidations
+                            .inc();
+                        if !invalidate(&tenant) {
+                            return;
+                        }
+                    }
+                    tracing::warn!("policy change subscription ended; subscribing again");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to policy changes"),
+            },
+            Err(e) => tracing::debug!(error = %e, "cannot connect to Redis for policy changes"),
+        }
+        crate::telemetry::metrics::metrics().plan_subscribed.set(0);
+        if state.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

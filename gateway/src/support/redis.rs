@@ -78,6 +78,9 @@ pub struct Endpoint {
 
 pub struct SharedRedis {
     target: Target,
+    /// A client for Pub/Sub (a dedicated connection): the server, or a cluster's first seed node
+    /// (cluster Pub/Sub messages reach every node).
+    pubsub: Option<redis::Client>,
     conn: OnceCell<Conn>,
     /// Per-call timeout.
     pub timeout: Duration,
@@ -90,6 +93,14 @@ impl SharedRedis {
         let certs = || redis::TlsCertificates {
             client_tls: None,
             root_cert: s.ca_pem.clone(),
+        };
+        let pubsub = {
+            let first = s.url.split(',').next().unwrap_or("").trim();
+            if s.ca_pem.is_some() {
+                redis::Client::build_with_tls(first, certs()).ok()
+            } else {
+                redis::Client::open(first).ok()
+            }
         };
         let target = if s.cluster {
             let nodes: Vec<&str> = s.url.split(',').map(str::trim).collect();
@@ -106,6 +117,7 @@ impl SharedRedis {
         };
         Ok(SharedRedis {
             target,
+            pubsub,
             conn: OnceCell::new(),
             timeout: s.timeout,
             started: Instant::now(),
@@ -115,6 +127,11 @@ impl SharedRedis {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// A client for a Pub/Sub connection of its own.
+    pub fn pubsub_client(&self) -> Option<redis::Client> {
+        self.pubsub.clone()
     }
 
     /// Whether this is a Redis Cluster (keys of different slots cannot share a script call).
@@ -132,6 +149,31 @@ impl SharedRedis {
             self.now_ms() + BREAKER.as_millis() as u64,
             Ordering::Relaxed,
         );
+    }
+
+    /// `GET key` as bytes (`None`: no such key).
+    pub async fn get_bytes(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        self.call(|mut c| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// `SET key value PX ttl_ms`.
+    pub async fn set_px(&self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), StoreError> {
+        self.call(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     /// Runs `f` on the shared connection within the per-call timeout; a failure opens the breaker.

@@ -44,6 +44,11 @@ pub struct Metrics {
     /// Backpressure at the gateway's own core (`edge::backpressure`).
     pub core_concurrency_limit: IntGauge,
     pub core_deferrals: IntCounter,
+    /// Tenants' plans (`edge::plan`).
+    pub quota_refusals: IntCounterVec,
+    pub plan_lookups: IntCounterVec,
+    pub plan_invalidations: IntCounter,
+    pub plan_subscribed: IntGauge,
 }
 
 const BUCKETS: &[f64] = &[
@@ -147,6 +152,38 @@ impl Metrics {
             "Global rate-limit decisions Redis did not answer (the policy's fail mode decided).",
         )?;
         registry.register(Box::new(ratelimit_store_errors.clone()))?;
+        let quota_refusals = IntCounterVec::new(
+            Opts::new(
+                "gateway_quota_refusals_total",
+                "Requests refused by a tenant's plan, by reason (quota_exceeded: the monthly quota is spent; tenant_suspended; policy_unavailable: the policy could not be fetched and on_policy_error = refuse).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(quota_refusals.clone()))?;
+        for r in ["quota_exceeded", "tenant_suspended", "policy_unavailable"] {
+            quota_refusals.with_label_values(&[r]);
+        }
+        let plan_lookups = IntCounterVec::new(
+            Opts::new(
+                "gateway_plan_lookups_total",
+                "Tenant policies fetched past the in-process cache, by where they came from (redis, backend) or error (the default plan, or a refusal, applied).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(plan_lookups.clone()))?;
+        for r in ["redis", "backend", "error"] {
+            plan_lookups.with_label_values(&[r]);
+        }
+        let plan_invalidations = IntCounter::new(
+            "gateway_plan_invalidations_total",
+            "Policy change messages received from the backend (each drops cached policies).",
+        )?;
+        registry.register(Box::new(plan_invalidations.clone()))?;
+        let plan_subscribed = IntGauge::new(
+            "gateway_plan_changes_subscribed",
+            "1 while this replica follows the backend's policy changes on Redis; 0 means changes arrive only when cached policies expire.",
+        )?;
+        registry.register(Box::new(plan_subscribed.clone()))?;
         let redis_breaker_open = IntGauge::new(
             "gateway_redis_breaker_open",
             "1 while calls to the shared Redis are skipped after a failure (global limits fall back to local decisions, revocation checks fail closed); read at each scrape.",
@@ -346,6 +383,10 @@ impl Metrics {
             overload_refusals,
             core_concurrency_limit,
             core_deferrals,
+            quota_refusals,
+            plan_lookups,
+            plan_invalidations,
+            plan_subscribed,
         })
     }
 

@@ -109,7 +109,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     // The global limit's store, and the backend's throttle for `login`.
     if matches!(
         args.scenario,
-        Scenario::TenantJwtRatelimit | Scenario::Login
+        Scenario::TenantJwtRatelimit | Scenario::TenantJwtPlan | Scenario::Login
     ) && TcpStream::connect_timeout(&redis, Duration::from_secs(2)).is_err()
     {
         bail!(

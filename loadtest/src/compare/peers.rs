@@ -200,6 +200,11 @@ impl Peer {
         if scenario.overload() {
             return self.setup_overload(scenario, ctx);
         }
+        if scenario == Scenario::TenantJwtPlan {
+            return Ok(Setup::Cannot(
+                "no peer knows a tenant's plan (limits looked up per tenant at run time); compare with tenant_jwt_ratelimit in the same run".into(),
+            ));
+        }
         let jwt_missing = |who: &str| {
             format!("{who} has no JWT validation bound to the host's tenant; not comparable work")
         };
@@ -215,7 +220,9 @@ impl Peer {
                             "nginx (open source; auth_jwt is NGINX Plus)",
                         )))
                     }
-                    Scenario::TenantJwtRatelimit => "limit_req zone=tenants burst=1000000 nodelay;",
+                    Scenario::TenantJwtRatelimit | Scenario::TenantJwtPlan => {
+                        "limit_req zone=tenants burst=1000000 nodelay;"
+                    }
                 };
                 let conf = write("nginx.conf", nginx_conf(ctx, scenario, limit))?;
                 let l = launch(vec!["-c".into(), conf], vec![]);
@@ -266,14 +273,12 @@ impl Peer {
             Peer::Caddy => match scenario {
                 Scenario::TenantJwt
                 | Scenario::TenantJwtRatelimit
+                | Scenario::TenantJwtPlan
                 | Scenario::NoisyNeighbor => return Ok(Setup::Cannot(
                     "Caddy's standard build has neither JWT validation nor rate limiting (plugins)"
                         .into(),
                 )),
-                Scenario::Plain
-                | Scenario::TlsHandshake
-                | Scenario::Login
-                | Scenario::Overload => {
+                Scenario::Plain | Scenario::TlsHandshake | Scenario::Login | Scenario::Overload => {
                     let conf = write("Caddyfile", caddyfile(ctx, scenario))?;
                     Setup::Same(launch(
                         vec![
@@ -302,7 +307,7 @@ impl Peer {
                             Claims { jwt: true, binding: false },
                         )
                     }
-                    Scenario::TenantJwtRatelimit => Setup::Closest(
+                    Scenario::TenantJwtRatelimit | Scenario::TenantJwtPlan => Setup::Closest(
                         l,
                         "JWT verified (jwt_authn, HS256), no tenant binding; a local token bucket, not per tenant nor shared".into(),
                         Claims { jwt: true, binding: false },

@@ -58,7 +58,15 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
     let expires = b
         .expires_in_days
         .map(|d| OffsetDateTime::now_utc() + time::Duration::days(i64::from(d)));
+    let plan = crate::http::routes::plans::limits_of(ctx, &p.tenant).await?;
     let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
+    let keys_now = db::plans::count_live(&mut tx, db::plans::Counted::ApiKeys).await?;
+    if keys_now >= i64::from(plan.max_api_keys) {
+        return Err(ApiError::PlanLimit(format!(
+            "the `{}` plan allows {} live API keys",
+            plan.plan, plan.max_api_keys
+        )));
+    }
     let created = api_keys::create(
         &mut tx,
         p.tenant.id,

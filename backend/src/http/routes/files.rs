@@ -65,16 +65,16 @@ fn query_param(ctx: &Ctx, name: &str) -> Option<String> {
 pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
     let p = caller(ctx, "files:write").await?;
     let path = object_path(ctx)?;
-    let max = ctx.state.max_file_bytes;
-    if let Some(len) = ctx
+    let plan = crate::http::routes::plans::limits_of(ctx, &p.tenant).await?;
+    // The smaller of the service's own cap and the plan's.
+    let max = ctx.state.max_file_bytes.min(plan.max_upload_bytes);
+    let declared = ctx
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > max {
-            return Err(ApiError::PayloadTooLarge);
-        }
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(ApiError::PayloadTooLarge);
     }
     let content_type = ctx
         .headers
@@ -83,13 +83,62 @@ pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
         .filter(|v| v.len() <= 255)
         .unwrap_or("application/octet-stream")
         .to_string();
-    // Streamed to storage as it arrives: memory stays bounded by the multipart buffer, not the file.
-    let mut body = body;
-    let mut upload = ctx
-        .state
-        .storage
-        .upload(p.tenant.id, &path, &content_type)
-        .await?;
+    // The storage quota: the upload's size (its whole allowance when it is sent without a length) is
+    // reserved before a byte is written, atomically against every other upload of the tenant; the
+    // reservation becomes the stored size on success and is released on failure.
+    let reserve = declared.unwrap_or(max);
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let pool = &ctx.state.db.primary;
+    if !crate::db::plans::reserve(
+        pool,
+        p.tenant.id,
+        as_i64(reserve),
+        as_i64(plan.storage_bytes),
+    )
+    .await?
+    {
+        return Err(ApiError::PlanLimit(format!(
+            "the `{}` plan's storage quota ({} bytes) has no room for this file",
+            plan.plan, plan.storage_bytes
+        )));
+    }
+    // The object this upload replaces frees its size once the upload is stored.
+    let stored = match ctx.state.storage.size_of(p.tenant.id, &path).await {
+        Ok(old) => stream_upload(ctx, p.tenant.id, &path, &content_type, body, reserve)
+            .await
+            .map(|size| (size, old.unwrap_or(0))),
+        Err(e) => Err(e.into()),
+    };
+    let (size, freed) = *stored.as_ref().unwrap_or(&(0, 0));
+    let settled = crate::db::plans::settle(
+        pool,
+        p.tenant.id,
+        as_i64(reserve),
+        as_i64(size),
+        as_i64(freed),
+    )
+    .await;
+    if let Err(e) = &settled {
+        tracing::error!(error = %e, tenant = %p.tenant.subdomain, "could not settle a storage reservation");
+    }
+    let (size, _) = stored?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "path": path, "size": size, "content_type": content_type }),
+    ))
+}
+
+/// Streams the body to storage as it arrives (memory stays bounded by the multipart buffer, not the
+/// file), refusing it past `max` bytes; the stored size.
+async fn stream_upload(
+    ctx: &Ctx,
+    tenant: uuid::Uuid,
+    path: &str,
+    content_type: &str,
+    mut body: Incoming,
+    max: u64,
+) -> Result<u64, ApiError> {
+    let mut upload = ctx.state.storage.upload(tenant, path, content_type).await?;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
@@ -112,11 +161,7 @@ pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
             }
         }
     }
-    let size = upload.finish().await?;
-    Ok(json(
-        StatusCode::CREATED,
-        &serde_json::json!({ "path": path, "size": size, "content_type": content_type }),
-    ))
+    Ok(upload.finish().await?)
 }
 
 pub async fn get(ctx: &Ctx) -> ApiResult {
@@ -190,7 +235,9 @@ fn attachment(content_type: &str, path: &str, inline: &[String]) -> Option<Heade
 pub async fn delete(ctx: &Ctx) -> ApiResult {
     let p = caller(ctx, "files:write").await?;
     let path = object_path(ctx)?;
-    ctx.state.storage.delete(p.tenant.id, &path).await?;
+    let size = ctx.state.storage.delete(p.tenant.id, &path).await?;
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    crate::db::plans::settle(&ctx.state.db.primary, p.tenant.id, 0, 0, size).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "deleted": path }),

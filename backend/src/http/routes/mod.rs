@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod files;
 pub mod health;
+pub mod plans;
 pub mod tenants;
 pub mod users;
 
@@ -31,8 +32,15 @@ pub enum Endpoint {
     File,
     Tenant,
     Tenants,
+    TenantUsage,
+    Plans,
+    Plan,
+    TenantPlan,
+    TenantSuspend,
+    TenantResume,
     InternalTenantDomains,
     InternalApiKeys,
+    InternalTenantPolicy,
     /// No endpoint: 404, or 405 under a known resource.
     Other,
 }
@@ -45,6 +53,7 @@ impl Endpoint {
             (_, ["healthz"]) => Healthz,
             (true, ["internal", "tenant-domains", _]) => InternalTenantDomains,
             (true, ["internal", "api-keys", _]) => InternalApiKeys,
+            (true, ["internal", "tenant-policy", _]) => InternalTenantPolicy,
             (true, _) => Other,
             (false, ["readyz"]) => Readyz,
             (false, ["metrics"]) => Metrics,
@@ -60,6 +69,12 @@ impl Endpoint {
             (false, ["api", "files", _, ..]) => File,
             (false, ["api", "tenant"]) => Tenant,
             (false, ["api", "tenants"]) => Tenants,
+            (false, ["api", "tenant", "usage"]) => TenantUsage,
+            (false, ["api", "plans"]) => Plans,
+            (false, ["api", "plans", _]) => Plan,
+            (false, ["api", "tenants", _, "plan"]) => TenantPlan,
+            (false, ["api", "tenants", _, "suspend"]) => TenantSuspend,
+            (false, ["api", "tenants", _, "resume"]) => TenantResume,
             (false, _) => Other,
         }
     }
@@ -83,8 +98,15 @@ impl Endpoint {
             File => "file",
             Tenant => "tenant",
             Tenants => "tenants",
+            TenantUsage => "tenant_usage",
+            Plans => "plans",
+            Plan => "plan",
+            TenantPlan => "tenant_plan",
+            TenantSuspend => "tenant_suspend",
+            TenantResume => "tenant_resume",
             InternalTenantDomains => "internal_tenant_domains",
             InternalApiKeys => "internal_api_keys",
+            InternalTenantPolicy => "internal_tenant_policy",
             Other => "other",
         }
     }
@@ -129,7 +151,15 @@ pub async fn dispatch(
         (E::Tenant, &Method::GET) => tenants::current(ctx).await,
         (E::Tenants, &Method::GET) => tenants::list(ctx).await,
         (E::Tenants, &Method::POST) => tenants::create(ctx, body).await,
+        (E::TenantUsage, &Method::GET) => plans::usage(ctx).await,
+        (E::Plans, &Method::GET) => plans::list(ctx).await,
+        (E::Plans, &Method::POST) => plans::create(ctx, body).await,
+        (E::Plan, &Method::PATCH) => plans::update(ctx, third, body).await,
+        (E::TenantPlan, &Method::PUT) => plans::set_tenant_plan(ctx, third, body).await,
+        (E::TenantSuspend, &Method::POST) => plans::set_suspended(ctx, third, true).await,
+        (E::TenantResume, &Method::POST) => plans::set_suspended(ctx, third, false).await,
         (E::InternalTenantDomains, &Method::GET) => tenants::domain_allowed(ctx, third).await,
+        (E::InternalTenantPolicy, &Method::GET) => plans::internal_policy(ctx, third).await,
         (E::InternalApiKeys, &Method::GET) => api_keys::lookup(ctx, third).await,
         // The internal listener answers nothing else, whatever the method.
         _ if internal => Err(ApiError::NotFound("no such endpoint".into())),
@@ -145,7 +175,11 @@ pub async fn dispatch(
 fn under_a_resource(segs: &[&str]) -> bool {
     matches!(
         segs,
-        ["api", "users", ..] | ["api", "files", ..] | ["api", "api-keys", ..]
+        ["api", "users", ..]
+            | ["api", "files", ..]
+            | ["api", "api-keys", ..]
+            | ["api", "plans", ..]
+            | ["api", "tenants", ..]
     )
 }
 

@@ -111,7 +111,15 @@ pub async fn create(ctx: &Ctx, body: Incoming) -> ApiResult {
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(ApiError::Internal)?;
     drop(permit);
+    let plan = crate::http::routes::plans::limits_of(ctx, &p.tenant).await?;
     let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
+    let users_now = db::plans::count_live(&mut tx, db::plans::Counted::Users).await?;
+    if users_now >= i64::from(plan.max_users) {
+        return Err(ApiError::PlanLimit(format!(
+            "the `{}` plan allows {} active users",
+            plan.plan, plan.max_users
+        )));
+    }
     let user = users::create(
         &mut tx,
         &users::NewUser {

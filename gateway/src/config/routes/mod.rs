@@ -84,6 +84,8 @@ pub struct RouteSpec {
     pub scopes: Vec<String>,
     /// Indexes into [`Config::rate_limits`]; all must pass.
     pub rate_limits: Vec<usize>,
+    /// Requests count against the tenant's monthly quota (with `[plans]`).
+    pub quota: bool,
     pub on_store_error: OnStoreError,
     pub cors: Option<CorsSpec>,
     pub security: SecurityHeaders,
@@ -258,6 +260,10 @@ pub(super) fn validate_route(
         match policies.iter().position(|p| &p.name == rl.get_ref()) {
             Some(i) if !rate_limits.contains(&i) => rate_limits.push(i),
             Some(_) => diags.push(Diagnostic::at(rl, "rate limit listed twice")),
+            None if rl.get_ref() == super::plans::PLAN_POLICY => diags.push(Diagnostic::at(
+                rl,
+                "the built-in rate limit `plan` needs a [plans] section (where tenants' plans come from)",
+            )),
             None => {
                 let mut msg = format!("no [rate_limits.{}] policy", rl.get_ref());
                 if !policies.is_empty() {
@@ -294,6 +300,10 @@ pub(super) fn validate_route(
         auth,
         scopes,
         rate_limits,
+        quota: r
+            .quota
+            .as_ref()
+            .map_or(auth.binds_tenant(), |q| *q.get_ref()),
         on_store_error: super::one_of(
             &r.on_store_error,
             "on_store_error",

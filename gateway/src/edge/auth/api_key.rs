@@ -162,14 +162,7 @@ impl ApiKeyStore {
         let key = cache_key(prefix);
         if let Some(redis) = &self.redis {
             let k = key.clone();
-            let got = redis
-                .call(|mut c| async move {
-                    redis::cmd("GET")
-                        .arg(k)
-                        .query_async::<Option<Vec<u8>>>(&mut c)
-                        .await
-                })
-                .await;
+            let got = redis.get_bytes(k).await;
             match got {
                 Ok(Some(bytes)) => match serde_json::from_slice::<Cached>(&bytes) {
                     Ok(Cached::Present(r)) => {
@@ -205,17 +198,7 @@ impl ApiKeyStore {
                 .as_millis()
                 .max(1) as u64;
             if let Ok(value) = value {
-                let stored = redis
-                    .call(|mut c| async move {
-                        redis::cmd("SET")
-                            .arg(key)
-                            .arg(value)
-                            .arg("PX")
-                            .arg(ttl)
-                            .query_async::<()>(&mut c)
-                            .await
-                    })
-                    .await;
+                let stored = redis.set_px(key, value, ttl).await;
                 if let Err(e) = stored {
                     tracing::debug!(error = %e, "could not cache an api key record");
                 }

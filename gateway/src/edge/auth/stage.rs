@@ -47,6 +47,7 @@ impl Gateway {
                         retry_after_secs: retry,
                         policy_field: format!("\"api_key_failures\";q={limit};w=60"),
                         ratelimit_field: format!("\"api_key_failures\";r=0;t={retry}"),
+                        quota: false,
                     },
                 )));
             }

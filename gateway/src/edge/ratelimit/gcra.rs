@@ -30,9 +30,24 @@ impl Gcra {
         }
     }
 
+    /// Not a GCRA: a counter of at most `limit` requests (a tenant's monthly quota), decided in the same
+    /// script call as the GCRA policies. The script tells it by `interval_us == 0`; its key is a full
+    /// Redis key, not a policy counter's.
+    pub fn counter(limit: u64) -> Gcra {
+        Gcra {
+            interval_us: 0,
+            tolerance_us: limit,
+        }
+    }
+
+    /// Whether this is a [`Gcra::counter`].
+    pub fn is_counter(&self) -> bool {
+        self.interval_us == 0
+    }
+
     /// Requests allowed at once from an idle key.
     pub fn capacity(&self) -> u64 {
-        self.tolerance_us / self.interval_us + 1
+        self.tolerance_us / self.interval_us.max(1) + 1
     }
 }
 

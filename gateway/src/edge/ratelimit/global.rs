@@ -179,7 +179,17 @@ impl GlobalStore {
     /// One script call deciding `n` requests on `items`.
     async fn call(&self, items: &[(String, Gcra)], n: u64) -> Result<BatchReply, StoreError> {
         let script = Arc::clone(&self.script);
-        let keys: Vec<String> = items.iter().map(|(k, _)| redis_key(k)).collect();
+        // A counter's key is a full Redis key (a tenant's month), a GCRA policy's a counter name.
+        let keys: Vec<String> = items
+            .iter()
+            .map(|(k, g)| {
+                if g.is_counter() {
+                    k.clone()
+                } else {
+                    redis_key(k)
+                }
+            })
+            .collect();
         let mut args: Vec<u64> = Vec::with_capacity(1 + 2 * items.len());
         args.push(n);
         for (_, g) in items {

@@ -277,6 +277,20 @@ pub struct KeyValues<'a> {
     pub user: Option<&'a str>,
     pub api_key: Option<&'a str>,
     pub route: &'a str,
+    /// The tenant's plan (with `[plans]`): the rate of the built-in `plan` policy.
+    pub plan: Option<&'a contracts::plans::TenantPolicy>,
+}
+
+/// The rate of `spec` for a request: the tenant's plan's for the built-in `plan` policy (the default
+/// plan's while it is unknown), else the policy's own or its tenant override.
+pub fn rate_of(spec: &RateLimitSpec, values: &KeyValues<'_>) -> Rate {
+    match (spec.plan, values.plan) {
+        (true, Some(p)) => Rate {
+            limit: p.requests_per_second.max(1),
+            burst: p.burst,
+        },
+        _ => spec.rate_for(values.tenant),
+    }
 }
 
 /// Decides `local` policies and the shed-early guard of `global` ones; returns the outcomes of local
@@ -296,7 +310,7 @@ pub fn first_tier(
         let (Some(spec), Some(lim)) = (specs.get(i), limiters.policies.get(i)) else {
             continue;
         };
-        let rate = spec.rate_for(values.tenant);
+        let rate = rate_of(spec, values);
         let key = counter_key(spec, values);
         match spec.scope {
             Scope::Local => {
@@ -311,7 +325,8 @@ pub fn first_tier(
                 ));
             }
             Scope::Global => {
-                if let Some(shed) = &lim.shed {
+                // The shed guard is sized on one rate; the plan's varies by tenant (it is skipped).
+                if let Some(shed) = lim.shed.as_ref().filter(|_| !spec.plan) {
                     let o = shed.check(values.tenant, &key);
                     if !o.allowed {
                         outcomes.push(local_outcome(
@@ -418,14 +433,23 @@ pub fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for the outcome that binds:
-/// a refusing one, else the one with the fewest requests left.
-pub fn header_fields(specs: &[RateLimitSpec], outcomes: &[Outcome]) -> Option<(String, String)> {
+/// a refusing one, else the one with the fewest requests left. The built-in `plan` policy is named by
+/// the tenant's plan (`plan`).
+pub fn header_fields(
+    specs: &[RateLimitSpec],
+    outcomes: &[Outcome],
+    plan: Option<&str>,
+) -> Option<(String, String)> {
     let o = outcomes
         .iter()
         .filter(|o| !o.verdict.allowed())
         .max_by_key(|o| o.retry_after)
         .or_else(|| outcomes.iter().min_by_key(|o| o.remaining))?;
-    let name = &specs.get(o.policy)?.name;
+    let spec = specs.get(o.policy)?;
+    let name = match plan {
+        Some(p) if spec.plan => p,
+        _ => spec.name.as_str(),
+    };
     Some((
         format!("\"{name}\";q={};w={}", o.quota, ceil_secs(o.window).max(1)),
         format!("\"{name}\";r={};t={}", o.remaining, ceil_secs(o.reset)),
@@ -455,6 +479,7 @@ mod tests {
                 },
             )]
             .into(),
+            plan: false,
         }
     }
 
@@ -466,6 +491,7 @@ mod tests {
             user: None,
             api_key: None,
             route: "r",
+            plan: None,
         }
     }
 
@@ -543,7 +569,7 @@ mod tests {
             reset: Duration::from_millis(2500),
         };
         assert_eq!(
-            header_fields(&specs, &[o]),
+            header_fields(&specs, &[o], None),
             Some(("\"p\";q=5;w=60".to_string(), "\"p\";r=0;t=3".to_string()))
         );
     }
