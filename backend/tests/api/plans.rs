@@ -571,7 +571,13 @@ impl Drop for Gateway {
     }
 }
 
-fn gateway_config(app: &TestApp, port: u16, admin: u16, default_rps: u64) -> String {
+fn gateway_config(
+    app: &TestApp,
+    lookup: std::net::SocketAddr,
+    port: u16,
+    admin: u16,
+    default_rps: u64,
+) -> String {
     format!(
         r#"[entrypoints]
 http = "127.0.0.1:{port}"
@@ -614,16 +620,30 @@ path_prefix = "/public"
 rate_limits = ["plan"]
 upstream = "backend"
 "#,
-        internal = app.internal_addr,
+        internal = lookup,
         backend = app.addr,
     )
 }
 
 async fn start_gateway_with(app: &TestApp, redis: &str, default_rps: u64) -> Gateway {
+    start_gateway_asking(app, app.internal_addr, redis, default_rps).await
+}
+
+/// A gateway asking `lookup` for tenants' policies.
+async fn start_gateway_asking(
+    app: &TestApp,
+    lookup: std::net::SocketAddr,
+    redis: &str,
+    default_rps: u64,
+) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("gateway.toml");
     let (port, admin) = (free_port(), free_port());
-    std::fs::write(&config, gateway_config(app, port, admin, default_rps)).expect("config");
+    std::fs::write(
+        &config,
+        gateway_config(app, lookup, port, admin, default_rps),
+    )
+    .expect("config");
     let mut gw = Gateway {
         child: spawn_gateway(&config, redis),
         port,
@@ -830,6 +850,20 @@ async fn plans_live_at_the_edge_on_two_replicas() {
         (10, 2),
         "exactly the quota, across replicas and a restart"
     );
+    // The admin listener shows the plan and the month's count (for SREs).
+    let (status, _, body) = http_get(
+        loopback(g2.admin),
+        &format!("127.0.0.1:{}", g2.admin),
+        &format!("/api/tenants/{c}/stats"),
+        None,
+    )
+    .await
+    .expect("admin listener");
+    let stats: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["plan"]["plan"], "quota10", "{stats}");
+    assert_eq!(stats["plan"]["monthly_requests"]["used"], 10, "{stats}");
+    assert_eq!(stats["plan"]["monthly_requests"]["limit"], 10, "{stats}");
 
     // A suspended tenant is refused by the gateway itself on both replicas: the refusal is counted
     // there, so no byte of it reached the backend.
@@ -1004,4 +1038,39 @@ async fn made_up_tenants_get_the_default_plan_and_are_looked_up_once() {
         }
     }
     assert_eq!(again, 0.0, "unknown tenants are remembered as absent");
+}
+
+/// The backend's policy lookup down: the tenant gets the default plan's limits (never unlimited),
+/// counted and logged.
+#[tokio::test]
+async fn with_the_policy_lookup_down_a_tenant_gets_the_default_plan() {
+    let app = TestApp::spawn().await;
+    let root = platform_admin(&app).await;
+    create_plan(&app, &root, "huge", json!({"requests_per_second": 100000})).await;
+    let (sub, token) = tenant_on(&app, &root, "pe", "huge").await;
+    // Nothing listens there.
+    let dead = loopback(free_port());
+    let gw = start_gateway_asking(&app, dead, &redis_url(), 2).await;
+    let mut ok = 0;
+    let mut policies = Vec::new();
+    for _ in 0..10 {
+        let (status, _, policy, _) = me(&gw, &sub, &token).await;
+        ok += usize::from(status == 200);
+        policies.push(policy);
+    }
+    assert!(
+        policies
+            .iter()
+            .all(|p| p.starts_with("\"fallback\";q=2;w=1")),
+        "{policies:?}"
+    );
+    assert!(
+        (1..=4).contains(&ok),
+        "the default plan's capacity (3): {ok}"
+    );
+    let errors = counter(
+        &admin_metrics(&gw).await,
+        "gateway_plan_lookups_total{result=\"error\"}",
+    );
+    assert!(errors >= 1.0, "counted: {errors}");
 }

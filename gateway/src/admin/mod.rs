@@ -104,14 +104,23 @@ impl AdminApp {
         let pairs = |v: Vec<(String, f64)>| -> serde_json::Map<String, serde_json::Value> {
             v.into_iter().map(|(k, n)| (k, json!(n))).collect()
         };
-        let k = self.state.current().config.tenant_stats.top_k;
+        let rt = self.state.current();
+        let k = rt.config.tenant_stats.top_k;
+        // The plan each top tenant is on, as this replica applies it (in-process cache only: no I/O).
+        let plan_of = |t: &str| {
+            rt.plans
+                .as_ref()
+                .and_then(|p| p.peek(t))
+                .map(|r| r.policy.plan.clone())
+        };
         let tenants: Vec<_> = self
             .state
             .tenant_stats
             .top(k)
             .into_iter()
             .map(|(t, [requests, errors, limited, overloaded])| {
-                json!({ "tenant": t, "requests": requests, "errors": errors, "ratelimited": limited, "overloaded": overloaded })
+                let plan = plan_of(&t);
+                json!({ "tenant": t, "plan": plan, "requests": requests, "errors": errors, "ratelimited": limited, "overloaded": overloaded })
             })
             .collect();
         json!({

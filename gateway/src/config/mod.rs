@@ -457,6 +457,46 @@ mod tests {
     }
 
     /// A crash of the `config` fuzz target, kept: toml_edit panicked on it ("all items have spans").
+    /// `[plans]`: the built-in `plan` limit needs the section, its name is reserved, and its keys are
+    /// checked with their positions.
+    #[test]
+    fn plans_are_validated() {
+        let base = "[entrypoints]\nhttp = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\nhosts = [\"*.a.test\"]\nupstream = \"u\"\nrate_limits = [\"plan\"]\n";
+        let out = lines(base);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("t.toml:10:16:") && out[0].contains("needs a [plans] section"),
+            "{out:?}"
+        );
+        let plans =
+            "[plans]\nlookup_url = \"http://127.0.0.1:8082/internal/tenant-policy/{tenant}\"\n";
+        let ok = Config::parse(Path::new("t.toml"), &format!("{base}{plans}")).expect("valid");
+        let p = ok
+            .rate_limits
+            .iter()
+            .find(|r| r.plan)
+            .expect("the built-in policy");
+        assert_eq!(
+            (p.name.as_str(), p.rate.limit),
+            ("plan", 10),
+            "the default plan's rate until known"
+        );
+        assert!(
+            ok.routes[0].quota == ok.routes[0].auth.binds_tenant(),
+            "default: tenant auth counts"
+        );
+        for (extra, at, says) in [
+            ("[plans]\nlookup_url = \"http://x/no-placeholder\"\n", "t.toml:12:14:", "{tenant}"),
+            ("[plans]\nlookup_url = \"http://x/{tenant}\"\non_policy_error = \"open\"\n", "t.toml:13:19:", "never unlimited"),
+            ("[plans]\nlookup_url = \"http://x/{tenant}\"\ncache_ttl = \"1h\"\n", "t.toml:13:13:", "at most 5m"),
+            ("[plans]\nlookup_url = \"http://x/{tenant}\"\ndefault = { requests_per_second = 0 }\n", "t.toml:13:", "requests_per_second"),
+            ("[plans]\nlookup_url = \"http://x/{tenant}\"\n[rate_limits.plan]\nkey = \"tenant\"\nlimit = 1\nperiod = \"1s\"\n", "t.toml:15:", "built in"),
+        ] {
+            let out = lines(&format!("{base}{extra}"));
+            assert!(out.iter().any(|l| l.starts_with(at) && l.contains(says)), "{extra}: {out:?}");
+        }
+    }
+
     #[test]
     fn a_file_the_toml_parser_panics_on_is_an_error() {
         let text = std::str::from_utf8(include_bytes!(

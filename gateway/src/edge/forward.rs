@@ -57,9 +57,19 @@ impl Gateway {
                         }
                         (None, None) => Cow::Borrowed(""),
                     };
+                    // A verified tenant's plan weighs its turn (slots in a row per round).
+                    let weight = match (ctx.credential.identity(), &ctx.plan) {
+                        (Some(identity), Some(plan))
+                            if plan.source == crate::edge::plan::Source::Tenant
+                                && plan.policy.tenant == identity.tenant =>
+                        {
+                            plan.policy.concurrency_weight.clamp(1, 1000)
+                        }
+                        _ => 1,
+                    };
                     let overload = &rt.config.overload;
                     up.admission
-                        .wait(&class, overload.queue_timeout, overload.queue_size)
+                        .wait(&class, weight, overload.queue_timeout, overload.queue_size)
                         .await
                         .map_err(|r| EdgeError::Overloaded(r).into_pingora("upstream overloaded"))?
                 }

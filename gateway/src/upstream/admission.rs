@@ -164,36 +164,57 @@ struct Waiter {
     tx: oneshot::Sender<()>,
 }
 
-/// Waiters by class, served round robin over the classes that wait.
+/// One class's waiters, its weight (slots per turn), and what is left of its current turn.
+struct ClassQueue {
+    waiters: VecDeque<Waiter>,
+    weight: u32,
+    credit: u32,
+}
+
+/// Waiters by class, served round robin over the classes that wait, a class of weight `w` (a tenant's
+/// plan's concurrency weight) taking up to `w` slots in a row per turn.
 #[derive(Default)]
 pub struct FairQueue {
-    classes: HashMap<String, VecDeque<Waiter>>,
+    classes: HashMap<String, ClassQueue>,
     /// Classes with waiters, in serving order.
     turn: VecDeque<String>,
     len: usize,
 }
 
 impl FairQueue {
-    fn push(&mut self, class: &str, w: Waiter) {
+    fn push(&mut self, class: &str, weight: u32, w: Waiter) {
+        let weight = weight.max(1);
         let q = match self.classes.get_mut(class) {
             Some(q) => q,
             None => {
                 self.turn.push_back(class.to_string());
-                self.classes.entry(class.to_string()).or_default()
+                self.classes
+                    .entry(class.to_string())
+                    .or_insert_with(|| ClassQueue {
+                        waiters: VecDeque::new(),
+                        weight,
+                        credit: weight,
+                    })
             }
         };
-        q.push_back(w);
+        q.weight = weight;
+        q.waiters.push_back(w);
         self.len += 1;
     }
 
-    /// The next waiter: the first of the class whose turn it is; that class goes to the back.
+    /// The next waiter: the first of the class whose turn it is; that class goes to the back once it
+    /// has had its weight's worth of slots (or has no more waiters).
     fn pop(&mut self) -> Option<Waiter> {
-        let class = self.turn.pop_front()?;
+        let class = self.turn.front()?.clone();
         let q = self.classes.get_mut(&class)?;
-        let w = q.pop_front();
-        if q.is_empty() {
+        let w = q.waiters.pop_front();
+        q.credit = q.credit.saturating_sub(1);
+        if q.waiters.is_empty() {
             self.classes.remove(&class);
-        } else {
+            self.turn.pop_front();
+        } else if q.credit == 0 {
+            q.credit = q.weight;
+            self.turn.pop_front();
             self.turn.push_back(class);
         }
         if w.is_some() {
@@ -207,12 +228,12 @@ impl FairQueue {
         let Some(q) = self.classes.get_mut(class) else {
             return false;
         };
-        let Some(i) = q.iter().position(|w| w.id == id) else {
+        let Some(i) = q.waiters.iter().position(|w| w.id == id) else {
             return false;
         };
-        q.remove(i);
+        q.waiters.remove(i);
         self.len -= 1;
-        if q.is_empty() {
+        if q.waiters.is_empty() {
             self.classes.remove(class);
             self.turn.retain(|c| c != class);
         }
@@ -223,17 +244,17 @@ impl FairQueue {
     fn largest(&self) -> Option<(&str, usize)> {
         self.classes
             .iter()
-            .map(|(c, q)| (c.as_str(), q.len()))
+            .map(|(c, q)| (c.as_str(), q.waiters.len()))
             .max_by_key(|(_, n)| *n)
     }
 
     /// Drops the newest waiter of `class` (its receiver sees the queue refuse it).
     fn evict_newest(&mut self, class: &str) {
         if let Some(q) = self.classes.get_mut(class) {
-            if q.pop_back().is_some() {
+            if q.waiters.pop_back().is_some() {
                 self.len -= 1;
             }
-            if q.is_empty() {
+            if q.waiters.is_empty() {
                 self.classes.remove(class);
                 self.turn.retain(|c| c != class);
             }
@@ -394,23 +415,27 @@ impl Admission {
         }
     }
 
-    /// A slot for a request of `class`, waiting at most `deadline` in a queue of at most `max_queue`.
+    /// A slot for a request of `class` (of `weight`), waiting at most `deadline` in a queue of at most
+    /// `max_queue`.
     pub async fn acquire(
         self: &Arc<Self>,
         class: &str,
+        weight: u32,
         deadline: Duration,
         max_queue: usize,
     ) -> Result<Slot, Refusal> {
         match self.try_take() {
             Some(slot) => Ok(slot),
-            None => self.wait(class, deadline, max_queue).await,
+            None => self.wait(class, weight, deadline, max_queue).await,
         }
     }
 
-    /// The slow path of [`Admission::acquire`]: queue as `class` and wait for a slot.
+    /// The slow path of [`Admission::acquire`]: queue as `class` (of `weight`: slots in a row per turn)
+    /// and wait for a slot.
     pub async fn wait(
         self: &Arc<Self>,
         class: &str,
+        weight: u32,
         deadline: Duration,
         max_queue: usize,
     ) -> Result<Slot, Refusal> {
@@ -422,7 +447,7 @@ impl Admission {
             if q.len() >= max_queue.max(1) {
                 // Room is made by the class with the most waiters; when that is this class, it is
                 // refused itself.
-                let mine = q.classes.get(class).map_or(0, VecDeque::len);
+                let mine = q.classes.get(class).map_or(0, |c| c.waiters.len());
                 match q.largest() {
                     Some((big, n)) if n > mine + 1 => {
                         let big = big.to_string();
@@ -434,7 +459,7 @@ impl Admission {
                     }
                 }
             }
-            q.push(class, Waiter { id, tx });
+            q.push(class, weight, Waiter { id, tx });
             self.queued.store(q.len() as u32, Ordering::Release);
             self.queue_gauge.set(q.len() as i64);
         }
@@ -696,7 +721,7 @@ mod tests {
         let mut rxs = Vec::new();
         let mut push = |q: &mut FairQueue, class: &str, id: u64| {
             let (tx, rx) = oneshot::channel();
-            q.push(class, Waiter { id, tx });
+            q.push(class, 1, Waiter { id, tx });
             rxs.push(rx);
         };
         for id in 0..5 {
@@ -710,12 +735,41 @@ mod tests {
         assert!(q.is_empty());
     }
 
+    /// #26: a tenant's plan weighs its turn: weight 3 takes three slots in a row, weight 1 one.
+    #[test]
+    fn a_heavier_class_takes_its_weight_per_turn() {
+        let mut q = FairQueue::default();
+        let mut rxs = Vec::new();
+        let mut push = |q: &mut FairQueue, class: &str, weight: u32, id: u64| {
+            let (tx, rx) = oneshot::channel();
+            q.push(class, weight, Waiter { id, tx });
+            rxs.push(rx);
+        };
+        for id in 0..6 {
+            push(&mut q, "pro", 3, id);
+            push(&mut q, "free", 1, 100 + id);
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop().map(|w| w.id)).collect();
+        assert_eq!(
+            order,
+            vec![0, 1, 2, 100, 3, 4, 5, 101, 102, 103, 104, 105],
+            "pro gets 3 slots per free's 1 while both wait"
+        );
+        // A removed waiter does not cost its class its turn.
+        push(&mut q, "pro", 2, 7);
+        push(&mut q, "pro", 2, 8);
+        push(&mut q, "free", 1, 200);
+        assert!(q.remove("pro", 7));
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop().map(|w| w.id)).collect();
+        assert_eq!(order, vec![8, 200]);
+    }
+
     #[test]
     fn a_full_queue_makes_room_from_the_largest_class() {
         let mut q = FairQueue::default();
         for id in 0..4 {
             let (tx, _rx) = oneshot::channel();
-            q.push("noisy", Waiter { id, tx });
+            q.push("noisy", 1, Waiter { id, tx });
         }
         assert_eq!(q.largest(), Some(("noisy", 4)));
         q.evict_newest("noisy");
@@ -729,7 +783,7 @@ mod tests {
     async fn slots_are_counted_queued_fairly_and_returned() {
         let a = Admission::new("t-admission", &spec(1, 1, false));
         let first = a
-            .acquire("noisy", Duration::from_secs(5), 16)
+            .acquire("noisy", 1, Duration::from_secs(5), 16)
             .await
             .expect("slot");
         assert_eq!(a.in_flight(), 1);
@@ -737,7 +791,7 @@ mod tests {
         let noisy: Vec<_> = (0..3)
             .map(|_| {
                 let a = Arc::clone(&a);
-                tokio::spawn(async move { a.acquire("noisy", Duration::from_secs(5), 16).await })
+                tokio::spawn(async move { a.acquire("noisy", 1, Duration::from_secs(5), 16).await })
             })
             .collect();
         while a.queued() < 3 {
@@ -745,7 +799,7 @@ mod tests {
         }
         let a2 = Arc::clone(&a);
         let quiet =
-            tokio::spawn(async move { a2.acquire("quiet", Duration::from_secs(5), 16).await });
+            tokio::spawn(async move { a2.acquire("quiet", 1, Duration::from_secs(5), 16).await });
         while a.queued() < 4 {
             tokio::task::yield_now().await;
         }
@@ -774,27 +828,27 @@ mod tests {
     async fn a_deadline_refuses_and_leaves_nothing_behind() {
         let a = Admission::new("t-deadline", &spec(1, 1, false));
         let held = a
-            .acquire("x", Duration::from_secs(1), 16)
+            .acquire("x", 1, Duration::from_secs(1), 16)
             .await
             .expect("slot");
-        let refused = a.acquire("y", Duration::from_millis(20), 16).await;
+        let refused = a.acquire("y", 1, Duration::from_millis(20), 16).await;
         assert_eq!(refused.err(), Some(Refusal::Deadline));
         assert_eq!(a.queued(), 0);
         drop(held);
         assert_eq!(a.in_flight(), 0);
         // A full queue refuses the class that fills it.
         let held = a
-            .acquire("x", Duration::from_secs(1), 1)
+            .acquire("x", 1, Duration::from_secs(1), 1)
             .await
             .expect("slot");
         let a2 = Arc::clone(&a);
         let waiting =
-            tokio::spawn(async move { a2.acquire("flood", Duration::from_secs(5), 1).await });
+            tokio::spawn(async move { a2.acquire("flood", 1, Duration::from_secs(5), 1).await });
         while a.queued() < 1 {
             tokio::task::yield_now().await;
         }
         assert_eq!(
-            a.acquire("flood", Duration::from_secs(5), 1).await.err(),
+            a.acquire("flood", 1, Duration::from_secs(5), 1).await.err(),
             Some(Refusal::QueueFull)
         );
         drop(held);

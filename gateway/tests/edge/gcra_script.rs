@@ -83,7 +83,8 @@ fn run(
     if let Some(now) = now {
         inv.arg(now);
     }
-    let reply: Vec<i64> = inv.invoke(c).expect("script call");
+    let raw: Vec<u8> = inv.invoke(c).expect("script call");
+    let reply = gateway::edge::ratelimit::global::reply_numbers(&raw).expect("a reply of integers");
     assert_eq!(reply.len(), 1 + 4 * keys.len(), "reply shape: {reply:?}");
     let u = |v: i64| u64::try_from(v).expect("the script answers no negative number");
     let outs = reply[1..]
@@ -285,5 +286,43 @@ fn on_redis_clock_the_burst_passes_and_the_key_expires_when_full() {
         "the key lives until its bucket is full again: ttl {ttl} ms, reset {} us",
         out[0].reset_us
     );
+    clean(&mut c, &prefix);
+}
+
+/// #26: a monthly counter rides in the same call as a GCRA policy: the batch admits what both still
+/// fit, counts exactly those on both, and the counter keeps a month-long expiry.
+#[test]
+fn a_monthly_counter_caps_the_batch_beside_a_policy() {
+    let script = redis::Script::new(SCRIPT);
+    let mut c = conn();
+    let prefix = prefix();
+    let g = Gcra::new(
+        Rate {
+            limit: 100,
+            burst: 0,
+        },
+        Duration::from_secs(1),
+    );
+    let keys = vec![
+        (format!("{prefix}{{rate}}"), g),
+        (format!("{prefix}month"), Gcra::counter(7)),
+    ];
+    let (k, out) = run(&mut c, &script, &keys, 5, None);
+    assert_eq!((k, out[1].fit, out[1].remaining), (5, 7, 2));
+    let (k, out) = run(&mut c, &script, &keys, 5, None);
+    assert_eq!(k, 2, "only the quota's rest");
+    assert_eq!(
+        (out[0].fit >= 5, out[1].fit, out[1].remaining),
+        (true, 2, 0)
+    );
+    let counted: u64 = c.get(&keys[1].0).expect("counter");
+    assert_eq!(counted, 7, "refused requests are not counted");
+    let (k, _) = run(&mut c, &script, &keys, 1, None);
+    assert_eq!(k, 0);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[1].0)
+        .query(&mut c)
+        .expect("TTL");
+    assert!(ttl > 30 * 86_400, "outlives its month: {ttl} s");
     clean(&mut c, &prefix);
 }

@@ -64,6 +64,27 @@ pub enum Source {
 pub struct Resolved {
     pub policy: Arc<TenantPolicy>,
     pub source: Source,
+    /// The tenant's monthly counter for the month in which the policy was fetched (saves building the
+    /// key per request; rebuilt when that month has ended).
+    pub month: Option<Arc<MonthKey>>,
+}
+
+/// A tenant's monthly counter key and when its month ends (Unix seconds).
+#[derive(Debug)]
+pub struct MonthKey {
+    pub key: String,
+    pub ends: u64,
+}
+
+impl MonthKey {
+    /// `tenant`'s counter for the month of `now` (Unix seconds).
+    pub fn of(tenant: &str, now: u64) -> MonthKey {
+        let (month, ends) = contracts::plans::month_of(now);
+        MonthKey {
+            key: contracts::redis_keys::monthly_requests(tenant, &month),
+            ends,
+        }
+    }
 }
 
 type Entry = (Resolved, Instant);
@@ -166,12 +187,17 @@ impl PolicyStore {
     fn resolved(&self, found: Option<Arc<TenantPolicy>>) -> Resolved {
         match found {
             Some(policy) => Resolved {
+                month: Some(Arc::new(MonthKey::of(
+                    &policy.tenant,
+                    crate::support::unix_now() as u64,
+                ))),
                 policy,
                 source: Source::Tenant,
             },
             None => Resolved {
                 policy: Arc::clone(&self.default),
                 source: Source::Unknown,
+                month: None,
             },
         }
     }
@@ -219,6 +245,7 @@ impl PolicyStore {
                 let r = Resolved {
                     policy: Arc::clone(&self.default),
                     source: Source::Error,
+                    month: None,
                 };
                 self.remember(tenant, &r, ERROR_TTL, generation);
                 match self.settings.on_policy_error {

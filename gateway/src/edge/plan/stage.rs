@@ -56,18 +56,18 @@ impl Gateway {
         if plan.source != plan::Source::Tenant {
             return None;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let (month, end) = contracts::plans::month_of(now);
+        let now = crate::support::unix_now() as u64;
         let limit = match plan.policy.monthly_requests {
             0 => UNLIMITED,
             n => n.min(UNLIMITED),
         };
-        Some((
-            contracts::redis_keys::monthly_requests(&plan.policy.tenant, &month),
-            limit,
-            end.saturating_sub(now).max(1),
-        ))
+        let (key, ends) = match plan.month.as_deref().filter(|m| now < m.ends) {
+            Some(m) => (m.key.clone(), m.ends),
+            None => {
+                let m = plan::MonthKey::of(&plan.policy.tenant, now);
+                (m.key, m.ends)
+            }
+        };
+        Some((key, limit, ends.saturating_sub(now).max(1)))
     }
 }

@@ -196,7 +196,7 @@ impl GlobalStore {
             args.push(g.interval_us);
             args.push(g.tolerance_us);
         }
-        let reply: Vec<i64> = self
+        let reply: Vec<u8> = self
             .redis
             .call(|mut conn| async move {
                 let mut inv = script.prepare_invoke();
@@ -209,13 +209,23 @@ impl GlobalStore {
                 inv.invoke_async(&mut conn).await
             })
             .await?;
-        parse_reply(&reply, items.len()).ok_or_else(|| {
-            StoreError::Redis(redis::RedisError::from((
-                redis::ErrorKind::TypeError,
-                "unexpected rate limit script reply",
-            )))
-        })
+        reply_numbers(&reply)
+            .and_then(|numbers| parse_reply(&numbers, items.len()))
+            .ok_or_else(|| {
+                StoreError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::TypeError,
+                    "unexpected rate limit script reply",
+                )))
+            })
     }
+}
+
+/// The integers of the script's reply (decimal, separated by single spaces); `None` if any is not one.
+pub fn reply_numbers(reply: &[u8]) -> Option<Vec<i64>> {
+    reply
+        .split(|b| *b == b' ')
+        .map(|n| std::str::from_utf8(n).ok()?.parse::<i64>().ok())
+        .collect()
 }
 
 fn parse_reply(reply: &[i64], n: usize) -> Option<BatchReply> {
@@ -280,6 +290,9 @@ mod tests {
         assert_eq!((d[0].remaining, d[1].remaining, d[2].remaining), (1, 0, 0));
         assert_eq!(d[2].retry_after_us, 500);
         assert!(parse_reply(&[1, 1, 0, 0, 5], 1).is_some());
+        assert_eq!(reply_numbers(b"2 3 0 17 900"), Some(vec![2, 3, 0, 17, 900]));
+        assert_eq!(reply_numbers(b"2 x"), None);
+        assert_eq!(reply_numbers(b""), None);
         assert!(parse_reply(&[1, 1, 0], 1).is_none());
     }
 }

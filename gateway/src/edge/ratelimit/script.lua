@@ -6,8 +6,10 @@
 -- increment (the gateway names a new key each month).
 -- The first k = min(n, what every policy still fits) requests are allowed and counted on every key;
 -- nothing is counted for the others. Keys expire once their bucket is full again.
--- Reply: {k, then per key: fit (requests this policy alone would allow), remaining after the batch,
---         retry_after_us (until one more request fits), reset_us (until the bucket is full)}.
+-- Reply: one string of integers separated by spaces (parsed by `global::reply_numbers`; a flat string
+-- costs the client far less to parse than an array of integers): k, then per key: fit (requests this
+-- policy alone would allow), remaining after the batch, retry_after_us (until one more request fits),
+-- reset_us (until the bucket is full).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = tonumber(ARGV[1])
@@ -30,7 +32,7 @@ for i = 1, #KEYS do
   fits[i] = fit
   if fit < k then k = fit end
 end
-local out = {k}
+local out = {string.format('%d', k)}
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i])
   local tolerance = tonumber(ARGV[2 * i + 1])
@@ -39,10 +41,7 @@ for i = 1, #KEYS do
       redis.call('INCRBY', KEYS[i], k)
       redis.call('EXPIRE', KEYS[i], 3456000)
     end
-    table.insert(out, fits[i])
-    table.insert(out, fits[i] - k)
-    table.insert(out, 0)
-    table.insert(out, 0)
+    out[#out + 1] = string.format('%d %d 0 0', fits[i], fits[i] - k)
   else
     local new_tat = tats[i] + k * interval
     if k > 0 then
@@ -52,10 +51,7 @@ for i = 1, #KEYS do
     if now + tolerance >= new_tat then remaining = math.floor((now + tolerance - new_tat) / interval) + 1 end
     local retry = new_tat - tolerance - now
     if retry < 0 then retry = 0 end
-    table.insert(out, fits[i])
-    table.insert(out, remaining)
-    table.insert(out, retry)
-    table.insert(out, new_tat - now)
+    out[#out + 1] = string.format('%d %d %d %d', fits[i], remaining, retry, new_tat - now)
   end
 end
-return out
+return table.concat(out, ' ')

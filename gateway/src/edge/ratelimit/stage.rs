@@ -68,10 +68,11 @@ impl Gateway {
             ratelimit::first_tier(specs, &rt.limiters, policies, &values);
         let refused_early = outcomes.iter().any(|o| !o.verdict.allowed());
         // The quota rides in the same call, after the policies' counters.
-        let quota_at = quota.as_ref().map(|(key, limit, _)| {
-            items.push((key.clone(), ratelimit::gcra::Gcra::counter(*limit)));
-            items.len() - 1
+        let quota = quota.map(|(key, limit, until_month_end)| {
+            items.push((key, ratelimit::gcra::Gcra::counter(limit)));
+            (limit, until_month_end)
         });
+        let quota_at = quota.map(|_| items.len() - 1);
         let mut quota_spent = false;
         if !items.is_empty() && !refused_early {
             let decided = match self.state.global_limits.as_ref() {
@@ -136,7 +137,7 @@ impl Gateway {
                 },
             )));
         }
-        if let (true, Some((_, limit, until_month_end))) = (quota_spent, &quota) {
+        if let (true, Some((limit, until_month_end))) = (quota_spent, quota) {
             metrics()
                 .quota_refusals
                 .with_label_values(&["quota_exceeded"])
@@ -145,7 +146,7 @@ impl Gateway {
             return Err(EdgeError::RateLimited(Box::new(
                 crate::edge::error::RateLimitRefusal {
                     policy: plan_name.unwrap_or("plan").to_string(),
-                    retry_after_secs: *until_month_end,
+                    retry_after_secs: until_month_end,
                     policy_field: format!("\"{name}\";q={limit};w=2592000"),
                     ratelimit_field: format!("\"{name}\";r=0;t={until_month_end}"),
                     quota: true,
