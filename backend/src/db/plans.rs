@@ -245,6 +245,34 @@ pub async fn storage(c: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
     .unwrap_or((0, 0)))
 }
 
+/// Whether the tenant's storage figures exist (else they are counted from storage first).
+#[tracing::instrument(level = "debug", name = "storage_usage.known", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
+pub async fn storage_known(pool: &PgPool, tenant: Uuid) -> Result<bool, sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("storage_usage.known");
+    let mut tx = super::tenant_tx(pool, tenant).await?;
+    let known: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM storage_usage WHERE tenant_id = $1)")
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(known)
+}
+
+/// Starts the tenant's storage figures at `used` bytes (what it stored before quotas were counted),
+/// unless another request did first.
+#[tracing::instrument(level = "debug", name = "storage_usage.init", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]
+pub async fn init_storage(pool: &PgPool, tenant: Uuid, used: i64) -> Result<(), sqlx::Error> {
+    let _timer = crate::metrics::QueryTimer::start("storage_usage.init");
+    let mut tx = super::tenant_tx(pool, tenant).await?;
+    sqlx::query("INSERT INTO storage_usage (tenant_id, used_bytes) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING")
+        .bind(tenant)
+        .bind(used)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
 /// Reserves `bytes` for an upload when used + reserved + `bytes` stays within `quota`, atomically (the
 /// row is locked by the update): whether it was reserved.
 #[tracing::instrument(level = "debug", name = "storage_usage.reserve", skip_all, fields(otel.kind = "client", db.system = "postgresql"))]

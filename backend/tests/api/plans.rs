@@ -376,10 +376,39 @@ async fn a_plan_caps_users_and_api_keys_with_plan_limit() {
         json!({"max_users": 3}),
     )
     .await;
-    let (status, _, _) = app
+    let (status, u2, _) = app
         .post("/api/users", &host(&sub), Some(&boss), new_user(2))
         .await;
     assert_eq!(status, 201, "the override raised the cap");
+    // A deactivated user frees a place; taking it again is refused while the plan is full.
+    let u2 = u2["user"]["id"].as_str().expect("id").to_string();
+    let patch = |active: bool| {
+        let app = &app;
+        let boss = boss.clone();
+        let path = format!("/api/users/{u2}");
+        let h = host(&sub);
+        async move {
+            app.call(
+                "PATCH",
+                &path,
+                &h,
+                Some(&boss),
+                Some(json!({ "is_active": active })),
+            )
+            .await
+        }
+    };
+    assert_eq!(patch(false).await.0, 200);
+    let (status, _, _) = app
+        .post("/api/users", &host(&sub), Some(&boss), new_user(3))
+        .await;
+    assert_eq!(status, 201, "the deactivated user's place");
+    let (status, resp, _) = patch(true).await;
+    assert_eq!(
+        (status, resp["error"]["code"].as_str()),
+        (409, Some("plan_limit")),
+        "{resp}"
+    );
 }
 
 #[tokio::test]
@@ -501,6 +530,20 @@ async fn concurrent_uploads_stop_exactly_at_the_storage_quota() {
         Some(10),
         "nothing deleted"
     );
+    // Files stored before quotas were counted (no figures yet) are counted from storage first.
+    sqlx::query("DELETE FROM storage_usage WHERE tenant_id = $1")
+        .bind(tenant)
+        .execute(&app.owner_pool)
+        .await
+        .expect("forget the figures");
+    let (status, _) = put("/api/files/after.bin".into(), 10).await;
+    assert_eq!(status, 409, "the 10 000 bytes already stored count");
+    let used: i64 = sqlx::query_scalar("SELECT used_bytes FROM storage_usage WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&app.owner_pool)
+        .await
+        .expect("storage_usage");
+    assert_eq!(used, 10_000);
 }
 
 #[tokio::test]

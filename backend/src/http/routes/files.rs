@@ -89,6 +89,18 @@ pub async fn put(ctx: &Ctx, body: Incoming) -> ApiResult {
     let reserve = declared.unwrap_or(max);
     let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let pool = &ctx.state.db.primary;
+    // A tenant's first upload since quotas are counted: its stored bytes are counted from storage once.
+    if !crate::db::plans::storage_known(pool, p.tenant.id).await? {
+        let stored: u64 = ctx
+            .state
+            .storage
+            .list(p.tenant.id, "")
+            .await?
+            .iter()
+            .map(|o| o.size)
+            .sum();
+        crate::db::plans::init_storage(pool, p.tenant.id, as_i64(stored)).await?;
+    }
     if !crate::db::plans::reserve(
         pool,
         p.tenant.id,

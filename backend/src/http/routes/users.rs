@@ -152,7 +152,24 @@ pub async fn update(ctx: &Ctx, id: &str, body: Incoming) -> ApiResult {
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    // Re-activating a user takes a place of the plan's users as creating one does.
+    let plan = match b.is_active {
+        Some(true) => Some(crate::http::routes::plans::limits_of(ctx, &p.tenant).await?),
+        _ => None,
+    };
     let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
+    if let Some(plan) = plan {
+        let inactive = users::get(&mut tx, id).await?.is_some_and(|u| !u.is_active);
+        if inactive
+            && db::plans::count_live(&mut tx, db::plans::Counted::Users).await?
+                >= i64::from(plan.max_users)
+        {
+            return Err(ApiError::PlanLimit(format!(
+                "the `{}` plan allows {} active users",
+                plan.plan, plan.max_users
+            )));
+        }
+    }
     let user = users::update(
         &mut tx,
         id,
