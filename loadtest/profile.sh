@@ -27,20 +27,13 @@ wait_port 127.0.0.1 18181 10 || die "upstream did not start"
 
 HOST=acme.bench.test
 HEADERS=()
-gw_toml() { bench_gateway_toml "$PROXY" "$ADMIN" "$UP" "$1" "$2"; } # $1 = route keys, $2 = top-level TOML
+# The comparison's own gateway configuration of a scenario (one benchmark config: `loadtest gateway-config`).
+gw_toml() { "$BIN/loadtest" gateway-config --scenario "$1" --listen "$PROXY" --admin "$ADMIN" --upstream "$UP"; }
 case "$TARGET" in
-  gateway) gw_toml "" "" > "$W/gw.toml"; CMD=("$BIN/gateway" run --config "$W/gw.toml") ;;
+  gateway) gw_toml plain > "$W/gw.toml"; CMD=("$BIN/gateway" run --config "$W/gw.toml") ;;
   gateway-jwt-redis)
     export BENCH_JWT_SECRET=bench-secret-bench-secret-bench-secret-01 BENCH_REDIS_URL=redis://127.0.0.1:6379
-    gw_toml 'auth = "jwt_tenant"
-rate_limits = ["per_tenant"]' '[auth.jwt]
-secret_env = "BENCH_JWT_SECRET"
-[redis]
-url_env = "BENCH_REDIS_URL"
-[rate_limits.per_tenant]
-key = "tenant"
-limit = 1000000
-period = "1s"' > "$W/gw.toml"
+    gw_toml tenant_jwt_ratelimit > "$W/gw.toml"
     TOKEN=$("$BIN/loadtest" token --secret "$BENCH_JWT_SECRET" --tenant acme)
     HEADERS=(-H "Authorization: Bearer $TOKEN")
     CMD=("$BIN/gateway" run --config "$W/gw.toml") ;;

@@ -24,7 +24,7 @@ trap cleanup EXIT
 
 UP=127.0.0.1:18181; PROXY=127.0.0.1:18182; ADMIN=127.0.0.1:18192
 taskset -c 1 "$LOADTEST" upstream --listen "$UP" & PIDS+=($!)
-bench_gateway_toml "$PROXY" "$ADMIN" "$UP" > "$W/gateway.toml"
+"$LOADTEST" gateway-config --scenario plain --listen "$PROXY" --admin "$ADMIN" --upstream "$UP" > "$W/gateway.toml"
 
 ticks() { # utime stime of $1
   awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12], f[13] }' "/proc/$1/stat"

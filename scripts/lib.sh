@@ -50,39 +50,6 @@ wait_port() {
   exec 3>&- 3<&- 2>/dev/null || true
 }
 
-# bench_gateway_toml PROXY ADMIN UPSTREAM [ROUTE_KEYS] [TOP_LEVEL_TOML] — the gateway config of the plain
-# benchmark (loadtest/profile.sh, loadtest/user_time.sh): one thread, one wildcard route (*.bench.test) to
-# UPSTREAM, access log on; ROUTE_KEYS go into the route, TOP_LEVEL_TOML before everything.
-bench_gateway_toml() {
-  cat <<TOML
-${5:-}
-[server]
-threads = 1
-[entrypoints]
-http = "$1"
-admin = "$2"
-[tenancy]
-base_domains = ["bench.test"]
-[log]
-access_log = true
-format = "json"
-level = "warn"
-# Every benchmark client comes from 127.0.0.1: it stands for many clients, not one.
-[overload]
-max_connections = 1000000
-per_client_connections = 1000000
-[[upstreams]]
-name = "origin"
-servers = ["$3"]
-health = { path = "/", interval = "2s", timeout = "1s" }
-[[routes]]
-name = "bench"
-hosts = ["*.bench.test"]
-upstream = "origin"
-${4:-}
-TOML
-}
-
 PG_ADMIN_URL="${TEST_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 REDIS_URL_DEFAULT="redis://127.0.0.1:6379"
 

@@ -135,6 +135,11 @@ pub struct CompareArgs {
     /// floor under the gateway) on the plain scenario: this binary.
     #[arg(long)]
     pub bare_pingora: Option<PathBuf>,
+    /// Configurations of the gateway measured as rows of their own beside it (comma-separated):
+    /// no_access_log, no_security_headers; with --threads 2 or more: reuseport, shared_socket,
+    /// work_stealing.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub variants: Vec<crate::compare::variants::Variant>,
     /// Where the report goes: <scenario>.json, .md and .svg.
     #[arg(long, default_value = "loadtest/results")]
     pub out: PathBuf,

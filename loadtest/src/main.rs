@@ -51,6 +51,18 @@ enum Command {
         #[arg(long, default_value = "bench-1")]
         jti: String,
     },
+    /// Print the gateway configuration a comparison gives a scenario (the one benchmark config, for
+    /// the perf and user-time scripts): listening on `listen`, forwarding to `upstream`.
+    GatewayConfig {
+        #[arg(long, value_enum)]
+        scenario: loadtest::scenario::Scenario,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        admin: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+    },
 }
 
 #[derive(Args)]
@@ -122,6 +134,24 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "{}",
                 loadtest::scenario::mint(&secret, &tenant, &role, &jti)?
+            );
+            Ok(())
+        }
+        Command::GatewayConfig {
+            scenario,
+            listen,
+            admin,
+            upstream,
+        } => {
+            if scenario.tls()
+                || scenario.overload()
+                || scenario == loadtest::scenario::Scenario::Login
+            {
+                bail!("gateway-config prints the configurations of the plain HTTP scenarios");
+            }
+            print!(
+                "{}",
+                scenario.gateway_toml(listen, admin, listen, upstream, None)
             );
             Ok(())
         }

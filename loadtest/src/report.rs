@@ -20,6 +20,8 @@ pub enum Kind {
     Ours,
     /// Bare Pingora: the floor under the gateway.
     Floor,
+    /// Another configuration of our gateway (`--variants`).
+    Variant,
     Peer,
 }
 

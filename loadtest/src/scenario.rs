@@ -37,6 +37,8 @@ pub enum Scenario {
     TenantJwtPlan,
     /// A new TLS connection (full handshake) per request, on a plain route.
     TlsHandshake,
+    /// HTTPS over kept-alive connections (TLS 1.3, one handshake per connection), on a plain route.
+    TlsKeepalive,
     /// A real login (`POST /api/auth/login`) through the proxy to the backend, against the real Postgres:
     /// one user per connection.
     Login,
@@ -57,6 +59,7 @@ impl Scenario {
             Scenario::TenantJwtRatelimit => "tenant_jwt_ratelimit",
             Scenario::TenantJwtPlan => "tenant_jwt_plan",
             Scenario::TlsHandshake => "tls_handshake",
+            Scenario::TlsKeepalive => "tls_keepalive",
             Scenario::Login => "login",
             Scenario::Overload => "overload",
             Scenario::NoisyNeighbor => "noisy_neighbor",
@@ -79,7 +82,12 @@ impl Scenario {
     }
 
     pub fn tls(self) -> bool {
-        self == Scenario::TlsHandshake
+        matches!(self, Scenario::TlsHandshake | Scenario::TlsKeepalive)
+    }
+
+    /// Whether the generator keeps its connections (all but `tls_handshake`).
+    pub fn keep_alive(self) -> bool {
+        self != Scenario::TlsHandshake
     }
 
     /// The requests of one run, rotated over by the generator.
@@ -167,7 +175,11 @@ upstream = "origin"
 "#
         );
         match self {
-            Scenario::Plain | Scenario::TlsHandshake | Scenario::Login | Scenario::Overload => {}
+            Scenario::Plain
+            | Scenario::TlsHandshake
+            | Scenario::TlsKeepalive
+            | Scenario::Login
+            | Scenario::Overload => {}
             Scenario::TenantJwt | Scenario::NoisyNeighbor => {
                 toml.push_str("auth = \"jwt_tenant\"\n")
             }

@@ -42,6 +42,8 @@ fn compare_plain_gateway_and_nginx() {
         instructions: false,
         gateway_bin: Some(gateway_bin()),
         bare_pingora: None,
+        // A configuration of ours as a row of its own (the ablation rows of the harness).
+        variants: vec![loadtest::compare::variants::Variant::NoAccessLog],
         backend_bin: None,
         pg_admin_url: String::new(),
         out: out.clone(),
@@ -51,7 +53,10 @@ fn compare_plain_gateway_and_nginx() {
     };
     let r = compare(&args).expect("compare ran");
     let names: Vec<&str> = r.targets.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["upstream", "gateway", "nginx"]);
+    assert_eq!(
+        names,
+        ["upstream", "gateway", "gateway-no-access-log", "nginx"]
+    );
     for t in &r.targets {
         assert_eq!(t.work, Work::Same, "{}", t.name);
         let m = t

@@ -11,6 +11,7 @@ pub mod peers;
 pub mod probe;
 pub mod process;
 pub mod scale;
+pub mod variants;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -206,18 +207,19 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         ),
         ("BENCH_REDIS_URL".to_string(), format!("redis://{redis}")),
     ];
-    let ok = std::process::Command::new(&gateway_bin)
-        .args(["validate", "--config"])
-        .arg(&gw_conf)
-        .envs(gw_env.iter().map(|(k, v)| (k, v)))
-        .status()?
-        .success();
-    if !ok {
-        bail!(
-            "the gateway refused its configuration {}",
-            gw_conf.display()
-        );
-    }
+    let validate = |conf: &std::path::Path| -> anyhow::Result<()> {
+        let ok = std::process::Command::new(&gateway_bin)
+            .args(["validate", "--config"])
+            .arg(conf)
+            .envs(gw_env.iter().map(|(k, v)| (k, v)))
+            .status()?
+            .success();
+        if !ok {
+            bail!("the gateway refused its configuration {}", conf.display());
+        }
+        Ok(())
+    };
+    validate(&gw_conf)?;
     targets.push(Target {
         name: "gateway".into(),
         kind: report::Kind::Ours,
@@ -232,11 +234,37 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
                 "--config".into(),
                 gw_conf.display().to_string(),
             ],
-            env: gw_env,
+            env: gw_env.clone(),
             addr: gw_listen,
         }),
         claims: ours,
     });
+    for v in &args.variants {
+        let listen = free_addr()?;
+        let toml = v
+            .apply(&std::fs::read_to_string(&gw_conf)?, args.threads)?
+            .replacen(&gw_listen.to_string(), &listen.to_string(), 1)
+            .replacen(&gw_admin.to_string(), &free_addr()?.to_string(), 1);
+        let conf = dir.join(format!("{}.toml", v.name()));
+        std::fs::write(&conf, toml)?;
+        validate(&conf)?;
+        let env = gw_env.clone();
+        targets.push(Target {
+            name: v.name(),
+            kind: report::Kind::Variant,
+            version: version_line(&gateway_bin, &["--version"]),
+            work: Work::Same,
+            note: Some(v.note().into()),
+            launch: Some(Launch {
+                name: v.name(),
+                program: gateway_bin.clone(),
+                args: vec!["run".into(), "--config".into(), conf.display().to_string()],
+                env,
+                addr: listen,
+            }),
+            claims: ours,
+        });
+    }
     if let (Some(bare), Scenario::Plain) = (&args.bare_pingora, args.scenario) {
         let listen = free_addr()?;
         targets.push(Target {
@@ -294,7 +322,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         addr: upstream_addr,
         tls: tls.clone(),
         protocol: Protocol::H1,
-        keep_alive: !args.scenario.tls(),
+        keep_alive: args.scenario.keep_alive(),
         load: Load::Closed,
         // One connection per user: a login is ~Argon2id time, not a proxy's.
         connections: if login {

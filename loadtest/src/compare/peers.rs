@@ -213,6 +213,7 @@ impl Peer {
                 let limit = match scenario {
                     Scenario::Plain
                     | Scenario::TlsHandshake
+                    | Scenario::TlsKeepalive
                     | Scenario::Login
                     | Scenario::Overload => "",
                     Scenario::TenantJwt | Scenario::NoisyNeighbor => {
@@ -278,7 +279,11 @@ impl Peer {
                     "Caddy's standard build has neither JWT validation nor rate limiting (plugins)"
                         .into(),
                 )),
-                Scenario::Plain | Scenario::TlsHandshake | Scenario::Login | Scenario::Overload => {
+                Scenario::Plain
+                | Scenario::TlsHandshake
+                | Scenario::TlsKeepalive
+                | Scenario::Login
+                | Scenario::Overload => {
                     let conf = write("Caddyfile", caddyfile(ctx, scenario))?;
                     Setup::Same(launch(
                         vec![
@@ -298,6 +303,7 @@ impl Peer {
                 match scenario {
                     Scenario::Plain
                     | Scenario::TlsHandshake
+                    | Scenario::TlsKeepalive
                     | Scenario::Login
                     | Scenario::Overload => Setup::Same(l),
                     Scenario::TenantJwt | Scenario::NoisyNeighbor => {
