@@ -47,6 +47,16 @@ async fn create_plan(app: &TestApp, admin: &str, name: &str, fields: Value) {
     assert_eq!(status, 201, "create plan {name}: {resp}");
 }
 
+/// A fresh backend, a platform admin's token, and plans `plans` (name, fields over a small base).
+async fn app_with_plans(plans: &[(&str, Value)]) -> (TestApp, String) {
+    let app = TestApp::spawn().await;
+    let root = platform_admin(&app).await;
+    for (name, fields) in plans {
+        create_plan(&app, &root, name, fields.clone()).await;
+    }
+    (app, root)
+}
+
 async fn set_plan(app: &TestApp, admin: &str, tenant: &str, plan: &str, overrides: Value) -> Value {
     let (status, resp, _) = app
         .call(
@@ -300,15 +310,7 @@ async fn plans_are_administered_by_platform_admins_and_bad_fields_are_named() {
 
 #[tokio::test]
 async fn a_plan_caps_users_and_api_keys_with_plan_limit() {
-    let app = TestApp::spawn().await;
-    let root = platform_admin(&app).await;
-    create_plan(
-        &app,
-        &root,
-        "tiny",
-        json!({"max_users": 2, "max_api_keys": 1}),
-    )
-    .await;
+    let (app, root) = app_with_plans(&[("tiny", json!({"max_users": 2, "max_api_keys": 1}))]).await;
     let sub = unique("caps");
     let tenant = app.tenant_with_user(&sub, "boss@caps.test", "admin").await;
     set_plan(&app, &root, &tenant.to_string(), "tiny", json!({})).await;
@@ -413,14 +415,10 @@ async fn a_plan_caps_users_and_api_keys_with_plan_limit() {
 
 #[tokio::test]
 async fn concurrent_uploads_stop_exactly_at_the_storage_quota() {
-    let app = TestApp::spawn().await;
-    let root = platform_admin(&app).await;
-    create_plan(
-        &app,
-        &root,
+    let (app, root) = app_with_plans(&[(
         "small",
         json!({"storage_bytes": 10_000, "max_upload_bytes": 4_000}),
-    )
+    )])
     .await;
     let sub = unique("store");
     let tenant = app.tenant_with_user(&sub, "boss@store.test", "admin").await;
@@ -782,23 +780,12 @@ async fn tenant_on(app: &TestApp, root: &str, prefix: &str, plan: &str) -> (Stri
 
 #[tokio::test]
 async fn plans_live_at_the_edge_on_two_replicas() {
-    let app = TestApp::spawn().await;
-    let root = platform_admin(&app).await;
-    create_plan(
-        &app,
-        &root,
-        "tiny",
-        json!({"requests_per_second": 1, "burst": 2}),
-    )
+    let (app, root) = app_with_plans(&[
+        ("tiny", json!({"requests_per_second": 1, "burst": 2})),
+        ("roomy", json!({"requests_per_second": 1, "burst": 7})),
+        ("quota10", json!({"monthly_requests": 10})),
+    ])
     .await;
-    create_plan(
-        &app,
-        &root,
-        "roomy",
-        json!({"requests_per_second": 1, "burst": 7}),
-    )
-    .await;
-    create_plan(&app, &root, "quota10", json!({"monthly_requests": 10})).await;
     let (a, token_a) = tenant_on(&app, &root, "pa", "tiny").await;
     let (b, token_b) = tenant_on(&app, &root, "pb", "roomy").await;
     let (c, token_c) = tenant_on(&app, &root, "pc", "quota10").await;
@@ -933,27 +920,18 @@ async fn plans_live_at_the_edge_on_two_replicas() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let m = admin_metrics(gw).await;
-        let refusals = m
-            .lines()
-            .find(|l| l.starts_with("gateway_quota_refusals_total{reason=\"tenant_suspended\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let refusals = counter(
+            &m,
+            "gateway_quota_refusals_total{reason=\"tenant_suspended\"}",
+        );
         assert!(refusals >= 1.0, "refused at the edge: {refusals}");
     }
 }
 
 #[tokio::test]
 async fn with_redis_down_a_tenant_gets_the_default_plans_limits() {
-    let app = TestApp::spawn().await;
-    let root = platform_admin(&app).await;
-    create_plan(
-        &app,
-        &root,
-        "wide",
-        json!({"requests_per_second": 1, "burst": 9}),
-    )
-    .await;
+    let (app, root) =
+        app_with_plans(&[("wide", json!({"requests_per_second": 1, "burst": 9}))]).await;
     let (sub, token) = tenant_on(&app, &root, "pd", "wide").await;
     // A Redis of this test's own, to stop.
     let port = free_port();
@@ -1087,9 +1065,7 @@ async fn made_up_tenants_get_the_default_plan_and_are_looked_up_once() {
 /// counted and logged.
 #[tokio::test]
 async fn with_the_policy_lookup_down_a_tenant_gets_the_default_plan() {
-    let app = TestApp::spawn().await;
-    let root = platform_admin(&app).await;
-    create_plan(&app, &root, "huge", json!({"requests_per_second": 100000})).await;
+    let (app, root) = app_with_plans(&[("huge", json!({"requests_per_second": 100000}))]).await;
     let (sub, token) = tenant_on(&app, &root, "pe", "huge").await;
     // Nothing listens there.
     let dead = loopback(free_port());
