@@ -11,6 +11,15 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
+/// A lookup's answer as the gateway caches it in Redis (API-key records, tenant policies): the record, or
+/// `{"absent":true}` when the backend knows no such thing (absence is cached too).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Cached<T> {
+    Absent { absent: bool },
+    Present(T),
+}
+
 /// After a failure, how long calls skip Redis (then one call probes it).
 pub const BREAKER: Duration = Duration::from_secs(1);
 
@@ -160,6 +169,35 @@ impl SharedRedis {
                 .await
         })
         .await
+    }
+
+    /// A lookup's answer cached at `key` ([`Cached`]): `Ok(None)` when there is no usable entry (none,
+    /// or one that does not parse: the caller asks again and overwrites it).
+    pub async fn get_cached<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+    ) -> Result<Option<Cached<T>>, StoreError> {
+        Ok(self
+            .get_bytes(key)
+            .await?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Caches a lookup's answer (`None`: "no such thing") at `key` for `ttl_ms`.
+    pub async fn set_cached<T: serde::Serialize>(
+        &self,
+        key: String,
+        found: Option<&T>,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let value = match found {
+            Some(v) => serde_json::to_vec(&Cached::Present(v)),
+            None => serde_json::to_vec(&Cached::<&T>::Absent { absent: true }),
+        };
+        match value {
+            Ok(value) => self.set_px(key, value, ttl_ms).await,
+            Err(_) => Ok(()),
+        }
     }
 
     /// `SET key value PX ttl_ms`.

@@ -35,12 +35,7 @@ pub struct KeyRecord {
     pub expires_at: Option<i64>,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Cached {
-    Absent { absent: bool },
-    Present(KeyRecord),
-}
+type Cached = crate::support::redis::Cached<KeyRecord>;
 
 /// The prefix of a key of the right shape (`contracts::api_key`); `None` when the key has another shape.
 pub fn parse(key: &str) -> Option<&str> {
@@ -161,21 +156,17 @@ impl ApiKeyStore {
         }
         let key = cache_key(prefix);
         if let Some(redis) = &self.redis {
-            let k = key.clone();
-            let got = redis.get_bytes(k).await;
-            match got {
-                Ok(Some(bytes)) => match serde_json::from_slice::<Cached>(&bytes) {
-                    Ok(Cached::Present(r)) => {
-                        let r = Some(Arc::new(r));
-                        self.remember(prefix, r.clone());
-                        return Ok(r);
-                    }
-                    Ok(Cached::Absent { .. }) => {
-                        self.remember(prefix, None);
-                        return Ok(None);
-                    }
-                    Err(_) => {} // unreadable entry: ask the backend and overwrite it
-                },
+            match redis.get_cached::<KeyRecord>(key.clone()).await {
+                Ok(Some(Cached::Present(r))) => {
+                    let r = Some(Arc::new(r));
+                    self.remember(prefix, r.clone());
+                    return Ok(r);
+                }
+                Ok(Some(Cached::Absent { .. })) => {
+                    self.remember(prefix, None);
+                    return Ok(None);
+                }
+                // No entry, or an unreadable one: ask the backend and overwrite it.
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "api key cache unavailable; asking the backend")
@@ -187,21 +178,14 @@ impl ApiKeyStore {
         let rec = looked_up.map_err(LookupError::Backend)?;
         self.remember(prefix, rec.clone());
         if let Some(redis) = &self.redis {
-            let value = match &rec {
-                Some(r) => serde_json::to_vec(&Cached::Present((**r).clone())),
-                None => serde_json::to_vec(&Cached::Absent { absent: true }),
-            };
             let ttl = self
                 .settings
                 .cache_ttl
                 .saturating_sub(self.local_ttl())
                 .as_millis()
                 .max(1) as u64;
-            if let Ok(value) = value {
-                let stored = redis.set_px(key, value, ttl).await;
-                if let Err(e) = stored {
-                    tracing::debug!(error = %e, "could not cache an api key record");
-                }
+            if let Err(e) = redis.set_cached(key, rec.as_deref(), ttl).await {
+                tracing::debug!(error = %e, "could not cache an api key record");
             }
         }
         Ok(rec)

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use contracts::plans::TenantPolicy;
-use serde::{Deserialize, Serialize};
 
 use crate::config::plans::{OnPolicyError, PlanSettings};
 use crate::support::hash64;
@@ -40,13 +39,7 @@ pub const MAX_LOOKUPS: usize = 32;
 /// How long a failed lookup's answer (the default plan, or a refusal) is kept before asking again.
 const ERROR_TTL: Duration = Duration::from_secs(1);
 
-/// What Redis caches for a tenant.
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Cached {
-    Absent { absent: bool },
-    Present(TenantPolicy),
-}
+use crate::support::redis::Cached;
 
 /// Where a request's policy came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,14 +253,10 @@ impl PolicyStore {
     async fn read_redis(&self, tenant: &str) -> Option<Option<Arc<TenantPolicy>>> {
         let redis = self.redis.as_ref()?;
         let key = cache_key(tenant);
-        let got = redis.get_bytes(key).await;
-        match got {
-            Ok(Some(bytes)) => match serde_json::from_slice::<Cached>(&bytes) {
-                Ok(Cached::Present(p)) if p.tenant == tenant => Some(Some(Arc::new(p))),
-                Ok(Cached::Absent { .. }) => Some(None),
-                _ => None,
-            },
-            Ok(None) => None,
+        match redis.get_cached::<TenantPolicy>(key).await {
+            Ok(Some(Cached::Present(p))) if p.tenant == tenant => Some(Some(Arc::new(p))),
+            Ok(Some(Cached::Absent { .. })) => Some(None),
+            Ok(_) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "policy cache unavailable; asking the backend");
                 None
@@ -281,19 +270,13 @@ impl PolicyStore {
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        let value = match found {
-            Some(p) => serde_json::to_vec(&Cached::Present(p.clone())),
-            None => serde_json::to_vec(&Cached::Absent { absent: true }),
-        };
-        let Ok(value) = value else { return };
         let ttl = self
             .settings
             .cache_ttl
             .saturating_sub(self.local_ttl())
             .as_millis()
             .max(1) as u64;
-        let key = cache_key(tenant);
-        let stored = redis.set_px(key, value, ttl).await;
+        let stored = redis.set_cached(cache_key(tenant), found, ttl).await;
         if let Err(e) = stored {
             tracing::debug!(error = %e, "could not cache a tenant policy");
         }
