@@ -41,8 +41,13 @@ impl Gateway {
         // its share of a saturated core.
         let decided = match self.decide(session, ctx, &rt) {
             Ok(()) => {
-                self.count_in_core(ctx, rt.config.overload.queue_timeout)
-                    .await
+                let counted = self
+                    .count_in_core(ctx, rt.config.overload.queue_timeout)
+                    .await;
+                if let Some(ticket) = &ctx.request.core {
+                    backpressure::mark_h2_connection(session, ticket.class());
+                }
+                counted
             }
             Err(e) => Err(e),
         };

@@ -10,23 +10,27 @@
 //!   while above, +⅛ while under half the target, off once the limit is well above what is in
 //!   progress).
 //! - **Fair shares.** While on, each class may have `limit ÷ active classes` requests in progress (at
-//!   least one). Two places hold a class to it:
+//!   least one). Three places hold a class to it:
 //!   - before a reused HTTP/1 connection's next request is read ([`CoreGate::defer_read`]): a class at or
 //!     over its share is not read at all until one of its requests ends — the flood waits in its own
 //!     socket buffers and costs the core nothing. This check is cheap and approximate (connections that
 //!     pass it together may overshoot);
+//!   - before an HTTP/2 connection's next stream is processed ([`StreamClass`], vendor patch 0008): the
+//!     class of the connection's latest counted stream is asked as a reused HTTP/1 connection's is; while
+//!     it is over its share, new streams wait inside h2 (within the connection's stream limit) and the
+//!     streams in progress are still served;
 //!   - once a request is read and its credential verified ([`CoreGate::admit`]): the exact one. A
 //!     request over its class's share waits for a ticket handed over by the next request of its class
 //!     to end.
 //!
-//!   Both waits are bounded by `[overload] queue_timeout`: a connection held back that long is read
+//!   All waits are bounded by `[overload] queue_timeout`: a connection held back that long is read
 //!   anyway, and a read request still without a ticket by then is refused (503 + `Retry-After`,
 //!   `overloaded_core`) — past saturation the excess must be answered or the latency of what is served
 //!   grows with the backlog, and a refusal after the wait is the only one the flood pays for.
 //! - **Cost when off**: one atomic load per request; nothing is counted, nothing allocated.
 //!
 //! Not held back before reading: a connection's first request (its class is not known before it is
-//! read) and HTTP/2 streams (one connection carries many); both still wait at [`CoreGate::admit`].
+//! read); it still waits at [`CoreGate::admit`].
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -70,6 +74,61 @@ type ClassMap = HashMap<u64, Class, BuildHasherDefault<ClassHasher>>;
 /// The class a reused connection carries to its next request (see `persist_connection_context`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoreClass(pub u64);
+
+/// An HTTP/2 connection's standing at the gate: the class of its latest stream counted while the gate
+/// was on, asked when the connection's next stream arrives, before it is processed.
+pub struct StreamClass {
+    gate: Arc<CoreGate>,
+    class: AtomicU64,
+    /// Whether `class` holds a class yet (none before the connection's first counted stream).
+    known: AtomicBool,
+    /// The longest a stream is held back (`[overload] queue_timeout` when the connection came).
+    max: Duration,
+}
+
+impl StreamClass {
+    pub fn new(gate: Arc<CoreGate>, max: Duration) -> StreamClass {
+        StreamClass {
+            gate,
+            class: AtomicU64::new(0),
+            known: AtomicBool::new(false),
+            max,
+        }
+    }
+
+    /// A stream of the connection was counted in `class`.
+    pub fn set(&self, class: CoreClass) {
+        self.class.store(class.0, Ordering::Relaxed);
+        self.known.store(true, Ordering::Release);
+    }
+}
+
+impl pingora::protocols::http::v2::server::StreamGate for StreamClass {
+    fn defer_next_stream(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        if !self.known.load(Ordering::Acquire) {
+            return None;
+        }
+        self.gate
+            .defer_read(CoreClass(self.class.load(Ordering::Relaxed)), self.max)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Records on a stream's HTTP/2 connection (if it is one and keeps a [`StreamClass`]) the class its
+/// stream was counted in.
+pub fn mark_h2_connection(session: &pingora::proxy::Session, class: CoreClass) {
+    if let Some(c) = session
+        .as_downstream()
+        .as_http2()
+        .and_then(|h2| h2.connection_gate())
+        .and_then(|g| g.as_any().downcast_ref::<StreamClass>())
+    {
+        c.set(class);
+    }
+}
 
 /// The process-wide gate (one per gateway process, kept across reloads).
 pub struct CoreGate {

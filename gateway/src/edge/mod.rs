@@ -224,6 +224,19 @@ impl ProxyHttp for Gateway {
         Some(Box::new(class))
     }
 
+    /// An HTTP/2 connection keeps the class of its streams, and its next stream is processed later
+    /// while that class is over its share (`backpressure`).
+    fn h2_stream_gate(&self) -> Option<Arc<dyn pingora::protocols::http::v2::server::StreamGate>> {
+        let overload = &self.state.current().config.overload;
+        if !overload.core_backpressure {
+            return None;
+        }
+        Some(Arc::new(backpressure::StreamClass::new(
+            Arc::clone(&self.state.core_gate),
+            overload.queue_timeout,
+        )))
+    }
+
     /// … and its next request is read later while that class is over its share (`backpressure`).
     fn defer_next_request(
         &self,

@@ -702,3 +702,130 @@ async fn a_request_held_back_past_the_queue_deadline_is_refused() {
         "{log:?}"
     );
 }
+
+/// #25 point 3 over HTTP/2: a saturated core (`GATEWAY_FAULT_CORE_LIMIT` 4, two tenants: a share of 2
+/// each) accepts an over-share tenant's next streams later. The noisy tenant's connection has its two
+/// streams in progress; a third stream on it (with a token the edge refuses at once when it looks at
+/// it) is not even looked at — no 401 — while the quiet tenant is served, and is answered as soon as one
+/// of the noisy tenant's streams ends (reset by its client), long before the queue deadline. Without the
+/// HTTP/2 gate the third stream was accepted and refused with 401 at once.
+#[tokio::test]
+async fn a_saturated_core_accepts_an_over_share_tenants_next_http2_streams_later() {
+    let noisy_up = TestUpstream::start("noisy");
+    let quiet_up = TestUpstream::start("quiet");
+    noisy_up.behaviour.delay_ms.store(60_000, Ordering::SeqCst);
+    quiet_up.behaviour.delay_ms.store(50, Ordering::SeqCst);
+    let gw = Gateway::start_with_env(
+        &format!(
+            "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
+             [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n\
+             [overload]\nqueue_timeout = \"30s\"\n\n{}{}\
+             [[routes]]\nname = \"noisy\"\nhosts = [\"noisy.aggios.app\"]\n\
+             auth = \"jwt_tenant\"\nupstream = \"noisy\"\n\n\
+             [[routes]]\nname = \"quiet\"\nhosts = [\"quiet.aggios.app\"]\n\
+             auth = \"jwt_tenant\"\nupstream = \"quiet\"\n",
+            upstream_toml(
+                "noisy",
+                &[&noisy_up],
+                "concurrency = { max = 100, adaptive = false }"
+            ),
+            upstream_toml(
+                "quiet",
+                &[&quiet_up],
+                "concurrency = { max = 100, adaptive = false }"
+            ),
+        ),
+        &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT", "4")],
+    )
+    .await;
+    let noisy = Token::new(SECRET, "noisy").bearer();
+    let quiet = Token::new(SECRET, "quiet").bearer();
+    // The quiet tenant has a long request in progress (a class alone is never held back).
+    quiet_up.behaviour.delay_ms.store(60_000, Ordering::SeqCst);
+    let port = gw.http;
+    let hold = {
+        let quiet = quiet.clone();
+        tokio::spawn(async move {
+            send(
+                port,
+                "GET",
+                "quiet.aggios.app",
+                "/hold",
+                &[("authorization", quiet.as_str())],
+                bytes::Bytes::new(),
+            )
+            .await
+        })
+    };
+    eventually("the quiet tenant's long request is in progress", || async {
+        quiet_up.seen.heads() >= 1
+    })
+    .await;
+    quiet_up.behaviour.delay_ms.store(50, Ordering::SeqCst);
+
+    // One HTTP/2 connection of the noisy tenant, two streams in progress: its share.
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let get = |path: &str, bearer: &str| {
+        let mut sender = sender.clone();
+        let req = hyper::Request::builder()
+            .uri(format!("http://noisy.aggios.app{path}"))
+            .header("authorization", bearer)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        tokio::spawn(async move {
+            let r = sender.send_request(req).await.map(|r| r.status().as_u16());
+            (r, std::time::Instant::now())
+        })
+    };
+    let first = get("/slow/1", &noisy);
+    let second = get("/slow/2", &noisy);
+    eventually("the noisy tenant's two streams are in progress", || async {
+        noisy_up.seen.heads() >= 2
+    })
+    .await;
+    // A third stream on the same connection: over the share, not accepted yet.
+    let third = get("/refused-when-read", "Bearer not-a-token");
+    // Meanwhile the quiet tenant's requests are read and served.
+    for i in 0..3 {
+        let r = gw
+            .get_with(
+                "quiet.aggios.app",
+                &format!("/quiet/{i}"),
+                &[("authorization", quiet.as_str())],
+            )
+            .await;
+        assert_eq!(r.status, 200, "quiet request {i}: {r:?}");
+    }
+    assert!(
+        !third.is_finished(),
+        "the over-share tenant's next stream was read and answered: {:?}",
+        third.await
+    );
+    assert!(gw.metric("gateway_core_deferrals_total").await >= 1.0);
+    // One of the noisy tenant's streams ends (its client resets it): the next one is accepted, and the
+    // edge answers it (the token is refused) — well before the 30 s queue deadline.
+    let ended_at = std::time::Instant::now();
+    first.abort();
+    let (status, answered_at) = tokio::time::timeout(Duration::from_secs(20), third)
+        .await
+        .expect("the held stream was accepted once a stream of its tenant ended")
+        .expect("join");
+    assert_eq!(status.expect("answered"), 401);
+    assert!(answered_at >= ended_at);
+    assert_eq!(
+        noisy_up.seen.heads(),
+        2,
+        "the refused stream never reached the upstream"
+    );
+    second.abort();
+    hold.abort();
+}

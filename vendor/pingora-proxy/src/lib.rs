@@ -1616,6 +1616,12 @@ where
     fn h2_options(&self) -> Option<H2Options> {
         self.h2_options.clone()
     }
+
+    fn h2_stream_gate(
+        &self,
+    ) -> Option<Arc<dyn pingora_core::protocols::http::v2::server::StreamGate>> {
+        self.inner.h2_stream_gate()
+    }
     async fn process_custom_session(
         self: Arc<Self>,
         stream: Stream,

@@ -540,6 +540,16 @@ pub trait ProxyHttp {
         None
     }
 
+    /// Called once per new downstream HTTP/2 connection: a gate asked as each new stream arrives,
+    /// before it is processed (the HTTP/2 counterpart of [`Self::defer_next_request`]; a deferral holds new
+    /// streams inside h2 while the connection is still driven), and reachable from every stream's
+    /// session to tell it what the connection carries. The default keeps none.
+    fn h2_stream_gate(
+        &self,
+    ) -> Option<std::sync::Arc<dyn pingora_core::protocols::http::v2::server::StreamGate>> {
+        None
+    }
+
     /// Called at the start of a new request on a reused HTTP/1.x keepalive connection,
     /// before [`Self::early_request_filter`]. The `prev_ctx` argument is the value returned
     /// by [`Self::persist_connection_context`] from the previous request on this connection.

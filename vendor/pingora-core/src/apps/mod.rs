@@ -237,6 +237,13 @@ pub trait HttpServerApp {
         None
     }
 
+    /// A gate kept for a new downstream HTTP/2 connection: asked as each new stream arrives,
+    /// before it is handed to the application, and given to every stream's session. Called once per HTTP/2 **connection**. `None`
+    /// (the default) never holds a stream back.
+    fn h2_stream_gate(&self) -> Option<Arc<dyn server::StreamGate>> {
+        None
+    }
+
     /// Provide HTTP server options used to override default behavior. This function will be called
     /// every time a new connection is processed.
     ///
@@ -321,11 +328,12 @@ where
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
+            server::accept_downstream_sessions_gated(
                 h2_conn,
                 digest,
                 shutdown.clone(),
                 h2_idle_timeout,
+                self.h2_stream_gate(),
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();

@@ -767,4 +767,119 @@ mod test {
         }
         client_handle.await.unwrap();
     }
+
+    /// A gate that holds the next stream back while `held` is set, until `release` is notified.
+    struct HoldingGate {
+        held: std::sync::atomic::AtomicBool,
+        release: Arc<tokio::sync::Notify>,
+    }
+
+    impl server::StreamGate for HoldingGate {
+        fn defer_next_stream(
+            &self,
+        ) -> Option<std::pin::Pin<Box<dyn futures::Future<Output = ()> + Send>>> {
+            if !self.held.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
+            }
+            let release = self.release.clone();
+            Some(Box::pin(async move { release.notified().await }))
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    #[tokio::test]
+    async fn test_gate_holds_the_next_stream_while_the_connection_is_driven() {
+        use std::sync::atomic::Ordering;
+        let (client, server_io) = duplex(65536);
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = Arc::new(HoldingGate {
+            held: std::sync::atomic::AtomicBool::new(false),
+            release: release.clone(),
+        });
+        let (answer_first_tx, answer_first_rx) = oneshot::channel::<()>();
+        let (surfaced_tx, mut surfaced_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+
+        let server_gate = gate.clone();
+        let server_task = tokio::spawn(async move {
+            let connection = handshake(Box::new(server_io), None).await.unwrap();
+            let mut answer_first_rx = Some(answer_first_rx);
+            let gate_for_sessions = server_gate.clone();
+            server::accept_downstream_sessions_gated(
+                connection,
+                Arc::new(Digest::default()),
+                watch::channel(false).1,
+                None,
+                Some(server_gate as Arc<dyn server::StreamGate>),
+                |mut session, guard| {
+                    // Every session can reach its connection's gate.
+                    let gate = session.connection_gate().expect("the gate").clone();
+                    assert!(gate.as_any().downcast_ref::<HoldingGate>().is_some());
+                    let path = session.req_header().uri.path().to_string();
+                    surfaced_tx.send(path.clone()).unwrap();
+                    // From the first stream on, the next ones are held back.
+                    gate_for_sessions.held.store(true, Ordering::SeqCst);
+                    let wait = if path == "/1" {
+                        answer_first_rx.take()
+                    } else {
+                        None
+                    };
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        if let Some(wait) = wait {
+                            wait.await.unwrap();
+                        }
+                        let resp = Box::new(ResponseHeader::build(200, None).unwrap());
+                        session.write_response_header(resp, true).unwrap();
+                    });
+                },
+            )
+            .await;
+        });
+
+        let (h2, mut connection) = h2::client::handshake(client).await.unwrap();
+        let mut ping_pong = connection.ping_pong().unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut h2 = h2.ready().await.unwrap();
+        let request = |path: &str| {
+            http::Request::builder()
+                .uri(format!("https://one.one.one.one{path}"))
+                .body(())
+                .unwrap()
+        };
+        let (first, _) = h2.send_request(request("/1"), true).unwrap();
+        assert_eq!(surfaced_rx.recv().await.unwrap(), "/1");
+        let mut h2 = h2.ready().await.unwrap();
+        let (second, _) = h2.send_request(request("/2"), true).unwrap();
+
+        // The first stream is answered while the second is held back: the connection is driven.
+        answer_first_tx.send(()).unwrap();
+        let first = pingora_timeout::timeout(Duration::from_secs(5), first)
+            .await
+            .expect("the stream in progress was served during the hold")
+            .unwrap();
+        assert_eq!(first.status(), 200);
+        // A PING answered after the second stream's HEADERS: the server has read them.
+        ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+        assert!(
+            surfaced_rx.try_recv().is_err(),
+            "the next stream was handed over while held back"
+        );
+
+        // Released: the second stream is handed over and answered.
+        gate.held.store(false, Ordering::SeqCst);
+        release.notify_one();
+        assert_eq!(surfaced_rx.recv().await.unwrap(), "/2");
+        let second = pingora_timeout::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the held stream was served once released")
+            .unwrap();
+        assert_eq!(second.status(), 200);
+        drop(h2);
+        server_task.abort();
+    }
 }

@@ -52,6 +52,20 @@ type H2Connection<S> = server::Connection<S, Bytes>;
 
 pub use h2::server::Builder as H2Options;
 
+/// What an application may keep per downstream HTTP/2 connection to hold its next streams back
+/// (backpressure): given to the accept loop when the connection is established and to every stream's
+/// session ([`HttpSession::connection_gate`]).
+pub trait StreamGate: Send + Sync {
+    /// Called when the connection's next stream has arrived, before it is handed to the application.
+    /// A future returned here is awaited first, while the connection is still driven (the streams in
+    /// progress go on; the ones after it wait inside h2, within its limit of concurrent streams). It
+    /// should have a deadline of its own.
+    fn defer_next_stream(&self) -> Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>;
+
+    /// The application's own type, to be downcast by its request handling.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 // 64 KiB decoded header-list limit.
 const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -130,11 +144,29 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
+// The loop without a gate (the tests drive it so; the apps pass their gate, if any).
+#[cfg(test)]
 pub(crate) async fn accept_downstream_sessions<F>(
+    conn: H2Connection<Stream>,
+    digest: Arc<Digest>,
+    shutdown: ShutdownWatch,
+    idle_timeout: Option<Duration>,
+    on_session: F,
+) where
+    F: FnMut(HttpSession, StreamGuard),
+{
+    accept_downstream_sessions_gated(conn, digest, shutdown, idle_timeout, None, on_session).await
+}
+
+/// The accept loop described above, with the application's [`StreamGate`] for this connection (if
+/// any): before each new stream is handed to `on_session`, a deferral it asks for is awaited while the
+/// connection is driven.
+pub(crate) async fn accept_downstream_sessions_gated<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
+    gate: Option<Arc<dyn StreamGate>>,
     mut on_session: F,
 ) where
     F: FnMut(HttpSession, StreamGuard),
@@ -191,7 +223,30 @@ pub(crate) async fn accept_downstream_sessions<F>(
             // The offending stream was already answered or reset; keep the
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
-            Ok(Some(H2Accept::Session(session))) => {
+            Ok(Some(H2Accept::Session(mut session))) => {
+                if let Some(defer) = gate
+                    .as_ref()
+                    .filter(|_| !shutdown_initiated)
+                    .and_then(|g| g.defer_next_stream())
+                {
+                    // Held back before it is handed to the application: the streams in progress
+                    // are still served (the connection is driven), the ones after it wait inside h2.
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => {
+                            conn.graceful_shutdown();
+                            shutdown_initiated = true;
+                        }
+                        _ = defer => {}
+                        closed = std::future::poll_fn(|cx| conn.poll_closed(cx)) => {
+                            if let Err(e) = closed {
+                                debug!("H2 error while a new stream was held back {e}");
+                            }
+                            return;
+                        }
+                    }
+                }
+                session.connection_gate = gate.clone();
                 on_session(session, active.start_session());
             }
         }
@@ -291,6 +346,8 @@ pub struct HttpSession {
     pub write_timeout: Option<Duration>,
     // How long to wait when draining (discarding) request body
     total_drain_timeout: Option<Duration>,
+    // The connection's gate, if the application keeps one (see `StreamGate`)
+    connection_gate: Option<Arc<dyn StreamGate>>,
 }
 
 /// The outcome of accepting the next event on an HTTP/2 downstream connection.
@@ -499,7 +556,13 @@ impl HttpSession {
             digest,
             write_timeout: None,
             total_drain_timeout: None,
+            connection_gate: None,
         })))
+    }
+
+    /// The gate the application keeps for this stream's connection, if any (see [`StreamGate`]).
+    pub fn connection_gate(&self) -> Option<&Arc<dyn StreamGate>> {
+        self.connection_gate.as_ref()
     }
 
     /// The request sent from the client
