@@ -9,8 +9,9 @@
 //!   the gate turns on with a limit on the requests in progress ([`CoreGate::observe`]: ×0.8 per tick
 //!   while above, +⅛ while under half the target, off once the limit is well above what is in
 //!   progress).
-//! - **Fair shares.** While on, each class may have `limit ÷ active classes` requests in progress (at
-//!   least one). Three places hold a class to it:
+//! - **Fair shares.** While on, each class may have `limit × its weight ÷ the active classes' weights`
+//!   requests in progress (at least one); a verified tenant weighs its plan's `concurrency_weight` (read
+//!   from the process's plan cache: no I/O before the gate; 1 until cached), any other class 1. Three places hold a class to it:
 //!   - before a reused HTTP/1 connection's next request is read ([`CoreGate::defer_read`]): a class at or
 //!     over its share is not read at all until one of its requests ends — the flood waits in its own
 //!     socket buffers and costs the core nothing. This check is cheap and approximate (connections that
@@ -137,8 +138,9 @@ pub struct CoreGate {
     /// The event-loop delay the gate holds the process to, in µs.
     target_us: AtomicU64,
     shards: [Mutex<ClassMap>; SHARDS],
-    /// Classes with requests in progress or waiting.
+    /// Classes with requests in progress or waiting, and the sum of their weights.
     classes: AtomicUsize,
+    weights: AtomicUsize,
     /// Requests in progress counted while on.
     active: AtomicUsize,
     enabled: AtomicBool,
@@ -148,6 +150,8 @@ pub struct CoreGate {
 
 #[derive(Default)]
 struct Class {
+    /// Its weight (a verified tenant's plan's `concurrency_weight`, else 1).
+    weight: usize,
     active: usize,
     /// Requests read and waiting for a ticket.
     admits: VecDeque<oneshot::Sender<CoreTicket>>,
@@ -193,6 +197,7 @@ impl CoreGate {
             target_us: AtomicU64::new(target.as_micros() as u64),
             shards: std::array::from_fn(|_| Mutex::new(ClassMap::default())),
             classes: AtomicUsize::new(0),
+            weights: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             enabled: AtomicBool::new(enabled),
             pinned: AtomicBool::new(false),
@@ -235,18 +240,37 @@ impl CoreGate {
         self.classes.load(Ordering::Relaxed) > 1
     }
 
-    /// Each class's share of the limit.
-    fn share(&self) -> usize {
+    /// The share of the limit of a class of `weight`: the limit in proportion to the weights of the
+    /// classes with requests in progress or waiting (at least one).
+    fn share_of(&self, weight: usize) -> usize {
         let limit = self.limit();
-        (limit / self.classes.load(Ordering::Relaxed).max(1)).max(1)
+        (limit * weight / self.weights.load(Ordering::Relaxed).max(1)).max(1)
     }
 
-    /// The entry of `class`, created (and counted among the classes) if need be.
-    fn entry<'a>(&self, shard: &'a mut ClassMap, class: u64) -> &'a mut Class {
-        shard.entry(class).or_insert_with(|| {
+    /// The entry of `class`, created (and counted among the classes) if need be, with its weight now.
+    fn entry<'a>(&self, shard: &'a mut ClassMap, class: u64, weight: usize) -> &'a mut Class {
+        let weight = weight.max(1);
+        let c = shard.entry(class).or_insert_with(|| {
             self.classes.fetch_add(1, Ordering::Relaxed);
-            Class::default()
-        })
+            self.weights.fetch_add(weight, Ordering::Relaxed);
+            Class {
+                weight,
+                ..Class::default()
+            }
+        });
+        if c.weight != weight {
+            // Its plan changed: the sum follows.
+            self.weights.fetch_add(weight, Ordering::Relaxed);
+            self.weights.fetch_sub(c.weight, Ordering::Relaxed);
+            c.weight = weight;
+        }
+        c
+    }
+
+    /// A class's entry leaves the counts (the caller removes it from its shard).
+    fn forget(&self, c: &Class) {
+        self.classes.fetch_sub(1, Ordering::Relaxed);
+        self.weights.fetch_sub(c.weight, Ordering::Relaxed);
     }
 
     /// A ticket of `class`, counted now (the caller holds its shard).
@@ -259,20 +283,22 @@ impl CoreGate {
         }
     }
 
-    /// Admits a read request of `class`: at once while the gate is off (None: not counted) or its class
-    /// is under its share; otherwise once a request of its class ends. Err after `deadline`.
+    /// Admits a read request of `class` (of `weight`): at once while the gate is off (None: not
+    /// counted) or its class is under its share; otherwise once a request of its class ends. Err after
+    /// `deadline`.
     pub async fn admit(
         self: &Arc<Self>,
         class: u64,
+        weight: usize,
         deadline: Duration,
     ) -> Result<Option<CoreTicket>, CoreRefused> {
         if self.limit() == 0 {
             return Ok(None);
         }
         let rx = {
-            let share = self.share();
             let mut shard = self.shard(class);
-            let c = self.entry(&mut shard, class);
+            let c = self.entry(&mut shard, class, weight);
+            let share = self.share_of(c.weight);
             if c.active < share || !self.contended() {
                 return Ok(Some(self.ticket(c, class)));
             }
@@ -305,12 +331,11 @@ impl CoreGate {
         if self.limit() == 0 {
             return None;
         }
-        let share = self.share();
         let rx = {
             let mut shard = self.shard(class.0);
             // A class with nothing in progress is under any share (and has no entry).
             let c = shard.get_mut(&class.0)?;
-            if c.active < share || !self.contended() {
+            if c.active < self.share_of(c.weight) || !self.contended() {
                 return None;
             }
             let (tx, rx) = oneshot::channel();
@@ -325,17 +350,17 @@ impl CoreGate {
 
     /// A request of `class` ended: hands its place on within the share.
     fn leave(self: &Arc<Self>, class: u64) {
-        let share = self.share();
         let mut shard = self.shard(class);
         let Some(c) = shard.get_mut(&class) else {
             return;
         };
         c.active = c.active.saturating_sub(1);
         self.active.fetch_sub(1, Ordering::Relaxed);
+        let share = self.share_of(c.weight);
         self.wake(c, class, share);
         if c.idle() {
+            self.forget(c);
             shard.remove(&class);
-            self.classes.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -401,7 +426,7 @@ impl CoreGate {
         self.limit.store(next, Ordering::Relaxed);
         metrics().core_concurrency_limit.set(next as i64);
         if next > limit {
-            self.wake_all(self.share());
+            self.wake_all(false);
         }
     }
 
@@ -409,19 +434,29 @@ impl CoreGate {
     fn switch_off(self: &Arc<Self>) {
         self.limit.store(0, Ordering::Relaxed);
         metrics().core_concurrency_limit.set(0);
-        self.wake_all(usize::MAX);
+        self.wake_all(true);
     }
 
-    fn wake_all(self: &Arc<Self>, share: usize) {
+    /// Wakes every class up to its share (`unlimited`: everything waiting).
+    fn wake_all(self: &Arc<Self>, unlimited: bool) {
         for s in &self.shards {
             let mut shard = s.lock().unwrap_or_else(|p| p.into_inner());
             for (class, c) in shard.iter_mut() {
+                let share = if unlimited {
+                    usize::MAX
+                } else {
+                    self.share_of(c.weight)
+                };
                 self.wake(c, *class, share);
             }
-            let before = shard.len();
-            shard.retain(|_, c| !c.idle());
-            self.classes
-                .fetch_sub(before - shard.len(), Ordering::Relaxed);
+            shard.retain(|_, c| {
+                if c.idle() {
+                    self.forget(c);
+                    false
+                } else {
+                    true
+                }
+            });
         }
     }
 
@@ -471,7 +506,7 @@ mod tests {
     const WAIT: Duration = Duration::from_millis(100);
 
     fn admit(rt: &tokio::runtime::Runtime, g: &Arc<CoreGate>, class: u64) -> Option<CoreTicket> {
-        rt.block_on(g.admit(class, WAIT)).expect("admitted")
+        rt.block_on(g.admit(class, 1, WAIT)).expect("admitted")
     }
 
     fn counts(g: &CoreGate) -> (usize, usize) {
@@ -497,14 +532,14 @@ mod tests {
         let n1 = admit(&rt, &g, 7).expect("on");
         let _n2 = admit(&rt, &g, 7).expect("on");
         let q = admit(&rt, &g, 9).expect("on");
-        assert_eq!(g.share(), 2);
+        assert_eq!(g.share_of(1), 2);
         assert!(
             g.defer_read(CoreClass(9), WAIT).is_none(),
             "quiet: read at once"
         );
         let read = g.defer_read(CoreClass(7), WAIT).expect("noisy: read later");
         let g2 = Arc::clone(&g);
-        let third = rt.spawn(async move { g2.admit(7, Duration::from_secs(60)).await });
+        let third = rt.spawn(async move { g2.admit(7, 1, Duration::from_secs(60)).await });
         rt.block_on(tokio::task::yield_now());
         // The quiet class's end hands nothing to the noisy one.
         drop(q);
@@ -525,6 +560,41 @@ mod tests {
         assert!(rt.block_on(async { t0.elapsed() }) < WAIT);
     }
 
+    /// A class's share follows its plan's weight: with a limit of 8 and weights 3 and 1, the heavy
+    /// class may have 6 in progress and the light one 2; the weights leave with their classes.
+    #[test]
+    fn shares_follow_the_weights_and_leave_with_their_classes() {
+        let g = gate_on(8);
+        let rt = rt();
+        let mut heavy = Vec::new();
+        for _ in 0..6 {
+            heavy.push(
+                rt.block_on(g.admit(1, 3, WAIT))
+                    .expect("admitted")
+                    .expect("on"),
+            );
+        }
+        let light: Vec<_> = (0..2).map(|_| admit(&rt, &g, 2).expect("on")).collect();
+        assert_eq!(g.weights.load(Ordering::Relaxed), 4);
+        assert_eq!((g.share_of(3), g.share_of(1)), (6, 2));
+        assert!(g.defer_read(CoreClass(1), WAIT).is_some(), "heavy at its 6");
+        assert!(g.defer_read(CoreClass(2), WAIT).is_some(), "light at its 2");
+        drop(heavy.pop());
+        assert!(g.defer_read(CoreClass(1), WAIT).is_none(), "heavy under 6");
+        // A plan change re-weighs the class on its next request.
+        heavy.truncate(1);
+        heavy.push(
+            rt.block_on(g.admit(1, 1, WAIT))
+                .expect("admitted")
+                .expect("on"),
+        );
+        assert_eq!(g.weights.load(Ordering::Relaxed), 2);
+        drop(heavy);
+        drop(light);
+        assert_eq!(counts(&g), (0, 0));
+        assert_eq!(g.weights.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn a_read_goes_on_and_a_request_is_refused_at_the_deadline() {
         let g = gate_on(MIN_LIMIT);
@@ -534,7 +604,7 @@ mod tests {
         let held: Vec<_> = (0..2).map(|_| admit(&rt, &g, 3).expect("on")).collect();
         // Paused time: the deadlines pass without real waiting.
         rt.block_on(g.defer_read(CoreClass(3), WAIT).expect("at its share"));
-        assert_eq!(rt.block_on(g.admit(3, WAIT)).err(), Some(CoreRefused));
+        assert_eq!(rt.block_on(g.admit(3, 1, WAIT)).err(), Some(CoreRefused));
         assert_eq!(counts(&g), (2, 3), "the refused request is not counted");
         drop(held);
         drop(other);
@@ -548,7 +618,7 @@ mod tests {
         let other = admit(&rt, &g, 999).expect("on");
         let held = admit(&rt, &g, 5).expect("on");
         let g2 = Arc::clone(&g);
-        let waiting = rt.spawn(async move { g2.admit(5, WAIT).await });
+        let waiting = rt.spawn(async move { g2.admit(5, 1, WAIT).await });
         rt.block_on(tokio::task::yield_now());
         waiting.abort();
         let _ = rt.block_on(waiting);
@@ -565,7 +635,7 @@ mod tests {
         let held: Vec<_> = (0..2).map(|_| admit(&rt, &g, 5).expect("on")).collect();
         let read = g.defer_read(CoreClass(5), WAIT).expect("at its share");
         let g2 = Arc::clone(&g);
-        let waiting = rt.spawn(async move { g2.admit(5, Duration::from_secs(60)).await });
+        let waiting = rt.spawn(async move { g2.admit(5, 1, Duration::from_secs(60)).await });
         rt.block_on(tokio::task::yield_now());
         g.switch_off();
         let t0 = tokio::time::Instant::now();
@@ -632,9 +702,16 @@ mod tests {
         let g = gate_on(1_000);
         let rt = rt();
         for class in 0..1_000_000u64 {
-            drop(admit(&rt, &g, class));
+            // Weights as a plan may give them (1 to 1000).
+            let weight = (class % 1000) as usize + 1;
+            drop(rt.block_on(g.admit(class, weight, WAIT)).expect("admitted"));
         }
         assert_eq!(counts(&g), (0, 0));
+        assert_eq!(
+            g.weights.load(Ordering::Relaxed),
+            0,
+            "no weight left behind"
+        );
         let kept: usize = g.shards.iter().map(|s| s.lock().expect("lock").len()).sum();
         assert_eq!(kept, 0);
     }

@@ -9,6 +9,27 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
+/// A GET with a bearer sent in the background (a request that waits: held at the upstream, or
+/// held back by the gateway).
+fn spawn_get(
+    port: u16,
+    host: &'static str,
+    path: &'static str,
+    bearer: String,
+) -> tokio::task::JoinHandle<Resp> {
+    tokio::spawn(async move {
+        send(
+            port,
+            "GET",
+            host,
+            path,
+            &[("authorization", bearer.as_str())],
+            bytes::Bytes::new(),
+        )
+        .await
+    })
+}
+
 /// Sends `n` GETs at once; their statuses and responses.
 async fn burst(gw: &Gateway, host: &str, n: usize) -> Vec<Resp> {
     burst_with(gw, n, |_| (host.to_string(), None)).await
@@ -525,21 +546,7 @@ async fn a_saturated_core_reads_an_over_share_tenant_later_and_serves_the_quiet_
     assert_eq!(s, Some(200));
     // The quiet tenant keeps one long request in progress (a class alone has nobody to be fair to and
     // is never held back): two classes, a share of 2 each.
-    let hold = {
-        let quiet = quiet.clone();
-        let port = gw.http;
-        tokio::spawn(async move {
-            send(
-                port,
-                "GET",
-                "quiet.aggios.app",
-                "/hold",
-                &[("authorization", quiet.as_str())],
-                bytes::Bytes::new(),
-            )
-            .await
-        })
-    };
+    let hold = spawn_get(gw.http, "quiet.aggios.app", "/hold", quiet.clone());
     eventually("the quiet tenant's long request is in progress", || async {
         hold_up.seen.heads() >= 1
     })
@@ -640,39 +647,18 @@ async fn a_request_held_back_past_the_queue_deadline_is_refused() {
     // Two tenants with a slow request each (a single class has nobody to be fair to and is never held
     // back): a limit of 1 gives each a share of 1, which the noisy one's request holds.
     let port = gw.http;
-    let other = {
-        let bearer = Token::new(SECRET, "other").bearer();
-        tokio::spawn(async move {
-            send(
-                port,
-                "GET",
-                "other.aggios.app",
-                "/slow",
-                &[("authorization", bearer.as_str())],
-                bytes::Bytes::new(),
-            )
-            .await
-        })
-    };
+    let other = spawn_get(
+        port,
+        "other.aggios.app",
+        "/slow",
+        Token::new(SECRET, "other").bearer(),
+    );
     eventually(
         "the other tenant's request reached the upstream",
         || async { up.seen.heads() >= 1 },
     )
     .await;
-    let held = {
-        let bearer = bearer.clone();
-        tokio::spawn(async move {
-            send(
-                port,
-                "GET",
-                "noisy.aggios.app",
-                "/slow",
-                &[("authorization", bearer.as_str())],
-                bytes::Bytes::new(),
-            )
-            .await
-        })
-    };
+    let held = spawn_get(port, "noisy.aggios.app", "/slow", bearer.clone());
     eventually("the slow request reached the upstream", || async {
         up.seen.heads() >= 2
     })
@@ -743,20 +729,7 @@ async fn a_saturated_core_accepts_an_over_share_tenants_next_http2_streams_later
     // The quiet tenant has a long request in progress (a class alone is never held back).
     quiet_up.behaviour.delay_ms.store(60_000, Ordering::SeqCst);
     let port = gw.http;
-    let hold = {
-        let quiet = quiet.clone();
-        tokio::spawn(async move {
-            send(
-                port,
-                "GET",
-                "quiet.aggios.app",
-                "/hold",
-                &[("authorization", quiet.as_str())],
-                bytes::Bytes::new(),
-            )
-            .await
-        })
-    };
+    let hold = spawn_get(port, "quiet.aggios.app", "/hold", quiet.clone());
     eventually("the quiet tenant's long request is in progress", || async {
         quiet_up.seen.heads() >= 1
     })
@@ -828,4 +801,125 @@ async fn a_saturated_core_accepts_an_over_share_tenants_next_http2_streams_later
     );
     second.abort();
     hold.abort();
+}
+
+/// A stand-in for the backend's `GET /internal/tenant-policy/{tenant}`: every tenant active, on a plan
+/// whose `concurrency_weight` is `weight(tenant)`.
+async fn policy_server(weight: fn(&str) -> u32) -> u16 {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| async move {
+                let tenant = req
+                    .uri()
+                    .path()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let policy = contracts::plans::TenantPolicy {
+                    concurrency_weight: weight(&tenant),
+                    tenant,
+                    plan: "test".into(),
+                    version: 1,
+                    suspended: false,
+                    requests_per_second: 10_000,
+                    burst: 10_000,
+                    monthly_requests: 0,
+                    storage_bytes: 0,
+                    max_upload_bytes: 0,
+                    max_api_keys: 0,
+                    max_users: 0,
+                };
+                let body = serde_json::to_vec(&policy).expect("json");
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(body),
+                )))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    port
+}
+
+/// #25 point 3 with #26's plans: at a saturated core the shares follow each tenant's plan
+/// (`concurrency_weight`), as in the upstream queue. With a limit of 8 shared by a tenant of weight 3
+/// and one of weight 1, the heavy tenant has 6 requests in progress at once (an equal share was 4).
+#[tokio::test]
+async fn a_saturated_core_shares_by_plan_weight() {
+    let heavy_up = TestUpstream::start("heavy");
+    let light_up = TestUpstream::start("light");
+    let policies = policy_server(|t| if t == "heavy" { 3 } else { 1 }).await;
+    let gw = Gateway::start_with_env(
+        &format!(
+            "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
+             [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n\
+             [plans]\nlookup_url = \"http://127.0.0.1:{policies}/internal/tenant-policy/{{tenant}}\"\n\
+             default = {{ plan = \"free\", requests_per_second = 1000, burst = 1000 }}\n\n\
+             [overload]\nqueue_timeout = \"30s\"\n\n{}{}\
+             [[routes]]\nname = \"heavy\"\nhosts = [\"heavy.aggios.app\"]\n\
+             auth = \"jwt_tenant\"\nupstream = \"heavy\"\n\n\
+             [[routes]]\nname = \"light\"\nhosts = [\"light.aggios.app\"]\n\
+             auth = \"jwt_tenant\"\nupstream = \"light\"\n",
+            upstream_toml(
+                "heavy",
+                &[&heavy_up],
+                "concurrency = { max = 100, adaptive = false }"
+            ),
+            upstream_toml(
+                "light",
+                &[&light_up],
+                "concurrency = { max = 100, adaptive = false }"
+            ),
+        ),
+        &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT", "8")],
+    )
+    .await;
+    let heavy = Token::new(SECRET, "heavy").bearer();
+    let light = Token::new(SECRET, "light").bearer();
+    // Each tenant's plan is looked up once (then in process).
+    for (host, bearer) in [("heavy.aggios.app", &heavy), ("light.aggios.app", &light)] {
+        let r = gw
+            .get_with(host, "/first", &[("authorization", bearer.as_str())])
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // The light tenant has two long requests in progress: two classes, weights 3 and 1.
+    light_up.behaviour.delay_ms.store(60_000, Ordering::SeqCst);
+    let port = gw.http;
+    let light_held: Vec<_> = (0..2)
+        .map(|_| spawn_get(port, "light.aggios.app", "/held", light.clone()))
+        .collect();
+    eventually("the light tenant's requests are in progress", || async {
+        light_up.seen.heads() >= 3
+    })
+    .await;
+    // The heavy tenant sends eight at once.
+    heavy_up.behaviour.delay_ms.store(3_000, Ordering::SeqCst);
+    heavy_up.seen.max_in_flight.store(0, Ordering::SeqCst);
+    let heavy_sent: Vec<_> = (0..8)
+        .map(|_| spawn_get(port, "heavy.aggios.app", "/work", heavy.clone()))
+        .collect();
+    let mut statuses = Vec::new();
+    for h in heavy_sent {
+        statuses.push(h.await.expect("join").status);
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        heavy_up.seen.max_in_flight.load(Ordering::SeqCst),
+        6,
+        "the heavy tenant's share of 8 at weights 3:1 (equal shares gave 4)"
+    );
+    for h in light_held {
+        h.abort();
+    }
 }
