@@ -129,16 +129,14 @@ impl Gateway {
         }
         // A verified tenant weighs by its plan's `concurrency_weight`, as in the upstream queue — read
         // from the process's cache only (no I/O before the gate; a tenant not cached yet weighs 1).
-        let weight = match (
-            ctx.credential.identity(),
-            self.state.current().plans.as_ref(),
-        ) {
-            (Some(identity), Some(plans)) => plans
-                .peek(&identity.tenant)
-                .filter(|p| p.source == crate::edge::plan::Source::Tenant)
-                .map_or(1, |p| p.policy.concurrency_weight.clamp(1, 1000) as usize),
-            _ => 1,
-        };
+        let weight = ctx.credential.identity().map_or(1, |identity| {
+            self.state.current().plans.as_ref().map_or(1, |plans| {
+                plans
+                    .peek(&identity.tenant)
+                    .filter(|p| p.source == crate::edge::plan::Source::Tenant)
+                    .map_or(1, |p| p.policy.concurrency_weight.clamp(1, 1000) as usize)
+            })
+        });
         let class = match (ctx.credential.identity(), ctx.request.client_ip) {
             (Some(identity), _) => crate::support::hash64(identity.tenant.as_bytes()),
             (None, Some(ip)) => match crate::support::client_budget_key(ip) {
