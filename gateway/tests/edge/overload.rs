@@ -689,6 +689,42 @@ async fn a_request_held_back_past_the_queue_deadline_is_refused() {
     );
 }
 
+/// A gateway whose core gate is held at `core_limit` requests in progress, with a `jwt_tenant` route
+/// per tenant `{name}.aggios.app` to an upstream of its own (a fixed limit of 100: only the core gate
+/// holds anything back); `extra` goes before the `[overload]` section.
+async fn core_gate_gateway(
+    tenants: [(&str, &TestUpstream); 2],
+    extra: &str,
+    core_limit: &str,
+) -> Gateway {
+    let mut body = format!(
+        "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
+         [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n{extra}\
+         [overload]\nqueue_timeout = \"30s\"\n\n"
+    );
+    for (name, up) in tenants {
+        body.push_str(&upstream_toml(
+            name,
+            &[up],
+            "concurrency = { max = 100, adaptive = false }",
+        ));
+    }
+    for (name, _) in tenants {
+        body.push_str(&format!(
+            "[[routes]]\nname = \"{name}\"\nhosts = [\"{name}.aggios.app\"]\n\
+             auth = \"jwt_tenant\"\nupstream = \"{name}\"\n\n"
+        ));
+    }
+    Gateway::start_with_env(
+        &body,
+        &[
+            ("GW_SECRET", SECRET),
+            ("GATEWAY_FAULT_CORE_LIMIT", core_limit),
+        ],
+    )
+    .await
+}
+
 /// #25 point 3 over HTTP/2: a saturated core (`GATEWAY_FAULT_CORE_LIMIT` 4, two tenants: a share of 2
 /// each) accepts an over-share tenant's next streams later. The noisy tenant's connection has its two
 /// streams in progress; a third stream on it (with a token the edge refuses at once when it looks at
@@ -701,29 +737,7 @@ async fn a_saturated_core_accepts_an_over_share_tenants_next_http2_streams_later
     let quiet_up = TestUpstream::start("quiet");
     noisy_up.behaviour.delay_ms.store(60_000, Ordering::SeqCst);
     quiet_up.behaviour.delay_ms.store(50, Ordering::SeqCst);
-    let gw = Gateway::start_with_env(
-        &format!(
-            "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
-             [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n\
-             [overload]\nqueue_timeout = \"30s\"\n\n{}{}\
-             [[routes]]\nname = \"noisy\"\nhosts = [\"noisy.aggios.app\"]\n\
-             auth = \"jwt_tenant\"\nupstream = \"noisy\"\n\n\
-             [[routes]]\nname = \"quiet\"\nhosts = [\"quiet.aggios.app\"]\n\
-             auth = \"jwt_tenant\"\nupstream = \"quiet\"\n",
-            upstream_toml(
-                "noisy",
-                &[&noisy_up],
-                "concurrency = { max = 100, adaptive = false }"
-            ),
-            upstream_toml(
-                "quiet",
-                &[&quiet_up],
-                "concurrency = { max = 100, adaptive = false }"
-            ),
-        ),
-        &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT", "4")],
-    )
-    .await;
+    let gw = core_gate_gateway([("noisy", &noisy_up), ("quiet", &quiet_up)], "", "4").await;
     let noisy = Token::new(SECRET, "noisy").bearer();
     let quiet = Token::new(SECRET, "quiet").bearer();
     // The quiet tenant has a long request in progress (a class alone is never held back).
@@ -859,31 +873,11 @@ async fn a_saturated_core_shares_by_plan_weight() {
     let heavy_up = TestUpstream::start("heavy");
     let light_up = TestUpstream::start("light");
     let policies = policy_server(|t| if t == "heavy" { 3 } else { 1 }).await;
-    let gw = Gateway::start_with_env(
-        &format!(
-            "[tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
-             [auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n\
-             [plans]\nlookup_url = \"http://127.0.0.1:{policies}/internal/tenant-policy/{{tenant}}\"\n\
-             default = {{ plan = \"free\", requests_per_second = 1000, burst = 1000 }}\n\n\
-             [overload]\nqueue_timeout = \"30s\"\n\n{}{}\
-             [[routes]]\nname = \"heavy\"\nhosts = [\"heavy.aggios.app\"]\n\
-             auth = \"jwt_tenant\"\nupstream = \"heavy\"\n\n\
-             [[routes]]\nname = \"light\"\nhosts = [\"light.aggios.app\"]\n\
-             auth = \"jwt_tenant\"\nupstream = \"light\"\n",
-            upstream_toml(
-                "heavy",
-                &[&heavy_up],
-                "concurrency = { max = 100, adaptive = false }"
-            ),
-            upstream_toml(
-                "light",
-                &[&light_up],
-                "concurrency = { max = 100, adaptive = false }"
-            ),
-        ),
-        &[("GW_SECRET", SECRET), ("GATEWAY_FAULT_CORE_LIMIT", "8")],
-    )
-    .await;
+    let plans = format!(
+        "[plans]\nlookup_url = \"http://127.0.0.1:{policies}/internal/tenant-policy/{{tenant}}\"\n\
+         default = {{ plan = \"free\", requests_per_second = 1000, burst = 1000 }}\n\n"
+    );
+    let gw = core_gate_gateway([("heavy", &heavy_up), ("light", &light_up)], &plans, "8").await;
     let heavy = Token::new(SECRET, "heavy").bearer();
     let light = Token::new(SECRET, "light").bearer();
     // Each tenant's plan is looked up once (then in process).
