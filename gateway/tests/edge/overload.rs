@@ -30,6 +30,23 @@ fn spawn_get(
     })
 }
 
+/// An HTTP/2 connection (prior knowledge) to the gateway's http entrypoint, driven in the background.
+async fn h2_connect(
+    port: u16,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// Sends `n` GETs at once; their statuses and responses.
 async fn burst(gw: &Gateway, host: &str, n: usize) -> Vec<Resp> {
     burst_with(gw, n, |_| (host.to_string(), None)).await
@@ -386,16 +403,7 @@ async fn one_http2_connection_gets_at_most_its_streams() {
         upstream_toml("u", &[&up], ""),
     ))
     .await;
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
-        .await
-        .expect("connect");
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let sender = h2_connect(gw.http).await;
     let six =
         |sender: &hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>| {
             let tasks: Vec<_> = (0..6)
@@ -751,16 +759,7 @@ async fn a_saturated_core_accepts_an_over_share_tenants_next_http2_streams_later
     quiet_up.behaviour.delay_ms.store(50, Ordering::SeqCst);
 
     // One HTTP/2 connection of the noisy tenant, two streams in progress: its share.
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let sender = h2_connect(port).await;
     let get = |path: &str, bearer: &str| {
         let mut sender = sender.clone();
         let req = hyper::Request::builder()
