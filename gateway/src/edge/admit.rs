@@ -41,9 +41,7 @@ impl Gateway {
         // its share of a saturated core.
         let decided = match self.decide(session, ctx, &rt) {
             Ok(()) => {
-                let counted = self
-                    .count_in_core(ctx, rt.config.overload.queue_timeout)
-                    .await;
+                let counted = self.count_in_core(ctx, &rt).await;
                 if let Some(ticket) = &ctx.request.core {
                     backpressure::mark_h2_connection(session, ticket.class());
                 }
@@ -116,11 +114,12 @@ impl Gateway {
     /// Counts the request in its class for the core's fair shares while the process is saturated
     /// (`backpressure`) — the tenant of the verified credential, else the client address (/64), as the
     /// upstream queue classes it — and waits while its class is over its share, at most `deadline`
-    /// (then 503 `overloaded_core`). One atomic load when the gate is off.
+    /// (then 503 `overloaded_core`, after `[overload] queue_timeout`). One atomic load when the gate
+    /// is off.
     async fn count_in_core(
         &self,
         ctx: &mut RequestCtx,
-        deadline: Duration,
+        rt: &Snapshot,
     ) -> std::result::Result<(), EdgeError> {
         let gate = &self.state.core_gate;
         gate.ensure_probe();
@@ -130,7 +129,7 @@ impl Gateway {
         // A verified tenant weighs by its plan's `concurrency_weight`, as in the upstream queue — read
         // from the process's cache only (no I/O before the gate; a tenant not cached yet weighs 1).
         let weight = ctx.credential.identity().map_or(1, |identity| {
-            self.state.current().plans.as_ref().map_or(1, |plans| {
+            rt.plans.as_ref().map_or(1, |plans| {
                 plans
                     .peek(&identity.tenant)
                     .filter(|p| p.source == crate::edge::plan::Source::Tenant)
@@ -146,7 +145,7 @@ impl Gateway {
             (None, None) => 0,
         };
         ctx.request.core = gate
-            .admit(class, weight, deadline)
+            .admit(class, weight, rt.config.overload.queue_timeout)
             .await
             .map_err(|_| EdgeError::Overloaded(crate::upstream::admission::Refusal::Core))?;
         Ok(())

@@ -11,7 +11,8 @@
 //!   progress).
 //! - **Fair shares.** While on, each class may have `limit × its weight ÷ the active classes' weights`
 //!   requests in progress (at least one); a verified tenant weighs its plan's `concurrency_weight` (read
-//!   from the process's plan cache: no I/O before the gate; 1 until cached), any other class 1. Three places hold a class to it:
+//!   from the process's plan cache: no I/O before the gate; 1 until cached), any other class 1. Three
+//!   places hold a class to it:
 //!   - before a reused HTTP/1 connection's next request is read ([`CoreGate::defer_read`]): a class at or
 //!     over its share is not read at all until one of its requests ends — the flood waits in its own
 //!     socket buffers and costs the core nothing. This check is cheap and approximate (connections that
