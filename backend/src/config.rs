@@ -107,6 +107,46 @@ pub const DEFAULT_TRUSTED_GATEWAYS: &str = "127.0.0.0/8,::1/128";
 pub const DEFAULT_INLINE_TYPES: &str =
     "image/png,image/jpeg,image/gif,image/webp,image/avif,text/plain";
 
+/// What the command-line tasks (`migrate`, `tenant create`, `user create`) need: the database only. The
+/// compose stack's one-shot `migrate` service has no Redis, JWT or S3 settings, and needs none.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub database_url: String,
+    pub database_owner_url: String,
+    pub db_slow_query: Duration,
+}
+
+/// Reads the database settings through `get` (the process environment in production).
+pub fn db_from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<DbConfig, ConfigError> {
+    let database_url = get("DATABASE_URL")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| err("DATABASE_URL", "is required"))?;
+    check_pg_url("DATABASE_URL", &database_url)?;
+    let database_owner_url = get("DATABASE_OWNER_URL")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| database_url.clone());
+    check_pg_url("DATABASE_OWNER_URL", &database_owner_url)?;
+    let db_slow_query = match get("DB_SLOW_QUERY_MS").filter(|v| !v.is_empty()) {
+        None => Duration::from_millis(DEFAULT_DB_SLOW_QUERY_MS),
+        Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|_| {
+            err(
+                "DB_SLOW_QUERY_MS",
+                format!("must be a whole number of milliseconds, not `{v}`"),
+            )
+        })?),
+    };
+    Ok(DbConfig {
+        database_url,
+        database_owner_url,
+        db_slow_query,
+    })
+}
+
+/// Reads the database settings from the process environment.
+pub fn db_from_env() -> Result<DbConfig, ConfigError> {
+    db_from_env_with(|k| std::env::var(k).ok())
+}
+
 /// Reads the configuration through `get` (the process environment in production).
 pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let required = |var: &'static str| {
@@ -114,12 +154,11 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
             .filter(|v| !v.is_empty())
             .ok_or_else(|| err(var, "is required"))
     };
-    let database_url = required("DATABASE_URL")?;
-    check_pg_url("DATABASE_URL", &database_url)?;
-    let database_owner_url = get("DATABASE_OWNER_URL")
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| database_url.clone());
-    check_pg_url("DATABASE_OWNER_URL", &database_owner_url)?;
+    let DbConfig {
+        database_url,
+        database_owner_url,
+        db_slow_query,
+    } = db_from_env_with(&get)?;
     let database_read_url = get("DATABASE_READ_URL").filter(|v| !v.is_empty());
     if let Some(u) = &database_read_url {
         check_pg_url("DATABASE_READ_URL", u)?;
@@ -261,15 +300,7 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
                     )
                 })?,
         },
-        db_slow_query: match get("DB_SLOW_QUERY_MS").filter(|v| !v.is_empty()) {
-            None => Duration::from_millis(DEFAULT_DB_SLOW_QUERY_MS),
-            Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|_| {
-                err(
-                    "DB_SLOW_QUERY_MS",
-                    format!("must be a whole number of milliseconds, not `{v}`"),
-                )
-            })?),
-        },
+        db_slow_query,
     })
 }
 
@@ -309,6 +340,25 @@ mod tests {
         ("REDIS_URL", "redis://127.0.0.1:6379"),
         ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
     ];
+
+    #[test]
+    fn command_line_tasks_need_the_database_settings_only() {
+        // The compose stack's `migrate` service: two database URLs, no Redis, JWT or S3.
+        let get = env(&[
+            ("DATABASE_URL", "postgres://app:pw@postgres/aggios"),
+            ("DATABASE_OWNER_URL", "postgres://owner:pw@postgres/aggios"),
+        ]);
+        let db = db_from_env_with(&get).expect("database settings");
+        assert_eq!(db.database_owner_url, "postgres://owner:pw@postgres/aggios");
+        assert_eq!(
+            db.db_slow_query,
+            Duration::from_millis(DEFAULT_DB_SLOW_QUERY_MS)
+        );
+        let e = from_env_with(&get).expect_err("serving needs more");
+        assert!(e.to_string().contains("REDIS_URL"), "{e}");
+        let e = db_from_env_with(env(&[("DATABASE_URL", "mysql://x")])).expect_err("checked");
+        assert!(e.to_string().contains("DATABASE_URL"), "{e}");
+    }
 
     #[test]
     fn defaults() {

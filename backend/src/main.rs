@@ -107,7 +107,12 @@ fn main() -> ExitCode {
             "panic"
         );
     }));
-    let config = match config::from_env() {
+    // Serving needs every setting; the command-line tasks need the database only.
+    let config = match &cli.command {
+        Command::Serve => config::from_env().map(|c| Settings::Serve(Box::new(c))),
+        _ => config::db_from_env().map(Settings::Db),
+    };
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             eprintln!("configuration error: {e}");
@@ -130,61 +135,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
+/// The settings a command reads.
+enum Settings {
+    Serve(Box<config::Config>),
+    Db(config::DbConfig),
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    let config = match settings {
+        Settings::Serve(config) => return serve(*config).await,
+        Settings::Db(db) => db,
+    };
     match command {
         Command::Migrate => {
             db::migrate(&config.database_owner_url, &config.database_url).await?;
             println!("migrations applied");
         }
-        Command::Serve => {
-            if config.migrate_on_start {
-                db::migrate(&config.database_owner_url, &config.database_url)
-                    .await
-                    .context("migrations at start (MIGRATE_ON_START=0 to skip)")?;
-            }
-            let state = state::AppState::new(&config).await?;
-            tokio::spawn(backend::usage::run(state.clone(), config.usage_flush));
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("BACKEND_LISTEN: cannot bind {}", config.listen))?;
-            tracing::info!(listen = %config.listen, "serving");
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            let mut servers = Vec::new();
-            if let Some(addr) = config.internal_listen {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("BACKEND_INTERNAL_LISTEN: cannot bind {addr}"))?;
-                let mut rx2 = rx.clone();
-                servers.push(tokio::spawn(app::serve(
-                    l,
-                    state.clone(),
-                    true,
-                    async move {
-                        let _ = rx2.changed().await;
-                    },
-                )));
-            }
-            let mut rx1 = rx.clone();
-            servers.push(tokio::spawn(app::serve(
-                listener,
-                state,
-                false,
-                async move {
-                    let _ = rx1.changed().await;
-                },
-            )));
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::info!("shutting down; finishing in-flight requests");
-            let _ = tx.send(true);
-            for s in servers {
-                let _ = s.await;
-            }
-        }
+        Command::Serve => anyhow::bail!("serving needs the whole configuration"),
         Command::Tenant {
             command:
                 TenantCommand::Create {
@@ -247,6 +214,57 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
             tx.commit().await?;
             println!("{}", serde_json::to_string(&user)?);
         }
+    }
+    Ok(())
+}
+
+/// `backend serve`: the API (and the internal API), until SIGTERM or Ctrl-C; then in-flight requests finish.
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    if config.migrate_on_start {
+        db::migrate(&config.database_owner_url, &config.database_url)
+            .await
+            .context("migrations at start (MIGRATE_ON_START=0 to skip)")?;
+    }
+    let state = state::AppState::new(&config).await?;
+    tokio::spawn(backend::usage::run(state.clone(), config.usage_flush));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("BACKEND_LISTEN: cannot bind {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "serving");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    if let Some(addr) = config.internal_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("BACKEND_INTERNAL_LISTEN: cannot bind {addr}"))?;
+        let mut rx2 = rx.clone();
+        servers.push(tokio::spawn(app::serve(
+            l,
+            state.clone(),
+            true,
+            async move {
+                let _ = rx2.changed().await;
+            },
+        )));
+    }
+    let mut rx1 = rx.clone();
+    servers.push(tokio::spawn(app::serve(
+        listener,
+        state,
+        false,
+        async move {
+            let _ = rx1.changed().await;
+        },
+    )));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down; finishing in-flight requests");
+    let _ = tx.send(true);
+    for s in servers {
+        let _ = s.await;
     }
     Ok(())
 }

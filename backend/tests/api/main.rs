@@ -1,6 +1,7 @@
 //! Backend API tests against real Postgres and Redis: one fresh database per test.
 
 mod auth;
+mod cli;
 mod e2e;
 mod files;
 mod helpers;
