@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts, ServerOrderingStrategy,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
@@ -124,8 +126,8 @@ pub fn hosts(config: &Config) -> Vec<String> {
     v
 }
 
-/// A resolver for `settings`: its name servers, or the system's configuration. It keeps no answer
-/// (every refresh asks again) and asks for both A and AAAA records.
+/// A resolver for `settings`: its name servers, or the system's configuration, asked in order. It keeps
+/// no answer (every refresh asks again) and asks for both A and AAAA records.
 pub fn resolver(settings: &DnsSettings) -> Result<TokioResolver, DiscoveryError> {
     let mut builder = if settings.nameservers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| DiscoveryError::SystemConfig(e.to_string()))?
@@ -150,6 +152,12 @@ pub fn resolver(settings: &DnsSettings) -> Result<TokioResolver, DiscoveryError>
     opts.timeout = settings.timeout;
     opts.attempts = 2;
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    // The servers in their listed order, one at a time, the next only when one fails (the C library's
+    // way): a container's resolv.conf may list the stack's DNS, which knows the service names, then
+    // the host's, which answers NXDOMAIN for them. Asked concurrently or by latency, that NXDOMAIN
+    // would empty the upstream now and then.
+    opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
+    opts.num_concurrent_reqs = 1;
     opts.positive_max_ttl = Some(std::time::Duration::ZERO);
     opts.negative_max_ttl = Some(std::time::Duration::ZERO);
     builder

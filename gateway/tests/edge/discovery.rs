@@ -241,3 +241,41 @@ async fn validate_accepts_a_name_it_cannot_resolve_and_rejects_a_malformed_one()
         "{err}"
     );
 }
+
+/// Name servers are asked in their listed order, one at a time, like the C library's resolver: a
+/// container's resolv.conf under podman lists the network's DNS (which knows the service names) and
+/// then the host's (which answers NXDOMAIN for them). Asked concurrently or by latency, the second's
+/// NXDOMAIN emptied the upstream every minute or so in the compose stack (scripts/compose-test.sh).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_name_server_that_does_not_know_the_name_does_not_empty_the_upstream() {
+    let port = free_port();
+    let up = TestUpstream::start_at("a", format!("127.0.0.2:{port}").parse().expect("addr"));
+    let stack_dns = Knot::start_with(ZONE, "backend 1 A 127.0.0.2\n").await;
+    let host_dns = Knot::start_with(ZONE, "other 1 A 127.0.0.9\n").await;
+    let config = config(stack_dns.port, port).replace(
+        &format!("nameservers = [\"127.0.0.1:{}\"]", stack_dns.port),
+        &format!(
+            "nameservers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
+            stack_dns.port, host_dns.port
+        ),
+    );
+    assert!(config.contains(&host_dns.port.to_string()), "{config}");
+    let gw = Gateway::start(&config).await;
+    // Twenty refreshes (200 ms each): the server never leaves, and every request is answered by it.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut refreshes_seen = 0;
+    while Instant::now() < until {
+        let s = servers(&gw).await;
+        assert_eq!(
+            s,
+            vec![(format!("127.0.0.2:{port}"), true)],
+            "the upstream lost its server"
+        );
+        let r = gw.get("x.test", "/").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        refreshes_seen += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refreshes_seen >= 10, "{refreshes_seen} samples");
+    assert!(up.hits() >= 10);
+}
