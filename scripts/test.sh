@@ -22,6 +22,8 @@ command -v promtool >/dev/null || ensure_debs prometheus
 # ACME tests run a real CA: pebble and its DNS server pebble-challtestsrv (one Debian package), and an
 # authoritative DNS server for DNS-01 over RFC 2136 (Knot, queried with kdig); the exec hook uses curl.
 ensure_debs pebble knot knot-dnsutils curl
+# The compose file is checked by Debian's docker-compose (config only: no engine needed).
+ensure_debs docker-compose
 ensure_s3s_fs
 # Deployment files are checked offline: Kubernetes manifests against the API schemas (kubernetes-validate),
 # Postgres backups restored into a throw-away cluster (the PG_BIN_DIR tools).

@@ -14,5 +14,16 @@ if [ ! -s pebble.crt ]; then
 fi
 cp ca.crt /shared/pebble.minica.pem
 pebble-challtestsrv -defaultIPv4 "${GATEWAY_IP:?}" -defaultIPv6 "" -dns01 127.0.0.1:8053 \
-  -http01 "" -https01 "" -tlsalpn01 "" -doh "" -management 127.0.0.1:8055 &
+  -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:8055 &
+# Without its DNS server pebble resolves no name and every validation fails: wait until it serves (its
+# management API answers at all), or stop here (the container restarts and says why in its log).
+i=0
+until [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8055/ 2>/dev/null)" != 000 ]; do
+  i=$((i + 1))
+  if [ $i -gt 50 ] || ! kill -0 $! 2>/dev/null; then
+    echo "pebble-start: pebble-challtestsrv did not start" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
 exec pebble -config /etc/pebble/config.json -dnsserver 127.0.0.1:8053

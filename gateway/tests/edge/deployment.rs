@@ -196,11 +196,12 @@ fn the_compose_stack_has_every_service_healthy_before_its_dependents() {
 
     // The gateway publishes 80 and 443 and nothing else; its admin listener stays on the stack's network.
     let gw = &svcs["gateway"];
-    let ports: Vec<&str> = gw["ports"]
+    let ports: Vec<String> = gw["ports"]
         .as_sequence()
         .expect("gateway ports")
         .iter()
         .filter_map(Value::as_str)
+        .map(|p| interpolate(p, &env_example()))
         .collect();
     assert_eq!(ports, vec!["80:80", "443:443"]);
     assert_eq!(gw["cap_drop"].as_sequence().map(Vec::len), Some(1));
@@ -216,7 +217,7 @@ fn the_compose_stack_has_every_service_healthy_before_its_dependents() {
             continue;
         }
         for p in svc["ports"].as_sequence().into_iter().flatten() {
-            let p = p.as_str().unwrap_or_default();
+            let p = interpolate(p.as_str().unwrap_or_default(), &env_example());
             assert!(
                 p.starts_with("127.0.0.1:"),
                 "{}: port `{p}` published beyond loopback",
@@ -240,6 +241,12 @@ fn the_compose_stack_has_every_service_healthy_before_its_dependents() {
     assert!(backend["environment"]["DATABASE_URL"]
         .as_str()
         .is_some_and(|u| u.starts_with("postgres://aggios_app:${")));
+    // ... so `backend serve` must not migrate at start as the app role (it has no CREATE on the schema:
+    // every replica would crash-loop, as the offline run found).
+    assert_eq!(
+        backend["environment"]["MIGRATE_ON_START"].as_str(),
+        Some("0")
+    );
     assert!(backend["environment"]["DATABASE_READ_URL"]
         .as_str()
         .is_some_and(|u| u.contains("@postgres-replica:")));
@@ -300,17 +307,24 @@ fn secrets_come_from_the_env_file_and_every_variable_is_in_it() {
     if gw_config.contains("token_env") {
         let prom = read(&compose_dir().join("prometheus/prometheus.yml"));
         assert!(
-            prom.contains("credentials_file: /run/secrets/gateway_admin_token")
+            prom.contains("credentials_file: /run/prometheus/gateway_admin_token")
                 && prom.contains("\"gateway:9000\""),
             "Prometheus would be refused by the admin listener: {prom}"
         );
         assert!(gw_config.contains("names = [\"gateway\"]"));
-        let prom_secrets =
-            serde_yaml::to_string(&services(&doc)["prometheus"]["secrets"]).expect("yaml");
+        // The file is written at start from the same variable the gateway reads, into a tmpfs.
+        let svc = &services(&doc)["prometheus"];
+        let entrypoint = serde_yaml::to_string(&svc["entrypoint"]).expect("yaml");
         assert!(
-            prom_secrets.contains("gateway_admin_token"),
-            "{prom_secrets}"
+            entrypoint.contains("\"$$GATEWAY_ADMIN_TOKEN\" > /run/prometheus/gateway_admin_token")
+                && entrypoint.contains("exec /bin/prometheus"),
+            "{entrypoint}"
         );
+        assert_eq!(
+            svc["environment"]["GATEWAY_ADMIN_TOKEN"].as_str(),
+            Some("${GATEWAY_ADMIN_TOKEN}")
+        );
+        assert_eq!(svc["tmpfs"][0].as_str(), Some("/run/prometheus:mode=1777"));
     }
     // Bind-mounted files exist.
     for (k, svc) in services(&doc) {
@@ -431,13 +445,17 @@ fn dockerfiles_build_in_stages_on_pinned_bases_and_run_as_a_non_root_user() {
             .map(|s| s.trim().to_string())
             .collect();
         for from in &froms {
-            let image = match from.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-                Some(arg) => args
-                    .get(arg)
+            // `${ARG}` anywhere in the name takes the ARG's default (`binaries-${BINARIES}` is a stage).
+            let mut image = from.clone();
+            while let Some(s) = image.find("${") {
+                let e = image[s..].find('}').map_or(image.len(), |e| s + e + 1);
+                let arg = image[s + 2..e - 1].to_string();
+                let value = args
+                    .get(&arg)
                     .cloned()
-                    .unwrap_or_else(|| panic!("{file}: ARG {arg} has no default")),
-                None => from.clone(),
-            };
+                    .unwrap_or_else(|| panic!("{file}: ARG {arg} has no default"));
+                image.replace_range(s..e, &value);
+            }
             assert!(
                 stages.contains(&image) || pinned(&image),
                 "{file}: base `{image}` is not pinned"
@@ -466,6 +484,19 @@ fn dockerfiles_build_in_stages_on_pinned_bases_and_run_as_a_non_root_user() {
     }
     let gw = read(&compose_dir().join("gateway.Dockerfile"));
     assert!(gw.contains("setcap cap_net_bind_service=+ep /usr/local/bin/gateway"));
+    // The WAL archive's mount point belongs to postgres in the image: a volume mounted where the image
+    // has no directory is root's, and archive_command (run as postgres) could not write to it.
+    let pg = read(&compose_dir().join("postgres/Dockerfile"));
+    assert!(
+        pg.contains("FROM ${POSTGRES_IMAGE}") && pg.contains("ARG POSTGRES_IMAGE=postgres:16.6")
+    );
+    assert!(pg.contains("install -d -o postgres -g postgres -m 0700 /archive"));
+    let (_, doc) = compose();
+    let pg_volumes = serde_yaml::to_string(&services(&doc)["postgres"]["volumes"]).expect("yaml");
+    assert!(
+        pg_volumes.contains("pg-wal-archive:/archive"),
+        "{pg_volumes}"
+    );
     assert!(!read(&compose_dir().join("backend.Dockerfile")).contains("setcap"));
     let ignore = read(&compose_dir().join("../.dockerignore"));
     assert!(
@@ -550,7 +581,13 @@ fn kubernetes_manifests_pass_schema_validation_and_reference_only_declared_secre
         find("HorizontalPodAutoscaler", "gateway")["spec"]["scaleTargetRef"]["name"].as_str(),
         Some("gateway")
     );
-    find("Deployment", "backend");
+    let pods = &find("Deployment", "backend")["spec"]["template"]["spec"];
+    let serve = serde_yaml::to_string(&pods["containers"][0]["env"]).expect("yaml");
+    assert!(
+        pods["initContainers"][0]["args"][0].as_str() == Some("migrate")
+            && serve.contains("name: MIGRATE_ON_START\n  value: '0'"),
+        "the backend pods would migrate at start as the app role: {serve}"
+    );
     assert_eq!(
         find("Service", "backend-headless")["spec"]["clusterIP"].as_str(),
         Some("None"),
@@ -630,4 +667,82 @@ fn env_references_are_found_and_interpolated() {
     assert_eq!(interpolate(text, &env), "a: x\nb: 2\nc: z\nd: $${NOT}\n");
     assert!(pinned("postgres:16.6-bookworm") && pinned("x@sha256:ab"));
     assert!(!pinned("postgres") && !pinned("redis:latest") && !pinned("debian:bookworm-slim"));
+}
+
+/// Debian's docker-compose (1.29, the compose the offline run drives podman with) accepts the file and
+/// the offline override, with .env.example's values: a key only newer Compose knows (a top-level `name`,
+/// environment-sourced secrets) is refused here before an operator's `up` meets it.
+#[test]
+fn docker_compose_v1_accepts_the_file_and_the_offline_override() {
+    let Ok(out) = Command::new("docker-compose").arg("version").output() else {
+        panic!("docker-compose is not installed (scripts/test.sh installs Debian's)");
+    };
+    assert!(out.status.success());
+    let dir = compose_dir();
+    let out = Command::new("docker-compose")
+        .current_dir(&dir)
+        .args(["--env-file", ".env.example", "-f", "docker-compose.yml"])
+        .args([
+            "-f",
+            "docker-compose.offline.yml",
+            "--profile",
+            "acme-staging",
+        ])
+        .args(["config", "--services"])
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("docker-compose runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "docker-compose config: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: BTreeSet<&str> = stdout.lines().collect();
+    for s in [
+        "gateway",
+        "backend",
+        "migrate",
+        "postgres",
+        "postgres-replica",
+        "redis",
+    ] {
+        assert!(listed.contains(s), "{s} missing: {listed:?}");
+    }
+    assert!(
+        listed.contains("pebble"),
+        "the acme-staging profile: {listed:?}"
+    );
+    // The override changes images only.
+    let (_, base) = compose();
+    let over: Value = serde_yaml::from_str(&read(&dir.join("docker-compose.offline.yml")))
+        .expect("docker-compose.offline.yml parses");
+    for (k, svc) in services(&over) {
+        let keys: Vec<&str> = svc
+            .as_mapping()
+            .expect("a service")
+            .keys()
+            .map(name)
+            .collect();
+        assert_eq!(
+            keys,
+            vec!["image"],
+            "{}: the override changes more than the image",
+            name(k)
+        );
+        assert!(
+            services(&base).contains_key(k),
+            "{}: not a service of the stack",
+            name(k)
+        );
+    }
+    // Beside images, only the IPAM option podman reports, on the same subnet.
+    let keys: Vec<&str> = over.as_mapping().expect("a map").keys().map(name).collect();
+    assert_eq!(keys, vec!["services", "networks"]);
+    let ipam = &over["networks"]["edge"]["ipam"];
+    assert_eq!(ipam["options"]["driver"].as_str(), Some("host-local"));
+    assert_eq!(
+        ipam["config"], base["networks"]["edge"]["ipam"]["config"],
+        "the override moves the stack's subnet"
+    );
 }
