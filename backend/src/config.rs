@@ -67,6 +67,10 @@ pub struct Config {
     /// How often this month's request counts go from Redis to Postgres `usage` (`USAGE_FLUSH_SECS`,
     /// default 5; at most 10: a Redis loss costs at most this window of counts).
     pub usage_flush: Duration,
+    /// After SIGTERM, how long requests are still accepted while `/readyz` answers 503, before the
+    /// listeners close and in-flight requests finish (`SHUTDOWN_DRAIN_SECS`, default 0; the compose
+    /// stack sets it above the gateway's DNS refresh and health-check interval).
+    pub shutdown_drain: Duration,
 }
 
 /// `TENANT_BASE_DOMAINS` unless set.
@@ -301,6 +305,21 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
                 })?,
         },
         db_slow_query,
+        shutdown_drain: match get("SHUTDOWN_DRAIN_SECS").filter(|v| !v.is_empty()) {
+            None => Duration::ZERO,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= 300)
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    err(
+                        "SHUTDOWN_DRAIN_SECS",
+                        "must be a whole number of seconds from 0 to 300",
+                    )
+                })?,
+        },
     })
 }
 

@@ -226,6 +226,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             .context("migrations at start (MIGRATE_ON_START=0 to skip)")?;
     }
     let state = state::AppState::new(&config).await?;
+    let state_for_drain = state.clone();
     tokio::spawn(backend::usage::run(state.clone(), config.usage_flush));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -260,6 +261,16 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+    if !config.shutdown_drain.is_zero() {
+        tracing::info!(
+            drain_secs = config.shutdown_drain.as_secs(),
+            "draining: /readyz answers 503, requests are still served"
+        );
+        state_for_drain
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(config.shutdown_drain).await;
     }
     tracing::info!("shutting down; finishing in-flight requests");
     let _ = tx.send(true);

@@ -30,6 +30,9 @@ pub struct AppState {
     pub in_flight: std::sync::atomic::AtomicUsize,
     /// `Config::fault_panic_path` (fault injection for tests).
     pub fault_panic_path: Option<String>,
+    /// Set at SIGTERM: `/readyz` answers 503 (health checks take this replica out) while requests are
+    /// still served for `Config::shutdown_drain`.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Why the service could not start.
@@ -75,6 +78,7 @@ impl AppState {
             trusted_gateways: config.trusted_gateways.clone(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             fault_panic_path: config.fault_panic_path.clone(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }

@@ -106,6 +106,7 @@ async fn postgres_down_gives_503_then_recovers() {
         base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
         default_plan: "free".into(),
         usage_flush: std::time::Duration::from_secs(5),
+        shutdown_drain: std::time::Duration::ZERO,
         db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     let state = AppState::new(&config).await.expect("state");

@@ -146,6 +146,7 @@ impl TestApp {
             base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
             default_plan: "free".into(),
             usage_flush: std::time::Duration::from_secs(5),
+            shutdown_drain: std::time::Duration::ZERO,
             db_slow_query: db_slow_query.unwrap_or(std::time::Duration::from_millis(
                 backend::config::DEFAULT_DB_SLOW_QUERY_MS,
             )),

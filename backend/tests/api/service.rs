@@ -222,6 +222,7 @@ async fn a_role_that_bypasses_rls_is_refused_at_start() {
         base_domains: vec!["aggios.app".into(), "aggios.localhost".into()],
         default_plan: "free".into(),
         usage_flush: std::time::Duration::from_secs(5),
+        shutdown_drain: std::time::Duration::ZERO,
         db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     match backend::state::AppState::new(&config).await {

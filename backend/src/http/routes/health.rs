@@ -1,4 +1,4 @@
-//! `/healthz` (alive), `/readyz` (Postgres and Redis reachable), `/metrics`.
+//! `/healthz` (alive), `/readyz` (Postgres and Redis reachable, not draining), `/metrics`.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -11,6 +11,18 @@ pub async fn healthz(_ctx: &Ctx) -> ApiResult {
 }
 
 pub async fn readyz(ctx: &Ctx) -> ApiResult {
+    // Shutting down: not ready, whatever the dependencies say, so that balancers stop sending here
+    // while the requests they already sent are still answered.
+    if ctx
+        .state
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "draining" }),
+        ));
+    }
     let db = sqlx::query_scalar::<_, i32>("SELECT 1")
         .fetch_one(&ctx.state.db.primary)
         .await
