@@ -132,6 +132,16 @@ pub fn connect(url: &str, max: u32, slow: std::time::Duration) -> Result<PgPool,
         .connect_lazy_with(options(url, slow)?))
 }
 
+/// A pool for the command-line tasks (`tenant create`, `user create`): one task, no request waiting on
+/// it, so it waits up to 30 s for its connection instead of failing fast (a stack just started may take
+/// seconds to answer its first connection).
+pub fn connect_patient(url: &str, slow: std::time::Duration) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect_lazy_with(options(url, slow)?))
+}
+
 /// Connection options of `url` with the slow-statement log at `slow`.
 pub fn options(url: &str, slow: std::time::Duration) -> Result<PgConnectOptions, sqlx::Error> {
     use sqlx::ConnectOptions;

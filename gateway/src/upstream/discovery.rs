@@ -46,7 +46,16 @@ pub enum Answer {
 /// The last DNS answer of every upstream host name, shared by successive configs.
 #[derive(Default)]
 pub struct Discovery {
-    answers: Mutex<HashMap<String, Vec<IpAddr>>>,
+    answers: Mutex<Answers>,
+}
+
+#[derive(Default)]
+struct Answers {
+    addrs: HashMap<String, Vec<IpAddr>>,
+    /// Names whose last answer said "no address" while they still had addresses: the next refresh
+    /// must say so again before the servers go. One such answer alone is a resolver's hiccup more
+    /// often than a scale to zero (seen with podman's DNS as containers come and go).
+    unconfirmed_gone: HashSet<String>,
 }
 
 impl Discovery {
@@ -54,20 +63,37 @@ impl Discovery {
     pub fn addrs(&self, host: &str, port: u16) -> Vec<SocketAddr> {
         let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         answers
+            .addrs
             .get(host)
             .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
             .unwrap_or_default()
     }
 
-    /// Records `answer` for `host`; returns whether the addresses changed.
+    /// Records `answer` for `host`; returns whether the addresses changed. A name that has addresses
+    /// loses them only when two answers in a row say it has none.
     pub(crate) fn record(&self, host: &str, answer: &Answer) -> bool {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         let new = match answer {
-            Answer::Addrs(ips) => ips.clone(),
-            Answer::Gone => Vec::new(),
+            Answer::Addrs(ips) => {
+                answers.unconfirmed_gone.remove(host);
+                ips.clone()
+            }
+            Answer::Gone => {
+                let has_addrs = answers.addrs.get(host).is_some_and(|a| !a.is_empty());
+                if has_addrs && answers.unconfirmed_gone.insert(host.to_string()) {
+                    tracing::warn!(
+                        host,
+                        "upstream host name has no address in this answer: its servers stay until \
+                         the next refresh says so again"
+                    );
+                    return false;
+                }
+                answers.unconfirmed_gone.remove(host);
+                Vec::new()
+            }
             Answer::Failed(_) => return false,
         };
-        answers.insert(host.to_string(), new.clone()) != Some(new)
+        answers.addrs.insert(host.to_string(), new.clone()) != Some(new)
     }
 
     /// Resolves, before a config goes live, the names it has that were never resolved, so that a new
@@ -79,7 +105,7 @@ impl Discovery {
             let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
             hosts(config)
                 .into_iter()
-                .filter(|h| !answers.contains_key(h))
+                .filter(|h| !answers.addrs.contains_key(h))
                 .collect()
         };
         if unknown.is_empty() {
@@ -209,5 +235,32 @@ pub(crate) fn log_answer(host: &str, answer: &Answer, first: bool) {
             error = %e,
             "upstream host name lookup failed; its last known addresses stay in use"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_loses_its_addresses_only_when_two_answers_in_a_row_say_so() {
+        let d = Discovery::default();
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert!(d.record("b", &Answer::Addrs(vec![ip])));
+        // One empty answer: kept.
+        assert!(!d.record("b", &Answer::Gone));
+        assert_eq!(d.addrs("b", 80).len(), 1);
+        // An answer with addresses in between starts the count again.
+        assert!(!d.record("b", &Answer::Addrs(vec![ip])));
+        assert!(!d.record("b", &Answer::Gone));
+        assert_eq!(d.addrs("b", 80).len(), 1);
+        // A failed lookup neither confirms nor clears it; the next empty answer confirms.
+        assert!(!d.record("b", &Answer::Failed("timeout".into())));
+        assert!(d.record("b", &Answer::Gone));
+        assert!(d.addrs("b", 80).is_empty());
+        // A name never seen is recorded empty at once; an empty one stays so.
+        assert!(d.record("new", &Answer::Gone));
+        assert!(d.addrs("new", 80).is_empty());
+        assert!(!d.record("new", &Answer::Gone));
     }
 }
