@@ -4,6 +4,10 @@
 # in their own layer (cargo-chef); the runtime is Debian slim as a non-root user, with no capability.
 ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
 ARG RUNTIME_IMAGE=debian:12.12-slim
+# BINARIES=build (the default, the production path) compiles the binary in the image. BINARIES=host takes
+# the release binary the host already built, from compose/.host-bin/ (scripts/compose-test.sh puts it there),
+# so that CI does not compile twice; with RUNTIME_IMAGE set to a local Debian base, no image is pulled.
+ARG BINARIES=build
 
 FROM ${RUST_IMAGE} AS chef
 RUN apt-get update \
@@ -20,14 +24,22 @@ FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin backend
 COPY . .
-RUN cargo build --release --locked -p backend --bin backend
+RUN cargo build --release --locked -p backend --bin backend \
+ && install -D -m 0755 target/release/backend /out/backend
+
+FROM ${RUNTIME_IMAGE} AS binaries-host
+COPY compose/.host-bin/backend /out/backend
+
+FROM builder AS binaries-build
+
+FROM binaries-${BINARIES} AS binaries
 
 FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin aggios
-COPY --from=builder /src/target/release/backend /usr/local/bin/backend
+COPY --from=binaries /out/backend /usr/local/bin/backend
 USER 10001:10001
 ENV BACKEND_LISTEN=0.0.0.0:8081 BACKEND_INTERNAL_LISTEN=0.0.0.0:8082
 EXPOSE 8081 8082

@@ -5,6 +5,10 @@
 # CAP_NET_BIND_SERVICE as a file capability to bind 80 and 443, and compose drops every other capability.
 ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
 ARG RUNTIME_IMAGE=debian:12.12-slim
+# BINARIES=build (the default, the production path) compiles the binary in the image. BINARIES=host takes
+# the release binary the host already built, from compose/.host-bin/ (scripts/compose-test.sh puts it there),
+# so that CI does not compile twice; with RUNTIME_IMAGE set to a local Debian base, no image is pulled.
+ARG BINARIES=build
 
 FROM ${RUST_IMAGE} AS chef
 RUN apt-get update \
@@ -21,17 +25,28 @@ FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin gateway
 COPY . .
-RUN cargo build --release --locked -p gateway --bin gateway
+RUN cargo build --release --locked -p gateway --bin gateway \
+ && install -D -m 0755 target/release/gateway /out/gateway
+
+FROM ${RUNTIME_IMAGE} AS binaries-host
+COPY compose/.host-bin/gateway /out/gateway
+
+FROM builder AS binaries-build
+
+FROM binaries-${BINARIES} AS binaries
 
 FROM ${RUNTIME_IMAGE} AS runtime
-RUN apt-get update \
+# One layer: the binary is installed from a bind mount of the binaries stage and given its capability in
+# the same step (a COPY then `setcap` would store the binary twice, once per layer).
+RUN --mount=type=bind,from=binaries,source=/out,target=/mnt/binaries \
+    apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl libcap2-bin \
- && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin aggios \
- && install -d -o aggios -g aggios /run/aggios-edge /etc/aggios-edge
-COPY --from=builder /src/target/release/gateway /usr/local/bin/gateway
-RUN setcap cap_net_bind_service=+ep /usr/local/bin/gateway \
- && apt-get purge -y libcap2-bin && apt-get autoremove -y
+ && install -d -o aggios -g aggios /run/aggios-edge /etc/aggios-edge \
+ && install -m 0755 /mnt/binaries/gateway /usr/local/bin/gateway \
+ && setcap cap_net_bind_service=+ep /usr/local/bin/gateway \
+ && apt-get purge -y libcap2-bin && apt-get autoremove -y \
+ && rm -rf /var/lib/apt/lists/*
 USER 10001:10001
 EXPOSE 80 443 9000
 STOPSIGNAL SIGTERM
