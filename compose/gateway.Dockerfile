@@ -37,7 +37,10 @@ FROM binaries-${BINARIES} AS binaries
 
 FROM ${RUNTIME_IMAGE} AS runtime
 # One layer: the binary is installed from a bind mount of the binaries stage and given its capability in
-# the same step (a COPY then `setcap` would store the binary twice, once per layer).
+# the same step (a COPY then `setcap` would store the binary twice, once per layer). Buildah's cache does
+# not look into a bind mount: BINARY_DIGEST (the binary's sha256, passed by scripts/compose-test.sh) makes
+# a new binary miss the cache instead of shipping the old one.
+ARG BINARY_DIGEST=
 RUN --mount=type=bind,from=binaries,source=/out,target=/mnt/binaries \
     apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl libcap2-bin \

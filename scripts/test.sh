@@ -61,3 +61,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test (target dir: $CARGO_TARGET_DIR)"
 cargo test --workspace --locked
+
+# The deployment for real: the images built offline, the compose stack up under podman and its operations
+# rehearsed under load (scripts/compose-test.sh, about 7 minutes after the release build; COMPOSE_TEST=0
+# skips it).
+if [ "${COMPOSE_TEST:-1}" != 0 ]; then
+  log "the compose stack for real (scripts/compose-test.sh)"
+  bash scripts/compose-test.sh
+fi
