@@ -194,6 +194,7 @@ teardown() {
 cleanup() {
   [ -n "$HC_PID" ] && kill "$HC_PID" 2>/dev/null
   [ -n "${LOAD_PID:-}" ] && kill "$LOAD_PID" "${LOGIN_PID:-}" 2>/dev/null
+  [ -n "${WRITER_PID:-}" ] && kill "$WRITER_PID" 2>/dev/null
   [ "${COMPOSE_KEEP:-0}" = 1 ] && return
   teardown
   # The API socket this run started goes with it (a kept stack keeps it for docker-compose).
@@ -360,11 +361,12 @@ fi
 # --- operations under load -----------------------------------------------------------------------------
 # load_start NAME SECONDS — idempotent GETs (an open loop, 100/s over 8 keep-alive connections) and logins
 # (one every 4 s: under the stack's 20/min login limit per client address) through the gateway container.
+# A third argument reads another path (GET /api/users reads from the replica).
 load_start() {
   LOAD_NAME=$1
   "$BIN/loadtest" run --json -c 8 --rate 100 -d "${2}s" --timeout 5s --ca "$CT_DIR/pebble-root.pem" \
     --host "$TENANT_HOST" -H "authorization: Bearer $ACCESS" \
-    "https://127.0.0.1:$HTTPS_PORT/api/users/me" > "$CT_DIR/load-$1-get.json" 2> "$CT_DIR/load-$1-get.log" &
+    "https://127.0.0.1:$HTTPS_PORT${3:-/api/users/me}" > "$CT_DIR/load-$1-get.json" 2> "$CT_DIR/load-$1-get.log" &
   LOAD_PID=$!
   "$BIN/loadtest" run --json -c 1 --rate 0.25 -d "${2}s" --timeout 5s --ca "$CT_DIR/pebble-root.pem" \
     --host "$TENANT_HOST" -X POST -H 'content-type: application/json' \
@@ -559,6 +561,62 @@ if want_step backups; then
   [ "$none" = 0 ] && [ "$own" = "1|0" ] || fail "RLS after the restore: $none rows without a tenant, $own for demo"
   podman rm -f "${PROJECT}_pitr" >/dev/null 2>&1; podman volume rm -f "${PROJECT}_pitr" >/dev/null 2>&1
   done_step "WAL archived ($archived archived|failed), base backup, restore to $target: later tenant kept, mistake undone, RLS intact"
+fi
+
+# Last: it leaves the stack on the promoted replica.
+if want_step failover; then
+  step "postgres failover"
+  psql_replica() { podman exec -i "$(container postgres-replica)" psql -X -v ON_ERROR_STOP=1 -U aggios_owner -d aggios -Atq "$@"; }
+  # Users to create under load: demo's plan must allow them.
+  psql_owner -c "update tenants set plan = 'enterprise' where subdomain = 'demo'" >/dev/null
+  started() { podman ps --filter "label=com.docker.compose.project=$PROJECT" \
+    --filter "label=com.docker.compose.service=backend" --format '{{.Names}} {{.StartedAt}}' | sort; }
+  backends_before=$(started)
+  ACCESS=$(login admin@demo.test "$PASSWORD") || fail "login"
+  # Writes: users created one after another through the gateway; each acknowledged (201) one is noted.
+  : > "$CT_DIR/failover-acked.txt"; rm -f "$CT_DIR/failover-stop" "$CT_DIR/failover-write-failures.txt"
+  (
+    n=0
+    while [ ! -e "$CT_DIR/failover-stop" ]; do
+      n=$((n + 1))
+      r=$(https /api/users -H "authorization: Bearer $ACCESS" -H 'content-type: application/json' \
+        -d "{\"email\":\"fo-$n@demo.test\",\"password\":\"$PASSWORD\",\"role\":\"member\"}" 2>/dev/null || true)
+      if [ "$(status_of "$r")" = 201 ]; then echo "fo-$n@demo.test" >> "$CT_DIR/failover-acked.txt"
+      else echo "$(date +%s.%N) $(status_of "$r")" >> "$CT_DIR/failover-write-failures.txt"; sleep 0.2; fi
+    done
+  ) &
+  WRITER_PID=$!
+  # Reads: GET /api/users (served by the replica) and logins, as in the other rehearsals.
+  load_start failover 50 /api/users
+  sleep 8
+  [ -s "$CT_DIR/failover-acked.txt" ] || fail "no user created before the failover"
+  t0=$(date +%s.%N)
+  dc stop -t 60 postgres > "$CT_DIR/failover.log" 2>&1 || fail "docker-compose stop postgres"
+  acked_at_stop=$(grep -c . "$CT_DIR/failover-acked.txt")
+  stop_took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  promoted=$(psql_replica -c "select pg_promote()") && [ "$promoted" = t ] || fail "pg_promote: $promoted"
+  t1=$(date +%s.%N)
+  # Writes come back on the promoted replica, without a restart of the backends.
+  back=""
+  for _ in $(seq 300); do
+    [ "$(grep -c . "$CT_DIR/failover-acked.txt")" -gt "$acked_at_stop" ] && { back=$(awk -v a="$t1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'); break; }
+    sleep 0.2
+  done
+  [ -n "$back" ] || fail "no write acknowledged within 60 s of the promotion"
+  load_end; r=$LOAD_RESULT
+  touch "$CT_DIR/failover-stop"; wait "$WRITER_PID"
+  get_failed=$(grep -o 'GET [0-9]*/[0-9]*' <<<"$r" | cut -d/ -f2)
+  [ "$get_failed" = 0 ] || fail "reads failed during the failover: $r"
+  [ "$(started)" = "$backends_before" ] || fail "a backend restarted: $backends_before -> $(started)"
+  moved=$(dc logs --no-color backend 2>/dev/null | grep -c 'database primary moved' || true)
+  [ "$moved" -ge 2 ] || fail "not every backend said it moved to the new primary ($moved lines)"
+  # Every acknowledged write is on the new primary.
+  acked=$(grep -c . "$CT_DIR/failover-acked.txt")
+  psql_replica -c "select email from users where email like 'fo-%'" | sort > "$CT_DIR/failover-stored.txt"
+  lost=$(comm -23 <(sort "$CT_DIR/failover-acked.txt") "$CT_DIR/failover-stored.txt" | grep -c . || true)
+  [ "$lost" = 0 ] || fail "$lost acknowledged users missing from the new primary: $(comm -23 <(sort "$CT_DIR/failover-acked.txt") "$CT_DIR/failover-stored.txt" | head -3)"
+  wfailed=$(grep -c . "$CT_DIR/failover-write-failures.txt" 2>/dev/null || true)
+  done_step "$r; $acked users acknowledged (${wfailed:-0} writes refused), all $acked on the promoted replica; stop took ${stop_took}s, writes back ${back}s after pg_promote; backends not restarted"
 fi
 
 finish

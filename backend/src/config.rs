@@ -328,10 +328,15 @@ pub fn from_env() -> Result<Config, ConfigError> {
     from_env_with(|k| std::env::var(k).ok())
 }
 
+/// A postgres:// URL with one host, or libpq's list of hosts (`postgres://u:p@pg-a,pg-b:5433/db`, the
+/// primary and the replicas the backend may fail over to): each host's URL must parse.
 fn check_pg_url(var: &'static str, v: &str) -> Result<(), ConfigError> {
-    let u = url::Url::parse(v).map_err(|e| err(var, format!("not a URL: {e}")))?;
-    if !matches!(u.scheme(), "postgres" | "postgresql") {
-        return Err(err(var, "must be a postgres:// URL"));
+    let hosts = crate::db::primary::split_hosts(v).map_err(|e| err(var, e.to_string()))?;
+    for one in hosts {
+        let u = url::Url::parse(&one).map_err(|e| err(var, format!("not a URL: {e}")))?;
+        if !matches!(u.scheme(), "postgres" | "postgresql") {
+            return Err(err(var, "must be a postgres:// URL"));
+        }
     }
     Ok(())
 }
@@ -388,10 +393,42 @@ mod tests {
     }
 
     #[test]
+    fn database_url_may_list_the_hosts_to_fail_over_to() {
+        let mut pairs: Vec<(&str, &str)> = OK
+            .iter()
+            .filter(|(n, _)| *n != "DATABASE_URL")
+            .copied()
+            .collect();
+        pairs.push((
+            "DATABASE_URL",
+            "postgres://app:pw@postgres:5432,postgres-replica:5432/aggios",
+        ));
+        let c = from_env_with(env(&pairs)).expect("a host list is valid");
+        assert_eq!(
+            crate::db::host_options(&c.database_url, c.db_slow_query)
+                .expect("hosts")
+                .iter()
+                .map(|o| o.get_host().to_string())
+                .collect::<Vec<_>>(),
+            ["postgres", "postgres-replica"]
+        );
+    }
+
+    #[test]
     fn each_error_names_its_variable() {
         let cases: &[(&str, &str, &str)] = &[
             ("DATABASE_URL", "", "DATABASE_URL"),
             ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
+            (
+                "DATABASE_URL",
+                "postgres://app@pg-a,,pg-b/aggios",
+                "DATABASE_URL",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://app@pg-a,pg-b:port/aggios",
+                "DATABASE_URL",
+            ),
             ("REDIS_URL", "127.0.0.1", "REDIS_URL"),
             ("JWT_SECRET", "short", "JWT_SECRET"),
             ("BACKEND_LISTEN", "nope", "BACKEND_LISTEN"),

@@ -167,7 +167,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if let Some(d) = &domain {
                 anyhow::ensure!(domain::is_domain(d), "--domain: `{d}` is not a domain name");
             }
-            let pool = db::connect_patient(&config.database_url, config.db_slow_query)?;
+            let pool = db::connect_patient(&config.database_url, config.db_slow_query).await?;
             let t = db::tenants::create(&pool, &name, &subdomain, domain.as_deref())
                 .await
                 .context("creating the tenant")?;
@@ -192,7 +192,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 domain::is_email(&email),
                 "--email: `{email}` is not an email address"
             );
-            let pool = db::connect_patient(&config.database_url, config.db_slow_query)?;
+            let pool = db::connect_patient(&config.database_url, config.db_slow_query).await?;
             let t = db::tenants::by_subdomain(&pool, &tenant)
                 .await?
                 .with_context(|| format!("--tenant: no tenant `{tenant}`"))?;

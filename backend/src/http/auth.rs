@@ -112,15 +112,25 @@ pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
             "the access token was revoked".into(),
         ));
     }
-    let tenant = tenants::by_subdomain(&ctx.state.db.primary, &claims.tenant_id)
-        .await?
-        .filter(|t| t.is_active)
-        .ok_or_else(|| {
-            ApiError::Unauthorized(
-                "invalid_token",
-                "the token's tenant does not exist or is inactive".into(),
-            )
-        })?;
+    // The tenant's current status, from the primary; while it is away (a failover), from the replica,
+    // so that token-authenticated reads keep working.
+    let db = &ctx.state.db;
+    let tenant = match db.fresh_pool() {
+        (pool, true) => tenants::by_subdomain(pool, &claims.tenant_id).await?,
+        (primary, false) => match tenants::by_subdomain(primary, &claims.tenant_id).await {
+            Err(e) if crate::db::is_unavailable(&e) && db.replica.is_some() => {
+                db.primary_failed(&e);
+                tenants::by_subdomain(db.fresh_pool().0, &claims.tenant_id).await?
+            }
+            other => other?,
+        },
+    };
+    let tenant = tenant.filter(|t| t.is_active).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "invalid_token",
+            "the token's tenant does not exist or is inactive".into(),
+        )
+    })?;
     // A suspended tenant is refused at the edge; here again (defence in depth). Platform admins keep
     // access, so that one of a suspended tenant can still resume it.
     if tenant.suspended_at.is_some() && claims.role != "platform_admin" {
@@ -222,7 +232,7 @@ pub async fn platform_admin(ctx: &Ctx) -> Result<Principal, ApiError> {
 /// from the database, whatever the token says.
 pub async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
     let mut p = principal(ctx).await?;
-    let mut tx = crate::db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
+    let mut tx = ctx.state.db.tenant_tx_fresh(p.tenant.id).await?;
     let current = crate::db::users::get(&mut tx, p.user_id).await?;
     tx.commit().await?;
     match current {

@@ -1,4 +1,5 @@
-//! `/healthz` (alive), `/readyz` (Postgres and Redis reachable, not draining), `/metrics`.
+//! `/healthz` (alive), `/readyz` (Postgres — the primary, or the read replica while the primary is away —
+//! Redis and storage reachable, not draining), `/metrics`.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -23,10 +24,16 @@ pub async fn readyz(ctx: &Ctx) -> ApiResult {
             &serde_json::json!({ "status": "draining" }),
         ));
     }
-    let db = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&ctx.state.db.primary)
-        .await
-        .is_ok();
+    // Bounded: the gateway's health check waits 1 s, and a primary that refuses connections would make
+    // the pool retry until its acquire timeout (3 s).
+    let db = answers(&ctx.state.db.primary).await;
+    // With the primary away (a failover under way), a backend whose read replica answers still serves
+    // token-authenticated reads: it stays in rotation, "degraded", instead of every backend replica
+    // leaving the balancer at once for a cause they all share.
+    let replica = match &ctx.state.db.replica {
+        Some(r) if !db => Some(answers(r).await),
+        _ => None,
+    };
     let redis_ok = match ctx.state.redis().await {
         Ok(mut redis) => redis::cmd("PING")
             .query_async::<String>(&mut redis)
@@ -35,13 +42,17 @@ pub async fn readyz(ctx: &Ctx) -> ApiResult {
         Err(_) => false,
     };
     let storage = ctx.state.storage.ready().await;
-    let ok = db && redis_ok && storage;
-    let body = serde_json::json!({
-        "status": if ok { "ready" } else { "not_ready" },
+    let serves = db || replica == Some(true);
+    let ok = serves && redis_ok && storage;
+    let mut body = serde_json::json!({
+        "status": match (ok, db) { (false, _) => "not_ready", (true, true) => "ready", (true, false) => "degraded" },
         "postgres": db,
         "redis": redis_ok,
         "storage": storage,
     });
+    if let Some(r) = replica {
+        body["replica"] = serde_json::Value::Bool(r);
+    }
     let status = if ok {
         StatusCode::OK
     } else {
@@ -68,4 +79,13 @@ pub async fn metrics(ctx: &Ctx) -> ApiResult {
         http::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     Ok(r)
+}
+
+/// Whether `pool` answers `SELECT 1` within 400 ms.
+async fn answers(pool: &sqlx::PgPool) -> bool {
+    let one = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_millis(400), one).await,
+        Ok(Ok(1))
+    )
 }

@@ -54,7 +54,7 @@ fn check_role(role: &str, by: &Principal, errors: &mut Vec<(&'static str, String
 
 pub async fn me(ctx: &Ctx) -> ApiResult {
     let p = principal(ctx).await?;
-    let mut tx = db::tenant_tx(&ctx.state.db.primary, p.tenant.id).await?;
+    let mut tx = ctx.state.db.tenant_tx_fresh(p.tenant.id).await?;
     let user = users::get(&mut tx, p.user_id).await?.ok_or_else(|| {
         ApiError::Unauthorized("invalid_token", "the user no longer exists".into())
     })?;
