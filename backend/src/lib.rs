@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod otel;
 pub mod plans;
+pub mod report;
 pub mod state;
 pub mod storage;
 pub mod usage;

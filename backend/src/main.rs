@@ -107,6 +107,20 @@ fn main() -> ExitCode {
             "panic"
         );
     }));
+    // Panics and 5xx answers to a Sentry-protocol endpoint when SENTRY_DSN is set (after the hook above:
+    // the panic integration reports, then calls it).
+    let _reports = match backend::report::init(
+        std::env::var("SENTRY_DSN").ok().as_deref(),
+        std::env::var("SENTRY_ENVIRONMENT")
+            .ok()
+            .filter(|e| !e.is_empty()),
+    ) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Serving needs every setting; the command-line tasks need the database only.
     let config = match &cli.command {
         Command::Serve => config::from_env().map(|c| Settings::Serve(Box::new(c))),

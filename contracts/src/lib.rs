@@ -196,6 +196,89 @@ pub mod api_key {
     }
 }
 
+/// Secrets out of text that leaves the process in error reports (Sentry): JWTs, bearer credentials, API
+/// keys and long random tokens (refresh tokens, secrets) become `[redacted]`. Request and tenant ids
+/// (hex, UUIDs) and paths stay: they are what makes a report useful.
+pub mod redact {
+    /// `text` with every secret-looking token replaced by `[redacted]`.
+    pub fn secrets(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut after_bearer = false;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let start = rest.find(is_token_char).unwrap_or(rest.len());
+            out.push_str(&rest[..start]);
+            rest = &rest[start..];
+            let end = rest.find(|c: char| !is_token_char(c)).unwrap_or(rest.len());
+            let token = &rest[..end];
+            if token.is_empty() {
+                break;
+            }
+            if after_bearer || is_secret(token) {
+                out.push_str("[redacted]");
+            } else {
+                out.push_str(token);
+            }
+            after_bearer =
+                token.eq_ignore_ascii_case("bearer") || token.eq_ignore_ascii_case("basic");
+            rest = &rest[end..];
+            // "Bearer" counts only when the credential follows after spaces.
+            if after_bearer && !rest.starts_with(' ') {
+                after_bearer = false;
+            }
+        }
+        out
+    }
+
+    fn is_token_char(c: char) -> bool {
+        // Not '/': a path's segments are judged one by one (a token in a path is redacted, the path kept).
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '~' | '+' | '=')
+    }
+
+    fn is_secret(token: &str) -> bool {
+        let t = token.trim_end_matches('.');
+        // A JWT (header.payload.signature, the header's JSON starting `{"`).
+        (t.starts_with("eyJ") && t.contains('.'))
+            || t.starts_with(super::api_key::MARK) && t.len() > super::api_key::MARK.len() + 4
+            // Long random strings; ids in hex or UUID form are kept.
+            || (t.len() >= 40
+                && !t.contains('.')
+                && !t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::secrets;
+
+        #[test]
+        fn tokens_keys_and_bearer_credentials_are_redacted_ids_stay() {
+            let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+            let key = format!("ak_0123abcd_{}", "f".repeat(56));
+            let refresh = "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1u";
+            let request_id = "4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e";
+            let tenant = "0b7e1e0c-1f4e-4a55-9a2b-0c0d0e0f1a2b";
+            let text = format!(
+                "token {jwt}, key={key}; Authorization: Bearer opaque-secret refresh \"{refresh}\" \
+                 request {request_id} tenant {tenant} at /api/files/x.txt, fault at /api/fault/{jwt}"
+            );
+            let out = secrets(&text);
+            for secret in [jwt, key.as_str(), "opaque-secret", refresh] {
+                assert!(!out.contains(secret), "{secret} in {out}");
+            }
+            for kept in [
+                request_id,
+                tenant,
+                "/api/files/x.txt",
+                "Authorization: Bearer",
+                "/api/fault/[redacted]",
+            ] {
+                assert!(out.contains(kept), "{kept} lost from {out}");
+            }
+            assert_eq!(secrets("no secrets here"), "no secrets here");
+        }
+    }
+}
+
 /// A tenant subdomain: one DNS label of lowercase letters, digits and inner hyphens, 1 to 63 bytes.
 pub fn is_label(s: &str) -> bool {
     !s.is_empty()

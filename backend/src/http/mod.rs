@@ -190,18 +190,53 @@ pub async fn handle(
         span.record("aggios.tenant", t);
     }
     let request_span = span.clone();
-    let handled = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(handled, span));
-    let result = match futures_util::FutureExt::catch_unwind(handled).await {
-        Ok(result) => result,
-        Err(_) => {
-            metrics().panics.inc();
-            tracing::error!(request_id = %ctx.request_id, path = %ctx.path, "handler panicked");
-            Err(error::ApiError::Internal("handler panicked".to_string()))
-        }
+    let handled = tracing::Instrument::instrument(handled, span);
+    // With SENTRY_DSN set, the request runs under its own hub: a panic inside it is reported (by the
+    // panic integration) with the request's tags.
+    let hub = crate::report::request_hub(
+        &ctx.request_id,
+        route,
+        ctx.method.as_str(),
+        ctx.headers
+            .get(contracts::headers::TENANT_ID)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let handled = match &hub {
+        Some(hub) => futures_util::future::Either::Left(sentry::SentryFutureExt::bind_hub(
+            handled,
+            hub.clone(),
+        )),
+        None => futures_util::future::Either::Right(handled),
     };
+    let mut panicked = false;
+    let result =
+        match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handled)).await {
+            Ok(result) => result,
+            Err(_) => {
+                panicked = true;
+                metrics().panics.inc();
+                tracing::error!(request_id = %ctx.request_id, path = %ctx.path, "handler panicked");
+                Err(error::ApiError::Internal("handler panicked".to_string()))
+            }
+        };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => e.into_response(&ctx.request_id),
+        Err(e) => {
+            // A 5xx answer is reported (a panic was already, by the panic integration).
+            if let (Some(hub), false) = (&hub, panicked) {
+                let status = e.status();
+                if status.is_server_error() {
+                    crate::report::server_error(
+                        hub,
+                        status.as_u16(),
+                        e.code(),
+                        route,
+                        &e.to_string(),
+                    );
+                }
+            }
+            e.into_response(&ctx.request_id)
+        }
     };
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         resp.headers_mut().insert(contracts::headers::REQUEST_ID, v);

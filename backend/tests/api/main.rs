@@ -8,6 +8,7 @@ mod helpers;
 mod keys;
 mod otel;
 mod plans;
+mod reports;
 mod rls;
 mod service;
 mod users;

@@ -1,0 +1,238 @@
+//! Error reports: the real `backend` binary with `SENTRY_DSN` pointing at a local receiver of Sentry
+//! envelopes (this test). A handler's panic and a 503 each arrive as one event carrying the request id the
+//! client saw, the tenant, the route and the release; no token, password or body is in anything sent,
+//! even when the panic's own message holds a token.
+
+use std::convert::Infallible;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::e2e::free_port;
+use crate::helpers::*;
+
+/// A local Sentry endpoint: every envelope POSTed to `/api/{project}/envelope/`, raw.
+async fn receiver() -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
+    let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let store = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            store
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((path, String::from_utf8_lossy(&body).into_owned()));
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("{}"))))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (port, got)
+}
+
+/// The events (JSON) of the envelopes received so far.
+fn events(got: &Mutex<Vec<(String, String)>>) -> Vec<serde_json::Value> {
+    let got = got.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::new();
+    for (_, envelope) in got.iter() {
+        // An envelope: its header line, then (item header, payload) pairs.
+        let lines: Vec<&str> = envelope.lines().collect();
+        for pair in lines.get(1..).unwrap_or_default().chunks(2) {
+            let header: serde_json::Value = serde_json::from_str(pair[0]).unwrap_or_default();
+            if header["type"] == "event" {
+                if let Some(payload) = pair.get(1) {
+                    out.push(serde_json::from_str(payload).expect("event JSON"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A raw request; the status and the request id the backend answered with.
+async fn send(port: u16, head: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let req = format!(
+        "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let id = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-request-id: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, id.trim().to_string())
+}
+
+#[tokio::test]
+async fn panics_and_5xx_reach_sentry_with_request_tenant_route_and_release_and_no_secrets() {
+    let app = TestApp::spawn().await;
+    app.tenant_with_user("acme", "ann@acme.test", "member")
+        .await;
+    let (sentry_port, got) = receiver().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Redis is dead: a login answers 503. The fault path panics, and carries a token in its text.
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmb3JnZWQifQ.c2VjcmV0LXNpZ25hdHVyZQ";
+    let fault = format!("/api/fault/{jwt}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backend"))
+        .arg("serve")
+        .env("DATABASE_URL", app_url(&app.db_name))
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}", free_port()))
+        .env(
+            "JWT_SECRET",
+            std::str::from_utf8(TEST_JWT_SECRET).expect("utf8"),
+        )
+        .env("BACKEND_LISTEN", format!("127.0.0.1:{port}"))
+        .env("STORAGE_DIR", dir.path())
+        .env("MIGRATE_ON_START", "0")
+        .env("BACKEND_FAULT_PANIC_PATH", &fault)
+        .env(
+            "SENTRY_DSN",
+            format!("http://publickey@127.0.0.1:{sentry_port}/42"),
+        )
+        .env("SENTRY_ENVIRONMENT", "test")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("backend binary");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backend never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let secret_password = "hunter2-correct-horse-battery";
+    let refresh = "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1u";
+    let (panic_status, panic_id) = send(
+        port,
+        &format!(
+            "GET {fault} HTTP/1.1\r\nhost: b\r\nx-forwarded-host: acme.aggios.app\r\n\
+             x-tenant-id: {tenant}\r\nauthorization: Bearer {jwt}\r\ncookie: session={refresh}"
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(panic_status, 500);
+    let login = format!(
+        r#"{{"email":"ann@acme.test","password":"{secret_password}","refresh_token":"{refresh}"}}"#
+    );
+    let (login_status, login_id) = send(
+        port,
+        &format!(
+            "POST /api/auth/login HTTP/1.1\r\nhost: b\r\nx-forwarded-host: acme.aggios.app\r\n\
+             x-tenant-id: {tenant}\r\ncontent-type: application/json"
+        ),
+        &login,
+    )
+    .await;
+    assert_eq!(login_status, 503, "Redis is down");
+    // A 4xx is not an error of ours: not reported.
+    let (nf_status, nf_id) = send(port, "GET /api/nowhere HTTP/1.1\r\nhost: b", "").await;
+    assert_eq!(nf_status, 404);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (panic_event, error_event) = loop {
+        let all = events(&got);
+        let by_id = |id: &str| all.iter().find(|e| e["tags"]["request_id"] == id).cloned();
+        if let (Some(p), Some(e)) = (by_id(&panic_id), by_id(&login_id)) {
+            break (p, e);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events for {panic_id} and {login_id} not received: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // The panic: its message as the exception, the request's tags, the release.
+    let exception = panic_event["exception"]["values"][0]["value"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        exception.contains("fault injected at /api/fault/"),
+        "{panic_event:#}"
+    );
+    for (event, route) in [(&panic_event, "other"), (&error_event, "auth_login")] {
+        assert_eq!(event["tags"]["tenant"], tenant.as_str(), "{event:#}");
+        assert_eq!(event["tags"]["route"], route, "{event:#}");
+        assert_eq!(
+            event["release"],
+            concat!("aggios-edge-backend@", env!("CARGO_PKG_VERSION")),
+            "{event:#}"
+        );
+        assert_eq!(event["environment"], "test");
+        assert!(event.get("request").is_none(), "no request data: {event:#}");
+    }
+    let message = error_event["message"]
+        .as_str()
+        .or_else(|| error_event["logentry"]["message"].as_str())
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("503 service_unavailable on auth_login"),
+        "{error_event:#}"
+    );
+    let all = got.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(
+        !all.iter().any(|(_, e)| e.contains(&nf_id)),
+        "the 404 was reported"
+    );
+    // Nothing secret in anything sent.
+    for (path, envelope) in &all {
+        assert!(path.starts_with("/api/42/"), "{path}");
+        for secret in [jwt, secret_password, refresh, "eyJ", "hunter2"] {
+            assert!(
+                !envelope.contains(secret),
+                "`{secret}` sent to Sentry: {envelope}"
+            );
+        }
+    }
+}
