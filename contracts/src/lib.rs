@@ -279,6 +279,109 @@ pub mod redact {
     }
 }
 
+/// Error reports to a Sentry-protocol endpoint (`SENTRY_DSN`), as both binaries send them: no request
+/// data (`send_default_pii` off; `request`, `user`, extras and breadcrumb data dropped), every message and
+/// exception value through [`redact::secrets`].
+#[cfg(feature = "reports")]
+pub mod reports {
+    use std::borrow::Cow;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    pub use sentry;
+
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+
+    /// A `SENTRY_DSN` that is not a DSN.
+    #[derive(Debug)]
+    pub struct BadDsn(pub String);
+
+    impl std::fmt::Display for BadDsn {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SENTRY_DSN: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for BadDsn {}
+
+    /// Starts the client when `dsn` is set (`release` like `aggios-edge-gateway@0.1.0`); keep the guard
+    /// until exit (it flushes queued events, up to 2 s).
+    pub fn init(
+        dsn: Option<&str>,
+        environment: Option<String>,
+        release: &'static str,
+    ) -> Result<Option<sentry::ClientInitGuard>, BadDsn> {
+        let Some(dsn) = dsn.filter(|d| !d.is_empty()) else {
+            return Ok(None);
+        };
+        let dsn: sentry::types::Dsn = dsn.parse().map_err(|e| BadDsn(format!("{e}")))?;
+        let mut options = sentry::ClientOptions::new();
+        options.dsn = Some(dsn);
+        options.release = Some(Cow::Borrowed(release));
+        options.environment = environment.filter(|e| !e.is_empty()).map(Cow::Owned);
+        options.send_default_pii = false;
+        options.before_send = Some(Arc::new(|event| Some(scrub(event))));
+        let guard = sentry::init(options);
+        ENABLED.store(true, Ordering::Relaxed);
+        Ok(Some(guard))
+    }
+
+    /// Whether reports are sent (one relaxed load: cheap enough for every request).
+    pub fn enabled() -> bool {
+        ENABLED.load(Ordering::Relaxed)
+    }
+
+    /// The event without request data, secrets redacted from its texts.
+    pub fn scrub(mut event: sentry::protocol::Event<'static>) -> sentry::protocol::Event<'static> {
+        use super::redact::secrets;
+        event.request = None;
+        event.user = None;
+        event.extra.clear();
+        if let Some(m) = event.message.as_mut() {
+            *m = secrets(m);
+        }
+        if let Some(l) = event.logentry.as_mut() {
+            l.message = secrets(&l.message);
+            l.params.clear();
+        }
+        for e in event.exception.values.iter_mut() {
+            if let Some(v) = e.value.as_mut() {
+                *v = secrets(v);
+            }
+        }
+        for b in event.breadcrumbs.values.iter_mut() {
+            if let Some(m) = b.message.as_mut() {
+                *m = secrets(m);
+            }
+            b.data.clear();
+        }
+        event
+    }
+
+    /// An error event: `message`, grouped by `fingerprint`, with `tags`.
+    pub fn error_event(
+        message: String,
+        fingerprint: &[&str],
+        tags: &[(&str, &str)],
+    ) -> sentry::protocol::Event<'static> {
+        sentry::protocol::Event {
+            message: Some(message),
+            level: sentry::Level::Error,
+            fingerprint: Cow::Owned(
+                fingerprint
+                    .iter()
+                    .map(|f| Cow::Owned(f.to_string()))
+                    .collect(),
+            ),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
 /// A tenant subdomain: one DNS label of lowercase letters, digits and inner hyphens, 1 to 63 bytes.
 pub fn is_label(s: &str) -> bool {
     !s.is_empty()

@@ -124,6 +124,18 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(loaded.log.format, &loaded.log.level);
+            // 5xx answers and panics to a Sentry-protocol endpoint when SENTRY_DSN is set (after the
+            // panic hook: the panic integration reports, then calls it). Held until the process exits.
+            let _reports = match gateway::telemetry::reports::init(
+                std::env::var("SENTRY_DSN").ok().as_deref(),
+                std::env::var("SENTRY_ENVIRONMENT").ok(),
+            ) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             tracing::info!(summary = %loaded.summary(), "starting");
             for w in &loaded.warnings {
                 tracing::warn!("{w}");

@@ -236,3 +236,96 @@ async fn panics_and_5xx_reach_sentry_with_request_tenant_route_and_release_and_n
         }
     }
 }
+
+/// The gateway binary with `SENTRY_DSN`: a 502 it answers itself (the upstream refuses connections)
+/// arrives as one event with the request id the client saw, the route, the tenant of the host, the
+/// upstream and the gateway's release; the client's bearer token and its query are not in it.
+#[tokio::test]
+async fn the_gateways_own_5xx_reach_sentry_with_its_tags_and_no_secrets() {
+    let (sentry_port, got) = receiver().await;
+    let gw_port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[entrypoints]\nhttp = \"127.0.0.1:{gw_port}\"\nadmin = \"127.0.0.1:{}\"\n\n\
+             [server]\nshutdown_grace = \"5s\"\n\n\
+             [tenancy]\nbase_domains = [\"aggios.app\"]\n\n\
+             [[upstreams]]\nname = \"gone\"\nservers = [\"127.0.0.1:{}\"]\n\n\
+             [[routes]]\nname = \"r\"\nhosts = [\"*.aggios.app\"]\nupstream = \"gone\"\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .expect("gateway config");
+    let log = dir.path().join("gateway.log");
+    let mut gateway = Command::new(crate::e2e::gateway_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env(
+            "SENTRY_DSN",
+            format!("http://publickey@127.0.0.1:{sentry_port}/7"),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("gateway binary");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", gw_port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never listened: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJnYXRld2F5In0.Z2F0ZXdheS1zaWduYXR1cmU";
+    let (status, request_id) = send(
+        gw_port,
+        &format!(
+            "GET /x?access_token={jwt} HTTP/1.1\r\nhost: acme.aggios.app\r\n\
+             authorization: Bearer {jwt}"
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert!(!request_id.is_empty(), "no request id answered");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        if let Some(e) = events(&got)
+            .into_iter()
+            .find(|e| e["tags"]["request_id"] == request_id.as_str())
+        {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event for {request_id}: {:?}",
+            got.lock().unwrap_or_else(|p| p.into_inner())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    assert_eq!(event["tags"]["route"], "r", "{event:#}");
+    assert_eq!(event["tags"]["status"], "502", "{event:#}");
+    assert_eq!(event["tags"]["upstream"], "gone", "{event:#}");
+    assert_eq!(event["tags"]["tenant"], "acme", "{event:#}");
+    assert_eq!(
+        event["release"],
+        concat!("aggios-edge-gateway@", env!("CARGO_PKG_VERSION")),
+        "{event:#}"
+    );
+    for (path, envelope) in got.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        assert!(path.starts_with("/api/7/"), "{path}");
+        assert!(
+            !envelope.contains("eyJ"),
+            "a token sent to Sentry: {envelope}"
+        );
+    }
+}

@@ -28,6 +28,21 @@ impl Gateway {
             .as_ref()
             .map(EdgeError::code)
             .or_else(|| e.map(|e| e.etype().as_str()));
+        // A 5xx of the gateway's own making goes to Sentry when SENTRY_DSN is set.
+        if status >= 500 && crate::telemetry::reports::enabled() {
+            if let Some(code) = error {
+                crate::telemetry::reports::server_error(&crate::telemetry::reports::Failure {
+                    request_id: &ctx.request.request_id,
+                    status,
+                    code,
+                    route: route_name,
+                    method: req.method.as_str(),
+                    tenant: ctx.request.tenant.as_deref(),
+                    upstream: up.map(|u| u.name.as_str()),
+                    detail: e.map_or_else(|| code.to_string(), |e| e.to_string()),
+                });
+            }
+        }
         match route {
             Some(r) => {
                 r.count_request(&req.method, status);

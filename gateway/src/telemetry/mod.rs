@@ -4,4 +4,5 @@
 pub mod access_log;
 pub mod metrics;
 pub mod otel;
+pub mod reports;
 pub mod tenant_stats;
