@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use contracts::reports::sentry;
+
 pub use contracts::reports::{enabled, scrub};
 
 /// Starts the client when `dsn` is set; keep the guard until exit (it flushes queued events, up to 2 s).

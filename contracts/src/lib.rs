@@ -380,6 +380,26 @@ pub mod reports {
             ..Default::default()
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        /// The crate alone carries what sending needs: before the `reports` feature named sentry's
+        /// transport, a binary built by itself (the gateway's image) panicked here ("compiled without
+        /// transport") as soon as SENTRY_DSN was set.
+        #[test]
+        fn a_dsn_starts_a_client_with_a_transport() {
+            let guard =
+                super::init(Some("http://key@127.0.0.1:9/1"), None, "test@0").expect("a valid DSN");
+            assert!(guard.is_some() && super::enabled());
+            assert!(matches!(
+                super::init(Some("not a dsn"), None, "test@0"),
+                Err(super::BadDsn(_))
+            ));
+            assert!(super::init(Some(""), None, "test@0")
+                .expect("off")
+                .is_none());
+        }
+    }
 }
 
 /// A tenant subdomain: one DNS label of lowercase letters, digits and inner hyphens, 1 to 63 bytes.

@@ -202,10 +202,9 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok()),
     );
     let handled = match &hub {
-        Some(hub) => futures_util::future::Either::Left(sentry::SentryFutureExt::bind_hub(
-            handled,
-            hub.clone(),
-        )),
+        Some(hub) => futures_util::future::Either::Left(
+            contracts::reports::sentry::SentryFutureExt::bind_hub(handled, hub.clone()),
+        ),
         None => futures_util::future::Either::Right(handled),
     };
     let mut panicked = false;

@@ -239,7 +239,8 @@ async fn panics_and_5xx_reach_sentry_with_request_tenant_route_and_release_and_n
 
 /// The gateway binary with `SENTRY_DSN`: a 502 it answers itself (the upstream refuses connections)
 /// arrives as one event with the request id the client saw, the route, the tenant of the host, the
-/// upstream and the gateway's release; the client's bearer token and its query are not in it.
+/// upstream and the gateway's release; the client's bearer token and its query are not in it. A hook's
+/// panic arrives twice: its 500 with the request id, and the panic with its stack trace.
 #[tokio::test]
 async fn the_gateways_own_5xx_reach_sentry_with_its_tags_and_no_secrets() {
     let (sentry_port, got) = receiver().await;
@@ -267,6 +268,7 @@ async fn the_gateways_own_5xx_reach_sentry_with_its_tags_and_no_secrets() {
             "SENTRY_DSN",
             format!("http://publickey@127.0.0.1:{sentry_port}/7"),
         )
+        .env("GATEWAY_FAULT_PANIC_PATH", "/boom")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
@@ -295,6 +297,10 @@ async fn the_gateways_own_5xx_reach_sentry_with_its_tags_and_no_secrets() {
     .await;
     assert_eq!(status, 502);
     assert!(!request_id.is_empty(), "no request id answered");
+    // A hook's panic: answered 500, reported with its request id, and with its stack by the panic
+    // integration.
+    let (status, panic_id) = send(gw_port, "GET /boom HTTP/1.1\r\nhost: acme.aggios.app", "").await;
+    assert_eq!(status, 500);
     let deadline = Instant::now() + Duration::from_secs(30);
     let event = loop {
         if let Some(e) = events(&got)
@@ -310,6 +316,34 @@ async fn the_gateways_own_5xx_reach_sentry_with_its_tags_and_no_secrets() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (panic_500, panic_exception) = loop {
+        let all = events(&got);
+        let answered = all
+            .iter()
+            .find(|e| e["tags"]["request_id"] == panic_id.as_str())
+            .cloned();
+        let exception = all.iter().find(|e| {
+            e["exception"]["values"][0]["value"]
+                .as_str()
+                .is_some_and(|v| v.contains("fault injected at /boom"))
+        });
+        if let (Some(a), Some(x)) = (answered, exception) {
+            break (a, x.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the panic was not reported: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(panic_500["tags"]["status"], "500", "{panic_500:#}");
+    assert!(
+        panic_exception["exception"]["values"][0]["stacktrace"]["frames"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty()),
+        "no stack trace: {panic_exception:#}"
+    );
     let _ = gateway.kill();
     let _ = gateway.wait();
     assert_eq!(event["tags"]["route"], "r", "{event:#}");
