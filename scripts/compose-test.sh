@@ -16,6 +16,9 @@ BASE_IMAGE=localhost/aggios-debian:bookworm
 REGISTRY=localhost/aggios
 HTTP_PORT=18080
 HTTPS_PORT=18443
+# edge-lb's ports (two gateways behind one port, compose/docker-compose.ha.yml).
+LB_HTTP_PORT=18081
+LB_HTTPS_PORT=18444
 mkdir -p "$CT_DIR"
 SUMMARY="$CT_DIR/summary.txt"
 : > "$SUMMARY"
@@ -57,8 +60,10 @@ want_step() { [ -z "${COMPOSE_STEPS:-}" ] || [[ " $COMPOSE_STEPS " == *" $1 "* ]
 # --- podman and docker-compose -----------------------------------------------------------------------
 step tools
 ensure_build_deps
+# netavark runs iptables for every container network (a fresh machine may lack it: "netavark: No such
+# file or directory" at the first build step that needs the network).
 ensure_debs podman runc docker-compose mmdebstrap netavark aardvark-dns catatonit slirp4netns uidmap \
-  openssl curl jq
+  iptables openssl curl jq
 ensure_s3s_fs
 # crun refuses this machine's hybrid cgroups, and there is no systemd: runc and cgroupfs. Containers may
 # not be given rlimits above the ones podman itself runs with (setrlimit is refused in the container):
@@ -133,6 +138,7 @@ build localhost/aggios-offline-postgres:15 compose/offline/postgres.Dockerfile c
 build localhost/aggios-offline-redis:7 compose/offline/redis.Dockerfile compose
 build localhost/aggios-offline-prometheus:2 compose/offline/prometheus.Dockerfile compose
 build localhost/aggios-offline-s3:0.14 compose/offline/s3.Dockerfile compose
+build localhost/aggios-offline-haproxy:2.6 compose/offline/haproxy.Dockerfile compose
 sizes=$(for i in aggios-edge-gateway:ci aggios-edge-backend:ci; do
   podman image inspect -f '{{.Size}}' "$REGISTRY/$i" | awk -v n="${i%%:*}" '{printf "%s %.0f MB; ", n, $1/1e6}'
 done)
@@ -156,6 +162,9 @@ GATEWAY_HTTPS_PUBLISH=127.0.0.1:$HTTPS_PORT
 PROMETHEUS_PUBLISH=127.0.0.1:19090
 GRAFANA_PUBLISH=127.0.0.1:13000
 MINIO_CONSOLE_PUBLISH=127.0.0.1:19001
+EDGE_LB_HTTP_PUBLISH=127.0.0.1:$LB_HTTP_PORT
+EDGE_LB_HTTPS_PUBLISH=127.0.0.1:$LB_HTTPS_PORT
+EDGE_LB_IMAGE=localhost/aggios-offline-haproxy:2.6
 GATEWAY_ADMIN_TOKEN=$(rand)
 ACME_STORAGE_KEY=$(head -c 32 /dev/urandom | base64)
 ACME_TSIG_SECRET=$(head -c 32 /dev/urandom | base64)
@@ -259,13 +268,13 @@ fi
 # --- what an operator checks first ---------------------------------------------------------------------
 container() { echo "${PROJECT}_$1_${2:-1}"; }
 psql_owner() { podman exec -i "$(container postgres)" psql -X -v ON_ERROR_STOP=1 -U aggios_owner -d aggios -Atq "$@"; }
-# https PATH [CURL ARGS…] on HOST (default demo.aggios.test) through the published port, verified against
-# pebble's root: prints the body, then the status on the last line.
+# https PATH [CURL ARGS…] on HOST (default demo.aggios.test) through the published port (EDGE_PORT,
+# default the gateway's), verified against pebble's root: prints the body, then the status on the last line.
 TENANT_HOST=demo.aggios.test
 https() {
-  local path=$1; shift
+  local path=$1 port=${EDGE_PORT:-$HTTPS_PORT}; shift
   curl -sS --max-time 10 --cacert "$CT_DIR/pebble-root.pem" \
-    --resolve "$TENANT_HOST:$HTTPS_PORT:127.0.0.1" -w '\n%{http_code}' "$@" "https://$TENANT_HOST:$HTTPS_PORT$path"
+    --resolve "$TENANT_HOST:$port:127.0.0.1" -w '\n%{http_code}' "$@" "https://$TENANT_HOST:$port$path"
 }
 status_of() { tail -n1 <<<"$1"; }
 body_of() { sed '$d' <<<"$1"; }
@@ -361,17 +370,18 @@ fi
 # --- operations under load -----------------------------------------------------------------------------
 # load_start NAME SECONDS — idempotent GETs (an open loop, 100/s over 8 keep-alive connections) and logins
 # (one every 4 s: under the stack's 20/min login limit per client address) through the gateway container.
-# A third argument reads another path (GET /api/users reads from the replica).
+# A third argument reads another path (GET /api/users reads from the replica); EDGE_PORT another port.
 load_start() {
   LOAD_NAME=$1
+  local port=${EDGE_PORT:-$HTTPS_PORT}
   "$BIN/loadtest" run --json -c 8 --rate 100 -d "${2}s" --timeout 5s --ca "$CT_DIR/pebble-root.pem" \
     --host "$TENANT_HOST" -H "authorization: Bearer $ACCESS" \
-    "https://127.0.0.1:$HTTPS_PORT${3:-/api/users/me}" > "$CT_DIR/load-$1-get.json" 2> "$CT_DIR/load-$1-get.log" &
+    "https://127.0.0.1:$port${3:-/api/users/me}" > "$CT_DIR/load-$1-get.json" 2> "$CT_DIR/load-$1-get.log" &
   LOAD_PID=$!
   "$BIN/loadtest" run --json -c 1 --rate 0.25 -d "${2}s" --timeout 5s --ca "$CT_DIR/pebble-root.pem" \
     --host "$TENANT_HOST" -X POST -H 'content-type: application/json' \
     --body "{\"email\":\"admin@demo.test\",\"password\":\"$PASSWORD\"}" \
-    "https://127.0.0.1:$HTTPS_PORT/api/auth/login" > "$CT_DIR/load-$1-login.json" 2> "$CT_DIR/load-$1-login.log" &
+    "https://127.0.0.1:$port/api/auth/login" > "$CT_DIR/load-$1-login.json" 2> "$CT_DIR/load-$1-login.log" &
   LOGIN_PID=$!
 }
 # load_end — waits for the load (in this shell: a subshell cannot wait for it), then sets LOAD_RESULT to
@@ -434,13 +444,14 @@ if want_step kill-backend; then
   done_step "$r; SIGKILL to $victim mid-load"
 fi
 
-# probe SECONDS FILE — a new connection every 100 ms (curl, 1 s timeout): "epoch_ms status" lines.
+# probe SECONDS FILE — a new connection every 100 ms (curl, 1 s timeout) to EDGE_PORT (default the
+# gateway's): "epoch_ms status" lines.
 probe() {
-  local until=$(( $(date +%s) + $1 ))
+  local until=$(( $(date +%s) + $1 )) port=${EDGE_PORT:-$HTTPS_PORT}
   while [ "$(date +%s)" -lt "$until" ]; do
     printf '%s %s\n' "$(date +%s%3N)" \
       "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' --cacert "$CT_DIR/pebble-root.pem" \
-        --resolve "$TENANT_HOST:$HTTPS_PORT:127.0.0.1" "https://$TENANT_HOST:$HTTPS_PORT/api/users/me" \
+        --resolve "$TENANT_HOST:$port:127.0.0.1" "https://$TENANT_HOST:$port/api/users/me" \
         -H "authorization: Bearer $ACCESS" || true)"
     sleep 0.1
   done > "$2"
@@ -468,6 +479,42 @@ if want_step restart-gateway; then
   wait_healthy gateway 60 || fail "the gateway is not healthy after its restart"
   # One container cannot hand its sockets to the next: the window is reported, not required to be 0.
   done_step "$r; outage ${window}s for new connections (restart took ${took}s)"
+fi
+
+if want_step two-gateways; then
+  step "two gateways, one restarted"
+  # gateway-2 and edge-lb (compose/docker-compose.ha.yml) join the running stack; the load goes through
+  # the balancer's published port, and the first gateway is restarted, then the second.
+  dc_ha() { dc -f compose/docker-compose.ha.yml "$@"; }
+  dc_ha up -d --no-build --no-deps gateway-2 edge-lb > "$CT_DIR/ha-up.log" 2>&1 \
+    || { tail -20 "$CT_DIR/ha-up.log" >&2; fail "docker-compose up gateway-2 edge-lb"; }
+  wait_healthy gateway-2 120 || fail "gateway-2 never became healthy"
+  ready=""
+  for _ in $(seq 60); do
+    r=$(EDGE_PORT=$LB_HTTPS_PORT https /healthz 2>/dev/null || true)
+    [ "$(status_of "$r")" = 200 ] && { ready=1; break; }
+    sleep 1
+  done
+  [ -n "$ready" ] || fail "nothing answers through edge-lb on $LB_HTTPS_PORT"
+  EDGE_PORT=$LB_HTTPS_PORT load_start ha 60
+  EDGE_PORT=$LB_HTTPS_PORT probe 60 "$CT_DIR/probe-ha.txt" &
+  PROBE_PID=$!
+  sleep 5
+  t0=$(date +%s.%N)
+  dc restart gateway > "$CT_DIR/ha-restart.log" 2>&1 || fail "docker-compose restart gateway"
+  took1=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  wait_healthy gateway 60 || fail "the first gateway is not healthy after its restart"
+  sleep 5    # edge-lb's check takes it back (rise 2, every second)
+  t0=$(date +%s.%N)
+  dc_ha restart gateway-2 >> "$CT_DIR/ha-restart.log" 2>&1 || fail "docker-compose restart gateway-2"
+  took2=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  wait "$PROBE_PID"
+  load_end; r=$LOAD_RESULT
+  window=$(outage "$CT_DIR/probe-ha.txt")
+  wait_healthy gateway-2 60 || fail "gateway-2 is not healthy after its restart"
+  # Measured and reported (issue #27 asks for the window, not for zero).
+  dc_ha stop -t 30 edge-lb gateway-2 >/dev/null 2>&1; dc_ha rm -f edge-lb gateway-2 >/dev/null 2>&1
+  done_step "$r; both replicas restarted one after the other (${took1}s, ${took2}s) behind edge-lb: outage ${window}s for new connections"
 fi
 
 if want_step redis-restart; then

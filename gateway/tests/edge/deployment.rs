@@ -746,3 +746,70 @@ fn docker_compose_v1_accepts_the_file_and_the_offline_override() {
         "the override moves the stack's subnet"
     );
 }
+
+/// Two gateways behind one port (compose/docker-compose.ha.yml): docker-compose 1.29 accepts the file
+/// with the stack's; `gateway-2` runs exactly the gateway's settings (environment, mounts, capabilities,
+/// read-only root, health check; only its address differs), and edge-lb's HAProxy balances over the
+/// two addresses compose gives them, checking each one's admin `/readyz`.
+#[test]
+fn the_second_gateway_runs_the_firsts_settings_behind_edge_lb() {
+    let dir = compose_dir();
+    let out = Command::new("docker-compose")
+        .current_dir(&dir)
+        .args(["--env-file", ".env.example", "-f", "docker-compose.yml"])
+        .args(["-f", "docker-compose.ha.yml", "config", "--services"])
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("docker-compose runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "docker-compose config: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.lines().any(|l| l == "gateway-2") && stdout.lines().any(|l| l == "edge-lb"));
+    let (_, base) = compose();
+    let ha: Value = serde_yaml::from_str(&read(&dir.join("docker-compose.ha.yml")))
+        .expect("docker-compose.ha.yml parses");
+    let (one, two) = (&services(&base)["gateway"], &services(&ha)["gateway-2"]);
+    for key in [
+        "image",
+        "restart",
+        "environment",
+        "volumes",
+        "cap_drop",
+        "cap_add",
+        "read_only",
+        "tmpfs",
+        "stop_signal",
+        "stop_grace_period",
+        "healthcheck",
+        "depends_on",
+    ] {
+        assert_eq!(
+            one[key], two[key],
+            "gateway-2's {key} differs from the gateway's"
+        );
+    }
+    assert!(
+        two.get("ports").is_none(),
+        "gateway-2 publishes a port of its own"
+    );
+    let cfg = read(&dir.join("edge-lb/haproxy.cfg"));
+    for svc in [one, two] {
+        let ip = svc["networks"]["edge"]["ipv4_address"]
+            .as_str()
+            .expect("a fixed address");
+        for port in [80, 443] {
+            assert!(
+                cfg.contains(&format!("{ip}:{port}")),
+                "edge-lb does not balance to {ip}:{port}"
+            );
+        }
+    }
+    assert!(cfg.contains("option httpchk GET /readyz") && cfg.contains("check port 9000"));
+    assert!(
+        cfg.contains("option redispatch"),
+        "a refused connection is not tried elsewhere"
+    );
+}
