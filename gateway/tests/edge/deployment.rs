@@ -807,7 +807,16 @@ fn the_second_gateway_runs_the_firsts_settings_behind_edge_lb() {
             );
         }
     }
-    assert!(cfg.contains("option httpchk GET /readyz") && cfg.contains("check port 9000"));
+    assert!(cfg.contains("uri /readyz") && cfg.contains("check port 9000"));
+    // The admin listener refuses a Host it does not know: the check names one the configs allow.
+    assert!(cfg.contains("hdr Host gateway"));
+    for config in ["gateway.toml", "gateway.acme-staging.toml"] {
+        let text = read(&dir.join("gateway").join(config));
+        assert!(
+            text.contains("names = [\"gateway\"]"),
+            "{config}: edge-lb's health check would be refused"
+        );
+    }
     assert!(
         cfg.contains("option redispatch"),
         "a refused connection is not tried elsewhere"
