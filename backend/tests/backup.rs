@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::pool;
 use common::private_pg::{as_postgres, PrivatePg};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const APP_ROLE: &str = "aggios_backup_app";
@@ -38,17 +38,6 @@ fn run_script(name: &str, args: &[&str], env: &[(&str, String)]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn pool(url: &str) -> PgPool {
-    let start = Instant::now();
-    loop {
-        match PgPoolOptions::new().max_connections(2).connect(url).await {
-            Ok(p) => return p,
-            Err(e) if start.elapsed() > Duration::from_secs(60) => panic!("{url}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 async fn user(app: &PgPool, tenant: uuid::Uuid, email: &str) {

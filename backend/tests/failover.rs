@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pool;
 use common::private_pg::{as_postgres, PrivatePg};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 
 const APP_ROLE: &str = "aggios_failover_app";
 const JWT_SECRET: &str = "failover-secret-failover-secret-failover!";
@@ -24,17 +23,6 @@ const HOST: &str = "acme.aggios.app";
 
 fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-async fn pool(url: &str) -> PgPool {
-    let start = Instant::now();
-    loop {
-        match PgPoolOptions::new().max_connections(2).connect(url).await {
-            Ok(p) => return p,
-            Err(e) if start.elapsed() > Duration::from_secs(60) => panic!("{url}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 /// One request on a new connection: the status and the JSON body (`Null` when there is none); `None`

@@ -509,3 +509,44 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A local HTTP receiver on a free port (a stand-in for a collector: OTLP, Sentry): every request's path
+/// and body go to `on_request`, and the answer is `200 {}`.
+pub async fn http_sink(on_request: impl Fn(String, Bytes) + Send + Sync + 'static) -> u16 {
+    let on_request = Arc::new(on_request);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let on_request = on_request.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let on_request = on_request.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            on_request(path, body);
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"{}"),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}

@@ -3,7 +3,6 @@
 //! backend's request span → its database spans, each the parent of the next.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,85 +32,49 @@ struct Received {
 /// A local OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
 async fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
     let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let store = spans.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let store = store.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            if let Ok(export) = ExportTraceServiceRequest::decode(body) {
-                                let mut out = store.lock().unwrap_or_else(|p| p.into_inner());
-                                for rs in export.resource_spans {
-                                    let service = rs
-                                        .resource
-                                        .iter()
-                                        .flat_map(|r| r.attributes.iter())
-                                        .find(|kv| kv.key == "service.name")
-                                        .and_then(|kv| kv.value.as_ref())
-                                        .map(|v| format!("{:?}", v.value))
-                                        .unwrap_or_default();
-                                    for ss in rs.scope_spans {
-                                        for s in ss.spans {
-                                            out.push(Received {
-                                                service: service.clone(),
-                                                name: s.name.clone(),
-                                                trace_id: hex::encode(&s.trace_id),
-                                                span_id: hex::encode(&s.span_id),
-                                                parent: hex::encode(&s.parent_span_id),
-                                                links: s
-                                                    .links
-                                                    .iter()
-                                                    .map(|l| {
-                                                        (
-                                                            hex::encode(&l.trace_id),
-                                                            hex::encode(&l.span_id),
-                                                        )
-                                                    })
-                                                    .collect(),
-                                                attributes: s
-                                                    .attributes
-                                                    .iter()
-                                                    .map(|kv| {
-                                                        (
-                                                            kv.key.clone(),
-                                                            format!(
-                                                                "{:?}",
-                                                                kv.value.as_ref().map(|v| &v.value)
-                                                            ),
-                                                        )
-                                                    })
-                                                    .collect(),
-                                            });
-                                        }
-                                    }
-                                }
-                            }
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let port = http_sink(move |_, body| {
+        if let Ok(export) = ExportTraceServiceRequest::decode(body) {
+            let mut out = store.lock().unwrap_or_else(|p| p.into_inner());
+            for rs in export.resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        out.push(Received {
+                            service: service.clone(),
+                            name: s.name.clone(),
+                            trace_id: hex::encode(&s.trace_id),
+                            span_id: hex::encode(&s.span_id),
+                            parent: hex::encode(&s.parent_span_id),
+                            links: s
+                                .links
+                                .iter()
+                                .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
+                                .collect(),
+                            attributes: s
+                                .attributes
+                                .iter()
+                                .map(|kv| {
+                                    (
+                                        kv.key.clone(),
+                                        format!("{:?}", kv.value.as_ref().map(|v| &v.value)),
+                                    )
+                                })
+                                .collect(),
+                        });
+                    }
+                }
+            }
         }
-    });
+    })
+    .await;
     (port, spans)
 }
 

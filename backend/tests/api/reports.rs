@@ -3,14 +3,9 @@
 //! client saw, the tenant, the route and the release; no token, password or body is in anything sent,
 //! even when the panic's own message holds a token.
 
-use std::convert::Infallible;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
 use crate::e2e::free_port;
 use crate::helpers::*;
@@ -18,43 +13,14 @@ use crate::helpers::*;
 /// A local Sentry endpoint: every envelope POSTed to `/api/{project}/envelope/`, raw.
 async fn receiver() -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
     let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let store = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let store = store.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            store
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push((path, String::from_utf8_lossy(&body).into_owned()));
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("{}"))))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let port = http_sink(move |path, body| {
+        store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path, String::from_utf8_lossy(&body).into_owned()));
+    })
+    .await;
     (port, got)
 }
 
