@@ -54,6 +54,8 @@ finish() {
   echo "compose-test: $status — $(grep -c . "$SUMMARY") steps, $FAILED failed, $(summary_line)"
   [ "$FAILED" -eq 0 ] && exit 0 || exit 1
 }
+# A command that fails outside a check (set -e would end the script silently) is a failed step too.
+trap 'fail "unexpected error (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 summary_line() { grep -o 'requests=[0-9]* failed=[0-9]*' "$SUMMARY" | awk -F'[= ]' '{r+=$2; f+=$4} END{printf "%d requests under rehearsal, %d failed", r, f}'; }
 want_step() { [ -z "${COMPOSE_STEPS:-}" ] || [[ " $COMPOSE_STEPS " == *" $1 "* ]]; }
 
@@ -535,7 +537,9 @@ if want_step redis-restart; then
   # of a minute, sealed certificates, the ACME account) must be there after it.
   sleep 1.5   # appendfsync everysec: what was written a second ago is on disk
   rcli --scan | sort > "$CT_DIR/redis-keys-before.txt"
-  keep=$(while read -r k; do t=$(rcli ttl "$k" </dev/null); { [ "$t" = -1 ] || [ "$t" -gt 40 ]; } && echo "$k"; done \
+  # (`if`, not `&&`: a last key with a short TTL would make the loop's status, and so the assignment's,
+  # non-zero, and `set -e` would end the script without a word.)
+  keep=$(while read -r k; do t=$(rcli ttl "$k" </dev/null); if [ "$t" = -1 ] || [ "$t" -gt 40 ]; then echo "$k"; fi; done \
     < "$CT_DIR/redis-keys-before.txt" | sort)
   load_start redis 30
   sleep 5
@@ -665,7 +669,11 @@ if want_step failover; then
   lost=$(comm -23 <(sort "$CT_DIR/failover-acked.txt") "$CT_DIR/failover-stored.txt" | grep -c . || true)
   [ "$lost" = 0 ] || fail "$lost acknowledged users missing from the new primary: $(comm -23 <(sort "$CT_DIR/failover-acked.txt") "$CT_DIR/failover-stored.txt" | head -3)"
   wfailed=$(grep -c . "$CT_DIR/failover-write-failures.txt" 2>/dev/null || true)
-  done_step "$r; $acked users acknowledged (${wfailed:-0} writes refused), all $acked on the promoted replica; stop took ${stop_took}s, writes back ${back}s after pg_promote; backends not restarted"
+  # Each created user cost an Argon2id hash (19 MiB): the backends' peak memory stays well under their
+  # 512 MB limit (glibc's arenas kept those blocks and a backend was OOM-killed here).
+  peaks=$(for c in $(podman ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=backend"); do
+    podman exec "$c" sh -c 'awk "/^VmHWM:/ {printf \"%d MB \", \$2/1024}" /proc/1/status'; done)
+  done_step "$r; $acked users acknowledged (${wfailed:-0} writes refused), all $acked on the promoted replica; stop took ${stop_took}s, writes back ${back}s after pg_promote; backends not restarted (peak memory ${peaks% })"
 fi
 
 finish

@@ -10,6 +10,13 @@ use clap::{Parser, Subcommand};
 
 use backend::{app, auth, config, db, domain, state};
 
+// Each Argon2id hash (login, user creation) allocates a 19 MiB block. glibc malloc kept them: its mmap
+// threshold rises to the first freed block's size, later blocks came from per-thread arenas and stayed,
+// and under the compose run's user creations a backend grew past its 512 MB limit and was OOM-killed
+// (scripts/compose-test.sh, "postgres failover"). mimalloc returns such blocks to the system.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "backend", version, about = "Aggios Edge backend API")]
 struct Cli {

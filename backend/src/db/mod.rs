@@ -315,10 +315,25 @@ pub async fn migrate(owner_url: &str, app_url: &str) -> anyhow::Result<()> {
     // With several hosts, the one that accepts writes; the role and password are the same on each.
     let slow = std::time::Duration::from_millis(crate::config::DEFAULT_DB_SLOW_QUERY_MS);
     let owner_host = writable_host(owner_url, slow, std::time::Duration::from_secs(30)).await?;
-    let owner = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(owner_host)
-        .await?;
+    // A one-shot job started as soon as Postgres says it is ready: it waits up to 2 minutes for its first
+    // connection, saying why each try failed (the compose run once saw 30 s of "pool timed out" and no
+    // cause).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let owner = loop {
+        match PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(owner_host.clone())
+            .await
+        {
+            Ok(pool) => break pool,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "migrate: the database is not answering yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     MIGRATOR.run(&owner).await?;
     let first = |u: &str| -> anyhow::Result<url::Url> {
         let one = primary::split_hosts(u)?.swap_remove(0);
