@@ -27,11 +27,15 @@ pub fn request_hub(
     request_id: &str,
     route: &str,
     method: &str,
-    tenant: Option<&str>,
+    headers: &http::HeaderMap,
 ) -> Option<Arc<sentry::Hub>> {
+    // Off (the usual case): one relaxed load, nothing looked up or allocated.
     if !enabled() {
         return None;
     }
+    let tenant = headers
+        .get(contracts::headers::TENANT_ID)
+        .and_then(|v| v.to_str().ok());
     let hub = Arc::new(sentry::Hub::new_from_top(sentry::Hub::current()));
     hub.configure_scope(|scope| {
         scope.set_tag("request_id", request_id);
@@ -44,6 +48,9 @@ pub fn request_hub(
 
 /// Reports a 5xx answer: its error code and message, grouped by code and route.
 pub fn server_error(hub: &sentry::Hub, status: u16, code: &str, route: &str, message: &str) {
+    if !contracts::reports::admit() {
+        return;
+    }
     hub.capture_event(contracts::reports::error_event(
         format!("{status} {code} on {route}: {message}"),
         &[code, route],

@@ -285,7 +285,7 @@ pub mod redact {
 #[cfg(feature = "reports")]
 pub mod reports {
     use std::borrow::Cow;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
     pub use sentry;
@@ -324,6 +324,42 @@ pub mod reports {
         let guard = sentry::init(options);
         ENABLED.store(true, Ordering::Relaxed);
         Ok(Some(guard))
+    }
+
+    /// At most this many 5xx events leave the process per second. A client that can make 5xx answers
+    /// (a route whose upstream is down answers every request 502) would otherwise make the process
+    /// build and queue one event per request and spend the project's Sentry quota; Sentry groups them
+    /// anyway, and the metrics count every one.
+    pub const MAX_EVENTS_PER_SECOND: u64 = 10;
+
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+
+    /// Whether one more 5xx event may be sent in this second (lock-free; one CAS when admitted).
+    pub fn admit() -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        admit_in(&WINDOW, now, MAX_EVENTS_PER_SECOND)
+    }
+
+    /// `window` holds the second (high bits) and the events admitted in it (low 20 bits).
+    fn admit_in(window: &AtomicU64, second: u64, max: u64) -> bool {
+        let mut cur = window.load(Ordering::Relaxed);
+        loop {
+            let (sec, count) = (cur >> 20, cur & 0xF_FFFF);
+            let next = if sec == second {
+                if count >= max {
+                    return false;
+                }
+                cur + 1
+            } else {
+                (second << 20) | 1
+            };
+            match window.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => cur = seen,
+            }
+        }
     }
 
     /// Whether reports are sent (one relaxed load: cheap enough for every request).
@@ -398,6 +434,17 @@ pub mod reports {
             assert!(super::init(Some(""), None, "test@0")
                 .expect("off")
                 .is_none());
+        }
+
+        /// A flood of 5xx sends at most the limit's events a second; the next second sends again.
+        #[test]
+        fn a_flood_of_5xx_sends_a_bounded_number_of_events() {
+            let window = std::sync::atomic::AtomicU64::new(0);
+            let admitted = (0..10_000)
+                .filter(|_| super::admit_in(&window, 1_000, 10))
+                .count();
+            assert_eq!(admitted, 10);
+            assert!(super::admit_in(&window, 1_001, 10), "a new second");
         }
     }
 }

@@ -193,14 +193,7 @@ pub async fn handle(
     let handled = tracing::Instrument::instrument(handled, span);
     // With SENTRY_DSN set, the request runs under its own hub: a panic inside it is reported (by the
     // panic integration) with the request's tags.
-    let hub = crate::report::request_hub(
-        &ctx.request_id,
-        route,
-        ctx.method.as_str(),
-        ctx.headers
-            .get(contracts::headers::TENANT_ID)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let hub = crate::report::request_hub(&ctx.request_id, route, ctx.method.as_str(), &ctx.headers);
     let handled = match &hub {
         Some(hub) => futures_util::future::Either::Left(
             contracts::reports::sentry::SentryFutureExt::bind_hub(handled, hub.clone()),

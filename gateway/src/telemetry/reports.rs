@@ -33,6 +33,9 @@ pub struct Failure<'a> {
 
 /// Reports `f` (grouped by error code and route).
 pub fn server_error(f: &Failure<'_>) {
+    if !contracts::reports::admit() {
+        return;
+    }
     let status = f.status.to_string();
     sentry::Hub::main().capture_event(contracts::reports::error_event(
         format!("{} {} on {}: {}", f.status, f.code, f.route, f.detail),
