@@ -28,6 +28,27 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port where nothing listens, held for as long as the value lives: bound but not
+/// listening, so connections to it are refused, and no other test's listener can be given it. A port
+/// from [`free_port`] used as a dead address could be: the Sentry test's receiver once got the dead
+/// policy-lookup port of a plans test, and that gateway's lookups among its envelopes (a CI failure).
+pub(crate) struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub(crate) fn dead_port() -> DeadPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    DeadPort {
+        _socket: socket,
+        port,
+    }
+}
+
 /// The gateway binary built by the same `cargo test` run (target/<profile>/gateway).
 pub(crate) fn gateway_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -564,4 +585,17 @@ async fn deactivation_and_demotion_revoke_live_tokens_at_the_edge_and_the_backen
         status, 401,
         "a deactivated user's refresh token still works: {body}"
     );
+}
+
+/// A [`DeadPort`] refuses connections, and no listener can be bound to it while it is held (what a
+/// [`free_port`] used as a dead address could not promise).
+#[tokio::test]
+async fn a_dead_port_refuses_connections_and_cannot_be_taken() {
+    let dead = dead_port();
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", dead.port)).await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert!(std::net::TcpListener::bind(("127.0.0.1", dead.port)).is_err());
 }

@@ -335,6 +335,7 @@ async fn one_login_is_one_trace_from_the_client_through_the_gateway_and_backend_
 /// its spans) and returns once it has exited.
 async fn one_traced_request(otlp: u16, ratio: f64, traceparent: &str) {
     let gw_port = free_port();
+    let gone = crate::e2e::dead_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("gateway.toml");
     std::fs::write(
@@ -346,7 +347,7 @@ async fn one_traced_request(otlp: u16, ratio: f64, traceparent: &str) {
              [[upstreams]]\nname = \"gone\"\nservers = [\"127.0.0.1:{}\"]\n\n\
              [[routes]]\nname = \"r\"\nupstream = \"gone\"\n",
             free_port(),
-            free_port()
+            gone.port
         ),
     )
     .expect("gateway config");

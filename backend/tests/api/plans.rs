@@ -1068,7 +1068,8 @@ async fn with_the_policy_lookup_down_a_tenant_gets_the_default_plan() {
     let (app, root) = app_with_plans(&[("huge", json!({"requests_per_second": 100000}))]).await;
     let (sub, token) = tenant_on(&app, &root, "pe", "huge").await;
     // Nothing listens there.
-    let dead = loopback(free_port());
+    let dead_port = crate::e2e::dead_port();
+    let dead = loopback(dead_port.port);
     let gw = start_gateway_asking(&app, dead, &redis_url(), 2).await;
     let mut ok = 0;
     let mut policies = Vec::new();

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::e2e::free_port;
+use crate::e2e::{dead_port, free_port};
 use crate::helpers::*;
 
 /// A local Sentry endpoint: every envelope POSTed to `/api/{project}/envelope/`, raw.
@@ -76,6 +76,7 @@ async fn panics_and_5xx_reach_sentry_with_request_tenant_route_and_release_and_n
         .await;
     let (sentry_port, got) = receiver().await;
     let port = free_port();
+    let dead_redis = dead_port();
     let dir = tempfile::tempdir().expect("tempdir");
     // Redis is dead: a login answers 503. The fault path panics, and carries a token in its text.
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmb3JnZWQifQ.c2VjcmV0LXNpZ25hdHVyZQ";
@@ -83,7 +84,10 @@ async fn panics_and_5xx_reach_sentry_with_request_tenant_route_and_release_and_n
     let mut child = Command::new(env!("CARGO_BIN_EXE_backend"))
         .arg("serve")
         .env("DATABASE_URL", app_url(&app.db_name))
-        .env("REDIS_URL", format!("redis://127.0.0.1:{}", free_port()))
+        .env(
+            "REDIS_URL",
+            format!("redis://127.0.0.1:{}", dead_redis.port),
+        )
         .env(
             "JWT_SECRET",
             std::str::from_utf8(TEST_JWT_SECRET).expect("utf8"),
@@ -211,6 +215,7 @@ async fn panics_and_5xx_reach_sentry_with_request_tenant_route_and_release_and_n
 async fn the_gateways_own_5xx_reach_sentry_with_its_tags_and_no_secrets() {
     let (sentry_port, got) = receiver().await;
     let gw_port = free_port();
+    let gone = dead_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("gateway.toml");
     std::fs::write(
@@ -222,7 +227,7 @@ async fn the_gateways_own_5xx_reach_sentry_with_its_tags_and_no_secrets() {
              [[upstreams]]\nname = \"gone\"\nservers = [\"127.0.0.1:{}\"]\n\n\
              [[routes]]\nname = \"r\"\nhosts = [\"*.aggios.app\"]\nupstream = \"gone\"\n",
             free_port(),
-            free_port()
+            gone.port
         ),
     )
     .expect("gateway config");

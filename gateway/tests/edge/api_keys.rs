@@ -370,7 +370,8 @@ async fn api_keys_are_verified_bound_and_scoped_at_the_edge() {
 
 #[tokio::test]
 async fn a_key_that_cannot_be_checked_is_refused_with_503() {
-    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let dead_port = dead_port();
+    let dead_redis = format!("redis://127.0.0.1:{}", dead_port.port);
     let stack = Stack::start(&dead_redis, |c| c).await;
     let (up, lookup, gw) = (&stack.up, &stack.lookup, &stack.gw);
     let k = new_key();

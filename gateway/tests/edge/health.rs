@@ -78,7 +78,8 @@ async fn requests_keep_succeeding_while_a_server_dies() {
 #[tokio::test]
 async fn retry_on_connection_refused() {
     let live = TestUpstream::start("live");
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead_port = dead_port();
+    let dead = format!("127.0.0.1:{}", dead_port.port);
     let cfg = format!(
         "[[upstreams]]\nname = \"u\"\nservers = [\"{dead}\", \"{}\"]\nmax_tries = 2\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
         live.addr
@@ -97,8 +98,9 @@ async fn error_answers_502_503_504() {
     slow.behaviour.delay_ms.store(5000, Ordering::SeqCst);
     let sick = TestUpstream::start("sick");
     sick.behaviour.health_status.store(500, Ordering::SeqCst);
-    let dead1 = format!("127.0.0.1:{}", free_port());
-    let dead2 = format!("127.0.0.1:{}", free_port());
+    let (d1, d2) = (dead_port(), dead_port());
+    let dead1 = format!("127.0.0.1:{}", d1.port);
+    let dead2 = format!("127.0.0.1:{}", d2.port);
     let cfg = format!(
         r#"{}{}[[upstreams]]
 name = "dead"

@@ -135,6 +135,27 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A loopback port where nothing listens, held for as long as the value lives: bound but not
+/// listening, so connections to it are refused, and no other test's listener can be given it. A port
+/// from [`free_port`] used as a dead address could be: the Sentry test's receiver once got the dead
+/// policy-lookup port of a plans test, and that gateway's lookups among its envelopes (a CI failure).
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn dead_port() -> DeadPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    DeadPort {
+        _socket: socket,
+        port,
+    }
+}
+
 /// What a test upstream does.
 #[derive(Default)]
 pub struct Behaviour {

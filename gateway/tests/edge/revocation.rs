@@ -99,7 +99,8 @@ async fn a_revoked_jti_is_refused() {
 #[tokio::test]
 async fn redis_down_follows_on_store_error() {
     let up = TestUpstream::start("u");
-    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let dead_port = dead_port();
+    let dead = format!("redis://127.0.0.1:{}", dead_port.port);
     let gw =
         Gateway::start_with_env(&config(&up), &[("GW_SECRET", SECRET), ("GW_REDIS", &dead)]).await;
     let auth = Token::new(SECRET, "acme").user("u-1").bearer();
