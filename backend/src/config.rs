@@ -71,6 +71,90 @@ pub struct Config {
     /// listeners close and in-flight requests finish (`SHUTDOWN_DRAIN_SECS`, default 0; the compose
     /// stack sets it above the gateway's DNS refresh and health-check interval).
     pub shutdown_drain: Duration,
+    /// OAuth2: token lifetimes, key rotation, token-endpoint limits.
+    pub oauth: OAuthConfig,
+}
+
+/// OAuth2 settings (all optional).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    /// Access-token lifetime (`OAUTH_ACCESS_TOKEN_TTL_SECS`, default 600, at most 900).
+    pub access_ttl: Duration,
+    /// Refresh-token lifetime (`OAUTH_REFRESH_TOKEN_TTL_SECS`, default 30 days).
+    pub refresh_ttl: Duration,
+    /// How long a rotated-in key is published before it signs (`OAUTH_KEY_PUBLISH_AHEAD_SECS`, default
+    /// 600: longer than the gateways' JWKS refresh, 300 s by default).
+    pub key_publish_ahead: Duration,
+    /// Token-endpoint requests per client address and minute (`OAUTH_TOKEN_RATE_PER_IP`, default 60).
+    pub token_rate_per_ip: u32,
+    /// Token-endpoint requests per client and minute (`OAUTH_TOKEN_RATE_PER_CLIENT`, default 120).
+    pub token_rate_per_client: u32,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> OAuthConfig {
+        OAuthConfig {
+            access_ttl: Duration::from_secs(600),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            key_publish_ahead: Duration::from_secs(600),
+            token_rate_per_ip: 60,
+            token_rate_per_client: 120,
+        }
+    }
+}
+
+/// [`OAuthConfig`] through `get`.
+pub fn oauth_from_env_with(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<OAuthConfig, ConfigError> {
+    let d = OAuthConfig::default();
+    let num = |var: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| match get(var)
+        .filter(|v| !v.is_empty())
+    {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                err(
+                    var,
+                    format!(
+                        "must be a whole number from {} to {}, not `{v}`",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+    };
+    Ok(OAuthConfig {
+        access_ttl: Duration::from_secs(num(
+            "OAUTH_ACCESS_TOKEN_TTL_SECS",
+            d.access_ttl.as_secs(),
+            1..=crate::oauth::MAX_ACCESS_TTL_SECS,
+        )?),
+        refresh_ttl: Duration::from_secs(num(
+            "OAUTH_REFRESH_TOKEN_TTL_SECS",
+            d.refresh_ttl.as_secs(),
+            60..=365 * 24 * 3600,
+        )?),
+        key_publish_ahead: Duration::from_secs(num(
+            "OAUTH_KEY_PUBLISH_AHEAD_SECS",
+            d.key_publish_ahead.as_secs(),
+            0..=7 * 24 * 3600,
+        )?),
+        token_rate_per_ip: num(
+            "OAUTH_TOKEN_RATE_PER_IP",
+            u64::from(d.token_rate_per_ip),
+            1..=1_000_000,
+        )? as u32,
+        token_rate_per_client: num(
+            "OAUTH_TOKEN_RATE_PER_CLIENT",
+            u64::from(d.token_rate_per_client),
+            1..=1_000_000,
+        )? as u32,
+    })
 }
 
 /// `TENANT_BASE_DOMAINS` unless set.
@@ -320,6 +404,7 @@ pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Config, Con
                     )
                 })?,
         },
+        oauth: oauth_from_env_with(&get)?,
     })
 }
 

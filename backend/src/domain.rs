@@ -1,5 +1,8 @@
 //! Values parsed once at the edge of the service.
 
+/// The scopes an integration may be granted: API keys and OAuth clients alike.
+pub const SCOPES: &[&str] = &["files:read", "files:write", "users:read"];
+
 /// A plausible email address (the mailbox is proven by use, not by regex).
 pub fn is_email(s: &str) -> bool {
     let Some((local, domain)) = s.rsplit_once('@') else {

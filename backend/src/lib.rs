@@ -12,6 +12,7 @@ pub mod domain;
 pub mod fuzz;
 pub mod http;
 pub mod metrics;
+pub mod oauth;
 pub mod otel;
 pub mod plans;
 pub mod report;

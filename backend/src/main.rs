@@ -40,6 +40,27 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The OAuth token-signing keys (shared by every replica through the database).
+    OauthKey {
+        #[command(subcommand)]
+        command: OauthKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OauthKeyCommand {
+    /// Every key: kid, when it signs from, whether it is retired.
+    List,
+    /// Add a key: published at once, signing after --publish-ahead seconds (default
+    /// OAUTH_KEY_PUBLISH_AHEAD_SECS, else 600: longer than the gateways' JWKS refresh). The key it
+    /// replaces stays published until its last token has expired.
+    Rotate {
+        #[arg(long)]
+        publish_ahead: Option<u64>,
+    },
+    /// Remove a (compromised) key at once: its tokens are refused from the next key-set reload here
+    /// and the next JWKS refresh at the edge.
+    Retire { kid: String },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +214,48 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .await
                 .context("creating the tenant")?;
             println!("{}", serde_json::to_string(&t)?);
+        }
+        Command::OauthKey { command } => {
+            let pool = db::connect_patient(&config.database_url, config.db_slow_query).await?;
+            match command {
+                OauthKeyCommand::List => {
+                    for k in db::oauth::all_keys(&pool).await? {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "kid": k.kid,
+                                "signs_from": k.signs_from.unix_timestamp(),
+                                "retired_at": k.retired_at.map(|t| t.unix_timestamp()),
+                            })
+                        );
+                    }
+                }
+                OauthKeyCommand::Rotate { publish_ahead } => {
+                    let ahead = match publish_ahead {
+                        Some(s) => std::time::Duration::from_secs(s),
+                        None => {
+                            config::oauth_from_env_with(|k| std::env::var(k).ok())
+                                .map_err(|e| anyhow::anyhow!("{e}"))?
+                                .key_publish_ahead
+                        }
+                    };
+                    let from = time::OffsetDateTime::now_utc() + ahead;
+                    let kid = db::oauth::insert_key(&pool, backend::oauth::keys::generate, from)
+                        .await
+                        .context("adding the key")?;
+                    println!(
+                        "{}",
+                        serde_json::json!({ "kid": kid, "signs_from": from.unix_timestamp() })
+                    );
+                }
+                OauthKeyCommand::Retire { kid } => {
+                    anyhow::ensure!(
+                        db::oauth::retire_key(&pool, &kid).await?,
+                        "no live key `{kid}`"
+                    );
+                    println!("{}", serde_json::json!({ "retired": kid }));
+                }
+            }
         }
         Command::User {
             command:

@@ -33,6 +33,9 @@ pub struct AppState {
     /// Set at SIGTERM: `/readyz` answers 503 (health checks take this replica out) while requests are
     /// still served for `Config::shutdown_drain`.
     pub draining: std::sync::atomic::AtomicBool,
+    /// OAuth2 settings and the token-signing keys.
+    pub oauth: crate::config::OAuthConfig,
+    pub oauth_keys: crate::oauth::keys::KeyRing,
 }
 
 /// Why the service could not start.
@@ -79,6 +82,10 @@ impl AppState {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             fault_panic_path: config.fault_panic_path.clone(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            oauth: config.oauth.clone(),
+            oauth_keys: crate::oauth::keys::KeyRing::new(Duration::from_secs(
+                crate::oauth::MAX_ACCESS_TTL_SECS,
+            )),
         }))
     }
 }

@@ -107,6 +107,7 @@ async fn postgres_down_gives_503_then_recovers() {
         default_plan: "free".into(),
         usage_flush: std::time::Duration::from_secs(5),
         shutdown_drain: std::time::Duration::ZERO,
+        oauth: Default::default(),
         db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     let state = AppState::new(&config).await.expect("state");

@@ -155,6 +155,10 @@ pub mod headers {
     pub const USER_ROLE: &str = "x-user-role";
     /// Every identity header: never taken from a client.
     pub const IDENTITY: [&str; 4] = [USER_ID, TENANT_ID, USER_EMAIL, USER_ROLE];
+    /// The OAuth client acting (a verified OAuth access token's `client_id`), and the scopes it was
+    /// granted (space-separated). Under `x-auth-`: every such header from a client is stripped.
+    pub const OAUTH_CLIENT_ID: &str = "x-auth-client-id";
+    pub const OAUTH_SCOPE: &str = "x-auth-scope";
     /// The client's address as the gateway saw it (believed only from trusted gateways).
     pub const CLIENT_IP: &str = "x-aggios-client-ip";
     /// The request id, kept end to end.

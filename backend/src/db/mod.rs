@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod oauth;
 pub mod plans;
 pub mod primary;
 pub mod refresh_tokens;

@@ -168,6 +168,9 @@ fn presented_api_key(ctx: &Ctx) -> Option<&str> {
 /// gateway decided.
 pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
     let Some(key) = presented_api_key(ctx) else {
+        if let Some(token) = oauth_token(ctx) {
+            return oauth_caller(ctx, token, scope).await;
+        }
         return principal(ctx).await;
     };
     let invalid = || ApiError::Unauthorized("invalid_api_key", "the API key is not valid".into());
@@ -216,6 +219,83 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
         role: "api_key".into(),
         jti: String::new(),
         exp: 0,
+    })
+}
+
+/// The presented bearer token when it is an OAuth access token (signed with `EdDSA`, the OAuth keys'
+/// algorithm; the platform's own tokens are HS256).
+fn oauth_token(ctx: &Ctx) -> Option<&str> {
+    let h = ctx
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let token = h
+        .strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))?
+        .trim();
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    (header.alg == jsonwebtoken::Algorithm::EdDSA).then_some(token)
+}
+
+/// The caller of an OAuth access token, verified here again whatever the gateway decided: signature
+/// with a published key, expiry, the denylist, the tenant active, the client still registered and
+/// enabled, the consenting user still active, and `scope` granted.
+async fn oauth_caller(ctx: &Ctx, token: &str, scope: &str) -> Result<Principal, ApiError> {
+    let invalid = || ApiError::Unauthorized("invalid_token", "the access token is invalid".into());
+    let claims = ctx
+        .state
+        .oauth_keys
+        .verify(&ctx.state.db.primary, token)
+        .await?
+        .ok_or_else(invalid)?;
+    let mut redis = ctx.state.redis().await?;
+    let (revoked, not_before): (bool, Option<u64>) = redis::pipe()
+        .exists(denylist_key(&claims.jti))
+        .get(user_not_before_key(&claims.sub))
+        .query_async(&mut redis)
+        .await?;
+    if revoked || not_before.is_some_and(|nbf| claims.iat <= nbf) {
+        return Err(ApiError::Unauthorized(
+            "token_revoked",
+            "the access token was revoked".into(),
+        ));
+    }
+    let tenant = tenants::by_subdomain(ctx.state.db.fresh_pool().0, &claims.tenant_id)
+        .await?
+        .filter(|t| t.is_active)
+        .ok_or_else(invalid)?;
+    if tenant.suspended_at.is_some() {
+        return Err(ApiError::TenantSuspended);
+    }
+    let mut tx = ctx.state.db.tenant_tx_fresh(tenant.id).await?;
+    let client = crate::db::oauth::client_by_client_id(&mut tx, &claims.client_id)
+        .await?
+        .filter(|c| c.disabled_at.is_none())
+        .ok_or_else(invalid)?;
+    let user_id = if claims.sub == claims.client_id {
+        client.id
+    } else {
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| invalid())?;
+        crate::db::users::get(&mut tx, id)
+            .await?
+            .filter(|u| u.is_active)
+            .ok_or_else(invalid)?;
+        id
+    };
+    tx.commit().await?;
+    if !claims.scopes().any(|s| s == scope) {
+        return Err(ApiError::Forbidden(format!(
+            "the access token lacks the `{scope}` scope"
+        )));
+    }
+    Ok(Principal {
+        user_id,
+        email: String::new(),
+        tenant,
+        role: "oauth".into(),
+        jti: claims.jti,
+        exp: claims.exp,
     })
 }
 

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod hashing;
 pub mod routes;
 
 use std::net::SocketAddr;

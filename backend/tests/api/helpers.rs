@@ -80,22 +80,51 @@ impl TestApp {
 
     /// Also with a read replica URL (`DATABASE_READ_URL`).
     pub async fn spawn_with(storage: Option<StorageConfig>, read_url: Option<String>) -> TestApp {
-        Self::spawn_full(storage, read_url, redis_url(), None, None).await
+        Self::spawn_full(
+            storage,
+            read_url,
+            redis_url(),
+            None,
+            None,
+            Default::default(),
+        )
+        .await
+    }
+
+    /// With these OAuth settings (token lifetimes, token-endpoint limits).
+    pub async fn spawn_with_oauth(oauth: backend::config::OAuthConfig) -> TestApp {
+        Self::spawn_full(None, None, redis_url(), None, None, oauth).await
     }
 
     /// With fault injection: a request for exactly `path` panics in its handler.
     pub async fn spawn_with_fault(path: &str) -> TestApp {
-        Self::spawn_full(None, None, redis_url(), Some(path.to_string()), None).await
+        Self::spawn_full(
+            None,
+            None,
+            redis_url(),
+            Some(path.to_string()),
+            None,
+            Default::default(),
+        )
+        .await
     }
 
     /// With Redis at `redis` (e.g. a closed port, to test an outage).
     pub async fn spawn_with_redis(redis: String) -> TestApp {
-        Self::spawn_full(None, None, redis, None, None).await
+        Self::spawn_full(None, None, redis, None, None, Default::default()).await
     }
 
     /// With the slow-statement log at `threshold` (`DB_SLOW_QUERY_MS`).
     pub async fn spawn_with_slow_query_log(threshold: std::time::Duration) -> TestApp {
-        Self::spawn_full(None, None, redis_url(), None, Some(threshold)).await
+        Self::spawn_full(
+            None,
+            None,
+            redis_url(),
+            None,
+            Some(threshold),
+            Default::default(),
+        )
+        .await
     }
 
     async fn spawn_full(
@@ -104,6 +133,7 @@ impl TestApp {
         redis: String,
         fault_panic_path: Option<String>,
         db_slow_query: Option<std::time::Duration>,
+        oauth: backend::config::OAuthConfig,
     ) -> TestApp {
         let files_dir = tempfile::tempdir().expect("tempdir");
         let db_name = format!("aggios_t_{}", uuid::Uuid::new_v4().simple());
@@ -147,6 +177,7 @@ impl TestApp {
             default_plan: "free".into(),
             usage_flush: std::time::Duration::from_secs(5),
             shutdown_drain: std::time::Duration::ZERO,
+            oauth,
             db_slow_query: db_slow_query.unwrap_or(std::time::Duration::from_millis(
                 backend::config::DEFAULT_DB_SLOW_QUERY_MS,
             )),
@@ -291,6 +322,26 @@ impl TestApp {
         content_type: &str,
         body: Bytes,
     ) -> (u16, Bytes, http::HeaderMap) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| ("authorization", a))
+            .into_iter()
+            .collect();
+        self.call_with(method, path, host, &headers, content_type, body)
+            .await
+    }
+
+    /// Sends raw bytes with `content_type` and these extra header fields.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        content_type: &str,
+        body: Bytes,
+    ) -> (u16, Bytes, http::HeaderMap) {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .expect("connect");
@@ -307,8 +358,8 @@ impl TestApp {
         if !content_type.is_empty() {
             req = req.header("content-type", content_type);
         }
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let resp = sender
             .send_request(req.body(Full::new(body)).expect("request"))

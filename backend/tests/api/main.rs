@@ -6,6 +6,7 @@ mod e2e;
 mod files;
 mod helpers;
 mod keys;
+mod oauth;
 mod otel;
 mod plans;
 mod reports;

@@ -223,6 +223,7 @@ async fn a_role_that_bypasses_rls_is_refused_at_start() {
         default_plan: "free".into(),
         usage_flush: std::time::Duration::from_secs(5),
         shutdown_drain: std::time::Duration::ZERO,
+        oauth: Default::default(),
         db_slow_query: std::time::Duration::from_millis(backend::config::DEFAULT_DB_SLOW_QUERY_MS),
     };
     match backend::state::AppState::new(&config).await {

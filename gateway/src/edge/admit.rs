@@ -250,6 +250,7 @@ impl Gateway {
             let identity = Self::authenticate(
                 rt,
                 route.spec.auth,
+                &route.spec.scopes,
                 req.headers.get(http::header::AUTHORIZATION),
                 ctx.request.tenant.as_deref(),
             )

@@ -350,6 +350,20 @@ pub fn set_identity(
                 None => seen.remove(req, f),
             }
         }
+        // Which integration acts, and with what grant (client-sent `X-Auth-*` were removed above).
+        if let Some(client) = id.client_id.as_deref() {
+            for (name, value) in [
+                (contracts::headers::OAUTH_CLIENT_ID, client),
+                (
+                    contracts::headers::OAUTH_SCOPE,
+                    id.scope.as_deref().unwrap_or_default(),
+                ),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    let _ = req.insert_header(name, v);
+                }
+            }
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use crate::db::{self, api_keys};
 use crate::http::auth::admin;
 use crate::http::{json, read_json, ApiError, ApiResult, Ctx};
 
-/// Scopes a key may carry.
-pub const SCOPES: &[&str] = &["files:read", "files:write", "users:read"];
+/// Scopes a key may carry (the same as an OAuth client's).
+pub use crate::domain::SCOPES;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,11 +7,10 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::auth::{dummy_hash, new_refresh_token, token_hash, verify_password};
+use crate::auth::{dummy_hash, new_refresh_token, token_hash};
 use crate::db::{self, audit, refresh_tokens, tenants, users};
 use crate::http::auth::{denylist_key, principal};
 use crate::http::{json, read_json, ApiError, ApiResult, Ctx};
-use crate::metrics::metrics;
 
 /// Failed logins allowed per account (tenant + email) in [`THROTTLE_WINDOW_SECS`].
 pub const MAX_FAILURES_PER_ACCOUNT: i64 = 5;
@@ -36,7 +35,7 @@ struct LogoutBody {
 }
 
 /// The tenant named by the host the gateway forwarded.
-async fn host_tenant(ctx: &Ctx) -> Result<tenants::Tenant, ApiError> {
+pub(crate) async fn host_tenant(ctx: &Ctx) -> Result<tenants::Tenant, ApiError> {
     let host = ctx
         .forwarded_host()
         .ok_or_else(|| ApiError::BadRequest("missing_host", "no forwarded host".into()))?;
@@ -95,6 +94,34 @@ pub async fn login(ctx: &Ctx, body: Incoming) -> ApiResult {
         return Err(ApiError::Validation(invalid));
     }
     let tenant = host_tenant(ctx).await?;
+    let user = sign_in(ctx, &tenant, &email, b.password).await?;
+    let mut tx = db::tenant_tx(&ctx.state.db.primary, tenant.id).await?;
+    let pair = issue_pair(ctx, &mut tx, &user, &tenant, Uuid::new_v4()).await?;
+    audit::record(
+        &mut tx,
+        &audit::Entry {
+            tenant_id: tenant.id,
+            user_id: Some(user.id),
+            action: "login",
+            target: None,
+            ip: Some(&ctx.client_ip()),
+            request_id: &ctx.request_id,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, &pair))
+}
+
+/// A user of `tenant` proven by email and password, throttled per account and per client address
+/// (failures counted, attempts beyond the limits refused with 429): the login, and the OAuth consent
+/// page's sign-in. A failure is audited; 401 `invalid_credentials`.
+pub async fn sign_in(
+    ctx: &Ctx,
+    tenant: &tenants::Tenant,
+    email: &str,
+    password: String,
+) -> Result<users::User, ApiError> {
     let ip = ctx.client_ip();
     let acct_key = format!("aggios:login_fail:acct:{}:{email}", tenant.id);
     let ip_key = format!("aggios:login_fail:ip:{ip}");
@@ -131,7 +158,7 @@ pub async fn login(ctx: &Ctx, body: Incoming) -> ApiResult {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let outcome = verify_login(ctx, &tenant, &email, b.password, &ip).await;
+    let outcome = check_credentials(ctx, tenant, email, password, &ip).await;
     let mut pipe = redis::pipe();
     pipe.decr(&acct_busy, 1).ignore().decr(&ip_busy, 1).ignore();
     match &outcome {
@@ -175,14 +202,14 @@ const INFLIGHT_TTL_MS: u64 = 30_000;
 /// How long an attempt waits for a slot before 429.
 const ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The password check of an admitted attempt: 200 with a token pair, or 401 (audited).
-async fn verify_login(
+/// The password check of an admitted attempt: the active user, or 401 (audited).
+async fn check_credentials(
     ctx: &Ctx,
     tenant: &tenants::Tenant,
     email: &str,
     password: String,
     ip: &str,
-) -> ApiResult {
+) -> Result<users::User, ApiError> {
     // Read the user in a short transaction: no pooled connection is held during the (slow, CPU-bound)
     // hash verification, so a burst of logins cannot starve every other request of connections.
     let mut tx = db::tenant_tx(&ctx.state.db.primary, tenant.id).await?;
@@ -192,23 +219,12 @@ async fn verify_login(
     let phc = user
         .as_ref()
         .map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
-    let permit = ctx
-        .state
-        .hashing
-        .acquire()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let started = std::time::Instant::now();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-        .await
-        .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?;
-    drop(permit);
-    metrics().argon2.observe(started.elapsed().as_secs_f64());
-    let mut tx = db::tenant_tx(&ctx.state.db.primary, tenant.id).await?;
-    let user = match user {
-        Some(u) if ok && u.is_active => u,
+    let ok = crate::http::hashing::verify(ctx, password, phc).await?;
+    match user {
+        Some(u) if ok && u.is_active => Ok(u),
         _ => {
             // Counted by the caller.
+            let mut tx = db::tenant_tx(&ctx.state.db.primary, tenant.id).await?;
             audit::record(
                 &mut tx,
                 &audit::Entry {
@@ -222,27 +238,12 @@ async fn verify_login(
             )
             .await?;
             tx.commit().await?;
-            return Err(ApiError::Unauthorized(
+            Err(ApiError::Unauthorized(
                 "invalid_credentials",
                 "invalid email or password".into(),
-            ));
+            ))
         }
-    };
-    let pair = issue_pair(ctx, &mut tx, &user, tenant, Uuid::new_v4()).await?;
-    audit::record(
-        &mut tx,
-        &audit::Entry {
-            tenant_id: tenant.id,
-            user_id: Some(user.id),
-            action: "login",
-            target: None,
-            ip: Some(ip),
-            request_id: &ctx.request_id,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(json(StatusCode::OK, &pair))
+    }
 }
 
 pub async fn refresh(ctx: &Ctx, body: Incoming) -> ApiResult {

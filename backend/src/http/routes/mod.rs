@@ -4,6 +4,8 @@ pub mod api_keys;
 pub mod auth;
 pub mod files;
 pub mod health;
+pub mod oauth;
+pub mod oauth_clients;
 pub mod plans;
 pub mod tenants;
 pub mod users;
@@ -38,6 +40,17 @@ pub enum Endpoint {
     TenantPlan,
     TenantSuspend,
     TenantResume,
+    OAuthMetadata,
+    Jwks,
+    OAuthToken,
+    OAuthAuthorize,
+    OAuthRevoke,
+    OAuthIntrospect,
+    OAuthClients,
+    OAuthClient,
+    OAuthClientSecret,
+    OAuthConsents,
+    OAuthConsent,
     InternalTenantDomains,
     InternalApiKeys,
     InternalTenantPolicy,
@@ -75,6 +88,17 @@ impl Endpoint {
             (false, ["api", "tenants", _, "plan"]) => TenantPlan,
             (false, ["api", "tenants", _, "suspend"]) => TenantSuspend,
             (false, ["api", "tenants", _, "resume"]) => TenantResume,
+            (false, [".well-known", "oauth-authorization-server"]) => OAuthMetadata,
+            (false, [".well-known", "jwks.json"]) => Jwks,
+            (false, ["oauth", "token"]) => OAuthToken,
+            (false, ["oauth", "authorize"]) => OAuthAuthorize,
+            (false, ["oauth", "revoke"]) => OAuthRevoke,
+            (false, ["oauth", "introspect"]) => OAuthIntrospect,
+            (false, ["api", "oauth", "clients"]) => OAuthClients,
+            (false, ["api", "oauth", "clients", _]) => OAuthClient,
+            (false, ["api", "oauth", "clients", _, "secret"]) => OAuthClientSecret,
+            (false, ["api", "oauth", "consents"]) => OAuthConsents,
+            (false, ["api", "oauth", "consents", _]) => OAuthConsent,
             (false, _) => Other,
         }
     }
@@ -104,6 +128,17 @@ impl Endpoint {
             TenantPlan => "tenant_plan",
             TenantSuspend => "tenant_suspend",
             TenantResume => "tenant_resume",
+            OAuthMetadata => "oauth_metadata",
+            Jwks => "jwks",
+            OAuthToken => "oauth_token",
+            OAuthAuthorize => "oauth_authorize",
+            OAuthRevoke => "oauth_revoke",
+            OAuthIntrospect => "oauth_introspect",
+            OAuthClients => "oauth_clients",
+            OAuthClient => "oauth_client",
+            OAuthClientSecret => "oauth_client_secret",
+            OAuthConsents => "oauth_consents",
+            OAuthConsent => "oauth_consent",
             InternalTenantDomains => "internal_tenant_domains",
             InternalApiKeys => "internal_api_keys",
             InternalTenantPolicy => "internal_tenant_policy",
@@ -128,6 +163,8 @@ pub async fn dispatch(
     use Endpoint as E;
     // The third segment of `…/{id}`, `…/{host}` and `…/{prefix}` endpoints.
     let third = segs.get(2).copied().unwrap_or_default();
+    // The fourth of `/api/oauth/{resource}/{id}…`.
+    let fourth = segs.get(3).copied().unwrap_or_default();
     match (ep, &ctx.method) {
         (E::Healthz, &Method::GET) => health::healthz(ctx).await,
         (E::Readyz, &Method::GET) => health::readyz(ctx).await,
@@ -158,6 +195,20 @@ pub async fn dispatch(
         (E::TenantPlan, &Method::PUT) => plans::set_tenant_plan(ctx, third, body).await,
         (E::TenantSuspend, &Method::POST) => plans::set_suspended(ctx, third, true).await,
         (E::TenantResume, &Method::POST) => plans::set_suspended(ctx, third, false).await,
+        (E::OAuthMetadata, &Method::GET) => oauth::metadata(ctx).await,
+        (E::Jwks, &Method::GET) => oauth::jwks(ctx).await,
+        (E::OAuthToken, &Method::POST) => oauth::token(ctx, body).await,
+        (E::OAuthAuthorize, &Method::GET) => oauth::authorize_page(ctx).await,
+        (E::OAuthAuthorize, &Method::POST) => oauth::authorize_decision(ctx, body).await,
+        (E::OAuthRevoke, &Method::POST) => oauth::revoke(ctx, body).await,
+        (E::OAuthIntrospect, &Method::POST) => oauth::introspect(ctx, body).await,
+        (E::OAuthClients, &Method::GET) => oauth_clients::list(ctx).await,
+        (E::OAuthClients, &Method::POST) => oauth_clients::create(ctx, body).await,
+        (E::OAuthClient, &Method::PATCH) => oauth_clients::update(ctx, fourth, body).await,
+        (E::OAuthClient, &Method::DELETE) => oauth_clients::delete(ctx, fourth).await,
+        (E::OAuthClientSecret, &Method::POST) => oauth_clients::rotate_secret(ctx, fourth).await,
+        (E::OAuthConsents, &Method::GET) => oauth_clients::consents(ctx).await,
+        (E::OAuthConsent, &Method::DELETE) => oauth_clients::revoke_consent(ctx, fourth).await,
         (E::InternalTenantDomains, &Method::GET) => tenants::domain_allowed(ctx, third).await,
         (E::InternalTenantPolicy, &Method::GET) => plans::internal_policy(ctx, third).await,
         (E::InternalApiKeys, &Method::GET) => api_keys::lookup(ctx, third).await,
@@ -180,6 +231,9 @@ fn under_a_resource(segs: &[&str]) -> bool {
             | ["api", "api-keys", ..]
             | ["api", "plans", ..]
             | ["api", "tenants", ..]
+            | ["api", "oauth", ..]
+            | ["oauth", ..]
+            | [".well-known", ..]
     )
 }
 

@@ -247,10 +247,11 @@ pub(super) fn validate_route(
     }
     let mut scopes = Vec::new();
     for sc in r.scopes.iter().flatten() {
-        if !needs_keys {
+        // Scopes bind API keys and OAuth access tokens; a route without credentials has none to check.
+        if auth == AuthPolicy::None {
             diags.push(Diagnostic::at(
                 sc,
-                "scopes apply to API keys: set auth = \"api_key\" or \"jwt_or_api_key\"",
+                "scopes need credentials that carry them: set auth = \"api_key\", \"jwt_or_api_key\", \"jwt\" or \"jwt_tenant\" (OAuth access tokens)",
             ));
         }
         scopes.push(sc.get_ref().clone());

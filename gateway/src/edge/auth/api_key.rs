@@ -243,6 +243,8 @@ pub fn check(presented: &str, rec: &KeyRecord) -> Result<Identity, AuthError> {
         role: Some("api_key".to_string()),
         jti: None,
         iat: None,
+        client_id: None,
+        scope: None,
     })
 }
 

@@ -91,8 +91,16 @@ struct JoseHeader {
 struct Claims {
     #[serde(default)]
     user_id: Option<String>,
+    /// The subject: the user when `user_id` is absent (OAuth access tokens carry both).
+    #[serde(default, deserialize_with = "string_or_none")]
+    sub: Option<String>,
     #[serde(default)]
     tenant_id: Option<String>,
+    /// An OAuth access token's client, and the scopes granted to it.
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
     #[serde(default, deserialize_with = "string_or_none")]
     email: Option<String>,
     #[serde(default, deserialize_with = "string_or_none")]
@@ -259,12 +267,16 @@ impl JwtVerifier {
         };
         let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
         Ok(Identity {
-            user_id: nonempty(c.user_id).ok_or(AuthError::InvalidClaims)?,
+            user_id: nonempty(c.user_id)
+                .or_else(|| nonempty(c.sub))
+                .ok_or(AuthError::InvalidClaims)?,
             tenant: nonempty(tenant).ok_or(AuthError::InvalidClaims)?,
             email: nonempty(c.email),
             role: nonempty(c.role),
             jti: nonempty(c.jti),
             iat: c.iat,
+            client_id: nonempty(c.client_id),
+            scope: c.scope,
         })
     }
 }
@@ -369,6 +381,39 @@ mod tests {
         assert_eq!(id.role.as_deref(), Some(c.role.as_str()));
         assert_eq!(id.jti.as_deref(), Some(c.jti.as_str()));
         assert_eq!(id.iat, Some(c.iat));
+    }
+
+    /// An OAuth access token (the backend's authorization server): `sub` instead of `user_id`, and the
+    /// client and scopes it was granted, which a route's `scopes` then bind.
+    #[test]
+    fn oauth_tokens_carry_their_client_and_scopes_and_routes_bind_them() {
+        let v = verifier(vec![JwtKey {
+            kid: None,
+            secret: K1.to_vec(),
+        }]);
+        let mut c = good();
+        let m = c.as_object_mut().expect("obj");
+        m.remove("user_id");
+        m.insert("sub".into(), json!("3f1c0000-0000-0000-0000-000000000001"));
+        m.insert("client_id".into(), json!("oc_abc"));
+        m.insert("scope".into(), json!("files:read users:read"));
+        let id = v.verify(&sign(None, K1, c)).expect("verified");
+        assert_eq!(id.user_id, "3f1c0000-0000-0000-0000-000000000001");
+        assert_eq!(id.client_id.as_deref(), Some("oc_abc"));
+        assert!(id.grants(&["files:read".into()]));
+        assert!(id.grants(&["files:read".into(), "users:read".into()]));
+        assert!(!id.grants(&["files:write".into()]));
+        assert!(!id.grants(&["files".into()]), "whole scopes only");
+        // The platform's own user token is not limited by scopes.
+        let user = v.verify(&sign(None, K1, good())).expect("verified");
+        assert_eq!(user.client_id, None);
+        assert!(user.grants(&["files:write".into()]));
+        // A client token without any scope grants nothing scoped.
+        let mut c = good();
+        c["client_id"] = json!("oc_abc");
+        let bare = v.verify(&sign(None, K1, c)).expect("verified");
+        assert!(!bare.grants(&["files:read".into()]));
+        assert!(bare.grants(&[]));
     }
 
     #[test]
@@ -666,6 +711,8 @@ mod tests {
             role: None,
             jti: None,
             iat: None,
+            client_id: None,
+            scope: None,
         };
         assert_eq!(
             bind_tenant(AuthPolicy::JwtTenant, &id, Some("acme")),

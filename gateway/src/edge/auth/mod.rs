@@ -23,6 +23,25 @@ pub struct Identity {
     pub jti: Option<String>,
     /// `iat`: compared with the user's "tokens issued before" marker (see `revocation`).
     pub iat: Option<u64>,
+    /// An OAuth access token's client (`client_id`): the integration acting, for the user `user_id`
+    /// (or for itself, with client credentials). `None` for the platform's own user tokens.
+    pub client_id: Option<String>,
+    /// An OAuth access token's granted scopes (`scope`, space-separated).
+    pub scope: Option<String>,
+}
+
+impl Identity {
+    /// Whether this identity may use a route that requires `scopes`: an OAuth token only with every
+    /// one of them granted; a user's own token (no client) is not limited by scopes.
+    pub fn grants(&self, scopes: &[String]) -> bool {
+        match (&self.client_id, &self.scope) {
+            (None, _) => true,
+            (Some(_), granted) => {
+                let granted = granted.as_deref().unwrap_or_default();
+                scopes.iter().all(|s| granted.split(' ').any(|g| g == s))
+            }
+        }
+    }
 }
 
 /// Why a request was refused. Each reason is a bounded metric label and the JSON `code`.
@@ -56,7 +75,7 @@ pub enum AuthError {
     InvalidApiKey,
     #[error("the API key has expired")]
     ApiKeyExpired,
-    #[error("the API key lacks a scope this route requires")]
+    #[error("the API key or token lacks a scope this route requires")]
     InsufficientScope,
 }
 

@@ -9,6 +9,7 @@ impl Gateway {
     pub(in crate::edge) fn authenticate(
         rt: &Snapshot,
         policy: AuthPolicy,
+        scopes: &[String],
         header: Option<&http::HeaderValue>,
         host_tenant: Option<&str>,
     ) -> std::result::Result<auth::Identity, auth::AuthError> {
@@ -17,6 +18,11 @@ impl Gateway {
         let verifier = rt.jwt.as_ref().ok_or(auth::AuthError::MissingToken)?;
         let identity = verifier.verify(token)?;
         auth::bind_tenant(policy, &identity, host_tenant)?;
+        // An OAuth token carries the scopes its user (or tenant admin) granted: the route's must be
+        // among them, as for API keys.
+        if !identity.grants(scopes) {
+            return Err(auth::AuthError::InsufficientScope);
+        }
         Ok(identity)
     }
 
