@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-struct GatewayProcess {
+pub(crate) struct GatewayProcess {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
@@ -69,6 +69,17 @@ async fn start_gateway(
     backend: std::net::SocketAddr,
     internal: std::net::SocketAddr,
 ) -> GatewayProcess {
+    start_gateway_with(backend, internal, "", "").await
+}
+
+/// The gateway in front of `backend`, with `jwt_extra` in `[auth.jwt]` and `routes` before the
+/// standard ones.
+pub(crate) async fn start_gateway_with(
+    backend: std::net::SocketAddr,
+    internal: std::net::SocketAddr,
+    jwt_extra: &str,
+    routes: &str,
+) -> GatewayProcess {
     let port = free_port();
     let admin = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,6 +100,7 @@ trusted_proxies = ["127.0.0.1/32"]
 
 [auth.jwt]
 secret_env = "E2E_JWT_SECRET"
+{jwt_extra}
 
 [auth.api_keys]
 lookup_url = "http://{internal}/internal/api-keys/{{prefix}}"
@@ -103,6 +115,7 @@ revocation_cache = "100ms"
 name = "backend"
 servers = ["{backend}"]
 
+{routes}
 [[routes]]
 name = "login"
 hosts = ["*.aggios.app"]
@@ -160,7 +173,7 @@ upstream = "backend"
 }
 
 /// A request to the gateway as a browser would send it.
-async fn via_gateway(
+pub(crate) async fn via_gateway(
     gw: &GatewayProcess,
     method: &str,
     host: &str,
@@ -180,14 +193,6 @@ async fn via_gateway_with(
     headers: &[(&str, &str)],
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)
@@ -200,6 +205,42 @@ async fn via_gateway_with(
         req = req.header(*k, *v);
     }
     let body = body.map_or_else(bytes::Bytes::new, |b| bytes::Bytes::from(b.to_string()));
+    send_at_edge(gw, req, body).await
+}
+
+/// A form POST (`application/x-www-form-urlencoded`) through the gateway.
+pub(crate) async fn edge_form(
+    gw: &GatewayProcess,
+    host: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    send_at_edge(
+        gw,
+        http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", host)
+            .header("content-type", "application/x-www-form-urlencoded"),
+        bytes::Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// Sends `req` with `body` to the gateway on a new connection; the status and the JSON answered.
+async fn send_at_edge(
+    gw: &GatewayProcess,
+    req: http::request::Builder,
+    body: bytes::Bytes,
+) -> (u16, serde_json::Value) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
     let resp = sender
         .send_request(req.body(http_body_util::Full::new(body)).expect("request"))
         .await
@@ -216,7 +257,7 @@ async fn via_gateway_with(
 }
 
 /// `GET path` on `host` through the gateway with `token`.
-async fn get_at_edge(
+pub(crate) async fn get_at_edge(
     gw: &GatewayProcess,
     host: &str,
     path: &str,

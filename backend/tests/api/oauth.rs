@@ -1029,3 +1029,196 @@ async fn revocation_and_introspection() {
         (401, Some("invalid_client"))
     );
 }
+
+/// A third party's whole life at the edge, through the real gateway: its client-credentials token and
+/// a user's consented token reach a scoped route; the scope, the tenant binding and the revocations are
+/// enforced by the gateway (its own error codes: the backend never sees those requests); the signing
+/// key rotates with tokens of both keys accepted during the overlap, and the retired key's tokens are
+/// refused after it.
+#[tokio::test]
+async fn oauth_at_the_edge_scopes_tenants_revocation_and_key_rotation() {
+    use crate::e2e::*;
+    let app = TestApp::spawn().await;
+    let admin = admin_of(&app, "acme").await;
+    app.tenant("globex").await;
+    let acme: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE subdomain = 'acme'")
+        .fetch_one(&app.owner_pool)
+        .await
+        .expect("tenant");
+    app.user(acme, "ann@acme.test", "member").await;
+    let backend = app.addr;
+    let gw = start_gateway_with(
+        app.addr,
+        app.internal_addr,
+        &format!("jwks_url = \"http://{backend}/.well-known/jwks.json\"\njwks_refresh = \"1s\""),
+        r#"
+[[routes]]
+name = "oauth"
+hosts = ["*.aggios.app"]
+path_prefix = "/oauth"
+upstream = "backend"
+
+[[routes]]
+name = "files-write"
+hosts = ["*.aggios.app"]
+path_prefix = "/api/files/"
+methods = ["PUT", "DELETE"]
+auth = "jwt_tenant"
+scopes = ["files:write"]
+upstream = "backend"
+"#,
+    )
+    .await;
+    let (id, secret) = register(
+        &app,
+        HOST,
+        &admin,
+        json!({"name": "ERP", "grant_types": ["client_credentials", "authorization_code", "refresh_token"],
+               "scopes": ["files:read"], "redirect_uris": [REDIRECT]}),
+    )
+    .await;
+    let secret = secret.expect("secret");
+    let token_at_edge = || async {
+        let body = format!("grant_type=client_credentials&client_id={id}&client_secret={secret}");
+        let (status, t) = edge_form(&gw, HOST, "/oauth/token", &body).await;
+        assert_eq!(status, 200, "{t}");
+        t["access_token"].as_str().expect("token").to_string()
+    };
+    // The JWKS is fetched once a second: the first key may be new to the gateway.
+    let t1 = token_at_edge().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = get_at_edge(&gw, HOST, "/api/files", &t1).await;
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Refused at the edge: the scope (files:write not granted), the tenant.
+    let (status, body) = via_gateway(
+        &gw,
+        "PUT",
+        HOST,
+        "/api/files/a.txt",
+        Some(&t1),
+        Some(json!("x")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("insufficient_scope")),
+        "{body}"
+    );
+    let (status, body) = get_at_edge(&gw, "globex.aggios.app", "/api/files", &t1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tenant_mismatch")),
+        "{body}"
+    );
+
+    // Key rotation: the new key is published 8 s before it signs (the backend re-reads keys every 5 s,
+    // the gateway its JWKS every second).
+    let (h1, _) = jwt_parts(&t1);
+    let old_kid = h1["kid"].as_str().expect("kid").to_string();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backend"))
+            .args(args)
+            .env("DATABASE_URL", app_url(&app.db_name))
+            .output()
+            .expect("backend cli");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("json")
+    };
+    let new_kid = cli(&["oauth-key", "rotate", "--publish-ahead", "8"])["kid"]
+        .as_str()
+        .expect("kid")
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let t2 = loop {
+        let t = token_at_edge().await;
+        if jwt_parts(&t).0["kid"] == new_kid.as_str() {
+            break t;
+        }
+        // Until then, tokens of the old key.
+        assert_eq!(jwt_parts(&t).0["kid"], old_kid.as_str());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key never signed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    // The overlap: both accepted at once (the new key was published before its first token).
+    assert_eq!(get_at_edge(&gw, HOST, "/api/files", &t2).await.0, 200);
+    assert_eq!(get_at_edge(&gw, HOST, "/api/files", &t1).await.0, 200);
+    // The old key retired: its tokens are refused at the edge, the new key's are not.
+    cli(&["oauth-key", "retire", &old_kid]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // The backend (which reads the key set itself) may refuse it a moment before the gateway's next
+        // JWKS refresh: `invalid_token` from behind the edge, then `unknown_kid` at the edge.
+        let (status, body) = get_at_edge(&gw, HOST, "/api/files", &t1).await;
+        assert!(status == 200 || status == 401, "{status} {body}");
+        if body["error"]["code"] == "unknown_kid" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retired key's token still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(get_at_edge(&gw, HOST, "/api/files", &t2).await.0, 200);
+
+    // A user's consent through the gateway; revoked by the admin: the app is stopped at the edge.
+    let code = code_for(&app, &id).await;
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", VERIFIER),
+            ("redirect_uri", REDIRECT),
+            ("client_id", id.as_str()),
+            ("client_secret", secret.as_str()),
+        ])
+        .finish();
+    let (status, pair) = edge_form(&gw, HOST, "/oauth/token", &body).await;
+    assert_eq!(status, 200, "{pair}");
+    let user_token = pair["access_token"].as_str().expect("token").to_string();
+    assert_eq!(
+        get_at_edge(&gw, HOST, "/api/files", &user_token).await.0,
+        200
+    );
+    let (_, consents) = get_at_edge(&gw, HOST, "/api/oauth/consents", &admin).await;
+    let consent = consents["consents"][0]["id"]
+        .as_str()
+        .expect("consent")
+        .to_string();
+    let (status, _) = via_gateway(
+        &gw,
+        "DELETE",
+        HOST,
+        &format!("/api/oauth/consents/{consent}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = get_at_edge(&gw, HOST, "/api/files", &user_token).await;
+        if status == 401 {
+            assert_eq!(body["error"]["code"], "token_revoked", "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked consent's token still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

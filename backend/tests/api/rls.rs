@@ -21,7 +21,17 @@ async fn app_role_cannot_bypass_rls_and_owns_nothing() {
     .await
     .expect("count");
     assert_eq!(owned, 0);
-    for table in ["users", "refresh_tokens", "audit_log", "api_keys"] {
+    for table in [
+        "users",
+        "refresh_tokens",
+        "audit_log",
+        "api_keys",
+        "oauth_clients",
+        "oauth_consents",
+        "oauth_codes",
+        "oauth_refresh_tokens",
+        "oauth_access_tokens",
+    ] {
         let (enabled, forced): (bool, bool) = sqlx::query_as(
             "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = $1",
         )
