@@ -101,16 +101,24 @@ ensure_s3s_fs() {
 
 # pg_bin_dir — the newest installed PostgreSQL server binaries (initdb, pg_ctl), for private clusters.
 # Python tools the tests call, in a venv of their own: kubernetes-validate (offline schema checks of
-# compose/kubernetes/). Exports KUBERNETES_VALIDATE.
+# compose/kubernetes/) and Authlib with requests (the third party of the OAuth2 tests: a real OAuth2
+# client library). Exports KUBERNETES_VALIDATE and OAUTH_PYTHON.
 ensure_py_tools() {
   local venv="$HOME/.cache/aggios-edge/tools"
-  if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  if [ ! -x "$venv/bin/python" ]; then
     command -v python3 >/dev/null || ensure_debs python3
     python3 -m venv "$venv" 2>/dev/null || { ensure_debs python3-venv; python3 -m venv "$venv"; }
+  fi
+  if [ ! -x "$venv/bin/kubernetes-validate" ]; then
     log "pip install kubernetes-validate (into $venv)"
     "$venv/bin/pip" install -q kubernetes-validate==1.37.0
   fi
+  if ! "$venv/bin/python" -c 'import authlib, requests' 2>/dev/null; then
+    log "pip install authlib requests (into $venv)"
+    "$venv/bin/pip" install -q authlib==1.9.10 requests==2.34.2
+  fi
   export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
+  export OAUTH_PYTHON="$venv/bin/python"
 }
 
 # The dashboard page's browser test: Debian's chromium driven by playwright-core (npm, pinned by

@@ -10,7 +10,7 @@ use crate::helpers::*;
 
 pub(crate) struct GatewayProcess {
     child: Child,
-    port: u16,
+    pub port: u16,
     _dir: tempfile::TempDir,
 }
 

@@ -1222,3 +1222,95 @@ upstream = "backend"
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The Python interpreter with Authlib (`OAUTH_PYTHON`, which `scripts/test.sh` exports; else the
+/// tools venv it installs into).
+fn oauth_python() -> String {
+    std::env::var("OAUTH_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/aggios-edge/tools/bin/python")
+    })
+}
+
+/// A real OAuth2 client library as the third party (Authlib, `tests/oauth/third_party.py`): both
+/// flows through the gateway, each token on a scoped route, the code flow's refresh rotated and its
+/// grant revoked.
+#[tokio::test]
+async fn a_real_oauth_client_library_runs_both_flows_through_the_gateway() {
+    use crate::e2e::*;
+    let app = TestApp::spawn().await;
+    let admin = admin_of(&app, "acme").await;
+    let acme: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE subdomain = 'acme'")
+        .fetch_one(&app.owner_pool)
+        .await
+        .expect("tenant");
+    app.user(acme, "ann@acme.test", "member").await;
+    let backend = app.addr;
+    let gw = start_gateway_with(
+        app.addr,
+        app.internal_addr,
+        &format!("jwks_url = \"http://{backend}/.well-known/jwks.json\"\njwks_refresh = \"1s\""),
+        "[[routes]]\nname = \"oauth\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/oauth\"\nupstream = \"backend\"\n",
+    )
+    .await;
+    let (id, secret) = register(
+        &app,
+        HOST,
+        &admin,
+        json!({"name": "Marketplace app", "grant_types": ["client_credentials", "authorization_code", "refresh_token"],
+               "scopes": ["files:read"], "redirect_uris": [REDIRECT]}),
+    )
+    .await;
+    // The gateway holds the signing key once its JWKS refresh has run.
+    let (_, t, _) = form(
+        &app,
+        "/oauth/token",
+        HOST,
+        Some((&id, secret.as_deref().expect("s"))),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    let probe = t["access_token"].as_str().expect("token").to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while get_at_edge(&gw, HOST, "/api/files", &probe).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never accepted an OAuth token"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oauth/third_party.py");
+    let python = oauth_python();
+    let out = tokio::process::Command::new(&python)
+        .arg(script)
+        .env("GATEWAY", format!("http://127.0.0.1:{}", gw.port))
+        .env("HOST", HOST)
+        .env("CLIENT_ID", &id)
+        .env("CLIENT_SECRET", secret.as_deref().expect("secret"))
+        .env("REDIRECT_URI", REDIRECT)
+        .env("USER_EMAIL", "ann@acme.test")
+        .env("USER_PASSWORD", PASSWORD)
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{python}: {e} (scripts/test.sh installs Authlib: ensure_py_tools)")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).expect("the script's JSON line");
+    assert_eq!(
+        seen,
+        json!({
+            "cc_scope": "files:read", "cc_files": 200,
+            "code_scope": "files:read", "code_has_refresh": true, "code_files": 200,
+            "refresh_rotated": true, "refreshed_files": 200,
+            "revoke_status": 200, "refresh_after_revoke": "invalid_grant",
+        })
+    );
+    assert_eq!(app.audit_count("oauth_consent_granted").await, 1);
+    assert_eq!(app.audit_count("oauth_token_revoked").await, 1);
+}

@@ -103,6 +103,60 @@ async fn attacks_are_refused_before_any_upstream_byte() {
     assert_eq!(gw.get("acme.aggios.app", "/public").await.status, 200);
 }
 
+/// An OAuth access token (`sub`, `client_id`, `scope`, no `user_id`): the upstream is told which client
+/// acts and with which scopes, in headers only the gateway sets; a client's own `X-Auth-Client-Id` is
+/// dropped, with a user's token too.
+#[tokio::test]
+async fn oauth_tokens_tell_the_upstream_which_client_acts_and_clients_cannot_say_it() {
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, BOTH), ENV).await;
+    let oauth = Token::new(OLD, "acme")
+        .kid("old")
+        .claim(contracts::claims::USER_ID, serde_json::Value::Null)
+        .claim("sub", "7e57c0de-0000-4000-8000-000000000002".into())
+        .claim("client_id", "oc_0123456789abcdef01234567".into())
+        .claim("scope", "files:read".into())
+        .bearer();
+    let user = Token::new(OLD, "acme").kid("old").bearer();
+    for (auth, client, scope, user_id) in [
+        (
+            &oauth,
+            vec!["oc_0123456789abcdef01234567"],
+            vec!["files:read"],
+            "7e57c0de-0000-4000-8000-000000000002",
+        ),
+        (
+            &user,
+            vec![],
+            vec![],
+            "8c3c6a8e-0000-4000-8000-000000000001",
+        ),
+    ] {
+        let r = gw
+            .get_with(
+                "acme.aggios.app",
+                "/api/users/me",
+                &[
+                    ("authorization", auth),
+                    ("x-auth-client-id", "oc_forged"),
+                    ("x-auth-scope", "files:write"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let echo = r.json();
+        let h = |n: &str| {
+            echo["headers"][n]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(h(contracts::headers::OAUTH_CLIENT_ID), client);
+        assert_eq!(h(contracts::headers::OAUTH_SCOPE), scope);
+        assert_eq!(h("x-user-id"), vec![user_id]);
+    }
+}
+
 #[tokio::test]
 async fn valid_tokens_carry_identity_set_by_the_gateway_only() {
     let up = TestUpstream::start("u");
