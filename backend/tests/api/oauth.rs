@@ -1110,11 +1110,35 @@ upstream = "backend"
         (403, Some("insufficient_scope")),
         "{body}"
     );
+    let files_requests = || async {
+        let (_, bytes, _) = app
+            .call_raw("GET", "/metrics", HOST, None, "", Bytes::new())
+            .await;
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| {
+                l.starts_with("backend_http_requests_total{") && l.contains("route=\"files\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = files_requests().await;
     let (status, body) = get_at_edge(&gw, "globex.aggios.app", "/api/files", &t1).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("tenant_mismatch")),
         "{body}"
+    );
+    assert_eq!(
+        files_requests().await,
+        before,
+        "the backend never saw the other tenant's request"
+    );
+    assert_eq!(get_at_edge(&gw, HOST, "/api/files", &t1).await.0, 200);
+    assert_eq!(
+        files_requests().await,
+        before + 1.0,
+        "the count moves with what the backend sees"
     );
 
     // Key rotation: the new key is published 8 s before it signs (the backend re-reads keys every 5 s,
