@@ -105,11 +105,16 @@ async fn attacks_are_refused_before_any_upstream_byte() {
 
 /// An OAuth access token (`sub`, `client_id`, `scope`, no `user_id`): the upstream is told which client
 /// acts and with which scopes, in headers only the gateway sets; a client's own `X-Auth-Client-Id` is
-/// dropped, with a user's token too.
+/// dropped, with a user's token too. On a route naming no scopes, an OAuth token is refused.
 #[tokio::test]
 async fn oauth_tokens_tell_the_upstream_which_client_acts_and_clients_cannot_say_it() {
     let up = TestUpstream::start("u");
-    let gw = Gateway::start_with_env(&config(&up, BOTH), ENV).await;
+    let scoped = format!(
+        "{}\n[[routes]]\nname = \"files\"\nhosts = [\"*.aggios.app\"]\npath_prefix = \"/api/files\"\n\
+         auth = \"jwt_tenant\"\nscopes = [\"files:read\"]\nupstream = \"u\"\n",
+        config(&up, BOTH)
+    );
+    let gw = Gateway::start_with_env(&scoped, ENV).await;
     let oauth = Token::new(OLD, "acme")
         .kid("old")
         .claim(contracts::claims::USER_ID, serde_json::Value::Null)
@@ -135,7 +140,7 @@ async fn oauth_tokens_tell_the_upstream_which_client_acts_and_clients_cannot_say
         let r = gw
             .get_with(
                 "acme.aggios.app",
-                "/api/users/me",
+                "/api/files/a.txt",
                 &[
                     ("authorization", auth),
                     ("x-auth-client-id", "oc_forged"),
@@ -155,6 +160,18 @@ async fn oauth_tokens_tell_the_upstream_which_client_acts_and_clients_cannot_say
         assert_eq!(h(contracts::headers::OAUTH_SCOPE), scope);
         assert_eq!(h("x-user-id"), vec![user_id]);
     }
+    // A route that names no scopes is a users' route: an OAuth token is refused there at the edge.
+    let hits = up.hits();
+    let r = gw
+        .get_with(
+            "acme.aggios.app",
+            "/api/users/me",
+            &[("authorization", &oauth)],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "insufficient_scope");
+    assert_eq!(up.hits(), hits, "refused before the upstream");
 }
 
 #[tokio::test]

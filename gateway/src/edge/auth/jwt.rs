@@ -413,7 +413,9 @@ mod tests {
         c["client_id"] = json!("oc_abc");
         let bare = v.verify(&sign(None, K1, c)).expect("verified");
         assert!(!bare.grants(&["files:read".into()]));
-        assert!(bare.grants(&[]));
+        // A route that names no scopes is a users' route: no OAuth token there.
+        assert!(!bare.grants(&[]));
+        assert!(!id.grants(&[]));
     }
 
     #[test]

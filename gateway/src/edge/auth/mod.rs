@@ -31,11 +31,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether this identity may use a route that requires `scopes`: an OAuth token only with every
-    /// one of them granted; a user's own token (no client) is not limited by scopes.
+    /// Whether this identity may use a route that requires `scopes`: an OAuth token only on a route
+    /// that names scopes (the others are users' sessions), with every one of them granted; a user's own
+    /// token (no client) is not limited by scopes.
     pub fn grants(&self, scopes: &[String]) -> bool {
         match (&self.client_id, &self.scope) {
             (None, _) => true,
+            (Some(_), _) if scopes.is_empty() => false,
             (Some(_), granted) => {
                 let granted = granted.as_deref().unwrap_or_default();
                 scopes.iter().all(|s| granted.split(' ').any(|g| g == s))
