@@ -3,12 +3,12 @@
 #                     scripts/fuzz.sh TARGET --runs N     (until N executions)
 #                     scripts/fuzz.sh TARGET --cmin       (minimise the committed corpus)
 # Targets (properties in gateway/src/fuzz.rs and backend/src/fuzz.rs): config, router, http_head, jwt,
-# api_key, cors_origin, storage_key. Coverage-guided libFuzzer on the stable toolchain (`-s none`: no
+# api_key, cors_origin, storage_key, proxy_protocol. Coverage-guided libFuzzer on the stable toolchain (`-s none`: no
 # sanitizer). New inputs that widen coverage land in fuzz/corpus/TARGET (commit them after --cmin);
 # a crash is saved under fuzz/artifacts/TARGET and must become a unit test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TARGETS=(config router http_head jwt api_key cors_origin storage_key)
+TARGETS=(config router http_head jwt api_key cors_origin storage_key proxy_protocol)
 target=${1:?usage: scripts/fuzz.sh TARGET|all [SECONDS | --runs N | --cmin]}
 shift
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/aggios-edge/fuzz-target}"

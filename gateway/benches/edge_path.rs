@@ -29,6 +29,7 @@ fn route(name: &str, host: &str, tenancy: &Tenancy) -> RouteSpec {
         auth: AuthPolicy::JwtTenant,
         cors: None,
         scopes: Vec::new(),
+        ip_access: Default::default(),
         rate_limits: Vec::new(),
         quota: false,
         on_store_error: gateway::config::OnStoreError::Open,

@@ -451,3 +451,51 @@ fn reference_origin(origin: &str, host: &str) -> bool {
     }
     (scheme == "https" || scheme == "http") && o_host == host
 }
+
+/// The PROXY protocol header parser (`support::proxy_protocol`): a header it accepts lies within the
+/// bytes given and within the bound, is accepted from its own bytes alone, and every shorter prefix is
+/// `Incomplete` (so reading more can never turn a refusal into an acceptance or the reverse); it asks
+/// for more bytes only below the bound; and a v2 header it writes for two addresses reads back as
+/// the source.
+pub fn proxy_protocol(data: &[u8]) {
+    use crate::support::proxy_protocol::{parse, v2_header, Parsed, V2_MAX};
+    match parse(data) {
+        Parsed::Header { len, source } => {
+            assert!(
+                len <= data.len() && len <= V2_MAX,
+                "{len} of {}",
+                data.len()
+            );
+            assert_eq!(parse(&data[..len]), Parsed::Header { len, source });
+            for i in 0..len {
+                assert_eq!(parse(&data[..i]), Parsed::Incomplete, "prefix {i} of {len}");
+            }
+        }
+        Parsed::Incomplete => assert!(data.len() < V2_MAX, "{} bytes", data.len()),
+        Parsed::Invalid(_) => {}
+    }
+    if data.len() >= 36 {
+        let v6 = |b: &[u8]| {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&b[..16]);
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(o))
+        };
+        let port = u16::from_be_bytes([data[32], data[33]]);
+        let (src, dst) = if data[34] % 2 == 0 {
+            let v4 =
+                |b: &[u8]| std::net::IpAddr::V4(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+            (v4(&data[..4]), v4(&data[4..8]))
+        } else {
+            (v6(&data[..16]), v6(&data[16..32]))
+        };
+        let src = std::net::SocketAddr::new(src, port);
+        let header = v2_header(src, std::net::SocketAddr::new(dst, 443));
+        assert_eq!(
+            parse(&header),
+            Parsed::Header {
+                len: header.len(),
+                source: Some(src)
+            }
+        );
+    }
+}

@@ -47,3 +47,8 @@ fn api_key() {
 fn cors_origin() {
     replay("cors_origin", gateway::fuzz::cors_origin);
 }
+
+#[test]
+fn proxy_protocol() {
+    replay("proxy_protocol", gateway::fuzz::proxy_protocol);
+}

@@ -71,6 +71,17 @@ file_tables! {
         pub http: Option<Spanned<String>>,
         pub https: Option<Spanned<String>>,
         pub admin: Option<Spanned<String>>,
+        /// PROXY protocol on the http and https entrypoints, from these balancers only.
+        pub proxy_protocol: Option<Spanned<ProxyProtocolFile>>,
+    }
+}
+
+file_tables! {
+    /// `[entrypoints] proxy_protocol = { from = [...] }`.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProxyProtocolFile {
+        pub from: Vec<Spanned<String>>,
     }
 }
 
@@ -285,6 +296,9 @@ file_tables! {
         /// default: when the route's auth binds the tenant).
         pub quota: Option<Spanned<bool>>,
         pub scopes: Option<Vec<Spanned<String>>>,
+        /// Client addresses (CIDRs or addresses) the route serves / refuses, before auth.
+        pub allow_ips: Option<Vec<Spanned<String>>>,
+        pub deny_ips: Option<Vec<Spanned<String>>>,
         pub cors: Option<CorsFile>,
         pub security_headers: Option<SecurityHeadersFile>,
         pub canary: Option<Spanned<CanaryFile>>,

@@ -99,6 +99,9 @@ pub struct Config {
     pub admin: AdminSettings,
     pub server: ServerSettings,
     pub entrypoints: Entrypoints,
+    /// `[entrypoints] proxy_protocol.from`: the balancers whose connections start with a PROXY protocol
+    /// header (v1 or v2) naming the client; `None`: off. Reloadable (read at each accept).
+    pub proxy_protocol: Option<Vec<IpNet>>,
     pub tenancy: Tenancy,
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
@@ -301,6 +304,16 @@ fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
 fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config {
     let server = server::validate_server(&raw.server, diags);
     let entrypoints = server::validate_entrypoints(&raw.entrypoints, diags);
+    let proxy_protocol = raw.entrypoints.proxy_protocol.as_ref().map(|pp| {
+        let from = routes::ip_list(&Some(pp.get_ref().from.clone()), diags);
+        if from.is_empty() {
+            diags.push(Diagnostic::at(
+                pp,
+                "proxy_protocol.from must name the balancers that send the header (CIDRs or addresses); nobody else is believed",
+            ));
+        }
+        from
+    });
     let tls = match (&raw.tls, &raw.entrypoints.https) {
         (Some(t), https) => Some(tls::validate(t, https.as_ref(), raw.redis.is_some(), diags)),
         (None, Some(https)) => {
@@ -425,6 +438,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         admin,
         server,
         entrypoints,
+        proxy_protocol,
         tenancy,
         limits,
         trusted_proxies,
@@ -494,6 +508,73 @@ mod tests {
         ] {
             let out = lines(&format!("{base}{extra}"));
             assert!(out.iter().any(|l| l.starts_with(at) && l.contains(says)), "{extra}: {out:?}");
+        }
+    }
+
+    /// `allow_ips` / `deny_ips`: CIDRs and addresses of both families, bad entries named where they are;
+    /// deny wins, an IPv4-mapped client is its IPv4 address, an unknown address only passes without an
+    /// allow list.
+    #[test]
+    fn client_address_lists_are_validated_and_decide() {
+        let route = |lists: &str| {
+            format!(
+                "[entrypoints]\nhttp = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n{lists}\n"
+            )
+        };
+        let ok = Config::parse(
+            Path::new("t.toml"),
+            &route("allow_ips = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\ndeny_ips = [\"10.66.0.1/16\"]"),
+        )
+        .expect("valid");
+        let access = &ok.routes[0].ip_access;
+        assert_eq!(
+            access.deny[0].to_string(),
+            "10.66.0.0/16",
+            "host bits dropped"
+        );
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
+        assert!(access.admits(ip("10.1.2.3")));
+        assert!(access.admits(ip("::ffff:10.1.2.3")));
+        assert!(access.admits(ip("2001:db8::1")));
+        assert!(access.admits(ip("192.0.2.7")));
+        assert!(!access.admits(ip("192.0.2.8")));
+        assert!(!access.admits(ip("10.66.9.9")), "deny wins");
+        assert!(!access.admits(ip("2001:db9::1")));
+        assert!(!access.admits(None));
+        let open = crate::config::IpAccess {
+            allow: vec![],
+            deny: vec!["192.0.2.0/24".parse().expect("net")],
+        };
+        assert!(
+            open.admits(None) && open.admits(ip("::1")) && !open.admits(ip("::ffff:192.0.2.1"))
+        );
+        for (lists, at, says) in [
+            (
+                "allow_ips = [\"10.0.0.0/33\"]",
+                "t.toml:9:14:",
+                "not an IP address or a CIDR",
+            ),
+            (
+                "deny_ips = [\"1.2.3.4\", \"nope\"]",
+                "t.toml:9:24:",
+                "`nope`",
+            ),
+            (
+                "allow_ips = [\"::ffff:10.0.0.0/104\"]",
+                "t.toml:9:14:",
+                "IPv4-mapped",
+            ),
+            (
+                "deny_ips = [\"10.0.0.0/8\", \"10.0.0.0/8\"]",
+                "t.toml:9:27:",
+                "listed twice",
+            ),
+        ] {
+            let out = lines(&route(lists));
+            assert!(
+                out.iter().any(|l| l.starts_with(at) && l.contains(says)),
+                "{lists}: {out:?}"
+            );
         }
     }
 

@@ -210,6 +210,15 @@ impl Gateway {
         ctx.request.route = Some(m.route);
         ctx.request.tenant = m.tenant.map(Cow::into_owned);
         ctx.request.host = host.into_owned();
+        // Client-address lists, on the address after trusted-proxy handling, before anything else the
+        // route decides (CORS, credentials): a refused address learns nothing more.
+        if route.spec.ip_access.is_set() && !route.spec.ip_access.admits(ctx.request.client_ip) {
+            metrics()
+                .auth_rejections
+                .with_label_values(&[&route.spec.name, "ip_denied"])
+                .inc();
+            return Err(EdgeError::IpDenied);
+        }
         if let Some(len) = req
             .headers
             .get(CONTENT_LENGTH)

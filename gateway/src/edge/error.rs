@@ -41,6 +41,9 @@ pub enum EdgeError {
     /// 401 or 403: authentication failed or the token belongs to another tenant.
     #[error("{0}")]
     Auth(crate::edge::auth::AuthError),
+    /// 403: the client address is not served by this route (`allow_ips` / `deny_ips`).
+    #[error("this route does not serve your address")]
+    IpDenied,
     /// 403: a CORS preflight from an origin, method or header the route does not allow.
     #[error("cross-origin request not allowed for this route")]
     CorsDenied,
@@ -122,7 +125,7 @@ impl EdgeError {
             EdgeError::UpstreamTimeout => 504,
             EdgeError::BadGateway => 502,
             EdgeError::Auth(a) => a.status(),
-            EdgeError::CorsDenied => 403,
+            EdgeError::CorsDenied | EdgeError::IpDenied => 403,
             EdgeError::StoreUnavailable => 503,
             EdgeError::RateLimited(_) => 429,
             EdgeError::TenantSuspended => 403,
@@ -149,6 +152,7 @@ impl EdgeError {
             EdgeError::BadGateway => "bad_gateway",
             EdgeError::Auth(a) => a.reason(),
             EdgeError::CorsDenied => "cors_denied",
+            EdgeError::IpDenied => "ip_denied",
             EdgeError::StoreUnavailable => "store_unavailable",
             EdgeError::RateLimited(r) if r.quota => "quota_exceeded",
             EdgeError::RateLimited(_) => "rate_limited",

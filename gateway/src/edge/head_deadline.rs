@@ -449,10 +449,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadlineApp<A> {
             stream
         } else {
             let rt = self.state.current();
-            // The caps first: a connection over one is closed before any handshake or read.
-            let peer = stream
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            // A balancer's PROXY protocol header first (`proxy_header`): from here on the peer is the
+            // client it names.
+            let stream = match &rt.config.proxy_protocol {
+                Some(from) => {
+                    super::proxy_header::accept(stream, from, rt.config.limits.header_timeout)
+                        .await?
+                }
+                None => stream,
+            };
+            // The caps next: a connection over one is closed before any handshake or read.
+            let peer = super::proxy_header::peer_ip(&stream);
             let counted =
                 peer.filter(|ip| !rt.config.trusted_proxies.iter().any(|n| n.contains(ip)));
             let overload = &rt.config.overload;

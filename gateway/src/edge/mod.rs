@@ -17,6 +17,7 @@ pub mod guard;
 pub mod head_deadline;
 pub mod headers;
 pub mod plan;
+pub mod proxy_header;
 pub mod ratelimit;
 pub mod reply;
 pub mod route;

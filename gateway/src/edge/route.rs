@@ -304,6 +304,7 @@ mod tests {
             auth: crate::config::AuthPolicy::None,
             cors: None,
             scopes: Vec::new(),
+            ip_access: Default::default(),
             rate_limits: Vec::new(),
             quota: false,
             on_store_error: crate::config::OnStoreError::Open,

@@ -4,6 +4,7 @@ pub mod cert;
 pub mod fs;
 pub mod http_client;
 pub mod jwks;
+pub mod proxy_protocol;
 pub mod redis;
 pub mod single_flight;
 

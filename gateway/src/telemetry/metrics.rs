@@ -21,6 +21,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub malformed: IntCounter,
+    /// PROXY protocol headers from trusted balancers, by result (`accepted`, `invalid`, `timeout`).
+    pub proxy_protocol: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub auth_rejections: IntCounterVec,
     pub auth_store_errors: IntCounter,
@@ -121,6 +123,14 @@ impl Metrics {
             "gateway_http_malformed_requests_total",
             "Requests refused at the edge for malformed HTTP.",
         )?;
+        let proxy_protocol = IntCounterVec::new(
+            Opts::new(
+                "gateway_proxy_protocol_headers_total",
+                "PROXY protocol headers read from trusted balancers, by result (accepted, invalid, timeout).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(proxy_protocol.clone()))?;
         let access_log_dropped = IntCounter::new(
             "gateway_access_log_dropped_total",
             "Access-log lines dropped because stdout could not keep up.",
@@ -361,6 +371,7 @@ impl Metrics {
             reloads,
             last_reload_success,
             malformed,
+            proxy_protocol,
             access_log_dropped,
             auth_rejections,
             auth_store_errors,

@@ -775,7 +775,19 @@ pub async fn raw(port: u16, request: &str) -> String {
 
 /// Writes raw bytes; returns what was read and whether the peer closed the connection.
 pub async fn raw_bytes(port: u16, request: &[u8]) -> (String, bool) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+    raw_bytes_from([127, 0, 0, 1], port, request).await
+}
+
+/// Like [`raw_bytes`], from the loopback address `source` (127.x.y.z: a second client or a balancer).
+pub async fn raw_bytes_from(source: [u8; 4], port: u16, request: &[u8]) -> (String, bool) {
+    let connect = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+    };
+    let Ok(mut s) = connect.await else {
         return (String::new(), true);
     };
     if s.write_all(request).await.is_err() {

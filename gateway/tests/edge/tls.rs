@@ -54,6 +54,62 @@ upstream = "u"
 
 const ENV: &[(&str, &str)] = &[("GW_SECRET", SECRET)];
 
+/// A balancer's PROXY protocol header before the TLS handshake: the client it names is the client of the
+/// HTTPS request (HTTP/1.1 and HTTP/2); the same header from anyone else fails the handshake.
+#[tokio::test]
+async fn a_proxy_protocol_header_before_tls_names_the_client() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = dev_certs(certs.path(), &["*.aggios.test"]);
+    let up = TestUpstream::start("u");
+    let body = format!(
+        "{}\n[entrypoints.proxy_protocol]\nfrom = [\"127.0.0.2\"]\n",
+        config(&up, certs.path(), "")
+    );
+    let gw = Gateway::start_with_env(&body, ENV).await;
+    let header = gateway::support::proxy_protocol::v2_header(
+        "198.51.100.7:5555".parse().expect("addr"),
+        "10.0.0.1:443".parse().expect("addr"),
+    );
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let r = get_from(
+            [127, 0, 0, 2],
+            &header,
+            gw.https,
+            "acme.aggios.test",
+            "/hello",
+            &[],
+            client_config(&ca, &[alpn]),
+        )
+        .await
+        .expect("https request through the balancer");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["x-aggios-client-ip"][0], "198.51.100.7");
+        assert_eq!(r.json()["headers"]["x-forwarded-proto"][0], "https");
+    }
+    let spoofed = get_from(
+        [127, 0, 0, 1],
+        &header,
+        gw.https,
+        "acme.aggios.test",
+        "/hello",
+        &[],
+        client_config(&ca, &[b"http/1.1"]),
+    )
+    .await;
+    assert!(spoofed.is_err(), "{spoofed:?}");
+    // Without a header, the client is its own address.
+    let r = get(
+        gw.https,
+        "acme.aggios.test",
+        "/hello",
+        &[],
+        client_config(&ca, &[b"http/1.1"]),
+    )
+    .await
+    .expect("direct https");
+    assert_eq!(r.json()["headers"]["x-aggios-client-ip"][0], "127.0.0.1");
+}
+
 #[tokio::test]
 async fn https_serves_http1_and_h2_with_every_edge_check() {
     let certs = tempfile::tempdir().expect("tempdir");

@@ -47,9 +47,30 @@ pub async fn connect(
     sni: &str,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<TlsConn, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port))
+    connect_from([127, 0, 0, 1], &[], port, sni, config).await
+}
+
+/// Like [`connect`], from the loopback address `source`, writing `prelude` (a PROXY protocol header)
+/// before the handshake.
+pub async fn connect_from(
+    source: [u8; 4],
+    prelude: &[u8],
+    port: u16,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsConn, String> {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .map_err(|e| format!("bind: {e}"))?;
+    let mut tcp: TcpStream = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    tcp.write_all(prelude)
+        .await
+        .map_err(|e| format!("prelude: {e}"))?;
     let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
     let stream = tokio::time::timeout(
         Duration::from_secs(10),
@@ -99,7 +120,20 @@ pub async fn get(
     headers: &[(&str, &str)],
     config: Arc<rustls::ClientConfig>,
 ) -> Result<TlsResp, String> {
-    let conn = connect(port, sni, config).await?;
+    get_from([127, 0, 0, 1], &[], port, sni, path, headers, config).await
+}
+
+/// Like [`get`], over a connection from `source` that starts with `prelude` (see [`connect_from`]).
+pub async fn get_from(
+    source: [u8; 4],
+    prelude: &[u8],
+    port: u16,
+    sni: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsResp, String> {
+    let conn = connect_from(source, prelude, port, sni, config).await?;
     let serial = conn.serial.clone();
     let h2 = conn.alpn.as_deref() == Some(b"h2");
     let io = TokioIo::new(conn.stream);

@@ -181,6 +181,9 @@ pub(crate) fn warn_policy_gaps(
             if b.scopes.iter().any(|sc| !a.scopes.contains(sc)) {
                 weaker.push("fewer API-key scopes".to_string());
             }
+            if b.ip_access.is_set() && a.ip_access != b.ip_access {
+                weaker.push("other client-address lists (allow_ips/deny_ips)".to_string());
+            }
             if let Some(ca) = &a.cors {
                 let wider = match &b.cors {
                     None => true,

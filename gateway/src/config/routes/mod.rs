@@ -80,8 +80,11 @@ pub struct RouteSpec {
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
     pub auth: AuthPolicy,
-    /// Scopes an API key needs on this route.
+    /// Scopes an API key or an OAuth token needs on this route.
     pub scopes: Vec<String>,
+    /// Client addresses served (`allow_ips`; empty: any) and refused (`deny_ips`, which wins), decided
+    /// on the client address after trusted-proxy handling and before auth.
+    pub ip_access: IpAccess,
     /// Indexes into [`Config::rate_limits`]; all must pass.
     pub rate_limits: Vec<usize>,
     /// Requests count against the tenant's monthly quota (with `[plans]`).
@@ -91,6 +94,61 @@ pub struct RouteSpec {
     pub security: SecurityHeaders,
     /// A share of the traffic to another upstream, with automatic rollback.
     pub canary: Option<CanarySpec>,
+}
+
+/// A route's client-address lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpAccess {
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl IpAccess {
+    /// Whether any list is set (the request path skips the check otherwise).
+    pub fn is_set(&self) -> bool {
+        !(self.allow.is_empty() && self.deny.is_empty())
+    }
+
+    /// Whether a client at `ip` is served: not denied, and allowed when an allow list is set. An
+    /// IPv4-mapped IPv6 address is its IPv4 address; an unknown address is served only without an
+    /// allow list.
+    pub fn admits(&self, ip: Option<std::net::IpAddr>) -> bool {
+        let Some(ip) = ip.map(|ip| ip.to_canonical()) else {
+            return self.allow.is_empty();
+        };
+        !self.deny.iter().any(|n| n.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+/// `allow_ips` / `deny_ips`: CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
+pub(crate) fn ip_list(
+    v: &Option<Vec<Spanned<String>>>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for item in v.iter().flatten() {
+        let s = item.get_ref().trim();
+        match s
+            .parse::<ipnet::IpNet>()
+            .map(|n| n.trunc())
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(net) if net.addr().to_canonical() != net.addr() => diags.push(Diagnostic::at(
+                item,
+                format!("`{s}` is an IPv4-mapped IPv6 network: write the IPv4 network"),
+            )),
+            Ok(net) if out.contains(&net) => {
+                diags.push(Diagnostic::at(item, format!("`{s}` listed twice")))
+            }
+            Ok(net) => out.push(net),
+            Err(_) => diags.push(Diagnostic::at(
+                item,
+                format!("`{s}` is not an IP address or a CIDR network (10.0.0.0/8, 2001:db8::/32)"),
+            )),
+        }
+    }
+    out
 }
 
 /// Canary default: the sliding window over which the canary is compared with the stable upstream.
@@ -300,6 +358,10 @@ pub(super) fn validate_route(
         response_headers: header_rules(&r.response_headers, diags),
         auth,
         scopes,
+        ip_access: IpAccess {
+            allow: ip_list(&r.allow_ips, diags),
+            deny: ip_list(&r.deny_ips, diags),
+        },
         rate_limits,
         quota: r
             .quota
