@@ -548,6 +548,23 @@ mod tests {
         assert!(
             open.admits(None) && open.admits(ip("::1")) && !open.admits(ip("::ffff:192.0.2.1"))
         );
+        // A route chosen by its method matcher over a listed route must not open a way around it.
+        let outranked = Config::parse(
+            Path::new("t.toml"),
+            &format!(
+                "{}[[routes]]\nname = \"r-get\"\nmethods = [\"GET\"]\npriority = 10\nupstream = \"u\"\n",
+                route("allow_ips = [\"10.0.0.0/8\"]")
+            ),
+        )
+        .expect("valid, with a warning");
+        assert!(
+            outranked
+                .warnings
+                .iter()
+                .any(|w| w.contains("route `r-get`") && w.contains("client-address lists")),
+            "{:?}",
+            outranked.warnings
+        );
         for (lists, at, says) in [
             (
                 "allow_ips = [\"10.0.0.0/33\"]",
