@@ -77,6 +77,7 @@ impl Encode for Decompressor {
 
 pub struct Compressor {
     compress: CompressorWriter<Vec<u8>>,
+    level: u32,
     total_in: usize,
     total_out: usize,
     duration: Duration,
@@ -87,6 +88,7 @@ impl Compressor {
         Compressor {
             // buf_size:4096 , lgwin:19 TODO: fine tune these
             compress: CompressorWriter::new(vec![], 4096, level, 19),
+            level,
             total_in: 0,
             total_out: 0,
             duration: Duration::new(0, 0),
@@ -110,9 +112,16 @@ impl Encode for Compressor {
             .or_err(COMPRESSION_ERROR, "while compress Brotli")?;
         // write to vec will never fail.
         if end {
-            self.compress
-                .flush()
-                .or_err(COMPRESSION_ERROR, "while compress Brotli")?;
+            // Finish the stream (its last meta-block): `flush` only emits what is buffered, and a
+            // stream without its end is refused as truncated by strict decoders (curl, browsers).
+            let done = std::mem::replace(
+                &mut self.compress,
+                CompressorWriter::new(vec![], 4096, self.level, 19),
+            );
+            let out = done.into_inner();
+            self.total_out += out.len();
+            self.duration += start.elapsed();
+            return Ok(out.into());
         }
         self.total_out += self.compress.get_ref().len();
         self.duration += start.elapsed();
@@ -149,12 +158,30 @@ mod tests_stream {
         let mut compressor = Compressor::new(11);
         let compressed = compressor.encode(&b"adcdefgabcdefgh\n"[..], true).unwrap();
 
-        assert_eq!(
-            &compressed[..],
-            &[
-                0x85, 0x07, 0x00, 0xf8, 0x45, 0x07, 0x87, 0x3e, 0x10, 0xfb, 0x55, 0x92, 0xec, 0x12,
-                0x09, 0xcc, 0x38, 0xdd, 0x51, 0x1e,
-            ],
-        );
+        // A whole stream: a strict decoder reads it to its end.
+        let mut out = Vec::new();
+        brotli::BrotliDecompress(&mut &compressed[..], &mut out).unwrap();
+        assert_eq!(&out[..], &b"adcdefgabcdefgh\n"[..]);
+    }
+
+    #[test]
+    fn a_streamed_brotli_body_is_finished_at_its_end() {
+        let body = b"{\"items\":[1,2,3,4,5,6,7,8,9,10]}".repeat(500);
+        let mut compressor = Compressor::new(4);
+        let mut compressed = Vec::new();
+        let chunks: Vec<&[u8]> = body.chunks(1000).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            compressed.extend_from_slice(&compressor.encode(c, i + 1 == chunks.len()).unwrap());
+        }
+        let mut out = Vec::new();
+        brotli::BrotliDecompress(&mut &compressed[..], &mut out).unwrap();
+        assert_eq!(out, body);
+        // Without its last meta-block, the same bytes are a truncated stream.
+        let mut truncated = Vec::new();
+        assert!(brotli::BrotliDecompress(
+            &mut &compressed[..compressed.len() - 1],
+            &mut truncated
+        )
+        .is_err());
     }
 }
