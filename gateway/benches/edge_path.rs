@@ -30,6 +30,7 @@ fn route(name: &str, host: &str, tenancy: &Tenancy) -> RouteSpec {
         cors: None,
         scopes: Vec::new(),
         ip_access: Default::default(),
+        compression: None,
         rate_limits: Vec::new(),
         quota: false,
         on_store_error: gateway::config::OnStoreError::Open,

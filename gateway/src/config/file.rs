@@ -300,6 +300,7 @@ file_tables! {
         pub allow_ips: Option<Vec<Spanned<String>>>,
         pub deny_ips: Option<Vec<Spanned<String>>>,
         pub cors: Option<CorsFile>,
+        pub compression: Option<Spanned<CompressionFile>>,
         pub security_headers: Option<SecurityHeadersFile>,
         pub canary: Option<Spanned<CanaryFile>>,
     }
@@ -338,6 +339,29 @@ file_tables! {
         #[serde(default)]
         pub credentials: bool,
         pub max_age: Option<Spanned<i64>>,
+    }
+}
+
+file_tables! {
+    /// `compression = { … }` of a route.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CompressionFile {
+        pub algorithms: Option<Vec<Spanned<String>>>,
+        pub types: Option<Vec<Spanned<String>>>,
+        pub min_bytes: Option<Spanned<i64>>,
+        pub levels: Option<CompressionLevelsFile>,
+    }
+}
+
+file_tables! {
+    /// `levels = { gzip = 6, br = 4, zstd = 3 }` of a route's compression.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CompressionLevelsFile {
+        pub gzip: Option<Spanned<i64>>,
+        pub br: Option<Spanned<i64>>,
+        pub zstd: Option<Spanned<i64>>,
     }
 }
 

@@ -219,6 +219,18 @@ impl Gateway {
                 .inc();
             return Err(EdgeError::IpDenied);
         }
+        if let Some(spec) = &route.spec.compression {
+            ctx.answer.compress = Some(compress::Compress::Negotiated {
+                coding: compress::negotiate(
+                    req.headers
+                        .get(http::header::ACCEPT_ENCODING)
+                        .map(|v| v.as_bytes()),
+                    &spec.algorithms,
+                ),
+                ruled_out: req.method == http::Method::HEAD
+                    || req.headers.contains_key(http::header::RANGE),
+            });
+        }
         if let Some(len) = req
             .headers
             .get(CONTENT_LENGTH)

@@ -206,6 +206,8 @@ pub(super) struct Answering {
     pub preflight: bool,
     /// Answered with an error before the request body was read: close lingering (`logging`).
     pub linger: bool,
+    /// Response compression, on routes that have it (`edge::compress`).
+    pub compress: Option<crate::edge::compress::Compress>,
 }
 
 /// What the observation needs beyond the other parts.
@@ -254,6 +256,7 @@ impl RequestCtx {
                 cors_origin: None,
                 preflight: false,
                 linger: false,
+                compress: None,
             },
             observe: Observation {
                 span: None,

@@ -225,6 +225,19 @@ impl Gateway {
                 if !route.spec.response_headers.is_empty() {
                     headers::apply_response_rules(resp, &route.spec.response_headers);
                 }
+                if let (Some(spec), Some(compress::Compress::Negotiated { coding, ruled_out })) =
+                    (&route.spec.compression, &ctx.answer.compress)
+                {
+                    let decision = compress::decide(
+                        spec,
+                        resp,
+                        *coding,
+                        *ruled_out,
+                        route.spec.auth != AuthPolicy::None,
+                    );
+                    ctx.answer.compress =
+                        compress::apply(spec, resp, decision).map(compress::Compress::Encoding);
+                }
             }
         }
         Ok(())

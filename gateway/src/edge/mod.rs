@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod backpressure;
+pub mod compress;
 pub mod connections;
 pub mod cors;
 pub mod error;
@@ -126,10 +127,24 @@ impl ProxyHttp for Gateway {
         caught("response_filter", self.rewrite_response(session, resp, ctx)).await
     }
 
+    /// A compressed response's body chunks through its encoder (`compress`); nothing else here.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(compress::Compress::Encoding(encoder)) = ctx.answer.compress.as_mut() {
+            *body = compress::encode(encoder.as_mut(), body.as_ref(), end_of_stream)?;
+        }
+        Ok(None)
+    }
+
     type CTX = RequestCtx;
 
     /// No downstream modules. Pingora's default builds a (disabled) response-compression module for
-    /// every request; the gateway never compresses (the backends do, or not).
+    /// every request; the gateway compresses on routes that ask for it, in its own hooks (`compress`).
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {

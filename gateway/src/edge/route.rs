@@ -305,6 +305,7 @@ mod tests {
             cors: None,
             scopes: Vec::new(),
             ip_access: Default::default(),
+            compression: None,
             rate_limits: Vec::new(),
             quota: false,
             on_store_error: crate::config::OnStoreError::Open,

@@ -877,12 +877,15 @@ impl KeepAlive {
 /// changeable while it runs; unknown paths get 404. Counts the requests it answers.
 pub struct DocServer {
     pub addr: SocketAddr,
-    pub docs: Arc<std::sync::Mutex<HashMap<String, (u16, String)>>>,
+    pub docs: Arc<std::sync::Mutex<HashMap<String, Doc>>>,
     pub hits: Arc<AtomicUsize>,
     /// Milliseconds to wait before each answer (a slow backend).
     pub delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// A document a [`DocServer`] answers: status, extra header fields, body.
+pub type Doc = (u16, Vec<(String, String)>, String);
 
 impl DocServer {
     pub async fn start() -> DocServer {
@@ -890,7 +893,7 @@ impl DocServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let docs: Arc<std::sync::Mutex<HashMap<String, (u16, String)>>> = Arc::default();
+        let docs: Arc<std::sync::Mutex<HashMap<String, Doc>>> = Arc::default();
         let hits = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (d, h, w) = (docs.clone(), hits.clone(), delay_ms.clone());
@@ -909,18 +912,21 @@ impl DocServer {
                             if wait > 0 {
                                 tokio::time::sleep(Duration::from_millis(wait)).await;
                             }
-                            let (status, body) = d
+                            let (status, fields, body) = d
                                 .lock()
                                 .expect("docs")
                                 .get(req.uri().path())
                                 .cloned()
-                                .unwrap_or((404, "{}".into()));
+                                .unwrap_or((404, Vec::new(), "{}".into()));
+                            let mut resp = Response::builder().status(status);
+                            if !fields.iter().any(|(k, _)| k == "content-type") {
+                                resp = resp.header("content-type", "application/json");
+                            }
+                            for (k, v) in &fields {
+                                resp = resp.header(k.as_str(), v.as_str());
+                            }
                             Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body)))
-                                    .expect("response"),
+                                resp.body(Full::new(Bytes::from(body))).expect("response"),
                             )
                         }
                     });
@@ -940,10 +946,19 @@ impl DocServer {
     }
 
     pub fn set(&self, path: &str, status: u16, body: &str) {
+        self.set_with(path, status, &[], body);
+    }
+
+    /// Like [`DocServer::set`], with these header fields (a `content-type` among them replaces JSON's).
+    pub fn set_with(&self, path: &str, status: u16, fields: &[(&str, &str)], body: &str) {
+        let fields = fields
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
         self.docs
             .lock()
             .expect("docs")
-            .insert(path.to_string(), (status, body.to_string()));
+            .insert(path.to_string(), (status, fields, body.to_string()));
     }
 
     pub fn remove(&self, path: &str) {

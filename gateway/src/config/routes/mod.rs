@@ -3,11 +3,13 @@
 
 mod ambiguity;
 mod canary;
+mod compression;
 mod cors;
 mod headers;
 
 pub(super) use ambiguity::{check_ambiguity, warn_policy_gaps};
 pub use canary::*;
+pub use compression::*;
 pub use cors::*;
 pub use headers::*;
 
@@ -91,6 +93,8 @@ pub struct RouteSpec {
     pub quota: bool,
     pub on_store_error: OnStoreError,
     pub cors: Option<CorsSpec>,
+    /// Response compression at the edge (off unless set).
+    pub compression: Option<CompressionSpec>,
     pub security: SecurityHeaders,
     /// A share of the traffic to another upstream, with automatic rollback.
     pub canary: Option<CanarySpec>,
@@ -378,6 +382,10 @@ pub(super) fn validate_route(
             diags,
         ),
         cors: r.cors.as_ref().map(|c| validate_cors(c, diags)),
+        compression: r
+            .compression
+            .as_ref()
+            .map(|c| validate_compression(c, diags)),
         security: validate_security(r.security_headers.as_ref(), diags),
         canary,
     }
