@@ -202,15 +202,22 @@ teardown() {
   podman network rm -f "${PROJECT}_edge" >/dev/null 2>&1 || true
   podman volume ls -q | grep "^${PROJECT}_" | xargs -r podman volume rm -f >/dev/null 2>&1 || true
 }
+# Runs at exit, under `set -e`: a command failing here would change the script's exit status (a run
+# whose 14 steps all passed exited 1 because the failover step's writer, already waited for, could not
+# be killed again), so nothing here may fail, and the status `finish` chose is kept.
 cleanup() {
-  [ -n "$HC_PID" ] && kill "$HC_PID" 2>/dev/null
-  [ -n "${LOAD_PID:-}" ] && kill "$LOAD_PID" "${LOGIN_PID:-}" 2>/dev/null
+  local status=$?
+  set +e
+  [ -n "${HC_PID:-}" ] && kill "$HC_PID" 2>/dev/null
+  [ -n "${LOAD_PID:-}" ] && kill "$LOAD_PID" 2>/dev/null
+  [ -n "${LOGIN_PID:-}" ] && kill "$LOGIN_PID" 2>/dev/null
   [ -n "${WRITER_PID:-}" ] && kill "$WRITER_PID" 2>/dev/null
-  [ "${COMPOSE_KEEP:-0}" = 1 ] && return
-  teardown
-  # The API socket this run started goes with it (a kept stack keeps it for docker-compose).
-  [ -n "${PODMAN_PID:-}" ] && kill "$PODMAN_PID" 2>/dev/null
-  return 0
+  if [ "${COMPOSE_KEEP:-0}" != 1 ]; then
+    teardown
+    # The API socket this run started goes with it (a kept stack keeps it for docker-compose).
+    [ -n "${PODMAN_PID:-}" ] && kill "$PODMAN_PID" 2>/dev/null
+  fi
+  exit "$status"
 }
 trap cleanup EXIT
 # Without systemd, podman 4.3 runs no health check by itself: this loop runs each container's check the
