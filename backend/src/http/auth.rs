@@ -70,6 +70,24 @@ pub async fn revoke_user_tokens(ctx: &Ctx, user_id: Uuid) -> Result<(), ApiError
 
 pub use contracts::redis_keys::denylist_jti as denylist_key;
 
+/// 401 `token_revoked` when the token `jti` is on the denylist, or its subject's "tokens issued before"
+/// marker covers its `iat`; one Redis round trip for both.
+async fn refuse_revoked(ctx: &Ctx, jti: &str, subject: &str, iat: u64) -> Result<(), ApiError> {
+    let mut redis = ctx.state.redis().await?;
+    let (revoked, not_before): (bool, Option<u64>) = redis::pipe()
+        .exists(denylist_key(jti))
+        .get(user_not_before_key(subject))
+        .query_async(&mut redis)
+        .await?;
+    if revoked || not_before.is_some_and(|nbf| iat <= nbf) {
+        return Err(ApiError::Unauthorized(
+            "token_revoked",
+            "the access token was revoked".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Verifies the `Authorization: Bearer` token, its revocation and its tenant.
 pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
     let header = ctx
@@ -99,19 +117,7 @@ pub async fn principal(ctx: &Ctx) -> Result<Principal, ApiError> {
             ApiError::Unauthorized("invalid_token", "the access token is invalid".into())
         }
     })?;
-    let mut redis = ctx.state.redis().await?;
-    // One round trip: the token's own revocation, and its user's "tokens issued before" marker.
-    let (revoked, not_before): (bool, Option<u64>) = redis::pipe()
-        .exists(denylist_key(&claims.jti))
-        .get(user_not_before_key(&claims.user_id.to_string()))
-        .query_async(&mut redis)
-        .await?;
-    if revoked || not_before.is_some_and(|nbf| claims.iat <= nbf) {
-        return Err(ApiError::Unauthorized(
-            "token_revoked",
-            "the access token was revoked".into(),
-        ));
-    }
+    refuse_revoked(ctx, &claims.jti, &claims.user_id.to_string(), claims.iat).await?;
     // The tenant's current status, from the primary; while it is away (a failover), from the replica,
     // so that token-authenticated reads keep working.
     let db = &ctx.state.db;
@@ -151,6 +157,12 @@ fn presented_api_key(ctx: &Ctx) -> Option<&str> {
     if let Some(k) = ctx.headers.get("x-api-key") {
         return Some(k.to_str().unwrap_or("").trim());
     }
+    let token = bearer_token(ctx)?;
+    token.starts_with(contracts::api_key::MARK).then_some(token)
+}
+
+/// The token of the `Authorization: Bearer …` header, if any.
+fn bearer_token(ctx: &Ctx) -> Option<&str> {
     let h = ctx
         .headers
         .get(http::header::AUTHORIZATION)?
@@ -160,7 +172,7 @@ fn presented_api_key(ctx: &Ctx) -> Option<&str> {
         .strip_prefix("Bearer ")
         .or_else(|| h.strip_prefix("bearer "))?
         .trim();
-    token.starts_with(contracts::api_key::MARK).then_some(token)
+    Some(token)
 }
 
 /// The caller of an endpoint that integrations may call: a user's token, or an API key carrying `scope`.
@@ -225,15 +237,7 @@ pub async fn caller(ctx: &Ctx, scope: &str) -> Result<Principal, ApiError> {
 /// The presented bearer token when it is an OAuth access token (signed with `EdDSA`, the OAuth keys'
 /// algorithm; the platform's own tokens are HS256).
 fn oauth_token(ctx: &Ctx) -> Option<&str> {
-    let h = ctx
-        .headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let token = h
-        .strip_prefix("Bearer ")
-        .or_else(|| h.strip_prefix("bearer "))?
-        .trim();
+    let token = bearer_token(ctx)?;
     let header = jsonwebtoken::decode_header(token).ok()?;
     (header.alg == jsonwebtoken::Algorithm::EdDSA).then_some(token)
 }
@@ -249,18 +253,7 @@ async fn oauth_caller(ctx: &Ctx, token: &str, scope: &str) -> Result<Principal, 
         .verify(&ctx.state.db.primary, token)
         .await?
         .ok_or_else(invalid)?;
-    let mut redis = ctx.state.redis().await?;
-    let (revoked, not_before): (bool, Option<u64>) = redis::pipe()
-        .exists(denylist_key(&claims.jti))
-        .get(user_not_before_key(&claims.sub))
-        .query_async(&mut redis)
-        .await?;
-    if revoked || not_before.is_some_and(|nbf| claims.iat <= nbf) {
-        return Err(ApiError::Unauthorized(
-            "token_revoked",
-            "the access token was revoked".into(),
-        ));
-    }
+    refuse_revoked(ctx, &claims.jti, &claims.sub, claims.iat).await?;
     let tenant = tenants::by_subdomain(ctx.state.db.fresh_pool().0, &claims.tenant_id)
         .await?
         .filter(|t| t.is_active)
