@@ -80,9 +80,25 @@ fn ensure_upgrade_dir(sock: &Path) {
     }
 }
 
+/// A built gateway: the Pingora server and the stop signals it runs with.
+pub struct Gateway {
+    pub server: Server,
+    signals: runtime::drain::StopSignals,
+}
+
+impl Gateway {
+    /// Runs until stopped (SIGTERM, SIGQUIT for an upgrade, SIGINT), then exits the process.
+    pub fn run_forever(self) -> ! {
+        self.server.run(pingora::server::RunArgs {
+            shutdown_signal: Box::new(self.signals),
+        });
+        std::process::exit(0)
+    }
+}
+
 /// Builds the Pingora server for `config`. With `upgrade`, the listening sockets come from the running
 /// gateway (it sends them over `[server] upgrade_sock` when it gets SIGQUIT) instead of new binds.
-pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server, BuildError> {
+pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Gateway, BuildError> {
     let mut conf = ServerConf {
         threads: config.server.threads,
         // By default one single-threaded runtime per worker (like nginx workers): cheaper wake-ups than a
@@ -132,6 +148,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
     let config_threads = config.server.threads;
     let reuseport = config.server.reuseport;
     let shutdown_grace = config.server.shutdown_grace;
+    let shutdown_delay = config.server.shutdown_delay;
     let state = GatewayState::new(config);
     // Fault injection for tests (never set in production): the core gate held on at this limit.
     if let Some(limit) = std::env::var("GATEWAY_FAULT_CORE_LIMIT")
@@ -323,5 +340,11 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Server
             state: Arc::clone(&state),
         },
     ));
-    Ok(server)
+    Ok(Gateway {
+        server,
+        signals: runtime::drain::StopSignals {
+            state,
+            delay: shutdown_delay,
+        },
+    })
 }

@@ -59,6 +59,7 @@ file_tables! {
         pub work_stealing: Option<bool>,
         pub reuseport: Option<Spanned<bool>>,
         pub shutdown_grace: Option<Spanned<String>>,
+        pub shutdown_delay: Option<Spanned<String>>,
         pub upgrade_sock: Option<Spanned<String>>,
     }
 }

@@ -19,6 +19,9 @@ pub struct ServerSettings {
     /// connection pool: a connection and its upstream connections stay on the thread that accepted it.
     pub reuseport: bool,
     pub shutdown_grace: Duration,
+    /// How long a SIGTERM'd gateway keeps serving, not ready, before it closes its listeners: a load
+    /// balancer's health check takes it out meanwhile, and keep-alive clients are told to close.
+    pub shutdown_delay: Duration,
     /// The Unix socket over which a running gateway hands its listening sockets to its successor.
     pub upgrade_sock: std::path::PathBuf,
 }
@@ -132,6 +135,34 @@ fn upgrade_sock(server: &ServerFile, diags: &mut Vec<Diagnostic>) -> std::path::
     sock
 }
 
+/// The longest `[server] shutdown_delay`: a stop is meant to take seconds, and the delay comes on top of
+/// `shutdown_grace` within the orchestrator's stop timeout.
+pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
+
+/// `[server] shutdown_delay` (default none; `"0s"` allowed).
+fn shutdown_delay(server: &ServerFile, diags: &mut Vec<Diagnostic>) -> Duration {
+    let Some(text) = server.shutdown_delay.as_ref() else {
+        return Duration::ZERO;
+    };
+    match super::duration::parse_duration(text.get_ref()) {
+        Ok(d) if d > MAX_SHUTDOWN_DELAY => {
+            diags.push(Diagnostic::at(
+                text,
+                format!(
+                    "server.shutdown_delay must be at most {}s (it delays every stop)",
+                    MAX_SHUTDOWN_DELAY.as_secs()
+                ),
+            ));
+            Duration::ZERO
+        }
+        Ok(d) => d,
+        Err(e) => {
+            diags.push(Diagnostic::at(text, e));
+            Duration::ZERO
+        }
+    }
+}
+
 /// Validates `[server]`.
 pub(super) fn validate_server(server: &ServerFile, diags: &mut Vec<Diagnostic>) -> ServerSettings {
     ServerSettings {
@@ -139,6 +170,7 @@ pub(super) fn validate_server(server: &ServerFile, diags: &mut Vec<Diagnostic>) 
         work_stealing: server.work_stealing.unwrap_or(false),
         reuseport: reuseport(server, diags),
         shutdown_grace: duration_or(&server.shutdown_grace, DEFAULT_SHUTDOWN_GRACE, diags),
+        shutdown_delay: shutdown_delay(server, diags),
         upgrade_sock: upgrade_sock(server, diags),
     }
 }

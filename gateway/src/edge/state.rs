@@ -146,6 +146,9 @@ pub struct GatewayState {
     pub listeners_up: AtomicBool,
     /// Set when a stop or an upgrade hand-over begins: responses close their connections (`drain`).
     pub draining: AtomicBool,
+    /// Set when SIGTERM arrives with a `[server] shutdown_delay`: `/readyz` answers 503 while the
+    /// listeners still serve (`drain::StopSignals`).
+    pub stopping: AtomicBool,
     /// The certificates served on the https entrypoint and the pending ACME challenge answers.
     pub certs: Arc<crate::tls::store::CertStore>,
     /// Backpressure at the process's own core, kept across reloads (see `edge::backpressure`).

@@ -7,14 +7,17 @@
 //! From the moment the stop or the hand-over begins, [`GatewayState::draining`] is set: every HTTP/1
 //! response then says `Connection: close`, so that keep-alive clients move to a new connection (the new
 //! process's, on an upgrade) after a complete response, instead of meeting a connection closed under
-//! their next request. On an upgrade, Pingora keeps accepting for 5 s after handing the sockets over
+//! their next request. With `[server] shutdown_delay`, [`StopSignals`] puts a phase before all of this:
+//! on SIGTERM the gateway first says not ready on `/readyz` and closes each connection after its next
+//! response while its listeners still accept, so that a load balancer takes it out of rotation and its
+//! keep-alive clients move to another replica before any listener or idle connection is closed. On an upgrade, Pingora keeps accepting for 5 s after handing the sockets over
 //! (both processes accept from the same sockets), then closes what is idle.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 
 use crate::runtime::state::GatewayState;
@@ -24,6 +27,55 @@ use crate::telemetry::metrics::metrics;
 /// the listener closed gets this long to turn into a request.
 const SETTLE: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_millis(20);
+
+/// The process's stop signals, as Pingora's own watcher reads them (SIGTERM graceful stop, SIGQUIT
+/// hand-over to a new process, SIGINT fast stop), with `[server] shutdown_delay` served out between
+/// SIGTERM and the graceful stop. A second SIGTERM ends the delay at once; SIGINT during it stops fast.
+pub struct StopSignals {
+    pub state: Arc<GatewayState>,
+    pub delay: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            // Without signal handlers nothing could stop the gateway gracefully: stop now.
+            tracing::error!("cannot install the stop signals' handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = term.recv() => {}
+        }
+        if self.delay.is_zero() {
+            return ShutdownSignal::GracefulTerminate;
+        }
+        self.state
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            delay_ms = self.delay.as_millis() as u64,
+            "SIGTERM: not ready from now on; serving (each connection closed after its next response) \
+             for [server] shutdown_delay before the listeners close"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.delay) => {}
+            _ = term.recv() => tracing::info!("second SIGTERM: ending shutdown_delay now"),
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
 
 pub struct Drain {
     pub state: Arc<GatewayState>,

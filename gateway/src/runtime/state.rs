@@ -149,6 +149,7 @@ impl GatewayState {
             jwks,
             listeners_up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             certs,
             core_gate,
         })
@@ -220,6 +221,9 @@ impl GatewayState {
     pub fn ready(&self) -> Result<(), String> {
         if !self.listeners_up.load(Ordering::Acquire) {
             return Err("listeners not up yet".into());
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            return Err("stopping: SIGTERM received, serving out [server] shutdown_delay".into());
         }
         let rt = self.current();
         let down: Vec<&str> = rt
