@@ -523,9 +523,17 @@ if want_step two-gateways; then
   load_end; r=$LOAD_RESULT
   window=$(outage "$CT_DIR/probe-ha.txt")
   wait_healthy gateway-2 60 || fail "gateway-2 is not healthy after its restart"
+  # edge-lb names each client in a PROXY v2 header: the gateways' access logs show the client's address,
+  # never edge-lb's (172.28.0.13).
+  podman logs "$(container gateway-2)" > "$CT_DIR/gateway-2.log" 2>&1 || true
+  via_lb=$(grep -c '"client_ip":"172.28.0.13"' "$CT_DIR/gateway-2.log" || true)
+  clients=$(grep '"client_ip":"' "$CT_DIR/gateway-2.log" | grep -vc '"client_ip":"172.28.0.13"' || true)
+  [ "${via_lb:-0}" = 0 ] && [ "${clients:-0}" -gt 0 ] \
+    || fail "gateway-2 logged edge-lb's address for $via_lb requests and a client's for $clients (PROXY protocol)"
+  client_ip=$(grep -o '"client_ip":"[^"]*"' "$CT_DIR/gateway-2.log" | sort | uniq -c | sort -rn | head -1 | awk '{print $2}')
   # Measured and reported (issue #27 asks for the window, not for zero).
   dc_ha stop -t 30 edge-lb gateway-2 >/dev/null 2>&1; dc_ha rm -f edge-lb gateway-2 >/dev/null 2>&1
-  done_step "$r; both replicas restarted one after the other (${took1}s, ${took2}s) behind edge-lb: outage ${window}s for new connections"
+  done_step "$r; both replicas restarted one after the other (${took1}s, ${took2}s) behind edge-lb: outage ${window}s for new connections; PROXY v2: ${clients} requests logged with the client's address (${client_ip#\"client_ip\":}), 0 with edge-lb's"
 fi
 
 if want_step redis-restart; then

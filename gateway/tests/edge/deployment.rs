@@ -808,6 +808,24 @@ fn the_second_gateway_runs_the_firsts_settings_behind_edge_lb() {
         }
     }
     assert!(cfg.contains("uri /readyz") && cfg.contains("check port 9000"));
+    // edge-lb names the client in a PROXY v2 header on every gateway connection, and each gateway
+    // config believes it from edge-lb's address (and from nobody else).
+    let lb_ip = services(&ha)["edge-lb"]["networks"]["edge"]["ipv4_address"]
+        .as_str()
+        .expect("edge-lb's fixed address");
+    for line in cfg
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server "))
+    {
+        assert!(line.contains("send-proxy-v2"), "no PROXY header: {line}");
+    }
+    for config in ["gateway.toml", "gateway.acme-staging.toml"] {
+        let text = read(&dir.join("gateway").join(config));
+        assert!(
+            text.contains(&format!("proxy_protocol = {{ from = [\"{lb_ip}\"] }}")),
+            "{config} does not take edge-lb's ({lb_ip}) PROXY headers"
+        );
+    }
     // The admin listener refuses a Host it does not know: the check names one the configs allow.
     assert!(cfg.contains("hdr Host gateway"));
     for config in ["gateway.toml", "gateway.acme-staging.toml"] {
