@@ -567,6 +567,14 @@ pub struct PeerOptions {
     #[cfg(feature = "openssl_derived")]
     #[derivative(Debug = "ignore")]
     pub upstream_tls_handshake_complete_hook: Option<HandshakeCompleteHook>,
+    /// A complete rustls client configuration for this peer's TLS handshakes (roots, verifier,
+    /// client certificate, ALPN), used as it is instead of one derived per connection from the
+    /// options above (`ca`, client cert, `verify_*`, `alpn`), which the handshake then ignores. Built
+    /// once, it keeps its TLS session cache across connections (resumption). The server name is the
+    /// peer's SNI. Connections made with different configurations are never reused for each other.
+    #[cfg(feature = "rustls")]
+    #[derivative(Debug = "ignore")]
+    pub tls_client_config: Option<Arc<pingora_rustls::ClientConfig>>,
 }
 
 impl PeerOptions {
@@ -611,6 +619,8 @@ impl PeerOptions {
             proxy_digest_user_data_hook: None,
             #[cfg(feature = "openssl_derived")]
             upstream_tls_handshake_complete_hook: None,
+            #[cfg(feature = "rustls")]
+            tls_client_config: None,
         }
     }
 
@@ -797,6 +807,12 @@ impl Hash for HttpPeer {
         // adjusted over the lifetime of a connection.
         self.options.curves.hash(state);
         self.options.second_keyshare.hash(state);
+        #[cfg(feature = "rustls")]
+        self.options
+            .tls_client_config
+            .as_ref()
+            .map(|c| Arc::as_ptr(c) as usize)
+            .hash(state);
     }
 }
 

@@ -138,6 +138,34 @@ where
 {
     let config = &tls_ctx.config;
 
+    // A peer with its own complete client configuration: used as it is (its session cache kept across
+    // connections); only an ALPN override makes a copy.
+    if let Some(own) = peer
+        .get_peer_options()
+        .and_then(|o| o.tls_client_config.as_ref())
+    {
+        let cfg = match alpn_override.as_ref() {
+            Some(alpn) => {
+                let mut cfg = RusTlsClientConfig::clone(own);
+                cfg.alpn_protocols = alpn.to_wire_protocols();
+                Arc::new(cfg)
+            }
+            None => Arc::clone(own),
+        };
+        let tls_conn = RusTlsConnector::from(cfg);
+        let connect_future = handshake(&tls_conn, peer.sni(), stream);
+        return match peer.connection_timeout() {
+            Some(t) => match pingora_timeout::timeout(t, connect_future).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(
+                    ConnectTimedout,
+                    format!("connecting to server {}, timeout {:?}", peer, t),
+                ),
+            },
+            None => connect_future.await,
+        };
+    }
+
     // Build per-peer CA store if provided
     let peer_ca_store: Option<Arc<RootCertStore>> = if let Some(ca_list) = peer.get_ca() {
         if ca_list.is_empty() {
