@@ -188,6 +188,13 @@ impl AdminApp {
                 json!({
                     "name": u.name,
                     "balance": u.balance.as_str(),
+                    "protocol": u.protocol.as_str(),
+                    "tls": u.spec.tls.as_ref().map(|t| json!({
+                        "sni": t.sni,
+                        "ca": t.ca.as_deref().unwrap_or("system"),
+                        "verify": t.verify,
+                        "client_certificate": t.client_cert,
+                    })),
                     "servers": u.members().servers.iter().map(|s| json!({
                         "addr": s.label,
                         "via": s.via,

@@ -149,6 +149,21 @@ file_tables! {
         pub timeouts: TimeoutsFile,
         pub max_tries: Option<Spanned<i64>>,
         pub concurrency: Option<Spanned<ConcurrencyFile>>,
+        /// TLS towards the upstream (`protocol = "https"` or `"h2"`).
+        pub tls: Option<Spanned<UpstreamTlsFile>>,
+    }
+}
+
+file_tables! {
+    /// `tls = { … }` of an upstream.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UpstreamTlsFile {
+        pub ca: Option<Spanned<String>>,
+        pub sni: Option<Spanned<String>>,
+        pub cert: Option<Spanned<String>>,
+        pub key: Option<Spanned<String>>,
+        pub verify: Option<Spanned<bool>>,
     }
 }
 

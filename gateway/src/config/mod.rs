@@ -27,6 +27,7 @@ mod tenancy;
 mod tenant_stats;
 pub mod tls;
 mod tracing;
+mod upstream_tls;
 mod upstreams;
 
 pub use admin::*;
@@ -45,6 +46,7 @@ pub use server::*;
 pub use tenancy::*;
 pub use tenant_stats::*;
 pub use tracing::*;
+pub use upstream_tls::UpstreamTls;
 use upstreams::validate_upstream;
 pub use upstreams::*;
 

@@ -2,9 +2,11 @@
 //! re-resolves at run time, see `upstream::discovery`), balancing, health checks, timeouts, retries.
 
 use super::file::{ConcurrencyFile, ServerEntry, TimeoutsFile, UpstreamFile};
+use super::UpstreamTls;
 use super::{duration_or, positive, Diagnostic};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Upstream connect timeout.
@@ -47,6 +49,32 @@ impl Balance {
 pub enum UpstreamProtocol {
     Http1,
     H2c,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// As written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::Https => "https",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+
+    /// Whether the upstream is spoken to over TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Https | UpstreamProtocol::H2)
+    }
+
+    /// Whether the upstream is spoken to in HTTP/2.
+    pub fn h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
 }
 
 /// Where a server entry points.
@@ -74,6 +102,10 @@ pub struct HealthSpec {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// The upstream's TLS: checks go over the same TLS as requests.
+    pub tls: Option<Arc<UpstreamTls>>,
+    /// Checks speak HTTP/2 (`protocol = "h2"`): a server that speaks nothing else must pass too.
+    pub h2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,6 +122,8 @@ pub struct UpstreamSpec {
     pub servers: Vec<ServerSpec>,
     pub balance: Balance,
     pub protocol: UpstreamProtocol,
+    /// TLS towards the servers (`protocol = "https"` or `"h2"`).
+    pub tls: Option<Arc<UpstreamTls>>,
     pub health: Option<HealthSpec>,
     pub timeouts: Timeouts,
     pub max_tries: u32,
@@ -232,10 +266,26 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
         &[
             ("http1", UpstreamProtocol::Http1),
             ("h2c", UpstreamProtocol::H2c),
+            ("https", UpstreamProtocol::Https),
+            ("h2", UpstreamProtocol::H2),
         ],
         "",
         diags,
     );
+    let tls = if protocol.tls() {
+        super::upstream_tls::validate(&name, u.tls.as_ref(), protocol.h2(), diags)
+    } else {
+        if let Some(t) = &u.tls {
+            diags.push(Diagnostic::at(
+                t,
+                format!(
+                    "upstream `{name}`: tls applies to protocol = \"https\" or \"h2\" (this one speaks plain {})",
+                    if protocol.h2() { "h2c" } else { "http1" }
+                ),
+            ));
+        }
+        None
+    };
     let health = u.health.as_ref().map(|h| {
         let path = h
             .path
@@ -263,6 +313,8 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
                 "health.unhealthy_threshold",
                 diags,
             ) as u32,
+            tls: tls.clone(),
+            h2: protocol == UpstreamProtocol::H2,
         }
     });
     UpstreamSpec {
@@ -270,6 +322,7 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
         servers,
         balance,
         protocol,
+        tls,
         health,
         timeouts: validate_timeouts(&u.timeouts, diags),
         max_tries: positive(&u.max_tries, DEFAULT_MAX_TRIES as u64, "max_tries", diags).min(16)

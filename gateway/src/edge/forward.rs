@@ -84,7 +84,17 @@ impl Gateway {
             };
             return Err(err.into_pingora("no server left to try"));
         };
-        let mut peer = HttpPeer::new(server.addr, false, String::new());
+        let mut peer = match &up.spec.tls {
+            None => HttpPeer::new(server.addr, false, String::new()),
+            Some(tls) => {
+                // The upstream's one client configuration (roots, verifier, client certificate, ALPN;
+                // vendor patch 0010): its session cache lets reconnections resume.
+                let name = tls.server_name(server.via.as_deref(), server.addr);
+                let mut peer = HttpPeer::new(server.addr, true, name);
+                peer.options.tls_client_config = Some(Arc::clone(&tls.client));
+                peer
+            }
+        };
         ctx.retry.begin(server, up, route.upstream.as_ref());
         let t = up.spec.timeouts;
         let rtmo = route.spec.timeouts;
@@ -92,7 +102,7 @@ impl Gateway {
         peer.options.read_timeout = Some(rtmo.read.unwrap_or(t.read));
         peer.options.write_timeout = Some(rtmo.write.unwrap_or(t.write));
         peer.options.idle_timeout = Some(t.idle);
-        if up.protocol == UpstreamProtocol::H2c {
+        if up.protocol.h2() {
             peer.options.alpn = ALPN::H2;
         }
         Ok(Box::new(peer))

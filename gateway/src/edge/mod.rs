@@ -47,7 +47,7 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::config::{AuthPolicy, UpstreamProtocol};
+use crate::config::AuthPolicy;
 use crate::edge::error::EdgeError;
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::{metrics, requests_series};

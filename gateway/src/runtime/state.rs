@@ -354,9 +354,9 @@ pub mod dns_refresh {
                 let arriving = up.arriving(&lookup);
                 let passed: Vec<SocketAddr> = match &up.spec.health {
                     Some(spec) if !arriving.is_empty() => {
-                        let checks = arriving
-                            .iter()
-                            .map(|a| async move { (*a, probe(*a, spec).await) });
+                        let checks = arriving.iter().map(|(a, via)| async move {
+                            (*a, probe(*a, via.as_deref(), spec).await)
+                        });
                         futures_util::future::join_all(checks)
                             .await
                             .into_iter()
@@ -364,7 +364,7 @@ pub mod dns_refresh {
                             .collect()
                     }
                     Some(_) => Vec::new(),
-                    None => arriving,
+                    None => arriving.into_iter().map(|(a, _)| a).collect(),
                 };
                 let verdict = |a: SocketAddr| passed.contains(&a);
                 if let Some((added, removed)) = up.refresh_members(gw.registry(), &lookup, &verdict)

@@ -335,13 +335,17 @@ impl Upstream {
             .any(|s| matches!(s.target, ServerTarget::Name { .. }))
     }
 
-    /// The addresses that the DNS answers in `resolved` would add to the current members.
-    pub fn arriving(&self, resolved: &dyn Fn(&str, u16) -> Vec<SocketAddr>) -> Vec<SocketAddr> {
+    /// The addresses that the DNS answers in `resolved` would add to the current members, each with
+    /// the server entry (`host:port`) it came from.
+    pub fn arriving(
+        &self,
+        resolved: &dyn Fn(&str, u16) -> Vec<SocketAddr>,
+    ) -> Vec<(SocketAddr, Option<String>)> {
         let current = self.members.load();
         wanted(&self.spec, resolved)
             .into_iter()
             .filter(|w| !current.wanted.iter().any(|c| c.addr == w.addr))
-            .map(|w| w.addr)
+            .map(|w| (w.addr, w.via))
             .collect()
     }
 
@@ -453,6 +457,7 @@ mod tests {
                 .collect(),
             balance,
             protocol: UpstreamProtocol::Http1,
+            tls: None,
             health: None,
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),
@@ -499,6 +504,8 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 healthy_threshold: 1,
                 unhealthy_threshold: 1,
+                tls: None,
+                h2: false,
             });
         }
         s
@@ -537,7 +544,10 @@ mod tests {
             None,
             "same answer, no change"
         );
-        assert_eq!(up.arriving(&|_, _| vec![b, c]), vec![c]);
+        assert_eq!(
+            up.arriving(&|_, _| vec![b, c]),
+            vec![(c, Some("backend:8081".to_string()))]
+        );
         let change = up.refresh_members(&reg, &|_, _| vec![b, c], &|x| x != c);
         assert_eq!(change, Some((vec![c], vec![a])));
         let m = up.members();

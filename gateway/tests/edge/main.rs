@@ -36,4 +36,5 @@ mod tls;
 mod tls_helpers;
 mod upgrade;
 mod upgrade_socket;
+mod upstream_tls;
 mod validate;
