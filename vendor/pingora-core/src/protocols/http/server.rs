@@ -206,6 +206,20 @@ impl Session {
         }
     }
 
+    /// Like `write_response_header()`, with `end` saying that no body follows: an HTTP/2 response then
+    /// ends with its HEADERS frame (END_STREAM), as a gRPC "trailers-only" answer must, instead of an
+    /// empty DATA frame after it. HTTP/1 is written as by `write_response_header()`.
+    pub async fn write_response_header_end(
+        &mut self,
+        resp: Box<ResponseHeader>,
+        end: bool,
+    ) -> Result<()> {
+        match self {
+            Self::H2(s) => s.write_response_header(resp, end),
+            _ => self.write_response_header(resp).await,
+        }
+    }
+
     /// Similar to `write_response_header()`, this fn will clone the `resp` internally
     pub async fn write_response_header_ref(&mut self, resp: &ResponseHeader) -> Result<()> {
         match self {
