@@ -224,7 +224,10 @@ async fn a_promoted_replica_takes_the_writes_without_a_restart_and_keeps_every_a
                     Some((200, body)) if body.to_string().contains("ann@acme.test") => {
                         counts.reads_ok.fetch_add(1, Ordering::Relaxed)
                     }
-                    _ => counts.reads_failed.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("a read failed: {other:?}");
+                        counts.reads_failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -154,6 +154,36 @@ impl Pools {
         }
     }
 
+    /// A whole fresh read in `tenant`'s scope (see [`Pools::tenant_tx_fresh`]): when the primary goes
+    /// away under it — the transaction began, then a query or the commit failed because the server is
+    /// stopping — the read runs again on the replica, so that a read in flight when a failover begins
+    /// is not lost either.
+    pub async fn fresh_read<T>(
+        &self,
+        tenant: Uuid,
+        read: impl for<'c> Fn(
+            &'c mut sqlx::PgConnection,
+        ) -> futures_util::future::BoxFuture<'c, Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let first = async {
+            let mut tx = self.tenant_tx_fresh(tenant).await?;
+            let value = read(&mut tx).await?;
+            tx.commit().await?;
+            Ok(value)
+        }
+        .await;
+        match (first, self.replica.as_ref()) {
+            (Err(e), Some(replica)) if is_unavailable(&e) => {
+                self.primary_failed(&e);
+                let mut tx = read_tx(replica, tenant).await?;
+                let value = read(&mut tx).await?;
+                tx.commit().await?;
+                Ok(value)
+            }
+            (first, _) => first,
+        }
+    }
+
     /// The pool for a fresh read outside a tenant's scope (see [`Pools::tenant_tx_fresh`]) and whether
     /// it is the replica standing in for an away primary.
     pub fn fresh_pool(&self) -> (&PgPool, bool) {

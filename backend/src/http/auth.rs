@@ -305,9 +305,12 @@ pub async fn platform_admin(ctx: &Ctx) -> Result<Principal, ApiError> {
 /// from the database, whatever the token says.
 pub async fn admin(ctx: &Ctx) -> Result<Principal, ApiError> {
     let mut p = principal(ctx).await?;
-    let mut tx = ctx.state.db.tenant_tx_fresh(p.tenant.id).await?;
-    let current = crate::db::users::get(&mut tx, p.user_id).await?;
-    tx.commit().await?;
+    let user_id = p.user_id;
+    let current = ctx
+        .state
+        .db
+        .fresh_read(p.tenant.id, |c| Box::pin(crate::db::users::get(c, user_id)))
+        .await?;
     match current {
         Some(u) if u.is_active => p.role = u.role,
         _ => {

@@ -54,11 +54,15 @@ fn check_role(role: &str, by: &Principal, errors: &mut Vec<(&'static str, String
 
 pub async fn me(ctx: &Ctx) -> ApiResult {
     let p = principal(ctx).await?;
-    let mut tx = ctx.state.db.tenant_tx_fresh(p.tenant.id).await?;
-    let user = users::get(&mut tx, p.user_id).await?.ok_or_else(|| {
-        ApiError::Unauthorized("invalid_token", "the user no longer exists".into())
-    })?;
-    tx.commit().await?;
+    let user_id = p.user_id;
+    let user = ctx
+        .state
+        .db
+        .fresh_read(p.tenant.id, |c| Box::pin(users::get(c, user_id)))
+        .await?
+        .ok_or_else(|| {
+            ApiError::Unauthorized("invalid_token", "the user no longer exists".into())
+        })?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "user": user, "tenant": p.tenant }),
