@@ -102,7 +102,8 @@ ensure_s3s_fs() {
 # pg_bin_dir — the newest installed PostgreSQL server binaries (initdb, pg_ctl), for private clusters.
 # Python tools the tests call, in a venv of their own: kubernetes-validate (offline schema checks of
 # compose/kubernetes/) and Authlib with requests (the third party of the OAuth2 tests: a real OAuth2
-# client library). Exports KUBERNETES_VALIDATE and OAUTH_PYTHON.
+# client library), grpcio (a real gRPC client and server for the gateway's gRPC tests). Exports
+# KUBERNETES_VALIDATE, OAUTH_PYTHON and GRPC_PYTHON.
 ensure_py_tools() {
   local venv="$HOME/.cache/aggios-edge/tools"
   if [ ! -x "$venv/bin/python" ]; then
@@ -117,8 +118,13 @@ ensure_py_tools() {
     log "pip install authlib requests (into $venv)"
     "$venv/bin/pip" install -q authlib==1.9.10 requests==2.34.2
   fi
+  if ! "$venv/bin/python" -c 'import grpc' 2>/dev/null; then
+    log "pip install grpcio (into $venv)"
+    "$venv/bin/pip" install -q grpcio==1.76.0
+  fi
   export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
   export OAUTH_PYTHON="$venv/bin/python"
+  export GRPC_PYTHON="$venv/bin/python"
 }
 
 # The dashboard page's browser test: Debian's chromium driven by playwright-core (npm, pinned by

@@ -251,6 +251,10 @@ file_tables! {
         pub healthy_threshold: Option<Spanned<i64>>,
         pub unhealthy_threshold: Option<Spanned<i64>>,
         pub host: Option<Spanned<String>>,
+        /// gRPC's health protocol (`grpc.health.v1.Health/Check`) instead of `GET path`.
+        pub grpc: Option<Spanned<bool>>,
+        /// The service `grpc.health.v1` is asked about (default `""`: the whole server).
+        pub grpc_service: Option<Spanned<String>>,
     }
 }
 

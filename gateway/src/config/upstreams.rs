@@ -106,6 +106,9 @@ pub struct HealthSpec {
     pub tls: Option<Arc<UpstreamTls>>,
     /// Checks speak HTTP/2 (`protocol = "h2"`): a server that speaks nothing else must pass too.
     pub h2: bool,
+    /// gRPC health checking (`grpc = true`): the service asked about (`""`: the whole server). The
+    /// check passes when `grpc.health.v1.Health/Check` answers SERVING with grpc-status 0.
+    pub grpc: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -315,6 +318,7 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
             ) as u32,
             tls: tls.clone(),
             h2: protocol == UpstreamProtocol::H2,
+            grpc: grpc_health(h, protocol, diags),
         }
     });
     UpstreamSpec {
@@ -329,6 +333,38 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
             as u32,
         concurrency: validate_concurrency(u.concurrency.as_ref(), diags),
     }
+}
+
+/// `health.grpc` and `health.grpc_service`: gRPC health checking, which needs HTTP/2 to the servers.
+fn grpc_health(
+    h: &super::file::HealthFile,
+    protocol: UpstreamProtocol,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<String> {
+    let on = h.grpc.as_ref().is_some_and(|g| *g.get_ref());
+    if !on {
+        if let Some(s) = &h.grpc_service {
+            diags.push(Diagnostic::at(
+                s,
+                "health.grpc_service needs health.grpc = true",
+            ));
+        }
+        return None;
+    }
+    if !protocol.h2() {
+        if let Some(g) = &h.grpc {
+            diags.push(Diagnostic::at(
+                g,
+                "health.grpc needs HTTP/2 to the servers: protocol = \"h2c\" or \"h2\"",
+            ));
+        }
+        return None;
+    }
+    Some(
+        h.grpc_service
+            .as_ref()
+            .map_or_else(String::new, |s| s.get_ref().clone()),
+    )
 }
 
 /// Parses a server entry: an IP address with a port, or a host name with a port. Names are not looked up

@@ -57,12 +57,19 @@ pub(super) async fn answer(
     Ok(())
 }
 
-/// Writes an answer of the edge's own ([`Reply`], the one renderer) for this request.
+/// Writes an answer of the edge's own ([`Reply`], the one renderer) for this request; to a gRPC request,
+/// an error in gRPC's own form (HTTP 200, `grpc-status` in the head: [`Reply::grpc_head`]).
 pub(super) async fn write(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
     if reply.closes_connection() {
         session.set_keepalive(None);
     }
     let id = ctx.request.request_id.as_str();
+    let content_type = session.req_header().headers.get(http::header::CONTENT_TYPE);
+    if matches!(reply, Reply::Error(_)) && super::reply::is_grpc(content_type) {
+        let content_type = content_type.map(|v| v.as_bytes()).unwrap_or_default();
+        let head = reply.grpc_head(id, content_type)?;
+        return session.write_response_header(Box::new(head), true).await;
+    }
     let body = reply.body(id);
     let head = reply.head(id, body.as_ref())?;
     match body {

@@ -156,6 +156,8 @@ pub(super) struct RetryState {
     /// Time to the upstream's response head.
     pub upstream_ms: Option<f64>,
     pub response_started: bool,
+    /// The current try speaks HTTP/2 to its upstream (`h2c`, `h2`).
+    pub h2_upstream: bool,
 }
 
 impl RetryState {
@@ -171,6 +173,7 @@ impl RetryState {
         self.active = Some(server.begin());
         self.server = Some(server);
         self.max_tries = upstream.spec.max_tries;
+        self.h2_upstream = upstream.protocol.h2();
         self.stable_max_tries = stable.map_or(1, |u| u.spec.max_tries);
     }
 
@@ -250,6 +253,7 @@ impl RequestCtx {
                 upstream_start: None,
                 upstream_ms: None,
                 response_started: false,
+                h2_upstream: false,
             },
             answer: Answering {
                 error: None,

@@ -136,6 +136,41 @@ impl EdgeError {
         }
     }
 
+    /// The gRPC status for this refusal of a gRPC request (grpc/doc/statuscodes.md): what a gRPC client
+    /// can act on instead of a JSON body it cannot read.
+    pub fn grpc_status(&self) -> u8 {
+        const INVALID_ARGUMENT: u8 = 3;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const PERMISSION_DENIED: u8 = 7;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNIMPLEMENTED: u8 = 12;
+        const INTERNAL: u8 = 13;
+        const UNAVAILABLE: u8 = 14;
+        const UNAUTHENTICATED: u8 = 16;
+        match self {
+            EdgeError::Malformed(_) | EdgeError::BadHost | EdgeError::PathTraversal => {
+                INVALID_ARGUMENT
+            }
+            EdgeError::HeaderTooLarge | EdgeError::TooManyHeaders | EdgeError::BodyTooLarge => {
+                RESOURCE_EXHAUSTED
+            }
+            EdgeError::RateLimited(_) => RESOURCE_EXHAUSTED,
+            EdgeError::NoRoute | EdgeError::ConnectNotAllowed => UNIMPLEMENTED,
+            EdgeError::RequestTimeout | EdgeError::UpstreamTimeout => DEADLINE_EXCEEDED,
+            EdgeError::NoHealthyServer
+            | EdgeError::BadGateway
+            | EdgeError::StoreUnavailable
+            | EdgeError::PolicyUnavailable
+            | EdgeError::Overloaded(_) => UNAVAILABLE,
+            EdgeError::Auth(a) if a.status() == 401 => UNAUTHENTICATED,
+            EdgeError::Auth(_)
+            | EdgeError::CorsDenied
+            | EdgeError::IpDenied
+            | EdgeError::TenantSuspended => PERMISSION_DENIED,
+            EdgeError::Internal => INTERNAL,
+        }
+    }
+
     /// The machine-readable code in the JSON body.
     pub fn code(&self) -> &'static str {
         match self {

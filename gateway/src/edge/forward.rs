@@ -98,9 +98,27 @@ impl Gateway {
         ctx.retry.begin(server, up, route.upstream.as_ref());
         let t = up.spec.timeouts;
         let rtmo = route.spec.timeouts;
-        peer.options.connection_timeout = Some(rtmo.connect.unwrap_or(t.connect));
-        peer.options.read_timeout = Some(rtmo.read.unwrap_or(t.read));
-        peer.options.write_timeout = Some(rtmo.write.unwrap_or(t.write));
+        let (mut read, mut write) = (rtmo.read.unwrap_or(t.read), rtmo.write.unwrap_or(t.write));
+        // A gRPC call's deadline (`grpc-timeout`, forwarded as it came) bounds every wait on the
+        // upstream: past it the call is answered DEADLINE_EXCEEDED instead of waiting for the route's
+        // read timeout. Each read is bounded by what is left of the deadline when the server is chosen.
+        let req = session.req_header();
+        if super::reply::is_grpc(req.headers.get(http::header::CONTENT_TYPE)) {
+            if let Some(deadline) = req
+                .headers
+                .get("grpc-timeout")
+                .and_then(|v| grpc_timeout(v.as_bytes()))
+            {
+                let left = deadline
+                    .saturating_sub(ctx.request.start.elapsed())
+                    .max(Duration::from_millis(1));
+                read = read.min(left);
+                write = write.min(left);
+            }
+        }
+        peer.options.connection_timeout = Some(rtmo.connect.unwrap_or(t.connect).min(read));
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(write);
         peer.options.idle_timeout = Some(t.idle);
         if up.protocol.h2() {
             peer.options.alpn = ALPN::H2;
@@ -117,7 +135,13 @@ impl Gateway {
     ) -> Result<()> {
         let upgrade = session.is_upgrade_req();
         let seen = headers::Managed::scan(upstream_request);
+        let te_trailers = headers::accepts_trailers(upstream_request);
         headers::strip_hop_by_hop(upstream_request, seen, upgrade);
+        if te_trailers && ctx.retry.h2_upstream {
+            // `TE` is hop-by-hop, but `trailers` (the one value HTTP/2 allows) tells an HTTP/2 server
+            // that the client takes trailers: gRPC servers refuse a call without it.
+            let _ = upstream_request.insert_header("te", "trailers");
+        }
         if !ctx
             .request
             .runtime
@@ -251,5 +275,49 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+}
+
+/// A gRPC `grpc-timeout` value (`TimeoutValue TimeoutUnit`: at most 8 digits, then one of `H M S m u n`),
+/// or `None` when it is not one.
+pub(super) fn grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_spec_writes_them() {
+        assert_eq!(grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            grpc_timeout(b"99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        assert_eq!(grpc_timeout(b"100000000m"), None, "nine digits");
+        for bad in [&b""[..], b"m", b"10", b"10x", b"-1S", b"1.5S", b" 1S"] {
+            assert_eq!(
+                grpc_timeout(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

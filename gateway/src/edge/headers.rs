@@ -265,6 +265,18 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, seen: Managed, upgrade: bool) {
     }
 }
 
+/// Whether the client's `TE` names `trailers` (read before [`strip_hop_by_hop`] removes it).
+pub fn accepts_trailers(req: &RequestHeader) -> bool {
+    req.headers.get_all("te").iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            t.trim_ascii()
+                .split(|b| *b == b';')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        })
+    })
+}
+
 /// The client address this gateway computed (right-most untrusted `X-Forwarded-For` entry, or the
 /// peer), for the backend: a header of our own, never taken from a client.
 pub use contracts::headers::CLIENT_IP;

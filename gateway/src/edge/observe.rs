@@ -14,7 +14,11 @@ impl Gateway {
         ctx.retry.active = None;
         ctx.retry.slot = None;
         head_deadline::request_done(session.as_downstream().stream());
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let mut status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let (Some(err), 200) = (&ctx.answer.error, status) {
+            // A gRPC refusal goes out as HTTP 200 with its grpc-status: counted as the refusal it is.
+            status = err.status();
+        }
         let elapsed = ctx.request.start.elapsed();
         let rt = ctx.request.runtime.as_ref();
         let route = rt.and_then(|rt| ctx.route(rt));

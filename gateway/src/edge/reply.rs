@@ -75,6 +75,42 @@ impl Reply {
         Ok(resp)
     }
 
+    /// The answer to a gRPC request (`content-type: application/grpc…`, given as `content_type`): an
+    /// error as gRPC's "trailers-only" response — HTTP 200 and the status in the head (`grpc-status`,
+    /// `grpc-message`: `{code}: {message}` percent-encoded), no body — with the fields of its kind
+    /// (`Retry-After`, `RateLimit-*`, `WWW-Authenticate`) and the request id. Other kinds as usual.
+    pub fn grpc_head(
+        &self,
+        request_id: &str,
+        content_type: &[u8],
+    ) -> pingora::Result<ResponseHeader> {
+        let Reply::Error(e) = self else {
+            return self.head(request_id, self.body(request_id).as_ref());
+        };
+        let mut resp = ResponseHeader::build(200, Some(8))?;
+        for (name, value) in self.fields(None) {
+            if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+                resp.insert_header(name, value)?;
+            }
+        }
+        // The client's own flavour: gRPC-Web clients read the status from the head too.
+        let flavour = if content_type.starts_with(b"application/grpc-web-text") {
+            "application/grpc-web-text"
+        } else if content_type.starts_with(b"application/grpc-web") {
+            "application/grpc-web+proto"
+        } else {
+            "application/grpc"
+        };
+        resp.insert_header(CONTENT_TYPE, flavour)?;
+        resp.insert_header("grpc-status", e.grpc_status().to_string())?;
+        resp.insert_header("grpc-message", grpc_message(&format!("{}: {e}", e.code())))?;
+        resp.insert_header(contracts::headers::REQUEST_ID, request_id)?;
+        if self.closes_connection() {
+            resp.insert_header(CONNECTION, "close")?;
+        }
+        Ok(resp)
+    }
+
     /// The fields of this kind of answer (the request id and `Connection` aside).
     fn fields(&self, body: Option<&Bytes>) -> Vec<(HeaderName, HeaderValue)> {
         let len = |b: Option<&Bytes>| HeaderValue::from(b.map_or(0, Bytes::len));
@@ -179,9 +215,59 @@ impl Reply {
     }
 }
 
+/// Whether a request is gRPC (or gRPC-Web), by its content type.
+pub fn is_grpc(content_type: Option<&HeaderValue>) -> bool {
+    content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `grpc-message`'s encoding: printable ASCII but `%` as is, every other byte `%XX` (gRPC over HTTP/2).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_refusal_is_trailers_only_with_its_status_and_the_fields_of_its_kind() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let refused = Reply::Error(EdgeError::NoRoute);
+        let head = refused
+            .grpc_head(id, b"application/grpc+proto")
+            .expect("head");
+        assert_eq!(head.status.as_u16(), 200);
+        assert_eq!(head.headers["content-type"], "application/grpc");
+        assert_eq!(head.headers["grpc-status"], "12");
+        assert!(head.headers["grpc-message"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("no_route: "));
+        assert_eq!(
+            head.headers[contracts::headers::REQUEST_ID].as_bytes(),
+            id.as_bytes()
+        );
+        assert!(head.headers.get("content-length").is_none());
+        let web = Reply::Error(EdgeError::Internal)
+            .grpc_head(id, b"application/grpc-web-text")
+            .expect("head");
+        assert_eq!(web.headers["content-type"], "application/grpc-web-text");
+        assert_eq!(web.headers["grpc-status"], "13");
+        assert_eq!(grpc_message("50% über\n"), "50%25 %C3%BCber%0A");
+        assert!(is_grpc(Some(&HeaderValue::from_static("application/grpc"))));
+        assert!(!is_grpc(Some(&HeaderValue::from_static(
+            "application/json"
+        ))));
+        assert!(!is_grpc(None));
+    }
 
     /// Every kind carries the request id; every error the JSON shape with it; the bytes written below
     /// Pingora say the same as the head Pingora writes.

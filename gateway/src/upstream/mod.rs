@@ -506,6 +506,7 @@ mod tests {
                 unhealthy_threshold: 1,
                 tls: None,
                 h2: false,
+                grpc: None,
             });
         }
         s

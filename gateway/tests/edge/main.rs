@@ -14,6 +14,7 @@ mod discovery;
 mod faults;
 mod forwarding;
 mod gcra_script;
+mod grpc;
 mod health;
 mod helpers;
 mod ip_lists;
