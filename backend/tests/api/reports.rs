@@ -103,7 +103,7 @@ async fn panics_and_5xx_reach_sentry_with_request_tenant_route_and_release_and_n
         .env("SENTRY_ENVIRONMENT", "test")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file"))
         .spawn()
         .expect("backend binary");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -130,6 +130,27 @@ async fn panics_and_5xx_reach_sentry_with_request_tenant_route_and_release_and_n
     )
     .await;
     assert_eq!(panic_status, 500);
+    // The panic is logged with its backtrace, down to the handler's frames.
+    let logged = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+        let logged_with_backtrace = stderr.lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["message"] == "panic"
+                    && v["backtrace"]
+                        .as_str()
+                        .is_some_and(|b| b.contains("backend::http"))
+            })
+        });
+        if logged_with_backtrace {
+            break;
+        }
+        assert!(
+            Instant::now() < logged,
+            "no panic with a backtrace through backend::http in stderr:\n{stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let login = format!(
         r#"{{"email":"ann@acme.test","password":"{secret_password}","refresh_token":"{refresh}"}}"#
     );

@@ -135,11 +135,8 @@ impl AcmeManager {
             });
             if let Some(c) = &current {
                 if c.serial != s.serial {
-                    let lifetime = (c.not_after - c.not_before).max(0);
-                    // Up to 1/20 of the lifetime earlier than two thirds (a few days for 90 days).
-                    let jitter = (lifetime as f64 / 20.0 * fastrand::f64()) as i64;
                     s.serial = c.serial.clone();
-                    s.renew_at = c.renew_at() - jitter;
+                    s.renew_at = jittered_renewal(c, fastrand::f64());
                 }
             }
             let due = current.is_none() || unix_now() >= s.renew_at;
@@ -230,9 +227,41 @@ impl BackgroundService for AcmeManager {
     }
 }
 
+/// When `cert` is renewed: two thirds into its validity ([`crate::support::cert::Certificate::renew_at`]), less up to 1/20 of
+/// its lifetime (`r` in `[0, 1)`: a few days for 90 days) so that replicas and names do not renew in step.
+fn jittered_renewal(cert: &crate::support::cert::Certificate, r: f64) -> i64 {
+    let lifetime = (cert.not_after - cert.not_before).max(0);
+    cert.renew_at() - (lifetime as f64 / 20.0 * r.clamp(0.0, 1.0)) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_is_two_thirds_in_less_at_most_a_twentieth_of_the_lifetime() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params =
+            rcgen::CertificateParams::new(vec!["a.example.test".to_string()]).expect("params");
+        let pem = params.self_signed(&key).expect("sign").pem();
+        let mut cert = crate::support::cert::Certificate::from_pem(
+            pem.as_bytes(),
+            key.serialize_pem().as_bytes(),
+            crate::support::cert::Source::Acme,
+        )
+        .expect("parse");
+        let day = 86_400;
+        cert.not_before = 0;
+        cert.not_after = 90 * day;
+        assert_eq!(jittered_renewal(&cert, 0.0), 60 * day);
+        assert_eq!(jittered_renewal(&cert, 0.5), 60 * day - 90 * day / 40);
+        let earliest = 60 * day - 90 * day / 20;
+        for _ in 0..1_000 {
+            let at = jittered_renewal(&cert, fastrand::f64());
+            assert!((earliest..=60 * day).contains(&at), "{at}");
+        }
+        assert_eq!(jittered_renewal(&cert, 1.0), earliest);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

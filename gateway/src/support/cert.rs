@@ -131,6 +131,18 @@ mod tests {
     }
 
     #[test]
+    fn renewal_is_due_two_thirds_into_the_validity() {
+        let (c, k) = self_signed(&["a.example.test"]);
+        let mut cert =
+            Certificate::from_pem(c.as_bytes(), k.as_bytes(), Source::Acme).expect("parse");
+        cert.not_before = 1_000;
+        cert.not_after = 1_000 + 90 * 86_400;
+        assert_eq!(cert.renew_at(), 1_000 + 60 * 86_400);
+        cert.not_after = 1_000 + 30;
+        assert_eq!(cert.renew_at(), 1_020);
+    }
+
+    #[test]
     fn refuses_a_key_of_another_certificate() {
         let (c, _) = self_signed(&["a.example.test"]);
         let (_, other) = self_signed(&["a.example.test"]);

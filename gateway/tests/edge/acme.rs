@@ -103,19 +103,21 @@ async fn until_served(gw: &Gateway, pebble: &Pebble, names: &[&str], secs: u64, 
     .await;
 }
 
+/// The names of the ACME certificates the gateway serves. An answer that is not the listing fails the
+/// test: an empty list must mean "none served", never "could not ask" (negative assertions use it).
 async fn served_names(gw: &Gateway) -> Vec<String> {
-    let (_, body) = gw.admin_get("/api/certificates").await;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["certificates"]
+    let (status, body) = gw.admin_get("/api/certificates").await;
+    assert_eq!(status, 200, "/api/certificates: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/api/certificates is not JSON ({e}): {body}"));
+    let list = v["certificates"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|c| c["source"] == "acme")
-                .flat_map(|c| c["names"].as_array().cloned().unwrap_or_default())
-                .filter_map(|n| n.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+        .unwrap_or_else(|| panic!("/api/certificates has no list: {body}"));
+    list.iter()
+        .filter(|c| c["source"] == "acme")
+        .flat_map(|c| c["names"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect()
 }
 
 async fn issue_and_serve(challenge: &str) {
@@ -194,6 +196,24 @@ async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
     until_served(&gw, &pebble, &[name], 60, "the first certificate").await;
     let root = pebble.issuing_root().await;
     let client = client_config(&root, &[b"http/1.1"]);
+    // The first certificate's validity, as the gateway holds it.
+    let (_, listing) = gw.admin_get("/api/certificates").await;
+    let listing: serde_json::Value = serde_json::from_str(&listing).expect("json");
+    let first = listing["certificates"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["names"][0] == name))
+        .unwrap_or_else(|| panic!("{name} not listed: {listing}"))
+        .clone();
+    let (not_before, not_after) = (
+        first["not_before"].as_i64().expect("not_before"),
+        first["not_after"].as_i64().expect("not_after"),
+    );
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let renewed_seen_at: Arc<Mutex<Option<f64>>> = Arc::default();
 
     // Load: a new TLS connection per request, recording serials and failures.
     let stop = Arc::new(AtomicBool::new(false));
@@ -201,12 +221,13 @@ async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
     let served = Arc::new(AtomicUsize::new(0));
     let serials: Arc<Mutex<Vec<String>>> = Arc::default();
     let load = {
-        let (stop, failures, served, serials, client) = (
+        let (stop, failures, served, serials, client, renewed_seen_at) = (
             stop.clone(),
             failures.clone(),
             served.clone(),
             serials.clone(),
             client.clone(),
+            renewed_seen_at.clone(),
         );
         let port = gw.https;
         tokio::spawn(async move {
@@ -218,6 +239,9 @@ async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
                         let mut s = serials.lock().expect("lock");
                         if s.last() != Some(&r.serial) {
                             s.push(r.serial);
+                            if s.len() == 2 {
+                                *renewed_seen_at.lock().expect("lock") = Some(unix_now());
+                            }
                         }
                     }
                     Ok(r) => {
@@ -243,6 +267,17 @@ async fn renewal_under_load_then_a_ca_outage_keeps_the_old_certificate() {
     .await;
     stop.store(true, Ordering::SeqCst);
     load.await.expect("load task");
+    // Not renewed before two thirds of the lifetime less the largest jitter (1/20), with a second of
+    // slack for the clocks' whole seconds.
+    let lifetime = (not_after - not_before) as f64;
+    let earliest = not_before as f64 + lifetime * (2.0 / 3.0 - 1.0 / 20.0) - 1.0;
+    let seen = renewed_seen_at.lock().expect("lock").expect("renewal time");
+    assert!(
+        seen >= earliest,
+        "renewed {:.1} s into a {lifetime} s lifetime (earliest allowed {:.1} s)",
+        seen - not_before as f64,
+        earliest - not_before as f64
+    );
     assert_eq!(
         failures.load(Ordering::SeqCst),
         0,

@@ -885,3 +885,85 @@ async fn user_and_api_key_limit_keys_count_per_user_and_per_key_in_redis() {
         .expect("EXISTS");
     assert_eq!(fell_back_to_ip, 0);
 }
+
+/// The shared tier: a record the backend gave one gateway, and an absence, sit in Redis for the cache
+/// TTL (less the in-process part), and a second gateway on the same Redis decides from them without
+/// asking its own backend lookup (which here knows no key at all).
+#[tokio::test]
+async fn the_redis_tier_holds_records_and_absences_that_another_gateway_uses_without_the_backend() {
+    let long = |c: String| c.replace("cache_ttl = \"3s\"", "cache_ttl = \"60s\"");
+    let stack = Stack::start(&redis_url(), long).await;
+    let (known, unknown) = (new_key(), new_key());
+    publish(&stack.lookup, &known, "acme", &["files:read"], None);
+    let host = "acme.aggios.app";
+    let r = stack
+        .gw
+        .get_with(host, "/read/a", &[("x-api-key", &known.full)])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = stack
+        .gw
+        .get_with(host, "/read/a", &[("x-api-key", &unknown.full)])
+        .await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    assert_eq!(
+        stack.lookup.hits.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+
+    let mut c = redis::Client::open(redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for (k, present) in [(&known, true), (&unknown, false)] {
+        let key = contracts::redis_keys::api_key(&k.prefix);
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .expect("GET");
+        let value = value.unwrap_or_else(|| panic!("nothing cached at {key}"));
+        let v: serde_json::Value = serde_json::from_str(&value).expect("json");
+        if present {
+            assert_eq!(
+                v["key_sha256"],
+                hex::encode(Sha256::digest(known.full.as_bytes())),
+                "{value}"
+            );
+        } else {
+            assert_eq!(v["absent"], true, "{value}");
+        }
+        // cache_ttl 60 s less the in-process 5 s: 55 s.
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .expect("PTTL");
+        assert!((30_000..=55_000).contains(&ttl), "{key}: PTTL {ttl}");
+    }
+
+    let lookup = DocServer::start().await;
+    let gw = Gateway::start_with_env(
+        &long(config(&stack.up, &stack.v2, &lookup)),
+        &[("GW_REDIS", &redis_url()), ("GW_SECRET", SECRET)],
+    )
+    .await;
+    let r = gw
+        .get_with(host, "/read/b", &[("x-api-key", &known.full)])
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "the second gateway refused the key: {:?}",
+        r.body
+    );
+    let r = gw
+        .get_with(host, "/read/b", &[("x-api-key", &unknown.full)])
+        .await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    assert_eq!(
+        lookup.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the second gateway asked its backend"
+    );
+}

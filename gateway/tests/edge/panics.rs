@@ -20,6 +20,18 @@ async fn a_panic_in_a_request_hook_is_a_500_for_that_request_only() {
     assert_eq!(r.header("x-request-id"), Some(id.as_str()));
     assert_eq!(up.hits(), 0, "the panicking request reached the upstream");
     assert_eq!(gw.metric("gateway_panics_total").await, 1.0);
+    // Logged as one line with the backtrace, down to the hook that panicked.
+    eventually("the panic's line with its backtrace", || async {
+        gw.stderr().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["message"] == "panic"
+                    && v["backtrace"]
+                        .as_str()
+                        .is_some_and(|b| b.contains("gateway::edge"))
+            })
+        })
+    })
+    .await;
 
     // Beside ordinary requests, each panic stays its own request's.
     let calls = (0..8).map(|i| {

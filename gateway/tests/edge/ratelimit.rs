@@ -50,8 +50,10 @@ async fn one_policy_is_exact_and_refills_on_time() {
     )
     .await;
     let t = tenant();
+    let mut last_allowed = Instant::now();
     for i in 0..8 {
         let r = hit(&gw, &t).await;
+        last_allowed = Instant::now();
         assert_eq!(r.status, 200, "request {i} of limit + burst");
         assert!(
             r.header("ratelimit")
@@ -77,14 +79,42 @@ async fn one_policy_is_exact_and_refills_on_time() {
         .is_some_and(|h| h.starts_with("\"per_tenant\";r=0;")));
     assert_eq!(up.hits(), hits, "a refused request reached the backend");
 
-    // One interval later exactly one more request is allowed.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        hit(&gw, &t).await.status,
-        200,
-        "refilled after one interval"
+    // One request per interval (2 s) comes back: not sooner than an interval after the last one allowed
+    // (measured from its answer to the next one's sending, a lower bound of the gap the gateway saw), and
+    // one at a time. Conditions, not a fixed sleep: a loaded machine only makes the test wait.
+    let deadline = Instant::now() + DEADLINE;
+    let mut checked_one_at_a_time = false;
+    for _ in 0..5 {
+        let sent = loop {
+            let sent = Instant::now();
+            if hit(&gw, &t).await.status == 200 {
+                break sent;
+            }
+            assert!(Instant::now() < deadline, "never refilled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let gap = sent.duration_since(last_allowed);
+        assert!(
+            gap >= Duration::from_millis(1_500),
+            "refilled {gap:?} after the last allowed request (the interval is 2 s)"
+        );
+        last_allowed = Instant::now();
+        let next = hit(&gw, &t).await.status;
+        // Answered within the interval of the one just allowed: it must be refused. (If this machine
+        // took longer than that for the round trip, the check is made again at the next refill.)
+        if sent.elapsed() < Duration::from_millis(1_900) {
+            assert_eq!(next, 429, "only one request per interval");
+            checked_one_at_a_time = true;
+            break;
+        }
+        if next == 200 {
+            last_allowed = Instant::now();
+        }
+    }
+    assert!(
+        checked_one_at_a_time,
+        "every round trip took longer than an interval"
     );
-    assert_eq!(hit(&gw, &t).await.status, 429, "only one");
     assert!(
         gw.metric(r#"gateway_ratelimit_decisions_total{decision="refused",policy="per_tenant"}"#)
             .await

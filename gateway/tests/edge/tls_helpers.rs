@@ -483,7 +483,7 @@ impl Knot {
             child,
         };
         let start = Instant::now();
-        while k.query("SOA", zone).is_empty() {
+        while k.try_query("SOA", zone).is_none_or(|soa| soa.is_empty()) {
             if let Ok(Some(status)) = k.child.try_wait() {
                 panic!("knotd exited ({status}): {}", k.log());
             }
@@ -498,8 +498,22 @@ impl Knot {
     }
 
     /// `kdig +short` of one record type.
+    /// The records `kdig +short` gets for `name`: empty means the server answered none. A query that
+    /// gets no answer at all (kdig missing, the server down, a timeout) fails the test instead, so that
+    /// "no record" is never "could not ask".
     pub fn query(&self, rtype: &str, name: &str) -> String {
-        Command::new("kdig")
+        self.try_query(rtype, name).unwrap_or_else(|| {
+            panic!(
+                "kdig {rtype} {name} got no answer from 127.0.0.1:{}: {}",
+                self.port,
+                self.log()
+            )
+        })
+    }
+
+    /// Like [`Knot::query`], `None` when the server gave no answer (while it starts).
+    pub fn try_query(&self, rtype: &str, name: &str) -> Option<String> {
+        let out = Command::new("kdig")
             .args([
                 "@127.0.0.1",
                 "-p",
@@ -507,10 +521,14 @@ impl Knot {
                 rtype,
                 name,
                 "+short",
+                "+timeout=5",
+                "+retry=2",
             ])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
+            .expect("run kdig (Debian knot-dnsutils)");
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        (out.status.success() && !stdout.contains(";;") && !stderr.contains(";;")).then_some(stdout)
     }
 
     pub fn log(&self) -> String {
