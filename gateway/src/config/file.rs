@@ -151,6 +151,8 @@ file_tables! {
         pub concurrency: Option<Spanned<ConcurrencyFile>>,
         /// TLS towards the upstream (`protocol = "https"` or `"h2"`).
         pub tls: Option<Spanned<UpstreamTlsFile>>,
+        /// A PROXY protocol header (`"v2"`) at the start of every connection to the servers.
+        pub proxy_protocol: Option<Spanned<String>>,
     }
 }
 

@@ -127,6 +127,9 @@ pub struct UpstreamSpec {
     pub protocol: UpstreamProtocol,
     /// TLS towards the servers (`protocol = "https"` or `"h2"`).
     pub tls: Option<Arc<UpstreamTls>>,
+    /// `proxy_protocol = "v2"`: each connection to a server starts with a PROXY protocol v2 header
+    /// naming the client's connection, and serves that client connection only.
+    pub send_proxy: bool,
     pub health: Option<HealthSpec>,
     pub timeouts: Timeouts,
     pub max_tries: u32,
@@ -327,6 +330,20 @@ pub(super) fn validate_upstream(u: &UpstreamFile, diags: &mut Vec<Diagnostic>) -
         balance,
         protocol,
         tls,
+        send_proxy: match &u.proxy_protocol {
+            None => false,
+            Some(v) if v.get_ref() == "v2" => true,
+            Some(v) => {
+                diags.push(Diagnostic::at(
+                    v,
+                    format!(
+                        "proxy_protocol `{}` is not one of v2 (the binary version; v1 is not sent)",
+                        v.get_ref()
+                    ),
+                ));
+                false
+            }
+        },
         health,
         timeouts: validate_timeouts(&u.timeouts, diags),
         max_tries: positive(&u.max_tries, DEFAULT_MAX_TRIES as u64, "max_tries", diags).min(16)

@@ -116,9 +116,28 @@ impl Gateway {
                 write = write.min(left);
             }
         }
-        peer.options.connection_timeout = Some(rtmo.connect.unwrap_or(t.connect).min(read));
+        let connect = rtmo.connect.unwrap_or(t.connect).min(read);
+        peer.options.connection_timeout = Some(connect);
         peer.options.read_timeout = Some(read);
         peer.options.write_timeout = Some(write);
+        if up.spec.send_proxy {
+            // The client's connection as this gateway sees it (after an inbound PROXY header), in a
+            // header at the start of a connection that serves this client connection only.
+            let source = session.client_addr().and_then(|a| a.as_inet()).copied();
+            let destination = session.server_addr().and_then(|a| a.as_inet()).copied();
+            if let (Some(source), Some(destination)) = (source, destination) {
+                peer.options.custom_l4 = Some(Arc::new(
+                    crate::upstream::send_proxy::SendProxy::new(source, destination, connect),
+                ));
+                peer.group_key =
+                    crate::upstream::send_proxy::SendProxy::pool_key(source, destination);
+            } else {
+                // Never a connection without the header the server expects (nor one with a wrong one).
+                return Err(
+                    EdgeError::Internal.into_pingora("no client address for a PROXY header")
+                );
+            }
+        }
         peer.options.idle_timeout = Some(t.idle);
         if up.protocol.h2() {
             peer.options.alpn = ALPN::H2;

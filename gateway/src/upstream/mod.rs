@@ -12,6 +12,7 @@ mod balance;
 pub mod canary;
 pub mod discovery;
 mod health;
+pub mod send_proxy;
 
 use balance::{hash_ring, smooth_wrr};
 pub use health::{probe, spawn_health_checks};
@@ -458,6 +459,7 @@ mod tests {
             balance,
             protocol: UpstreamProtocol::Http1,
             tls: None,
+            send_proxy: false,
             health: None,
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),

@@ -126,3 +126,175 @@ async fn the_balancers_header_names_the_client_and_nobody_else_is_believed() {
         );
     }
 }
+
+/// What the PROXY-protocol upstream saw per request: its connection, the header's source, the path.
+type SeenRequests =
+    std::sync::Arc<std::sync::Mutex<Vec<(usize, Option<std::net::SocketAddr>, String)>>>;
+
+/// An upstream that requires a PROXY v2 header at the start of each connection: it records, per request,
+/// the connection it came on and the source the header named; a connection without a header is closed.
+struct ProxiedUpstream {
+    addr: std::net::SocketAddr,
+    seen: SeenRequests,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProxiedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ProxiedUpstream {
+    async fn start() -> ProxiedUpstream {
+        use gateway::support::proxy_protocol::{parse, Parsed};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: SeenRequests = Default::default();
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, r) = (seen.clone(), refused.clone());
+        let task = tokio::spawn(async move {
+            for conn in 0.. {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s, r) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let source = loop {
+                        match parse(&buf) {
+                            Parsed::Header { len, source } => {
+                                buf.drain(..len);
+                                break source;
+                            }
+                            Parsed::Incomplete => {}
+                            _ => {
+                                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                            s.lock().expect("lock").push((conn, source, path));
+                            let body = source.map_or("none".to_string(), |a| a.to_string());
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if tcp.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        ProxiedUpstream {
+            addr,
+            seen,
+            refused,
+            task,
+        }
+    }
+}
+
+/// Sends `paths` on one keep-alive connection from the loopback address `source`; returns its local
+/// address and the bodies.
+async fn keep_alive_from(
+    source: [u8; 4],
+    port: u16,
+    paths: &[&str],
+) -> (std::net::SocketAddr, Vec<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .expect("bind");
+    let mut tcp = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("connect");
+    let local = tcp.local_addr().expect("local");
+    let mut bodies = Vec::new();
+    for path in paths {
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x.test\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let body = loop {
+            let n = tokio::time::timeout(DEADLINE, tcp.read(&mut chunk))
+                .await
+                .expect("an answer")
+                .expect("read");
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .expect("content-length");
+                if body.len() >= len {
+                    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+                    break body[..len].to_string();
+                }
+            }
+        };
+        bodies.push(body);
+    }
+    (local, bodies)
+}
+
+#[tokio::test]
+async fn an_upstream_with_proxy_protocol_gets_each_client_connection_named_on_its_own_connection() {
+    let up = ProxiedUpstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nname = \"pp\"\nservers = [\"{}\"]\nproxy_protocol = \"v2\"\n\n[[routes]]\nname = \"all\"\nupstream = \"pp\"\n",
+        up.addr
+    ))
+    .await;
+    // Client A: two requests on one keep-alive connection, named in one header.
+    let (a, bodies) = keep_alive_from([127, 0, 0, 2], gw.http, &["/a1", "/a2"]).await;
+    assert_eq!(bodies, [a.to_string(), a.to_string()]);
+    // Client B from another address, then A again on a new connection: each gets its own upstream
+    // connection (a pooled one is never handed to another client connection).
+    let (b, bodies) = keep_alive_from([127, 0, 0, 3], gw.http, &["/b1"]).await;
+    assert_eq!(bodies, [b.to_string()]);
+    let (a2, bodies) = keep_alive_from([127, 0, 0, 2], gw.http, &["/a3"]).await;
+    assert_ne!(a2, a);
+    assert_eq!(bodies, [a2.to_string()]);
+    let seen = up.seen.lock().expect("lock").clone();
+    let conn_of = |path: &str| seen.iter().find(|(_, _, p)| p == path).map(|(c, _, _)| *c);
+    assert_eq!(conn_of("/a1"), conn_of("/a2"), "{seen:?}");
+    let conns: std::collections::HashSet<_> =
+        ["/a1", "/b1", "/a3"].iter().map(|p| conn_of(p)).collect();
+    assert_eq!(
+        conns.len(),
+        3,
+        "a connection served two client connections: {seen:?}"
+    );
+    assert_eq!(up.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
