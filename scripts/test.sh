@@ -24,6 +24,8 @@ command -v promtool >/dev/null || ensure_debs prometheus
 ensure_debs pebble knot knot-dnsutils curl
 # The compose file is checked by Debian's docker-compose (config only: no engine needed).
 ensure_debs docker-compose
+# HAProxy checks compose's edge-lb config (`haproxy -c`, gateway/tests/edge/deployment.rs).
+command -v haproxy >/dev/null || ensure_debs haproxy
 ensure_s3s_fs
 # Deployment files are checked offline: Kubernetes manifests against the API schemas (kubernetes-validate),
 # Postgres backups restored into a throw-away cluster (the PG_BIN_DIR tools).

@@ -808,6 +808,19 @@ fn the_second_gateway_runs_the_firsts_settings_behind_edge_lb() {
         }
     }
     assert!(cfg.contains("uri /readyz") && cfg.contains("check port 9000"));
+    // HAProxy itself accepts the file (a broken one only shows when edge-lb starts and exits).
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(dir.join("edge-lb/haproxy.cfg"))
+        .output()
+        .expect("run haproxy -c (Debian haproxy; scripts/test.sh installs it)");
+    assert!(
+        check.status.success(),
+        "haproxy refuses edge-lb/haproxy.cfg: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     // edge-lb names the client in a PROXY v2 header on every gateway connection, and each gateway
     // config believes it from edge-lb's address (and from nobody else).
     let lb_ip = services(&ha)["edge-lb"]["networks"]["edge"]["ipv4_address"]
