@@ -201,6 +201,13 @@ teardown() {
   podman rm -f -t 0 "${PROJECT}_pitr" >/dev/null 2>&1 || true
   podman network rm -f "${PROJECT}_edge" >/dev/null 2>&1 || true
   podman volume ls -q | grep "^${PROJECT}_" | xargs -r podman volume rm -f >/dev/null 2>&1 || true
+  # A bridge left holding the stack's subnet with no network behind it (a run stopped half-way, or a
+  # network removed with another podman configuration) makes the next `up` fail with "subnet
+  # 172.28.0.0/24 is already used on the host": remove it.
+  if ! podman network exists "${PROJECT}_edge" 2>/dev/null; then
+    ip -o -4 addr show 2>/dev/null | awk '$4 == "172.28.0.1/24" {print $2}' \
+      | xargs -r -n1 ip link delete >/dev/null 2>&1 || true
+  fi
 }
 # Runs at exit, under `set -e`: a command failing here would change the script's exit status (a run
 # whose 14 steps all passed exited 1 because the failover step's writer, already waited for, could not
