@@ -1135,8 +1135,16 @@ upstream = "backend"
         "the backend never saw the other tenant's request"
     );
     assert_eq!(get_at_edge(&gw, HOST, "/api/files", &t1).await.0, 200);
+    // The backend counts a request once its answer is written: wait for the count to move, then it
+    // must have moved by this one request only (the refused one never reached the backend).
+    let counted_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut after = files_requests().await;
+    while after < before + 1.0 && std::time::Instant::now() < counted_by {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after = files_requests().await;
+    }
     assert_eq!(
-        files_requests().await,
+        after,
         before + 1.0,
         "the count moves with what the backend sees"
     );
