@@ -223,6 +223,33 @@ async fn edge_refusals_of_grpc_calls_are_grpc_statuses_and_reach_no_server() {
         before + 1,
         "only tiny's allowed call reached the server"
     );
+    // Metrics and the access log count each refusal with its own status, not the wire's 200.
+    let series = |status: &str| {
+        format!(r#"gateway_http_requests_total{{method="POST",route="echo",status="{status}"}}"#)
+    };
+    eventually("the refusals counted by their own status", || async {
+        // Read without `metric()`, which fails on a series not there yet (counted after the answer).
+        let (_, body) = gw.admin_get("/metrics").await;
+        let value = |status: &str| {
+            let series = series(status);
+            body.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        value("401") == Some(2.0) && value("403") == Some(1.0) && value("429") == Some(1.0)
+    })
+    .await;
+    eventually(
+        "the access log says 401 for the calls without a valid token",
+        || async {
+            gw.access_log()
+                .iter()
+                .filter(|l| l["path"] == "/test.Echo/Unary" && l["status"] == 401)
+                .count()
+                == 2
+        },
+    )
+    .await;
 }
 
 /// A raw HTTP/2 gRPC call (the `h2` crate) that does not cancel by itself at its deadline: the edge must.
