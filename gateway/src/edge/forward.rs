@@ -102,19 +102,19 @@ impl Gateway {
         // A gRPC call's deadline (`grpc-timeout`, forwarded as it came) bounds every wait on the
         // upstream: past it the call is answered DEADLINE_EXCEEDED instead of waiting for the route's
         // read timeout. Each read is bounded by what is left of the deadline when the server is chosen.
+        // `grpc-timeout` first: absent on almost every request, so one lookup that misses.
         let req = session.req_header();
-        if super::reply::is_grpc(req.headers.get(http::header::CONTENT_TYPE)) {
-            if let Some(deadline) = req
-                .headers
-                .get("grpc-timeout")
-                .and_then(|v| grpc_timeout(v.as_bytes()))
-            {
-                let left = deadline
-                    .saturating_sub(ctx.request.start.elapsed())
-                    .max(Duration::from_millis(1));
-                read = read.min(left);
-                write = write.min(left);
-            }
+        let deadline = req
+            .headers
+            .get("grpc-timeout")
+            .filter(|_| super::reply::is_grpc(req.headers.get(http::header::CONTENT_TYPE)))
+            .and_then(|v| grpc_timeout(v.as_bytes()));
+        if let Some(deadline) = deadline {
+            let left = deadline
+                .saturating_sub(ctx.request.start.elapsed())
+                .max(Duration::from_millis(1));
+            read = read.min(left);
+            write = write.min(left);
         }
         let connect = rtmo.connect.unwrap_or(t.connect).min(read);
         peer.options.connection_timeout = Some(connect);
@@ -154,9 +154,10 @@ impl Gateway {
     ) -> Result<()> {
         let upgrade = session.is_upgrade_req();
         let seen = headers::Managed::scan(upstream_request);
-        let te_trailers = headers::accepts_trailers(upstream_request);
+        // Only an HTTP/2 upstream gets `TE: trailers`: no lookup for the others.
+        let te_trailers = ctx.retry.h2_upstream && headers::accepts_trailers(upstream_request);
         headers::strip_hop_by_hop(upstream_request, seen, upgrade);
-        if te_trailers && ctx.retry.h2_upstream {
+        if te_trailers {
             // `TE` is hop-by-hop, but `trailers` (the one value HTTP/2 allows) tells an HTTP/2 server
             // that the client takes trailers: gRPC servers refuse a call without it.
             let _ = upstream_request.insert_header("te", "trailers");
