@@ -241,6 +241,18 @@ impl Acceptor {
         }
     }
 
+    /// Runs `callbacks` on each handshake of this acceptor: what
+    /// [`TlsAccept::handshake_complete_callback`] returns for a connection
+    /// (for example what the server makes of the client's certificate) is
+    /// kept in its digest's `extension`, where the application reads it for
+    /// every request of the connection.
+    ///
+    /// [`TlsAccept::handshake_complete_callback`]: crate::listeners::TlsAccept::handshake_complete_callback
+    pub fn with_callbacks(mut self, callbacks: TlsAcceptCallbacks) -> Self {
+        self.callbacks = Some(SharedTlsAcceptCallbacks::from(callbacks));
+        self
+    }
+
     pub async fn tls_handshake<S: IO + 'static>(&self, stream: S) -> Result<TlsStream<S>> {
         debug!("new tls session");
         if let Some(offload) = self.offload.as_ref() {
@@ -319,5 +331,66 @@ mod tests {
             .unwrap();
         let res = client.get(format!("https://{addr}")).send().await.unwrap();
         assert_eq!(res.status(), reqwest::StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn test_from_server_config_with_callbacks() {
+        use crate::listeners::TlsAccept;
+        use crate::protocols::tls::TlsRef;
+        use crate::protocols::Ssl;
+        use std::any::Any;
+
+        struct Named;
+        #[async_trait::async_trait]
+        impl TlsAccept for Named {
+            async fn handshake_complete_callback(
+                &self,
+                tls: &TlsRef,
+            ) -> Option<Arc<dyn Any + Send + Sync>> {
+                Some(Arc::new(format!("{:?}", tls.version())))
+            }
+        }
+
+        pingora_rustls::install_default_crypto_provider();
+        let cert_path = format!("{}/tests/keys/server.crt", env!("CARGO_MANIFEST_DIR"));
+        let key_path = format!("{}/tests/keys/key.pem", env!("CARGO_MANIFEST_DIR"));
+        let (certs, key) = load_certs_and_key_files(&cert_path, &key_path)
+            .unwrap()
+            .unwrap();
+        let config =
+            ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        let acceptor =
+            Acceptor::from_server_config(Arc::new(config)).with_callbacks(Box::new(Named));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp_stream, _) = listener.accept().await.unwrap();
+            let stream: L4Stream = tcp_stream.into();
+            let mut tls_stream = acceptor.tls_handshake(stream).await.unwrap();
+            let seen = tls_stream
+                .get_ssl_digest()
+                .and_then(|d| d.extension.get::<String>().cloned());
+            let _ = seen_tx.send(seen);
+            let mut buf = [0; 1024];
+            let _ = tls_stream.read(&mut buf).await.unwrap();
+            tls_stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+                .await
+                .unwrap();
+            tls_stream.flush().await.unwrap();
+        });
+
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let res = client.get(format!("https://{addr}")).send().await.unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+        assert_eq!(seen_rx.await.unwrap().as_deref(), Some("Some(\"TLSv1.3\")"));
     }
 }
