@@ -159,6 +159,12 @@ pub mod headers {
     /// granted (space-separated). Under `x-auth-`: every such header from a client is stripped.
     pub const OAUTH_CLIENT_ID: &str = "x-auth-client-id";
     pub const OAUTH_SCOPE: &str = "x-auth-scope";
+    /// The client certificate the edge verified on a route with `client_auth`: its subject (RFC 4514),
+    /// subject alternative names (`DNS:…, URI:…, email:…, IP:…`) and the SHA-256 of its DER (hex); a
+    /// byte outside visible ASCII, and `%`, percent-encoded. Under `x-auth-`: stripped from clients.
+    pub const CLIENT_CERT_SUBJECT: &str = "x-auth-client-cert-subject";
+    pub const CLIENT_CERT_SAN: &str = "x-auth-client-cert-san";
+    pub const CLIENT_CERT_SHA256: &str = "x-auth-client-cert-sha256";
     /// The client's address as the gateway saw it (believed only from trusted gateways).
     pub const CLIENT_IP: &str = "x-aggios-client-ip";
     /// The request id, kept end to end.

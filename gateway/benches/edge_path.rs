@@ -36,6 +36,7 @@ fn route(name: &str, host: &str, tenancy: &Tenancy) -> RouteSpec {
         on_store_error: gateway::config::OnStoreError::Open,
         security: Default::default(),
         canary: None,
+        client_auth: None,
     }
 }
 

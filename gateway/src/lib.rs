@@ -226,6 +226,7 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Gatewa
                 on_demand: on_demand.clone(),
                 acme: acme_client.clone(),
             })),
+            Arc::clone(&state.client_auth),
         )?)),
         None => None,
     };

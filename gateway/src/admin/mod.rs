@@ -178,6 +178,15 @@ impl AdminApp {
                     "redirect_https": r.spec.redirect_https,
                     "max_body_bytes": r.spec.max_body_bytes,
                     "canary": r.canary.as_ref().map(canary_json),
+                    "client_auth": r.spec.client_auth.as_ref().map(|c| json!({
+                        "mode": match c.mode {
+                            crate::config::ClientAuthMode::Required => "required",
+                            crate::config::ClientAuthMode::Optional => "optional",
+                        },
+                        "ca": c.ca,
+                        "crl": c.crl,
+                        "tenant_uri": c.tenant_uri.as_ref().map(|t| t.source()),
+                    })),
                 })
             })
             .collect();

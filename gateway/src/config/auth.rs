@@ -111,6 +111,9 @@ pub enum AuthPolicy {
     ApiKey,
     /// Either: an API key when one is presented, else a token bound to the host's tenant.
     JwtOrApiKey,
+    /// A client certificate, verified against the route's `client_auth.ca`, whose tenant (named in
+    /// its URI SAN, `client_auth.tenant_uri`) is the host's tenant: a tenant's integration.
+    ClientCert,
 }
 
 impl AuthPolicy {
@@ -118,7 +121,10 @@ impl AuthPolicy {
     pub fn binds_tenant(self) -> bool {
         matches!(
             self,
-            AuthPolicy::JwtTenant | AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey
+            AuthPolicy::JwtTenant
+                | AuthPolicy::ApiKey
+                | AuthPolicy::JwtOrApiKey
+                | AuthPolicy::ClientCert
         )
     }
 }

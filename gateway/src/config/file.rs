@@ -325,6 +325,21 @@ file_tables! {
         pub compression: Option<Spanned<CompressionFile>>,
         pub security_headers: Option<SecurityHeadersFile>,
         pub canary: Option<Spanned<CanaryFile>>,
+        pub client_auth: Option<Spanned<ClientAuthFile>>,
+    }
+}
+
+file_tables! {
+    /// `client_auth = { … }` of a route: client certificates at the edge.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ClientAuthFile {
+        pub mode: Option<Spanned<String>>,
+        pub ca: Spanned<String>,
+        /// PEM CRLs of the CA: certificates listed there are refused.
+        pub crl: Option<Spanned<String>>,
+        /// `spiffe://partners.example/tenant/{tenant}`: the URI SAN that names a certificate's tenant.
+        pub tenant_uri: Option<Spanned<String>>,
     }
 }
 

@@ -72,20 +72,26 @@ fn system_roots() -> &'static Result<Arc<RootCertStore>, String> {
     })
 }
 
-fn read_file(path: &Spanned<String>, what: &str, diags: &mut Vec<Diagnostic>) -> Option<Vec<u8>> {
+/// The bytes of the file the key `what` (`tls.ca`) names, or a diagnostic at it.
+pub(super) fn read_file(
+    path: &Spanned<String>,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<u8>> {
     match std::fs::read(path.get_ref()) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             diags.push(Diagnostic::at(
                 path,
-                format!("cannot read tls.{what} `{}`: {e}", path.get_ref()),
+                format!("cannot read {what} `{}`: {e}", path.get_ref()),
             ));
             None
         }
     }
 }
 
-fn certificates(
+/// The PEM certificates of the file the key `what` names (at least one).
+pub(super) fn certificates(
     path: &Spanned<String>,
     what: &str,
     diags: &mut Vec<Diagnostic>,
@@ -96,14 +102,14 @@ fn certificates(
         Ok(_) => {
             diags.push(Diagnostic::at(
                 path,
-                format!("tls.{what} `{}` holds no PEM certificate", path.get_ref()),
+                format!("{what} `{}` holds no PEM certificate", path.get_ref()),
             ));
             None
         }
         Err(e) => {
             diags.push(Diagnostic::at(
                 path,
-                format!("tls.{what} `{}`: {e}", path.get_ref()),
+                format!("{what} `{}`: {e}", path.get_ref()),
             ));
             None
         }
@@ -122,7 +128,7 @@ fn roots(file: &UpstreamTlsFile, diags: &mut Vec<Diagnostic>) -> Option<Arc<Root
             }
         };
     };
-    let certs = certificates(ca, "ca", diags)?;
+    let certs = certificates(ca, "tls.ca", diags)?;
     let mut store = RootCertStore::empty();
     for cert in certs {
         if let Err(e) = store.add(cert) {
@@ -152,8 +158,8 @@ fn client_identity(
             return None;
         }
     };
-    let chain = certificates(cert, "cert", diags)?;
-    let key_pem = read_file(key, "key", diags)?;
+    let chain = certificates(cert, "tls.cert", diags)?;
+    let key_pem = read_file(key, "tls.key", diags)?;
     let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
         Ok(k) => k,
         Err(e) => {

@@ -219,6 +219,13 @@ impl Gateway {
                 .inc();
             return Err(EdgeError::IpDenied);
         }
+        // The connection's client certificate, verified for this route; with `auth = "client_cert"`
+        // it is the credential.
+        let client_cert = match &route.spec.client_auth {
+            Some(spec) => auth::client_cert::check(session, route, spec)?,
+            None => None,
+        };
+        ctx.request.client_cert = client_cert.is_some();
         if let Some(spec) = &route.spec.compression {
             ctx.answer.compress = Some(compress::Compress::Negotiated {
                 coding: compress::negotiate(
@@ -266,6 +273,19 @@ impl Gateway {
             };
         } else if route.spec.auth == AuthPolicy::ApiKey {
             return Err(refused(route, auth::AuthError::MissingToken));
+        } else if route.spec.auth == AuthPolicy::ClientCert {
+            // Validation guarantees `client_auth` with mode "required" here, so a certificate verified.
+            let (Some(cert), Some(spec)) = (client_cert, route.spec.client_auth.as_deref()) else {
+                return Err(refused(route, auth::AuthError::ClientCertRequired));
+            };
+            let identity =
+                auth::client_cert::identity(cert, spec).map_err(|a| refused(route, a))?;
+            auth::bind_tenant(route.spec.auth, &identity, ctx.request.tenant.as_deref())
+                .map_err(|_| refused(route, auth::AuthError::ClientCertOtherTenant))?;
+            if ctx.request.tenant.is_none() {
+                ctx.request.tenant = Some(identity.tenant.clone());
+            }
+            ctx.credential = Credential::Cert(identity);
         } else if route.spec.auth != AuthPolicy::None {
             // Before any upstream is chosen: a refused request never opens an upstream connection.
             let identity = Self::authenticate(

@@ -59,6 +59,8 @@ pub(super) struct Admitted {
     pub tenant: Option<String>,
     /// Counted in its class while the process is saturated (see `edge::backpressure`).
     pub core: Option<super::backpressure::CoreTicket>,
+    /// The route's `client_auth` verified the connection's certificate: its fields go upstream.
+    pub client_cert: bool,
 }
 
 /// The caller's credential, as far as the edge has checked it.
@@ -71,6 +73,8 @@ pub(super) enum Credential {
     KeyPresented { key: String, from_header: bool },
     /// A bearer JWT in `Authorization`, verified.
     Jwt(Identity),
+    /// A client certificate, verified for the route (`auth = "client_cert"`).
+    Cert(Identity),
     /// An API key, verified (its id keys `api_key` rate limits).
     Key {
         identity: Identity,
@@ -90,13 +94,17 @@ pub(super) enum Verified {
     KeyHeader,
     /// An API key as `Authorization: Bearer ak_…`.
     KeyBearer,
+    /// The client certificate: neither `Authorization` nor `X-API-Key` was verified.
+    ClientCert,
 }
 
 impl Credential {
     /// The verified caller.
     pub fn identity(&self) -> Option<&Identity> {
         match self {
-            Credential::Jwt(i) | Credential::Key { identity: i, .. } => Some(i),
+            Credential::Jwt(i) | Credential::Cert(i) | Credential::Key { identity: i, .. } => {
+                Some(i)
+            }
             Credential::None | Credential::KeyPresented { .. } => None,
         }
     }
@@ -122,6 +130,7 @@ impl Credential {
         match self {
             Credential::None | Credential::KeyPresented { .. } => Verified::Nothing,
             Credential::Jwt(_) => Verified::Jwt,
+            Credential::Cert(_) => Verified::ClientCert,
             // `api_key::presented` prefers `X-API-Key`; a bearer key is used only without it.
             Credential::Key {
                 from_header: true, ..
@@ -235,6 +244,7 @@ impl RequestCtx {
                 route: None,
                 tenant: None,
                 core: None,
+                client_cert: false,
             },
             credential: Credential::None,
             plan: None,

@@ -41,6 +41,11 @@ pub enum EdgeError {
     /// 401 or 403: authentication failed or the token belongs to another tenant.
     #[error("{0}")]
     Auth(crate::edge::auth::AuthError),
+    /// 421: the route asks for a client certificate and this connection was set up for a name whose
+    /// handshake did not ask for one (HTTP/2 connection reuse, or a Host other than the SNI name): a
+    /// new connection to this host will.
+    #[error("this connection cannot serve this host; open a new connection to it")]
+    Misdirected,
     /// 403: the client address is not served by this route (`allow_ips` / `deny_ips`).
     #[error("this route does not serve your address")]
     IpDenied,
@@ -126,6 +131,7 @@ impl EdgeError {
             EdgeError::BadGateway => 502,
             EdgeError::Auth(a) => a.status(),
             EdgeError::CorsDenied | EdgeError::IpDenied => 403,
+            EdgeError::Misdirected => 421,
             EdgeError::StoreUnavailable => 503,
             EdgeError::RateLimited(_) => 429,
             EdgeError::TenantSuspended => 403,
@@ -158,6 +164,7 @@ impl EdgeError {
             EdgeError::NoRoute | EdgeError::ConnectNotAllowed => UNIMPLEMENTED,
             EdgeError::RequestTimeout | EdgeError::UpstreamTimeout => DEADLINE_EXCEEDED,
             EdgeError::NoHealthyServer
+            | EdgeError::Misdirected
             | EdgeError::BadGateway
             | EdgeError::StoreUnavailable
             | EdgeError::PolicyUnavailable
@@ -188,6 +195,7 @@ impl EdgeError {
             EdgeError::Auth(a) => a.reason(),
             EdgeError::CorsDenied => "cors_denied",
             EdgeError::IpDenied => "ip_denied",
+            EdgeError::Misdirected => "misdirected_request",
             EdgeError::StoreUnavailable => "store_unavailable",
             EdgeError::RateLimited(r) if r.quota => "quota_exceeded",
             EdgeError::RateLimited(_) => "rate_limited",

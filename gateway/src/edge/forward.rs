@@ -180,6 +180,11 @@ impl Gateway {
             let _ = upstream_request.insert_header(contracts::traceparent::HEADER, tp);
         }
         headers::set_identity(upstream_request, seen, ctx.credential.identity());
+        if ctx.request.client_cert {
+            if let Some(cert) = auth::client_cert::peer_cert(session) {
+                headers::set_client_cert(upstream_request, cert);
+            }
+        }
         // Only the credential the edge verified goes on: the backend must not act on another one.
         match ctx.credential.verified() {
             Verified::Nothing => {}
@@ -187,6 +192,10 @@ impl Gateway {
                 seen.remove(upstream_request, headers::Field::ApiKey);
             }
             Verified::KeyHeader => {
+                seen.remove(upstream_request, headers::Field::Authorization);
+            }
+            Verified::ClientCert => {
+                seen.remove(upstream_request, headers::Field::ApiKey);
                 seen.remove(upstream_request, headers::Field::Authorization);
             }
         }

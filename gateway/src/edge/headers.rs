@@ -379,6 +379,20 @@ pub fn set_identity(
     }
 }
 
+/// The verified client certificate's fields (after [`set_identity`] removed every client-sent
+/// `X-Auth-*`). Its values are header-safe by construction (`tls::client_auth::header_safe`).
+pub fn set_client_cert(req: &mut RequestHeader, cert: &crate::tls::client_auth::PeerCert) {
+    for (name, value) in [
+        (contracts::headers::CLIENT_CERT_SUBJECT, &cert.subject),
+        (contracts::headers::CLIENT_CERT_SAN, &cert.sans),
+        (contracts::headers::CLIENT_CERT_SHA256, &cert.sha256),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            let _ = req.insert_header(name, v);
+        }
+    }
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host`: appended to when the peer is a trusted proxy, replaced otherwise.
 pub fn set_forwarded(
     req: &mut RequestHeader,

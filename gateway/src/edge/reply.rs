@@ -119,7 +119,7 @@ impl Reply {
             Reply::Error(e) => {
                 let mut f = vec![(CONTENT_TYPE, json), (CONTENT_LENGTH, len(body))];
                 if let EdgeError::Auth(a) = e {
-                    if let Ok(v) = HeaderValue::from_str(&a.www_authenticate()) {
+                    if let Some(Ok(v)) = a.www_authenticate().map(|v| HeaderValue::from_str(&v)) {
                         f.push((WWW_AUTHENTICATE, v));
                     }
                 }

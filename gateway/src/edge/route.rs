@@ -311,6 +311,7 @@ mod tests {
             on_store_error: crate::config::OnStoreError::Open,
             security: Default::default(),
             canary: None,
+            client_auth: None,
         }
     }
 

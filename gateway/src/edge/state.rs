@@ -151,6 +151,8 @@ pub struct GatewayState {
     pub stopping: AtomicBool,
     /// The certificates served on the https entrypoint and the pending ACME challenge answers.
     pub certs: Arc<crate::tls::store::CertStore>,
+    /// The handshake that asks for client certificates on the names `client_auth` routes serve.
+    pub client_auth: Arc<crate::tls::client_auth::Offers>,
     /// Backpressure at the process's own core, kept across reloads (see `edge::backpressure`).
     pub core_gate: Arc<crate::edge::backpressure::CoreGate>,
 }

@@ -101,6 +101,8 @@ impl GatewayState {
         let jwks = JwksRegistry::default();
         let certs = Arc::new(crate::tls::store::CertStore::default());
         set_static_certificates(&certs, &config);
+        let client_auth = Arc::new(crate::tls::client_auth::Offers::default());
+        offer_client_auth(&client_auth, &certs, &config);
         let discovery = Discovery::default();
         discovery.prime(&config);
         let canaries = crate::upstream::canary::CanaryRegistry::default();
@@ -151,6 +153,7 @@ impl GatewayState {
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             certs,
+            client_auth,
             core_gate,
         })
     }
@@ -160,6 +163,7 @@ impl GatewayState {
     pub fn apply(&self, config: Config) {
         self.access_log.set_enabled(config.log.access_log);
         set_static_certificates(&self.certs, &config);
+        offer_client_auth(&self.client_auth, &self.certs, &config);
         self.discovery.prime(&config);
         self.tenant_stats.configure(&config.tenant_stats);
         self.core_gate.configure(
@@ -289,6 +293,18 @@ pub async fn follow_plan_changes(state: std::sync::Weak<GatewayState>, client: r
 }
 
 /// Serves the certificate files of `config` (none when it has no `[tls]`), replacing the previous ones.
+fn offer_client_auth(
+    offers: &crate::tls::client_auth::Offers,
+    certs: &Arc<crate::tls::store::CertStore>,
+    config: &Config,
+) {
+    if let Err(e) = offers.configure(&config.routes, certs) {
+        // Only a rustls configuration error (the protocol versions); the routes then refuse every
+        // request that needs a certificate (none is asked for).
+        tracing::error!(error = %e, "cannot set up the handshake that asks for client certificates");
+    }
+}
+
 fn set_static_certificates(certs: &crate::tls::store::CertStore, config: &Config) {
     match &config.tls {
         Some(t) => certs.set_files(t.certificates.clone(), t.default_certificate),

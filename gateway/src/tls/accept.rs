@@ -12,8 +12,8 @@ use std::time::Duration;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, Stream};
-use rustls::ServerConfig;
 
+use super::client_auth::Offers;
 use super::store::{CertStore, ACME_TLS_ALPN};
 use crate::telemetry::metrics::metrics;
 
@@ -57,30 +57,25 @@ pub struct Terminator {
     acceptor: Acceptor,
     store: Arc<CertStore>,
     before: Option<Arc<dyn BeforeHandshake>>,
+    offers: Arc<Offers>,
 }
 
 /// A ClientHello larger than this is not looked into (rustls refuses it anyway).
 const MAX_HELLO_BYTES: usize = 16 * 1024 + 5;
 
 impl Terminator {
-    /// TLS 1.2 and 1.3 with ring's modern suites (AEAD only, ECDHE only); certificates from `store`.
+    /// Certificates from `store`; a client certificate asked for on the names `offers` covers.
     pub fn new(
         store: Arc<CertStore>,
         before: Option<Arc<dyn BeforeHandshake>>,
+        offers: Arc<Offers>,
     ) -> Result<Terminator, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&store) as Arc<dyn rustls::server::ResolvesServerCert>);
-        // Server preference order: a browser offering both gets HTTP/2. `acme-tls/1` is listed so that
-        // a validation ClientHello offering only it is not aborted; the resolver answers it with the
-        // challenge certificate alone.
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        let config = CertStore::server_config(&store, None)?;
         Ok(Terminator {
             acceptor: Acceptor::from_server_config(Arc::new(config)),
             store,
             before,
+            offers,
         })
     }
 
@@ -109,32 +104,42 @@ impl Terminator {
             .downcast::<L4Stream>()
             .map_err(|_| HandshakeError::NotTcp)?;
         let before = self.before.as_deref().filter(|b| b.active());
+        let offer = self.offers.current();
         let mut fetched = None;
         let handshake = async {
             // The resolver cannot wait: what needs I/O is done before the handshake starts, from the
-            // ClientHello, which is then replayed to rustls.
-            if let Some(before) = before {
-                match peek_hello(&mut l4).await {
+            // ClientHello, which is then replayed to rustls. The name also decides whether a client
+            // certificate is asked for.
+            let hello = match before.is_some() || offer.is_some() {
+                true => peek_hello(&mut l4).await,
+                false => None,
+            };
+            if let (Some(before), Some(hello)) = (before, &hello) {
+                match hello {
                     // A validation for an order another replica made.
-                    Some(Hello {
+                    Hello {
                         name: Some(name),
                         acme: true,
-                    }) if !self.store.has_alpn_challenge(&name) => {
-                        fetched = before.alpn_challenge(&name).await.then_some(name);
+                    } if !self.store.has_alpn_challenge(name) => {
+                        fetched = before.alpn_challenge(name).await.then(|| name.clone());
                     }
-                    Some(Hello {
+                    Hello {
                         name: Some(name),
                         acme: false,
-                    }) if self.store.lookup_name(&name).is_none() => {
+                    } if self.store.lookup_name(name).is_none() => {
                         let client = l4
                             .get_socket_digest()
                             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-                        before.unknown_name(&name, client).await;
+                        before.unknown_name(name, client).await;
                     }
                     _ => {}
                 }
             }
-            self.acceptor.tls_handshake(*l4).await
+            let acceptor = match (&offer, &hello) {
+                (Some(o), Some(h)) if !h.acme && o.covers(h.name.as_deref()) => &o.acceptor,
+                _ => &self.acceptor,
+            };
+            acceptor.tls_handshake(*l4).await
         };
         let result = tokio::time::timeout(deadline, handshake).await;
         if let Some(name) = fetched {

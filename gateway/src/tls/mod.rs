@@ -4,5 +4,6 @@
 //! fills the store and answers its challenges.
 
 pub mod accept;
+pub mod client_auth;
 pub mod dev;
 pub mod store;

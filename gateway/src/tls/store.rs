@@ -56,6 +56,29 @@ impl std::fmt::Debug for CertStore {
 }
 
 impl CertStore {
+    /// The https entrypoint's rustls configuration: TLS 1.2 and 1.3 with ring's modern suites (AEAD only,
+    /// ECDHE only), certificates from `store`, and a client-certificate verifier where one is given (see
+    /// [`super::client_auth`]).
+    pub fn server_config(
+        store: &Arc<CertStore>,
+        client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<rustls::ServerConfig, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let builder = match client_auth {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_cert_resolver(Arc::clone(store) as Arc<dyn rustls::server::ResolvesServerCert>);
+        // Server preference order: a browser offering both gets HTTP/2. `acme-tls/1` is listed so that
+        // a validation ClientHello offering only it is not aborted; the resolver answers it with the
+        // challenge certificate alone.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        Ok(config)
+    }
+
     /// Replaces the static certificates (on start and on every config reload).
     pub fn set_files(&self, files: Vec<Arc<Certificate>>, default: Option<usize>) {
         let mut src = self.sources.lock().unwrap_or_else(|p| p.into_inner());

@@ -6,6 +6,7 @@ mod api_keys;
 mod auth;
 mod balancing;
 mod canary;
+mod client_auth;
 mod compression;
 mod cors;
 mod dashboard;

@@ -33,12 +33,45 @@ pub fn client_config(roots_pem: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConf
     Arc::new(config)
 }
 
+/// Like [`client_config`], presenting the client certificate `cert_pem` (chain) with `key_pem`, and
+/// resuming sessions when `resume` (each config keeps its own session cache).
+pub fn client_config_with_cert(
+    roots_pem: &[u8],
+    alpn: &[&[u8]],
+    cert_pem: &str,
+    key_pem: &str,
+    resume: bool,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(roots_pem) {
+        roots.add(c.expect("root PEM")).expect("add root");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("client chain");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Arc::new(config)
+}
+
 /// One verified TLS connection: what the handshake negotiated.
 pub struct TlsConn {
     pub stream: tokio_rustls::client::TlsStream<TcpStream>,
     pub alpn: Option<Vec<u8>>,
     /// Serial of the leaf the server presented (hex, as x509-parser prints it).
     pub serial: String,
+    /// The session was resumed (no certificate exchanged in this handshake).
+    pub resumed: bool,
 }
 
 /// Connects to `port` with SNI `sni`; `Err` carries the handshake error.
@@ -88,10 +121,12 @@ pub async fn connect_from(
     let (_, x509) =
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
     let serial = x509.raw_serial_as_string();
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     Ok(TlsConn {
         stream,
         alpn,
         serial,
+        resumed,
     })
 }
 
@@ -109,6 +144,14 @@ impl TlsResp {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The edge's error code (`error.code` of the JSON body), or the body when it has none.
+    pub fn error_code(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned())
     }
 }
 
@@ -134,12 +177,22 @@ pub async fn get_from(
     config: Arc<rustls::ClientConfig>,
 ) -> Result<TlsResp, String> {
     let conn = connect_from(source, prelude, port, sni, config).await?;
+    request_on(conn, sni, path, headers).await
+}
+
+/// One GET for `host` (which may differ from the connection's SNI name) over `conn`.
+pub async fn request_on(
+    conn: TlsConn,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<TlsResp, String> {
     let serial = conn.serial.clone();
     let h2 = conn.alpn.as_deref() == Some(b"h2");
     let io = TokioIo::new(conn.stream);
-    let mut req = Request::builder().uri(format!("https://{sni}{path}"));
+    let mut req = Request::builder().uri(format!("https://{host}{path}"));
     if !h2 {
-        req = req.header("host", sni);
+        req = req.header("host", host);
     }
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -169,6 +222,130 @@ pub async fn get_from(
         body,
         serial,
     })
+}
+
+/// A test CA that issues server and client certificates.
+pub struct Pki {
+    pub pem: String,
+    pub issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA");
+        Pki {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses) with common name `cn`: (cert PEM, key PEM).
+    pub fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client certificate (EKU clientAuth) with common name `cn` and the URI SANs `uris`, valid
+    /// from `not_before` to `not_after` (Unix seconds), with serial `serial`: (cert PEM, key PEM, DER).
+    pub fn client(
+        &self,
+        cn: &str,
+        uris: &[&str],
+        (not_before, not_after): (i64, i64),
+        serial: u64,
+    ) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Partner, Inc.");
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).expect("URI")))
+            .collect();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).expect("time");
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).expect("time");
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    /// A CRL of this CA revoking the serials `revoked`, as PEM.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("CRL")
+            .pem()
+            .expect("CRL PEM")
+    }
+
+    /// Writes the CA's PEM into `dir/name`; returns the path.
+    pub fn write(&self, dir: &std::path::Path, name: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.pem).expect("write CA");
+        path.display().to_string()
+    }
+}
+
+/// Runs `gateway validate` on `text` written to `dir/gateway.toml` and asserts that it fails with each
+/// `(place, message)`: a line `file:line:col: …message…` where `line:col` is where `place` first
+/// occurs in `text`.
+pub fn assert_refused_at(dir: &Path, text: &str, expected: &[(String, &str)]) {
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .expect("validate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    for (place, message) in expected {
+        let (offset, _) = text.match_indices(place.as_str()).next().expect(place);
+        let line = text[..offset].matches('\n').count() + 1;
+        let col = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+        let want = format!("{}:{line}:{col}: ", config.display());
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&want) && l.contains(message)),
+            "no `{want}…{message}` in:\n{stderr}"
+        );
+    }
 }
 
 /// Runs `gateway certs dev` into `dir` for `names`; returns the CA's PEM.

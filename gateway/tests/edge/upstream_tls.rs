@@ -16,48 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::helpers::*;
-
-/// A test CA that issues server and client certificates.
-struct Pki {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::default();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).expect("CA");
-        Pki {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf for `names` (DNS names or IP addresses) with common name `cn`: (cert PEM, key PEM).
-    fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// Writes the CA's PEM into `dir/name`; returns the path.
-    fn write(&self, dir: &std::path::Path, name: &str) -> String {
-        let path = dir.join(name);
-        std::fs::write(&path, &self.pem).expect("write CA");
-        path.display().to_string()
-    }
-}
+use crate::tls_helpers::{assert_refused_at, Pki};
 
 /// What one request arrived with.
 #[derive(Debug, Clone)]
@@ -525,7 +484,6 @@ fn validate_names_each_bad_tls_setting_at_its_place() {
     std::fs::write(dir.path().join("client.pem"), cert).expect("write");
     std::fs::write(dir.path().join("other.key"), other_key).expect("write");
     let d = dir.path().display();
-    let config = dir.path().join("gateway.toml");
     let text = format!(
         "[entrypoints]\nhttp = \"127.0.0.1:1\"\n\n\
          [[upstreams]]\nname = \"plain\"\nservers = [\"127.0.0.1:2\"]\ntls = {{ ca = \"{ca}\" }}\n\n\
@@ -535,46 +493,28 @@ fn validate_names_each_bad_tls_setting_at_its_place() {
          [[upstreams]]\nname = \"notca\"\nservers = [\"127.0.0.1:6\"]\nprotocol = \"https\"\ntls = {{ ca = \"{d}/other.key\", sni = \"bad name!\" }}\n\n\
          [[routes]]\nname = \"r\"\nupstream = \"plain\"\n"
     );
-    std::fs::write(&config, &text).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .expect("validate");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "accepted: {stderr}");
-    let at = |needle: &str| -> String {
-        let (offset, _) = text.match_indices(needle).next().expect(needle);
-        let line = text[..offset].matches('\n').count() + 1;
-        let col = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
-        format!("{}:{line}:{col}: ", config.display())
-    };
-    for (place, message) in [
-        (
-            format!("{{ ca = \"{ca}\" }}"),
-            "upstream `plain`: tls applies to protocol = \"https\" or \"h2\"",
-        ),
-        (format!("\"{d}/nope.pem\""), "cannot read tls.ca"),
-        (
-            format!("\"{d}/client.pem\" }}"),
-            "tls.cert and tls.key go together",
-        ),
-        (
-            format!("\"{d}/other.key\" }}"),
-            "does not belong to the certificate",
-        ),
-        (
-            format!("\"{d}/other.key\", sni"),
-            "holds no PEM certificate",
-        ),
-        ("\"bad name!\"".to_string(), "is not a host name"),
-    ] {
-        let want = at(&place);
-        assert!(
-            stderr
-                .lines()
-                .any(|l| l.starts_with(&want) && l.contains(message)),
-            "no `{want}…{message}` in:\n{stderr}"
-        );
-    }
+    assert_refused_at(
+        dir.path(),
+        &text,
+        &[
+            (
+                format!("{{ ca = \"{ca}\" }}"),
+                "upstream `plain`: tls applies to protocol = \"https\" or \"h2\"",
+            ),
+            (format!("\"{d}/nope.pem\""), "cannot read tls.ca"),
+            (
+                format!("\"{d}/client.pem\" }}"),
+                "tls.cert and tls.key go together",
+            ),
+            (
+                format!("\"{d}/other.key\" }}"),
+                "does not belong to the certificate",
+            ),
+            (
+                format!("\"{d}/other.key\", sni"),
+                "holds no PEM certificate",
+            ),
+            ("\"bad name!\"".to_string(), "is not a host name"),
+        ],
+    );
 }

@@ -99,7 +99,10 @@ pub(super) fn auth_strength(a: AuthPolicy) -> u8 {
     match a {
         AuthPolicy::None => 0,
         AuthPolicy::Jwt => 1,
-        AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey | AuthPolicy::JwtTenant => 2,
+        AuthPolicy::ApiKey
+        | AuthPolicy::JwtOrApiKey
+        | AuthPolicy::JwtTenant
+        | AuthPolicy::ClientCert => 2,
     }
 }
 
@@ -110,6 +113,7 @@ pub(super) fn auth_name(a: AuthPolicy) -> &'static str {
         AuthPolicy::ApiKey => "api_key",
         AuthPolicy::JwtOrApiKey => "jwt_or_api_key",
         AuthPolicy::JwtTenant => "jwt_tenant",
+        AuthPolicy::ClientCert => "client_cert",
     }
 }
 

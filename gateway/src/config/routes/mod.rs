@@ -3,12 +3,14 @@
 
 mod ambiguity;
 mod canary;
+mod client_auth;
 mod compression;
 mod cors;
 mod headers;
 
 pub(super) use ambiguity::{check_ambiguity, warn_policy_gaps};
 pub use canary::*;
+pub use client_auth::*;
 pub use compression::*;
 pub use cors::*;
 pub use headers::*;
@@ -98,6 +100,8 @@ pub struct RouteSpec {
     pub security: SecurityHeaders,
     /// A share of the traffic to another upstream, with automatic rollback.
     pub canary: Option<CanarySpec>,
+    /// Client certificates asked for and verified (`client_auth`).
+    pub client_auth: Option<std::sync::Arc<ClientAuthSpec>>,
 }
 
 /// A route's client-address lists.
@@ -278,10 +282,32 @@ pub(super) fn validate_route(
             ("jwt_tenant", AuthPolicy::JwtTenant),
             ("api_key", AuthPolicy::ApiKey),
             ("jwt_or_api_key", AuthPolicy::JwtOrApiKey),
+            ("client_cert", AuthPolicy::ClientCert),
         ],
         "",
         diags,
     );
+    let client_auth = r
+        .client_auth
+        .as_ref()
+        .and_then(|c| validate_client_auth(c, diags));
+    if let (AuthPolicy::ClientCert, Some(a)) = (auth, &r.auth) {
+        // The certificate is the credential: it must be asked for, always, and name its tenant.
+        match (&r.client_auth, &client_auth) {
+            (None, _) => diags.push(Diagnostic::at(
+                a,
+                format!("route `{name}` uses auth `client_cert` but has no client_auth = {{ mode = \"required\", ca = …, tenant_uri = … }}"),
+            )),
+            (Some(c), Some(spec)) if spec.mode != ClientAuthMode::Required => diags.push(
+                Diagnostic::at(c, "auth = \"client_cert\" needs client_auth.mode = \"required\""),
+            ),
+            (Some(c), Some(spec)) if spec.tenant_uri.is_none() => diags.push(Diagnostic::at(
+                c,
+                "auth = \"client_cert\" needs client_auth.tenant_uri (where a certificate names its tenant)",
+            )),
+            _ => {}
+        }
+    }
     let needs_jwt = matches!(
         auth,
         AuthPolicy::Jwt | AuthPolicy::JwtTenant | AuthPolicy::JwtOrApiKey
@@ -310,7 +336,12 @@ pub(super) fn validate_route(
     let mut scopes = Vec::new();
     for sc in r.scopes.iter().flatten() {
         // Scopes bind API keys and OAuth access tokens; a route without credentials has none to check.
-        if auth == AuthPolicy::None {
+        if auth == AuthPolicy::ClientCert {
+            diags.push(Diagnostic::at(
+                sc,
+                "a client certificate carries no scopes: use separate routes (or CAs) per grant",
+            ));
+        } else if auth == AuthPolicy::None {
             diags.push(Diagnostic::at(
                 sc,
                 "scopes need credentials that carry them: set auth = \"api_key\", \"jwt_or_api_key\", \"jwt\" or \"jwt_tenant\" (OAuth access tokens)",
@@ -388,6 +419,7 @@ pub(super) fn validate_route(
             .map(|c| validate_compression(c, diags)),
         security: validate_security(r.security_headers.as_ref(), diags),
         canary,
+        client_auth,
     }
 }
 

@@ -1,9 +1,11 @@
-//! The caller's credential: a bearer JWT ([`jwt`], keys from [`jwks`]) or an API key ([`api_key`]) →
+//! The caller's credential: a bearer JWT ([`jwt`], keys from [`jwks`]), an API key ([`api_key`]) or a
+//! client certificate ([`client_cert`]) →
 //! [`Identity`], a revoked token refused ([`revocation`]), and the binding of the identity's tenant to
 //! the host's ([`bind_tenant`]). Verification is pure (no I/O), so the attack table is unit-testable
 //! and its cost benchmarkable without a server.
 
 pub mod api_key;
+pub mod client_cert;
 pub mod jwks;
 mod jwt;
 pub mod revocation;
@@ -79,13 +81,24 @@ pub enum AuthError {
     ApiKeyExpired,
     #[error("the API key or token lacks a scope this route requires")]
     InsufficientScope,
+    #[error("this route requires a client certificate")]
+    ClientCertRequired,
+    #[error("the client certificate is not valid for this route")]
+    ClientCertInvalid,
+    #[error("the client certificate names no tenant")]
+    ClientCertNoTenant,
+    #[error("the client certificate belongs to another tenant")]
+    ClientCertOtherTenant,
 }
 
 impl AuthError {
     /// 401, or 403 when the token is valid but for another tenant.
     pub fn status(self) -> u16 {
         match self {
-            AuthError::TenantMismatch | AuthError::InsufficientScope => 403,
+            AuthError::TenantMismatch
+            | AuthError::InsufficientScope
+            | AuthError::ClientCertNoTenant
+            | AuthError::ClientCertOtherTenant => 403,
             _ => 401,
         }
     }
@@ -107,16 +120,25 @@ impl AuthError {
             AuthError::InvalidApiKey => "invalid_api_key",
             AuthError::ApiKeyExpired => "api_key_expired",
             AuthError::InsufficientScope => "insufficient_scope",
+            AuthError::ClientCertRequired => "client_cert_required",
+            AuthError::ClientCertInvalid => "client_cert_invalid",
+            AuthError::ClientCertNoTenant => "client_cert_no_tenant",
+            AuthError::ClientCertOtherTenant => "tenant_mismatch",
         }
     }
 
-    /// The `WWW-Authenticate` value (RFC 6750).
-    pub fn www_authenticate(self) -> String {
-        match self {
+    /// The `WWW-Authenticate` value (RFC 6750); none for a client certificate's refusal (TLS has no
+    /// HTTP challenge).
+    pub fn www_authenticate(self) -> Option<String> {
+        Some(match self {
+            AuthError::ClientCertRequired
+            | AuthError::ClientCertInvalid
+            | AuthError::ClientCertNoTenant
+            | AuthError::ClientCertOtherTenant => return None,
             AuthError::MissingToken => "Bearer realm=\"aggios\"".to_string(),
             AuthError::TenantMismatch | AuthError::InsufficientScope => format!("Bearer realm=\"aggios\", error=\"insufficient_scope\", error_description=\"{self}\""),
             other => format!("Bearer realm=\"aggios\", error=\"invalid_token\", error_description=\"{other}\""),
-        }
+        })
     }
 }
 
@@ -128,11 +150,13 @@ pub fn bind_tenant(
     host_tenant: Option<&str>,
 ) -> Result<(), AuthError> {
     match (policy, host_tenant) {
-        (AuthPolicy::JwtTenant | AuthPolicy::ApiKey | AuthPolicy::JwtOrApiKey, Some(host))
-            if host != identity.tenant =>
-        {
-            Err(AuthError::TenantMismatch)
-        }
+        (
+            AuthPolicy::JwtTenant
+            | AuthPolicy::ApiKey
+            | AuthPolicy::JwtOrApiKey
+            | AuthPolicy::ClientCert,
+            Some(host),
+        ) if host != identity.tenant => Err(AuthError::TenantMismatch),
         _ => Ok(()),
     }
 }
