@@ -414,6 +414,21 @@ load_end() {
     | "requests=\($r) failed=\($f) (GET \(.[0].requests)/\(.[0] | failed) failed, login \(.[1].requests)/\(.[1] | failed) failed)"
   ' "$CT_DIR/load-$LOAD_NAME-get.json" "$CT_DIR/load-$LOAD_NAME-login.json") \
     || LOAD_RESULT="requests=0 failed=1 (no figures from loadtest)"
+  # What a failed request was, from both sides: the gateways' access-log lines of 5xx answers (their
+  # `error` names the edge's reason, their `server` the backend) and the backends' warnings, kept
+  # beside the step's figures and printed — the stack may be gone before anyone reads its logs.
+  if [ "$(failed_of "$LOAD_RESULT")" != 0 ]; then
+    { echo "--- 5xx answers in the gateways' access logs"
+      podman ps -a --format '{{.Names}}' | grep -E "^${PROJECT}_gateway" | while read -r c; do
+        podman logs "$c" 2>&1 | grep -E '"status":5[0-9][0-9]' | tail -10 | sed "s/^/$c: /"
+      done
+      echo "--- backend warnings, errors and 5xx answers"
+      podman ps -a --format '{{.Names}}' | grep -E "^${PROJECT}_backend" | while read -r c; do
+        podman logs "$c" 2>&1 | grep -E '"level":"(WARN|ERROR)"|"status":5[0-9][0-9]' | tail -10 | sed "s/^/$c: /"
+      done
+    } > "$CT_DIR/load-$LOAD_NAME-failures.log" 2>&1 || true
+    cat "$CT_DIR/load-$LOAD_NAME-failures.log" >&2
+  fi
 }
 failed_of() { grep -o 'failed=[0-9]*' <<<"$1" | head -1 | cut -d= -f2; }
 admin_api() { podman exec "$(container gateway)" curl -fsS -H "authorization: Bearer $GATEWAY_ADMIN_TOKEN" "http://127.0.0.1:9000$1"; }
