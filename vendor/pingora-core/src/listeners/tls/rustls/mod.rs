@@ -391,6 +391,6 @@ mod tests {
             .unwrap();
         let res = client.get(format!("https://{addr}")).send().await.unwrap();
         assert_eq!(res.status(), reqwest::StatusCode::OK);
-        assert_eq!(seen_rx.await.unwrap().as_deref(), Some("Some(\"TLSv1.3\")"));
+        assert_eq!(seen_rx.await.unwrap().as_deref(), Some("Some(\"TLSv1_3\")"));
     }
 }
