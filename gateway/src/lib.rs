@@ -315,6 +315,23 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Gatewa
         ));
     }
 
+    if https.is_some() {
+        let live = Arc::clone(&state);
+        server.add_service(background_service(
+            "ocsp-stapling",
+            tls::ocsp::Stapler {
+                store: Arc::clone(&state.certs),
+                enabled: Box::new(move || {
+                    live.current()
+                        .config
+                        .tls
+                        .as_ref()
+                        .is_some_and(|t| t.ocsp_stapling)
+                }),
+            },
+        ));
+    }
+
     if let Some(addr) = admin {
         let mut admin_service = Service::new(
             "admin".to_string(),

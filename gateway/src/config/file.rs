@@ -588,6 +588,8 @@ file_tables! {
     #[serde(deny_unknown_fields)]
     pub struct TlsFile {
         pub handshake_timeout: Option<Spanned<String>>,
+        /// Staple OCSP responses for certificates that name a responder (default on).
+        pub ocsp_stapling: Option<bool>,
         #[serde(default)]
         pub certificates: Vec<Spanned<CertificateFile>>,
         pub acme: Option<AcmeFile>,

@@ -71,6 +71,8 @@ pub struct OnDemandSettings {
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
     pub handshake_timeout: Duration,
+    /// `ocsp_stapling`: OCSP responses fetched and stapled for certificates that name a responder.
+    pub ocsp_stapling: bool,
     /// `[[tls.certificates]]`, parsed.
     pub certificates: Vec<Arc<Certificate>>,
     /// The index in `certificates` of the one marked `default = true`.
@@ -256,6 +258,7 @@ pub(super) fn validate(
     }
     TlsSettings {
         handshake_timeout,
+        ocsp_stapling: t.ocsp_stapling.unwrap_or(true),
         certificates,
         default_certificate,
         acme,

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub ratelimit_store_errors: IntCounter,
     pub redis_breaker_open: IntGauge,
     pub tls_cert_expiry: GaugeVec,
+    pub ocsp_fetches: IntCounterVec,
+    pub ocsp_this_update: GaugeVec,
+    pub ocsp_next_update: GaugeVec,
+    pub ocsp_failures: IntGaugeVec,
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_refusals: IntCounterVec,
     pub acme_orders: IntCounterVec,
@@ -207,6 +211,38 @@ impl Metrics {
             &["domain"],
         )?;
         registry.register(Box::new(tls_cert_expiry.clone()))?;
+        let ocsp_fetches = IntCounterVec::new(
+            Opts::new(
+                "gateway_tls_ocsp_fetches_total",
+                "OCSP responses fetched for stapling, by result (ok, failed: unreachable responder, refused or unverifiable answer).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(ocsp_fetches.clone()))?;
+        let ocsp_this_update = GaugeVec::new(
+            Opts::new(
+                "gateway_tls_ocsp_this_update_timestamp_seconds",
+                "thisUpdate of the OCSP response stapled for each certificate (its first name): time() minus this is the staple's age.",
+            ),
+            &["domain"],
+        )?;
+        registry.register(Box::new(ocsp_this_update.clone()))?;
+        let ocsp_next_update = GaugeVec::new(
+            Opts::new(
+                "gateway_tls_ocsp_next_update_timestamp_seconds",
+                "nextUpdate of the OCSP response stapled for each certificate (0: none stapled any more, it expired).",
+            ),
+            &["domain"],
+        )?;
+        registry.register(Box::new(ocsp_next_update.clone()))?;
+        let ocsp_failures = IntGaugeVec::new(
+            Opts::new(
+                "gateway_tls_ocsp_consecutive_failures",
+                "OCSP fetches for each certificate (its first name) that failed since its last good one.",
+            ),
+            &["domain"],
+        )?;
+        registry.register(Box::new(ocsp_failures.clone()))?;
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "gateway_tls_handshakes_total",
@@ -379,6 +415,10 @@ impl Metrics {
             ratelimit_store_errors,
             redis_breaker_open,
             tls_cert_expiry,
+            ocsp_fetches,
+            ocsp_this_update,
+            ocsp_next_update,
+            ocsp_failures,
             tls_handshakes,
             tls_handshake_refusals,
             acme_orders,

@@ -6,4 +6,5 @@
 pub mod accept;
 pub mod client_auth;
 pub mod dev;
+pub mod ocsp;
 pub mod store;

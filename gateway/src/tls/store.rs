@@ -36,6 +36,32 @@ struct Sources {
     default_file: Option<usize>,
     /// ACME certificates by the name they were ordered for.
     acme: HashMap<String, Arc<Certificate>>,
+    /// OCSP responses to staple, by the SHA-256 (hex) of the leaf they are about (see `ocsp`).
+    staples: HashMap<String, Vec<u8>>,
+}
+
+/// `cert` as served: with its OCSP staple when one is held for its leaf.
+fn stapled(cert: &Arc<Certificate>, staples: &HashMap<String, Vec<u8>>) -> Arc<Certificate> {
+    if staples.is_empty() {
+        return Arc::clone(cert);
+    }
+    use sha2::Digest;
+    let staple = cert
+        .key
+        .cert
+        .first()
+        .and_then(|leaf| staples.get(&hex::encode(sha2::Sha256::digest(leaf.as_ref()))));
+    match staple {
+        Some(der) => Arc::new(Certificate {
+            key: Arc::new(CertifiedKey {
+                cert: cert.key.cert.clone(),
+                key: Arc::clone(&cert.key.key),
+                ocsp: Some(der.clone()),
+            }),
+            ..(**cert).clone()
+        }),
+        None => Arc::clone(cert),
+    }
 }
 
 /// SNI → certificate, live.
@@ -47,6 +73,8 @@ pub struct CertStore {
     alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     /// HTTP-01 answers: token → key authorization.
     http_challenges: RwLock<HashMap<String, String>>,
+    /// Told on every change of the served certificates (the OCSP stapler looks at new ones).
+    changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -110,10 +138,35 @@ impl CertStore {
         out
     }
 
+    /// Staples `response` (DER) to the certificate whose leaf has SHA-256 `leaf` (hex) from the next
+    /// handshake on, or stops stapling (`None`).
+    pub fn set_staple(&self, leaf: &str, response: Option<Vec<u8>>) {
+        let mut src = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match response {
+            Some(r) => src.staples.insert(leaf.to_string(), r.clone()) != Some(r),
+            None => src.staples.remove(leaf).is_some(),
+        };
+        if changed {
+            self.rebuild(&src);
+        }
+    }
+
+    /// Forgets the staples of certificates no longer served (leaf SHA-256s not in `leaves`).
+    pub fn retain_staples(&self, leaves: &[String]) {
+        let mut src = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        src.staples.retain(|k, _| leaves.contains(k));
+    }
+
+    /// Resolves after the served certificates changed (at once if they did since the last call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
     fn rebuild(&self, src: &Sources) {
         let mut snap = Snapshot::default();
         let all = src.files.iter().chain(src.acme.values());
         for cert in all {
+            let cert = &stapled(cert, &src.staples);
             for name in &cert.names {
                 let (map, key) = match name.strip_prefix("*.") {
                     Some(suffix) => (&mut snap.wildcard, suffix),
@@ -129,7 +182,10 @@ impl CertStore {
                 }
             }
         }
-        snap.default = src.default_file.and_then(|i| src.files.get(i).cloned());
+        snap.default = src
+            .default_file
+            .and_then(|i| src.files.get(i))
+            .map(|c| stapled(c, &src.staples));
         // Expiry per served name; names no longer served drop their series.
         let m = &metrics().tls_cert_expiry;
         m.reset();
@@ -141,6 +197,7 @@ impl CertStore {
                 .set(cert.not_after as f64);
         }
         self.snapshot.store(Arc::new(snap));
+        self.changed.notify_one();
     }
 
     /// The certificate that covers `name` (exact or wildcard), not counting the default one.

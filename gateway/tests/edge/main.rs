@@ -22,6 +22,7 @@ mod ip_lists;
 mod jwks;
 mod malformed;
 mod observability;
+mod ocsp;
 mod overload;
 mod panics;
 mod protocols;

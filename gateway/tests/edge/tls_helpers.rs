@@ -227,6 +227,7 @@ pub async fn request_on(
 /// A test CA that issues server and client certificates.
 pub struct Pki {
     pub pem: String,
+    pub key_pem: String,
     pub issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -241,6 +242,7 @@ impl Pki {
         let cert = params.self_signed(&key).expect("CA");
         Pki {
             pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: rcgen::Issuer::new(params, key),
         }
     }
