@@ -37,6 +37,7 @@ fn route(name: &str, host: &str, tenancy: &Tenancy) -> RouteSpec {
         security: Default::default(),
         canary: None,
         client_auth: None,
+        grpc_web: false,
     }
 }
 

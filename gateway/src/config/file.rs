@@ -326,6 +326,8 @@ file_tables! {
         pub security_headers: Option<SecurityHeadersFile>,
         pub canary: Option<Spanned<CanaryFile>>,
         pub client_auth: Option<Spanned<ClientAuthFile>>,
+        /// Browsers' gRPC-Web calls bridged to gRPC (an HTTP/2 upstream).
+        pub grpc_web: Option<Spanned<bool>>,
     }
 }
 

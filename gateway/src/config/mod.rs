@@ -385,6 +385,22 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
             diags,
         ));
     }
+    // gRPC-Web is bridged to gRPC, which is HTTP/2 only.
+    for (r, spec) in raw.routes.iter().zip(&routes) {
+        let (Some(flag), Some(up)) = (&r.grpc_web, &spec.upstream) else {
+            continue;
+        };
+        let h2 = upstreams
+            .iter()
+            .find(|u| &u.name == up)
+            .is_none_or(|u| matches!(u.protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2));
+        if spec.grpc_web && !h2 {
+            diags.push(Diagnostic::at(
+                flag,
+                format!("grpc_web bridges to gRPC, which needs an HTTP/2 upstream: set protocol = \"h2c\" or \"h2\" on upstream `{up}`"),
+            ));
+        }
+    }
     // Routes whose hosts did not parse are already reported; ranking them would only add noise.
     let complete: Vec<bool> = raw
         .routes

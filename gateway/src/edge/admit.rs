@@ -226,6 +226,10 @@ impl Gateway {
             None => None,
         };
         ctx.request.client_cert = client_cert.is_some();
+        if route.spec.grpc_web {
+            ctx.answer.grpc_web =
+                grpc_web::GrpcWeb::detect(req.headers.get(http::header::CONTENT_TYPE));
+        }
         if let Some(spec) = &route.spec.compression {
             ctx.answer.compress = Some(compress::Compress::Negotiated {
                 coding: compress::negotiate(
@@ -364,23 +368,30 @@ impl Gateway {
         Ok(())
     }
 
-    /// Counts body bytes against the route's limit (chunked bodies have no length up front).
+    /// Counts body bytes against the route's limit (chunked bodies have no length up front), as they
+    /// come from the client; then a gRPC-Web `-text` body is decoded. A refusal here is the client's
+    /// error (`into_down`): Pingora then ends the call and answers it, where an error it took for the
+    /// upstream's would leave an HTTP/2 upstream waiting for the rest of the body.
     pub(super) async fn count_body(
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(b), Some(rt)) = (body.as_ref(), ctx.request.runtime.as_ref()) {
             ctx.observe.body_bytes += b.len() as u64;
             if let Some(r) = ctx.route(rt) {
                 if ctx.observe.body_bytes > r.spec.max_body_bytes {
-                    return Err(
-                        EdgeError::BodyTooLarge.into_pingora("request body over max_body_bytes")
-                    );
+                    return Err(EdgeError::BodyTooLarge
+                        .into_pingora("request body over max_body_bytes")
+                        .into_down());
                 }
             }
+        }
+        if let Some(g) = ctx.answer.grpc_web.as_mut() {
+            g.decode_body(body, end_of_stream)
+                .map_err(|e| e.into_pingora("gRPC-Web text body").into_down())?;
         }
         Ok(())
     }

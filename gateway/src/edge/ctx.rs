@@ -220,6 +220,8 @@ pub(super) struct Answering {
     pub linger: bool,
     /// Response compression, on routes that have it (`edge::compress`).
     pub compress: Option<crate::edge::compress::Compress>,
+    /// A gRPC-Web call bridged to gRPC, on routes with `grpc_web` (`edge::grpc_web`).
+    pub grpc_web: Option<crate::edge::grpc_web::GrpcWeb>,
 }
 
 /// What the observation needs beyond the other parts.
@@ -271,6 +273,7 @@ impl RequestCtx {
                 preflight: false,
                 linger: false,
                 compress: None,
+                grpc_web: None,
             },
             observe: Observation {
                 span: None,

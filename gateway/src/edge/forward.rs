@@ -162,6 +162,10 @@ impl Gateway {
             // that the client takes trailers: gRPC servers refuse a call without it.
             let _ = upstream_request.insert_header("te", "trailers");
         }
+        if let Some(g) = ctx.answer.grpc_web.as_ref() {
+            // A browser's gRPC-Web call goes on as gRPC (the edge takes the trailers for it).
+            g.rewrite_request(upstream_request)?;
+        }
         if !ctx
             .request
             .runtime
@@ -252,6 +256,10 @@ impl Gateway {
             contracts::headers::REQUEST_ID,
             ctx.request.request_id.as_str(),
         )?;
+        if let Some(g) = ctx.answer.grpc_web.as_mut() {
+            let h1 = session.as_downstream().as_http1().is_some();
+            g.rewrite_response(resp, h1)?;
+        }
         if let Some((policy, state)) = ctx.rate_headers.take() {
             resp.insert_header("ratelimit-policy", policy)?;
             resp.insert_header("ratelimit", state)?;

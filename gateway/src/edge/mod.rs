@@ -14,6 +14,7 @@ pub mod compress;
 pub mod connections;
 pub mod cors;
 pub mod error;
+pub mod grpc_web;
 pub mod guard;
 pub mod head_deadline;
 pub mod headers;
@@ -127,7 +128,8 @@ impl ProxyHttp for Gateway {
         caught("response_filter", self.rewrite_response(session, resp, ctx)).await
     }
 
-    /// A compressed response's body chunks through its encoder (`compress`); nothing else here.
+    /// A compressed response's body chunks through its encoder (`compress`), a gRPC-Web `-text` one
+    /// through base64 (`grpc_web`).
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -138,7 +140,24 @@ impl ProxyHttp for Gateway {
         if let Some(compress::Compress::Encoding(encoder)) = ctx.answer.compress.as_mut() {
             *body = compress::encode(encoder.as_mut(), body.as_ref(), end_of_stream)?;
         }
+        if let Some(g) = ctx.answer.grpc_web.as_ref() {
+            g.encode_body(body);
+        }
         Ok(None)
+    }
+
+    /// gRPC-Web: the upstream's trailers written as the body's last frame (`grpc_web`).
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        Ok(ctx
+            .answer
+            .grpc_web
+            .as_mut()
+            .and_then(|g| g.trailers(upstream_trailers)))
     }
 
     type CTX = RequestCtx;

@@ -312,6 +312,7 @@ mod tests {
             security: Default::default(),
             canary: None,
             client_auth: None,
+            grpc_web: false,
         }
     }
 

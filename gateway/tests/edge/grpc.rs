@@ -130,6 +130,7 @@ hosts = ["*.aggios.app"]
 path_prefix = "/test.Echo"
 auth = "jwt_tenant"
 rate_limits = ["per_tenant"]
+grpc_web = true
 upstream = "grpc"
 "#,
         server.port
@@ -302,4 +303,199 @@ async fn the_edge_ends_a_call_at_its_grpc_timeout() {
         server.count().await.1 >= 1
     })
     .await;
+}
+
+/// One gRPC-Web call over HTTP/1.1, as a browser's grpc-web client makes it: (status, head, body).
+async fn web_call(
+    port: u16,
+    method: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h1");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::post(format!("/test.Echo/{method}"))
+        .header("host", "acme.aggios.app")
+        .header("content-type", content_type)
+        .header("x-grpc-web", "1")
+        .header("accept", content_type);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = sender
+        .send_request(
+            req.body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes().to_vec();
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+/// A gRPC message frame.
+fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![flag];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The frames of a gRPC-Web body: (flag, payload).
+fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        assert!(body.len() >= 5 + len, "truncated frame in {body:?}");
+        out.push((body[0], body[5..5 + len].to_vec()));
+        body = &body[5 + len..];
+    }
+    assert!(body.is_empty(), "bytes after the last frame: {body:?}");
+    out
+}
+
+/// A `-text` body: base64 in 4-character groups, each decoded alone (padding may come mid-body).
+fn unbase64(text: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    text.chunks(4)
+        .flat_map(|g| {
+            base64::engine::general_purpose::STANDARD
+                .decode(g)
+                .expect("base64 group")
+        })
+        .collect()
+}
+
+/// (data messages as text, trailers text)
+fn messages_and_trailers(frames: &[(u8, Vec<u8>)]) -> (Vec<String>, String) {
+    let data = frames
+        .iter()
+        .filter(|(f, _)| *f == 0)
+        .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let trailers: Vec<&(u8, Vec<u8>)> = frames.iter().filter(|(f, _)| *f == 0x80).collect();
+    assert_eq!(trailers.len(), 1, "one trailers frame, last: {frames:?}");
+    assert_eq!(frames.last().map(|f| f.0), Some(0x80), "trailers not last");
+    (data, String::from_utf8_lossy(&trailers[0].1).into_owned())
+}
+
+#[tokio::test]
+async fn grpc_web_calls_from_browsers_are_bridged_to_grpc_both_ways() {
+    use base64::Engine;
+    let server = GrpcServer::start().await;
+    let gw = Gateway::start_with_env(&config(&server), &[("GW_SECRET", SECRET)]).await;
+    let token = Token::new(SECRET, "acme").sign();
+
+    // Binary: the message reaches the gRPC server (it answers it), and its trailers come back as the
+    // body's last frame.
+    let (status, head, body) = web_call(
+        gw.http,
+        "Unary",
+        "application/grpc-web+proto",
+        frame(0, b"hi"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(head["content-type"], "application/grpc-web+proto");
+    let (data, trailers) = messages_and_trailers(&frames(&body));
+    assert_eq!(data, ["echo:hi"]);
+    assert!(trailers.contains("grpc-status:0\r\n"), "{trailers:?}");
+    assert!(trailers.contains("x-trailer:kept\r\n"), "{trailers:?}");
+
+    // A server stream: every message, then the trailers.
+    let (_, _, body) = web_call(
+        gw.http,
+        "ServerStream",
+        "application/grpc-web+proto",
+        frame(0, b"3"),
+        Some(&token),
+    )
+    .await;
+    let (data, trailers) = messages_and_trailers(&frames(&body));
+    assert_eq!(data, ["item-0", "item-1", "item-2"]);
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+
+    // -text (grpc-web's default mode): base64 both ways.
+    let request = base64::engine::general_purpose::STANDARD.encode(frame(0, b"text"));
+    let (status, head, body) = web_call(
+        gw.http,
+        "Unary",
+        "application/grpc-web-text",
+        request.into_bytes(),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(head["content-type"], "application/grpc-web-text");
+    let (data, trailers) = messages_and_trailers(&frames(&unbase64(&body)));
+    assert_eq!(data, ["echo:text"]);
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+
+    // A method the server lacks: its trailers-only answer passes as it is (status in the head).
+    let (status, head, _) = web_call(
+        gw.http,
+        "Nope",
+        "application/grpc-web+proto",
+        frame(0, b"x"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(head["grpc-status"], "12", "{head:?}");
+
+    // Refused at the edge: a gRPC-Web answer too, and the server sees nothing.
+    let (calls, _) = server.count().await;
+    let (status, head, body) = web_call(
+        gw.http,
+        "Unary",
+        "application/grpc-web+proto",
+        frame(0, b"x"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(head["grpc-status"], "16", "{head:?}");
+    assert_eq!(head["content-type"], "application/grpc-web+proto");
+    assert!(body.is_empty());
+    // Not base64: refused at the edge as malformed.
+    let (status, head, _) = web_call(
+        gw.http,
+        "Unary",
+        "application/grpc-web-text",
+        b"**not base64**".to_vec(),
+        Some(&token),
+    )
+    .await;
+    assert!(
+        status == 400 || head.get("grpc-status").is_some_and(|s| s == "3"),
+        "{status} {head:?}"
+    );
+    assert_eq!(
+        server.count().await.0,
+        calls,
+        "a refused call reached the server"
+    );
+}
+
+#[test]
+fn grpc_web_needs_an_http2_upstream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "[entrypoints]\nhttp = \"127.0.0.1:1\"\n\n\
+                [[upstreams]]\nname = \"plain\"\nservers = [\"127.0.0.1:2\"]\n\n\
+                [[routes]]\nname = \"web\"\nupstream = \"plain\"\ngrpc_web = true\n";
+    crate::tls_helpers::assert_refused_at(
+        dir.path(),
+        text,
+        &[("true".to_string(), "needs an HTTP/2 upstream")],
+    );
 }

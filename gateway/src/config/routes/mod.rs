@@ -102,6 +102,8 @@ pub struct RouteSpec {
     pub canary: Option<CanarySpec>,
     /// Client certificates asked for and verified (`client_auth`).
     pub client_auth: Option<std::sync::Arc<ClientAuthSpec>>,
+    /// gRPC-Web calls bridged to gRPC (`grpc_web`).
+    pub grpc_web: bool,
 }
 
 /// A route's client-address lists.
@@ -420,6 +422,7 @@ pub(super) fn validate_route(
         security: validate_security(r.security_headers.as_ref(), diags),
         canary,
         client_auth,
+        grpc_web: r.grpc_web.as_ref().is_some_and(|g| *g.get_ref()),
     }
 }
 
