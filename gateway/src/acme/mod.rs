@@ -119,6 +119,10 @@ impl crate::tls::accept::BeforeHandshake for Handshakes {
             od.ensure(name, client).await;
         }
     }
+
+    fn routed_as(&self, name: &str) -> Option<String> {
+        self.on_demand()?.routed_as(name)
+    }
 }
 
 impl AcmeClient {

@@ -228,6 +228,14 @@ impl OnDemand {
         self.domains.load().get(host).cloned()
     }
 
+    /// The host a tenant's own domain is routed as: `{tenant}.{first base domain}`.
+    pub fn routed_as(&self, host: &str) -> Option<String> {
+        let tenant = self.tenant_of(host)?;
+        let config = self.config.config();
+        let base = config.tenancy.base_domains.first()?;
+        Some(format!("{tenant}.{base}"))
+    }
+
     /// Domains with an on-demand certificate (renewed by the ACME manager).
     pub fn issued_names(&self) -> Vec<String> {
         let issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());

@@ -29,6 +29,11 @@ pub trait BeforeHandshake: Send + Sync {
     async fn alpn_challenge(&self, name: &str) -> bool;
     /// A handshake for `name`, which no certificate in the store covers, from `client`.
     async fn unknown_name(&self, name: &str, client: Option<std::net::IpAddr>);
+    /// The host a tenant's own domain `name` is routed as (`{tenant}.{base domain}`), if it is one:
+    /// its handshake asks for a client certificate when that host's routes do.
+    fn routed_as(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Why a connection did not become a TLS stream.
@@ -136,7 +141,16 @@ impl Terminator {
                 }
             }
             let acceptor = match (&offer, &hello) {
-                (Some(o), Some(h)) if !h.acme && o.covers(h.name.as_deref()) => &o.acceptor,
+                (Some(o), Some(h))
+                    if !h.acme
+                        && (o.covers(h.name.as_deref())
+                            || h.name
+                                .as_deref()
+                                .and_then(|n| self.before.as_deref()?.routed_as(n))
+                                .is_some_and(|host| o.covers(Some(&host)))) =>
+                {
+                    &o.acceptor
+                }
                 _ => &self.acceptor,
             };
             acceptor.tls_handshake(*l4).await

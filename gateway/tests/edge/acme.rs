@@ -447,18 +447,34 @@ async fn on_demand_env(spec: OnDemandSpec<'_>) -> OnDemandEnv {
 
 #[tokio::test]
 async fn on_demand_certificates_only_for_domains_an_active_tenant_owns() {
-    let env = on_demand_env(OnDemandSpec {
-        owned: &[("shop.example.org", "acme")],
-        before: "[auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n[tls]\nhandshake_timeout = \"30s\"",
-        acme: "order_timeout = \"20s\"",
-        on_demand: "wait = \"20s\"\nmax_concurrent_orders = 2\norders_per_minute = 5",
-        routes: r#"[[routes]]
+    // Partners' integrations with client certificates, on every tenant host — a tenant's own domain
+    // included.
+    let partners = Pki::new("Partners CA");
+    let partners_dir = tempfile::tempdir().expect("tempdir");
+    let partners_ca = partners.write(partners_dir.path(), "partners.pem");
+    let routes = format!(
+        r#"[[routes]]
 name = "tenant-api"
 hosts = ["*.aggios.test"]
 path_prefix = "/api"
 auth = "jwt_tenant"
 upstream = "u"
-"#,
+
+[[routes]]
+name = "partners"
+hosts = ["*.aggios.test"]
+path_prefix = "/partner"
+auth = "client_cert"
+client_auth = {{ ca = "{partners_ca}", tenant_uri = "spiffe://partners.test/tenant/{{tenant}}" }}
+upstream = "u"
+"#
+    );
+    let env = on_demand_env(OnDemandSpec {
+        owned: &[("shop.example.org", "acme")],
+        before: "[auth.jwt]\nsecret_env = \"GW_SECRET\"\n\n[tls]\nhandshake_timeout = \"30s\"",
+        acme: "order_timeout = \"20s\"",
+        on_demand: "wait = \"20s\"\nmax_concurrent_orders = 2\norders_per_minute = 5",
+        routes: &routes,
         env: &[("GW_SECRET", SECRET)],
         alpn: &[b"h2", b"http/1.1"],
     })
@@ -527,6 +543,49 @@ upstream = "u"
     assert_eq!(r.status, 200);
     assert_eq!(pebble.orders(), 1);
     assert_eq!(ask.hits(), asks);
+
+    // The tenant's own domain is routed as its host, so its handshakes ask for a client certificate
+    // as that host's do: a partner of this tenant is served, a client without one refused 401 (not
+    // 421, which a handshake that never asked would get).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (cert, key, _) = partners.client(
+        "acme integration",
+        &["spiffe://partners.test/tenant/acme"],
+        (now - 3600, now + 3600),
+        7,
+    );
+    let root = pebble.issuing_root().await;
+    let partner = client_config_with_cert(&root, &[b"h2", b"http/1.1"], &cert, &key, false);
+    let r = get(
+        gw.https,
+        "shop.example.org",
+        "/partner/orders",
+        &[],
+        partner,
+    )
+    .await
+    .expect("partner request");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["headers"]["x-tenant-id"],
+        serde_json::json!(["acme"])
+    );
+    assert!(r.json()["headers"]["x-auth-client-cert-sha256"][0].is_string());
+    let r = get(
+        gw.https,
+        "shop.example.org",
+        "/partner/orders",
+        &[],
+        client.clone(),
+    )
+    .await
+    .expect("request without a certificate");
+    assert_eq!(
+        (r.status, r.error_code()),
+        (401, "client_cert_required".to_string())
+    );
 }
 
 /// #23 point 2: an anonymous client hammering a tenant's domain whose validation fails (its DNS points
