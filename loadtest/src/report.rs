@@ -86,6 +86,17 @@ pub struct TargetReport {
     pub instructions_per_request: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions_error: Option<String>,
+    /// What one response weighs on the wire (the `compressed` scenario).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<ResponseSize>,
+}
+
+/// One response's body as sent (after any content coding, without chunk framing).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ResponseSize {
+    pub bytes: u64,
+    /// `Content-Encoding` (`identity` when none).
+    pub encoding: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -148,6 +159,7 @@ impl TargetReport {
             rounds,
             instructions_per_request,
             instructions_error,
+            response: None,
         }
     }
 }
@@ -329,6 +341,22 @@ pub fn markdown(r: &Report) -> String {
         out.push('\n');
         out.push_str(&notes.join("\n"));
         out.push('\n');
+    }
+    let sizes: Vec<String> = r
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let s = t.response.as_ref()?;
+            Some(format!(
+                "{} {} ({})",
+                t.name,
+                thousands(s.bytes),
+                s.encoding
+            ))
+        })
+        .collect();
+    if !sizes.is_empty() {
+        out.push_str(&format!("\nBytes per response: {}.\n", sizes.join(", ")));
     }
     out
 }

@@ -18,6 +18,34 @@ pub const TENANTS: usize = 1000;
 /// The global limit of `tenant_jwt_ratelimit`: far above what one core serves, so it never trips and
 /// every request costs one decision.
 pub const LIMIT_PER_SECOND: u64 = 1_000_000;
+/// The `compressed` scenario's path: the upstream answers it with [`json_body`] (`application/json`).
+pub const JSON_PATH: &str = "/json";
+/// Objects in [`json_body`]: ~27 KB, a page of an API listing.
+const JSON_ITEMS: usize = 100;
+
+/// A page of an API's user listing, as the backend answers `GET /api/users`: ~27 KB of JSON whose
+/// repetitive keys and values compress the way real API JSON does (deterministic: every run compares
+/// the same bytes).
+pub fn json_body() -> String {
+    let items: Vec<serde_json::Value> = (0..JSON_ITEMS as u64)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i * 2_654_435_761u64 % 0xffff_ffff, i * 7 % 0xffff, i % 0xfff, (i * 13) % 0xfff, i * 40_503),
+                "email": format!("user{i}@tenant{}.example.com", i % 7),
+                "display_name": format!("User Number {i}"),
+                "role": if i % 10 == 0 { "admin" } else { "member" },
+                "created_at": format!("2026-{:02}-{:02}T{:02}:{:02}:{:02}Z", 1 + i % 12, 1 + i % 28, i % 24, (i * 7) % 60, (i * 13) % 60),
+                "last_login_at": format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + i % 30, (i * 5) % 24, (i * 11) % 60),
+                "mfa_enabled": i % 3 == 0,
+                "storage_bytes": i * 1_048_576 + 12_345,
+                "tenant_id": format!("tenant{}", i % 7),
+            })
+        })
+        .collect();
+    serde_json::json!({ "users": items, "next_cursor": "eyJvZmZzZXQiOjEwMH0", "total": 4_213 })
+        .to_string()
+}
+
 /// Where the gateway of `tenant_jwt_plan` asks for a tenant's plan (`[plans] lookup_url`): the harness's
 /// upstream answers it (`upstream.rs`) with a plan of [`LIMIT_PER_SECOND`].
 pub const POLICY_PATH: &str = "/internal/tenant-policy/";
@@ -42,6 +70,11 @@ pub enum Scenario {
     /// A real login (`POST /api/auth/login`) through the proxy to the backend, against the real Postgres:
     /// one user per connection.
     Login,
+    /// A GET of ~27 KB of API JSON with a browser's `Accept-Encoding` (gzip, deflate, br, zstd),
+    /// compressed at the proxy — the gateway's route compression pinned to gzip level 1 (the variants
+    /// `compression_defaults` and `no_compression` change that), nginx's `gzip on` at its default level
+    /// 1, HAProxy's libslz gzip: CPU per request and bytes per response (#28 point 1).
+    Compressed,
     /// Past saturation: open loop at 1.5× and 3× each target's own closed-loop maximum over 512
     /// connections, on the plain route; goodput, answered and refused latencies (`compare::overload`).
     Overload,
@@ -61,6 +94,7 @@ impl Scenario {
             Scenario::TlsHandshake => "tls_handshake",
             Scenario::TlsKeepalive => "tls_keepalive",
             Scenario::Login => "login",
+            Scenario::Compressed => "compressed",
             Scenario::Overload => "overload",
             Scenario::NoisyNeighbor => "noisy_neighbor",
         }
@@ -108,6 +142,14 @@ impl Scenario {
                     r
                 })
                 .collect());
+        }
+        if self == Scenario::Compressed {
+            return Ok(vec![RequestSpec::get(
+                format!("plain.{BASE_DOMAIN}"),
+                JSON_PATH,
+            )
+            // A current browser's list: each proxy picks what it has.
+            .header("Accept-Encoding", "gzip, deflate, br, zstd")]);
         }
         if !self.tenants() {
             return Ok(vec![RequestSpec::get(format!("plain.{BASE_DOMAIN}"), "/")]);
@@ -180,6 +222,9 @@ upstream = "origin"
             | Scenario::TlsKeepalive
             | Scenario::Login
             | Scenario::Overload => {}
+            Scenario::Compressed => {
+                toml.push_str("compression = { algorithms = [\"gzip\"], levels = { gzip = 1 } }\n")
+            }
             Scenario::TenantJwt | Scenario::NoisyNeighbor => {
                 toml.push_str("auth = \"jwt_tenant\"\n")
             }

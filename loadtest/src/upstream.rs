@@ -42,6 +42,8 @@ struct State {
     /// Requests arriving before this many µs after `started` wait until then (0: no stall).
     stall_until_us: AtomicU64,
     body: Bytes,
+    /// The `compressed` scenario's answer.
+    json: Bytes,
 }
 
 /// The listen backlog: a burst of hundreds of new connections (the overload scenarios open 512 at once)
@@ -80,6 +82,7 @@ impl Upstream {
             started: Instant::now(),
             stall_until_us: AtomicU64::new(0),
             body: Bytes::from(vec![b'a'; BODY_LEN]),
+            json: Bytes::from(crate::scenario::json_body()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -170,6 +173,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                     if let Some(t) = req.uri().path().strip_prefix(crate::scenario::POLICY_PATH) {
                         return Ok(policy_response(t));
                     }
+                    let path_is_json = req.uri().path() == crate::scenario::JSON_PATH;
                     // Read the request body (a login's JSON, say) before answering.
                     let _ = req.into_body().collect().await;
                     let stall = state.stall_until_us.load(Ordering::Relaxed);
@@ -183,6 +187,15 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                         tokio::time::sleep(*service).await;
                     }
                     state.served.fetch_add(1, Ordering::Relaxed);
+                    // The `compressed` scenario's API JSON.
+                    if path_is_json {
+                        let mut resp = http::Response::new(Full::new(state.json.clone()));
+                        resp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        return Ok(resp);
+                    }
                     let mut resp = http::Response::new(Full::new(state.body.clone()));
                     resp.headers_mut().insert(
                         http::header::CONTENT_TYPE,

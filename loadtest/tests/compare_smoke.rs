@@ -28,28 +28,46 @@ fn gateway_bin() -> PathBuf {
     bin
 }
 
-#[test]
-fn compare_plain_gateway_and_nginx() {
-    let out = std::env::temp_dir().join(format!("aggios-compare-smoke-{}", std::process::id()));
-    let args = CompareArgs {
-        scenario: Scenario::Plain,
-        duration: Duration::from_secs(2),
+/// The compare runs take turns: each pins its proxies to one core and its generator to the other, and
+/// two at once starve each other's start-up.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One round of `scenario` against the gateway and nginx, `duration` long over `connections`.
+fn short_run(
+    scenario: Scenario,
+    connections: usize,
+    duration: Duration,
+    out: &std::path::Path,
+) -> CompareArgs {
+    CompareArgs {
+        scenario,
+        duration,
         rounds: 1,
         peers: vec!["nginx".into()],
-        connections: 16,
+        connections,
         threads: 1,
-        warmup: Duration::from_millis(500),
+        warmup: Duration::from_millis(300),
         instructions: false,
         gateway_bin: Some(gateway_bin()),
         bare_pingora: None,
-        // A configuration of ours as a row of its own (the ablation rows of the harness).
-        variants: vec![loadtest::compare::variants::Variant::NoAccessLog],
+        variants: vec![],
         backend_bin: None,
         pg_admin_url: String::new(),
-        out: out.clone(),
+        out: out.to_path_buf(),
         redis: "127.0.0.1:6379".into(),
         keep_files: false,
         json: false,
+    }
+}
+
+#[test]
+fn compare_plain_gateway_and_nginx() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = std::env::temp_dir().join(format!("aggios-compare-smoke-{}", std::process::id()));
+    let args = CompareArgs {
+        // A configuration of ours as a row of its own (the ablation rows of the harness).
+        variants: vec![loadtest::compare::variants::Variant::NoAccessLog],
+        ..short_run(Scenario::Plain, 16, Duration::from_secs(2), &out)
     };
     let r = compare(&args).expect("compare ran");
     let names: Vec<&str> = r.targets.iter().map(|t| t.name.as_str()).collect();
@@ -98,4 +116,35 @@ fn the_tenant_work_check_catches_a_proxy_that_forwards_forged_tokens() {
             .contains("a forged signature: expected 401, got 200"),
         "{err}"
     );
+}
+
+/// `compressed`: both proxies compress the JSON (the harness refuses a proxy row answered uncompressed),
+/// and each row says what a response weighed.
+#[test]
+fn compare_compressed_weighs_the_responses() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = std::env::temp_dir().join(format!("aggios-compare-gzip-{}", std::process::id()));
+    let args = short_run(Scenario::Compressed, 8, Duration::from_secs(1), &out);
+    let r = compare(&args).expect("compare ran");
+    let size = |name: &str| {
+        r.target(name)
+            .and_then(|t| t.response.clone())
+            .unwrap_or_else(|| panic!("{name} not weighed"))
+    };
+    let (up, gw, nginx) = (size("upstream"), size("gateway"), size("nginx"));
+    assert_eq!(up.encoding, "identity");
+    assert_eq!(up.bytes as usize, loadtest::scenario::json_body().len());
+    assert_eq!(
+        (gw.encoding.as_str(), nginx.encoding.as_str()),
+        ("gzip", "gzip")
+    );
+    // gzip level 1 both (zlib-ng's and zlib's differ in bytes: README, "Compression"): well under a
+    // third of the JSON.
+    assert!(
+        gw.bytes * 3 < up.bytes && nginx.bytes * 3 < up.bytes,
+        "{gw:?} {nginx:?} of {up:?}"
+    );
+    let md = report::markdown(&r);
+    assert!(md.contains("Bytes per response: upstream"), "{md}");
+    let _ = std::fs::remove_dir_all(out);
 }

@@ -337,6 +337,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     };
 
     let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut sizes: Vec<Option<report::ResponseSize>> = targets.iter().map(|_| None).collect();
     for round in 1..=args.rounds {
         for (i, t) in targets.iter().enumerate() {
             if t.work == Work::Cannot {
@@ -352,8 +353,18 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             // The first round checks that a tenant scenario's work is done (forged tokens refused …).
             let check =
                 (round == 1 && t.claims.jwt && t.launch.is_some()).then_some(t.claims.binding);
-            let s = measure(t, &p, &dir, proxy_core, args.warmup, &label, check)
+            // `compressed`: what a response weighs, once (the same bytes every time), and a proxy that
+            // does not compress is not measured as if it did.
+            let weigh = round == 1 && args.scenario == Scenario::Compressed;
+            let (s, size) = measure(t, &p, &dir, proxy_core, args.warmup, &label, check, weigh)
                 .with_context(|| format!("measuring {} (files in {})", t.name, dir.display()))?;
+            if let Some(size) = size {
+                eprintln!(
+                    "  {}: {} bytes per response ({})",
+                    t.name, size.bytes, size.encoding
+                );
+                sizes[i] = Some(size);
+            }
             eprintln!(
                 "  {label}: {:.0} req/s, p99 {:.2} ms, {} CPU-µs/request, {} non-2xx, {} failed",
                 s.rps,
@@ -386,8 +397,11 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
         .into_iter()
         .zip(samples)
         .zip(instructions)
-        .map(|((t, rounds), instr)| {
-            TargetReport::new(t.name, t.kind, t.version, t.work, t.note, rounds, instr)
+        .zip(sizes)
+        .map(|(((t, rounds), instr), size)| {
+            let mut r = TargetReport::new(t.name, t.kind, t.version, t.work, t.note, rounds, instr);
+            r.response = size;
+            r
         })
         .collect();
     let command = format!(
@@ -455,7 +469,9 @@ fn version_line(bin: &Path, args: &[&str]) -> String {
 }
 
 /// One measured run of one target.
-/// `check`: Some(binding) to check the tenant work first (see `probe`).
+/// `check`: Some(binding) to check the tenant work first (see `probe`). `weigh`: first weigh one
+/// response (and refuse a proxy that sends it uncompressed).
+#[allow(clippy::too_many_arguments)]
 fn measure(
     t: &Target,
     plan: &Plan,
@@ -464,7 +480,8 @@ fn measure(
     warmup: Duration,
     label: &str,
     check: Option<bool>,
-) -> anyhow::Result<Sample> {
+    weigh: bool,
+) -> anyhow::Result<(Sample, Option<report::ResponseSize>)> {
     let mut plan = plan.clone();
     let running = match &t.launch {
         Some(l) => {
@@ -477,6 +494,23 @@ fn measure(
         probe::check_tenant_work(plan.addr, &plan.requests, binding)
             .with_context(|| format!("{} does not do the work its row claims", t.name))?;
     }
+    let size = match (weigh, plan.requests.first()) {
+        (true, Some(req)) => {
+            let size = probe::response_size(plan.addr, req)
+                .map_err(|e| anyhow::anyhow!("weighing a response of {}: {e}", t.name))?;
+            if t.launch.is_some()
+                && size.encoding == "identity"
+                && t.name != variants::Variant::NoCompression.name()
+            {
+                bail!(
+                    "{} answered uncompressed: not the work its row claims",
+                    t.name
+                );
+            }
+            Some(size)
+        }
+        _ => None,
+    };
     if !warmup.is_zero() {
         let mut w = plan.clone();
         w.duration = warmup;
@@ -496,7 +530,7 @@ fn measure(
     if let Some(mut r) = running {
         r.stop();
     }
-    Ok(Sample::from_outcome(&outcome, cpu, rss))
+    Ok((Sample::from_outcome(&outcome, cpu, rss), size))
 }
 
 /// User-space instructions per request of one proxy, under callgrind: instrumentation switched on after

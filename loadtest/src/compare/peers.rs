@@ -215,6 +215,7 @@ impl Peer {
                     | Scenario::TlsHandshake
                     | Scenario::TlsKeepalive
                     | Scenario::Login
+                    | Scenario::Compressed
                     | Scenario::Overload => "",
                     Scenario::TenantJwt | Scenario::NoisyNeighbor => {
                         return Ok(Setup::Cannot(jwt_missing(
@@ -241,7 +242,13 @@ impl Peer {
             Peer::Haproxy => {
                 let conf = write("haproxy.cfg", haproxy_conf(ctx, scenario, false))?;
                 let l = launch(vec!["-db".into(), "-f".into(), conf], vec![]);
-                if scenario == Scenario::TenantJwtRatelimit {
+                if scenario == Scenario::Compressed {
+                    Setup::Closest(
+                        l,
+                        "gzip by libslz (HAProxy's own compressor: no levels, faster than zlib's level 1 and larger output)".into(),
+                        Claims { jwt: false, binding: false },
+                    )
+                } else if scenario == Scenario::TenantJwtRatelimit {
                     Setup::Closest(
                         l,
                         "JWT (jwt_verify) and tenant binding as ours; the limit is a stick table in this process, not shared by replicas".into(),
@@ -250,6 +257,11 @@ impl Peer {
                 } else {
                     Setup::Same(l)
                 }
+            }
+            Peer::Traefik | Peer::Caddy | Peer::Envoy if scenario == Scenario::Compressed => {
+                return Ok(Setup::Cannot(
+                    "compression not configured for it in this harness (compared: nginx's gzip, HAProxy's libslz gzip)".into(),
+                ))
             }
             Peer::Traefik => {
                 if scenario == Scenario::TenantJwt {
@@ -272,7 +284,9 @@ impl Peer {
                 }
             }
             Peer::Caddy => match scenario {
-                Scenario::TenantJwt
+                // (`compressed` is answered above.)
+                Scenario::Compressed
+                | Scenario::TenantJwt
                 | Scenario::TenantJwtRatelimit
                 | Scenario::TenantJwtPlan
                 | Scenario::NoisyNeighbor => return Ok(Setup::Cannot(
@@ -301,10 +315,12 @@ impl Peer {
                 let conf = write("envoy.yaml", envoy_conf(ctx, scenario, false))?;
                 let l = launch(envoy_args(conf, ctx), vec![]);
                 match scenario {
+                    // (`compressed` is answered above.)
                     Scenario::Plain
                     | Scenario::TlsHandshake
                     | Scenario::TlsKeepalive
                     | Scenario::Login
+                    | Scenario::Compressed
                     | Scenario::Overload => Setup::Same(l),
                     Scenario::TenantJwt | Scenario::NoisyNeighbor => {
                         Setup::Closest(
@@ -514,13 +530,19 @@ fn nginx_conf(ctx: &Context<'_>, scenario: Scenario, limit: &str) -> String {
         ),
         _ => String::new(),
     };
+    // `compressed`: gzip at nginx's default level (1), for the JSON the gateway compresses.
+    let gzip = if scenario == Scenario::Compressed {
+        "gzip on; gzip_comp_level 1; gzip_types application/json; gzip_proxied any; gzip_min_length 1024; gzip_vary on;"
+    } else {
+        ""
+    };
     format!(
         r#"worker_processes {threads}; daemon off; error_log {dir}/nginx-error.log warn; pid {dir}/nginx.pid;
 events {{ worker_connections 16384; }}
 http {{
   client_body_temp_path {dir}/nginx-body; proxy_temp_path {dir}/nginx-proxy;
   log_format main '$remote_addr [$time_iso8601] "$request" $status $body_bytes_sent $request_time $upstream_addr';
-  access_log {dir}/nginx-access.log main;
+  access_log {dir}/nginx-access.log main; {gzip}
   limit_req_zone $host zone=tenants:10m rate={LIMIT_PER_SECOND}r/s;
   limit_conn_zone $host zone=perhost:10m; limit_conn_status 503;
   upstream origin {{ server {up}; keepalive 64; keepalive_requests 1000000; }}
@@ -567,6 +589,9 @@ fn haproxy_conf(ctx: &Context<'_>, scenario: Scenario, shed: bool) -> String {
         rules.push_str(&format!(
             "  stick-table type string len 64 size 100k expire 10s store http_req_rate(1s)\n  http-request track-sc0 var(txn.tenant)\n  http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {LIMIT_PER_SECOND} }}\n"
         ));
+    }
+    if scenario == Scenario::Compressed {
+        rules.push_str("  compression algo gzip\n  compression type application/json\n");
     }
     format!(
         r#"global

@@ -18,6 +18,19 @@ pub enum ProbeError {
     },
 }
 
+/// `req`'s head, asking the server to close the connection after answering.
+fn closing_head(req: &RequestSpec) -> String {
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\n",
+        req.method, req.path, req.host
+    );
+    for (n, v) in &req.headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    head
+}
+
 /// One request over a fresh connection; the status, or a description of the failure (5 s at most).
 async fn status(addr: SocketAddr, req: &RequestSpec) -> Result<u16, String> {
     status_within(addr, req, Duration::from_secs(5)).await
@@ -33,14 +46,7 @@ pub async fn status_within(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let mut conn = Conn::new(stream);
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\n",
-        req.method, req.path, req.host
-    );
-    for (n, v) in &req.headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    head.push_str("Connection: close\r\n\r\n");
+    let head = closing_head(req);
     let fut = conn.exchange(head.as_bytes(), false);
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(r)) => Ok(r.status),
@@ -121,4 +127,106 @@ pub fn check_tenant_work(
         }
         Ok(())
     })
+}
+
+/// What one response to `req` weighs as sent: its body after any content coding, without chunked
+/// framing, and its `Content-Encoding` (over a fresh connection, 5 s at most).
+pub fn response_size(
+    addr: SocketAddr,
+    req: &RequestSpec,
+) -> Result<crate::report::ResponseSize, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(closing_head(req).as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("read: {e}"))?;
+    body_size(&raw)
+}
+
+/// The body size and content coding of one whole HTTP/1.1 response.
+fn body_size(raw: &[u8]) -> Result<crate::report::ResponseSize, String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of head")?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let mut body = &raw[end + 4..];
+    let field = |name: &str| {
+        head.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    if status != "200" {
+        return Err(format!("status {status}"));
+    }
+    let encoding = field("content-encoding").unwrap_or_else(|| "identity".into());
+    if field("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        let mut bytes = 0u64;
+        loop {
+            let line_end = body
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or("truncated chunk size")?;
+            let size_text = String::from_utf8_lossy(&body[..line_end]);
+            let size = u64::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+            body = &body[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            let n = usize::try_from(size).map_err(|e| e.to_string())?;
+            if body.len() < n + 2 {
+                return Err("truncated chunk".into());
+            }
+            bytes += size;
+            body = &body[n + 2..];
+        }
+        return Ok(crate::report::ResponseSize { bytes, encoding });
+    }
+    Ok(crate::report::ResponseSize {
+        bytes: body.len() as u64,
+        encoding,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_measured_without_their_chunk_framing() {
+        let chunked = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\na;x=1\r\n0123456789\r\n0\r\n\r\n";
+        assert_eq!(
+            body_size(chunked),
+            Ok(crate::report::ResponseSize {
+                bytes: 13,
+                encoding: "gzip".into()
+            })
+        );
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd";
+        assert_eq!(
+            body_size(plain),
+            Ok(crate::report::ResponseSize {
+                bytes: 4,
+                encoding: "identity".into()
+            })
+        );
+        assert!(body_size(b"HTTP/1.1 502 Bad\r\n\r\n").is_err());
+        assert!(body_size(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+    }
 }

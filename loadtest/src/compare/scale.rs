@@ -222,7 +222,7 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
                 .map(|h| RequestSpec::get(format!("t{}.{BASE_DOMAIN}", 1 + h * n / hosts), "/"))
                 .collect();
             let plan = closed_plan(up.addr, requests, args.duration);
-            let s = measure(
+            let (s, _) = measure(
                 t,
                 &plan,
                 &dir,
@@ -230,6 +230,7 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
                 Duration::from_secs(2),
                 &format!("{} {round}", t.name),
                 None,
+                false,
             )?;
             eprintln!(
                 "  {} round {round}: {:.0} req/s, {:?} CPU-µs/request",

@@ -20,6 +20,11 @@ pub enum Variant {
     SharedSocket,
     /// With `--threads` ≥ 2: one work-stealing runtime.
     WorkStealing,
+    /// `compressed`: the route's compression at its defaults (zstd, br, gzip, level 1): what a browser
+    /// offering all three gets (zstd).
+    CompressionDefaults,
+    /// `compressed`: no compression: the proxying of the JSON alone, to tell it from the encoding.
+    NoCompression,
 }
 
 /// Why a variant cannot be measured in this comparison.
@@ -39,6 +44,8 @@ impl Variant {
             Variant::Reuseport => "reuseport",
             Variant::SharedSocket => "shared_socket",
             Variant::WorkStealing => "work_stealing",
+            Variant::CompressionDefaults => "compression_defaults",
+            Variant::NoCompression => "no_compression",
         }
     }
 
@@ -61,6 +68,10 @@ impl Variant {
                 "one service: single-threaded runtimes sharing one socket and one pool"
             }
             Variant::WorkStealing => "one work-stealing runtime",
+            Variant::CompressionDefaults => {
+                "the route's compression at its defaults (zstd, br, gzip; level 1): this client gets zstd"
+            }
+            Variant::NoCompression => "the route without compression: the JSON as the upstream sent it",
         }
     }
 
@@ -93,6 +104,17 @@ impl Variant {
                     &format!("{route}security_headers = {{ hsts = false, content_type_options = false, referrer_policy = \"\" }}\n"),
                     1,
                 ))
+            }
+            Variant::CompressionDefaults | Variant::NoCompression => {
+                let line = "compression = { algorithms = [\"gzip\"], levels = { gzip = 1 } }\n";
+                if !toml.contains(line) {
+                    return Err(VariantError::Missing(self.label(), "compression"));
+                }
+                let new = match self {
+                    Variant::CompressionDefaults => "compression = {}\n",
+                    _ => "",
+                };
+                Ok(toml.replacen(line, new, 1))
             }
             Variant::Reuseport => server("reuseport = true"),
             Variant::SharedSocket => server("reuseport = false"),
@@ -130,5 +152,15 @@ mod tests {
         let stealing = Variant::WorkStealing.apply(&two, 2).expect("applies");
         assert!(stealing.contains("threads = 2\nwork_stealing = true\nreuseport = false\n"));
         assert_eq!(Variant::SharedSocket.name(), "gateway-shared-socket");
+        let a = "127.0.0.1:1".parse().expect("addr");
+        let gz = Scenario::Compressed.gateway_toml(a, a, a, a, None);
+        let d = Variant::CompressionDefaults.apply(&gz, 1).expect("applies");
+        assert!(d.contains("compression = {}\n") && !d.contains("levels"));
+        let none = Variant::NoCompression.apply(&gz, 1).expect("applies");
+        assert!(!none.contains("compression"));
+        assert!(matches!(
+            Variant::NoCompression.apply(&base, 1),
+            Err(VariantError::Missing(..))
+        ));
     }
 }
