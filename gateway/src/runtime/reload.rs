@@ -14,9 +14,15 @@ use crate::config::Config;
 use crate::runtime::state::GatewayState;
 use crate::telemetry::metrics::metrics;
 
-/// How often the file is looked at. Reading a small file this often costs nothing measurable, and
-/// polling works where inotify does not (bind mounts, ConfigMap symlink swaps).
+/// How often the file is looked at when its folder cannot be watched (inotify refused: no instances
+/// left, an unusual file system). Reading a small file this often costs little, but it is work an
+/// idle gateway would do four times a second.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the file is looked at besides inotify's wakes: a change inotify cannot see (a file on a
+/// network file system edited elsewhere) is picked up within this.
+pub const SLOW_POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// The periodic upkeep's interval (JWKS refreshes that are due, idle rate-limit keys forgotten).
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The background service that watches the config file and starts health checks.
 pub struct Reloader {
@@ -87,7 +93,8 @@ impl Reloader {
                 });
             }
         }
-        if *ticks % 40 == 0 {
+        // Every 10 s.
+        if *ticks % 2 == 0 {
             self.state.current().limiters.forget_idle();
         }
     }
@@ -129,12 +136,41 @@ impl BackgroundService for Reloader {
             _ = self.wait_for_listeners() => {}
             _ = shutdown.changed() => return,
         }
+        // Changes are noticed by inotify on the file's folder; polling only as a slow safety net, or
+        // fast where inotify is refused.
+        let watch = match crate::support::file_watch::FileWatch::new(&self.path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot watch the config's folder; polling it every 250 ms");
+                None
+            }
+        };
+        let poll = if watch.is_some() {
+            SLOW_POLL_INTERVAL
+        } else {
+            POLL_INTERVAL
+        };
         let mut ticks: u64 = 0;
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut upkeep = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watching = watch.is_some();
         loop {
             let force = tokio::select! {
                 _ = tick.tick() => false,
+                changed = async { match (&watch, watching) { (Some(w), true) => w.changed().await, _ => std::future::pending().await } } => {
+                    if let Err(e) = changed {
+                        // Polling takes over (the slow interval: a failing watch is rare enough).
+                        tracing::warn!(error = %e, "config folder watch failed; polling");
+                        watching = false;
+                    }
+                    false
+                }
+                _ = upkeep.tick() => {
+                    self.housekeeping(&mut ticks);
+                    continue;
+                }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: re-reading the config");
                     true
@@ -142,7 +178,6 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => return,
             };
             self.reload(&mut last, force);
-            self.housekeeping(&mut ticks);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Small helpers shared by the request path and the systems beside it.
 
 pub mod cert;
+pub mod file_watch;
 pub mod fs;
 pub mod http_client;
 pub mod jwks;

@@ -196,25 +196,44 @@ impl AccessLog {
             .spawn(move || {
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+                let write = |msg: Msg, out: &mut std::io::BufWriter<_>| match msg {
+                    Msg::Line(line) => {
+                        let _ = out.write_all(&line);
+                    }
+                    Msg::Flush(done) => {
+                        let _ = out.flush();
+                        let _ = done.send(());
+                    }
+                };
                 loop {
-                    std::thread::sleep(DRAIN_INTERVAL);
+                    // Idle: parked until a line comes (no wake-ups while nothing is logged); the first
+                    // line of a burst wakes it, the rest are drained every DRAIN_INTERVAL without
+                    // waking it (it is asleep, not waiting on the channel).
+                    match rx.recv() {
+                        Ok(msg) => write(msg, &mut out),
+                        Err(_) => return,
+                    }
                     loop {
-                        match rx.try_recv() {
-                            Ok(Msg::Line(line)) => {
-                                let _ = out.write_all(&line);
-                            }
-                            Ok(Msg::Flush(done)) => {
-                                let _ = out.flush();
-                                let _ = done.send(());
-                            }
-                            Err(mpsc::TryRecvError::Empty) => break,
-                            Err(mpsc::TryRecvError::Disconnected) => {
-                                let _ = out.flush();
-                                return;
+                        std::thread::sleep(DRAIN_INTERVAL);
+                        let mut drained = 0usize;
+                        loop {
+                            match rx.try_recv() {
+                                Ok(msg) => {
+                                    drained += 1;
+                                    write(msg, &mut out);
+                                }
+                                Err(mpsc::TryRecvError::Empty) => break,
+                                Err(mpsc::TryRecvError::Disconnected) => {
+                                    let _ = out.flush();
+                                    return;
+                                }
                             }
                         }
+                        let _ = out.flush();
+                        if drained == 0 {
+                            break;
+                        }
                     }
-                    let _ = out.flush();
                 }
             });
         if let Err(e) = spawned {

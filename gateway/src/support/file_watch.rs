@@ -1,0 +1,114 @@
+//! Wakes when a file may have changed: inotify on the file's folder, so that every way a file is
+//! replaced is seen — written in place, renamed over (editors, `mv`), or a Kubernetes ConfigMap's
+//! `..data` symlink swapped — without polling. A wake only says "look again": the caller re-reads the
+//! file and compares.
+
+use std::path::Path;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
+
+/// Why a folder cannot be watched (the caller falls back to polling).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("inotify: {0}")]
+    Inotify(#[from] nix::Error),
+    #[error("inotify in the runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// A watch on the folder of one file.
+pub struct FileWatch {
+    fd: AsyncFd<Watched>,
+}
+
+/// The inotify instance as the runtime polls it (nix gives it `AsFd`; Tokio asks for `AsRawFd`).
+struct Watched(Inotify);
+
+impl std::os::fd::AsRawFd for Watched {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl FileWatch {
+    /// Watches the folder that holds `path` (must run inside a Tokio runtime).
+    pub fn new(path: &Path) -> Result<FileWatch, WatchError> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            dir,
+            AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_MODIFY
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_ATTRIB
+                | AddWatchFlags::IN_DELETE_SELF
+                | AddWatchFlags::IN_MOVE_SELF,
+        )?;
+        // `AsyncFd::new` is deprecated because a caller could close or replace the fd while it is
+        // registered; `Watched` owns its inotify instance and never gives it up, and `register`, the
+        // replacement, is `unsafe`, which this crate forbids.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(Watched(inotify))?;
+        Ok(FileWatch { fd })
+    }
+
+    /// Resolves once something in the folder changed (all events pending then are consumed).
+    pub async fn changed(&self) -> Result<(), WatchError> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.get_inner().0.read_events() {
+                Ok(events) if !events.is_empty() => {
+                    // Drain what else is queued: one look covers them all.
+                    while matches!(guard.get_inner().0.read_events(), Ok(e) if !e.is_empty()) {}
+                    guard.clear_ready();
+                    return Ok(());
+                }
+                Ok(_) | Err(nix::Error::EAGAIN) => guard.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn writes_renames_and_symlink_swaps_wake_the_watch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, "a").expect("write");
+        let watch = FileWatch::new(&path).expect("watch");
+        async fn woke(w: &FileWatch) -> bool {
+            tokio::time::timeout(Duration::from_secs(10), w.changed())
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+        // Nothing changed: no wake.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), watch.changed())
+                .await
+                .is_err()
+        );
+        std::fs::write(&path, "b").expect("write in place");
+        assert!(woke(&watch).await, "a write in place");
+        let tmp = dir.path().join("gateway.toml.tmp");
+        std::fs::write(&tmp, "c").expect("write");
+        std::fs::rename(&tmp, &path).expect("rename over");
+        assert!(woke(&watch).await, "a rename over the file");
+        // A ConfigMap-style swap: the file is a link through `..data`, which is replaced.
+        std::fs::create_dir(dir.path().join("v2")).expect("mkdir");
+        std::os::unix::fs::symlink("v2", dir.path().join("..data_tmp")).expect("link");
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap");
+        assert!(woke(&watch).await, "a symlink swap in the folder");
+    }
+}
