@@ -228,7 +228,8 @@ impl Gateway {
         ctx.request.client_cert = client_cert.is_some();
         if route.spec.grpc_web {
             ctx.answer.grpc_web =
-                grpc_web::GrpcWeb::detect(req.headers.get(http::header::CONTENT_TYPE));
+                grpc_web::GrpcWeb::detect(req.headers.get(http::header::CONTENT_TYPE))
+                    .map(Box::new);
         }
         if let Some(spec) = &route.spec.compression {
             ctx.answer.compress = Some(compress::Compress::Negotiated {

@@ -220,8 +220,9 @@ pub(super) struct Answering {
     pub linger: bool,
     /// Response compression, on routes that have it (`edge::compress`).
     pub compress: Option<crate::edge::compress::Compress>,
-    /// A gRPC-Web call bridged to gRPC, on routes with `grpc_web` (`edge::grpc_web`).
-    pub grpc_web: Option<crate::edge::grpc_web::GrpcWeb>,
+    /// A gRPC-Web call bridged to gRPC, on routes with `grpc_web` (`edge::grpc_web`); boxed, so that
+    /// every other request's context stays as small as it was.
+    pub grpc_web: Option<Box<crate::edge::grpc_web::GrpcWeb>>,
 }
 
 /// What the observation needs beyond the other parts.
