@@ -20,6 +20,21 @@ pub enum WatchError {
 /// A watch on the folder of one file.
 pub struct FileWatch {
     fd: AsyncFd<Watched>,
+    /// The file's name in its folder: events about other files are not its changes (a log written
+    /// next to the config would otherwise wake the reloader at every flush).
+    name: std::ffi::OsString,
+}
+
+impl FileWatch {
+    /// Whether an event may be a change of the file: its own name, the folder itself, or a name of
+    /// Kubernetes' ConfigMap machinery (`..data`, `..2026_…`) through which the file is a link.
+    fn concerns(&self, event: &nix::sys::inotify::InotifyEvent) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        match &event.name {
+            None => true,
+            Some(n) => n == &self.name || n.as_bytes().starts_with(b".."),
+        }
+    }
 }
 
 /// The inotify instance as the runtime polls it (nix gives it `AsFd`; Tokio asks for `AsRawFd`).
@@ -35,6 +50,7 @@ impl std::os::fd::AsRawFd for Watched {
 impl FileWatch {
     /// Watches the folder that holds `path` (must run inside a Tokio runtime).
     pub fn new(path: &Path) -> Result<FileWatch, WatchError> {
+        let name = path.file_name().unwrap_or_default().to_os_string();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -56,22 +72,27 @@ impl FileWatch {
         // replacement, is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
         let fd = AsyncFd::new(Watched(inotify))?;
-        Ok(FileWatch { fd })
+        Ok(FileWatch { fd, name })
     }
 
     /// Resolves once something in the folder changed (all events pending then are consumed).
     pub async fn changed(&self) -> Result<(), WatchError> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.get_inner().0.read_events() {
-                Ok(events) if !events.is_empty() => {
-                    // Drain what else is queued: one look covers them all.
-                    while matches!(guard.get_inner().0.read_events(), Ok(e) if !e.is_empty()) {}
-                    guard.clear_ready();
-                    return Ok(());
+            let mut relevant = false;
+            // Drain what is queued: one look covers every event about the file.
+            loop {
+                match guard.get_inner().0.read_events() {
+                    Ok(events) if !events.is_empty() => {
+                        relevant |= events.iter().any(|e| self.concerns(e));
+                    }
+                    Ok(_) | Err(nix::Error::EAGAIN) => break,
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(_) | Err(nix::Error::EAGAIN) => guard.clear_ready(),
-                Err(e) => return Err(e.into()),
+            }
+            guard.clear_ready();
+            if relevant {
+                return Ok(());
             }
         }
     }
@@ -96,6 +117,13 @@ mod tests {
         // Nothing changed: no wake.
         assert!(
             tokio::time::timeout(Duration::from_millis(200), watch.changed())
+                .await
+                .is_err()
+        );
+        // Another file in the folder (a log next to the config): not a change of it.
+        std::fs::write(dir.path().join("access.log"), "line").expect("write a neighbour");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), watch.changed())
                 .await
                 .is_err()
         );
