@@ -575,13 +575,13 @@ impl pingora::services::background::BackgroundService for Stapler {
 async fn staple_round(store: &CertStore, entries: &mut HashMap<String, Entry>, now: i64) -> i64 {
     let mut wake = now + MAX_WAIT_SECS;
     let certs = store.list();
-    let mut present = Vec::with_capacity(certs.len());
+    let mut present = std::collections::HashSet::with_capacity(certs.len());
     for cert in certs {
         let Some(leaf) = cert.key.cert.first() else {
             continue;
         };
         let id = hex::encode(sha2::Sha256::digest(leaf.as_ref()));
-        present.push(id.clone());
+        present.insert(id.clone());
         let entry = entries.entry(id.clone()).or_insert_with(|| {
             let domain = cert.names.first().cloned().unwrap_or_default();
             let target = match target(&cert.key.cert) {

@@ -152,7 +152,7 @@ impl CertStore {
     }
 
     /// Forgets the staples of certificates no longer served (leaf SHA-256s not in `leaves`).
-    pub fn retain_staples(&self, leaves: &[String]) {
+    pub fn retain_staples(&self, leaves: &std::collections::HashSet<String>) {
         let mut src = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         src.staples.retain(|k, _| leaves.contains(k));
     }
