@@ -102,8 +102,9 @@ ensure_s3s_fs() {
 # pg_bin_dir — the newest installed PostgreSQL server binaries (initdb, pg_ctl), for private clusters.
 # Python tools the tests call, in a venv of their own: kubernetes-validate (offline schema checks of
 # compose/kubernetes/) and Authlib with requests (the third party of the OAuth2 tests: a real OAuth2
-# client library), grpcio (a real gRPC client and server for the gateway's gRPC tests). Exports
-# KUBERNETES_VALIDATE, OAUTH_PYTHON and GRPC_PYTHON.
+# client library), grpcio (a real gRPC client and server for the gateway's gRPC tests), aioquic (a real
+# HTTP/3 client for the gateway's QUIC entrypoint). Exports KUBERNETES_VALIDATE, OAUTH_PYTHON,
+# GRPC_PYTHON and H3_PYTHON.
 ensure_py_tools() {
   local venv="$HOME/.cache/aggios-edge/tools"
   if [ ! -x "$venv/bin/python" ]; then
@@ -122,9 +123,14 @@ ensure_py_tools() {
     log "pip install grpcio (into $venv)"
     "$venv/bin/pip" install -q grpcio==1.76.0
   fi
+  if ! "$venv/bin/python" -c 'import aioquic' 2>/dev/null; then
+    log "pip install aioquic (into $venv)"
+    "$venv/bin/pip" install -q aioquic==1.7.2
+  fi
   export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
   export OAUTH_PYTHON="$venv/bin/python"
   export GRPC_PYTHON="$venv/bin/python"
+  export H3_PYTHON="$venv/bin/python"
 }
 
 # The dashboard page's browser test: Debian's chromium driven by playwright-core (npm, pinned by

@@ -14,6 +14,7 @@ pub mod config;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod h3;
 pub mod runtime;
 pub mod support;
 pub mod telemetry;
@@ -56,6 +57,8 @@ pub enum BuildError {
     Tls(#[from] rustls::Error),
     #[error("ACME storage: {0}")]
     AcmeStorage(#[from] acme::storage::dir::StorageError),
+    #[error("{0}")]
+    H3(#[from] h3::H3Error),
 }
 
 /// Creates the hand-over socket's directory (mode 0700) when it is missing; `Config::load` refused one
@@ -138,6 +141,10 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Gatewa
     let acme = acme.is_some();
     let admin = config.entrypoints.admin;
     let h2_idle_timeout = config.limits.h2_idle_timeout;
+    let h3_entry = config.entrypoints.h3;
+    let h3_settings = config.h3.clone();
+    let max_header_bytes = config.limits.max_header_bytes;
+    let max_connections = config.overload.max_connections;
     // Streams one HTTP/2 client connection may have open at once (h2's own default is no limit).
     let h2_streams = u32::try_from(config.overload.h2_streams_per_connection).unwrap_or(u32::MAX);
     // HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE from `[limits]` (restart needed): twice the limit, so that
@@ -301,6 +308,8 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Gatewa
             services.push(secure);
         }
     }
+    // The HTTP/3 entrypoint's own proxy instance (its own upstream pool, the same state).
+    let h3_app = h3_entry.map(|_| new_app());
     for service in services {
         server.add_service(service);
     }
@@ -313,6 +322,30 @@ pub fn build_server(config: Config, path: &Path, upgrade: bool) -> Result<Gatewa
                 on_demand: on_demand.map(|od| od as Arc<dyn acme::TenantDomains>),
             },
         ));
+    }
+
+    if let (Some(addr), Some(app)) = (h3_entry, h3_app) {
+        // On `--upgrade` the running gateway holds the UDP port until it exits (QUIC sockets are not
+        // handed over): the new one binds it then, and clients use TCP meanwhile.
+        let socket = match upgrade {
+            true => None,
+            false => Some(h3::bind(addr)?),
+        };
+        let mut service = background_service(
+            "h3",
+            h3::H3Service {
+                addr,
+                settings: h3_settings,
+                certs: Arc::clone(&state.certs),
+                app,
+                max_header_bytes,
+                max_connections,
+                socket: std::sync::Mutex::new(socket),
+                bind_wait: std::time::Duration::from_secs(UPGRADE_WAIT_SECS as u64 + 300),
+            },
+        );
+        service.threads = Some(config_threads);
+        server.add_service(service);
     }
 
     if https.is_some() {

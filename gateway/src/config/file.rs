@@ -39,6 +39,7 @@ file_tables! {
         pub overload: Option<OverloadFile>,
         pub plans: Option<PlansFile>,
         pub tls: Option<TlsFile>,
+        pub h3: Option<H3File>,
         #[serde(default)]
         pub admin: AdminFile,
         #[serde(default)]
@@ -72,8 +73,31 @@ file_tables! {
         pub http: Option<Spanned<String>>,
         pub https: Option<Spanned<String>>,
         pub admin: Option<Spanned<String>>,
+        /// UDP: HTTP/3 over QUIC with the https entrypoint's certificates.
+        pub h3: Option<Spanned<String>>,
         /// PROXY protocol on the http and https entrypoints, from these balancers only.
         pub proxy_protocol: Option<Spanned<ProxyProtocolFile>>,
+    }
+}
+
+file_tables! {
+    /// `[h3]`: the HTTP/3 entrypoint's limits and discovery (every key optional).
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct H3File {
+        /// `Alt-Svc` max-age on HTTPS responses over TCP (`"0s"`: not advertised).
+        pub alt_svc_max_age: Option<Spanned<String>>,
+        /// A QUIC connection with nothing sent or received for this long is closed.
+        pub idle_timeout: Option<Spanned<String>>,
+        /// The QUIC handshake must complete within this time.
+        pub handshake_timeout: Option<Spanned<String>>,
+        /// Request streams a client may have open at once on one connection.
+        pub max_streams: Option<Spanned<i64>>,
+        /// QUIC connections open at once from one client address.
+        pub max_connections_per_ip: Option<Spanned<i64>>,
+        /// Handshakes in progress above which a new client must prove its address (a Retry first);
+        /// 0: every new client.
+        pub retry_above: Option<Spanned<i64>>,
     }
 }
 

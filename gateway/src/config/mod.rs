@@ -15,6 +15,7 @@ pub mod duration;
 mod schema;
 pub mod file;
 mod forwarding;
+pub mod h3;
 mod limits;
 mod log;
 mod overload;
@@ -126,6 +127,8 @@ pub struct Config {
     pub overload: OverloadSettings,
     /// `[tls]`, when configured (then `entrypoints.https` is set too).
     pub tls: Option<TlsSettings>,
+    /// `[h3]`: the HTTP/3 entrypoint's settings (defaults when absent; used only with `entrypoints.h3`).
+    pub h3: h3::H3Settings,
     /// `[plans]`, when configured.
     pub plans: Option<plans::PlanSettings>,
     /// `[rate_limits.*]`, by index (routes refer to them by index); with `[plans]`, the built-in
@@ -197,6 +200,16 @@ impl Config {
         }
         if self.limits.h2_idle_timeout != new.limits.h2_idle_timeout {
             out.push("limits.h2_idle_timeout changed; it takes effect on restart".to_string());
+        }
+        let h3_listener = |c: &Config| h3::H3Settings {
+            alt_svc_max_age: None,
+            ..c.h3.clone()
+        };
+        if h3_listener(self) != h3_listener(new) {
+            out.push(
+                "[h3] limits changed; they take effect on restart (alt_svc_max_age at once)"
+                    .to_string(),
+            );
         }
         let redis_storage = |c: &Config| {
             c.tls
@@ -470,6 +483,7 @@ fn validate(path: &Path, raw: FileConfig, diags: &mut Vec<Diagnostic>) -> Config
         tracing,
         overload,
         tls,
+        h3: h3::validate_h3(raw.h3.as_ref(), diags),
         plans,
         rate_limits,
         upstreams,

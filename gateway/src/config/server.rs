@@ -101,6 +101,8 @@ pub struct Entrypoints {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// UDP address of the HTTP/3 (QUIC) entrypoint.
+    pub h3: Option<SocketAddr>,
 }
 
 /// `[server] reuseport`: on unless set to false; it cannot go with one work-stealing pool (that pool is
@@ -190,5 +192,15 @@ pub(super) fn validate_entrypoints(
         http: socket_addr(&entrypoints.http, "entrypoints.http", diags),
         https: socket_addr(&entrypoints.https, "entrypoints.https", diags),
         admin: socket_addr(&entrypoints.admin, "entrypoints.admin", diags),
+        h3: match (&entrypoints.h3, &entrypoints.https) {
+            (Some(h3), None) => {
+                diags.push(Diagnostic::at(
+                    h3,
+                    "entrypoints.h3 serves the https entrypoint's certificates: set entrypoints.https too",
+                ));
+                None
+            }
+            _ => socket_addr(&entrypoints.h3, "entrypoints.h3", diags),
+        },
     }
 }

@@ -280,9 +280,16 @@ impl Gateway {
                     resp.insert_header("x-frame-options", v.clone())?;
                 }
                 // HSTS means nothing over plain HTTP (browsers ignore it there): HTTPS responses only.
+                let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
                 if let Some(v) = &sec.hsts {
-                    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+                    if https {
                         resp.insert_header("strict-transport-security", v.clone())?;
+                    }
+                }
+                // HTTP/3 is advertised on HTTPS responses over TCP (RFC 7838); an HTTP/3 client has it.
+                if let (true, Some(v)) = (https, &rt.alt_svc) {
+                    if !session.as_downstream().is_custom() {
+                        resp.insert_header(http::header::ALT_SVC, v.clone())?;
                     }
                 }
                 if let (Some(cors), Some(origin)) =

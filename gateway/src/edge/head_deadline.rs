@@ -151,6 +151,7 @@ impl DeadlineStream {
                 host: "",
                 method,
                 path: "",
+                protocol: "http1",
                 status,
                 bytes: body_len,
                 duration: elapsed,

@@ -51,7 +51,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::config::AuthPolicy;
 use crate::edge::error::EdgeError;
 use crate::telemetry::access_log::Entry;
-use crate::telemetry::metrics::{metrics, requests_series};
+use crate::telemetry::metrics::{metrics, requests_series, Protocol};
 use crate::upstream::{affinity as upstream_affinity, canary};
 use auth::{api_key, revocation};
 pub use ctx::RequestCtx;

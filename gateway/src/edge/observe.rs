@@ -3,6 +3,19 @@
 
 use super::*;
 
+/// The protocol the client speaks on this request's connection: HTTP/3 sessions are the proxy's
+/// custom sessions (see `crate::h3`), the only ones the gateway makes.
+pub(super) fn client_protocol(session: &Session) -> Protocol {
+    let downstream = session.as_downstream();
+    if downstream.is_custom() {
+        Protocol::H3
+    } else if downstream.is_http2() {
+        Protocol::H2
+    } else {
+        Protocol::Http1
+    }
+}
+
 impl Gateway {
     /// One access-log line and the request metrics.
     pub(super) async fn observe(
@@ -23,6 +36,8 @@ impl Gateway {
         let rt = ctx.request.runtime.as_ref();
         let route = rt.and_then(|rt| ctx.route(rt));
         let route_name = route.map_or("<none>", |r| r.spec.name.as_str());
+        let protocol = client_protocol(session);
+        metrics().requests_by_protocol[protocol as usize].inc();
         let req = session.req_header();
         // The upstream and the error code, computed once for the span and the access-log line.
         let up = route.and_then(|r| r.upstream_for(ctx.retry.side));
@@ -111,6 +126,7 @@ impl Gateway {
                 host,
                 method: req.method.as_str(),
                 path: req.uri.path(),
+                protocol: protocol.label(),
                 status,
                 bytes: session.body_bytes_sent(),
                 duration: elapsed,

@@ -107,6 +107,8 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<RouteRt>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// `Alt-Svc` for HTTPS responses over TCP, when HTTP/3 is served and `[h3] alt_svc_max_age` is not 0.
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 impl Snapshot {
@@ -155,6 +157,9 @@ pub struct GatewayState {
     pub client_auth: Arc<crate::tls::client_auth::Offers>,
     /// Backpressure at the process's own core, kept across reloads (see `edge::backpressure`).
     pub core_gate: Arc<crate::edge::backpressure::CoreGate>,
+    /// The port of the HTTP/3 entrypoint this process serves (the first config's: listeners change
+    /// only on restart), advertised in `Alt-Svc`.
+    pub h3_port: Option<u16>,
 }
 
 impl GatewayState {

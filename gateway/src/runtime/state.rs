@@ -26,6 +26,7 @@ impl Snapshot {
         canaries: &crate::upstream::canary::CanaryRegistry,
         jwks: &JwksRegistry,
         redis: Option<&Arc<SharedRedis>>,
+        h3_port: Option<u16>,
     ) -> Snapshot {
         let resolved = |host: &str, port: u16| discovery.addrs(host, port);
         let upstreams: Vec<Arc<Upstream>> = config
@@ -65,6 +66,12 @@ impl Snapshot {
             router: Router::new(&config.routes, &config.tenancy),
             routes,
             upstreams,
+            alt_svc: h3_port
+                .zip(config.h3.alt_svc_max_age)
+                .and_then(|(port, age)| {
+                    http::HeaderValue::try_from(format!("h3=\":{port}\"; ma={}", age.as_secs()))
+                        .ok()
+                }),
             config: Arc::new(config),
         }
     }
@@ -125,6 +132,7 @@ impl GatewayState {
             config.overload.core_delay_target,
             config.overload.core_backpressure,
         );
+        let h3_port = config.entrypoints.h3.map(|a| a.port());
         let runtime = Snapshot::build(
             config,
             &registry,
@@ -132,6 +140,7 @@ impl GatewayState {
             &canaries,
             &jwks,
             redis.as_ref(),
+            h3_port,
         );
         metrics()
             .last_reload_success
@@ -155,6 +164,7 @@ impl GatewayState {
             certs,
             client_auth,
             core_gate,
+            h3_port,
         })
     }
 
@@ -177,6 +187,7 @@ impl GatewayState {
             &self.canaries,
             &self.jwks,
             self.redis.as_ref(),
+            self.h3_port,
         );
         self.runtime.store(Arc::new(rt));
         metrics()

@@ -15,6 +15,8 @@ pub struct Entry<'a> {
     pub host: &'a str,
     pub method: &'a str,
     pub path: &'a str,
+    /// The client's protocol: `http1`, `h2` or `h3`.
+    pub protocol: &'static str,
     pub status: u16,
     pub bytes: usize,
     pub duration: Duration,
@@ -49,7 +51,9 @@ impl Entry<'_> {
         push_str(out, self.method);
         out.extend_from_slice(b",\"path\":");
         push_str(out, self.path);
-        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(b",\"protocol\":\"");
+        out.extend_from_slice(self.protocol.as_bytes());
+        out.extend_from_slice(b"\",\"status\":");
         push_uint(out, u64::from(self.status));
         out.extend_from_slice(b",\"bytes\":");
         push_uint(out, self.bytes as u64);
@@ -329,6 +333,7 @@ mod tests {
             host,
             method: "GET",
             path,
+            protocol: "h2",
             status: 200,
             bytes: 1024,
             duration: Duration::from_micros(12_345_678),
@@ -349,7 +354,7 @@ mod tests {
             v,
             serde_json::json!({
                 "time": "2026-11-28T12:00:00.005Z", "request_id": "r-1", "client_ip": "2001:db8::1",
-                "host": "acme.aggios.app", "method": "GET", "path": "/a", "status": 200, "bytes": 1024,
+                "host": "acme.aggios.app", "method": "GET", "path": "/a", "protocol": "h2", "status": 200, "bytes": 1024,
                 "duration_ms": 12345.678, "route": "r", "upstream": null, "server": "127.0.0.1:1",
                 "tenant": "acme"
             })

@@ -55,6 +55,31 @@ pub struct Metrics {
     pub plan_lookups: IntCounterVec,
     pub plan_invalidations: IntCounter,
     pub plan_subscribed: IntGauge,
+    /// Requests by the client's protocol (`http1`, `h2`, `h3`), resolved once: [`Protocol`] indexes it.
+    pub requests_by_protocol: [IntCounter; 3],
+    /// HTTP/3 (`h3`).
+    pub h3_connections_active: IntGauge,
+    pub h3_handshakes: IntCounterVec,
+}
+
+/// The protocol a request came in over (the `protocol` label of `gateway_http_requests_by_protocol_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1 = 0,
+    H2 = 1,
+    H3 = 2,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::H2, Protocol::H3];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::H3 => "h3",
+        }
+    }
 }
 
 const BUCKETS: &[f64] = &[
@@ -381,6 +406,39 @@ impl Metrics {
             "Keep-alive connections whose next request was read later because their tenant (else client) was over its share of a saturated gateway.",
         )?;
         registry.register(Box::new(core_deferrals.clone()))?;
+        let by_protocol = IntCounterVec::new(
+            Opts::new(
+                "gateway_http_requests_by_protocol_total",
+                "HTTP requests answered, by the client's protocol (http1, h2, h3).",
+            ),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(by_protocol.clone()))?;
+        let requests_by_protocol =
+            Protocol::ALL.map(|p| by_protocol.with_label_values(&[p.label()]));
+        let h3_connections_active = IntGauge::new(
+            "gateway_h3_connections_active",
+            "QUIC connections of the HTTP/3 entrypoint open now (handshake done).",
+        )?;
+        registry.register(Box::new(h3_connections_active.clone()))?;
+        let h3_handshakes = IntCounterVec::new(
+            Opts::new(
+                "gateway_h3_handshakes_total",
+                "QUIC connection attempts of the HTTP/3 entrypoint by result (accepted, failed, timeout, retry, refused_address, refused_limit).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(h3_handshakes.clone()))?;
+        for r in [
+            "accepted",
+            "failed",
+            "timeout",
+            "retry",
+            "refused_address",
+            "refused_limit",
+        ] {
+            h3_handshakes.with_label_values(&[r]);
+        }
         registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -438,6 +496,9 @@ impl Metrics {
             plan_lookups,
             plan_invalidations,
             plan_subscribed,
+            requests_by_protocol,
+            h3_connections_active,
+            h3_handshakes,
         })
     }
 

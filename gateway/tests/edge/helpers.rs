@@ -548,7 +548,13 @@ impl Gateway {
 
     fn render(http: u16, https: u16, admin: u16, body: &str) -> String {
         let https = if body.contains("[tls") {
-            format!("https = \"127.0.0.1:{https}\"\n")
+            // With an `[h3]` section, HTTP/3 on the https port's number (UDP), as deployments do.
+            let h3 = if body.contains("[h3]") {
+                format!("h3 = \"127.0.0.1:{https}\"\n")
+            } else {
+                String::new()
+            };
+            format!("https = \"127.0.0.1:{https}\"\n{h3}")
         } else {
             String::new()
         };

@@ -16,6 +16,7 @@ mod faults;
 mod forwarding;
 mod gcra_script;
 mod grpc;
+mod h3;
 mod health;
 mod helpers;
 mod ip_lists;

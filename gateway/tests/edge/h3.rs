@@ -1,0 +1,430 @@
+//! HTTP/3 at the edge: a real HTTP/3 client (Python aioquic, `tests/h3/client.py`) against the
+//! QUIC entrypoint — the same routing, auth, tenant binding, rate limits, body limits, CORS and
+//! security headers as over TCP (refusals never reach the upstream), `Alt-Svc` on HTTPS over TCP,
+//! the `h3` protocol in metrics and the access log; QUIC's own defences: Retry, connections per
+//! address, a graceful stop that finishes the requests in progress.
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::tls_helpers::*;
+
+const SECRET: &str = "h3-test-secret-h3-test-secret-000001";
+const ENV: &[(&str, &str)] = &[("GW_SECRET", SECRET)];
+
+/// The Python interpreter with aioquic (`H3_PYTHON`, which `scripts/test.sh` exports).
+fn python() -> String {
+    std::env::var("H3_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Sends `requests` over `connections` QUIC connections at once (each sends them all, in order);
+/// returns the client's report, one entry per connection.
+async fn h3(port: u16, ca: &std::path::Path, requests: &Value, connections: usize) -> Vec<Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h3/client.py");
+    let mut child = tokio::process::Command::new(python())
+        .arg(script)
+        .args([&port.to_string(), "acme.aggios.test"])
+        .arg(ca)
+        .args(["--connections", &connections.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the HTTP/3 client (H3_PYTHON with aioquic; scripts/test.sh installs it)");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(requests.to_string().as_bytes())
+            .await
+            .expect("write requests");
+    }
+    let out = tokio::time::timeout(DEADLINE * 2, child.wait_with_output())
+        .await
+        .expect("the HTTP/3 client did not end")
+        .expect("HTTP/3 client output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "HTTP/3 client: {e}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report["connections"]
+        .as_array()
+        .expect("connections")
+        .clone()
+}
+
+/// The results of one connection that must have worked.
+fn results(conn: &Value) -> &Vec<Value> {
+    conn["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the HTTP/3 connection failed: {conn}"))
+}
+
+fn get(authority: &str, path: &str, headers: &[(&str, &str)]) -> Value {
+    json!({"method": "GET", "authority": authority, "path": path, "headers": headers})
+}
+
+fn echo(result: &Value) -> Value {
+    serde_json::from_str(result["body"].as_str().expect("body")).expect("the upstream's echo")
+}
+
+fn config(up: &TestUpstream, certs: &std::path::Path, h3: &str) -> String {
+    format!(
+        r#"[tenancy]
+base_domains = ["aggios.test"]
+reserved = ["api"]
+
+[tls]
+[[tls.certificates]]
+cert = "{dir}/dev.crt"
+key = "{dir}/dev.key"
+
+[h3]
+{h3}
+
+[auth.jwt]
+secret_env = "GW_SECRET"
+
+[rate_limits.per_tenant]
+key = "tenant"
+limit = 3
+period = "60s"
+overrides = {{ big = {{ limit = 1000 }} }}
+
+{up}
+[[routes]]
+name = "tenant-api"
+hosts = ["*.aggios.test"]
+path_prefix = "/api"
+auth = "jwt_tenant"
+rate_limits = ["per_tenant"]
+max_body_bytes = 64
+cors = {{ origins = ["https://app.example.com"], methods = ["GET", "POST"], headers = ["Authorization"] }}
+upstream = "u"
+
+[[routes]]
+name = "public"
+hosts = ["*.aggios.test"]
+upstream = "u"
+"#,
+        dir = certs.display(),
+        up = upstream_toml("u", &[up], "")
+    )
+}
+
+/// Every edge check over HTTP/3, decided by the same code as over TCP: what the upstream saw for the
+/// requests let through, nothing for the refused ones, and the JSON refusals of the TCP entrypoints.
+#[tokio::test]
+async fn http3_gets_the_same_edge_as_http1_and_h2() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = dev_certs(certs.path(), &["*.aggios.test"]);
+    let ca_file = certs.path().join("dev-ca.crt");
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, certs.path(), ""), ENV).await;
+    let acme = Token::new(SECRET, "acme").bearer();
+    let other = Token::new(SECRET, "other").bearer();
+    let big = Token::new(SECRET, "big").bearer();
+
+    // Discovery: an HTTPS response over TCP advertises HTTP/3 on the same port.
+    let tcp = get_tls(gw.https, &ca).await;
+    assert_eq!(
+        tcp.headers.get("alt-svc").and_then(|v| v.to_str().ok()),
+        Some(format!("h3=\":{}\"; ma=86400", gw.https).as_str()),
+        "Alt-Svc on HTTPS over TCP"
+    );
+
+    // Allowed: the upstream sees the tenant, the client's address and https.
+    let hits = up.hits.load(Ordering::SeqCst);
+    let conns = h3(
+        gw.https,
+        &ca_file,
+        &json!([
+            get(
+                "acme.aggios.test",
+                "/api/x",
+                &[("authorization", &acme), ("x-tenant-id", "spoofed")]
+            ),
+            get("acme.aggios.test", "/hello", &[]),
+        ]),
+        1,
+    )
+    .await;
+    let r = results(&conns[0]);
+    assert_eq!(r[0]["status"], 200, "{}", r[0]);
+    let seen = echo(&r[0]);
+    assert_eq!(seen["headers"]["x-tenant-id"], json!(["acme"]), "{seen}");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], json!(["https"]));
+    assert_eq!(seen["headers"]["x-aggios-client-ip"], json!(["127.0.0.1"]));
+    assert_eq!(seen["headers"]["host"], json!(["acme.aggios.test"]));
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "the upstream is spoken to in HTTP/1.1"
+    );
+    assert_eq!(
+        r[0]["headers"]["strict-transport-security"],
+        json!(["max-age=31536000"]),
+        "HSTS over HTTP/3: {}",
+        r[0]
+    );
+    assert!(r[0]["headers"]["x-request-id"][0].is_string());
+    assert!(
+        r[0]["headers"].get("alt-svc").is_none(),
+        "no Alt-Svc over HTTP/3 itself: {}",
+        r[0]
+    );
+    assert!(r[0]["headers"]["ratelimit"][0].is_string(), "{}", r[0]);
+    assert_eq!(r[1]["status"], 200);
+    assert_eq!(up.hits.load(Ordering::SeqCst), hits + 2);
+
+    // Refused at the edge, never upstream: no token, another tenant's token, a body over the route's
+    // limit, a tenant over its rate limit (acme used 1 of 3 above, the refused body counts as its 2nd).
+    let hits = up.hits.load(Ordering::SeqCst);
+    let mut too_big = get(
+        "acme.aggios.test",
+        "/api/upload",
+        &[("authorization", &acme)],
+    );
+    too_big["method"] = json!("POST");
+    too_big["body"] = json!("x".repeat(65));
+    let conns = h3(
+        gw.https,
+        &ca_file,
+        &json!([
+            get("acme.aggios.test", "/api/x", &[]),
+            get("acme.aggios.test", "/api/x", &[("authorization", &other)]),
+            too_big,
+            get("acme.aggios.test", "/api/x", &[("authorization", &acme)]),
+            get("acme.aggios.test", "/api/x", &[("authorization", &acme)]),
+        ]),
+        1,
+    )
+    .await;
+    let r = results(&conns[0]);
+    let code = |i: usize| {
+        let body: Value = serde_json::from_str(r[i]["body"].as_str().unwrap_or("{}"))
+            .unwrap_or_else(|_| panic!("a JSON refusal: {}", r[i]));
+        (r[i]["status"].clone(), body["error"]["code"].clone())
+    };
+    assert_eq!(code(0), (json!(401), json!("missing_token")));
+    assert_eq!(code(1).0, json!(403), "{}", r[1]);
+    assert_eq!(code(2).0, json!(413), "{}", r[2]);
+    assert_eq!(r[3]["status"], 200, "{}", r[3]);
+    assert_eq!(code(4), (json!(429), json!("rate_limited")), "{}", r[4]);
+    assert!(r[4]["headers"]["retry-after"][0].is_string(), "{}", r[4]);
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        hits + 1,
+        "only the request within every limit reached the upstream"
+    );
+
+    // CORS: a preflight from an allowed origin is answered at the edge; another origin gets no grant.
+    let preflight = |origin: &str| {
+        json!({"method": "OPTIONS", "authority": "acme.aggios.test", "path": "/api/x", "headers": [
+            ["origin", origin], ["access-control-request-method", "POST"],
+            ["access-control-request-headers", "authorization"]]})
+    };
+    let hits = up.hits.load(Ordering::SeqCst);
+    let conns = h3(
+        gw.https,
+        &ca_file,
+        &json!([
+            preflight("https://app.example.com"),
+            preflight("https://evil.example")
+        ]),
+        1,
+    )
+    .await;
+    let r = results(&conns[0]);
+    assert_eq!(
+        r[0]["headers"]["access-control-allow-origin"],
+        json!(["https://app.example.com"]),
+        "{}",
+        r[0]
+    );
+    assert!(
+        r[1]["headers"].get("access-control-allow-origin").is_none(),
+        "{}",
+        r[1]
+    );
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        hits,
+        "preflights are the edge's"
+    );
+
+    // Many requests at once on one connection (streams), a tenant with room: all answered.
+    let many: Vec<Value> = (0..20)
+        .map(|i| {
+            get(
+                "big.aggios.test",
+                &format!("/api/{i}"),
+                &[("authorization", &big)],
+            )
+        })
+        .collect();
+    let conns = h3(gw.https, &ca_file, &json!(many), 2).await;
+    for c in &conns {
+        assert!(results(c).iter().all(|r| r["status"] == 200), "{c}");
+    }
+
+    // Seen by SREs: the protocol in metrics and in the access log.
+    let by_h3 = gw
+        .metric("gateway_http_requests_by_protocol_total{protocol=\"h3\"}")
+        .await;
+    assert_eq!(
+        by_h3, 49.0,
+        "every HTTP/3 request counted once (2 + 5 + 2 + 2 × 20)"
+    );
+    assert!(
+        gw.metric("gateway_h3_handshakes_total{result=\"accepted\"}")
+            .await
+            >= 5.0
+    );
+    let log_path = gw.dir.path().join("access.log");
+    eventually("an access-log line with protocol h3", || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        async move {
+            log.lines().any(|l| {
+                serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                    v["protocol"] == "h3" && v["path"] == "/api/x" && v["tenant"] == "acme"
+                })
+            })
+        }
+    })
+    .await;
+    eventually("connections counted as closed", || async {
+        gw.metric("gateway_h3_connections_active").await == 0.0
+    })
+    .await;
+}
+
+/// One HTTPS GET over TCP (HTTP/1.1) to `acme.aggios.test/hello`.
+async fn get_tls(port: u16, ca: &[u8]) -> TlsResp {
+    crate::tls_helpers::get(
+        port,
+        "acme.aggios.test",
+        "/hello",
+        &[],
+        client_config(ca, &[b"http/1.1"]),
+    )
+    .await
+    .expect("https request over TCP")
+}
+
+/// QUIC's own defences: with `retry_above = 0` every new client proves its address first (a Retry)
+/// and is then served; `max_connections_per_ip` refuses the connections over it (the client falls
+/// back to TCP); `alt_svc_max_age = "0s"` stops the advertisement.
+#[tokio::test]
+async fn retry_and_connections_per_address() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = dev_certs(certs.path(), &["*.aggios.test"]);
+    let ca_file = certs.path().join("dev-ca.crt");
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(
+        &config(
+            &up,
+            certs.path(),
+            "retry_above = 0\nmax_connections_per_ip = 3\nalt_svc_max_age = \"0s\"\n",
+        ),
+        ENV,
+    )
+    .await;
+    let tcp = get_tls(gw.https, &ca).await;
+    assert!(tcp.headers.get("alt-svc").is_none(), "advertisement off");
+
+    let conns = h3(
+        gw.https,
+        &ca_file,
+        &json!([get("acme.aggios.test", "/hello", &[])]),
+        1,
+    )
+    .await;
+    assert_eq!(results(&conns[0])[0]["status"], 200);
+    assert!(
+        gw.metric("gateway_h3_handshakes_total{result=\"retry\"}")
+            .await
+            >= 1.0,
+        "the client was sent a Retry first"
+    );
+
+    // Eight connections at once from one address, each holding its stream open on a slow upstream:
+    // three are served, the rest refused.
+    up.behaviour.delay_ms.store(1500, Ordering::SeqCst);
+    let conns = h3(
+        gw.https,
+        &ca_file,
+        &json!([get("acme.aggios.test", "/slow", &[])]),
+        8,
+    )
+    .await;
+    up.behaviour.delay_ms.store(0, Ordering::SeqCst);
+    let served = conns.iter().filter(|c| c.get("results").is_some()).count();
+    assert!(
+        (1..=3).contains(&served),
+        "at most 3 connections from one address: {conns:?}"
+    );
+    assert!(
+        gw.metric("gateway_h3_handshakes_total{result=\"refused_address\"}")
+            .await
+            >= 5.0,
+        "{conns:?}"
+    );
+    // The refused ones gave their place back: a new connection is served.
+    eventually("an address's connections given back", || async {
+        gw.metric("gateway_h3_connections_active").await == 0.0
+    })
+    .await;
+    let conns = h3(
+        gw.https,
+        &ca_file,
+        &json!([get("acme.aggios.test", "/hello", &[])]),
+        1,
+    )
+    .await;
+    assert_eq!(results(&conns[0])[0]["status"], 200);
+}
+
+/// SIGTERM while an HTTP/3 request is in progress: it is answered in full (GOAWAY, then the
+/// connection's requests finish), and the process exits.
+#[tokio::test]
+async fn a_graceful_stop_finishes_http3_requests_in_progress() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &["*.aggios.test"]);
+    let ca_file = certs.path().join("dev-ca.crt");
+    let up = TestUpstream::start("u");
+    let mut gw = Gateway::start_with_env(&config(&up, certs.path(), ""), ENV).await;
+    up.behaviour.delay_ms.store(1500, Ordering::SeqCst);
+    let port = gw.https;
+    let ca = ca_file.clone();
+    let request = tokio::spawn(async move {
+        h3(
+            port,
+            &ca,
+            &json!([get("acme.aggios.test", "/slow", &[])]),
+            1,
+        )
+        .await
+    });
+    eventually("the request reached the upstream", || async {
+        up.seen.heads() >= 1
+    })
+    .await;
+    gw.terminate();
+    let conns = request.await.expect("client task");
+    let r = results(&conns[0]);
+    assert_eq!(r[0]["status"], 200, "{}", r[0]);
+    assert_eq!(echo(&r[0])["uri"], "/slow");
+    let start = Instant::now();
+    while gw.exited().is_none() {
+        assert!(start.elapsed() < DEADLINE, "the gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
