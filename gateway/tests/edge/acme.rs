@@ -1211,3 +1211,67 @@ async fn external_account_binding() {
             >= 1.0
     );
 }
+
+/// #29 point 1: HTTP/3 serves the live store's ACME certificates. A tenant's domain asked first over
+/// QUIC is refused at the QUIC handshake and not ordered there (clients learn of HTTP/3 from an
+/// `Alt-Svc` on HTTPS over TCP, whose handshake orders it); once the TCP handshake has it issued, QUIC
+/// serves the same certificate.
+#[tokio::test]
+async fn http3_serves_on_demand_certificates_once_issued_over_tcp() {
+    let env = on_demand_env(OnDemandSpec {
+        owned: &[("shop.example.org", "acme")],
+        before: "[h3]\n\n[tls]\nhandshake_timeout = \"30s\"",
+        acme: "order_timeout = \"20s\"",
+        on_demand: "wait = \"20s\"",
+        routes: PUBLIC_ROUTE,
+        env: &[],
+        alpn: &[b"http/1.1"],
+    })
+    .await;
+    let OnDemandEnv {
+        pebble, gw, client, ..
+    } = &env;
+    let root = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(root.path(), pebble.issuing_root().await).expect("root");
+    let request =
+        serde_json::json!([{"method": "GET", "authority": "shop.example.org", "path": "/"}]);
+    let over_quic = || h3_requests(gw.https, "shop.example.org", root.path(), &request, 1);
+    let before = over_quic().await;
+    assert!(
+        before[0].get("error").is_some(),
+        "served over QUIC without a certificate: {}",
+        before[0]
+    );
+    assert_eq!(
+        pebble.orders(),
+        0,
+        "the QUIC handshake ordered a certificate"
+    );
+
+    let tcp = get(gw.https, "shop.example.org", "/", &[], client.clone())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the TCP handshake on a tenant's domain: {e}\n{}",
+                gw.stderr()
+            )
+        });
+    assert_eq!(tcp.status, 200);
+    assert_eq!(pebble.orders(), 1);
+    let after = over_quic().await;
+    let r = after[0]["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("QUIC after issuance: {}", after[0]));
+    assert_eq!(r[0]["status"], 200, "{}", r[0]);
+    let hex = |s: &str| {
+        s.replace(':', "")
+            .trim_start_matches('0')
+            .to_ascii_uppercase()
+    };
+    assert_eq!(
+        hex(after[0]["serial"].as_str().expect("serial")),
+        hex(&tcp.serial),
+        "QUIC and TCP serve the same issued certificate"
+    );
+    assert_eq!(pebble.orders(), 1);
+}

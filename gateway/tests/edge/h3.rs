@@ -4,7 +4,6 @@
 //! the `h3` protocol in metrics and the access log; QUIC's own defences: Retry, connections per
 //! address, a graceful stop that finishes the requests in progress.
 
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -16,49 +15,9 @@ use crate::tls_helpers::*;
 const SECRET: &str = "h3-test-secret-h3-test-secret-000001";
 const ENV: &[(&str, &str)] = &[("GW_SECRET", SECRET)];
 
-/// The Python interpreter with aioquic (`H3_PYTHON`, which `scripts/test.sh` exports).
-fn python() -> String {
-    std::env::var("H3_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Sends `requests` over `connections` QUIC connections at once (each sends them all, in order);
-/// returns the client's report, one entry per connection.
+/// `requests` over `connections` QUIC connections for `acme.aggios.test` (see [`h3_requests`]).
 async fn h3(port: u16, ca: &std::path::Path, requests: &Value, connections: usize) -> Vec<Value> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h3/client.py");
-    let mut child = tokio::process::Command::new(python())
-        .arg(script)
-        .args([&port.to_string(), "acme.aggios.test"])
-        .arg(ca)
-        .args(["--connections", &connections.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run the HTTP/3 client (H3_PYTHON with aioquic; scripts/test.sh installs it)");
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(requests.to_string().as_bytes())
-            .await
-            .expect("write requests");
-    }
-    let out = tokio::time::timeout(DEADLINE * 2, child.wait_with_output())
-        .await
-        .expect("the HTTP/3 client did not end")
-        .expect("HTTP/3 client output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "HTTP/3 client: {e}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    report["connections"]
-        .as_array()
-        .expect("connections")
-        .clone()
+    h3_requests(port, "acme.aggios.test", ca, requests, connections).await
 }
 
 /// The results of one connection that must have worked.
@@ -427,4 +386,74 @@ async fn a_graceful_stop_finishes_http3_requests_in_progress() {
         assert!(start.elapsed() < DEADLINE, "the gateway did not exit");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A reload keeps open QUIC connections: the next request on the same connection is decided by the
+/// new config. And 0-RTT stays off: the session tickets a client gets allow no early data, so no
+/// request (a POST least of all) can arrive replayable before the handshake.
+#[tokio::test]
+async fn a_reload_keeps_quic_connections_and_tickets_allow_no_early_data() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &["*.aggios.test"]);
+    let ca_file = certs.path().join("dev-ca.crt");
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, certs.path(), ""), ENV).await;
+    let go_on = gw.dir.path().join("go-on");
+    let port = gw.https;
+    let ca = ca_file.clone();
+    let requests = json!([
+        get("acme.aggios.test", "/moved/a", &[]),
+        {"wait_file": go_on.display().to_string()},
+        get("acme.aggios.test", "/moved/a", &[]),
+    ]);
+    let client = tokio::spawn(async move { h3(port, &ca, &requests, 1).await });
+    eventually("the first request answered", || async {
+        up.seen.heads() >= 1
+    })
+    .await;
+    // The new config closes /moved to this client's address (decided on the QUIC peer's address).
+    let reloads = gw
+        .metric("gateway_config_reloads_total{result=\"success\"}")
+        .await;
+    let moved = "[[routes]]\nname = \"moved\"\nhosts = [\"*.aggios.test\"]\npath_prefix = \"/moved\"\ndeny_ips = [\"127.0.0.0/8\"]\nupstream = \"u\"\n";
+    gw.rewrite(&format!("{}\n{moved}", config(&up, certs.path(), "")));
+    eventually("the reload", || async {
+        gw.metric("gateway_config_reloads_total{result=\"success\"}")
+            .await
+            > reloads
+    })
+    .await;
+    std::fs::write(&go_on, b"").expect("go on");
+    let conns = client.await.expect("client task");
+    let r = results(&conns[0]);
+    assert_eq!(r[0]["status"], 200, "before the reload: {}", r[0]);
+    assert_eq!(
+        r[1]["status"], 403,
+        "the same connection after the reload: {}",
+        r[1]
+    );
+    assert!(
+        r[1]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("ip_denied")),
+        "{}",
+        r[1]
+    );
+    assert_eq!(
+        up.seen.heads(),
+        1,
+        "the refused request reached the upstream"
+    );
+    assert_eq!(
+        gw.metric("gateway_h3_handshakes_total{result=\"accepted\"}")
+            .await,
+        1.0,
+        "both requests on one connection"
+    );
+    assert!(conns[0]["tickets"].as_u64() >= Some(1), "{}", conns[0]);
+    assert_eq!(
+        conns[0]["early_data"], 0,
+        "a ticket allows 0-RTT: {}",
+        conns[0]
+    );
 }

@@ -760,3 +760,55 @@ impl Drop for Knot {
         let _ = self.child.wait();
     }
 }
+
+/// The Python interpreter with aioquic (`H3_PYTHON`, which `scripts/test.sh` exports).
+fn h3_python() -> String {
+    std::env::var("H3_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Sends `requests` over `connections` QUIC connections at once (each sends them all, in order) with
+/// a real HTTP/3 client (Python aioquic, `tests/h3/client.py`), for SNI `server_name`, trusting the
+/// PEM CA file `ca`; returns the client's report, one entry per connection.
+pub async fn h3_requests(
+    port: u16,
+    server_name: &str,
+    ca: &std::path::Path,
+    requests: &serde_json::Value,
+    connections: usize,
+) -> Vec<serde_json::Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h3/client.py");
+    let mut child = tokio::process::Command::new(h3_python())
+        .arg(script)
+        .args([&port.to_string(), server_name])
+        .arg(ca)
+        .args(["--connections", &connections.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the HTTP/3 client (H3_PYTHON with aioquic; scripts/test.sh installs it)");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(requests.to_string().as_bytes())
+            .await
+            .expect("write requests");
+    }
+    let out = tokio::time::timeout(DEADLINE * 2, child.wait_with_output())
+        .await
+        .expect("the HTTP/3 client did not end")
+        .expect("HTTP/3 client output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "HTTP/3 client: {e}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report["connections"]
+        .as_array()
+        .expect("connections")
+        .clone()
+}

@@ -4,13 +4,18 @@
 
 `requests.json` is a list of requests, each {"method", "authority", "path", "headers": [[k, v]...],
 "body"}; every connection (N at once, default 1) sends them in order on one QUIC connection, each on
-its own stream. Prints one JSON object: {"connections": [{"results": [...]} or {"error": "..."}]},
-a result being {"status", "headers": {name: [values]}, "body"} or {"reset": code}.
+its own stream. A request {"wait_file": PATH} sends nothing: the connection waits (up to 30 s) until
+PATH exists, so that a test can act between two requests of one connection. Prints one JSON object:
+{"connections": [{"results": [...], "serial": HEX, "early_data": N} or {"error": "..."}]}, a result
+being {"status", "headers": {name: [values]}, "body"} or {"reset": code}; `serial` is the server
+certificate's serial number, `early_data` the largest 0-RTT allowance of the session tickets received
+(0 when none allows early data).
 """
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 from aioquic.asyncio.client import connect
@@ -83,15 +88,43 @@ class Client(QuicConnectionProtocol):
         return await asyncio.wait_for(fut, TIMEOUT)
 
 
+async def wait_file(path):
+    for _ in range(TIMEOUT * 10):
+        if os.path.exists(path):
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{path} never appeared")
+
+
 async def one_connection(args, requests):
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=args.server_name)
     config.load_verify_locations(args.ca)
+    tickets = []
     try:
         async with connect(
-            "127.0.0.1", args.port, configuration=config, create_protocol=Client, wait_connected=True
+            "127.0.0.1",
+            args.port,
+            configuration=config,
+            create_protocol=Client,
+            wait_connected=True,
+            session_ticket_handler=tickets.append,
         ) as client:
-            results = [await client.request(r) for r in requests]
-            return {"results": results}
+            results = []
+            for r in requests:
+                if "wait_file" in r:
+                    await wait_file(r["wait_file"])
+                    continue
+                results.append(await client.request(r))
+            cert = client._quic.tls._peer_certificate
+            # Tickets come after the handshake; give them a round trip to arrive.
+            await client.ping()
+            early = max([t.max_early_data_size or 0 for t in tickets], default=0)
+            return {
+                "results": results,
+                "serial": format(cert.serial_number, "X") if cert is not None else None,
+                "tickets": len(tickets),
+                "early_data": early,
+            }
     except Exception as e:  # a refused or failed connection is a result the test checks
         return {"error": f"{type(e).__name__}: {e}"}
 
