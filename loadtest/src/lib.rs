@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod compare;
 pub mod generator;
+pub mod page;
 pub mod report;
 pub mod scenario;
 pub mod tls;

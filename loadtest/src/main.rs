@@ -39,6 +39,8 @@ enum Command {
     Generators(loadtest::compare::generators::GeneratorArgs),
     /// Figures at scale: idle connections, 10 000 routes, reload time, past saturation.
     Scale(loadtest::compare::scale::ScaleArgs),
+    /// The time to load a page's resources over a new HTTP/2 or HTTP/3 connection (median of loads).
+    Page(loadtest::page::PageArgs),
     /// Print an HS256 access token of `tenant` (the claims of `contracts`), valid for a day: for the
     /// benchmark scripts, which mint no token of their own.
     Token {
@@ -125,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => loadtest::compare::main(args),
         Command::Generators(args) => loadtest::compare::generators::main(args),
         Command::Scale(args) => loadtest::compare::scale::main(args),
+        Command::Page(args) => loadtest::page::main(args),
         Command::Token {
             secret,
             tenant,

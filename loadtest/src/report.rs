@@ -224,10 +224,12 @@ impl Report {
                 connections,
                 proxy_threads: args.threads,
                 pinned,
-                protocol: if scenario.tls() {
-                    "HTTPS, a new connection per request"
-                } else {
-                    "HTTP/1.1 keep-alive"
+                protocol: match (scenario.h3(), scenario.tls(), scenario.keep_alive()) {
+                    (true, _, true) => "HTTP/3 over kept-alive QUIC connections",
+                    (true, _, false) => "HTTP/3, a new QUIC connection per request",
+                    (false, true, true) => "HTTPS (HTTP/1.1) over kept-alive TLS connections",
+                    (false, true, false) => "HTTPS, a new connection per request",
+                    (false, false, _) => "HTTP/1.1 keep-alive",
                 },
                 body_bytes: crate::upstream::BODY_LEN,
             },

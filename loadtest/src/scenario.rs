@@ -67,6 +67,10 @@ pub enum Scenario {
     TlsHandshake,
     /// HTTPS over kept-alive connections (TLS 1.3, one handshake per connection), on a plain route.
     TlsKeepalive,
+    /// HTTP/3 over kept-alive QUIC connections (one handshake per connection), on a plain route (#29).
+    H3,
+    /// A new QUIC connection (full handshake) per request over HTTP/3, on a plain route.
+    H3Handshake,
     /// A real login (`POST /api/auth/login`) through the proxy to the backend, against the real Postgres:
     /// one user per connection.
     Login,
@@ -93,6 +97,8 @@ impl Scenario {
             Scenario::TenantJwtPlan => "tenant_jwt_plan",
             Scenario::TlsHandshake => "tls_handshake",
             Scenario::TlsKeepalive => "tls_keepalive",
+            Scenario::H3 => "h3",
+            Scenario::H3Handshake => "h3_handshake",
             Scenario::Login => "login",
             Scenario::Compressed => "compressed",
             Scenario::Overload => "overload",
@@ -116,12 +122,20 @@ impl Scenario {
     }
 
     pub fn tls(self) -> bool {
-        matches!(self, Scenario::TlsHandshake | Scenario::TlsKeepalive)
+        matches!(
+            self,
+            Scenario::TlsHandshake | Scenario::TlsKeepalive | Scenario::H3 | Scenario::H3Handshake
+        )
     }
 
-    /// Whether the generator keeps its connections (all but `tls_handshake`).
+    /// HTTP/3: the generator speaks QUIC to the proxy (the same port number, UDP).
+    pub fn h3(self) -> bool {
+        matches!(self, Scenario::H3 | Scenario::H3Handshake)
+    }
+
+    /// Whether the generator keeps its connections (all but the handshake scenarios).
     pub fn keep_alive(self) -> bool {
-        self != Scenario::TlsHandshake
+        !matches!(self, Scenario::TlsHandshake | Scenario::H3Handshake)
     }
 
     /// The requests of one run, rotated over by the generator.
@@ -180,7 +194,9 @@ impl Scenario {
         upstream: SocketAddr,
         tls: Option<(&str, &str)>,
     ) -> String {
-        let entries = if self.tls() {
+        let entries = if self.h3() {
+            format!("http = \"{spare}\"\nhttps = \"{listen}\"\nh3 = \"{listen}\"")
+        } else if self.tls() {
             format!("http = \"{spare}\"\nhttps = \"{listen}\"")
         } else {
             format!("http = \"{listen}\"")
@@ -220,6 +236,8 @@ upstream = "origin"
             Scenario::Plain
             | Scenario::TlsHandshake
             | Scenario::TlsKeepalive
+            | Scenario::H3
+            | Scenario::H3Handshake
             | Scenario::Login
             | Scenario::Overload => {}
             Scenario::Compressed => {
@@ -248,6 +266,11 @@ upstream = "origin"
                 "[redis]\nurl_env = \"BENCH_REDIS_URL\"\n[plans]\nlookup_url = \"http://{upstream}{}{{tenant}}\"\ncache_ttl = \"300s\"\n",
                 POLICY_PATH
             ));
+        }
+        if self.h3() {
+            // Every benchmark client comes from 127.0.0.1 (as above); no Retry, as the peers send none
+            // unless configured to (each new client would pay one more round trip).
+            toml.push_str("[h3]\nmax_connections_per_ip = 1000000\nretry_above = 1000000\n");
         }
         if let Some((cert, key)) = tls {
             toml.push_str(&format!(

@@ -321,7 +321,11 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
     let plan = Plan {
         addr: upstream_addr,
         tls: tls.clone(),
-        protocol: Protocol::H1,
+        protocol: if args.scenario.h3() {
+            Protocol::H3
+        } else {
+            Protocol::H1
+        },
         keep_alive: args.scenario.keep_alive(),
         load: Load::Closed,
         // One connection per user: a login is ~Argon2id time, not a proxy's.
@@ -348,6 +352,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<Report> {
             if t.launch.is_none() {
                 p.tls = None;
                 p.keep_alive = true;
+                p.protocol = Protocol::H1;
             }
             let label = format!("{} {round}/{}", t.name, args.rounds);
             // The first round checks that a tenant scenario's work is done (forged tokens refused …).

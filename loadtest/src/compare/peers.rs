@@ -200,6 +200,9 @@ impl Peer {
         if scenario.overload() {
             return self.setup_overload(scenario, ctx);
         }
+        if scenario.h3() {
+            return self.setup_h3(ctx);
+        }
         if scenario == Scenario::TenantJwtPlan {
             return Ok(Setup::Cannot(
                 "no peer knows a tenant's plan (limits looked up per tenant at run time); compare with tenant_jwt_ratelimit in the same run".into(),
@@ -214,6 +217,8 @@ impl Peer {
                     Scenario::Plain
                     | Scenario::TlsHandshake
                     | Scenario::TlsKeepalive
+                    | Scenario::H3
+                    | Scenario::H3Handshake
                     | Scenario::Login
                     | Scenario::Compressed
                     | Scenario::Overload => "",
@@ -296,6 +301,8 @@ impl Peer {
                 Scenario::Plain
                 | Scenario::TlsHandshake
                 | Scenario::TlsKeepalive
+                | Scenario::H3
+                | Scenario::H3Handshake
                 | Scenario::Login
                 | Scenario::Overload => {
                     let conf = write("Caddyfile", caddyfile(ctx, scenario))?;
@@ -319,6 +326,8 @@ impl Peer {
                     Scenario::Plain
                     | Scenario::TlsHandshake
                     | Scenario::TlsKeepalive
+                    | Scenario::H3
+                    | Scenario::H3Handshake
                     | Scenario::Login
                     | Scenario::Compressed
                     | Scenario::Overload => Setup::Same(l),
@@ -335,6 +344,95 @@ impl Peer {
                         Claims { jwt: true, binding: false },
                     ),
                 }
+            }
+        })
+    }
+
+    /// The HTTP/3 scenarios: each peer's HTTP/3 listener on the scenario's port (UDP) beside its HTTPS
+    /// one (TCP, where it is told ready), both with the scenario's certificate, on the plain route.
+    fn setup_h3(self, ctx: &Context<'_>) -> Result<Setup, PeerError> {
+        let write = |name: &str, text: String| -> Result<String, PeerError> {
+            let p = ctx.dir.join(name);
+            std::fs::write(&p, text).map_err(|e| PeerError::Write(p.clone(), e))?;
+            Ok(p.display().to_string())
+        };
+        let launch = |args: Vec<String>, env: Vec<(String, String)>| Launch {
+            name: self.name().into(),
+            program: self.binary(),
+            args,
+            env,
+            addr: ctx.listen,
+        };
+        let go_env = vec![("GOMAXPROCS".to_string(), ctx.threads.to_string())];
+        let built_with = |flag: &[&str], needle: &str| {
+            Command::new(self.binary())
+                .args(flag)
+                .output()
+                .map(|o| {
+                    let text = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    text.contains(needle)
+                })
+                .unwrap_or(false)
+        };
+        let tls = Scenario::TlsKeepalive;
+        Ok(match self {
+            Peer::Nginx if !built_with(&["-V"], "http_v3_module") => Setup::Cannot(
+                "this nginx is built without HTTP/3 (ngx_http_v3_module came with 1.25; Debian 12 ships 1.22)".into(),
+            ),
+            Peer::Haproxy if !built_with(&["-vv"], "+QUIC") => Setup::Cannot(
+                "this HAProxy is built without QUIC (it needs a QUIC-enabled TLS library; Debian's uses OpenSSL 3.0)".into(),
+            ),
+            Peer::Nginx | Peer::Haproxy => Setup::Cannot(
+                "HTTP/3 not configured for it in this harness".into(),
+            ),
+            Peer::Caddy => {
+                // Caddy serves HTTP/3 on every HTTPS site by default; said explicitly here.
+                let conf = caddyfile(ctx, tls).replacen(
+                    "  auto_https off\n",
+                    "  auto_https off\n  servers {\n    protocols h1 h2 h3\n  }\n",
+                    1,
+                );
+                let conf = write("Caddyfile", conf)?;
+                Setup::Same(launch(
+                    vec![
+                        "run".into(),
+                        "--config".into(),
+                        conf,
+                        "--adapter".into(),
+                        "caddyfile".into(),
+                    ],
+                    go_env,
+                ))
+            }
+            Peer::Traefik => {
+                let dynamic = write("traefik-dynamic.yml", traefik_dynamic(ctx, tls))?;
+                let stat = traefik_static(ctx, &dynamic).replacen(
+                    &format!("    address: \"{}\"\n", ctx.listen),
+                    &format!(
+                        "    address: \"{}\"\n    http3:\n      advertisedPort: {}\n",
+                        ctx.listen,
+                        ctx.listen.port()
+                    ),
+                    1,
+                );
+                let stat = write("traefik.yml", stat)?;
+                Setup::Same(launch(vec![format!("--configFile={stat}")], go_env))
+            }
+            Peer::Envoy => {
+                let Some((cert, key)) = &ctx.cert else {
+                    return Ok(Setup::Cannot("no certificate".into()));
+                };
+                let conf = envoy_conf(ctx, tls, false).replacen(
+                    "  clusters:\n",
+                    &format!("{}  clusters:\n", envoy_quic_listener(ctx, cert, key)),
+                    1,
+                );
+                let conf = write("envoy.yaml", conf)?;
+                Setup::Same(launch(envoy_args(conf, ctx), vec![]))
             }
         })
     }
@@ -717,6 +815,53 @@ fn caddyfile(ctx: &Context<'_>, scenario: Scenario) -> String {
         ip = ctx.listen.ip(),
         dir = ctx.dir.display(),
         up = ctx.upstream,
+    )
+}
+
+/// Envoy's QUIC listener (HTTP/3) on the scenario's port, UDP, routing as its TCP listener does.
+fn envoy_quic_listener(ctx: &Context<'_>, cert: &str, key: &str) -> String {
+    format!(
+        r#"    - name: bench_quic
+      address: {{ socket_address: {{ protocol: UDP, address: {ip}, port_value: {port} }} }}
+      udp_listener_config:
+        quic_options: {{}}
+      filter_chains:
+      - transport_socket:
+          name: envoy.transport_sockets.quic
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport
+            downstream_tls_context:
+              common_tls_context:
+                tls_certificates:
+                  - certificate_chain: {{ filename: "{cert}" }}
+                    private_key: {{ filename: "{key}" }}
+        filters:
+        - name: envoy.filters.network.http_connection_manager
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+            codec_type: HTTP3
+            stat_prefix: bench_quic
+            http3_protocol_options: {{}}
+            access_log:
+              - name: envoy.access_loggers.file
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                  path: "{dir}/envoy-access.log"
+            route_config:
+              virtual_hosts:
+                - name: all
+                  domains: ["*"]
+                  routes:
+                    - match: {{ prefix: "/" }}
+                      route: {{ cluster: origin }}
+            http_filters:
+              - name: envoy.filters.http.router
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        ip = ctx.listen.ip(),
+        port = ctx.listen.port(),
+        dir = ctx.dir.display(),
     )
 }
 

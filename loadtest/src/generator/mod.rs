@@ -8,6 +8,8 @@
 
 pub mod h1;
 mod h2;
+mod h3;
+pub use h3::client_config as h3_client_config;
 pub mod stats;
 mod stream;
 
@@ -60,6 +62,8 @@ pub enum Protocol {
     H1,
     /// HTTP/2 (over TLS with ALPN `h2`, or prior knowledge over plain TCP).
     H2,
+    /// HTTP/3 (QUIC, always TLS): the address is UDP (usually the https port).
+    H3,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -158,6 +162,8 @@ pub enum PlanError {
     Request(String, String),
     #[error("could not start a generator thread: {0}")]
     Thread(std::io::Error),
+    #[error("HTTP/3 needs TLS (a client configuration): {0}")]
+    Quic(String),
 }
 
 /// Progress shared with whoever draws it: requests finished so far.
@@ -173,6 +179,9 @@ struct Prepared {
     head_only: bool,
     server_name: rustls::pki_types::ServerName<'static>,
     h2: http::Request<()>,
+    /// The same request with scheme `https` (HTTP/3 has no other).
+    h3: http::Request<()>,
+    server_host: String,
     body: Bytes,
 }
 
@@ -185,9 +194,13 @@ fn prepare(spec: &RequestSpec) -> Result<Prepared, PlanError> {
     let mut h2 = http::Request::builder()
         .method(spec.method.clone())
         .uri(format!("http://{}{}", spec.host, spec.path));
+    let mut h3 = http::Request::builder()
+        .method(spec.method.clone())
+        .uri(format!("https://{}{}", spec.host, spec.path));
     for (name, value) in &spec.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
         h2 = h2.header(name.as_str(), value.as_str());
+        h3 = h3.header(name.as_str(), value.as_str());
     }
     if !spec.body.is_empty() || spec.method == Method::POST || spec.method == Method::PUT {
         head.push_str(&format!("Content-Length: {}\r\n", spec.body.len()));
@@ -208,6 +221,8 @@ fn prepare(spec: &RequestSpec) -> Result<Prepared, PlanError> {
         head_only: spec.method == Method::HEAD,
         server_name,
         h2: h2.body(()).map_err(|e| bad(e.to_string()))?,
+        h3: h3.body(()).map_err(|e| bad(e.to_string()))?,
+        server_host: spec.host.clone(),
         body: spec.body.clone(),
     })
 }
@@ -217,6 +232,8 @@ struct Shared {
     plan: Plan,
     requests: Vec<Prepared>,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// HTTP/3: the QUIC client configuration.
+    quic: Option<quinn::ClientConfig>,
     start: Instant,
     /// Open loop: the next slot of the schedule.
     next_slot: AtomicU64,
@@ -279,9 +296,15 @@ pub fn run(plan: Plan, progress: Arc<Progress>) -> Result<Outcome, PlanError> {
         config.alpn_protocols = match plan.protocol {
             Protocol::H1 => vec![b"http/1.1".to_vec()],
             Protocol::H2 => vec![b"h2".to_vec()],
+            Protocol::H3 => vec![b"h3".to_vec()],
         };
         tokio_rustls::TlsConnector::from(Arc::new(config))
     });
+    let quic = match (plan.protocol, plan.tls.as_ref()) {
+        (Protocol::H3, Some(config)) => Some(h3::client_config(config).map_err(PlanError::Quic)?),
+        (Protocol::H3, None) => return Err(PlanError::Quic("no TLS configuration".into())),
+        _ => None,
+    };
     let intended = match plan.load {
         Load::Open { rate } => Some((rate * plan.duration.as_secs_f64()).ceil() as u64),
         Load::Closed => None,
@@ -291,6 +314,7 @@ pub fn run(plan: Plan, progress: Arc<Progress>) -> Result<Outcome, PlanError> {
         plan,
         requests,
         tls,
+        quic,
         start: Instant::now(),
         next_slot: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -354,6 +378,7 @@ async fn worker(shared: &Shared, id: usize, stats: &RefCell<Stats>) {
     let mut watchdog = std::pin::pin!(tokio::time::sleep(plan.timeout));
     let mut h1: Option<h1::Conn<Stream>> = None;
     let mut h2: Option<h2::Conn> = None;
+    let mut h3: Option<h3::Conn> = None;
     while let Some(intended) = shared.next_request().await {
         let req = &shared.requests[next];
         if !sticky {
@@ -389,6 +414,19 @@ async fn worker(shared: &Shared, id: usize, stats: &RefCell<Stats>) {
                         let resp = conn.exchange(&req.h2, &req.body).await;
                         if resp.is_err() || !plan.keep_alive {
                             h2 = None;
+                        }
+                        resp
+                    }
+                    Protocol::H3 => {
+                        if h3.is_none() {
+                            let config = shared.quic.as_ref().ok_or(Failure::Connect)?;
+                            h3 =
+                                Some(h3::Conn::connect(plan.addr, &req.server_host, config).await?);
+                        }
+                        let conn = h3.as_mut().ok_or(Failure::Io)?;
+                        let resp = conn.exchange(&req.h3, &req.body).await;
+                        if resp.is_err() || !plan.keep_alive {
+                            h3 = None;
                         }
                         resp
                     }
@@ -430,6 +468,7 @@ async fn worker(shared: &Shared, id: usize, stats: &RefCell<Stats>) {
             Err(_) => {
                 h1 = None;
                 h2 = None;
+                h3 = None;
                 stats.borrow_mut().failure(Failure::Timeout, latency);
             }
         }
