@@ -514,3 +514,92 @@ async fn an_upgrade_hands_http3_over_once_the_old_process_exits() {
     );
     assert!(new.exited().is_none());
 }
+
+/// `[h3] max_streams` bounds the requests one connection has in progress (the client's extra streams
+/// wait for credit: the upstream never sees more at once), and `idle_timeout` closes a connection that
+/// sends nothing.
+#[tokio::test]
+async fn streams_per_connection_and_the_idle_timeout_are_bounded() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &["*.aggios.test"]);
+    let ca_file = certs.path().join("dev-ca.crt");
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(
+        &config(
+            &up,
+            certs.path(),
+            "max_streams = 2\nidle_timeout = \"1s\"\n",
+        ),
+        ENV,
+    )
+    .await;
+    up.behaviour.delay_ms.store(400, Ordering::SeqCst);
+    let parallel: Vec<Value> = (0..6)
+        .map(|i| get("acme.aggios.test", &format!("/p/{i}"), &[]))
+        .collect();
+    let port = gw.https;
+    let ca = ca_file.clone();
+    let client = tokio::spawn(async move {
+        h3(
+            port,
+            &ca,
+            &json!([{"parallel": parallel}, {"sleep": 4},
+                {"method": "GET", "authority": "acme.aggios.test", "path": "/late", "timeout": 5}]),
+            1,
+        )
+        .await
+    });
+    eventually("the six requests answered", || async {
+        up.hits.load(Ordering::SeqCst) >= 6
+    })
+    .await;
+    assert_eq!(
+        up.seen.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "requests of one connection in progress at once"
+    );
+    // The client now holds its connection without a packet: closed by the gateway after ~1 s.
+    eventually("the idle connection closed", || async {
+        gw.metric("gateway_h3_connections_active").await == 0.0
+    })
+    .await;
+    let conns = client.await.expect("client task");
+    let r = results(&conns[0]);
+    assert!(r[..6].iter().all(|r| r["status"] == 200), "{conns:?}");
+    assert!(
+        r[6].get("status").is_none(),
+        "a request on the closed connection was answered: {}",
+        r[6]
+    );
+    assert_eq!(up.hits.load(Ordering::SeqCst), 6);
+}
+
+/// A handshake flood: with `retry_above = 4`, thirty clients at once — those beyond four handshakes
+/// in progress are sent a Retry (address validation before any state), and every one is served.
+#[tokio::test]
+async fn a_handshake_flood_gets_retries_and_every_client_is_served() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &["*.aggios.test"]);
+    let ca_file = certs.path().join("dev-ca.crt");
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, certs.path(), "retry_above = 4\n"), ENV).await;
+    let conns = h3(
+        gw.https,
+        &ca_file,
+        &json!([get("acme.aggios.test", "/flood", &[])]),
+        30,
+    )
+    .await;
+    for c in &conns {
+        assert_eq!(results(c)[0]["status"], 200, "{c}");
+    }
+    let retries = gw
+        .metric("gateway_h3_handshakes_total{result=\"retry\"}")
+        .await;
+    assert!(retries >= 1.0, "no Retry under a flood of 30 handshakes");
+    assert_eq!(
+        gw.metric("gateway_h3_handshakes_total{result=\"accepted\"}")
+            .await,
+        30.0
+    );
+}

@@ -5,7 +5,9 @@
 `requests.json` is a list of requests, each {"method", "authority", "path", "headers": [[k, v]...],
 "body"}; every connection (N at once, default 1) sends them in order on one QUIC connection, each on
 its own stream. A request {"wait_file": PATH} sends nothing: the connection waits (up to 30 s) until
-PATH exists, so that a test can act between two requests of one connection. Prints one JSON object:
+PATH exists, so that a test can act between two requests of one connection; {"sleep": SECONDS} waits;
+{"parallel": [requests]} sends those at once, each on its own stream (their results in order). A
+request's "timeout" (seconds, default 30) bounds its wait; past it the result is {"timeout": true}. Prints one JSON object:
 {"connections": [{"results": [...], "serial": HEX, "early_data": N} or {"error": "..."}]}, a result
 being {"status", "headers": {name: [values]}, "body"} or {"reset": code}; `serial` is the server
 certificate's serial number, `early_data` the largest 0-RTT allowance of the session tickets received
@@ -85,7 +87,10 @@ class Client(QuicConnectionProtocol):
         fut = asyncio.get_running_loop().create_future()
         self.pending[sid] = fut
         self.transmit()
-        return await asyncio.wait_for(fut, TIMEOUT)
+        try:
+            return await asyncio.wait_for(fut, req.get("timeout", TIMEOUT))
+        except asyncio.TimeoutError:
+            return {"timeout": True}
 
 
 async def wait_file(path):
@@ -99,6 +104,7 @@ async def wait_file(path):
 async def one_connection(args, requests):
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=args.server_name)
     config.load_verify_locations(args.ca)
+    config.idle_timeout = 15.0
     tickets = []
     try:
         async with connect(
@@ -114,10 +120,19 @@ async def one_connection(args, requests):
                 if "wait_file" in r:
                     await wait_file(r["wait_file"])
                     continue
+                if "sleep" in r:
+                    await asyncio.sleep(r["sleep"])
+                    continue
+                if "parallel" in r:
+                    results.extend(await asyncio.gather(*[client.request(p) for p in r["parallel"]]))
+                    continue
                 results.append(await client.request(r))
             cert = client._quic.tls._peer_certificate
             # Tickets come after the handshake; give them a round trip to arrive.
-            await client.ping()
+            try:
+                await asyncio.wait_for(client.ping(), 2)
+            except (asyncio.TimeoutError, ConnectionError):
+                pass
             early = max([t.max_early_data_size or 0 for t in tickets], default=0)
             return {
                 "results": results,
@@ -139,7 +154,7 @@ async def main():
     requests = json.load(sys.stdin)
 
     async def bounded():
-        return await asyncio.wait_for(one_connection(args, requests), TIMEOUT)
+        return await asyncio.wait_for(one_connection(args, requests), 2 * TIMEOUT)
 
     async def guarded():
         try:
