@@ -4,8 +4,9 @@
 # space (`loadtest/netem.py`: this kernel has no `tc netem`) with a one-way delay of RTT/2 and a loss rate
 # applied to each direction. A page is 20 resources of ~27 KB (API JSON) requested at once over a new
 # connection (TLS 1.3 + HTTP/2, or QUIC + HTTP/3); each protocol loads it LOADS times, in alternating
-# halves, and the medians go to loadtest/results/h3-netem.md. Needs root (ip netns).
+# halves, and the medians go to loadtest/results/h3-netem-CONGESTION.md. Needs root (ip netns).
 # Usage: loadtest/h3_netem.sh [RTT_MS=50] [LOSS=0.02] [LOADS=20] [RESOURCES=20]
+#        H3_CONGESTION=cubic|bbr picks the gateway's QUIC congestion controller ([h3] congestion).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$ROOT"
 RTT_MS=${1:-50}; LOSS=${2:-0.02}; LOADS=${3:-20}; RESOURCES=${4:-20}
@@ -20,11 +21,11 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
-  ip netns del "$S" 2>/dev/null; ip netns del "$C" 2>/dev/null
+  ip netns del "$S" 2>/dev/null || true; ip netns del "$C" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-ip netns del "$S" 2>/dev/null; ip netns del "$C" 2>/dev/null
+ip netns del "$S" 2>/dev/null || true; ip netns del "$C" 2>/dev/null || true
 ip netns add "$S"; ip netns add "$C"
 ip -n "$S" link set lo up; ip -n "$C" link set lo up
 python3 "$ROOT/loadtest/netem.py" "$S" tun-srv "$C" tun-cli --delay-ms "$(awk "BEGIN{print $RTT_MS/2}")" \
@@ -57,10 +58,12 @@ hosts = ["*.bench.test"]
 upstream = "origin"
 [tls]
 certificates = [{ cert = "$WORK/certs/dev.crt", key = "$WORK/certs/dev.key" }]
+[h3]
+congestion = "${H3_CONGESTION:-bbr}"
 TOML
 ip netns exec "$S" "$BIN/loadtest" upstream --listen 127.0.0.1:18081 2> "$WORK/upstream.log" &
 PIDS+=($!)
-ip netns exec "$S" "$BIN/gateway" run --config "$WORK/gateway.toml" 2> "$WORK/gateway.log" &
+ip netns exec "$S" "$BIN/gateway" run --config "$WORK/gateway.toml" > "$WORK/access.log" 2> "$WORK/gateway.log" &
 PIDS+=($!)
 for _ in $(seq 100); do
   ip netns exec "$S" curl -sf http://127.0.0.1:9000/readyz > /dev/null 2>&1 && break; sleep 0.1
@@ -72,14 +75,15 @@ load() { # protocol loads
 HALF=$(( (LOADS + 1) / 2 ))
 H2A=$(load h2 "$HALF"); H3A=$(load h3 "$HALF"); H3B=$(load h3 "$HALF"); H2B=$(load h2 "$HALF")
 echo "link: $(cat "$WORK/netem.err" 2>/dev/null)" >&2
-python3 - "$RTT_MS" "$LOSS" "$RESOURCES" "$H2A" "$H2B" "$H3A" "$H3B" <<'PY'
+python3 - "$RTT_MS" "$LOSS" "$RESOURCES" "$H2A" "$H2B" "$H3A" "$H3B" "${H3_CONGESTION:-bbr}" <<'PY'
 import json, statistics, sys, datetime
 rtt, loss, resources = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 h2 = [json.loads(a) for a in sys.argv[4:6]]; h3 = [json.loads(a) for a in sys.argv[6:8]]
+cc = sys.argv[8]
 def times(rs): return [t for r in rs for t in r["load_ms"]]
 t2, t3 = times(h2), times(h3)
 q = lambda xs, p: sorted(xs)[round((len(xs) - 1) * p)]
-rows = [("HTTP/2 (TLS 1.3 over TCP)", t2, h2[0]["bytes_per_load"]), ("HTTP/3 (QUIC)", t3, h3[0]["bytes_per_load"])]
+rows = [("HTTP/2 (TLS 1.3 over TCP, the kernel's cubic)", t2, h2[0]["bytes_per_load"]), (f"HTTP/3 (QUIC, {cc})", t3, h3[0]["bytes_per_load"])]
 out = [f"# HTTP/3 against HTTP/2 on a lossy link ({datetime.date.today()})", "",
        f"`loadtest/h3_netem.sh {rtt} {loss} {len(t2)} {resources}`: {rtt} ms round trip, {loss*100:g} % loss each way "
        f"(user-space link, `loadtest/netem.py`), a page of {resources} resources requested at once on a new connection; "
@@ -90,6 +94,6 @@ for name, t, b in rows:
 out.append("")
 out.append(f"HTTP/3 median / HTTP/2 median: **{statistics.median(t3) / statistics.median(t2):.2f}×**.")
 text = "\n".join(out) + "\n"
-open("loadtest/results/h3-netem.md", "w").write(text)
+open(f"loadtest/results/h3-netem-{cc}.md", "w").write(text)
 print(text)
 PY

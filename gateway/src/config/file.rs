@@ -98,6 +98,8 @@ file_tables! {
         /// Handshakes in progress above which a new client must prove its address (a Retry first);
         /// 0: every new client.
         pub retry_above: Option<Spanned<i64>>,
+        /// The congestion controller of QUIC connections: `cubic` or `bbr`.
+        pub congestion: Option<Spanned<String>>,
     }
 }
 

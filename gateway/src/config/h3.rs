@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::duration::parse_duration;
 use super::file::H3File;
-use super::{duration_or, positive, Diagnostic};
+use super::{duration_or, one_of, positive, Diagnostic};
 
 /// `Alt-Svc` max-age unless `[h3] alt_svc_max_age` says otherwise (a day, as Caddy and Cloudflare).
 pub const DEFAULT_ALT_SVC_MAX_AGE: Duration = Duration::from_secs(86_400);
@@ -21,6 +21,18 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u64 = 64;
 /// Handshakes in progress above which new clients get a Retry (address validation) first.
 pub const DEFAULT_RETRY_ABOVE: u64 = 64;
 
+/// The congestion controller of the gateway's QUIC connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    Cubic,
+    Bbr,
+}
+
+/// `[h3] congestion`, the default first.
+const CONGESTION_CHOICES: [(&str, Congestion); 2] =
+    [("bbr", Congestion::Bbr), ("cubic", Congestion::Cubic)];
+const DEFAULT_CONGESTION: Congestion = CONGESTION_CHOICES[0].1;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct H3Settings {
     /// `None`: `Alt-Svc` is not sent.
@@ -31,6 +43,7 @@ pub struct H3Settings {
     pub max_connections_per_ip: u64,
     /// 0: every client that has not proven its address gets a Retry.
     pub retry_above: u64,
+    pub congestion: Congestion,
 }
 
 impl Default for H3Settings {
@@ -42,6 +55,7 @@ impl Default for H3Settings {
             max_streams: DEFAULT_MAX_STREAMS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             retry_above: DEFAULT_RETRY_ABOVE,
+            congestion: DEFAULT_CONGESTION,
         }
     }
 }
@@ -90,6 +104,13 @@ pub(super) fn validate_h3(raw: Option<&H3File>, diags: &mut Vec<Diagnostic>) -> 
             diags,
         ),
         retry_above,
+        congestion: one_of(
+            &raw.congestion,
+            "h3.congestion",
+            &CONGESTION_CHOICES,
+            "",
+            diags,
+        ),
     }
 }
 
@@ -111,6 +132,10 @@ mod tests {
         assert_eq!(s.alt_svc_max_age, Some(Duration::from_secs(3600)));
         assert_eq!(s.max_streams, 8);
         assert_eq!(s.retry_above, 0);
+        assert_eq!(H3Settings::default().congestion, Congestion::Bbr);
+        let (s, d) = parse("congestion = \"cubic\"\n");
+        assert!(d.is_empty());
+        assert_eq!(s.congestion, Congestion::Cubic);
         let (s, d) = parse("alt_svc_max_age = \"0s\"\n");
         assert!(d.is_empty());
         assert_eq!(s.alt_svc_max_age, None, "0s turns the advertisement off");
@@ -118,7 +143,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors() {
-        let (_, d) = parse("max_streams = 0\nretry_above = -1\nidle_timeout = \"soon\"\n");
-        assert_eq!(d.len(), 3, "{d:?}");
+        let (_, d) = parse(
+            "max_streams = 0\nretry_above = -1\nidle_timeout = \"soon\"\ncongestion = \"reno\"\n",
+        );
+        assert_eq!(d.len(), 4, "{d:?}");
     }
 }

@@ -29,7 +29,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config::h3::H3Settings;
+use crate::config::h3::{Congestion, H3Settings};
 use crate::telemetry::metrics::metrics;
 use crate::tls::store::CertStore;
 use session::{connection_digest, request_head, H3Session};
@@ -80,6 +80,12 @@ pub fn server_config(
         // room for unknown (grease) ones, which HTTP/3 ignores.
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(8))
         .max_idle_timeout(quinn::IdleTimeout::try_from(settings.idle_timeout).ok());
+    match settings.congestion {
+        Congestion::Cubic => transport
+            .congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+        Congestion::Bbr => transport
+            .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+    };
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -308,6 +314,29 @@ where
     }
 }
 
+/// Logs a connection's transport figures when it ends (debug level: `RUST_LOG=gateway::h3=debug`):
+/// what an operator looks at when HTTP/3 is slow on some network.
+struct ConnectionStats(quinn::Connection);
+
+impl Drop for ConnectionStats {
+    fn drop(&mut self) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let s = self.0.stats();
+            tracing::debug!(
+                client = %self.0.remote_address(),
+                rtt_ms = s.path.rtt.as_secs_f64() * 1000.0,
+                cwnd = s.path.cwnd,
+                sent_packets = s.path.sent_packets,
+                lost_packets = s.path.lost_packets,
+                congestion_events = s.path.congestion_events,
+                udp_tx_datagrams = s.udp_tx.datagrams,
+                udp_rx_datagrams = s.udp_rx.datagrams,
+                "HTTP/3 connection ended"
+            );
+        }
+    }
+}
+
 /// One QUIC connection, from its handshake to its last request.
 struct Connection<A> {
     app: Arc<A>,
@@ -352,6 +381,7 @@ where
         let _slot = slot;
         let client = quic.remote_address();
         let digest = connection_digest(None);
+        let _stats = ConnectionStats(quic.clone());
         let mut h3 = match h3::server::builder()
             .max_field_section_size(max_field_section)
             .build::<_, Bytes>(h3_quinn::Connection::new(quic))

@@ -108,7 +108,7 @@ async def one_connection(args, requests):
     tickets = []
     try:
         async with connect(
-            "127.0.0.1",
+            args.addr,
             args.port,
             configuration=config,
             create_protocol=Client,
@@ -150,6 +150,7 @@ async def main():
     p.add_argument("server_name")
     p.add_argument("ca")
     p.add_argument("--connections", type=int, default=1)
+    p.add_argument("--addr", default="127.0.0.1")
     args = p.parse_args()
     requests = json.load(sys.stdin)
 
