@@ -818,6 +818,26 @@ fn caddyfile(ctx: &Context<'_>, scenario: Scenario) -> String {
     )
 }
 
+/// Envoy's access log and its one route to the upstream, as each of its listeners has them.
+fn envoy_log_and_routes(dir: &Path) -> String {
+    format!(
+        r#"            access_log:
+              - name: envoy.access_loggers.file
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                  path: "{dir}/envoy-access.log"
+            route_config:
+              virtual_hosts:
+                - name: all
+                  domains: ["*"]
+                  routes:
+                    - match: {{ prefix: "/" }}
+                      route: {{ cluster: origin }}
+"#,
+        dir = dir.display()
+    )
+}
+
 /// Envoy's QUIC listener (HTTP/3) on the scenario's port, UDP, routing as its TCP listener does.
 fn envoy_quic_listener(ctx: &Context<'_>, cert: &str, key: &str) -> String {
     format!(
@@ -842,26 +862,14 @@ fn envoy_quic_listener(ctx: &Context<'_>, cert: &str, key: &str) -> String {
             codec_type: HTTP3
             stat_prefix: bench_quic
             http3_protocol_options: {{}}
-            access_log:
-              - name: envoy.access_loggers.file
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-                  path: "{dir}/envoy-access.log"
-            route_config:
-              virtual_hosts:
-                - name: all
-                  domains: ["*"]
-                  routes:
-                    - match: {{ prefix: "/" }}
-                      route: {{ cluster: origin }}
-            http_filters:
+{log_and_routes}            http_filters:
               - name: envoy.filters.http.router
                 typed_config:
                   "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
         ip = ctx.listen.ip(),
         port = ctx.listen.port(),
-        dir = ctx.dir.display(),
+        log_and_routes = envoy_log_and_routes(ctx.dir),
     )
 }
 
@@ -938,19 +946,7 @@ static_resources:
           typed_config:
             "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
             stat_prefix: bench
-            access_log:
-              - name: envoy.access_loggers.file
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-                  path: "{dir}/envoy-access.log"
-            route_config:
-              virtual_hosts:
-                - name: all
-                  domains: ["*"]
-                  routes:
-                    - match: {{ prefix: "/" }}
-                      route: {{ cluster: origin }}
-            http_filters:
+{log_and_routes}            http_filters:
 {filters}              - name: envoy.filters.http.router
                 typed_config:
                   "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -966,7 +962,7 @@ static_resources:
 "#,
         ip = ctx.listen.ip(),
         port = ctx.listen.port(),
-        dir = ctx.dir.display(),
+        log_and_routes = envoy_log_and_routes(ctx.dir),
         uip = ctx.upstream.ip(),
         uport = ctx.upstream.port(),
     )
