@@ -119,6 +119,9 @@ async fn invalid_reload_keeps_the_old_routes() {
 async fn sighup_forces_a_reread_and_listener_changes_need_a_restart() {
     let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
     let gw = Gateway::start(&routes(&a, &b, 0)).await;
+    // Ready (`/readyz`) means the reloader runs, with its SIGHUP handler: the listeners answer before
+    // it starts, and a SIGHUP sent then is not seen (found when the HTTP/3 service made start-up longer).
+    eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
     let status = std::process::Command::new("kill")
         .args(["-HUP", &gw.pid().to_string()])
         .status()
