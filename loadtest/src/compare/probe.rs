@@ -94,15 +94,14 @@ pub fn check_tenant_work(
             status(addr, good).await,
             |s| (200..300).contains(&s),
         )?;
-        // The same token with its signature's last character changed.
+        // The same token with real bits of its signature changed.
         let mut forged = good.clone();
         if let Some(h) = forged
             .headers
             .iter_mut()
             .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
         {
-            let last = h.1.pop().unwrap_or('A');
-            h.1.push(if last == 'A' { 'B' } else { 'A' });
+            h.1 = forge(&h.1);
         }
         expect(
             "a forged signature",
@@ -127,6 +126,21 @@ pub fn check_tenant_work(
         }
         Ok(())
     })
+}
+
+/// `token` (or `Bearer token`) with the first character of its signature changed: all six of its bits
+/// are signature bits. (The last character of an HS256 signature in unpadded base64url carries two
+/// signature bits and four padding bits, so changing it may change no signature bit at all, and a
+/// lenient decoder then reads the very same signature.)
+pub fn forge(token: &str) -> String {
+    let Some(dot) = token.rfind('.') else {
+        return format!("{token}x");
+    };
+    let mut out = token.to_string();
+    let first = token[dot + 1..].chars().next().unwrap_or('A');
+    let swapped = if first == 'A' { 'B' } else { 'A' };
+    out.replace_range(dot + 1..dot + 1 + first.len_utf8(), &swapped.to_string());
+    out
 }
 
 /// What one response to `req` weighs as sent: its body after any content coding, without chunked
@@ -228,5 +242,41 @@ mod tests {
         );
         assert!(body_size(b"HTTP/1.1 502 Bad\r\n\r\n").is_err());
         assert!(body_size(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+    }
+
+    /// The forged signature differs from the real one in its decoded bytes, not only in padding bits:
+    /// the old probe changed the last character ('A' <-> 'B'), which for HS256 flips a padding bit only,
+    /// so a decoder that ignores trailing bits read the very same signature.
+    #[test]
+    fn a_forged_signature_differs_in_its_bytes() {
+        use base64::Engine;
+        let token = crate::scenario::mint(crate::scenario::JWT_SECRET, "t0001", "member", "j")
+            .expect("token");
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_encode_padding(false)
+                .with_decode_allow_trailing_bits(true)
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+        );
+        let sig = |t: &str| {
+            lenient
+                .decode(t.rsplit('.').next().expect("signature"))
+                .expect("base64url")
+        };
+        let forged = forge(&format!("Bearer {token}"));
+        let forged = forged.strip_prefix("Bearer ").expect("prefix");
+        assert_eq!(forged.len(), token.len());
+        assert_ne!(sig(forged), sig(&token), "no signature byte changed");
+        let mut old = token.clone();
+        let last = old.pop().expect("last");
+        old.push(if last == 'A' { 'B' } else { 'A' });
+        if matches!(last, 'A' | 'B') {
+            assert_eq!(
+                sig(&old),
+                sig(&token),
+                "the old forgery changed a signature byte"
+            );
+        }
     }
 }
