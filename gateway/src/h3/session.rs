@@ -310,8 +310,7 @@ impl CustomSession for H3Session {
         let data = self.next_data().await?;
         if let Some(d) = data.as_ref() {
             self.body_read += d.len();
-            let d = d.clone();
-            self.keep_for_retry(&d);
+            self.keep_for_retry(d);
         }
         Ok(data)
     }

@@ -307,13 +307,7 @@ impl Peer {
                 | Scenario::Overload => {
                     let conf = write("Caddyfile", caddyfile(ctx, scenario))?;
                     Setup::Same(launch(
-                        vec![
-                            "run".into(),
-                            "--config".into(),
-                            conf,
-                            "--adapter".into(),
-                            "caddyfile".into(),
-                        ],
+                        caddy_args(conf),
                         go_env,
                     ))
                 }
@@ -398,13 +392,7 @@ impl Peer {
                 );
                 let conf = write("Caddyfile", conf)?;
                 Setup::Same(launch(
-                    vec![
-                        "run".into(),
-                        "--config".into(),
-                        conf,
-                        "--adapter".into(),
-                        "caddyfile".into(),
-                    ],
+                    caddy_args(conf),
                     go_env,
                 ))
             }
@@ -816,6 +804,14 @@ fn caddyfile(ctx: &Context<'_>, scenario: Scenario) -> String {
         dir = ctx.dir.display(),
         up = ctx.upstream,
     )
+}
+
+/// Caddy's command line for the Caddyfile `conf`.
+fn caddy_args(conf: String) -> Vec<String> {
+    ["run", "--config", &conf, "--adapter", "caddyfile"]
+        .into_iter()
+        .map(String::from)
+        .collect()
 }
 
 /// Envoy's access log and its one route to the upstream, as each of its listeners has them.
