@@ -100,6 +100,11 @@ file_tables! {
         pub retry_above: Option<Spanned<i64>>,
         /// The congestion controller of QUIC connections: `cubic` or `bbr`.
         pub congestion: Option<Spanned<String>>,
+        /// 0-RTT: a resumed client's first flight may carry requests (safe methods forwarded with
+        /// `Early-Data: 1`, others held until the handshake completes).
+        pub zero_rtt: Option<bool>,
+        /// How long a session ticket can resume (and carry 0-RTT) after it was issued; each once.
+        pub zero_rtt_window: Option<Spanned<String>>,
     }
 }
 

@@ -20,6 +20,11 @@ pub const DEFAULT_MAX_STREAMS: u64 = 100;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u64 = 64;
 /// Handshakes in progress above which new clients get a Retry (address validation) first.
 pub const DEFAULT_RETRY_ABOVE: u64 = 64;
+/// With 0-RTT on: how long a session ticket stays usable (once) after it was issued. A client that
+/// comes back later resumes with a full handshake. An hour covers a mobile app's foreground sessions
+/// while bounding how long a stolen first flight stays worth replaying (it cannot be replayed once
+/// its ticket was used, see `crate::h3::early`).
+pub const DEFAULT_ZERO_RTT_WINDOW: Duration = Duration::from_secs(3600);
 
 /// The congestion controller of the gateway's QUIC connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +49,10 @@ pub struct H3Settings {
     /// 0: every client that has not proven its address gets a Retry.
     pub retry_above: u64,
     pub congestion: Congestion,
+    /// 0-RTT on (off by default): see `crate::h3::early`.
+    pub zero_rtt: bool,
+    /// How long a session ticket can resume, once, after it was issued (with `zero_rtt`).
+    pub zero_rtt_window: Duration,
 }
 
 impl Default for H3Settings {
@@ -56,6 +65,8 @@ impl Default for H3Settings {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             retry_above: DEFAULT_RETRY_ABOVE,
             congestion: DEFAULT_CONGESTION,
+            zero_rtt: false,
+            zero_rtt_window: DEFAULT_ZERO_RTT_WINDOW,
         }
     }
 }
@@ -111,6 +122,8 @@ pub(super) fn validate_h3(raw: Option<&H3File>, diags: &mut Vec<Diagnostic>) -> 
             "",
             diags,
         ),
+        zero_rtt: raw.zero_rtt.unwrap_or(false),
+        zero_rtt_window: duration_or(&raw.zero_rtt_window, DEFAULT_ZERO_RTT_WINDOW, diags),
     }
 }
 
@@ -139,13 +152,21 @@ mod tests {
         let (s, d) = parse("alt_svc_max_age = \"0s\"\n");
         assert!(d.is_empty());
         assert_eq!(s.alt_svc_max_age, None, "0s turns the advertisement off");
+        assert!(
+            !H3Settings::default().zero_rtt,
+            "0-RTT is off unless asked for"
+        );
+        let (s, d) = parse("zero_rtt = true\nzero_rtt_window = \"10m\"\n");
+        assert!(d.is_empty());
+        assert!(s.zero_rtt);
+        assert_eq!(s.zero_rtt_window, Duration::from_secs(600));
     }
 
     #[test]
     fn bad_values_are_errors() {
         let (_, d) = parse(
-            "max_streams = 0\nretry_above = -1\nidle_timeout = \"soon\"\ncongestion = \"reno\"\n",
+            "max_streams = 0\nretry_above = -1\nidle_timeout = \"soon\"\ncongestion = \"reno\"\nzero_rtt_window = \"0s\"\n",
         );
-        assert_eq!(d.len(), 4, "{d:?}");
+        assert_eq!(d.len(), 5, "{d:?}");
     }
 }

@@ -7,13 +7,14 @@
 //! connections per address and `[overload] max_connections` in all, a handshake deadline. Per
 //! connection: `max_streams` request streams at once, an idle timeout, and on shutdown a GOAWAY and
 //! the requests in progress finished. QUIC's anti-amplification limit (3× the bytes received from an
-//! unvalidated address, RFC 9000 §8.1) is quinn's own. 0-RTT is off: the TLS configuration offers no
-//! early data.
+//! unvalidated address, RFC 9000 §8.1) is quinn's own. 0-RTT is off unless `[h3] zero_rtt` (see
+//! [`early`] for what is then accepted in early data and how replays are refused).
 //!
 //! A name with no certificate yet (on-demand TLS) is refused at the QUIC handshake and issued on the
 //! TCP path: clients learn of HTTP/3 from an `Alt-Svc` field of an HTTPS response over TCP, which that
 //! handshake's issuance made possible.
 
+pub mod early;
 pub mod session;
 
 use std::collections::HashMap;
@@ -55,7 +56,8 @@ pub enum H3Error {
 }
 
 /// The QUIC server configuration: TLS 1.3 only (QUIC has no other), ALPN `h3`, certificates from the
-/// live store (SNI, ACME and on-demand ones as they are issued), no early data, and the limits.
+/// live store (SNI, ACME and on-demand ones as they are issued), early data only with
+/// `[h3] zero_rtt` (single-use tickets then, see [`early`]), and the limits.
 pub fn server_config(
     certs: &Arc<CertStore>,
     settings: &H3Settings,
@@ -67,7 +69,18 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(certs) as Arc<dyn rustls::server::ResolvesServerCert>);
     tls.alpn_protocols = vec![H3_ALPN.to_vec()];
-    tls.max_early_data_size = 0;
+    if settings.zero_rtt {
+        // QUIC allows no other size than "unlimited" (RFC 9001 §4.6.1): the stream credit bounds it.
+        tls.max_early_data_size = u32::MAX;
+        tls.session_storage = Arc::new(early::SingleUseTickets::new(
+            early::TICKETS_KEPT,
+            settings.zero_rtt_window,
+        ));
+        // One ticket per connection: each resumes once.
+        tls.send_tls13_tickets = 1;
+    } else {
+        tls.max_early_data_size = 0;
+    }
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| H3Error::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -288,6 +301,7 @@ where
                 slot,
                 server,
                 handshake_timeout: self.settings.handshake_timeout,
+                zero_rtt: self.settings.zero_rtt,
                 max_field_section: (self.max_header_bytes as u64).saturating_mul(2),
                 shutdown: shutdown.clone(),
             };
@@ -344,6 +358,8 @@ struct Connection<A> {
     slot: Slot,
     server: SocketAddr,
     handshake_timeout: Duration,
+    /// Requests may arrive before the handshake completes (0-RTT, see [`early`]).
+    zero_rtt: bool,
     max_field_section: u64,
     shutdown: ShutdownWatch,
 }
@@ -359,37 +375,54 @@ where
             slot,
             server,
             handshake_timeout,
+            zero_rtt,
             max_field_section,
             mut shutdown,
         } = self;
         let handshakes = &metrics().h3_handshakes;
-        let quic = match tokio::time::timeout(handshake_timeout, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                handshakes.with_label_values(&["failed"]).inc();
-                tracing::debug!(error = %e, "QUIC handshake failed");
-                return;
-            }
-            Err(_) => {
-                handshakes.with_label_values(&["timeout"]).inc();
-                return;
-            }
+        let deadline = tokio::time::Instant::now() + handshake_timeout;
+        // With 0-RTT, the connection serves (early) requests while its handshake runs; without, it
+        // exists once the handshake is done. (A server-side `into_0rtt` always succeeds.)
+        let turned = if zero_rtt {
+            connecting.into_0rtt()
+        } else {
+            Err(connecting)
         };
-        drop(handshake);
-        handshakes.with_label_values(&["accepted"]).inc();
-        let _active = Active::new();
+        let (quic, mut completion) = match turned {
+            Ok((quic, completion)) => (quic, Some(completion)),
+            Err(connecting) => match complete_handshake(connecting, deadline).await {
+                Some(quic) => (quic, None),
+                None => return,
+            },
+        };
+        let state = Arc::new(match completion {
+            Some(_) => early::HandshakeState::default(),
+            None => early::HandshakeState::complete(),
+        });
+        let mut handshake = Some(handshake);
+        let mut active = None;
+        if completion.is_none() {
+            handshake = None;
+            handshakes.with_label_values(&["accepted"]).inc();
+            active = Some(Active::new());
+        }
         let _slot = slot;
         let client = quic.remote_address();
         let digest = connection_digest(None);
         let _stats = ConnectionStats(quic.clone());
-        let mut h3 = match h3::server::builder()
-            .max_field_section_size(max_field_section)
-            .build::<_, Bytes>(h3_quinn::Connection::new(quic))
-            .await
-        {
-            Ok(h3) => h3,
-            Err(e) => {
+        let mut builder = h3::server::builder();
+        builder.max_field_section_size(max_field_section);
+        let build = builder.build::<_, Bytes>(h3_quinn::Connection::new(quic.clone()));
+        let mut h3 = match tokio::time::timeout_at(deadline, build).await {
+            Ok(Ok(h3)) => h3,
+            Ok(Err(e)) => {
                 tracing::debug!(client = %client, error = %e, "HTTP/3 connection set-up failed");
+                state.set_lost();
+                return;
+            }
+            Err(_) => {
+                handshakes.with_label_values(&["timeout"]).inc();
+                state.set_lost();
                 return;
             }
         };
@@ -397,13 +430,40 @@ where
         if draining {
             let _ = h3.shutdown(0).await;
         }
+        let handshake_deadline = tokio::time::sleep_until(deadline);
+        tokio::pin!(handshake_deadline);
         loop {
             tokio::select! {
+                // First: a request that arrives in the same wake-up as the handshake's completion is
+                // a 1-RTT one (quinn signals completion before it yields 1-RTT streams).
+                biased;
+                _ = async {
+                    match completion.as_mut() {
+                        Some(c) => c.await,
+                        None => std::future::pending().await,
+                    }
+                }, if completion.is_some() => {
+                    completion = None;
+                    if quic.close_reason().is_some() {
+                        handshakes.with_label_values(&["failed"]).inc();
+                        break;
+                    }
+                    handshake = None;
+                    handshakes.with_label_values(&["accepted"]).inc();
+                    active = Some(Active::new());
+                    state.set_complete();
+                }
+                _ = &mut handshake_deadline, if completion.is_some() => {
+                    handshakes.with_label_values(&["timeout"]).inc();
+                    quic.close(quinn::VarInt::from_u32(0), b"handshake timeout");
+                    break;
+                }
                 accepted = h3.accept() => match accepted {
                     Ok(Some(resolver)) => {
                         let app = Arc::clone(&app);
                         let digest = digest.clone();
                         let shutdown = shutdown.clone();
+                        let state = Arc::clone(&state);
                         tokio::spawn(async move {
                             let (req, mut stream) = match resolver.resolve_request().await {
                                 Ok(r) => r,
@@ -413,7 +473,7 @@ where
                                     return;
                                 }
                             };
-                            let head = match request_head(req) {
+                            let mut head = match request_head(req) {
                                 Ok(h) => h,
                                 Err(e) => {
                                     // RFC 9114 §4.1.2: a malformed request is a stream error.
@@ -424,6 +484,12 @@ where
                                     return;
                                 }
                             };
+                            if !state.is_complete() && !early_data_admitted(&mut head, &state).await {
+                                tracing::debug!(client = %client, "early request dropped: the handshake never completed");
+                                stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+                                stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+                                return;
+                            }
                             let session = H3Session::new(head, stream, digest, client, server);
                             app.process_new_http(ServerSession::new_custom(Box::new(session)), &shutdown)
                                 .await;
@@ -443,5 +509,50 @@ where
                 }
             }
         }
+        // Requests still held for a handshake that did not complete are dropped.
+        state.set_lost();
+        drop((handshake, active));
     }
+}
+
+/// The handshake of a connection served once it completes (0-RTT off), within `deadline`.
+async fn complete_handshake(
+    connecting: quinn::Connecting,
+    deadline: tokio::time::Instant,
+) -> Option<quinn::Connection> {
+    let handshakes = &metrics().h3_handshakes;
+    match tokio::time::timeout_at(deadline, connecting).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            handshakes.with_label_values(&["failed"]).inc();
+            tracing::debug!(error = %e, "QUIC handshake failed");
+            None
+        }
+        Err(_) => {
+            handshakes.with_label_values(&["timeout"]).inc();
+            None
+        }
+    }
+}
+
+/// A request that reached the edge before its connection's handshake completed (0-RTT): a safe
+/// method goes on marked `Early-Data: 1`; any other waits for the handshake. False: the handshake
+/// never completed and the request must not be served.
+async fn early_data_admitted(
+    head: &mut pingora::http::RequestHeader,
+    state: &early::HandshakeState,
+) -> bool {
+    let decisions = &metrics().h3_early_requests;
+    if early::safe_method(&head.method) {
+        decisions.with_label_values(&["forwarded"]).inc();
+        // RFC 8470 §5.1: the origin may answer 425 Too Early. A value the client sent is replaced.
+        let _ = head.insert_header("early-data", "1");
+        return true;
+    }
+    decisions.with_label_values(&["held"]).inc();
+    if state.wait().await {
+        return true;
+    }
+    decisions.with_label_values(&["dropped"]).inc();
+    false
 }

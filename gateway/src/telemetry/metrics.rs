@@ -60,6 +60,8 @@ pub struct Metrics {
     /// HTTP/3 (`h3`).
     pub h3_connections_active: IntGauge,
     pub h3_handshakes: IntCounterVec,
+    /// `gateway_h3_early_data_requests_total{decision}`: forwarded, held, dropped.
+    pub h3_early_requests: IntCounterVec,
 }
 
 /// The protocol a request came in over (the `protocol` label of `gateway_http_requests_by_protocol_total`).
@@ -439,6 +441,17 @@ impl Metrics {
         ] {
             h3_handshakes.with_label_values(&[r]);
         }
+        let h3_early_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_h3_early_data_requests_total",
+                "HTTP/3 requests that reached the edge before their connection's handshake completed (0-RTT), by decision: forwarded (a safe method, sent with Early-Data: 1), held (waited for the handshake), dropped (held, and the handshake never completed).",
+            ),
+            &["decision"],
+        )?;
+        registry.register(Box::new(h3_early_requests.clone()))?;
+        for d in ["forwarded", "held", "dropped"] {
+            h3_early_requests.with_label_values(&[d]);
+        }
         registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -499,6 +512,7 @@ impl Metrics {
             requests_by_protocol,
             h3_connections_active,
             h3_handshakes,
+            h3_early_requests,
         })
     }
 

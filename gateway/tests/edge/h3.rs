@@ -79,6 +79,28 @@ upstream = "u"
     )
 }
 
+/// A gateway whose `[h3]` table has the lines `h3`, with the dev CA's file and the test upstream.
+struct H3Edge {
+    certs: tempfile::TempDir,
+    ca_file: std::path::PathBuf,
+    up: TestUpstream,
+    gw: Gateway,
+}
+
+async fn h3_edge(h3: &str) -> H3Edge {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &["*.aggios.test"]);
+    let ca_file = certs.path().join("dev-ca.crt");
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start_with_env(&config(&up, certs.path(), h3), ENV).await;
+    H3Edge {
+        certs,
+        ca_file,
+        up,
+        gw,
+    }
+}
+
 /// Every edge check over HTTP/3, decided by the same code as over TCP: what the upstream saw for the
 /// requests let through, nothing for the refused ones, and the JSON refusals of the TCP entrypoints.
 #[tokio::test]
@@ -393,11 +415,12 @@ async fn a_graceful_stop_finishes_http3_requests_in_progress() {
 /// request (a POST least of all) can arrive replayable before the handshake.
 #[tokio::test]
 async fn a_reload_keeps_quic_connections_and_tickets_allow_no_early_data() {
-    let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path(), &["*.aggios.test"]);
-    let ca_file = certs.path().join("dev-ca.crt");
-    let up = TestUpstream::start("u");
-    let gw = Gateway::start_with_env(&config(&up, certs.path(), ""), ENV).await;
+    let H3Edge {
+        certs,
+        ca_file,
+        up,
+        gw,
+    } = h3_edge("").await;
     let go_on = gw.dir.path().join("go-on");
     let port = gw.https;
     let ca = ca_file.clone();
@@ -520,19 +543,12 @@ async fn an_upgrade_hands_http3_over_once_the_old_process_exits() {
 /// sends nothing.
 #[tokio::test]
 async fn streams_per_connection_and_the_idle_timeout_are_bounded() {
-    let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path(), &["*.aggios.test"]);
-    let ca_file = certs.path().join("dev-ca.crt");
-    let up = TestUpstream::start("u");
-    let gw = Gateway::start_with_env(
-        &config(
-            &up,
-            certs.path(),
-            "max_streams = 2\nidle_timeout = \"1s\"\n",
-        ),
-        ENV,
-    )
-    .await;
+    let H3Edge {
+        certs: _certs,
+        ca_file,
+        up,
+        gw,
+    } = h3_edge("max_streams = 2\nidle_timeout = \"1s\"\n").await;
     up.behaviour.delay_ms.store(400, Ordering::SeqCst);
     let parallel: Vec<Value> = (0..6)
         .map(|i| get("acme.aggios.test", &format!("/p/{i}"), &[]))
@@ -578,11 +594,12 @@ async fn streams_per_connection_and_the_idle_timeout_are_bounded() {
 /// in progress are sent a Retry (address validation before any state), and every one is served.
 #[tokio::test]
 async fn a_handshake_flood_gets_retries_and_every_client_is_served() {
-    let certs = tempfile::tempdir().expect("tempdir");
-    dev_certs(certs.path(), &["*.aggios.test"]);
-    let ca_file = certs.path().join("dev-ca.crt");
-    let up = TestUpstream::start("u");
-    let gw = Gateway::start_with_env(&config(&up, certs.path(), "retry_above = 4\n"), ENV).await;
+    let H3Edge {
+        certs: _certs,
+        ca_file,
+        up: _up,
+        gw,
+    } = h3_edge("retry_above = 4\n").await;
     let conns = h3(
         gw.https,
         &ca_file,
@@ -601,5 +618,247 @@ async fn a_handshake_flood_gets_retries_and_every_client_is_served() {
         gw.metric("gateway_h3_handshakes_total{result=\"accepted\"}")
             .await,
         30.0
+    );
+}
+
+/// The upstream's log of `method path` for `path`.
+fn seen(up: &TestUpstream, method: &str, path: &str) -> usize {
+    up.seen
+        .log()
+        .iter()
+        .filter(|(_, m, p)| m == method && p == path)
+        .count()
+}
+
+/// 0-RTT on (`zero_rtt = true`): a resumed client's first flight carries a GET and a POST. The GET
+/// reaches the upstream before the handshake completes (the client holds its Finished until the test
+/// has seen it there), marked `Early-Data: 1`; the POST is held until the handshake completes, then
+/// served as a 1-RTT request, unmarked.
+#[tokio::test]
+async fn zero_rtt_forwards_safe_requests_marked_and_holds_the_others() {
+    let H3Edge {
+        certs: _certs,
+        ca_file,
+        up,
+        gw,
+    } = h3_edge("zero_rtt = true\n").await;
+    let go_on = gw.dir.path().join("go-on");
+    let client = h3_early_flight(
+        gw.https,
+        &ca_file,
+        &json!([
+            get("acme.aggios.test", "/early", &[("early-data", "0")]),
+            {"method": "POST", "authority": "acme.aggios.test", "path": "/write", "body": "x"},
+        ]),
+        &EarlyFlight {
+            ticket: true,
+            replays: 0,
+            late_replays: None,
+            hold_until: &go_on,
+            resume: true,
+        },
+    );
+    eventually("the early GET at the upstream", || async {
+        seen(&up, "GET", "/early") == 1
+    })
+    .await;
+    eventually("the early POST held", || async {
+        gw.metric("gateway_h3_early_data_requests_total{decision=\"held\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(
+        seen(&up, "POST", "/write"),
+        0,
+        "a POST went upstream before the handshake completed"
+    );
+    assert_eq!(
+        gw.metric("gateway_h3_handshakes_total{result=\"accepted\"}")
+            .await,
+        1.0,
+        "only the ticket's connection has completed its handshake"
+    );
+    std::fs::write(&go_on, b"").expect("go on");
+    let report = client.await.expect("client task");
+    assert_eq!(report["early_data_accepted"], true, "{report}");
+    assert_eq!(report["ticket_early_data"], u32::MAX, "{report}");
+    let r = report["results"].as_array().expect("results");
+    assert_eq!(r[0]["status"], 200, "{report}");
+    assert_eq!(
+        echo(&r[0])["headers"]["early-data"],
+        json!(["1"]),
+        "the GET forwarded in early data, marked (the client's own value replaced)"
+    );
+    assert_eq!(r[1]["status"], 200, "{report}");
+    let post = echo(&r[1]);
+    assert!(
+        post["headers"].get("early-data").is_none(),
+        "the held POST went as a 1-RTT request: {post}"
+    );
+    assert_eq!(seen(&up, "POST", "/write"), 1);
+    for (decision, n) in [("forwarded", 1.0), ("held", 1.0), ("dropped", 0.0)] {
+        assert_eq!(
+            gw.metric(&format!(
+                "gateway_h3_early_data_requests_total{{decision=\"{decision}\"}}"
+            ))
+            .await,
+            n,
+            "{decision}"
+        );
+    }
+}
+
+/// A captured first flight replayed, once while the original handshake is in progress (same
+/// connection IDs: quinn keeps it to the original connection, whose address it is not) and once after
+/// the original connection is gone (a new connection): the GET went upstream once (0-RTT's accepted
+/// risk, marked `Early-Data: 1`) and never again — the first use took the ticket, so the late replay
+/// gets a full handshake without early data; the POST, held for a handshake that never completes, is
+/// dropped unseen. Every stalled handshake ends at `handshake_timeout` (the idle timeout is far
+/// longer), and no socket was sent more than QUIC's anti-amplification limit allows before the
+/// gateway gave up on it (RFC 9000 §8.1, see [`amplification_bound`]).
+#[tokio::test]
+async fn a_replayed_first_flight_reaches_no_upstream_and_stalled_handshakes_end() {
+    let H3Edge {
+        certs: _certs,
+        ca_file,
+        up,
+        gw,
+    } = h3_edge("zero_rtt = true\nhandshake_timeout = \"2s\"\nidle_timeout = \"5m\"\n").await;
+    let give_up = gw.dir.path().join("give-up");
+    let replay_now = gw.dir.path().join("replay-now");
+    let client = h3_early_flight(
+        gw.https,
+        &ca_file,
+        &json!([
+            get("acme.aggios.test", "/read", &[]),
+            {"method": "POST", "authority": "acme.aggios.test", "path": "/transfer", "body": "x"},
+        ]),
+        &EarlyFlight {
+            ticket: true,
+            replays: 1,
+            late_replays: Some((1, &replay_now)),
+            hold_until: &give_up,
+            resume: false,
+        },
+    );
+    eventually("the original handshake timed out", || async {
+        gw.metric("gateway_h3_handshakes_total{result=\"timeout\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(seen(&up, "GET", "/read"), 1, "the original's early GET");
+    assert_eq!(
+        gw.metric("gateway_h3_early_data_requests_total{decision=\"dropped\"}")
+            .await,
+        1.0,
+        "the held POST dropped with its connection"
+    );
+    std::fs::write(&replay_now, b"").expect("replay");
+    eventually("the late replay's handshake timed out", || async {
+        gw.metric("gateway_h3_handshakes_total{result=\"timeout\"}")
+            .await
+            == 2.0
+    })
+    .await;
+    std::fs::write(&give_up, b"").expect("give up");
+    let report = client.await.expect("client task");
+    assert_eq!(seen(&up, "GET", "/read"), 1, "{:?}", up.seen.log());
+    assert_eq!(seen(&up, "POST", "/transfer"), 0, "{:?}", up.seen.log());
+    assert_eq!(
+        gw.metric("gateway_h3_early_data_requests_total{decision=\"forwarded\"}")
+            .await,
+        1.0,
+        "a replay's early data was accepted"
+    );
+    assert_eq!(gw.metric("gateway_h3_connections_active").await, 0.0);
+    assert_eq!(
+        gw.metric("gateway_h3_handshakes_total{result=\"accepted\"}")
+            .await,
+        1.0,
+        "only the ticket's connection completed"
+    );
+    for name in ["original", "replay1", "late_replay1"] {
+        let (sent, received) = answered(&report, name, 1.9);
+        if name != "replay1" {
+            assert!(received > 0, "{name} got no answer: {report}");
+        }
+        assert!(
+            received <= amplification_bound(sent),
+            "{name}: the gateway sent {received} bytes to an unproven address that sent {sent}: {report}"
+        );
+    }
+}
+
+/// What socket `name` of an `early.py` report sent from the flight the gateway answered on (a replay
+/// sent while the gateway still knew its connection IDs was ignored), and the bytes it was sent before
+/// `deadline` (seconds after that flight; later come the closing packets of a connection given up at
+/// the handshake deadline, which the amplification limit leaves out).
+fn answered(report: &Value, name: &str, deadline: f64) -> (u64, u64) {
+    let s = &report["sockets"][name];
+    let sent = s["answered_sent"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{report}"));
+    let received = s["datagrams"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{report}"))
+        .iter()
+        .filter(|d| d[1].as_f64().is_some_and(|t| t < deadline))
+        .filter_map(|d| d[0].as_u64())
+        .sum();
+    (sent, received)
+}
+
+/// QUIC's anti-amplification limit as quinn applies it: three times what the address sent, where the
+/// last datagram may start within the budget and be full-sized (1 200 bytes before the path MTU is
+/// known; quinn-rs/quinn#1082). So up to 3× + 1 199 bytes: 3.99× for a client's 1 200-byte Initial.
+fn amplification_bound(sent: u64) -> u64 {
+    3 * sent + 1199
+}
+
+/// 0-RTT off (the default): a client that sends its first flight and goes silent is dropped at
+/// `handshake_timeout`, not at the idle timeout, and is sent no more than the anti-amplification limit
+/// allows (see [`amplification_bound`]).
+#[tokio::test]
+async fn a_stalled_handshake_ends_at_its_deadline() {
+    let H3Edge {
+        certs: _certs,
+        ca_file,
+        up,
+        gw,
+    } = h3_edge("handshake_timeout = \"2s\"\nidle_timeout = \"5m\"\n").await;
+    let give_up = gw.dir.path().join("give-up");
+    let client = h3_early_flight(
+        gw.https,
+        &ca_file,
+        &json!([get("acme.aggios.test", "/never", &[])]),
+        &EarlyFlight {
+            ticket: false,
+            replays: 0,
+            late_replays: None,
+            hold_until: &give_up,
+            resume: false,
+        },
+    );
+    eventually("the stalled handshake timed out", || async {
+        gw.metric("gateway_h3_handshakes_total{result=\"timeout\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    std::fs::write(&give_up, b"").expect("give up");
+    let report = client.await.expect("client task");
+    let (sent, received) = answered(&report, "original", 1.9);
+    assert!(received > 0, "no answer: {report}");
+    assert!(
+        received <= amplification_bound(sent),
+        "sent {received} for {sent}: {report}"
+    );
+    assert_eq!(up.hits.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        gw.metric("gateway_h3_handshakes_total{result=\"accepted\"}")
+            .await,
+        0.0
     );
 }

@@ -766,22 +766,23 @@ fn h3_python() -> String {
     std::env::var("H3_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// Sends `requests` over `connections` QUIC connections at once (each sends them all, in order) with
-/// a real HTTP/3 client (Python aioquic, `tests/h3/client.py`), for SNI `server_name`, trusting the
-/// PEM CA file `ca`; returns the client's report, one entry per connection.
-pub async fn h3_requests(
-    port: u16,
-    server_name: &str,
-    ca: &std::path::Path,
-    requests: &serde_json::Value,
-    connections: usize,
-) -> Vec<serde_json::Value> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h3/client.py");
-    let mut child = tokio::process::Command::new(h3_python())
-        .arg(script)
-        .args([&port.to_string(), server_name])
-        .arg(ca)
-        .args(["--connections", &connections.to_string()])
+/// A command running `tests/h3/{script}` with the aioquic interpreter.
+fn h3_script(script: &str) -> tokio::process::Command {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/h3")
+        .join(script);
+    let mut cmd = tokio::process::Command::new(h3_python());
+    cmd.arg(path);
+    cmd
+}
+
+/// Runs an HTTP/3 test client with `input` on its stdin; its one JSON report, within `limit`.
+async fn run_h3_script(
+    mut cmd: tokio::process::Command,
+    input: String,
+    limit: Duration,
+) -> serde_json::Value {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -792,23 +793,79 @@ pub async fn h3_requests(
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().expect("stdin");
         stdin
-            .write_all(requests.to_string().as_bytes())
+            .write_all(input.as_bytes())
             .await
             .expect("write requests");
     }
-    let out = tokio::time::timeout(DEADLINE * 2, child.wait_with_output())
+    let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .expect("the HTTP/3 client did not end")
         .expect("HTTP/3 client output");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(
             "HTTP/3 client: {e}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         )
-    });
+    })
+}
+
+/// Sends `requests` over `connections` QUIC connections at once (each sends them all, in order) with
+/// a real HTTP/3 client (Python aioquic, `tests/h3/client.py`), for SNI `server_name`, trusting the
+/// PEM CA file `ca`; returns the client's report, one entry per connection.
+pub async fn h3_requests(
+    port: u16,
+    server_name: &str,
+    ca: &std::path::Path,
+    requests: &serde_json::Value,
+    connections: usize,
+) -> Vec<serde_json::Value> {
+    let mut cmd = h3_script("client.py");
+    cmd.args([&port.to_string(), server_name])
+        .arg(ca)
+        .args(["--connections", &connections.to_string()]);
+    let report = run_h3_script(cmd, requests.to_string(), DEADLINE * 2).await;
     report["connections"]
         .as_array()
         .expect("connections")
         .clone()
+}
+
+/// What `tests/h3/early.py` is asked to do: resume with a session ticket (0-RTT when the ticket
+/// allows it), replay its first flight from other sockets, and hold every answer until `hold_until`
+/// exists (then finish the handshake with `resume`, or give up).
+pub struct EarlyFlight<'a> {
+    pub ticket: bool,
+    /// Replays sent once the server has answered the original flight.
+    pub replays: usize,
+    /// Replays sent once `replay_after` exists.
+    pub late_replays: Option<(usize, &'a std::path::Path)>,
+    pub hold_until: &'a std::path::Path,
+    pub resume: bool,
+}
+
+/// Runs `tests/h3/early.py` (see [`EarlyFlight`]) for `acme.aggios.test` with `requests`; returns its
+/// report once it ends (the caller creates `hold_until` meanwhile).
+pub fn h3_early_flight(
+    port: u16,
+    ca: &std::path::Path,
+    requests: &serde_json::Value,
+    flight: &EarlyFlight<'_>,
+) -> tokio::task::JoinHandle<serde_json::Value> {
+    let mut cmd = h3_script("early.py");
+    cmd.args([&port.to_string(), "acme.aggios.test"])
+        .arg(ca)
+        .arg("--hold-until")
+        .arg(flight.hold_until)
+        .args(["--replays", &flight.replays.to_string()])
+        .args(["--then", if flight.resume { "resume" } else { "exit" }]);
+    if flight.ticket {
+        cmd.arg("--ticket");
+    }
+    if let Some((n, after)) = flight.late_replays {
+        cmd.args(["--late-replays", &n.to_string()])
+            .arg("--replay-after")
+            .arg(after);
+    }
+    tokio::spawn(run_h3_script(cmd, requests.to_string(), DEADLINE * 4))
 }
