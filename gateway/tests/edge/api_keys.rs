@@ -13,12 +13,12 @@ fn token_of(tenant: &str) -> String {
     Token::new(SECRET, tenant).user("u-1").bearer()
 }
 
-struct Key {
-    full: String,
-    prefix: String,
+pub(crate) struct Key {
+    pub full: String,
+    pub prefix: String,
 }
 
-fn new_key() -> Key {
+pub(crate) fn new_key() -> Key {
     let hex = |n: usize| -> String {
         (0..n)
             .map(|_| format!("{:x}", fastrand::u8(0..16)))
@@ -44,7 +44,13 @@ fn record(k: &Key, tenant: &str, scopes: &[&str], expires_at: Option<i64>) -> St
 }
 
 /// The backend's lookup answers `k` as a key of `tenant` with `scopes`.
-fn publish(lookup: &DocServer, k: &Key, tenant: &str, scopes: &[&str], expires_at: Option<i64>) {
+pub(crate) fn publish(
+    lookup: &DocServer,
+    k: &Key,
+    tenant: &str,
+    scopes: &[&str],
+    expires_at: Option<i64>,
+) {
     lookup.set(
         &format!("/internal/api-keys/{}", k.prefix),
         200,

@@ -35,19 +35,17 @@ fn echo(result: &Value) -> Value {
     serde_json::from_str(result["body"].as_str().expect("body")).expect("the upstream's echo")
 }
 
+/// `*.aggios.test` tenants, the dev certificate from `certs`, and HTTP/3 with the `[h3]` lines `h3`.
+fn tenants_over_h3(certs: &std::path::Path, h3: &str) -> String {
+    format!(
+        "[tenancy]\nbase_domains = [\"aggios.test\"]\nreserved = [\"api\"]\n\n[tls]\n[[tls.certificates]]\ncert = \"{dir}/dev.crt\"\nkey = \"{dir}/dev.key\"\n\n[h3]\n{h3}\n",
+        dir = certs.display()
+    )
+}
+
 fn config(up: &TestUpstream, certs: &std::path::Path, h3: &str) -> String {
     format!(
-        r#"[tenancy]
-base_domains = ["aggios.test"]
-reserved = ["api"]
-
-[tls]
-[[tls.certificates]]
-cert = "{dir}/dev.crt"
-key = "{dir}/dev.key"
-
-[h3]
-{h3}
+        r#"{head}
 
 [auth.jwt]
 secret_env = "GW_SECRET"
@@ -74,7 +72,7 @@ name = "public"
 hosts = ["*.aggios.test"]
 upstream = "u"
 "#,
-        dir = certs.display(),
+        head = tenants_over_h3(certs, h3),
         up = upstream_toml("u", &[up], "")
     )
 }
@@ -860,5 +858,238 @@ async fn a_stalled_handshake_ends_at_its_deadline() {
         gw.metric("gateway_h3_handshakes_total{result=\"accepted\"}")
             .await,
         0.0
+    );
+}
+
+/// The rest of the edge's checks over HTTP/3, each decided by the same phases as over TCP: API keys
+/// (verified, bound to the host's tenant, unknown ones refused), JWT revocation (Redis denylist), head
+/// limits (a 40 KiB field, 150 fields: the edge's JSON 431), a canary pinned by its header, retries
+/// of idempotent requests with their body (the HTTP/3 session's retry buffer), the trace context and
+/// request id, and the per-tenant figures. Refusals never reach an upstream.
+#[tokio::test]
+async fn http3_gets_api_keys_revocation_head_limits_canary_retries_tracing_and_tenant_figures() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &["*.aggios.test"]);
+    let ca_file = certs.path().join("dev-ca.crt");
+    let (up, canary, good) = (
+        TestUpstream::start("u"),
+        TestUpstream::start("canary"),
+        TestUpstream::start("good"),
+    );
+    let (reset, resets) = resetting_server();
+    let lookup = DocServer::start().await;
+    let body = format!(
+        r#"{head}
+[forwarding]
+trusted_proxies = ["127.0.0.1"]
+
+[tenant_stats]
+top_k = 3
+interval = "200ms"
+
+[auth.jwt]
+secret_env = "GW_SECRET"
+
+[auth.api_keys]
+lookup_url = "http://{lookup}/internal/api-keys/{{prefix}}"
+
+[redis]
+url_env = "GW_REDIS"
+timeout = "500ms"
+revocation_cache = "200ms"
+
+{u}{c}
+[[upstreams]]
+name = "flaky"
+servers = ["{reset}", "{good}"]
+max_tries = 2
+
+[[routes]]
+name = "keys"
+hosts = ["*.aggios.test"]
+path_prefix = "/keys"
+auth = "api_key"
+scopes = ["files:read"]
+upstream = "u"
+
+[[routes]]
+name = "token"
+hosts = ["*.aggios.test"]
+path_prefix = "/token"
+auth = "jwt_tenant"
+upstream = "u"
+
+[[routes]]
+name = "release"
+hosts = ["*.aggios.test"]
+path_prefix = "/release"
+upstream = "u"
+canary = {{ upstream = "canary", weight = 0, header = "x-canary", force_at_zero = true }}
+
+[[routes]]
+name = "flaky"
+hosts = ["*.aggios.test"]
+path_prefix = "/flaky"
+upstream = "flaky"
+
+[[routes]]
+name = "open"
+hosts = ["*.aggios.test"]
+upstream = "u"
+"#,
+        head = tenants_over_h3(certs.path(), ""),
+        lookup = lookup.addr,
+        u = upstream_toml("u", &[&up], ""),
+        c = upstream_toml("canary", &[&canary], ""),
+        good = good.addr,
+    );
+    let redis = redis_url();
+    let gw = Gateway::start_with_env(&body, &[("GW_SECRET", SECRET), ("GW_REDIS", &redis)]).await;
+    let (key, other_tenants, unknown) = (
+        crate::api_keys::new_key(),
+        crate::api_keys::new_key(),
+        crate::api_keys::new_key(),
+    );
+    crate::api_keys::publish(&lookup, &key, "acme", &["files:read"], None);
+    crate::api_keys::publish(&lookup, &other_tenants, "globex", &["files:read"], None);
+    let jti = format!("h3-{}", fastrand::u64(..));
+    let token = Token::new(SECRET, "acme").user("u-1").jti(&jti).bearer();
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let big = "a".repeat(40 * 1024);
+    let many: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("x-field-{i}"), "v".into()))
+        .collect();
+    let mut requests = vec![
+        get(
+            "acme.aggios.test",
+            "/keys/a",
+            &[("x-api-key", &key.full), ("x-tenant-id", "globex")],
+        ),
+        get(
+            "acme.aggios.test",
+            "/keys/a",
+            &[("x-api-key", &other_tenants.full)],
+        ),
+        get(
+            "acme.aggios.test",
+            "/keys/a",
+            &[("x-api-key", &unknown.full)],
+        ),
+        get("acme.aggios.test", "/token/a", &[("authorization", &token)]),
+        get("acme.aggios.test", "/big", &[("x-big", &big)]),
+        json!({"method": "GET", "authority": "acme.aggios.test", "path": "/many", "headers": many}),
+        get("acme.aggios.test", "/release/a", &[]),
+        get("acme.aggios.test", "/release/a", &[("x-canary", "canary")]),
+        get(
+            "acme.aggios.test",
+            "/open/t",
+            &[("traceparent", trace), ("x-request-id", "req-h3.1")],
+        ),
+    ];
+    let puts = 6;
+    for i in 0..puts {
+        requests.push(json!({"method": "PUT", "authority": "acme.aggios.test",
+            "path": format!("/flaky/{i}"), "body": format!("payload-{i}")}));
+    }
+    for i in 0..3 {
+        requests.push(get("fig.aggios.test", &format!("/open/{i}"), &[]));
+    }
+    let conns = h3(gw.https, &ca_file, &json!(requests), 1).await;
+    let r = results(&conns[0]);
+    let code = |r: &Value| -> (u64, String) {
+        let body: Value =
+            serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+        (
+            r["status"].as_u64().unwrap_or(0),
+            body["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    };
+
+    // API keys: the tenant from the key (the spoofed header replaced), another tenant's key and an
+    // unknown key refused.
+    assert_eq!(r[0]["status"], 200, "{}", r[0]);
+    let seen = echo(&r[0]);
+    assert_eq!(seen["headers"]["x-tenant-id"], json!(["acme"]), "{seen}");
+    assert_eq!(seen["headers"]["x-user-role"], json!(["api_key"]), "{seen}");
+    assert_eq!(code(&r[1]), (403, "tenant_mismatch".into()), "{}", r[1]);
+    assert_eq!(code(&r[2]), (401, "invalid_api_key".into()), "{}", r[2]);
+    assert_eq!(r[3]["status"], 200, "{}", r[3]);
+    // Head limits: the edge's JSON 431.
+    for (i, what) in [(4, "one 40 KiB field"), (5, "150 fields")] {
+        let (status, code) = code(&r[i]);
+        assert_eq!(status, 431, "{what}: {}", r[i]);
+        assert!(!code.is_empty(), "{what}: not the edge's JSON: {}", r[i]);
+    }
+    // Canary: weight 0 is all stable; the header (from a trusted proxy, `force_at_zero`) pins the
+    // canary.
+    assert_eq!(r[6]["headers"]["x-upstream"], json!(["u"]), "{}", r[6]);
+    assert_eq!(r[7]["headers"]["x-upstream"], json!(["canary"]), "{}", r[7]);
+    assert_eq!(canary.hits(), 1);
+    // The trace context and a well-formed request id, end to end.
+    let seen = echo(&r[8]);
+    assert_eq!(seen["headers"]["traceparent"], json!([trace]), "{seen}");
+    assert_eq!(
+        seen["headers"]["x-request-id"],
+        json!(["req-h3.1"]),
+        "{seen}"
+    );
+    assert_eq!(
+        r[8]["headers"]["x-request-id"],
+        json!(["req-h3.1"]),
+        "{}",
+        r[8]
+    );
+    // Retries: every PUT answered by the good server with its whole body, some after the resetting
+    // one took the first try (the body replayed from the session's retry buffer).
+    for i in 0..puts {
+        let r = &r[9 + i];
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(r["headers"]["x-upstream"], json!(["good"]), "{r}");
+        assert_eq!(echo(r)["body_len"], format!("payload-{i}").len(), "{r}");
+    }
+    assert!(
+        resets.load(Ordering::SeqCst) >= 1,
+        "the resetting server never took a first try"
+    );
+    assert_eq!(good.hits(), puts);
+    // Nothing refused reached the upstream: the key, the token, the stable side, the trace request
+    // and the three of the other tenant.
+    assert_eq!(up.hits(), 4 + 3, "{:?}", up.seen.log());
+    // Per-tenant figures count HTTP/3 requests.
+    eventually("fig's three requests in the tenant figures", || async {
+        gw.metric("gateway_tenant_requests_total{tenant=\"fig\"}")
+            .await
+            == 3.0
+    })
+    .await;
+
+    // Revocation: the token's jti on the denylist is refused over HTTP/3, unseen by the upstream.
+    deny_jti(&redis, &jti).await;
+    let with_token = || async {
+        let conns = h3(
+            gw.https,
+            &ca_file,
+            &json!([get(
+                "acme.aggios.test",
+                "/token/a",
+                &[("authorization", &token)]
+            )]),
+            1,
+        )
+        .await;
+        code(&results(&conns[0])[0])
+    };
+    let hits = up.hits();
+    eventually("the revoked token refused over HTTP/3", || async {
+        with_token().await == (401, "token_revoked".into())
+    })
+    .await;
+    // The requests before the denylist entry was seen (within revocation_cache) went through.
+    let before_seen = up.hits() - hits;
+    assert_eq!(with_token().await, (401, "token_revoked".into()));
+    assert_eq!(
+        up.hits() - hits,
+        before_seen,
+        "a revoked token reached the upstream"
     );
 }

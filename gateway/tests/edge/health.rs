@@ -158,27 +158,6 @@ upstream = "dead"
     assert!(body.contains("sick"), "{body}");
 }
 
-/// A server that reads the request and closes the connection without answering.
-fn resetting_server() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::io::Read;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            drop(stream);
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test]
 async fn reset_before_any_response_byte_is_retried_for_idempotent_methods_only() {
     let good = TestUpstream::start("good");

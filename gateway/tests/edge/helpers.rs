@@ -1314,3 +1314,43 @@ pub fn listening_sockets(port: u16) -> std::collections::BTreeSet<u64> {
         })
         .collect()
 }
+
+/// A server that reads the request and closes the connection without answering.
+pub fn resetting_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            drop(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+/// Puts token id `jti` on the backend's Redis denylist (as a logout does) for a minute; its key.
+pub async fn deny_jti(redis_url: &str, jti: &str) -> String {
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = format!("aggios:denylist:jti:{jti}");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(1)
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    key
+}

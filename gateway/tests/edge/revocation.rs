@@ -54,20 +54,7 @@ async fn a_revoked_jti_is_refused() {
         200
     );
 
-    let client = redis::Client::open(url.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let key = format!("aggios:denylist:jti:{jti}");
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(1)
-        .arg("EX")
-        .arg(60)
-        .query_async(&mut conn)
-        .await
-        .expect("set");
+    let key = deny_jti(&url, &jti).await;
     eventually("revoked token refused", || async {
         let r = gw
             .get_with("acme.aggios.app", "/open/x", &[("authorization", &auth)])
@@ -89,6 +76,11 @@ async fn a_revoked_jti_is_refused() {
         hits_after_refusal,
         "refused requests reached the upstream"
     );
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
     let _: () = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut conn)
