@@ -103,8 +103,8 @@ ensure_s3s_fs() {
 # Python tools the tests call, in a venv of their own: kubernetes-validate (offline schema checks of
 # compose/kubernetes/) and Authlib with requests (the third party of the OAuth2 tests: a real OAuth2
 # client library), grpcio (a real gRPC client and server for the gateway's gRPC tests), aioquic (a real
-# HTTP/3 client for the gateway's QUIC entrypoint). Exports KUBERNETES_VALIDATE, OAUTH_PYTHON,
-# GRPC_PYTHON and H3_PYTHON.
+# HTTP/3 client for the gateway's QUIC entrypoint), h2 with hpack (the HTTP/2 frame-level conformance
+# suite's encoder). Exports KUBERNETES_VALIDATE, OAUTH_PYTHON, GRPC_PYTHON, H3_PYTHON and H2_PYTHON.
 ensure_py_tools() {
   local venv="$HOME/.cache/aggios-edge/tools"
   if [ ! -x "$venv/bin/python" ]; then
@@ -127,10 +127,15 @@ ensure_py_tools() {
     log "pip install aioquic (into $venv)"
     "$venv/bin/pip" install -q aioquic==1.7.2
   fi
+  if ! "$venv/bin/python" -c 'import hpack, h2' 2>/dev/null; then
+    log "pip install h2 (into $venv)"
+    "$venv/bin/pip" install -q h2==4.3.0
+  fi
   export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
   export OAUTH_PYTHON="$venv/bin/python"
   export GRPC_PYTHON="$venv/bin/python"
   export H3_PYTHON="$venv/bin/python"
+  export H2_PYTHON="$venv/bin/python"
 }
 
 # The dashboard page's browser test: Debian's chromium driven by playwright-core (npm, pinned by

@@ -16,6 +16,7 @@ mod faults;
 mod forwarding;
 mod gcra_script;
 mod grpc;
+mod h2_conformance;
 mod h3;
 mod health;
 mod helpers;
