@@ -138,6 +138,19 @@ ensure_py_tools() {
   export H2_PYTHON="$venv/bin/python"
 }
 
+# The TLS configuration scan (gateway/tests/edge/tls_scan.rs): sslyze from PyPI in a venv of its own
+# (it pins a cryptography release older than the tools venv's). Exports SSLYZE.
+ensure_tls_scanner() {
+  local venv="$HOME/.cache/aggios-edge/sslyze"
+  if [ ! -x "$venv/bin/sslyze" ]; then
+    command -v python3 >/dev/null || ensure_debs python3
+    python3 -m venv "$venv" 2>/dev/null || { ensure_debs python3-venv; python3 -m venv "$venv"; }
+    log "pip install sslyze (into $venv)"
+    "$venv/bin/pip" install -q sslyze==6.3.1
+  fi
+  export SSLYZE="$venv/bin/sslyze"
+}
+
 # The dashboard page's browser test: Debian's chromium driven by playwright-core (npm, pinned by
 # gateway/tests/dashboard/package-lock.json) installed outside the clone. Exports DASHBOARD_NODE_MODULES.
 ensure_browser_tools() {

@@ -30,6 +30,8 @@ ensure_s3s_fs
 # Deployment files are checked offline: Kubernetes manifests against the API schemas (kubernetes-validate),
 # Postgres backups restored into a throw-away cluster (the PG_BIN_DIR tools).
 ensure_py_tools
+# The https entrypoint's TLS configuration is scanned (sslyze).
+ensure_tls_scanner
 # The admin dashboard page is tested in a real browser (gateway/tests/edge/dashboard.rs).
 ensure_browser_tools
 export PG_BIN_DIR="$(pg_bin_dir)"

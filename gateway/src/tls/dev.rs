@@ -42,6 +42,8 @@ const CA_CERT: &str = "dev-ca.crt";
 const CA_KEY: &str = "dev-ca.key";
 const LEAF_CERT: &str = "dev.crt";
 const LEAF_KEY: &str = "dev.key";
+/// How long a development leaf is valid.
+pub const DEV_LEAF_DAYS: i64 = 200;
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), DevError> {
     crate::support::fs::write_atomic(path, contents.as_bytes(), private).map_err(DevError::Write)
@@ -106,8 +108,9 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<DevCerts, DevError> {
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = now - TimeDuration::hours(1);
-    // Browsers refuse leaf certificates valid for more than 398 days.
-    params.not_after = now + TimeDuration::days(397);
+    // The CA/Browser Forum's maximum for public certificates since March 2026 (200 days); Mozilla's
+    // "intermediate" profile wants under 366 (a TLS scan checks it, tests/edge/tls_scan.rs).
+    params.not_after = now + TimeDuration::days(DEV_LEAF_DAYS);
     let cert = params.signed_by(&key, &issuer)?;
     let cert_path = dir.join(LEAF_CERT);
     let key_path = dir.join(LEAF_KEY);

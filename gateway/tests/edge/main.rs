@@ -39,6 +39,7 @@ mod tenants;
 mod threads;
 mod tls;
 mod tls_helpers;
+mod tls_scan;
 mod upgrade;
 mod upgrade_socket;
 mod upstream_tls;
