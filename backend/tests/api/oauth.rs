@@ -1110,18 +1110,36 @@ upstream = "backend"
         (403, Some("insufficient_scope")),
         "{body}"
     );
-    let files_requests = || async {
-        let (_, bytes, _) = app
-            .call_raw("GET", "/metrics", HOST, None, "", Bytes::new())
-            .await;
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| {
-                l.starts_with("backend_http_requests_total{") && l.contains("route=\"files\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
+    // Requests of the files route the backend has counted (with `status`, those answered so).
+    let files_requests_with = |status: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let (_, bytes, _) = app
+                .call_raw("GET", "/metrics", HOST, None, "", Bytes::new())
+                .await;
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| {
+                    l.starts_with("backend_http_requests_total{")
+                        && l.contains("route=\"files\"")
+                        && status.is_none_or(|s| l.contains(&format!("status=\"{s}\"")))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        }
     };
+    let files_requests = || files_requests_with(None);
+    // The backend counts a request once its answer is written, which can be after the client read
+    // it: wait until the 200 that ended the loop above is counted (the only 200 of the files route
+    // so far; the loop's earlier answers were written 200 ms or more before it).
+    let counted_by = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while files_requests_with(Some("200")).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < counted_by,
+            "the loop's 200 never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let before = files_requests().await;
     let (status, body) = get_at_edge(&gw, "globex.aggios.app", "/api/files", &t1).await;
     assert_eq!(
