@@ -104,7 +104,8 @@ ensure_s3s_fs() {
 # compose/kubernetes/) and Authlib with requests (the third party of the OAuth2 tests: a real OAuth2
 # client library), grpcio (a real gRPC client and server for the gateway's gRPC tests), aioquic (a real
 # HTTP/3 client for the gateway's QUIC entrypoint), h2 with hpack (the HTTP/2 frame-level conformance
-# suite's encoder). Exports KUBERNETES_VALIDATE, OAUTH_PYTHON, GRPC_PYTHON, H3_PYTHON and H2_PYTHON.
+# suite's encoder), h11 (the independent HTTP/1 parser of the differential test). Exports
+# KUBERNETES_VALIDATE, OAUTH_PYTHON, GRPC_PYTHON, H3_PYTHON, H2_PYTHON and H1_PYTHON.
 ensure_py_tools() {
   local venv="$HOME/.cache/aggios-edge/tools"
   if [ ! -x "$venv/bin/python" ]; then
@@ -127,15 +128,16 @@ ensure_py_tools() {
     log "pip install aioquic (into $venv)"
     "$venv/bin/pip" install -q aioquic==1.7.2
   fi
-  if ! "$venv/bin/python" -c 'import hpack, h2' 2>/dev/null; then
-    log "pip install h2 (into $venv)"
-    "$venv/bin/pip" install -q h2==4.3.0
+  if ! "$venv/bin/python" -c 'import hpack, h2, h11' 2>/dev/null; then
+    log "pip install h2 h11 (into $venv)"
+    "$venv/bin/pip" install -q h2==4.3.0 h11==0.16.0
   fi
   export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
   export OAUTH_PYTHON="$venv/bin/python"
   export GRPC_PYTHON="$venv/bin/python"
   export H3_PYTHON="$venv/bin/python"
   export H2_PYTHON="$venv/bin/python"
+  export H1_PYTHON="$venv/bin/python"
 }
 
 # The TLS configuration scan (gateway/tests/edge/tls_scan.rs): sslyze from PyPI in a venv of its own

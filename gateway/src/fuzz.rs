@@ -258,6 +258,19 @@ fn reference_route(
     best.map(|(_, i, t)| (i, t))
 }
 
+/// What the strict HTTP/1 head check (the fuzz target's limits) makes of `data`: `None` when it
+/// refuses the head, else its framing (the Content-Length, chunked). For the differential test against
+/// an independent parser (`tests/head_differential.rs`, Python's h11).
+pub fn http_head_framing(data: &[u8]) -> Option<(Option<u64>, bool)> {
+    let limits = guard::HeadLimits {
+        max_header_bytes: 8192,
+        max_headers: 64,
+    };
+    guard::check_head(data, limits)
+        .ok()
+        .map(|f| (f.content_length, f.chunked))
+}
+
 /// The strict HTTP/1 head check: when it accepts a head that httparse also parses, both agree on the
 /// framing (one Host, the Content-Length value, chunked or not), so the edge and Pingora read one request.
 pub fn http_head(data: &[u8]) {

@@ -91,6 +91,14 @@ pub fn check_head(raw: &[u8], limits: HeadLimits) -> Result<HeadFacts, EdgeError
             {
                 return Err(EdgeError::Malformed("invalid request line"));
             }
+            // RFC 9112 §3.2: a request-target is visible ASCII (anything else percent-encoded).
+            // Found by the differential test against h11: raw bytes above 0x7F passed the edge (and
+            // httparse) and reached upstreams, each of which may read them its own way.
+            if !target.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                return Err(EdgeError::Malformed(
+                    "request target with bytes other than visible ASCII",
+                ));
+            }
             match version {
                 b"HTTP/1.1" => version_11 = true,
                 b"HTTP/1.0" => version_11 = false,
@@ -314,6 +322,10 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            // Raw non-ASCII and control bytes in the request target (the differential test, h11).
+            "GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /\x16 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /a\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
             // A crash of the `http_head` fuzz target, kept: header lines after the empty line.
             "POST /x HTTP/1.1\r\nHost: a.t t-Length:54\r\n\r\nConnection: t-Length:54\r\n\r\n",
         ] {

@@ -33,6 +33,9 @@ async fn each_malformed_case_is_refused_and_closed() {
         ("absolute-form other host", "GET http://evil.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n".into(), 400),
         ("duplicate Host", "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n".into(), 400),
         ("no Host", "GET / HTTP/1.1\r\nX: y\r\n\r\n".into(), 400),
+        // Raw UTF-8 in the target: httparse lets it through; the edge's check refuses it (found by
+        // the differential test against h11, tests/head_differential.rs).
+        ("raw UTF-8 in the target", "GET /caf\u{e9} HTTP/1.1\r\nHost: a.test\r\n\r\n".into(), 400),
         ("too many headers", format!("GET / HTTP/1.1\r\nHost: a.test\r\n{many_headers}\r\n"), 431),
         ("oversize header section", format!("GET / HTTP/1.1\r\nHost: a.test\r\n{big_header}\r\n"), 431),
     ];
