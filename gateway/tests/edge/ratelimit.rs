@@ -186,12 +186,18 @@ async fn two_gateways_share_one_global_limit() {
     let g2 = Gateway::start_with_env(&body, &[("GW_REDIS", &url)]).await;
     let t = tenant();
     let allowed = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let run = Duration::from_secs(10);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for port in [g1.http, g2.http, g1.http, g2.http] {
-        let (allowed, errors, host) = (allowed.clone(), errors.clone(), format!("{t}.aggios.app"));
+        let (allowed, refused, errors, host) = (
+            allowed.clone(),
+            refused.clone(),
+            errors.clone(),
+            format!("{t}.aggios.app"),
+        );
         tasks.push(tokio::spawn(async move {
             let mut c = KeepAlive::connect(port).await;
             while start.elapsed() < run {
@@ -199,7 +205,9 @@ async fn two_gateways_share_one_global_limit() {
                     Some(200) => {
                         allowed.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(429) => {}
+                    Some(429) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                         c = KeepAlive::connect(port).await;
@@ -213,13 +221,23 @@ async fn two_gateways_share_one_global_limit() {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let allowed = allowed.load(Ordering::Relaxed) as f64;
-    // GCRA: the bucket's capacity at once, then the rate.
+    let asked = allowed + refused.load(Ordering::Relaxed) as f64;
+    // GCRA: the bucket's capacity at once, then the rate — never more, however the two gateways'
+    // requests interleave.
     let expected = 40.0 + 40.0 * elapsed;
     assert_eq!(errors.load(Ordering::Relaxed), 0, "no errors");
     assert!(
-        (allowed - expected).abs() <= expected * 0.05,
-        "allowed {allowed} across two gateways, expected {expected:.0} ± 5%"
+        allowed <= expected * 1.02,
+        "allowed {allowed} across two gateways, more than the limit's {expected:.0}"
     );
+    // And not less while the clients asked for far more (a loaded machine may ask for less: then
+    // the limit is not what bounds them, and only the ceiling above is checked).
+    if asked >= 2.0 * expected {
+        assert!(
+            allowed >= expected * 0.9,
+            "allowed {allowed} of {asked} asked, the limit gives {expected:.0}"
+        );
+    }
     let series = r#"gateway_ratelimit_decisions_total{decision="allowed",policy="per_tenant"}"#;
     let (a1, a2) = (g1.metric(series).await, g2.metric(series).await);
     assert!(a1 > 0.0 && a2 > 0.0, "both gateways served: {a1} {a2}");
