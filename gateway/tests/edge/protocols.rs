@@ -181,3 +181,155 @@ async fn http2_heads_meet_the_same_limits_as_http1() {
         .expect("request");
     assert_eq!(sender.send_request(ok).await.expect("h2").status(), 200);
 }
+
+/// #32 point 2: the edge checks an HTTP/1 request gets hold over HTTP/2 — h2c with prior knowledge on
+/// the plain port and h2 over TLS — each decided before the upstream: a rate limit (429 with
+/// `Retry-After`), a body limit (413), the head limits (431), a CORS preflight allowed and one
+/// refused. The upstream sees only what was let through.
+#[tokio::test]
+async fn every_edge_check_holds_over_h2c_and_h2() {
+    use crate::tls_helpers::{client_config, connect, dev_certs};
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = dev_certs(certs.path(), &["*.aggios.test"]);
+    let up = TestUpstream::start("u");
+    let gw = Gateway::start(&format!(
+        r#"[tls]
+[[tls.certificates]]
+cert = "{dir}/dev.crt"
+key = "{dir}/dev.key"
+
+[limits]
+max_headers = 50
+
+[rate_limits.per_ip]
+key = "client_ip"
+limit = 2
+period = "60s"
+scope = "local"
+
+{u}
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+rate_limits = ["per_ip"]
+upstream = "u"
+
+[[routes]]
+name = "small"
+path_prefix = "/small"
+max_body_bytes = 16
+upstream = "u"
+
+[[routes]]
+name = "cors"
+path_prefix = "/cors"
+cors = {{ origins = ["https://app.example.com"], methods = ["GET", "PUT"], headers = ["Authorization"] }}
+upstream = "u"
+"#,
+        dir = certs.path().display(),
+        u = upstream_toml("u", &[&up], ""),
+    ))
+    .await;
+    let request = |method: &str, path: &str, headers: &[(&str, &str)], body: &'static [u8]| {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("https://h2.aggios.test{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Full::new(Bytes::from_static(body)))
+            .expect("request")
+    };
+    for protocol in ["h2c", "h2"] {
+        let (mut sender, conn) = if protocol == "h2c" {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.http))
+                .await
+                .expect("connect");
+            let (s, c) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .expect("h2c handshake");
+            (s, tokio::spawn(async move { c.await.ok() }))
+        } else {
+            let tls = connect(gw.https, "h2.aggios.test", client_config(&ca, &[b"h2"]))
+                .await
+                .expect("TLS");
+            assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
+            let (s, c) = hyper::client::conn::http2::handshake(
+                TokioExecutor::new(),
+                TokioIo::new(tls.stream),
+            )
+            .await
+            .expect("h2 handshake");
+            (s, tokio::spawn(async move { c.await.ok() }))
+        };
+        let hits = up.hits();
+        let mut statuses = Vec::new();
+        let mut send = |req| {
+            let fut = sender.send_request(req);
+            async move {
+                let resp = fut.await.expect("an HTTP/2 answer");
+                let (parts, body) = resp.into_parts();
+                let body = body.collect().await.expect("body").to_bytes();
+                (parts, body)
+            }
+        };
+        // Rate limit: each protocol run has a budget of its own (the limit is per client address
+        // and both runs come from 127.0.0.1: the h2 run finds it spent).
+        for _ in 0..3 {
+            let (parts, _) = send(request("GET", "/limited", &[], b"")).await;
+            statuses.push(parts.status.as_u16());
+            if parts.status == 429 {
+                assert!(parts.headers.contains_key("retry-after"), "{protocol}");
+            }
+        }
+        // Body limit.
+        let (parts, body) = send(request("PUT", "/small", &[], b"0123456789abcdefXYZ")).await;
+        assert_eq!(parts.status, 413, "{protocol}: {body:?}");
+        // Head limits: more fields than max_headers.
+        let many: Vec<(String, String)> = (0..60)
+            .map(|i| (format!("x-f{i}"), "v".to_string()))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (parts, body) = send(request("GET", "/small", &many, b"")).await;
+        assert_eq!(parts.status, 431, "{protocol}: {body:?}");
+        // CORS preflights: an allowed origin gets the grant, another none.
+        let preflight = |origin: &'static str| {
+            request(
+                "OPTIONS",
+                "/cors/x",
+                &[("origin", origin), ("access-control-request-method", "PUT")],
+                b"",
+            )
+        };
+        let (parts, _) = send(preflight("https://app.example.com")).await;
+        assert_eq!(
+            parts
+                .headers
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok()),
+            Some("https://app.example.com"),
+            "{protocol}: {parts:?}"
+        );
+        let (parts, _) = send(preflight("https://evil.example")).await;
+        assert!(
+            parts.headers.get("access-control-allow-origin").is_none(),
+            "{protocol}: a foreign origin was granted: {parts:?}"
+        );
+        // What went through: only the requests under the rate limit.
+        let allowed = statuses.iter().filter(|s| **s == 200).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!(allowed + limited, 3, "{protocol}: {statuses:?}");
+        assert!(
+            limited >= 1,
+            "{protocol}: no 429 past the limit: {statuses:?}"
+        );
+        assert_eq!(
+            up.hits() - hits,
+            allowed,
+            "{protocol}: a refused request reached the upstream"
+        );
+        drop(sender);
+        conn.abort();
+    }
+}

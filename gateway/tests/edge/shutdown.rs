@@ -215,3 +215,22 @@ async fn a_second_sigterm_ends_the_shutdown_delay() {
     wait_exit(&mut gw, Duration::from_secs(60)).await;
     assert!(gw.stderr().contains("second SIGTERM"), "{}", gw.stderr());
 }
+
+/// An idle gateway leaves soon after SIGTERM: once nothing has been in flight for the drain's settle
+/// time (200 ms), not at the end of the grace (20 s here). The bound is the settle time plus what a
+/// loaded machine needs to close listeners and runtimes.
+#[tokio::test]
+async fn an_idle_gateway_exits_soon_after_sigterm() {
+    let up = TestUpstream::start("u");
+    let mut gw = Gateway::start(&config(&up, "20s")).await;
+    assert_eq!(gw.get("x.test", "/warm").await.status, 200);
+    let t0 = Instant::now();
+    gw.terminate();
+    wait_exit(&mut gw, Duration::from_secs(20)).await;
+    let took = t0.elapsed();
+    eprintln!("idle exit took {took:?}");
+    assert!(
+        took < Duration::from_millis(200) + Duration::from_secs(3),
+        "an idle gateway took {took:?} to exit after SIGTERM (settle 200 ms, grace 20 s)"
+    );
+}
