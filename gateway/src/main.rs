@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use gateway::config::{Config, LogFormat};
 
 // glibc malloc showed up as ~15 % of a request's CPU under load (Pingora allocates per request);
-// mimalloc's thread-local free lists make those allocations cheap.
+// mimalloc's thread-local free lists make those allocations cheap. The `system-alloc` feature keeps
+// the system allocator, for heap profilers that intercept malloc (heaptrack, massif: #31's attribution
+// of memory per idle connection, `loadtest/heap.sh`).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
