@@ -45,6 +45,16 @@ async fn websocket_echo_through_the_gateway() {
             .as_ref(),
         &[1u8, 2, 3]
     );
+    // A frame far larger than an upgraded connection's 16 KiB read buffers (vendored patch 0013),
+    // each way, whole.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.expect("send");
+    let reply = ws.next().await.expect("reply").expect("frame").into_data();
+    assert_eq!(reply.len(), big.len());
+    assert!(
+        reply.as_ref() == big.as_slice(),
+        "the large frame came back altered"
+    );
     ws.close(None).await.expect("close");
 }
 

@@ -29,6 +29,9 @@ use crate::utils::BufRef;
 
 // TODO: make this dynamically adjusted
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
+/// The read buffer of an upgraded connection's body (WebSocket frames, each way): a TLS record's
+/// size, not a bulk body's, since the buffer lives as long as the (mostly idle) connection.
+pub const UPGRADED_BODY_BUFFER_SIZE: usize = 1024 * 16;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2

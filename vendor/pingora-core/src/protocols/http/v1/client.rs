@@ -705,6 +705,7 @@ impl HttpSession {
             }
 
             if upgraded {
+                self.body_reader.body_buf_size = super::body::UPGRADED_BODY_BUFFER_SIZE;
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;
             } else if self.is_chunked_encoding() {

@@ -878,6 +878,9 @@ impl HttpSession {
                     // a peer discards any further data received.
                     // https://www.rfc-editor.org/rfc/rfc6455#section-1.4
                     self.upgraded = true;
+                    // Frames from here on, not a bulk body: a smaller read buffer (it lives as
+                    // long as the connection).
+                    self.body_reader.body_buf_size = super::body::UPGRADED_BODY_BUFFER_SIZE;
                     // Now that the upgrade was successful, we need to change
                     // how we interpret the rest of the body as pass-through.
                     if self.body_reader.need_init() {
