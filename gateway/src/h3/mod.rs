@@ -7,7 +7,7 @@
 //! connections per address and `[overload] max_connections` in all, a handshake deadline. Per
 //! connection: `max_streams` request streams at once, an idle timeout, and on shutdown a GOAWAY and
 //! the requests in progress finished. QUIC's anti-amplification limit (3× the bytes received from an
-//! unvalidated address, RFC 9000 §8.1) is quinn's own. 0-RTT is off unless `[h3] zero_rtt` (see
+//! unvalidated address, RFC 9000 §8.1) is quinn's, kept exactly by vendored patch 0014. 0-RTT is off unless `[h3] zero_rtt` (see
 //! [`early`] for what is then accepted in early data and how replays are refused).
 //!
 //! A name with no certificate yet (on-demand TLS) is refused at the QUIC handshake and issued on the

@@ -589,13 +589,15 @@ impl Connection {
 
                 // Anti-amplification is only based on `total_sent`, which gets
                 // updated at the end of this method. Therefore we pass the amount
-                // of bytes for datagrams that are already created, as well as 1 byte
-                // for starting another datagram. If there is any anti-amplification
-                // budget left, we always allow a full MTU to be sent
-                // (see https://github.com/quinn-rs/quinn/issues/1082)
+                // of bytes for datagrams that are already created, as well as a whole
+                // datagram for starting another one: RFC 9000 §8.1 allows no more than
+                // three times the bytes received, and the datagram may be filled up to
+                // `segment_size` (upstream allowed a full MTU as soon as 1 byte of budget
+                // was left, https://github.com/quinn-rs/quinn/issues/1082, overshooting
+                // the limit by up to a datagram). The peer's next datagram adds budget.
                 if self
                     .path
-                    .anti_amplification_blocked(segment_size as u64 * (num_datagrams as u64) + 1)
+                    .anti_amplification_blocked(segment_size as u64 * (num_datagrams as u64 + 1))
                 {
                     trace!("blocked by anti-amplification");
                     break;
