@@ -99,6 +99,12 @@ ensure_s3s_fs() {
   export S3S_FS_BIN="$HOME/.cargo/bin/s3s-fs"
 }
 
+# make_venv DIR — a Python venv at DIR (Debian's python3 and python3-venv installed when missing).
+make_venv() {
+  command -v python3 >/dev/null || ensure_debs python3
+  python3 -m venv "$1" 2>/dev/null || { ensure_debs python3-venv; python3 -m venv "$1"; }
+}
+
 # pg_bin_dir — the newest installed PostgreSQL server binaries (initdb, pg_ctl), for private clusters.
 # Python tools the tests call, in a venv of their own: kubernetes-validate (offline schema checks of
 # compose/kubernetes/) and Authlib with requests (the third party of the OAuth2 tests: a real OAuth2
@@ -108,10 +114,7 @@ ensure_s3s_fs() {
 # KUBERNETES_VALIDATE, OAUTH_PYTHON, GRPC_PYTHON, H3_PYTHON, H2_PYTHON and H1_PYTHON.
 ensure_py_tools() {
   local venv="$HOME/.cache/aggios-edge/tools"
-  if [ ! -x "$venv/bin/python" ]; then
-    command -v python3 >/dev/null || ensure_debs python3
-    python3 -m venv "$venv" 2>/dev/null || { ensure_debs python3-venv; python3 -m venv "$venv"; }
-  fi
+  [ -x "$venv/bin/python" ] || make_venv "$venv"
   if [ ! -x "$venv/bin/kubernetes-validate" ]; then
     log "pip install kubernetes-validate (into $venv)"
     "$venv/bin/pip" install -q kubernetes-validate==1.37.0
@@ -145,8 +148,7 @@ ensure_py_tools() {
 ensure_tls_scanner() {
   local venv="$HOME/.cache/aggios-edge/sslyze"
   if [ ! -x "$venv/bin/sslyze" ]; then
-    command -v python3 >/dev/null || ensure_debs python3
-    python3 -m venv "$venv" 2>/dev/null || { ensure_debs python3-venv; python3 -m venv "$venv"; }
+    make_venv "$venv"
     log "pip install sslyze (into $venv)"
     "$venv/bin/pip" install -q sslyze==6.3.1
   fi

@@ -112,12 +112,9 @@ impl SingleUseTickets {
         (now.duration_since(*issued) <= self.window).then(|| value.clone())
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -7,8 +7,9 @@
 //! connections per address and `[overload] max_connections` in all, a handshake deadline. Per
 //! connection: `max_streams` request streams at once, an idle timeout, and on shutdown a GOAWAY and
 //! the requests in progress finished. QUIC's anti-amplification limit (3× the bytes received from an
-//! unvalidated address, RFC 9000 §8.1) is quinn's, kept exactly by vendored patch 0014. 0-RTT is off unless `[h3] zero_rtt` (see
-//! [`early`] for what is then accepted in early data and how replays are refused).
+//! unvalidated address, RFC 9000 §8.1) is quinn's, kept exactly by vendored patch 0014. 0-RTT is off
+//! unless `[h3] zero_rtt` (see [`early`] for what is then accepted in early data and how replays are
+//! refused).
 //!
 //! A name with no certificate yet (on-demand TLS) is refused at the QUIC handshake and issued on the
 //! TCP path: clients learn of HTTP/3 from an `Alt-Svc` field of an HTTPS response over TCP, which that
@@ -399,12 +400,12 @@ where
             Some(_) => early::HandshakeState::default(),
             None => early::HandshakeState::complete(),
         });
-        let mut handshake = Some(handshake);
-        let mut active = None;
+        let mut life = Lifecycle {
+            handshake: Some(handshake),
+            active: None,
+        };
         if completion.is_none() {
-            handshake = None;
-            handshakes.with_label_values(&["accepted"]).inc();
-            active = Some(Active::new());
+            life.established();
         }
         let _slot = slot;
         let client = quic.remote_address();
@@ -448,9 +449,7 @@ where
                         handshakes.with_label_values(&["failed"]).inc();
                         break;
                     }
-                    handshake = None;
-                    handshakes.with_label_values(&["accepted"]).inc();
-                    active = Some(Active::new());
+                    life.established();
                     state.set_complete();
                 }
                 _ = &mut handshake_deadline, if completion.is_some() => {
@@ -511,7 +510,25 @@ where
         }
         // Requests still held for a handshake that did not complete are dropped.
         state.set_lost();
-        drop((handshake, active));
+        drop(life);
+    }
+}
+
+/// A connection's place in the handshakes in progress, then (once established) in the open ones.
+struct Lifecycle {
+    handshake: Option<Handshaking>,
+    active: Option<Active>,
+}
+
+impl Lifecycle {
+    /// The handshake completed: counted `accepted`, and the connection open from now on.
+    fn established(&mut self) {
+        self.handshake = None;
+        metrics()
+            .h3_handshakes
+            .with_label_values(&["accepted"])
+            .inc();
+        self.active = Some(Active::new());
     }
 }
 
