@@ -30,8 +30,8 @@
 
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
 use tokio::sync::Notify;
@@ -104,6 +104,13 @@ pub struct TimerManager {
     // Start a new clock thread if this is -1 or staled. The clock thread should keep updating this
     clock_watchdog: AtomicI64,
     paused: AtomicBool,
+    // When the clock thread wakes next (ms from `zero`, a timer's key), `u64::MAX` while it sleeps
+    // with no timer pending: a timer registered before it must wake the clock.
+    next_wake: AtomicU64,
+    // The clock thread, once it runs.
+    clock: OnceLock<std::thread::Thread>,
+    // How many times the clock thread woke up.
+    wake_ups: AtomicU64,
 }
 
 // Consider the clock thread is dead after it fails to update the thread in DELAYS_SEC
@@ -116,6 +123,9 @@ impl Default for TimerManager {
             zero: Instant::now(),
             clock_watchdog: AtomicI64::new(-DELAYS_SEC),
             paused: AtomicBool::new(false),
+            next_wake: AtomicU64::new(u64::MAX),
+            clock: OnceLock::new(),
+            wake_ups: AtomicU64::new(0),
         }
     }
 }
@@ -126,41 +136,88 @@ impl TimerManager {
         Self::default()
     }
 
-    // This thread sleeps for a resolution time and then fires all the timers that are due to fire
+    // This thread fires the timers that are due, then sleeps until the earliest timer left is
+    // due, or, with none left, until one is registered: an idle process is not woken every
+    // RESOLUTION_MS for nothing. A timer registered for earlier than the clock's wake-up wakes it
+    // (`register_timer`); both sides fence so that either the clock sees the new timer before it
+    // sleeps or the registration sees the wake-up it must advance.
     pub(crate) fn clock_thread(&self) {
+        let _ = self.clock.set(std::thread::current());
         loop {
-            std::thread::sleep(RESOLUTION_DURATION);
+            self.wake_ups.fetch_add(1, Ordering::Relaxed);
             let now = Instant::now() - self.zero;
             self.clock_watchdog
                 .store(now.as_secs() as i64, Ordering::Relaxed);
             if self.is_paused_for_fork() {
                 // just stop acquiring the locks, waiting for fork to happen
+                std::thread::sleep(RESOLUTION_DURATION);
                 continue;
             }
             let now = now.as_millis();
-            // iterate through the timer tree for all threads
-            for thread_timer in self.timers.iter() {
-                let mut timers = thread_timer.write();
-                // Fire all timers until now
-                loop {
-                    let key_to_remove = timers.iter().next().and_then(|(k, _)| {
-                        if k.not_after(now) {
-                            Some(*k)
-                        } else {
-                            None
-                        }
-                    });
-                    if let Some(k) = key_to_remove {
-                        let timer = timers.remove(&k);
-                        // safe to unwrap, the key is from iter().next()
-                        timer.unwrap().fire();
-                    } else {
-                        break;
-                    }
+            self.fire_due(now);
+
+            let mut wake = self.earliest();
+            loop {
+                self.next_wake.store(wake, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                let again = self.earliest();
+                if again >= wake {
+                    break;
                 }
-                // write lock drops here
+                wake = again;
+            }
+            if wake == u64::MAX {
+                // Nothing pending: asleep until a registration unparks us. The watchdog must not
+                // read a sleeping clock as a dead one.
+                self.clock_watchdog
+                    .store(i64::MAX - DELAYS_SEC, Ordering::Relaxed);
+                std::thread::park();
+            } else {
+                let now = (Instant::now() - self.zero).as_millis();
+                let due_in = (wake as u128).saturating_sub(now) as u64;
+                if due_in > 0 {
+                    std::thread::park_timeout(Duration::from_millis(due_in));
+                }
             }
         }
+    }
+
+    // Fires every timer due at `now`.
+    fn fire_due(&self, now: u128) {
+        // iterate through the timer tree for all threads
+        for thread_timer in self.timers.iter() {
+            let mut timers = thread_timer.write();
+            // Fire all timers until now
+            loop {
+                let key_to_remove =
+                    timers.iter().next().and_then(
+                        |(k, _)| {
+                            if k.not_after(now) {
+                                Some(*k)
+                            } else {
+                                None
+                            }
+                        },
+                    );
+                if let Some(k) = key_to_remove {
+                    let timer = timers.remove(&k);
+                    // safe to unwrap, the key is from iter().next()
+                    timer.unwrap().fire();
+                } else {
+                    break;
+                }
+            }
+            // write lock drops here
+        }
+    }
+
+    // The key of the earliest timer pending (ms from `zero`), `u64::MAX` with none.
+    fn earliest(&self) -> u64 {
+        self.timers
+            .iter()
+            .filter_map(|t| t.read().keys().next().map(|k| k.0 as u64))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     // False if the clock is already started
@@ -218,6 +275,14 @@ impl TimerManager {
         // only removes timer from the tree
         let stub = timer.subscribe();
         timers.insert(now, timer);
+        drop(timers);
+        // Wake the clock if it sleeps past this timer (see `clock_thread`).
+        fence(Ordering::SeqCst);
+        if (now.0 as u64) < self.next_wake.load(Ordering::Relaxed) {
+            if let Some(clock) = self.clock.get() {
+                clock.unpark();
+            }
+        }
         stub
     }
 
@@ -281,6 +346,44 @@ mod tests {
         t2.poll().await;
         // t2 fired along t1 so no extra wait time
         assert_eq!(now.elapsed().as_secs(), 0);
+    }
+
+    #[tokio::test]
+    async fn test_idle_clock_sleeps_and_wakes_for_new_timers() {
+        let tm_a = Arc::new(TimerManager::new());
+        let tm = tm_a.clone();
+        std::thread::spawn(move || tm_a.clock_thread());
+
+        tm.register_timer(Duration::from_millis(50)).poll().await;
+        // Nothing pending: the clock goes to sleep with no wake-up planned ...
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tm.next_wake.load(Ordering::SeqCst) != u64::MAX {
+            assert!(Instant::now() < deadline, "the clock never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ... and stays asleep (it woke every 10 ms before).
+        let before = tm.wake_ups.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(tm.wake_ups.load(Ordering::Relaxed), before);
+        assert!(
+            tm.is_clock_running().is_ok(),
+            "a sleeping clock is not a dead one"
+        );
+
+        // A timer registered while it sleeps fires on time.
+        let now = Instant::now();
+        tm.register_timer(Duration::from_millis(300)).poll().await;
+        let took = now.elapsed();
+        assert!(took >= Duration::from_millis(290), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+
+        // A timer earlier than the one the clock waits for wakes it sooner.
+        let _late = tm.register_timer(Duration::from_secs(30));
+        let now = Instant::now();
+        tm.register_timer(Duration::from_millis(100)).poll().await;
+        let took = now.elapsed();
+        assert!(took >= Duration::from_millis(90), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
     }
 
     #[test]
