@@ -264,6 +264,113 @@ pub trait HttpServerApp {
     }
 }
 
+/// Serves the later requests of a kept-alive HTTP/1 connection.
+///
+/// Between requests the connection holds only this small future and its stream: no request
+/// future (the proxy's is over 10 KB, every phase's state) and no read buffer. The first bytes
+/// of the next request are read into a buffer made when they arrive ([`next_request_head`]) and
+/// handed to the new session as the start of its head, so no read is added. A connection whose
+/// settings carry bytes already read (pipelining) or a user context (which may hold the next
+/// request back before it is read, see `ProxyHttp::defer_next_request`) goes straight to the
+/// next session, as before.
+async fn keep_alive<T>(app: Arc<T>, mut reused: ReusedHttpStream, mut shutdown: ShutdownWatch)
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    loop {
+        let (mut stream, persistent_settings) = reused.consume();
+        let read_now = persistent_settings.as_ref().is_some_and(|s| {
+            s.user_context.is_some() || s.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty())
+        });
+        let head = if read_now {
+            None
+        } else {
+            let keepalive = persistent_settings
+                .as_ref()
+                .and_then(|s| s.keepalive_timeout)
+                .unwrap_or(60);
+            let wait = (keepalive > 0).then(|| Duration::from_secs(keepalive));
+            match next_request_head(&mut stream, wait, &mut shutdown).await {
+                Some(head) => Some(head),
+                None => return,
+            }
+        };
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(persistent_settings) = persistent_settings {
+            persistent_settings.apply_to_session(&mut session);
+        }
+        if let Some(head) = head {
+            session.set_pipelined_prefix(head);
+        }
+        match app.process_new_http(session, &shutdown).await {
+            Some(next) => reused = next,
+            None => return,
+        }
+    }
+}
+
+/// Waits for the next request on a kept-alive connection and returns its first bytes; `None` when
+/// the client closes, the read fails, `keepalive` passes or the service shuts down (the cases in
+/// which the session's own first read would end the connection without an answer).
+///
+/// Nothing is held while waiting: each poll reads into a buffer on the stack, which a pending read
+/// leaves empty, and only bytes that arrived are copied to the heap.
+async fn next_request_head(
+    stream: &mut Stream,
+    keepalive: Option<Duration>,
+    shutdown: &mut ShutdownWatch,
+) -> Option<BytesMut> {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    const FIRST_READ: usize = 4096; // the session's own first read of a head (INIT_HEADER_BUF_SIZE)
+
+    let read = poll_fn(|cx| {
+        // Not zeroed: a read fills what it returns (a 4 KiB memset per poll would cost more than
+        // the read's bookkeeping).
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => {
+                let mut head = BytesMut::with_capacity(FIRST_READ);
+                head.extend_from_slice(buf.filled());
+                Poll::Ready(Some(head))
+            }
+            Poll::Ready(Err(e)) => {
+                debug!("read error while waiting for the next request: {e}");
+                Poll::Ready(None)
+            }
+        }
+    });
+    let read = async {
+        match keepalive {
+            // Pingora's coarse timer, as the session's own read used (no timer-wheel entry per request)
+            Some(d) => pingora_timeout::timeout(d, read).await.unwrap_or(None),
+            None => read.await,
+        }
+    };
+    let shutting_down = async {
+        loop {
+            if *shutdown.borrow_and_update() {
+                return;
+            }
+            if shutdown.changed().await.is_err() {
+                // no sender left: nothing will ever ask this connection to close
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        biased; // a request already sent is read, as the session's first read would
+        head = read => head,
+        _ = shutting_down => None,
+    }
+}
+
 #[async_trait]
 impl<T> ServerApp for T
 where
@@ -365,14 +472,13 @@ where
                     .and_then(|opts| opts.keepalive_request_limit),
             );
 
-            let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
-                }
-
-                result = self.process_new_http(session, shutdown).await;
+            // A kept-alive connection waits for its next request in a task of its own (see
+            // `keep_alive`): this task, with the state of the accept and of the first request,
+            // ends here.
+            if let Some(reused) = self.process_new_http(session, shutdown).await {
+                let app = self.clone();
+                let shutdown = shutdown.clone();
+                pingora_runtime::current_handle().spawn(keep_alive(app, reused, shutdown));
             }
         }
         None
@@ -387,6 +493,85 @@ where
 mod tests {
     use super::*;
     use tokio_test::io::Builder;
+
+    /// A connected pair: the server's side as a [`Stream`], the client's as a tokio socket.
+    async fn connected() -> (Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (
+            Box::new(crate::protocols::l4::stream::Stream::from(server)),
+            client,
+        )
+    }
+
+    #[tokio::test]
+    async fn next_request_head_returns_what_arrives_and_nothing_on_close() {
+        use tokio::io::AsyncWriteExt;
+        let (_tx, mut shutdown) = tokio::sync::watch::channel(false);
+        let (mut stream, mut client) = connected().await;
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client
+                .write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            client
+        });
+        let head = next_request_head(&mut stream, Some(Duration::from_secs(30)), &mut shutdown)
+            .await
+            .expect("the next head");
+        assert_eq!(&head[..], b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(
+            head.capacity() >= 4096,
+            "the session's own head buffer size"
+        );
+        drop(writer.await.unwrap());
+        assert!(next_request_head(&mut stream, None, &mut shutdown)
+            .await
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn next_request_head_ends_at_the_keepalive_timeout() {
+        let (_tx, mut shutdown) = tokio::sync::watch::channel(false);
+        let (mut stream, _client) = connected().await;
+        let t0 = std::time::Instant::now();
+        let wait = Duration::from_millis(300);
+        assert!(next_request_head(&mut stream, Some(wait), &mut shutdown)
+            .await
+            .is_none());
+        assert!(t0.elapsed() >= wait && t0.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn next_request_head_ends_on_shutdown_but_reads_a_request_already_sent() {
+        use tokio::io::AsyncWriteExt;
+        let (tx, mut shutdown) = tokio::sync::watch::channel(false);
+        let (mut stream, _client) = connected().await;
+        let flip = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.send(true).unwrap();
+            tx
+        });
+        let t0 = std::time::Instant::now();
+        assert!(
+            next_request_head(&mut stream, Some(Duration::from_secs(60)), &mut shutdown)
+                .await
+                .is_none()
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        let _tx = flip.await.unwrap();
+
+        // Shutting down already, with a request waiting in the socket: it is read, not dropped.
+        let (mut stream, mut client) = connected().await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        // (on loopback the bytes are in the server's socket once the write returns)
+        let head = next_request_head(&mut stream, None, &mut shutdown).await;
+        assert_eq!(head.as_deref(), Some(&b"GET / HTTP/1.1\r\n\r\n"[..]));
+    }
 
     #[test]
     fn test_persistent_settings_user_context_roundtrip() {
