@@ -48,6 +48,8 @@ use crate::telemetry::metrics::metrics;
 
 /// How often the event loop's delay is probed.
 pub const TICK: Duration = Duration::from_millis(5);
+/// A probe with no request for this long, the gate off, stops until the next request.
+pub const PROBE_IDLE: Duration = Duration::from_secs(1);
 /// The limit never goes below this (enough requests in progress to keep the core busy).
 pub const MIN_LIMIT: usize = 4;
 const SHARDS: usize = 16;
@@ -461,29 +463,53 @@ impl CoreGate {
         }
     }
 
-    /// Starts the probe on the runtime of the calling thread, once per thread (each of Pingora's
-    /// per-thread runtimes has its own loop to measure).
+    /// Starts the probe on the runtime of the calling thread if it is not running there (each of
+    /// Pingora's per-thread runtimes has its own loop to measure); called for every request. A probe
+    /// stops after [`PROBE_IDLE`] without a request while the gate is off, so an idle gateway is not
+    /// woken every [`TICK`]; the next request starts it again.
     pub fn ensure_probe(self: &Arc<Self>) {
         thread_local! {
-            static STARTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+            static PROBE: Arc<ProbeState> = Arc::new(ProbeState::default());
         }
-        if STARTED.with(|s| s.replace(true)) {
-            return;
-        }
-        let gate = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(TICK).await;
-                let t = Instant::now();
-                tokio::task::yield_now().await;
-                let delay = t.elapsed();
-                match gate.upgrade() {
-                    Some(g) => g.observe(delay),
-                    None => return,
-                }
+        PROBE.with(|probe| {
+            probe.requests.store(true, Ordering::Relaxed);
+            if probe.running.load(Ordering::Acquire) || probe.running.swap(true, Ordering::AcqRel) {
+                return;
             }
+            let gate = Arc::downgrade(self);
+            let probe = Arc::clone(probe);
+            tokio::spawn(async move {
+                let mut quiet = Duration::ZERO;
+                loop {
+                    tokio::time::sleep(TICK).await;
+                    let t = Instant::now();
+                    tokio::task::yield_now().await;
+                    let delay = t.elapsed();
+                    let Some(g) = gate.upgrade() else {
+                        probe.running.store(false, Ordering::Release);
+                        return;
+                    };
+                    g.observe(delay);
+                    if probe.requests.swap(false, Ordering::Relaxed) {
+                        quiet = Duration::ZERO;
+                    } else {
+                        quiet += TICK;
+                    }
+                    if quiet >= PROBE_IDLE && g.limit() == 0 {
+                        probe.running.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            });
         });
     }
+}
+
+/// A thread's probe: whether it runs, and whether a request came since its last tick.
+#[derive(Default)]
+struct ProbeState {
+    running: AtomicBool,
+    requests: AtomicBool,
 }
 
 #[cfg(test)]

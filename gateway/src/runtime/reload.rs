@@ -21,11 +21,13 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the file is looked at besides inotify's wakes: a change inotify cannot see (a file on a
 /// network file system edited elsewhere) is picked up within this.
 pub const SLOW_POLL_INTERVAL: Duration = Duration::from_secs(30);
-/// The periodic upkeep's interval (JWKS refreshes that are due, idle rate-limit keys forgotten): the
-/// granularity of `jwks_refresh`, which may be as short as a second (a key published a few seconds
-/// before it signs must be known by then: CI caught a 5 s interval refusing the first tokens of a
-/// rotated key). One wake-up a second costs nothing measurable.
-pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often idle rate-limit keys are forgotten. The upkeep otherwise sleeps until the next JWKS
+/// refresh is due (`jwks_refresh` may be as short as a second: a key published a few seconds before
+/// it signs must be known by then — CI caught a 5 s tick refusing the first tokens of a rotated key).
+pub const FORGET_IDLE_INTERVAL: Duration = Duration::from_secs(10);
+/// The upkeep never wakes sooner than this after its last run (a refresh that keeps failing at once
+/// is retried on its own schedule, not in a loop).
+const UPKEEP_MIN_GAP: Duration = Duration::from_millis(100);
 
 /// The background service that watches the config file and starts health checks.
 pub struct Reloader {
@@ -85,21 +87,38 @@ impl Reloader {
         }
     }
 
-    /// Work that rides on the poll: JWKS refreshes that are due (each on its own task, so a slow identity
-    /// provider never delays a reload), and forgetting idle rate-limit keys every 10 s.
-    fn housekeeping(&self, ticks: &mut u64) {
-        *ticks += 1;
+    /// The upkeep: JWKS refreshes that are due (each on its own task, so a slow identity provider never
+    /// delays a reload), and idle rate-limit keys forgotten every [`FORGET_IDLE_INTERVAL`]. Returns when
+    /// it is next due: the earliest refresh, or the next forgetting — nothing wakes an idle gateway
+    /// before then.
+    fn housekeeping(
+        &self,
+        forget_at: &mut tokio::time::Instant,
+        refreshed: &Arc<tokio::sync::Notify>,
+    ) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let mut next = None::<tokio::time::Instant>;
         for src in self.state.jwks.all() {
             if src.claim_due() {
+                let refreshed = Arc::clone(refreshed);
+                let src = Arc::clone(&src);
                 tokio::spawn(async move {
                     let _ = src.refresh().await;
+                    // It set its next refresh: the upkeep sleeps until then.
+                    refreshed.notify_one();
                 });
             }
+            // A refresh in progress holds its source for twice its timeout; the upkeep is told when
+            // it ends, with its real next refresh.
+            let due = tokio::time::Instant::from_std(src.next_due());
+            next = Some(next.map_or(due, |n| n.min(due)));
         }
-        // Every 10 s.
-        if *ticks % 10 == 0 {
+        if now >= *forget_at {
             self.state.current().limiters.forget_idle();
+            *forget_at = now + FORGET_IDLE_INTERVAL;
         }
+        next.map_or(*forget_at, |n| n.min(*forget_at))
+            .max(now + UPKEEP_MIN_GAP)
     }
 
     async fn wait_for_listeners(&self) {
@@ -153,11 +172,12 @@ impl BackgroundService for Reloader {
         } else {
             POLL_INTERVAL
         };
-        let mut ticks: u64 = 0;
+        let mut forget_at = tokio::time::Instant::now() + FORGET_IDLE_INTERVAL;
+        let refreshed = Arc::new(tokio::sync::Notify::new());
+        let upkeep = tokio::time::sleep_until(self.housekeeping(&mut forget_at, &refreshed));
+        tokio::pin!(upkeep);
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut upkeep = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watching = watch.is_some();
         loop {
             let force = tokio::select! {
@@ -170,8 +190,14 @@ impl BackgroundService for Reloader {
                     }
                     false
                 }
-                _ = upkeep.tick() => {
-                    self.housekeeping(&mut ticks);
+                _ = refreshed.notified() => {
+                    let next = self.housekeeping(&mut forget_at, &refreshed);
+                    upkeep.as_mut().reset(next);
+                    continue;
+                }
+                _ = &mut upkeep => {
+                    let next = self.housekeeping(&mut forget_at, &refreshed);
+                    upkeep.as_mut().reset(next);
                     continue;
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
@@ -180,7 +206,11 @@ impl BackgroundService for Reloader {
                 }
                 _ = shutdown.changed() => return,
             };
-            self.reload(&mut last, force);
+            if let ReloadOutcome::Applied = self.reload(&mut last, force) {
+                // A new key-set source is due at once; a changed interval from its next refresh.
+                let next = self.housekeeping(&mut forget_at, &refreshed);
+                upkeep.as_mut().reset(next);
+            }
         }
     }
 }

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use pingora::tls::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,13 +24,18 @@ pub fn spawn_health_checks(upstream: &Upstream) {
 
 async fn health_loop(server: Weak<ServerState>) {
     loop {
-        let (addr, via, spec) = match server.upgrade() {
-            Some(s) => (s.addr, s.via.clone(), s.health.load_full()),
+        let (addr, via, spec, set) = match server.upgrade() {
+            Some(s) => (
+                s.addr,
+                s.via.clone(),
+                s.health.load_full(),
+                Arc::clone(&s.health_set),
+            ),
             None => return,
         };
         let Some(spec) = spec else {
-            // Checks are off for now; a reload may switch them on.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Checks are off for now: asleep until a reload switches them on or the server leaves.
+            set.notified().await;
             continue;
         };
         let ok = probe(addr, via.as_deref(), &spec).await;

@@ -41,6 +41,9 @@ pub struct ServerState {
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
     health: ArcSwapOption<HealthSpec>,
+    /// Told when `health` is set and when the server is dropped: a checker with checks off waits on it
+    /// instead of looking again on a schedule.
+    health_set: Arc<tokio::sync::Notify>,
     checker: AtomicBool,
 }
 
@@ -62,6 +65,7 @@ impl ServerState {
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             health: ArcSwapOption::empty(),
+            health_set: Arc::new(tokio::sync::Notify::new()),
             checker: AtomicBool::new(false),
         };
         metrics()
@@ -69,6 +73,12 @@ impl ServerState {
             .with_label_values(&[upstream, label])
             .set(i64::from(healthy));
         s
+    }
+
+    /// The server's active checks (`None`: off), as the config now says.
+    fn set_health(&self, spec: Option<&HealthSpec>) {
+        self.health.store(spec.cloned().map(Arc::new));
+        self.health_set.notify_one();
     }
 
     /// Whether the server is in rotation.
@@ -119,6 +129,8 @@ impl Drop for ServerState {
         let _ = metrics()
             .server_up
             .remove_label_values(&[&self.upstream, &self.label]);
+        // A checker waiting for checks to be switched on ends.
+        self.health_set.notify_one();
     }
 }
 
@@ -301,7 +313,7 @@ impl Upstream {
     ) -> Upstream {
         let members = Members::build(&spec.name, wanted(spec, resolved), registry, &|_| true);
         for s in &members.servers {
-            s.health.store(spec.health.clone().map(Arc::new));
+            s.set_health(spec.health.as_ref());
             if spec.health.is_none() && !s.is_healthy() {
                 // Checks were switched off: nothing will ever bring it back, so trust it again.
                 s.healthy.store(true, Ordering::Relaxed);
@@ -379,7 +391,7 @@ impl Upstream {
             .collect();
         let members = Members::build(&self.name, want, registry, new_healthy);
         for s in &members.servers {
-            s.health.store(self.spec.health.clone().map(Arc::new));
+            s.set_health(self.spec.health.as_ref());
         }
         self.members.store(Arc::new(members));
         Some((added, removed))

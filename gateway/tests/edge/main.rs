@@ -20,6 +20,7 @@ mod h2_conformance;
 mod h3;
 mod health;
 mod helpers;
+mod idle;
 mod ip_lists;
 mod jwks;
 mod malformed;

@@ -65,6 +65,11 @@ impl JwksSource {
         Ok(n)
     }
 
+    /// When the next refresh is due (a refresh in progress holds it for up to twice its timeout).
+    pub fn next_due(&self) -> Instant {
+        *self.next_refresh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether a refresh is due; claims it (a second caller gets `false` until the refresh is over).
     pub fn claim_due(&self) -> bool {
         let mut next = self.next_refresh.lock().unwrap_or_else(|p| p.into_inner());
