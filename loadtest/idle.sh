@@ -3,7 +3,10 @@
 # its health checks and key-set fetches fail on schedule) and nginx proxying to the same address, both
 # serving no traffic, side by side for SECONDS; CPU time from every thread's schedstat (nanoseconds:
 # /proc/PID/stat's 10 ms ticks are too coarse for an idle process), as seconds per hour.
-#   loadtest/idle.sh [GATEWAY_BIN [SECONDS]]
+# With WARM=N, each first serves N requests (the dev routes answer 502 without the backend: the request
+# path, its timers and the overload probe run all the same), so that what idle work traffic leaves
+# behind is measured too. Per gateway thread: CPU time and times scheduled (schedstat's third field).
+#   [WARM=N] loadtest/idle.sh [GATEWAY_BIN [SECONDS]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/gateway}
@@ -41,9 +44,26 @@ CONF
 /usr/sbin/nginx -c "$WORK/nginx.conf" &
 NGINX_PID=$!
 sleep 5
+if [ "${WARM:-0}" -gt 0 ]; then
+  for port in 8080 18090; do
+    urls=$(for _ in $(seq "$WARM"); do printf 'http://localhost:%s/healthz ' "$port"; done)
+    # shellcheck disable=SC2086
+    curl -s $urls > /dev/null || true
+  done
+  sleep 2
+fi
+# name, CPU ns, times scheduled of every gateway thread
+threads() { for t in /proc/"$GW_PID"/task/*; do
+  printf '%s\t%s\n' "$(tr ' ' '_' < "$t/comm")" "$(cut -d' ' -f1,3 "$t/schedstat")"; done | sort; }
+threads > "$WORK/threads0"
 g0=$(cpu_ns $(tree $GW_PID)); n0=$(cpu_ns $(tree $NGINX_PID))
 sleep "$SECS"
 g1=$(cpu_ns $(tree $GW_PID)); n1=$(cpu_ns $(tree $NGINX_PID))
+threads > "$WORK/threads1"
+# Per thread name (summed over threads of the same name): CPU ms and wake-ups per second.
+join -t $'\t' "$WORK/threads0" "$WORK/threads1" 2>/dev/null | awk -F'\t' -v s="$SECS" '{
+  split($2, a, " "); split($3, b, " "); cpu[$1] += b[1] - a[1]; runs[$1] += b[2] - a[2] }
+  END { for (n in cpu) if (runs[n] > 0) printf "  %-20s %8.1f ms CPU  %7.2f wake-ups/s\n", n, cpu[n] / 1e6, runs[n] / s }' | sort -k2 -nr
 awk -v g=$((g1 - g0)) -v n=$((n1 - n0)) -v s="$SECS" 'BEGIN {
   printf "idle %d s: gateway %.3f CPU-s/hour, nginx %.3f CPU-s/hour\n", s, g / 1e9 * 3600 / s, n / 1e9 * 3600 / s
 }'
