@@ -729,6 +729,65 @@ async fn on_demand_orders_keep_to_the_tenant_and_hourly_budgets() {
     assert_eq!(pebble.orders(), 2, "orders past the budgets reached the CA");
 }
 
+/// #32 point 1: `max_concurrent_orders` and `orders_per_minute` bound what reaches the CA. Two tenants'
+/// first handshakes at the same moment with one order slot: one is ordered, the other refused
+/// (`throttled`) while that order runs; then with two orders a minute, a third tenant's domain is the
+/// second order and a fourth's is refused. Pebble saw exactly the orders the bounds let through (each
+/// name belongs to another tenant and the hourly budgets are far off, so only these two bounds refuse).
+#[tokio::test]
+async fn on_demand_orders_keep_to_the_concurrency_and_per_minute_bounds() {
+    let env = on_demand_env(OnDemandSpec {
+        owned: &[
+            ("b1.example.org", "acme"),
+            ("b2.example.org", "globex"),
+            ("b3.example.org", "initech"),
+            ("b4.example.org", "hooli"),
+        ],
+        before: "[tls]\nhandshake_timeout = \"30s\"",
+        acme: "order_timeout = \"20s\"",
+        on_demand: "wait = \"20s\"\nmax_concurrent_orders = 1\norders_per_minute = 2",
+        routes: PUBLIC_ROUTE,
+        env: &[],
+        alpn: &[b"http/1.1"],
+    })
+    .await;
+    let OnDemandEnv {
+        pebble, gw, client, ..
+    } = &env;
+    let served = |host: &'static str| {
+        let client = client.clone();
+        let port = gw.https;
+        async move { get(port, host, "/", &[], client).await.map(|r| r.status) }
+    };
+    let throttled = || gw.metric("gateway_tls_on_demand_total{decision=\"throttled\"}");
+
+    // Both at once: the slot is taken by one order, which takes pebble far longer than the other's ask.
+    let (one, two) = tokio::join!(served("b1.example.org"), served("b2.example.org"));
+    let ok = [&one, &two].iter().filter(|r| matches!(r, Ok(200))).count();
+    assert_eq!(
+        ok,
+        1,
+        "one order at a time: {one:?} {two:?}\n{}",
+        gw.stderr()
+    );
+    assert_eq!(throttled().await, 1.0, "{one:?} {two:?}");
+    assert_eq!(pebble.orders(), 1, "a second order ran beside the first");
+
+    // The slot is free again: a third tenant's domain is the minute's second order, a fourth's is over it.
+    assert_eq!(served("b3.example.org").await, Ok(200), "{}", gw.stderr());
+    assert!(
+        served("b4.example.org").await.is_err(),
+        "a third order in the minute"
+    );
+    assert_eq!(throttled().await, 2.0);
+    assert_eq!(
+        gw.metric("gateway_tls_on_demand_total{decision=\"issued\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(pebble.orders(), 2, "orders past the bounds reached the CA");
+}
+
 /// #23 point 5: 20 000 handshakes for random SNI names leave the ask count and the answer cache
 /// bounded: one client gets `client_asks_per_minute` asks (a burst, then one a second), the cache
 /// keeps at most `cache_size` names, and every other handshake is refused without asking. Before the
