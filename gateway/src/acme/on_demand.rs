@@ -259,15 +259,19 @@ impl OnDemand {
     }
 
     /// A fresh answer for `name` (renewals ask again, whatever the cache holds).
-    pub async fn still_allowed(&self, name: &str) -> bool {
+    pub async fn still_allowed(&self, name: &str) -> Option<bool> {
         let Some((_, od)) = self.settings() else {
-            return false;
+            return Some(false);
         };
         self.answers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
-        matches!(self.ownership(name, &od, None).await, Ownership::Tenant(_))
+        match self.ownership(name, &od, None).await {
+            Ownership::Tenant(_) => Some(true),
+            Ownership::Nobody => Some(false),
+            Ownership::Unknown | Ownership::Throttled => None,
+        }
     }
 
     /// Names whose ask answer is cached now.
@@ -540,7 +544,7 @@ impl super::TenantDomains for OnDemand {
     fn issued_names(&self) -> Vec<String> {
         OnDemand::issued_names(self)
     }
-    async fn still_allowed(&self, name: &str) -> bool {
+    async fn still_allowed(&self, name: &str) -> Option<bool> {
         OnDemand::still_allowed(self, name).await
     }
     fn forget(&self, name: &str) {

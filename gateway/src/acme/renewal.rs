@@ -34,8 +34,9 @@ struct Schedule {
 pub trait TenantDomains: Send + Sync {
     /// The domains to renew.
     fn issued_names(&self) -> Vec<String>;
-    /// Whether an active tenant still owns `name` (asked afresh).
-    async fn still_allowed(&self, name: &str) -> bool;
+    /// Whether an active tenant still owns `name` (asked afresh); `None` when the ask failed (the
+    /// endpoint down or answering nonsense), which says nothing about the domain.
+    async fn still_allowed(&self, name: &str) -> Option<bool>;
     /// Stops renewing `name` and routing it as a tenant's.
     fn forget(&self, name: &str);
     /// The tenant that owns `name`.
@@ -146,11 +147,28 @@ impl AcmeManager {
             if *on_demand {
                 // A tenant's domain is renewed only while an active tenant still owns it.
                 if let Some(od) = &self.on_demand {
-                    if !od.still_allowed(name).await {
-                        tracing::info!(domain = %name, "not renewing: no active tenant owns this domain any more");
-                        od.forget(name);
-                        schedules.remove(name);
-                        continue;
+                    match od.still_allowed(name).await {
+                        Some(true) => {}
+                        Some(false) => {
+                            tracing::info!(domain = %name, "not renewing: no active tenant owns this domain any more");
+                            od.forget(name);
+                            schedules.remove(name);
+                            continue;
+                        }
+                        None => {
+                            // The certificate is still valid: ask again later rather than drop a
+                            // tenant's domain over an outage of the ask endpoint.
+                            s.failures += 1;
+                            let wait = backoff(s.failures, acme.retry_initial, acme.retry_max);
+                            s.not_before = Instant::now() + wait;
+                            tracing::warn!(
+                                domain = %name,
+                                failures = s.failures,
+                                retry_in_secs = wait.as_secs_f64(),
+                                "renewal waits: the ask endpoint did not answer whether a tenant still owns this domain"
+                            );
+                            continue;
+                        }
                     }
                 }
             }

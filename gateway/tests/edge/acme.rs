@@ -399,8 +399,13 @@ struct OnDemandSpec<'a> {
 }
 
 async fn on_demand_env(spec: OnDemandSpec<'_>) -> OnDemandEnv {
+    on_demand_env_valid(spec, 3600).await
+}
+
+/// [`on_demand_env`] with certificates valid `validity` seconds.
+async fn on_demand_env_valid(spec: OnDemandSpec<'_>, validity: u64) -> OnDemandEnv {
     let ports = (free_port(), free_port(), free_port());
-    let pebble = Pebble::start(ports.0, ports.1, 3600).await;
+    let pebble = Pebble::start(ports.0, ports.1, validity).await;
     let up = TestUpstream::start("u");
     let storage = tempfile::tempdir().expect("tempdir");
     // The backend's contract for GET /internal/tenant-domains/{host}.
@@ -786,6 +791,117 @@ async fn on_demand_orders_keep_to_the_concurrency_and_per_minute_bounds() {
         2.0
     );
     assert_eq!(pebble.orders(), 2, "orders past the bounds reached the CA");
+}
+
+/// #32 point 1, renewals of tenants' domains: the ask endpoint failing refuses a new domain's handshake
+/// (`ask_failed`, nothing ordered); at renewal time a domain its tenant no longer owns is dropped (not
+/// renewed, not served as the tenant's), while a domain whose ask fails then is kept and renewed once the
+/// endpoint answers again — it was dropped like an unowned one before (a backend outage at renewal time
+/// cost every tenant domain due then its renewals).
+#[tokio::test]
+async fn on_demand_renewals_drop_unowned_domains_and_wait_out_ask_failures() {
+    let env = on_demand_env_valid(
+        OnDemandSpec {
+            owned: &[("gone.example.org", "acme"), ("kept.example.org", "globex")],
+            before: "[tls]\nhandshake_timeout = \"30s\"",
+            acme: "order_timeout = \"20s\"\nretry_initial = \"2s\"\nretry_max = \"4s\"",
+            on_demand: "wait = \"20s\"",
+            routes: PUBLIC_ROUTE,
+            env: &[],
+            alpn: &[b"http/1.1"],
+        },
+        // 30 s certificates: renewal falls due 18.5-20 s after issuance.
+        30,
+    )
+    .await;
+    let OnDemandEnv {
+        pebble,
+        gw,
+        client,
+        ask,
+        ..
+    } = &env;
+    let served = |host: &'static str| {
+        let client = client.clone();
+        let port = gw.https;
+        async move { get(port, host, "/", &[], client).await }
+    };
+    let decision = |d: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.metric(&format!("gateway_tls_on_demand_total{{decision=\"{d}\"}}"))
+                .await
+        }
+    };
+    let ask_path = |host: &str| format!("/internal/tenant-domains/{host}");
+
+    // The ask endpoint failing: the handshake is refused, nothing is ordered.
+    ask.set(&ask_path("down.example.org"), 500, "");
+    assert!(served("down.example.org").await.is_err());
+    assert_eq!(decision("ask_failed").await, 1.0);
+    assert_eq!(pebble.orders(), 0);
+
+    served("gone.example.org")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    let kept = served("kept.example.org")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    let issued_at = std::time::Instant::now();
+    assert_eq!(pebble.orders(), 2);
+
+    // Then acme gives its domain up, and the ask endpoint fails for globex's.
+    // (404: no active tenant owns it, the contract of shared/DESIGN.md)
+    ask.set(&ask_path("gone.example.org"), 404, "");
+    ask.set(&ask_path("kept.example.org"), 503, "");
+    within(
+        Duration::from_secs(60),
+        "the renewal pass asked about both and dropped the unowned one",
+        gw,
+        pebble,
+        || async {
+            gw.stderr()
+                .contains("not renewing: no active tenant owns this domain any more")
+                && gw
+                    .stderr()
+                    .contains("renewal waits: the ask endpoint did not answer")
+        },
+    )
+    .await;
+    assert!(
+        issued_at.elapsed() >= Duration::from_secs(15),
+        "renewal asked {:?} after issuance, before it was due",
+        issued_at.elapsed()
+    );
+    assert_eq!(pebble.orders(), 2, "a renewal was ordered without a yes");
+    assert!(
+        !gw.stderr()
+            .lines()
+            .any(|l| l.contains("not renewing") && l.contains("kept.example.org")),
+        "a failed ask dropped the domain"
+    );
+
+    // The endpoint answers again: globex's domain is renewed and served with the new certificate.
+    ask.set(
+        &ask_path("kept.example.org"),
+        200,
+        r#"{"allowed":true,"tenant":"globex"}"#,
+    );
+    within(
+        Duration::from_secs(60),
+        "the kept domain renewed",
+        gw,
+        pebble,
+        || async { pebble.orders() == 3 },
+    )
+    .await;
+    eventually("the renewed certificate served", || async {
+        served("kept.example.org")
+            .await
+            .is_ok_and(|r| r.serial != kept.serial)
+    })
+    .await;
+    assert_eq!(pebble.orders(), 3, "the dropped domain was renewed");
 }
 
 /// #23 point 5: 20 000 handshakes for random SNI names leave the ask count and the answer cache
