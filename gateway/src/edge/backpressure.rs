@@ -50,6 +50,10 @@ use crate::telemetry::metrics::metrics;
 pub const TICK: Duration = Duration::from_millis(5);
 /// A probe with no request for this long, the gate off, stops until the next request.
 pub const PROBE_IDLE: Duration = Duration::from_secs(1);
+/// A quiet event loop (the gate off, a delay under a quarter of the target) is probed less and less
+/// often, down to this: at a few requests a second the probe's own wake-ups were most of the CPU
+/// (~500 µs per login at 58 logins/s). The first delayed probe brings it back to every [`TICK`].
+pub const PROBE_QUIET_MAX: Duration = Duration::from_millis(100);
 /// The limit never goes below this (enough requests in progress to keep the core busy).
 pub const MIN_LIMIT: usize = 4;
 const SHARDS: usize = 16;
@@ -393,6 +397,11 @@ impl CoreGate {
         }
     }
 
+    /// `[overload] core_delay_target`.
+    fn target(&self) -> Duration {
+        Duration::from_micros(self.target_us.load(Ordering::Relaxed))
+    }
+
     /// One probe of the event loop's delay: the controller's step.
     pub fn observe(self: &Arc<Self>, delay: Duration) {
         if !self.enabled.load(Ordering::Relaxed) || self.pinned.load(Ordering::Relaxed) {
@@ -471,6 +480,10 @@ impl CoreGate {
         thread_local! {
             static PROBE: Arc<ProbeState> = Arc::new(ProbeState::default());
         }
+        if !self.enabled.load(Ordering::Relaxed) {
+            // `[overload] core_backpressure = false`: nothing reads the probe.
+            return;
+        }
         PROBE.with(|probe| {
             probe.requests.store(true, Ordering::Relaxed);
             if probe.running.load(Ordering::Acquire) || probe.running.swap(true, Ordering::AcqRel) {
@@ -480,8 +493,9 @@ impl CoreGate {
             let probe = Arc::clone(probe);
             tokio::spawn(async move {
                 let mut quiet = Duration::ZERO;
+                let mut every = TICK;
                 loop {
-                    tokio::time::sleep(TICK).await;
+                    tokio::time::sleep(every).await;
                     let t = Instant::now();
                     tokio::task::yield_now().await;
                     let delay = t.elapsed();
@@ -493,9 +507,16 @@ impl CoreGate {
                     if probe.requests.swap(false, Ordering::Relaxed) {
                         quiet = Duration::ZERO;
                     } else {
-                        quiet += TICK;
+                        quiet += every;
                     }
-                    if quiet >= PROBE_IDLE && g.limit() == 0 {
+                    let calm = g.limit() == 0 && delay < g.target() / 4;
+                    every = if calm {
+                        (every * 2).min(PROBE_QUIET_MAX)
+                    } else {
+                        TICK
+                    };
+                    if !g.enabled.load(Ordering::Relaxed) || (quiet >= PROBE_IDLE && g.limit() == 0)
+                    {
                         probe.running.store(false, Ordering::Release);
                         return;
                     }
