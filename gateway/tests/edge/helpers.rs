@@ -643,12 +643,7 @@ impl Gateway {
     /// reads as 0.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.admin_get("/metrics").await;
-        let found = body.lines().find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|r| r.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        });
-        match found {
+        match series_value(&body, series) {
             Some(v) => v,
             None => {
                 let name = series.split('{').next().unwrap_or(series);
@@ -656,6 +651,13 @@ impl Gateway {
                 panic!("no metric series `{series}`; series of `{name}`: {known:#?}")
             }
         }
+    }
+
+    /// The value of a metric series if it is exposed yet: for waiting on a series that appears later
+    /// (the per-tenant figures are published on their own schedule). [`Self::metric`] for the rest.
+    pub async fn metric_once_there(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics").await;
+        series_value(&body, series)
     }
 
     /// The access-log lines so far, parsed.
@@ -703,6 +705,15 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `series` (exact name with labels) in a Prometheus exposition.
+fn series_value(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|r| r.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// A response as the tests look at it.
