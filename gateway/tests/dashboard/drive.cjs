@@ -1,10 +1,13 @@
 // Drives the gateway's /dashboard page in Debian's headless Chromium with playwright-core, for
-// gateway/tests/edge/dashboard.rs. One JSON line per event on stdout; the test answers on stdin.
+// gateway/tests/edge/dashboard.rs. One JSON line per event on stdout; the test sends commands on stdin.
 //   node drive.cjs URL TOKEN SCREENSHOT SERVER
 // 1. loads URL#token=TOKEN and waits until the page has rendered live data: prints
 //    {"event":"ready","routes":[…],"servers":[…],"tenants":[…],"certificates":[…],"errors":[…]}
-// 2. waits for the line "killed" on stdin, then for the page to mark SERVER down: prints
-//    {"event":"down","ms":…,"errors":[…]} after saving a full-page screenshot to SCREENSHOT.
+// 2. then answers each line on stdin:
+//    "snapshot" — the cells as the page shows them now: {"event":"snapshot","routes":[{name,upstream,
+//      rps,ratio,ratio_class,canary_class}],"tenants":[[…]],"refusals":[[…]],"errors":[…]};
+//    "killed" — waits for the page to mark SERVER down: {"event":"down","ms":…,"errors":[…]};
+//    "end" — saves a full-page screenshot to SCREENSHOT, prints {"event":"end","errors":[…]} and exits.
 "use strict";
 const { chromium } = require("playwright-core");
 const readline = require("readline");
@@ -12,7 +15,11 @@ const readline = require("readline");
 const [url, token, screenshot, server] = process.argv.slice(2);
 const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 const lines = readline.createInterface({ input: process.stdin });
-const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
+const queued = [];
+let waiting = null;
+lines.on("line", (l) => (waiting ? (waiting(l), (waiting = null)) : queued.push(l)));
+lines.on("close", () => waiting && waiting(null));
+const nextLine = () => (queued.length ? Promise.resolve(queued.shift()) : new Promise((r) => (waiting = r)));
 
 (async () => {
   const browser = await chromium.launch({
@@ -38,16 +45,45 @@ const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
     token_in_url: page.url().includes("token="),
     errors,
   });
-  if ((await nextLine()) !== "killed") throw new Error("expected killed");
-  const t0 = Date.now();
-  await page.waitForFunction(
-    (s) => [...document.querySelectorAll("#upstreams tr")].some((tr) => tr.textContent.includes(s) && tr.querySelector("td.down")),
-    server,
-    { timeout: 60000, polling: 50 },
-  );
-  const ms = Date.now() - t0;
-  await page.screenshot({ path: screenshot, fullPage: true });
-  say({ event: "down", ms, errors });
+  for (;;) {
+    const command = await nextLine();
+    if (command === "snapshot") {
+      const shown = await page.evaluate(() => {
+        const rows = (id) => [...document.querySelectorAll(`#${id} tr`)].filter((tr) => tr.querySelector("td"));
+        return {
+          routes: rows("routes").map((tr) => {
+            const td = tr.querySelectorAll("td");
+            const span = td[3] && td[3].querySelector("span");
+            return {
+              name: td[0].textContent.trim(),
+              upstream: td[3] ? td[3].textContent.trim() : "",
+              canary_class: span ? span.className : "",
+              rps: td[4] ? td[4].textContent.trim() : "",
+              ratio: td[5] ? td[5].textContent.trim() : "",
+              ratio_class: td[5] ? td[5].className : "",
+            };
+          }),
+          tenants: rows("tenants").map((tr) => [...tr.querySelectorAll("td")].map((t) => t.textContent.trim())),
+          refusals: rows("refusals").map((tr) => [...tr.querySelectorAll("td")].map((t) => t.textContent.trim())),
+        };
+      });
+      say({ event: "snapshot", ...shown, errors });
+    } else if (command === "killed") {
+      const t0 = Date.now();
+      await page.waitForFunction(
+        (s) => [...document.querySelectorAll("#upstreams tr")].some((tr) => tr.textContent.includes(s) && tr.querySelector("td.down")),
+        server,
+        { timeout: 60000, polling: 50 },
+      );
+      say({ event: "down", ms: Date.now() - t0, errors });
+    } else if (command === "end" || command === null) {
+      await page.screenshot({ path: screenshot, fullPage: true });
+      say({ event: "end", errors });
+      break;
+    } else {
+      throw new Error(`unknown command ${command}`);
+    }
+  }
   await browser.close();
   process.exit(0);
 })().catch((e) => { say({ event: "error", message: String(e && e.stack || e) }); process.exit(1); });
