@@ -279,3 +279,87 @@ async fn a_later_name_server_that_does_not_know_the_name_does_not_empty_the_upst
     assert!(refreshes_seen >= 10, "{refreshes_seen} samples");
     assert!(up.hits() >= 10);
 }
+
+/// compose/README's claims on a DNS change: each new address is probed once before it joins (one that
+/// fails its probe enters out of rotation and gets no request, even under constant load), and a request
+/// in flight on an address that left the answer finishes there.
+#[tokio::test]
+async fn a_new_address_is_probed_before_it_joins_and_requests_in_flight_on_a_left_one_finish() {
+    let port = free_port();
+    let at = |last: u8| -> SocketAddr { format!("127.0.0.{last}:{port}").parse().expect("addr") };
+    let (a, c, d) = (
+        TestUpstream::start_at("a", at(2)),
+        TestUpstream::start_at("c", at(3)),
+        TestUpstream::start_at("d", at(4)),
+    );
+    // c fails its checks, slowly: were it let in before its verdict, the load would meet it meanwhile.
+    c.behaviour.health_status.store(500, Ordering::SeqCst);
+    c.behaviour.health_delay_ms.store(700, Ordering::SeqCst);
+    let knot = Knot::start_with(ZONE, "backend 1 A 127.0.0.2\n").await;
+    let gw = Gateway::start(&config(knot.port, port)).await;
+    assert_eq!(servers(&gw).await, vec![(at(2).to_string(), true)]);
+
+    // A slow request on a, in flight across the change (a's later requests are fast again).
+    a.behaviour.delay_ms.store(3_000, Ordering::SeqCst);
+    let http = gw.http;
+    let slow = tokio::spawn(async move {
+        send(http, "GET", "x.test", "/slow", &[], bytes::Bytes::new()).await
+    });
+    eventually("the slow request at a", || async {
+        a.seen.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    a.behaviour.delay_ms.store(0, Ordering::SeqCst);
+    let load = Load::start(gw.http);
+    eventually("load before the change", || async {
+        load.sent.load(Ordering::SeqCst) > 20
+    })
+    .await;
+
+    knot.update(
+        ZONE,
+        &[
+            &format!("update delete backend.{ZONE}. A 127.0.0.2"),
+            &format!("update add backend.{ZONE}. 1 A 127.0.0.3"),
+            &format!("update add backend.{ZONE}. 1 A 127.0.0.4"),
+        ],
+    );
+    eventually("the servers follow the DNS answer", || async {
+        servers(&gw).await == vec![(at(3).to_string(), false), (at(4).to_string(), true)]
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended before its server left the answer"
+    );
+    assert!(
+        c.behaviour.probes_failed.load(Ordering::SeqCst) >= 1,
+        "the new address joined without a probe"
+    );
+    let sent_at_change = load.sent.load(Ordering::SeqCst);
+    eventually("load after the change", || async {
+        load.sent.load(Ordering::SeqCst) > sent_at_change + 50
+    })
+    .await;
+    let (sent, failed) = load.finish().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(
+        c.hits(),
+        0,
+        "the address that failed its probe got requests"
+    );
+    assert!(d.hits() > 50, "the new healthy address got {}", d.hits());
+
+    let slow = slow.await.expect("slow request");
+    assert_eq!(
+        (slow.status, slow.upstream()),
+        (200, Some("a")),
+        "the request in flight on the address that left: {:?}",
+        slow.body
+    );
+    assert_eq!(a.seen.in_flight.load(Ordering::SeqCst), 0);
+}
