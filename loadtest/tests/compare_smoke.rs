@@ -118,6 +118,130 @@ fn the_tenant_work_check_catches_a_proxy_that_forwards_forged_tokens() {
     );
 }
 
+/// What a stand-in proxy checks before it answers 200 (each `false` is one proxy that skips that check).
+#[derive(Clone, Copy)]
+struct Checks {
+    signature: bool,
+    token_required: bool,
+    tenant_binding: bool,
+    serves_good: bool,
+}
+
+/// A stand-in proxy for the tenant-work check: it knows the scenario's real tokens and which host each
+/// belongs to, and answers each request on a fresh connection as a proxy doing `checks` would: 401 for
+/// an unknown token (a forged signature) or none, 403 for another host's token, 200 otherwise.
+fn stand_in(requests: &[loadtest::generator::RequestSpec], checks: Checks) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let tokens: Vec<(String, String)> = requests
+        .iter()
+        .filter_map(|r| {
+            let auth = r
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))?;
+            Some((auth.1.clone(), r.host.clone()))
+        })
+        .collect();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut host, mut auth) = (String::new(), None::<String>);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((n, v)) = line.trim_end().split_once(':') {
+                    let v = v.trim().to_string();
+                    match n.to_ascii_lowercase().as_str() {
+                        "host" => host = v,
+                        "authorization" => auth = Some(v),
+                        _ => {}
+                    }
+                }
+                line.clear();
+            }
+            let owner = auth
+                .as_ref()
+                .and_then(|a| tokens.iter().find(|(t, _)| t == a).map(|(_, h)| h));
+            let status = match (&auth, owner) {
+                (None, _) if checks.token_required => 401,
+                (Some(_), None) if checks.signature => 401,
+                (Some(_), Some(h)) if checks.tenant_binding && *h != host => 403,
+                _ if !checks.serves_good => 503,
+                _ => 200,
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    addr
+}
+
+/// Each of the check's probes runs and catches the proxy that skips its check; a proxy doing all of
+/// them passes (so no probe refuses a proxy that does the work).
+#[test]
+fn each_tenant_work_probe_catches_the_proxy_that_skips_its_check() {
+    let requests = Scenario::TenantJwt.requests().unwrap();
+    let all = Checks {
+        signature: true,
+        token_required: true,
+        tenant_binding: true,
+        serves_good: true,
+    };
+    let check = |checks: Checks, binding: bool| {
+        loadtest::compare::probe::check_tenant_work(stand_in(&requests, checks), &requests, binding)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(check(all, true), Ok(()));
+    let cases = [
+        (
+            Checks {
+                serves_good: false,
+                ..all
+            },
+            "its own tenant's token: expected 2xx, got 503",
+        ),
+        (
+            Checks {
+                signature: false,
+                ..all
+            },
+            "a forged signature: expected 401, got 200",
+        ),
+        (
+            Checks {
+                token_required: false,
+                ..all
+            },
+            "no token: expected 401, got 200",
+        ),
+        (
+            Checks {
+                tenant_binding: false,
+                ..all
+            },
+            "another tenant's token: expected 403, got 200",
+        ),
+    ];
+    for (checks, want) in cases {
+        assert_eq!(check(checks, true), Err(want.to_string()));
+    }
+    // A row that does not claim the binding is not asked for it.
+    assert_eq!(
+        check(
+            Checks {
+                tenant_binding: false,
+                ..all
+            },
+            false
+        ),
+        Ok(())
+    );
+}
+
 /// `compressed`: both proxies compress the JSON (the harness refuses a proxy row answered uncompressed),
 /// and each row says what a response weighed.
 #[test]
