@@ -95,16 +95,18 @@ async fn client(
     }
 }
 
+/// Also compose/README's "`--upgrade` waits up to 60 s for the sockets": the new process is started 8 s
+/// before the old one gets SIGQUIT (Pingora's own wait is 5 tries a second apart) and still takes them.
 #[tokio::test]
 async fn sigquit_hands_the_sockets_to_the_new_binary_with_no_refused_or_failed_request() {
-    upgrade_under_load("", None).await;
+    upgrade_under_load("", None, Duration::from_secs(8)).await;
 }
 
 /// With one service per thread, each thread's `SO_REUSEPORT` socket is handed over under its own key:
 /// the new process serves from the very sockets the old one listened on, none bound anew.
 #[tokio::test]
 async fn with_one_socket_per_thread_each_socket_is_handed_over() {
-    upgrade_under_load("threads = 2\nreuseport = true\n", None).await;
+    upgrade_under_load("threads = 2\nreuseport = true\n", None, Duration::ZERO).await;
 }
 
 /// The running gateway shares one socket between its threads; the new one's file asks for one socket per
@@ -113,7 +115,12 @@ async fn with_one_socket_per_thread_each_socket_is_handed_over() {
 /// connections in its queue reset). Without the check, the sockets after the upgrade are new ones.
 #[tokio::test]
 async fn an_upgrade_keeps_the_running_socket_layout_whatever_the_new_file_says() {
-    let new = upgrade_under_load("threads = 2\nreuseport = false\n", Some("threads = 2\n")).await;
+    let new = upgrade_under_load(
+        "threads = 2\nreuseport = false\n",
+        Some("threads = 2\n"),
+        Duration::ZERO,
+    )
+    .await;
     assert!(
         new.stderr().contains("keeping its layout for this upgrade"),
         "{}",
@@ -121,10 +128,30 @@ async fn an_upgrade_keeps_the_running_socket_layout_whatever_the_new_file_says()
     );
 }
 
+/// An access-log `time` (`2026-11-28T12:00:00.123Z`) in milliseconds since the epoch.
+fn log_ms(t: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| -> i64 {
+        t.get(r)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("access-log time {t:?}"))
+    };
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from the civil date (proleptic Gregorian; March-based year).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5 + d - 719_469;
+    days * 86_400_000 + n(11..13) * 3_600_000 + n(14..16) * 60_000 + n(17..19) * 1_000 + n(20..23)
+}
+
 /// Runs the hand-over under load with `server` added to `[server]` (and `new_server` instead for the new
-/// process, when given); checks that the listening sockets after it are the ones before it. Returns the
-/// new process.
-async fn upgrade_under_load(server: &str, new_server: Option<&str>) -> Gateway {
+/// process, when given); the new process is started `quit_after` before the old one gets SIGQUIT. Checks
+/// that the listening sockets after it are the ones before it, and that the old process kept accepting
+/// for its 5 s pause after handing them over (it answers new connections 3 s after the new process's
+/// first answer, and leaves no sooner than 4.5 s after SIGQUIT). Returns the new process.
+async fn upgrade_under_load(
+    server: &str,
+    new_server: Option<&str>,
+    quit_after: Duration,
+) -> Gateway {
     let up = TestUpstream::start("u");
     let slow = TestUpstream::start("slow");
     slow.behaviour.delay_ms.store(2_000, Ordering::SeqCst);
@@ -176,12 +203,22 @@ async fn upgrade_under_load(server: &str, new_server: Option<&str>) -> Gateway {
         old.rewrite(&body(new_server));
     }
     let mut new = old.successor();
+    if !quit_after.is_zero() {
+        // Deliberately longer than Pingora's default wait for the sockets.
+        tokio::time::sleep(quit_after).await;
+        assert!(
+            new.exited().is_none(),
+            "the new process gave up waiting for the sockets within {quit_after:?}: {}",
+            new.stderr()
+        );
+    }
     old.signal("QUIT");
     let t0 = Instant::now();
     eventually("the new process serves", || async {
         !new.access_log().is_empty()
     })
     .await;
+    let new_first = log_ms(new.access_log()[0]["time"].as_str().expect("time"));
     assert!(
         new.exited().is_none(),
         "the new process exited: {}",
@@ -203,6 +240,22 @@ async fn upgrade_under_load(server: &str, new_server: Option<&str>) -> Gateway {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "old process: {exit}\n{}", old.stderr());
+    let exit_after = t0.elapsed();
+    assert!(
+        exit_after >= Duration::from_millis(4_500),
+        "the old process left {exit_after:?} after SIGQUIT, before its 5 s of accepting"
+    );
+    let late: Vec<i64> = old
+        .access_log()
+        .iter()
+        .filter(|l| l["path"] == "/")
+        .filter_map(|l| l["time"].as_str().map(log_ms))
+        .filter(|t| *t >= new_first + 3_000)
+        .collect();
+    assert!(
+        !late.is_empty(),
+        "the old process answered no request 3 s after the hand-over: it stopped accepting"
+    );
     assert_eq!(
         listening_sockets(port),
         sockets,

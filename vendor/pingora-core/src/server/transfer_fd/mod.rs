@@ -77,12 +77,14 @@ impl Fds {
         send_fds_to(vec_fds, &ser_buf[..ser_key_size], path, None)
     }
 
-    pub fn get_from_sock<P>(&mut self, path: &P) -> Result<(), Error>
+    /// Waits for the running process's sockets on `path`: `max_retry` more accepts a second apart
+    /// (`None`: [`MAX_RETRY`]), as `ServerConf::upgrade_sock_connect_accept_max_retries` says.
+    pub fn get_from_sock<P>(&mut self, path: &P, max_retry: Option<usize>) -> Result<(), Error>
     where
         P: ?Sized + NixPath + std::fmt::Display,
     {
         let mut de_buf: [u8; 2048] = [0; 2048];
-        let (fds, bytes) = get_fds_from(path, &mut de_buf, None)?;
+        let (fds, bytes) = get_fds_from(path, &mut de_buf, max_retry)?;
         let keys = deserialize_vec_string(&de_buf[..bytes])?;
         self.deserialize(keys, fds);
         Ok(())
@@ -643,7 +645,7 @@ mod tests {
 
         let child = thread::spawn(move || {
             let mut fds2 = Fds::new();
-            fds2.get_from_sock("/tmp/pingora_fds_receive2.sock")
+            fds2.get_from_sock("/tmp/pingora_fds_receive2.sock", None)
                 .unwrap();
             assert!(*fds2.get(&key1).unwrap() > 0);
             assert!(*fds2.get(&key2).unwrap() > 0);
