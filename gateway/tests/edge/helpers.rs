@@ -1104,6 +1104,11 @@ impl RedisServer {
         r
     }
 
+    /// The server's working directory, where its `dump.rdb` goes.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// `redis://:password@127.0.0.1:port` (`rediss://` with TLS).
     pub fn url(&self) -> String {
         let scheme = if self.ca.is_some() { "rediss" } else { "redis" };

@@ -4,6 +4,7 @@ mod acme;
 mod admin;
 mod api_keys;
 mod auth;
+mod backup;
 mod balancing;
 mod canary;
 mod client_auth;
