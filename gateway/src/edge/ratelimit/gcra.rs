@@ -139,6 +139,8 @@ mod tests {
                 let (allowed, remaining) = bucket.take(now);
                 prop_assert_eq!(d.allowed, allowed, "at {}", now);
                 prop_assert_eq!(d.remaining, remaining, "at {}", now);
+                // Back to full capacity once the bucket's deficit has refilled.
+                prop_assert_eq!(d.reset_us, bucket.capacity * bucket.interval - bucket.level, "at {}", now);
                 if d.allowed {
                     tat = Some(d.tat_us);
                 } else {
@@ -170,5 +172,23 @@ mod tests {
         assert!(!d.allowed);
         assert_eq!(d.retry_after_us, 100_000, "one interval");
         assert!(decide(g, tat, 100_000).allowed);
+    }
+
+    /// A quota counter is told from a policy by its zero interval alone (the script branches on it):
+    /// no policy, however fast, is read as one.
+    #[test]
+    fn only_a_counter_is_a_counter() {
+        assert!(Gcra::counter(1_000).is_counter());
+        assert!(Gcra::counter(0).is_counter());
+        let fastest = Gcra::new(
+            Rate {
+                limit: u64::MAX,
+                burst: 0,
+            },
+            Duration::from_micros(1),
+        );
+        assert_eq!(fastest.interval_us, 1);
+        assert!(!fastest.is_counter());
+        assert!(!Gcra::new(Rate { limit: 5, burst: 0 }, Duration::from_secs(1)).is_counter());
     }
 }
