@@ -142,6 +142,8 @@ mod tests {
             "https://.aggios.app",
             "https://évil.aggios.app",
             "https://€€€€aggios.app",
+            // The suffix would start inside the '€': not a boundary (slicing there would panic).
+            "https://aa€aggios.app",
         ] {
             assert!(!origin_allowed(&spec(), bad, host), "{bad}");
         }
@@ -232,5 +234,45 @@ mod tests {
             ),
             Err(PreflightDenied::Header)
         );
+    }
+
+    /// An actual response's headers: the origin echoed, credentials and exposed headers as configured.
+    #[test]
+    fn actual_responses() {
+        let mut s = spec();
+        let h = actual(&s, "https://acme.aggios.app");
+        assert_eq!(
+            h,
+            vec![
+                (
+                    http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("https://acme.aggios.app")
+                ),
+                (
+                    http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true")
+                ),
+            ]
+        );
+        s.credentials = false;
+        s.expose_headers = vec![
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("ratelimit"),
+        ];
+        assert_eq!(
+            actual(&s, "https://acme.aggios.app"),
+            vec![
+                (
+                    http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("https://acme.aggios.app")
+                ),
+                (
+                    http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    HeaderValue::from_static("x-request-id, ratelimit")
+                ),
+            ]
+        );
+        // An origin that is no header value gets no header at all.
+        assert!(actual(&s, "https://a\nb").is_empty());
     }
 }

@@ -175,3 +175,158 @@ pub fn bearer(header: Option<&[u8]>) -> Result<&str, AuthError> {
     }
     Ok(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(tenant: &str, client: Option<&str>, scope: Option<&str>) -> Identity {
+        Identity {
+            user_id: "u".into(),
+            tenant: tenant.into(),
+            email: None,
+            role: None,
+            jti: None,
+            iat: None,
+            client_id: client.map(str::to_string),
+            scope: scope.map(str::to_string),
+        }
+    }
+
+    /// Every refusal's status, metric label (a contract: shared/DESIGN.md) and challenge.
+    #[test]
+    fn each_refusal_has_its_status_label_and_challenge() {
+        use AuthError::*;
+        let invalid = |e: AuthError| {
+            format!("Bearer realm=\"aggios\", error=\"invalid_token\", error_description=\"{e}\"")
+        };
+        let scope = |e: AuthError| {
+            format!(
+                "Bearer realm=\"aggios\", error=\"insufficient_scope\", error_description=\"{e}\""
+            )
+        };
+        let table: [(AuthError, u16, &str, Option<String>); 19] = [
+            (
+                MissingToken,
+                401,
+                "missing_token",
+                Some("Bearer realm=\"aggios\"".into()),
+            ),
+            (Malformed, 401, "malformed_token", Some(invalid(Malformed))),
+            (TooLarge, 401, "token_too_large", Some(invalid(TooLarge))),
+            (
+                WrongAlgorithm,
+                401,
+                "wrong_algorithm",
+                Some(invalid(WrongAlgorithm)),
+            ),
+            (UnknownKid, 401, "unknown_kid", Some(invalid(UnknownKid))),
+            (MissingKid, 401, "missing_kid", Some(invalid(MissingKid))),
+            (
+                BadSignature,
+                401,
+                "bad_signature",
+                Some(invalid(BadSignature)),
+            ),
+            (Expired, 401, "token_expired", Some(invalid(Expired))),
+            (
+                NotYetValid,
+                401,
+                "token_not_yet_valid",
+                Some(invalid(NotYetValid)),
+            ),
+            (
+                InvalidClaims,
+                401,
+                "invalid_claims",
+                Some(invalid(InvalidClaims)),
+            ),
+            (
+                TenantMismatch,
+                403,
+                "tenant_mismatch",
+                Some(scope(TenantMismatch)),
+            ),
+            (Revoked, 401, "token_revoked", Some(invalid(Revoked))),
+            (
+                InvalidApiKey,
+                401,
+                "invalid_api_key",
+                Some(invalid(InvalidApiKey)),
+            ),
+            (
+                ApiKeyExpired,
+                401,
+                "api_key_expired",
+                Some(invalid(ApiKeyExpired)),
+            ),
+            (
+                InsufficientScope,
+                403,
+                "insufficient_scope",
+                Some(scope(InsufficientScope)),
+            ),
+            (ClientCertRequired, 401, "client_cert_required", None),
+            (ClientCertInvalid, 401, "client_cert_invalid", None),
+            (ClientCertNoTenant, 403, "client_cert_no_tenant", None),
+            (ClientCertOtherTenant, 403, "tenant_mismatch", None),
+        ];
+        for (e, status, reason, challenge) in table {
+            assert_eq!(
+                (e.status(), e.reason(), e.www_authenticate()),
+                (status, reason, challenge),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_tenant_is_bound_where_the_policy_says() {
+        let acme = identity("acme", None, None);
+        for policy in [
+            AuthPolicy::JwtTenant,
+            AuthPolicy::ApiKey,
+            AuthPolicy::JwtOrApiKey,
+            AuthPolicy::ClientCert,
+        ] {
+            assert_eq!(bind_tenant(policy, &acme, Some("acme")), Ok(()));
+            assert_eq!(
+                bind_tenant(policy, &acme, Some("globex")),
+                Err(AuthError::TenantMismatch),
+                "{policy:?}"
+            );
+            // A host without a tenant: any tenant's credential.
+            assert_eq!(bind_tenant(policy, &acme, None), Ok(()));
+        }
+        for policy in [AuthPolicy::None, AuthPolicy::Jwt] {
+            assert_eq!(bind_tenant(policy, &acme, Some("globex")), Ok(()));
+        }
+    }
+
+    #[test]
+    fn scopes_limit_integrations_only() {
+        let need = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // A user's own token: not limited by scopes.
+        assert!(identity("t", None, None).grants(&need(&["files:write"])));
+        assert!(identity("t", None, None).grants(&[]));
+        // An integration: only on routes that name scopes, with each of them granted.
+        let app = identity("t", Some("app"), Some("files:read users:read"));
+        assert!(!app.grants(&[]));
+        assert!(app.grants(&need(&["files:read"])));
+        assert!(app.grants(&need(&["users:read", "files:read"])));
+        assert!(!app.grants(&need(&["files:read", "files:write"])));
+        assert!(!app.grants(&need(&["files"])), "a prefix is no scope");
+        assert!(!identity("t", Some("app"), None).grants(&need(&["files:read"])));
+    }
+
+    #[test]
+    fn the_bearer_token_of_a_header() {
+        assert_eq!(bearer(None), Err(AuthError::MissingToken));
+        assert_eq!(bearer(Some(b"Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some(b"bearer  abc ")), Ok("abc"));
+        assert_eq!(bearer(Some(b"Basic abc")), Err(AuthError::MissingToken));
+        assert_eq!(bearer(Some(b"Bearer ")), Err(AuthError::MissingToken));
+        assert_eq!(bearer(Some(b"Bearer")), Err(AuthError::Malformed));
+        assert_eq!(bearer(Some(b"Bearer \xff")), Err(AuthError::Malformed));
+    }
+}
