@@ -2,6 +2,8 @@
 # Mutation testing of the pure cores with cargo-mutants (#32 point 3): scripts/mutants.sh [MODULE...]
 #   MODULE: routing guard jwt cors gcra api_key config duration domain storage_key (default: all)
 #   scripts/mutants.sh --list [MODULE...]   only count the mutants
+#   scripts/mutants.sh --iterate [MODULE...] test again only what the last run of each module did not
+#                                            catch (cargo-mutants' --iterate: after adding tests)
 # Each module's mutants are built and tested one by one against the tests that prove that core: the
 # package's unit tests plus the corpus replays and the differential parser test, narrowed by name to the
 # module's own (after `--`: libtest runs the tests whose path contains any of the words; replaying every
@@ -17,7 +19,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-declare -A PKG FILES TESTS
+declare -A PKG FILES TESTS RE
+# RE (optional): only the mutants whose name matches (the pure functions of a file that also does I/O).
 # routing: the route table (hosts, wildcard, path prefixes, methods) and its config-side ambiguity check.
 PKG[routing]=gateway; FILES[routing]="gateway/src/edge/route.rs"
 TESTS[routing]="--lib --test fuzz_corpora -- route router"
@@ -32,7 +35,9 @@ TESTS[cors]="--lib --test fuzz_corpora -- cors"
 # The in-process GCRA model (the Redis script is checked against it by tests/edge/gcra_script.rs).
 PKG[gcra]=gateway; FILES[gcra]="gateway/src/edge/ratelimit/gcra.rs"
 TESTS[gcra]="--lib"
+# API-key parsing and checking (the store's cache and Redis tier are the integration tests' part).
 PKG[api_key]=gateway; FILES[api_key]="gateway/src/edge/auth/api_key.rs"
+RE[api_key]='\b(parse|check|has_scopes|presented)\b'
 TESTS[api_key]="--lib --test fuzz_corpora -- api_key"
 # Config validation: the route and entrypoint rules of config/mod.rs and config/routes/mod.rs.
 PKG[config]=gateway; FILES[config]="gateway/src/config/mod.rs gateway/src/config/routes/mod.rs"
@@ -43,11 +48,14 @@ TESTS[duration]="--lib"
 PKG[domain]=backend; FILES[domain]="backend/src/domain.rs"
 TESTS[domain]="--lib"
 PKG[storage_key]=backend; FILES[storage_key]="backend/src/storage.rs"
+RE[storage_key]='\b(check_path|key|meta_key)\b'
 TESTS[storage_key]="--lib"
 ALL=(routing guard jwt cors gcra api_key config duration domain storage_key)
 
 list_only=0
+iterate=()
 if [ "${1:-}" = "--list" ]; then list_only=1; shift; fi
+if [ "${1:-}" = "--iterate" ]; then iterate=(--iterate); shift; fi
 modules=("$@")
 [ ${#modules[@]} -eq 0 ] && modules=("${ALL[@]}")
 for m in "${modules[@]}"; do
@@ -59,7 +67,12 @@ if ! command -v cargo-mutants >/dev/null 2>&1; then
   cargo install cargo-mutants@27.0.0 --locked >&2
 fi
 
-file_args() { local a=(); for f in ${FILES[$1]}; do a+=(--file "$f"); done; echo "${a[@]}"; }
+file_args() {
+  local a=()
+  for f in ${FILES[$1]}; do a+=(--file "$f"); done
+  [ -z "${RE[$1]:-}" ] || a+=(--re "${RE[$1]}")
+  echo "${a[@]}"
+}
 
 if [ $list_only = 1 ]; then
   for m in "${modules[@]}"; do
@@ -85,14 +98,14 @@ export CARGO_INCREMENTAL=1
 summary="$out/summary.md"
 for m in "${modules[@]}"; do
   log "mutants of $m (${FILES[$m]}), tests: ${TESTS[$m]}"
-  rm -rf "$out/$m"
+  [ ${#iterate[@]} -gt 0 ] || rm -rf "$out/$m"
   # shellcheck disable=SC2046
-  (cd "$home/src" && cargo mutants --in-place --no-shuffle --package "${PKG[$m]}" $(file_args "$m") \
+  (cd "$home/src" && cargo mutants "${iterate[@]}" --in-place --no-shuffle --package "${PKG[$m]}" $(file_args "$m") \
     --timeout "${MUTANTS_TIMEOUT:-30}" --build-timeout "${MUTANTS_BUILD_TIMEOUT:-900}" \
     --output "$out/$m" -- ${TESTS[$m]}) || true
   d="$out/$m/mutants.out"
   count() { if [ -f "$d/$1.txt" ]; then awk 'NF' "$d/$1.txt" | wc -l; else echo 0; fi; }
-  caught=$(count caught); missed=$(count missed); timeout=$(count timeout); unviable=$(count unviable)
+  caught=$(($(count caught) + $(count previously_caught))); missed=$(count missed); timeout=$(count timeout); unviable=$(count unviable)
   viable=$((caught + missed + timeout))
   score=$(awk -v k=$((caught + timeout)) -v v=$viable 'BEGIN { if (v) printf "%.1f", 100 * k / v; else printf "-" }')
   line="| $m | ${FILES[$m]} | $((caught + timeout)) / $viable | $score % | $unviable |"

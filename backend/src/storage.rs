@@ -348,4 +348,47 @@ mod tests {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
     }
+
+    /// Each rule with its own message, at its bounds; the keys are the tenant's prefix and the path.
+    #[test]
+    fn each_rule_refuses_with_its_reason_and_keys_sit_under_the_tenant() {
+        let reason = |p: &str| match check_path(p) {
+            Err(StorageError::InvalidPath(r)) => r,
+            other => panic!("{p:?}: {other:?}"),
+        };
+        assert!(check_path(&"a".repeat(1024)).is_ok());
+        assert_eq!(reason(&"a".repeat(1025)), "path must be 1 to 1024 bytes");
+        assert_eq!(reason(""), "path must be 1 to 1024 bytes");
+        assert_eq!(reason("/a"), "absolute paths are not allowed");
+        assert_eq!(
+            reason("a\\b"),
+            "backslashes and control characters are not allowed"
+        );
+        assert_eq!(
+            reason("a\u{7f}b"),
+            "backslashes and control characters are not allowed"
+        );
+        for p in ["a/", "a/.", "./a", "a/../b", ".metadata", "a/.meta-x"] {
+            assert_eq!(
+                reason(p),
+                "empty, `.` and `..` segments are not allowed",
+                "{p:?}"
+            );
+        }
+        assert!(
+            check_path("a.meta/b").is_ok(),
+            "only a segment starting .meta"
+        );
+
+        let t = Uuid::from_u128(0x1234);
+        assert_eq!(
+            key(t, "docs/a.pdf").expect("key").as_ref(),
+            format!("{t}/docs/a.pdf")
+        );
+        assert!(matches!(key(t, "../x"), Err(StorageError::InvalidPath(_))));
+        assert_eq!(
+            meta_key(t, "docs/a.pdf").expect("meta key").as_ref(),
+            format!(".meta/{t}/docs/a.pdf")
+        );
+    }
 }

@@ -732,4 +732,24 @@ mod tests {
         assert_eq!(bearer(Some(b"Basic xyz")), Err(AuthError::MissingToken));
         assert_eq!(bearer(Some(b"Bearer")), Err(AuthError::Malformed));
     }
+
+    /// `max_token_bytes` is the largest token accepted, not the first refused.
+    #[test]
+    fn a_token_of_exactly_max_token_bytes_is_read() {
+        let token = sign(None, K1, good());
+        let keys = || {
+            vec![JwtKey {
+                kid: None,
+                secret: K1.to_vec(),
+            }]
+        };
+        let mut s = settings(keys());
+        s.max_token_bytes = token.len();
+        assert!(JwtVerifier::new(&s, None).verify(&token).is_ok());
+        s.max_token_bytes = token.len() - 1;
+        assert_eq!(
+            JwtVerifier::new(&s, None).verify(&token),
+            Err(AuthError::TooLarge)
+        );
+    }
 }
