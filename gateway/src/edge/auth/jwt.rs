@@ -650,6 +650,8 @@ mod tests {
         for (iss, aud) in [
             (json!("https://evil.test/"), json!("aggios-api")),
             (json!("https://login.test/"), json!("other")),
+            (json!("https://login.test/"), json!(["other"])),
+            (json!("https://login.test/"), json!([])),
             (json!("https://login.test/"), json!(null)),
             (json!(null), json!("aggios-api")),
         ] {
@@ -750,6 +752,98 @@ mod tests {
         assert_eq!(
             JwtVerifier::new(&s, None).verify(&token),
             Err(AuthError::TooLarge)
+        );
+    }
+
+    /// `exp`, `nbf` and `iat` at their bounds with the leeway: `exp + leeway == now` is still valid,
+    /// `nbf == now + leeway` and `iat == now + leeway` are already valid, one second more is not. The
+    /// clock is read around each check and the check retried when a second boundary fell in between.
+    #[test]
+    fn time_claims_at_their_bounds() {
+        let key = || {
+            vec![JwtKey {
+                kid: None,
+                secret: K1.to_vec(),
+            }]
+        };
+        let v = verifier(key()); // leeway 30 s
+        let at = |f: &dyn Fn(u64) -> serde_json::Value| -> Result<Identity, AuthError> {
+            for _ in 0..20 {
+                let t = now();
+                let r = v.verify(&sign(None, K1, f(t)));
+                if now() == t {
+                    return r;
+                }
+            }
+            panic!("the clock never held still for one check");
+        };
+        let claims = |exp: u64, nbf: Option<u64>, iat: Option<u64>| {
+            let mut c = json!({ "user_id": "u1", "tenant_id": "acme", "exp": exp });
+            if let Some(n) = nbf {
+                c["nbf"] = n.into();
+            }
+            if let Some(i) = iat {
+                c["iat"] = i.into();
+            }
+            c
+        };
+        assert!(at(&|t| claims(t - 30, None, None)).is_ok());
+        assert_eq!(at(&|t| claims(t - 31, None, None)), Err(AuthError::Expired));
+        assert!(at(&|t| claims(t + 600, Some(t + 30), None)).is_ok());
+        assert!(at(&|t| claims(t + 600, Some(t + 10), None)).is_ok());
+        assert_eq!(
+            at(&|t| claims(t + 600, Some(t + 31), None)),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(at(&|t| claims(t + 600, None, Some(t + 30))).is_ok());
+        assert!(at(&|t| claims(t + 600, None, Some(t + 10))).is_ok());
+        assert_eq!(
+            at(&|t| claims(t + 600, None, Some(t + 31))),
+            Err(AuthError::InvalidClaims)
+        );
+    }
+
+    /// Which refusal a token gets when its key does not fit: HS256 with no HS key configured at all is
+    /// the wrong algorithm (not a missing kid), and an asymmetric algorithm naming an HS key's kid is
+    /// algorithm confusion (not an unknown kid).
+    #[test]
+    fn a_key_of_the_wrong_kind_is_the_wrong_algorithm() {
+        let none = verifier(vec![]);
+        assert_eq!(
+            none.verify(&sign(None, K1, good())),
+            Err(AuthError::WrongAlgorithm)
+        );
+        let hs = verifier(vec![JwtKey {
+            kid: Some("k1".into()),
+            secret: K1.to_vec(),
+        }]);
+        let rs_naming_hs = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64(&good().to_string()),
+            b64("sig")
+        );
+        assert_eq!(hs.verify(&rs_naming_hs), Err(AuthError::WrongAlgorithm));
+        let rs_naming_other = rs_naming_hs.replacen(
+            &b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            &b64(r#"{"alg":"RS256","kid":"k9"}"#),
+            1,
+        );
+        assert_eq!(hs.verify(&rs_naming_other), Err(AuthError::UnknownKid));
+        // With several kids and none named: a missing kid.
+        let two = verifier(vec![
+            JwtKey {
+                kid: Some("k1".into()),
+                secret: K1.to_vec(),
+            },
+            JwtKey {
+                kid: Some("k2".into()),
+                secret: K2.to_vec(),
+            },
+        ]);
+        assert_eq!(
+            two.verify(&sign(None, K1, good())),
+            Err(AuthError::MissingKid)
         );
     }
 }
