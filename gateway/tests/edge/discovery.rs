@@ -76,6 +76,21 @@ impl Load {
         }
     }
 
+    /// Lets `more` requests go, then stops; every request must have been answered 200.
+    async fn finish_clean_after(self, more: usize) {
+        let at = self.sent.load(Ordering::SeqCst);
+        eventually("load after the change", || async {
+            self.sent.load(Ordering::SeqCst) > at + more
+        })
+        .await;
+        let (sent, failed) = self.finish().await;
+        assert!(
+            failed.is_empty(),
+            "{} of {sent} requests failed: {failed:?}",
+            failed.len()
+        );
+    }
+
     async fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
@@ -145,17 +160,7 @@ async fn upstream_names_follow_dns_answers_without_a_reload_and_keep_health_stat
     })
     .await;
     let a_hits = a.hits();
-    let sent_at_change = load.sent.load(Ordering::SeqCst);
-    eventually("load after the change", || async {
-        load.sent.load(Ordering::SeqCst) > sent_at_change + 50
-    })
-    .await;
-    let (sent, failed) = load.finish().await;
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} requests failed: {failed:?}",
-        failed.len()
-    );
+    load.finish_clean_after(50).await;
     assert_eq!(
         b.hits(),
         b_hits,
@@ -336,17 +341,7 @@ async fn a_new_address_is_probed_before_it_joins_and_requests_in_flight_on_a_lef
         c.behaviour.probes_failed.load(Ordering::SeqCst) >= 1,
         "the new address joined without a probe"
     );
-    let sent_at_change = load.sent.load(Ordering::SeqCst);
-    eventually("load after the change", || async {
-        load.sent.load(Ordering::SeqCst) > sent_at_change + 50
-    })
-    .await;
-    let (sent, failed) = load.finish().await;
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} failed: {failed:?}",
-        failed.len()
-    );
+    load.finish_clean_after(50).await;
     assert_eq!(
         c.hits(),
         0,
