@@ -14,8 +14,8 @@
 # (caught.txt, missed.txt, timeout.txt, unviable.txt) and the script prints the score
 # caught / viable, a timeout (30 s: the unit tests take ~5) counting as caught. Not in .ci/run: about 20-30 s
 # per mutant on 2 cores.
-# The tree is copied (rsync, mtimes kept) into $MUTANTS_HOME/src and mutated in place there, so one
-# build directory serves every run incrementally; your checkout is never touched.
+# The tree is copied (rsync) into $MUTANTS_HOME/src before each module and mutated in place
+# there, so one build directory serves every run incrementally; your checkout is never touched.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
@@ -90,7 +90,6 @@ ensure_py_tools
 home="${MUTANTS_HOME:-$HOME/.cache/aggios-edge/mutants}"
 out="${MUTANTS_OUT:-$ROOT/mutants.out}"
 mkdir -p "$home/src" "$out"
-rsync -a --delete --exclude /target --exclude /mutants.out --exclude /.git "$ROOT/" "$home/src/"
 # Debug info off: most of a mutant's build is linking the test binaries.
 export CARGO_TARGET_DIR="$home/target" CARGO_PROFILE_TEST_DEBUG=0 CARGO_PROFILE_DEV_DEBUG=0
 export CARGO_INCREMENTAL=1
@@ -99,17 +98,45 @@ summary="$out/summary.md"
 for m in "${modules[@]}"; do
   log "mutants of $m (${FILES[$m]}), tests: ${TESTS[$m]}"
   [ ${#iterate[@]} -gt 0 ] || rm -rf "$out/$m"
+  # A fresh copy for each module, compared by content and written with the time of the copy: copied
+  # with the checkout's (older) mtimes, cargo took the build of the last mutant as up to date and the
+  # next baseline ran a mutated binary.
+  rsync -rlp --checksum --delete --exclude /target --exclude /mutants.out --exclude /.git "$ROOT/" "$home/src/"
+  # And the package's sources newer than any build: its baseline is compiled from them, whatever ran last.
+  find "$home/src/${PKG[$m]}" -name '*.rs' -exec touch {} +
   # shellcheck disable=SC2046
   (cd "$home/src" && cargo mutants "${iterate[@]}" --in-place --no-shuffle --package "${PKG[$m]}" $(file_args "$m") \
     --timeout "${MUTANTS_TIMEOUT:-30}" --build-timeout "${MUTANTS_BUILD_TIMEOUT:-900}" \
     --output "$out/$m" -- ${TESTS[$m]}) || true
-  d="$out/$m/mutants.out"
-  count() { if [ -f "$d/$1.txt" ]; then awk 'NF' "$d/$1.txt" | wc -l; else echo 0; fi; }
-  caught=$(($(count caught) + $(count previously_caught))); missed=$(count missed); timeout=$(count timeout); unviable=$(count unviable)
-  viable=$((caught + missed + timeout))
-  score=$(awk -v k=$((caught + timeout)) -v v=$viable 'BEGIN { if (v) printf "%.1f", 100 * k / v; else printf "-" }')
-  line="| $m | ${FILES[$m]} | $((caught + timeout)) / $viable | $score % | $unviable |"
+  # The module's ledger (mutant name -> last outcome) accumulates over --iterate runs: cargo-mutants'
+  # own files keep only what the last run tested.
+  if ! python3 - "$out/$m" "${#iterate[@]}" <<'PY'
+import json, pathlib, sys
+d = pathlib.Path(sys.argv[1])
+ledger_path = d / "ledger.json"
+ledger = json.loads(ledger_path.read_text()) if sys.argv[2] != "0" and ledger_path.exists() else {}
+run = json.loads((d / "mutants.out" / "outcomes.json").read_text())["outcomes"]
+base = [o for o in run if o["scenario"] == "Baseline"]
+if base and base[0]["summary"] != "Success":
+    sys.exit(f"the unmutated tree failed its tests: nothing recorded (see {d}/mutants.out/log/baseline.log)")
+for o in run:
+    if isinstance(o["scenario"], dict):
+        ledger[o["scenario"]["Mutant"]["name"]] = o["summary"]
+ledger_path.write_text(json.dumps(ledger, indent=1, sort_keys=True))
+PY
+  then
+    continue
+  fi
+  d="$out/$m"
+  tally() { python3 -c "import json,sys; l=json.load(open('$d/ledger.json')); print(sum(v in sys.argv[1:] for v in l.values()))" "$@"; }
+  caught=$(tally CaughtMutant Timeout); missed=$(tally MissedMutant); unviable=$(tally Unviable)
+  viable=$((caught + missed))
+  score=$(awk -v k=$caught -v v=$viable 'BEGIN { if (v) printf "%.1f", 100 * k / v; else printf "-" }')
+  line="| $m | ${FILES[$m]} | $caught / $viable | $score % | $unviable |"
   echo "$line"
   echo "$(date -u +%FT%TZ) $line" >>"$summary"
-  if [ "$missed" -gt 0 ]; then echo "missed:"; sed 's/^/  /' "$d/missed.txt"; fi
+  if [ "$missed" -gt 0 ]; then
+    echo "missed:"
+    python3 -c "import json; [print('  ' + k) for k, v in sorted(json.load(open('$d/ledger.json')).items()) if v == 'MissedMutant']"
+  fi
 done
