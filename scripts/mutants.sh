@@ -11,7 +11,8 @@
 # the crate and a few seconds of tests. The integration suites
 # (tests/edge, backend/tests) are not run per mutant: a core this test set does not pin is a core whose
 # proof hangs on a slow end-to-end test. Per module, mutants.out/MODULE/ holds cargo-mutants' own output
-# (caught.txt, missed.txt, timeout.txt, unviable.txt) and the script prints the score
+# (mutants.out/: caught.txt, missed.txt, … of its last run) and ledger.json (every mutant's last outcome,
+# accumulated over --iterate runs), from which the script prints the score
 # caught / viable, a timeout (30 s: the unit tests take ~5) counting as caught. Not in .ci/run: about 20-30 s
 # per mutant on 2 cores.
 # The tree is copied (rsync) into $MUTANTS_HOME/src before each module and mutated in place
