@@ -90,10 +90,6 @@ pub fn rank(spec: &RouteSpec, kind: u8, index: usize) -> Rank {
     )
 }
 
-fn kind_score(p: &HostPattern) -> u8 {
-    3 - p.kind_rank()
-}
-
 impl Router {
     /// Compiles `routes` (indexes into the slice are the route ids).
     pub fn new(routes: &[RouteSpec], tenancy: &Tenancy) -> Router {
@@ -109,12 +105,8 @@ impl Router {
                 methods: spec.methods.clone(),
                 headers: spec.headers.clone(),
             });
-            // A route's own rank uses its most specific host kind; per-kind lists rank within the kind.
-            r.ranks.push(rank(
-                spec,
-                spec.hosts.iter().map(kind_score).max().unwrap_or(0),
-                i,
-            ));
+            // The kind is left 0 here: each lookup sets it for the host kind that matched (`rank_as`).
+            r.ranks.push(rank(spec, 0, i));
             if spec.hosts.is_empty() {
                 r.any.push(i);
             }
@@ -378,6 +370,62 @@ mod tests {
         assert_eq!(
             find(&r, "acme.aggios.app", "/", &Method::GET, &h).map(|m| m.route),
             Some(1)
+        );
+    }
+
+    /// With equal priorities the host kind decides across kinds (exact over wildcard over regex), before
+    /// the path prefix and the order in the file: the wildcard and regex routes come first and have the
+    /// longer prefix, and still lose.
+    #[test]
+    fn equal_priorities_rank_exact_then_wildcard_then_regex() {
+        let mut re = spec("re", &["~^(?P<tenant>[a-z]+)\\.aggios\\.app$"], "/api");
+        let mut wild = spec("wild", &["*.aggios.app"], "/api");
+        let mut exact = spec("exact", &["acme.aggios.app"], "/");
+        for s in [&mut re, &mut wild, &mut exact] {
+            s.priority = Some(5);
+        }
+        let h = HeaderMap::new();
+        let get = Method::GET;
+        let r = Router::new(&[re.clone(), wild.clone(), exact], &tenancy());
+        assert_eq!(
+            find(&r, "acme.aggios.app", "/api", &get, &h).map(|m| m.route),
+            Some(2)
+        );
+        assert_eq!(
+            find(&r, "globex.aggios.app", "/api", &get, &h).map(|m| m.route),
+            Some(1)
+        );
+        let r = Router::new(&[re], &tenancy());
+        assert_eq!(
+            find(&r, "globex.aggios.app", "/api", &get, &h).map(|m| m.route),
+            Some(0)
+        );
+    }
+
+    /// A header matcher matches the request carrying that value (among others), not another value.
+    #[test]
+    fn header_matchers_want_the_value() {
+        let mut canary = spec("canary", &["*.aggios.app"], "/");
+        canary.headers = vec![(
+            http::HeaderName::from_static("x-env"),
+            http::HeaderValue::from_static("canary"),
+        )];
+        let r = Router::new(&[canary, spec("main", &["*.aggios.app"], "/")], &tenancy());
+        let get = Method::GET;
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            find(&r, "acme.aggios.app", "/", &get, &h).map(|m| m.route),
+            Some(1)
+        );
+        h.insert("x-env", "prod".parse().expect("hv"));
+        assert_eq!(
+            find(&r, "acme.aggios.app", "/", &get, &h).map(|m| m.route),
+            Some(1)
+        );
+        h.append("x-env", "canary".parse().expect("hv"));
+        assert_eq!(
+            find(&r, "acme.aggios.app", "/", &get, &h).map(|m| m.route),
+            Some(0)
         );
     }
 
