@@ -459,6 +459,36 @@ mod tests {
         }
     }
 
+    /// A host name of 253 characters (a trailing dot aside) is read; one of 254 is not.
+    #[test]
+    fn host_names_up_to_253_characters() {
+        let l = |c: &str, n: usize| c.repeat(n);
+        let host = format!(
+            "{}.{}.{}.{}",
+            l("a", 63),
+            l("b", 63),
+            l("c", 63),
+            l("d", 61)
+        );
+        assert_eq!(host.len(), 253);
+        assert_eq!(
+            normalize_host(host.as_bytes()).as_deref(),
+            Some(host.as_str())
+        );
+        let dotted = format!("{host}.");
+        assert_eq!(
+            normalize_host(dotted.as_bytes()).as_deref(),
+            Some(host.as_str())
+        );
+        let long = format!("{host}d");
+        assert_eq!(normalize_host(long.as_bytes()), None);
+        // Hyphens and underscores inside labels are letters like any other.
+        assert_eq!(
+            normalize_host(b"a-b_c.aggios.app").as_deref(),
+            Some("a-b_c.aggios.app")
+        );
+    }
+
     /// The slow reference: every route, every host pattern, highest rank wins.
     fn reference(
         routes: &[RouteSpec],
