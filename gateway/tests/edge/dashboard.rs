@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,16 +90,19 @@ fn pace(
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<(usize, usize)> {
     tokio::spawn(async move {
-        let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let (mut ok, mut failed) = (0, 0);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !stop.load(Ordering::SeqCst) {
             tick.tick().await;
             let r = send(port, "GET", host, path, &[], bytes::Bytes::new()).await;
-            let n = if r.status == 200 { &ok } else { &failed };
-            n.fetch_add(1, Ordering::SeqCst);
+            *(if r.status == 200 {
+                &mut ok
+            } else {
+                &mut failed
+            }) += 1;
         }
-        (ok.into_inner(), failed.into_inner())
+        (ok, failed)
     })
 }
 
