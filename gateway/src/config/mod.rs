@@ -277,6 +277,14 @@ fn parse_inner(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<C
 /// The addresses `authority` (`HOST:PORT`) stands for without asking DNS: an IP literal, `localhost`
 /// and `*.localhost` (loopback, RFC 6761), or a name in `/etc/hosts`. Empty for anything else.
 fn local_addrs(authority: &str) -> Vec<SocketAddr> {
+    local_addrs_in(
+        authority,
+        &std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+    )
+}
+
+/// [`local_addrs`] with the hosts file's text given.
+fn local_addrs_in(authority: &str, hosts_file: &str) -> Vec<SocketAddr> {
     if let Ok(a) = authority.parse::<SocketAddr>() {
         return vec![a];
     }
@@ -293,8 +301,7 @@ fn local_addrs(authority: &str) -> Vec<SocketAddr> {
             std::net::Ipv6Addr::LOCALHOST.into(),
         ]
     } else {
-        std::fs::read_to_string("/etc/hosts")
-            .unwrap_or_default()
+        hosts_file
             .lines()
             .filter_map(|l| {
                 let l = l.split('#').next()?;
@@ -759,5 +766,295 @@ mod tests {
         );
         let ok = format!("{base}[[routes]]\nname = \"a\"\nhosts = [\"*.x.app\"]\nmethods = [\"GET\"]\nupstream = \"u\"\n[[routes]]\nname = \"b\"\nhosts = [\"*.x.app\"]\nmethods = [\"POST\"]\nupstream = \"u\"\n");
         assert!(lines(&ok).is_empty());
+    }
+}
+
+/// The whole-file rules of `validate` and what a reload reports (the mutation run of #32: each with
+/// its own message and place, and each setting a reload cannot change on its own).
+#[cfg(test)]
+mod file_rule_tests {
+    use super::*;
+
+    const BASE: &str = "[entrypoints]\nhttp = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:2\"]\n";
+
+    fn parse(text: &str) -> Config {
+        Config::parse(Path::new("t.toml"), text)
+            .unwrap_or_else(|e| panic!("{text}\n{}", e.lines().join("\n")))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(Path::new("t.toml"), text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.lines(),
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let out = errors(&format!(
+            "{BASE}[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:3\"]\n"
+        ));
+        assert_eq!(out, ["t.toml:7:8: duplicate upstream name `u`"]);
+        let route = |name: &str, host: &str| {
+            format!("[[routes]]\nname = \"{name}\"\nhosts = [\"{host}\"]\nupstream = \"u\"\n")
+        };
+        let out = errors(&format!(
+            "{BASE}{}{}",
+            route("r", "a.test"),
+            route("r", "b.test")
+        ));
+        assert_eq!(out, ["t.toml:11:8: duplicate route name `r`"]);
+        let ok = parse(&format!(
+            "{BASE}{}{}",
+            route("r", "a.test"),
+            route("s", "b.test")
+        ));
+        assert_eq!(ok.routes.len(), 2);
+    }
+
+    #[test]
+    fn grpc_web_needs_an_http2_upstream() {
+        let with = |protocol: &str| {
+            format!(
+                "[entrypoints]\nhttp = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"g\"\nservers = [\"127.0.0.1:2\"]\n{protocol}\n[[routes]]\nname = \"r\"\nupstream = \"g\"\ngrpc_web = true\n"
+            )
+        };
+        let out = errors(&with(""));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with(
+                "t.toml:10:12: grpc_web bridges to gRPC, which needs an HTTP/2 upstream"
+            ) && out[0].ends_with("on upstream `g`"),
+            "{out:?}"
+        );
+        assert!(parse(&with("protocol = \"h2c\"")).routes[0].grpc_web);
+        assert!(parse(&with("protocol = \"h2\"")).routes[0].grpc_web);
+        // Off: no HTTP/2 needed.
+        let off = with("").replace("grpc_web = true", "grpc_web = false");
+        assert!(!parse(&off).routes[0].grpc_web);
+    }
+
+    #[test]
+    fn entrypoint_rules() {
+        let out = errors("[entrypoints]\nhttp = \"127.0.0.1:1\"\nproxy_protocol = { from = [] }\n");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("t.toml:3:18: proxy_protocol.from must name the balancers"),
+            "{out:?}"
+        );
+        let c = parse(
+            "[entrypoints]\nhttp = \"127.0.0.1:1\"\nproxy_protocol = { from = [\"10.0.0.0/8\"] }\n",
+        );
+        assert_eq!(
+            c.proxy_protocol,
+            Some(vec!["10.0.0.0/8".parse::<IpNet>().expect("net")])
+        );
+        assert_eq!(parse(BASE).proxy_protocol, None);
+        assert_eq!(
+            errors("[entrypoints]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\n"),
+            ["t.toml:3:9: entrypoints.https needs [tls] (certificate files or [tls.acme])"]
+        );
+    }
+
+    #[test]
+    fn an_upstream_holding_the_backends_internal_listener_is_warned_about() {
+        let keys =
+            "[auth.api_keys]\nlookup_url = \"http://127.0.0.1:8082/internal/api-keys/{prefix}\"\n";
+        let up = |servers: &str| {
+            format!("[entrypoints]\nhttp = \"127.0.0.1:1\"\n{keys}[[upstreams]]\nname = \"pub\"\nservers = [{servers}]\n")
+        };
+        let warned = |servers: &str| {
+            let c = parse(&up(servers));
+            c.warnings
+                .iter()
+                .filter(|w| w.contains("the backend's internal listener"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let w = warned("\"127.0.0.1:9\", \"127.0.0.1:8082\"");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("t.toml:6:8: warning: upstream `pub` contains 127.0.0.1:8082"),
+            "{w:?}"
+        );
+        // By name (loopback), and on an address that reaches the same loopback listener.
+        assert_eq!(warned("\"localhost:8082\"").len(), 1);
+        assert_eq!(warned("\"[::1]:8082\"").len(), 1);
+        // Another port, or another machine's address with that port: not the listener.
+        assert!(warned("\"127.0.0.1:8083\"").is_empty());
+        assert!(warned("\"10.0.0.5:8082\"").is_empty());
+        // Without API keys (nor on-demand asks) there is no internal listener to find.
+        let plain = BASE.replace("127.0.0.1:2", "127.0.0.1:8082");
+        assert!(
+            parse(&plain).warnings.is_empty(),
+            "{:?}",
+            parse(&plain).warnings
+        );
+    }
+
+    #[test]
+    fn local_addresses_without_dns() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let hosts = "127.0.1.1 box.example box # this machine\n::1 ip6-localhost\n# 10.9.9.9 box\n10.0.0.7 other\nnot-an-ip box\n";
+        assert_eq!(local_addrs_in("10.1.2.3:80", hosts), [a("10.1.2.3:80")]);
+        assert_eq!(local_addrs_in("[::1]:80", hosts), [a("[::1]:80")]);
+        let loopback = [a("127.0.0.1:81"), a("[::1]:81")];
+        assert_eq!(local_addrs_in("localhost:81", hosts), loopback);
+        assert_eq!(local_addrs_in("LocalHost.:81", hosts), loopback);
+        assert_eq!(local_addrs_in("api.localhost:81", hosts), loopback);
+        assert_eq!(local_addrs_in("BOX:82", hosts), [a("127.0.1.1:82")]);
+        assert_eq!(
+            local_addrs_in("box.example.:82", hosts),
+            [a("127.0.1.1:82")]
+        );
+        assert_eq!(local_addrs_in("ip6-localhost:83", hosts), [a("[::1]:83")]);
+        for none in [
+            "other-box:80",
+            "notlocalhost:80",
+            "box",
+            "box:http",
+            "box:70000",
+            "10.9.9.9:80x",
+        ] {
+            assert_eq!(local_addrs_in(none, hosts), [], "{none}");
+        }
+    }
+
+    #[test]
+    fn same_listener_is_one_address_or_one_local_port() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        for (x, y) in [
+            ("10.0.0.1:80", "10.0.0.1:80"),
+            ("127.0.0.1:80", "0.0.0.0:80"),
+            ("[::]:80", "127.0.0.2:80"),
+            ("[::1]:80", "127.0.0.1:80"),
+        ] {
+            assert!(same_listener(a(x), a(y)), "{x} {y}");
+            assert!(same_listener(a(y), a(x)), "{y} {x}");
+        }
+        for (x, y) in [
+            ("127.0.0.1:80", "127.0.0.1:81"),
+            ("10.0.0.1:80", "127.0.0.1:80"),
+            ("127.0.0.1:80", "10.0.0.1:80"),
+            ("10.0.0.1:80", "10.0.0.2:80"),
+        ] {
+            assert!(!same_listener(a(x), a(y)), "{x} {y}");
+        }
+    }
+
+    #[test]
+    fn summary_and_error_lines() {
+        let c = parse(&format!(
+            "{BASE}[[upstreams]]\nname = \"v\"\nservers = [\"127.0.0.1:3\", \"127.0.0.1:4\"]\n[[routes]]\nname = \"r\"\nupstream = \"v\"\n"
+        ));
+        assert_eq!(
+            c.summary(),
+            "t.toml: ok: 1 routes, 2 upstreams (3 servers), http 127.0.0.1:1, https off, admin off"
+        );
+        let missing = Path::new("/nonexistent/aggios/gateway.toml");
+        let e = Config::load(missing).expect_err("no such file");
+        let lines = e.lines();
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("/nonexistent/aggios/gateway.toml: cannot read: "),
+            "{lines:?}"
+        );
+        let two = errors("[entrypoints]\nhttp = \"x\"\nhttps = \"y\"\n");
+        assert!(two.len() >= 2, "{two:?}");
+        assert_eq!(
+            Config::parse(
+                Path::new("t.toml"),
+                "[entrypoints]\nhttp = \"x\"\nhttps = \"y\"\n"
+            )
+            .expect_err("bad")
+            .to_string(),
+            two.join("\n")
+        );
+    }
+
+    #[test]
+    fn a_reload_names_each_setting_that_needs_a_restart() {
+        let base = parse(BASE);
+        assert_eq!(base.restart_needed(&parse(BASE)), Vec::<String>::new());
+        let after = |extra: &str| base.restart_needed(&parse(&format!("{BASE}{extra}")));
+        let only = |extra: &str, says: &str| {
+            let out = after(extra);
+            assert_eq!(out.len(), 1, "{extra}: {out:?}");
+            assert!(out[0].starts_with(says), "{extra}: {out:?}");
+        };
+        only(
+            "[limits]\nh2_idle_timeout = \"17s\"\n",
+            "limits.h2_idle_timeout changed",
+        );
+        only("[h3]\nmax_connections_per_ip = 3\n", "[h3] limits changed");
+        only("[server]\nthreads = 3\n", "[server] changed");
+        only("[log]\nformat = \"pretty\"\n", "[log] format/level changed");
+        only("[log]\nlevel = \"debug\"\n", "[log] format/level changed");
+        // Read per response or per request: no restart.
+        assert_eq!(
+            after("[h3]\nalt_svc_max_age = \"1h\"\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(after("[log]\naccess_log = false\n"), Vec::<String>::new());
+        let moved = parse(&BASE.replace("127.0.0.1:1", "127.0.0.1:9"));
+        let out = base.restart_needed(&moved);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].starts_with("entrypoints changed ("), "{out:?}");
+        // [redis]'s URL comes from the environment: set here on copies. None to one, one to another:
+        // changed; the same URL with another timeout (read at each connection): nothing.
+        let redis = |url: &str, timeout: u64| {
+            let mut c = base.clone();
+            c.redis = Some(RedisSettings {
+                url: url.into(),
+                cluster: false,
+                ca_pem: None,
+                timeout: std::time::Duration::from_secs(timeout),
+                revocation_cache: std::time::Duration::from_secs(1),
+            });
+            c
+        };
+        let r1 = redis("redis://127.0.0.1:6379", 1);
+        for (a, b) in [
+            (&base, &r1),
+            (&r1, &base),
+            (&r1, &redis("redis://127.0.0.1:6380", 1)),
+        ] {
+            let out = a.restart_needed(b);
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert!(out[0].starts_with("[redis] url changed"), "{out:?}");
+        }
+        assert_eq!(
+            r1.restart_needed(&redis("redis://127.0.0.1:6379", 2)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_reload_names_an_acme_storage_move_between_directory_and_redis() {
+        let text = "[entrypoints]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\n[tls.acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\ndomains = [\"a.test\"]\nchallenge = \"http-01\"\nstorage = \"/tmp/aggios-acme-test\"\n";
+        let dir = parse(text);
+        let elsewhere = parse(&text.replace("/tmp/aggios-acme-test", "/tmp/elsewhere"));
+        assert_eq!(dir.restart_needed(&elsewhere), Vec::<String>::new());
+        let mut redis = dir.clone();
+        let acme = redis
+            .tls
+            .as_mut()
+            .and_then(|t| t.acme.as_mut())
+            .expect("acme");
+        acme.storage = StorageKind::Redis {
+            key: [7; 32],
+            lease: std::time::Duration::from_secs(30),
+        };
+        for (a, b) in [(&dir, &redis), (&redis, &dir)] {
+            let out = a.restart_needed(b);
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert!(out[0].starts_with("[tls.acme] storage changed"), "{out:?}");
+        }
+        // From no ACME to directory storage: only the new listener, not a storage move.
+        assert_eq!(
+            parse(BASE).restart_needed(&dir).len(),
+            1,
+            "entrypoints only"
+        );
     }
 }

@@ -395,3 +395,401 @@ mod connection_tests {
         assert!(check_connection(&http::HeaderMap::new()).is_ok());
     }
 }
+
+/// Each rule on its own, with the refusal it gives, and each bound at its value and one past it (the
+/// mutation run of #32: a test that only says "refused" lets one rule stand in for another).
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+
+    const L: HeadLimits = HeadLimits {
+        max_header_bytes: 32 * 1024,
+        max_headers: 100,
+    };
+
+    fn check(s: &str) -> Result<HeadFacts, EdgeError> {
+        check_head(s.as_bytes(), L)
+    }
+
+    fn malformed(s: &str) -> &'static str {
+        match check(s) {
+            Err(EdgeError::Malformed(why)) => why,
+            other => panic!("{s:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_head_size_bound_is_inclusive() {
+        let head = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let at = HeadLimits {
+            max_header_bytes: head.len(),
+            max_headers: 10,
+        };
+        assert!(check_head(head.as_bytes(), at).is_ok());
+        let under = HeadLimits {
+            max_header_bytes: head.len() - 1,
+            ..at
+        };
+        assert_eq!(
+            check_head(head.as_bytes(), under),
+            Err(EdgeError::HeaderTooLarge)
+        );
+    }
+
+    #[test]
+    fn the_field_count_bound_is_inclusive_and_counts_host() {
+        let head = "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-B: 2\r\n\r\n";
+        let three = HeadLimits {
+            max_header_bytes: 1024,
+            max_headers: 3,
+        };
+        assert!(check_head(head.as_bytes(), three).is_ok());
+        let two = HeadLimits {
+            max_headers: 2,
+            ..three
+        };
+        assert_eq!(
+            check_head(head.as_bytes(), two),
+            Err(EdgeError::TooManyHeaders)
+        );
+    }
+
+    #[test]
+    fn line_endings() {
+        // A line feed at the very start of the head, and an empty line made of a bare LF.
+        assert_eq!(
+            malformed("\nGET / HTTP/1.1\r\n\r\n"),
+            "bare LF where CRLF is required"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a\r\n\n"),
+            "bare LF where CRLF is required"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n"),
+            "bare CR in header section"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a"),
+            "incomplete header line"
+        );
+        // The head as the edge gets it back from Pingora's parsed request: without its empty line.
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: a\r\n"),
+            Ok(HeadFacts::default())
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n"),
+            "data after the end of the head"
+        );
+    }
+
+    #[test]
+    fn the_request_line_takes_exactly_three_parts() {
+        for bad in [
+            " / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET  HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1 x\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(malformed(bad), "invalid request line", "{bad:?}");
+        }
+        for bad in [
+            "GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+            "GET /\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(malformed(bad), "unsupported HTTP version", "{bad:?}");
+        }
+        // Every token character is a method character; the target's visible-ASCII bounds are inclusive.
+        assert!(check("M-!#$%&'*+.^_`|~9 /!~ HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+        assert_eq!(
+            malformed("GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "request target with bytes other than visible ASCII"
+        );
+        assert_eq!(
+            malformed("GET /\x1f HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "request target with bytes other than visible ASCII"
+        );
+    }
+
+    #[test]
+    fn header_lines() {
+        for fold in [
+            "GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n\tb\r\n\r\n",
+        ] {
+            assert_eq!(
+                malformed(fold),
+                "obsolete line folding (obs-fold) in header"
+            );
+        }
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost a\r\n\r\n"),
+            "header line without colon"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n"),
+            "invalid header name"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a\r\nX(y: b\r\n\r\n"),
+            "invalid header name"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a\r\nX-Y : b\r\n\r\n"),
+            "whitespace between header name and colon"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a\r\nX-Y\t: b\r\n\r\n"),
+            "whitespace between header name and colon"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n"),
+            "invalid byte in header value"
+        );
+    }
+
+    #[test]
+    fn content_length() {
+        let cl = |v: &str| {
+            check(&format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:{v}\r\n\r\n"
+            ))
+        };
+        assert_eq!(cl("12").map(|f| f.content_length), Ok(Some(12)));
+        // Optional whitespace on both sides, spaces and tabs, is not part of the value.
+        assert_eq!(cl(" \t12 \t").map(|f| f.content_length), Ok(Some(12)));
+        assert_eq!(cl(" 0").map(|f| f.content_length), Ok(Some(0)));
+        // 19 digits always fit in a u64; 20 may not and are refused by length alone.
+        assert_eq!(
+            cl(" 9999999999999999999").map(|f| f.content_length),
+            Ok(Some(9_999_999_999_999_999_999))
+        );
+        for bad in [" 00000000000000000001", " ", " \t ", " 1 2", " +1", " 0x10"] {
+            assert_eq!(
+                cl(bad),
+                Err(EdgeError::Malformed("invalid Content-Length")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            malformed(
+                "POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 1\r\nCONTENT-LENGTH: 1\r\n\r\n"
+            ),
+            "duplicate Content-Length"
+        );
+    }
+
+    #[test]
+    fn transfer_encoding() {
+        let te = |v: &str, version: &str| {
+            check(&format!(
+                "POST / HTTP/{version}\r\nHost: a\r\nTransfer-Encoding: {v}\r\n\r\n"
+            ))
+        };
+        assert_eq!(
+            te("Chunked", "1.1"),
+            Ok(HeadFacts {
+                content_length: None,
+                chunked: true
+            })
+        );
+        let unsupported = "unsupported Transfer-Encoding (only a single `chunked` is accepted)";
+        assert_eq!(te("gzip", "1.1"), Err(EdgeError::Malformed(unsupported)));
+        assert_eq!(
+            te("gzip, chunked", "1.1"),
+            Err(EdgeError::Malformed(unsupported))
+        );
+        assert_eq!(
+            te("chunked", "1.0"),
+            Err(EdgeError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request"
+            ))
+        );
+        for both in [
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        ] {
+            assert_eq!(malformed(both), "both Content-Length and Transfer-Encoding");
+        }
+    }
+
+    #[test]
+    fn host() {
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nX: a\r\n\r\n"),
+            Err(EdgeError::BadHost)
+        );
+        assert_eq!(
+            check("GET / HTTP/1.0\r\nX: a\r\n\r\n"),
+            Ok(HeadFacts::default())
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n"),
+            "duplicate Host header"
+        );
+        assert!(check("GET / HTTP/1.0\r\nHost: a\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn absolute_form_names_the_host() {
+        for ok in [
+            "GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET HTTPS://A.example:8443/x HTTP/1.1\r\nHost: a.EXAMPLE:8443\r\n\r\n",
+            "GET http://a?q=/b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a HTTP/1.1\r\nHost: a\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(check(ok).is_ok(), "{ok:?}");
+        }
+        let other = "absolute-form target names another host than Host";
+        assert_eq!(
+            malformed("GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            other
+        );
+        assert_eq!(
+            malformed("GET http://a.b/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            other
+        );
+        assert_eq!(malformed("GET http://a/x HTTP/1.0\r\n\r\n"), other);
+        assert_eq!(
+            malformed("GET ftp://a/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "invalid request target"
+        );
+        assert_eq!(
+            malformed("GET a/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "invalid request target"
+        );
+    }
+
+    fn parsed(headers: &[(&str, &str)], uri: &str, limits: HeadLimits) -> Result<(), EdgeError> {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        check_parsed_head(&map, &http::Method::GET, &uri.parse().expect("uri"), limits)
+    }
+
+    #[test]
+    fn parsed_heads_count_fields_and_bytes_as_http2_does() {
+        let fields = [("x-a", "1"), ("x-a", "22")];
+        // GET (3) + "http://a/b" (10) + 4 × 32, then (3 + 1 + 32) and (3 + 2 + 32): 214 bytes.
+        let exact = HeadLimits {
+            max_header_bytes: 214,
+            max_headers: 2,
+        };
+        assert_eq!(parsed(&fields, "http://a/b", exact), Ok(()));
+        assert_eq!(
+            parsed(
+                &fields,
+                "http://a/b",
+                HeadLimits {
+                    max_header_bytes: 213,
+                    ..exact
+                }
+            ),
+            Err(EdgeError::HeaderTooLarge)
+        );
+        assert_eq!(
+            parsed(
+                &fields,
+                "http://a/b",
+                HeadLimits {
+                    max_headers: 1,
+                    ..exact
+                }
+            ),
+            Err(EdgeError::TooManyHeaders)
+        );
+        // No fields at all: the pseudo-headers alone are held to the bound (3 + 10 + 128 = 141).
+        let bare = HeadLimits {
+            max_header_bytes: 141,
+            max_headers: 0,
+        };
+        assert_eq!(parsed(&[], "http://a/b", bare), Ok(()));
+        assert_eq!(
+            parsed(
+                &[],
+                "http://a/b",
+                HeadLimits {
+                    max_header_bytes: 140,
+                    ..bare
+                }
+            ),
+            Err(EdgeError::HeaderTooLarge)
+        );
+    }
+
+    #[test]
+    fn connection_names_each_protected_header_in_any_form() {
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::CONNECTION, "keep-alive".parse().expect("v"));
+        h.append(
+            http::header::CONNECTION,
+            "te ,  X-Real-IP ".parse().expect("v"),
+        );
+        assert_eq!(
+            check_connection(&h),
+            Err(EdgeError::Malformed(
+                "Connection names a credential or identity header"
+            ))
+        );
+        for name in PROTECTED {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONNECTION, name.parse().expect("v"));
+            assert!(check_connection(&h).is_err(), "{name}");
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_bytes(b"caf\xe9").expect("v"),
+        );
+        assert_eq!(
+            check_connection(&h),
+            Err(EdgeError::Malformed("Connection is not ASCII"))
+        );
+        // Near misses are fine: only the names themselves and the x-user-/x-auth- families.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONNECTION,
+            "x-tenant-ids, x-user, x-authz, my-x-user-a"
+                .parse()
+                .expect("v"),
+        );
+        assert_eq!(check_connection(&h), Ok(()));
+    }
+
+    #[test]
+    fn each_path_rule_on_its_own() {
+        for (path, want) in [
+            ("/a%2Fb", EdgeError::PathTraversal),
+            ("/a%5cb", EdgeError::PathTraversal),
+            ("/a%00b", EdgeError::PathTraversal),
+            ("/a\\b", EdgeError::PathTraversal),
+            ("/a/.", EdgeError::PathTraversal),
+            ("/..", EdgeError::PathTraversal),
+            ("/a/%2E", EdgeError::PathTraversal),
+            ("/a/.%2e/", EdgeError::PathTraversal),
+            (
+                "a/b",
+                EdgeError::Malformed("request path must start with `/`"),
+            ),
+            ("", EdgeError::Malformed("request path must start with `/`")),
+        ] {
+            assert_eq!(check_path(path), Err(want), "{path:?}");
+        }
+        for ok in [
+            "/",
+            "/a/...",
+            "/.well-known/x",
+            "/a%2e%2e%2e",
+            "/a%20b",
+            "/a%2",
+        ] {
+            assert_eq!(check_path(ok), Ok(()), "{ok:?}");
+        }
+    }
+}

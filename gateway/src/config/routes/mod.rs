@@ -494,3 +494,290 @@ pub fn is_hostname(s: &str) -> bool {
                     }))
         })
 }
+
+/// Each rule of a route on its own, with its message and place (the mutation run of #32).
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    const UPSTREAMS: &str = "[entrypoints]\nhttp = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"users\"\nservers = [\"127.0.0.1:2\"]\n[[upstreams]]\nname = \"files\"\nservers = [\"127.0.0.1:3\"]\n";
+    /// The route's first key is on line 10.
+    fn route(body: &str) -> String {
+        format!("{UPSTREAMS}[[routes]]\n{body}\n")
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(Path::new("t.toml"), text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.lines(),
+        }
+    }
+
+    fn one_error(text: &str) -> String {
+        let out = errors(text);
+        assert_eq!(out.len(), 1, "{text}\n{out:?}");
+        out[0].clone()
+    }
+
+    fn parse(text: &str) -> Config {
+        Config::parse(Path::new("t.toml"), text)
+            .unwrap_or_else(|e| panic!("{text}\n{}", e.lines().join("\n")))
+    }
+
+    #[test]
+    fn route_names() {
+        for bad in ["", "a b", "a/b", "é"] {
+            let e = one_error(&route(&format!("name = \"{bad}\"\nupstream = \"users\"")));
+            assert!(
+                e.starts_with("t.toml:10:8: route name must be non-empty"),
+                "{bad:?}: {e}"
+            );
+        }
+        let ok = parse(&route("name = \"Az09-_.x\"\nupstream = \"users\""));
+        assert_eq!(ok.routes[0].name, "Az09-_.x");
+    }
+
+    #[test]
+    fn host_patterns() {
+        let tenancy = Tenancy {
+            base_domains: vec!["aggios.app".into()],
+            reserved: ["api".to_string()].into_iter().collect(),
+        };
+        let p = |s: &str| parse_host_pattern(s, &tenancy);
+        match p("Acme.Aggios.App.") {
+            Ok(HostPattern::Exact { host, tenant }) => {
+                assert_eq!(
+                    (host.as_str(), tenant.as_deref()),
+                    ("acme.aggios.app", Some("acme"))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        for no_tenant in [
+            "api.aggios.app",
+            "a.b.aggios.app",
+            "aggios.app",
+            "acme.other.app",
+        ] {
+            match p(no_tenant) {
+                Ok(HostPattern::Exact { tenant: None, .. }) => {}
+                other => panic!("{no_tenant}: {other:?}"),
+            }
+        }
+        let w = p("*.Aggios.app").expect("wildcard");
+        assert_eq!((w.kind_rank(), w.source()), (1, "*.aggios.app".to_string()));
+        let r = p("~^(?P<tenant>[a-z]+)\\.x\\.app$").expect("regex");
+        assert_eq!(r.kind_rank(), 2);
+        assert_eq!(r.source(), "~^(?P<tenant>[a-z]+)\\.x\\.app$");
+        let e = p("a.test").expect("exact");
+        assert_eq!((e.kind_rank(), e.source()), (0, "a.test".to_string()));
+        assert!(
+            matches!(&r, HostPattern::Regex { regex } if regex.is_match("ACME.X.APP")),
+            "case-insensitive"
+        );
+        for (bad, says) in [
+            ("*.-x.test", "invalid wildcard host `*.-x.test`"),
+            ("*.a..b", "invalid wildcard host `*.a..b`"),
+            (
+                "*.",
+                "invalid host `*.`: a wildcard may only be the whole first label",
+            ),
+            ("a.*.test", "a wildcard may only be the whole first label"),
+            ("*x.test", "a wildcard may only be the whole first label"),
+            ("a..test", "invalid host `a..test`: not a host name"),
+            ("~(", "invalid host regex `(`"),
+        ] {
+            let e = p(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // And in a file, at the entry's place.
+        let e = one_error(&route(
+            "name = \"r\"\nhosts = [\"a.test\", \"a..test\"]\nupstream = \"users\"",
+        ));
+        assert!(e.starts_with("t.toml:11:20: invalid host `a..test`"), "{e}");
+    }
+
+    #[test]
+    fn host_names() {
+        let label = |n: usize| "a".repeat(n);
+        let long = [label(63), label(63), label(63), label(61)].join(".");
+        assert_eq!(long.len(), 253);
+        assert!(is_hostname(&long));
+        assert!(!is_hostname(&format!("{long}a")));
+        assert!(!is_hostname(""));
+        for ok in [
+            "a_b.test",
+            "_dmarc.x.test",
+            "a-b_c9.test",
+            &format!("{}_.x", label(62)),
+        ] {
+            assert!(is_hostname(ok), "{ok}");
+        }
+        for bad in [
+            &format!("{}_.x", label(63)) as &str,
+            "A_b.test",
+            "a_b!.test",
+            "a.b..c",
+            "-a.test",
+        ] {
+            assert!(!is_hostname(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_methods_and_header_matchers() {
+        let c = parse(&route("name = \"r\"\nupstream = \"users\"\nmethods = [\"get\", \"Post\"]\nheaders = { \"x-v\" = \"2\" }"));
+        let r = &c.routes[0];
+        assert_eq!(r.path_prefix, "/");
+        assert_eq!(r.methods, Some(vec![Method::GET, Method::POST]));
+        assert_eq!(
+            r.headers,
+            [(
+                HeaderName::from_static("x-v"),
+                HeaderValue::from_static("2")
+            )]
+        );
+        assert_eq!(
+            one_error(&route(
+                "name = \"r\"\nupstream = \"users\"\npath_prefix = \"api\""
+            )),
+            "t.toml:12:15: path_prefix must start with `/`"
+        );
+        assert_eq!(
+            one_error(&route(
+                "name = \"r\"\nupstream = \"users\"\nmethods = [\"GET\", \"G T\"]"
+            )),
+            "t.toml:12:19: `G T` is not an HTTP method"
+        );
+        for bad in [
+            "headers = { \"a b\" = \"1\" }",
+            "headers = { \"x\" = \"a\\u0001b\" }",
+        ] {
+            let e = one_error(&route(&format!(
+                "name = \"r\"\nupstream = \"users\"\n{bad}"
+            )));
+            assert!(
+                e.starts_with("t.toml:12:") && e.contains("has an invalid name or value"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_references() {
+        let e = one_error(&route("name = \"r\"\nupstream = \"fules\""));
+        assert_eq!(
+            e,
+            "t.toml:11:12: route `r` refers to unknown upstream `fules` (did you mean `files`?)"
+        );
+        let e = one_error(&route("name = \"r\"\nupstream = \"usezz\""));
+        assert!(
+            e.ends_with("(did you mean `users`?)"),
+            "two edits away: {e}"
+        );
+        let e = one_error(&route("name = \"r\"\nupstream = \"uzzzs\""));
+        assert!(
+            e.ends_with("unknown upstream `uzzzs`"),
+            "three edits: no hint: {e}"
+        );
+        assert_eq!(
+            one_error(&route("name = \"r\"")),
+            "t.toml:10:8: route `r` needs `upstream` (or `redirect_https = true`)"
+        );
+        let c = parse(&route("name = \"r\"\nredirect_https = true"));
+        assert!(c.routes[0].redirect_https && c.routes[0].upstream.is_none());
+    }
+
+    #[test]
+    fn auth_needs_its_section() {
+        let jwt = "[auth.jwt]\njwks_url = \"https://issuer.test/jwks.json\"\n";
+        let keys =
+            "[auth.api_keys]\nlookup_url = \"http://127.0.0.1:8082/internal/api-keys/{prefix}\"\n";
+        let with = |auth: &str, sections: &str| {
+            format!("{UPSTREAMS}{sections}[[routes]]\nname = \"r\"\nupstream = \"users\"\nauth = \"{auth}\"\n")
+        };
+        for auth in ["jwt", "jwt_tenant"] {
+            let e = one_error(&with(auth, ""));
+            assert!(
+                e.ends_with(&format!(
+                    "route `r` uses auth `{auth}` but there is no [auth.jwt] section"
+                )),
+                "{e}"
+            );
+            assert_eq!(
+                parse(&with(auth, jwt)).routes[0].auth.binds_tenant(),
+                auth == "jwt_tenant"
+            );
+            errors(&with(auth, keys));
+        }
+        let e = one_error(&with("api_key", ""));
+        assert!(
+            e.ends_with("uses auth `api_key` but there is no [auth.api_keys] section"),
+            "{e}"
+        );
+        parse(&with("api_key", keys));
+        errors(&with("api_key", jwt));
+        assert_eq!(errors(&with("jwt_or_api_key", "")).len(), 2);
+        assert!(one_error(&with("jwt_or_api_key", jwt)).contains("[auth.api_keys]"));
+        assert!(one_error(&with("jwt_or_api_key", keys)).contains("[auth.jwt]"));
+        parse(&with("jwt_or_api_key", &format!("{jwt}{keys}")));
+        parse(&with("none", ""));
+        let e = one_error(&with("client_cert", ""));
+        assert!(e.ends_with("uses auth `client_cert` but has no client_auth = { mode = \"required\", ca = …, tenant_uri = … }"), "{e}");
+        // Scopes need credentials that carry them.
+        let scoped = |auth: &str, sections: &str| {
+            format!("{UPSTREAMS}{sections}[[routes]]\nname = \"r\"\nupstream = \"users\"\nauth = \"{auth}\"\nscopes = [\"files:read\"]\n")
+        };
+        let e = one_error(&scoped("none", ""));
+        assert!(
+            e.starts_with("t.toml:13:11: scopes need credentials that carry them"),
+            "{e}"
+        );
+        assert_eq!(
+            parse(&scoped("api_key", keys)).routes[0].scopes,
+            ["files:read"]
+        );
+        assert_eq!(parse(&scoped("jwt", jwt)).routes[0].scopes, ["files:read"]);
+    }
+
+    #[test]
+    fn rate_limit_references() {
+        let policies = "[rate_limits.a]\nkey = \"client_ip\"\nlimit = 1\nperiod = \"1s\"\n[rate_limits.b]\nkey = \"client_ip\"\nlimit = 2\nperiod = \"1s\"\n";
+        let with = |list: &str, sections: &str| {
+            format!("{UPSTREAMS}{sections}[[routes]]\nname = \"r\"\nupstream = \"users\"\nrate_limits = [{list}]\n")
+        };
+        let c = parse(&with("\"b\", \"a\"", policies));
+        let names: Vec<&str> = c.routes[0]
+            .rate_limits
+            .iter()
+            .map(|i| c.rate_limits[*i].name.as_str())
+            .collect();
+        assert_eq!(names, ["b", "a"]);
+        let e = one_error(&with("\"a\", \"a\"", policies));
+        assert!(
+            e.starts_with("t.toml:20:21: rate limit listed twice"),
+            "{e}"
+        );
+        let e = one_error(&with("\"c\"", policies));
+        assert!(
+            e.ends_with("no [rate_limits.c] policy; defined: a, b"),
+            "{e}"
+        );
+        let e = one_error(&with("\"c\"", ""));
+        assert!(e.ends_with("no [rate_limits.c] policy"), "{e}");
+    }
+
+    #[test]
+    fn quota_follows_the_tenant_binding_unless_set() {
+        let jwt = "[auth.jwt]\njwks_url = \"https://issuer.test/jwks.json\"\n";
+        let with = |auth: &str, quota: &str| {
+            parse(&format!("{UPSTREAMS}{jwt}[[routes]]\nname = \"r\"\nupstream = \"users\"\nauth = \"{auth}\"\n{quota}\n")).routes[0].quota
+        };
+        assert!(with("jwt_tenant", ""));
+        assert!(!with("jwt", ""));
+        assert!(!with("jwt_tenant", "quota = false"));
+        assert!(with("jwt", "quota = true"));
+    }
+}
