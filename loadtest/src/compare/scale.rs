@@ -1,5 +1,5 @@
 //! `loadtest scale`: the figures that only show at scale.
-//! - memory with 10 000 idle keep-alive client connections, the gateway against nginx;
+//! - memory with 10 000 idle keep-alive client connections, the gateway against its peers (`--peers`);
 //! - throughput with 10 000 tenant routes against 10;
 //! - the time a reload of 10 000 routes takes, from SIGHUP until a new route serves;
 //! - past saturation: an open loop at 1.5× the measured maximum, where errors and latency must degrade
@@ -43,6 +43,14 @@ pub struct ScaleArgs {
         default_value = "idle,routes,reload,saturation"
     )]
     pub parts: Vec<String>,
+    /// Peers measured beside the gateway in the idle part (comma-separated): nginx, haproxy, traefik,
+    /// caddy, envoy; `none` for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "nginx,haproxy,traefik,caddy,envoy"
+    )]
+    pub peers: Vec<String>,
     #[arg(long)]
     pub gateway_bin: Option<PathBuf>,
     #[arg(long, default_value = "loadtest/results")]
@@ -102,6 +110,8 @@ pub struct SaturationFigure {
 pub struct ScaleReport {
     pub command: String,
     pub idle: Vec<IdleFigure>,
+    /// Peers of the idle part that could not be measured, with the reason.
+    pub idle_skipped: Vec<(String, String)>,
     pub routes: Vec<RoutesFigure>,
     pub reload: Option<ReloadFigure>,
     pub saturation: Option<SaturationFigure>,
@@ -162,6 +172,7 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
     let part = |p: &str| args.parts.iter().any(|x| x == p);
     // 1. Idle keep-alive connections.
     let mut idle = Vec::new();
+    let mut idle_skipped = Vec::new();
     if part("idle") {
         let listen = free_addr()?;
         let conf = dir.join("gw-idle.toml");
@@ -173,17 +184,34 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
             core,
             args.idle,
         )?);
-        Peer::Nginx.ensure_installed()?;
-        let ctx = peers::Context {
-            dir: &dir,
-            listen: free_addr()?,
-            upstream: up.addr,
-            cert: None,
-            redis: "127.0.0.1:6379".parse()?,
-            threads: 1,
-        };
-        if let Setup::Same(l) = Peer::Nginx.setup(Scenario::Plain, &ctx)? {
-            idle.push(idle_figure("nginx", &l, &dir, core, args.idle)?);
+        for name in args.peers.iter().filter(|p| p.as_str() != "none") {
+            let peer: Peer = name.parse()?;
+            // One peer that cannot be installed or started is a row saying so, not a lost run.
+            let figure = peer
+                .ensure_installed()
+                .map_err(anyhow::Error::from)
+                .and_then(|_| {
+                    let ctx = peers::Context {
+                        dir: &dir,
+                        listen: free_addr()?,
+                        upstream: up.addr,
+                        cert: None,
+                        redis: "127.0.0.1:6379".parse()?,
+                        threads: 1,
+                    };
+                    match peer.setup(Scenario::Plain, &ctx)? {
+                        Setup::Same(l) => idle_figure(peer.name(), &l, &dir, core, args.idle),
+                        Setup::Closest(_, note, _) => bail!("no identical set-up: {note}"),
+                        Setup::Cannot(why) => bail!("{why}"),
+                    }
+                });
+            match figure {
+                Ok(f) => idle.push(f),
+                Err(e) => {
+                    eprintln!("  idle: {name} not measured: {e:#}");
+                    idle_skipped.push((name.clone(), format!("{e:#}")));
+                }
+            }
         }
         for f in &idle {
             eprintln!("  idle: {f:?}");
@@ -275,13 +303,15 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<()> {
 
     let report = ScaleReport {
         command: format!(
-            "loadtest scale --duration {}s --idle {} --routes {} --rounds {}",
+            "loadtest scale --duration {}s --idle {} --routes {} --rounds {} --peers {}",
             args.duration.as_secs_f64(),
             args.idle,
             args.routes,
-            args.rounds
+            args.rounds,
+            args.peers.join(",")
         ),
         idle,
+        idle_skipped,
         routes,
         reload,
         saturation,
@@ -541,6 +571,9 @@ fn markdown(r: &ScaleReport) -> String {
             "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB |\n",
             f.target, f.connections, f.rss_before_mib, f.rss_with_idle_mib, f.kib_per_connection
         ));
+    }
+    for (peer, why) in &r.idle_skipped {
+        md.push_str(&format!("| {peer} | not measured: {why} | | | |\n"));
     }
     md.push_str("\n**Routes** (requests rotate over 1 000 exact tenant hosts; medians):\n\n| routes | req/s | CPU-µs / request | p99 | RSS |\n|---|---|---|---|---|\n");
     for f in &r.routes {

@@ -769,6 +769,28 @@ mod rule_tests {
         assert!(e.ends_with("no [rate_limits.c] policy"), "{e}");
     }
 
+    /// The request path skips the address check when no list is set: each list alone sets it.
+    #[test]
+    fn an_address_list_is_set_by_either_list() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().expect("net");
+        assert!(!IpAccess::default().is_set());
+        let allow = IpAccess {
+            allow: vec![net("10.0.0.0/8")],
+            deny: vec![],
+        };
+        let deny = IpAccess {
+            allow: vec![],
+            deny: vec![net("10.0.0.0/8")],
+        };
+        assert!(allow.is_set() && deny.is_set());
+        let c = parse(&route("name = \"r\"\nupstream = \"users\""));
+        assert!(!c.routes[0].ip_access.is_set());
+        let c = parse(&route(
+            "name = \"r\"\nupstream = \"users\"\ndeny_ips = [\"192.0.2.1\"]",
+        ));
+        assert!(c.routes[0].ip_access.is_set());
+    }
+
     #[test]
     fn quota_follows_the_tenant_binding_unless_set() {
         let jwt = "[auth.jwt]\njwks_url = \"https://issuer.test/jwks.json\"\n";
