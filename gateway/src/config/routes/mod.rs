@@ -769,6 +769,36 @@ mod rule_tests {
         assert!(e.ends_with("no [rate_limits.c] policy"), "{e}");
     }
 
+    /// `auth = "client_cert"`: the certificate is the credential, so it must always be asked for and
+    /// name its tenant.
+    #[test]
+    fn client_cert_auth_needs_a_required_certificate_that_names_its_tenant() {
+        let dir = tempfile::tempdir().expect("dir");
+        crate::tls::dev::generate(dir.path(), &["a.test".to_string()]).expect("dev CA");
+        let ca = dir.path().join("dev-ca.crt");
+        let with = |client_auth: &str| {
+            route(&format!(
+                "name = \"r\"\nupstream = \"users\"\nauth = \"client_cert\"\nclient_auth = {{ ca = \"{}\"{client_auth} }}",
+                ca.display()
+            ))
+        };
+        let uri = ", tenant_uri = \"spiffe://partners.example/tenant/{tenant}\"";
+        let c = parse(&with(&format!(", mode = \"required\"{uri}")));
+        assert!(c.routes[0].client_auth.is_some());
+        let e = one_error(&with(&format!(", mode = \"optional\"{uri}")));
+        assert!(
+            e.starts_with(
+                "t.toml:13:15: auth = \"client_cert\" needs client_auth.mode = \"required\""
+            ),
+            "{e}"
+        );
+        let e = one_error(&with(", mode = \"required\""));
+        assert!(
+            e.starts_with("t.toml:13:15: auth = \"client_cert\" needs client_auth.tenant_uri"),
+            "{e}"
+        );
+    }
+
     /// The request path skips the address check when no list is set: each list alone sets it.
     #[test]
     fn an_address_list_is_set_by_either_list() {
