@@ -364,11 +364,19 @@ fn idle_figure(
         let mut failed = 0usize;
         // In batches, so the proxy's accept backlog is never the limit.
         for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+            // A connection whose request was shed (the gateway's overload admission answers 503 when
+            // the upstream lags on a busy machine) is opened again: what is measured is holding them.
             let batch = futures_util::future::join_all(chunk.iter().map(|_| async {
-                let s = tokio::net::TcpStream::connect(addr).await.ok()?;
-                let mut c = h1::Conn::new(s);
-                let r = c.exchange(&request, false).await.ok()?;
-                (r.status == 200 && !r.close).then_some(c)
+                for _ in 0..5 {
+                    let s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                    let mut c = h1::Conn::new(s);
+                    let r = c.exchange(&request, false).await.ok()?;
+                    if r.status == 200 && !r.close {
+                        return Some(c);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None
             }))
             .await;
             for c in batch {
