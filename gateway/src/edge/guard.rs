@@ -278,12 +278,12 @@ pub fn check_path(path: &str) -> Result<(), EdgeError> {
 mod tests {
     use super::*;
 
-    const L: HeadLimits = HeadLimits {
+    pub(super) const L: HeadLimits = HeadLimits {
         max_header_bytes: 32 * 1024,
         max_headers: 100,
     };
 
-    fn check(s: &str) -> Result<HeadFacts, EdgeError> {
+    pub(super) fn check(s: &str) -> Result<HeadFacts, EdgeError> {
         check_head(s.as_bytes(), L)
     }
 
@@ -399,16 +399,8 @@ mod connection_tests {
 /// mutation run of #32: a test that only says "refused" lets one rule stand in for another).
 #[cfg(test)]
 mod rule_tests {
+    use super::tests::check;
     use super::*;
-
-    const L: HeadLimits = HeadLimits {
-        max_header_bytes: 32 * 1024,
-        max_headers: 100,
-    };
-
-    fn check(s: &str) -> Result<HeadFacts, EdgeError> {
-        check_head(s.as_bytes(), L)
-    }
 
     fn malformed(s: &str) -> &'static str {
         match check(s) {
