@@ -291,7 +291,11 @@ impl AcmeClient {
         };
         let m = metrics();
         match &result {
-            Ok(()) => m.acme_orders.with_label_values(&["success"]).inc(),
+            Ok(cert) => {
+                // Counted before it is served: whoever sees the certificate sees the order counted.
+                m.acme_orders.with_label_values(&["success"]).inc();
+                self.store.set_acme(name, Arc::clone(cert));
+            }
             Err(e) => {
                 m.acme_orders.with_label_values(&["failure"]).inc();
                 if matches!(e, AcmeError::Acme(_) | AcmeError::Storage(_)) {
@@ -306,10 +310,11 @@ impl AcmeClient {
                 }
             }
         }
-        result
+        result.map(|_| ())
     }
 
-    /// One order for `name`, from the first request to the certificate in the store.
+    /// One order for `name`, from the first request to the certificate saved in storage; what was
+    /// published for its challenges is withdrawn on success and failure alike. The caller serves it.
     async fn order(
         &self,
         acme: &AcmeSettings,
@@ -317,7 +322,7 @@ impl AcmeClient {
         account: &Account,
         name: &str,
         tenant: Option<&str>,
-    ) -> Result<(), AcmeError> {
+    ) -> Result<Arc<Certificate>, AcmeError> {
         let mut published = Published::default();
         let result = self
             .order_inner(acme, storage, account, name, tenant, &mut published)
@@ -345,7 +350,7 @@ impl AcmeClient {
         name: &str,
         tenant: Option<&str>,
         published: &mut Published,
-    ) -> Result<(), AcmeError> {
+    ) -> Result<Arc<Certificate>, AcmeError> {
         let identifiers = [Identifier::Dns(name.to_string())];
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
         let mut authorizations = order.authorizations();
@@ -418,8 +423,7 @@ impl AcmeClient {
             )
             .await?;
         tracing::info!(domain = name, issuer = %cert.issuer, not_after = cert.not_after, serial = %cert.serial, "ACME certificate issued");
-        self.store.set_acme(name, Arc::new(cert));
-        Ok(())
+        Ok(Arc::new(cert))
     }
 }
 

@@ -1274,7 +1274,7 @@ async fn dns01_wildcard_through_an_exec_hook() {
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\nset -e\necho \"$1 $2\" >> {calls}\ncase \"$1\" in\n  present) curl -sf -X POST -d \"{{\\\"host\\\":\\\"$2\\\",\\\"value\\\":\\\"$3\\\"}}\" http://127.0.0.1:{m}/set-txt ;;\n  cleanup) curl -sf -X POST -d \"{{\\\"host\\\":\\\"$2\\\"}}\" http://127.0.0.1:{m}/clear-txt ;;\n  *) exit 2 ;;\nesac\n",
+            "#!/bin/sh\nset -e\necho \"$1 $2\" >> {calls}\ncase \"$1\" in\n  present) curl -sf -X POST -d \"{{\\\"host\\\":\\\"$2\\\",\\\"value\\\":\\\"$3\\\"}}\" http://127.0.0.1:{m}/set-txt ;;\n  cleanup) sleep 2; curl -sf -X POST -d \"{{\\\"host\\\":\\\"$2\\\"}}\" http://127.0.0.1:{m}/clear-txt ;;\n  *) exit 2 ;;\nesac\n",
             calls = calls.display(),
             m = pebble.dns_management
         ),
@@ -1295,6 +1295,28 @@ async fn dns01_wildcard_through_an_exec_hook() {
         &[],
     )
     .await;
+    // The hook's cleanup takes 2 s: the certificate is served only once the order has ended, cleanup
+    // included, and whoever sees it served sees the order counted (CI once read 0 orders right after
+    // seeing a certificate served, when the counting came after a Redis round trip).
+    until_served(
+        &gw,
+        &pebble,
+        &["*.aggios.test"],
+        60,
+        "the wildcard certificate",
+    )
+    .await;
+    assert_eq!(
+        gw.metric("gateway_acme_orders_total{result=\"success\"}")
+            .await,
+        1.0,
+        "a certificate served before its order was counted"
+    );
+    let calls_now = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        calls_now.contains("cleanup"),
+        "served before the order's cleanup: {calls_now}"
+    );
     wildcard_serves_tenants(&gw, &pebble).await;
     within(
         Duration::from_secs(10),
