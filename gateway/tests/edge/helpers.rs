@@ -117,22 +117,43 @@ impl Token {
 /// A port that was free a moment ago (for listeners we do not create ourselves), never the same twice
 /// in this test process: Pingora binds with SO_REUSEPORT, so two gateways handed one port would both
 /// listen on it and share its connections (a TLS client then meets another test's plain listener).
+///
+/// Taken below the kernel's ephemeral range, so that no outgoing connection is ever given it as its
+/// own port: a gateway restarted on its ports once found one held by another test's kept-alive
+/// connection, which took it in the moment between the old process's exit and the new one's bind, and
+/// Pingora gave up after 30 s of `AddrInUse` (a CI failure).
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind :0");
-        if HANDED_OUT
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(port)
-        {
+    let (low, high) = below_ephemeral_range();
+    let span = u32::from(high - low);
+    // Spread over the range by process, so that a run after a killed one does not start where it did.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        // Free for TCP and UDP alike (HTTP/3 listens on the HTTPS port's number over UDP).
+        let free = StdListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            handed.insert(port);
             return port;
         }
     }
+    panic!("no free port left in {low}..{high}");
+}
+
+/// Ports no outgoing connection is given: the 12 000 below `ip_local_port_range`'s first (above 1024).
+fn below_ephemeral_range() -> (u16, u16) {
+    let first = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = first.max(2048);
+    (high.saturating_sub(12_000).max(1025), high)
 }
 
 /// A loopback port where nothing listens, held for as long as the value lives: bound but not
@@ -211,11 +232,11 @@ pub struct TestUpstream {
 }
 
 impl TestUpstream {
-    /// Starts on a fresh port.
+    /// Starts on a fresh port (from [`free_port`]: [`TestUpstream::restart`] binds it again).
     pub fn start(name: &str) -> TestUpstream {
         Self::start_on(
             name,
-            "127.0.0.1:0".parse().expect("addr"),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
             Arc::new(AtomicUsize::new(0)),
             Arc::new(Behaviour::default()),
             Arc::new(Seen::default()),
