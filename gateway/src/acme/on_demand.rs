@@ -514,27 +514,39 @@ impl OnDemand {
 async fn ask(url: &str, name: &str, timeout: Duration) -> Ownership {
     let url = url.replace("{host}", name);
     match crate::support::http_client::get(&url, timeout).await {
-        Ok((200, body)) => {
-            let tenant = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["tenant"].as_str().map(str::to_string));
-            match tenant {
-                Some(t) if crate::config::is_label(&t) => Ownership::Tenant(t),
-                _ => {
-                    tracing::warn!(%url, "on-demand ask: 200 without a valid `tenant`");
-                    Ownership::Unknown
-                }
+        Ok((status, body)) => {
+            let answer = ownership(status, &body);
+            if answer == Ownership::Unknown {
+                tracing::warn!(%url, status, "on-demand ask: no usable answer (5xx, or 200 without a valid `tenant`)");
             }
-        }
-        Ok((status, _)) if (400..500).contains(&status) => Ownership::Nobody,
-        Ok((status, _)) => {
-            tracing::warn!(%url, status, "on-demand ask failed");
-            Ownership::Unknown
+            answer
         }
         Err(e) => {
             tracing::warn!(%url, error = %e, "on-demand ask failed");
             Ownership::Unknown
         }
+    }
+}
+
+/// What an ask endpoint's answer says: 200 with a `tenant` label is that tenant's, unless the body also
+/// says `"allowed": false` (endpoints written for other proxies' ask answer so); a 4xx is nobody's;
+/// anything else (5xx, a 200 without a valid tenant) is unknown, asked again later.
+fn ownership(status: u16, body: &[u8]) -> Ownership {
+    match status {
+        200 => {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+                return Ownership::Unknown;
+            };
+            if v["allowed"] == serde_json::Value::Bool(false) {
+                return Ownership::Nobody;
+            }
+            match v["tenant"].as_str() {
+                Some(t) if crate::config::is_label(t) => Ownership::Tenant(t.to_string()),
+                _ => Ownership::Unknown,
+            }
+        }
+        400..=499 => Ownership::Nobody,
+        _ => Ownership::Unknown,
     }
 }
 
@@ -561,6 +573,51 @@ impl super::TenantDomains for OnDemand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ask_answers_are_read_by_status_tenant_and_allowed() {
+        let t = |s: &str| Ownership::Tenant(s.to_string());
+        assert_eq!(ownership(200, br#"{"tenant":"acme"}"#), t("acme"));
+        assert_eq!(
+            ownership(200, br#"{"tenant":"acme","allowed":true}"#),
+            t("acme")
+        );
+        assert_eq!(
+            ownership(200, br#"{"tenant":"acme","allowed":false}"#),
+            Ownership::Nobody
+        );
+        assert_eq!(ownership(200, br#"{"allowed":false}"#), Ownership::Nobody);
+        // `allowed` must be the boolean false: a string or null says nothing.
+        assert_eq!(
+            ownership(200, br#"{"tenant":"acme","allowed":"false"}"#),
+            t("acme")
+        );
+        assert_eq!(
+            ownership(200, br#"{"tenant":"acme","allowed":null}"#),
+            t("acme")
+        );
+        for body in [
+            &br#"{"tenant":"Not A Label"}"#[..],
+            br#"{"tenant":7}"#,
+            br#"{}"#,
+            b"not json",
+            b"",
+            br#"["tenant"]"#,
+        ] {
+            assert_eq!(ownership(200, body), Ownership::Unknown, "{body:?}");
+        }
+        assert_eq!(ownership(404, b""), Ownership::Nobody);
+        assert_eq!(ownership(403, br#"{"tenant":"acme"}"#), Ownership::Nobody);
+        assert_eq!(ownership(400, b""), Ownership::Nobody);
+        assert_eq!(ownership(499, b""), Ownership::Nobody);
+        for status in [500, 502, 503, 201, 204, 301, 399, 500] {
+            assert_eq!(
+                ownership(status, br#"{"tenant":"acme"}"#),
+                Ownership::Unknown,
+                "{status}"
+            );
+        }
+    }
 
     #[test]
     fn the_answer_cache_keeps_at_most_its_size_evicting_the_least_recently_used() {
