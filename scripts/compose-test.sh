@@ -50,9 +50,33 @@ finish() {
       echo "--- last log lines of $s" >&2
       dc logs --no-color --tail 15 "$s" >&2 2>/dev/null || true
     done
+    diagnose_backends >&2 2>/dev/null || true
   fi
   echo "compose-test: $status — $(grep -c . "$SUMMARY") steps, $FAILED failed, $(summary_line)"
   [ "$FAILED" -eq 0 ] && exit 0 || exit 1
+}
+# What a failed step leaves to read about the backends' database connections (a quickstart once got
+# "pool timed out" from one backend replica for seconds while the other served, and the 15 log lines
+# above did not say why): every warning each replica logged, how long each takes to resolve and
+# reach both Postgres servers now, and who is connected to them.
+diagnose_backends() {
+  local b
+  for b in $(podman ps --format '{{.Names}}' | grep "^${PROJECT}_backend_"); do
+    echo "--- $b: warnings and errors"
+    podman logs "$b" 2>&1 | grep -v '"level":"INFO"' | tail -40
+    echo "--- $b: name resolution and TCP connect, now"
+    podman exec "$b" bash -c 'for hp in postgres:5432 postgres-replica:5432 redis:6379 minio:9000; do
+        h=${hp%:*} p=${hp#*:}
+        s=$(date +%s%N); a=$(getent ahosts "$h" | head -1); m=$(date +%s%N)
+        timeout 5 bash -c "exec 3<>/dev/tcp/$h/$p" && ok=open || ok=failed; e=$(date +%s%N)
+        echo "$h: ${a:-unresolved}; resolved in $(( (m - s) / 1000000 )) ms; TCP $ok in $(( (e - m) / 1000000 )) ms"
+      done' 2>&1 || true
+  done
+  for pg in postgres postgres-replica; do
+    echo "--- $pg: pg_stat_activity"
+    podman exec "$(container "$pg")" psql -X -U aggios_owner -d aggios -Atc \
+      "select usename, client_addr, state, wait_event_type, count(*) from pg_stat_activity group by 1,2,3,4 order by 5 desc" || true
+  done
 }
 # A command that fails outside a check (set -e would end the script silently) is a failed step too.
 trap 'fail "unexpected error (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
