@@ -432,29 +432,37 @@ where
             // The accept-loop body — including the graceful-shutdown state
             // machine — lives in `server::accept_downstream_sessions` so that
             // the same code path is exercised by tests in `protocols::http::v2`.
+            //
+            // It runs in a task of its own, whose state is the connection and the loop: this
+            // task (the listener's, with `process_new`'s boxed futures and the handshake's state)
+            // ends here instead of living as long as the connection, most of it while idle.
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions_gated(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                self.h2_stream_gate(),
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            )
-            .await;
+            let gate = self.h2_stream_gate();
+            let shutdown = shutdown.clone();
+            pingora_runtime::current_handle().spawn(async move {
+                server::accept_downstream_sessions_gated(
+                    h2_conn,
+                    digest,
+                    shutdown,
+                    h2_idle_timeout,
+                    gate,
+                    |h2_stream, guard| {
+                        let app = app.clone();
+                        let shutdown = shutdown_for_session.clone();
+                        pingora_runtime::current_handle().spawn(async move {
+                            // hold `guard` for the session's lifetime so the accept
+                            // loop's idle timeout sees this connection as busy.
+                            let _guard = guard;
+                            // Note, `PersistentSettings` not currently relevant for h2
+                            app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                                .await;
+                        });
+                    },
+                )
+                .await;
+            });
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
@@ -505,6 +513,79 @@ mod tests {
             Box::new(crate::protocols::l4::stream::Stream::from(server)),
             client,
         )
+    }
+
+    /// An h2c app answering every request 200 with its path as the body.
+    struct PathEcho {
+        options: HttpServerOptions,
+    }
+
+    #[async_trait]
+    impl HttpServerApp for PathEcho {
+        async fn process_new_http(
+            self: &Arc<Self>,
+            mut session: ServerSession,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<ReusedHttpStream> {
+            if !session.read_request().await.ok()? {
+                return None;
+            }
+            let path = session.req_header().uri.path().to_string();
+            let mut resp = pingora_http::ResponseHeader::build(200, None).ok()?;
+            resp.insert_header("content-length", path.len()).ok()?;
+            session.write_response_header(Box::new(resp)).await.ok()?;
+            session
+                .write_response_body(bytes::Bytes::from(path), true)
+                .await
+                .ok()?;
+            // An HTTP/2 stream is never reused as a connection.
+            let _ = session.finish().await;
+            None
+        }
+
+        fn server_options(&self) -> Option<&HttpServerOptions> {
+            Some(&self.options)
+        }
+    }
+
+    async fn h2_get(h2: &mut h2::client::SendRequest<bytes::Bytes>, path: &str) -> String {
+        let req = http::Request::get(format!("http://a{path}")).body(()).unwrap();
+        let (resp, _) = h2.send_request(req, true).unwrap();
+        let mut body = resp.await.unwrap().into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    /// The task that accepted an HTTP/2 connection ends once the connection is set up: the
+    /// connection is served by a task of its own, so that no idle connection holds the accept's
+    /// state (`process_new`'s futures). Before, `process_new` returned only when the connection
+    /// ended.
+    #[tokio::test]
+    async fn an_h2_connection_is_served_after_the_task_that_accepted_it_ends() {
+        let (stream, client) = connected().await;
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        let app = Arc::new(PathEcho { options });
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let client = tokio::spawn(async move {
+            let (mut h2, conn) = h2::client::handshake(client).await.unwrap();
+            tokio::spawn(conn);
+            assert_eq!(h2_get(&mut h2, "/first").await, "/first");
+            h2
+        });
+        let accepted = tokio::time::timeout(Duration::from_secs(20), app.process_new(stream, &shutdown))
+            .await
+            .expect("process_new returns while the connection is open");
+        assert!(accepted.is_none());
+        let mut h2 = client.await.unwrap();
+        // Still served, stream after stream.
+        assert_eq!(h2_get(&mut h2, "/second").await, "/second");
+        assert_eq!(h2_get(&mut h2, "/third").await, "/third");
     }
 
     #[tokio::test]
