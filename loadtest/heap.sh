@@ -24,38 +24,8 @@ OUT=loadtest/results/heap
 mkdir -p "$OUT"
 trap 'kill $UP_PID 2>/dev/null || true; pkill -KILL -f "$WORK/gateway.toml" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); HTTP=$(free_port); ADMIN=$(free_port)
-"$PY" loadtest/idle_conns.py upstream "$UP" &
-UP_PID=$!
-cat > "$WORK/gateway.toml" <<CONF
-[entrypoints]
-http = "127.0.0.1:$HTTP"
-admin = "127.0.0.1:$ADMIN"
-
-[limits]
-h2_idle_timeout = "10m"
-
-[log]
-access_log = false
-
-[[upstreams]]
-name = "u"
-servers = ["127.0.0.1:$UP"]
-
-[[routes]]
-name = "r"
-upstream = "u"
-CONF
-"$BIN" validate --config "$WORK/gateway.toml" >/dev/null
-
-wait_for() { # FILE or port, seconds
-  for _ in $(seq 1 $(( $2 * 10 ))); do
-    if [ -e "$1" ] || { [[ "$1" =~ ^[0-9]+$ ]] && (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $1" >&2; return 1
-}
+# shellcheck source=loadtest/idle_setup.sh
+source loadtest/idle_setup.sh
 
 run() { # KIND N -> $WORK/KIND-N.stacks
   local kind=$1 n=$2 data="$WORK/$1-$2"

@@ -22,42 +22,8 @@ WORK=$(mktemp -d)
 GW_PID=""
 trap 'kill $UP_PID 2>/dev/null || true; [ -n "$GW_PID" ] && kill -KILL "$GW_PID" 2>/dev/null; pkill -f "idle_conns.py clients --port $HTTP" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); HTTP=$(free_port); ADMIN=$(free_port)
-"$PY" loadtest/idle_conns.py upstream "$UP" &
-UP_PID=$!
-cat > "$WORK/gateway.toml" <<CONF
-[entrypoints]
-http = "127.0.0.1:$HTTP"
-admin = "127.0.0.1:$ADMIN"
-
-[limits]
-h2_idle_timeout = "10m"
-
-[overload]
-max_connections = 100000
-per_client_connections = 100000
-
-[log]
-access_log = false
-
-[[upstreams]]
-name = "u"
-servers = ["127.0.0.1:$UP"]
-
-[[routes]]
-name = "r"
-upstream = "u"
-CONF
-"$BIN" validate --config "$WORK/gateway.toml" >/dev/null
-
-wait_for() { # FILE or port, seconds
-  for _ in $(seq 1 $(( $2 * 10 ))); do
-    if [ -e "$1" ] || { [[ "$1" =~ ^[0-9]+$ ]] && (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $1" >&2; return 1
-}
+# shellcheck source=loadtest/idle_setup.sh
+source loadtest/idle_setup.sh
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # Opens N idle connections of KIND in the background; waits until they are all idle.
 open_idle() { # KIND N TAG
