@@ -1352,6 +1352,25 @@ pub fn listening_sockets(port: u16) -> std::collections::BTreeSet<u64> {
         .collect()
 }
 
+/// The listening sockets on 127.0.0.1:`port` once there are `count` of them. [`Gateway::start`] returns
+/// as soon as one socket accepts: with one socket per thread, the other threads' sockets may still be
+/// being bound then.
+pub async fn listening_sockets_once(port: u16, count: usize) -> std::collections::BTreeSet<u64> {
+    let start = Instant::now();
+    loop {
+        let sockets = listening_sockets(port);
+        if sockets.len() == count {
+            return sockets;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{count} listening socket(s) on port {port} expected, {} listen",
+            sockets.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A server that reads the request and closes the connection without answering.
 pub fn resetting_server() -> (
     std::net::SocketAddr,

@@ -99,14 +99,14 @@ async fn client(
 /// before the old one gets SIGQUIT (Pingora's own wait is 5 tries a second apart) and still takes them.
 #[tokio::test]
 async fn sigquit_hands_the_sockets_to_the_new_binary_with_no_refused_or_failed_request() {
-    upgrade_under_load("", None, Duration::from_secs(8)).await;
+    upgrade_under_load("", 1, None, Duration::from_secs(8)).await;
 }
 
 /// With one service per thread, each thread's `SO_REUSEPORT` socket is handed over under its own key:
 /// the new process serves from the very sockets the old one listened on, none bound anew.
 #[tokio::test]
 async fn with_one_socket_per_thread_each_socket_is_handed_over() {
-    upgrade_under_load("threads = 2\nreuseport = true\n", None, Duration::ZERO).await;
+    upgrade_under_load("threads = 2\nreuseport = true\n", 2, None, Duration::ZERO).await;
 }
 
 /// The running gateway shares one socket between its threads; the new one's file asks for one socket per
@@ -117,6 +117,7 @@ async fn with_one_socket_per_thread_each_socket_is_handed_over() {
 async fn an_upgrade_keeps_the_running_socket_layout_whatever_the_new_file_says() {
     let new = upgrade_under_load(
         "threads = 2\nreuseport = false\n",
+        1,
         Some("threads = 2\n"),
         Duration::ZERO,
     )
@@ -142,13 +143,14 @@ fn log_ms(t: &str) -> i64 {
     days * 86_400_000 + n(11..13) * 3_600_000 + n(14..16) * 60_000 + n(17..19) * 1_000 + n(20..23)
 }
 
-/// Runs the hand-over under load with `server` added to `[server]` (and `new_server` instead for the new
-/// process, when given); the new process is started `quit_after` before the old one gets SIGQUIT. Checks
+/// Runs the hand-over under load with `server` added to `[server]` (with which the old process listens on
+/// `sockets` sockets; `new_server` instead for the new process, when given); the new process is started `quit_after` before the old one gets SIGQUIT. Checks
 /// that the listening sockets after it are the ones before it, and that the old process kept accepting
 /// for its 5 s pause after handing them over (it answers new connections 3 s after the new process's
 /// first answer, and leaves no sooner than 4.5 s after SIGQUIT). Returns the new process.
 async fn upgrade_under_load(
     server: &str,
+    sockets: usize,
     new_server: Option<&str>,
     quit_after: Duration,
 ) -> Gateway {
@@ -168,7 +170,7 @@ async fn upgrade_under_load(
     };
     let mut old = Gateway::start(&body(server)).await;
     let port = old.http;
-    let sockets = listening_sockets(port);
+    let sockets = listening_sockets_once(port, sockets).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
