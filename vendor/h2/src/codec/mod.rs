@@ -210,3 +210,87 @@ where
         Self::new(src)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Ping;
+    use std::future::poll_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn capacities<T, B>(codec: &Codec<T, B>) -> (usize, usize) {
+        (
+            codec.inner.get_ref().write_buffer_capacity(),
+            codec.inner.read_buffer_capacity(),
+        )
+    }
+
+    /// A PING frame on the wire: 9-byte head (length 8, type 6, no flags, stream 0), payload.
+    fn ping_bytes(payload: [u8; 8]) -> Vec<u8> {
+        let mut b = vec![0, 0, 8, 6, 0, 0, 0, 0, 0];
+        b.extend_from_slice(&payload);
+        b
+    }
+
+    #[tokio::test]
+    async fn the_write_buffer_is_held_only_while_frames_wait_in_it() {
+        let (io, mut peer) = tokio::io::duplex(1 << 16);
+        let mut codec: Codec<_, bytes::Bytes> = Codec::new(io);
+        assert_eq!(capacities(&codec).0, 0, "no write buffer before a frame");
+        for round in 0..2u8 {
+            poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+            codec.buffer(Ping::new([round; 8]).into()).unwrap();
+            codec.buffer(Ping::pong([round + 10; 8]).into()).unwrap();
+            assert_eq!(capacities(&codec).0, 16 * 1024, "frames wait in one buffer");
+            poll_fn(|cx| codec.flush(cx)).await.unwrap();
+            assert_eq!(
+                capacities(&codec).0,
+                0,
+                "the flush that wrote it all frees it"
+            );
+            let mut wire = [0u8; 34];
+            peer.read_exact(&mut wire).await.unwrap();
+            assert_eq!(&wire[..17], ping_bytes([round; 8]).as_slice());
+            assert_eq!(wire[17 + 4], 1, "the second frame is the ACK");
+            assert_eq!(&wire[26..], &[round + 10; 8]);
+        }
+    }
+
+    /// One poll of the next frame.
+    async fn next_now<T: AsyncRead + Unpin>(
+        codec: &mut Codec<T, bytes::Bytes>,
+    ) -> Poll<Option<Result<Frame, Error>>> {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *codec).poll_next(cx))).await
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_is_freed_while_waiting_with_no_partial_frame() {
+        let (io, mut peer) = tokio::io::duplex(1 << 16);
+        let mut codec: Codec<_, bytes::Bytes> = Codec::new(io);
+        assert!(next_now(&mut codec).await.is_pending());
+        assert_eq!(
+            capacities(&codec).1,
+            0,
+            "waiting for the first frame holds nothing"
+        );
+
+        peer.write_all(&ping_bytes([7; 8])).await.unwrap();
+        match next_now(&mut codec).await {
+            Poll::Ready(Some(Ok(Frame::Ping(p)))) => assert_eq!(p.payload(), &[7; 8]),
+            other => panic!("expected the PING, got {other:?}"),
+        }
+        assert!(next_now(&mut codec).await.is_pending());
+        assert_eq!(capacities(&codec).1, 0, "freed again once it waits");
+
+        // A frame that arrives in two pieces keeps its first piece while it waits for the rest.
+        let frame = ping_bytes([9; 8]);
+        peer.write_all(&frame[..5]).await.unwrap();
+        assert!(next_now(&mut codec).await.is_pending());
+        assert!(capacities(&codec).1 >= 5, "a partial frame is kept");
+        peer.write_all(&frame[5..]).await.unwrap();
+        match next_now(&mut codec).await {
+            Poll::Ready(Some(Ok(Frame::Ping(p)))) => assert_eq!(p.payload(), &[9; 8]),
+            other => panic!("expected the second PING, got {other:?}"),
+        }
+    }
+}

@@ -10,6 +10,10 @@ use std::cmp;
 use std::collections::VecDeque;
 use std::io::Cursor;
 use std::ops::ControlFlow;
+
+/// The capacity of a header block's arena for Huffman-decoded strings, allocated
+/// at the block's first such string.
+const HUFFMAN_ARENA: usize = 4096;
 use std::str::Utf8Error;
 
 /// Decodes headers using HPACK
@@ -158,7 +162,7 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::new(),
         }
     }
 
@@ -256,6 +260,12 @@ impl Decoder {
             }
         }
 
+        // The block's strings keep what they use of the arena; the decoder keeps none of it
+        // between blocks (an idle connection holds no arena).
+        if self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+        }
+
         Ok(())
     }
 
@@ -333,6 +343,10 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            if self.buffer.capacity() == 0 {
+                // One arena per header block for its Huffman-decoded strings.
+                self.buffer.reserve(HUFFMAN_ARENA);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
@@ -854,6 +868,36 @@ mod test {
         let mut buf = BytesMut::new();
         let err = de.decode_string(&mut Cursor::new(&mut buf)).unwrap_err();
         assert_eq!(err, DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
+    }
+
+    #[test]
+    fn no_huffman_arena_is_held_between_header_blocks() {
+        let mut de = Decoder::new(4096);
+        assert_eq!(de.buffer.capacity(), 0);
+        for value in [&b"a-huffman-coded-value"[..], b"another one"] {
+            let mut buf = BytesMut::new();
+            // Literal without indexing, new name; both strings Huffman-coded.
+            buf.extend([0]);
+            for s in [&b"x-name"[..], value] {
+                let coded = huff_encode(s);
+                buf.extend([0x80 | coded.len() as u8]);
+                buf.extend(coded);
+            }
+            let mut res = vec![];
+            de.decode(&mut Cursor::new(&mut buf), |h| {
+                res.push(h);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            match &res[..] {
+                [Header::Field { name, value: v }] => {
+                    assert_eq!(name, "x-name");
+                    assert_eq!(v.as_bytes(), value);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(de.buffer.capacity(), 0, "the block's arena is not kept");
+        }
     }
 
     #[test]
