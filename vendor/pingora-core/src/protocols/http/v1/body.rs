@@ -463,7 +463,27 @@ impl BodyReader {
     {
         let mut n = self.rewind_buf_len;
         self.rewind_buf_len = 0; // we only need to read rewind data once
-        if n == 0 {
+        if n == 0 && self.body_buf_size <= UPGRADED_BODY_BUFFER_SIZE {
+            /* An upgraded connection waits for its next frame most of its life: wait holding no
+             * body buffer. Each poll reads into an uninitialized stack buffer (a pending read
+             * leaves nothing behind) and the bytes that came are copied into a buffer of
+             * their size. The bytes of the previous read were handed out already. */
+            self.body_buf = None;
+            let limit = self.body_buf_size;
+            let body_buf = &mut self.body_buf;
+            n = std::future::poll_fn(|cx| {
+                let mut space = [std::mem::MaybeUninit::<u8>::uninit(); UPGRADED_BODY_BUFFER_SIZE];
+                let mut read = tokio::io::ReadBuf::uninit(&mut space[..limit]);
+                ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+                let filled = read.filled();
+                if !filled.is_empty() {
+                    *body_buf = Some(BytesMut::from(filled));
+                }
+                Poll::Ready(Ok::<usize, std::io::Error>(filled.len()))
+            })
+            .await
+            .or_err(ReadError, "when reading body")?;
+        } else if n == 0 {
             /* Need to actually read */
             let read_size = self.body_buf_size;
             let body_buf = self.prepare_buf_for_io(read_size);
@@ -2192,6 +2212,46 @@ mod tests {
         assert_eq!(res, None);
         assert_eq!(body_reader.body_state, ParseState::Complete(1));
         assert_eq!(body_reader.get_body_overread(), None);
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_body_waits_for_its_next_bytes_holding_no_buffer() {
+        init_log();
+        let (mut peer, mut stream) = tokio::io::duplex(64);
+        let mut body_reader = BodyReader::new(false);
+        body_reader.body_buf_size = UPGRADED_BODY_BUFFER_SIZE;
+        body_reader.init_close_delimited(b"");
+        peer.write_all(b"frame-1").await.unwrap();
+        let res = body_reader.read_body(&mut stream).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"frame-1");
+        {
+            // Nothing sent yet: the read waits (and is dropped while it does).
+            let mut read = pin!(body_reader.read_body(&mut stream));
+            let polled = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+        }
+        assert!(
+            body_reader.body_buf.is_none(),
+            "a waiting read holds no body buffer: {:?}",
+            body_reader.body_buf.as_ref().map(|b| b.capacity())
+        );
+        // Bytes that come are read whole, larger than the pipe's 64 bytes included.
+        let big: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let writer = tokio::spawn(async move {
+            peer.write_all(&big).await.unwrap();
+            peer
+        });
+        let mut got = Vec::new();
+        while got.len() < 5000 {
+            let res = body_reader.read_body(&mut stream).await.unwrap().unwrap();
+            got.extend_from_slice(body_reader.get_body(&res));
+        }
+        let expected: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(got, expected);
+        assert_eq!(body_reader.body_state, ParseState::UntilClose(5007));
+        drop(writer.await.unwrap());
+        assert_eq!(body_reader.read_body(&mut stream).await.unwrap(), None);
+        assert_eq!(body_reader.body_state, ParseState::Complete(5007));
     }
 
     #[tokio::test]
