@@ -9,12 +9,17 @@
 # stime from /proc around the measured window. The user time is the part a change to user-space code can
 # move; the system time (mostly loopback TCP) swings more and is printed beside it.
 #
+# PROTO=h2 measures the gateway alone over HTTP/2 (h2c, prior knowledge) with `h2load` (Debian's
+# nghttp2-client) as the generator: 64 connections of 4 concurrent streams each.
+#
 # Why beside callgrind's instruction counts: valgrind counts each byte moved by a `rep movsb` copy as one
 # instruction, so a large memcpy weighs far more in instructions than in time.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 ROUNDS=${1:?rounds}; DURATION=${2:?duration, e.g. 10s}
 NAME_A=${3:?}; DIR_A=${4:?}; NAME_B=${5:?}; DIR_B=${6:?}
+PROTO=${PROTO:-h1}
+if [ "$PROTO" = h2 ]; then ensure_debs nghttp2-client; KINDS="gateway"; else KINDS="bare gateway"; fi
 LOADTEST=${LOADTEST:-$CARGO_TARGET_DIR/release/loadtest}
 HZ=$(getconf CLK_TCK)
 W=$(mktemp -d /tmp/aggios-usertime.XXXXXX)
@@ -38,10 +43,19 @@ one() { # NAME BUILD_DIR KIND
   fi
   pid=$!
   wait_port 127.0.0.1 "${PROXY##*:}" 10 || { echo "the proxy did not start" >&2; return 1; }
-  taskset -c 1 "$LOADTEST" run --host t1.bench.test -c 64 -d 2s "http://$PROXY/" > /dev/null   # warm-up
-  read -r u0 s0 < <(ticks "$pid")
-  taskset -c 1 "$LOADTEST" run --host t1.bench.test -c 64 -d "$DURATION" --json "http://$PROXY/" > "$W/run.json"
-  read -r u1 s1 < <(ticks "$pid")
+  if [ "$PROTO" = h2 ]; then
+    taskset -c 1 h2load -H ":authority: t1.bench.test" -c 64 -m 4 -D 2 "http://$PROXY/" > /dev/null   # warm-up
+    read -r u0 s0 < <(ticks "$pid")
+    taskset -c 1 h2load -H ":authority: t1.bench.test" -c 64 -m 4 -D "${DURATION%s}" "http://$PROXY/" > "$W/h2load.out"
+    read -r u1 s1 < <(ticks "$pid")
+    # "requests: N total, N started, N done, N succeeded, …": the answered ones, as JSON for below.
+    awk '/^requests:/ { gsub(",", ""); print "{\"responses\": " $8 "}" }' "$W/h2load.out" > "$W/run.json"
+  else
+    taskset -c 1 "$LOADTEST" run --host t1.bench.test -c 64 -d 2s "http://$PROXY/" > /dev/null   # warm-up
+    read -r u0 s0 < <(ticks "$pid")
+    taskset -c 1 "$LOADTEST" run --host t1.bench.test -c 64 -d "$DURATION" --json "http://$PROXY/" > "$W/run.json"
+    read -r u1 s1 < <(ticks "$pid")
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   python3 - "$W/run.json" "$name" "$kind" "$((u1 - u0))" "$((s1 - s0))" "$HZ" <<'PY'
 import json, sys
@@ -54,20 +68,24 @@ PY
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r/$ROUNDS" >&2
   for pair in "$NAME_A:$DIR_A" "$NAME_B:$DIR_B"; do
-    for kind in bare gateway; do one "${pair%%:*}" "${pair#*:}" "$kind"; done
+    for kind in $KINDS; do one "${pair%%:*}" "${pair#*:}" "$kind"; done
   done
 done > "$W/rows.tsv"
-python3 - "$W/rows.tsv" "$NAME_A" "$NAME_B" "$ROUNDS" "$DURATION" <<'PY'
+python3 - "$W/rows.tsv" "$NAME_A" "$NAME_B" "$ROUNDS" "$DURATION" "$PROTO" <<'PY'
 import collections, statistics, sys
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     name, kind, n, u, s = line.split("\t")
     rows[(name, kind)].append((float(u), float(s), int(n)))
 a, b = sys.argv[2], sys.argv[3]
-print(f"{sys.argv[4]} alternating rounds of {sys.argv[5]}, 64 keep-alive connections, proxy on CPU 0; medians (per round)\n")
+proto = sys.argv[6]
+load = "HTTP/2 (h2c), 64 connections × 4 streams (h2load)" if proto == "h2" else "64 keep-alive connections"
+print(f"{sys.argv[4]} alternating rounds of {sys.argv[5]}, {load}, proxy on CPU 0; medians (per round)\n")
 print("| proxy | build | user-µs / request | system-µs / request | requests per round |")
 print("|---|---|---|---|---|")
 for kind, label in [("bare", "bare Pingora"), ("gateway", "gateway, plain route")]:
+    if not rows[(a, kind)]:
+        continue
     for name in (a, b):
         r = rows[(name, kind)]
         us = ", ".join(f"{x[0]:.2f}" for x in r)
