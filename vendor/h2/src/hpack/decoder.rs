@@ -218,8 +218,9 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table: a copy of its own, so that the entry
+                    // does not keep the buffer it was decoded from.
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -897,6 +898,48 @@ mod test {
                 other => panic!("{other:?}"),
             }
             assert_eq!(de.buffer.capacity(), 0, "the block's arena is not kept");
+        }
+    }
+
+    #[test]
+    fn a_dynamic_table_entry_keeps_no_decoding_buffer() {
+        for huffman in [true, false] {
+            let mut de = Decoder::new(4096);
+            let mut buf = BytesMut::new();
+            // Literal with incremental indexing, new name.
+            buf.extend([0b0100_0000]);
+            for s in [&b"x-client"[..], b"a value every request repeats"] {
+                if huffman {
+                    let coded = huff_encode(s);
+                    buf.extend([0x80 | coded.len() as u8]);
+                    buf.extend(coded);
+                } else {
+                    buf.extend([s.len() as u8]);
+                    buf.extend(s);
+                }
+            }
+            let mut decoded = vec![];
+            de.decode(&mut Cursor::new(&mut buf), |h| {
+                decoded.push(h);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            let Header::Field { value, .. } = &decoded[0] else {
+                panic!("{decoded:?}");
+            };
+            assert_eq!(value.as_bytes(), b"a value every request repeats");
+            match de.table.get(62).unwrap() {
+                Header::Field { name, value: kept } => {
+                    assert_eq!(name, "x-client");
+                    assert_eq!(kept, value);
+                    assert_ne!(
+                        kept.as_bytes().as_ptr(),
+                        value.as_bytes().as_ptr(),
+                        "huffman {huffman}: the table shares the decoded string's buffer"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -61,6 +61,31 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
+    /// A copy whose strings own their bytes. A decoded header's strings share the buffer they
+    /// were decoded from (the HEADERS frame as read, or a header block's arena for Huffman-coded
+    /// strings); an entry of the dynamic table kept that whole buffer alive for as long as the
+    /// entry lived — the connection's life, for headers every request repeats.
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Field { name, value } => {
+                let mut copy =
+                    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                copy.set_sensitive(value.is_sensitive());
+                Header::Field {
+                    name: HeaderName::from_bytes(name.as_str().as_bytes())
+                        .unwrap_or_else(|_| name.clone()),
+                    value: copy,
+                }
+            }
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Method(v) => Header::Method(v.clone()),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            Header::Status(v) => Header::Status(*v),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
