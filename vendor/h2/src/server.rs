@@ -376,6 +376,14 @@ where
 
 // ===== impl Connection =====
 
+impl<T, B: Buf> Connection<T, B> {
+    /// The codec's (write, read) buffer allocations now (tests).
+    #[cfg(test)]
+    pub(crate) fn codec_buffers(&self) -> (usize, usize) {
+        self.connection.codec_buffers()
+    }
+}
+
 impl<T, B> Connection<T, B>
 where
     T: AsyncRead + AsyncWrite + Unpin,

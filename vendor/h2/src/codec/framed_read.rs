@@ -21,9 +21,9 @@ use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
-/// The read buffer's capacity when a read starts on an empty one (tokio-util's
-/// initial capacity): frames are read into it, and it is freed whenever the
-/// connection waits with no partial frame in it.
+/// The read buffer's capacity when a read starts on a freed one (tokio-util's
+/// initial capacity); the connection frees it when it goes idle with no partial
+/// frame in it.
 const READ_BUFFER_CAPACITY: usize = 8 * 1024;
 
 #[derive(Debug)]
@@ -67,6 +67,17 @@ impl<T> FramedRead<T> {
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
         FramedRead { inner, decoder }
+    }
+
+    /// Frees the buffers that hold nothing: the read buffer when no partial frame is in it,
+    /// and HPACK's arena. For a connection that goes idle; each is allocated again when it is
+    /// next used.
+    pub fn release_idle_buffers(&mut self) {
+        let buf = self.inner.read_buffer_mut();
+        if buf.is_empty() && buf.capacity() > 0 {
+            *buf = BytesMut::new();
+        }
+        self.decoder.hpack.release_arena();
     }
 
     /// The read buffer's allocation now (tests).
@@ -432,23 +443,15 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            // The read buffer is freed while the connection waits with nothing in it (below):
+            // The read buffer is freed while the connection is idle (`release_idle_buffers`):
             // give the read its whole capacity again rather than tokio-util's one byte.
             if self.inner.read_buffer().capacity() == 0 {
                 self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
             }
-            let bytes = match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => bytes,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(map_err(e)))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => {
-                    // Waiting with no partial frame: hold no buffer until bytes come.
-                    let buf = self.inner.read_buffer_mut();
-                    if buf.is_empty() && buf.capacity() > 0 {
-                        *buf = BytesMut::new();
-                    }
-                    return Poll::Pending;
-                }
+            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
+                None => return Poll::Ready(None),
             };
 
             tracing::trace!(read.bytes = bytes.len());

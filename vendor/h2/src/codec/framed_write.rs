@@ -60,9 +60,9 @@ enum Next<B> {
     Continuation(frame::Continuation),
 }
 
-/// The write buffer's capacity, allocated when a frame is buffered into an
-/// empty buffer and freed by the flush that writes it all out (an idle
-/// connection holds none).
+/// The write buffer's capacity, allocated when a frame is buffered into a
+/// freed buffer; the connection frees it when it goes idle (no open streams,
+/// everything flushed), so that an idle connection holds none.
 ///
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
@@ -103,6 +103,11 @@ where
                 min_buffer_capacity: chain_threshold + frame::HEADER_LEN,
             },
         }
+    }
+
+    /// Frees the write buffer if nothing waits in it (an idle connection).
+    pub fn release_idle_buffer(&mut self) {
+        self.encoder.release();
     }
 
     /// Returns `Ready` when `send` is able to accept a frame
@@ -170,9 +175,6 @@ where
                 ControlFlow::Break => break,
             }
         }
-
-        // Everything is written: free the buffer until the next frame.
-        self.encoder.release();
 
         tracing::trace!("flushing buffer");
         // Flush the upstream

@@ -124,6 +124,15 @@ impl<T, B> Codec<T, B> {
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
     }
+
+    /// The (write, read) buffer allocations now (tests).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacities(&self) -> (usize, usize) {
+        (
+            self.inner.get_ref().write_buffer_capacity(),
+            self.inner.read_buffer_capacity(),
+        )
+    }
 }
 
 impl<T, B> Codec<T, B>
@@ -155,6 +164,14 @@ where
     /// Flush buffered data to the wire
     pub fn flush(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         self.framed_write().flush(cx)
+    }
+
+    /// Frees the codec's buffers that hold nothing — the read buffer with no partial frame,
+    /// HPACK's arena, the write buffer with nothing waiting — for a connection that goes idle.
+    /// Each is allocated again when it is next used.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
+        self.framed_write().release_idle_buffer();
     }
 
     /// Shutdown the send half
@@ -218,13 +235,6 @@ mod tests {
     use std::future::poll_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn capacities<T, B>(codec: &Codec<T, B>) -> (usize, usize) {
-        (
-            codec.inner.get_ref().write_buffer_capacity(),
-            codec.inner.read_buffer_capacity(),
-        )
-    }
-
     /// A PING frame on the wire: 9-byte head (length 8, type 6, no flags, stream 0), payload.
     fn ping_bytes(payload: [u8; 8]) -> Vec<u8> {
         let mut b = vec![0, 0, 8, 6, 0, 0, 0, 0, 0];
@@ -232,22 +242,38 @@ mod tests {
         b
     }
 
+    /// One poll of the next frame.
+    async fn next_now<T: AsyncRead + AsyncWrite + Unpin>(
+        codec: &mut Codec<T, bytes::Bytes>,
+    ) -> Poll<Option<Result<Frame, Error>>> {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *codec).poll_next(cx))).await
+    }
+
     #[tokio::test]
-    async fn the_write_buffer_is_held_only_while_frames_wait_in_it() {
+    async fn the_write_buffer_is_allocated_for_frames_and_freed_when_idle() {
         let (io, mut peer) = tokio::io::duplex(1 << 16);
         let mut codec: Codec<_, bytes::Bytes> = Codec::new(io);
-        assert_eq!(capacities(&codec).0, 0, "no write buffer before a frame");
+        assert_eq!(
+            codec.buffer_capacities().0,
+            0,
+            "no write buffer before a frame"
+        );
         for round in 0..2u8 {
             poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
             codec.buffer(Ping::new([round; 8]).into()).unwrap();
             codec.buffer(Ping::pong([round + 10; 8]).into()).unwrap();
-            assert_eq!(capacities(&codec).0, 16 * 1024, "frames wait in one buffer");
-            poll_fn(|cx| codec.flush(cx)).await.unwrap();
             assert_eq!(
-                capacities(&codec).0,
-                0,
-                "the flush that wrote it all frees it"
+                codec.buffer_capacities().0,
+                16 * 1024,
+                "frames wait in one buffer"
             );
+            // Frames waiting are never dropped.
+            codec.release_idle_buffers();
+            assert_eq!(codec.buffer_capacities().0, 16 * 1024);
+            poll_fn(|cx| codec.flush(cx)).await.unwrap();
+            assert_eq!(codec.buffer_capacities().0, 16 * 1024, "kept while busy");
+            codec.release_idle_buffers();
+            assert_eq!(codec.buffer_capacities().0, 0, "freed once idle");
             let mut wire = [0u8; 34];
             peer.read_exact(&mut wire).await.unwrap();
             assert_eq!(&wire[..17], ping_bytes([round; 8]).as_slice());
@@ -256,22 +282,16 @@ mod tests {
         }
     }
 
-    /// One poll of the next frame.
-    async fn next_now<T: AsyncRead + Unpin>(
-        codec: &mut Codec<T, bytes::Bytes>,
-    ) -> Poll<Option<Result<Frame, Error>>> {
-        poll_fn(|cx| Poll::Ready(Pin::new(&mut *codec).poll_next(cx))).await
-    }
-
     #[tokio::test]
-    async fn the_read_buffer_is_freed_while_waiting_with_no_partial_frame() {
+    async fn the_read_buffer_is_freed_when_idle_unless_it_holds_a_partial_frame() {
         let (io, mut peer) = tokio::io::duplex(1 << 16);
         let mut codec: Codec<_, bytes::Bytes> = Codec::new(io);
         assert!(next_now(&mut codec).await.is_pending());
+        codec.release_idle_buffers();
         assert_eq!(
-            capacities(&codec).1,
+            codec.buffer_capacities().1,
             0,
-            "waiting for the first frame holds nothing"
+            "an idle codec holds no read buffer"
         );
 
         peer.write_all(&ping_bytes([7; 8])).await.unwrap();
@@ -280,17 +300,69 @@ mod tests {
             other => panic!("expected the PING, got {other:?}"),
         }
         assert!(next_now(&mut codec).await.is_pending());
-        assert_eq!(capacities(&codec).1, 0, "freed again once it waits");
+        codec.release_idle_buffers();
+        assert_eq!(codec.buffer_capacities().1, 0, "freed again once idle");
 
         // A frame that arrives in two pieces keeps its first piece while it waits for the rest.
         let frame = ping_bytes([9; 8]);
         peer.write_all(&frame[..5]).await.unwrap();
         assert!(next_now(&mut codec).await.is_pending());
-        assert!(capacities(&codec).1 >= 5, "a partial frame is kept");
+        codec.release_idle_buffers();
+        assert!(codec.buffer_capacities().1 >= 5, "a partial frame is kept");
         peer.write_all(&frame[5..]).await.unwrap();
         match next_now(&mut codec).await {
             Poll::Ready(Some(Ok(Frame::Ping(p)))) => assert_eq!(p.payload(), &[9; 8]),
             other => panic!("expected the second PING, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_server_connection_with_no_open_stream_holds_no_codec_buffers() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel(2);
+        let server = tokio::spawn(async move {
+            let mut conn = crate::server::handshake(server_io).await.unwrap();
+            for _ in 0..2 {
+                let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
+                let mut body = respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                body.send_data(bytes::Bytes::from_static(b"hello"), true)
+                    .unwrap();
+                drop(body);
+                // Drive the connection until the response is out and it waits for a frame:
+                // then it holds no codec buffer.
+                let mut held = (usize::MAX, usize::MAX);
+                for _ in 0..10_000 {
+                    let polled = poll_fn(|cx| Poll::Ready(conn.poll_accept(cx))).await;
+                    assert!(polled.is_pending(), "the client sends nothing meanwhile");
+                    held = conn.codec_buffers();
+                    if held == (0, 0) {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(held, (0, 0), "(write, read) buffers of an idle connection");
+                idle_tx.send(()).await.unwrap();
+            }
+        });
+        let (mut client, connection) = crate::client::handshake(client_io).await.unwrap();
+        let driver = tokio::spawn(connection);
+        for round in 0..2 {
+            if round > 0 {
+                client = client.ready().await.unwrap();
+            }
+            let request = http::Request::get("http://example.test/").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let mut body = response.await.unwrap().into_body();
+            let data = body.data().await.unwrap().unwrap();
+            assert_eq!(&data[..], b"hello");
+            idle_rx
+                .recv()
+                .await
+                .expect("the server saw its connection idle");
+        }
+        server.await.unwrap();
+        driver.abort();
     }
 }

@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 use std::io::Cursor;
 use std::ops::ControlFlow;
 
-/// The capacity of a header block's arena for Huffman-decoded strings, allocated
-/// at the block's first such string.
+/// The capacity of the arena for Huffman-decoded strings, allocated at the first
+/// such string after the decoder was created or its arena released.
 const HUFFMAN_ARENA: usize = 4096;
 use std::str::Utf8Error;
 
@@ -261,13 +261,15 @@ impl Decoder {
             }
         }
 
-        // The block's strings keep what they use of the arena; the decoder keeps none of it
-        // between blocks (an idle connection holds no arena).
+        Ok(())
+    }
+
+    /// Drops the decoder's handle on its arena for Huffman-decoded strings (the strings keep
+    /// what they use): for a connection that goes idle. The next Huffman string allocates one.
+    pub fn release_arena(&mut self) {
         if self.buffer.capacity() > 0 {
             self.buffer = BytesMut::new();
         }
-
-        Ok(())
     }
 
     fn process_size_update(&mut self, buf: &mut Cursor<&mut BytesMut>) -> Result<(), DecoderError> {
@@ -345,7 +347,8 @@ impl Decoder {
         let offset = (buf.position() - old_pos) as usize;
         if huff {
             if self.buffer.capacity() == 0 {
-                // One arena per header block for its Huffman-decoded strings.
+                // An arena for the Huffman-decoded strings of the blocks to come (until it is
+                // used up, or released while the connection is idle).
                 self.buffer.reserve(HUFFMAN_ARENA);
             }
             let ret = {
@@ -872,7 +875,7 @@ mod test {
     }
 
     #[test]
-    fn no_huffman_arena_is_held_between_header_blocks() {
+    fn the_huffman_arena_is_released_when_the_connection_is_idle() {
         let mut de = Decoder::new(4096);
         assert_eq!(de.buffer.capacity(), 0);
         for value in [&b"a-huffman-coded-value"[..], b"another one"] {
@@ -897,7 +900,16 @@ mod test {
                 }
                 other => panic!("{other:?}"),
             }
-            assert_eq!(de.buffer.capacity(), 0, "the block's arena is not kept");
+            assert!(
+                de.buffer.capacity() > 0,
+                "the arena is kept for the next blocks"
+            );
+            de.release_arena();
+            assert_eq!(
+                de.buffer.capacity(),
+                0,
+                "released once the connection is idle"
+            );
         }
     }
 

@@ -125,6 +125,14 @@ enum State {
     Closed(Reason, Initiator),
 }
 
+impl<T, P: Peer, B: Buf> Connection<T, P, B> {
+    /// The codec's (write, read) buffer allocations now (tests).
+    #[cfg(test)]
+    pub(crate) fn codec_buffers(&self) -> (usize, usize) {
+        self.codec.buffer_capacities()
+    }
+}
+
 impl<T, P, B> Connection<T, P, B>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -330,6 +338,13 @@ where
                             {
                                 self.inner.as_dyn().go_away_now(Reason::NO_ERROR);
                                 continue;
+                            }
+
+                            // Everything is flushed and nothing reads or writes: with no
+                            // stream open the connection is idle, and holds no codec buffer
+                            // until its next frame.
+                            if !self.inner.streams.has_streams() {
+                                self.codec.release_idle_buffers();
                             }
 
                             return Poll::Pending;
