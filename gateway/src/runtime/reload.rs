@@ -146,6 +146,17 @@ impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.state.start_health_checks();
         self.state.start_background();
+        // Changes are noticed by inotify on the file's folder; polling only as a slow safety net, or
+        // fast where inotify is refused. The watch is in place before the file is read for the
+        // comparison below: a change written while the listeners come up was missed until the slow
+        // poll (30 s) when the watch came after that wait.
+        let watch = match crate::support::file_watch::FileWatch::new(&self.path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot watch the config's folder; polling it every 250 ms");
+                None
+            }
+        };
         let mut last = std::fs::read(&self.path).ok();
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -158,15 +169,6 @@ impl BackgroundService for Reloader {
             _ = self.wait_for_listeners() => {}
             _ = shutdown.changed() => return,
         }
-        // Changes are noticed by inotify on the file's folder; polling only as a slow safety net, or
-        // fast where inotify is refused.
-        let watch = match crate::support::file_watch::FileWatch::new(&self.path) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, path = %self.path.display(), "cannot watch the config's folder; polling it every 250 ms");
-                None
-            }
-        };
         let poll = if watch.is_some() {
             SLOW_POLL_INTERVAL
         } else {
