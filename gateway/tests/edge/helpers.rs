@@ -123,27 +123,41 @@ impl Token {
 /// connection, which took it in the moment between the old process's exit and the new one's bind, and
 /// Pingora gave up after 30 s of `AddrInUse` (a CI failure).
 pub fn free_port() -> u16 {
+    free_port_with(0)
+}
+
+/// Like [`free_port`], a port whose `port + offset` is free and below the ephemeral range too; both
+/// are handed out. A Redis cluster node listens on its port and on port + 10 000 (its bus): from
+/// `free_port` alone the bus port could fall in the ephemeral range, on a port an outgoing connection
+/// holds, and the node exit at start ("cluster node answers" timed out in a CI run).
+pub fn free_port_with(offset: u16) -> u16 {
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let (low, high) = below_ephemeral_range();
-    let span = u32::from(high - low);
+    let span = u32::from(high - low)
+        .saturating_sub(u32::from(offset))
+        .max(1);
     // Spread over the range by process, so that a run after a killed one does not start where it did.
     let start = std::process::id().wrapping_mul(7919) % span;
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    // Free for TCP and UDP alike (HTTP/3 listens on the HTTPS port's number over UDP).
+    let free = |port: u16| {
+        !handed.contains(&port)
+            && StdListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    };
     for i in 0..span {
         let port = low + ((start + i) % span) as u16;
-        if handed.contains(&port) {
-            continue;
-        }
-        // Free for TCP and UDP alike (HTTP/3 listens on the HTTPS port's number over UDP).
-        let free = StdListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
-        if free {
-            handed.insert(port);
-            return port;
+        let pair = port.checked_add(offset).filter(|p| *p < high);
+        if let Some(pair) = pair {
+            if free(port) && (offset == 0 || free(pair)) {
+                handed.insert(port);
+                handed.insert(pair);
+                return port;
+            }
         }
     }
-    panic!("no free port left in {low}..{high}");
+    panic!("no free port (and port + {offset}) left in {low}..{high}");
 }
 
 /// Ports no outgoing connection is given: the 12 000 below `ip_local_port_range`'s first (above 1024).
@@ -1229,7 +1243,8 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // Each node's cluster bus listens on its port + 10 000.
+        let ports: Vec<u16> = (0..3).map(|_| free_port_with(10_000)).collect();
         let mut children = Vec::new();
         for p in &ports {
             let node_dir = dir.path().join(p.to_string());
